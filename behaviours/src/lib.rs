@@ -1,0 +1,1 @@
+//! libp2p behaviours of Constella.

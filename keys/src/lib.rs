@@ -1,0 +1,1 @@
+//! PQ4 cryptography (see docs/pq4.md).
