@@ -1,0 +1,232 @@
+//! What members say on the network's gossip topic, and how each message is authenticated.
+//!
+//! Every gossip message travels as an [`Envelope`]: the CBOR body and an HMAC-SHA256 tag under the
+//! [`NetworkSecret`](crate::NetworkSecret). Gossipsub additionally signs each message with the
+//! sender's libp2p key, and the receiver checks that the signer is the node the body names. A
+//! message is accepted only if both checks pass and the sender is a current member.
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::{MAC_LEN, NetworkSecret};
+
+/// Domain separation prefix of the gossip HMAC.
+const GOSSIP_MAC_DOMAIN: &[u8] = b"constella/gossip/v1\0";
+
+/// Version of the gossip wire format and heartbeat semantics. Nodes accept messages whose
+/// version differs from theirs by at most one (see docs/protocol.md).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Upper bound on an encoded envelope; anything larger is refused before decoding.
+pub const MAX_GOSSIP_BYTES: usize = 256 * 1024;
+
+/// A heartbeat: "I am alive", published every two seconds by every member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The sender's PeerId (base58).
+    pub node_id: String,
+    /// The sender's server name.
+    pub name: String,
+    /// The sender's leader priority (lower wins).
+    pub priority: u32,
+    /// Addresses the sender listens on, as multiaddrs.
+    pub addrs: Vec<String>,
+    /// Strictly increasing per sender: `incarnation << 32 | counter`, where the incarnation is
+    /// bumped in the sender's state file at every start, so a restart never repeats a number.
+    pub seq: u64,
+    /// The sender's [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// Seconds since the sender's daemon started.
+    pub uptime_secs: u64,
+}
+
+impl Heartbeat {
+    /// The incarnation half of the sequence number.
+    pub fn incarnation(&self) -> u32 {
+        (self.seq >> 32) as u32
+    }
+}
+
+/// One entry of the member list as it travels between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// PeerId (base58).
+    pub node_id: String,
+    /// Server name, unique among current members.
+    pub name: String,
+    /// Public address `host:port` given at init or join.
+    pub addr: String,
+    /// Leader priority (lower wins).
+    pub priority: u32,
+    /// Version of this record; the higher version wins a merge.
+    pub version: u64,
+    /// True once the node has left: a tombstone that keeps anti-entropy from resurrecting it.
+    pub left: bool,
+}
+
+/// A member list, published on every join and leave and every 30 s (anti-entropy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RosterUpdate {
+    /// PeerId of the publisher (base58).
+    pub from: String,
+    /// The records the publisher knows, tombstones included.
+    pub records: Vec<MemberRecord>,
+}
+
+/// The bodies that can travel on the gossip topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GossipBody {
+    /// See [`Heartbeat`].
+    Heartbeat(Heartbeat),
+    /// See [`RosterUpdate`].
+    Roster(RosterUpdate),
+}
+
+impl GossipBody {
+    /// The PeerId (base58) that claims to have written this body.
+    pub fn author(&self) -> &str {
+        match self {
+            GossipBody::Heartbeat(hb) => &hb.node_id,
+            GossipBody::Roster(roster) => &roster.from,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    v: u32,
+    body: Vec<u8>,
+    mac: Vec<u8>,
+}
+
+/// Why a gossip message was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GossipError {
+    /// Larger than [`MAX_GOSSIP_BYTES`].
+    #[error("gossip message of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// Not a well-formed envelope or body.
+    #[error("malformed gossip message")]
+    Malformed,
+    /// The envelope's protocol version is more than one away from ours.
+    #[error("gossip protocol version {0} is not compatible with {PROTOCOL_VERSION}")]
+    IncompatibleVersion(u32),
+    /// The HMAC does not verify under our network secret.
+    #[error("gossip message fails HMAC authentication")]
+    BadMac,
+}
+
+/// Encodes and authenticates a body for publishing.
+pub fn seal(secret: &NetworkSecret, body: &GossipBody) -> Vec<u8> {
+    let body = to_cbor(body);
+    let mac = secret.mac(GOSSIP_MAC_DOMAIN, &body).to_vec();
+    to_cbor(&Envelope {
+        v: PROTOCOL_VERSION,
+        body,
+        mac,
+    })
+}
+
+/// Checks and decodes a received message. The MAC is checked before the body is parsed, so
+/// unauthenticated input reaches only the (small, bounded) envelope decoder.
+pub fn open(secret: &NetworkSecret, bytes: &[u8]) -> Result<GossipBody, GossipError> {
+    if bytes.len() > MAX_GOSSIP_BYTES {
+        return Err(GossipError::TooLarge(bytes.len()));
+    }
+    let envelope: Envelope = ciborium::from_reader(bytes).map_err(|_| GossipError::Malformed)?;
+    if envelope.v.abs_diff(PROTOCOL_VERSION) > 1 {
+        return Err(GossipError::IncompatibleVersion(envelope.v));
+    }
+    if envelope.mac.len() != MAC_LEN
+        || !secret.verify(GOSSIP_MAC_DOMAIN, &envelope.body, &envelope.mac)
+    {
+        return Err(GossipError::BadMac);
+    }
+    ciborium::from_reader(envelope.body.as_slice()).map_err(|_| GossipError::Malformed)
+}
+
+fn to_cbor<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing plain structs into a Vec cannot fail: there is no I/O error and no map with
+    // non-string keys.
+    if let Err(error) = ciborium::into_writer(value, &mut out) {
+        unreachable!("CBOR encoding into memory failed: {error}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn heartbeat() -> GossipBody {
+        GossipBody::Heartbeat(Heartbeat {
+            node_id: "12D3KooWexample".into(),
+            name: "delta-01".into(),
+            priority: 10,
+            addrs: vec!["/ip4/127.0.0.1/tcp/4747".into()],
+            seq: (3 << 32) | 7,
+            protocol_version: PROTOCOL_VERSION,
+            uptime_secs: 42,
+        })
+    }
+
+    #[test]
+    fn round_trip() {
+        let secret = NetworkSecret::from_bytes([7; 32]);
+        let sealed = seal(&secret, &heartbeat());
+        assert_eq!(open(&secret, &sealed), Ok(heartbeat()));
+        let GossipBody::Heartbeat(hb) = heartbeat() else {
+            unreachable!()
+        };
+        assert_eq!(hb.incarnation(), 3);
+    }
+
+    #[test]
+    fn wrong_secret_is_refused() {
+        let sealed = seal(&NetworkSecret::from_bytes([7; 32]), &heartbeat());
+        assert_eq!(
+            open(&NetworkSecret::from_bytes([8; 32]), &sealed),
+            Err(GossipError::BadMac)
+        );
+    }
+
+    #[test]
+    fn no_flipped_bit_forges_a_different_body() {
+        // Some flips only re-encode the envelope's framing (a text key as a byte string), which
+        // CBOR decoders may accept; what must never happen is a different body being accepted.
+        let secret = NetworkSecret::from_bytes([7; 32]);
+        let sealed = seal(&secret, &heartbeat());
+        let mut refused = 0;
+        for i in 0..sealed.len() * 8 {
+            let mut bad = sealed.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            match open(&secret, &bad) {
+                Ok(body) => assert_eq!(body, heartbeat(), "bit {i} flipped forged a body"),
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(
+            refused > sealed.len() * 8 * 9 / 10,
+            "only {refused} flips refused"
+        );
+    }
+
+    #[test]
+    fn oversized_is_refused_before_parsing() {
+        let secret = NetworkSecret::from_bytes([7; 32]);
+        let big = vec![0u8; MAX_GOSSIP_BYTES + 1];
+        assert_eq!(
+            open(&secret, &big),
+            Err(GossipError::TooLarge(MAX_GOSSIP_BYTES + 1))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let secret = NetworkSecret::from_bytes([7; 32]);
+            prop_assert!(open(&secret, &bytes).is_err());
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The Join protocol: a node holding a one-time invite token asks a member to be admitted.
+//!
+//! One request-response exchange on `/constella/join/1.0.0`, CBOR-encoded. The joiner dials the
+//! seed with the seed's PeerId pinned (from the join link), so the noise handshake proves it
+//! reached the node that issued the link before the token leaves the joiner.
+
+use libp2p::StreamProtocol;
+use libp2p::request_response::{self, ProtocolSupport};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+use crate::gossip::MemberRecord;
+
+/// The Join protocol name.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/constella/join/1.0.0");
+
+/// Largest Join request accepted: a token, a name, an address and a priority fit in far less.
+pub const MAX_REQUEST_BYTES: u64 = 4 * 1024;
+/// Largest Join response accepted (a member list of a few hundred nodes fits).
+pub const MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
+
+/// What a joiner sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The network id from the join link.
+    pub network_id: String,
+    /// The one-time token from the join link.
+    pub token: String,
+    /// The server name the joiner wants.
+    pub name: String,
+    /// The joiner's public address `host:port`, if it gave one. Otherwise the seed uses the IP
+    /// the connection came from and `listen_port`.
+    pub addr: Option<String>,
+    /// The port the joiner will listen on.
+    pub listen_port: u16,
+    /// The joiner's leader priority.
+    pub priority: u32,
+}
+
+/// What an admitted joiner receives.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinAccepted {
+    /// The network id.
+    pub network_id: String,
+    /// The network secret, lowercase hex.
+    pub network_secret: String,
+    /// The owner's Telegram username, with the leading `@`.
+    pub owner_username: String,
+    /// The joiner's own record, as the network now knows it.
+    pub record: MemberRecord,
+    /// The member list, the joiner included.
+    pub members: Vec<MemberRecord>,
+}
+
+impl std::fmt::Debug for JoinAccepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinAccepted")
+            .field("network_id", &self.network_id)
+            .field("network_secret", &"<redacted>")
+            .field("owner_username", &self.owner_username)
+            .field("members", &self.members.len())
+            .finish()
+    }
+}
+
+/// Why a seed refused a join. Each is shown to the joiner's operator as one line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum JoinRefusal {
+    /// No invite with this token was issued by this node.
+    #[error("the invite token is not known to this node")]
+    UnknownToken,
+    /// The invite's TTL has passed.
+    #[error("the invite token has expired")]
+    ExpiredToken,
+    /// Somebody already joined with this token.
+    #[error("the invite token was already used")]
+    TokenUsed,
+    /// The link's network id is not the seed's network.
+    #[error("wrong network id: the seed belongs to network {actual}")]
+    WrongNetwork {
+        /// The seed's network id.
+        actual: String,
+    },
+    /// Another current member has this name.
+    #[error("the name {0:?} is already taken by another node")]
+    NameTaken(String),
+    /// The request itself is unusable (bad name or address).
+    #[error("the join request is invalid: {0}")]
+    Invalid(String),
+    /// The seed could not record the admission (its state file could not be written).
+    #[error("the seed could not record the join: {0}")]
+    SeedFailure(String),
+}
+
+/// The seed's answer.
+pub type JoinResponse = Result<JoinAccepted, JoinRefusal>;
+
+/// The request-response behaviour for Join.
+pub type Behaviour = request_response::cbor::Behaviour<JoinRequest, JoinResponse>;
+
+/// A Join behaviour with bounded frames and the given timeout.
+pub fn behaviour(timeout: Duration) -> Behaviour {
+    let codec = request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(MAX_REQUEST_BYTES)
+        .set_response_size_maximum(MAX_RESPONSE_BYTES);
+    request_response::Behaviour::with_codec(
+        codec,
+        [(PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(timeout),
+    )
+}

@@ -1,0 +1,602 @@
+//! Who belongs to the network and who is alive.
+//!
+//! [`Membership`] is a pure state machine driven by the node's event loop: it is fed heartbeats,
+//! member lists, connection evidence and the clock, and answers with the [`Change`]s they cause.
+//! It does no I/O, so every rule here is tested without a network.
+//!
+//! Rules:
+//! - The member list is a set of versioned [`MemberRecord`]s; on a merge the higher version wins,
+//!   and a departed node stays as a tombstone (`left`) so anti-entropy cannot resurrect it.
+//! - A member is alive while authenticated heartbeats arrive with increasing sequence numbers,
+//!   and offline once none has arrived for `offline_after` (three missed two-second heartbeats).
+//! - Faster evidence (its connection closed and a redial failed) marks it offline at once. A
+//!   heartbeat of that same incarnation relayed late by another node does not revive it; a
+//!   direct connection or a restarted incarnation does.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+
+use crate::gossip::{Heartbeat, MemberRecord};
+use crate::leader::{LeaderKey, elect};
+
+/// Heartbeats are published this often.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// A member is offline after this long without a heartbeat (three missed heartbeats).
+pub const OFFLINE_AFTER: Duration = Duration::from_secs(6);
+
+/// Whether a member is reachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Heartbeats arrive.
+    Alive,
+    /// No heartbeat for [`OFFLINE_AFTER`], or direct evidence that it is down.
+    Offline,
+}
+
+impl Status {
+    /// `"alive"` or `"offline"`, as in `network_state.json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Alive => "alive",
+            Status::Offline => "offline",
+        }
+    }
+}
+
+/// Why a member went offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfflineReason {
+    /// No heartbeat within [`OFFLINE_AFTER`].
+    HeartbeatTimeout,
+    /// Its connection closed and it could not be dialled again.
+    Unreachable,
+}
+
+/// Something that changed in the membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A node was added to the member list.
+    Joined(PeerId),
+    /// A node left the network and was removed from the list.
+    Left(PeerId),
+    /// A member's heartbeats started arriving.
+    Alive(PeerId),
+    /// A member stopped being reachable.
+    Offline(PeerId, OfflineReason),
+}
+
+/// Why a heartbeat was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeartbeatRejection {
+    /// The sender is not a current member.
+    #[error("sender is not a member")]
+    NonMember,
+    /// The sequence number is not newer than the last one seen from the sender.
+    #[error("old sequence number")]
+    Replay,
+}
+
+/// What a node sees of one member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerView {
+    /// The member's PeerId.
+    pub node_id: PeerId,
+    /// Its server name.
+    pub name: String,
+    /// Its public address `host:port`.
+    pub addr: String,
+    /// Its leader priority.
+    pub priority: u32,
+    /// Alive or offline (the local node is always alive).
+    pub status: Status,
+    /// True for the current leader.
+    pub leader: bool,
+    /// Its daemon's uptime from its last heartbeat, if one arrived.
+    pub uptime_secs: Option<u64>,
+    /// Its protocol version from its last heartbeat, if one arrived.
+    pub protocol_version: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+struct Liveness {
+    status: Status,
+    last_heard: Option<Instant>,
+    last_seq: u64,
+    /// Set when marked offline on direct evidence: the incarnation that was seen to go down.
+    evidence_incarnation: Option<u32>,
+    uptime_secs: Option<u64>,
+    protocol_version: Option<u32>,
+    addrs: Vec<String>,
+}
+
+impl Liveness {
+    fn unknown() -> Self {
+        Self {
+            status: Status::Offline,
+            last_heard: None,
+            last_seq: 0,
+            evidence_incarnation: None,
+            uptime_secs: None,
+            protocol_version: None,
+            addrs: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    record: MemberRecord,
+    liveness: Liveness,
+}
+
+/// The member list and the liveness of each member, as one node sees them.
+#[derive(Debug)]
+pub struct Membership {
+    local: PeerId,
+    entries: BTreeMap<PeerId, Entry>,
+    offline_after: Duration,
+}
+
+impl Membership {
+    /// Starts from the records in the state file. `local` must be among them. Remote members
+    /// start offline: they are alive once their first heartbeat arrives.
+    pub fn new(local: PeerId, records: Vec<MemberRecord>, offline_after: Duration) -> Self {
+        let mut membership = Self {
+            local,
+            entries: BTreeMap::new(),
+            offline_after,
+        };
+        for record in records {
+            let Ok(id) = PeerId::from_str(&record.node_id) else {
+                continue;
+            };
+            let mut liveness = Liveness::unknown();
+            if id == local {
+                liveness.status = Status::Alive;
+            }
+            membership.entries.insert(id, Entry { record, liveness });
+        }
+        membership
+    }
+
+    /// This node's PeerId.
+    pub fn local_id(&self) -> PeerId {
+        self.local
+    }
+
+    /// Whether `peer` is a current member (not departed).
+    pub fn is_member(&self, peer: &PeerId) -> bool {
+        self.entries
+            .get(peer)
+            .is_some_and(|entry| !entry.record.left)
+    }
+
+    /// The current member with this server name, if any.
+    pub fn find_by_name(&self, name: &str) -> Option<PeerId> {
+        self.entries
+            .iter()
+            .find(|(_, entry)| !entry.record.left && entry.record.name == name)
+            .map(|(id, _)| *id)
+    }
+
+    /// The record of a current member.
+    pub fn record(&self, peer: &PeerId) -> Option<&MemberRecord> {
+        self.entries
+            .get(peer)
+            .filter(|entry| !entry.record.left)
+            .map(|entry| &entry.record)
+    }
+
+    /// Current members other than this node.
+    pub fn remote_members(&self) -> impl Iterator<Item = (&PeerId, &MemberRecord)> {
+        self.entries
+            .iter()
+            .filter(move |(id, entry)| **id != self.local && !entry.record.left)
+            .map(|(id, entry)| (id, &entry.record))
+    }
+
+    /// Addresses a member announced in its last heartbeat.
+    pub fn announced_addrs(&self, peer: &PeerId) -> &[String] {
+        self.entries
+            .get(peer)
+            .map(|entry| entry.liveness.addrs.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// Status of a member, `None` if it is not one.
+    pub fn status(&self, peer: &PeerId) -> Option<Status> {
+        self.entries
+            .get(peer)
+            .filter(|entry| !entry.record.left)
+            .map(|entry| entry.liveness.status)
+    }
+
+    /// Every record, tombstones included: what the anti-entropy message and the state file carry.
+    pub fn records(&self) -> Vec<MemberRecord> {
+        self.entries
+            .values()
+            .map(|entry| entry.record.clone())
+            .collect()
+    }
+
+    /// The alive member with the smallest [`LeaderKey`]. This node is always a candidate.
+    pub fn leader(&self) -> PeerId {
+        let alive = self.entries.iter().filter(|(id, entry)| {
+            !entry.record.left && (**id == self.local || entry.liveness.status == Status::Alive)
+        });
+        let keys = alive.map(|(id, entry)| LeaderKey {
+            priority: entry.record.priority,
+            node_id: *id,
+        });
+        elect(keys).unwrap_or(self.local)
+    }
+
+    /// The list shown by `peers`: current members sorted by name.
+    pub fn view(&self) -> Vec<PeerView> {
+        let leader = self.leader();
+        let mut view: Vec<PeerView> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| !entry.record.left)
+            .map(|(id, entry)| PeerView {
+                node_id: *id,
+                name: entry.record.name.clone(),
+                addr: entry.record.addr.clone(),
+                priority: entry.record.priority,
+                status: entry.liveness.status,
+                leader: *id == leader,
+                uptime_secs: entry.liveness.uptime_secs,
+                protocol_version: entry.liveness.protocol_version,
+            })
+            .collect();
+        view.sort_by(|a, b| a.name.cmp(&b.name));
+        view
+    }
+
+    /// Takes an authenticated heartbeat whose gossipsub signer is `hb.node_id`. `connected`
+    /// says whether this node has a direct connection to the sender right now.
+    pub fn on_heartbeat(
+        &mut self,
+        hb: &Heartbeat,
+        connected: bool,
+        now: Instant,
+    ) -> Result<Option<Change>, HeartbeatRejection> {
+        let id = PeerId::from_str(&hb.node_id).map_err(|_| HeartbeatRejection::NonMember)?;
+        if id == self.local {
+            return Ok(None);
+        }
+        let entry = self
+            .entries
+            .get_mut(&id)
+            .filter(|entry| !entry.record.left)
+            .ok_or(HeartbeatRejection::NonMember)?;
+        let live = &mut entry.liveness;
+        if hb.seq <= live.last_seq {
+            return Err(HeartbeatRejection::Replay);
+        }
+        live.last_seq = hb.seq;
+        live.uptime_secs = Some(hb.uptime_secs);
+        live.protocol_version = Some(hb.protocol_version);
+        live.addrs.clone_from(&hb.addrs);
+        if live.evidence_incarnation == Some(hb.incarnation()) && !connected {
+            // Relayed late from an incarnation we saw die: not proof of life.
+            return Ok(None);
+        }
+        live.evidence_incarnation = None;
+        live.last_heard = Some(now);
+        if live.status == Status::Offline {
+            live.status = Status::Alive;
+            return Ok(Some(Change::Alive(id)));
+        }
+        Ok(None)
+    }
+
+    /// A direct connection to `peer` is up: evidence against it no longer holds.
+    pub fn on_connected(&mut self, peer: &PeerId) {
+        if let Some(entry) = self.entries.get_mut(peer) {
+            entry.liveness.evidence_incarnation = None;
+        }
+    }
+
+    /// `peer`'s connection closed and redialling it failed: mark it offline now.
+    pub fn on_unreachable(&mut self, peer: &PeerId) -> Option<Change> {
+        let entry = self
+            .entries
+            .get_mut(peer)
+            .filter(|entry| !entry.record.left)?;
+        if *peer == self.local || entry.liveness.status == Status::Offline {
+            return None;
+        }
+        entry.liveness.status = Status::Offline;
+        entry.liveness.evidence_incarnation = Some((entry.liveness.last_seq >> 32) as u32);
+        Some(Change::Offline(*peer, OfflineReason::Unreachable))
+    }
+
+    /// Marks offline every member whose last heartbeat is older than `offline_after`.
+    pub fn tick(&mut self, now: Instant) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (id, entry) in &mut self.entries {
+            let live = &mut entry.liveness;
+            if *id == self.local || entry.record.left || live.status == Status::Offline {
+                continue;
+            }
+            let silent = live
+                .last_heard
+                .is_none_or(|heard| now.duration_since(heard) >= self.offline_after);
+            if silent {
+                live.status = Status::Offline;
+                changes.push(Change::Offline(*id, OfflineReason::HeartbeatTimeout));
+            }
+        }
+        changes
+    }
+
+    /// Merges a member list from another node (or a Join response). Records with an
+    /// unparseable PeerId, and any record about this node, are ignored: only this node speaks
+    /// for itself.
+    pub fn merge(&mut self, records: &[MemberRecord]) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for incoming in records {
+            let Ok(id) = PeerId::from_str(&incoming.node_id) else {
+                continue;
+            };
+            if id == self.local {
+                continue;
+            }
+            match self.entries.get_mut(&id) {
+                None => {
+                    if !incoming.left {
+                        changes.push(Change::Joined(id));
+                    }
+                    self.entries.insert(
+                        id,
+                        Entry {
+                            record: incoming.clone(),
+                            liveness: Liveness::unknown(),
+                        },
+                    );
+                }
+                Some(entry) if supersedes(incoming, &entry.record) => {
+                    let was_left = entry.record.left;
+                    entry.record = incoming.clone();
+                    if incoming.left && !was_left {
+                        entry.liveness = Liveness::unknown();
+                        changes.push(Change::Left(id));
+                    } else if !incoming.left && was_left {
+                        changes.push(Change::Joined(id));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        changes
+    }
+
+    /// Adds a node admitted by a Join on this node. Returns its record (to send and gossip).
+    pub fn admit(&mut self, id: PeerId, name: String, addr: String, priority: u32) -> MemberRecord {
+        let version = self
+            .entries
+            .get(&id)
+            .map_or(1, |entry| entry.record.version + 1);
+        let record = MemberRecord {
+            node_id: id.to_base58(),
+            name,
+            addr,
+            priority,
+            version,
+            left: false,
+        };
+        self.entries.insert(
+            id,
+            Entry {
+                record: record.clone(),
+                liveness: Liveness::unknown(),
+            },
+        );
+        record
+    }
+
+    /// Turns this node's own record into a tombstone, for `leave`.
+    pub fn leave(&mut self) -> Option<MemberRecord> {
+        let entry = self.entries.get_mut(&self.local)?;
+        entry.record.left = true;
+        entry.record.version += 1;
+        Some(entry.record.clone())
+    }
+}
+
+/// The merge order: the higher version wins; at equal versions a tombstone wins, then the
+/// larger (name, addr, priority), so every node converges on the same record whatever the order
+/// in which updates arrive.
+fn supersedes(incoming: &MemberRecord, current: &MemberRecord) -> bool {
+    let rank = |r: &MemberRecord| {
+        (
+            r.version,
+            r.left,
+            r.name.clone(),
+            r.addr.clone(),
+            r.priority,
+        )
+    };
+    rank(incoming) > rank(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gossip::PROTOCOL_VERSION;
+
+    fn record(id: PeerId, name: &str, priority: u32) -> MemberRecord {
+        MemberRecord {
+            node_id: id.to_base58(),
+            name: name.into(),
+            addr: "127.0.0.1:4747".into(),
+            priority,
+            version: 1,
+            left: false,
+        }
+    }
+
+    fn heartbeat(id: PeerId, incarnation: u32, counter: u32) -> Heartbeat {
+        Heartbeat {
+            node_id: id.to_base58(),
+            name: "x".into(),
+            priority: 0,
+            addrs: vec![],
+            seq: (u64::from(incarnation) << 32) | u64::from(counter),
+            protocol_version: PROTOCOL_VERSION,
+            uptime_secs: 1,
+        }
+    }
+
+    fn three() -> (Membership, PeerId, PeerId, PeerId) {
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let m = Membership::new(
+            a,
+            vec![record(a, "a", 10), record(b, "b", 10), record(c, "c", 10)],
+            OFFLINE_AFTER,
+        );
+        (m, a, b, c)
+    }
+
+    #[test]
+    fn heartbeats_make_alive_and_silence_makes_offline() {
+        let (mut m, a, b, _) = three();
+        let t0 = Instant::now();
+        assert_eq!(m.status(&b), Some(Status::Offline));
+        assert_eq!(
+            m.on_heartbeat(&heartbeat(b, 1, 1), true, t0),
+            Ok(Some(Change::Alive(b)))
+        );
+        assert_eq!(m.on_heartbeat(&heartbeat(b, 1, 2), true, t0), Ok(None));
+        assert!(m.tick(t0 + Duration::from_secs(5)).is_empty());
+        assert_eq!(
+            m.tick(t0 + OFFLINE_AFTER),
+            vec![Change::Offline(b, OfflineReason::HeartbeatTimeout)]
+        );
+        assert_eq!(
+            m.status(&a),
+            Some(Status::Alive),
+            "the local node is always alive"
+        );
+    }
+
+    #[test]
+    fn replays_and_strangers_are_refused() {
+        let (mut m, _, b, _) = three();
+        let now = Instant::now();
+        m.on_heartbeat(&heartbeat(b, 1, 5), true, now).unwrap();
+        assert_eq!(
+            m.on_heartbeat(&heartbeat(b, 1, 5), true, now),
+            Err(HeartbeatRejection::Replay)
+        );
+        assert_eq!(
+            m.on_heartbeat(&heartbeat(b, 1, 4), true, now),
+            Err(HeartbeatRejection::Replay)
+        );
+        assert_eq!(
+            m.on_heartbeat(&heartbeat(b, 2, 0), true, now),
+            Ok(None),
+            "a restart counts up"
+        );
+        let stranger = PeerId::random();
+        assert_eq!(
+            m.on_heartbeat(&heartbeat(stranger, 1, 1), true, now),
+            Err(HeartbeatRejection::NonMember)
+        );
+    }
+
+    #[test]
+    fn unreachable_is_offline_until_a_direct_connection_or_a_restart() {
+        let (mut m, _, b, _) = three();
+        let now = Instant::now();
+        m.on_heartbeat(&heartbeat(b, 3, 1), true, now).unwrap();
+        assert_eq!(
+            m.on_unreachable(&b),
+            Some(Change::Offline(b, OfflineReason::Unreachable))
+        );
+        assert_eq!(m.on_unreachable(&b), None);
+        // A late copy of the dead incarnation's heartbeat, relayed by someone else.
+        assert_eq!(m.on_heartbeat(&heartbeat(b, 3, 2), false, now), Ok(None));
+        assert_eq!(m.status(&b), Some(Status::Offline));
+        // The restarted process has a new incarnation.
+        assert_eq!(
+            m.on_heartbeat(&heartbeat(b, 4, 0), false, now),
+            Ok(Some(Change::Alive(b)))
+        );
+        // Or: the same incarnation, reached directly again (a network blip, not a crash).
+        m.on_unreachable(&b);
+        m.on_connected(&b);
+        assert_eq!(
+            m.on_heartbeat(&heartbeat(b, 4, 1), false, now),
+            Ok(Some(Change::Alive(b)))
+        );
+    }
+
+    #[test]
+    fn leader_is_minimum_alive_key() {
+        let (mut m, a, b, c) = three();
+        let now = Instant::now();
+        let mut by_bytes = [a, b, c];
+        by_bytes.sort_by_key(|id| id.to_bytes());
+        m.on_heartbeat(&heartbeat(b, 1, 1), true, now).unwrap();
+        m.on_heartbeat(&heartbeat(c, 1, 1), true, now).unwrap();
+        assert_eq!(m.leader(), by_bytes[0]);
+        // Kill the leader (if it is not us): the next one takes over.
+        if by_bytes[0] != a {
+            m.on_unreachable(&by_bytes[0]);
+            assert_eq!(m.leader(), by_bytes[1]);
+        }
+        let view = m.view();
+        assert_eq!(view.iter().filter(|p| p.leader).count(), 1);
+    }
+
+    #[test]
+    fn merge_adds_removes_and_converges() {
+        let (mut m, a, b, _) = three();
+        let d = PeerId::random();
+        assert_eq!(m.merge(&[record(d, "d", 1)]), vec![Change::Joined(d)]);
+        assert!(m.is_member(&d));
+        let mut gone = record(d, "d", 1);
+        gone.version = 2;
+        gone.left = true;
+        assert_eq!(m.merge(&[gone.clone()]), vec![Change::Left(d)]);
+        assert!(!m.is_member(&d));
+        // An older copy of the record cannot resurrect it.
+        assert!(m.merge(&[record(d, "d", 1)]).is_empty());
+        assert!(!m.is_member(&d));
+        // Nobody else speaks for the local node.
+        let mut fake_self = record(a, "a", 0);
+        fake_self.version = 99;
+        fake_self.left = true;
+        assert!(m.merge(&[fake_self]).is_empty());
+        assert!(m.is_member(&a));
+        // Order does not matter for equal versions.
+        let mut x = record(b, "b", 10);
+        x.addr = "10.0.0.1:1".into();
+        let mut y = record(b, "b", 10);
+        y.addr = "10.0.0.2:1".into();
+        let (mut m1, mut m2) = (three().0, three().0);
+        m1.merge(&[x.clone(), y.clone()]);
+        m2.merge(&[y, x]);
+        let pick = |m: &Membership| m.records().into_iter().find(|r| r.node_id == b.to_base58());
+        assert_eq!(pick(&m1).map(|r| r.addr), pick(&m2).map(|r| r.addr));
+    }
+
+    #[test]
+    fn admit_after_leave_bumps_the_version() {
+        let (mut m, _, _, _) = three();
+        let d = PeerId::random();
+        let mut gone = record(d, "d", 1);
+        gone.version = 7;
+        gone.left = true;
+        m.merge(&[gone]);
+        let again = m.admit(d, "d".into(), "127.0.0.1:1".into(), 1);
+        assert_eq!(again.version, 8);
+        assert!(m.is_member(&d));
+        assert_eq!(m.find_by_name("d"), Some(d));
+    }
+}
