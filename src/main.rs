@@ -1,1 +1,222 @@
-fn main() {}
+//! `constella`: the command-line interface and daemon of a Constella node.
+
+mod cli;
+mod control;
+mod daemon;
+mod join;
+mod link;
+mod output;
+mod state;
+mod validate;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use constella_behaviours::NetworkSecret;
+use constella_behaviours::gossip::MemberRecord;
+
+use crate::cli::{Cli, Command, listen_or_default};
+use crate::control::{Request, Response};
+use crate::state::{LocalNode, NetworkState, STATE_FORMAT, StateDir, StoredSecret};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,libp2p=warn,libp2p_gossipsub=error")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    let state_dir = StateDir::new(cli.state_dir.unwrap_or_else(state::default_state_dir));
+    match cli.command {
+        Command::Init(args) => init(&state_dir, args),
+        Command::Join(args) => {
+            let port = args
+                .public_addr
+                .as_ref()
+                .map_or(cli::DEFAULT_PORT, |a| a.port);
+            let plan = join::JoinPlan {
+                listen: listen_or_default(args.listen, port),
+                name: args.server_name,
+                link: args.link,
+                public_addr: args.public_addr,
+                priority: args.priority,
+            };
+            let state = join::join(&state_dir, plan).await?;
+            println!(
+                "Joined network {} as {} ({}); {} nodes in the network.",
+                state.network_id,
+                state.node.name,
+                state.node.node_id,
+                state.peers.len()
+            );
+            println!(
+                "State written to {}. Start the node with: constella run",
+                state_dir.path().display()
+            );
+            Ok(())
+        }
+        Command::Run(args) => daemon::run(state_dir, args.listen).await,
+        Command::Status(args) => match ask(&state_dir, &Request::Status).await? {
+            Response::Status(report) if args.json => print_json(&report),
+            Response::Status(report) => print_text(&output::status_block(&report)),
+            other => unexpected(other),
+        },
+        Command::Peers(args) => match ask(&state_dir, &Request::Peers).await? {
+            Response::Peers(peers) if args.json => print_json(&peers),
+            Response::Peers(peers) => print_text(&output::peers_table(&peers)),
+            other => unexpected(other),
+        },
+        Command::Invite(args) => {
+            match ask(
+                &state_dir,
+                &Request::Invite {
+                    ttl_secs: args.ttl.duration().as_secs(),
+                },
+            )
+            .await?
+            {
+                Response::Invite(invite) => {
+                    println!("{}", invite.link);
+                    eprintln!(
+                        "One-time link, valid for {}. On the new server run:\n  constella join --server-name NAME --join '{}'",
+                        invite.ttl, invite.link
+                    );
+                    Ok(())
+                }
+                other => unexpected(other),
+            }
+        }
+        Command::Leave(args) => {
+            let network = state_dir.load()?.network_id;
+            if !args.yes
+                && !confirm(&format!(
+                    "Leave network {network}? Every node will remove this one and it will forget the network secret."
+                ))?
+            {
+                bail!("not confirmed; nothing changed");
+            }
+            match ask(&state_dir, &Request::Leave).await? {
+                Response::Left => print_text(&format!("Left network {network}.\n")),
+                other => unexpected(other),
+            }
+        }
+    }
+}
+
+fn init(state_dir: &StateDir, args: cli::InitArgs) -> Result<()> {
+    if state_dir.is_initialised() {
+        bail!(
+            "{} already holds a network state; refusing to overwrite it (use another --state-dir)",
+            state_dir.path().display()
+        );
+    }
+    state_dir.create()?;
+    let key = state_dir.load_or_create_key()?;
+    let node_id = key.public().to_peer_id().to_base58();
+    let mut network_id = [0u8; 8];
+    rand::fill(&mut network_id);
+    let listen = listen_or_default(args.listen, args.public_addr.port);
+    let record = MemberRecord {
+        node_id: node_id.clone(),
+        name: args.server_name.as_str().to_owned(),
+        addr: args.public_addr.to_string(),
+        priority: args.priority,
+        version: 1,
+        left: false,
+    };
+    let mut state = NetworkState {
+        network_id: hex::encode(network_id),
+        owner_username: args.owner.as_str().to_owned(),
+        network_secret: Some(StoredSecret::from_secret(&NetworkSecret::generate())),
+        peers: Vec::new(),
+        format: STATE_FORMAT,
+        node: LocalNode {
+            name: record.name.clone(),
+            node_id: node_id.clone(),
+            public_addr: args.public_addr.to_string(),
+            listen: listen.to_string(),
+            priority: args.priority,
+            incarnation: 0,
+        },
+        departed: Vec::new(),
+        invites: Vec::new(),
+        left: false,
+    };
+    state.set_records(&[record], |_| "alive");
+    state_dir.save(&state)?;
+    println!(
+        "Created network {} with {} ({node_id}).",
+        state.network_id, state.node.name
+    );
+    println!("State written to {}.", state_dir.path().display());
+    println!(
+        "Next: start the node with `constella run`, then add servers with `constella invite`."
+    );
+    Ok(())
+}
+
+async fn ask(state_dir: &StateDir, request: &Request) -> Result<Response> {
+    match control::call(&state_dir.socket_path(), request).await? {
+        Response::Error(message) => bail!("{message}"),
+        response => Ok(response),
+    }
+}
+
+fn unexpected(response: Response) -> Result<()> {
+    bail!("the daemon gave an unexpected answer: {response:?}")
+}
+
+fn print_text(text: &str) -> Result<()> {
+    print!("{text}");
+    Ok(())
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).context("cannot encode JSON")?
+    );
+    Ok(())
+}
+
+/// Asks on the terminal; refuses (rather than assuming yes) when stdin is not a terminal.
+fn confirm(question: &str) -> Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!("{question}\nstdin is not a terminal: pass --yes to confirm");
+    }
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}

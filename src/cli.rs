@@ -1,0 +1,127 @@
+//! Command-line arguments. clap parses raw text into the validated types of
+//! [`validate`](crate::validate); anything it cannot parse is refused with one line naming it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::link::JoinLink;
+use crate::validate::{HostPort, OwnerUsername, ServerName, Ttl};
+
+/// Default leader priority: lower numbers win, so give a preferred leader a smaller one.
+pub const DEFAULT_PRIORITY: u32 = 100;
+/// Default TCP port.
+pub const DEFAULT_PORT: u16 = 4747;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "constella",
+    version,
+    about = "A peer-to-peer network of VPS nodes with an elected leader (\"Хост\") and no central server",
+    long_about = "A peer-to-peer network of VPS nodes with an elected leader (\"Хост\") and no central server.\n\n\
+        Start a network with `init`, print a one-time link with `invite`, add a node with `join`, \
+        then keep each node running with `run`. `status` and `peers` ask the running daemon.",
+    after_help = "The state directory defaults to /var/lib/constella for root, otherwise \
+        $XDG_STATE_HOME/constella or ~/.local/state/constella. Logs go to stderr; set RUST_LOG \
+        (e.g. RUST_LOG=debug) to change the level."
+)]
+pub struct Cli {
+    /// Directory holding network_state.json, node.key and the control socket.
+    #[arg(long, global = true, env = "CONSTELLA_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new network with this server as its first node.
+    Init(InitArgs),
+    /// Join an existing network with a one-time link from `constella invite`.
+    Join(JoinArgs),
+    /// Run the node (in the foreground; use the systemd unit for a service).
+    Run(RunArgs),
+    /// Show this node, the network and its leader.
+    Status(OutputArgs),
+    /// List the network's nodes; the leader is marked "— Хост".
+    Peers(OutputArgs),
+    /// Print a one-time join link for a new node.
+    Invite(InviteArgs),
+    /// Leave the network: every node removes this one, and it forgets the network secret.
+    Leave(LeaveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// This server's name, a DNS label such as delta-01.
+    #[arg(long, value_name = "NAME")]
+    pub server_name: ServerName,
+    /// The address other nodes reach this one at, HOST:PORT (port 4747 by default).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub public_addr: HostPort,
+    /// The Telegram username of the network's owner, e.g. @Rmgss.
+    #[arg(long, value_name = "@USERNAME")]
+    pub owner: OwnerUsername,
+    /// Leader priority: the alive node with the lowest number leads (ties: smallest node id).
+    #[arg(long, default_value_t = DEFAULT_PRIORITY, value_name = "N")]
+    pub priority: u32,
+    /// Where to listen, HOST:PORT [default: 0.0.0.0 and the port of --public-addr].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<HostPort>,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// This server's name, a DNS label such as echo-02.
+    #[arg(long, value_name = "NAME")]
+    pub server_name: ServerName,
+    /// The link printed by `constella invite` on a member.
+    #[arg(long = "join", value_name = "LINK")]
+    pub link: JoinLink,
+    /// The address other nodes reach this one at [default: the IP the seed sees, and the listen port].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub public_addr: Option<HostPort>,
+    /// Leader priority: the alive node with the lowest number leads (ties: smallest node id).
+    #[arg(long, default_value_t = DEFAULT_PRIORITY, value_name = "N")]
+    pub priority: u32,
+    /// Where to listen, HOST:PORT [default: 0.0.0.0 and the port of --public-addr, or 4747].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<HostPort>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Listen here instead of the address recorded at init/join, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<HostPort>,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InviteArgs {
+    /// How long the link stays valid: 30s, 15m, 2h … at most 24h.
+    #[arg(long, default_value = "15m", value_name = "TTL")]
+    pub ttl: Ttl,
+}
+
+#[derive(Debug, Args)]
+pub struct LeaveArgs {
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// The listen address: the one given, or all interfaces on `port`.
+pub fn listen_or_default(listen: Option<HostPort>, port: u16) -> HostPort {
+    listen.unwrap_or(HostPort {
+        host: "0.0.0.0".to_owned(),
+        port,
+    })
+}

@@ -1,0 +1,189 @@
+//! The control socket: how `constella status`, `peers`, `invite` and `leave` talk to the running
+//! daemon. A Unix socket (`control.sock`, 0600) in the state directory; one JSON request line,
+//! one JSON response line.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::daemon::Client;
+
+/// Longest request line the daemon reads.
+const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+/// A request to the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Peers,
+    Invite { ttl_secs: u64 },
+    Leave,
+}
+
+/// A node as shown by `peers --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerReport {
+    pub name: String,
+    pub node_id: String,
+    pub addr: String,
+    pub status: String,
+    pub leader: bool,
+}
+
+/// A reference to a node by name and id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRef {
+    pub name: String,
+    pub node_id: String,
+}
+
+/// Counts of gossip messages refused, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejections {
+    pub bad_mac: u64,
+    pub wrong_signer: u64,
+    pub non_member: u64,
+    pub replay: u64,
+    pub malformed: u64,
+    pub incompatible_version: u64,
+}
+
+/// What `status --json` prints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub name: String,
+    pub node_id: String,
+    pub network_id: String,
+    pub owner_username: String,
+    pub version: String,
+    pub protocol_version: u32,
+    pub leader: NodeRef,
+    pub is_leader: bool,
+    pub leader_changes: u64,
+    pub alive: usize,
+    pub offline: usize,
+    pub uptime_secs: u64,
+    pub listen_addrs: Vec<String>,
+    pub connected_peers: usize,
+    pub rejected_gossip: Rejections,
+}
+
+/// A new invite.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InviteReport {
+    pub link: String,
+    pub expires_at: u64,
+    pub ttl: String,
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Status(Box<StatusReport>),
+    Peers(Vec<PeerReport>),
+    Invite(InviteReport),
+    Left,
+    Error(String),
+}
+
+/// Sends one request to the daemon of `socket` and waits for its answer.
+pub async fn call(socket: &Path, request: &Request) -> Result<Response> {
+    let stream = match UnixStream::connect(socket).await {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            bail!(
+                "the constella daemon is not running (no answer on {})",
+                socket.display()
+            )
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot connect to {}", socket.display())),
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(request).context("cannot encode the request")?;
+    line.push(b'\n');
+    write
+        .write_all(&line)
+        .await
+        .context("cannot send the request to the daemon")?;
+    let mut answer = String::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(30),
+        BufReader::new(read).read_line(&mut answer),
+    )
+    .await
+    .context("the daemon did not answer within 30 s")?;
+    read.context("cannot read the daemon's answer")?;
+    if answer.is_empty() {
+        bail!("the daemon closed the connection without answering");
+    }
+    serde_json::from_str(&answer).context("the daemon's answer is malformed")
+}
+
+/// Binds the control socket, refusing if another daemon already answers on it.
+pub async fn bind(socket: &Path) -> Result<UnixListener> {
+    if UnixStream::connect(socket).await.is_ok() {
+        bail!(
+            "another constella daemon is already running on {}",
+            socket.display()
+        );
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot remove stale {}", socket.display()));
+        }
+    }
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("cannot bind {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set mode 0600 on {}", socket.display()))?;
+    Ok(listener)
+}
+
+/// Answers control requests until the listener fails or the daemon stops.
+pub async fn serve(listener: UnixListener, client: Client) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "control socket accept failed");
+                continue;
+            }
+        };
+        let client = client.clone();
+        tokio::spawn(async move {
+            if let Err(error) = answer(stream, client).await {
+                tracing::debug!(error = format!("{error:#}"), "control connection failed");
+            }
+        });
+    }
+}
+
+async fn answer(stream: UnixStream, client: Client) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read.take(MAX_REQUEST_BYTES))
+        .read_line(&mut line)
+        .await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => client.handle(request).await,
+        Err(error) => Response::Error(format!("malformed control request: {error}")),
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! The node daemon: a [`Client`] handle and an [`EventLoop`](event_loop::EventLoop) that owns the
+//! libp2p Swarm, joined by a bounded command channel with `oneshot` replies.
+
+mod event_loop;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use constella_behaviours::Behaviour;
+use libp2p::{Swarm, SwarmBuilder, noise, tcp, yamux};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::control::{self, InviteReport, PeerReport, Request, Response, StatusReport};
+use crate::state::StateDir;
+use crate::validate::{HostPort, Ttl};
+
+/// How many commands may wait for the event loop.
+const COMMAND_QUEUE: usize = 32;
+/// Connections are kept open: the full mesh is how members see each other die at once.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Timeout of one request-response exchange.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A command for the event loop.
+#[derive(Debug)]
+pub enum Command {
+    Status(oneshot::Sender<StatusReport>),
+    Peers(oneshot::Sender<Vec<PeerReport>>),
+    Invite(Ttl, oneshot::Sender<Result<InviteReport, String>>),
+    Leave(oneshot::Sender<Result<(), String>>),
+}
+
+/// A cloneable handle to the running node.
+#[derive(Debug, Clone)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Client {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, String> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| "the node is shutting down".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "the node is shutting down".to_owned())
+    }
+
+    /// Answers one control request.
+    pub async fn handle(&self, request: Request) -> Response {
+        let result = match request {
+            Request::Status => self
+                .ask(Command::Status)
+                .await
+                .map(|s| Response::Status(Box::new(s))),
+            Request::Peers => self.ask(Command::Peers).await.map(Response::Peers),
+            Request::Invite { ttl_secs } => match format!("{ttl_secs}s").parse::<Ttl>() {
+                Ok(ttl) => self
+                    .ask(|reply| Command::Invite(ttl, reply))
+                    .await
+                    .and_then(|r| r.map(Response::Invite)),
+                Err(error) => Err(error),
+            },
+            Request::Leave => self
+                .ask(Command::Leave)
+                .await
+                .and_then(|r| r.map(|()| Response::Left)),
+        };
+        result.unwrap_or_else(Response::Error)
+    }
+}
+
+/// Builds a Swarm over TCP + noise + yamux for the given behaviour.
+pub fn build_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    key: libp2p::identity::Keypair,
+    behaviour: impl FnOnce(&libp2p::identity::Keypair) -> Result<B>,
+) -> Result<Swarm<B>> {
+    let mut failure = None;
+    let swarm = SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .context("cannot set up the TCP transport")?
+        .with_dns()
+        .context("cannot set up DNS resolution")?
+        .with_behaviour(|key| match behaviour(key) {
+            Ok(b) => Ok(b),
+            Err(error) => {
+                let message = format!("{error:#}");
+                failure = Some(error);
+                Err(message.into())
+            }
+        });
+    let swarm = match (swarm, failure) {
+        (Ok(swarm), _) => swarm,
+        (Err(_), Some(error)) => return Err(error),
+        (Err(error), None) => bail!("cannot build the network behaviour: {error}"),
+    };
+    Ok(swarm
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build())
+}
+
+/// Runs the node until SIGINT/SIGTERM or `leave`.
+pub async fn run(state_dir: StateDir, listen_override: Option<HostPort>) -> Result<()> {
+    let mut state = state_dir.load()?;
+    if state.left {
+        bail!(
+            "this node left network {}; join again with a new link (remove {} first)",
+            state.network_id,
+            state_dir.state_path().display()
+        );
+    }
+    let secret = state
+        .network_secret
+        .as_ref()
+        .context("the state file has no network secret")?
+        .decode()?;
+    let key = state_dir.load_key()?;
+    let local_id = key.public().to_peer_id();
+    if local_id.to_base58() != state.node.node_id {
+        bail!(
+            "{} belongs to node {} but the state names {}",
+            state_dir.key_path().display(),
+            local_id,
+            state.node.node_id
+        );
+    }
+    if let Some(listen) = listen_override {
+        state.node.listen = listen.to_string();
+    }
+    state.node.incarnation = state.node.incarnation.wrapping_add(1);
+    state_dir.save(&state)?;
+
+    let network_id = state.network_id.clone();
+    let swarm = build_swarm(key, |key| {
+        Ok(Behaviour::new(key, &network_id, REQUEST_TIMEOUT)?)
+    })?;
+    let listener = control::bind(&state_dir.socket_path()).await?;
+    let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+    let client = Client {
+        commands: commands_tx,
+    };
+    let control_task = tokio::spawn(control::serve(listener, client));
+
+    let event_loop =
+        event_loop::EventLoop::new(swarm, commands_rx, state_dir.clone(), state, secret)?;
+    let result = event_loop.run(shutdown_signal()).await;
+    control_task.abort();
+    let _ = std::fs::remove_file(state_dir.socket_path());
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop the node with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
+        _ = int.recv() => tracing::info!("SIGINT received, stopping"),
+    }
+}

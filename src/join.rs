@@ -1,0 +1,155 @@
+//! The joiner's side of Join: dial the seed with its PeerId pinned, present the token, and on
+//! acceptance write the new node's key and state. Nothing is written unless the seed accepts.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use constella_behaviours::NetworkSecret;
+use constella_behaviours::join::{self, JoinRequest};
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundFailure};
+use libp2p::swarm::{DialError, SwarmEvent};
+
+use crate::daemon::build_swarm;
+use crate::link::JoinLink;
+use crate::state::{LocalNode, NetworkState, STATE_FORMAT, StateDir, StoredSecret};
+use crate::validate::{HostPort, ServerName};
+
+/// How long the whole join may take.
+pub const JOIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What the operator asked for.
+#[derive(Debug)]
+pub struct JoinPlan {
+    pub name: ServerName,
+    pub link: JoinLink,
+    pub public_addr: Option<HostPort>,
+    pub listen: HostPort,
+    pub priority: u32,
+}
+
+/// Joins the network of `plan.link` and writes the state. Returns the state written.
+pub async fn join(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkState> {
+    if state_dir.is_initialised() {
+        let existing = state_dir
+            .load()
+            .map(|s| s.network_id)
+            .unwrap_or_else(|_| "?".into());
+        bail!(
+            "{} already holds the state of network {existing}; use another --state-dir (or remove it after `constella leave`)",
+            state_dir.path().display()
+        );
+    }
+    let key = state_dir
+        .existing_key()?
+        .unwrap_or_else(Keypair::generate_ed25519);
+    let local_id = key.public().to_peer_id();
+    let seed_addr = plan
+        .link
+        .seed
+        .to_multiaddr()
+        .with(Protocol::P2p(plan.link.peer));
+    let mut swarm = build_swarm(key.clone(), |_| Ok(join::behaviour(JOIN_DEADLINE)))?;
+    swarm.dial(seed_addr).context("cannot dial the seed")?;
+    let request = JoinRequest {
+        network_id: plan.link.network_id.clone(),
+        token: plan.link.token.clone(),
+        name: plan.name.as_str().to_owned(),
+        addr: plan.public_addr.as_ref().map(ToString::to_string),
+        listen_port: plan.listen.port,
+        priority: plan.priority,
+    };
+    let mut request = Some(request);
+    let seed = plan.link.seed.to_string();
+    let outcome = tokio::time::timeout(JOIN_DEADLINE, async {
+        loop {
+            match swarm.select_next_some().await {
+                // Noise proved this is the pinned PeerId: only now may the token leave.
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == plan.link.peer => {
+                    if let Some(request) = request.take() {
+                        swarm.behaviour_mut().send_request(&peer_id, request);
+                    }
+                }
+                SwarmEvent::OutgoingConnectionError { error, .. } => {
+                    return Err(match error {
+                        DialError::WrongPeerId { obtained, .. } => anyhow::anyhow!(
+                            "the node at {seed} is {obtained}, not the seed {} named in the link; the token was not sent",
+                            plan.link.peer
+                        ),
+                        other => anyhow::anyhow!("cannot reach the seed at {seed}: {}", dial_error_summary(&other)),
+                    });
+                }
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                }) => return response.map_err(|refusal| anyhow::anyhow!("the seed refused the join: {refusal}")),
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => {
+                    return Err(match error {
+                        OutboundFailure::Timeout => anyhow::anyhow!("the seed at {seed} did not answer in time"),
+                        OutboundFailure::UnsupportedProtocols => {
+                            anyhow::anyhow!("the node at {seed} does not speak the Join protocol")
+                        }
+                        other => anyhow::anyhow!("the join request to {seed} failed: {other}"),
+                    });
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("the seed at {seed} did not answer within {} s", JOIN_DEADLINE.as_secs())))?;
+
+    if outcome.network_id != plan.link.network_id || outcome.record.node_id != local_id.to_base58()
+    {
+        bail!("the seed's answer does not match this join (network or node id differs)");
+    }
+    let secret = NetworkSecret::from_hex(&outcome.network_secret)
+        .context("the seed sent a malformed network secret")?;
+    let mut state = NetworkState {
+        network_id: outcome.network_id.clone(),
+        owner_username: outcome.owner_username.clone(),
+        network_secret: Some(StoredSecret::from_secret(&secret)),
+        peers: Vec::new(),
+        format: STATE_FORMAT,
+        node: LocalNode {
+            name: plan.name.as_str().to_owned(),
+            node_id: local_id.to_base58(),
+            public_addr: outcome.record.addr.clone(),
+            listen: plan.listen.to_string(),
+            priority: plan.priority,
+            incarnation: 0,
+        },
+        departed: Vec::new(),
+        invites: Vec::new(),
+        left: false,
+    };
+    state.set_records(&outcome.members, |_| "offline");
+    state_dir.create()?;
+    if !state_dir.key_path().exists() {
+        state_dir.save_key(&key)?;
+    }
+    state_dir.save(&state)?;
+    Ok(state)
+}
+
+/// The most useful line of a dial error (libp2p nests the per-address errors).
+fn dial_error_summary(error: &DialError) -> String {
+    match error {
+        DialError::Transport(errors) => errors
+            .iter()
+            .map(|(_, e)| {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(e);
+                while let Some(inner) = source {
+                    text = inner.to_string();
+                    source = inner.source();
+                }
+                text
+            })
+            .next()
+            .unwrap_or_else(|| "no address to dial".to_owned()),
+        other => other.to_string(),
+    }
+}

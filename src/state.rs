@@ -1,0 +1,438 @@
+//! The state directory: `network_state.json` (the seed's shape plus what this node needs) and
+//! `node.key` (the libp2p identity).
+//!
+//! Both files are 0600 in a 0700 directory and are replaced atomically (temporary file, fsync,
+//! rename, fsync of the directory), so a crash never leaves a half-written file. A file that
+//! cannot be read or parsed stops the node with an error naming it: it is never reset.
+
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use constella_behaviours::NetworkSecret;
+use constella_behaviours::gossip::MemberRecord;
+use libp2p::identity::Keypair;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// File name of the network state.
+pub const STATE_FILE: &str = "network_state.json";
+/// File name of the node's private key.
+pub const KEY_FILE: &str = "node.key";
+/// File name of the control socket.
+pub const SOCKET_FILE: &str = "control.sock";
+/// Version of the state file layout.
+pub const STATE_FORMAT: u32 = 1;
+
+/// The state directory used when neither `--state-dir` nor `CONSTELLA_STATE_DIR` is given:
+/// `/var/lib/constella` for root, otherwise `$XDG_STATE_HOME/constella` or
+/// `~/.local/state/constella`.
+pub fn default_state_dir() -> PathBuf {
+    // The effective uid from /proc: libc::geteuid would need `unsafe`, which the workspace denies.
+    let is_root = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(2).map(|uid| uid == "0"))
+        .unwrap_or(false);
+    if is_root {
+        return PathBuf::from("/var/lib/constella");
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("constella");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/state/constella")
+}
+
+/// A member as written in `peers` (the seed's fields first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerEntry {
+    pub name: String,
+    pub addr: String,
+    pub node_id: String,
+    /// `"alive"` or `"offline"`, as last seen by this node.
+    pub status: String,
+    pub priority: u32,
+    /// Version of the member record (see `MemberRecord::version`).
+    pub version: u64,
+}
+
+/// A node that left: kept so that anti-entropy cannot bring it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepartedEntry {
+    pub name: String,
+    pub node_id: String,
+    pub version: u64,
+}
+
+/// This node's own settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalNode {
+    pub name: String,
+    pub node_id: String,
+    /// The address other nodes dial, `host:port`.
+    pub public_addr: String,
+    /// The address to listen on, `host:port`.
+    pub listen: String,
+    pub priority: u32,
+    /// Bumped at every start; the high half of heartbeat sequence numbers.
+    pub incarnation: u32,
+}
+
+/// An invite issued by this node. Only the token's SHA-256 is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invite {
+    pub token_sha256: String,
+    pub created_at: u64,
+    pub expires_at: u64,
+    /// When it was used, and by which node.
+    pub used_at: Option<u64>,
+    pub used_by: Option<String>,
+}
+
+/// The network secret as stored: hex, wiped on drop, never shown by `Debug`.
+#[derive(Clone, Default)]
+pub struct StoredSecret(Zeroizing<String>);
+
+impl Serialize for StoredSecret {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for StoredSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        String::deserialize(deserializer).map(|text| Self(Zeroizing::new(text)))
+    }
+}
+
+impl fmt::Debug for StoredSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl StoredSecret {
+    pub fn from_secret(secret: &NetworkSecret) -> Self {
+        Self(secret.to_hex())
+    }
+    /// The hex text, for the Join response that hands it to an admitted node.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn decode(&self) -> Result<NetworkSecret> {
+        NetworkSecret::from_hex(&self.0).context("network_secret in the state file is malformed")
+    }
+}
+
+/// Contents of `network_state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkState {
+    pub network_id: String,
+    pub owner_username: String,
+    /// Absent after `leave`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_secret: Option<StoredSecret>,
+    pub peers: Vec<PeerEntry>,
+    pub format: u32,
+    pub node: LocalNode,
+    #[serde(default)]
+    pub departed: Vec<DepartedEntry>,
+    #[serde(default)]
+    pub invites: Vec<Invite>,
+    /// True once this node has left the network.
+    #[serde(default)]
+    pub left: bool,
+}
+
+impl NetworkState {
+    /// Member records (tombstones included) for the membership machine.
+    pub fn records(&self) -> Vec<MemberRecord> {
+        let current = self.peers.iter().map(|p| MemberRecord {
+            node_id: p.node_id.clone(),
+            name: p.name.clone(),
+            addr: p.addr.clone(),
+            priority: p.priority,
+            version: p.version,
+            left: false,
+        });
+        let departed = self.departed.iter().map(|d| MemberRecord {
+            node_id: d.node_id.clone(),
+            name: d.name.clone(),
+            addr: String::new(),
+            priority: 0,
+            version: d.version,
+            left: true,
+        });
+        current.chain(departed).collect()
+    }
+
+    /// Replaces `peers` and `departed` with `records`; `status_of` gives each member's status.
+    pub fn set_records(
+        &mut self,
+        records: &[MemberRecord],
+        status_of: impl Fn(&str) -> &'static str,
+    ) {
+        self.peers = records
+            .iter()
+            .filter(|r| !r.left)
+            .map(|r| PeerEntry {
+                name: r.name.clone(),
+                addr: r.addr.clone(),
+                node_id: r.node_id.clone(),
+                status: status_of(&r.node_id).to_owned(),
+                priority: r.priority,
+                version: r.version,
+            })
+            .collect();
+        self.peers.sort_by(|a, b| a.name.cmp(&b.name));
+        self.departed = records
+            .iter()
+            .filter(|r| r.left)
+            .map(|r| DepartedEntry {
+                name: r.name.clone(),
+                node_id: r.node_id.clone(),
+                version: r.version,
+            })
+            .collect();
+    }
+}
+
+/// The hex SHA-256 under which an invite token is kept.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.join(KEY_FILE)
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.join(SOCKET_FILE)
+    }
+
+    /// Whether a network state exists here.
+    pub fn is_initialised(&self) -> bool {
+        self.state_path().exists()
+    }
+
+    /// Creates the directory (0700) if needed and tightens its mode if it exists.
+    pub fn create(&self) -> Result<()> {
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create state directory {}", self.dir.display()))?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot set mode 0700 on {}", self.dir.display()))
+    }
+
+    /// Reads the network state. A missing file says how to create one.
+    pub fn load(&self) -> Result<NetworkState> {
+        let path = self.state_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "no network state in {}: run `constella init` or `constella join` first (or pass --state-dir)",
+                self.dir.display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let state: NetworkState = serde_json::from_str(&text)
+            .with_context(|| format!("{} is corrupt; it was left as it is", path.display()))?;
+        if state.format != STATE_FORMAT {
+            bail!(
+                "{} has format {}, this constella reads format {STATE_FORMAT}",
+                path.display(),
+                state.format
+            );
+        }
+        Ok(state)
+    }
+
+    /// Replaces the network state atomically.
+    pub fn save(&self, state: &NetworkState) -> Result<()> {
+        let json = Zeroizing::new(
+            serde_json::to_vec_pretty(state).context("cannot encode the network state")?,
+        );
+        write_atomic(&self.state_path(), &json)
+    }
+
+    /// Writes a new private key (refusing to replace one).
+    pub fn save_key(&self, key: &Keypair) -> Result<()> {
+        let path = self.key_path();
+        if path.exists() {
+            bail!(
+                "{} already exists; refusing to replace a node's identity",
+                path.display()
+            );
+        }
+        let bytes = Zeroizing::new(
+            key.to_protobuf_encoding()
+                .context("cannot encode the node key")?,
+        );
+        write_atomic(&path, &bytes)
+    }
+
+    /// The key already in this directory, if any: a server keeps its identity across `leave`
+    /// and a later join, and an operator may place a key here before `init` or `join`.
+    pub fn existing_key(&self) -> Result<Option<Keypair>> {
+        if self.key_path().exists() {
+            self.load_key().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The key in this directory, or a new one written there.
+    pub fn load_or_create_key(&self) -> Result<Keypair> {
+        if let Some(key) = self.existing_key()? {
+            return Ok(key);
+        }
+        let key = Keypair::generate_ed25519();
+        self.save_key(&key)?;
+        Ok(key)
+    }
+
+    /// Reads the private key.
+    pub fn load_key(&self) -> Result<Keypair> {
+        let path = self.key_path();
+        let bytes = Zeroizing::new(
+            fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
+        );
+        Keypair::from_protobuf_encoding(&bytes).map_err(|_| {
+            anyhow::anyhow!(
+                "{} is not a valid node key; it was left as it is",
+                path.display()
+            )
+        })
+    }
+}
+
+/// Writes `bytes` to `path` through a 0600 temporary file, fsync and rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().context("state path has no directory")?;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> NetworkState {
+        NetworkState {
+            network_id: "abcd1234".into(),
+            owner_username: "@Rmgss".into(),
+            network_secret: Some(StoredSecret::from_secret(&NetworkSecret::generate())),
+            peers: vec![],
+            format: STATE_FORMAT,
+            node: LocalNode {
+                name: "delta-01".into(),
+                node_id: "x".into(),
+                public_addr: "127.0.0.1:4747".into(),
+                listen: "127.0.0.1:4747".into(),
+                priority: 100,
+                incarnation: 0,
+            },
+            departed: vec![],
+            invites: vec![],
+            left: false,
+        }
+    }
+
+    #[test]
+    fn save_load_modes_and_redaction() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("state"));
+        dir.create().unwrap();
+        let state = sample();
+        dir.save(&state).unwrap();
+        let mode = fs::metadata(dir.state_path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(
+            fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let loaded = dir.load().unwrap();
+        assert_eq!(loaded.network_id, "abcd1234");
+        assert!(!format!("{loaded:?}").contains(&*state.network_secret.as_ref().unwrap().0));
+        // Only the final file is left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn corrupt_state_names_the_file_and_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().to_owned());
+        fs::write(dir.state_path(), "{ not json").unwrap();
+        let error = format!("{:#}", dir.load().unwrap_err());
+        assert!(error.contains("network_state.json is corrupt"), "{error}");
+        assert_eq!(fs::read_to_string(dir.state_path()).unwrap(), "{ not json");
+    }
+
+    #[test]
+    fn key_round_trip_and_no_overwrite() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().to_owned());
+        let key = Keypair::generate_ed25519();
+        dir.save_key(&key).unwrap();
+        assert_eq!(dir.load_key().unwrap().public(), key.public());
+        assert!(dir.save_key(&Keypair::generate_ed25519()).is_err());
+        assert_eq!(
+            fs::metadata(dir.key_path()).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+}

@@ -1,0 +1,255 @@
+//! Validated forms of what operators type: server names, owner usernames, addresses, TTLs.
+//!
+//! clap parses raw strings; these types turn them into values that are known to be good, with a
+//! one-line error that names what is wrong.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use libp2p::multiaddr::Protocol;
+
+/// A server name: a DNS label (1–63 lowercase letters, digits or hyphens, no hyphen at either end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerName(String);
+
+impl FromStr for ServerName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ok_chars = s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if s.is_empty() || s.len() > 63 || !ok_chars || s.starts_with('-') || s.ends_with('-') {
+            return Err(format!(
+                "invalid server name {s:?}: use 1-63 lowercase letters, digits or hyphens, not starting or ending with a hyphen"
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl ServerName {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A Telegram username with its `@`: `@` then 5–32 letters, digits or underscores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerUsername(String);
+
+impl FromStr for OwnerUsername {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let body = s.strip_prefix('@').unwrap_or("");
+        let ok = (5..=32).contains(&body.len())
+            && body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ok {
+            return Err(format!(
+                "invalid owner {s:?}: a Telegram username is @ followed by 5-32 letters, digits or _"
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl OwnerUsername {
+    /// The username with its `@`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `host:port`, where host is an IPv4 address, a bracketed IPv6 address or a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// The host, without brackets.
+    pub host: String,
+    /// The TCP port.
+    pub port: u16,
+}
+
+impl FromStr for HostPort {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid address {s:?}: expected HOST:PORT, e.g. 203.0.113.10:4747");
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if port == 0 {
+            return Err(bad());
+        }
+        let host = if let Some(inner) = host.strip_prefix('[') {
+            let inner = inner.strip_suffix(']').ok_or_else(bad)?;
+            inner.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+            inner.to_owned()
+        } else {
+            let is_ip = host.parse::<std::net::Ipv4Addr>().is_ok();
+            let is_dns = !host.is_empty()
+                && host.len() <= 253
+                && host.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !is_ip && !is_dns {
+                return Err(bad());
+            }
+            host.to_owned()
+        };
+        Ok(Self { host, port })
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl HostPort {
+    /// The TCP multiaddr of this address (`/ip4`, `/ip6` or `/dns`).
+    pub fn to_multiaddr(&self) -> Multiaddr {
+        let host = match self.host.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => Protocol::Ip4(ip),
+            Ok(std::net::IpAddr::V6(ip)) => Protocol::Ip6(ip),
+            Err(_) => Protocol::Dns(self.host.clone().into()),
+        };
+        Multiaddr::empty().with(host).with(Protocol::Tcp(self.port))
+    }
+}
+
+/// How long an invite stays valid: a number and a unit (`s`, `m`, `h`), from 1 s to 24 h.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttl(Duration);
+
+/// The longest an invite may live.
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+impl FromStr for Ttl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("invalid ttl {s:?}: use a number and a unit, e.g. 30s, 15m, 2h (at most 24h)")
+        };
+        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (number, unit) = s.split_at(split);
+        let number: u64 = number.parse().map_err(|_| bad())?;
+        let unit = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            _ => return Err(bad()),
+        };
+        let secs = number.checked_mul(unit).ok_or_else(bad)?;
+        if secs == 0 || secs > MAX_TTL.as_secs() {
+            return Err(bad());
+        }
+        Ok(Self(Duration::from_secs(secs)))
+    }
+}
+
+impl Ttl {
+    /// The duration.
+    pub fn duration(self) -> Duration {
+        self.0
+    }
+}
+
+impl fmt::Display for Ttl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.as_secs();
+        if secs.is_multiple_of(3600) {
+            write!(f, "{}h", secs / 3600)
+        } else if secs.is_multiple_of(60) {
+            write!(f, "{}m", secs / 60)
+        } else {
+            write!(f, "{secs}s")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names() {
+        for good in ["delta-01", "a", "x1", &"a".repeat(63)] {
+            assert!(good.parse::<ServerName>().is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "a-", "Delta", "a_b", "a.b", "ж", &"a".repeat(64)] {
+            assert!(bad.parse::<ServerName>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn owners() {
+        for good in ["@Rmgss", "@abc_12345", &format!("@{}", "a".repeat(32))] {
+            assert!(good.parse::<OwnerUsername>().is_ok(), "{good}");
+        }
+        for bad in [
+            "Rmgss",
+            "@abcd",
+            "@ab-cde",
+            "@",
+            &format!("@{}", "a".repeat(33)),
+        ] {
+            assert!(bad.parse::<OwnerUsername>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn host_ports() {
+        let hp: HostPort = "203.0.113.10:4747".parse().unwrap();
+        assert_eq!(hp.to_multiaddr().to_string(), "/ip4/203.0.113.10/tcp/4747");
+        let v6: HostPort = "[::1]:4747".parse().unwrap();
+        assert_eq!(v6.to_string(), "[::1]:4747");
+        assert_eq!(v6.to_multiaddr().to_string(), "/ip6/::1/tcp/4747");
+        let dns: HostPort = "node.example.com:1".parse().unwrap();
+        assert_eq!(
+            dns.to_multiaddr().to_string(),
+            "/dns/node.example.com/tcp/1"
+        );
+        for bad in [
+            "1.2.3.4",
+            "1.2.3.4:0",
+            "1.2.3.4:70000",
+            ":4747",
+            "a b:1",
+            "[zz]:1",
+            "::1:4747",
+        ] {
+            assert!(bad.parse::<HostPort>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ttls() {
+        assert_eq!(
+            "15m".parse::<Ttl>().unwrap().duration(),
+            Duration::from_secs(900)
+        );
+        assert_eq!("24h".parse::<Ttl>().unwrap().to_string(), "24h");
+        assert_eq!("90s".parse::<Ttl>().unwrap().to_string(), "90s");
+        for bad in [
+            "",
+            "15",
+            "m",
+            "0m",
+            "25h",
+            "1d",
+            "-1m",
+            "99999999999999999999h",
+        ] {
+            assert!(bad.parse::<Ttl>().is_err(), "{bad}");
+        }
+    }
+}

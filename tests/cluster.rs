@@ -1,0 +1,162 @@
+//! Membership and leader election across real nodes on 127.0.0.1.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, Node, agreed_leader, agreed_leader_without, keys_by_peer_id, wait_for};
+
+const AGREE: Duration = Duration::from_secs(15);
+
+#[test]
+fn three_nodes_agree_fail_over_and_recover() {
+    // Equal priorities: the smallest PeerId leads. Give it to "alpha" so the test knows.
+    let mut cluster = Cluster::start(
+        &["alpha", "bravo", "charlie"],
+        &[100, 100, 100],
+        Some(keys_by_peer_id(3)),
+    );
+    let all = ["alpha", "bravo", "charlie"];
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(
+        agreed_leader(&nodes, &all, AGREE),
+        "alpha",
+        "{}",
+        cluster.dump_logs()
+    );
+    for node in &cluster.nodes {
+        let peers = node.peers().unwrap();
+        assert_eq!(peers.len(), 3);
+        assert!(peers.iter().all(|p| p.status == "alive"), "{peers:?}");
+        let status = node.status().unwrap();
+        assert_eq!(status["leader"]["name"], "alpha");
+        assert_eq!(status["alive"], 3);
+    }
+
+    // Crash the leader: the two survivors agree on the next one, bravo.
+    cluster.node_mut("alpha").kill();
+    let survivors: Vec<&Node> = cluster.nodes[1..].iter().collect();
+    let next = agreed_leader_without(
+        &survivors,
+        &["bravo", "charlie"],
+        &["alpha"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(next, "bravo", "{}", cluster.dump_logs());
+
+    // Restart it from its state file: alive everywhere again, and leading again.
+    cluster.node_mut("alpha").start();
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(
+        agreed_leader(&nodes, &all, AGREE),
+        "alpha",
+        "{}",
+        cluster.dump_logs()
+    );
+    let status = cluster.node("alpha").status().unwrap();
+    assert_eq!(status["is_leader"], true);
+}
+
+#[test]
+fn a_lower_priority_number_wins_over_a_smaller_peer_id() {
+    // alpha has the smaller PeerId but bravo the lower priority number: bravo leads.
+    let cluster = Cluster::start(&["alpha", "bravo"], &[100, 5], Some(keys_by_peer_id(2)));
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(
+        agreed_leader(&nodes, &["alpha", "bravo"], AGREE),
+        "bravo",
+        "{}",
+        cluster.dump_logs()
+    );
+}
+
+#[test]
+fn a_restarted_member_rejoins_from_its_state_file() {
+    let mut cluster = Cluster::start(&["alpha", "bravo", "charlie"], &[1, 100, 100], None);
+    let all = ["alpha", "bravo", "charlie"];
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    agreed_leader(&nodes, &all, AGREE);
+
+    cluster.node_mut("charlie").kill();
+    let others: Vec<&Node> = cluster.nodes[..2].iter().collect();
+    agreed_leader_without(
+        &others,
+        &["alpha", "bravo"],
+        &["charlie"],
+        Duration::from_secs(10),
+    );
+    // Its state file records the network; no new join is needed.
+    let state = cluster.node("charlie").state_json().unwrap();
+    assert_eq!(state["peers"].as_array().unwrap().len(), 3);
+
+    cluster.node_mut("charlie").start();
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(
+        agreed_leader(&nodes, &all, AGREE),
+        "alpha",
+        "{}",
+        cluster.dump_logs()
+    );
+}
+
+#[test]
+fn a_node_that_leaves_is_removed_everywhere_and_forgets_the_secret() {
+    let mut cluster = Cluster::start(&["alpha", "bravo", "charlie"], &[1, 100, 100], None);
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE);
+
+    let out = cluster.node("charlie").ok(&["leave", "--yes"]);
+    assert!(out.contains("Left network"), "{out}");
+    assert!(cluster.node_mut("charlie").wait_exit().success());
+    for node in &cluster.nodes[..2] {
+        wait_for(
+            Duration::from_secs(10),
+            "charlie removed from the list",
+            || {
+                node.peers()
+                    .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p.name != "charlie"))
+                    .then_some(())
+            },
+        );
+    }
+    let state = cluster.node("charlie").state_json().unwrap();
+    assert!(
+        state.get("network_secret").is_none(),
+        "the secret must be gone: {state}"
+    );
+    assert_eq!(state["left"], true);
+    // It will not start again on that state.
+    let out = cluster.node("charlie").cli(&["run"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("left network"));
+    // And the survivors' state files no longer list it as a peer.
+    let alpha = cluster.node("alpha").state_json().unwrap();
+    assert!(
+        alpha["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["name"] != "charlie")
+    );
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_peers_see_it_offline() {
+    let mut cluster = Cluster::start(&["alpha", "bravo"], &[1, 100], None);
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    agreed_leader(&nodes, &["alpha", "bravo"], AGREE);
+    assert!(cluster.node_mut("bravo").stop().success());
+    assert!(
+        !cluster.node("bravo").dir.join("control.sock").exists(),
+        "the socket is removed on exit"
+    );
+    wait_for(Duration::from_secs(10), "bravo offline on alpha", || {
+        cluster
+            .node("alpha")
+            .peers()
+            .unwrap()
+            .iter()
+            .any(|p| p.name == "bravo" && p.status == "offline")
+            .then_some(())
+    });
+}

@@ -1,0 +1,358 @@
+//! Test harness: real `constella` processes on 127.0.0.1, each with its own state directory,
+//! driven through the real CLI. Waits poll a condition until a deadline, never sleep blindly.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_constella");
+
+/// A row of `peers --json`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub node_id: String,
+    pub addr: String,
+    pub status: String,
+    pub leader: bool,
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `deadline` naming `what`.
+pub fn wait_for<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One node: a state directory, a port, and maybe a running daemon.
+pub struct Node {
+    pub name: String,
+    pub dir: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Node {
+    pub fn new(root: &Path, name: &str) -> Self {
+        let dir = root.join(name);
+        Self {
+            name: name.to_owned(),
+            log: root.join(format!("{name}.log")),
+            dir,
+            port: free_port(),
+            child: None,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Runs a CLI command against this node's state directory.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--state-dir")
+            .arg(&self.dir)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run constella")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "{} {args:?} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Places a fresh identity key in the state directory (used before init/join when a test
+    /// needs to know or order the PeerIds).
+    pub fn install_key(&self, key: &libp2p::identity::Keypair) {
+        fs::create_dir_all(&self.dir).unwrap();
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.dir.join("node.key"))
+            .unwrap();
+        std::io::Write::write_all(&mut file, &key.to_protobuf_encoding().unwrap()).unwrap();
+    }
+
+    pub fn init(&self, priority: u32) {
+        self.ok(&[
+            "init",
+            "--server-name",
+            &self.name,
+            "--public-addr",
+            &self.addr(),
+            "--listen",
+            &self.addr(),
+            "--owner",
+            "@owner_test",
+            "--priority",
+            &priority.to_string(),
+        ]);
+    }
+
+    pub fn join_args(&self, link: &str, priority: u32) -> Vec<String> {
+        [
+            "join",
+            "--server-name",
+            &self.name,
+            "--join",
+            link,
+            "--public-addr",
+            &self.addr(),
+            "--listen",
+            &self.addr(),
+            "--priority",
+            &priority.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    pub fn join(&self, link: &str, priority: u32) {
+        let args = self.join_args(link, priority);
+        self.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    pub fn invite(&self, ttl: &str) -> String {
+        self.ok(&["invite", "--ttl", ttl]).trim().to_owned()
+    }
+
+    /// Starts the daemon and waits until it answers on its control socket.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .arg("--state-dir")
+            .arg(&self.dir)
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn constella run");
+        self.child = Some(child);
+        let name = self.name.clone();
+        wait_for(
+            Duration::from_secs(10),
+            &format!("{name} to answer status"),
+            || {
+                if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                    panic!("{name} exited with {status}:\n{}", self.log_text());
+                }
+                self.cli(&["status"]).status.success().then_some(())
+            },
+        );
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("not running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        wait_for(
+            Duration::from_secs(10),
+            "daemon to exit after SIGTERM",
+            || child.try_wait().unwrap(),
+        )
+    }
+
+    /// Waits for the daemon to exit by itself (after `leave`).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("not running");
+        wait_for(Duration::from_secs(10), "daemon to exit", || {
+            child.try_wait().unwrap()
+        })
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    pub fn peers(&self) -> Option<Vec<Peer>> {
+        let out = self.cli(&["peers", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let out = self.cli(&["status", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    pub fn node_id(&self) -> String {
+        let state: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(self.dir.join("network_state.json")).unwrap())
+                .unwrap();
+        state["node"]["node_id"].as_str().unwrap().to_owned()
+    }
+
+    pub fn state_json(&self) -> Option<serde_json::Value> {
+        fs::read_to_string(self.dir.join("network_state.json"))
+            .ok()
+            .map(|t| serde_json::from_str(&t).unwrap())
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The name of the leader `node` sees, if all of `expect_alive` are alive in its view and all
+/// of `expect_offline` are offline.
+pub fn leader_seen(node: &Node, expect_alive: &[&str], expect_offline: &[&str]) -> Option<String> {
+    let peers = node.peers()?;
+    let has = |name: &str, status: &str| peers.iter().any(|p| p.name == name && p.status == status);
+    if !expect_alive.iter().all(|n| has(n, "alive"))
+        || !expect_offline.iter().all(|n| has(n, "offline"))
+    {
+        return None;
+    }
+    let leaders: Vec<&Peer> = peers.iter().filter(|p| p.leader).collect();
+    (leaders.len() == 1).then(|| leaders[0].name.clone())
+}
+
+/// Waits until every node in `nodes` sees all of `alive` alive and they agree on one leader.
+pub fn agreed_leader(nodes: &[&Node], alive: &[&str], deadline: Duration) -> String {
+    agreed_leader_without(nodes, alive, &[], deadline)
+}
+
+/// Like [`agreed_leader`], and every node also sees all of `offline` offline.
+pub fn agreed_leader_without(
+    nodes: &[&Node],
+    alive: &[&str],
+    offline: &[&str],
+    deadline: Duration,
+) -> String {
+    wait_for(
+        deadline,
+        &format!("{alive:?} alive, {offline:?} offline and one agreed leader"),
+        || {
+            let seen: Vec<Option<String>> = nodes
+                .iter()
+                .map(|n| leader_seen(n, alive, offline))
+                .collect();
+            let first = seen.first()?.clone()?;
+            seen.iter()
+                .all(|s| s.as_deref() == Some(&first))
+                .then_some(first)
+        },
+    )
+}
+
+/// Keys sorted by their PeerId bytes (the tie-break of the leader order).
+pub fn keys_by_peer_id(n: usize) -> Vec<libp2p::identity::Keypair> {
+    let mut keys: Vec<_> = (0..n)
+        .map(|_| libp2p::identity::Keypair::generate_ed25519())
+        .collect();
+    keys.sort_by_key(|k| k.public().to_peer_id().to_bytes());
+    keys
+}
+
+/// A network of nodes that were init'ed/joined and started, in a temporary directory.
+pub struct Cluster {
+    pub root: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// `priorities[0]` inits the network, the rest join through invites of the first node.
+    /// `keys`, if given, are the nodes' identities in the same order.
+    pub fn start(
+        names: &[&str],
+        priorities: &[u32],
+        keys: Option<Vec<libp2p::identity::Keypair>>,
+    ) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let mut nodes: Vec<Node> = names.iter().map(|n| Node::new(root.path(), n)).collect();
+        if let Some(keys) = keys {
+            for (node, key) in nodes.iter().zip(keys) {
+                node.install_key(&key);
+            }
+        }
+        nodes[0].init(priorities[0]);
+        nodes[0].start();
+        for i in 1..nodes.len() {
+            let link = nodes[0].invite("5m");
+            nodes[i].join(&link, priorities[i]);
+            nodes[i].start();
+        }
+        Self { root, nodes }
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes.iter().find(|n| n.name == name).unwrap()
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.name == name).unwrap()
+    }
+
+    pub fn dump_logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("==== {}\n{}", n.name, n.log_text()))
+            .collect()
+    }
+}
