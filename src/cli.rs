@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::link::JoinLink;
-use crate::validate::{HostPort, OwnerUsername, ServerName, Ttl};
+use crate::validate::{ApiUrl, BotToken, HostPort, OwnerUsername, ServerName, Ttl};
 
 /// Default leader priority: lower numbers win, so give a preferred leader a smaller one.
 pub const DEFAULT_PRIORITY: u32 = 100;
@@ -63,6 +63,15 @@ pub struct InitArgs {
     /// The Telegram username of the network's owner, e.g. @Rmgss.
     #[arg(long, value_name = "@USERNAME")]
     pub owner: OwnerUsername,
+    /// The Telegram bot token from @BotFather; it travels to every node so that any leader can
+    /// host the bot. Without one the network runs with the bot off.
+    #[arg(
+        long,
+        env = "CONSTELLA_BOT_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub bot_token: Option<BotToken>,
     /// Leader priority: the alive node with the lowest number leads (ties: smallest node id).
     #[arg(long, default_value_t = DEFAULT_PRIORITY, value_name = "N")]
     pub priority: u32,
@@ -95,6 +104,10 @@ pub struct RunArgs {
     /// Listen here instead of the address recorded at init/join, HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<HostPort>,
+    /// Bot API server the bot talks to when this node leads: a self-hosted telegram-bot-api or a
+    /// test server [default: https://api.telegram.org].
+    #[arg(long, env = "CONSTELLA_TELEGRAM_API_URL", value_name = "URL")]
+    pub telegram_api_url: Option<ApiUrl>,
 }
 
 #[derive(Debug, Args)]

@@ -72,6 +72,30 @@ pub struct StatusReport {
     pub listen_addrs: Vec<String>,
     pub connected_peers: usize,
     pub rejected_gossip: Rejections,
+    /// The Telegram bot on this node.
+    #[serde(default)]
+    pub bot: BotReport,
+}
+
+/// The Telegram bot as `status --json` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BotReport {
+    /// The network has a bot token.
+    pub enabled: bool,
+    /// This node is polling the Bot API now (it leads).
+    pub polling: bool,
+    /// The owner's Telegram id is pinned.
+    pub owner_pinned: bool,
+    /// The highest update id handled in the network.
+    pub last_update_id: u32,
+    /// The interface language ("" is the default, Russian).
+    pub language: String,
+    /// Updates this node handled for the owner.
+    pub handled_updates: u64,
+    /// Updates from anyone else that this node refused (without a reply).
+    pub refused_updates: u64,
+    /// 409 Conflict answers: another process polled the same token.
+    pub conflicts: u64,
 }
 
 /// A new invite.

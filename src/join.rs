@@ -124,6 +124,8 @@ pub async fn join(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkState> 
         departed: Vec::new(),
         invites: Vec::new(),
         left: false,
+        bot_token: outcome.bot_token.clone().map(StoredSecret::new),
+        settings: outcome.settings.clone(),
     };
     state.set_records(&outcome.members, |_| "offline");
     state_dir.create()?;

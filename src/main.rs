@@ -1,5 +1,6 @@
 //! `constella`: the command-line interface and daemon of a Constella node.
 
+mod bot;
 mod cli;
 mod control;
 mod daemon;
@@ -85,7 +86,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Run(args) => daemon::run(state_dir, args.listen).await,
+        Command::Run(args) => daemon::run(state_dir, args.listen, args.telegram_api_url).await,
         Command::Status(args) => match ask(&state_dir, &Request::Status).await? {
             Response::Status(report) if args.json => print_json(&report),
             Response::Status(report) => print_text(&output::status_block(&report)),
@@ -171,6 +172,11 @@ fn init(state_dir: &StateDir, args: cli::InitArgs) -> Result<()> {
         departed: Vec::new(),
         invites: Vec::new(),
         left: false,
+        bot_token: args
+            .bot_token
+            .as_ref()
+            .map(|t| StoredSecret::new(t.expose().to_owned())),
+        settings: Default::default(),
     };
     state.set_records(&[record], |_| "alive");
     state_dir.save(&state)?;
@@ -179,6 +185,9 @@ fn init(state_dir: &StateDir, args: cli::InitArgs) -> Result<()> {
         state.network_id, state.node.name
     );
     println!("State written to {}.", state_dir.path().display());
+    if state.bot_token.is_none() {
+        println!("No --bot-token given: the network runs with the Telegram bot off.");
+    }
     println!(
         "Next: start the node with `constella run`, then add servers with `constella invite`."
     );

@@ -75,6 +75,22 @@ pub fn status_block(s: &StatusReport) -> String {
         "version   {} (protocol {})",
         s.version, s.protocol_version
     );
+    let bot = &s.bot;
+    let bot_line = if !bot.enabled {
+        "off (no token)".to_owned()
+    } else {
+        let role = if bot.polling { "polling" } else { "standby" };
+        let owner = if bot.owner_pinned {
+            "owner pinned"
+        } else {
+            "owner not yet seen"
+        };
+        format!(
+            "{role}, {owner}, {} handled, {} refused, {} conflicts",
+            bot.handled_updates, bot.refused_updates, bot.conflicts
+        )
+    };
+    let _ = writeln!(out, "bot       {bot_line}");
     if rejected_total > 0 {
         let _ = writeln!(
             out,

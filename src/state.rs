@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use constella_behaviours::NetworkSecret;
 use constella_behaviours::gossip::MemberRecord;
+use constella_behaviours::settings::NetworkSettings;
 use libp2p::identity::Keypair;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -125,6 +126,10 @@ impl fmt::Debug for StoredSecret {
 }
 
 impl StoredSecret {
+    /// Wraps a secret that is already text (the bot token).
+    pub fn new(text: String) -> Self {
+        Self(Zeroizing::new(text))
+    }
     pub fn from_secret(secret: &NetworkSecret) -> Self {
         Self(secret.to_hex())
     }
@@ -155,6 +160,13 @@ pub struct NetworkState {
     /// True once this node has left the network.
     #[serde(default)]
     pub left: bool,
+    /// The Telegram bot token given at `init` (absent: the bot is off). A secret, like
+    /// `network_secret`: never shown by `Debug`, removed on `leave`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot_token: Option<StoredSecret>,
+    /// Bot state shared by the whole network (owner pin, last Telegram update, language).
+    #[serde(default)]
+    pub settings: NetworkSettings,
 }
 
 impl NetworkState {
@@ -389,6 +401,8 @@ mod tests {
             departed: vec![],
             invites: vec![],
             left: false,
+            bot_token: Some(StoredSecret::new("123456:bot-token-secret-part".into())),
+            settings: NetworkSettings::default(),
         }
     }
 
@@ -408,8 +422,27 @@ mod tests {
         let loaded = dir.load().unwrap();
         assert_eq!(loaded.network_id, "abcd1234");
         assert!(!format!("{loaded:?}").contains(&*state.network_secret.as_ref().unwrap().0));
+        assert!(!format!("{loaded:?}").contains("bot-token-secret-part"));
+        assert_eq!(
+            loaded.bot_token.unwrap().expose(),
+            "123456:bot-token-secret-part"
+        );
         // Only the final file is left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_state_file_without_bot_fields_still_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().to_owned());
+        let mut json = serde_json::to_value(sample()).unwrap();
+        let object = json.as_object_mut().unwrap();
+        object.remove("bot_token");
+        object.remove("settings");
+        fs::write(dir.state_path(), json.to_string()).unwrap();
+        let loaded = dir.load().unwrap();
+        assert!(loaded.bot_token.is_none());
+        assert_eq!(loaded.settings, NetworkSettings::default());
     }
 
     #[test]

@@ -126,6 +126,77 @@ impl HostPort {
     }
 }
 
+/// A Telegram bot token as @BotFather gives it: the bot's numeric id, `:`, and a secret of
+/// letters, digits, `_` and `-`. A secret: `Debug` and errors never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BotToken(zeroize::Zeroizing<String>);
+
+impl FromStr for BotToken {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let ok = s.split_once(':').is_some_and(|(id, secret)| {
+            !id.is_empty()
+                && id.len() <= 20
+                && id.bytes().all(|b| b.is_ascii_digit())
+                && (20..=128).contains(&secret.len())
+                && secret
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+        if !ok {
+            // The text itself is not repeated: it may be a real token with a typo.
+            return Err(
+                "invalid bot token: expected <bot id>:<secret> as given by @BotFather (digits, a colon, then 20-128 letters, digits, _ or -)"
+                    .to_owned(),
+            );
+        }
+        Ok(Self(zeroize::Zeroizing::new(s.to_owned())))
+    }
+}
+
+impl fmt::Debug for BotToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BotToken(<redacted>)")
+    }
+}
+
+impl BotToken {
+    /// The token text, for the state file and the Bot API client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The base URL of a Bot API server: `http://` or `https://`, with a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiUrl(url::Url);
+
+impl FromStr for ApiUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("invalid Telegram API URL {s:?}: {why}");
+        let url = url::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad("use http:// or https://"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("it has no host"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(bad("a query or fragment is not allowed"));
+        }
+        Ok(Self(url))
+    }
+}
+
+impl ApiUrl {
+    /// The parsed URL.
+    pub fn url(&self) -> &url::Url {
+        &self.0
+    }
+}
+
 /// How long an invite stays valid: a number and a unit (`s`, `m`, `h`), from 1 s to 24 h.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ttl(Duration);
@@ -203,6 +274,46 @@ mod tests {
             &format!("@{}", "a".repeat(33)),
         ] {
             assert!(bad.parse::<OwnerUsername>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bot_tokens() {
+        let token: BotToken = "123456:AAF7-g0gYncWnm5IyfZlpPRqRRv6kNAGlao"
+            .parse()
+            .unwrap();
+        assert_eq!(token.expose(), "123456:AAF7-g0gYncWnm5IyfZlpPRqRRv6kNAGlao");
+        assert!(!format!("{token:?}").contains("AAF7"));
+        for bad in [
+            "",
+            "123456",
+            "abc:AAF7-g0gYncWnm5IyfZlpPRqRRv6kNAGlao",
+            ":AAF7-g0gYncWnm5IyfZlpPRqRRv6kNAGlao",
+            "123456:short",
+            "123456:AAF7 g0gYncWnm5IyfZlpPRqRRv6kNAGlao",
+        ] {
+            let error = bad.parse::<BotToken>().unwrap_err();
+            assert!(bad.len() < 8 || !error.contains(bad), "{error}");
+        }
+    }
+
+    #[test]
+    fn api_urls() {
+        for good in [
+            "https://api.telegram.org",
+            "http://127.0.0.1:8081/",
+            "http://h/prefix",
+        ] {
+            assert!(good.parse::<ApiUrl>().is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "ftp://h",
+            "127.0.0.1:8081",
+            "http://h/?q=1",
+            "file:///tmp",
+        ] {
+            assert!(bad.parse::<ApiUrl>().is_err(), "{bad}");
         }
     }
 

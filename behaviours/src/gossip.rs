@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::secret::{MAC_LEN, NetworkSecret};
+use crate::settings::SettingsUpdate;
 
 /// Domain separation prefix of the gossip HMAC.
 const GOSSIP_MAC_DOMAIN: &[u8] = b"constella/gossip/v1\0";
@@ -79,6 +80,8 @@ pub enum GossipBody {
     Heartbeat(Heartbeat),
     /// See [`RosterUpdate`].
     Roster(RosterUpdate),
+    /// See [`SettingsUpdate`].
+    Settings(SettingsUpdate),
 }
 
 impl GossipBody {
@@ -87,6 +90,7 @@ impl GossipBody {
         match self {
             GossipBody::Heartbeat(hb) => &hb.node_id,
             GossipBody::Roster(roster) => &roster.from,
+            GossipBody::Settings(settings) => &settings.from,
         }
     }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use crate::gossip::MemberRecord;
+use crate::settings::NetworkSettings;
 
 /// The Join protocol name.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/constella/join/1.0.0");
@@ -50,6 +51,12 @@ pub struct JoinAccepted {
     pub record: MemberRecord,
     /// The member list, the joiner included.
     pub members: Vec<MemberRecord>,
+    /// The Telegram bot token, if the network has one: every node must be able to host the bot.
+    #[serde(default)]
+    pub bot_token: Option<String>,
+    /// The network settings (owner pin, last Telegram update), so the joiner starts current.
+    #[serde(default)]
+    pub settings: NetworkSettings,
 }
 
 impl std::fmt::Debug for JoinAccepted {
@@ -59,6 +66,8 @@ impl std::fmt::Debug for JoinAccepted {
             .field("network_secret", &"<redacted>")
             .field("owner_username", &self.owner_username)
             .field("members", &self.members.len())
+            .field("bot_token", &self.bot_token.as_ref().map(|_| "<redacted>"))
+            .field("settings", &self.settings)
             .finish()
     }
 }

@@ -5,6 +5,7 @@
 //! - [`membership`]: who is a member and who is alive, driven by gossip and the clock.
 //! - [`leader`]: the total order that picks the leader ("Хост").
 //! - [`join`]: the one-time-token admission protocol.
+//! - [`settings`]: the bot state every node holds (owner pin, last Telegram update, language).
 //!
 //! The node's event loop (in the `constella` binary) owns the Swarm and feeds these machines;
 //! nothing here does I/O of its own beyond what libp2p does.
@@ -19,6 +20,7 @@ pub mod join;
 pub mod leader;
 pub mod membership;
 mod secret;
+pub mod settings;
 
 use std::time::Duration;
 

@@ -12,6 +12,7 @@ use constella_behaviours::join::{JoinAccepted, JoinRefusal, JoinRequest, JoinRes
 use constella_behaviours::membership::{
     Change, HEARTBEAT_INTERVAL, HeartbeatRejection, Membership, OFFLINE_AFTER, Status,
 };
+use constella_behaviours::settings::{NetworkSettings, SettingsUpdate};
 use constella_behaviours::{Behaviour, BehaviourEvent, NetworkSecret, gossip_topic, kad_protocol};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
@@ -24,7 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::Command;
-use crate::control::{InviteReport, NodeRef, PeerReport, Rejections, StatusReport};
+use super::signals::{Leadership, NetworkEvent, Signals};
+use crate::control::{BotReport, InviteReport, NodeRef, PeerReport, Rejections, StatusReport};
 use crate::link::JoinLink;
 use crate::state::{Invite, NetworkState, StateDir, StoredSecret, token_hash, unix_now};
 use crate::validate::{HostPort, ServerName, Ttl};
@@ -41,6 +43,10 @@ const LEAVE_DRAIN: Duration = Duration::from_secs(1);
 const EAGER_HEARTBEAT_GAP: Duration = Duration::from_millis(200);
 /// Used invites and expired ones are forgotten after this long.
 const INVITE_RETENTION_SECS: u64 = 7 * 24 * 3600;
+/// A node that just started does not yet know who is alive: it hosts the leader services only
+/// once every member answered or this long has passed (two heartbeats), so a restarted node
+/// does not briefly poll the bot next to the real leader.
+const LEADERSHIP_SETTLE: Duration = Duration::from_secs(4);
 
 /// When to dial a disconnected member next.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +81,12 @@ pub(super) struct EventLoop {
     /// Set by `leave`: stop at this instant, once the goodbye had time to go out.
     exit_at: Option<Instant>,
     kad_protocol: libp2p::StreamProtocol,
+    /// Leadership, settings and notices for the bot.
+    signals: Signals,
+    /// Members this process saw go offline: only their return is news for the owner.
+    reported_offline: HashSet<PeerId>,
+    /// Set once every member answered, or `LEADERSHIP_SETTLE` after the start, and kept.
+    settled: bool,
 }
 
 impl EventLoop {
@@ -84,6 +96,7 @@ impl EventLoop {
         state_dir: StateDir,
         state: NetworkState,
         secret: NetworkSecret,
+        signals: Signals,
     ) -> Result<Self> {
         let local_id = *swarm.local_peer_id();
         let listen: HostPort = state
@@ -133,6 +146,9 @@ impl EventLoop {
             rejections: Rejections::default(),
             exit_at: None,
             kad_protocol,
+            signals,
+            reported_offline: HashSet::new(),
+            settled: false,
         };
         for (id, record) in event_loop.membership.remote_members() {
             if let Ok(addr) = record.addr.parse::<HostPort>() {
@@ -166,6 +182,7 @@ impl EventLoop {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         tokio::pin!(shutdown);
+        self.publish_leadership();
         loop {
             let exit_at = self.exit_at;
             tokio::select! {
@@ -176,7 +193,10 @@ impl EventLoop {
                 },
                 _ = heartbeat.tick(), if exit_at.is_none() => self.publish_heartbeat(),
                 _ = liveness.tick() => self.on_liveness_tick(),
-                _ = reconcile.tick(), if exit_at.is_none() => self.publish_roster(),
+                _ = reconcile.tick(), if exit_at.is_none() => {
+                    self.publish_roster();
+                    self.publish_settings();
+                }
                 () = sleep_until_opt(exit_at) => {
                     info!("left the network; stopping");
                     return Ok(());
@@ -203,6 +223,10 @@ impl EventLoop {
                 let _ = reply.send(self.create_invite(ttl));
             }
             Command::Leave(reply) => self.leave(reply),
+            Command::MergeSettings(settings, reply) => {
+                self.merge_settings(&settings, true);
+                let _ = reply.send(self.state.settings.clone());
+            }
         }
     }
 
@@ -228,6 +252,22 @@ impl EventLoop {
             listen_addrs: self.swarm.listeners().map(ToString::to_string).collect(),
             connected_peers: self.swarm.connected_peers().count(),
             rejected_gossip: self.rejections.clone(),
+            bot: self.bot_report(),
+        }
+    }
+
+    fn bot_report(&self) -> BotReport {
+        let settings = &self.state.settings;
+        let metrics = self.signals.bot.snapshot();
+        BotReport {
+            enabled: self.state.bot_token.is_some(),
+            polling: metrics.polling,
+            owner_pinned: settings.owner_user_id.is_some(),
+            last_update_id: settings.last_update_id,
+            language: settings.language.clone(),
+            handled_updates: metrics.handled,
+            refused_updates: metrics.refused,
+            conflicts: metrics.conflicts,
         }
     }
 
@@ -294,6 +334,7 @@ impl EventLoop {
         next.set_records(&self.membership.records(), |_| "offline");
         next.left = true;
         next.network_secret = None;
+        next.bot_token = None;
         next.invites.clear();
         if let Err(error) = self.state_dir.save(&next) {
             let _ = reply.send(Err(format!("cannot record the departure: {error:#}")));
@@ -303,6 +344,64 @@ impl EventLoop {
         info!(network = %self.state.network_id, "left the network; the network secret was deleted");
         let _ = reply.send(Ok(()));
         self.exit_at = Some(Instant::now() + LEAVE_DRAIN);
+        self.publish_leadership();
+    }
+
+    // ---- network settings ----
+
+    /// Merges settings from the bot (`publish`) or from gossip; on a change, persists them and
+    /// tells the bot. The bot's own changes are published at once, so the next leader has them.
+    fn merge_settings(&mut self, incoming: &NetworkSettings, publish: bool) {
+        if !self.state.settings.merge(incoming) {
+            return;
+        }
+        debug!(settings = ?self.state.settings, "network settings changed");
+        self.persist();
+        self.signals
+            .settings
+            .send_replace(self.state.settings.clone());
+        if publish {
+            self.publish_settings();
+        }
+    }
+
+    fn publish_settings(&mut self) {
+        self.publish(GossipBody::Settings(SettingsUpdate {
+            from: self.local_id.to_base58(),
+            settings: self.state.settings.clone(),
+        }));
+    }
+
+    /// Tells the bot whether to poll: this node leads, has settled, and is not leaving.
+    fn publish_leadership(&mut self) {
+        self.settled = self.settled
+            || self.started.elapsed() >= LEADERSHIP_SETTLE
+            || self
+                .membership
+                .remote_members()
+                .all(|(id, _)| self.membership.status(id) == Some(Status::Alive));
+        let next = Leadership {
+            is_local: self.leader == self.local_id && self.settled && self.exit_at.is_none(),
+            leader_name: self.name_of(&self.leader),
+        };
+        self.signals.leadership.send_if_modified(|current| {
+            let changed = *current != next;
+            if changed {
+                *current = next;
+            }
+            changed
+        });
+    }
+
+    /// Queues membership events for the owner, only on the leader (so exactly one node tells).
+    fn notify(&mut self, events: Vec<NetworkEvent>) {
+        if events.is_empty() || !self.signals.leadership.borrow().is_local {
+            return;
+        }
+        for event in events {
+            // No receiver (bot off) is fine: the notice is simply not needed.
+            let _ = self.signals.notices.send(event);
+        }
     }
 
     // ---- gossip ----
@@ -413,6 +512,7 @@ impl EventLoop {
                 let changes = self.membership.merge(&roster.records);
                 self.apply_changes(changes);
             }
+            GossipBody::Settings(update) => self.merge_settings(&update.settings, false),
         }
         Ok(())
     }
@@ -426,6 +526,7 @@ impl EventLoop {
         if self.exit_at.is_none() {
             self.dial_members(now);
         }
+        self.publish_leadership();
     }
 
     /// Logs changes, keeps connections and the state file in step, and re-elects.
@@ -434,23 +535,34 @@ impl EventLoop {
             return;
         }
         let mut roster_changed = false;
+        let mut events = Vec::new();
         for change in &changes {
             match change {
                 Change::Joined(id) => {
                     roster_changed = true;
                     info!(node = %self.name_of(id), node_id = %id, "member joined");
                     self.redials.remove(id);
+                    events.push(NetworkEvent::Joined(self.name_of(id)));
                 }
                 Change::Left(id) => {
                     roster_changed = true;
                     info!(node_id = %id, "member left the network");
                     self.suspects.remove(id);
                     self.redials.remove(id);
+                    self.reported_offline.remove(id);
                     let _ = self.swarm.disconnect_peer_id(*id);
+                    events.push(NetworkEvent::Left(self.departed_name(id)));
                 }
-                Change::Alive(id) => info!(node = %self.name_of(id), node_id = %id, "member alive"),
+                Change::Alive(id) => {
+                    info!(node = %self.name_of(id), node_id = %id, "member alive");
+                    if self.reported_offline.remove(id) {
+                        events.push(NetworkEvent::Back(self.name_of(id)));
+                    }
+                }
                 Change::Offline(id, reason) => {
                     info!(node = %self.name_of(id), node_id = %id, ?reason, "member offline");
+                    self.reported_offline.insert(*id);
+                    events.push(NetworkEvent::Offline(self.name_of(id)));
                 }
             }
         }
@@ -458,7 +570,18 @@ impl EventLoop {
             self.dial_members(Instant::now());
         }
         self.elect();
+        self.notify(events);
         self.persist();
+    }
+
+    /// The name of a node, tombstones included (a departed node has no current record).
+    fn departed_name(&self, id: &PeerId) -> String {
+        let node_id = id.to_base58();
+        self.membership
+            .records()
+            .into_iter()
+            .find(|r| r.node_id == node_id)
+            .map_or(node_id, |r| r.name)
     }
 
     fn elect(&mut self) {
@@ -474,6 +597,7 @@ impl EventLoop {
             );
             self.leader = leader;
         }
+        self.publish_leadership();
     }
 
     /// Dials every member we are not connected to whose redial time has come.
@@ -648,6 +772,8 @@ impl EventLoop {
             owner_username: self.state.owner_username.clone(),
             record,
             members: self.membership.records(),
+            bot_token: self.state.bot_token.as_ref().map(|t| t.expose().to_owned()),
+            settings: self.state.settings.clone(),
         })
     }
 
@@ -735,6 +861,8 @@ impl EventLoop {
                 if self.membership.is_member(&peer_id) && self.exit_at.is_none() && due {
                     self.last_eager_heartbeat = Some(Instant::now());
                     self.publish_heartbeat();
+                    // It may have missed settings changes while it was down.
+                    self.publish_settings();
                 }
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })

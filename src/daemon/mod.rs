@@ -2,17 +2,21 @@
 //! libp2p Swarm, joined by a bounded command channel with `oneshot` replies.
 
 mod event_loop;
+pub mod signals;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use constella_behaviours::Behaviour;
+use constella_behaviours::settings::NetworkSettings;
 use libp2p::{Swarm, SwarmBuilder, noise, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::bot::{self, BotConfig, BotMetrics};
 use crate::control::{self, InviteReport, PeerReport, Request, Response, StatusReport};
 use crate::state::StateDir;
-use crate::validate::{HostPort, Ttl};
+use crate::validate::{ApiUrl, HostPort, Ttl};
 
 /// How many commands may wait for the event loop.
 const COMMAND_QUEUE: usize = 32;
@@ -28,6 +32,8 @@ pub enum Command {
     Peers(oneshot::Sender<Vec<PeerReport>>),
     Invite(Ttl, oneshot::Sender<Result<InviteReport, String>>),
     Leave(oneshot::Sender<Result<(), String>>),
+    /// Merge bot state into the network settings; persisted and published before the reply.
+    MergeSettings(NetworkSettings, oneshot::Sender<NetworkSettings>),
 }
 
 /// A cloneable handle to the running node.
@@ -46,6 +52,16 @@ impl Client {
         answer
             .await
             .map_err(|_| "the node is shutting down".to_owned())
+    }
+
+    /// Merges `settings` into the network settings: persisted, and published to every node,
+    /// before the merged result is returned.
+    pub async fn merge_settings(
+        &self,
+        settings: NetworkSettings,
+    ) -> Result<NetworkSettings, String> {
+        self.ask(|reply| Command::MergeSettings(settings, reply))
+            .await
     }
 
     /// Answers one control request.
@@ -107,7 +123,11 @@ pub fn build_swarm<B: libp2p::swarm::NetworkBehaviour>(
 }
 
 /// Runs the node until SIGINT/SIGTERM or `leave`.
-pub async fn run(state_dir: StateDir, listen_override: Option<HostPort>) -> Result<()> {
+pub async fn run(
+    state_dir: StateDir,
+    listen_override: Option<HostPort>,
+    telegram_api_url: Option<ApiUrl>,
+) -> Result<()> {
     let mut state = state_dir.load()?;
     if state.left {
         bail!(
@@ -146,11 +166,44 @@ pub async fn run(state_dir: StateDir, listen_override: Option<HostPort>) -> Resu
     let client = Client {
         commands: commands_tx,
     };
-    let control_task = tokio::spawn(control::serve(listener, client));
+    let control_task = tokio::spawn(control::serve(listener, client.clone()));
 
-    let event_loop =
-        event_loop::EventLoop::new(swarm, commands_rx, state_dir.clone(), state, secret)?;
+    let metrics = Arc::new(BotMetrics::default());
+    let (signals, watchers) = signals::Signals::new(state.settings.clone(), metrics.clone());
+    let bot = match &state.bot_token {
+        Some(token) => Some(bot::spawn(
+            BotConfig {
+                token: token.clone(),
+                api_url: telegram_api_url.map(|u| u.url().clone()),
+                owner_username: state.owner_username.clone(),
+                node_name: state.node.name.clone(),
+                secret: secret.clone(),
+            },
+            client,
+            watchers,
+            metrics,
+        )),
+        None => {
+            tracing::warn!(
+                "this network has no Telegram bot token (constella init --bot-token): the bot is off"
+            );
+            None
+        }
+    };
+
+    let event_loop = event_loop::EventLoop::new(
+        swarm,
+        commands_rx,
+        state_dir.clone(),
+        state,
+        secret,
+        signals,
+    )?;
     let result = event_loop.run(shutdown_signal()).await;
+    // Stops the poll at once: the in-flight long poll is dropped with its task.
+    if let Some(bot) = bot {
+        bot.stop();
+    }
     control_task.abort();
     let _ = std::fs::remove_file(state_dir.socket_path());
     result

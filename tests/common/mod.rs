@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_telegram;
+
 use std::fs;
 use std::net::TcpListener;
 use std::os::unix::fs::OpenOptionsExt;
@@ -54,6 +56,12 @@ pub struct Node {
     pub port: u16,
     child: Option<Child>,
     log: PathBuf,
+    /// Extra arguments for `init` (e.g. `--bot-token`).
+    pub init_args: Vec<String>,
+    /// Extra arguments for `run` (e.g. `--telegram-api-url`).
+    pub run_args: Vec<String>,
+    /// Extra environment of the daemon.
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -65,6 +73,9 @@ impl Node {
             dir,
             port: free_port(),
             child: None,
+            init_args: Vec::new(),
+            run_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -110,19 +121,23 @@ impl Node {
     }
 
     pub fn init(&self, priority: u32) {
-        self.ok(&[
+        let priority = priority.to_string();
+        let addr = self.addr();
+        let mut args = vec![
             "init",
             "--server-name",
             &self.name,
             "--public-addr",
-            &self.addr(),
+            &addr,
             "--listen",
-            &self.addr(),
+            &addr,
             "--owner",
             "@owner_test",
             "--priority",
-            &priority.to_string(),
-        ]);
+            &priority,
+        ];
+        args.extend(self.init_args.iter().map(String::as_str));
+        self.ok(&args);
     }
 
     pub fn join_args(&self, link: &str, priority: u32) -> Vec<String> {
@@ -165,7 +180,12 @@ impl Node {
             .arg("--state-dir")
             .arg(&self.dir)
             .arg("run")
-            .env("RUST_LOG", "info")
+            .args(&self.run_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env(
+                "RUST_LOG",
+                std::env::var("CONSTELLA_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -324,8 +344,19 @@ impl Cluster {
         priorities: &[u32],
         keys: Option<Vec<libp2p::identity::Keypair>>,
     ) -> Self {
+        Self::start_with(names, priorities, keys, |_| {})
+    }
+
+    /// Like [`Cluster::start`], with `configure` applied to every node before it is set up.
+    pub fn start_with(
+        names: &[&str],
+        priorities: &[u32],
+        keys: Option<Vec<libp2p::identity::Keypair>>,
+        configure: impl Fn(&mut Node),
+    ) -> Self {
         let root = tempfile::tempdir().unwrap();
         let mut nodes: Vec<Node> = names.iter().map(|n| Node::new(root.path(), n)).collect();
+        nodes.iter_mut().for_each(&configure);
         if let Some(keys) = keys {
             for (node, key) in nodes.iter().zip(keys) {
                 node.install_key(&key);
@@ -347,6 +378,18 @@ impl Cluster {
 
     pub fn node_mut(&mut self, name: &str) -> &mut Node {
         self.nodes.iter_mut().find(|n| n.name == name).unwrap()
+    }
+
+    /// Runs `f`; if it panics, prints every node's log first (a failed wait says what it
+    /// waited for, the logs say why).
+    pub fn or_logs<T>(&self, f: impl FnOnce() -> T) -> T {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(value) => value,
+            Err(panic) => {
+                eprintln!("{}", self.dump_logs());
+                std::panic::resume_unwind(panic)
+            }
+        }
     }
 
     pub fn dump_logs(&self) -> String {

@@ -1,0 +1,273 @@
+//! Callback data of the bot's inline buttons: what a button asks for, in at most 64 bytes.
+//!
+//! Anything a client sends back is untrusted: it is parsed strictly, node references are
+//! resolved against the current member list, and the one action that changes anything (a
+//! confirmed reboot) carries an expiry and an HMAC under the network secret, bound to the
+//! owner, the chat and the message. A confirmation is therefore checkable by whichever node
+//! leads when it is pressed, and cannot be forged or replayed into another message.
+
+use constella_behaviours::NetworkSecret;
+
+/// Telegram's limit on callback data.
+pub const MAX_CALLBACK_BYTES: usize = 64;
+/// Characters of the node id (its base58 tail) that name a node in callback data.
+pub const SHORT_ID_LEN: usize = 8;
+/// How long a reboot confirmation can be pressed.
+pub const CONFIRM_TTL_SECS: u64 = 120;
+/// Domain separation of the confirmation MAC.
+const CONFIRM_MAC_DOMAIN: &[u8] = b"constella/bot-confirm/v1\0";
+/// Bytes of the MAC kept in the callback data (hex-encoded).
+const CONFIRM_MAC_BYTES: usize = 8;
+
+/// What a button asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Show the node list.
+    List,
+    /// Show a node's card.
+    Card(String),
+    /// Show a node's CPU, RAM, disk and uptime.
+    Usage(String),
+    /// Ask to confirm a reboot.
+    AskReboot(String),
+    /// A confirmed reboot; valid only with a good MAC before `expires_at`.
+    Reboot(Confirmation),
+    /// The reboot was not confirmed: back to the card.
+    Cancel(String),
+}
+
+/// A signed reboot confirmation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirmation {
+    /// The node's short id.
+    pub node: String,
+    /// Unix seconds after which the button is stale.
+    pub expires_at: u64,
+    /// Hex of the truncated HMAC.
+    pub mac: String,
+}
+
+/// Where a confirmation was shown: the MAC binds it to these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binding {
+    pub owner_id: u64,
+    pub chat_id: i64,
+    pub message_id: i32,
+}
+
+/// Why a confirmation is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConfirmError {
+    #[error("the confirmation has expired")]
+    Expired,
+    #[error("the confirmation does not verify")]
+    Forged,
+}
+
+/// The short id of a node: the tail of its base58 PeerId (the head is the same for every
+/// Ed25519 key).
+pub fn short_id(node_id: &str) -> &str {
+    let start = node_id.len().saturating_sub(SHORT_ID_LEN);
+    node_id.get(start..).unwrap_or(node_id)
+}
+
+fn is_short_id(text: &str) -> bool {
+    text.len() == SHORT_ID_LEN && text.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+impl Action {
+    /// The callback data for this action.
+    pub fn encode(&self) -> String {
+        match self {
+            Action::List => "l".to_owned(),
+            Action::Card(node) => format!("c:{node}"),
+            Action::Usage(node) => format!("u:{node}"),
+            Action::AskReboot(node) => format!("r:{node}"),
+            Action::Reboot(c) => format!("R:{}:{}:{}", c.node, c.expires_at, c.mac),
+            Action::Cancel(node) => format!("x:{node}"),
+        }
+    }
+
+    /// Parses callback data; anything not made by [`Action::encode`] is `None`.
+    pub fn parse(data: &str) -> Option<Action> {
+        if data.len() > MAX_CALLBACK_BYTES {
+            return None;
+        }
+        if data == "l" {
+            return Some(Action::List);
+        }
+        let (kind, rest) = data.split_once(':')?;
+        let node = |text: &str| is_short_id(text).then(|| text.to_owned());
+        match kind {
+            "c" => node(rest).map(Action::Card),
+            "u" => node(rest).map(Action::Usage),
+            "r" => node(rest).map(Action::AskReboot),
+            "x" => node(rest).map(Action::Cancel),
+            "R" => {
+                let mut parts = rest.split(':');
+                let (Some(id), Some(exp), Some(mac), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return None;
+                };
+                let expires_at = exp
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|_| exp.len() <= 20 && exp.bytes().all(|b| b.is_ascii_digit()))?;
+                let mac_ok = mac.len() == CONFIRM_MAC_BYTES * 2
+                    && mac.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+                mac_ok.then_some(())?;
+                Some(Action::Reboot(Confirmation {
+                    node: node(id)?,
+                    expires_at,
+                    mac: mac.to_owned(),
+                }))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn confirm_body(node: &str, expires_at: u64, binding: Binding) -> String {
+    format!(
+        "{node}:{expires_at}:{}:{}:{}",
+        binding.owner_id, binding.chat_id, binding.message_id
+    )
+}
+
+impl Confirmation {
+    /// A confirmation for rebooting `node`, shown in the message of `binding`.
+    pub fn sign(secret: &NetworkSecret, node: &str, now: u64, binding: Binding) -> Self {
+        let expires_at = now + CONFIRM_TTL_SECS;
+        let tag = secret.mac(
+            CONFIRM_MAC_DOMAIN,
+            confirm_body(node, expires_at, binding).as_bytes(),
+        );
+        Self {
+            node: node.to_owned(),
+            expires_at,
+            mac: hex::encode(&tag[..CONFIRM_MAC_BYTES]),
+        }
+    }
+
+    /// Checks the MAC (in constant time) and the expiry.
+    pub fn verify(
+        &self,
+        secret: &NetworkSecret,
+        now: u64,
+        binding: Binding,
+    ) -> Result<(), ConfirmError> {
+        let tag = secret.mac(
+            CONFIRM_MAC_DOMAIN,
+            confirm_body(&self.node, self.expires_at, binding).as_bytes(),
+        );
+        let expected = hex::encode(&tag[..CONFIRM_MAC_BYTES]);
+        let same = expected.len() == self.mac.len()
+            && expected
+                .bytes()
+                .zip(self.mac.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same {
+            return Err(ConfirmError::Forged);
+        }
+        if now > self.expires_at {
+            return Err(ConfirmError::Expired);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: &str = "12D3KooWAbCdEfGh";
+
+    fn binding() -> Binding {
+        Binding {
+            owner_id: 42,
+            chat_id: 42,
+            message_id: 7,
+        }
+    }
+
+    #[test]
+    fn round_trip_within_the_limit() {
+        let secret = NetworkSecret::from_bytes([3; 32]);
+        let short = short_id(NODE).to_owned();
+        assert_eq!(short, "AbCdEfGh");
+        let confirmation = Confirmation::sign(&secret, &short, u64::from(u32::MAX), binding());
+        for action in [
+            Action::List,
+            Action::Card(short.clone()),
+            Action::Usage(short.clone()),
+            Action::AskReboot(short.clone()),
+            Action::Cancel(short.clone()),
+            Action::Reboot(confirmation),
+        ] {
+            let data = action.encode();
+            assert!(data.len() <= MAX_CALLBACK_BYTES, "{data}");
+            assert_eq!(Action::parse(&data), Some(action));
+        }
+    }
+
+    #[test]
+    fn malformed_data_is_refused() {
+        for bad in [
+            "",
+            "l:",
+            "c:",
+            "c:short",
+            "c:AbCdEfGh1",
+            "c:AbCd/fGh",
+            "z:AbCdEfGh",
+            "R:AbCdEfGh:1:00",
+            "R:AbCdEfGh:x:0011223344556677",
+            "R:AbCdEfGh:1:0011223344556677:9",
+            "R:AbCdEfGh:1:00112233445566ZZ",
+            &format!("c:{}", "A".repeat(70)),
+        ] {
+            assert_eq!(Action::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn confirmations_expire_and_cannot_be_forged_or_moved() {
+        let secret = NetworkSecret::from_bytes([3; 32]);
+        let now = 1_000_000;
+        let c = Confirmation::sign(&secret, "AbCdEfGh", now, binding());
+        assert_eq!(c.verify(&secret, now + 5, binding()), Ok(()));
+        assert_eq!(
+            c.verify(&secret, now + CONFIRM_TTL_SECS + 1, binding()),
+            Err(ConfirmError::Expired)
+        );
+        let other_secret = NetworkSecret::from_bytes([4; 32]);
+        assert_eq!(
+            c.verify(&other_secret, now, binding()),
+            Err(ConfirmError::Forged)
+        );
+        let moved = Binding {
+            message_id: 8,
+            ..binding()
+        };
+        assert_eq!(c.verify(&secret, now, moved), Err(ConfirmError::Forged));
+        let stranger = Binding {
+            owner_id: 43,
+            ..binding()
+        };
+        assert_eq!(c.verify(&secret, now, stranger), Err(ConfirmError::Forged));
+        let mut other_node = c.clone();
+        other_node.node = "ZZZZEfGh".into();
+        assert_eq!(
+            other_node.verify(&secret, now, binding()),
+            Err(ConfirmError::Forged)
+        );
+        let mut later = c;
+        later.expires_at += 1000;
+        assert_eq!(
+            later.verify(&secret, now, binding()),
+            Err(ConfirmError::Forged)
+        );
+    }
+}

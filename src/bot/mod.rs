@@ -1,0 +1,200 @@
+//! The owner's Telegram bot. Every node runs the supervisor; only the current leader polls.
+//!
+//! - [`mod@self`]: the supervisor. It waits on the leadership watch, starts the [`poller`]
+//!   when this node leads and drops it (with its in-flight long poll) as soon as it does not.
+//! - [`poller`]: the GetUpdates loop: offsets from the network settings, each update claimed
+//!   in the network before it is handled, 409 Conflict with a backoff of seconds.
+//! - [`handlers`]: owner-only access, commands and buttons.
+//! - [`callback`]: validated callback data; [`ui`]: texts and keyboards (ru/en).
+//! - [`notify`]: membership events for the owner, batched and rate-limited, sent by the
+//!   leader only.
+
+pub mod callback;
+mod handlers;
+mod notify;
+mod poller;
+pub mod ui;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use constella_behaviours::NetworkSecret;
+use teloxide::Bot;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::daemon::Client;
+use crate::daemon::signals::{Leadership, NetworkEvent, Watchers};
+use crate::state::StoredSecret;
+
+/// What the bot needs to know about its network.
+#[derive(Debug, Clone)]
+pub struct BotConfig {
+    /// The bot token (redacted in `Debug`).
+    pub token: StoredSecret,
+    /// Another Bot API server, or the official one when `None`.
+    pub api_url: Option<url::Url>,
+    /// The owner's username from `init`, with or without `@`.
+    pub owner_username: String,
+    /// This node's name (for the leader-change notice).
+    pub node_name: String,
+    /// Signs reboot confirmations so that any leader can check them.
+    pub secret: NetworkSecret,
+}
+
+/// Counters shown by `status`.
+#[derive(Debug, Default)]
+pub struct BotMetrics {
+    polling: AtomicBool,
+    handled: AtomicU64,
+    refused: AtomicU64,
+    conflicts: AtomicU64,
+}
+
+/// A copy of [`BotMetrics`] at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    pub polling: bool,
+    pub handled: u64,
+    pub refused: u64,
+    pub conflicts: u64,
+}
+
+impl BotMetrics {
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            polling: self.polling.load(Ordering::Relaxed),
+            handled: self.handled.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            conflicts: self.conflicts.load(Ordering::Relaxed),
+        }
+    }
+    fn set_polling(&self, polling: bool) {
+        self.polling.store(polling, Ordering::Relaxed);
+    }
+    fn count_handled(&self) {
+        self.handled.fetch_add(1, Ordering::Relaxed);
+    }
+    fn count_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+    fn count_conflict(&self) {
+        self.conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The running bot tasks.
+#[derive(Debug)]
+pub struct BotHandle {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl BotHandle {
+    /// Stops the bot now: an in-flight long poll is dropped with its task.
+    pub fn stop(self) {
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Builds the Bot API client. The token never reaches a log: teloxide strips it from errors,
+/// and `Bot` (whose `Debug` would show it) is never formatted.
+fn make_bot(config: &BotConfig) -> Option<Bot> {
+    let http = match teloxide::net::default_reqwest_settings().build() {
+        Ok(http) => http,
+        Err(error) => {
+            warn!(%error, "cannot build the HTTP client: the Telegram bot is off");
+            return None;
+        }
+    };
+    let bot = Bot::with_client(config.token.expose(), http);
+    Some(match &config.api_url {
+        Some(url) => bot.set_api_url(url.clone()),
+        None => bot,
+    })
+}
+
+/// Starts the bot supervisor and the notifier.
+pub fn spawn(
+    config: BotConfig,
+    client: Client,
+    watchers: Watchers,
+    metrics: Arc<BotMetrics>,
+) -> BotHandle {
+    let Some(bot) = make_bot(&config) else {
+        return BotHandle { tasks: Vec::new() };
+    };
+    let config = Arc::new(config);
+    let Watchers {
+        leadership,
+        settings,
+        notices,
+        notices_tx,
+    } = watchers;
+    let notifier = tokio::spawn(notify::run(
+        bot.clone(),
+        notices,
+        leadership.clone(),
+        settings.clone(),
+    ));
+    let poller = poller::Poller::new(bot, config.clone(), client, settings, metrics.clone());
+    let supervisor = tokio::spawn(supervise(config, poller, leadership, notices_tx, metrics));
+    BotHandle {
+        tasks: vec![supervisor, notifier],
+    }
+}
+
+/// Polls while this node leads; stops within one leadership change.
+async fn supervise(
+    config: Arc<BotConfig>,
+    mut poller: poller::Poller,
+    mut leadership: watch::Receiver<Leadership>,
+    notices: broadcast::Sender<NetworkEvent>,
+    metrics: Arc<BotMetrics>,
+) {
+    let mut last_leader = String::new();
+    loop {
+        loop {
+            let current = leadership.borrow_and_update().clone();
+            if current.is_local {
+                break;
+            }
+            // This node's own name shows up while it settles: only another leader counts.
+            if !current.leader_name.is_empty() && current.leader_name != config.node_name {
+                last_leader = current.leader_name;
+            }
+            if leadership.changed().await.is_err() {
+                return;
+            }
+        }
+        info!("this node leads: the Telegram bot starts polling");
+        if !last_leader.is_empty() && last_leader != config.node_name {
+            let _ = notices.send(NetworkEvent::LeaderChanged {
+                from: std::mem::take(&mut last_leader),
+                to: config.node_name.clone(),
+            });
+        }
+        last_leader.clone_from(&config.node_name);
+        metrics.set_polling(true);
+        poller.serve(&mut leadership).await;
+        metrics.set_polling(false);
+        info!("the Telegram bot stopped polling");
+        if leadership.has_changed().is_err() {
+            return;
+        }
+    }
+}
+
+/// Resolves when this node no longer leads (or the node is stopping).
+async fn lost(leadership: &mut watch::Receiver<Leadership>) {
+    loop {
+        if !leadership.borrow_and_update().is_local {
+            return;
+        }
+        if leadership.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! What the bot says and which buttons it shows, in Russian (the seed's language, default) and
+//! English (`/lang en`). Texts are plain (no parse mode), so no user-visible data needs escaping.
+
+use std::fmt::Write as _;
+
+use teloxide::types::{InlineKeyboardButton, InlineKeyboardMarkup};
+
+use super::callback::{Action, Confirmation, short_id};
+use crate::control::PeerReport;
+use crate::daemon::signals::NetworkEvent;
+
+/// The interface language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    /// Русский (the default, as in the seed).
+    Ru,
+    /// English.
+    En,
+}
+
+impl Lang {
+    /// The language of a settings code; anything but `"en"` is Russian.
+    pub fn from_code(code: &str) -> Lang {
+        if code == "en" { Lang::En } else { Lang::Ru }
+    }
+
+    fn pick(self, ru: &'static str, en: &'static str) -> &'static str {
+        match self {
+            Lang::Ru => ru,
+            Lang::En => en,
+        }
+    }
+}
+
+/// A message: text and optional inline keyboard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Screen {
+    pub text: String,
+    pub keyboard: Option<InlineKeyboardMarkup>,
+}
+
+impl Screen {
+    /// A message without buttons.
+    pub fn text(text: String) -> Self {
+        Self {
+            text,
+            keyboard: None,
+        }
+    }
+}
+
+fn button(text: impl Into<String>, action: &Action) -> InlineKeyboardButton {
+    InlineKeyboardButton::callback(text.into(), action.encode())
+}
+
+/// The seed's list label: "• delta-01 — Хост", "• echo-02", "• fox-03 (offline)".
+pub fn node_label(lang: Lang, peer: &PeerReport) -> String {
+    let mut label = format!("• {}", peer.name);
+    if peer.leader {
+        label.push_str(lang.pick(" — Хост", " — Host"));
+    }
+    if peer.status != "alive" {
+        let _ = write!(label, " ({})", peer.status);
+    }
+    label
+}
+
+/// The main menu: every node as a button.
+pub fn node_list(lang: Lang, peers: &[PeerReport]) -> Screen {
+    let alive = peers.iter().filter(|p| p.status == "alive").count();
+    let text = match lang {
+        Lang::Ru => format!(
+            "Узлы сети: {} (в сети {alive}).\n«Хост» — текущий лидер. Выберите узел:",
+            peers.len()
+        ),
+        Lang::En => format!(
+            "Nodes: {} ({alive} online).\n\"Host\" is the current leader. Choose a node:",
+            peers.len()
+        ),
+    };
+    let mut rows: Vec<Vec<InlineKeyboardButton>> = peers
+        .iter()
+        .map(|p| {
+            vec![button(
+                node_label(lang, p),
+                &Action::Card(short_id(&p.node_id).to_owned()),
+            )]
+        })
+        .collect();
+    rows.push(vec![button(
+        lang.pick("🔄 Обновить", "🔄 Refresh"),
+        &Action::List,
+    )]);
+    Screen {
+        text,
+        keyboard: Some(InlineKeyboardMarkup::new(rows)),
+    }
+}
+
+/// A node's card with its actions.
+pub fn node_card(lang: Lang, peer: &PeerReport) -> Screen {
+    let short = short_id(&peer.node_id).to_owned();
+    let status = match (peer.status.as_str(), lang) {
+        ("alive", Lang::Ru) => "в сети",
+        ("alive", Lang::En) => "online",
+        (_, Lang::Ru) => "offline (не отвечает)",
+        (_, Lang::En) => "offline (not answering)",
+    };
+    let leader = match (peer.leader, lang) {
+        (true, Lang::Ru) => "да (Хост)",
+        (true, Lang::En) => "yes (Host)",
+        (false, Lang::Ru) => "нет",
+        (false, Lang::En) => "no",
+    };
+    let text = match lang {
+        Lang::Ru => format!(
+            "🖥 {}\nID: …{short}\nАдрес: {}\nСтатус: {status}\nЛидер: {leader}",
+            peer.name, peer.addr
+        ),
+        Lang::En => format!(
+            "🖥 {}\nID: …{short}\nAddress: {}\nStatus: {status}\nLeader: {leader}",
+            peer.name, peer.addr
+        ),
+    };
+    let rows = vec![
+        vec![button(
+            lang.pick("Показать потребление", "Show usage"),
+            &Action::Usage(short.clone()),
+        )],
+        vec![button(
+            lang.pick("Перезагрузить сервер", "Reboot server"),
+            &Action::AskReboot(short.clone()),
+        )],
+        vec![button(lang.pick("« Назад", "« Back"), &Action::List)],
+    ];
+    Screen {
+        text,
+        keyboard: Some(InlineKeyboardMarkup::new(rows)),
+    }
+}
+
+/// The reboot confirmation.
+pub fn confirm_reboot(lang: Lang, peer: &PeerReport, confirmation: Confirmation) -> Screen {
+    let short = confirmation.node.clone();
+    let text = match lang {
+        Lang::Ru => format!(
+            "Перезагрузить {}?\nСервер будет недоступен несколько минут. Кнопка действует 2 минуты.",
+            peer.name
+        ),
+        Lang::En => format!(
+            "Reboot {}?\nThe server will be unreachable for a few minutes. This button works for 2 minutes.",
+            peer.name
+        ),
+    };
+    let rows = vec![vec![
+        button(
+            lang.pick("Да, перезагрузить", "Yes, reboot"),
+            &Action::Reboot(confirmation),
+        ),
+        button(lang.pick("Отмена", "Cancel"), &Action::Cancel(short)),
+    ]];
+    Screen {
+        text,
+        keyboard: Some(InlineKeyboardMarkup::new(rows)),
+    }
+}
+
+/// A result screen with a way back to the node and to the list.
+pub fn with_back(lang: Lang, text: String, node: Option<&str>) -> Screen {
+    let mut row = Vec::new();
+    if let Some(node) = node {
+        row.push(button(
+            lang.pick("« К узлу", "« To the node"),
+            &Action::Card(node.to_owned()),
+        ));
+    }
+    row.push(button(
+        lang.pick("Список узлов", "Node list"),
+        &Action::List,
+    ));
+    Screen {
+        text,
+        keyboard: Some(InlineKeyboardMarkup::new(vec![row])),
+    }
+}
+
+/// The reboot was accepted by the node.
+pub fn reboot_accepted(lang: Lang, name: &str) -> String {
+    match lang {
+        Lang::Ru => {
+            format!("✅ {name}: перезагрузка запущена. Узел вернётся в список, когда загрузится.")
+        }
+        Lang::En => {
+            format!("✅ {name}: reboot started. The node will be back in the list once it boots.")
+        }
+    }
+}
+
+/// An action failed; `error` is the node's one-line reason.
+pub fn action_failed(lang: Lang, name: &str, error: &str) -> String {
+    match lang {
+        Lang::Ru => format!("❌ {name}: не получилось — {error}"),
+        Lang::En => format!("❌ {name}: failed — {error}"),
+    }
+}
+
+/// Short answers shown as a toast on a button press.
+pub fn toast_offline(lang: Lang, name: &str) -> String {
+    match lang {
+        Lang::Ru => format!("{name} offline: узел не отвечает"),
+        Lang::En => format!("{name} is offline: the node does not answer"),
+    }
+}
+
+pub fn toast_stale(lang: Lang) -> &'static str {
+    lang.pick(
+        "Кнопка устарела. Откройте список заново: /start",
+        "This button is stale. Open the list again: /start",
+    )
+}
+
+pub fn toast_cancelled(lang: Lang) -> &'static str {
+    lang.pick("Отменено", "Cancelled")
+}
+
+pub fn toast_expired(lang: Lang) -> &'static str {
+    lang.pick(
+        "Подтверждение истекло — ничего не сделано",
+        "The confirmation expired — nothing was done",
+    )
+}
+
+/// `/help` and the answer to anything the bot does not understand.
+pub fn help(lang: Lang) -> String {
+    lang.pick(
+        "Constella — управление сетью серверов.\n\n/start — список узлов\n/invite [ttl] — ссылка для подключения нового узла (по умолчанию 15m, максимум 24h)\n/lang en — English",
+        "Constella — control of your server network.\n\n/start — node list\n/invite [ttl] — a join link for a new node (default 15m, at most 24h)\n/lang ru — по-русски",
+    )
+    .to_owned()
+}
+
+pub fn invite_usage(lang: Lang, error: &str) -> String {
+    match lang {
+        Lang::Ru => format!(
+            "Использование: /invite [ttl], например /invite 15m или /invite 2h (от 1s до 24h).\n{error}"
+        ),
+        Lang::En => format!(
+            "Usage: /invite [ttl], e.g. /invite 15m or /invite 2h (from 1s to 24h).\n{error}"
+        ),
+    }
+}
+
+/// A new invite link, as `constella invite` prints it.
+pub fn invite(lang: Lang, link: &str, ttl: &str) -> String {
+    match lang {
+        Lang::Ru => format!(
+            "Одноразовая ссылка, действует {ttl}:\n\n{link}\n\nНа новом сервере:\nconstella join --server-name ИМЯ --join '{link}'"
+        ),
+        Lang::En => format!(
+            "One-time link, valid for {ttl}:\n\n{link}\n\nOn the new server run:\nconstella join --server-name NAME --join '{link}'"
+        ),
+    }
+}
+
+pub fn lang_usage() -> String {
+    "/lang ru — по-русски\n/lang en — English".to_owned()
+}
+
+pub fn lang_set(lang: Lang) -> String {
+    lang.pick("Язык: русский.", "Language: English.").to_owned()
+}
+
+pub fn node_error(lang: Lang, error: &str) -> String {
+    match lang {
+        Lang::Ru => format!("Узел не ответил: {error}"),
+        Lang::En => format!("The node did not answer: {error}"),
+    }
+}
+
+/// One line of a notification.
+pub fn event_line(lang: Lang, event: &NetworkEvent) -> String {
+    match (event, lang) {
+        (NetworkEvent::LeaderChanged { from, to }, Lang::Ru) => {
+            format!("Хост сменился: {from} → {to}")
+        }
+        (NetworkEvent::LeaderChanged { from, to }, Lang::En) => {
+            format!("New Host: {from} → {to}")
+        }
+        (NetworkEvent::Joined(n), Lang::Ru) => format!("Новый узел в сети: {n}"),
+        (NetworkEvent::Joined(n), Lang::En) => format!("A node joined: {n}"),
+        (NetworkEvent::Left(n), Lang::Ru) => format!("Узел {n} покинул сеть"),
+        (NetworkEvent::Left(n), Lang::En) => format!("{n} left the network"),
+        (NetworkEvent::Offline(n), Lang::Ru) => format!("Узел {n} не отвечает (offline)"),
+        (NetworkEvent::Offline(n), Lang::En) => format!("{n} stopped answering (offline)"),
+        (NetworkEvent::Back(n), Lang::Ru) => format!("Узел {n} снова в сети"),
+        (NetworkEvent::Back(n), Lang::En) => format!("{n} is back online"),
+    }
+}
+
+/// A batch of events as one message; at most `max_lines` are listed.
+pub fn notification(lang: Lang, events: &[NetworkEvent], max_lines: usize) -> String {
+    let mut text = lang
+        .pick("🔔 Изменения в сети:", "🔔 Network changes:")
+        .to_owned();
+    for event in events.iter().take(max_lines) {
+        let _ = write!(text, "\n• {}", event_line(lang, event));
+    }
+    if events.len() > max_lines {
+        let more = events.len() - max_lines;
+        let _ = match lang {
+            Lang::Ru => write!(text, "\n…и ещё {more}"),
+            Lang::En => write!(text, "\n…and {more} more"),
+        };
+    }
+    text
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(name: &str, status: &str, leader: bool) -> PeerReport {
+        PeerReport {
+            name: name.into(),
+            node_id: format!("12D3KooW{name:0>8}"),
+            addr: "203.0.113.10:4747".into(),
+            status: status.into(),
+            leader,
+        }
+    }
+
+    #[test]
+    fn list_labels_are_the_seeds() {
+        let peers = [
+            peer("delta-01", "alive", true),
+            peer("echo-02", "alive", false),
+            peer("fox-03", "offline", false),
+        ];
+        let screen = node_list(Lang::Ru, &peers);
+        let rows = &screen.keyboard.unwrap().inline_keyboard;
+        let labels: Vec<&str> = rows.iter().map(|r| r[0].text.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "• delta-01 — Хост",
+                "• echo-02",
+                "• fox-03 (offline)",
+                "🔄 Обновить"
+            ]
+        );
+        assert_eq!(node_label(Lang::En, &peers[0]), "• delta-01 — Host");
+    }
+
+    #[test]
+    fn notifications_are_capped() {
+        let events: Vec<NetworkEvent> = (0..30)
+            .map(|i| NetworkEvent::Offline(format!("n{i}")))
+            .collect();
+        let text = notification(Lang::Ru, &events, 20);
+        assert_eq!(text.lines().count(), 22, "{text}");
+        assert!(text.ends_with("…и ещё 10"));
+    }
+}

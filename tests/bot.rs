@@ -1,0 +1,305 @@
+//! The Telegram bot across real nodes, against a fake Bot API server (tests/common/fake_telegram.rs).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::fake_telegram::{BotMessage, FakeTelegram, TgUser};
+use common::{Cluster, Node, agreed_leader, agreed_leader_without, wait_for};
+
+/// A token in @BotFather's format; the fake server accepts only this one.
+const TOKEN: &str = "123456789:AAHfakeTokenForConstellaTests_0123456789";
+/// The secret half of [`TOKEN`]: it must never appear in a log.
+const TOKEN_SECRET: &str = "AAHfakeTokenForConstellaTests_0123456789";
+const OWNER_ID: u64 = 5001;
+const AGREE: Duration = Duration::from_secs(15);
+const ANSWER: Duration = Duration::from_secs(10);
+
+fn owner() -> TgUser {
+    // The network was created with --owner @owner_test: the match ignores case.
+    TgUser::new(OWNER_ID, "Owner_Test")
+}
+
+/// A cluster whose nodes carry the bot token and talk to `fake`, each on its own port.
+fn bot_cluster(fake: &FakeTelegram, names: &[&str], priorities: &[u32]) -> Cluster {
+    Cluster::start_with(names, priorities, None, |node: &mut Node| {
+        node.init_args = vec!["--bot-token".into(), TOKEN.into()];
+        node.run_args = vec!["--telegram-api-url".into(), fake.url_for(&node.name)];
+    })
+}
+
+fn is_list(m: &BotMessage) -> bool {
+    m.text.starts_with("Узлы сети")
+}
+
+fn button_labels(m: &BotMessage) -> Vec<String> {
+    m.buttons().into_iter().map(|(text, _)| text).collect()
+}
+
+fn bot_status(node: &Node) -> serde_json::Value {
+    node.status().expect("status")["bot"].clone()
+}
+
+/// Waits until `node` polls the fake server.
+fn wait_polling(fake: &FakeTelegram, node: &str) {
+    wait_for(ANSWER, &format!("{node} to poll"), || {
+        fake.polls().iter().any(|p| p.node == node).then_some(())
+    });
+}
+
+#[test]
+fn owner_gets_the_node_list_cards_and_invites_and_strangers_get_nothing() {
+    let fake = FakeTelegram::start(TOKEN);
+    let mut cluster = bot_cluster(&fake, &["alpha", "bravo", "charlie"], &[1, 100, 100]);
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(
+        agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE),
+        "alpha"
+    );
+    wait_polling(&fake, "alpha");
+
+    // A stranger writes first: no reply at all, and the attempt is counted.
+    let stranger = TgUser::new(6001, "mallory_x");
+    fake.send_text(&stranger, "/start");
+    fake.send_text(&owner(), "/start");
+    let list = fake.wait_message(ANSWER, "the node list", OWNER_ID, is_list);
+    assert_eq!(list.sent_by, "alpha");
+    assert_eq!(
+        button_labels(&list)[..3],
+        ["• alpha — Хост", "• bravo", "• charlie"],
+        "{list:?}"
+    );
+    assert!(fake.messages_to(stranger.id).is_empty());
+    let bot = bot_status(cluster.node("alpha"));
+    assert_eq!(bot["refused_updates"], 1, "{bot}");
+    assert_eq!(bot["polling"], true);
+    assert_eq!(bot["owner_pinned"], true);
+    assert_eq!(bot_status(cluster.node("bravo"))["polling"], false);
+
+    // The owner's id is pinned network-wide, and the token reached every joiner (0600 file).
+    for node in &cluster.nodes {
+        wait_for(ANSWER, "the owner pin on every node", || {
+            let state = node.state_json()?;
+            (state["settings"]["owner_user_id"] == OWNER_ID).then_some(())
+        });
+        let state = node.state_json().unwrap();
+        assert_eq!(state["bot_token"], TOKEN, "{} has the token", node.name);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(node.dir.join("network_state.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // Someone who takes over the username later gets nothing.
+    let usurper = TgUser::new(6002, "owner_test");
+    fake.send_text(&usurper, "/start");
+    wait_for(ANSWER, "the usurper to be refused", || {
+        (bot_status(cluster.node("alpha"))["refused_updates"] == 2).then_some(())
+    });
+    assert!(fake.messages_to(usurper.id).is_empty());
+
+    // A node card, edited in place.
+    let bravo = list.button("bravo").unwrap();
+    fake.press(&owner(), list.message_id, &bravo);
+    let card = fake.wait_message(ANSWER, "bravo's card", OWNER_ID, |m| {
+        m.message_id == list.message_id && m.text.contains("bravo") && m.text.contains("Адрес")
+    });
+    assert!(
+        card.text.contains(&cluster.node("bravo").addr()),
+        "{}",
+        card.text
+    );
+    assert!(card.text.contains("Лидер: нет"), "{}", card.text);
+    let labels = button_labels(&card);
+    for label in ["Показать потребление", "Перезагрузить сервер", "« Назад"]
+    {
+        assert!(labels.iter().any(|l| l == label), "{labels:?}");
+    }
+
+    // A forged or stale button gets a short answer and changes nothing.
+    let before = fake.message(list.message_id).text;
+    let answers = fake.callback_answers().len();
+    fake.press(&owner(), list.message_id, "c:ZZZZZZZZ");
+    fake.press(
+        &owner(),
+        list.message_id,
+        "R:ZZZZZZZZ:99999999999:0011223344556677",
+    );
+    wait_for(ANSWER, "two answers", || {
+        (fake.callback_answers().len() >= answers + 2).then_some(())
+    });
+    for (_, answer) in &fake.callback_answers()[answers..] {
+        assert!(
+            answer["text"].as_str().unwrap().contains("устарела"),
+            "{answer}"
+        );
+    }
+    assert_eq!(fake.message(list.message_id).text, before);
+
+    // Back to the list, in the same message.
+    let back = card.button("Назад").unwrap();
+    fake.press(&owner(), list.message_id, &back);
+    fake.wait_message(ANSWER, "the list again", OWNER_ID, |m| {
+        m.message_id == list.message_id && is_list(m)
+    });
+
+    // /invite: a bad ttl gets the usage text; a good one a link with which a node joins.
+    fake.send_text(&owner(), "/invite 3d");
+    fake.wait_message(ANSWER, "the usage text", OWNER_ID, |m| {
+        m.text.starts_with("Использование: /invite")
+    });
+    fake.send_text(&owner(), "/invite 5m");
+    let invite = fake.wait_message(ANSWER, "a join link", OWNER_ID, |m| {
+        m.text.contains("join://")
+    });
+    let link = invite
+        .text
+        .split_whitespace()
+        .find(|w| w.starts_with("join://"))
+        .unwrap()
+        .to_owned();
+    let mut delta = Node::new(cluster.root.path(), "delta");
+    delta.run_args = vec!["--telegram-api-url".into(), fake.url_for("delta")];
+    delta.join(&link, 100);
+    assert_eq!(delta.state_json().unwrap()["bot_token"], TOKEN);
+    delta.start();
+    cluster.nodes.push(delta);
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    agreed_leader(&nodes, &["alpha", "bravo", "charlie", "delta"], AGREE);
+
+    // The owner is told once, by the leader, that a node joined.
+    let notice = cluster.or_logs(|| {
+        fake.wait_message(ANSWER, "the join notice", OWNER_ID, |m| {
+            m.text.contains("Новый узел в сети: delta")
+        })
+    });
+    assert_eq!(notice.sent_by, "alpha");
+
+    // Only the leader polled, and nobody got a 409 in a healthy network.
+    let now = Instant::now();
+    assert_eq!(
+        fake.pollers_between(now - Duration::from_secs(3), now),
+        ["alpha"]
+    );
+    assert_eq!(fake.conflicts(), 0);
+    let logs = cluster.dump_logs();
+    assert!(!logs.contains(TOKEN_SECRET), "the token leaked into a log");
+    let notices = fake
+        .messages_to(OWNER_ID)
+        .into_iter()
+        .filter(|m| m.text.contains("Новый узел в сети: delta"))
+        .count();
+    assert_eq!(notices, 1);
+}
+
+#[test]
+fn the_new_leader_answers_within_ten_seconds_and_no_update_is_lost_or_repeated() {
+    let fake = FakeTelegram::start(TOKEN);
+    let mut cluster = bot_cluster(&fake, &["alpha", "bravo", "charlie"], &[1, 2, 100]);
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(
+        agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE),
+        "alpha"
+    );
+    wait_polling(&fake, "alpha");
+
+    let first = fake.send_text(&owner(), "/start");
+    let answered = fake.wait_message(ANSWER, "alpha's list", OWNER_ID, is_list);
+    assert_eq!(answered.sent_by, "alpha");
+
+    // Crash the leader and write at once: the next leader answers within 10 s.
+    cluster.node_mut("alpha").kill();
+    let killed = Instant::now();
+    let second = fake.send_text(&owner(), "/help");
+    let help = fake.wait_message(ANSWER, "the new leader's answer", OWNER_ID, |m| {
+        m.text.starts_with("Constella")
+    });
+    let took = killed.elapsed();
+    assert_eq!(help.sent_by, "bravo");
+    assert!(took < Duration::from_secs(10), "answered after {took:?}");
+    eprintln!("failover: the new leader answered {took:?} after kill -9");
+
+    // Each update reached one node only (a poll dropped on a leadership flap may deliver it
+    // to the same node twice) and was answered exactly once.
+    let delivered = fake.delivered();
+    let nodes_of = |id: u32| {
+        let mut nodes = delivered[&id].clone();
+        nodes.dedup();
+        nodes
+    };
+    assert_eq!(nodes_of(first), ["alpha"], "{delivered:?}");
+    assert_eq!(nodes_of(second), ["bravo"], "{delivered:?}");
+    let messages = fake.messages_to(OWNER_ID);
+    assert_eq!(messages.iter().filter(|m| is_list(m)).count(), 1);
+    assert_eq!(
+        messages
+            .iter()
+            .filter(|m| m.text.starts_with("Constella"))
+            .count(),
+        1
+    );
+
+    // The new leader tells the owner, once; charlie stays quiet.
+    let notice = cluster.or_logs(|| {
+        fake.wait_message(ANSWER, "the failover notice", OWNER_ID, |m| {
+            m.text.contains("Хост сменился: alpha → bravo")
+        })
+    });
+    assert_eq!(notice.sent_by, "bravo");
+    assert!(notice.text.contains("alpha не отвечает"), "{}", notice.text);
+    let survivors: Vec<&Node> = cluster.nodes[1..].iter().collect();
+    agreed_leader_without(&survivors, &["bravo", "charlie"], &["alpha"], AGREE);
+    assert!(
+        fake.messages_to(OWNER_ID)
+            .iter()
+            .all(|m| m.sent_by != "charlie")
+    );
+    let now = Instant::now();
+    assert_eq!(
+        fake.pollers_between(now - Duration::from_secs(2), now),
+        ["bravo"]
+    );
+}
+
+#[test]
+fn a_better_node_takes_the_bot_over_within_a_second() {
+    let fake = FakeTelegram::start(TOKEN);
+    // alpha starts alone and polls; bravo, with the lower priority number, then takes over.
+    let cluster = bot_cluster(&fake, &["alpha", "bravo"], &[100, 1]);
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(agreed_leader(&nodes, &["alpha", "bravo"], AGREE), "bravo");
+    wait_polling(&fake, "bravo");
+    let polls = fake.polls();
+    let bravo_started = polls.iter().find(|p| p.node == "bravo").unwrap().started;
+    assert!(
+        polls.iter().any(|p| p.node == "alpha"),
+        "alpha polled first"
+    );
+    // Let a few seconds pass: alpha must not poll again after bravo took over.
+    std::thread::sleep(Duration::from_secs(3));
+    let late: Vec<_> = fake
+        .polls()
+        .into_iter()
+        .filter(|p| p.node == "alpha" && p.started > bravo_started + Duration::from_secs(1))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "alpha polled after losing leadership: {late:?}"
+    );
+    fake.send_text(&owner(), "/start");
+    let list = fake.wait_message(ANSWER, "bravo's list", OWNER_ID, is_list);
+    assert_eq!(list.sent_by, "bravo");
+    assert_eq!(bot_status(cluster.node("alpha"))["polling"], false);
+}
+
+#[test]
+fn a_network_without_a_token_runs_with_the_bot_off_and_one_warning() {
+    let cluster = Cluster::start(&["alpha"], &[1], None);
+    let status = cluster.node("alpha").status().unwrap();
+    assert_eq!(status["bot"]["enabled"], false);
+    assert_eq!(status["bot"]["polling"], false);
+    let log = cluster.node("alpha").log_text();
+    assert_eq!(log.matches("the bot is off").count(), 1, "{log}");
+}

@@ -1,0 +1,591 @@
+//! A fake Bot API server for tests: a small HTTP/1.1 server on 127.0.0.1 that speaks the
+//! methods the bot uses (`POST /bot<token>/<Method>`, JSON bodies) the way Telegram does:
+//! long-polling GetUpdates that honours `offset` (updates below it are confirmed and
+//! forgotten) and answers 409 Conflict to a poll superseded by a newer one.
+//!
+//! Each node gets its own listening port ([`FakeTelegram::url_for`]), so the server knows which
+//! node made each call: tests assert which node polled, answered, and when.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, oneshot};
+
+pub const BOT_ID: u64 = 7_000_000_001;
+pub const BOT_USERNAME: &str = "constella_test_bot";
+const CONFLICT: &str = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running";
+
+/// A Telegram user that writes to the bot.
+#[derive(Debug, Clone)]
+pub struct TgUser {
+    pub id: u64,
+    pub username: Option<String>,
+}
+
+impl TgUser {
+    pub fn new(id: u64, username: &str) -> Self {
+        Self {
+            id,
+            username: Some(username.to_owned()),
+        }
+    }
+    fn json(&self) -> Value {
+        let mut user = json!({"id": self.id, "is_bot": false, "first_name": "User"});
+        if let Some(name) = &self.username {
+            user["username"] = json!(name);
+        }
+        user
+    }
+    fn chat(&self) -> Value {
+        let mut chat = json!({"id": self.id, "type": "private", "first_name": "User"});
+        if let Some(name) = &self.username {
+            chat["username"] = json!(name);
+        }
+        chat
+    }
+}
+
+/// One Bot API call as the server saw it.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub node: String,
+    pub method: String,
+    pub body: Value,
+    pub at: Instant,
+}
+
+/// How a GetUpdates ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollEnd {
+    /// Answered with these update ids (maybe none, on timeout).
+    Updates(Vec<u32>),
+    /// Superseded by a newer poll: answered 409.
+    Conflict,
+    /// The client closed the connection while waiting.
+    Dropped,
+}
+
+/// One GetUpdates.
+#[derive(Debug, Clone)]
+pub struct Poll {
+    pub node: String,
+    pub offset: i64,
+    pub started: Instant,
+    pub ended: Option<(Instant, PollEnd)>,
+}
+
+/// A message the bot sent (and maybe edited since).
+#[derive(Debug, Clone)]
+pub struct BotMessage {
+    pub message_id: i64,
+    pub chat_id: i64,
+    pub text: String,
+    pub markup: Option<Value>,
+    /// The node that sent it, and the nodes that edited it.
+    pub sent_by: String,
+    pub edited_by: Vec<String>,
+}
+
+impl BotMessage {
+    /// The buttons as (text, callback data), row by row.
+    pub fn buttons(&self) -> Vec<(String, String)> {
+        let Some(markup) = &self.markup else {
+            return Vec::new();
+        };
+        markup["inline_keyboard"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|row| row.as_array().cloned().unwrap_or_default())
+            .map(|b| {
+                (
+                    b["text"].as_str().unwrap_or_default().to_owned(),
+                    b["callback_data"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// The callback data of the button whose text contains `label`.
+    pub fn button(&self, label: &str) -> Option<String> {
+        self.buttons()
+            .into_iter()
+            .find(|(text, _)| text.contains(label))
+            .map(|(_, data)| data)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    token: String,
+    next_update_id: u32,
+    /// Updates not yet confirmed, in order.
+    pending: Vec<(u32, Value)>,
+    next_message_id: i64,
+    messages: HashMap<i64, BotMessage>,
+    calls: Vec<Call>,
+    polls: Vec<Poll>,
+    /// The poll waiting now: its index in `polls` and how to end it with 409.
+    active: Option<(usize, oneshot::Sender<()>)>,
+    /// Update id → nodes it was delivered to.
+    delivered: HashMap<u32, Vec<String>>,
+    callback_answers: Vec<(String, Value)>,
+}
+
+/// The fake server. Dropping it stops it.
+pub struct FakeTelegram {
+    runtime: tokio::runtime::Runtime,
+    state: Arc<Mutex<State>>,
+    notify: Arc<Notify>,
+    pub token: String,
+}
+
+impl FakeTelegram {
+    pub fn start(token: &str) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let state = State {
+            token: token.to_owned(),
+            next_update_id: 100,
+            next_message_id: 1,
+            ..State::default()
+        };
+        Self {
+            runtime,
+            state: Arc::new(Mutex::new(state)),
+            notify: Arc::new(Notify::new()),
+            token: token.to_owned(),
+        }
+    }
+
+    /// A base URL for `--telegram-api-url` whose calls are recorded as made by `node`.
+    pub fn url_for(&self, node: &str) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (state, notify, node) = (self.state.clone(), self.notify.clone(), node.to_owned());
+        self.runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (state, notify, node) = (state.clone(), notify.clone(), node.clone());
+                tokio::spawn(async move {
+                    let _ = serve_connection(stream, state, notify, node).await;
+                });
+            }
+        });
+        format!("http://127.0.0.1:{port}/")
+    }
+
+    fn push_update(&self, make: impl FnOnce(u32) -> Value) -> u32 {
+        let id = {
+            let mut state = self.state.lock().unwrap();
+            let id = state.next_update_id;
+            state.next_update_id += 1;
+            let update = make(id);
+            state.pending.push((id, update));
+            id
+        };
+        self.notify.notify_waiters();
+        id
+    }
+
+    /// `user` writes `text` to the bot in their private chat. Returns the update id.
+    pub fn send_text(&self, user: &TgUser, text: &str) -> u32 {
+        let now = unix_now();
+        let (from, chat) = (user.json(), user.chat());
+        self.push_update(|id| {
+            let mut message = json!({
+                "message_id": 10_000 + id,
+                "date": now,
+                "chat": chat,
+                "from": from,
+                "text": text,
+            });
+            if text.starts_with('/') {
+                let len = text.split_whitespace().next().unwrap_or("").chars().count();
+                message["entities"] = json!([{"type": "bot_command", "offset": 0, "length": len}]);
+            }
+            json!({"update_id": id, "message": message})
+        })
+    }
+
+    /// `user` presses a button with `data` under the bot's message `message_id`.
+    pub fn press(&self, user: &TgUser, message_id: i64, data: &str) -> u32 {
+        let message = self
+            .state
+            .lock()
+            .unwrap()
+            .messages
+            .get(&message_id)
+            .cloned();
+        let message = message.expect("no such bot message");
+        let from = user.json();
+        let message_json = bot_message_json(&message);
+        self.push_update(|id| {
+            json!({"update_id": id, "callback_query": {
+                "id": format!("cq-{id}"),
+                "from": from,
+                "message": message_json,
+                "chat_instance": format!("ci-{}", message.chat_id),
+                "data": data,
+            }})
+        })
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    pub fn polls(&self) -> Vec<Poll> {
+        self.state.lock().unwrap().polls.clone()
+    }
+
+    /// Nodes each update was delivered to.
+    pub fn delivered(&self) -> HashMap<u32, Vec<String>> {
+        self.state.lock().unwrap().delivered.clone()
+    }
+
+    /// Texts of AnswerCallbackQuery calls: (node, body).
+    pub fn callback_answers(&self) -> Vec<(String, Value)> {
+        self.state.lock().unwrap().callback_answers.clone()
+    }
+
+    /// Every message the bot sent to `chat_id`, oldest first, with its current text.
+    pub fn messages_to(&self, chat_id: u64) -> Vec<BotMessage> {
+        let state = self.state.lock().unwrap();
+        let mut messages: Vec<BotMessage> = state
+            .messages
+            .values()
+            .filter(|m| m.chat_id == chat_id as i64)
+            .cloned()
+            .collect();
+        messages.sort_by_key(|m| m.message_id);
+        messages
+    }
+
+    /// The bot message `message_id` as it is now.
+    pub fn message(&self, message_id: i64) -> BotMessage {
+        self.state.lock().unwrap().messages[&message_id].clone()
+    }
+
+    /// Waits until a message to `chat_id` satisfies `check` (new or edited); returns it.
+    pub fn wait_message(
+        &self,
+        deadline: Duration,
+        what: &str,
+        chat_id: u64,
+        check: impl Fn(&BotMessage) -> bool,
+    ) -> BotMessage {
+        super::wait_for(deadline, what, || {
+            self.messages_to(chat_id).into_iter().find(|m| check(m))
+        })
+    }
+
+    /// Calls of `method` (case-insensitive) made after `since`.
+    pub fn calls_of(&self, method: &str, since: Instant) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method.eq_ignore_ascii_case(method) && c.at >= since)
+            .collect()
+    }
+
+    /// The nodes whose polls were waiting at some moment in `[from, to]`.
+    pub fn pollers_between(&self, from: Instant, to: Instant) -> Vec<String> {
+        let mut nodes: Vec<String> = self
+            .polls()
+            .into_iter()
+            .filter(|p| p.started <= to && p.ended.as_ref().is_none_or(|(end, _)| *end >= from))
+            .map(|p| p.node)
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+
+    /// How many polls were ended with 409.
+    pub fn conflicts(&self) -> usize {
+        self.polls()
+            .iter()
+            .filter(|p| matches!(p.ended, Some((_, PollEnd::Conflict))))
+            .count()
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn bot_user() -> Value {
+    json!({"id": BOT_ID, "is_bot": true, "first_name": "Constella", "username": BOT_USERNAME})
+}
+
+fn bot_message_json(message: &BotMessage) -> Value {
+    let mut value = json!({
+        "message_id": message.message_id,
+        "date": unix_now(),
+        "chat": {"id": message.chat_id, "type": "private", "first_name": "User"},
+        "from": bot_user(),
+        "text": message.text,
+    });
+    if let Some(markup) = &message.markup {
+        value["reply_markup"] = markup.clone();
+    }
+    value
+}
+
+fn ok(result: Value) -> (u16, Value) {
+    (200, json!({"ok": true, "result": result}))
+}
+
+fn error(code: u16, description: &str) -> (u16, Value) {
+    (
+        code,
+        json!({"ok": false, "error_code": code, "description": description}),
+    )
+}
+
+/// One HTTP/1.1 connection: requests one after another (keep-alive).
+async fn serve_connection(
+    mut stream: TcpStream,
+    state: Arc<Mutex<State>>,
+    notify: Arc<Notify>,
+    node: String,
+) -> std::io::Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let head_end = loop {
+            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos;
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let request_line = lines.next().unwrap_or_default().to_owned();
+        let length: usize = lines
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0);
+        let total = head_end + 4 + length;
+        while buf.len() < total {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body: Value = serde_json::from_slice(&buf[head_end + 4..total]).unwrap_or(json!({}));
+        buf.drain(..total);
+
+        let path = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("/")
+            .to_owned();
+        let mut segments = path.trim_start_matches('/').splitn(2, '/');
+        let token = segments
+            .next()
+            .unwrap_or("")
+            .strip_prefix("bot")
+            .unwrap_or("");
+        let method = segments.next().unwrap_or("").to_owned();
+        let expected = state.lock().unwrap().token.clone();
+        let (status, answer) = if token != expected {
+            error(401, "Unauthorized")
+        } else {
+            state.lock().unwrap().calls.push(Call {
+                node: node.clone(),
+                method: method.clone(),
+                body: body.clone(),
+                at: Instant::now(),
+            });
+            if method.eq_ignore_ascii_case("getUpdates") {
+                match get_updates(&mut stream, &mut buf, &state, &notify, &node, &body).await {
+                    Some(answer) => answer,
+                    None => return Ok(()),
+                }
+            } else {
+                handle(&state, &node, &method, &body)
+            }
+        };
+        let text = answer.to_string();
+        let reason = match status {
+            200 => "OK",
+            401 => "Unauthorized",
+            404 => "Not Found",
+            409 => "Conflict",
+            _ => "Bad Request",
+        };
+        let response = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        stream.write_all(response.as_bytes()).await?;
+    }
+}
+
+/// A long poll. `None` when the client went away while it waited.
+async fn get_updates(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    state: &Arc<Mutex<State>>,
+    notify: &Arc<Notify>,
+    node: &str,
+    body: &Value,
+) -> Option<(u16, Value)> {
+    let offset = body["offset"].as_i64().unwrap_or(0);
+    let timeout = Duration::from_secs(body["timeout"].as_u64().unwrap_or(0));
+    let limit = body["limit"].as_u64().unwrap_or(100) as usize;
+    let (index, mut cancelled) = {
+        let mut s = state.lock().unwrap();
+        if offset > 0 {
+            s.pending.retain(|(id, _)| i64::from(*id) >= offset);
+        }
+        // Telegram ends the older poll with 409 when a newer one arrives.
+        if let Some((old, cancel)) = s.active.take() {
+            let _ = cancel.send(());
+            s.polls[old].ended = Some((Instant::now(), PollEnd::Conflict));
+        }
+        let (tx, rx) = oneshot::channel();
+        s.polls.push(Poll {
+            node: node.to_owned(),
+            offset,
+            started: Instant::now(),
+            ended: None,
+        });
+        let index = s.polls.len() - 1;
+        s.active = Some((index, tx));
+        (index, rx)
+    };
+    let finish = |end: PollEnd| {
+        let mut s = state.lock().unwrap();
+        if s.active.as_ref().is_some_and(|(i, _)| *i == index) {
+            s.active = None;
+        }
+        if s.polls[index].ended.is_none() {
+            s.polls[index].ended = Some((Instant::now(), end));
+        }
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut chunk = [0u8; 1024];
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let ready: Vec<(u32, Value)> = {
+            let s = state.lock().unwrap();
+            s.pending.iter().take(limit).cloned().collect()
+        };
+        if !ready.is_empty() {
+            let ids: Vec<u32> = ready.iter().map(|(id, _)| *id).collect();
+            {
+                let mut s = state.lock().unwrap();
+                for id in &ids {
+                    s.delivered.entry(*id).or_default().push(node.to_owned());
+                }
+            }
+            finish(PollEnd::Updates(ids));
+            return Some(ok(Value::Array(
+                ready.into_iter().map(|(_, u)| u).collect(),
+            )));
+        }
+        tokio::select! {
+            () = &mut notified => {}
+            _ = &mut cancelled => return Some(error(409, CONFLICT)),
+            () = tokio::time::sleep_until(deadline) => {
+                finish(PollEnd::Updates(Vec::new()));
+                return Some(ok(json!([])));
+            }
+            read = stream.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => {
+                    finish(PollEnd::Dropped);
+                    return None;
+                }
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            },
+        }
+    }
+}
+
+fn handle(state: &Arc<Mutex<State>>, node: &str, method: &str, body: &Value) -> (u16, Value) {
+    let mut s = state.lock().unwrap();
+    match method.to_ascii_lowercase().as_str() {
+        "getme" => ok(json!({
+            "id": BOT_ID, "is_bot": true, "first_name": "Constella", "username": BOT_USERNAME,
+            "can_join_groups": false, "can_read_all_group_messages": false,
+            "supports_inline_queries": false, "has_main_web_app": false,
+        })),
+        "getwebhookinfo" => {
+            ok(json!({"url": "", "has_custom_certificate": false, "pending_update_count": 0}))
+        }
+        "deletewebhook" | "setmycommands" => ok(json!(true)),
+        "sendmessage" => {
+            let Some(chat_id) = body["chat_id"].as_i64() else {
+                return error(400, "Bad Request: chat not found");
+            };
+            let message_id = s.next_message_id;
+            s.next_message_id += 1;
+            let message = BotMessage {
+                message_id,
+                chat_id,
+                text: body["text"].as_str().unwrap_or_default().to_owned(),
+                markup: body.get("reply_markup").cloned(),
+                sent_by: node.to_owned(),
+                edited_by: Vec::new(),
+            };
+            let answer = bot_message_json(&message);
+            s.messages.insert(message_id, message);
+            ok(answer)
+        }
+        "editmessagetext" | "editmessagereplymarkup" => {
+            let id = body["message_id"].as_i64().unwrap_or(0);
+            let Some(message) = s.messages.get_mut(&id) else {
+                return error(400, "Bad Request: message to edit not found");
+            };
+            if message.chat_id != body["chat_id"].as_i64().unwrap_or(0) {
+                return error(400, "Bad Request: message to edit not found");
+            }
+            let text = body["text"].as_str().map(str::to_owned);
+            let markup = body.get("reply_markup").cloned();
+            if text.as_ref().is_none_or(|t| *t == message.text) && markup == message.markup {
+                return error(
+                    400,
+                    "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
+                );
+            }
+            if let Some(text) = text {
+                message.text = text;
+            }
+            message.markup = markup;
+            message.edited_by.push(node.to_owned());
+            let answer = bot_message_json(message);
+            ok(answer)
+        }
+        "answercallbackquery" => {
+            s.callback_answers.push((node.to_owned(), body.clone()));
+            ok(json!(true))
+        }
+        _ => error(404, "Not Found"),
+    }
+}
