@@ -440,6 +440,7 @@ impl EventLoop {
         let now = Instant::now();
         let changes = self.membership.tick(now);
         self.apply_changes(changes);
+        self.drop_strangers(now);
         if self.exit_at.is_none() {
             self.dial_members(now);
         }

@@ -28,6 +28,11 @@ const MAX_PENDING: usize = 64;
 const MAX_PARALLEL_STATS: usize = 2;
 /// Answers of measurements waiting for the event loop.
 const FINISHED_QUEUE: usize = 16;
+/// How long a refused stranger's connection stays open so the refusal reaches it: closing at
+/// once can cut the answer off before the muxer flushed it.
+const STRANGER_GRACE: Duration = Duration::from_millis(500);
+/// Most strangers waiting to be disconnected; beyond this they are cut off at once.
+const MAX_STRANGERS: usize = 256;
 /// Time between accepting a reboot and taking it, so the answer reaches the caller first.
 const REBOOT_DELAY: Duration = Duration::from_secs(1);
 
@@ -105,6 +110,8 @@ pub(super) struct Rpc {
     measuring: Arc<Semaphore>,
     finished_tx: mpsc::Sender<Finished>,
     finished_rx: mpsc::Receiver<Finished>,
+    /// Refused non-members and when to close their connections.
+    strangers: HashMap<PeerId, Instant>,
 }
 
 impl Rpc {
@@ -117,6 +124,7 @@ impl Rpc {
             measuring: Arc::new(Semaphore::new(MAX_PARALLEL_STATS)),
             finished_tx,
             finished_rx,
+            strangers: HashMap::new(),
         }
     }
 
@@ -341,10 +349,37 @@ impl EventLoop {
         }
     }
 
-    /// A stranger keeps nothing beyond its refusal: close its connections.
+    /// A stranger keeps nothing beyond its refusal: its connections close once the refusal
+    /// had time to go out.
     fn drop_if_stranger(&mut self, peer: PeerId) {
-        if !self.membership.is_member(&peer) {
+        if self.membership.is_member(&peer) {
+            return;
+        }
+        if self.rpc.strangers.len() >= MAX_STRANGERS {
             let _ = self.swarm.disconnect_peer_id(peer);
+        } else {
+            self.rpc
+                .strangers
+                .entry(peer)
+                .or_insert_with(|| Instant::now() + STRANGER_GRACE);
+        }
+    }
+
+    /// Closes the connections of refused strangers whose grace period is over (liveness tick).
+    pub(super) fn drop_strangers(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .rpc
+            .strangers
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in due {
+            self.rpc.strangers.remove(&peer);
+            if !self.membership.is_member(&peer) {
+                debug!(%peer, "closing a refused stranger's connection");
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
         }
     }
 
