@@ -175,6 +175,34 @@ fn stats_peers_and_reboot_reach_the_named_node() {
         "bravo's log names who asked:\n{log}"
     );
 
+    // A node that is believed alive but does not answer (stopped): unreachable within 5 s.
+    let charlie_pid = cluster.node("charlie").pid().to_string();
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &charlie_pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    let started = Instant::now();
+    let (ok, err) = stderr_of(cluster.node("alpha"), &["stats", "charlie"]);
+    let took = started.elapsed();
+    signal("-CONT");
+    assert!(!ok);
+    assert_eq!(err, "error: node charlie is unreachable");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    wait_for(Duration::from_secs(15), "charlie to answer again", || {
+        cluster
+            .node("alpha")
+            .cli(&["stats", "charlie"])
+            .status
+            .success()
+            .then_some(())
+    });
+
     // An offline node: both calls fail within 5 s, naming it offline.
     cluster.node_mut("charlie").kill();
     let nodes: Vec<&Node> = cluster.nodes[..2].iter().collect();

@@ -77,8 +77,10 @@ impl Reply {
 /// A call sent to another node, waiting for its answer.
 #[derive(Debug)]
 struct Pending {
-    target: PeerId,
     name: String,
+    /// Whether the membership had the target offline when the call was made: a failure is
+    /// then "offline", otherwise "unreachable" (believed alive, yet no answer).
+    offline: bool,
     deadline: Instant,
     reply: Reply,
 }
@@ -252,7 +254,7 @@ impl EventLoop {
         self.rpc.pending.insert(
             request_id,
             Pending {
-                target: id,
+                offline: self.membership.status(&id) == Some(Status::Offline),
                 name,
                 deadline: Instant::now() + RPC_TIMEOUT,
                 reply,
@@ -260,11 +262,12 @@ impl EventLoop {
         );
     }
 
-    /// "node X is offline" if the membership says so, else "node X is unreachable".
-    fn unreachable(&self, target: &PeerId, name: &str) -> String {
-        match self.membership.status(target) {
-            Some(Status::Offline) => format!("node {name} is offline"),
-            _ => format!("node {name} is unreachable"),
+    /// Why a call got no answer, for the operator.
+    fn unreachable(pending: &Pending) -> String {
+        if pending.offline {
+            format!("node {} is offline", pending.name)
+        } else {
+            format!("node {} is unreachable", pending.name)
         }
     }
 
@@ -280,7 +283,7 @@ impl EventLoop {
             .collect();
         for request_id in expired {
             if let Some(pending) = self.rpc.pending.remove(&request_id) {
-                let message = self.unreachable(&pending.target, &pending.name);
+                let message = Self::unreachable(&pending);
                 debug!(node = %pending.name, "RPC call timed out");
                 pending.reply.fail(message);
             }
@@ -334,9 +337,7 @@ impl EventLoop {
                     }
                     OutboundFailure::DialFailure
                     | OutboundFailure::Timeout
-                    | OutboundFailure::ConnectionClosed => {
-                        self.unreachable(&pending.target, &pending.name)
-                    }
+                    | OutboundFailure::ConnectionClosed => Self::unreachable(&pending),
                 };
                 pending.reply.fail(message);
             }
