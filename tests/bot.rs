@@ -20,12 +20,28 @@ fn owner() -> TgUser {
     TgUser::new(OWNER_ID, "Owner_Test")
 }
 
-/// A cluster whose nodes carry the bot token and talk to `fake`, each on its own port.
+/// A cluster whose nodes carry the bot token and talk to `fake`, each on its own port. A
+/// reboot runs a command that appends who asked to [`reboot_marker`] instead.
 fn bot_cluster(fake: &FakeTelegram, names: &[&str], priorities: &[u32]) -> Cluster {
     Cluster::start_with(names, priorities, None, |node: &mut Node| {
         node.init_args = vec!["--bot-token".into(), TOKEN.into()];
         node.run_args = vec!["--telegram-api-url".into(), fake.url_for(&node.name)];
+        let command = format!(
+            "echo \"$CONSTELLA_REBOOT_REQUESTED_BY\" >> '{}'",
+            reboot_marker(node).display()
+        );
+        node.env = vec![("CONSTELLA_REBOOT_COMMAND".into(), command)];
     })
+}
+
+fn reboot_marker(node: &Node) -> std::path::PathBuf {
+    node.dir.with_extension("rebooted")
+}
+
+fn reboots(node: &Node) -> Vec<String> {
+    std::fs::read_to_string(reboot_marker(node))
+        .map(|t| t.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 fn is_list(m: &BotMessage) -> bool {
@@ -38,6 +54,18 @@ fn button_labels(m: &BotMessage) -> Vec<String> {
 
 fn bot_status(node: &Node) -> serde_json::Value {
     node.status().expect("status")["bot"].clone()
+}
+
+/// Waits until the bot message `id` satisfies `check` (it is edited in place); logs on failure.
+fn edited(
+    cluster: &Cluster,
+    fake: &FakeTelegram,
+    id: i64,
+    what: &str,
+    check: &dyn Fn(&BotMessage) -> bool,
+) -> BotMessage {
+    cluster
+        .or_logs(|| fake.wait_message(ANSWER, what, OWNER_ID, |m| m.message_id == id && check(m)))
 }
 
 /// Waits until `node` polls the fake server.
@@ -192,6 +220,119 @@ fn owner_gets_the_node_list_cards_and_invites_and_strangers_get_nothing() {
         .filter(|m| m.text.contains("Новый узел в сети: delta"))
         .count();
     assert_eq!(notices, 1);
+}
+
+#[test]
+fn usage_and_confirmed_reboot_reach_exactly_the_chosen_node() {
+    let fake = FakeTelegram::start(TOKEN);
+    let mut cluster = bot_cluster(&fake, &["alpha", "bravo", "charlie"], &[1, 100, 100]);
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(
+        agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE),
+        "alpha"
+    );
+    wait_polling(&fake, "alpha");
+    fake.send_text(&owner(), "/start");
+    let list = fake.wait_message(ANSWER, "the node list", OWNER_ID, is_list);
+    let id = list.message_id;
+
+    // Usage of a remote node: plausible figures, in place.
+    fake.press(&owner(), id, &list.button("bravo").unwrap());
+    let card = edited(&cluster, &fake, id, "bravo's card", &|m| {
+        m.text.contains("bravo") && m.text.contains("Адрес")
+    });
+    fake.press(&owner(), id, &card.button("Показать потребление").unwrap());
+    let usage = edited(&cluster, &fake, id, "bravo's usage", &|m| {
+        m.text.starts_with("📊 bravo")
+    });
+    let cpu: f64 = usage
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("CPU: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no CPU line: {}", usage.text));
+    assert!((0.0..=100.0).contains(&cpu), "{}", usage.text);
+    for line in ["RAM: ", "Диск /: ", "Аптайм: "] {
+        assert!(usage.text.contains(line), "{}", usage.text);
+    }
+    assert!(
+        usage.text.contains("GiB") || usage.text.contains("MiB"),
+        "{}",
+        usage.text
+    );
+
+    // Reboot, then "Отмена": nothing runs anywhere.
+    fake.press(&owner(), id, &usage.button("К узлу").unwrap());
+    let card = edited(&cluster, &fake, id, "the card again", &|m| {
+        m.text.contains("Адрес")
+    });
+    fake.press(&owner(), id, &card.button("Перезагрузить сервер").unwrap());
+    let confirm = edited(&cluster, &fake, id, "the confirmation", &|m| {
+        m.text.starts_with("Перезагрузить bravo?")
+    });
+    assert!(confirm.button("Да, перезагрузить").is_some());
+    fake.press(&owner(), id, &confirm.button("Отмена").unwrap());
+    let card = edited(&cluster, &fake, id, "the card after cancel", &|m| {
+        m.text.contains("Адрес")
+    });
+
+    // Reboot, then "Да, перезагрузить": the reboot command runs on bravo, and only there.
+    fake.press(&owner(), id, &card.button("Перезагрузить сервер").unwrap());
+    let confirm = edited(&cluster, &fake, id, "the confirmation again", &|m| {
+        m.text.starts_with("Перезагрузить bravo?")
+    });
+    let yes = confirm.button("Да, перезагрузить").unwrap();
+    fake.press(&owner(), id, &yes);
+    edited(&cluster, &fake, id, "the reboot result", &|m| {
+        m.text.contains("bravo: перезагрузка запущена")
+    });
+    wait_for(ANSWER, "bravo's reboot command", || {
+        (!reboots(cluster.node("bravo")).is_empty()).then_some(())
+    });
+    assert_eq!(reboots(cluster.node("bravo")), ["telegram:5001"]);
+
+    // Pressing the same confirmation again (a double tap, or a replay) does nothing.
+    let answers = fake.callback_answers().len();
+    fake.press(&owner(), id, &yes);
+    wait_for(ANSWER, "the answer to the replay", || {
+        (fake.callback_answers().len() > answers).then_some(())
+    });
+    let last = fake.callback_answers().last().unwrap().1.clone();
+    assert!(
+        last["text"].as_str().unwrap_or("").contains("устарела"),
+        "{last}"
+    );
+    assert_eq!(reboots(cluster.node("bravo")).len(), 1);
+    assert!(reboots(cluster.node("alpha")).is_empty());
+    assert!(reboots(cluster.node("charlie")).is_empty());
+
+    // An offline node: its card opens, its actions say it is offline.
+    cluster.node_mut("charlie").kill();
+    let others: Vec<&Node> = cluster.nodes[..2].iter().collect();
+    agreed_leader_without(&others, &["alpha", "bravo"], &["charlie"], AGREE);
+    fake.press(&owner(), id, "l");
+    let list = edited(&cluster, &fake, id, "the list with charlie offline", &|m| {
+        button_labels(m).iter().any(|l| l == "• charlie (offline)")
+    });
+    fake.press(&owner(), id, &list.button("charlie").unwrap());
+    let card = edited(&cluster, &fake, id, "charlie's card", &|m| {
+        m.text.contains("charlie") && m.text.contains("offline")
+    });
+    for action in ["Показать потребление", "Перезагрузить сервер"]
+    {
+        let answers = fake.callback_answers().len();
+        fake.press(&owner(), id, &card.button(action).unwrap());
+        wait_for(ANSWER, "the offline answer", || {
+            (fake.callback_answers().len() > answers).then_some(())
+        });
+        let answer = fake.callback_answers().last().unwrap().1.clone();
+        assert!(
+            answer["text"].as_str().unwrap().contains("charlie offline"),
+            "{answer}"
+        );
+    }
+    assert!(reboots(cluster.node("charlie")).is_empty());
 }
 
 #[test]

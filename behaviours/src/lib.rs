@@ -6,6 +6,7 @@
 //! - [`leader`]: the total order that picks the leader ("Хост").
 //! - [`join`]: the one-time-token admission protocol.
 //! - [`settings`]: the bot state every node holds (owner pin, last Telegram update, language).
+//! - [`rpc`]: GetPeers, GetStats and Reboot between members.
 //!
 //! The node's event loop (in the `constella` binary) owns the Swarm and feeds these machines;
 //! nothing here does I/O of its own beyond what libp2p does.
@@ -19,6 +20,7 @@ pub mod gossip;
 pub mod join;
 pub mod leader;
 pub mod membership;
+pub mod rpc;
 mod secret;
 pub mod settings;
 
@@ -31,6 +33,10 @@ pub use secret::{NetworkSecret, SecretError};
 
 /// The agent string every node announces through identify.
 pub const AGENT_VERSION: &str = concat!("constella/", env!("CARGO_PKG_VERSION"));
+
+/// How long a node waits for an RPC answer. An offline or unreachable target must fail within
+/// 5 s of the operator's command; the rest of the 5 s is left for the CLI and control socket.
+pub const RPC_TIMEOUT: Duration = Duration::from_millis(4500);
 
 /// Why the behaviour could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +62,8 @@ pub struct Behaviour {
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     /// Admits new nodes with one-time tokens.
     pub join: join::Behaviour,
+    /// Answers and sends GetPeers, GetStats and Reboot.
+    pub rpc: rpc::Behaviour,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -97,6 +105,7 @@ fn gossipsub_config() -> Result<gossipsub::Config, BuildError> {
 impl Behaviour {
     /// Builds the behaviour of a member of `network_id` (or of a joiner, which passes the id
     /// from its link: it only speaks Join before it is admitted).
+    /// `request_timeout` bounds Join exchanges; RPC exchanges are bounded by [`RPC_TIMEOUT`].
     pub fn new(
         key: &Keypair,
         network_id: &str,
@@ -129,6 +138,7 @@ impl Behaviour {
             gossipsub,
             kad,
             join: join::behaviour(request_timeout),
+            rpc: rpc::behaviour(RPC_TIMEOUT),
         })
     }
 }

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use super::callback::{Action, Binding, ConfirmError, Confirmation, short_id};
 use super::ui::{self, Lang, Screen};
 use super::{BotConfig, BotMetrics};
-use crate::control::{PeerReport, Request, Response};
+use crate::control::PeerReport;
 use crate::daemon::Client;
 use crate::state::unix_now;
 use crate::validate::Ttl;
@@ -386,35 +386,30 @@ impl Handlers {
     // ---- the node ----
 
     async fn peers(&self) -> Result<Vec<PeerReport>, String> {
-        match self.client.handle(Request::Peers).await {
-            Response::Peers(peers) => Ok(peers),
-            Response::Error(error) => Err(error),
-            other => Err(format!("unexpected answer {other:?}")),
-        }
+        self.client.peers().await
     }
 
     async fn invite(&self, ttl: Ttl) -> Result<(String, String), String> {
-        match self
-            .client
-            .handle(Request::Invite {
-                ttl_secs: ttl.duration().as_secs(),
-            })
+        self.client
+            .invite(ttl)
             .await
-        {
-            Response::Invite(invite) => Ok((invite.link, invite.ttl)),
-            Response::Error(error) => Err(error),
-            other => Err(format!("unexpected answer {other:?}")),
+            .map(|invite| (invite.link, invite.ttl))
+    }
+
+    /// The node's figures, by node id (names can be reused after a leave; ids cannot).
+    async fn usage_text(&self, lang: Lang, peer: &PeerReport) -> String {
+        match bounded(self.client.stats(&peer.node_id)).await {
+            Ok(stats) => ui::usage(lang, &stats),
+            Err(error) => ui::action_failed(lang, &peer.name, &error),
         }
     }
 
-    async fn usage_text(&self, lang: Lang, peer: &PeerReport) -> String {
-        let _ = (lang, peer, ACTION_TIMEOUT);
-        ui::node_error(lang, "usage is not available yet")
-    }
-
     async fn reboot(&self, peer: &PeerReport, requested_by: &str) -> Result<(), String> {
-        let _ = (peer, requested_by);
-        Err("reboot is not available yet".to_owned())
+        bounded(self.client.reboot(&peer.node_id, requested_by))
+            .await
+            .map(|accepted| {
+                info!(node = %accepted.name, action = %accepted.action, "the node accepted the reboot");
+            })
     }
 
     // ---- Telegram ----
@@ -450,6 +445,14 @@ impl Handlers {
             debug!(%error, "cannot answer a button press");
         }
     }
+}
+
+/// `call`, or an error after [`ACTION_TIMEOUT`] (the RPCs time out sooner on their own; this
+/// keeps a stuck call from stalling the bot).
+async fn bounded<T>(call: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    tokio::time::timeout(ACTION_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err("no answer in time".to_owned()))
 }
 
 /// The current member whose node id ends with `short`, if exactly one does.

@@ -8,6 +8,11 @@ use teloxide::types::{InlineKeyboardButton, InlineKeyboardMarkup};
 use super::callback::{Action, Confirmation, short_id};
 use crate::control::PeerReport;
 use crate::daemon::signals::NetworkEvent;
+use crate::output::{human_bytes, human_duration};
+use crate::stats::NodeStats;
+
+/// Disks listed on a phone screen; more are counted.
+const MAX_DISKS: usize = 3;
 
 /// The interface language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +189,77 @@ pub fn with_back(lang: Lang, text: String, node: Option<&str>) -> Screen {
     }
 }
 
+/// "42 % — 1.6 / 3.8 GiB", short enough for a phone line.
+fn share(used: u64, total: u64) -> String {
+    if total == 0 {
+        return "—".to_owned();
+    }
+    #[allow(clippy::cast_precision_loss)] // display only
+    let percent = used as f64 * 100.0 / total as f64;
+    format!(
+        "{percent:.0} % — {} / {}",
+        human_bytes(used),
+        human_bytes(total)
+    )
+}
+
+/// A node's CPU, RAM, disks and uptime, formatted for a phone.
+pub fn usage(lang: Lang, s: &NodeStats) -> String {
+    let [one, five, fifteen] = s.load_average;
+    let mut text = match lang {
+        Lang::Ru => format!("📊 {} — потребление", s.name),
+        Lang::En => format!("📊 {} — usage", s.name),
+    };
+    let _ = write!(
+        text,
+        "\nCPU: {:.1} % · load {one:.2} {five:.2} {fifteen:.2}",
+        s.cpu_percent
+    );
+    let _ = write!(
+        text,
+        "\nRAM: {}",
+        share(s.ram_used_bytes, s.ram_total_bytes)
+    );
+    if s.swap_total_bytes > 0 {
+        let _ = write!(
+            text,
+            "\nSwap: {}",
+            share(s.swap_used_bytes, s.swap_total_bytes)
+        );
+    }
+    let disk = lang.pick("Диск", "Disk");
+    for d in s.disks.iter().take(MAX_DISKS) {
+        let _ = write!(
+            text,
+            "\n{disk} {}: {}",
+            d.mount,
+            share(d.used_bytes, d.total_bytes)
+        );
+    }
+    if s.disks.len() > MAX_DISKS {
+        let more = s.disks.len() - MAX_DISKS;
+        let _ = match lang {
+            Lang::Ru => write!(text, "\n…и ещё {more} дисков"),
+            Lang::En => write!(text, "\n…and {more} more disks"),
+        };
+    }
+    let _ = match lang {
+        Lang::Ru => write!(
+            text,
+            "\nАптайм: {} (демон {})",
+            human_duration(s.host_uptime_secs),
+            human_duration(s.daemon_uptime_secs)
+        ),
+        Lang::En => write!(
+            text,
+            "\nUptime: {} (daemon {})",
+            human_duration(s.host_uptime_secs),
+            human_duration(s.daemon_uptime_secs)
+        ),
+    };
+    text
+}
+
 /// The reboot was accepted by the node.
 pub fn reboot_accepted(lang: Lang, name: &str) -> String {
     match lang {
@@ -315,7 +391,6 @@ pub fn notification(lang: Lang, events: &[NetworkEvent], max_lines: usize) -> St
     text
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +425,41 @@ mod tests {
             ]
         );
         assert_eq!(node_label(Lang::En, &peers[0]), "• delta-01 — Host");
+    }
+
+    #[test]
+    fn usage_fits_a_phone() {
+        let gib = 1024 * 1024 * 1024;
+        let stats = NodeStats {
+            name: "echo-02".into(),
+            node_id: "id".into(),
+            cpu_percent: 12.34,
+            load_average: [0.15, 0.1, 0.05],
+            ram_used_bytes: gib,
+            ram_total_bytes: 4 * gib,
+            swap_used_bytes: 0,
+            swap_total_bytes: 0,
+            disks: (0..5)
+                .map(|i| crate::stats::DiskUsage {
+                    mount: if i == 0 {
+                        "/".into()
+                    } else {
+                        format!("/mnt/{i}")
+                    },
+                    used_bytes: 20 * gib,
+                    total_bytes: 80 * gib,
+                })
+                .collect(),
+            host_uptime_secs: 3 * 86400 + 4 * 3600,
+            daemon_uptime_secs: 302,
+            daemon_rss_bytes: 15 << 20,
+        };
+        let text = usage(Lang::Ru, &stats);
+        assert_eq!(
+            text,
+            "📊 echo-02 — потребление\nCPU: 12.3 % · load 0.15 0.10 0.05\nRAM: 25 % — 1.0 GiB / 4.0 GiB\nДиск /: 25 % — 20.0 GiB / 80.0 GiB\nДиск /mnt/1: 25 % — 20.0 GiB / 80.0 GiB\nДиск /mnt/2: 25 % — 20.0 GiB / 80.0 GiB\n…и ещё 2 дисков\nАптайм: 3d 4h (демон 5m 2s)"
+        );
+        assert!(text.lines().all(|l| l.chars().count() <= 40), "{text}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The event loop: owns the Swarm and the membership machine, publishes heartbeats, admits
-//! joiners, and answers the [`Client`](super::Client)'s commands.
+//! joiners, and answers the [`Client`](super::Client)'s commands. RPC is handled in
+//! [`rpc`](super::rpc).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -25,9 +26,11 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::Command;
+use super::rpc::Rpc;
 use super::signals::{Leadership, NetworkEvent, Signals};
 use crate::control::{BotReport, InviteReport, NodeRef, PeerReport, Rejections, StatusReport};
 use crate::link::JoinLink;
+use crate::reboot::RebootAction;
 use crate::state::{Invite, NetworkState, StateDir, StoredSecret, token_hash, unix_now};
 use crate::validate::{HostPort, ServerName, Ttl};
 
@@ -57,16 +60,16 @@ struct Redial {
 
 /// The node's event loop.
 pub(super) struct EventLoop {
-    swarm: Swarm<Behaviour>,
+    pub(super) swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     state_dir: StateDir,
-    state: NetworkState,
+    pub(super) state: NetworkState,
     secret: NetworkSecret,
-    membership: Membership,
+    pub(super) membership: Membership,
     topic: IdentTopic,
-    local_id: PeerId,
+    pub(super) local_id: PeerId,
     public_addr: Multiaddr,
-    started: Instant,
+    pub(super) started: Instant,
     heartbeat_counter: u32,
     /// When a heartbeat was last sent early because a peer subscribed.
     last_eager_heartbeat: Option<Instant>,
@@ -87,6 +90,8 @@ pub(super) struct EventLoop {
     reported_offline: HashSet<PeerId>,
     /// Set once every member answered, or `LEADERSHIP_SETTLE` after the start, and kept.
     settled: bool,
+    /// Calls in flight and the reboot action.
+    pub(super) rpc: Rpc,
 }
 
 impl EventLoop {
@@ -96,6 +101,7 @@ impl EventLoop {
         state_dir: StateDir,
         state: NetworkState,
         secret: NetworkSecret,
+        reboot: RebootAction,
         signals: Signals,
     ) -> Result<Self> {
         let local_id = *swarm.local_peer_id();
@@ -149,6 +155,7 @@ impl EventLoop {
             signals,
             reported_offline: HashSet::new(),
             settled: false,
+            rpc: Rpc::new(reboot),
         };
         for (id, record) in event_loop.membership.remote_members() {
             if let Ok(addr) = record.addr.parse::<HostPort>() {
@@ -185,6 +192,7 @@ impl EventLoop {
         self.publish_leadership();
         loop {
             let exit_at = self.exit_at;
+            let rpc_deadline = self.rpc.next_deadline();
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv() => match command {
@@ -197,6 +205,8 @@ impl EventLoop {
                     self.publish_roster();
                     self.publish_settings();
                 }
+                Some(finished) = self.rpc.next_finished() => self.on_rpc_finished(finished),
+                () = sleep_until_opt(rpc_deadline) => self.on_rpc_deadlines(),
                 () = sleep_until_opt(exit_at) => {
                     info!("left the network; stopping");
                     return Ok(());
@@ -227,6 +237,13 @@ impl EventLoop {
                 self.merge_settings(&settings, true);
                 let _ = reply.send(self.state.settings.clone());
             }
+            Command::PeersOf(target, reply) => self.rpc_peers(&target, reply),
+            Command::Stats(target, reply) => self.rpc_stats(&target, reply),
+            Command::Reboot {
+                target,
+                requested_by,
+                reply,
+            } => self.rpc_reboot(&target, requested_by, reply),
         }
     }
 
@@ -523,6 +540,7 @@ impl EventLoop {
         let now = Instant::now();
         let changes = self.membership.tick(now);
         self.apply_changes(changes);
+        self.drop_strangers(now);
         if self.exit_at.is_none() {
             self.dial_members(now);
         }
@@ -634,7 +652,7 @@ impl EventLoop {
         }
     }
 
-    fn addresses_of(&self, id: &PeerId, record: &MemberRecord) -> Vec<Multiaddr> {
+    pub(super) fn addresses_of(&self, id: &PeerId, record: &MemberRecord) -> Vec<Multiaddr> {
         let mut addrs: Vec<Multiaddr> = record
             .addr
             .parse::<HostPort>()
@@ -652,7 +670,7 @@ impl EventLoop {
         addrs
     }
 
-    fn name_of(&self, id: &PeerId) -> String {
+    pub(super) fn name_of(&self, id: &PeerId) -> String {
         self.membership
             .record(id)
             .map_or_else(|| id.to_base58(), |r| r.name.clone())
@@ -660,7 +678,7 @@ impl EventLoop {
 
     /// Writes the member list and statuses to the state file. A failure is logged, not fatal:
     /// the node keeps running on what it knows and tries again at the next change.
-    fn persist(&mut self) {
+    pub(super) fn persist(&mut self) {
         let membership = &self.membership;
         let status_of = |node_id: &str| {
             PeerId::from_str(node_id)
@@ -881,6 +899,7 @@ impl EventLoop {
                     },
                 ..
             }) => self.on_join_request(peer, request, channel),
+            BehaviourEvent::Rpc(event) => self.on_rpc_event(event),
             BehaviourEvent::Join(request_response::Event::InboundFailure {
                 peer, error, ..
             }) => {
