@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::link::JoinLink;
-use crate::validate::{ApiUrl, BotToken, HostPort, OwnerUsername, ServerName, Ttl};
+use crate::validate::{ApiUrl, HostPort, OwnerUsername, SecretArg, ServerName, Ttl};
 
 /// Default leader priority: lower numbers win, so give a preferred leader a smaller one.
 pub const DEFAULT_PRIORITY: u32 = 100;
@@ -75,7 +75,7 @@ pub struct InitArgs {
         hide_env_values = true,
         value_name = "TOKEN"
     )]
-    pub bot_token: Option<BotToken>,
+    pub bot_token: Option<SecretArg>,
     /// Leader priority: the alive node with the lowest number leads (ties: smallest node id).
     #[arg(long, default_value_t = DEFAULT_PRIORITY, value_name = "N")]
     pub priority: u32,

@@ -190,6 +190,12 @@ fn init(state_dir: &StateDir, args: cli::InitArgs) -> Result<()> {
             state_dir.path().display()
         );
     }
+    let bot_token = args
+        .bot_token
+        .as_ref()
+        .map(validate::SecretArg::bot_token)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     state_dir.create()?;
     let key = state_dir.load_or_create_key()?;
     let node_id = key.public().to_peer_id().to_base58();
@@ -221,10 +227,7 @@ fn init(state_dir: &StateDir, args: cli::InitArgs) -> Result<()> {
         departed: Vec::new(),
         invites: Vec::new(),
         left: false,
-        bot_token: args
-            .bot_token
-            .as_ref()
-            .map(|t| StoredSecret::new(t.expose().to_owned())),
+        bot_token: bot_token.map(|t| StoredSecret::new(t.expose().to_owned())),
         settings: Default::default(),
     };
     state.set_records(&[record], |_| "alive");

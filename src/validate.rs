@@ -168,6 +168,31 @@ impl BotToken {
     }
 }
 
+/// A secret as typed on the command line, checked later: clap repeats a value it refuses in
+/// its error message, so secrets are accepted as text here and validated without echo.
+#[derive(Clone)]
+pub struct SecretArg(zeroize::Zeroizing<String>);
+
+impl FromStr for SecretArg {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(zeroize::Zeroizing::new(s.to_owned())))
+    }
+}
+
+impl fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretArg(<redacted>)")
+    }
+}
+
+impl SecretArg {
+    /// Validates the text as a bot token.
+    pub fn bot_token(&self) -> Result<BotToken, String> {
+        self.0.parse()
+    }
+}
+
 /// The base URL of a Bot API server: `http://` or `https://`, with a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiUrl(url::Url);

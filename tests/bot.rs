@@ -408,7 +408,7 @@ fn the_new_leader_answers_within_ten_seconds_and_no_update_is_lost_or_repeated()
 fn a_better_node_takes_the_bot_over_within_a_second() {
     let fake = FakeTelegram::start(TOKEN);
     // alpha starts alone and polls; bravo, with the lower priority number, then takes over.
-    let cluster = bot_cluster(&fake, &["alpha", "bravo"], &[100, 1]);
+    let mut cluster = bot_cluster(&fake, &["alpha", "bravo"], &[100, 1]);
     let nodes: Vec<&Node> = cluster.nodes.iter().collect();
     assert_eq!(agreed_leader(&nodes, &["alpha", "bravo"], AGREE), "bravo");
     wait_polling(&fake, "bravo");
@@ -433,6 +433,89 @@ fn a_better_node_takes_the_bot_over_within_a_second() {
     let list = fake.wait_message(ANSWER, "bravo's list", OWNER_ID, is_list);
     assert_eq!(list.sent_by, "bravo");
     assert_eq!(bot_status(cluster.node("alpha"))["polling"], false);
+
+    // SIGTERM on the leader: its poll ends within a second, and alpha takes over.
+    let stopping = Instant::now();
+    assert!(cluster.node_mut("bravo").stop().success());
+    let last = fake
+        .polls()
+        .into_iter()
+        .rfind(|p| p.node == "bravo")
+        .unwrap();
+    let (ended, how) = last.ended.clone().expect("bravo's poll ended");
+    assert!(
+        ended <= stopping + Duration::from_secs(1),
+        "bravo's poll ended {:?} after SIGTERM ({how:?})",
+        ended - stopping
+    );
+    wait_for(ANSWER, "alpha to poll again", || {
+        fake.polls()
+            .iter()
+            .any(|p| p.node == "alpha" && p.started > stopping)
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_second_poller_means_409_logged_once_per_episode_and_retries_within_seconds() {
+    let fake = FakeTelegram::start(TOKEN);
+    let cluster = bot_cluster(&fake, &["alpha"], &[1]);
+    wait_polling(&fake, "alpha");
+    let alpha = cluster.node("alpha");
+    let conflict_logs = || alpha.log_text().matches("409 Conflict").count();
+
+    for episode in 1..=2 {
+        let started = Instant::now();
+        let intruder = fake.start_intruder(Duration::from_millis(700));
+        cluster.or_logs(|| {
+            wait_for(AGREE, "several conflicts", || {
+                let polls = fake.polls();
+                let conflicts = polls
+                    .iter()
+                    .filter(|p| p.node == "alpha" && p.started >= started)
+                    .filter(|p| {
+                        matches!(p.ended, Some((_, common::fake_telegram::PollEnd::Conflict)))
+                    })
+                    .count();
+                (conflicts >= 4).then_some(())
+            })
+        });
+        // Retries stay within seconds (teloxide's own backoff would grow to 64 s).
+        let starts: Vec<Instant> = fake
+            .polls()
+            .iter()
+            .filter(|p| p.node == "alpha" && p.started >= started)
+            .map(|p| p.started)
+            .collect();
+        let widest = starts
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default();
+        assert!(
+            widest <= Duration::from_secs(4),
+            "a retry waited {widest:?}"
+        );
+        assert_eq!(conflict_logs(), episode, "one warning per episode");
+        fake.stop_intruder(intruder);
+
+        // Alone again: the owner is answered, and the end of the episode is logged.
+        fake.send_text(&owner(), "/help");
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "an answer after the conflict", || {
+                (fake
+                    .messages_to(OWNER_ID)
+                    .iter()
+                    .filter(|m| m.text.starts_with("Constella"))
+                    .count()
+                    == episode)
+                    .then_some(())
+            })
+        });
+        assert!(alpha.log_text().contains("conflict is over"));
+    }
+    let status = bot_status(alpha);
+    assert!(status["conflicts"].as_u64().unwrap() >= 8, "{status}");
 }
 
 #[test]
@@ -443,4 +526,23 @@ fn a_network_without_a_token_runs_with_the_bot_off_and_one_warning() {
     assert_eq!(status["bot"]["polling"], false);
     let log = cluster.node("alpha").log_text();
     assert_eq!(log.matches("the bot is off").count(), 1, "{log}");
+
+    // A malformed token is refused at init without being echoed, and nothing is written.
+    let bad = Node::new(cluster.root.path(), "bravo");
+    let out = bad.cli(&[
+        "init",
+        "--server-name",
+        "bravo",
+        "--public-addr",
+        &bad.addr(),
+        "--owner",
+        "@owner_test",
+        "--bot-token",
+        "bot:sekret-with-a-bad-bot-id",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid bot token"), "{stderr}");
+    assert!(!stderr.contains("sekret"), "{stderr}");
+    assert!(bad.state_json().is_none());
 }

@@ -1,4 +1,4 @@
-//! A fake Bot API server for tests: a small HTTP/1.1 server on 127.0.0.1 that speaks the
+//! A fake Bot API server for tests: a small HTTP/1.1 server on 127.0.0.2 that speaks the
 //! methods the bot uses (`POST /bot<token>/<Method>`, JSON bodies) the way Telegram does:
 //! long-polling GetUpdates that honours `offset` (updates below it are confirmed and
 //! forgotten) and answers 409 Conflict to a poll superseded by a newer one.
@@ -167,9 +167,10 @@ impl FakeTelegram {
         }
     }
 
-    /// A base URL for `--telegram-api-url` whose calls are recorded as made by `node`.
+    /// A base URL for `--telegram-api-url` whose calls are recorded as made by `node`. It is on
+    /// 127.0.0.2, so its port can never be one that `free_port` handed to a node on 127.0.0.1.
     pub fn url_for(&self, node: &str) -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let (state, notify, node) = (self.state.clone(), self.notify.clone(), node.to_owned());
@@ -185,7 +186,7 @@ impl FakeTelegram {
                 });
             }
         });
-        format!("http://127.0.0.1:{port}/")
+        format!("http://127.0.0.2:{port}/")
     }
 
     fn push_update(&self, make: impl FnOnce(u32) -> Value) -> u32 {
@@ -314,6 +315,49 @@ impl FakeTelegram {
         nodes
     }
 
+    /// Starts a second bot instance outside the network (or a partitioned second leader): every
+    /// `every` it long-polls the same token, which ends the network's poll with 409, as
+    /// Telegram does. Returns a handle that stops it.
+    pub fn start_intruder(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let state = self.state.clone();
+        self.runtime.spawn(async move {
+            loop {
+                {
+                    let mut s = state.lock().unwrap();
+                    if let Some((old, cancel)) = s.active.take() {
+                        let _ = cancel.send(());
+                        s.polls[old].ended = Some((Instant::now(), PollEnd::Conflict));
+                    }
+                    // The intruder's own poll: it waits until someone supersedes it.
+                    let (tx, _rx) = oneshot::channel();
+                    s.polls.push(Poll {
+                        node: "intruder".to_owned(),
+                        offset: 0,
+                        started: Instant::now(),
+                        ended: None,
+                    });
+                    let index = s.polls.len() - 1;
+                    s.active = Some((index, tx));
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
+    /// Stops an intruder: its waiting poll ends as if its process went away.
+    pub fn stop_intruder(&self, intruder: tokio::task::JoinHandle<()>) {
+        intruder.abort();
+        let _ = self.runtime.block_on(intruder);
+        let mut guard = self.state.lock().unwrap();
+        let s = &mut *guard;
+        if let Some((index, _)) = s
+            .active
+            .take_if(|(i, _)| s_node_is(&s.polls, *i, "intruder"))
+        {
+            s.polls[index].ended = Some((Instant::now(), PollEnd::Dropped));
+        }
+    }
+
     /// How many polls were ended with 409.
     pub fn conflicts(&self) -> usize {
         self.polls()
@@ -321,6 +365,10 @@ impl FakeTelegram {
             .filter(|p| matches!(p.ended, Some((_, PollEnd::Conflict))))
             .count()
     }
+}
+
+fn s_node_is(polls: &[Poll], index: usize, node: &str) -> bool {
+    polls.get(index).is_some_and(|p| p.node == node)
 }
 
 fn unix_now() -> u64 {
@@ -498,6 +546,16 @@ async fn get_updates(
             s.pending.iter().take(limit).cloned().collect()
         };
         if !ready.is_empty() {
+            // A poller that died while waiting must not count as having received them (the
+            // kernel may not have woken the read below yet).
+            match stream.try_read(&mut chunk) {
+                Ok(0) => {
+                    finish(PollEnd::Dropped);
+                    return None;
+                }
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => {}
+            }
             let ids: Vec<u32> = ready.iter().map(|(id, _)| *id).collect();
             {
                 let mut s = state.lock().unwrap();
