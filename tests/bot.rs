@@ -402,6 +402,32 @@ fn the_new_leader_answers_within_ten_seconds_and_no_update_is_lost_or_repeated()
         fake.pollers_between(now - Duration::from_secs(2), now),
         ["bravo"]
     );
+
+    // alpha comes back and leads again: bravo, which saw it happen, tells the owner once.
+    cluster.node_mut("alpha").start();
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(
+        agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE),
+        "alpha"
+    );
+    let back = cluster.or_logs(|| {
+        fake.wait_message(ANSWER, "the handover notice", OWNER_ID, |m| {
+            m.text.contains("Хост сменился: bravo → alpha")
+        })
+    });
+    assert_eq!(back.sent_by, "bravo");
+    assert!(back.text.contains("alpha снова в сети"), "{}", back.text);
+    fake.send_text(&owner(), "/start");
+    let list = fake.wait_message(ANSWER, "alpha's list again", OWNER_ID, |m| {
+        is_list(m) && m.sent_by == "alpha"
+    });
+    assert_eq!(button_labels(&list)[0], "• alpha — Хост");
+    let handovers = fake
+        .messages_to(OWNER_ID)
+        .iter()
+        .filter(|m| m.text.contains("Хост сменился"))
+        .count();
+    assert_eq!(handovers, 2, "one notice per change");
 }
 
 #[test]

@@ -138,6 +138,7 @@ pub fn spawn(
         notices,
         leadership.clone(),
         settings.clone(),
+        config.node_name.clone(),
     ));
     let poller = poller::Poller::new(bot, config.clone(), client, settings, metrics.clone());
     let supervisor = tokio::spawn(supervise(config, poller, leadership, notices_tx, metrics));
@@ -183,6 +184,15 @@ async fn supervise(
         info!("the Telegram bot stopped polling");
         if leadership.has_changed().is_err() {
             return;
+        }
+        // Handed over while alive (a better node joined or came back): only this node saw the
+        // change happen, so it announces it; the new leader never saw this one lead.
+        let now = leadership.borrow().clone();
+        if !now.leaving && !now.leader_name.is_empty() && now.leader_name != config.node_name {
+            let _ = notices.send(NetworkEvent::LeaderChanged {
+                from: config.node_name.clone(),
+                to: now.leader_name,
+            });
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Tells the owner about membership events: leader changes, nodes offline or back, nodes that
 //! join or leave.
 //!
-//! Only the leader's event loop emits them (and only the new leader's bot announces a
-//! takeover), so two nodes never send the same notice. They are batched and rate-limited: the
+//! Only the leader's event loop emits them, and a leader change is announced by exactly one
+//! bot: the new leader's when it saw the old one lead (failover), otherwise the old leader's
+//! (a better node joined or came back), so two nodes never send the same notice. They are batched and rate-limited: the
 //! first event opens a short window that collects what follows (a failover is one message, not
 //! three), messages are at least [`MIN_GAP`] apart, and one message lists at most
 //! [`MAX_LINES`] events.
@@ -33,6 +34,7 @@ pub(super) async fn run(
     mut notices: broadcast::Receiver<NetworkEvent>,
     leadership: watch::Receiver<Leadership>,
     settings: watch::Receiver<NetworkSettings>,
+    node_name: String,
 ) {
     let mut last_sent: Option<Instant> = None;
     loop {
@@ -65,11 +67,13 @@ pub(super) async fn run(
                 },
             }
         }
-        if !leadership.borrow().is_local {
-            debug!(
-                events = batch.len(),
-                "not leading any more: notices left to the new leader"
-            );
+        // A former leader speaks only if it handed over in this batch (see `supervise`): then
+        // the new leader never saw these events as leader, and this node is the one to tell.
+        let handed_over = batch
+            .iter()
+            .any(|e| matches!(e, NetworkEvent::LeaderChanged { from, .. } if *from == node_name));
+        if !leadership.borrow().is_local && !handed_over {
+            debug!("not leading any more: notices left to the new leader");
             continue;
         }
         let (owner, lang) = {

@@ -400,6 +400,7 @@ impl EventLoop {
         let next = Leadership {
             is_local: self.leader == self.local_id && self.settled && self.exit_at.is_none(),
             leader_name: self.name_of(&self.leader),
+            leaving: self.exit_at.is_some(),
         };
         self.signals.leadership.send_if_modified(|current| {
             let changed = *current != next;
@@ -410,9 +411,10 @@ impl EventLoop {
         });
     }
 
-    /// Queues membership events for the owner, only on the leader (so exactly one node tells).
-    fn notify(&mut self, events: Vec<NetworkEvent>) {
-        if events.is_empty() || !self.signals.leadership.borrow().is_local {
+    /// Queues membership events for the owner on the node that led before or after them: the
+    /// one whose bot will speak (see `bot::notify`), so exactly one node tells.
+    fn notify(&mut self, events: Vec<NetworkEvent>, was_leading: bool) {
+        if events.is_empty() || !(was_leading || self.signals.leadership.borrow().is_local) {
             return;
         }
         for event in events {
@@ -587,8 +589,9 @@ impl EventLoop {
         if roster_changed {
             self.dial_members(Instant::now());
         }
+        let was_leading = self.signals.leadership.borrow().is_local;
         self.elect();
-        self.notify(events);
+        self.notify(events, was_leading);
         self.persist();
     }
 

@@ -19,6 +19,9 @@ pub struct Leadership {
     pub is_local: bool,
     /// The leader's server name.
     pub leader_name: String,
+    /// This node is leaving the network: it hands over without announcing it (the next
+    /// leader does).
+    pub leaving: bool,
 }
 
 /// A membership event for the owner.
