@@ -201,7 +201,7 @@ impl FromStr for ApiUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = |why: &str| format!("invalid Telegram API URL {s:?}: {why}");
-        let url = url::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
+        let mut url = url::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(bad("use http:// or https://"));
         }
@@ -210,6 +210,12 @@ impl FromStr for ApiUrl {
         }
         if url.query().is_some() || url.fragment().is_some() {
             return Err(bad("a query or fragment is not allowed"));
+        }
+        // teloxide appends `/bot<token>/<Method>` as path segments: a trailing slash after a
+        // prefix would leave an empty segment (`/prefix//bot…`).
+        if url.path().len() > 1 && url.path().ends_with('/') {
+            let path = url.path().trim_end_matches('/').to_owned();
+            url.set_path(&path);
         }
         Ok(Self(url))
     }
@@ -331,6 +337,8 @@ mod tests {
         ] {
             assert!(good.parse::<ApiUrl>().is_ok(), "{good}");
         }
+        let prefixed: ApiUrl = "http://h:8081/tg/".parse().unwrap();
+        assert_eq!(prefixed.url().as_str(), "http://h:8081/tg");
         for bad in [
             "",
             "ftp://h",

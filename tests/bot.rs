@@ -220,6 +220,21 @@ fn owner_gets_the_node_list_cards_and_invites_and_strangers_get_nothing() {
         .filter(|m| m.text.contains("Новый узел в сети: delta"))
         .count();
     assert_eq!(notices, 1);
+    // English, as a network setting that every node keeps.
+    fake.send_text(&owner(), "/lang en");
+    fake.wait_message(ANSWER, "the language answer", OWNER_ID, |m| {
+        m.text == "Language: English."
+    });
+    fake.send_text(&owner(), "/start");
+    let english = fake.wait_message(ANSWER, "the English list", OWNER_ID, |m| {
+        m.text.starts_with("Nodes: 4")
+    });
+    assert_eq!(button_labels(&english)[0], "• alpha — Host");
+    for node in &cluster.nodes {
+        wait_for(ANSWER, "the language on every node", || {
+            (node.state_json()?["settings"]["language"] == "en").then_some(())
+        });
+    }
 }
 
 #[test]

@@ -186,7 +186,8 @@ impl FakeTelegram {
                 });
             }
         });
-        format!("http://127.0.0.2:{port}/")
+        // With a path prefix and a trailing slash, as a reverse proxy might be configured.
+        format!("http://127.0.0.2:{port}/telegram/")
     }
 
     fn push_update(&self, make: impl FnOnce(u32) -> Value) -> u32 {
@@ -451,15 +452,17 @@ async fn serve_connection(
             .nth(1)
             .unwrap_or("/")
             .to_owned();
-        let mut segments = path.trim_start_matches('/').splitn(2, '/');
-        let token = segments
-            .next()
-            .unwrap_or("")
-            .strip_prefix("bot")
-            .unwrap_or("");
-        let method = segments.next().unwrap_or("").to_owned();
+        // `/<prefix>/bot<token>/<Method>`: the prefix is whatever the base URL had.
+        let segments: Vec<&str> = path.split('/').collect();
+        let at = segments.iter().position(|s| s.starts_with("bot"));
+        let token = at.map_or("", |i| &segments[i]["bot".len()..]);
+        let method = at
+            .and_then(|i| segments.get(i + 1))
+            .map_or_else(String::new, |m| (*m).to_owned());
         let expected = state.lock().unwrap().token.clone();
-        let (status, answer) = if token != expected {
+        let (status, answer) = if path.contains("//") || !path.starts_with("/telegram/bot") {
+            error(404, "Not Found")
+        } else if token != expected {
             error(401, "Unauthorized")
         } else {
             state.lock().unwrap().calls.push(Call {
