@@ -2,7 +2,8 @@
 //!
 //! Starts 3 real nodes on 127.0.0.1, kills the leader with SIGKILL 10 times (restarting it each
 //! time) and measures the time from the kill until both survivors name the same new leader; then
-//! measures each node's CPU and RSS while idle for 60 s.
+//! measures how long the restarted node takes to be alive on every node again, and each node's
+//! CPU and RSS while idle for 60 s.
 //!
 //! Run: `cargo bench --bench failover` (env FAILOVER_ROUNDS, IDLE_SECS to change the sizes).
 
@@ -61,6 +62,7 @@ fn main() {
     agreed_leader(&all, &names, Duration::from_secs(20));
 
     let mut samples = Vec::new();
+    let mut rejoin = Vec::new();
     for round in 0..rounds {
         let nodes: Vec<&Node> = cluster.nodes.iter().collect();
         let leader = agreed_leader(&nodes, &names, Duration::from_secs(20));
@@ -95,7 +97,22 @@ fn main() {
             elapsed.as_secs_f64() * 1e3
         );
         samples.push(elapsed.as_secs_f64() * 1e3);
+        let restarted_at = Instant::now();
         cluster.node_mut(&leader).start();
+        loop {
+            let back = names
+                .iter()
+                .all(|n| leader_of(cluster.node(n)).is_some_and(|(_, alive)| alive == 3));
+            if back {
+                break;
+            }
+            assert!(
+                restarted_at.elapsed() < Duration::from_secs(30),
+                "restarted node not alive after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        rejoin.push(restarted_at.elapsed().as_secs_f64() * 1e3);
     }
     samples.sort_by(f64::total_cmp);
     if !samples.is_empty() {
@@ -104,6 +121,15 @@ fn main() {
             percentile(&samples, 0.5),
             percentile(&samples, 0.9),
             samples[samples.len() - 1]
+        );
+    }
+
+    rejoin.sort_by(f64::total_cmp);
+    if !rejoin.is_empty() {
+        println!(
+            "restart from the state file until alive on every node (process start included): median {:.1} ms, max {:.1} ms",
+            percentile(&rejoin, 0.5),
+            rejoin[rejoin.len() - 1]
         );
     }
 
