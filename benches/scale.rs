@@ -31,13 +31,12 @@ fn converge(nodes: &[&Node], alive: usize, deadline: Duration) -> (String, Durat
     let started = Instant::now();
     loop {
         let views: Vec<Option<(String, usize)>> = nodes.iter().map(|n| view(n)).collect();
-        if let Some(Some((leader, _))) = views.first() {
-            if views
+        if let Some(Some((leader, _))) = views.first()
+            && views
                 .iter()
                 .all(|v| v.as_ref().is_some_and(|(l, a)| l == leader && *a == alive))
-            {
-                return (leader.clone(), started.elapsed());
-            }
+        {
+            return (leader.clone(), started.elapsed());
         }
         assert!(
             started.elapsed() < deadline,
