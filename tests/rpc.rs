@@ -175,6 +175,19 @@ fn stats_peers_and_reboot_reach_the_named_node() {
         "bravo's log names who asked:\n{log}"
     );
 
+    // The local node reboots itself through its own control socket.
+    let alpha = cluster.node("alpha");
+    let answer = alpha.ok(&["reboot", "alpha", "--yes"]);
+    assert!(
+        answer.starts_with("Node alpha accepted the reboot"),
+        "{answer}"
+    );
+    wait_for(Duration::from_secs(10), "alpha's reboot command", || {
+        (marker_lines(&root, "alpha").len() == 1).then_some(())
+    });
+    assert_eq!(marker_lines(&root, "bravo").len(), 1);
+    assert!(marker_lines(&root, "charlie").is_empty());
+
     // A node that is believed alive but does not answer (stopped): unreachable within 5 s.
     let charlie_pid = cluster.node("charlie").pid().to_string();
     let signal = |sig: &str| {

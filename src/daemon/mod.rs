@@ -182,6 +182,18 @@ pub async fn run(
     listen_override: Option<HostPort>,
     reboot_command: Option<String>,
 ) -> Result<()> {
+    let reboot = match reboot_command {
+        Some(command) if command.trim().is_empty() => bail!(
+            "the reboot command (--reboot-command or CONSTELLA_REBOOT_COMMAND) is empty; unset it to reboot the host"
+        ),
+        Some(command) => RebootAction::Command(command),
+        None => RebootAction::Host,
+    };
+    tracing::info!(
+        action = reboot.describe(),
+        permitted = reboot.permitted(),
+        "reboot requests will run this action"
+    );
     let mut state = state_dir.load()?;
     if state.left {
         bail!(
@@ -222,10 +234,6 @@ pub async fn run(
     };
     let control_task = tokio::spawn(control::serve(listener, client));
 
-    let reboot = match reboot_command {
-        Some(command) => RebootAction::Command(command),
-        None => RebootAction::Host,
-    };
     let event_loop =
         event_loop::EventLoop::new(swarm, commands_rx, state_dir.clone(), state, secret, reboot)?;
     let result = event_loop.run(shutdown_signal()).await;
