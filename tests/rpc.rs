@@ -175,6 +175,19 @@ fn stats_peers_and_reboot_reach_the_named_node() {
         "bravo's log names who asked:\n{log}"
     );
 
+    // The local node reboots itself through its own control socket.
+    let alpha = cluster.node("alpha");
+    let answer = alpha.ok(&["reboot", "alpha", "--yes"]);
+    assert!(
+        answer.starts_with("Node alpha accepted the reboot"),
+        "{answer}"
+    );
+    wait_for(Duration::from_secs(10), "alpha's reboot command", || {
+        (marker_lines(&root, "alpha").len() == 1).then_some(())
+    });
+    assert_eq!(marker_lines(&root, "bravo").len(), 1);
+    assert!(marker_lines(&root, "charlie").is_empty());
+
     // A node that is believed alive but does not answer (stopped): unreachable within 5 s.
     let charlie_pid = cluster.node("charlie").pid().to_string();
     let signal = |sig: &str| {
@@ -598,4 +611,49 @@ fn strangers_are_refused_and_bad_frames_fail_alone() {
     assert!(marker_lines(root.path(), "alpha").is_empty());
     assert!(alpha.is_running());
     assert!(alpha.ok(&["stats", "alpha"]).contains("node      alpha"));
+}
+
+#[test]
+fn an_idle_stranger_is_disconnected_after_the_join_window() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alpha = Node::new(root.path(), "alpha");
+    alpha.init(100);
+    alpha.start();
+    let alpha_id = PeerId::from_str(&alpha.node_id()).unwrap();
+    let alpha_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}/p2p/{alpha_id}", alpha.port)
+        .parse()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut swarm = runtime.block_on(async { probe_swarm(identity::Keypair::generate_ed25519()) });
+    runtime.block_on(async { swarm.dial(alpha_addr).unwrap() });
+    // Connect, say nothing, and see how long alpha keeps the connection.
+    let held = runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut connected_at = None;
+        loop {
+            let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+                .await
+                .expect("alpha kept an idle stranger's connection for 30 s");
+            match event {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == alpha_id => {
+                    connected_at = Some(std::time::Instant::now());
+                }
+                SwarmEvent::ConnectionClosed { peer_id, .. } if peer_id == alpha_id => {
+                    break connected_at
+                        .expect("closed before it was established")
+                        .elapsed();
+                }
+                _ => {}
+            }
+        }
+    });
+    // Long enough for a Join to finish (the joiner's deadline is 10 s), and no longer.
+    assert!(
+        held >= Duration::from_secs(10),
+        "closed after {held:?}: a joiner needs 10 s"
+    );
+    assert!(alpha.is_running());
 }

@@ -44,6 +44,8 @@ const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(30);
 const LEAVE_DRAIN: Duration = Duration::from_secs(1);
 /// Extra heartbeats sent when peers subscribe are spaced at least this far apart.
 const EAGER_HEARTBEAT_GAP: Duration = Duration::from_millis(200);
+/// How long a connection from a non-member may stay open: long enough for a Join to finish.
+const STRANGER_IDLE_LIMIT: Duration = Duration::from_secs(12);
 /// Used invites and expired ones are forgotten after this long.
 const INVITE_RETENTION_SECS: u64 = 7 * 24 * 3600;
 /// A node that just started does not yet know who is alive: it hosts the leader services only
@@ -827,6 +829,8 @@ impl EventLoop {
                 self.suspects.remove(&peer_id);
                 self.redials.remove(&peer_id);
                 self.membership.on_connected(&peer_id);
+                // A joiner needs the connection for its Join; any other stranger gets nothing.
+                self.expire_stranger(peer_id, STRANGER_IDLE_LIMIT);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,

@@ -200,6 +200,18 @@ pub async fn run(
     reboot_command: Option<String>,
     telegram_api_url: Option<ApiUrl>,
 ) -> Result<()> {
+    let reboot = match reboot_command {
+        Some(command) if command.trim().is_empty() => bail!(
+            "the reboot command (--reboot-command or CONSTELLA_REBOOT_COMMAND) is empty; unset it to reboot the host"
+        ),
+        Some(command) => RebootAction::Command(command),
+        None => RebootAction::Host,
+    };
+    tracing::info!(
+        action = reboot.describe(),
+        permitted = reboot.permitted(),
+        "reboot requests will run this action"
+    );
     let mut state = state_dir.load()?;
     if state.left {
         bail!(
@@ -263,10 +275,6 @@ pub async fn run(
         }
     };
 
-    let reboot = match reboot_command {
-        Some(command) => RebootAction::Command(command),
-        None => RebootAction::Host,
-    };
     let event_loop = event_loop::EventLoop::new(
         swarm,
         commands_rx,

@@ -353,20 +353,26 @@ impl EventLoop {
     /// A stranger keeps nothing beyond its refusal: its connections close once the refusal
     /// had time to go out.
     fn drop_if_stranger(&mut self, peer: PeerId) {
+        self.expire_stranger(peer, STRANGER_GRACE);
+    }
+
+    /// Schedules the connections of `peer`, if it is not a member, to be closed `after` from
+    /// now (or sooner, if already scheduled sooner). Past [`MAX_STRANGERS`] waiting, at once.
+    pub(super) fn expire_stranger(&mut self, peer: PeerId, after: Duration) {
         if self.membership.is_member(&peer) {
             return;
         }
-        if self.rpc.strangers.len() >= MAX_STRANGERS {
+        let deadline = Instant::now() + after;
+        if let Some(at) = self.rpc.strangers.get_mut(&peer) {
+            *at = (*at).min(deadline);
+        } else if self.rpc.strangers.len() >= MAX_STRANGERS {
             let _ = self.swarm.disconnect_peer_id(peer);
         } else {
-            self.rpc
-                .strangers
-                .entry(peer)
-                .or_insert_with(|| Instant::now() + STRANGER_GRACE);
+            self.rpc.strangers.insert(peer, deadline);
         }
     }
 
-    /// Closes the connections of refused strangers whose grace period is over (liveness tick).
+    /// Closes the connections of strangers whose time is up (liveness tick).
     pub(super) fn drop_strangers(&mut self, now: Instant) {
         let due: Vec<PeerId> = self
             .rpc
