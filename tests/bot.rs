@@ -560,6 +560,29 @@ fn a_second_poller_means_409_logged_once_per_episode_and_retries_within_seconds(
 }
 
 #[test]
+fn a_token_the_bot_api_refuses_is_reported_once_and_retried() {
+    let fake = FakeTelegram::start(TOKEN);
+    let other = "987654321:AAHsomeOtherTokenThatTheServerRefuses_01";
+    let cluster = Cluster::start_with(&["alpha"], &[1], None, |node: &mut Node| {
+        node.init_args = vec!["--bot-token".into(), other.into()];
+        node.run_args = vec!["--telegram-api-url".into(), fake.url_for(&node.name)];
+    });
+    let alpha = cluster.node("alpha");
+    cluster.or_logs(|| {
+        wait_for(AGREE, "three refused attempts", || {
+            (fake.unauthorized().len() >= 3).then_some(())
+        })
+    });
+    let log = alpha.log_text();
+    assert_eq!(log.matches("refuses the bot token").count(), 1, "{log}");
+    assert!(
+        !log.contains("AAHsomeOtherToken"),
+        "the token leaked: {log}"
+    );
+    assert!(fake.polls().is_empty());
+}
+
+#[test]
 fn a_network_without_a_token_runs_with_the_bot_off_and_one_warning() {
     let cluster = Cluster::start(&["alpha"], &[1], None);
     let status = cluster.node("alpha").status().unwrap();

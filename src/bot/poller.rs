@@ -253,7 +253,13 @@ impl Poller {
         } else {
             // teloxide removes the token from request errors before they reach us.
             if self.episode != Episode::Failing {
-                warn!(%error, "a Bot API request failed; retrying every few seconds");
+                if matches!(error, RequestError::Api(ApiError::InvalidToken)) {
+                    warn!(
+                        "the Bot API refuses the bot token (401 Unauthorized, or 404 from a wrong --telegram-api-url); retrying every few seconds"
+                    );
+                } else {
+                    warn!(%error, "a Bot API request failed; retrying every few seconds");
+                }
             } else {
                 debug!(%error, "a Bot API request failed again");
             }

@@ -136,6 +136,8 @@ struct State {
     /// Update id → nodes it was delivered to.
     delivered: HashMap<u32, Vec<String>>,
     callback_answers: Vec<(String, Value)>,
+    /// Calls refused with 401 (wrong token): (node, method).
+    unauthorized: Vec<(String, String)>,
 }
 
 /// The fake server. Dropping it stops it.
@@ -257,6 +259,11 @@ impl FakeTelegram {
     /// Nodes each update was delivered to.
     pub fn delivered(&self) -> HashMap<u32, Vec<String>> {
         self.state.lock().unwrap().delivered.clone()
+    }
+
+    /// Calls refused for a wrong token: (node, method).
+    pub fn unauthorized(&self) -> Vec<(String, String)> {
+        self.state.lock().unwrap().unauthorized.clone()
     }
 
     /// Texts of AnswerCallbackQuery calls: (node, body).
@@ -463,6 +470,11 @@ async fn serve_connection(
         let (status, answer) = if path.contains("//") || !path.starts_with("/telegram/bot") {
             error(404, "Not Found")
         } else if token != expected {
+            state
+                .lock()
+                .unwrap()
+                .unauthorized
+                .push((node.clone(), method.clone()));
             error(401, "Unauthorized")
         } else {
             state.lock().unwrap().calls.push(Call {
