@@ -443,6 +443,19 @@ fn the_new_leader_answers_within_ten_seconds_and_no_update_is_lost_or_repeated()
         .filter(|m| m.text.contains("Хост сменился"))
         .count();
     assert_eq!(handovers, 2, "one notice per change");
+    // Rate limit: bravo's two notices are at least 10 s apart.
+    let sent: Vec<Instant> = fake
+        .calls_of("SendMessage", killed)
+        .into_iter()
+        .filter(|c| c.node == "bravo" && c.body["text"].as_str().unwrap_or("").starts_with("🔔"))
+        .map(|c| c.at)
+        .collect();
+    assert_eq!(sent.len(), 2);
+    assert!(
+        sent[1] - sent[0] >= Duration::from_millis(9_900),
+        "{:?}",
+        sent[1] - sent[0]
+    );
 }
 
 #[test]
