@@ -1,1 +1,56 @@
-//! PQ4 cryptography (see docs/pq4.md).
+//! PQ4: the cryptographic core of Constella.
+//!
+//! This crate implements the PQ4 protocol as specified in `docs/pq4.md`:
+//!
+//! * [`store`]: the long-term key store (identity, signed prekey, one-time prekeys, ML-KEM
+//!   prekey) and its password-sealed form ([`sealed`]);
+//! * [`bundle`]: the signed public prekey bundle another node fetches to start a session;
+//! * [`x3dh`]: the hybrid (X448 + ML-KEM-1024) X3DH handshake, separate from the ratchet;
+//! * [`ratchet`]: the Double Ratchet that carries signed, encrypted messages;
+//! * [`group`]: group keys, group messages and key rotation;
+//! * [`key_update`]: rotation of a user's keys with a chain of custody;
+//! * [`fingerprint`]: human-comparable identity fingerprints;
+//! * [`history`]: sealing a chat history for transfer to a new device.
+//!
+//! The crate performs no I/O. Every function that needs randomness takes
+//! `&mut impl CryptoRng` so that tests can inject a seeded generator; production callers pass
+//! `&mut rand::rng()`.
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+#![warn(missing_docs)]
+
+pub mod bundle;
+pub mod error;
+pub mod fingerprint;
+pub mod group;
+pub mod history;
+pub mod identity;
+pub mod key_update;
+pub mod prekeys;
+mod primitives;
+pub mod ratchet;
+pub mod sealed;
+pub mod store;
+pub mod wire;
+pub mod x3dh;
+
+pub use bundle::{PreKeyBundle, VerifiedBundle};
+pub use error::{
+    DecodeError, GroupError, HistoryError, KeyError, KeyUpdateError, RatchetError, SealError,
+    X3dhError,
+};
+pub use fingerprint::Fingerprint;
+pub use group::{GroupKeyShare, GroupMessage, GroupSession};
+pub use history::{HistoryMasterKey, SealedHistory};
+pub use identity::{IdentityKeyPair, IdentityPublicKey};
+pub use key_update::{KeyUpdate, VerifiedKeyUpdate};
+pub use ratchet::{RatchetMessage, Session};
+pub use sealed::{KdfParams, LoginProof, PasswordKey, SealedBlob};
+pub use store::KeyStore;
+pub use x3dh::{InitialMessage, SessionSecret};
+
+/// The protocol version carried in every wire message and sealed blob.
+pub const PROTOCOL_VERSION: u8 = 1;
