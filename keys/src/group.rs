@@ -124,7 +124,7 @@ pub struct GroupKeyShare {
     gid: [u8; 32],
     epoch: u32,
     #[serde(with = "wire::fixed")]
-    key: [u8; 32],
+    pub(crate) key: [u8; 32],
     at: u64,
     #[zeroize(skip)]
     members: Vec<IdentityWire>,

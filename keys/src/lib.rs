@@ -28,6 +28,8 @@ pub mod fingerprint;
 pub mod group;
 pub mod history;
 pub mod identity;
+#[cfg(test)]
+mod kat;
 pub mod key_update;
 pub mod prekeys;
 mod primitives;

@@ -138,6 +138,11 @@ impl PasswordKey {
         Self::derive(password, salt, params)
     }
 
+    #[cfg(test)]
+    pub(crate) fn key_bytes(&self) -> &[u8; 32] {
+        &self.key
+    }
+
     /// The salt (sent to the server at registration, public).
     pub fn salt(&self) -> &[u8; SALT_LEN] {
         &self.salt
