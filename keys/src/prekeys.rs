@@ -151,6 +151,15 @@ impl OneTimePreKey {
         }
     }
 
+    /// Rebuilds a one-time prekey from authenticated storage that also holds its public key.
+    pub(crate) fn from_stored(id: u32, secret: &[u8; 56], key: [u8; DH_PUBLIC_LEN]) -> Self {
+        Self {
+            id,
+            secret: x448::StaticSecret::from(*secret),
+            public: OneTimePreKeyPublic { id, key },
+        }
+    }
+
     /// The prekey id.
     pub fn id(&self) -> u32 {
         self.id
