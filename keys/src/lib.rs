@@ -15,6 +15,23 @@
 //! The crate performs no I/O. Every function that needs randomness takes
 //! `&mut impl CryptoRng` so that tests can inject a seeded generator; production callers pass
 //! `&mut rand::rng()`.
+//!
+//! ```
+//! use constella_keys::{KeyStore, Session, x3dh};
+//!
+//! let mut rng = rand::rng();
+//! let alice = KeyStore::generate(&mut rng)?;
+//! let mut bob = KeyStore::generate(&mut rng)?;
+//! // Bob publishes a bundle; Alice verifies every signature in it before using any key.
+//! let bundle = bob.bundle(bob.one_time_prekey_ids().first().copied()).verify()?;
+//! let (initial, secret) = x3dh::initiate(alice.identity(), &bundle, &mut rng)?;
+//! let mut a = Session::new(secret, &mut rng)?;
+//! let first = a.encrypt(alice.identity(), 1_700_000_000_000, b"hello")?;
+//! // Bob receives `initial.to_bytes()` and `first.to_bytes()`.
+//! let mut b = Session::new(x3dh::respond(&mut bob, &initial)?, &mut rng)?;
+//! assert_eq!(&b.decrypt(&first, &mut rng)?[..], b"hello");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),

@@ -235,7 +235,7 @@ pub fn respond(store: &mut KeyStore, message: &InitialMessage) -> Result<Session
             kem_ct: &message.kem_ciphertext,
         },
     );
-    let local_ratchet = x448::StaticSecret::from(spk.secret().to_bytes());
+    let local_ratchet = spk.secret().clone();
 
     if let Some(id) = message.one_time_prekey_id {
         store.consume_one_time_prekey(id);

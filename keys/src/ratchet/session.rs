@@ -187,7 +187,7 @@ impl Session {
                     .local_ratchet
                     .as_ref()
                     .ok_or(KeyError::InvalidPublicKey("missing local ratchet key"))?;
-                let dh_self = x448::StaticSecret::from(own.to_bytes());
+                let dh_self = own.clone();
                 Ok(Self {
                     local: handshake.local.clone(),
                     remote: handshake.remote.clone(),
