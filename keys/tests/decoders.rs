@@ -50,6 +50,31 @@ fn samples() -> Vec<Vec<u8>> {
     ]
 }
 
+/// Seeds the cargo-fuzz corpora with one valid message per target when
+/// `PQ4_WRITE_FUZZ_CORPUS=1` is set.
+#[test]
+fn write_fuzz_corpus() {
+    if std::env::var_os("PQ4_WRITE_FUZZ_CORPUS").is_none() {
+        return;
+    }
+    let targets = [
+        "bundle",
+        "initial_message",
+        "ratchet_message",
+        "group_message",
+        "group_key_share",
+        "key_update",
+        "sealed_blob",
+        "sealed_history",
+        "identity",
+    ];
+    for (name, bytes) in targets.iter().zip(samples()) {
+        let dir = format!("{}/fuzz/corpus/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(format!("{dir}/valid"), bytes).unwrap();
+    }
+}
+
 #[test]
 fn trailing_bytes_wrong_version_and_truncation_are_refused() {
     let s = samples();
