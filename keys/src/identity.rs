@@ -44,6 +44,9 @@ pub struct IdentityKeyPair {
     public: IdentityPublicKey,
 }
 
+// Both secret fields zeroize themselves on drop (`SigningKey`, `x448::StaticSecret`).
+impl zeroize::ZeroizeOnDrop for IdentityKeyPair {}
+
 impl fmt::Debug for IdentityKeyPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdentityKeyPair")

@@ -56,6 +56,53 @@ pub mod store;
 pub mod wire;
 pub mod x3dh;
 
+#[cfg(test)]
+mod secret_hygiene {
+    use zeroize::ZeroizeOnDrop;
+
+    fn zeroized_on_drop<T: ZeroizeOnDrop + core::fmt::Debug>() {}
+
+    /// Every type holding secret material is `ZeroizeOnDrop` and has a `Debug` impl (which
+    /// the types' own definitions redact; see `redacted_debug`).
+    #[test]
+    fn secret_types_zeroize_on_drop() {
+        zeroized_on_drop::<crate::IdentityKeyPair>();
+        zeroized_on_drop::<crate::prekeys::SignedPreKey>();
+        zeroized_on_drop::<crate::prekeys::OneTimePreKey>();
+        zeroized_on_drop::<crate::prekeys::KemPreKey>();
+        zeroized_on_drop::<crate::KeyStore>();
+        zeroized_on_drop::<crate::PasswordKey>();
+        zeroized_on_drop::<crate::LoginProof>();
+        zeroized_on_drop::<crate::SessionSecret>();
+        zeroized_on_drop::<crate::Session>();
+        zeroized_on_drop::<crate::ratchet::root::RootKey>();
+        zeroized_on_drop::<crate::ratchet::chain::ChainKey>();
+        zeroized_on_drop::<crate::ratchet::message_key::MessageKey>();
+        zeroized_on_drop::<crate::GroupSession>();
+        zeroized_on_drop::<crate::GroupKeyShare>();
+        zeroized_on_drop::<crate::HistoryMasterKey>();
+    }
+
+    #[test]
+    fn redacted_debug() {
+        let chain = crate::ratchet::chain::ChainKey::new([0xAB; 32], 3);
+        let root = crate::ratchet::root::RootKey::new([0xAB; 32]);
+        let mk = chain.message_key();
+        let history = crate::HistoryMasterKey::from_bytes([0xAB; 32]);
+        for text in [
+            format!("{chain:?}"),
+            format!("{root:?}"),
+            format!("{mk:?}"),
+            format!("{history:?}"),
+        ] {
+            assert!(
+                !text.contains("ab, ") && !text.contains("171") && !text.contains("abab"),
+                "{text}"
+            );
+        }
+    }
+}
+
 pub use bundle::{PreKeyBundle, VerifiedBundle};
 pub use error::{
     DecodeError, GroupError, HistoryError, KeyError, KeyUpdateError, RatchetError, SealError,

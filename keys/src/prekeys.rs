@@ -31,6 +31,9 @@ pub struct SignedPreKey {
     public: SignedPreKeyPublic,
 }
 
+// The secret field zeroizes itself on drop.
+impl zeroize::ZeroizeOnDrop for SignedPreKey {}
+
 impl fmt::Debug for SignedPreKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SignedPreKey")
@@ -125,6 +128,9 @@ pub struct OneTimePreKey {
     public: OneTimePreKeyPublic,
 }
 
+// The secret field zeroizes itself on drop.
+impl zeroize::ZeroizeOnDrop for OneTimePreKey {}
+
 impl fmt::Debug for OneTimePreKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OneTimePreKey")
@@ -195,6 +201,9 @@ pub struct KemPreKey {
     dk: DecapsulationKey1024,
     public: KemPreKeyPublic,
 }
+
+// The seed is `Zeroizing`; ml-kem's `DecapsulationKey` is `ZeroizeOnDrop` (feature `zeroize`).
+impl zeroize::ZeroizeOnDrop for KemPreKey {}
 
 impl fmt::Debug for KemPreKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -27,6 +27,9 @@ pub struct KeyStore {
     next_prekey_id: u32,
 }
 
+// Every field holding a secret zeroizes itself on drop.
+impl ZeroizeOnDrop for KeyStore {}
+
 impl KeyStore {
     /// Generates a new identity with a signed prekey, 100 one-time prekeys and a KEM prekey.
     pub fn generate(rng: &mut impl CryptoRng) -> Result<Self, KeyError> {
