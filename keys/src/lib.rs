@@ -56,6 +56,24 @@ pub mod store;
 pub mod wire;
 pub mod x3dh;
 
+pub use bundle::{PreKeyBundle, VerifiedBundle};
+pub use error::{
+    DecodeError, GroupError, HistoryError, KeyError, KeyUpdateError, RatchetError, SealError,
+    X3dhError,
+};
+pub use fingerprint::Fingerprint;
+pub use group::{GroupKeyShare, GroupMessage, GroupSession};
+pub use history::{HistoryMasterKey, SealedHistory};
+pub use identity::{IdentityKeyPair, IdentityPublicKey};
+pub use key_update::{KeyUpdate, VerifiedKeyUpdate};
+pub use ratchet::{RatchetMessage, Session};
+pub use sealed::{KdfParams, LoginProof, PasswordKey, SealedBlob};
+pub use store::KeyStore;
+pub use x3dh::{InitialMessage, SessionSecret};
+
+/// The protocol version carried in every wire message and sealed blob.
+pub const PROTOCOL_VERSION: u8 = 1;
+
 #[cfg(test)]
 mod secret_hygiene {
     use zeroize::ZeroizeOnDrop;
@@ -102,21 +120,3 @@ mod secret_hygiene {
         }
     }
 }
-
-pub use bundle::{PreKeyBundle, VerifiedBundle};
-pub use error::{
-    DecodeError, GroupError, HistoryError, KeyError, KeyUpdateError, RatchetError, SealError,
-    X3dhError,
-};
-pub use fingerprint::Fingerprint;
-pub use group::{GroupKeyShare, GroupMessage, GroupSession};
-pub use history::{HistoryMasterKey, SealedHistory};
-pub use identity::{IdentityKeyPair, IdentityPublicKey};
-pub use key_update::{KeyUpdate, VerifiedKeyUpdate};
-pub use ratchet::{RatchetMessage, Session};
-pub use sealed::{KdfParams, LoginProof, PasswordKey, SealedBlob};
-pub use store::KeyStore;
-pub use x3dh::{InitialMessage, SessionSecret};
-
-/// The protocol version carried in every wire message and sealed blob.
-pub const PROTOCOL_VERSION: u8 = 1;
