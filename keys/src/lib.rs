@@ -53,7 +53,7 @@ mod primitives;
 pub mod ratchet;
 pub mod sealed;
 pub mod store;
-pub mod wire;
+mod wire;
 pub mod x3dh;
 
 pub use bundle::{PreKeyBundle, VerifiedBundle};
