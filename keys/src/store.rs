@@ -33,15 +33,16 @@ impl ZeroizeOnDrop for KeyStore {}
 impl KeyStore {
     /// Generates a new identity with a signed prekey, 100 one-time prekeys and a KEM prekey.
     pub fn generate(rng: &mut impl CryptoRng) -> Result<Self, KeyError> {
-        let identity = IdentityKeyPair::generate(rng)?;
-        Self::with_identity(identity, rng)
+        Self::generate_with_one_time_prekeys(ONE_TIME_PREKEY_COUNT as usize, rng)
     }
 
-    /// Generates fresh prekeys around an existing identity.
-    pub(crate) fn with_identity(
-        identity: IdentityKeyPair,
+    /// As [`KeyStore::generate`] with `count` one-time prekeys instead of 100 (for nodes that
+    /// hand out few bundles, and for tests: each prekey costs an X448 base-point multiply).
+    pub fn generate_with_one_time_prekeys(
+        count: usize,
         rng: &mut impl CryptoRng,
     ) -> Result<Self, KeyError> {
+        let identity = IdentityKeyPair::generate(rng)?;
         let signed_prekey = SignedPreKey::generate(1, &identity, rng)?;
         let kem_prekey = KemPreKey::generate(1, &identity, rng)?;
         let mut store = Self {
@@ -51,7 +52,7 @@ impl KeyStore {
             kem_prekey,
             next_prekey_id: 1,
         };
-        store.replenish_one_time_prekeys(ONE_TIME_PREKEY_COUNT as usize, rng);
+        store.replenish_one_time_prekeys(count, rng);
         Ok(store)
     }
 

@@ -20,8 +20,8 @@ pub struct Pair {
 /// Alice and Bob with a session; Bob's side is ready after Alice's first message arrives.
 pub fn pair(seed: u64) -> Pair {
     let mut r = rng(seed);
-    let alice = KeyStore::generate(&mut r).unwrap();
-    let mut bob = KeyStore::generate(&mut r).unwrap();
+    let alice = KeyStore::generate_with_one_time_prekeys(1, &mut r).unwrap();
+    let mut bob = KeyStore::generate_with_one_time_prekeys(2, &mut r).unwrap();
     let opk = bob.one_time_prekey_ids()[0];
     let bundle = bob.bundle(Some(opk)).verify().unwrap();
     let (initial, secret_a) = x3dh::initiate(alice.identity(), &bundle, &mut r).unwrap();
