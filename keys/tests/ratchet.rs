@@ -4,7 +4,7 @@ mod common;
 
 use common::{pair, rng};
 use constella_keys::error::{RatchetError, SealError};
-use constella_keys::ratchet::{MAX_SKIP, RatchetMessage};
+use constella_keys::ratchet::{MAX_SKIP, MAX_SKIPPED_TOTAL, RatchetMessage};
 use constella_keys::{KdfParams, PasswordKey, Session};
 use proptest::prelude::*;
 
@@ -104,6 +104,34 @@ fn skipped_key_bound_is_enforced() {
             limit: MAX_SKIP
         }
     );
+}
+
+#[test]
+fn skipped_keys_are_capped_in_total_oldest_first() {
+    let mut p = pair(25);
+    let mut r = rng(26);
+    let mut first_of_chain = Vec::new();
+    for chain in 0..3u64 {
+        let mut msgs = Vec::new();
+        for i in 0..=MAX_SKIP {
+            msgs.push(
+                p.a.encrypt(p.alice.identity(), chain * 10_000 + u64::from(i), b"x")
+                    .unwrap(),
+            );
+        }
+        // Only the last message of each chain arrives.
+        p.b.decrypt(msgs.last().unwrap(), &mut r).unwrap();
+        first_of_chain.push(msgs.swap_remove(0));
+        let reply = p.b.encrypt(p.bob.identity(), chain, b"r").unwrap();
+        p.a.decrypt(&reply, &mut r).unwrap();
+    }
+    assert_eq!(p.b.skipped_keys(), MAX_SKIPPED_TOTAL);
+    // The oldest chain's keys were evicted; the newer ones are still there.
+    assert_eq!(
+        p.b.decrypt(&first_of_chain[0], &mut r).unwrap_err(),
+        RatchetError::DuplicateOrExpired
+    );
+    assert_eq!(&p.b.decrypt(&first_of_chain[2], &mut r).unwrap()[..], b"x");
 }
 
 #[test]
