@@ -22,7 +22,8 @@ pub const DEFAULT_PORT: u16 = 4747;
         Start a network with `init`, print a one-time link with `invite`, add a node with `join`, \
         then keep each node running with `run`. `status` and `peers` ask the running daemon.",
     after_help = "The state directory defaults to /var/lib/constella for root, otherwise \
-        $XDG_STATE_HOME/constella or ~/.local/state/constella. Logs go to stderr; set RUST_LOG \
+        $XDG_STATE_HOME/constella or ~/.local/state/constella. Logs go to stderr (the journal \
+        under systemd), or to rotated files with `run --log-dir DIR`; set RUST_LOG \
         (e.g. RUST_LOG=debug) to change the level."
 )]
 pub struct Cli {
@@ -95,6 +96,10 @@ pub struct RunArgs {
     /// Listen here instead of the address recorded at init/join, HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<HostPort>,
+    /// Write logs to files in DIR (one per UTC day and per 10 MiB, the newest 14 kept) instead
+    /// of stderr.
+    #[arg(long, env = "CONSTELLA_LOG_DIR", value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

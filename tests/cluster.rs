@@ -160,3 +160,42 @@ fn sigterm_stops_cleanly_and_peers_see_it_offline() {
             .then_some(())
     });
 }
+
+#[test]
+fn sigterm_on_the_leader_says_goodbye_and_the_others_re_elect_at_once() {
+    let mut cluster = Cluster::start(&["alpha", "bravo", "charlie"], &[1, 2, 3], None);
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(
+        agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE),
+        "alpha"
+    );
+    assert!(cluster.node_mut("alpha").stop().success());
+    let survivors: Vec<&Node> = cluster.nodes[1..].iter().collect();
+    let next = agreed_leader_without(
+        &survivors,
+        &["bravo", "charlie"],
+        &["alpha"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(next, "bravo", "{}", cluster.dump_logs());
+    // Marked offline because of the goodbye, not because the connection closed or heartbeats
+    // stopped (those give reason=Unreachable or HeartbeatTimeout).
+    assert!(
+        cluster.node("alpha").log_text().contains("said goodbye"),
+        "{}",
+        cluster.dump_logs()
+    );
+    for node in &cluster.nodes[1..] {
+        let log = node.log_text();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("member offline node=alpha") && l.contains("reason=Goodbye")),
+            "{} did not take alpha's goodbye:\n{}",
+            node.name,
+            cluster.dump_logs()
+        );
+    }
+    // The goodbye was authenticated and accepted, not refused.
+    let status = cluster.node("bravo").status().unwrap();
+    assert_eq!(status["rejected_gossip"]["malformed"], 0);
+}

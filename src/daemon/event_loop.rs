@@ -7,7 +7,9 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use constella_behaviours::gossip::{self, GossipBody, Heartbeat, MemberRecord, RosterUpdate};
+use constella_behaviours::gossip::{
+    self, Goodbye, GossipBody, Heartbeat, MemberRecord, RosterUpdate,
+};
 use constella_behaviours::join::{JoinAccepted, JoinRefusal, JoinRequest, JoinResponse};
 use constella_behaviours::membership::{
     Change, HEARTBEAT_INTERVAL, HeartbeatRejection, Membership, OFFLINE_AFTER, Status,
@@ -35,12 +37,22 @@ const LIVENESS_TICK: Duration = Duration::from_millis(250);
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 /// Longest wait between two dials of an unreachable member.
 const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(30);
-/// How long `leave` keeps the loop running so the goodbye reaches the peers.
+/// How long `leave` and a graceful stop keep the loop running so the last message (tombstone or
+/// goodbye) reaches the peers.
 const LEAVE_DRAIN: Duration = Duration::from_secs(1);
 /// Extra heartbeats sent when peers subscribe are spaced at least this far apart.
 const EAGER_HEARTBEAT_GAP: Duration = Duration::from_millis(200);
 /// Used invites and expired ones are forgotten after this long.
 const INVITE_RETENTION_SECS: u64 = 7 * 24 * 3600;
+
+/// Why the loop is draining before it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// `leave`: the tombstone went out and the secret is deleted; the state is already saved.
+    Leave,
+    /// SIGTERM/SIGINT: the goodbye went out; the node stays a member and saves its state.
+    Stop,
+}
 
 /// When to dial a disconnected member next.
 #[derive(Debug, Clone, Copy)]
@@ -72,8 +84,10 @@ pub(super) struct EventLoop {
     /// Remote address of the latest connection of each peer (for joiners without --public-addr).
     remote_addrs: HashMap<PeerId, Multiaddr>,
     rejections: Rejections,
-    /// Set by `leave`: stop at this instant, once the goodbye had time to go out.
+    /// Set by `leave` or a graceful stop: exit at this instant, once the last message had time
+    /// to go out.
     exit_at: Option<Instant>,
+    exit: Exit,
     kad_protocol: libp2p::StreamProtocol,
 }
 
@@ -109,9 +123,21 @@ impl EventLoop {
             .gossipsub
             .subscribe(&topic)
             .context("cannot subscribe to the gossip topic")?;
-        let membership = Membership::new(local_id, state.records(), OFFLINE_AFTER);
-        let kad_protocol = kad_protocol(&state.network_id)?;
+        let mut membership = Membership::new(local_id, state.records(), OFFLINE_AFTER);
         let now = Instant::now();
+        // Members alive when this node last stopped are assumed still alive (a restart in a
+        // running network), so it names the network's leader at once instead of itself. Dials
+        // start at once below; a refused one marks the member offline (it is a suspect).
+        let mut suspects = HashSet::new();
+        for peer in state.peers.iter().filter(|p| p.status == "alive") {
+            if let Ok(id) = PeerId::from_str(&peer.node_id)
+                && id != local_id
+            {
+                membership.assume_alive(&id, now);
+                suspects.insert(id);
+            }
+        }
+        let kad_protocol = kad_protocol(&state.network_id)?;
         let mut event_loop = Self {
             swarm,
             commands,
@@ -127,11 +153,12 @@ impl EventLoop {
             heartbeat_counter: 0,
             last_eager_heartbeat: None,
             leader_changes: 0,
-            suspects: HashSet::new(),
+            suspects,
             redials: HashMap::new(),
             remote_addrs: HashMap::new(),
             rejections: Rejections::default(),
             exit_at: None,
+            exit: Exit::Stop,
             kad_protocol,
         };
         for (id, record) in event_loop.membership.remote_members() {
@@ -166,6 +193,7 @@ impl EventLoop {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         tokio::pin!(shutdown);
+        let mut signalled = false;
         loop {
             let exit_at = self.exit_at;
             tokio::select! {
@@ -177,16 +205,49 @@ impl EventLoop {
                 _ = heartbeat.tick(), if exit_at.is_none() => self.publish_heartbeat(),
                 _ = liveness.tick() => self.on_liveness_tick(),
                 _ = reconcile.tick(), if exit_at.is_none() => self.publish_roster(),
-                () = sleep_until_opt(exit_at) => {
-                    info!("left the network; stopping");
-                    return Ok(());
+                () = sleep_until_opt(exit_at) => break,
+                () = &mut shutdown, if !signalled => {
+                    signalled = true;
+                    if exit_at.is_none() && !self.say_goodbye() {
+                        break;
+                    }
                 }
-                () = &mut shutdown => break,
             }
         }
-        self.persist();
-        info!("node stopped");
+        match self.exit {
+            Exit::Leave => info!("left the network; stopping"),
+            Exit::Stop => {
+                self.persist();
+                info!("node stopped");
+            }
+        }
         Ok(())
+    }
+
+    /// Tells the peers this node is stopping so they re-elect at once, and schedules the exit
+    /// after [`LEAVE_DRAIN`]. Returns false when no peer is connected: nothing to wait for.
+    fn say_goodbye(&mut self) -> bool {
+        let goodbye = Goodbye {
+            node_id: self.local_id.to_base58(),
+            seq: self.next_seq(),
+        };
+        self.exit = Exit::Stop;
+        // From now on this node names the next leader, as its peers will once they read this.
+        self.membership.stand_down();
+        self.elect();
+        if self.swarm.connected_peers().next().is_none() {
+            return false;
+        }
+        self.publish(GossipBody::Goodbye(goodbye));
+        info!("said goodbye to the peers; stopping");
+        self.exit_at = Some(Instant::now() + LEAVE_DRAIN);
+        true
+    }
+
+    /// The next number of this node's heartbeat sequence (`incarnation << 32 | counter`).
+    fn next_seq(&mut self) -> u64 {
+        self.heartbeat_counter = self.heartbeat_counter.wrapping_add(1);
+        (u64::from(self.state.node.incarnation) << 32) | u64::from(self.heartbeat_counter)
     }
 
     // ---- commands ----
@@ -302,6 +363,7 @@ impl EventLoop {
         self.state = next;
         info!(network = %self.state.network_id, "left the network; the network secret was deleted");
         let _ = reply.send(Ok(()));
+        self.exit = Exit::Leave;
         self.exit_at = Some(Instant::now() + LEAVE_DRAIN);
     }
 
@@ -323,7 +385,7 @@ impl EventLoop {
     }
 
     fn publish_heartbeat(&mut self) {
-        self.heartbeat_counter = self.heartbeat_counter.wrapping_add(1);
+        let seq = self.next_seq();
         let mut addrs: Vec<String> = vec![self.public_addr.to_string()];
         addrs.extend(self.swarm.listeners().map(ToString::to_string));
         addrs.dedup();
@@ -332,7 +394,7 @@ impl EventLoop {
             name: self.state.node.name.clone(),
             priority: self.state.node.priority,
             addrs,
-            seq: (u64::from(self.state.node.incarnation) << 32) | u64::from(self.heartbeat_counter),
+            seq,
             protocol_version: gossip::PROTOCOL_VERSION,
             uptime_secs: self.started.elapsed().as_secs(),
         };
@@ -413,6 +475,17 @@ impl EventLoop {
                 let changes = self.membership.merge(&roster.records);
                 self.apply_changes(changes);
             }
+            GossipBody::Goodbye(goodbye) => match self.membership.on_goodbye(&goodbye) {
+                Ok(change) => self.apply_changes(change.into_iter().collect()),
+                Err(HeartbeatRejection::Replay) => {
+                    self.rejections.replay += 1;
+                    return Err("replayed sequence number");
+                }
+                Err(HeartbeatRejection::NonMember) => {
+                    self.rejections.non_member += 1;
+                    return Err("not a member");
+                }
+            },
         }
         Ok(())
     }
