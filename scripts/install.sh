@@ -3,6 +3,7 @@
 #
 #   scripts/install.sh init --server-name delta-01 --public-addr 203.0.113.10:4747 --owner @name
 #   scripts/install.sh join --server-name echo-02 --join 'join://…'
+#   scripts/install.sh restart
 #   scripts/install.sh uninstall [--purge]
 #
 # Run it as root from a clone of the repository. Re-running it is safe: an existing network
@@ -16,6 +17,7 @@ usage() {
 Usage:
   install.sh init --server-name NAME --public-addr HOST:PORT --owner @USERNAME [options]
   install.sh join --server-name NAME --join 'join://…' [--public-addr HOST:PORT] [options]
+  install.sh restart [--prefix DIR]
   install.sh uninstall [--purge] [--prefix DIR]
 
 Installs the constella binary to /usr/local/bin, keeps the node's state in /var/lib/constella
@@ -38,6 +40,9 @@ Options for init and join:
   --prefix DIR           install under DIR instead of / (tests); env CONSTELLA_ROOT does the same
   -h, --help             show this help
 
+restart restarts the installed node (systemctl restart, or SIGTERM and a new detached process);
+scripts/rolling-restart.sh and `constella rolling-restart` use it on fleets without systemd.
+
 Options for uninstall:
   --purge                also delete /var/lib/constella (the node's key and network state)
 EOF
@@ -55,11 +60,11 @@ note() { printf '    %s\n' "$*"; }
 
 # ---- arguments -------------------------------------------------------------------------------
 
-[[ $# -gt 0 ]] || bad_usage "missing command (init, join or uninstall)"
+[[ $# -gt 0 ]] || bad_usage "missing command (init, join, restart or uninstall)"
 case "$1" in
     -h | --help) usage; exit 0 ;;
-    init | join | uninstall) ACTION=$1; shift ;;
-    *) bad_usage "unknown command '$1' (expected init, join or uninstall)" ;;
+    init | join | restart | uninstall) ACTION=$1; shift ;;
+    *) bad_usage "unknown command '$1' (expected init, join, restart or uninstall)" ;;
 esac
 
 SERVER_NAME="" PUBLIC_ADDR="" OWNER="" LINK="" PRIORITY="" LISTEN="" BINARY=""
@@ -74,7 +79,7 @@ takes_value() {
             init:--listen | init:--bot-token | init:--binary | init:--prefix) return 0 ;;
         join:--server-name | join:--public-addr | join:--join | join:--priority | \
             join:--listen | join:--binary | join:--prefix) return 0 ;;
-        uninstall:--prefix) return 0 ;;
+        uninstall:--prefix | restart:--prefix) return 0 ;;
         *) return 1 ;;
     esac
 }
@@ -116,7 +121,7 @@ host_port_re='^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$'
 check_host_port() {
     [[ -z $2 || $2 =~ $host_port_re ]] || bad_usage "$1 must be HOST:PORT, e.g. 203.0.113.10:4747 (got '$2')"
 }
-if [[ $ACTION != uninstall ]]; then
+if [[ $ACTION == init || $ACTION == join ]]; then
     [[ -n $SERVER_NAME ]] || bad_usage "missing --server-name"
     [[ $SERVER_NAME =~ ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ ]] ||
         bad_usage "--server-name must be 1-63 lowercase letters, digits or hyphens, not starting or ending with a hyphen (got '$SERVER_NAME')"
@@ -169,14 +174,22 @@ ctl() {
 
 # ---- detached daemon (no systemd) ----------------------------------------------------------
 
+# Whether process $1 exists and has not exited (a zombie waiting for its parent has).
+alive() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ ${stat%% *} != Z ]]
+}
+
 # The pid of the running detached daemon, if the pid file names a live `constella run`.
 detached_pid() {
     [[ -f $PID_FILE ]] || return 1
     local pid
     pid=$(<"$PID_FILE")
     [[ $pid =~ ^[0-9]+$ ]] || return 1
-    [[ -r /proc/$pid/cmdline ]] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'constella.* run' || return 1
+    alive "$pid" || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'constella.* run' || return 1
     printf '%s' "$pid"
 }
 
@@ -185,11 +198,11 @@ stop_detached() {
     pid=$(detached_pid) || { rm -f "$PID_FILE"; return 0; }
     say "stopping the running node (pid $pid; SIGTERM: it says goodbye to its peers)"
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 150); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
+    for _ in $(seq 1 300); do
+        alive "$pid" || break
+        sleep 0.05
     done
-    if kill -0 "$pid" 2>/dev/null; then
+    if alive "$pid"; then
         note "still running after 15 s; sending SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
     fi
@@ -199,6 +212,8 @@ stop_detached() {
 start_detached() {
     mkdir -p "$LOG_DIR"
     chmod 0700 "$LOG_DIR"
+    : >>"$LOG_DIR/stdout.log"
+    chmod 0600 "$LOG_DIR/stdout.log"
     # setsid + nohup: the node outlives this shell and the SSH session it runs in. Its logs go
     # to rotated files in $LOG_DIR; stdout.log only catches what is printed before logging starts.
     setsid nohup "$BIN" --state-dir "$STATE_DIR" run --log-dir "$LOG_DIR" \
@@ -225,6 +240,22 @@ wait_until_up() {
     tail -n 20 "$LOG_DIR"/constella.*.log "$LOG_DIR/stdout.log" 2>/dev/null >&2 || true
     die "the node did not come up; its logs are in $LOG_DIR"
 }
+
+# ---- restart --------------------------------------------------------------------------------
+
+if [[ $ACTION == restart ]]; then
+    [[ -x $BIN ]] || die "constella is not installed at $BIN"
+    [[ -f $STATE_DIR/network_state.json ]] || die "no network state in $STATE_DIR"
+    if use_systemd; then
+        systemctl restart "$UNIT_NAME"
+    else
+        stop_detached
+        start_detached
+    fi
+    wait_until_up
+    say "restarted the node (pid $(detached_pid || systemctl show -p MainPID --value "$UNIT_NAME"))"
+    exit 0
+fi
 
 # ---- uninstall ------------------------------------------------------------------------------
 
@@ -343,7 +374,9 @@ if [[ -z ${SKIP_SETUP:-} ]]; then
         args+=(--join "$LINK")
         say "joining the network as $SERVER_NAME"
     fi
-    "$SOURCE_BIN" "${args[@]}" || die "constella $ACTION failed (see the message above); nothing else was changed"
+    out=$("$SOURCE_BIN" "${args[@]}") || die "constella $ACTION failed (see the message above); nothing else was changed"
+    # Its own "start the node with constella run" advice is what this script does next.
+    printf '%s\n' "$out" | sed -e '/^Next: start the node/d' -e 's/ Start the node with: constella run$//'
     unset CONSTELLA_BOT_TOKEN
 fi
 

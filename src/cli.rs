@@ -51,6 +51,9 @@ pub enum Command {
     Invite(InviteArgs),
     /// Leave the network: every node removes this one, and it forgets the network secret.
     Leave(LeaveArgs),
+    /// Restart every node of the network one at a time, the leader last, waiting until each is
+    /// alive again on every other node before the next.
+    RollingRestart(RollingRestartArgs),
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +124,37 @@ pub struct LeaveArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Placeholders in both templates: {name}, {host}, {port}, {addr} (host:port) \
+    and {node_id} of the node concerned. The member list comes from the node whose state directory \
+    this runs against (--state-dir, default the local node); every member must be alive.\n\n\
+    Without systemd: --restart-cmd 'ssh root@{host} /path/to/repo/scripts/install.sh restart'."
+)]
+pub struct RollingRestartArgs {
+    /// Shell command that restarts one node.
+    #[arg(
+        long,
+        value_name = "TEMPLATE",
+        default_value = "ssh root@{host} systemctl restart constella"
+    )]
+    pub restart_cmd: String,
+    /// Shell command that runs `constella` against one node; `status --json` and
+    /// `peers --json` are appended.
+    #[arg(
+        long,
+        value_name = "TEMPLATE",
+        default_value = "ssh root@{host} constella"
+    )]
+    pub ctl: String,
+    /// Seconds a restarted node may take to be alive again on every node.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub timeout: u64,
+    /// Print the plan and restart nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// The listen address: the one given, or all interfaces on `port`.

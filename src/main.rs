@@ -7,6 +7,7 @@ mod join;
 mod link;
 mod logging;
 mod output;
+mod rolling;
 mod state;
 mod validate;
 
@@ -117,6 +118,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 other => unexpected(other),
             }
         }
+        Command::RollingRestart(args) => rolling::run(&state_dir, args).await,
         Command::Leave(args) => {
             let network = state_dir.load()?.network_id;
             if !args.yes

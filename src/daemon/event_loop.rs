@@ -76,6 +76,10 @@ pub(super) struct EventLoop {
     heartbeat_counter: u32,
     /// When a heartbeat was last sent early because a peer subscribed.
     last_eager_heartbeat: Option<Instant>,
+    /// A peer subscribed while the last early heartbeat was too recent: send one at the next
+    /// liveness tick, so a member that subscribes right after another is not left waiting for
+    /// the regular heartbeat (up to two seconds, during which it sees this node offline).
+    eager_heartbeat_pending: bool,
     leader: PeerId,
     leader_changes: u64,
     /// Members whose last connection closed: a failed redial is evidence they are down.
@@ -152,6 +156,7 @@ impl EventLoop {
             started: now,
             heartbeat_counter: 0,
             last_eager_heartbeat: None,
+            eager_heartbeat_pending: false,
             leader_changes: 0,
             suspects,
             redials: HashMap::new(),
@@ -286,6 +291,7 @@ impl EventLoop {
             alive,
             offline: view.len() - alive,
             uptime_secs: self.started.elapsed().as_secs(),
+            incarnation: self.state.node.incarnation,
             listen_addrs: self.swarm.listeners().map(ToString::to_string).collect(),
             connected_peers: self.swarm.connected_peers().count(),
             rejected_gossip: self.rejections.clone(),
@@ -401,6 +407,21 @@ impl EventLoop {
         self.publish(GossipBody::Heartbeat(heartbeat));
     }
 
+    /// An extra heartbeat for peers that just subscribed. Spaced out so that a restart of many
+    /// peers at once is not answered by a storm; one asked for too soon is sent later.
+    fn send_eager_heartbeat(&mut self) {
+        let due = self
+            .last_eager_heartbeat
+            .is_none_or(|at| at.elapsed() >= EAGER_HEARTBEAT_GAP);
+        if due {
+            self.last_eager_heartbeat = Some(Instant::now());
+            self.eager_heartbeat_pending = false;
+            self.publish_heartbeat();
+        } else {
+            self.eager_heartbeat_pending = true;
+        }
+    }
+
     fn publish_roster(&mut self) {
         let records = self.membership.records();
         self.publish(GossipBody::Roster(RosterUpdate {
@@ -498,6 +519,9 @@ impl EventLoop {
         self.apply_changes(changes);
         if self.exit_at.is_none() {
             self.dial_members(now);
+            if self.eager_heartbeat_pending {
+                self.send_eager_heartbeat();
+            }
         }
     }
 
@@ -799,16 +823,11 @@ impl EventLoop {
             }) => {
                 self.on_gossip(propagation_source, message_id, message);
             }
-            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. }) => {
-                // A (re)started member: tell it at once that we are alive.
-                // Spaced out so that a restart of many peers at once is not answered by a storm.
-                let due = self
-                    .last_eager_heartbeat
-                    .is_none_or(|at| at.elapsed() >= EAGER_HEARTBEAT_GAP);
-                if self.membership.is_member(&peer_id) && self.exit_at.is_none() && due {
-                    self.last_eager_heartbeat = Some(Instant::now());
-                    self.publish_heartbeat();
-                }
+            // A (re)started member: tell it at once that we are alive.
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. })
+                if self.membership.is_member(&peer_id) && self.exit_at.is_none() =>
+            {
+                self.send_eager_heartbeat();
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
                 if info.protocols.contains(&self.kad_protocol)
