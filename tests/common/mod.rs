@@ -215,6 +215,23 @@ impl Node {
         })
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Asks the daemon over its control socket directly (no CLI process): for measurements
+    /// whose resolution must be finer than a process spawn.
+    pub fn ask_socket(&self, request: &str) -> Option<serde_json::Value> {
+        use std::io::{BufRead, Write};
+        let mut stream =
+            std::os::unix::net::UnixStream::connect(self.dir.join("control.sock")).ok()?;
+        stream.write_all(format!("{request}\n").as_bytes()).ok()?;
+        let mut line = String::new();
+        std::io::BufReader::new(stream).read_line(&mut line).ok()?;
+        serde_json::from_str(&line).ok()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
