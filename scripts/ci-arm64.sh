@@ -54,7 +54,7 @@ say "cargo build --release --locked --target $TARGET --bin constella"
 start=$(date +%s)
 cargo build --release --locked --target "$TARGET" --bin constella "${jobs[@]}"
 say "cross build took $(($(date +%s) - start)) s"
-BIN="target/$TARGET/release/constella"
+BIN="${CARGO_TARGET_DIR:-target}/$TARGET/release/constella"
 [[ -x "$BIN" ]] || die "$BIN was not produced"
 if command -v file >/dev/null; then
     file "$BIN" | grep -q 'ARM aarch64' || die "$BIN is not an ARM64 executable: $(file "$BIN")"
