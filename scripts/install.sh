@@ -41,7 +41,8 @@ Options for init and join:
   -h, --help             show this help
 
 restart restarts the installed node (systemctl restart, or SIGTERM and a new detached process);
-scripts/rolling-restart.sh and `constella rolling-restart` use it on fleets without systemd.
+`constella rolling-restart --restart-cmd 'ssh root@{host} …/install.sh restart'` uses it where
+there is no systemd.
 
 Options for uninstall:
   --purge                also delete /var/lib/constella (the node's key and network state)
@@ -260,11 +261,9 @@ fi
 # ---- uninstall ------------------------------------------------------------------------------
 
 if [[ $ACTION == uninstall ]]; then
-    if use_systemd; then
-        if systemctl list-unit-files "$UNIT_NAME" >/dev/null 2>&1; then
-            say "stopping and disabling $UNIT_NAME"
-            systemctl disable --now "$UNIT_NAME" 2>/dev/null || true
-        fi
+    if use_systemd && [[ -f $UNIT_FILE ]]; then
+        say "stopping and disabling $UNIT_NAME (SIGTERM: it says goodbye to its peers)"
+        systemctl disable --now "$UNIT_NAME" 2>/dev/null || true
     fi
     stop_detached
     if [[ -f $UNIT_FILE ]]; then
@@ -320,7 +319,7 @@ elif [[ -x $REPO/target/release/constella ]]; then
 else
     missing="cargo (Rust 1.95 or newer)"
     command -v cc >/dev/null || missing+=" and a C compiler"
-    die "cannot build constella: $missing missing. Install them with:
+    die "cannot build constella: missing $missing. Install with:
     apt-get install -y build-essential curl
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y
 and run me again (Debian's own cargo package is older than Rust 1.95), or build elsewhere
@@ -339,6 +338,8 @@ stop_node() {
     stop_detached
 }
 
+created_state_dir=0
+[[ -d $STATE_DIR ]] || created_state_dir=1
 mkdir -p "$STATE_DIR"
 chmod 0700 "$STATE_DIR"
 if [[ -f $STATE_DIR/network_state.json ]]; then
@@ -374,7 +375,10 @@ if [[ -z ${SKIP_SETUP:-} ]]; then
         args+=(--join "$LINK")
         say "joining the network as $SERVER_NAME"
     fi
-    out=$("$SOURCE_BIN" "${args[@]}") || die "constella $ACTION failed (see the message above); nothing else was changed"
+    if ! out=$("$SOURCE_BIN" "${args[@]}"); then
+        if ((created_state_dir)); then rmdir "$STATE_DIR" 2>/dev/null || true; fi
+        die "constella $ACTION failed (see the message above); nothing else was changed"
+    fi
     # Its own "start the node with constella run" advice is what this script does next.
     printf '%s\n' "$out" | sed -e '/^Next: start the node/d' -e 's/ Start the node with: constella run$//'
     unset CONSTELLA_BOT_TOKEN
