@@ -47,9 +47,13 @@ pub enum Destination {
 impl Destination {
     /// Files if a directory is given, else the journal under systemd, else stderr.
     pub fn choose(log_dir: Option<&Path>) -> Self {
+        Self::pick(log_dir, under_systemd())
+    }
+
+    fn pick(log_dir: Option<&Path>, under_systemd: bool) -> Self {
         match log_dir {
             Some(dir) => Self::Files(dir.to_owned()),
-            None if under_systemd() => Self::Journal,
+            None if under_systemd => Self::Journal,
             None => Self::Stderr,
         }
     }
@@ -298,6 +302,17 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
+
+    #[test]
+    fn an_explicit_log_dir_wins_then_the_journal_then_stderr() {
+        let dir = Path::new("/var/lib/constella/logs");
+        assert_eq!(
+            Destination::pick(Some(dir), true),
+            Destination::Files(dir.to_owned())
+        );
+        assert_eq!(Destination::pick(None, true), Destination::Journal);
+        assert_eq!(Destination::pick(None, false), Destination::Stderr);
+    }
 
     #[test]
     fn civil_dates() {
