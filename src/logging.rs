@@ -169,7 +169,7 @@ impl RotatingFile {
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
-                .mode(0o640)
+                .mode(0o600)
                 .open(&path)?;
             let size = file.metadata()?.len();
             if size < self.max_bytes {
@@ -361,6 +361,10 @@ mod tests {
         );
         let mode = fs::metadata(tmp.path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+        assert_eq!(
+            fs::metadata(&current).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     static NOW: AtomicU64 = AtomicU64::new(1_795_305_000);
