@@ -199,3 +199,52 @@ fn sigterm_on_the_leader_says_goodbye_and_the_others_re_elect_at_once() {
     let status = cluster.node("bravo").status().unwrap();
     assert_eq!(status["rejected_gossip"]["malformed"], 0);
 }
+
+#[test]
+fn a_restarted_follower_names_the_networks_leader_from_its_first_answer() {
+    let mut cluster = Cluster::start(&["alpha", "bravo", "charlie"], &[1, 100, 100], None);
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(
+        agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE),
+        "alpha"
+    );
+    assert!(cluster.node_mut("charlie").stop().success());
+    // Ask charlie for its leader as fast as possible from before it starts until it settles.
+    let dir = cluster.node("charlie").dir.clone();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asker = {
+        let done = std::sync::Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let out = std::process::Command::new(common::BIN)
+                    .arg("--state-dir")
+                    .arg(&dir)
+                    .args(["status", "--json"])
+                    .env("RUST_LOG", "off")
+                    .output()
+                    .unwrap();
+                if out.status.success() {
+                    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                    answers.push(status["leader"]["name"].as_str().unwrap().to_owned());
+                }
+            }
+            answers
+        })
+    };
+    cluster.node_mut("charlie").start();
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(
+        agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE),
+        "alpha"
+    );
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answers = asker.join().unwrap();
+    assert!(!answers.is_empty());
+    // It took the members it last saw alive for alive instead of electing itself until it
+    // heard them: no answer ever named charlie.
+    assert!(
+        answers.iter().all(|leader| leader == "alpha"),
+        "charlie's answers after its restart: {answers:?}"
+    );
+}
