@@ -169,7 +169,22 @@ fn sigterm_on_the_leader_says_goodbye_and_the_others_re_elect_at_once() {
         agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE),
         "alpha"
     );
-    assert!(cluster.node_mut("alpha").stop().success());
+    // SIGTERM, then ask alpha for its leader until it is gone: during its last second it has
+    // stood down and names the next leader, like its peers.
+    let pid = cluster.node("alpha").pid().unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let mut last_answer = None;
+    while let Some(status) = cluster.node("alpha").status() {
+        last_answer = Some(status);
+    }
+    let last_answer = last_answer.expect("alpha answered during its stop");
+    assert_eq!(last_answer["leader"]["name"], "bravo", "{last_answer}");
+    assert_eq!(last_answer["is_leader"], false);
+    assert!(cluster.node_mut("alpha").wait_exit().success());
     let survivors: Vec<&Node> = cluster.nodes[1..].iter().collect();
     let next = agreed_leader_without(
         &survivors,
