@@ -637,9 +637,29 @@ fn rolling_restart_refuses_while_a_node_is_offline_and_restarts_nothing() {
     let fleet = Fleet::new(&["alpha", "bravo"]);
     fleet.install_all(&[1, 100]);
     fleet.wait_all_alive();
+    // A dry run prints the plan, the leader last, and restarts nothing.
+    let alpha = &fleet.nodes[0];
+    let before = alpha.status().unwrap()["incarnation"].clone();
+    let out = alpha.cli(&[
+        "rolling-restart",
+        "--dry-run",
+        "--restart-cmd",
+        "echo restart {name} at {addr}",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plan = String::from_utf8_lossy(&out.stdout);
+    let alpha_line = plan
+        .find("alpha (leader): echo restart alpha at 127.0.0.1:")
+        .unwrap();
+    let bravo_line = plan
+        .find("bravo: echo restart bravo at 127.0.0.1:")
+        .unwrap();
+    assert!(bravo_line < alpha_line, "{plan}");
+    assert!(plan.contains("Dry run: nothing was restarted."), "{plan}");
+    assert_eq!(alpha.status().unwrap()["incarnation"], before);
+
     let out = install_sh(&["uninstall", "--prefix", fleet.nodes[1].prefix()], &[]);
     assert!(out.status.success(), "{}", text(&out));
-    let alpha = &fleet.nodes[0];
     wait_for(Duration::from_secs(10), "bravo offline", || {
         alpha
             .peers()?
