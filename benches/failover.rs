@@ -136,7 +136,7 @@ fn main() {
     let nodes: Vec<&Node> = cluster.nodes.iter().collect();
     agreed_leader(&nodes, &names, Duration::from_secs(20));
     let ticks_per_sec = 100.0; // USER_HZ on Linux
-    let pids: Vec<u32> = cluster.nodes.iter().map(|n| n.pid().unwrap()).collect();
+    let pids: Vec<u32> = cluster.nodes.iter().map(|n| n.pid()).collect();
     let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs(idle_secs));

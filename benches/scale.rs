@@ -87,7 +87,7 @@ fn main() {
         converged.as_secs_f64()
     );
 
-    let pids: Vec<u32> = cluster.nodes.iter().map(|n| n.pid().unwrap()).collect();
+    let pids: Vec<u32> = cluster.nodes.iter().map(|n| n.pid()).collect();
     let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
     let idle_started = Instant::now();
     std::thread::sleep(Duration::from_secs(idle_secs));

@@ -46,11 +46,15 @@ pub enum Command {
     /// Show this node, the network and its leader.
     Status(OutputArgs),
     /// List the network's nodes; the leader is marked "— Хост".
-    Peers(OutputArgs),
+    Peers(PeersArgs),
     /// Print a one-time join link for a new node.
     Invite(InviteArgs),
     /// Leave the network: every node removes this one, and it forgets the network secret.
     Leave(LeaveArgs),
+    /// Show a node's CPU, memory, disk and uptime (asked over the network).
+    Stats(StatsArgs),
+    /// Reboot a node's host (asked over the network; the target needs root or CAP_SYS_BOOT).
+    Reboot(RebootArgs),
     /// Restart every node of the network one at a time, the leader last, waiting until each is
     /// alive again on every other node before the next.
     RollingRestart(RollingRestartArgs),
@@ -99,6 +103,10 @@ pub struct RunArgs {
     /// Listen here instead of the address recorded at init/join, HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<HostPort>,
+    /// Run this shell command instead of rebooting the host when a reboot is requested
+    /// (for testing or a custom procedure). Unset, the host reboots (needs root or CAP_SYS_BOOT).
+    #[arg(long, env = "CONSTELLA_REBOOT_COMMAND", value_name = "COMMAND")]
+    pub reboot_command: Option<String>,
     /// Write logs to files in DIR (one per UTC day and per 10 MiB, the newest 14 kept) instead
     /// of stderr.
     #[arg(long, env = "CONSTELLA_LOG_DIR", value_name = "DIR")]
@@ -110,6 +118,36 @@ pub struct OutputArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PeersArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Ask this node (name or node id) for its view instead of the local one.
+    #[arg(long, value_name = "NODE")]
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The node, by server name or node id.
+    #[arg(value_name = "NODE")]
+    pub target: String,
+    /// Print the raw figures as JSON (units in the field names).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RebootArgs {
+    /// The node, by server name or node id.
+    #[arg(value_name = "NODE")]
+    pub target: String,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,4 +1,4 @@
-//! The control socket: how `constella status`, `peers`, `invite` and `leave` talk to the running
+//! The control socket: how `constella status`, `peers`, `invite`, `leave`, `stats` and `reboot` talk to the running
 //! daemon. A Unix socket (`control.sock`, 0600) in the state directory; one JSON request line,
 //! one JSON response line.
 
@@ -12,6 +12,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::daemon::Client;
+use crate::stats::{NodeStats, RebootAccepted};
+use constella_behaviours::rpc::PeerInfo;
 
 /// Longest request line the daemon reads.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -22,8 +24,23 @@ const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 pub enum Request {
     Status,
     Peers,
-    Invite { ttl_secs: u64 },
+    Invite {
+        ttl_secs: u64,
+    },
     Leave,
+    /// The member list as another node sees it, by name or node id.
+    PeersOf {
+        target: String,
+    },
+    /// Resource figures of a node, by name or node id.
+    Stats {
+        target: String,
+    },
+    /// Reboot a node, by name or node id; `requested_by` goes to the target's log.
+    Reboot {
+        target: String,
+        requested_by: String,
+    },
 }
 
 /// A node as shown by `peers --json`.
@@ -93,6 +110,9 @@ pub enum Response {
     Peers(Vec<PeerReport>),
     Invite(InviteReport),
     Left,
+    PeersOf(Vec<PeerInfo>),
+    Stats(Box<NodeStats>),
+    RebootAccepted(RebootAccepted),
     Error(String),
 }
 

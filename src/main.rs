@@ -7,8 +7,10 @@ mod join;
 mod link;
 mod logging;
 mod output;
+mod reboot;
 mod rolling;
 mod state;
+mod stats;
 mod validate;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -87,17 +89,56 @@ async fn dispatch(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Run(args) => daemon::run(state_dir, args.listen).await,
+        Command::Run(args) => daemon::run(state_dir, args.listen, args.reboot_command).await,
         Command::Status(args) => match ask(&state_dir, &Request::Status).await? {
             Response::Status(report) if args.json => print_json(&report),
             Response::Status(report) => print_text(&output::status_block(&report)),
             other => unexpected(other),
         },
-        Command::Peers(args) => match ask(&state_dir, &Request::Peers).await? {
-            Response::Peers(peers) if args.json => print_json(&peers),
-            Response::Peers(peers) => print_text(&output::peers_table(&peers)),
-            other => unexpected(other),
-        },
+        Command::Peers(args) => {
+            let request = match args.from {
+                Some(target) => Request::PeersOf { target },
+                None => Request::Peers,
+            };
+            match ask(&state_dir, &request).await? {
+                Response::Peers(peers) if args.json => print_json(&peers),
+                Response::Peers(peers) => print_text(&output::peers_table(&peers)),
+                Response::PeersOf(peers) if args.json => print_json(&peers),
+                Response::PeersOf(peers) => print_text(&output::remote_peers_table(&peers)),
+                other => unexpected(other),
+            }
+        }
+        Command::Stats(args) => {
+            let request = Request::Stats {
+                target: args.target,
+            };
+            match ask(&state_dir, &request).await? {
+                Response::Stats(stats) if args.json => print_json(&stats),
+                Response::Stats(stats) => print_text(&output::stats_block(&stats)),
+                other => unexpected(other),
+            }
+        }
+        Command::Reboot(args) => {
+            if !args.yes
+                && !confirm(&format!(
+                    "Reboot the host of node {}? It goes offline until it boots again.",
+                    args.target
+                ))?
+            {
+                bail!("not confirmed; nothing changed");
+            }
+            let request = Request::Reboot {
+                target: args.target,
+                requested_by: format!("constella reboot (user {})", local_user()),
+            };
+            match ask(&state_dir, &request).await? {
+                Response::RebootAccepted(accepted) => print_text(&format!(
+                    "Node {} accepted the reboot ({}).\n",
+                    accepted.name, accepted.action
+                )),
+                other => unexpected(other),
+            }
+        }
         Command::Invite(args) => {
             match ask(
                 &state_dir,
@@ -210,6 +251,18 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
         serde_json::to_string_pretty(value).context("cannot encode JSON")?
     );
     Ok(())
+}
+
+/// Who runs this command, for the target's log: the sudo caller if any, else the login name.
+fn local_user() -> String {
+    ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "unknown".to_owned())
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect()
 }
 
 /// Asks on the terminal; refuses (rather than assuming yes) when stdin is not a terminal.

@@ -1,8 +1,11 @@
-//! How `peers` and `status` print for people.
+//! How `peers`, `status` and `stats` print for people.
 
 use std::fmt::Write as _;
 
+use constella_behaviours::rpc::PeerInfo;
+
 use crate::control::{PeerReport, StatusReport};
+use crate::stats::NodeStats;
 
 /// The seed's node list: "• delta-01 — Хост", "• fox-03 (offline)", with address and id columns.
 pub fn peers_table(peers: &[PeerReport]) -> String {
@@ -30,6 +33,94 @@ pub fn peers_table(peers: &[PeerReport]) -> String {
             "", peer.addr, peer.node_id
         );
     }
+    out
+}
+
+/// Another node's view (`peers --from`): the same table, without the leader mark.
+pub fn remote_peers_table(peers: &[PeerInfo]) -> String {
+    let rows: Vec<PeerReport> = peers
+        .iter()
+        .map(|p| PeerReport {
+            name: p.name.clone(),
+            node_id: p.node_id.clone(),
+            addr: p.addr.clone(),
+            status: p.status.clone(),
+            leader: false,
+        })
+        .collect();
+    peers_table(&rows)
+}
+
+/// Bytes in binary units: "512 B", "1.5 KiB", "3.8 GiB".
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    #[allow(clippy::cast_precision_loss)] // display only
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// "used / total (p %)", or "none" when the total is 0.
+fn usage(used: u64, total: u64) -> String {
+    if total == 0 {
+        return "none".to_owned();
+    }
+    #[allow(clippy::cast_precision_loss)] // display only
+    let percent = used as f64 * 100.0 / total as f64;
+    format!(
+        "{} / {} ({percent:.1} %)",
+        human_bytes(used),
+        human_bytes(total)
+    )
+}
+
+/// The block `stats` prints.
+pub fn stats_block(s: &NodeStats) -> String {
+    let [one, five, fifteen] = s.load_average;
+    let mut out = String::new();
+    let _ = writeln!(out, "node      {} ({})", s.name, s.node_id);
+    let _ = writeln!(
+        out,
+        "cpu       {:.1} %   load {one:.2} {five:.2} {fifteen:.2}",
+        s.cpu_percent
+    );
+    let _ = writeln!(
+        out,
+        "ram       {}",
+        usage(s.ram_used_bytes, s.ram_total_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "swap      {}",
+        usage(s.swap_used_bytes, s.swap_total_bytes)
+    );
+    let width = s.disks.iter().map(|d| d.mount.len()).max().unwrap_or(0);
+    for disk in &s.disks {
+        let _ = writeln!(
+            out,
+            "disk      {:width$}  {}",
+            disk.mount,
+            usage(disk.used_bytes, disk.total_bytes)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "uptime    host {}, daemon {}",
+        human_duration(s.host_uptime_secs),
+        human_duration(s.daemon_uptime_secs)
+    );
+    let _ = writeln!(
+        out,
+        "daemon    {} resident",
+        human_bytes(s.daemon_rss_bytes)
+    );
     out
 }
 
@@ -115,6 +206,48 @@ mod tests {
         // Columns line up.
         let col = |l: &str| l.chars().position(|c| c == '2').unwrap();
         assert_eq!(col(lines[0]), col(lines[2]));
+    }
+
+    #[test]
+    fn stats_are_readable() {
+        let stats = NodeStats {
+            name: "echo-02".into(),
+            node_id: "id".into(),
+            cpu_percent: 12.345,
+            load_average: [0.5, 0.25, 0.125],
+            ram_used_bytes: 1024 * 1024 * 1024,
+            ram_total_bytes: 4 * 1024 * 1024 * 1024,
+            swap_used_bytes: 0,
+            swap_total_bytes: 0,
+            disks: vec![crate::stats::DiskUsage {
+                mount: "/".into(),
+                used_bytes: 10 * 1024 * 1024 * 1024,
+                total_bytes: 40 * 1024 * 1024 * 1024,
+            }],
+            host_uptime_secs: 3 * 86400 + 4 * 3600,
+            daemon_uptime_secs: 42,
+            daemon_rss_bytes: 15 * 1024 * 1024 + 512 * 1024,
+        };
+        let block = stats_block(&stats);
+        assert!(
+            block.contains("cpu       12.3 %   load 0.50 0.25 0.12"),
+            "{block}"
+        );
+        assert!(
+            block.contains("ram       1.0 GiB / 4.0 GiB (25.0 %)"),
+            "{block}"
+        );
+        assert!(block.contains("swap      none"), "{block}");
+        assert!(
+            block.contains("disk      /  10.0 GiB / 40.0 GiB (25.0 %)"),
+            "{block}"
+        );
+        assert!(
+            block.contains("uptime    host 3d 4h, daemon 42s"),
+            "{block}"
+        );
+        assert!(block.contains("daemon    15.5 MiB resident"), "{block}");
+        assert_eq!(human_bytes(512), "512 B");
     }
 
     #[test]

@@ -171,7 +171,7 @@ fn sigterm_on_the_leader_says_goodbye_and_the_others_re_elect_at_once() {
     );
     // SIGTERM, then ask alpha for its leader until it is gone: during its last second it has
     // stood down and names the next leader, like its peers.
-    let pid = cluster.node("alpha").pid().unwrap();
+    let pid = cluster.node("alpha").pid();
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()

@@ -5,6 +5,7 @@
 //! - [`membership`]: who is a member and who is alive, driven by gossip and the clock.
 //! - [`leader`]: the total order that picks the leader ("Хост").
 //! - [`join`]: the one-time-token admission protocol.
+//! - [`rpc`]: GetPeers, GetStats and Reboot between members.
 //!
 //! The node's event loop (in the `constella` binary) owns the Swarm and feeds these machines;
 //! nothing here does I/O of its own beyond what libp2p does.
@@ -18,6 +19,7 @@ pub mod gossip;
 pub mod join;
 pub mod leader;
 pub mod membership;
+pub mod rpc;
 mod secret;
 
 use std::time::Duration;
@@ -29,6 +31,10 @@ pub use secret::{NetworkSecret, SecretError};
 
 /// The agent string every node announces through identify.
 pub const AGENT_VERSION: &str = concat!("constella/", env!("CARGO_PKG_VERSION"));
+
+/// How long a node waits for an RPC answer. An offline or unreachable target must fail within
+/// 5 s of the operator's command; the rest of the 5 s is left for the CLI and control socket.
+pub const RPC_TIMEOUT: Duration = Duration::from_millis(4500);
 
 /// Why the behaviour could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +60,8 @@ pub struct Behaviour {
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     /// Admits new nodes with one-time tokens.
     pub join: join::Behaviour,
+    /// Answers and sends GetPeers, GetStats and Reboot.
+    pub rpc: rpc::Behaviour,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -95,6 +103,7 @@ fn gossipsub_config() -> Result<gossipsub::Config, BuildError> {
 impl Behaviour {
     /// Builds the behaviour of a member of `network_id` (or of a joiner, which passes the id
     /// from its link: it only speaks Join before it is admitted).
+    /// `request_timeout` bounds Join exchanges; RPC exchanges are bounded by [`RPC_TIMEOUT`].
     pub fn new(
         key: &Keypair,
         network_id: &str,
@@ -127,6 +136,7 @@ impl Behaviour {
             gossipsub,
             kad,
             join: join::behaviour(request_timeout),
+            rpc: rpc::behaviour(RPC_TIMEOUT),
         })
     }
 }

@@ -1,5 +1,6 @@
 //! The event loop: owns the Swarm and the membership machine, publishes heartbeats, admits
-//! joiners, and answers the [`Client`](super::Client)'s commands.
+//! joiners, and answers the [`Client`](super::Client)'s commands. RPC is handled in
+//! [`rpc`](super::rpc).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -26,8 +27,10 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::Command;
+use super::rpc::Rpc;
 use crate::control::{InviteReport, NodeRef, PeerReport, Rejections, StatusReport};
 use crate::link::JoinLink;
+use crate::reboot::RebootAction;
 use crate::state::{Invite, NetworkState, StateDir, StoredSecret, token_hash, unix_now};
 use crate::validate::{HostPort, ServerName, Ttl};
 
@@ -42,6 +45,8 @@ const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(30);
 const LEAVE_DRAIN: Duration = Duration::from_secs(1);
 /// Extra heartbeats sent when peers subscribe are spaced at least this far apart.
 const EAGER_HEARTBEAT_GAP: Duration = Duration::from_millis(200);
+/// How long a connection from a non-member may stay open: long enough for a Join to finish.
+const STRANGER_IDLE_LIMIT: Duration = Duration::from_secs(12);
 /// Used invites and expired ones are forgotten after this long.
 const INVITE_RETENTION_SECS: u64 = 7 * 24 * 3600;
 
@@ -63,16 +68,16 @@ struct Redial {
 
 /// The node's event loop.
 pub(super) struct EventLoop {
-    swarm: Swarm<Behaviour>,
+    pub(super) swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     state_dir: StateDir,
-    state: NetworkState,
+    pub(super) state: NetworkState,
     secret: NetworkSecret,
-    membership: Membership,
+    pub(super) membership: Membership,
     topic: IdentTopic,
-    local_id: PeerId,
+    pub(super) local_id: PeerId,
     public_addr: Multiaddr,
-    started: Instant,
+    pub(super) started: Instant,
     heartbeat_counter: u32,
     /// When a heartbeat was last sent early because a peer subscribed.
     last_eager_heartbeat: Option<Instant>,
@@ -93,6 +98,8 @@ pub(super) struct EventLoop {
     exit_at: Option<Instant>,
     exit: Exit,
     kad_protocol: libp2p::StreamProtocol,
+    /// Calls in flight and the reboot action.
+    pub(super) rpc: Rpc,
 }
 
 impl EventLoop {
@@ -102,6 +109,7 @@ impl EventLoop {
         state_dir: StateDir,
         state: NetworkState,
         secret: NetworkSecret,
+        reboot: RebootAction,
     ) -> Result<Self> {
         let local_id = *swarm.local_peer_id();
         let listen: HostPort = state
@@ -165,6 +173,7 @@ impl EventLoop {
             exit_at: None,
             exit: Exit::Stop,
             kad_protocol,
+            rpc: Rpc::new(reboot),
         };
         for (id, record) in event_loop.membership.remote_members() {
             if let Ok(addr) = record.addr.parse::<HostPort>() {
@@ -201,6 +210,7 @@ impl EventLoop {
         let mut signalled = false;
         loop {
             let exit_at = self.exit_at;
+            let rpc_deadline = self.rpc.next_deadline();
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv() => match command {
@@ -210,6 +220,8 @@ impl EventLoop {
                 _ = heartbeat.tick(), if exit_at.is_none() => self.publish_heartbeat(),
                 _ = liveness.tick() => self.on_liveness_tick(),
                 _ = reconcile.tick(), if exit_at.is_none() => self.publish_roster(),
+                Some(finished) = self.rpc.next_finished() => self.on_rpc_finished(finished),
+                () = sleep_until_opt(rpc_deadline) => self.on_rpc_deadlines(),
                 () = sleep_until_opt(exit_at) => break,
                 () = &mut shutdown, if !signalled => {
                     signalled = true;
@@ -269,6 +281,13 @@ impl EventLoop {
                 let _ = reply.send(self.create_invite(ttl));
             }
             Command::Leave(reply) => self.leave(reply),
+            Command::PeersOf(target, reply) => self.rpc_peers(&target, reply),
+            Command::Stats(target, reply) => self.rpc_stats(&target, reply),
+            Command::Reboot {
+                target,
+                requested_by,
+                reply,
+            } => self.rpc_reboot(&target, requested_by, reply),
         }
     }
 
@@ -517,6 +536,7 @@ impl EventLoop {
         let now = Instant::now();
         let changes = self.membership.tick(now);
         self.apply_changes(changes);
+        self.drop_strangers(now);
         if self.exit_at.is_none() {
             self.dial_members(now);
             if self.eager_heartbeat_pending {
@@ -607,7 +627,7 @@ impl EventLoop {
         }
     }
 
-    fn addresses_of(&self, id: &PeerId, record: &MemberRecord) -> Vec<Multiaddr> {
+    pub(super) fn addresses_of(&self, id: &PeerId, record: &MemberRecord) -> Vec<Multiaddr> {
         let mut addrs: Vec<Multiaddr> = record
             .addr
             .parse::<HostPort>()
@@ -625,7 +645,7 @@ impl EventLoop {
         addrs
     }
 
-    fn name_of(&self, id: &PeerId) -> String {
+    pub(super) fn name_of(&self, id: &PeerId) -> String {
         self.membership
             .record(id)
             .map_or_else(|| id.to_base58(), |r| r.name.clone())
@@ -633,7 +653,7 @@ impl EventLoop {
 
     /// Writes the member list and statuses to the state file. A failure is logged, not fatal:
     /// the node keeps running on what it knows and tries again at the next change.
-    fn persist(&mut self) {
+    pub(super) fn persist(&mut self) {
         let membership = &self.membership;
         let status_of = |node_id: &str| {
             PeerId::from_str(node_id)
@@ -777,6 +797,8 @@ impl EventLoop {
                 self.suspects.remove(&peer_id);
                 self.redials.remove(&peer_id);
                 self.membership.on_connected(&peer_id);
+                // A joiner needs the connection for its Join; any other stranger gets nothing.
+                self.expire_stranger(peer_id, STRANGER_IDLE_LIMIT);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -845,6 +867,7 @@ impl EventLoop {
                     },
                 ..
             }) => self.on_join_request(peer, request, channel),
+            BehaviourEvent::Rpc(event) => self.on_rpc_event(event),
             BehaviourEvent::Join(request_response::Event::InboundFailure {
                 peer, error, ..
             }) => {

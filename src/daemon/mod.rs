@@ -2,6 +2,7 @@
 //! libp2p Swarm, joined by a bounded command channel with `oneshot` replies.
 
 mod event_loop;
+mod rpc;
 
 use std::time::Duration;
 
@@ -11,8 +12,11 @@ use libp2p::{Swarm, SwarmBuilder, noise, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{self, InviteReport, PeerReport, Request, Response, StatusReport};
+use crate::reboot::RebootAction;
 use crate::state::StateDir;
+use crate::stats::{NodeStats, RebootAccepted};
 use crate::validate::{HostPort, Ttl};
+use constella_behaviours::rpc::PeerInfo;
 
 /// How many commands may wait for the event loop.
 const COMMAND_QUEUE: usize = 32;
@@ -28,9 +32,20 @@ pub enum Command {
     Peers(oneshot::Sender<Vec<PeerReport>>),
     Invite(Ttl, oneshot::Sender<Result<InviteReport, String>>),
     Leave(oneshot::Sender<Result<(), String>>),
+    /// The member list as the node named (name or node id) by the string sees it.
+    PeersOf(String, oneshot::Sender<Result<Vec<PeerInfo>, String>>),
+    /// Resource figures of the node named (name or node id) by the string.
+    Stats(String, oneshot::Sender<Result<NodeStats, String>>),
+    /// Reboot a node.
+    Reboot {
+        target: String,
+        requested_by: String,
+        reply: oneshot::Sender<Result<RebootAccepted, String>>,
+    },
 }
 
-/// A cloneable handle to the running node.
+/// A cloneable handle to the running node (`Clone + Send + Sync`): the control socket and the
+/// Telegram bot use it from their own tasks. Every error is one line for a person to read.
 #[derive(Debug, Clone)]
 pub struct Client {
     commands: mpsc::Sender<Command>,
@@ -48,29 +63,83 @@ impl Client {
             .map_err(|_| "the node is shutting down".to_owned())
     }
 
+    /// The member list as this node sees it, sorted by name, the leader marked.
+    pub async fn peers(&self) -> Result<Vec<PeerReport>, String> {
+        self.ask(Command::Peers).await
+    }
+
+    /// The member list as `target` sees it (`GetPeers`; this node answers itself).
+    pub async fn peers_of(&self, target: &str) -> Result<Vec<PeerInfo>, String> {
+        self.ask(|reply| Command::PeersOf(target.to_owned(), reply))
+            .await?
+    }
+
+    /// This node, its network and its leader.
+    pub async fn status(&self) -> Result<StatusReport, String> {
+        self.ask(Command::Status).await
+    }
+
+    /// A new one-time join link valid for `ttl`.
+    pub async fn invite(&self, ttl: Ttl) -> Result<InviteReport, String> {
+        self.ask(|reply| Command::Invite(ttl, reply)).await?
+    }
+
+    /// Resource figures of `target` (a server name or node id; this node answers itself).
+    /// Fails at once with "no node named X" for an unknown target, and within 5 s with
+    /// "node X is offline" / "node X is unreachable" when it cannot be reached.
+    pub async fn stats(&self, target: &str) -> Result<NodeStats, String> {
+        self.ask(|reply| Command::Stats(target.to_owned(), reply))
+            .await?
+    }
+
+    /// Asks `target` to reboot its host. `Ok` means the target accepted and is about to act;
+    /// `requested_by` is written to the target's log.
+    pub async fn reboot(&self, target: &str, requested_by: &str) -> Result<RebootAccepted, String> {
+        self.ask(|reply| Command::Reboot {
+            target: target.to_owned(),
+            requested_by: requested_by.to_owned(),
+            reply,
+        })
+        .await?
+    }
+
+    /// Leaves the network (tombstone, secret deleted); the daemon stops shortly after.
+    pub async fn leave(&self) -> Result<(), String> {
+        self.ask(Command::Leave).await?
+    }
+
     /// Answers one control request.
     pub async fn handle(&self, request: Request) -> Response {
         let result = match request {
-            Request::Status => self
-                .ask(Command::Status)
-                .await
-                .map(|s| Response::Status(Box::new(s))),
-            Request::Peers => self.ask(Command::Peers).await.map(Response::Peers),
+            Request::Status => self.status().await.map(|s| Response::Status(Box::new(s))),
+            Request::Peers => self.peers().await.map(Response::Peers),
             Request::Invite { ttl_secs } => match format!("{ttl_secs}s").parse::<Ttl>() {
-                Ok(ttl) => self
-                    .ask(|reply| Command::Invite(ttl, reply))
-                    .await
-                    .and_then(|r| r.map(Response::Invite)),
+                Ok(ttl) => self.invite(ttl).await.map(Response::Invite),
                 Err(error) => Err(error),
             },
-            Request::Leave => self
-                .ask(Command::Leave)
+            Request::Leave => self.leave().await.map(|()| Response::Left),
+            Request::PeersOf { target } => self.peers_of(&target).await.map(Response::PeersOf),
+            Request::Stats { target } => self
+                .stats(&target)
                 .await
-                .and_then(|r| r.map(|()| Response::Left)),
+                .map(|s| Response::Stats(Box::new(s))),
+            Request::Reboot {
+                target,
+                requested_by,
+            } => self
+                .reboot(&target, &requested_by)
+                .await
+                .map(Response::RebootAccepted),
         };
         result.unwrap_or_else(Response::Error)
     }
 }
+
+/// The bot and the control socket share the client across tasks.
+const _: () = {
+    const fn shareable<T: Clone + Send + Sync + 'static>() {}
+    shareable::<Client>();
+};
 
 /// Builds a Swarm over TCP + noise + yamux for the given behaviour.
 pub fn build_swarm<B: libp2p::swarm::NetworkBehaviour>(
@@ -106,8 +175,25 @@ pub fn build_swarm<B: libp2p::swarm::NetworkBehaviour>(
         .build())
 }
 
-/// Runs the node until SIGINT/SIGTERM or `leave`.
-pub async fn run(state_dir: StateDir, listen_override: Option<HostPort>) -> Result<()> {
+/// Runs the node until SIGINT/SIGTERM or `leave`. `reboot_command`, if set, replaces the
+/// host reboot that `Reboot` triggers (run with `sh -c`).
+pub async fn run(
+    state_dir: StateDir,
+    listen_override: Option<HostPort>,
+    reboot_command: Option<String>,
+) -> Result<()> {
+    let reboot = match reboot_command {
+        Some(command) if command.trim().is_empty() => bail!(
+            "the reboot command (--reboot-command or CONSTELLA_REBOOT_COMMAND) is empty; unset it to reboot the host"
+        ),
+        Some(command) => RebootAction::Command(command),
+        None => RebootAction::Host,
+    };
+    tracing::info!(
+        action = reboot.describe(),
+        permitted = reboot.permitted(),
+        "reboot requests will run this action"
+    );
     let mut state = state_dir.load()?;
     if state.left {
         bail!(
@@ -149,7 +235,7 @@ pub async fn run(state_dir: StateDir, listen_override: Option<HostPort>) -> Resu
     let control_task = tokio::spawn(control::serve(listener, client));
 
     let event_loop =
-        event_loop::EventLoop::new(swarm, commands_rx, state_dir.clone(), state, secret)?;
+        event_loop::EventLoop::new(swarm, commands_rx, state_dir.clone(), state, secret, reboot)?;
     let result = event_loop.run(shutdown_signal()).await;
     control_task.abort();
     let _ = std::fs::remove_file(state_dir.socket_path());

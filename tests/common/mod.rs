@@ -155,17 +155,32 @@ impl Node {
 
     /// Starts the daemon and waits until it answers on its control socket.
     pub fn start(&mut self) {
+        self.start_with(&[], &[]);
+    }
+
+    /// Like [`Node::start`], with the daemon run through `prefix` (e.g. `setpriv …`) and with
+    /// extra environment variables.
+    pub fn start_with(&mut self, prefix: &[&str], env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "{} already running", self.name);
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(BIN)
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .arg("--state-dir")
             .arg(&self.dir)
             .arg("run")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -216,8 +231,8 @@ impl Node {
     }
 
     /// The daemon's process id.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("not running").id()
     }
 
     /// Asks the daemon over its control socket directly (no CLI process): for measurements
