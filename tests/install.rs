@@ -512,7 +512,28 @@ fn shellcheck_passes_on_every_script() {
 
 /// One sample of every node's `status --json`.
 fn agreed_leader(nodes: &[Installed]) -> Option<String> {
-    let statuses: Vec<serde_json::Value> = nodes.iter().filter_map(Installed::status).collect();
+    sample(nodes).0
+}
+
+/// One sample: the agreed leader's node id, if any, and what each node said (for the report).
+fn sample(nodes: &[Installed]) -> (Option<String>, String) {
+    let answers: Vec<(&str, Option<serde_json::Value>)> = nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.status()))
+        .collect();
+    let said = answers
+        .iter()
+        .map(|(name, status)| match status {
+            Some(s) => format!("{name}→{}", s["leader"]["name"].as_str().unwrap_or("?")),
+            None => format!("{name}→(down)"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let statuses: Vec<serde_json::Value> = answers.into_iter().filter_map(|(_, s)| s).collect();
+    (judge(&statuses), said)
+}
+
+fn judge(statuses: &[serde_json::Value]) -> Option<String> {
     let leader = statuses.first()?["leader"]["node_id"].as_str()?.to_owned();
     let all_agree = statuses
         .iter()
@@ -544,28 +565,38 @@ fn rolling_restart_of_three_nodes_keeps_a_leader() {
             let mut leaderless_samples = 0u32;
             let mut longest = Duration::ZERO;
             let mut since: Option<Instant> = None;
+            let (mut stretch, mut worst) = (Vec::new(), Vec::new());
             let start = Instant::now();
             while !done.load(Ordering::SeqCst) {
                 let at = Instant::now();
-                let agreed = agreed_leader(&fleet.nodes).is_some();
+                let (leader, said) = sample(&fleet.nodes);
+                let agreed = leader.is_some();
                 samples += 1;
                 match (agreed, since) {
                     (false, None) => since = Some(at),
                     (true, Some(from)) => {
-                        longest = longest.max(at - from);
+                        if at - from > longest {
+                            longest = at - from;
+                            worst = std::mem::take(&mut stretch);
+                        }
+                        stretch.clear();
                         since = None;
                     }
                     _ => {}
                 }
                 if !agreed {
                     leaderless_samples += 1;
+                    stretch.push(format!("{:>6} ms: {said}", start.elapsed().as_millis()));
                 }
                 std::thread::sleep(Duration::from_millis(100).saturating_sub(at.elapsed()));
             }
-            if let Some(from) = since {
-                longest = longest.max(from.elapsed());
+            if let Some(from) = since
+                && from.elapsed() > longest
+            {
+                longest = from.elapsed();
+                worst = stretch;
             }
-            (samples, leaderless_samples, longest, start.elapsed())
+            (samples, leaderless_samples, longest, start.elapsed(), worst)
         })
     };
 
@@ -596,7 +627,7 @@ fn rolling_restart_of_three_nodes_keeps_a_leader() {
         .output()
         .unwrap();
     done.store(true, Ordering::SeqCst);
-    let (samples, leaderless, longest, elapsed) = sampler.join().unwrap();
+    let (samples, leaderless, longest, elapsed, worst) = sampler.join().unwrap();
     assert!(out.status.success(), "{}\n{}", text(&out), fleet.logs());
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
@@ -607,6 +638,12 @@ fn rolling_restart_of_three_nodes_keeps_a_leader() {
         longest.as_millis(),
         elapsed.as_millis() / u128::from(samples.max(1)),
     );
+    if !worst.is_empty() {
+        println!("BENCH the longest stretch, what each node named as leader:");
+        for line in &worst {
+            println!("BENCH   {line}");
+        }
+    }
     assert!(stdout.contains("Rolling restart done: 3 nodes"), "{stdout}");
     // The leader went last.
     let order: Vec<&str> = stdout

@@ -44,7 +44,7 @@ const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(30);
 /// goodbye) reaches the peers.
 const LEAVE_DRAIN: Duration = Duration::from_secs(1);
 /// Extra heartbeats sent when peers subscribe are spaced at least this far apart.
-const EAGER_HEARTBEAT_GAP: Duration = Duration::from_millis(200);
+const EAGER_HEARTBEAT_GAP: Duration = Duration::from_millis(100);
 /// How long a connection from a non-member may stay open: long enough for a Join to finish.
 const STRANGER_IDLE_LIMIT: Duration = Duration::from_secs(12);
 /// Used invites and expired ones are forgotten after this long.
@@ -81,10 +81,10 @@ pub(super) struct EventLoop {
     heartbeat_counter: u32,
     /// When a heartbeat was last sent early because a peer subscribed.
     last_eager_heartbeat: Option<Instant>,
-    /// A peer subscribed while the last early heartbeat was too recent: send one at the next
-    /// liveness tick, so a member that subscribes right after another is not left waiting for
-    /// the regular heartbeat (up to two seconds, during which it sees this node offline).
-    eager_heartbeat_pending: bool,
+    /// A peer subscribed while the last early heartbeat was too recent: send one at this
+    /// instant, so a member that subscribes right after another is not left waiting for the
+    /// regular heartbeat (up to two seconds, during which it sees this node offline).
+    eager_heartbeat_at: Option<Instant>,
     leader: PeerId,
     leader_changes: u64,
     /// Members whose last connection closed: a failed redial is evidence they are down.
@@ -164,7 +164,7 @@ impl EventLoop {
             started: now,
             heartbeat_counter: 0,
             last_eager_heartbeat: None,
-            eager_heartbeat_pending: false,
+            eager_heartbeat_at: None,
             leader_changes: 0,
             suspects,
             redials: HashMap::new(),
@@ -210,6 +210,7 @@ impl EventLoop {
         let mut signalled = false;
         loop {
             let exit_at = self.exit_at;
+            let eager_heartbeat_at = self.eager_heartbeat_at.filter(|_| exit_at.is_none());
             let rpc_deadline = self.rpc.next_deadline();
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
@@ -220,6 +221,7 @@ impl EventLoop {
                 _ = heartbeat.tick(), if exit_at.is_none() => self.publish_heartbeat(),
                 _ = liveness.tick() => self.on_liveness_tick(),
                 _ = reconcile.tick(), if exit_at.is_none() => self.publish_roster(),
+                () = sleep_until_opt(eager_heartbeat_at) => self.send_eager_heartbeat(),
                 Some(finished) = self.rpc.next_finished() => self.on_rpc_finished(finished),
                 () = sleep_until_opt(rpc_deadline) => self.on_rpc_deadlines(),
                 () = sleep_until_opt(exit_at) => break,
@@ -429,15 +431,16 @@ impl EventLoop {
     /// An extra heartbeat for peers that just subscribed. Spaced out so that a restart of many
     /// peers at once is not answered by a storm; one asked for too soon is sent later.
     fn send_eager_heartbeat(&mut self) {
-        let due = self
-            .last_eager_heartbeat
-            .is_none_or(|at| at.elapsed() >= EAGER_HEARTBEAT_GAP);
-        if due {
-            self.last_eager_heartbeat = Some(Instant::now());
-            self.eager_heartbeat_pending = false;
-            self.publish_heartbeat();
-        } else {
-            self.eager_heartbeat_pending = true;
+        let now = Instant::now();
+        match self.last_eager_heartbeat {
+            Some(last) if now < last + EAGER_HEARTBEAT_GAP => {
+                self.eager_heartbeat_at = Some(last + EAGER_HEARTBEAT_GAP);
+            }
+            _ => {
+                self.last_eager_heartbeat = Some(now);
+                self.eager_heartbeat_at = None;
+                self.publish_heartbeat();
+            }
         }
     }
 
@@ -539,9 +542,6 @@ impl EventLoop {
         self.drop_strangers(now);
         if self.exit_at.is_none() {
             self.dial_members(now);
-            if self.eager_heartbeat_pending {
-                self.send_eager_heartbeat();
-            }
         }
     }
 
