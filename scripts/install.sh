@@ -418,7 +418,7 @@ RestartSec=2
 # Logs go to the journal: journalctl -u constella. Change the level with
 # \`systemctl edit constella\` and Environment=RUST_LOG=debug.
 
-# The one privilege it needs: reboot(2) for the bot's "reboot" button.
+# The one privilege it keeps, for the bot's "reboot" button (systemctl reboot; reboot(2) if that fails).
 AmbientCapabilities=CAP_SYS_BOOT
 CapabilityBoundingSet=CAP_SYS_BOOT
 NoNewPrivileges=yes
