@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use tracing_appender::non_blocking::WorkerGuard;
 
 /// Used when `RUST_LOG` is unset or invalid.
-pub const DEFAULT_FILTER: &str = "info,libp2p=warn,libp2p_gossipsub=error";
+pub const DEFAULT_FILTER: &str = "info,libp2p=warn";
 /// A log file is closed and a new one started once it passes this size.
 pub const MAX_FILE_BYTES: u64 = 10 * 1024 * 1024;
 /// How many log files are kept (the oldest are deleted).

@@ -263,3 +263,39 @@ fn a_restarted_follower_names_the_networks_leader_from_its_first_answer() {
         "charlie's answers after its restart: {answers:?}"
     );
 }
+
+/// Small networks are where gossipsub's default mesh sizes complain; ours are tuned so that
+/// 2- and 3-node networks run without a warning.
+#[test]
+fn two_and_three_node_networks_log_no_warnings() {
+    for names in [&["alpha", "bravo"][..], &["alpha", "bravo", "charlie"][..]] {
+        let priorities = vec![100; names.len()];
+        let cluster = Cluster::start(names, &priorities, None);
+        let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+        agreed_leader(&nodes, names, AGREE);
+        // Several heartbeats and gossipsub mesh maintenance rounds (1 s each) must pass.
+        wait_for(Duration::from_secs(20), "every node up for 7 s", || {
+            nodes
+                .iter()
+                .all(|n| {
+                    n.status()
+                        .is_some_and(|s| s["uptime_secs"].as_u64() >= Some(7))
+                })
+                .then_some(())
+        });
+        for node in &cluster.nodes {
+            let log = node.log_text();
+            let noisy: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                .collect();
+            assert!(
+                noisy.is_empty(),
+                "{} nodes, {}:\n{}",
+                names.len(),
+                node.name,
+                noisy.join("\n")
+            );
+        }
+    }
+}
