@@ -36,10 +36,10 @@ if [[ ! -x $bin ]]; then
 fi
 
 root=$(mktemp -d "${TMPDIR:-/tmp}/constella-local.XXXXXX")
-declare -a pids names
+declare -a pids
 cleanup() {
     for pid in "${pids[@]:-}"; do
-        [[ -n $pid ]] && kill "$pid" 2>/dev/null || true
+        if [[ -n $pid ]]; then kill "$pid" 2>/dev/null || true; fi
     done
     wait 2>/dev/null || true
     rm -rf "$root"
@@ -82,7 +82,6 @@ leader_name() { cli "$1" peers | grep 'Хост' | awk '{print $2}'; }
 
 echo "Starting $count nodes in $root"
 for i in $(seq 1 "$count"); do
-    names[i]=node-$i
     port=$(( base + i ))
     if (( i == 1 )); then
         cli 1 init --server-name node-1 --public-addr "127.0.0.1:$port" --listen "127.0.0.1:$port" \

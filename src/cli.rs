@@ -22,7 +22,8 @@ pub const DEFAULT_PORT: u16 = 4747;
         Start a network with `init`, print a one-time link with `invite`, add a node with `join`, \
         then keep each node running with `run`. `status` and `peers` ask the running daemon.",
     after_help = "The state directory defaults to /var/lib/constella for root, otherwise \
-        $XDG_STATE_HOME/constella or ~/.local/state/constella. Logs go to stderr; set RUST_LOG \
+        $XDG_STATE_HOME/constella or ~/.local/state/constella. Logs go to stderr (the journal \
+        under systemd), or to rotated files with `run --log-dir DIR`; set RUST_LOG \
         (e.g. RUST_LOG=debug) to change the level."
 )]
 pub struct Cli {
@@ -54,6 +55,9 @@ pub enum Command {
     Stats(StatsArgs),
     /// Reboot a node's host (asked over the network; the target needs root or CAP_SYS_BOOT).
     Reboot(RebootArgs),
+    /// Restart every node of the network one at a time, the leader last, waiting until each is
+    /// alive again on every other node before the next.
+    RollingRestart(RollingRestartArgs),
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +120,10 @@ pub struct RunArgs {
     /// (for testing or a custom procedure). Unset, the host reboots (needs root or CAP_SYS_BOOT).
     #[arg(long, env = "CONSTELLA_REBOOT_COMMAND", value_name = "COMMAND")]
     pub reboot_command: Option<String>,
+    /// Write logs to files in DIR (one per UTC day and per 10 MiB, the newest 14 kept) instead
+    /// of stderr.
+    #[arg(long, env = "CONSTELLA_LOG_DIR", value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +175,37 @@ pub struct LeaveArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Placeholders in both templates: {name}, {host}, {port}, {addr} (host:port) \
+    and {node_id} of the node concerned. The member list comes from the node whose state directory \
+    this runs against (--state-dir, default the local node); every member must be alive.\n\n\
+    Without systemd: --restart-cmd 'ssh root@{host} /path/to/repo/scripts/install.sh restart'."
+)]
+pub struct RollingRestartArgs {
+    /// Shell command that restarts one node.
+    #[arg(
+        long,
+        value_name = "TEMPLATE",
+        default_value = "ssh root@{host} systemctl restart constella"
+    )]
+    pub restart_cmd: String,
+    /// Shell command that runs `constella` against one node; `status --json` and
+    /// `peers --json` are appended.
+    #[arg(
+        long,
+        value_name = "TEMPLATE",
+        default_value = "ssh root@{host} constella"
+    )]
+    pub ctl: String,
+    /// Seconds a restarted node may take to be alive again on every node.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub timeout: u64,
+    /// Print the plan and restart nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// The listen address: the one given, or all interfaces on `port`.

@@ -86,6 +86,9 @@ pub struct StatusReport {
     pub alive: usize,
     pub offline: usize,
     pub uptime_secs: u64,
+    /// Bumped at every start of the daemon: tells a restarted process from the old one.
+    #[serde(default)]
+    pub incarnation: u32,
     pub listen_addrs: Vec<String>,
     pub connected_peers: usize,
     pub rejected_gossip: Rejections,

@@ -6,8 +6,10 @@ mod control;
 mod daemon;
 mod join;
 mod link;
+mod logging;
 mod output;
 mod reboot;
+mod rolling;
 mod state;
 mod stats;
 mod validate;
@@ -26,7 +28,18 @@ use crate::state::{LocalNode, NetworkState, STATE_FORMAT, StateDir, StoredSecret
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let log_dir = match &cli.command {
+        Command::Run(args) => args.log_dir.as_deref(),
+        _ => None,
+    };
+    // Held until the end of main: dropping it flushes the log file.
+    let _log_guard = match logging::init(&logging::Destination::choose(log_dir)) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -45,17 +58,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,libp2p=warn,libp2p_gossipsub=error")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 async fn dispatch(cli: Cli) -> Result<()> {
@@ -166,6 +168,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 other => unexpected(other),
             }
         }
+        Command::RollingRestart(args) => rolling::run(&state_dir, args).await,
         Command::Leave(args) => {
             let network = state_dir.load()?.network_id;
             if !args.yes

@@ -160,3 +160,145 @@ fn sigterm_stops_cleanly_and_peers_see_it_offline() {
             .then_some(())
     });
 }
+
+#[test]
+fn sigterm_on_the_leader_says_goodbye_and_the_others_re_elect_at_once() {
+    let mut cluster = Cluster::start(&["alpha", "bravo", "charlie"], &[1, 2, 3], None);
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(
+        agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE),
+        "alpha"
+    );
+    // SIGTERM, then ask alpha for its leader until it is gone: during its last second it has
+    // stood down and names the next leader, like its peers.
+    let pid = cluster.node("alpha").pid();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let mut last_answer = None;
+    while let Some(status) = cluster.node("alpha").status() {
+        last_answer = Some(status);
+    }
+    let last_answer = last_answer.expect("alpha answered during its stop");
+    assert_eq!(last_answer["leader"]["name"], "bravo", "{last_answer}");
+    assert_eq!(last_answer["is_leader"], false);
+    assert!(cluster.node_mut("alpha").wait_exit().success());
+    let survivors: Vec<&Node> = cluster.nodes[1..].iter().collect();
+    let next = agreed_leader_without(
+        &survivors,
+        &["bravo", "charlie"],
+        &["alpha"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(next, "bravo", "{}", cluster.dump_logs());
+    // Marked offline because of the goodbye, not because the connection closed or heartbeats
+    // stopped (those give reason=Unreachable or HeartbeatTimeout).
+    assert!(
+        cluster.node("alpha").log_text().contains("said goodbye"),
+        "{}",
+        cluster.dump_logs()
+    );
+    for node in &cluster.nodes[1..] {
+        let log = node.log_text();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("member offline node=alpha") && l.contains("reason=Goodbye")),
+            "{} did not take alpha's goodbye:\n{}",
+            node.name,
+            cluster.dump_logs()
+        );
+    }
+    // The goodbye was authenticated and accepted, not refused.
+    let status = cluster.node("bravo").status().unwrap();
+    assert_eq!(status["rejected_gossip"]["malformed"], 0);
+}
+
+#[test]
+fn a_restarted_follower_names_the_networks_leader_from_its_first_answer() {
+    let mut cluster = Cluster::start(&["alpha", "bravo", "charlie"], &[1, 100, 100], None);
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(
+        agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE),
+        "alpha"
+    );
+    assert!(cluster.node_mut("charlie").stop().success());
+    // Ask charlie for its leader as fast as possible from before it starts until it settles.
+    let dir = cluster.node("charlie").dir.clone();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asker = {
+        let done = std::sync::Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let out = std::process::Command::new(common::BIN)
+                    .arg("--state-dir")
+                    .arg(&dir)
+                    .args(["status", "--json"])
+                    .env("RUST_LOG", "off")
+                    .output()
+                    .unwrap();
+                if out.status.success() {
+                    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                    answers.push(status["leader"]["name"].as_str().unwrap().to_owned());
+                }
+            }
+            answers
+        })
+    };
+    cluster.node_mut("charlie").start();
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(
+        agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE),
+        "alpha"
+    );
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answers = asker.join().unwrap();
+    assert!(!answers.is_empty());
+    // It took the members it last saw alive for alive instead of electing itself until it
+    // heard them: no answer ever named charlie.
+    assert!(
+        answers.iter().all(|leader| leader == "alpha"),
+        "charlie's answers after its restart: {answers:?}"
+    );
+}
+
+/// Small networks are where gossipsub's default mesh sizes complain; ours are tuned so that
+/// 2- and 3-node networks run without a warning.
+#[test]
+fn two_and_three_node_networks_log_no_warnings() {
+    for names in [&["alpha", "bravo"][..], &["alpha", "bravo", "charlie"][..]] {
+        let priorities = vec![100; names.len()];
+        let cluster = Cluster::start(names, &priorities, None);
+        let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+        agreed_leader(&nodes, names, AGREE);
+        // Several heartbeats and gossipsub mesh maintenance rounds (1 s each) must pass.
+        wait_for(Duration::from_secs(20), "every node up for 7 s", || {
+            nodes
+                .iter()
+                .all(|n| {
+                    n.status()
+                        .is_some_and(|s| s["uptime_secs"].as_u64() >= Some(7))
+                })
+                .then_some(())
+        });
+        for node in &cluster.nodes {
+            let log = node.log_text();
+            let noisy: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                // These networks have no bot token: issue 5 asks for exactly this one warning
+                // (tests/bot.rs checks that it is logged once).
+                .filter(|l| !l.contains("the bot is off"))
+                .collect();
+            assert!(
+                noisy.is_empty(),
+                "{} nodes, {}:\n{}",
+                names.len(),
+                node.name,
+                noisy.join("\n")
+            );
+        }
+    }
+}

@@ -15,7 +15,11 @@ const GOSSIP_MAC_DOMAIN: &[u8] = b"constella/gossip/v1\0";
 
 /// Version of the gossip wire format and heartbeat semantics. Nodes accept messages whose
 /// version differs from theirs by at most one (see docs/protocol.md).
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// - 1: heartbeats and member lists.
+/// - 2: adds [`Goodbye`]. A version-1 node cannot decode it and refuses it as malformed, which
+///   is harmless: it then learns of the stop from the closed connection or missed heartbeats.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Upper bound on an encoded envelope; anything larger is refused before decoding.
 pub const MAX_GOSSIP_BYTES: usize = 256 * 1024;
@@ -42,6 +46,26 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     /// The incarnation half of the sequence number.
+    pub fn incarnation(&self) -> u32 {
+        (self.seq >> 32) as u32
+    }
+}
+
+/// A goodbye: "I am stopping now", published once by a member that shuts down (SIGTERM) without
+/// leaving the network. Receivers mark it offline at once and re-elect, instead of waiting for
+/// missed heartbeats; it stays a member and is alive again with its next incarnation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Goodbye {
+    /// The sender's PeerId (base58).
+    pub node_id: String,
+    /// In the sender's heartbeat sequence (`incarnation << 32 | counter`), after its last
+    /// heartbeat: a replayed goodbye is refused like a replayed heartbeat, and a heartbeat of the
+    /// same incarnation relayed late cannot revive the node.
+    pub seq: u64,
+}
+
+impl Goodbye {
+    /// The incarnation that is stopping.
     pub fn incarnation(&self) -> u32 {
         (self.seq >> 32) as u32
     }
@@ -82,6 +106,8 @@ pub enum GossipBody {
     Roster(RosterUpdate),
     /// See [`SettingsUpdate`].
     Settings(SettingsUpdate),
+    /// See [`Goodbye`] (protocol version 2).
+    Goodbye(Goodbye),
 }
 
 impl GossipBody {
@@ -91,6 +117,7 @@ impl GossipBody {
             GossipBody::Heartbeat(hb) => &hb.node_id,
             GossipBody::Roster(roster) => &roster.from,
             GossipBody::Settings(settings) => &settings.from,
+            GossipBody::Goodbye(goodbye) => &goodbye.node_id,
         }
     }
 }
@@ -121,10 +148,15 @@ pub enum GossipError {
 
 /// Encodes and authenticates a body for publishing.
 pub fn seal(secret: &NetworkSecret, body: &GossipBody) -> Vec<u8> {
+    seal_as(PROTOCOL_VERSION, secret, body)
+}
+
+/// [`seal`] with an explicit envelope version (tests of the compatibility rule).
+fn seal_as(version: u32, secret: &NetworkSecret, body: &GossipBody) -> Vec<u8> {
     let body = to_cbor(body);
     let mac = secret.mac(GOSSIP_MAC_DOMAIN, &body).to_vec();
     to_cbor(&Envelope {
-        v: PROTOCOL_VERSION,
+        v: version,
         body,
         mac,
     })
@@ -184,6 +216,39 @@ mod tests {
             unreachable!()
         };
         assert_eq!(hb.incarnation(), 3);
+    }
+
+    #[test]
+    fn goodbye_round_trip() {
+        let secret = NetworkSecret::from_bytes([7; 32]);
+        let goodbye = GossipBody::Goodbye(Goodbye {
+            node_id: "12D3KooWexample".into(),
+            seq: (5 << 32) | 9,
+        });
+        assert_eq!(open(&secret, &seal(&secret, &goodbye)), Ok(goodbye.clone()));
+        assert_eq!(goodbye.author(), "12D3KooWexample");
+        let GossipBody::Goodbye(g) = goodbye else {
+            unreachable!()
+        };
+        assert_eq!(g.incarnation(), 5);
+    }
+
+    #[test]
+    fn versions_one_apart_are_accepted_and_further_ones_refused() {
+        let secret = NetworkSecret::from_bytes([7; 32]);
+        for version in [PROTOCOL_VERSION - 1, PROTOCOL_VERSION, PROTOCOL_VERSION + 1] {
+            assert_eq!(
+                open(&secret, &seal_as(version, &secret, &heartbeat())),
+                Ok(heartbeat()),
+                "version {version}"
+            );
+        }
+        for version in [PROTOCOL_VERSION - 2, PROTOCOL_VERSION + 2] {
+            assert_eq!(
+                open(&secret, &seal_as(version, &secret, &heartbeat())),
+                Err(GossipError::IncompatibleVersion(version))
+            );
+        }
     }
 
     #[test]

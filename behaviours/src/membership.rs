@@ -12,6 +12,15 @@
 //! - Faster evidence (its connection closed and a redial failed) marks it offline at once. A
 //!   heartbeat of that same incarnation relayed late by another node does not revive it; a
 //!   direct connection or a restarted incarnation does.
+//! - A node restarting from its state file starts with the members it last saw alive assumed
+//!   alive ([`Membership::assume_alive`]): it then agrees with the rest of the network on the
+//!   leader from its first moment instead of electing itself until the first heartbeats arrive;
+//!   silence or a failed dial marks them offline as usual.
+//! - A node that is stopping stands down ([`Membership::stand_down`]): it no longer elects
+//!   itself, so during its last moments it names the same leader as everyone else.
+//! - A goodbye (the member says it is stopping) marks it offline at once. Its sequence number
+//!   follows the member's last heartbeat, so nothing of that incarnation can revive it; its next
+//!   incarnation's first heartbeat does.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -19,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
-use crate::gossip::{Heartbeat, MemberRecord};
+use crate::gossip::{Goodbye, Heartbeat, MemberRecord};
 use crate::leader::{LeaderKey, elect};
 
 /// Heartbeats are published this often.
@@ -53,6 +62,8 @@ pub enum OfflineReason {
     HeartbeatTimeout,
     /// Its connection closed and it could not be dialled again.
     Unreachable,
+    /// It said goodbye: it is stopping (SIGTERM, a restart).
+    Goodbye,
 }
 
 /// Something that changed in the membership.
@@ -68,7 +79,7 @@ pub enum Change {
     Offline(PeerId, OfflineReason),
 }
 
-/// Why a heartbeat was refused.
+/// Why a heartbeat or a goodbye was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HeartbeatRejection {
     /// The sender is not a current member.
@@ -138,6 +149,8 @@ pub struct Membership {
     local: PeerId,
     entries: BTreeMap<PeerId, Entry>,
     offline_after: Duration,
+    /// Set when this node is stopping: it is no longer a leader candidate.
+    standing_down: bool,
 }
 
 impl Membership {
@@ -148,6 +161,7 @@ impl Membership {
             local,
             entries: BTreeMap::new(),
             offline_after,
+            standing_down: false,
         };
         for record in records {
             let Ok(id) = PeerId::from_str(&record.node_id) else {
@@ -222,10 +236,16 @@ impl Membership {
             .collect()
     }
 
-    /// The alive member with the smallest [`LeaderKey`]. This node is always a candidate.
+    /// The alive member with the smallest [`LeaderKey`]. This node is a candidate unless it
+    /// stands down; if it stands down and nobody else is alive, it is still the answer.
     pub fn leader(&self) -> PeerId {
         let alive = self.entries.iter().filter(|(id, entry)| {
-            !entry.record.left && (**id == self.local || entry.liveness.status == Status::Alive)
+            let candidate = if **id == self.local {
+                !self.standing_down
+            } else {
+                entry.liveness.status == Status::Alive
+            };
+            !entry.record.left && candidate
         });
         let keys = alive.map(|(id, entry)| LeaderKey {
             priority: entry.record.priority,
@@ -292,6 +312,48 @@ impl Membership {
             return Ok(Some(Change::Alive(id)));
         }
         Ok(None)
+    }
+
+    /// Takes an authenticated goodbye whose gossipsub signer is `goodbye.node_id`: the member is
+    /// offline now, until a heartbeat with a higher sequence number (its next incarnation).
+    pub fn on_goodbye(&mut self, goodbye: &Goodbye) -> Result<Option<Change>, HeartbeatRejection> {
+        let id = PeerId::from_str(&goodbye.node_id).map_err(|_| HeartbeatRejection::NonMember)?;
+        if id == self.local {
+            return Ok(None);
+        }
+        let entry = self
+            .entries
+            .get_mut(&id)
+            .filter(|entry| !entry.record.left)
+            .ok_or(HeartbeatRejection::NonMember)?;
+        let live = &mut entry.liveness;
+        if goodbye.seq <= live.last_seq {
+            return Err(HeartbeatRejection::Replay);
+        }
+        live.last_seq = goodbye.seq;
+        live.evidence_incarnation = Some(goodbye.incarnation());
+        if live.status == Status::Offline {
+            return Ok(None);
+        }
+        live.status = Status::Offline;
+        Ok(Some(Change::Offline(id, OfflineReason::Goodbye)))
+    }
+
+    /// Treats `peer` as alive as of `now` without a heartbeat (it was alive when this node last
+    /// stopped). It goes offline after `offline_after` of silence like any member.
+    pub fn assume_alive(&mut self, peer: &PeerId, now: Instant) {
+        if *peer == self.local {
+            return;
+        }
+        if let Some(entry) = self.entries.get_mut(peer).filter(|e| !e.record.left) {
+            entry.liveness.status = Status::Alive;
+            entry.liveness.last_heard = Some(now);
+        }
+    }
+
+    /// This node is stopping: from now on it does not elect itself.
+    pub fn stand_down(&mut self) {
+        self.standing_down = true;
     }
 
     /// A direct connection to `peer` is up: evidence against it no longer holds.
@@ -534,6 +596,102 @@ mod tests {
             m.on_heartbeat(&heartbeat(b, 4, 1), false, now),
             Ok(Some(Change::Alive(b)))
         );
+    }
+
+    #[test]
+    fn goodbye_is_offline_at_once_until_the_next_incarnation() {
+        let (mut m, _, b, _) = three();
+        let now = Instant::now();
+        m.on_heartbeat(&heartbeat(b, 3, 7), true, now).unwrap();
+        let goodbye = Goodbye {
+            node_id: b.to_base58(),
+            seq: (3 << 32) | 8,
+        };
+        assert_eq!(
+            m.on_goodbye(&goodbye),
+            Ok(Some(Change::Offline(b, OfflineReason::Goodbye)))
+        );
+        assert_eq!(m.status(&b), Some(Status::Offline));
+        // Replayed: refused, and no change.
+        assert_eq!(m.on_goodbye(&goodbye), Err(HeartbeatRejection::Replay));
+        // A heartbeat of the stopping incarnation (sent before the goodbye, relayed late) is old.
+        assert_eq!(
+            m.on_heartbeat(&heartbeat(b, 3, 7), true, now),
+            Err(HeartbeatRejection::Replay)
+        );
+        assert_eq!(m.status(&b), Some(Status::Offline));
+        // An old goodbye cannot take down the restarted node.
+        assert_eq!(
+            m.on_heartbeat(&heartbeat(b, 4, 1), true, now),
+            Ok(Some(Change::Alive(b)))
+        );
+        assert_eq!(m.on_goodbye(&goodbye), Err(HeartbeatRejection::Replay));
+        assert_eq!(m.status(&b), Some(Status::Alive));
+        // Strangers cannot say goodbye for anyone.
+        let stranger = PeerId::random();
+        assert_eq!(
+            m.on_goodbye(&Goodbye {
+                node_id: stranger.to_base58(),
+                seq: u64::MAX
+            }),
+            Err(HeartbeatRejection::NonMember)
+        );
+    }
+
+    #[test]
+    fn the_leader_saying_goodbye_hands_over_at_once() {
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let mut m = Membership::new(
+            a,
+            vec![record(a, "a", 50), record(b, "b", 10), record(c, "c", 20)],
+            OFFLINE_AFTER,
+        );
+        let now = Instant::now();
+        m.on_heartbeat(&heartbeat(b, 1, 1), true, now).unwrap();
+        m.on_heartbeat(&heartbeat(c, 1, 1), true, now).unwrap();
+        assert_eq!(m.leader(), b);
+        m.on_goodbye(&Goodbye {
+            node_id: b.to_base58(),
+            seq: (1 << 32) | 2,
+        })
+        .unwrap();
+        assert_eq!(m.leader(), c, "no waiting for missed heartbeats");
+    }
+
+    #[test]
+    fn assumed_alive_members_lead_until_silence_and_a_stopping_node_stands_down() {
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let mut m = Membership::new(
+            a,
+            vec![record(a, "a", 50), record(b, "b", 10), record(c, "c", 20)],
+            OFFLINE_AFTER,
+        );
+        let t0 = Instant::now();
+        assert_eq!(m.leader(), a, "nobody else is known alive yet");
+        m.assume_alive(&b, t0);
+        m.assume_alive(&c, t0);
+        assert_eq!(m.leader(), b, "restarted: agrees with the network at once");
+        // b's restarted incarnation is heard; c stays silent and goes offline in time.
+        m.on_heartbeat(&heartbeat(b, 2, 1), true, t0 + Duration::from_secs(3))
+            .unwrap();
+        assert_eq!(
+            m.tick(t0 + OFFLINE_AFTER),
+            vec![Change::Offline(c, OfflineReason::HeartbeatTimeout)]
+        );
+        assert_eq!(m.leader(), b);
+        // Stopping: a names b even though a would beat the now-offline c.
+        m.on_goodbye(&Goodbye {
+            node_id: b.to_base58(),
+            seq: (2 << 32) | 2,
+        })
+        .unwrap();
+        assert_eq!(m.leader(), a);
+        m.assume_alive(&c, t0 + OFFLINE_AFTER);
+        m.stand_down();
+        assert_eq!(m.leader(), c);
+        // Standing down with nobody else alive: still a itself (there is no one else to name).
+        m.tick(t0 + OFFLINE_AFTER * 3);
+        assert_eq!(m.leader(), a);
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use constella_behaviours::gossip::{self, GossipBody, Heartbeat, MemberRecord, RosterUpdate};
+use constella_behaviours::gossip::{
+    self, Goodbye, GossipBody, Heartbeat, MemberRecord, RosterUpdate,
+};
 use constella_behaviours::join::{JoinAccepted, JoinRefusal, JoinRequest, JoinResponse};
 use constella_behaviours::membership::{
     Change, HEARTBEAT_INTERVAL, HeartbeatRejection, Membership, OFFLINE_AFTER, Status,
@@ -40,10 +42,11 @@ const LIVENESS_TICK: Duration = Duration::from_millis(250);
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 /// Longest wait between two dials of an unreachable member.
 const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(30);
-/// How long `leave` keeps the loop running so the goodbye reaches the peers.
+/// How long `leave` and a graceful stop keep the loop running so the last message (tombstone or
+/// goodbye) reaches the peers.
 const LEAVE_DRAIN: Duration = Duration::from_secs(1);
 /// Extra heartbeats sent when peers subscribe are spaced at least this far apart.
-const EAGER_HEARTBEAT_GAP: Duration = Duration::from_millis(200);
+const EAGER_HEARTBEAT_GAP: Duration = Duration::from_millis(100);
 /// How long a connection from a non-member may stay open: long enough for a Join to finish.
 const STRANGER_IDLE_LIMIT: Duration = Duration::from_secs(12);
 /// Used invites and expired ones are forgotten after this long.
@@ -52,6 +55,15 @@ const INVITE_RETENTION_SECS: u64 = 7 * 24 * 3600;
 /// once every member answered or this long has passed (two heartbeats), so a restarted node
 /// does not briefly poll the bot next to the real leader.
 const LEADERSHIP_SETTLE: Duration = Duration::from_secs(4);
+
+/// Why the loop is draining before it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// `leave`: the tombstone went out and the secret is deleted; the state is already saved.
+    Leave,
+    /// SIGTERM/SIGINT: the goodbye went out; the node stays a member and saves its state.
+    Stop,
+}
 
 /// When to dial a disconnected member next.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +87,10 @@ pub(super) struct EventLoop {
     heartbeat_counter: u32,
     /// When a heartbeat was last sent early because a peer subscribed.
     last_eager_heartbeat: Option<Instant>,
+    /// A peer subscribed while the last early heartbeat was too recent: send one at this
+    /// instant, so a member that subscribes right after another is not left waiting for the
+    /// regular heartbeat (up to two seconds, during which it sees this node offline).
+    eager_heartbeat_at: Option<Instant>,
     leader: PeerId,
     leader_changes: u64,
     /// Members whose last connection closed: a failed redial is evidence they are down.
@@ -83,8 +99,10 @@ pub(super) struct EventLoop {
     /// Remote address of the latest connection of each peer (for joiners without --public-addr).
     remote_addrs: HashMap<PeerId, Multiaddr>,
     rejections: Rejections,
-    /// Set by `leave`: stop at this instant, once the goodbye had time to go out.
+    /// Set by `leave` or a graceful stop: exit at this instant, once the last message had time
+    /// to go out.
     exit_at: Option<Instant>,
+    exit: Exit,
     kad_protocol: libp2p::StreamProtocol,
     /// Leadership, settings and notices for the bot.
     signals: Signals,
@@ -92,6 +110,8 @@ pub(super) struct EventLoop {
     reported_offline: HashSet<PeerId>,
     /// Set once every member answered, or `LEADERSHIP_SETTLE` after the start, and kept.
     settled: bool,
+    /// Set by a graceful stop (goodbye): this node hands over without announcing it.
+    standing_down: bool,
     /// Calls in flight and the reboot action.
     pub(super) rpc: Rpc,
 }
@@ -130,9 +150,21 @@ impl EventLoop {
             .gossipsub
             .subscribe(&topic)
             .context("cannot subscribe to the gossip topic")?;
-        let membership = Membership::new(local_id, state.records(), OFFLINE_AFTER);
-        let kad_protocol = kad_protocol(&state.network_id)?;
+        let mut membership = Membership::new(local_id, state.records(), OFFLINE_AFTER);
         let now = Instant::now();
+        // Members alive when this node last stopped are assumed still alive (a restart in a
+        // running network), so it names the network's leader at once instead of itself. Dials
+        // start at once below; a refused one marks the member offline (it is a suspect).
+        let mut suspects = HashSet::new();
+        for peer in state.peers.iter().filter(|p| p.status == "alive") {
+            if let Ok(id) = PeerId::from_str(&peer.node_id)
+                && id != local_id
+            {
+                membership.assume_alive(&id, now);
+                suspects.insert(id);
+            }
+        }
+        let kad_protocol = kad_protocol(&state.network_id)?;
         let mut event_loop = Self {
             swarm,
             commands,
@@ -147,16 +179,19 @@ impl EventLoop {
             started: now,
             heartbeat_counter: 0,
             last_eager_heartbeat: None,
+            eager_heartbeat_at: None,
             leader_changes: 0,
-            suspects: HashSet::new(),
+            suspects,
             redials: HashMap::new(),
             remote_addrs: HashMap::new(),
             rejections: Rejections::default(),
             exit_at: None,
+            exit: Exit::Stop,
             kad_protocol,
             signals,
             reported_offline: HashSet::new(),
             settled: false,
+            standing_down: false,
             rpc: Rpc::new(reboot),
         };
         for (id, record) in event_loop.membership.remote_members() {
@@ -192,8 +227,10 @@ impl EventLoop {
         }
         tokio::pin!(shutdown);
         self.publish_leadership();
+        let mut signalled = false;
         loop {
             let exit_at = self.exit_at;
+            let eager_heartbeat_at = self.eager_heartbeat_at.filter(|_| exit_at.is_none());
             let rpc_deadline = self.rpc.next_deadline();
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
@@ -207,18 +244,55 @@ impl EventLoop {
                     self.publish_roster();
                     self.publish_settings();
                 }
+                () = sleep_until_opt(eager_heartbeat_at) => self.send_eager_heartbeat(),
                 Some(finished) = self.rpc.next_finished() => self.on_rpc_finished(finished),
                 () = sleep_until_opt(rpc_deadline) => self.on_rpc_deadlines(),
-                () = sleep_until_opt(exit_at) => {
-                    info!("left the network; stopping");
-                    return Ok(());
+                () = sleep_until_opt(exit_at) => break,
+                () = &mut shutdown, if !signalled => {
+                    signalled = true;
+                    if exit_at.is_none() && !self.say_goodbye() {
+                        break;
+                    }
                 }
-                () = &mut shutdown => break,
             }
         }
-        self.persist();
-        info!("node stopped");
+        match self.exit {
+            Exit::Leave => info!("left the network; stopping"),
+            Exit::Stop => {
+                self.persist();
+                info!("node stopped");
+            }
+        }
         Ok(())
+    }
+
+    /// Tells the peers this node is stopping so they re-elect at once, and schedules the exit
+    /// after [`LEAVE_DRAIN`]. Returns false when no peer is connected: nothing to wait for.
+    fn say_goodbye(&mut self) -> bool {
+        let goodbye = Goodbye {
+            node_id: self.local_id.to_base58(),
+            seq: self.next_seq(),
+        };
+        self.exit = Exit::Stop;
+        // Set before the election below, so the bot stops without announcing a handover (the
+        // next leader announces it).
+        self.standing_down = true;
+        // From now on this node names the next leader, as its peers will once they read this.
+        self.membership.stand_down();
+        self.elect();
+        if self.swarm.connected_peers().next().is_none() {
+            return false;
+        }
+        self.publish(GossipBody::Goodbye(goodbye));
+        info!("said goodbye to the peers; stopping");
+        self.exit_at = Some(Instant::now() + LEAVE_DRAIN);
+        true
+    }
+
+    /// The next number of this node's heartbeat sequence (`incarnation << 32 | counter`).
+    fn next_seq(&mut self) -> u64 {
+        self.heartbeat_counter = self.heartbeat_counter.wrapping_add(1);
+        (u64::from(self.state.node.incarnation) << 32) | u64::from(self.heartbeat_counter)
     }
 
     // ---- commands ----
@@ -268,6 +342,7 @@ impl EventLoop {
             alive,
             offline: view.len() - alive,
             uptime_secs: self.started.elapsed().as_secs(),
+            incarnation: self.state.node.incarnation,
             listen_addrs: self.swarm.listeners().map(ToString::to_string).collect(),
             connected_peers: self.swarm.connected_peers().count(),
             rejected_gossip: self.rejections.clone(),
@@ -362,6 +437,7 @@ impl EventLoop {
         self.state = next;
         info!(network = %self.state.network_id, "left the network; the network secret was deleted");
         let _ = reply.send(Ok(()));
+        self.exit = Exit::Leave;
         self.exit_at = Some(Instant::now() + LEAVE_DRAIN);
         self.publish_leadership();
     }
@@ -402,7 +478,7 @@ impl EventLoop {
         let next = Leadership {
             is_local: self.leader == self.local_id && self.settled && self.exit_at.is_none(),
             leader_name: self.name_of(&self.leader),
-            leaving: self.exit_at.is_some(),
+            leaving: self.exit_at.is_some() || self.standing_down,
         };
         self.signals.leadership.send_if_modified(|current| {
             let changed = *current != next;
@@ -443,7 +519,7 @@ impl EventLoop {
     }
 
     fn publish_heartbeat(&mut self) {
-        self.heartbeat_counter = self.heartbeat_counter.wrapping_add(1);
+        let seq = self.next_seq();
         let mut addrs: Vec<String> = vec![self.public_addr.to_string()];
         addrs.extend(self.swarm.listeners().map(ToString::to_string));
         addrs.dedup();
@@ -452,11 +528,29 @@ impl EventLoop {
             name: self.state.node.name.clone(),
             priority: self.state.node.priority,
             addrs,
-            seq: (u64::from(self.state.node.incarnation) << 32) | u64::from(self.heartbeat_counter),
+            seq,
             protocol_version: gossip::PROTOCOL_VERSION,
             uptime_secs: self.started.elapsed().as_secs(),
         };
         self.publish(GossipBody::Heartbeat(heartbeat));
+    }
+
+    /// An extra heartbeat for peers that just subscribed. Spaced out so that a restart of many
+    /// peers at once is not answered by a storm; one asked for too soon is sent later.
+    fn send_eager_heartbeat(&mut self) {
+        let now = Instant::now();
+        match self.last_eager_heartbeat {
+            Some(last) if now < last + EAGER_HEARTBEAT_GAP => {
+                self.eager_heartbeat_at = Some(last + EAGER_HEARTBEAT_GAP);
+            }
+            _ => {
+                self.last_eager_heartbeat = Some(now);
+                self.eager_heartbeat_at = None;
+                self.publish_heartbeat();
+                // A restarted member may have missed settings changes while it was down.
+                self.publish_settings();
+            }
+        }
     }
 
     fn publish_roster(&mut self) {
@@ -534,6 +628,17 @@ impl EventLoop {
                 self.apply_changes(changes);
             }
             GossipBody::Settings(update) => self.merge_settings(&update.settings, false),
+            GossipBody::Goodbye(goodbye) => match self.membership.on_goodbye(&goodbye) {
+                Ok(change) => self.apply_changes(change.into_iter().collect()),
+                Err(HeartbeatRejection::Replay) => {
+                    self.rejections.replay += 1;
+                    return Err("replayed sequence number");
+                }
+                Err(HeartbeatRejection::NonMember) => {
+                    self.rejections.non_member += 1;
+                    return Err("not a member");
+                }
+            },
         }
         Ok(())
     }
@@ -877,18 +982,11 @@ impl EventLoop {
             }) => {
                 self.on_gossip(propagation_source, message_id, message);
             }
-            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. }) => {
-                // A (re)started member: tell it at once that we are alive.
-                // Spaced out so that a restart of many peers at once is not answered by a storm.
-                let due = self
-                    .last_eager_heartbeat
-                    .is_none_or(|at| at.elapsed() >= EAGER_HEARTBEAT_GAP);
-                if self.membership.is_member(&peer_id) && self.exit_at.is_none() && due {
-                    self.last_eager_heartbeat = Some(Instant::now());
-                    self.publish_heartbeat();
-                    // It may have missed settings changes while it was down.
-                    self.publish_settings();
-                }
+            // A (re)started member: tell it at once that we are alive.
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. })
+                if self.membership.is_member(&peer_id) && self.exit_at.is_none() =>
+            {
+                self.send_eager_heartbeat();
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
                 if info.protocols.contains(&self.kad_protocol)
