@@ -508,6 +508,20 @@ fn a_better_node_takes_the_bot_over_within_a_second() {
             .any(|p| p.node == "alpha" && p.started > stopping)
             .then_some(())
     });
+    // The owner hears of the handover once, from the new leader; the stopping one is silent.
+    let notice = cluster.or_logs(|| {
+        fake.wait_message(ANSWER, "the handover notice", OWNER_ID, |m| {
+            m.text.contains("Хост сменился: bravo → alpha")
+        })
+    });
+    assert_eq!(notice.sent_by, "alpha");
+    // bravo has exited: whatever it sent is already recorded.
+    let notices: Vec<BotMessage> = fake
+        .messages_to(OWNER_ID)
+        .into_iter()
+        .filter(|m| m.text.contains("Хост сменился"))
+        .collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
 }
 
 #[test]
