@@ -276,15 +276,15 @@ impl Membership {
         view
     }
 
-    /// Takes an authenticated heartbeat whose gossipsub signer is `hb.node_id`. `connected`
-    /// says whether this node has a direct connection to the sender right now.
-    pub fn on_heartbeat(
+    /// The common gate of heartbeats and goodbyes: the sender must be a current member and
+    /// `seq` newer than anything it sent before, which is then recorded. `None` for this node's
+    /// own messages (ignored).
+    fn accept_seq(
         &mut self,
-        hb: &Heartbeat,
-        connected: bool,
-        now: Instant,
-    ) -> Result<Option<Change>, HeartbeatRejection> {
-        let id = PeerId::from_str(&hb.node_id).map_err(|_| HeartbeatRejection::NonMember)?;
+        node_id: &str,
+        seq: u64,
+    ) -> Result<Option<(PeerId, &mut Liveness)>, HeartbeatRejection> {
+        let id = PeerId::from_str(node_id).map_err(|_| HeartbeatRejection::NonMember)?;
         if id == self.local {
             return Ok(None);
         }
@@ -294,10 +294,24 @@ impl Membership {
             .filter(|entry| !entry.record.left)
             .ok_or(HeartbeatRejection::NonMember)?;
         let live = &mut entry.liveness;
-        if hb.seq <= live.last_seq {
+        if seq <= live.last_seq {
             return Err(HeartbeatRejection::Replay);
         }
-        live.last_seq = hb.seq;
+        live.last_seq = seq;
+        Ok(Some((id, live)))
+    }
+
+    /// Takes an authenticated heartbeat whose gossipsub signer is `hb.node_id`. `connected`
+    /// says whether this node has a direct connection to the sender right now.
+    pub fn on_heartbeat(
+        &mut self,
+        hb: &Heartbeat,
+        connected: bool,
+        now: Instant,
+    ) -> Result<Option<Change>, HeartbeatRejection> {
+        let Some((id, live)) = self.accept_seq(&hb.node_id, hb.seq)? else {
+            return Ok(None);
+        };
         live.uptime_secs = Some(hb.uptime_secs);
         live.protocol_version = Some(hb.protocol_version);
         live.addrs.clone_from(&hb.addrs);
@@ -317,20 +331,9 @@ impl Membership {
     /// Takes an authenticated goodbye whose gossipsub signer is `goodbye.node_id`: the member is
     /// offline now, until a heartbeat with a higher sequence number (its next incarnation).
     pub fn on_goodbye(&mut self, goodbye: &Goodbye) -> Result<Option<Change>, HeartbeatRejection> {
-        let id = PeerId::from_str(&goodbye.node_id).map_err(|_| HeartbeatRejection::NonMember)?;
-        if id == self.local {
+        let Some((id, live)) = self.accept_seq(&goodbye.node_id, goodbye.seq)? else {
             return Ok(None);
-        }
-        let entry = self
-            .entries
-            .get_mut(&id)
-            .filter(|entry| !entry.record.left)
-            .ok_or(HeartbeatRejection::NonMember)?;
-        let live = &mut entry.liveness;
-        if goodbye.seq <= live.last_seq {
-            return Err(HeartbeatRejection::Replay);
-        }
-        live.last_seq = goodbye.seq;
+        };
         live.evidence_incarnation = Some(goodbye.incarnation());
         if live.status == Status::Offline {
             return Ok(None);
