@@ -11,25 +11,17 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::time::{Duration, Instant};
 
 use common::fake_telegram::{FakeTelegram, TgUser};
 use common::{Cluster, Node, agreed_leader, wait_for};
+use support::{cpu_ticks, env_or, percentile, rss_kib};
 
 const TOKEN: &str = "123456789:AAHfakeTokenForConstellaBenchmark_012345";
 const OWNER: u64 = 5001;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
 
 fn summary(samples: &mut [f64]) -> String {
     samples.sort_by(f64::total_cmp);
@@ -64,19 +56,6 @@ fn round_trip(
         );
         std::thread::sleep(Duration::from_millis(1));
     }
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 fn main() {

@@ -9,6 +9,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -16,13 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Cluster, agreed_leader};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::{cpu_ticks, env_or, percentile};
 
 /// One control-socket exchange; returns the answer line.
 fn call(socket: &Path, request: &str) -> String {
@@ -32,15 +28,6 @@ fn call(socket: &Path, request: &str) -> String {
     let mut answer = String::new();
     BufReader::new(stream).read_line(&mut answer).unwrap();
     answer
-}
-
-/// utime + stime of a process, in clock ticks (100 per second on Linux).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the ")" that ends the command name: state is field 3, utime 14, stime 15.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 fn status_field(pid: u32, field: &str) -> String {
@@ -61,11 +48,6 @@ fn idle_cpu(pids: &[u32], window: Duration) -> Vec<f64> {
         .zip(before)
         .map(|(p, b)| (cpu_ticks(*p) - b) as f64 / window.as_secs_f64())
         .collect()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
 }
 
 fn round_trips(socket: &Path, request: &str, expect: &str, calls: u64) -> Vec<Duration> {
