@@ -17,17 +17,6 @@ use std::time::{Duration, Instant};
 use common::{Cluster, Node, agreed_leader};
 use support::{cpu_ticks, env_or, percentile, rss_kib};
 
-/// The leader `node` names, as fast as its control socket answers.
-fn leader_of(node: &Node) -> Option<(String, usize)> {
-    let answer = node.ask_socket(r#"{"command":"peers"}"#)?;
-    let peers = answer.get("peers")?.as_array()?;
-    let alive = peers.iter().filter(|p| p["status"] == "alive").count();
-    let leader = peers.iter().find(|p| p["leader"] == true)?["name"]
-        .as_str()?
-        .to_owned();
-    Some((leader, alive))
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` and `cargo test --benches` probe benches this way.
@@ -54,7 +43,7 @@ fn main() {
         let elapsed = loop {
             let seen: Vec<Option<(String, usize)>> = survivors
                 .iter()
-                .map(|n| leader_of(cluster.node(n)))
+                .map(|n| cluster.node(n).leader_and_alive())
                 .collect();
             let agreed = seen.iter().all(|s| {
                 s.as_ref().is_some_and(|(l, alive)| {
@@ -78,9 +67,12 @@ fn main() {
         let restarted_at = Instant::now();
         cluster.node_mut(&leader).start();
         loop {
-            let back = names
-                .iter()
-                .all(|n| leader_of(cluster.node(n)).is_some_and(|(_, alive)| alive == 3));
+            let back = names.iter().all(|n| {
+                cluster
+                    .node(n)
+                    .leader_and_alive()
+                    .is_some_and(|(_, alive)| alive == 3)
+            });
             if back {
                 break;
             }

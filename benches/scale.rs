@@ -18,22 +18,12 @@ use std::time::{Duration, Instant};
 use common::{Cluster, Node};
 use support::{cpu_ticks, env_or, rss_kib};
 
-/// (leader name, alive count) as `node` sees it, straight from its control socket.
-fn view(node: &Node) -> Option<(String, usize)> {
-    let answer = node.ask_socket(r#"{"command":"peers"}"#)?;
-    let peers = answer.get("peers")?.as_array()?;
-    let alive = peers.iter().filter(|p| p["status"] == "alive").count();
-    let leader = peers.iter().find(|p| p["leader"] == true)?["name"]
-        .as_str()?
-        .to_owned();
-    Some((leader, alive))
-}
-
 /// Waits until every node in `nodes` sees `alive` nodes alive and all name one leader.
 fn converge(nodes: &[&Node], alive: usize, deadline: Duration) -> (String, Duration) {
     let started = Instant::now();
     loop {
-        let views: Vec<Option<(String, usize)>> = nodes.iter().map(|n| view(n)).collect();
+        let views: Vec<Option<(String, usize)>> =
+            nodes.iter().map(|n| n.leader_and_alive()).collect();
         if let Some(Some((leader, _))) = views.first()
             && views
                 .iter()

@@ -267,6 +267,17 @@ impl Node {
         serde_json::from_str(&line).ok()
     }
 
+    /// (leader name, alive count) as this node sees it, straight from its control socket.
+    pub fn leader_and_alive(&self) -> Option<(String, usize)> {
+        let answer = self.ask_socket(r#"{"command":"peers"}"#)?;
+        let peers = answer.get("peers")?.as_array()?;
+        let alive = peers.iter().filter(|p| p["status"] == "alive").count();
+        let leader = peers.iter().find(|p| p["leader"] == true)?["name"]
+            .as_str()?
+            .to_owned();
+        Some((leader, alive))
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
