@@ -17,9 +17,11 @@
 )]
 
 pub mod gossip;
+pub mod ids;
 pub mod join;
 pub mod leader;
 pub mod membership;
+pub mod node;
 pub mod rpc;
 mod secret;
 pub mod settings;
