@@ -91,25 +91,36 @@ pub enum HeartbeatRejection {
     Replay,
 }
 
-/// What a node sees of one member.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerView {
-    /// The member's PeerId.
-    pub node_id: PeerId,
+/// One member as a node sees it: the one view type shown by `peers --json`, answered by the
+/// `GetPeers` RPC and listed by the bot. Its JSON keeps the seed's field names; `status` is
+/// `"alive"` or `"offline"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
     /// Its server name.
     pub name: String,
+    /// Its PeerId (base58 text).
+    #[serde(with = "crate::ids::base58")]
+    pub node_id: PeerId,
     /// Its public address `host:port`.
     pub addr: String,
-    /// Its leader priority.
-    pub priority: u32,
     /// Alive or offline (the local node is always alive).
     pub status: Status,
-    /// True for the current leader.
+    /// True for the current leader. (Absent in answers from nodes of protocol version 2.)
+    #[serde(default)]
     pub leader: bool,
+    /// Its leader priority.
+    #[serde(default)]
+    pub priority: u32,
     /// Its daemon's uptime from its last heartbeat, if one arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime_secs: Option<u64>,
-    /// Its protocol version from its last heartbeat, if one arrived.
-    pub protocol_version: Option<u32>,
+}
+
+impl MemberView {
+    /// Whether it is alive.
+    pub fn is_alive(&self) -> bool {
+        self.status == Status::Alive
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -306,13 +317,13 @@ impl Membership {
     }
 
     /// The list shown by `peers`: current members sorted by name.
-    pub fn view(&self) -> Vec<PeerView> {
+    pub fn view(&self) -> Vec<MemberView> {
         let leader = self.leader();
-        let mut view: Vec<PeerView> = self
+        let mut view: Vec<MemberView> = self
             .entries
             .iter()
             .filter(|(_, entry)| !entry.record.left)
-            .map(|(id, entry)| PeerView {
+            .map(|(id, entry)| MemberView {
                 node_id: *id,
                 name: entry.record.name.clone(),
                 addr: entry.record.addr.clone(),
@@ -320,7 +331,6 @@ impl Membership {
                 status: entry.liveness.status,
                 leader: *id == leader,
                 uptime_secs: entry.liveness.uptime_secs,
-                protocol_version: entry.liveness.protocol_version,
             })
             .collect();
         view.sort_by(|a, b| a.name.cmp(&b.name));
@@ -711,7 +721,7 @@ mod tests {
         let now = Instant::now();
         m.on_heartbeat(&heartbeat(b, 3, 7), true, now).unwrap();
         let goodbye = Goodbye {
-            node_id: b.to_base58(),
+            node_id: b,
             seq: (3 << 32) | 8,
         };
         assert_eq!(
@@ -738,7 +748,7 @@ mod tests {
         let stranger = PeerId::random();
         assert_eq!(
             m.on_goodbye(&Goodbye {
-                node_id: stranger.to_base58(),
+                node_id: stranger,
                 seq: u64::MAX
             }),
             Err(HeartbeatRejection::NonMember)
@@ -758,7 +768,7 @@ mod tests {
         m.on_heartbeat(&heartbeat(c, 1, 1), true, now).unwrap();
         assert_eq!(m.leader(), b);
         m.on_goodbye(&Goodbye {
-            node_id: b.to_base58(),
+            node_id: b,
             seq: (1 << 32) | 2,
         })
         .unwrap();
@@ -788,7 +798,7 @@ mod tests {
         assert_eq!(m.leader(), b);
         // Stopping: a names b even though a would beat the now-offline c.
         m.on_goodbye(&Goodbye {
-            node_id: b.to_base58(),
+            node_id: b,
             seq: (2 << 32) | 2,
         })
         .unwrap();
@@ -847,7 +857,7 @@ mod tests {
         let (mut m1, mut m2) = (three().0, three().0);
         m1.merge(&[x.clone(), y.clone()]);
         m2.merge(&[y, x]);
-        let pick = |m: &Membership| m.records().into_iter().find(|r| r.node_id == b.to_base58());
+        let pick = |m: &Membership| m.records().into_iter().find(|r| r.node_id == b);
         assert_eq!(pick(&m1).map(|r| r.addr), pick(&m2).map(|r| r.addr));
     }
 

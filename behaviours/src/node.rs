@@ -101,7 +101,9 @@ impl Config {
     /// connection or a goodbye still marks a member offline at once.
     pub fn for_size(members: usize) -> Self {
         let base = Duration::from_secs(2);
-        let scale = (members.max(1) as f64 / Self::BASE_SIZE as f64).sqrt().max(1.0);
+        let scale = (members.max(1) as f64 / Self::BASE_SIZE as f64)
+            .sqrt()
+            .max(1.0);
         let heartbeat_interval = base.mul_f64(scale);
         Self {
             heartbeat_interval,
@@ -149,6 +151,19 @@ pub struct Invite {
     pub used_at: Option<u64>,
     /// The node it admitted (base58 PeerId).
     pub used_by: Option<String>,
+}
+
+/// What a node starts from: the parts of its state file that the core rules on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Every member record, tombstones included (this node's own among them).
+    pub records: Vec<MemberRecord>,
+    /// Members that were alive when this node last stopped.
+    pub alive: Vec<PeerId>,
+    /// The network settings.
+    pub settings: NetworkSettings,
+    /// The invites this node issued.
+    pub invites: Vec<Invite>,
 }
 
 /// What the core persists: the parts of the state file that its rules change.
@@ -488,20 +503,23 @@ pub struct Node {
 }
 
 impl Node {
-    /// A node starting at `now` with the records and settings from its state file. Members
-    /// recorded alive there (`alive`) are assumed alive until silence or a refused dial proves
-    /// otherwise, so a restarted node names the network's leader at once. `seed` feeds the
-    /// random choice of sync partners (the daemon passes a random one, the simulator its own).
+    /// A node starting at `now` from what its state file holds. Members recorded alive there
+    /// are assumed alive until silence or a refused dial proves otherwise, so a restarted node
+    /// names the network's leader at once. `seed` feeds the random choice of sync partners (the
+    /// daemon passes a random one, the simulator its own).
     pub fn new(
         config: Config,
         local: LocalNode,
-        records: Vec<MemberRecord>,
-        alive: &[PeerId],
-        settings: NetworkSettings,
-        invites: Vec<Invite>,
+        restored: Restored,
         now: Instant,
         seed: u64,
     ) -> Self {
+        let Restored {
+            records,
+            alive,
+            settings,
+            invites,
+        } = restored;
         let local_id = local.id;
         let mut membership = Membership::new(local.id, records, config.offline_after);
         let mut suspects = BTreeSet::new();
@@ -849,9 +867,12 @@ impl Node {
             .filter(|id| self.redials.get(id).is_none_or(|r| r.at <= now))
             .collect();
         for peer in due {
-            let backoff = self.redials.get(&peer).map_or(self.config.first_redial, |r| {
-                (r.backoff * 2).min(self.config.max_redial)
-            });
+            let backoff = self
+                .redials
+                .get(&peer)
+                .map_or(self.config.first_redial, |r| {
+                    (r.backoff * 2).min(self.config.max_redial)
+                });
             self.redials.insert(
                 peer,
                 Redial {
@@ -962,7 +983,8 @@ impl Node {
             protocol_version: crate::gossip::PROTOCOL_VERSION,
             uptime_secs: now.duration_since(self.started).as_secs(),
         };
-        self.out.push(Output::Publish(GossipBody::Heartbeat(heartbeat)));
+        self.out
+            .push(Output::Publish(GossipBody::Heartbeat(heartbeat)));
     }
 
     fn seq(&self) -> u64 {
@@ -987,17 +1009,19 @@ impl Node {
     }
 
     fn publish_settings(&mut self) {
-        self.out.push(Output::Publish(GossipBody::Settings(SettingsUpdate {
-            from: self.local.id,
-            settings: self.settings.clone(),
-        })));
+        self.out
+            .push(Output::Publish(GossipBody::Settings(SettingsUpdate {
+                from: self.local.id,
+                settings: self.settings.clone(),
+            })));
     }
 
     fn publish_roster(&mut self) {
-        self.out.push(Output::Publish(GossipBody::Roster(RosterUpdate {
-            from: self.local.id,
-            records: self.membership.records(),
-        })));
+        self.out
+            .push(Output::Publish(GossipBody::Roster(RosterUpdate {
+                from: self.local.id,
+                records: self.membership.records(),
+            })));
     }
 
     fn sync_message(&self) -> SyncMessage {
@@ -1187,9 +1211,12 @@ impl Node {
         self.invites[index].used_at = Some(unix_now);
         self.invites[index].used_by = Some(peer.to_base58());
         let previous_record = self.membership.any_record(&peer).cloned();
-        let record = self
-            .membership
-            .admit(peer, name.to_owned(), request.addr.to_owned(), request.priority);
+        let record = self.membership.admit(
+            peer,
+            name.to_owned(),
+            request.addr.to_owned(),
+            request.priority,
+        );
         let admission = Admission {
             record,
             members: self.membership.records(),
@@ -1207,7 +1234,8 @@ impl Node {
     }
 
     fn issue_invite(&mut self, request: u64, token_sha256: &str, unix_now: u64, ttl_secs: u64) {
-        self.pending_invites.insert(request, token_sha256.to_owned());
+        self.pending_invites
+            .insert(request, token_sha256.to_owned());
         let retention = self.config.invite_retention_secs;
         self.invites
             .retain(|i| i.expires_at.max(i.used_at.unwrap_or(0)) + retention > unix_now);
@@ -1245,10 +1273,11 @@ impl Node {
                 self.out.push(Output::LeaveDone(Ok(())));
                 self.exit = Some((Exit::Leave, Some(now + self.config.drain)));
                 let tombstone = self.membership.any_record(&self.local.id).cloned();
-                self.out.push(Output::Publish(GossipBody::Roster(RosterUpdate {
-                    from: self.local.id,
-                    records: tombstone.into_iter().collect(),
-                })));
+                self.out
+                    .push(Output::Publish(GossipBody::Roster(RosterUpdate {
+                        from: self.local.id,
+                        records: tombstone.into_iter().collect(),
+                    })));
             }
         }
     }
