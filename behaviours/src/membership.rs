@@ -854,7 +854,13 @@ mod tests {
         x.addr = "10.0.0.1:1".into();
         let mut y = record(b, "b", 10);
         y.addr = "10.0.0.2:1".into();
-        let (mut m1, mut m2) = (three().0, three().0);
+        // Two nodes that both know a, b and c (the same existing members, not fresh ones).
+        let records = m.records();
+        let (mut m1, mut m2) = (
+            Membership::new(a, records.clone(), OFFLINE_AFTER),
+            Membership::new(a, records, OFFLINE_AFTER),
+        );
+        assert!(m1.is_member(&b) && m2.is_member(&b));
         m1.merge(&[x.clone(), y.clone()]);
         m2.merge(&[y, x]);
         let pick = |m: &Membership| m.records().into_iter().find(|r| r.node_id == b);
@@ -873,5 +879,32 @@ mod tests {
         assert_eq!(again.version, 8);
         assert!(m.is_member(&d));
         assert_eq!(m.find_by_name("d"), Some(d));
+    }
+
+    #[test]
+    fn the_derived_leader_follows_the_documented_order() {
+        use crate::leader::{LeaderKey, elect};
+        let now = Instant::now();
+        for round in 0..50u32 {
+            let ids: Vec<PeerId> = (0..6).map(|_| PeerId::random()).collect();
+            let records: Vec<MemberRecord> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| record(*id, &format!("n{i}"), (round + i as u32) % 3))
+                .collect();
+            let mut m = Membership::new(ids[0], records.clone(), OFFLINE_AFTER);
+            // Every other remote member alive.
+            for id in ids.iter().skip(2).step_by(2) {
+                m.assume_alive(id, now);
+            }
+            let expected = elect(records.iter().filter_map(|r| {
+                let alive = r.node_id == ids[0] || m.status(&r.node_id) == Some(Status::Alive);
+                alive.then_some(LeaderKey {
+                    priority: r.priority,
+                    node_id: r.node_id,
+                })
+            }));
+            assert_eq!(Some(m.leader()), expected, "round {round}");
+        }
     }
 }

@@ -68,6 +68,9 @@ pub struct Config {
     pub max_redial: Duration,
     /// How long `leave` and a graceful stop keep running so the last message goes out.
     pub drain: Duration,
+    /// On a graceful stop, the leader services (the bot) are told to stop this long before the
+    /// goodbye goes out, so the bot has dropped its poll before the next leader starts one.
+    pub handover_gap: Duration,
     /// Extra heartbeats for subscribing peers are at least this far apart.
     pub eager_gap: Duration,
     /// How long a connection from a non-member may stay open (long enough for a Join).
@@ -112,6 +115,7 @@ impl Config {
             first_redial: Duration::from_secs(1),
             max_redial: Duration::from_secs(30),
             drain: Duration::from_secs(1),
+            handover_gap: Duration::from_millis(100),
             eager_gap: Duration::from_millis(100),
             stranger_idle: Duration::from_secs(12),
             stranger_grace: Duration::from_millis(500),
@@ -492,6 +496,8 @@ pub struct Node {
     reported_offline: BTreeSet<PeerId>,
     settled: bool,
     exit: Option<(Exit, Option<Instant>)>,
+    /// A graceful stop sends its goodbye at this instant (after the handover gap).
+    goodbye_at: Option<Instant>,
     leadership: Leadership,
     /// The leader last reported with [`Output::LeaderChanged`]; kept only to tell a change,
     /// the leader itself is [`Membership::leader`].
@@ -557,6 +563,7 @@ impl Node {
             reported_offline: BTreeSet::new(),
             settled: false,
             exit: None,
+            goodbye_at: None,
             leadership,
             reported_leader: local_id,
             leader_changes: 0,
@@ -767,6 +774,15 @@ impl Node {
         let changes = self.membership.tick(now);
         self.apply_changes(changes, now);
         self.drop_strangers(now);
+        if self.goodbye_at.is_some_and(|at| now >= at) {
+            self.goodbye_at = None;
+            self.heartbeat_counter = self.heartbeat_counter.wrapping_add(1);
+            let goodbye = Goodbye {
+                node_id: self.local.id,
+                seq: self.seq(),
+            };
+            self.out.push(Output::Publish(GossipBody::Goodbye(goodbye)));
+        }
         if self.exit.is_some() {
             return;
         }
@@ -801,6 +817,7 @@ impl Node {
         consider(self.eager_at);
         consider(self.strangers.values().min().copied());
         consider(self.exit.and_then(|(_, at)| at));
+        consider(self.goodbye_at);
         let next_redial = self
             .membership
             .remote_members()
@@ -1336,27 +1353,22 @@ impl Node {
         self.persist(Some(Ack::Leave));
     }
 
-    /// Says goodbye so the peers re-elect at once, stands down, and exits after the drain (at
-    /// once when no peer is connected: nothing to wait for).
+    /// Stands down at once (the bot stops, without announcing a handover: the next leader
+    /// does), says goodbye after the handover gap so the peers re-elect, and exits after the
+    /// drain. Alone, it exits at once: nothing to wait for.
     fn stop(&mut self, now: Instant) {
         if self.exit.is_some() {
             return;
         }
-        self.heartbeat_counter = self.heartbeat_counter.wrapping_add(1);
-        let goodbye = Goodbye {
-            node_id: self.local.id,
-            seq: self.seq(),
-        };
-        // Before the election, so the bot stops without announcing a handover (the next
-        // leader announces it).
         self.membership.stand_down();
         if self.connected.is_empty() {
             self.exit = Some((Exit::Stop, None));
             self.out.push(Output::Exit);
             return;
         }
-        self.exit = Some((Exit::Stop, Some(now + self.config.drain)));
-        self.out.push(Output::Publish(GossipBody::Goodbye(goodbye)));
+        let goodbye_at = now + self.config.handover_gap;
+        self.goodbye_at = Some(goodbye_at);
+        self.exit = Some((Exit::Stop, Some(goodbye_at + self.config.drain)));
     }
 }
 
@@ -1373,5 +1385,646 @@ fn refusal_of(rejection: HeartbeatRejection) -> Refusal {
     match rejection {
         HeartbeatRejection::NonMember => Refusal::NonMember,
         HeartbeatRejection::Replay => Refusal::Replay,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gossip::PROTOCOL_VERSION;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn record(id: PeerId, name: &str, priority: u32) -> MemberRecord {
+        MemberRecord {
+            node_id: id,
+            name: name.into(),
+            addr: format!("127.0.0.1:47{}", name.len()),
+            priority,
+            version: 1,
+            left: false,
+        }
+    }
+
+    /// A cluster seen from node `a`, with members `b` and `c`; priorities make `a` < `b` < `c`.
+    struct Fixture {
+        node: Node,
+        a: PeerId,
+        b: PeerId,
+        c: PeerId,
+        t0: Instant,
+        counters: BTreeMap<PeerId, u32>,
+    }
+
+    impl Fixture {
+        /// `a_priority` decides whether `a` (10 = leads) or `b` (priority 20) leads.
+        fn new(a_priority: u32, alive: &[usize]) -> Self {
+            let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+            let t0 = Instant::now();
+            let ids = [a, b, c];
+            let node = Node::new(
+                Config::default(),
+                LocalNode {
+                    id: a,
+                    name: "a".into(),
+                    priority: a_priority,
+                    incarnation: 1,
+                    addrs: vec!["/ip4/127.0.0.1/tcp/4747".into()],
+                },
+                Restored {
+                    records: vec![
+                        record(a, "a", a_priority),
+                        record(b, "b", 20),
+                        record(c, "c", 30),
+                    ],
+                    alive: alive.iter().map(|i| ids[*i]).collect(),
+                    settings: NetworkSettings::default(),
+                    invites: vec![],
+                },
+                t0,
+                7,
+            );
+            Self {
+                node,
+                a,
+                b,
+                c,
+                t0,
+                counters: BTreeMap::new(),
+            }
+        }
+
+        fn at(&self, secs: f64) -> Instant {
+            self.t0 + Duration::from_secs_f64(secs)
+        }
+
+        fn handle(&mut self, secs: f64, input: Input<'_>) -> Vec<Output> {
+            let now = self.at(secs);
+            self.node.handle(now, input).collect()
+        }
+
+        fn heartbeat_from(&mut self, secs: f64, from: PeerId) -> Vec<Output> {
+            let counter = self.counters.entry(from).or_default();
+            *counter += 1;
+            let body = GossipBody::Heartbeat(Heartbeat {
+                node_id: from,
+                name: "x".into(),
+                priority: 0,
+                addrs: vec![],
+                seq: (1 << 32) | u64::from(*counter),
+                protocol_version: PROTOCOL_VERSION,
+                uptime_secs: 1,
+            });
+            self.handle(
+                secs,
+                Input::Gossip {
+                    signer: Some(from),
+                    body: &body,
+                },
+            )
+        }
+
+        fn join_b_and_c(&mut self, secs: f64) {
+            let (b, c) = (self.b, self.c);
+            self.handle(secs, Input::Connected(b));
+            self.handle(secs, Input::Connected(c));
+            self.heartbeat_from(secs, b);
+            self.heartbeat_from(secs, c);
+        }
+    }
+
+    fn publishes(outputs: &[Output]) -> Vec<&GossipBody> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Publish(body) => Some(body),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn notices(outputs: &[Output]) -> Vec<NetworkEvent> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Notice(event) => Some(event.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn wake(outputs: &[Output]) -> Instant {
+        match outputs.last() {
+            Some(Output::WakeAt(at)) => *at,
+            other => panic!("the last output is not WakeAt: {other:?}"),
+        }
+    }
+
+    fn dials(outputs: &[Output]) -> Vec<PeerId> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Dial { peer, .. } => Some(*peer),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn heartbeats_go_out_every_interval_and_the_wake_says_when() {
+        let mut f = Fixture::new(10, &[]);
+        let out = f.handle(0.0, Input::Timer);
+        assert!(matches!(publishes(&out)[..], [GossipBody::Heartbeat(_)]));
+        assert!(wake(&out) <= f.at(2.0), "wakes for the next heartbeat");
+        let out = f.handle(1.0, Input::Timer);
+        assert!(publishes(&out).is_empty(), "not before the interval");
+        let out = f.handle(2.0, Input::Timer);
+        let [GossipBody::Heartbeat(hb)] = publishes(&out)[..] else {
+            panic!("no heartbeat at 2 s: {out:?}");
+        };
+        assert_eq!(hb.seq, (1 << 32) | 2, "incarnation in the high half");
+    }
+
+    #[test]
+    fn silence_marks_offline_and_moves_the_leader() {
+        let mut f = Fixture::new(40, &[]);
+        f.join_b_and_c(0.0);
+        assert_eq!(f.node.leader(), f.b);
+        // c keeps talking, b goes silent.
+        for t in [1.0, 2.0, 3.0, 4.0, 5.0, 5.9] {
+            f.heartbeat_from(t, f.c);
+            f.handle(t, Input::Timer);
+        }
+        assert_eq!(f.node.leader(), f.b, "5.9 s of silence is not yet offline");
+        let out = f.handle(6.1, Input::Timer);
+        assert!(out.contains(&Output::Membership(Change::Offline(
+            f.b,
+            crate::membership::OfflineReason::HeartbeatTimeout
+        ))));
+        assert!(out.contains(&Output::LeaderChanged {
+            previous: f.b,
+            leader: f.c
+        }));
+        assert_eq!(
+            f.node.leader_changes(),
+            2,
+            "a → b at the first heartbeat, then b → c"
+        );
+    }
+
+    #[test]
+    fn a_closed_connection_is_redialled_and_a_failed_redial_is_offline_at_once() {
+        let mut f = Fixture::new(40, &[]);
+        f.join_b_and_c(0.0);
+        let out = f.handle(1.0, Input::Disconnected(f.b));
+        assert_eq!(dials(&out), vec![f.b], "redialled at once");
+        let out = f.handle(1.01, Input::DialFailed(f.b));
+        assert!(out.contains(&Output::Membership(Change::Offline(
+            f.b,
+            crate::membership::OfflineReason::Unreachable
+        ))));
+        assert_eq!(f.node.leader(), f.c);
+        // A second failure is not news; a failure of a non-suspect is only a failed dial.
+        let out = f.handle(1.02, Input::DialFailed(f.c));
+        assert!(!out.iter().any(|o| matches!(o, Output::Membership(_))));
+    }
+
+    #[test]
+    fn redial_backoff_doubles_to_the_cap() {
+        let mut f = Fixture::new(10, &[]);
+        f.handle(0.0, Input::Connected(f.c));
+        let mut times = Vec::new();
+        let mut t = 0.0;
+        while t < 120.0 {
+            let out = f.handle(t, Input::Timer);
+            if dials(&out).contains(&f.b) {
+                times.push(t);
+            }
+            t += 0.25;
+        }
+        let gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(&gaps[..5], &[1.0, 2.0, 4.0, 8.0, 16.0], "{times:?}");
+        assert!(
+            gaps[5..].iter().all(|g| (*g - 30.0).abs() < 0.3),
+            "{gaps:?}"
+        );
+        // Connected: no more dials.
+        f.handle(t, Input::Connected(f.b));
+        let out = f.handle(t + 60.0, Input::Timer);
+        assert!(!dials(&out).contains(&f.b));
+    }
+
+    #[test]
+    fn a_started_leader_waits_to_settle_unless_everyone_answered() {
+        let mut f = Fixture::new(10, &[]);
+        let out = f.handle(0.0, Input::Timer);
+        assert!(!f.node.leadership().is_local, "not before settling");
+        assert!(wake(&out) <= f.at(2.0));
+        let out = f.handle(4.0, Input::Timer);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Leadership(l) if l.is_local))
+        );
+
+        let mut f = Fixture::new(10, &[]);
+        f.handle(0.0, Input::Timer);
+        f.join_b_and_c(0.5);
+        assert!(
+            f.node.leadership().is_local,
+            "everyone answered: settled at once"
+        );
+    }
+
+    #[test]
+    fn a_restarted_node_names_the_recorded_leader_at_once() {
+        let f = Fixture::new(30, &[1, 2]);
+        assert_eq!(f.node.leader(), f.b, "b was alive when we stopped");
+        assert_eq!(f.node.leadership().leader_name, "b");
+    }
+
+    #[test]
+    fn stopping_says_goodbye_stands_down_and_exits_after_the_drain() {
+        let mut f = Fixture::new(10, &[]);
+        f.join_b_and_c(0.0);
+        assert_eq!(f.node.leader(), f.a);
+        let out = f.handle(1.0, Input::Stop);
+        assert!(publishes(&out).is_empty(), "the bot is told first");
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Leadership(l) if !l.is_local && l.leaving))
+        );
+        assert_eq!(f.node.leader(), f.b, "stands down: names the next leader");
+        assert!(wake(&out) <= f.at(1.1));
+        let out = f.handle(1.05, Input::Timer);
+        assert!(
+            publishes(&out).is_empty(),
+            "no heartbeat while stopping, no goodbye yet"
+        );
+        let out = f.handle(1.1, Input::Timer);
+        assert!(matches!(publishes(&out)[..], [GossipBody::Goodbye(_)]));
+        assert!(!out.contains(&Output::Exit));
+        assert!(wake(&out) <= f.at(2.1));
+        let out = f.handle(2.1, Input::Timer);
+        assert!(out.contains(&Output::Exit));
+        // Alone: exits at once.
+        let mut f = Fixture::new(10, &[]);
+        let out = f.handle(0.0, Input::Stop);
+        assert!(out.contains(&Output::Exit));
+    }
+
+    #[test]
+    fn subscribers_get_eager_heartbeats_spaced_out() {
+        let mut f = Fixture::new(10, &[]);
+        f.handle(0.0, Input::Timer);
+        let out = f.handle(0.5, Input::Subscribed(f.b));
+        let bodies = publishes(&out);
+        assert!(matches!(
+            bodies[..],
+            [GossipBody::Heartbeat(_), GossipBody::Settings(_)]
+        ));
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Sync { to, .. } if *to == f.b))
+        );
+        let out = f.handle(0.55, Input::Subscribed(f.c));
+        assert!(publishes(&out).is_empty(), "too soon: deferred");
+        assert_eq!(wake(&out), f.at(0.6));
+        let out = f.handle(0.6, Input::Timer);
+        assert!(matches!(
+            publishes(&out)[..],
+            [GossipBody::Heartbeat(_), GossipBody::Settings(_)]
+        ));
+        // A stranger subscribing gets nothing.
+        let out = f.handle(1.0, Input::Subscribed(PeerId::random()));
+        assert!(publishes(&out).is_empty());
+    }
+
+    #[test]
+    fn only_the_leader_before_or_after_tells_the_owner() {
+        // a follows b: b going offline is told by a only because a leads afterwards.
+        let mut f = Fixture::new(25, &[]);
+        f.handle(0.0, Input::Timer);
+        f.join_b_and_c(0.0);
+        f.handle(5.0, Input::Timer);
+        let out = f.handle(5.0, Input::Disconnected(f.c));
+        let out2 = f.handle(5.0, Input::DialFailed(f.c));
+        assert!(
+            notices(&out).is_empty() && notices(&out2).is_empty(),
+            "follower: silent"
+        );
+        f.handle(5.1, Input::Disconnected(f.b));
+        let out = f.handle(5.1, Input::DialFailed(f.b));
+        assert_eq!(notices(&out), vec![NetworkEvent::Offline("b".into())]);
+        // The leader tells of c coming back (reconnected: a relayed heartbeat of the
+        // incarnation seen to fail would not count).
+        f.handle(6.0, Input::Connected(f.c));
+        let out = f.heartbeat_from(6.0, f.c);
+        assert_eq!(notices(&out), vec![NetworkEvent::Back("c".into())]);
+    }
+
+    #[test]
+    fn settings_from_the_bot_are_published_and_from_gossip_only_kept() {
+        let mut f = Fixture::new(10, &[]);
+        f.join_b_and_c(0.0);
+        let pinned = NetworkSettings {
+            owner_user_id: Some(42),
+            ..NetworkSettings::default()
+        };
+        let out = f.handle(1.0, Input::MergeSettings(&pinned));
+        assert!(matches!(publishes(&out)[..], [GossipBody::Settings(_)]));
+        assert!(out.iter().any(
+            |o| matches!(o, Output::Persist(s, None) if s.settings.owner_user_id == Some(42))
+        ));
+        let newer = NetworkSettings {
+            last_update_id: 9,
+            ..pinned.clone()
+        };
+        let body = GossipBody::Settings(SettingsUpdate {
+            from: f.b,
+            settings: newer,
+        });
+        let out = f.handle(
+            2.0,
+            Input::Gossip {
+                signer: Some(f.b),
+                body: &body,
+            },
+        );
+        assert!(publishes(&out).is_empty());
+        assert_eq!(f.node.settings().last_update_id, 9);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Settings(s) if s.last_update_id == 9))
+        );
+    }
+
+    #[test]
+    fn gossip_from_a_wrong_signer_or_a_stranger_is_refused_and_counted() {
+        let mut f = Fixture::new(10, &[]);
+        let body = GossipBody::Goodbye(Goodbye {
+            node_id: f.b,
+            seq: 5,
+        });
+        let out = f.handle(
+            0.0,
+            Input::Gossip {
+                signer: Some(f.c),
+                body: &body,
+            },
+        );
+        assert_eq!(out[0], Output::GossipVerdict(Err(Refusal::WrongSigner)));
+        let stranger = PeerId::random();
+        let out = f.heartbeat_from(0.1, stranger);
+        assert_eq!(out[0], Output::GossipVerdict(Err(Refusal::NonMember)));
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Sync { to, .. } if *to == stranger)),
+            "a sender holding the secret but unknown here: pull its roster (a missed join)"
+        );
+        let out = f.heartbeat_from(0.2, stranger);
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Sync { .. })),
+            "pulls are spaced"
+        );
+        f.handle(0.3, Input::GossipRefused(Refusal::BadMac));
+        let r = f.node.rejections();
+        assert_eq!((r.wrong_signer, r.non_member, r.bad_mac), (1, 2, 1));
+    }
+
+    #[test]
+    fn strangers_are_disconnected_after_the_join_window_or_soon_after_a_refusal() {
+        let mut f = Fixture::new(10, &[]);
+        let (s1, s2) = (PeerId::random(), PeerId::random());
+        f.handle(0.0, Input::Connected(s1));
+        f.handle(0.0, Input::Connected(s2));
+        f.handle(1.0, Input::StrangerRefused(s2));
+        let out = f.handle(1.5, Input::Timer);
+        assert!(out.contains(&Output::Disconnect(s2)));
+        assert!(!out.contains(&Output::Disconnect(s1)));
+        let out = f.handle(11.9, Input::Timer);
+        assert!(!out.contains(&Output::Disconnect(s1)), "not before 12 s");
+        let out = f.handle(12.0, Input::Timer);
+        assert!(out.contains(&Output::Disconnect(s1)));
+        // Members are never strangers.
+        f.handle(13.0, Input::Connected(f.b));
+        let out = f.handle(30.0, Input::Timer);
+        assert!(!out.contains(&Output::Disconnect(f.b)));
+    }
+
+    fn join(f: &mut Fixture, secs: f64, peer: PeerId, token: &str, name: &str) -> Vec<Output> {
+        f.handle(
+            secs,
+            Input::JoinRequest {
+                peer,
+                token,
+                name,
+                addr: "127.0.0.1:4800",
+                priority: 100,
+                unix_now: 1_000,
+            },
+        )
+    }
+
+    fn answer(outputs: &[Output]) -> Option<&Result<Admission, JoinRefusal>> {
+        outputs.iter().find_map(|o| match o {
+            Output::JoinAnswer { answer, .. } => Some(answer),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_join_is_answered_only_once_durable_and_a_token_is_single_use() {
+        let mut f = Fixture::new(10, &[]);
+        let hash = crate::join::token_hash("tok");
+        let out = f.handle(
+            0.0,
+            Input::IssueInvite {
+                request: 1,
+                token_sha256: &hash,
+                unix_now: 900,
+                ttl_secs: 600,
+            },
+        );
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Persist(_, Some(Ack::Invite(1)))))
+        );
+        let out = f.handle(0.0, Input::Persisted(Ack::Invite(1)));
+        assert!(out.contains(&Output::InviteRecorded {
+            request: 1,
+            result: Ok(())
+        }));
+        let d = PeerId::random();
+        let out = join(&mut f, 1.0, d, "tok", "d");
+        assert!(answer(&out).is_none(), "not answered before the write");
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Persist(_, Some(Ack::Admission(p))) if *p == d))
+        );
+        // A racing joiner with the same token is refused at once.
+        let e = PeerId::random();
+        let out = join(&mut f, 1.0, e, "tok", "e");
+        assert_eq!(answer(&out), Some(&Err(JoinRefusal::TokenUsed)));
+        let out = f.handle(1.1, Input::Persisted(Ack::Admission(d)));
+        let Some(Ok(admission)) = answer(&out) else {
+            panic!("no admission: {out:?}");
+        };
+        assert_eq!(admission.record.name, "d");
+        assert!(matches!(publishes(&out)[..], [GossipBody::Roster(_)]));
+        assert!(f.node.membership().is_member(&d));
+    }
+
+    #[test]
+    fn a_join_whose_write_fails_changes_nothing() {
+        let mut f = Fixture::new(10, &[]);
+        let hash = crate::join::token_hash("tok");
+        f.handle(
+            0.0,
+            Input::IssueInvite {
+                request: 1,
+                token_sha256: &hash,
+                unix_now: 900,
+                ttl_secs: 600,
+            },
+        );
+        f.handle(0.0, Input::Persisted(Ack::Invite(1)));
+        let before = f.node.snapshot();
+        let d = PeerId::random();
+        join(&mut f, 1.0, d, "tok", "d");
+        let out = f.handle(1.1, Input::PersistFailed(Ack::Admission(d), "disk full"));
+        assert_eq!(
+            answer(&out),
+            Some(&Err(JoinRefusal::SeedFailure("disk full".into())))
+        );
+        assert_eq!(
+            f.node.snapshot(),
+            before,
+            "the token and the roster are as before"
+        );
+        assert!(!f.node.membership().is_member(&d));
+        // The same token still works.
+        let out = join(&mut f, 2.0, d, "tok", "d");
+        assert!(answer(&out).is_none());
+    }
+
+    #[test]
+    fn join_refusals() {
+        let mut f = Fixture::new(10, &[]);
+        let d = PeerId::random();
+        let out = join(&mut f, 0.0, d, "nope", "d");
+        assert_eq!(answer(&out), Some(&Err(JoinRefusal::UnknownToken)));
+        let hash = crate::join::token_hash("old");
+        f.handle(
+            0.0,
+            Input::IssueInvite {
+                request: 1,
+                token_sha256: &hash,
+                unix_now: 100,
+                ttl_secs: 10,
+            },
+        );
+        let out = join(&mut f, 0.0, d, "old", "d");
+        assert_eq!(answer(&out), Some(&Err(JoinRefusal::ExpiredToken)));
+        let hash = crate::join::token_hash("new");
+        f.handle(
+            0.0,
+            Input::IssueInvite {
+                request: 2,
+                token_sha256: &hash,
+                unix_now: 900,
+                ttl_secs: 600,
+            },
+        );
+        let out = join(&mut f, 0.0, d, "new", "b");
+        assert_eq!(answer(&out), Some(&Err(JoinRefusal::NameTaken("b".into()))));
+        let b = f.b;
+        let out = join(&mut f, 0.0, b, "new", "bee");
+        assert!(matches!(answer(&out), Some(Err(JoinRefusal::Invalid(_)))));
+    }
+
+    #[test]
+    fn leave_is_written_before_the_tombstone_goes_out() {
+        let mut f = Fixture::new(10, &[]);
+        f.join_b_and_c(0.0);
+        let out = f.handle(1.0, Input::Leave);
+        assert!(
+            publishes(&out).is_empty(),
+            "nothing goes out before the write"
+        );
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Persist(s, Some(Ack::Leave)) if s.left))
+        );
+        let out = f.handle(1.1, Input::Persisted(Ack::Leave));
+        assert!(out.contains(&Output::LeaveDone(Ok(()))));
+        let [GossipBody::Roster(roster)] = publishes(&out)[..] else {
+            panic!("no tombstone: {out:?}");
+        };
+        assert!(roster.records[0].left && roster.records[0].node_id == f.a);
+        let out = f.handle(2.1, Input::Timer);
+        assert!(out.contains(&Output::Exit));
+    }
+
+    #[test]
+    fn a_leave_that_cannot_be_written_is_undone() {
+        let mut f = Fixture::new(10, &[]);
+        f.handle(1.0, Input::Leave);
+        let out = f.handle(1.1, Input::PersistFailed(Ack::Leave, "read-only"));
+        assert!(matches!(&out[..], [Output::LeaveDone(Err(_)), ..]));
+        assert!(f.node.membership().is_member(&f.a));
+        assert!(!f.node.snapshot().left);
+    }
+
+    #[test]
+    fn sync_merges_both_ways_and_answers_members_only() {
+        let mut f = Fixture::new(10, &[]);
+        let d = PeerId::random();
+        let message = SyncMessage {
+            records: vec![record(d, "d", 50)],
+            settings: NetworkSettings::default(),
+        };
+        let out = f.handle(
+            0.0,
+            Input::SyncRequest {
+                from: f.b,
+                message: &message,
+            },
+        );
+        assert!(f.node.membership().is_member(&d));
+        assert!(out.iter().any(|o| matches!(o, Output::SyncReply { to, message } if *to == f.b && message.records.len() == 4)));
+        let out = f.handle(
+            0.0,
+            Input::SyncRequest {
+                from: PeerId::random(),
+                message: &message,
+            },
+        );
+        assert!(!out.iter().any(|o| matches!(o, Output::SyncReply { .. })));
+    }
+
+    #[test]
+    fn periodic_sync_picks_a_connected_member() {
+        let mut f = Fixture::new(10, &[]);
+        f.handle(0.0, Input::Connected(f.c));
+        let out = f.handle(30.0, Input::Timer);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Sync { to, .. } if *to == f.c))
+        );
+        let out = f.handle(31.0, Input::Timer);
+        assert!(!out.iter().any(|o| matches!(o, Output::Sync { .. })));
+    }
+
+    #[test]
+    fn the_interval_grows_with_the_square_root_past_a_hundred_members() {
+        assert_eq!(
+            Config::for_size(3).heartbeat_interval,
+            Duration::from_secs(2)
+        );
+        assert_eq!(Config::for_size(100).offline_after, Duration::from_secs(6));
+        let big = Config::for_size(1000);
+        assert!((big.heartbeat_interval.as_secs_f64() - 6.32).abs() < 0.01);
+        assert_eq!(big.offline_after, big.heartbeat_interval * 3);
+        assert!(SECOND < big.heartbeat_interval);
     }
 }

@@ -216,7 +216,12 @@ impl EventLoop {
 
     fn apply(&mut self, output: Output) {
         match output {
-            Output::Publish(body) => self.publish(&body),
+            Output::Publish(body) => {
+                self.publish(&body);
+                if matches!(body, GossipBody::Goodbye(_)) {
+                    info!("said goodbye to the peers; stopping");
+                }
+            }
             Output::Sync { to, message } => {
                 let addrs = dial_addresses(&self.core.addresses_of(&to));
                 self.swarm
