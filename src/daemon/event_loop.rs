@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use constella_behaviours::gossip::{self, GossipBody, GossipError};
-use constella_behaviours::join::{JoinAccepted, JoinRefusal, JoinRequest, JoinResponse};
 use constella_behaviours::membership::{Change, Status};
 use constella_behaviours::node::{Ack, Input, Node, Output, Refusal, Snapshot};
 use constella_behaviours::sync::{SyncMessage, SyncResponse};
@@ -17,21 +16,22 @@ use constella_behaviours::{Behaviour, BehaviourEvent, NetworkSecret, gossip_topi
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, ResponseChannel};
+use libp2p::request_response;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
+use super::admission::Admissions;
 use super::error::ClientError;
-use super::report::{BotReport, InviteReport, NodeRef, StatusReport};
+use super::report::{self, InviteReport};
 use super::rpc::{Followup, Rpc};
 use super::signals::Signals;
 use super::store::{Store, Written};
 use super::{Command, InviteLink};
-use crate::state::{NetworkState, StoredSecret, unix_now};
-use crate::validate::{HostPort, ServerName, Ttl};
+use crate::state::{NetworkState, unix_now};
+use crate::validate::{HostPort, Ttl};
 
 /// The node's event loop.
 pub(super) struct EventLoop {
@@ -54,9 +54,7 @@ pub(super) struct EventLoop {
     /// When the core wants [`Input::Timer`].
     wake: Instant,
     exit: bool,
-    /// Remote address of the latest connection of each peer (for joiners without an address).
-    remote_addrs: HashMap<PeerId, Multiaddr>,
-    joins: HashMap<PeerId, ResponseChannel<JoinResponse>>,
+    admissions: Admissions,
     invites: HashMap<
         u64,
         (
@@ -160,8 +158,7 @@ impl EventLoop {
             started: now,
             wake: now,
             exit: false,
-            remote_addrs: HashMap::new(),
-            joins: HashMap::new(),
+            admissions: Admissions::default(),
             invites: HashMap::new(),
             next_request: 0,
             leave: None,
@@ -264,7 +261,10 @@ impl EventLoop {
                 debug!(?settings, "network settings changed");
                 self.signals.settings.send_replace(settings);
             }
-            Output::JoinAnswer { peer, answer } => self.answer_join(peer, answer),
+            Output::JoinAnswer { peer, answer } => {
+                self.admissions
+                    .answer(&mut self.swarm, &self.state, &self.secret, peer, answer);
+            }
             Output::InviteRecorded { request, result } => {
                 if let Some((report, reply)) = self.invites.remove(&request) {
                     if result.is_ok() {
@@ -343,7 +343,18 @@ impl EventLoop {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Status(reply) => drop(reply.send(self.status_report())),
+            Command::Status(reply) => {
+                let listeners = self.swarm.listeners().map(ToString::to_string).collect();
+                let connected = self.swarm.connected_peers().count();
+                let report = report::status(
+                    &self.core,
+                    &self.state,
+                    self.started,
+                    (listeners, connected),
+                    &self.signals.bot.snapshot(),
+                );
+                drop(reply.send(report));
+            }
             Command::Peers(reply) => drop(reply.send(self.core.membership().view())),
             Command::Invite(ttl, reply) => self.create_invite(ttl, reply),
             Command::Leave(reply) => {
@@ -387,49 +398,6 @@ impl EventLoop {
         }
     }
 
-    fn status_report(&self) -> StatusReport {
-        let view = self.core.membership().view();
-        let alive = view.iter().filter(|p| p.is_alive()).count();
-        let leader = self.core.leader();
-        StatusReport {
-            name: self.state.node.name.clone(),
-            node_id: self.core.local().id.to_base58(),
-            network_id: self.state.network_id.clone(),
-            owner_username: self.state.owner_username.clone(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            protocol_version: gossip::PROTOCOL_VERSION,
-            leader: NodeRef {
-                name: self.core.name_of(&leader),
-                node_id: leader.to_base58(),
-            },
-            is_leader: leader == self.core.local().id,
-            leader_changes: self.core.leader_changes(),
-            alive,
-            offline: view.len() - alive,
-            uptime_secs: self.started.elapsed().as_secs(),
-            incarnation: self.state.node.incarnation,
-            listen_addrs: self.swarm.listeners().map(ToString::to_string).collect(),
-            connected_peers: self.swarm.connected_peers().count(),
-            rejected_gossip: self.core.rejections().clone(),
-            bot: self.bot_report(),
-        }
-    }
-
-    fn bot_report(&self) -> BotReport {
-        let settings = self.core.settings();
-        let metrics = self.signals.bot.snapshot();
-        BotReport {
-            enabled: self.state.bot_token.is_some(),
-            polling: metrics.polling,
-            owner_pinned: settings.owner_user_id.is_some(),
-            last_update_id: settings.last_update_id,
-            language: settings.language.clone(),
-            handled_updates: metrics.handled,
-            refused_updates: metrics.refused,
-            conflicts: metrics.conflicts,
-        }
-    }
-
     /// Makes a token and its link; the core records the invite, and the link is handed out
     /// only once the record is durable.
     fn create_invite(
@@ -460,118 +428,6 @@ impl EventLoop {
             unix_now,
             ttl_secs: ttl.duration().as_secs(),
         });
-    }
-
-    // ---- join (seed side) ----
-
-    fn on_join_request(
-        &mut self,
-        peer: PeerId,
-        request: JoinRequest,
-        channel: ResponseChannel<JoinResponse>,
-    ) {
-        if self.joins.contains_key(&peer) {
-            self.send_join_response(
-                peer,
-                channel,
-                Err(JoinRefusal::Invalid(
-                    "a join of this node is already in progress".to_owned(),
-                )),
-            );
-            return;
-        }
-        match self.check_join(&peer, &request) {
-            Err(refusal) => self.send_join_response(peer, channel, Err(refusal)),
-            Ok((name, addr)) => {
-                self.joins.insert(peer, channel);
-                self.feed(Input::JoinRequest {
-                    peer,
-                    token: &request.token,
-                    name: name.as_str(),
-                    addr: &addr.to_string(),
-                    priority: request.priority,
-                    unix_now: unix_now(),
-                });
-            }
-        }
-    }
-
-    /// The checks of a request's own contents; the core rules on the token and the names.
-    fn check_join(
-        &self,
-        peer: &PeerId,
-        request: &JoinRequest,
-    ) -> Result<(ServerName, HostPort), JoinRefusal> {
-        if request.network_id != self.state.network_id {
-            return Err(JoinRefusal::WrongNetwork {
-                actual: self.state.network_id.clone(),
-            });
-        }
-        let name: ServerName = request.name.parse().map_err(JoinRefusal::Invalid)?;
-        let addr = match &request.addr {
-            Some(addr) => addr.parse::<HostPort>().map_err(JoinRefusal::Invalid)?,
-            None => self.observed_address(peer, request.listen_port)?,
-        };
-        Ok((name, addr))
-    }
-
-    fn observed_address(&self, peer: &PeerId, port: u16) -> Result<HostPort, JoinRefusal> {
-        let ip = self.remote_addrs.get(peer).and_then(|addr| {
-            addr.iter().find_map(|p| match p {
-                Protocol::Ip4(ip) => Some(ip.to_string()),
-                Protocol::Ip6(ip) => Some(ip.to_string()),
-                _ => None,
-            })
-        });
-        match ip {
-            Some(host) if port != 0 => Ok(HostPort { host, port }),
-            _ => Err(JoinRefusal::Invalid(
-                "no public address given and none could be observed".to_owned(),
-            )),
-        }
-    }
-
-    fn answer_join(
-        &mut self,
-        peer: PeerId,
-        answer: Result<constella_behaviours::node::Admission, JoinRefusal>,
-    ) {
-        let Some(channel) = self.joins.remove(&peer) else {
-            return;
-        };
-        let response = answer.map(|admission| JoinAccepted {
-            network_id: self.state.network_id.clone(),
-            network_secret: StoredSecret::from_secret(&self.secret).expose().to_owned(),
-            owner_username: self.state.owner_username.clone(),
-            record: admission.record,
-            members: admission.members,
-            bot_token: self.state.bot_token.as_ref().map(|t| t.expose().to_owned()),
-            settings: admission.settings,
-        });
-        self.send_join_response(peer, channel, response);
-    }
-
-    fn send_join_response(
-        &mut self,
-        peer: PeerId,
-        channel: ResponseChannel<JoinResponse>,
-        response: JoinResponse,
-    ) {
-        match &response {
-            Ok(accepted) => {
-                info!(node = %accepted.record.name, node_id = %peer, "admitted a new node");
-            }
-            Err(refusal) => warn!(from = %peer, %refusal, "join refused"),
-        }
-        if self
-            .swarm
-            .behaviour_mut()
-            .join
-            .send_response(channel, response)
-            .is_err()
-        {
-            warn!(from = %peer, "the joiner went away before the answer");
-        }
     }
 
     // ---- gossip and sync ----
@@ -691,8 +547,8 @@ impl EventLoop {
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
-                self.remote_addrs
-                    .insert(peer_id, endpoint.get_remote_address().clone());
+                self.admissions
+                    .connected(peer_id, endpoint.get_remote_address());
                 self.feed(Input::Connected(peer_id));
             }
             SwarmEvent::ConnectionClosed {
@@ -700,7 +556,7 @@ impl EventLoop {
                 num_established: 0,
                 ..
             } => {
-                self.remote_addrs.remove(&peer_id);
+                self.admissions.disconnected(&peer_id);
                 self.feed(Input::Disconnected(peer_id));
             }
             SwarmEvent::OutgoingConnectionError {
@@ -746,7 +602,21 @@ impl EventLoop {
                         request, channel, ..
                     },
                 ..
-            }) => self.on_join_request(peer, request, channel),
+            }) => {
+                if let Some(ask) =
+                    self.admissions
+                        .receive(&mut self.swarm, &self.state, peer, &request, channel)
+                {
+                    self.feed(Input::JoinRequest {
+                        peer,
+                        token: &request.token,
+                        name: &ask.name,
+                        addr: &ask.addr,
+                        priority: request.priority,
+                        unix_now: unix_now(),
+                    });
+                }
+            }
             BehaviourEvent::Join(request_response::Event::InboundFailure {
                 peer, error, ..
             }) => debug!(%peer, %error, "inbound join failed"),

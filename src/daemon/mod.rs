@@ -3,6 +3,7 @@
 //! replies. The bot, the control socket and the CLI use the [`Client`] and the types here; the
 //! daemon never uses theirs ([`crate::node`] wires them together).
 
+mod admission;
 pub mod error;
 mod event_loop;
 pub mod report;

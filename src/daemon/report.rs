@@ -1,9 +1,16 @@
 //! What the running node reports about itself: the answers of `status`, `invite` and the bot's
 //! counters. The control socket and the bot use these types; the daemon never uses theirs.
 
+use std::time::Instant;
+
+use constella_behaviours::gossip;
+use constella_behaviours::node::Node;
 use serde::{Deserialize, Serialize};
 
 pub use constella_behaviours::node::Rejections;
+
+use super::signals::MetricsSnapshot;
+use crate::state::NetworkState;
 
 /// A reference to a node by name and id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,4 +72,50 @@ pub struct InviteReport {
     pub link: String,
     pub expires_at: u64,
     pub ttl: String,
+}
+
+/// The answer to `status`, from the core, the rest of the state, and what the Swarm and the
+/// bot say (`swarm`: listen addresses and the number of connected peers).
+pub(super) fn status(
+    core: &Node,
+    state: &NetworkState,
+    started: Instant,
+    swarm: (Vec<String>, usize),
+    bot: &MetricsSnapshot,
+) -> StatusReport {
+    let view = core.membership().view();
+    let alive = view.iter().filter(|p| p.is_alive()).count();
+    let leader = core.leader();
+    let settings = core.settings();
+    StatusReport {
+        name: state.node.name.clone(),
+        node_id: core.local().id.to_base58(),
+        network_id: state.network_id.clone(),
+        owner_username: state.owner_username.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        protocol_version: gossip::PROTOCOL_VERSION,
+        leader: NodeRef {
+            name: core.name_of(&leader),
+            node_id: leader.to_base58(),
+        },
+        is_leader: leader == core.local().id,
+        leader_changes: core.leader_changes(),
+        alive,
+        offline: view.len() - alive,
+        uptime_secs: started.elapsed().as_secs(),
+        incarnation: state.node.incarnation,
+        listen_addrs: swarm.0,
+        connected_peers: swarm.1,
+        rejected_gossip: core.rejections().clone(),
+        bot: BotReport {
+            enabled: state.bot_token.is_some(),
+            polling: bot.polling,
+            owner_pinned: settings.owner_user_id.is_some(),
+            last_update_id: settings.last_update_id,
+            language: settings.language.clone(),
+            handled_updates: bot.handled,
+            refused_updates: bot.refused,
+            conflicts: bot.conflicts,
+        },
+    }
 }
