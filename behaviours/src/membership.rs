@@ -428,6 +428,18 @@ impl Membership {
         self.next_expiry = Some(self.next_expiry.map_or(due, |at| at.min(due)));
     }
 
+    /// Changes the silence after which a member is offline (the network grew or shrank).
+    pub fn set_offline_after(&mut self, offline_after: Duration) {
+        self.offline_after = offline_after;
+        // Members may now expire sooner than the deadline noted: look at the next tick.
+        self.next_expiry = self
+            .entries
+            .values()
+            .filter_map(|e| e.liveness.last_heard)
+            .min()
+            .map(|heard| heard + offline_after);
+    }
+
     /// This node is stopping: from now on it does not elect itself.
     pub fn stand_down(&mut self) {
         self.standing_down = true;

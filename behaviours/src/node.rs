@@ -85,6 +85,9 @@ pub struct Config {
     pub invite_retention_secs: u64,
     /// Least time between two roster pulls from the same unknown sender.
     pub pull_gap: Duration,
+    /// Whether the heartbeat interval and the offline bound follow the network's size as it
+    /// changes ([`Config::for_size`]); off for a fixed configuration.
+    pub scale_with_size: bool,
 }
 
 impl Default for Config {
@@ -123,6 +126,7 @@ impl Config {
             settle: Duration::from_secs(4),
             invite_retention_secs: 7 * 24 * 3600,
             pull_gap: Duration::from_secs(2),
+            scale_with_size: true,
         }
     }
 }
@@ -527,6 +531,12 @@ impl Node {
             invites,
         } = restored;
         let local_id = local.id;
+        let mut config = config;
+        if config.scale_with_size {
+            let sized = Config::for_size(records.iter().filter(|r| !r.left).count());
+            config.heartbeat_interval = sized.heartbeat_interval;
+            config.offline_after = sized.offline_after;
+        }
         let mut membership = Membership::new(local.id, records, config.offline_after);
         let mut suspects = BTreeSet::new();
         for id in alive.iter().filter(|id| **id != local.id) {
@@ -1125,8 +1135,11 @@ impl Node {
             }
             self.out.push(Output::Membership(change));
         }
-        if roster_changed && self.exit.is_none() {
-            self.dial_members(now);
+        if roster_changed {
+            self.resize();
+            if self.exit.is_none() {
+                self.dial_members(now);
+            }
         }
         let was_leading = self.leadership.is_local;
         self.update_leadership(now);
@@ -1136,6 +1149,20 @@ impl Node {
             }
         }
         self.persist(None);
+    }
+
+    /// Follows the network's size: the heartbeat interval and the offline bound of
+    /// [`Config::for_size`] for the current member count.
+    fn resize(&mut self) {
+        if !self.config.scale_with_size {
+            return;
+        }
+        let sized = Config::for_size(self.membership.len());
+        if sized.heartbeat_interval != self.config.heartbeat_interval {
+            self.config.heartbeat_interval = sized.heartbeat_interval;
+            self.config.offline_after = sized.offline_after;
+            self.membership.set_offline_after(sized.offline_after);
+        }
     }
 
     /// Re-derives whether this node hosts the leader services, and tells on a change.
@@ -2026,5 +2053,28 @@ mod tests {
         assert!((big.heartbeat_interval.as_secs_f64() - 6.32).abs() < 0.01);
         assert_eq!(big.offline_after, big.heartbeat_interval * 3);
         assert!(SECOND < big.heartbeat_interval);
+    }
+
+    #[test]
+    fn the_interval_follows_the_size_as_members_join() {
+        let mut f = Fixture::new(10, &[]);
+        assert_eq!(f.node.config().heartbeat_interval, Duration::from_secs(2));
+        let records: Vec<MemberRecord> = (0..397)
+            .map(|i| record(PeerId::random(), &format!("n{i}"), 100))
+            .collect();
+        let message = SyncMessage {
+            records,
+            settings: NetworkSettings::default(),
+        };
+        f.handle(
+            0.0,
+            Input::SyncRequest {
+                from: f.b,
+                message: &message,
+            },
+        );
+        // 400 members: 2 s × √4.
+        assert_eq!(f.node.config().heartbeat_interval, Duration::from_secs(4));
+        assert_eq!(f.node.config().offline_after, Duration::from_secs(12));
     }
 }

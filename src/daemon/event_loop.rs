@@ -107,7 +107,7 @@ impl EventLoop {
             .map(|p| p.node_id)
             .collect();
         let records = state.records();
-        let config = constella_behaviours::node::Config::for_size(state.peers.len());
+        let config = constella_behaviours::node::Config::default();
         let core = Node::new(
             config,
             constella_behaviours::node::LocalNode {
