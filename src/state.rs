@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use constella_behaviours::NetworkSecret;
 use constella_behaviours::gossip::MemberRecord;
 use constella_behaviours::membership::Status;
+use constella_behaviours::node;
 use constella_behaviours::settings::NetworkSettings;
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
@@ -184,6 +185,44 @@ impl NetworkState {
             left: true,
         });
         current.chain(departed).collect()
+    }
+
+    /// What the protocol core starts from: this node (announcing `public_addr` first) and the
+    /// members, liveness, settings and invites this file recorded.
+    pub fn restore(&self, id: PeerId, public_addr: &str) -> (node::LocalNode, node::Restored) {
+        let local = node::LocalNode {
+            id,
+            name: self.node.name.clone(),
+            priority: self.node.priority,
+            incarnation: self.node.incarnation,
+            addrs: vec![public_addr.to_owned()],
+        };
+        let restored = node::Restored {
+            records: self.records(),
+            alive: self
+                .peers
+                .iter()
+                .filter(|p| p.status == Status::Alive)
+                .map(|p| p.node_id)
+                .collect(),
+            settings: self.settings.clone(),
+            invites: self.invites.clone(),
+        };
+        (local, restored)
+    }
+
+    /// This state with the core's snapshot laid over it: a node that left loses its secrets.
+    pub fn with_snapshot(&self, snapshot: node::Snapshot) -> Self {
+        let mut next = self.clone();
+        next.set_members(&snapshot.members);
+        next.settings = snapshot.settings;
+        next.invites = snapshot.invites;
+        if snapshot.left {
+            next.left = true;
+            next.network_secret = None;
+            next.bot_token = None;
+        }
+        next
     }
 
     /// Replaces `peers` and `departed` with `members` (each record with its status).

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use constella_behaviours::gossip::{self, GossipBody, GossipError};
-use constella_behaviours::membership::{Change, Status};
-use constella_behaviours::node::{Ack, Input, Node, Output, Refusal, Snapshot};
+use constella_behaviours::membership::Change;
+use constella_behaviours::node::{Ack, Config, Input, Node, Output, Refusal, Snapshot};
 use constella_behaviours::sync::{SyncMessage, SyncResponse};
 use constella_behaviours::{Behaviour, BehaviourEvent, NetworkSecret, gossip_topic, kad_protocol};
 use futures::StreamExt;
@@ -100,32 +100,8 @@ impl EventLoop {
             .subscribe(&topic)
             .context("cannot subscribe to the gossip topic")?;
         let now = Instant::now();
-        let alive: Vec<PeerId> = state
-            .peers
-            .iter()
-            .filter(|p| p.status == Status::Alive)
-            .map(|p| p.node_id)
-            .collect();
-        let records = state.records();
-        let config = constella_behaviours::node::Config::default();
-        let core = Node::new(
-            config,
-            constella_behaviours::node::LocalNode {
-                id: local_id,
-                name: state.node.name.clone(),
-                priority: state.node.priority,
-                incarnation: state.node.incarnation,
-                addrs: vec![public.to_multiaddr().to_string()],
-            },
-            constella_behaviours::node::Restored {
-                records,
-                alive,
-                settings: state.settings.clone(),
-                invites: state.invites.clone(),
-            },
-            now,
-            rand::random(),
-        );
+        let (local, restored) = state.restore(local_id, &public.to_multiaddr().to_string());
+        let core = Node::new(Config::default(), local, restored, now, rand::random());
         for (id, record) in core.membership().remote_members() {
             if let Ok(addr) = record.addr.parse::<HostPort>() {
                 swarm
@@ -205,10 +181,25 @@ impl EventLoop {
 
     /// Hands one input to the core and carries out what it answers.
     fn feed(&mut self, input: Input<'_>) {
+        self.feed_and_take(input, |_| None::<()>);
+    }
+
+    /// [`Self::feed`], keeping back the output that `take` picks (an answer to the input,
+    /// for the caller that has the request in scope) instead of carrying it out.
+    fn feed_and_take<T>(
+        &mut self,
+        input: Input<'_>,
+        take: impl Fn(&Output) -> Option<T>,
+    ) -> Option<T> {
         let outputs: Vec<Output> = self.core.handle(Instant::now(), input).collect();
+        let mut taken = None;
         for output in outputs {
-            self.apply(output);
+            match take(&output) {
+                Some(value) => taken = Some(value),
+                None => self.apply(output),
+            }
         }
+        taken
     }
 
     fn apply(&mut self, output: Output) {
@@ -312,16 +303,7 @@ impl EventLoop {
 
     /// Lays the core's snapshot over the rest of the state and queues the write.
     fn persist(&mut self, snapshot: Snapshot, ack: Option<Ack>) {
-        let mut next = self.state.clone();
-        next.set_members(&snapshot.members);
-        next.settings = snapshot.settings;
-        next.invites = snapshot.invites;
-        if snapshot.left {
-            next.left = true;
-            next.network_secret = None;
-            next.bot_token = None;
-        }
-        self.store.save(next, ack);
+        self.store.save(self.state.with_snapshot(snapshot), ack);
     }
 
     fn publish(&mut self, body: &GossipBody) {
@@ -435,24 +417,15 @@ impl EventLoop {
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
         let verdict = match gossip::open(&self.secret, &message.data) {
             Ok(body) => {
-                let outputs: Vec<Output> = self
-                    .core
-                    .handle(
-                        Instant::now(),
-                        Input::Gossip {
-                            signer: message.source,
-                            body: &body,
-                        },
-                    )
-                    .collect();
-                let mut verdict = Ok(());
-                for output in outputs {
-                    match output {
-                        Output::GossipVerdict(v) => verdict = v,
-                        other => self.apply(other),
-                    }
-                }
-                verdict
+                let input = Input::Gossip {
+                    signer: message.source,
+                    body: &body,
+                };
+                self.feed_and_take(input, |o| match o {
+                    Output::GossipVerdict(verdict) => Some(*verdict),
+                    _ => None,
+                })
+                .unwrap_or(Err(Refusal::Malformed))
             }
             Err(error) => {
                 let refusal = match error {
@@ -487,23 +460,14 @@ impl EventLoop {
                     },
                 ..
             } => {
-                let outputs: Vec<Output> = self
-                    .core
-                    .handle(
-                        Instant::now(),
-                        Input::SyncRequest {
-                            from: peer,
-                            message: &request,
-                        },
-                    )
-                    .collect();
-                let mut reply = None;
-                for output in outputs {
-                    match output {
-                        Output::SyncReply { message, .. } => reply = Some(message),
-                        other => self.apply(other),
-                    }
-                }
+                let input = Input::SyncRequest {
+                    from: peer,
+                    message: &request,
+                };
+                let reply = self.feed_and_take(input, |o| match o {
+                    Output::SyncReply { message, .. } => Some(message.clone()),
+                    _ => None,
+                });
                 if reply.is_none() {
                     debug!(%peer, "sync refused: not a member");
                     self.feed(Input::StrangerRefused(peer));
