@@ -11,9 +11,12 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use constella_behaviours::membership::MemberView;
+
 use crate::daemon::Client;
+use crate::daemon::report::{InviteReport, StatusReport};
 use crate::stats::{NodeStats, RebootAccepted};
-use constella_behaviours::rpc::PeerInfo;
+use crate::validate::Ttl;
 
 /// Longest request line the daemon reads.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -43,98 +46,15 @@ pub enum Request {
     },
 }
 
-/// A node as shown by `peers --json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerReport {
-    pub name: String,
-    pub node_id: String,
-    pub addr: String,
-    pub status: String,
-    pub leader: bool,
-}
-
-/// A reference to a node by name and id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRef {
-    pub name: String,
-    pub node_id: String,
-}
-
-/// Counts of gossip messages refused, by reason.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rejections {
-    pub bad_mac: u64,
-    pub wrong_signer: u64,
-    pub non_member: u64,
-    pub replay: u64,
-    pub malformed: u64,
-    pub incompatible_version: u64,
-}
-
-/// What `status --json` prints.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StatusReport {
-    pub name: String,
-    pub node_id: String,
-    pub network_id: String,
-    pub owner_username: String,
-    pub version: String,
-    pub protocol_version: u32,
-    pub leader: NodeRef,
-    pub is_leader: bool,
-    pub leader_changes: u64,
-    pub alive: usize,
-    pub offline: usize,
-    pub uptime_secs: u64,
-    /// Bumped at every start of the daemon: tells a restarted process from the old one.
-    #[serde(default)]
-    pub incarnation: u32,
-    pub listen_addrs: Vec<String>,
-    pub connected_peers: usize,
-    pub rejected_gossip: Rejections,
-    /// The Telegram bot on this node.
-    #[serde(default)]
-    pub bot: BotReport,
-}
-
-/// The Telegram bot as `status --json` shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BotReport {
-    /// The network has a bot token.
-    pub enabled: bool,
-    /// This node is polling the Bot API now (it leads).
-    pub polling: bool,
-    /// The owner's Telegram id is pinned.
-    pub owner_pinned: bool,
-    /// The highest update id handled in the network.
-    pub last_update_id: u32,
-    /// The interface language ("" is the default, Russian).
-    pub language: String,
-    /// Updates this node handled for the owner.
-    pub handled_updates: u64,
-    /// Updates from anyone else that this node refused (without a reply).
-    pub refused_updates: u64,
-    /// 409 Conflict answers: another process polled the same token.
-    pub conflicts: u64,
-}
-
-/// A new invite.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InviteReport {
-    pub link: String,
-    pub expires_at: u64,
-    pub ttl: String,
-}
-
 /// The daemon's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Status(Box<StatusReport>),
-    Peers(Vec<PeerReport>),
+    Peers(Vec<MemberView>),
     Invite(InviteReport),
     Left,
-    PeersOf(Vec<PeerInfo>),
+    PeersOf(Vec<MemberView>),
     Stats(Box<NodeStats>),
     RebootAccepted(RebootAccepted),
     Error(String),
@@ -226,11 +146,37 @@ async fn answer(stream: UnixStream, client: Client) -> Result<()> {
         .read_line(&mut line)
         .await?;
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => client.handle(request).await,
+        Ok(request) => handle(&client, request).await,
         Err(error) => Response::Error(format!("malformed control request: {error}")),
     };
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
     write.write_all(&out).await?;
     Ok(())
+}
+
+/// Answers one control request through the node's [`Client`].
+async fn handle(client: &Client, request: Request) -> Response {
+    let result = match request {
+        Request::Status => client.status().await.map(|s| Response::Status(Box::new(s))),
+        Request::Peers => client.peers().await.map(Response::Peers),
+        Request::Invite { ttl_secs } => match format!("{ttl_secs}s").parse::<Ttl>() {
+            Ok(ttl) => client.invite(ttl).await.map(Response::Invite),
+            Err(error) => return Response::Error(error),
+        },
+        Request::Leave => client.leave().await.map(|()| Response::Left),
+        Request::PeersOf { target } => client.peers_of(&target).await.map(Response::PeersOf),
+        Request::Stats { target } => client
+            .stats(&target)
+            .await
+            .map(|s| Response::Stats(Box::new(s))),
+        Request::Reboot {
+            target,
+            requested_by,
+        } => client
+            .reboot(&target, &requested_by)
+            .await
+            .map(Response::RebootAccepted),
+    };
+    result.unwrap_or_else(|error| Response::Error(error.to_string()))
 }

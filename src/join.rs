@@ -101,8 +101,7 @@ pub async fn join(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkState> 
     .await
     .unwrap_or_else(|_| Err(anyhow::anyhow!("the seed at {seed} did not answer within {} s", JOIN_DEADLINE.as_secs())))?;
 
-    if outcome.network_id != plan.link.network_id || outcome.record.node_id != local_id.to_base58()
-    {
+    if outcome.network_id != plan.link.network_id || outcome.record.node_id != local_id {
         bail!("the seed's answer does not match this join (network or node id differs)");
     }
     let secret = NetworkSecret::from_hex(&outcome.network_secret)
@@ -115,7 +114,7 @@ pub async fn join(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkState> 
         format: STATE_FORMAT,
         node: LocalNode {
             name: plan.name.as_str().to_owned(),
-            node_id: local_id.to_base58(),
+            node_id: local_id,
             public_addr: outcome.record.addr.clone(),
             listen: plan.listen.to_string(),
             priority: plan.priority,
@@ -127,7 +126,12 @@ pub async fn join(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkState> 
         bot_token: outcome.bot_token.clone().map(StoredSecret::new),
         settings: outcome.settings.clone(),
     };
-    state.set_records(&outcome.members, |_| "offline");
+    let members: Vec<_> = outcome
+        .members
+        .iter()
+        .map(|r| (r.clone(), constella_behaviours::membership::Status::Offline))
+        .collect();
+    state.set_members(&members);
     state_dir.create()?;
     if !state_dir.key_path().exists() {
         state_dir.save_key(&key)?;

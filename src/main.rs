@@ -7,6 +7,7 @@ mod daemon;
 mod join;
 mod link;
 mod logging;
+mod node;
 mod output;
 mod reboot;
 mod rolling;
@@ -91,7 +92,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            daemon::run(
+            node::run(
                 state_dir,
                 args.listen,
                 args.reboot_command,
@@ -113,7 +114,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 Response::Peers(peers) if args.json => print_json(&peers),
                 Response::Peers(peers) => print_text(&output::peers_table(&peers)),
                 Response::PeersOf(peers) if args.json => print_json(&peers),
-                Response::PeersOf(peers) => print_text(&output::remote_peers_table(&peers)),
+                Response::PeersOf(peers) => print_text(&output::peers_table(&peers)),
                 other => unexpected(other),
             }
         }
@@ -201,12 +202,12 @@ fn init(state_dir: &StateDir, args: cli::InitArgs) -> Result<()> {
         .map_err(anyhow::Error::msg)?;
     state_dir.create()?;
     let key = state_dir.load_or_create_key()?;
-    let node_id = key.public().to_peer_id().to_base58();
+    let node_id = key.public().to_peer_id();
     let mut network_id = [0u8; 8];
     rand::fill(&mut network_id);
     let listen = listen_or_default(args.listen, args.public_addr.port);
     let record = MemberRecord {
-        node_id: node_id.clone(),
+        node_id,
         name: args.server_name.as_str().to_owned(),
         addr: args.public_addr.to_string(),
         priority: args.priority,
@@ -221,7 +222,7 @@ fn init(state_dir: &StateDir, args: cli::InitArgs) -> Result<()> {
         format: STATE_FORMAT,
         node: LocalNode {
             name: record.name.clone(),
-            node_id: node_id.clone(),
+            node_id,
             public_addr: args.public_addr.to_string(),
             listen: listen.to_string(),
             priority: args.priority,
@@ -233,7 +234,7 @@ fn init(state_dir: &StateDir, args: cli::InitArgs) -> Result<()> {
         bot_token: bot_token.map(|t| StoredSecret::new(t.expose().to_owned())),
         settings: Default::default(),
     };
-    state.set_records(&[record], |_| "alive");
+    state.set_members(&[(record, constella_behaviours::membership::Status::Alive)]);
     state_dir.save(&state)?;
     println!(
         "Created network {} with {} ({node_id}).",

@@ -2,13 +2,14 @@
 
 use std::fmt::Write as _;
 
-use constella_behaviours::rpc::PeerInfo;
+use constella_behaviours::membership::{MemberView, Status};
 
-use crate::control::{PeerReport, StatusReport};
+use crate::daemon::report::StatusReport;
 use crate::stats::NodeStats;
 
 /// The seed's node list: "• delta-01 — Хост", "• fox-03 (offline)", with address and id columns.
-pub fn peers_table(peers: &[PeerReport]) -> String {
+/// Also prints another node's view (`peers --from`), as that node sees it.
+pub fn peers_table(peers: &[MemberView]) -> String {
     let labels: Vec<String> = peers
         .iter()
         .map(|p| {
@@ -16,8 +17,8 @@ pub fn peers_table(peers: &[PeerReport]) -> String {
             if p.leader {
                 label.push_str(" — Хост");
             }
-            if p.status != "alive" {
-                let _ = write!(label, " ({})", p.status);
+            if p.status != Status::Alive {
+                let _ = write!(label, " (offline)");
             }
             label
         })
@@ -34,21 +35,6 @@ pub fn peers_table(peers: &[PeerReport]) -> String {
         );
     }
     out
-}
-
-/// Another node's view (`peers --from`): the same table, without the leader mark.
-pub fn remote_peers_table(peers: &[PeerInfo]) -> String {
-    let rows: Vec<PeerReport> = peers
-        .iter()
-        .map(|p| PeerReport {
-            name: p.name.clone(),
-            node_id: p.node_id.clone(),
-            addr: p.addr.clone(),
-            status: p.status.clone(),
-            leader: false,
-        })
-        .collect();
-    peers_table(&rows)
 }
 
 /// Bytes in binary units: "512 B", "1.5 KiB", "3.8 GiB".
@@ -203,12 +189,18 @@ mod tests {
 
     #[test]
     fn table_marks_leader_and_offline() {
-        let peer = |name: &str, status: &str, leader| PeerReport {
+        let peer = |name: &str, status: &str, leader| MemberView {
             name: name.into(),
-            node_id: format!("id-{name}"),
+            node_id: libp2p::PeerId::random(),
             addr: "203.0.113.10:4747".into(),
-            status: status.into(),
+            status: if status == "alive" {
+                Status::Alive
+            } else {
+                Status::Offline
+            },
             leader,
+            priority: 100,
+            uptime_secs: None,
         };
         let table = peers_table(&[
             peer("delta-01", "alive", true),

@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::cli::RollingRestartArgs;
-use crate::control::{self, PeerReport, Request, Response, StatusReport};
+use constella_behaviours::membership::MemberView;
+
+use crate::control::{self, Request, Response};
+use crate::daemon::report::StatusReport;
 use crate::state::StateDir;
 use crate::validate::HostPort;
 
@@ -37,7 +40,7 @@ struct Target {
 }
 
 impl Target {
-    fn new(peer: &PeerReport) -> Result<Self> {
+    fn new(peer: &MemberView) -> Result<Self> {
         let addr: HostPort = peer
             .addr
             .parse()
@@ -49,7 +52,7 @@ impl Target {
             s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b".-:_".contains(&b))
         };
-        if !safe(&addr.host) || !safe(&peer.name) || !safe(&peer.node_id) {
+        if !safe(&addr.host) || !safe(&peer.name) || !safe(&peer.node_id.to_base58()) {
             bail!(
                 "{} ({}) has characters that are unsafe in a shell command",
                 peer.name,
@@ -58,7 +61,7 @@ impl Target {
         }
         Ok(Self {
             name: peer.name.clone(),
-            node_id: peer.node_id.clone(),
+            node_id: peer.node_id.to_base58(),
             addr,
             leader: peer.leader,
         })
@@ -128,7 +131,7 @@ impl Fleet {
         self.query(node, "status").await
     }
 
-    async fn peers(&self, node: &Target) -> Result<Vec<PeerReport>> {
+    async fn peers(&self, node: &Target) -> Result<Vec<MemberView>> {
         self.query(node, "peers").await
     }
 
@@ -145,12 +148,12 @@ impl Fleet {
             for member in all {
                 let alive = peers
                     .iter()
-                    .any(|p| p.node_id == member.node_id && p.status == "alive");
+                    .any(|p| p.node_id.to_base58() == member.node_id && p.is_alive());
                 if !alive {
                     bail!("{} does not see {} alive yet", observer.name, member.name);
                 }
             }
-            let leaders: Vec<&PeerReport> = peers.iter().filter(|p| p.leader).collect();
+            let leaders: Vec<&MemberView> = peers.iter().filter(|p| p.leader).collect();
             let [leader] = leaders.as_slice() else {
                 bail!("{} names {} leaders", observer.name, leaders.len());
             };
@@ -198,7 +201,7 @@ pub async fn run(state_dir: &StateDir, args: RollingRestartArgs) -> Result<()> {
     };
     let offline: Vec<&str> = peers
         .iter()
-        .filter(|p| p.status != "alive")
+        .filter(|p| !p.is_alive())
         .map(|p| p.name.as_str())
         .collect();
     if !offline.is_empty() {

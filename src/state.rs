@@ -15,10 +15,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use constella_behaviours::NetworkSecret;
 use constella_behaviours::gossip::MemberRecord;
+use constella_behaviours::membership::Status;
+use constella_behaviours::node;
 use constella_behaviours::settings::NetworkSettings;
+use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 /// File name of the network state.
@@ -57,9 +59,10 @@ pub fn default_state_dir() -> PathBuf {
 pub struct PeerEntry {
     pub name: String,
     pub addr: String,
-    pub node_id: String,
+    #[serde(with = "constella_behaviours::ids::base58")]
+    pub node_id: PeerId,
     /// `"alive"` or `"offline"`, as last seen by this node.
-    pub status: String,
+    pub status: Status,
     pub priority: u32,
     /// Version of the member record (see `MemberRecord::version`).
     pub version: u64,
@@ -69,7 +72,8 @@ pub struct PeerEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DepartedEntry {
     pub name: String,
-    pub node_id: String,
+    #[serde(with = "constella_behaviours::ids::base58")]
+    pub node_id: PeerId,
     pub version: u64,
 }
 
@@ -77,7 +81,8 @@ pub struct DepartedEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalNode {
     pub name: String,
-    pub node_id: String,
+    #[serde(with = "constella_behaviours::ids::base58")]
+    pub node_id: PeerId,
     /// The address other nodes dial, `host:port`.
     pub public_addr: String,
     /// The address to listen on, `host:port`.
@@ -87,16 +92,7 @@ pub struct LocalNode {
     pub incarnation: u32,
 }
 
-/// An invite issued by this node. Only the token's SHA-256 is kept.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Invite {
-    pub token_sha256: String,
-    pub created_at: u64,
-    pub expires_at: u64,
-    /// When it was used, and by which node.
-    pub used_at: Option<u64>,
-    pub used_by: Option<String>,
-}
+pub use constella_behaviours::node::Invite;
 
 /// The network secret as stored: hex, wiped on drop, never shown by `Debug`.
 #[derive(Clone, Default)]
@@ -173,7 +169,7 @@ impl NetworkState {
     /// Member records (tombstones included) for the membership machine.
     pub fn records(&self) -> Vec<MemberRecord> {
         let current = self.peers.iter().map(|p| MemberRecord {
-            node_id: p.node_id.clone(),
+            node_id: p.node_id,
             name: p.name.clone(),
             addr: p.addr.clone(),
             priority: p.priority,
@@ -181,7 +177,7 @@ impl NetworkState {
             left: false,
         });
         let departed = self.departed.iter().map(|d| MemberRecord {
-            node_id: d.node_id.clone(),
+            node_id: d.node_id,
             name: d.name.clone(),
             addr: String::new(),
             priority: 0,
@@ -191,40 +187,69 @@ impl NetworkState {
         current.chain(departed).collect()
     }
 
-    /// Replaces `peers` and `departed` with `records`; `status_of` gives each member's status.
-    pub fn set_records(
-        &mut self,
-        records: &[MemberRecord],
-        status_of: impl Fn(&str) -> &'static str,
-    ) {
-        self.peers = records
+    /// What the protocol core starts from: this node (announcing `public_addr` first) and the
+    /// members, liveness, settings and invites this file recorded.
+    pub fn restore(&self, id: PeerId, public_addr: &str) -> (node::LocalNode, node::Restored) {
+        let local = node::LocalNode {
+            id,
+            name: self.node.name.clone(),
+            priority: self.node.priority,
+            incarnation: self.node.incarnation,
+            addrs: vec![public_addr.to_owned()],
+        };
+        let restored = node::Restored {
+            records: self.records(),
+            alive: self
+                .peers
+                .iter()
+                .filter(|p| p.status == Status::Alive)
+                .map(|p| p.node_id)
+                .collect(),
+            settings: self.settings.clone(),
+            invites: self.invites.clone(),
+        };
+        (local, restored)
+    }
+
+    /// This state with the core's snapshot laid over it: a node that left loses its secrets.
+    pub fn with_snapshot(&self, snapshot: node::Snapshot) -> Self {
+        let mut next = self.clone();
+        next.set_members(&snapshot.members);
+        next.settings = snapshot.settings;
+        next.invites = snapshot.invites;
+        if snapshot.left {
+            next.left = true;
+            next.network_secret = None;
+            next.bot_token = None;
+        }
+        next
+    }
+
+    /// Replaces `peers` and `departed` with `members` (each record with its status).
+    pub fn set_members(&mut self, members: &[(MemberRecord, Status)]) {
+        self.peers = members
             .iter()
-            .filter(|r| !r.left)
-            .map(|r| PeerEntry {
+            .filter(|(r, _)| !r.left)
+            .map(|(r, status)| PeerEntry {
                 name: r.name.clone(),
                 addr: r.addr.clone(),
-                node_id: r.node_id.clone(),
-                status: status_of(&r.node_id).to_owned(),
+                node_id: r.node_id,
+                status: *status,
                 priority: r.priority,
                 version: r.version,
             })
             .collect();
         self.peers.sort_by(|a, b| a.name.cmp(&b.name));
-        self.departed = records
+        self.departed = members
             .iter()
-            .filter(|r| r.left)
-            .map(|r| DepartedEntry {
+            .filter(|(r, _)| r.left)
+            .map(|(r, _)| DepartedEntry {
                 name: r.name.clone(),
-                node_id: r.node_id.clone(),
+                node_id: r.node_id,
                 version: r.version,
             })
             .collect();
     }
-}
-
-/// The hex SHA-256 under which an invite token is kept.
-pub fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// Seconds since the Unix epoch.
@@ -392,7 +417,7 @@ mod tests {
             format: STATE_FORMAT,
             node: LocalNode {
                 name: "delta-01".into(),
-                node_id: "x".into(),
+                node_id: PeerId::random(),
                 public_addr: "127.0.0.1:4747".into(),
                 listen: "127.0.0.1:4747".into(),
                 priority: 100,

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fake_telegram::{BotMessage, FakeTelegram, TgUser};
+use common::fake_telegram::{BotMessage, FakeTelegram, PollEnd, TgUser};
 use common::{Cluster, Node, agreed_leader, agreed_leader_without, wait_for};
 
 /// A token in @BotFather's format; the fake server accepts only this one.
@@ -501,6 +501,11 @@ fn a_better_node_takes_the_bot_over_within_a_second() {
         ended <= stopping + Duration::from_secs(1),
         "bravo's poll ended {:?} after SIGTERM ({how:?})",
         ended - stopping
+    );
+    // Ended by bravo's bot dropping it, not by the fake answering 409 to alpha's new poll.
+    assert!(
+        matches!(how, PollEnd::Dropped),
+        "bravo's poll was not dropped by its bot: {how:?}"
     );
     wait_for(ANSWER, "alpha to poll again", || {
         fake.polls()

@@ -5,6 +5,7 @@
 //! sender's libp2p key, and the receiver checks that the signer is the node the body names. A
 //! message is accepted only if both checks pass and the sender is a current member.
 
+use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
 use crate::secret::{MAC_LEN, NetworkSecret};
@@ -27,8 +28,9 @@ pub const MAX_GOSSIP_BYTES: usize = 256 * 1024;
 /// A heartbeat: "I am alive", published every two seconds by every member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
-    /// The sender's PeerId (base58).
-    pub node_id: String,
+    /// The sender's PeerId (base58 on the wire).
+    #[serde(with = "crate::ids::base58")]
+    pub node_id: PeerId,
     /// The sender's server name.
     pub name: String,
     /// The sender's leader priority (lower wins).
@@ -56,8 +58,9 @@ impl Heartbeat {
 /// missed heartbeats; it stays a member and is alive again with its next incarnation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Goodbye {
-    /// The sender's PeerId (base58).
-    pub node_id: String,
+    /// The sender's PeerId (base58 on the wire).
+    #[serde(with = "crate::ids::base58")]
+    pub node_id: PeerId,
     /// In the sender's heartbeat sequence (`incarnation << 32 | counter`), after its last
     /// heartbeat: a replayed goodbye is refused like a replayed heartbeat, and a heartbeat of the
     /// same incarnation relayed late cannot revive the node.
@@ -74,8 +77,9 @@ impl Goodbye {
 /// One entry of the member list as it travels between nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRecord {
-    /// PeerId (base58).
-    pub node_id: String,
+    /// PeerId (base58 on the wire and in the state file).
+    #[serde(with = "crate::ids::base58")]
+    pub node_id: PeerId,
     /// Server name, unique among current members.
     pub name: String,
     /// Public address `host:port` given at init or join.
@@ -91,8 +95,9 @@ pub struct MemberRecord {
 /// A member list, published on every join and leave and every 30 s (anti-entropy).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RosterUpdate {
-    /// PeerId of the publisher (base58).
-    pub from: String,
+    /// PeerId of the publisher (base58 on the wire).
+    #[serde(with = "crate::ids::base58")]
+    pub from: PeerId,
     /// The records the publisher knows, tombstones included.
     pub records: Vec<MemberRecord>,
 }
@@ -111,13 +116,13 @@ pub enum GossipBody {
 }
 
 impl GossipBody {
-    /// The PeerId (base58) that claims to have written this body.
-    pub fn author(&self) -> &str {
+    /// The PeerId that claims to have written this body.
+    pub fn author(&self) -> PeerId {
         match self {
-            GossipBody::Heartbeat(hb) => &hb.node_id,
-            GossipBody::Roster(roster) => &roster.from,
-            GossipBody::Settings(settings) => &settings.from,
-            GossipBody::Goodbye(goodbye) => &goodbye.node_id,
+            GossipBody::Heartbeat(hb) => hb.node_id,
+            GossipBody::Roster(roster) => roster.from,
+            GossipBody::Settings(settings) => settings.from,
+            GossipBody::Goodbye(goodbye) => goodbye.node_id,
         }
     }
 }
@@ -195,9 +200,16 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A fixed node id, so that bodies compare equal across calls.
+    fn example_id() -> PeerId {
+        "12D3KooWEyoppNCUx8Yx66oV9fJnriXwCcXwDDUA2kj6vnc6iDEp"
+            .parse()
+            .unwrap()
+    }
+
     fn heartbeat() -> GossipBody {
         GossipBody::Heartbeat(Heartbeat {
-            node_id: "12D3KooWexample".into(),
+            node_id: example_id(),
             name: "delta-01".into(),
             priority: 10,
             addrs: vec!["/ip4/127.0.0.1/tcp/4747".into()],
@@ -222,11 +234,11 @@ mod tests {
     fn goodbye_round_trip() {
         let secret = NetworkSecret::from_bytes([7; 32]);
         let goodbye = GossipBody::Goodbye(Goodbye {
-            node_id: "12D3KooWexample".into(),
+            node_id: example_id(),
             seq: (5 << 32) | 9,
         });
         assert_eq!(open(&secret, &seal(&secret, &goodbye)), Ok(goodbye.clone()));
-        assert_eq!(goodbye.author(), "12D3KooWexample");
+        assert_eq!(goodbye.author(), example_id());
         let GossipBody::Goodbye(g) = goodbye else {
             unreachable!()
         };

@@ -20,6 +20,12 @@ pub const MAX_REQUEST_BYTES: u64 = 4 * 1024;
 /// Largest Join response accepted (a member list of a few hundred nodes fits).
 pub const MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
 
+/// The lowercase hex SHA-256 under which an invite token is kept (the token itself never is).
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
 /// What a joiner sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinRequest {

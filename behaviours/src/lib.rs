@@ -1,15 +1,17 @@
-//! The libp2p side of Constella: the wire formats and state machines of membership, leader
-//! election and join, and [`Behaviour`], the one `NetworkBehaviour` a node's Swarm runs.
+//! Constella's protocol: the wire formats, the sans-I/O core that holds every rule of a node,
+//! its simulator, and [`Behaviour`], the one `NetworkBehaviour` a node's Swarm runs.
 //!
+//! - [`node`]: the protocol core: `Node::handle(now, Input) -> Outputs`, no I/O.
 //! - [`gossip`]: heartbeats and member lists, authenticated with the network secret.
 //! - [`membership`]: who is a member and who is alive, driven by gossip and the clock.
+//! - [`sync`]: pairwise member-list exchange.
 //! - [`leader`]: the total order that picks the leader ("Хост").
 //! - [`join`]: the one-time-token admission protocol.
 //! - [`settings`]: the bot state every node holds (owner pin, last Telegram update, language).
 //! - [`rpc`]: GetPeers, GetStats and Reboot between members.
 //!
-//! The node's event loop (in the `constella` binary) owns the Swarm and feeds these machines;
-//! nothing here does I/O of its own beyond what libp2p does.
+//! The node's event loop (in the `constella` binary) owns the Swarm, feeds [`node::Node`] and
+//! carries out what it answers; nothing here does I/O of its own beyond what libp2p does.
 
 #![cfg_attr(
     not(test),
@@ -17,12 +19,15 @@
 )]
 
 pub mod gossip;
+pub mod ids;
 pub mod join;
 pub mod leader;
 pub mod membership;
+pub mod node;
 pub mod rpc;
 mod secret;
 pub mod settings;
+pub mod sync;
 
 use std::time::Duration;
 
@@ -64,6 +69,8 @@ pub struct Behaviour {
     pub join: join::Behaviour,
     /// Answers and sends GetPeers, GetStats and Reboot.
     pub rpc: rpc::Behaviour,
+    /// Exchanges member lists and settings between two members.
+    pub sync: sync::Behaviour,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -141,6 +148,7 @@ impl Behaviour {
             kad,
             join: join::behaviour(request_timeout),
             rpc: rpc::behaviour(RPC_TIMEOUT),
+            sync: sync::behaviour(RPC_TIMEOUT),
         })
     }
 }

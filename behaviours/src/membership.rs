@@ -23,21 +23,22 @@
 //!   incarnation's first heartbeat does.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
 
 use crate::gossip::{Goodbye, Heartbeat, MemberRecord};
-use crate::leader::{LeaderKey, elect};
 
 /// Heartbeats are published this often.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// A member is offline after this long without a heartbeat (three missed heartbeats).
 pub const OFFLINE_AFTER: Duration = Duration::from_secs(6);
 
-/// Whether a member is reachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether a member is reachable. Serialised lowercase (`"alive"`, `"offline"`), as in
+/// `network_state.json`, `peers --json` and RPC answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Heartbeats arrive.
     Alive,
@@ -90,25 +91,36 @@ pub enum HeartbeatRejection {
     Replay,
 }
 
-/// What a node sees of one member.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerView {
-    /// The member's PeerId.
-    pub node_id: PeerId,
+/// One member as a node sees it: the one view type shown by `peers --json`, answered by the
+/// `GetPeers` RPC and listed by the bot. Its JSON keeps the seed's field names; `status` is
+/// `"alive"` or `"offline"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
     /// Its server name.
     pub name: String,
+    /// Its PeerId (base58 text).
+    #[serde(with = "crate::ids::base58")]
+    pub node_id: PeerId,
     /// Its public address `host:port`.
     pub addr: String,
-    /// Its leader priority.
-    pub priority: u32,
     /// Alive or offline (the local node is always alive).
     pub status: Status,
-    /// True for the current leader.
+    /// True for the current leader. (Absent in answers from nodes of protocol version 2.)
+    #[serde(default)]
     pub leader: bool,
+    /// Its leader priority.
+    #[serde(default)]
+    pub priority: u32,
     /// Its daemon's uptime from its last heartbeat, if one arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime_secs: Option<u64>,
-    /// Its protocol version from its last heartbeat, if one arrived.
-    pub protocol_version: Option<u32>,
+}
+
+impl MemberView {
+    /// Whether it is alive.
+    pub fn is_alive(&self) -> bool {
+        self.status == Status::Alive
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +153,19 @@ impl Liveness {
 struct Entry {
     record: MemberRecord,
     liveness: Liveness,
+    /// `node_id.to_bytes()`, kept for the leader order (computed once, not at every election).
+    key_bytes: Vec<u8>,
+}
+
+impl Entry {
+    fn new(record: MemberRecord, liveness: Liveness) -> Self {
+        let key_bytes = record.node_id.to_bytes();
+        Self {
+            record,
+            liveness,
+            key_bytes,
+        }
+    }
 }
 
 /// The member list and the liveness of each member, as one node sees them.
@@ -151,6 +176,12 @@ pub struct Membership {
     offline_after: Duration,
     /// Set when this node is stopping: it is no longer a leader candidate.
     standing_down: bool,
+    /// The leader, derived from the entries by [`Membership::elect`] after every change that
+    /// can move it; the only place a node keeps it.
+    leader: PeerId,
+    /// No alive member can go silent before this instant: [`Membership::tick`] does nothing
+    /// earlier (a heartbeat only moves a member's deadline later).
+    next_expiry: Option<Instant>,
 }
 
 impl Membership {
@@ -162,18 +193,46 @@ impl Membership {
             entries: BTreeMap::new(),
             offline_after,
             standing_down: false,
+            leader: local,
+            next_expiry: None,
         };
         for record in records {
-            let Ok(id) = PeerId::from_str(&record.node_id) else {
-                continue;
-            };
+            let id = record.node_id;
             let mut liveness = Liveness::unknown();
             if id == local {
                 liveness.status = Status::Alive;
             }
-            membership.entries.insert(id, Entry { record, liveness });
+            membership.entries.insert(id, Entry::new(record, liveness));
         }
+        membership.elect();
         membership
+    }
+
+    /// Recomputes the leader: the alive member with the smallest [`LeaderKey`]. This node is a
+    /// candidate unless it stands down; if it stands down and nobody else is alive, it is still
+    /// the answer. Returns whether the leader changed.
+    fn elect(&mut self) -> bool {
+        let mut best: Option<(&PeerId, &Entry)> = None;
+        for (id, entry) in &self.entries {
+            let candidate = if *id == self.local {
+                !self.standing_down
+            } else {
+                entry.liveness.status == Status::Alive
+            };
+            if entry.record.left || !candidate {
+                continue;
+            }
+            let better = best.is_none_or(|(_, b)| {
+                (entry.record.priority, &entry.key_bytes) < (b.record.priority, &b.key_bytes)
+            });
+            if better {
+                best = Some((id, entry));
+            }
+        }
+        let leader = best.map_or(self.local, |(id, _)| *id);
+        let changed = leader != self.leader;
+        self.leader = leader;
+        changed
     }
 
     /// This node's PeerId.
@@ -236,32 +295,35 @@ impl Membership {
             .collect()
     }
 
-    /// The alive member with the smallest [`LeaderKey`]. This node is a candidate unless it
-    /// stands down; if it stands down and nobody else is alive, it is still the answer.
+    /// The alive member with the smallest [`LeaderKey`](crate::leader::LeaderKey) (see
+    /// [`Membership::elect`]).
     pub fn leader(&self) -> PeerId {
-        let alive = self.entries.iter().filter(|(id, entry)| {
-            let candidate = if **id == self.local {
-                !self.standing_down
-            } else {
-                entry.liveness.status == Status::Alive
-            };
-            !entry.record.left && candidate
-        });
-        let keys = alive.map(|(id, entry)| LeaderKey {
-            priority: entry.record.priority,
-            node_id: *id,
-        });
-        elect(keys).unwrap_or(self.local)
+        self.leader
+    }
+
+    /// When [`Membership::tick`] may next find a silent member (`None`: no alive remote member).
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.next_expiry
+    }
+
+    /// How many current members there are, this node included.
+    pub fn len(&self) -> usize {
+        self.entries.values().filter(|e| !e.record.left).count()
+    }
+
+    /// Whether the list has no current member (never true for a node in its own list).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The list shown by `peers`: current members sorted by name.
-    pub fn view(&self) -> Vec<PeerView> {
+    pub fn view(&self) -> Vec<MemberView> {
         let leader = self.leader();
-        let mut view: Vec<PeerView> = self
+        let mut view: Vec<MemberView> = self
             .entries
             .iter()
             .filter(|(_, entry)| !entry.record.left)
-            .map(|(id, entry)| PeerView {
+            .map(|(id, entry)| MemberView {
                 node_id: *id,
                 name: entry.record.name.clone(),
                 addr: entry.record.addr.clone(),
@@ -269,7 +331,6 @@ impl Membership {
                 status: entry.liveness.status,
                 leader: *id == leader,
                 uptime_secs: entry.liveness.uptime_secs,
-                protocol_version: entry.liveness.protocol_version,
             })
             .collect();
         view.sort_by(|a, b| a.name.cmp(&b.name));
@@ -281,10 +342,9 @@ impl Membership {
     /// own messages (ignored).
     fn accept_seq(
         &mut self,
-        node_id: &str,
+        id: PeerId,
         seq: u64,
     ) -> Result<Option<(PeerId, &mut Liveness)>, HeartbeatRejection> {
-        let id = PeerId::from_str(node_id).map_err(|_| HeartbeatRejection::NonMember)?;
         if id == self.local {
             return Ok(None);
         }
@@ -309,12 +369,14 @@ impl Membership {
         connected: bool,
         now: Instant,
     ) -> Result<Option<Change>, HeartbeatRejection> {
-        let Some((id, live)) = self.accept_seq(&hb.node_id, hb.seq)? else {
+        let Some((id, live)) = self.accept_seq(hb.node_id, hb.seq)? else {
             return Ok(None);
         };
         live.uptime_secs = Some(hb.uptime_secs);
         live.protocol_version = Some(hb.protocol_version);
-        live.addrs.clone_from(&hb.addrs);
+        if live.addrs != hb.addrs {
+            live.addrs.clone_from(&hb.addrs);
+        }
         if live.evidence_incarnation == Some(hb.incarnation()) && !connected {
             // Relayed late from an incarnation we saw die: not proof of life.
             return Ok(None);
@@ -323,6 +385,8 @@ impl Membership {
         live.last_heard = Some(now);
         if live.status == Status::Offline {
             live.status = Status::Alive;
+            self.note_deadline(now);
+            self.elect();
             return Ok(Some(Change::Alive(id)));
         }
         Ok(None)
@@ -331,7 +395,7 @@ impl Membership {
     /// Takes an authenticated goodbye whose gossipsub signer is `goodbye.node_id`: the member is
     /// offline now, until a heartbeat with a higher sequence number (its next incarnation).
     pub fn on_goodbye(&mut self, goodbye: &Goodbye) -> Result<Option<Change>, HeartbeatRejection> {
-        let Some((id, live)) = self.accept_seq(&goodbye.node_id, goodbye.seq)? else {
+        let Some((id, live)) = self.accept_seq(goodbye.node_id, goodbye.seq)? else {
             return Ok(None);
         };
         live.evidence_incarnation = Some(goodbye.incarnation());
@@ -339,6 +403,7 @@ impl Membership {
             return Ok(None);
         }
         live.status = Status::Offline;
+        self.elect();
         Ok(Some(Change::Offline(id, OfflineReason::Goodbye)))
     }
 
@@ -351,12 +416,39 @@ impl Membership {
         if let Some(entry) = self.entries.get_mut(peer).filter(|e| !e.record.left) {
             entry.liveness.status = Status::Alive;
             entry.liveness.last_heard = Some(now);
+            self.note_deadline(now);
+            self.elect();
         }
+    }
+
+    /// A member heard at `heard` can go silent at `heard + offline_after`: make sure
+    /// [`Membership::tick`] looks by then.
+    fn note_deadline(&mut self, heard: Instant) {
+        let due = heard + self.offline_after;
+        self.next_expiry = Some(self.next_expiry.map_or(due, |at| at.min(due)));
+    }
+
+    /// Changes the silence after which a member is offline (the network grew or shrank).
+    pub fn set_offline_after(&mut self, offline_after: Duration) {
+        self.offline_after = offline_after;
+        // Members may now expire sooner than the deadline noted: look at the next tick.
+        self.next_expiry = self
+            .entries
+            .values()
+            .filter_map(|e| e.liveness.last_heard)
+            .min()
+            .map(|heard| heard + offline_after);
     }
 
     /// This node is stopping: from now on it does not elect itself.
     pub fn stand_down(&mut self) {
         self.standing_down = true;
+        self.elect();
+    }
+
+    /// Whether this node is standing down (stopping).
+    pub fn is_standing_down(&self) -> bool {
+        self.standing_down
     }
 
     /// A direct connection to `peer` is up: evidence against it no longer holds.
@@ -377,12 +469,18 @@ impl Membership {
         }
         entry.liveness.status = Status::Offline;
         entry.liveness.evidence_incarnation = Some((entry.liveness.last_seq >> 32) as u32);
+        self.elect();
         Some(Change::Offline(*peer, OfflineReason::Unreachable))
     }
 
-    /// Marks offline every member whose last heartbeat is older than `offline_after`.
+    /// Marks offline every member whose last heartbeat is older than `offline_after`. Scans the
+    /// list only once [`Membership::next_expiry`] has come, so calling it often costs nothing.
     pub fn tick(&mut self, now: Instant) -> Vec<Change> {
         let mut changes = Vec::new();
+        if self.next_expiry.is_none_or(|at| now < at) {
+            return changes;
+        }
+        let mut next_expiry: Option<Instant> = None;
         for (id, entry) in &mut self.entries {
             let live = &mut entry.liveness;
             if *id == self.local || entry.record.left || live.status == Status::Offline {
@@ -394,7 +492,14 @@ impl Membership {
             if silent {
                 live.status = Status::Offline;
                 changes.push(Change::Offline(*id, OfflineReason::HeartbeatTimeout));
+            } else if let Some(heard) = live.last_heard {
+                let due = heard + self.offline_after;
+                next_expiry = Some(next_expiry.map_or(due, |at| at.min(due)));
             }
+        }
+        self.next_expiry = next_expiry;
+        if !changes.is_empty() {
+            self.elect();
         }
         changes
     }
@@ -405,9 +510,7 @@ impl Membership {
     pub fn merge(&mut self, records: &[MemberRecord]) -> Vec<Change> {
         let mut changes = Vec::new();
         for incoming in records {
-            let Ok(id) = PeerId::from_str(&incoming.node_id) else {
-                continue;
-            };
+            let id = incoming.node_id;
             if id == self.local {
                 continue;
             }
@@ -416,13 +519,8 @@ impl Membership {
                     if !incoming.left {
                         changes.push(Change::Joined(id));
                     }
-                    self.entries.insert(
-                        id,
-                        Entry {
-                            record: incoming.clone(),
-                            liveness: Liveness::unknown(),
-                        },
-                    );
+                    self.entries
+                        .insert(id, Entry::new(incoming.clone(), Liveness::unknown()));
                 }
                 Some(entry) if supersedes(incoming, &entry.record) => {
                     let was_left = entry.record.left;
@@ -437,6 +535,10 @@ impl Membership {
                 Some(_) => {}
             }
         }
+        if !changes.is_empty() || records.iter().any(|r| r.node_id != self.local) {
+            // A record's priority may have changed even without a join or a leave.
+            self.elect();
+        }
         changes
     }
 
@@ -447,21 +549,49 @@ impl Membership {
             .get(&id)
             .map_or(1, |entry| entry.record.version + 1);
         let record = MemberRecord {
-            node_id: id.to_base58(),
+            node_id: id,
             name,
             addr,
             priority,
             version,
             left: false,
         };
-        self.entries.insert(
-            id,
-            Entry {
-                record: record.clone(),
-                liveness: Liveness::unknown(),
-            },
-        );
+        self.entries
+            .insert(id, Entry::new(record.clone(), Liveness::unknown()));
+        self.elect();
         record
+    }
+
+    /// Removes a record this node added with [`Membership::admit`] whose admission could not be
+    /// completed (its state could not be written): puts back the record it replaced, if any.
+    pub fn unadmit(&mut self, previous: Option<MemberRecord>, id: &PeerId) {
+        match previous {
+            Some(record) => {
+                self.entries
+                    .insert(*id, Entry::new(record, Liveness::unknown()));
+            }
+            None => {
+                self.entries.remove(id);
+            }
+        }
+        self.elect();
+    }
+
+    /// The record of `id`, tombstones included.
+    pub fn any_record(&self, id: &PeerId) -> Option<&MemberRecord> {
+        self.entries.get(id).map(|entry| &entry.record)
+    }
+
+    /// Undoes [`Membership::leave`] when the departure could not be recorded.
+    pub fn unleave(&mut self) {
+        if let Some(entry) = self.entries.get_mut(&self.local)
+            && entry.record.left
+        {
+            entry.record.left = false;
+            entry.record.version -= 1;
+            entry.liveness.status = Status::Alive;
+        }
+        self.elect();
     }
 
     /// Turns this node's own record into a tombstone, for `leave`.
@@ -469,7 +599,9 @@ impl Membership {
         let entry = self.entries.get_mut(&self.local)?;
         entry.record.left = true;
         entry.record.version += 1;
-        Some(entry.record.clone())
+        let record = entry.record.clone();
+        self.elect();
+        Some(record)
     }
 }
 
@@ -477,15 +609,9 @@ impl Membership {
 /// larger (name, addr, priority), so every node converges on the same record whatever the order
 /// in which updates arrive.
 fn supersedes(incoming: &MemberRecord, current: &MemberRecord) -> bool {
-    let rank = |r: &MemberRecord| {
-        (
-            r.version,
-            r.left,
-            r.name.clone(),
-            r.addr.clone(),
-            r.priority,
-        )
-    };
+    fn rank(r: &MemberRecord) -> (u64, bool, &str, &str, u32) {
+        (r.version, r.left, &r.name, &r.addr, r.priority)
+    }
     rank(incoming) > rank(current)
 }
 
@@ -496,7 +622,7 @@ mod tests {
 
     fn record(id: PeerId, name: &str, priority: u32) -> MemberRecord {
         MemberRecord {
-            node_id: id.to_base58(),
+            node_id: id,
             name: name.into(),
             addr: "127.0.0.1:4747".into(),
             priority,
@@ -507,7 +633,7 @@ mod tests {
 
     fn heartbeat(id: PeerId, incarnation: u32, counter: u32) -> Heartbeat {
         Heartbeat {
-            node_id: id.to_base58(),
+            node_id: id,
             name: "x".into(),
             priority: 0,
             addrs: vec![],
@@ -607,7 +733,7 @@ mod tests {
         let now = Instant::now();
         m.on_heartbeat(&heartbeat(b, 3, 7), true, now).unwrap();
         let goodbye = Goodbye {
-            node_id: b.to_base58(),
+            node_id: b,
             seq: (3 << 32) | 8,
         };
         assert_eq!(
@@ -634,7 +760,7 @@ mod tests {
         let stranger = PeerId::random();
         assert_eq!(
             m.on_goodbye(&Goodbye {
-                node_id: stranger.to_base58(),
+                node_id: stranger,
                 seq: u64::MAX
             }),
             Err(HeartbeatRejection::NonMember)
@@ -654,7 +780,7 @@ mod tests {
         m.on_heartbeat(&heartbeat(c, 1, 1), true, now).unwrap();
         assert_eq!(m.leader(), b);
         m.on_goodbye(&Goodbye {
-            node_id: b.to_base58(),
+            node_id: b,
             seq: (1 << 32) | 2,
         })
         .unwrap();
@@ -684,7 +810,7 @@ mod tests {
         assert_eq!(m.leader(), b);
         // Stopping: a names b even though a would beat the now-offline c.
         m.on_goodbye(&Goodbye {
-            node_id: b.to_base58(),
+            node_id: b,
             seq: (2 << 32) | 2,
         })
         .unwrap();
@@ -740,10 +866,16 @@ mod tests {
         x.addr = "10.0.0.1:1".into();
         let mut y = record(b, "b", 10);
         y.addr = "10.0.0.2:1".into();
-        let (mut m1, mut m2) = (three().0, three().0);
+        // Two nodes that both know a, b and c (the same existing members, not fresh ones).
+        let records = m.records();
+        let (mut m1, mut m2) = (
+            Membership::new(a, records.clone(), OFFLINE_AFTER),
+            Membership::new(a, records, OFFLINE_AFTER),
+        );
+        assert!(m1.is_member(&b) && m2.is_member(&b));
         m1.merge(&[x.clone(), y.clone()]);
         m2.merge(&[y, x]);
-        let pick = |m: &Membership| m.records().into_iter().find(|r| r.node_id == b.to_base58());
+        let pick = |m: &Membership| m.records().into_iter().find(|r| r.node_id == b);
         assert_eq!(pick(&m1).map(|r| r.addr), pick(&m2).map(|r| r.addr));
     }
 
@@ -759,5 +891,32 @@ mod tests {
         assert_eq!(again.version, 8);
         assert!(m.is_member(&d));
         assert_eq!(m.find_by_name("d"), Some(d));
+    }
+
+    #[test]
+    fn the_derived_leader_follows_the_documented_order() {
+        use crate::leader::{LeaderKey, elect};
+        let now = Instant::now();
+        for round in 0..50u32 {
+            let ids: Vec<PeerId> = (0..6).map(|_| PeerId::random()).collect();
+            let records: Vec<MemberRecord> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| record(*id, &format!("n{i}"), (round + i as u32) % 3))
+                .collect();
+            let mut m = Membership::new(ids[0], records.clone(), OFFLINE_AFTER);
+            // Every other remote member alive.
+            for id in ids.iter().skip(2).step_by(2) {
+                m.assume_alive(id, now);
+            }
+            let expected = elect(records.iter().filter_map(|r| {
+                let alive = r.node_id == ids[0] || m.status(&r.node_id) == Some(Status::Alive);
+                alive.then_some(LeaderKey {
+                    priority: r.priority,
+                    node_id: r.node_id,
+                })
+            }));
+            assert_eq!(Some(m.leader()), expected, "round {round}");
+        }
     }
 }

@@ -38,19 +38,6 @@ pub enum RpcRequest {
     },
 }
 
-/// A member as the answering node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerInfo {
-    /// Server name.
-    pub name: String,
-    /// PeerId, base58.
-    pub node_id: String,
-    /// Public address `host:port`.
-    pub addr: String,
-    /// `"alive"` or `"offline"`.
-    pub status: String,
-}
-
 /// Space on one mounted filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskUsage {
@@ -108,7 +95,7 @@ pub struct RebootAccepted {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RpcAnswer {
     /// Answer to [`RpcRequest::GetPeers`].
-    Peers(Vec<PeerInfo>),
+    Peers(Vec<crate::membership::MemberView>),
     /// Answer to [`RpcRequest::GetStats`].
     Stats(Box<NodeStats>),
     /// Answer to [`RpcRequest::Reboot`].

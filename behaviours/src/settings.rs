@@ -52,8 +52,9 @@ impl NetworkSettings {
 /// Network settings as published on the gossip topic (on every change and every 30 s).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SettingsUpdate {
-    /// PeerId of the publisher (base58).
-    pub from: String,
+    /// PeerId of the publisher (base58 on the wire).
+    #[serde(with = "crate::ids::base58")]
+    pub from: libp2p::PeerId,
     /// The publisher's merged settings.
     pub settings: NetworkSettings,
 }

@@ -71,6 +71,11 @@ pub fn short_id(node_id: &str) -> &str {
     node_id.get(start..).unwrap_or(node_id)
 }
 
+/// [`short_id`] of a node id.
+pub fn short_peer_id(node_id: &libp2p::PeerId) -> String {
+    short_id(&node_id.to_base58()).to_owned()
+}
+
 fn is_short_id(text: &str) -> bool {
     text.len() == SHORT_ID_LEN && text.bytes().all(|b| b.is_ascii_alphanumeric())
 }

@@ -18,13 +18,13 @@ use teloxide::types::{CallbackQuery, Message, MessageId, Update, UpdateKind, Use
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::callback::{Action, Binding, ConfirmError, Confirmation, short_id};
+use super::callback::{Action, Binding, ConfirmError, Confirmation, short_peer_id};
 use super::ui::{self, Lang, Screen};
 use super::{BotConfig, BotMetrics};
-use crate::control::PeerReport;
-use crate::daemon::Client;
+use crate::daemon::{Client, ClientError};
 use crate::state::unix_now;
 use crate::validate::Ttl;
+use constella_behaviours::membership::MemberView;
 
 /// Longest wait for the node's answer to a bot action (RPCs have their own, shorter, timeouts).
 const ACTION_TIMEOUT: Duration = Duration::from_secs(20);
@@ -289,7 +289,7 @@ impl Handlers {
             self.answer(&query, Some(ui::toast_stale(lang))).await;
             return;
         };
-        let offline = peer.status != "alive";
+        let offline = !peer.is_alive();
         match action {
             Action::List => {}
             Action::Card(_) => {
@@ -334,7 +334,7 @@ impl Handlers {
         &mut self,
         query: &CallbackQuery,
         lang: Lang,
-        peer: &PeerReport,
+        peer: &MemberView,
         confirmation: Confirmation,
         binding: Binding,
     ) {
@@ -374,7 +374,7 @@ impl Handlers {
             Ok(()) => ui::reboot_accepted(lang, &peer.name),
             Err(error) => ui::action_failed(lang, &peer.name, &error),
         };
-        let screen = ui::with_back(lang, text, Some(short_id(&peer.node_id)));
+        let screen = ui::with_back(lang, text, Some(&short_peer_id(&peer.node_id)));
         self.edit(
             ChatId(binding.chat_id),
             MessageId(binding.message_id),
@@ -385,11 +385,11 @@ impl Handlers {
 
     // ---- the node ----
 
-    async fn peers(&self) -> Result<Vec<PeerReport>, String> {
+    async fn peers(&self) -> Result<Vec<MemberView>, ClientError> {
         self.client.peers().await
     }
 
-    async fn invite(&self, ttl: Ttl) -> Result<(String, String), String> {
+    async fn invite(&self, ttl: Ttl) -> Result<(String, String), ClientError> {
         self.client
             .invite(ttl)
             .await
@@ -397,15 +397,15 @@ impl Handlers {
     }
 
     /// The node's figures, by node id (names can be reused after a leave; ids cannot).
-    async fn usage_text(&self, lang: Lang, peer: &PeerReport) -> String {
-        match bounded(self.client.stats(&peer.node_id)).await {
+    async fn usage_text(&self, lang: Lang, peer: &MemberView) -> String {
+        match bounded(self.client.stats(&peer.node_id.to_base58())).await {
             Ok(stats) => ui::usage(lang, &stats),
             Err(error) => ui::action_failed(lang, &peer.name, &error),
         }
     }
 
-    async fn reboot(&self, peer: &PeerReport, requested_by: &str) -> Result<(), String> {
-        bounded(self.client.reboot(&peer.node_id, requested_by))
+    async fn reboot(&self, peer: &MemberView, requested_by: &str) -> Result<(), ClientError> {
+        bounded(self.client.reboot(&peer.node_id.to_base58(), requested_by))
             .await
             .map(|accepted| {
                 info!(node = %accepted.name, action = %accepted.action, "the node accepted the reboot");
@@ -449,15 +449,15 @@ impl Handlers {
 
 /// `call`, or an error after [`ACTION_TIMEOUT`] (the RPCs time out sooner on their own; this
 /// keeps a stuck call from stalling the bot).
-async fn bounded<T>(call: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+async fn bounded<T>(call: impl Future<Output = Result<T, ClientError>>) -> Result<T, ClientError> {
     tokio::time::timeout(ACTION_TIMEOUT, call)
         .await
-        .unwrap_or_else(|_| Err("no answer in time".to_owned()))
+        .unwrap_or_else(|_| Err(ClientError::Unreachable("?".to_owned())))
 }
 
 /// The current member whose node id ends with `short`, if exactly one does.
-fn resolve<'a>(peers: &'a [PeerReport], short: &str) -> Option<&'a PeerReport> {
-    let mut matches = peers.iter().filter(|p| short_id(&p.node_id) == short);
+fn resolve<'a>(peers: &'a [MemberView], short: &str) -> Option<&'a MemberView> {
+    let mut matches = peers.iter().filter(|p| short_peer_id(&p.node_id) == short);
     let first = matches.next()?;
     matches.next().is_none().then_some(first)
 }
@@ -528,20 +528,20 @@ mod tests {
 
     #[test]
     fn short_ids_resolve_only_when_unique() {
-        let peer = |id: &str| PeerReport {
-            name: id.into(),
-            node_id: id.into(),
+        let peer = |name: &str, node_id: libp2p::PeerId| MemberView {
+            name: name.into(),
+            node_id,
             addr: String::new(),
-            status: "alive".into(),
+            status: constella_behaviours::membership::Status::Alive,
             leader: false,
+            priority: 100,
+            uptime_secs: None,
         };
-        let peers = [peer("12D3KooWaaaaaaaa"), peer("12D3KooWbbbbbbbb")];
-        assert_eq!(
-            resolve(&peers, "aaaaaaaa").unwrap().name,
-            "12D3KooWaaaaaaaa"
-        );
+        let (a, b) = (libp2p::PeerId::random(), libp2p::PeerId::random());
+        let peers = [peer("a", a), peer("b", b)];
+        assert_eq!(resolve(&peers, &short_peer_id(&a)).unwrap().name, "a");
         assert!(resolve(&peers, "cccccccc").is_none());
-        let twins = [peer("1aaaaaaaa"), peer("2aaaaaaaa")];
-        assert!(resolve(&twins, "aaaaaaaa").is_none());
+        let twins = [peer("a", a), peer("again", a)];
+        assert!(resolve(&twins, &short_peer_id(&a)).is_none());
     }
 }

@@ -16,7 +16,6 @@ mod poller;
 pub mod ui;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use constella_behaviours::NetworkSecret;
 use teloxide::Bot;
@@ -25,7 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::daemon::Client;
-use crate::daemon::signals::{Leadership, NetworkEvent, Watchers};
+use crate::daemon::signals::{BotMetrics, Leadership, NetworkEvent, Watchers};
 use crate::state::StoredSecret;
 
 /// What the bot needs to know about its network.
@@ -41,47 +40,6 @@ pub struct BotConfig {
     pub node_name: String,
     /// Signs reboot confirmations so that any leader can check them.
     pub secret: NetworkSecret,
-}
-
-/// Counters shown by `status`.
-#[derive(Debug, Default)]
-pub struct BotMetrics {
-    polling: AtomicBool,
-    handled: AtomicU64,
-    refused: AtomicU64,
-    conflicts: AtomicU64,
-}
-
-/// A copy of [`BotMetrics`] at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MetricsSnapshot {
-    pub polling: bool,
-    pub handled: u64,
-    pub refused: u64,
-    pub conflicts: u64,
-}
-
-impl BotMetrics {
-    pub fn snapshot(&self) -> MetricsSnapshot {
-        MetricsSnapshot {
-            polling: self.polling.load(Ordering::Relaxed),
-            handled: self.handled.load(Ordering::Relaxed),
-            refused: self.refused.load(Ordering::Relaxed),
-            conflicts: self.conflicts.load(Ordering::Relaxed),
-        }
-    }
-    fn set_polling(&self, polling: bool) {
-        self.polling.store(polling, Ordering::Relaxed);
-    }
-    fn count_handled(&self) {
-        self.handled.fetch_add(1, Ordering::Relaxed);
-    }
-    fn count_refused(&self) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-    }
-    fn count_conflict(&self) {
-        self.conflicts.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 /// The running bot tasks.

@@ -5,11 +5,12 @@ use std::fmt::Write as _;
 
 use teloxide::types::{InlineKeyboardButton, InlineKeyboardMarkup};
 
-use super::callback::{Action, Confirmation, short_id};
-use crate::control::PeerReport;
+use super::callback::{Action, Confirmation, short_peer_id};
+use crate::daemon::ClientError;
 use crate::daemon::signals::NetworkEvent;
 use crate::output::{human_bytes, human_duration};
 use crate::stats::NodeStats;
+use constella_behaviours::membership::MemberView;
 
 /// Disks listed on a phone screen; more are counted.
 const MAX_DISKS: usize = 3;
@@ -59,20 +60,20 @@ fn button(text: impl Into<String>, action: &Action) -> InlineKeyboardButton {
 }
 
 /// The seed's list label: "• delta-01 — Хост", "• echo-02", "• fox-03 (offline)".
-pub fn node_label(lang: Lang, peer: &PeerReport) -> String {
+pub fn node_label(lang: Lang, peer: &MemberView) -> String {
     let mut label = format!("• {}", peer.name);
     if peer.leader {
         label.push_str(lang.pick(" — Хост", " — Host"));
     }
-    if peer.status != "alive" {
-        let _ = write!(label, " ({})", peer.status);
+    if !peer.is_alive() {
+        let _ = write!(label, " (offline)");
     }
     label
 }
 
 /// The main menu: every node as a button.
-pub fn node_list(lang: Lang, peers: &[PeerReport]) -> Screen {
-    let alive = peers.iter().filter(|p| p.status == "alive").count();
+pub fn node_list(lang: Lang, peers: &[MemberView]) -> Screen {
+    let alive = peers.iter().filter(|p| p.is_alive()).count();
     let text = match lang {
         Lang::Ru => format!(
             "Узлы сети: {} (в сети {alive}).\n«Хост» — текущий лидер. Выберите узел:",
@@ -88,7 +89,7 @@ pub fn node_list(lang: Lang, peers: &[PeerReport]) -> Screen {
         .map(|p| {
             vec![button(
                 node_label(lang, p),
-                &Action::Card(short_id(&p.node_id).to_owned()),
+                &Action::Card(short_peer_id(&p.node_id)),
             )]
         })
         .collect();
@@ -103,13 +104,13 @@ pub fn node_list(lang: Lang, peers: &[PeerReport]) -> Screen {
 }
 
 /// A node's card with its actions.
-pub fn node_card(lang: Lang, peer: &PeerReport) -> Screen {
-    let short = short_id(&peer.node_id).to_owned();
-    let status = match (peer.status.as_str(), lang) {
-        ("alive", Lang::Ru) => "в сети",
-        ("alive", Lang::En) => "online",
-        (_, Lang::Ru) => "offline (не отвечает)",
-        (_, Lang::En) => "offline (not answering)",
+pub fn node_card(lang: Lang, peer: &MemberView) -> Screen {
+    let short = short_peer_id(&peer.node_id);
+    let status = match (peer.is_alive(), lang) {
+        (true, Lang::Ru) => "в сети",
+        (true, Lang::En) => "online",
+        (false, Lang::Ru) => "offline (не отвечает)",
+        (false, Lang::En) => "offline (not answering)",
     };
     let leader = match (peer.leader, lang) {
         (true, Lang::Ru) => "да (Хост)",
@@ -145,7 +146,7 @@ pub fn node_card(lang: Lang, peer: &PeerReport) -> Screen {
 }
 
 /// The reboot confirmation.
-pub fn confirm_reboot(lang: Lang, peer: &PeerReport, confirmation: Confirmation) -> Screen {
+pub fn confirm_reboot(lang: Lang, peer: &MemberView, confirmation: Confirmation) -> Screen {
     let short = confirmation.node.clone();
     let text = match lang {
         Lang::Ru => format!(
@@ -273,7 +274,8 @@ pub fn reboot_accepted(lang: Lang, name: &str) -> String {
 }
 
 /// An action failed; `error` is the node's one-line reason.
-pub fn action_failed(lang: Lang, name: &str, error: &str) -> String {
+pub fn action_failed(lang: Lang, name: &str, error: &ClientError) -> String {
+    let error = client_error(lang, error);
     match lang {
         Lang::Ru => format!("❌ {name}: не получилось — {error}"),
         Lang::En => format!("❌ {name}: failed — {error}"),
@@ -346,7 +348,30 @@ pub fn lang_set(lang: Lang) -> String {
     lang.pick("Язык: русский.", "Language: English.").to_owned()
 }
 
-pub fn node_error(lang: Lang, error: &str) -> String {
+/// A [`ClientError`] in the owner's language.
+pub fn client_error(lang: Lang, error: &ClientError) -> String {
+    match lang {
+        Lang::En => error.to_string(),
+        Lang::Ru => match error {
+            ClientError::ShuttingDown => "узел останавливается".to_owned(),
+            ClientError::UnknownNode(name) => format!("нет узла с именем {name}"),
+            ClientError::Offline(name) => format!("узел {name} offline"),
+            ClientError::Unreachable(name) => format!("узел {name} недоступен"),
+            ClientError::Refused { node, reason } => format!("узел {node} отказал: {reason}"),
+            ClientError::BadAnswer { node, problem } => {
+                format!("узел {node} ответил непонятно: {problem}")
+            }
+            ClientError::Busy(n) => {
+                format!("слишком много запросов одновременно ({n}); повторите чуть позже")
+            }
+            ClientError::Storage(detail) => format!("не удалось сохранить состояние: {detail}"),
+            ClientError::Invalid(detail) => format!("неверный запрос: {detail}"),
+        },
+    }
+}
+
+pub fn node_error(lang: Lang, error: &ClientError) -> String {
+    let error = client_error(lang, error);
     match lang {
         Lang::Ru => format!("Узел не ответил: {error}"),
         Lang::En => format!("The node did not answer: {error}"),
@@ -395,13 +420,19 @@ pub fn notification(lang: Lang, events: &[NetworkEvent], max_lines: usize) -> St
 mod tests {
     use super::*;
 
-    fn peer(name: &str, status: &str, leader: bool) -> PeerReport {
-        PeerReport {
+    fn peer(name: &str, status: &str, leader: bool) -> MemberView {
+        MemberView {
             name: name.into(),
-            node_id: format!("12D3KooW{name:0>8}"),
+            node_id: libp2p::PeerId::random(),
             addr: "203.0.113.10:4747".into(),
-            status: status.into(),
+            status: if status == "alive" {
+                constella_behaviours::membership::Status::Alive
+            } else {
+                constella_behaviours::membership::Status::Offline
+            },
             leader,
+            priority: 100,
+            uptime_secs: None,
         }
     }
 

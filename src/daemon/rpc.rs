@@ -1,24 +1,27 @@
 //! The node side of RPC (GetPeers, GetStats, Reboot): forwarding the local client's calls to
-//! their target and matching the answers, and answering members' calls. The event loop owns
-//! an [`Rpc`] and dispatches commands and `rpc` behaviour events here.
+//! their target and matching the answers, and answering members' calls. The event loop owns an
+//! [`Rpc`] and hands it the Swarm and the protocol core it needs for each step; what RPC must
+//! tell the core (a refused stranger, a reboot that wants the state saved) comes back as a
+//! [`Followup`].
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use constella_behaviours::RPC_TIMEOUT;
-use constella_behaviours::membership::Status;
+use constella_behaviours::membership::{MemberView, Status};
+use constella_behaviours::node::Node;
 use constella_behaviours::rpc::{
-    MAX_REQUESTED_BY_CHARS, PeerInfo, RpcAnswer, RpcRefusal, RpcRequest, RpcResponse,
+    MAX_REQUESTED_BY_CHARS, RpcAnswer, RpcRefusal, RpcRequest, RpcResponse,
 };
-use libp2p::PeerId;
+use constella_behaviours::{Behaviour, RPC_TIMEOUT};
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
+use libp2p::{PeerId, Swarm};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::event_loop::EventLoop;
+use super::error::ClientError;
+use super::event_loop::dial_addresses;
 use crate::reboot::RebootAction;
 use crate::stats::{self, NodeStats, RebootAccepted};
 
@@ -28,11 +31,6 @@ const MAX_PENDING: usize = 64;
 const MAX_PARALLEL_STATS: usize = 2;
 /// Answers of measurements waiting for the event loop.
 const FINISHED_QUEUE: usize = 16;
-/// How long a refused stranger's connection stays open so the refusal reaches it: closing at
-/// once can cut the answer off before the muxer flushed it.
-const STRANGER_GRACE: Duration = Duration::from_millis(500);
-/// Most strangers waiting to be disconnected; beyond this they are cut off at once.
-const MAX_STRANGERS: usize = 256;
 /// Time between accepting a reboot and taking it, so the answer reaches the caller first.
 const REBOOT_DELAY: Duration = Duration::from_secs(1);
 
@@ -40,36 +38,33 @@ const REBOOT_DELAY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(super) enum Reply {
     /// A `GetPeers` for [`Client::peers_of`](super::Client::peers_of).
-    Peers(oneshot::Sender<Result<Vec<PeerInfo>, String>>),
+    Peers(oneshot::Sender<Result<Vec<MemberView>, ClientError>>),
     /// A `GetStats` for [`Client::stats`](super::Client::stats).
-    Stats(oneshot::Sender<Result<NodeStats, String>>),
+    Stats(oneshot::Sender<Result<NodeStats, ClientError>>),
     /// A `Reboot` for [`Client::reboot`](super::Client::reboot).
-    Reboot(oneshot::Sender<Result<RebootAccepted, String>>),
+    Reboot(oneshot::Sender<Result<RebootAccepted, ClientError>>),
 }
 
 impl Reply {
-    fn fail(self, message: String) {
+    fn fail(self, error: ClientError) {
         // A caller that gave up has dropped its receiver: nothing to tell.
         match self {
-            Reply::Peers(tx) => drop(tx.send(Err(message))),
-            Reply::Stats(tx) => drop(tx.send(Err(message))),
-            Reply::Reboot(tx) => drop(tx.send(Err(message))),
+            Reply::Peers(tx) => drop(tx.send(Err(error))),
+            Reply::Stats(tx) => drop(tx.send(Err(error))),
+            Reply::Reboot(tx) => drop(tx.send(Err(error))),
         }
     }
 
     /// Hands over the answer if its kind matches the question.
     fn answer(self, name: &str, answer: RpcAnswer) {
         match (self, answer) {
-            (Reply::Peers(tx), RpcAnswer::Peers(peers)) => {
-                let _ = tx.send(Ok(peers));
-            }
-            (Reply::Stats(tx), RpcAnswer::Stats(stats)) => {
-                let _ = tx.send(Ok(*stats));
-            }
-            (Reply::Reboot(tx), RpcAnswer::Reboot(accepted)) => {
-                let _ = tx.send(Ok(accepted));
-            }
-            (reply, _) => reply.fail(format!("node {name} gave an answer of the wrong kind")),
+            (Reply::Peers(tx), RpcAnswer::Peers(peers)) => drop(tx.send(Ok(peers))),
+            (Reply::Stats(tx), RpcAnswer::Stats(stats)) => drop(tx.send(Ok(*stats))),
+            (Reply::Reboot(tx), RpcAnswer::Reboot(accepted)) => drop(tx.send(Ok(accepted))),
+            (reply, _) => reply.fail(ClientError::BadAnswer {
+                node: name.to_owned(),
+                problem: "gave an answer of the wrong kind".to_owned(),
+            }),
         }
     }
 }
@@ -85,6 +80,16 @@ struct Pending {
     reply: Reply,
 }
 
+impl Pending {
+    fn unreachable(&self) -> ClientError {
+        if self.offline {
+            ClientError::Offline(self.name.clone())
+        } else {
+            ClientError::Unreachable(self.name.clone())
+        }
+    }
+}
+
 /// A measurement finished off the event loop, to be sent back to the member that asked.
 #[derive(Debug)]
 pub(super) struct Finished {
@@ -93,11 +98,20 @@ pub(super) struct Finished {
     response: RpcResponse,
 }
 
+/// What the event loop must tell the core after an RPC step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Followup {
+    /// Nothing.
+    None,
+    /// A non-member's request was refused or answered: close its connection soon.
+    Stranger(PeerId),
+    /// A reboot was accepted: save the state now.
+    Persist,
+}
+
 /// Which node a call is for.
 enum Target {
-    /// This node.
     Local,
-    /// Another member.
     Remote { id: PeerId, name: String },
 }
 
@@ -112,12 +126,11 @@ pub(super) struct Rpc {
     measuring: Arc<Semaphore>,
     finished_tx: mpsc::Sender<Finished>,
     finished_rx: mpsc::Receiver<Finished>,
-    /// Refused non-members and when to close their connections.
-    strangers: HashMap<PeerId, Instant>,
+    started: Instant,
 }
 
 impl Rpc {
-    pub(super) fn new(reboot: RebootAction) -> Self {
+    pub(super) fn new(reboot: RebootAction, started: Instant) -> Self {
         let (finished_tx, finished_rx) = mpsc::channel(FINISHED_QUEUE);
         Self {
             pending: HashMap::new(),
@@ -126,7 +139,7 @@ impl Rpc {
             measuring: Arc::new(Semaphore::new(MAX_PARALLEL_STATS)),
             finished_tx,
             finished_rx,
-            strangers: HashMap::new(),
+            started,
         }
     }
 
@@ -139,122 +152,120 @@ impl Rpc {
     pub(super) async fn next_finished(&mut self) -> Option<Finished> {
         self.finished_rx.recv().await
     }
-}
 
-impl EventLoop {
     // ---- calls from the local client ----
 
     /// `GetPeers` of `target` (this node answers from its own view).
-    pub(super) fn rpc_peers(
+    pub(super) fn peers(
         &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        core: &Node,
         target: &str,
-        reply: oneshot::Sender<Result<Vec<PeerInfo>, String>>,
+        reply: oneshot::Sender<Result<Vec<MemberView>, ClientError>>,
     ) {
-        match self.resolve(target) {
-            Err(error) => {
-                let _ = reply.send(Err(error));
-            }
-            Ok(Target::Local) => {
-                let _ = reply.send(Ok(self.peer_infos()));
-            }
+        match resolve(core, target) {
+            Err(error) => drop(reply.send(Err(error))),
+            Ok(Target::Local) => drop(reply.send(Ok(core.membership().view()))),
             Ok(Target::Remote { id, name }) => {
-                self.call(id, name, RpcRequest::GetPeers, Reply::Peers(reply));
+                self.call(
+                    swarm,
+                    core,
+                    id,
+                    name,
+                    RpcRequest::GetPeers,
+                    Reply::Peers(reply),
+                );
             }
         }
     }
 
     /// `GetStats` of `target`.
-    pub(super) fn rpc_stats(
+    pub(super) fn stats(
         &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        core: &Node,
         target: &str,
-        reply: oneshot::Sender<Result<NodeStats, String>>,
+        reply: oneshot::Sender<Result<NodeStats, ClientError>>,
     ) {
-        match self.resolve(target) {
-            Err(error) => {
-                let _ = reply.send(Err(error));
-            }
+        match resolve(core, target) {
+            Err(error) => drop(reply.send(Err(error))),
             Ok(Target::Local) => {
-                let job = self.measure_job();
+                let job = self.measure_job(core);
                 tokio::spawn(async move {
-                    let _ = reply.send(job.run().await);
+                    let _ = reply.send(job.run().await.map_err(ClientError::Storage));
                 });
             }
             Ok(Target::Remote { id, name }) => {
-                self.call(id, name, RpcRequest::GetStats, Reply::Stats(reply));
+                self.call(
+                    swarm,
+                    core,
+                    id,
+                    name,
+                    RpcRequest::GetStats,
+                    Reply::Stats(reply),
+                );
             }
         }
     }
 
     /// `Reboot` of `target`.
-    pub(super) fn rpc_reboot(
+    pub(super) fn reboot(
         &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        core: &Node,
         target: &str,
         requested_by: String,
-        reply: oneshot::Sender<Result<RebootAccepted, String>>,
-    ) {
-        match self.resolve(target) {
-            Err(error) => {
-                let _ = reply.send(Err(error));
-            }
+        reply: oneshot::Sender<Result<RebootAccepted, ClientError>>,
+    ) -> Followup {
+        match resolve(core, target) {
+            Err(error) => drop(reply.send(Err(error))),
             Ok(Target::Local) => {
-                let name = self.state.node.name.clone();
+                let name = core.local().name.clone();
                 let result = self
-                    .reboot_here(requested_by, "the local control socket")
-                    .map_err(|refusal| format!("node {name}: {refusal}"));
+                    .reboot_here(core, requested_by, "the local control socket")
+                    .map_err(|refusal| ClientError::Refused {
+                        node: name,
+                        reason: refusal.to_string(),
+                    });
+                let accepted = result.is_ok();
                 let _ = reply.send(result);
+                if accepted {
+                    return Followup::Persist;
+                }
             }
             Ok(Target::Remote { id, name }) => {
                 let request = RpcRequest::Reboot { requested_by };
-                self.call(id, name, request, Reply::Reboot(reply));
+                self.call(swarm, core, id, name, request, Reply::Reboot(reply));
             }
         }
+        Followup::None
     }
 
-    /// A target by server name or node id; unknown targets fail at once.
-    fn resolve(&self, target: &str) -> Result<Target, String> {
-        let id = self.membership.find_by_name(target).or_else(|| {
-            PeerId::from_str(target)
-                .ok()
-                .filter(|id| self.membership.is_member(id))
-        });
-        match id {
-            None => Err(format!("no node named {target}")),
-            Some(id) if id == self.local_id => Ok(Target::Local),
-            Some(id) => Ok(Target::Remote {
-                name: self.name_of(&id),
-                id,
-            }),
-        }
-    }
-
-    /// Sends `request` to `id` over an existing connection, or dials it with the addresses
-    /// the network announced plus whatever Kademlia's routing table knows.
-    fn call(&mut self, id: PeerId, name: String, request: RpcRequest, reply: Reply) {
-        if self.rpc.pending.len() >= MAX_PENDING {
-            reply.fail(format!(
-                "too many calls in flight ({MAX_PENDING}); try again shortly"
-            ));
+    fn call(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        core: &Node,
+        id: PeerId,
+        name: String,
+        request: RpcRequest,
+        reply: Reply,
+    ) {
+        if self.pending.len() >= MAX_PENDING {
+            reply.fail(ClientError::Busy(MAX_PENDING));
             return;
         }
-        let addrs = self
-            .membership
-            .record(&id)
-            .cloned()
-            .map(|record| self.addresses_of(&id, &record))
-            .unwrap_or_default();
-        if !self.swarm.is_connected(&id) {
-            // Refresh what Kademlia knows of it, for this dial's retries and the next call.
-            self.swarm.behaviour_mut().kad.get_closest_peers(id);
+        if !swarm.is_connected(&id) {
+            swarm.behaviour_mut().kad.get_closest_peers(id);
         }
-        let request_id = self
-            .swarm
+        let addrs = dial_addresses(&core.addresses_of(&id));
+        let request_id = swarm
             .behaviour_mut()
             .rpc
             .send_request_with_addresses(&id, request, addrs);
-        self.rpc.pending.insert(
+        self.pending.insert(
             request_id,
             Pending {
-                offline: self.membership.status(&id) == Some(Status::Offline),
+                offline: core.membership().status(&id) == Some(Status::Offline),
                 name,
                 deadline: Instant::now() + RPC_TIMEOUT,
                 reply,
@@ -262,37 +273,31 @@ impl EventLoop {
         );
     }
 
-    /// Why a call got no answer, for the operator.
-    fn unreachable(pending: &Pending) -> String {
-        if pending.offline {
-            format!("node {} is offline", pending.name)
-        } else {
-            format!("node {} is unreachable", pending.name)
-        }
-    }
-
-    /// Fails the calls whose deadline passed.
-    pub(super) fn on_rpc_deadlines(&mut self) {
-        let now = Instant::now();
+    /// Fails the calls whose deadline has passed.
+    pub(super) fn expire(&mut self, now: Instant) {
         let expired: Vec<OutboundRequestId> = self
-            .rpc
             .pending
             .iter()
             .filter(|(_, p)| p.deadline <= now)
             .map(|(id, _)| *id)
             .collect();
         for request_id in expired {
-            if let Some(pending) = self.rpc.pending.remove(&request_id) {
-                let message = Self::unreachable(&pending);
+            if let Some(pending) = self.pending.remove(&request_id) {
                 debug!(node = %pending.name, "RPC call timed out");
-                pending.reply.fail(message);
+                let error = pending.unreachable();
+                pending.reply.fail(error);
             }
         }
     }
 
-    // ---- the rpc behaviour ----
+    // ---- the rpc behaviour's events ----
 
-    pub(super) fn on_rpc_event(&mut self, event: request_response::Event<RpcRequest, RpcResponse>) {
+    pub(super) fn on_event(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        core: &Node,
+        event: request_response::Event<RpcRequest, RpcResponse>,
+    ) -> Followup {
         match event {
             request_response::Event::Message {
                 peer,
@@ -301,7 +306,7 @@ impl EventLoop {
                         request, channel, ..
                     },
                 ..
-            } => self.on_rpc_request(peer, request, channel),
+            } => return self.on_request(swarm, core, peer, request, channel),
             request_response::Event::Message {
                 message:
                     request_response::Message::Response {
@@ -310,107 +315,71 @@ impl EventLoop {
                     },
                 ..
             } => {
-                let Some(pending) = self.rpc.pending.remove(&request_id) else {
-                    return;
-                };
-                match response {
-                    Ok(answer) => pending.reply.answer(&pending.name, answer),
-                    Err(refusal) => pending
-                        .reply
-                        .fail(format!("node {}: {refusal}", pending.name)),
+                if let Some(pending) = self.pending.remove(&request_id) {
+                    match response {
+                        Ok(answer) => pending.reply.answer(&pending.name, answer),
+                        Err(refusal) => pending.reply.fail(ClientError::Refused {
+                            node: pending.name,
+                            reason: refusal.to_string(),
+                        }),
+                    }
                 }
             }
             request_response::Event::OutboundFailure {
                 request_id, error, ..
             } => {
-                let Some(pending) = self.rpc.pending.remove(&request_id) else {
-                    return;
-                };
-                debug!(node = %pending.name, %error, "RPC call failed");
-                let message = match error {
-                    OutboundFailure::UnsupportedProtocols => format!(
-                        "node {} does not speak the RPC protocol (an older version?)",
-                        pending.name
-                    ),
-                    OutboundFailure::Io(error) => {
-                        format!("node {} sent an unreadable answer: {error}", pending.name)
-                    }
-                    OutboundFailure::DialFailure
-                    | OutboundFailure::Timeout
-                    | OutboundFailure::ConnectionClosed => Self::unreachable(&pending),
-                };
-                pending.reply.fail(message);
+                if let Some(pending) = self.pending.remove(&request_id) {
+                    debug!(node = %pending.name, %error, "RPC call failed");
+                    let error = match error {
+                        OutboundFailure::UnsupportedProtocols => ClientError::BadAnswer {
+                            node: pending.name.clone(),
+                            problem: "does not speak the RPC protocol (an older version?)"
+                                .to_owned(),
+                        },
+                        OutboundFailure::Io(error) => ClientError::BadAnswer {
+                            node: pending.name.clone(),
+                            problem: format!("sent an unreadable answer: {error}"),
+                        },
+                        OutboundFailure::DialFailure
+                        | OutboundFailure::Timeout
+                        | OutboundFailure::ConnectionClosed => pending.unreachable(),
+                    };
+                    pending.reply.fail(error);
+                }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 // A malformed or oversized frame fails its own stream only.
                 warn!(%peer, %error, "RPC request failed");
-                self.drop_if_stranger(peer);
+                return stranger(core, peer);
             }
-            request_response::Event::ResponseSent { peer, .. } => self.drop_if_stranger(peer),
+            request_response::Event::ResponseSent { peer, .. } => return stranger(core, peer),
         }
+        Followup::None
     }
 
-    /// A stranger keeps nothing beyond its refusal: its connections close once the refusal
-    /// had time to go out.
-    fn drop_if_stranger(&mut self, peer: PeerId) {
-        self.expire_stranger(peer, STRANGER_GRACE);
-    }
-
-    /// Schedules the connections of `peer`, if it is not a member, to be closed `after` from
-    /// now (or sooner, if already scheduled sooner). Past [`MAX_STRANGERS`] waiting, at once.
-    pub(super) fn expire_stranger(&mut self, peer: PeerId, after: Duration) {
-        if self.membership.is_member(&peer) {
-            return;
-        }
-        let deadline = Instant::now() + after;
-        if let Some(at) = self.rpc.strangers.get_mut(&peer) {
-            *at = (*at).min(deadline);
-        } else if self.rpc.strangers.len() >= MAX_STRANGERS {
-            let _ = self.swarm.disconnect_peer_id(peer);
-        } else {
-            self.rpc.strangers.insert(peer, deadline);
-        }
-    }
-
-    /// Closes the connections of strangers whose time is up (liveness tick).
-    pub(super) fn drop_strangers(&mut self, now: Instant) {
-        let due: Vec<PeerId> = self
-            .rpc
-            .strangers
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(peer, _)| *peer)
-            .collect();
-        for peer in due {
-            self.rpc.strangers.remove(&peer);
-            if !self.membership.is_member(&peer) {
-                debug!(%peer, "closing a refused stranger's connection");
-                let _ = self.swarm.disconnect_peer_id(peer);
-            }
-        }
-    }
-
-    fn on_rpc_request(
+    fn on_request(
         &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        core: &Node,
         peer: PeerId,
         request: RpcRequest,
         channel: ResponseChannel<RpcResponse>,
-    ) {
-        if !self.membership.is_member(&peer) {
+    ) -> Followup {
+        if !core.membership().is_member(&peer) {
             warn!(%peer, ?request, "RPC refused: the caller is not a member");
-            self.respond(peer, channel, Err(RpcRefusal::NotMember));
-            return;
+            respond(swarm, peer, channel, Err(RpcRefusal::NotMember));
+            return Followup::None;
         }
-        let caller = self.name_of(&peer);
+        let caller = core.name_of(&peer);
         match request {
             RpcRequest::GetPeers => {
-                let peers = self.peer_infos();
-                self.respond(peer, channel, Ok(RpcAnswer::Peers(peers)));
+                let peers = core.membership().view();
+                respond(swarm, peer, channel, Ok(RpcAnswer::Peers(peers)));
             }
             RpcRequest::GetStats => {
                 debug!(%caller, "stats requested");
-                let job = self.measure_job();
-                let finished = self.rpc.finished_tx.clone();
+                let job = self.measure_job(core);
+                let finished = self.finished_tx.clone();
                 tokio::spawn(async move {
                     let response = job
                         .run()
@@ -428,61 +397,37 @@ impl EventLoop {
             }
             RpcRequest::Reboot { requested_by } => {
                 let via = format!("node {caller} ({peer})");
-                let response = self.reboot_here(requested_by, &via).map(RpcAnswer::Reboot);
-                self.respond(peer, channel, response);
+                let response = self.reboot_here(core, requested_by, &via);
+                let accepted = response.is_ok();
+                respond(swarm, peer, channel, response.map(RpcAnswer::Reboot));
+                if accepted {
+                    return Followup::Persist;
+                }
             }
         }
+        Followup::None
     }
 
-    pub(super) fn on_rpc_finished(&mut self, finished: Finished) {
-        self.respond(finished.peer, finished.channel, finished.response);
-    }
-
-    fn respond(
-        &mut self,
-        peer: PeerId,
-        channel: ResponseChannel<RpcResponse>,
-        response: RpcResponse,
-    ) {
-        if self
-            .swarm
-            .behaviour_mut()
-            .rpc
-            .send_response(channel, response)
-            .is_err()
-        {
-            debug!(%peer, "the caller went away before the answer");
-        }
+    pub(super) fn on_finished(&mut self, swarm: &mut Swarm<Behaviour>, finished: Finished) {
+        respond(swarm, finished.peer, finished.channel, finished.response);
     }
 
     // ---- what this node does when asked ----
 
-    fn peer_infos(&self) -> Vec<PeerInfo> {
-        self.membership
-            .view()
-            .into_iter()
-            .map(|p| PeerInfo {
-                name: p.name,
-                node_id: p.node_id.to_base58(),
-                addr: p.addr,
-                status: p.status.as_str().to_owned(),
-            })
-            .collect()
-    }
-
-    fn measure_job(&self) -> MeasureJob {
+    fn measure_job(&self, core: &Node) -> MeasureJob {
         MeasureJob {
-            name: self.state.node.name.clone(),
-            node_id: self.local_id.to_base58(),
+            name: core.local().name.clone(),
+            node_id: core.local().id.to_base58(),
             started: self.started,
-            permits: Arc::clone(&self.rpc.measuring),
+            permits: Arc::clone(&self.measuring),
         }
     }
 
-    /// Accepts a reboot (after checking the privilege), saves the state, and schedules the
-    /// action a moment later so the answer goes out first.
+    /// Accepts a reboot (after checking the privilege) and schedules the action a moment later
+    /// so the answer goes out first. The caller saves the state ([`Followup::Persist`]).
     fn reboot_here(
         &mut self,
+        core: &Node,
         requested_by: String,
         via: &str,
     ) -> Result<RebootAccepted, RpcRefusal> {
@@ -493,7 +438,7 @@ impl EventLoop {
                 "requested_by must be at most {MAX_REQUESTED_BY_CHARS} printable characters"
             )));
         }
-        let action = Arc::clone(&self.rpc.reboot);
+        let action = Arc::clone(&self.reboot);
         let described = action.describe();
         if !action.permitted() {
             warn!(
@@ -503,12 +448,12 @@ impl EventLoop {
             return Err(RpcRefusal::RebootNotPermitted);
         }
         let accepted = RebootAccepted {
-            name: self.state.node.name.clone(),
-            node_id: self.local_id.to_base58(),
+            name: core.local().name.clone(),
+            node_id: core.local().id.to_base58(),
             requested_by: requested_by.clone(),
             action: described.clone(),
         };
-        if self.rpc.rebooting.swap(true, Ordering::SeqCst) {
+        if self.rebooting.swap(true, Ordering::SeqCst) {
             info!(
                 requested_by,
                 via, "reboot requested again; already under way"
@@ -521,14 +466,50 @@ impl EventLoop {
             action = described,
             "reboot requested; rebooting in 1 s"
         );
-        self.persist();
-        let rebooting = Arc::clone(&self.rpc.rebooting);
+        let rebooting = Arc::clone(&self.rebooting);
         tokio::spawn(async move {
             tokio::time::sleep(REBOOT_DELAY).await;
             action.perform(&requested_by).await;
             rebooting.store(false, Ordering::SeqCst);
         });
         Ok(accepted)
+    }
+}
+
+fn resolve(core: &Node, target: &str) -> Result<Target, ClientError> {
+    match core.resolve(target) {
+        None => Err(ClientError::UnknownNode(target.to_owned())),
+        Some(id) if id == core.local().id => Ok(Target::Local),
+        Some(id) => Ok(Target::Remote {
+            name: core.name_of(&id),
+            id,
+        }),
+    }
+}
+
+/// A stranger keeps nothing beyond its refusal: its connections close once the refusal had
+/// time to go out.
+fn stranger(core: &Node, peer: PeerId) -> Followup {
+    if core.membership().is_member(&peer) {
+        Followup::None
+    } else {
+        Followup::Stranger(peer)
+    }
+}
+
+fn respond(
+    swarm: &mut Swarm<Behaviour>,
+    peer: PeerId,
+    channel: ResponseChannel<RpcResponse>,
+    response: RpcResponse,
+) {
+    if swarm
+        .behaviour_mut()
+        .rpc
+        .send_response(channel, response)
+        .is_err()
+    {
+        debug!(%peer, "the caller went away before the answer");
     }
 }
 

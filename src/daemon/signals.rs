@@ -7,41 +7,52 @@ use std::sync::Arc;
 use constella_behaviours::settings::NetworkSettings;
 use tokio::sync::{broadcast, watch};
 
-use crate::bot::BotMetrics;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// How many notices may wait for the bot.
 pub const NOTICE_QUEUE: usize = 64;
 
-/// Whether this node should host the leader services now.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Leadership {
-    /// This node leads, and has been up long enough to know it (see `LEADERSHIP_SETTLE`).
-    pub is_local: bool,
-    /// The leader's server name.
-    pub leader_name: String,
-    /// This node is leaving the network: it hands over without announcing it (the next
-    /// leader does).
-    pub leaving: bool,
+pub use constella_behaviours::node::{Leadership, NetworkEvent};
+
+/// The bot's counters, shown by `status`: written by the bot, read by the event loop.
+#[derive(Debug, Default)]
+pub struct BotMetrics {
+    polling: AtomicBool,
+    handled: AtomicU64,
+    refused: AtomicU64,
+    conflicts: AtomicU64,
 }
 
-/// A membership event for the owner.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NetworkEvent {
-    /// The leader ("Хост") changed.
-    LeaderChanged {
-        /// The previous leader's name.
-        from: String,
-        /// The new leader's name.
-        to: String,
-    },
-    /// A node was admitted to the network.
-    Joined(String),
-    /// A node left the network.
-    Left(String),
-    /// A member stopped answering.
-    Offline(String),
-    /// A member that was offline answers again.
-    Back(String),
+/// A copy of [`BotMetrics`] at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    pub polling: bool,
+    pub handled: u64,
+    pub refused: u64,
+    pub conflicts: u64,
+}
+
+impl BotMetrics {
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            polling: self.polling.load(Ordering::Relaxed),
+            handled: self.handled.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            conflicts: self.conflicts.load(Ordering::Relaxed),
+        }
+    }
+    pub fn set_polling(&self, polling: bool) {
+        self.polling.store(polling, Ordering::Relaxed);
+    }
+    pub fn count_handled(&self) {
+        self.handled.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn count_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn count_conflict(&self) {
+        self.conflicts.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The senders the event loop keeps; the receivers go to the bot.

@@ -1,0 +1,2080 @@
+//! The protocol core of a node: membership, liveness, leadership, joins, settings and the
+//! connection rules, as one state machine with no I/O.
+//!
+//! [`Node::handle`] takes one [`Input`] (something that happened: gossip received and already
+//! authenticated, a connection up or down, a dial that failed, a timer, a command) and the
+//! current time, and returns every [`Output`] it causes (publish, dial, disconnect, persist,
+//! leadership, notices for the owner, answers). The last output of every call is
+//! [`Output::WakeAt`]: the instant at which the caller must call again with [`Input::Timer`]
+//! (timers are outputs; the core never sleeps). The daemon's event loop only interprets these;
+//! the simulator ([`crate::sim`]) drives thousands of cores on a virtual clock with the same
+//! code.
+//!
+//! Rules, each unit-tested below:
+//! - **Heartbeats** every [`Config::heartbeat_interval`] (2 s up to 100 members, growing with
+//!   the square root of the size beyond, see [`Config::for_size`]); `seq = incarnation << 32 |
+//!   counter`.
+//! - **Liveness**: a member is alive from its first valid heartbeat and offline after
+//!   [`Config::offline_after`] of silence (three intervals); faster evidence: its last connection
+//!   closed and the redial failed, or it said goodbye (see [`crate::membership`]).
+//! - **Redial**: every member we are not connected to is dialled, with a backoff from
+//!   [`Config::first_redial`] doubling to [`Config::max_redial`]; a closed connection to a member
+//!   is redialled at once (the member is then a *suspect*: a failed dial marks it offline).
+//! - **Settle**: a node that just started hosts the leader services only once every member
+//!   answered or [`Config::settle`] has passed, so a restarted node never polls the bot next to
+//!   the real leader.
+//! - **Standing down**: on a graceful stop the node says goodbye, stops electing itself and
+//!   hands over without announcing it; it exits after [`Config::drain`].
+//! - **Eager heartbeats**: a member that subscribes (a restart, a reconnect) gets a heartbeat and
+//!   the settings at once, at most one per [`Config::eager_gap`]; one asked for sooner goes out
+//!   when the gap ends.
+//! - **Owner notices** (joined, left, offline, back) are emitted only by the node that led before
+//!   or after the change, so exactly one bot tells the owner.
+//! - **Roster and settings**: merged by their commutative rules; published on every change and
+//!   exchanged pairwise (push-pull) with one random connected member every
+//!   [`Config::sync_interval`], with a member that (re)subscribes, and with the sender of a valid
+//!   message from a node not yet in our list (a join we missed).
+//! - **Strangers**: a connection from a non-member is closed after [`Config::stranger_idle`]
+//!   (long enough for a Join), or [`Config::stranger_grace`] after a refused request.
+//! - **Joins**: a token is single-use because the core handles one input at a time; an
+//!   admission is answered only after it is durably written ([`Output::Persist`] with an
+//!   [`Ack`]) and undone if the write fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::gossip::{Goodbye, GossipBody, Heartbeat, MemberRecord, RosterUpdate};
+use crate::join::JoinRefusal;
+use crate::membership::{Change, HeartbeatRejection, Membership, Status};
+use crate::settings::{NetworkSettings, SettingsUpdate};
+
+/// Timings and limits of the rules. [`Config::default`] is what a daemon runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// How often this node publishes a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a member is offline (three heartbeat intervals).
+    pub offline_after: Duration,
+    /// How often the roster and settings are exchanged with one random member.
+    pub sync_interval: Duration,
+    /// First wait before redialling an unreachable member.
+    pub first_redial: Duration,
+    /// Longest wait between two dials of an unreachable member.
+    pub max_redial: Duration,
+    /// How long `leave` and a graceful stop keep running so the last message goes out.
+    pub drain: Duration,
+    /// On a graceful stop, the leader services (the bot) are told to stop this long before the
+    /// goodbye goes out, so the bot has dropped its poll before the next leader starts one.
+    pub handover_gap: Duration,
+    /// Extra heartbeats for subscribing peers are at least this far apart.
+    pub eager_gap: Duration,
+    /// How long a connection from a non-member may stay open (long enough for a Join).
+    pub stranger_idle: Duration,
+    /// How long a refused stranger's connection stays open so the refusal reaches it.
+    pub stranger_grace: Duration,
+    /// Most strangers waiting to be disconnected; beyond this a new one is cut off at once.
+    pub max_strangers: usize,
+    /// A started node hosts the leader services after every member answered, or this long.
+    pub settle: Duration,
+    /// Used and expired invites are forgotten after this many seconds.
+    pub invite_retention_secs: u64,
+    /// Least time between two roster pulls from the same unknown sender.
+    pub pull_gap: Duration,
+    /// Whether the heartbeat interval and the offline bound follow the network's size as it
+    /// changes ([`Config::for_size`]); off for a fixed configuration.
+    pub scale_with_size: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::for_size(1)
+    }
+}
+
+impl Config {
+    /// Networks up to this size heartbeat every two seconds.
+    pub const BASE_SIZE: usize = 100;
+
+    /// The configuration for a network of `members` nodes. Up to [`Config::BASE_SIZE`] members
+    /// the heartbeat interval is 2 s and a member is offline after 6 s. Beyond, the interval
+    /// grows with `sqrt(members / 100)` (1,000 members: 6.3 s), so the messages a node receives
+    /// per second grow with the square root of the size rather than linearly; a closed
+    /// connection or a goodbye still marks a member offline at once.
+    pub fn for_size(members: usize) -> Self {
+        let base = Duration::from_secs(2);
+        let scale = (members.max(1) as f64 / Self::BASE_SIZE as f64)
+            .sqrt()
+            .max(1.0);
+        let heartbeat_interval = base.mul_f64(scale);
+        Self {
+            heartbeat_interval,
+            offline_after: heartbeat_interval * 3,
+            sync_interval: Duration::from_secs(30),
+            first_redial: Duration::from_secs(1),
+            max_redial: Duration::from_secs(30),
+            drain: Duration::from_secs(1),
+            handover_gap: Duration::from_millis(100),
+            eager_gap: Duration::from_millis(100),
+            stranger_idle: Duration::from_secs(12),
+            stranger_grace: Duration::from_millis(500),
+            max_strangers: 256,
+            settle: Duration::from_secs(4),
+            invite_retention_secs: 7 * 24 * 3600,
+            pull_gap: Duration::from_secs(2),
+            scale_with_size: true,
+        }
+    }
+}
+
+/// This node as the core knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalNode {
+    /// This node's PeerId.
+    pub id: PeerId,
+    /// Its server name.
+    pub name: String,
+    /// Its leader priority.
+    pub priority: u32,
+    /// Bumped at every start (the high half of heartbeat sequence numbers).
+    pub incarnation: u32,
+    /// Addresses announced in heartbeats (public address first, then listen addresses).
+    pub addrs: Vec<String>,
+}
+
+/// An invite this node issued. Only the token's SHA-256 is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invite {
+    /// Lowercase hex SHA-256 of the token.
+    pub token_sha256: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds; the token is refused from then on.
+    pub expires_at: u64,
+    /// When it was used, and by which node.
+    pub used_at: Option<u64>,
+    /// The node it admitted (base58 PeerId).
+    pub used_by: Option<String>,
+}
+
+/// What a node starts from: the parts of its state file that the core rules on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Every member record, tombstones included (this node's own among them).
+    pub records: Vec<MemberRecord>,
+    /// Members that were alive when this node last stopped.
+    pub alive: Vec<PeerId>,
+    /// The network settings.
+    pub settings: NetworkSettings,
+    /// The invites this node issued.
+    pub invites: Vec<Invite>,
+}
+
+/// What the core persists: the parts of the state file that its rules change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every record, tombstones included, with the status of each current member.
+    pub members: Vec<(MemberRecord, Status)>,
+    /// The network settings.
+    pub settings: NetworkSettings,
+    /// The invites this node issued.
+    pub invites: Vec<Invite>,
+    /// True once this node has left (the secret must then be deleted).
+    pub left: bool,
+}
+
+/// Why a write is awaited: the answer that waits for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ack {
+    /// An invite was recorded ([`Input::IssueInvite`] with this request number).
+    Invite(u64),
+    /// A joiner was admitted: it is answered once this is durable.
+    Admission(PeerId),
+    /// This node left: the departure is on disk before `leave` reports success.
+    Leave,
+}
+
+/// What the owner hears about (through the leader's bot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkEvent {
+    /// The leader ("Хост") changed.
+    LeaderChanged {
+        /// The previous leader's name.
+        from: String,
+        /// The new leader's name.
+        to: String,
+    },
+    /// A node was admitted to the network.
+    Joined(String),
+    /// A node left the network.
+    Left(String),
+    /// A member stopped answering.
+    Offline(String),
+    /// A member that was offline answers again.
+    Back(String),
+}
+
+/// Whether this node should host the leader services (the bot) now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leadership {
+    /// This node leads, has settled, and is not leaving.
+    pub is_local: bool,
+    /// The leader's server name.
+    pub leader_name: String,
+    /// This node is stopping or leaving: it hands over without announcing it.
+    pub leaving: bool,
+}
+
+/// Why a gossip message was refused; counted by reason in `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// The HMAC under the network secret does not verify.
+    BadMac,
+    /// The gossipsub signer is not the body's author.
+    WrongSigner,
+    /// The author is not a current member.
+    NonMember,
+    /// A heartbeat or goodbye with an old sequence number.
+    Replay,
+    /// Too large, or not a well-formed envelope or body.
+    Malformed,
+    /// A protocol version more than one away from ours.
+    IncompatibleVersion,
+}
+
+/// Counts of refused gossip messages, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejections {
+    /// See [`Refusal::BadMac`].
+    pub bad_mac: u64,
+    /// See [`Refusal::WrongSigner`].
+    pub wrong_signer: u64,
+    /// See [`Refusal::NonMember`].
+    pub non_member: u64,
+    /// See [`Refusal::Replay`].
+    pub replay: u64,
+    /// See [`Refusal::Malformed`].
+    pub malformed: u64,
+    /// See [`Refusal::IncompatibleVersion`].
+    pub incompatible_version: u64,
+}
+
+impl Rejections {
+    fn count(&mut self, refusal: Refusal) {
+        let counter = match refusal {
+            Refusal::BadMac => &mut self.bad_mac,
+            Refusal::WrongSigner => &mut self.wrong_signer,
+            Refusal::NonMember => &mut self.non_member,
+            Refusal::Replay => &mut self.replay,
+            Refusal::Malformed => &mut self.malformed,
+            Refusal::IncompatibleVersion => &mut self.incompatible_version,
+        };
+        *counter += 1;
+    }
+}
+
+/// The roster and settings one node sends another in a pairwise exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncMessage {
+    /// Every record the sender knows, tombstones included.
+    pub records: Vec<MemberRecord>,
+    /// The sender's settings.
+    pub settings: NetworkSettings,
+}
+
+/// What the core grants an admitted joiner; the daemon adds the secrets to make the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    /// The joiner's record.
+    pub record: MemberRecord,
+    /// The member list, the joiner included.
+    pub members: Vec<MemberRecord>,
+    /// The network settings.
+    pub settings: NetworkSettings,
+}
+
+/// Something that happened, for [`Node::handle`].
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// A deadline given by [`Output::WakeAt`] has come (calling early is harmless).
+    Timer,
+    /// A connection to `peer` was established (the first, or another one).
+    Connected(PeerId),
+    /// The last connection to `peer` closed.
+    Disconnected(PeerId),
+    /// A dial of `peer` failed (not one skipped because a connection exists).
+    DialFailed(PeerId),
+    /// `peer` subscribed to the gossip topic.
+    Subscribed(PeerId),
+    /// A gossip message whose network MAC verified, with the author gossipsub verified.
+    Gossip {
+        /// The author whose signature gossipsub checked (`None`: unsigned).
+        signer: Option<PeerId>,
+        /// The decoded body.
+        body: &'a GossipBody,
+    },
+    /// A gossip message refused before its body could be read (MAC, size, version).
+    GossipRefused(Refusal),
+    /// A member sent its roster and settings directly; the answer is [`Output::SyncReply`].
+    SyncRequest {
+        /// The sender.
+        from: PeerId,
+        /// What it sent.
+        message: &'a SyncMessage,
+    },
+    /// The answer to an [`Output::Sync`] this node sent.
+    SyncAnswer {
+        /// The member that answered.
+        from: PeerId,
+        /// What it answered.
+        message: &'a SyncMessage,
+    },
+    /// A Join request arrived, its network id, name and address already checked by the
+    /// daemon (malformed requests are refused there).
+    JoinRequest {
+        /// The joiner (authenticated by noise).
+        peer: PeerId,
+        /// The one-time token it presented.
+        token: &'a str,
+        /// The server name it asks for (valid).
+        name: &'a str,
+        /// Its public address `host:port` (given, or observed from its connection).
+        addr: &'a str,
+        /// Its leader priority.
+        priority: u32,
+        /// Unix seconds now (token expiry).
+        unix_now: u64,
+    },
+    /// Record an invite with this token hash; answered by [`Output::InviteRecorded`].
+    IssueInvite {
+        /// Matches the answer to the request.
+        request: u64,
+        /// Lowercase hex SHA-256 of the token.
+        token_sha256: &'a str,
+        /// Unix seconds now.
+        unix_now: u64,
+        /// Validity in seconds.
+        ttl_secs: u64,
+    },
+    /// A write asked for with an [`Ack`] is durable.
+    Persisted(Ack),
+    /// A write asked for with an [`Ack`] failed; `error` is one line for a person.
+    PersistFailed(Ack, &'a str),
+    /// Leave the network: tombstone, secret deleted, exit after the drain.
+    Leave,
+    /// Stop gracefully (SIGTERM): goodbye, stand down, exit after the drain.
+    Stop,
+    /// Merge settings from the local bot or CLI; published at once.
+    MergeSettings(&'a NetworkSettings),
+    /// A request from this non-member was refused: close its connection soon.
+    StrangerRefused(PeerId),
+    /// The addresses to announce changed (a new listen address).
+    Addresses(&'a [String]),
+}
+
+/// What the core asks the daemon to do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Publish on the gossip topic (the daemon seals it with the network MAC).
+    Publish(GossipBody),
+    /// Send our roster and settings to `to` directly and feed its answer back as
+    /// [`Input::SyncAnswer`].
+    Sync {
+        /// The member to exchange with.
+        to: PeerId,
+        /// What to send.
+        message: SyncMessage,
+    },
+    /// The answer to an [`Input::SyncRequest`].
+    SyncReply {
+        /// The member that asked.
+        to: PeerId,
+        /// What to answer.
+        message: SyncMessage,
+    },
+    /// Dial `peer` at these addresses (`host:port` or multiaddr text), unless connected.
+    Dial {
+        /// The member to dial.
+        peer: PeerId,
+        /// Where it may be reached.
+        addrs: Vec<String>,
+    },
+    /// Close every connection to this peer.
+    Disconnect(PeerId),
+    /// Write this to the state file. With an ack, feed [`Input::Persisted`] or
+    /// [`Input::PersistFailed`] back once the write is durable or failed; without, the write
+    /// may be coalesced with later ones.
+    Persist(Snapshot, Option<Ack>),
+    /// The verdict on the [`Input::Gossip`] just handled (always the first output of that
+    /// input): forward it or not.
+    GossipVerdict(Result<(), Refusal>),
+    /// The leader changed (logged by the daemon).
+    LeaderChanged {
+        /// The previous leader.
+        previous: PeerId,
+        /// The new leader.
+        leader: PeerId,
+    },
+    /// A member's liveness or membership changed (logged by the daemon).
+    Membership(Change),
+    /// Whether to host the leader services changed.
+    Leadership(Leadership),
+    /// Tell the owner (only the node whose bot speaks gets these).
+    Notice(NetworkEvent),
+    /// The network settings changed.
+    Settings(NetworkSettings),
+    /// The answer to a Join request.
+    JoinAnswer {
+        /// The joiner.
+        peer: PeerId,
+        /// Admitted, or why not.
+        answer: Result<Admission, JoinRefusal>,
+    },
+    /// The answer to [`Input::IssueInvite`].
+    InviteRecorded {
+        /// The request it answers.
+        request: u64,
+        /// Recorded durably, or why not.
+        result: Result<(), String>,
+    },
+    /// The answer to [`Input::Leave`].
+    LeaveDone(Result<(), String>),
+    /// The drain after a leave or stop is over: stop the node.
+    Exit,
+    /// Call [`Node::handle`] with [`Input::Timer`] at this instant (always the last output).
+    WakeAt(Instant),
+}
+
+/// When to dial a disconnected member next.
+#[derive(Debug, Clone, Copy)]
+struct Redial {
+    at: Instant,
+    backoff: Duration,
+}
+
+/// A joiner admitted but not yet answered: its write is in flight.
+#[derive(Debug, Clone)]
+struct PendingAdmission {
+    previous_record: Option<MemberRecord>,
+    invites_before: Vec<Invite>,
+    admission: Admission,
+}
+
+/// Why the node is draining before it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    Leave,
+    Stop,
+}
+
+/// The protocol state of one node. See the module documentation for its rules.
+#[derive(Debug)]
+pub struct Node {
+    config: Config,
+    local: LocalNode,
+    membership: Membership,
+    settings: NetworkSettings,
+    invites: Vec<Invite>,
+    left: bool,
+    started: Instant,
+    heartbeat_counter: u32,
+    next_heartbeat: Instant,
+    next_sync: Instant,
+    last_eager: Option<Instant>,
+    eager_at: Option<Instant>,
+    connected: BTreeSet<PeerId>,
+    suspects: BTreeSet<PeerId>,
+    redials: BTreeMap<PeerId, Redial>,
+    strangers: BTreeMap<PeerId, Instant>,
+    /// Unknown senders we pulled the roster from, and when.
+    pulls: BTreeMap<PeerId, Instant>,
+    pending_admissions: BTreeMap<PeerId, PendingAdmission>,
+    /// Invites being written, by request: removed again if the write fails.
+    pending_invites: BTreeMap<u64, String>,
+    /// Members this node saw go offline: only their return is news for the owner.
+    reported_offline: BTreeSet<PeerId>,
+    settled: bool,
+    exit: Option<(Exit, Option<Instant>)>,
+    /// A graceful stop sends its goodbye at this instant (after the handover gap).
+    goodbye_at: Option<Instant>,
+    leadership: Leadership,
+    /// The leader last reported with [`Output::LeaderChanged`]; kept only to tell a change,
+    /// the leader itself is [`Membership::leader`].
+    reported_leader: PeerId,
+    leader_changes: u64,
+    rejections: Rejections,
+    rng: StdRng,
+    out: Vec<Output>,
+}
+
+impl Node {
+    /// A node starting at `now` from what its state file holds. Members recorded alive there
+    /// are assumed alive until silence or a refused dial proves otherwise, so a restarted node
+    /// names the network's leader at once. `seed` feeds the random choice of sync partners (the
+    /// daemon passes a random one, the simulator its own).
+    pub fn new(
+        config: Config,
+        local: LocalNode,
+        restored: Restored,
+        now: Instant,
+        seed: u64,
+    ) -> Self {
+        let Restored {
+            records,
+            alive,
+            settings,
+            invites,
+        } = restored;
+        let local_id = local.id;
+        let mut config = config;
+        if config.scale_with_size {
+            let sized = Config::for_size(records.iter().filter(|r| !r.left).count());
+            config.heartbeat_interval = sized.heartbeat_interval;
+            config.offline_after = sized.offline_after;
+        }
+        let mut membership = Membership::new(local.id, records, config.offline_after);
+        let mut suspects = BTreeSet::new();
+        for id in alive.iter().filter(|id| **id != local.id) {
+            if membership.is_member(id) {
+                membership.assume_alive(id, now);
+                suspects.insert(*id);
+            }
+        }
+        let leadership = Leadership {
+            is_local: false,
+            leader_name: String::new(),
+            leaving: false,
+        };
+        let mut node = Self {
+            next_heartbeat: now,
+            next_sync: now + config.sync_interval,
+            config,
+            local,
+            membership,
+            settings,
+            invites,
+            left: false,
+            started: now,
+            heartbeat_counter: 0,
+            last_eager: None,
+            eager_at: None,
+            connected: BTreeSet::new(),
+            suspects,
+            redials: BTreeMap::new(),
+            strangers: BTreeMap::new(),
+            pulls: BTreeMap::new(),
+            pending_admissions: BTreeMap::new(),
+            pending_invites: BTreeMap::new(),
+            reported_offline: BTreeSet::new(),
+            settled: false,
+            exit: None,
+            goodbye_at: None,
+            leadership,
+            reported_leader: local_id,
+            leader_changes: 0,
+            rejections: Rejections::default(),
+            rng: StdRng::seed_from_u64(seed),
+            out: Vec::new(),
+        };
+        node.leadership.leader_name = node.name_of(&node.membership.leader());
+        node.reported_leader = node.membership.leader();
+        node
+    }
+
+    // ---- read-only views for status, peers, RPC and the simulator ----
+
+    /// This node.
+    pub fn local(&self) -> &LocalNode {
+        &self.local
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The member table.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// The leader, as this node sees it (derived from the member table).
+    pub fn leader(&self) -> PeerId {
+        self.membership.leader()
+    }
+
+    /// How many times the leader changed since this node started.
+    pub fn leader_changes(&self) -> u64 {
+        self.leader_changes
+    }
+
+    /// Refused gossip, by reason.
+    pub fn rejections(&self) -> &Rejections {
+        &self.rejections
+    }
+
+    /// The network settings.
+    pub fn settings(&self) -> &NetworkSettings {
+        &self.settings
+    }
+
+    /// The invites this node issued.
+    pub fn invites(&self) -> &[Invite] {
+        &self.invites
+    }
+
+    /// The last leadership told to the daemon.
+    pub fn leadership(&self) -> &Leadership {
+        &self.leadership
+    }
+
+    /// Whether a connection to `peer` is up.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.connected.contains(peer)
+    }
+
+    /// How many peers (members or not) this node is connected to.
+    pub fn connected_count(&self) -> usize {
+        self.connected.len()
+    }
+
+    /// The name of a node, tombstones included; its id if it has no record.
+    pub fn name_of(&self, id: &PeerId) -> String {
+        self.membership
+            .any_record(id)
+            .map_or_else(|| id.to_base58(), |r| r.name.clone())
+    }
+
+    /// The node named by `target` (a server name or a node id) among current members.
+    pub fn resolve(&self, target: &str) -> Option<PeerId> {
+        self.membership.find_by_name(target).or_else(|| {
+            target
+                .parse::<PeerId>()
+                .ok()
+                .filter(|id| self.membership.is_member(id))
+        })
+    }
+
+    /// Addresses to dial `peer` at: its recorded public address, then those it announced.
+    pub fn addresses_of(&self, peer: &PeerId) -> Vec<String> {
+        let mut addrs: Vec<String> = self
+            .membership
+            .record(peer)
+            .map(|r| r.addr.clone())
+            .into_iter()
+            .collect();
+        for announced in self.membership.announced_addrs(peer) {
+            if !addrs.contains(announced) {
+                addrs.push(announced.clone());
+            }
+        }
+        addrs
+    }
+
+    /// What the state file should hold now.
+    pub fn snapshot(&self) -> Snapshot {
+        let members = self
+            .membership
+            .records()
+            .into_iter()
+            .map(|record| {
+                let status = self
+                    .membership
+                    .status(&record.node_id)
+                    .unwrap_or(Status::Offline);
+                (record, status)
+            })
+            .collect();
+        Snapshot {
+            members,
+            settings: self.settings.clone(),
+            invites: self.invites.clone(),
+            left: self.left,
+        }
+    }
+
+    // ---- the one entry point ----
+
+    /// Handles one input at `now` and returns what it causes; the last output is always
+    /// [`Output::WakeAt`].
+    pub fn handle(&mut self, now: Instant, input: Input<'_>) -> std::vec::Drain<'_, Output> {
+        self.out.clear();
+        match input {
+            Input::Timer => self.on_timer(now),
+            Input::Connected(peer) => self.on_connected(peer, now),
+            Input::Disconnected(peer) => self.on_disconnected(peer),
+            Input::DialFailed(peer) => self.on_dial_failed(peer, now),
+            Input::Subscribed(peer) => self.on_subscribed(peer, now),
+            Input::Gossip { signer, body } => {
+                let verdict = self.on_gossip(signer, body, now);
+                if let Err(refusal) = verdict {
+                    self.rejections.count(refusal);
+                }
+                self.out.insert(0, Output::GossipVerdict(verdict));
+            }
+            Input::GossipRefused(refusal) => self.rejections.count(refusal),
+            Input::SyncRequest { from, message } => {
+                if self.membership.is_member(&from) {
+                    self.merge_sync(message, now);
+                    let reply = self.sync_message();
+                    self.out.push(Output::SyncReply {
+                        to: from,
+                        message: reply,
+                    });
+                }
+            }
+            Input::SyncAnswer { from, message } => {
+                if self.membership.is_member(&from) {
+                    self.merge_sync(message, now);
+                }
+            }
+            Input::JoinRequest {
+                peer,
+                token,
+                name,
+                addr,
+                priority,
+                unix_now,
+            } => {
+                let request = JoinAsk {
+                    token,
+                    name,
+                    addr,
+                    priority,
+                };
+                self.on_join_request(peer, &request, unix_now)
+            }
+            Input::IssueInvite {
+                request,
+                token_sha256,
+                unix_now,
+                ttl_secs,
+            } => self.issue_invite(request, token_sha256, unix_now, ttl_secs),
+            Input::Persisted(ack) => self.on_persisted(ack, now),
+            Input::PersistFailed(ack, error) => self.on_persist_failed(ack, error),
+            Input::Leave => self.leave(),
+            Input::Stop => self.stop(now),
+            Input::MergeSettings(settings) => self.merge_settings(settings, true),
+            Input::StrangerRefused(peer) => {
+                self.expire_stranger(peer, now + self.config.stranger_grace)
+            }
+            Input::Addresses(addrs) => self.local.addrs = addrs.to_vec(),
+        }
+        self.update_leadership(now);
+        let wake = self.next_wake(now);
+        self.out.push(Output::WakeAt(wake));
+        self.out.drain(..)
+    }
+
+    // ---- timers ----
+
+    fn on_timer(&mut self, now: Instant) {
+        if let Some((_, Some(at))) = self.exit
+            && now >= at
+        {
+            self.exit = Some((self.exit_kind(), None));
+            self.out.push(Output::Exit);
+            return;
+        }
+        let changes = self.membership.tick(now);
+        self.apply_changes(changes, now);
+        self.drop_strangers(now);
+        if self.goodbye_at.is_some_and(|at| now >= at) {
+            self.goodbye_at = None;
+            self.heartbeat_counter = self.heartbeat_counter.wrapping_add(1);
+            let goodbye = Goodbye {
+                node_id: self.local.id,
+                seq: self.seq(),
+            };
+            self.out.push(Output::Publish(GossipBody::Goodbye(goodbye)));
+        }
+        if self.exit.is_some() {
+            return;
+        }
+        if now >= self.next_heartbeat {
+            self.publish_heartbeat(now);
+            // Never let a slow caller make heartbeats bunch up: the next one is a full
+            // interval after this one.
+            self.next_heartbeat = now + self.config.heartbeat_interval;
+        }
+        if self.eager_at.is_some_and(|at| now >= at) {
+            self.send_eager_heartbeat(now);
+        }
+        if now >= self.next_sync {
+            self.next_sync = now + self.config.sync_interval;
+            self.sync_with_random_member();
+        }
+        self.dial_members(now);
+    }
+
+    fn exit_kind(&self) -> Exit {
+        self.exit.map_or(Exit::Stop, |(kind, _)| kind)
+    }
+
+    fn next_wake(&self, now: Instant) -> Instant {
+        let mut wake = self.next_heartbeat.min(self.next_sync);
+        let mut consider = |at: Option<Instant>| {
+            if let Some(at) = at {
+                wake = wake.min(at);
+            }
+        };
+        consider(self.membership.next_expiry());
+        consider(self.eager_at);
+        consider(self.strangers.values().min().copied());
+        consider(self.exit.and_then(|(_, at)| at));
+        consider(self.goodbye_at);
+        let next_redial = self
+            .membership
+            .remote_members()
+            .filter(|(id, _)| !self.connected.contains(*id))
+            .filter_map(|(id, _)| self.redials.get(id).map(|r| r.at))
+            .min();
+        consider(next_redial);
+        if !self.settled {
+            consider(Some(self.started + self.config.settle));
+        }
+        wake.max(now)
+    }
+
+    // ---- connections ----
+
+    fn on_connected(&mut self, peer: PeerId, now: Instant) {
+        self.connected.insert(peer);
+        self.suspects.remove(&peer);
+        self.redials.remove(&peer);
+        self.membership.on_connected(&peer);
+        if !self.membership.is_member(&peer) {
+            // A joiner needs the connection for its Join; any other stranger gets nothing.
+            self.expire_stranger(peer, now + self.config.stranger_idle);
+        }
+    }
+
+    fn on_disconnected(&mut self, peer: PeerId) {
+        self.connected.remove(&peer);
+        if self.membership.is_member(&peer) && self.exit.is_none() {
+            // Its process may have died: a redial tells at once (refused) or in time.
+            self.suspects.insert(peer);
+            let addrs = self.addresses_of(&peer);
+            self.out.push(Output::Dial { peer, addrs });
+        }
+    }
+
+    fn on_dial_failed(&mut self, peer: PeerId, now: Instant) {
+        if self.connected.contains(&peer) {
+            return;
+        }
+        if self.suspects.remove(&peer) {
+            let change = self.membership.on_unreachable(&peer);
+            self.apply_changes(change.into_iter().collect(), now);
+        }
+    }
+
+    fn on_subscribed(&mut self, peer: PeerId, now: Instant) {
+        if !self.membership.is_member(&peer) || self.exit.is_some() {
+            return;
+        }
+        // A (re)started member: tell it at once that we are alive, and what we know.
+        self.send_eager_heartbeat(now);
+        let message = self.sync_message();
+        self.out.push(Output::Sync { to: peer, message });
+    }
+
+    /// Dials every member we are not connected to whose redial time has come.
+    fn dial_members(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .membership
+            .remote_members()
+            .map(|(id, _)| *id)
+            .filter(|id| !self.connected.contains(id))
+            .filter(|id| self.redials.get(id).is_none_or(|r| r.at <= now))
+            .collect();
+        for peer in due {
+            let backoff = self
+                .redials
+                .get(&peer)
+                .map_or(self.config.first_redial, |r| {
+                    (r.backoff * 2).min(self.config.max_redial)
+                });
+            self.redials.insert(
+                peer,
+                Redial {
+                    at: now + backoff,
+                    backoff,
+                },
+            );
+            let addrs = self.addresses_of(&peer);
+            self.out.push(Output::Dial { peer, addrs });
+        }
+    }
+
+    fn expire_stranger(&mut self, peer: PeerId, at: Instant) {
+        if self.membership.is_member(&peer) {
+            return;
+        }
+        if let Some(current) = self.strangers.get_mut(&peer) {
+            *current = (*current).min(at);
+        } else if self.strangers.len() >= self.config.max_strangers {
+            self.out.push(Output::Disconnect(peer));
+        } else {
+            self.strangers.insert(peer, at);
+        }
+    }
+
+    fn drop_strangers(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .strangers
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in due {
+            self.strangers.remove(&peer);
+            if !self.membership.is_member(&peer) && self.connected.contains(&peer) {
+                self.out.push(Output::Disconnect(peer));
+            }
+        }
+    }
+
+    // ---- gossip ----
+
+    fn on_gossip(
+        &mut self,
+        signer: Option<PeerId>,
+        body: &GossipBody,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        let author = body.author();
+        if signer != Some(author) {
+            return Err(Refusal::WrongSigner);
+        }
+        if !self.membership.is_member(&author) {
+            // It holds the network secret (the MAC verified) but is not in our list: most
+            // likely a join we missed. Ask it for its roster.
+            self.pull_roster(author, now);
+            return Err(Refusal::NonMember);
+        }
+        match body {
+            GossipBody::Heartbeat(heartbeat) => {
+                let connected = self.connected.contains(&author);
+                let change = self
+                    .membership
+                    .on_heartbeat(heartbeat, connected, now)
+                    .map_err(refusal_of)?;
+                self.apply_changes(change.into_iter().collect(), now);
+            }
+            GossipBody::Roster(roster) => {
+                let changes = self.membership.merge(&roster.records);
+                self.apply_changes(changes, now);
+            }
+            GossipBody::Settings(update) => self.merge_settings(&update.settings, false),
+            GossipBody::Goodbye(goodbye) => {
+                let change = self.membership.on_goodbye(goodbye).map_err(refusal_of)?;
+                self.apply_changes(change.into_iter().collect(), now);
+            }
+        }
+        Ok(())
+    }
+
+    fn pull_roster(&mut self, from: PeerId, now: Instant) {
+        if from == self.local.id || self.exit.is_some() {
+            return;
+        }
+        if self
+            .pulls
+            .get(&from)
+            .is_some_and(|at| now < *at + self.config.pull_gap)
+        {
+            return;
+        }
+        if self.pulls.len() > 1024 {
+            self.pulls.clear();
+        }
+        self.pulls.insert(from, now);
+        let message = self.sync_message();
+        self.out.push(Output::Sync { to: from, message });
+    }
+
+    fn publish_heartbeat(&mut self, now: Instant) {
+        self.heartbeat_counter = self.heartbeat_counter.wrapping_add(1);
+        let heartbeat = Heartbeat {
+            node_id: self.local.id,
+            name: self.local.name.clone(),
+            priority: self.local.priority,
+            addrs: self.local.addrs.clone(),
+            seq: self.seq(),
+            protocol_version: crate::gossip::PROTOCOL_VERSION,
+            uptime_secs: now.duration_since(self.started).as_secs(),
+        };
+        self.out
+            .push(Output::Publish(GossipBody::Heartbeat(heartbeat)));
+    }
+
+    fn seq(&self) -> u64 {
+        (u64::from(self.local.incarnation) << 32) | u64::from(self.heartbeat_counter)
+    }
+
+    /// An extra heartbeat for peers that just subscribed, spaced out so that many restarts at
+    /// once are not answered by a storm; one asked for too soon is sent when the gap ends.
+    fn send_eager_heartbeat(&mut self, now: Instant) {
+        match self.last_eager {
+            Some(last) if now < last + self.config.eager_gap => {
+                self.eager_at = Some(last + self.config.eager_gap);
+            }
+            _ => {
+                self.last_eager = Some(now);
+                self.eager_at = None;
+                self.publish_heartbeat(now);
+                // A restarted member may have missed settings changes while it was down.
+                self.publish_settings();
+            }
+        }
+    }
+
+    fn publish_settings(&mut self) {
+        self.out
+            .push(Output::Publish(GossipBody::Settings(SettingsUpdate {
+                from: self.local.id,
+                settings: self.settings.clone(),
+            })));
+    }
+
+    fn publish_roster(&mut self) {
+        self.out
+            .push(Output::Publish(GossipBody::Roster(RosterUpdate {
+                from: self.local.id,
+                records: self.membership.records(),
+            })));
+    }
+
+    fn sync_message(&self) -> SyncMessage {
+        SyncMessage {
+            records: self.membership.records(),
+            settings: self.settings.clone(),
+        }
+    }
+
+    fn sync_with_random_member(&mut self) {
+        let candidates: Vec<PeerId> = self
+            .membership
+            .remote_members()
+            .map(|(id, _)| *id)
+            .filter(|id| self.connected.contains(id))
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let to = candidates[self.rng.random_range(0..candidates.len())];
+        let message = self.sync_message();
+        self.out.push(Output::Sync { to, message });
+    }
+
+    fn merge_sync(&mut self, message: &SyncMessage, now: Instant) {
+        let changes = self.membership.merge(&message.records);
+        self.apply_changes(changes, now);
+        self.merge_settings(&message.settings, false);
+    }
+
+    // ---- settings ----
+
+    /// Merges settings from the bot (`publish`) or the network; on a change, persists them and
+    /// tells the daemon. The bot's own changes are published at once, so the next leader has
+    /// them.
+    fn merge_settings(&mut self, incoming: &NetworkSettings, publish: bool) {
+        if !self.settings.merge(incoming) {
+            return;
+        }
+        self.out.push(Output::Settings(self.settings.clone()));
+        self.persist(None);
+        if publish {
+            self.publish_settings();
+        }
+    }
+
+    fn persist(&mut self, ack: Option<Ack>) {
+        self.out.push(Output::Persist(self.snapshot(), ack));
+    }
+
+    // ---- membership changes ----
+
+    /// Reports changes, keeps connections in step, queues owner notices and persists.
+    fn apply_changes(&mut self, changes: Vec<Change>, now: Instant) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut roster_changed = false;
+        let mut events = Vec::new();
+        for change in changes {
+            match &change {
+                Change::Joined(id) => {
+                    roster_changed = true;
+                    self.redials.remove(id);
+                    events.push(NetworkEvent::Joined(self.name_of(id)));
+                }
+                Change::Left(id) => {
+                    roster_changed = true;
+                    self.suspects.remove(id);
+                    self.redials.remove(id);
+                    self.reported_offline.remove(id);
+                    self.out.push(Output::Disconnect(*id));
+                    events.push(NetworkEvent::Left(self.name_of(id)));
+                }
+                Change::Alive(id) => {
+                    if self.reported_offline.remove(id) {
+                        events.push(NetworkEvent::Back(self.name_of(id)));
+                    }
+                }
+                Change::Offline(id, _) => {
+                    self.reported_offline.insert(*id);
+                    events.push(NetworkEvent::Offline(self.name_of(id)));
+                }
+            }
+            self.out.push(Output::Membership(change));
+        }
+        if roster_changed {
+            self.resize();
+            if self.exit.is_none() {
+                self.dial_members(now);
+            }
+        }
+        let was_leading = self.leadership.is_local;
+        self.update_leadership(now);
+        if was_leading || self.leadership.is_local {
+            for event in events {
+                self.out.push(Output::Notice(event));
+            }
+        }
+        self.persist(None);
+    }
+
+    /// Follows the network's size: the heartbeat interval and the offline bound of
+    /// [`Config::for_size`] for the current member count.
+    fn resize(&mut self) {
+        if !self.config.scale_with_size {
+            return;
+        }
+        let sized = Config::for_size(self.membership.len());
+        if sized.heartbeat_interval != self.config.heartbeat_interval {
+            self.config.heartbeat_interval = sized.heartbeat_interval;
+            self.config.offline_after = sized.offline_after;
+            self.membership.set_offline_after(sized.offline_after);
+        }
+    }
+
+    /// Re-derives whether this node hosts the leader services, and tells on a change.
+    fn update_leadership(&mut self, now: Instant) {
+        self.settled = self.settled
+            || now >= self.started + self.config.settle
+            || self
+                .membership
+                .remote_members()
+                .all(|(id, _)| self.membership.status(id) == Some(Status::Alive));
+        let leader = self.membership.leader();
+        let next = Leadership {
+            is_local: leader == self.local.id && self.settled && self.exit.is_none(),
+            leader_name: self.name_of(&leader),
+            leaving: self.exit.is_some() || self.membership.is_standing_down(),
+        };
+        if next.leader_name != self.leadership.leader_name
+            || next.is_local != self.leadership.is_local
+            || next.leaving != self.leadership.leaving
+        {
+            self.leadership = next.clone();
+            self.out.push(Output::Leadership(next));
+        }
+        if leader != self.reported_leader {
+            let previous = std::mem::replace(&mut self.reported_leader, leader);
+            self.leader_changes += 1;
+            self.out.push(Output::LeaderChanged { previous, leader });
+        }
+    }
+
+    // ---- joins (seed side) and invites ----
+
+    fn on_join_request(&mut self, peer: PeerId, request: &JoinAsk<'_>, unix_now: u64) {
+        match self.admit(peer, request, unix_now) {
+            Ok(()) => self.persist(Some(Ack::Admission(peer))),
+            Err(refusal) => self.out.push(Output::JoinAnswer {
+                peer,
+                answer: Err(refusal),
+            }),
+        }
+    }
+
+    /// Checks a join and, if it is good, records it in memory; it is answered once the write
+    /// is durable. Every refusal leaves everything as it was.
+    fn admit(
+        &mut self,
+        peer: PeerId,
+        request: &JoinAsk<'_>,
+        unix_now: u64,
+    ) -> Result<(), JoinRefusal> {
+        if self.exit.is_some() || self.left {
+            return Err(JoinRefusal::SeedFailure(
+                "this node is stopping; ask another member for a link".to_owned(),
+            ));
+        }
+        if self.pending_admissions.contains_key(&peer) {
+            return Err(JoinRefusal::Invalid(
+                "a join of this node is already in progress".to_owned(),
+            ));
+        }
+        let name = request.name;
+        let hash = crate::join::token_hash(request.token);
+        let Some(index) = self.invites.iter().position(|i| i.token_sha256 == hash) else {
+            return Err(JoinRefusal::UnknownToken);
+        };
+        let invite = &self.invites[index];
+        if invite.used_at.is_some() {
+            return Err(JoinRefusal::TokenUsed);
+        }
+        if unix_now >= invite.expires_at {
+            return Err(JoinRefusal::ExpiredToken);
+        }
+        if self
+            .membership
+            .find_by_name(name)
+            .is_some_and(|owner| owner != peer)
+            || self
+                .pending_admissions
+                .values()
+                .any(|p| p.admission.record.name == name)
+        {
+            return Err(JoinRefusal::NameTaken(name.to_owned()));
+        }
+        if self.membership.is_member(&peer) {
+            return Err(JoinRefusal::Invalid(
+                "this node is already a member".to_owned(),
+            ));
+        }
+        let invites_before = self.invites.clone();
+        self.invites[index].used_at = Some(unix_now);
+        self.invites[index].used_by = Some(peer.to_base58());
+        let previous_record = self.membership.any_record(&peer).cloned();
+        let record = self.membership.admit(
+            peer,
+            name.to_owned(),
+            request.addr.to_owned(),
+            request.priority,
+        );
+        let admission = Admission {
+            record,
+            members: self.membership.records(),
+            settings: self.settings.clone(),
+        };
+        self.pending_admissions.insert(
+            peer,
+            PendingAdmission {
+                previous_record,
+                invites_before,
+                admission,
+            },
+        );
+        Ok(())
+    }
+
+    fn issue_invite(&mut self, request: u64, token_sha256: &str, unix_now: u64, ttl_secs: u64) {
+        self.pending_invites
+            .insert(request, token_sha256.to_owned());
+        let retention = self.config.invite_retention_secs;
+        self.invites
+            .retain(|i| i.expires_at.max(i.used_at.unwrap_or(0)) + retention > unix_now);
+        self.invites.push(Invite {
+            token_sha256: token_sha256.to_owned(),
+            created_at: unix_now,
+            expires_at: unix_now.saturating_add(ttl_secs),
+            used_at: None,
+            used_by: None,
+        });
+        self.persist(Some(Ack::Invite(request)));
+    }
+
+    fn on_persisted(&mut self, ack: Ack, now: Instant) {
+        match ack {
+            Ack::Invite(request) => {
+                self.pending_invites.remove(&request);
+                self.out.push(Output::InviteRecorded {
+                    request,
+                    result: Ok(()),
+                });
+            }
+            Ack::Admission(peer) => {
+                let Some(pending) = self.pending_admissions.remove(&peer) else {
+                    return;
+                };
+                self.out.push(Output::JoinAnswer {
+                    peer,
+                    answer: Ok(pending.admission),
+                });
+                self.apply_changes(vec![Change::Joined(peer)], now);
+                self.publish_roster();
+            }
+            Ack::Leave => {
+                self.out.push(Output::LeaveDone(Ok(())));
+                self.exit = Some((Exit::Leave, Some(now + self.config.drain)));
+                let tombstone = self.membership.any_record(&self.local.id).cloned();
+                self.out
+                    .push(Output::Publish(GossipBody::Roster(RosterUpdate {
+                        from: self.local.id,
+                        records: tombstone.into_iter().collect(),
+                    })));
+            }
+        }
+    }
+
+    fn on_persist_failed(&mut self, ack: Ack, error: &str) {
+        match ack {
+            Ack::Invite(request) => {
+                // The invite leaves the list: a link that was never handed out.
+                if let Some(hash) = self.pending_invites.remove(&request) {
+                    self.invites.retain(|i| i.token_sha256 != hash);
+                }
+                self.out.push(Output::InviteRecorded {
+                    request,
+                    result: Err(format!("cannot record the invite: {error}")),
+                });
+            }
+            Ack::Admission(peer) => {
+                let Some(pending) = self.pending_admissions.remove(&peer) else {
+                    return;
+                };
+                self.invites = pending.invites_before;
+                self.membership.unadmit(pending.previous_record, &peer);
+                self.out.push(Output::JoinAnswer {
+                    peer,
+                    answer: Err(JoinRefusal::SeedFailure(error.to_owned())),
+                });
+            }
+            Ack::Leave => {
+                self.left = false;
+                self.membership.unleave();
+                self.out.push(Output::LeaveDone(Err(format!(
+                    "cannot record the departure: {error}"
+                ))));
+            }
+        }
+    }
+
+    // ---- leave and stop ----
+
+    fn leave(&mut self) {
+        if self.exit.is_some() {
+            self.out.push(Output::LeaveDone(Err(
+                "this node is already stopping".to_owned()
+            )));
+            return;
+        }
+        if self.membership.leave().is_none() {
+            self.out.push(Output::LeaveDone(Err(
+                "this node is not in its own member list".to_owned(),
+            )));
+            return;
+        }
+        self.left = true;
+        self.invites.clear();
+        // The tombstone goes out once the departure is on disk (see `on_persisted`).
+        self.persist(Some(Ack::Leave));
+    }
+
+    /// Stands down at once (the bot stops, without announcing a handover: the next leader
+    /// does), says goodbye after the handover gap so the peers re-elect, and exits after the
+    /// drain. Alone, it exits at once: nothing to wait for.
+    fn stop(&mut self, now: Instant) {
+        if self.exit.is_some() {
+            return;
+        }
+        self.membership.stand_down();
+        if self.connected.is_empty() {
+            self.exit = Some((Exit::Stop, None));
+            self.out.push(Output::Exit);
+            return;
+        }
+        let goodbye_at = now + self.config.handover_gap;
+        self.goodbye_at = Some(goodbye_at);
+        self.exit = Some((Exit::Stop, Some(goodbye_at + self.config.drain)));
+    }
+}
+
+/// The parts of a Join request the core rules on.
+#[derive(Debug)]
+struct JoinAsk<'a> {
+    token: &'a str,
+    name: &'a str,
+    addr: &'a str,
+    priority: u32,
+}
+
+fn refusal_of(rejection: HeartbeatRejection) -> Refusal {
+    match rejection {
+        HeartbeatRejection::NonMember => Refusal::NonMember,
+        HeartbeatRejection::Replay => Refusal::Replay,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gossip::PROTOCOL_VERSION;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn record(id: PeerId, name: &str, priority: u32) -> MemberRecord {
+        MemberRecord {
+            node_id: id,
+            name: name.into(),
+            addr: format!("127.0.0.1:47{}", name.len()),
+            priority,
+            version: 1,
+            left: false,
+        }
+    }
+
+    /// A cluster seen from node `a`, with members `b` and `c`; priorities make `a` < `b` < `c`.
+    struct Fixture {
+        node: Node,
+        a: PeerId,
+        b: PeerId,
+        c: PeerId,
+        t0: Instant,
+        counters: BTreeMap<PeerId, u32>,
+    }
+
+    impl Fixture {
+        /// `a_priority` decides whether `a` (10 = leads) or `b` (priority 20) leads.
+        fn new(a_priority: u32, alive: &[usize]) -> Self {
+            let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+            let t0 = Instant::now();
+            let ids = [a, b, c];
+            let node = Node::new(
+                Config::default(),
+                LocalNode {
+                    id: a,
+                    name: "a".into(),
+                    priority: a_priority,
+                    incarnation: 1,
+                    addrs: vec!["/ip4/127.0.0.1/tcp/4747".into()],
+                },
+                Restored {
+                    records: vec![
+                        record(a, "a", a_priority),
+                        record(b, "b", 20),
+                        record(c, "c", 30),
+                    ],
+                    alive: alive.iter().map(|i| ids[*i]).collect(),
+                    settings: NetworkSettings::default(),
+                    invites: vec![],
+                },
+                t0,
+                7,
+            );
+            Self {
+                node,
+                a,
+                b,
+                c,
+                t0,
+                counters: BTreeMap::new(),
+            }
+        }
+
+        fn at(&self, secs: f64) -> Instant {
+            self.t0 + Duration::from_secs_f64(secs)
+        }
+
+        fn handle(&mut self, secs: f64, input: Input<'_>) -> Vec<Output> {
+            let now = self.at(secs);
+            self.node.handle(now, input).collect()
+        }
+
+        fn heartbeat_from(&mut self, secs: f64, from: PeerId) -> Vec<Output> {
+            let counter = self.counters.entry(from).or_default();
+            *counter += 1;
+            let body = GossipBody::Heartbeat(Heartbeat {
+                node_id: from,
+                name: "x".into(),
+                priority: 0,
+                addrs: vec![],
+                seq: (1 << 32) | u64::from(*counter),
+                protocol_version: PROTOCOL_VERSION,
+                uptime_secs: 1,
+            });
+            self.handle(
+                secs,
+                Input::Gossip {
+                    signer: Some(from),
+                    body: &body,
+                },
+            )
+        }
+
+        fn join_b_and_c(&mut self, secs: f64) {
+            let (b, c) = (self.b, self.c);
+            self.handle(secs, Input::Connected(b));
+            self.handle(secs, Input::Connected(c));
+            self.heartbeat_from(secs, b);
+            self.heartbeat_from(secs, c);
+        }
+    }
+
+    fn publishes(outputs: &[Output]) -> Vec<&GossipBody> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Publish(body) => Some(body),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn notices(outputs: &[Output]) -> Vec<NetworkEvent> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Notice(event) => Some(event.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn wake(outputs: &[Output]) -> Instant {
+        match outputs.last() {
+            Some(Output::WakeAt(at)) => *at,
+            other => panic!("the last output is not WakeAt: {other:?}"),
+        }
+    }
+
+    fn dials(outputs: &[Output]) -> Vec<PeerId> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Dial { peer, .. } => Some(*peer),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn heartbeats_go_out_every_interval_and_the_wake_says_when() {
+        let mut f = Fixture::new(10, &[]);
+        let out = f.handle(0.0, Input::Timer);
+        assert!(matches!(publishes(&out)[..], [GossipBody::Heartbeat(_)]));
+        assert!(wake(&out) <= f.at(2.0), "wakes for the next heartbeat");
+        let out = f.handle(1.0, Input::Timer);
+        assert!(publishes(&out).is_empty(), "not before the interval");
+        let out = f.handle(2.0, Input::Timer);
+        let [GossipBody::Heartbeat(hb)] = publishes(&out)[..] else {
+            panic!("no heartbeat at 2 s: {out:?}");
+        };
+        assert_eq!(hb.seq, (1 << 32) | 2, "incarnation in the high half");
+    }
+
+    #[test]
+    fn silence_marks_offline_and_moves_the_leader() {
+        let mut f = Fixture::new(40, &[]);
+        f.join_b_and_c(0.0);
+        assert_eq!(f.node.leader(), f.b);
+        // c keeps talking, b goes silent.
+        for t in [1.0, 2.0, 3.0, 4.0, 5.0, 5.9] {
+            f.heartbeat_from(t, f.c);
+            f.handle(t, Input::Timer);
+        }
+        assert_eq!(f.node.leader(), f.b, "5.9 s of silence is not yet offline");
+        let out = f.handle(6.1, Input::Timer);
+        assert!(out.contains(&Output::Membership(Change::Offline(
+            f.b,
+            crate::membership::OfflineReason::HeartbeatTimeout
+        ))));
+        assert!(out.contains(&Output::LeaderChanged {
+            previous: f.b,
+            leader: f.c
+        }));
+        assert_eq!(
+            f.node.leader_changes(),
+            2,
+            "a → b at the first heartbeat, then b → c"
+        );
+    }
+
+    #[test]
+    fn a_closed_connection_is_redialled_and_a_failed_redial_is_offline_at_once() {
+        let mut f = Fixture::new(40, &[]);
+        f.join_b_and_c(0.0);
+        let out = f.handle(1.0, Input::Disconnected(f.b));
+        assert_eq!(dials(&out), vec![f.b], "redialled at once");
+        let out = f.handle(1.01, Input::DialFailed(f.b));
+        assert!(out.contains(&Output::Membership(Change::Offline(
+            f.b,
+            crate::membership::OfflineReason::Unreachable
+        ))));
+        assert_eq!(f.node.leader(), f.c);
+        // A second failure is not news; a failure of a non-suspect is only a failed dial.
+        let out = f.handle(1.02, Input::DialFailed(f.c));
+        assert!(!out.iter().any(|o| matches!(o, Output::Membership(_))));
+    }
+
+    #[test]
+    fn redial_backoff_doubles_to_the_cap() {
+        let mut f = Fixture::new(10, &[]);
+        f.handle(0.0, Input::Connected(f.c));
+        let mut times = Vec::new();
+        let mut t = 0.0;
+        while t < 120.0 {
+            let out = f.handle(t, Input::Timer);
+            if dials(&out).contains(&f.b) {
+                times.push(t);
+            }
+            t += 0.25;
+        }
+        let gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(&gaps[..5], &[1.0, 2.0, 4.0, 8.0, 16.0], "{times:?}");
+        assert!(
+            gaps[5..].iter().all(|g| (*g - 30.0).abs() < 0.3),
+            "{gaps:?}"
+        );
+        // Connected: no more dials.
+        f.handle(t, Input::Connected(f.b));
+        let out = f.handle(t + 60.0, Input::Timer);
+        assert!(!dials(&out).contains(&f.b));
+    }
+
+    #[test]
+    fn a_started_leader_waits_to_settle_unless_everyone_answered() {
+        let mut f = Fixture::new(10, &[]);
+        let out = f.handle(0.0, Input::Timer);
+        assert!(!f.node.leadership().is_local, "not before settling");
+        assert!(wake(&out) <= f.at(2.0));
+        let out = f.handle(4.0, Input::Timer);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Leadership(l) if l.is_local))
+        );
+
+        let mut f = Fixture::new(10, &[]);
+        f.handle(0.0, Input::Timer);
+        f.join_b_and_c(0.5);
+        assert!(
+            f.node.leadership().is_local,
+            "everyone answered: settled at once"
+        );
+    }
+
+    #[test]
+    fn a_restarted_node_names_the_recorded_leader_at_once() {
+        let f = Fixture::new(30, &[1, 2]);
+        assert_eq!(f.node.leader(), f.b, "b was alive when we stopped");
+        assert_eq!(f.node.leadership().leader_name, "b");
+    }
+
+    #[test]
+    fn stopping_says_goodbye_stands_down_and_exits_after_the_drain() {
+        let mut f = Fixture::new(10, &[]);
+        f.join_b_and_c(0.0);
+        assert_eq!(f.node.leader(), f.a);
+        let out = f.handle(1.0, Input::Stop);
+        assert!(publishes(&out).is_empty(), "the bot is told first");
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Leadership(l) if !l.is_local && l.leaving))
+        );
+        assert_eq!(f.node.leader(), f.b, "stands down: names the next leader");
+        assert!(wake(&out) <= f.at(1.1));
+        let out = f.handle(1.05, Input::Timer);
+        assert!(
+            publishes(&out).is_empty(),
+            "no heartbeat while stopping, no goodbye yet"
+        );
+        let out = f.handle(1.1, Input::Timer);
+        assert!(matches!(publishes(&out)[..], [GossipBody::Goodbye(_)]));
+        assert!(!out.contains(&Output::Exit));
+        assert!(wake(&out) <= f.at(2.1));
+        let out = f.handle(2.1, Input::Timer);
+        assert!(out.contains(&Output::Exit));
+        // Alone: exits at once.
+        let mut f = Fixture::new(10, &[]);
+        let out = f.handle(0.0, Input::Stop);
+        assert!(out.contains(&Output::Exit));
+    }
+
+    #[test]
+    fn subscribers_get_eager_heartbeats_spaced_out() {
+        let mut f = Fixture::new(10, &[]);
+        f.handle(0.0, Input::Timer);
+        let out = f.handle(0.5, Input::Subscribed(f.b));
+        let bodies = publishes(&out);
+        assert!(matches!(
+            bodies[..],
+            [GossipBody::Heartbeat(_), GossipBody::Settings(_)]
+        ));
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Sync { to, .. } if *to == f.b))
+        );
+        let out = f.handle(0.55, Input::Subscribed(f.c));
+        assert!(publishes(&out).is_empty(), "too soon: deferred");
+        assert_eq!(wake(&out), f.at(0.6));
+        let out = f.handle(0.6, Input::Timer);
+        assert!(matches!(
+            publishes(&out)[..],
+            [GossipBody::Heartbeat(_), GossipBody::Settings(_)]
+        ));
+        // A stranger subscribing gets nothing.
+        let out = f.handle(1.0, Input::Subscribed(PeerId::random()));
+        assert!(publishes(&out).is_empty());
+    }
+
+    #[test]
+    fn only_the_leader_before_or_after_tells_the_owner() {
+        // a follows b: b going offline is told by a only because a leads afterwards.
+        let mut f = Fixture::new(25, &[]);
+        f.handle(0.0, Input::Timer);
+        f.join_b_and_c(0.0);
+        f.handle(5.0, Input::Timer);
+        let out = f.handle(5.0, Input::Disconnected(f.c));
+        let out2 = f.handle(5.0, Input::DialFailed(f.c));
+        assert!(
+            notices(&out).is_empty() && notices(&out2).is_empty(),
+            "follower: silent"
+        );
+        f.handle(5.1, Input::Disconnected(f.b));
+        let out = f.handle(5.1, Input::DialFailed(f.b));
+        assert_eq!(notices(&out), vec![NetworkEvent::Offline("b".into())]);
+        // The leader tells of c coming back (reconnected: a relayed heartbeat of the
+        // incarnation seen to fail would not count).
+        f.handle(6.0, Input::Connected(f.c));
+        let out = f.heartbeat_from(6.0, f.c);
+        assert_eq!(notices(&out), vec![NetworkEvent::Back("c".into())]);
+    }
+
+    #[test]
+    fn settings_from_the_bot_are_published_and_from_gossip_only_kept() {
+        let mut f = Fixture::new(10, &[]);
+        f.join_b_and_c(0.0);
+        let pinned = NetworkSettings {
+            owner_user_id: Some(42),
+            ..NetworkSettings::default()
+        };
+        let out = f.handle(1.0, Input::MergeSettings(&pinned));
+        assert!(matches!(publishes(&out)[..], [GossipBody::Settings(_)]));
+        assert!(out.iter().any(
+            |o| matches!(o, Output::Persist(s, None) if s.settings.owner_user_id == Some(42))
+        ));
+        let newer = NetworkSettings {
+            last_update_id: 9,
+            ..pinned.clone()
+        };
+        let body = GossipBody::Settings(SettingsUpdate {
+            from: f.b,
+            settings: newer,
+        });
+        let out = f.handle(
+            2.0,
+            Input::Gossip {
+                signer: Some(f.b),
+                body: &body,
+            },
+        );
+        assert!(publishes(&out).is_empty());
+        assert_eq!(f.node.settings().last_update_id, 9);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Settings(s) if s.last_update_id == 9))
+        );
+    }
+
+    #[test]
+    fn gossip_from_a_wrong_signer_or_a_stranger_is_refused_and_counted() {
+        let mut f = Fixture::new(10, &[]);
+        let body = GossipBody::Goodbye(Goodbye {
+            node_id: f.b,
+            seq: 5,
+        });
+        let out = f.handle(
+            0.0,
+            Input::Gossip {
+                signer: Some(f.c),
+                body: &body,
+            },
+        );
+        assert_eq!(out[0], Output::GossipVerdict(Err(Refusal::WrongSigner)));
+        let stranger = PeerId::random();
+        let out = f.heartbeat_from(0.1, stranger);
+        assert_eq!(out[0], Output::GossipVerdict(Err(Refusal::NonMember)));
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Sync { to, .. } if *to == stranger)),
+            "a sender holding the secret but unknown here: pull its roster (a missed join)"
+        );
+        let out = f.heartbeat_from(0.2, stranger);
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Sync { .. })),
+            "pulls are spaced"
+        );
+        f.handle(0.3, Input::GossipRefused(Refusal::BadMac));
+        let r = f.node.rejections();
+        assert_eq!((r.wrong_signer, r.non_member, r.bad_mac), (1, 2, 1));
+    }
+
+    #[test]
+    fn strangers_are_disconnected_after_the_join_window_or_soon_after_a_refusal() {
+        let mut f = Fixture::new(10, &[]);
+        let (s1, s2) = (PeerId::random(), PeerId::random());
+        f.handle(0.0, Input::Connected(s1));
+        f.handle(0.0, Input::Connected(s2));
+        f.handle(1.0, Input::StrangerRefused(s2));
+        let out = f.handle(1.5, Input::Timer);
+        assert!(out.contains(&Output::Disconnect(s2)));
+        assert!(!out.contains(&Output::Disconnect(s1)));
+        let out = f.handle(11.9, Input::Timer);
+        assert!(!out.contains(&Output::Disconnect(s1)), "not before 12 s");
+        let out = f.handle(12.0, Input::Timer);
+        assert!(out.contains(&Output::Disconnect(s1)));
+        // Members are never strangers.
+        f.handle(13.0, Input::Connected(f.b));
+        let out = f.handle(30.0, Input::Timer);
+        assert!(!out.contains(&Output::Disconnect(f.b)));
+    }
+
+    fn join(f: &mut Fixture, secs: f64, peer: PeerId, token: &str, name: &str) -> Vec<Output> {
+        f.handle(
+            secs,
+            Input::JoinRequest {
+                peer,
+                token,
+                name,
+                addr: "127.0.0.1:4800",
+                priority: 100,
+                unix_now: 1_000,
+            },
+        )
+    }
+
+    fn answer(outputs: &[Output]) -> Option<&Result<Admission, JoinRefusal>> {
+        outputs.iter().find_map(|o| match o {
+            Output::JoinAnswer { answer, .. } => Some(answer),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_join_is_answered_only_once_durable_and_a_token_is_single_use() {
+        let mut f = Fixture::new(10, &[]);
+        let hash = crate::join::token_hash("tok");
+        let out = f.handle(
+            0.0,
+            Input::IssueInvite {
+                request: 1,
+                token_sha256: &hash,
+                unix_now: 900,
+                ttl_secs: 600,
+            },
+        );
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Persist(_, Some(Ack::Invite(1)))))
+        );
+        let out = f.handle(0.0, Input::Persisted(Ack::Invite(1)));
+        assert!(out.contains(&Output::InviteRecorded {
+            request: 1,
+            result: Ok(())
+        }));
+        let d = PeerId::random();
+        let out = join(&mut f, 1.0, d, "tok", "d");
+        assert!(answer(&out).is_none(), "not answered before the write");
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Persist(_, Some(Ack::Admission(p))) if *p == d))
+        );
+        // A racing joiner with the same token is refused at once.
+        let e = PeerId::random();
+        let out = join(&mut f, 1.0, e, "tok", "e");
+        assert_eq!(answer(&out), Some(&Err(JoinRefusal::TokenUsed)));
+        let out = f.handle(1.1, Input::Persisted(Ack::Admission(d)));
+        let Some(Ok(admission)) = answer(&out) else {
+            panic!("no admission: {out:?}");
+        };
+        assert_eq!(admission.record.name, "d");
+        assert!(matches!(publishes(&out)[..], [GossipBody::Roster(_)]));
+        assert!(f.node.membership().is_member(&d));
+    }
+
+    #[test]
+    fn a_join_whose_write_fails_changes_nothing() {
+        let mut f = Fixture::new(10, &[]);
+        let hash = crate::join::token_hash("tok");
+        f.handle(
+            0.0,
+            Input::IssueInvite {
+                request: 1,
+                token_sha256: &hash,
+                unix_now: 900,
+                ttl_secs: 600,
+            },
+        );
+        f.handle(0.0, Input::Persisted(Ack::Invite(1)));
+        let before = f.node.snapshot();
+        let d = PeerId::random();
+        join(&mut f, 1.0, d, "tok", "d");
+        let out = f.handle(1.1, Input::PersistFailed(Ack::Admission(d), "disk full"));
+        assert_eq!(
+            answer(&out),
+            Some(&Err(JoinRefusal::SeedFailure("disk full".into())))
+        );
+        assert_eq!(
+            f.node.snapshot(),
+            before,
+            "the token and the roster are as before"
+        );
+        assert!(!f.node.membership().is_member(&d));
+        // The same token still works.
+        let out = join(&mut f, 2.0, d, "tok", "d");
+        assert!(answer(&out).is_none());
+    }
+
+    #[test]
+    fn join_refusals() {
+        let mut f = Fixture::new(10, &[]);
+        let d = PeerId::random();
+        let out = join(&mut f, 0.0, d, "nope", "d");
+        assert_eq!(answer(&out), Some(&Err(JoinRefusal::UnknownToken)));
+        let hash = crate::join::token_hash("old");
+        f.handle(
+            0.0,
+            Input::IssueInvite {
+                request: 1,
+                token_sha256: &hash,
+                unix_now: 100,
+                ttl_secs: 10,
+            },
+        );
+        let out = join(&mut f, 0.0, d, "old", "d");
+        assert_eq!(answer(&out), Some(&Err(JoinRefusal::ExpiredToken)));
+        let hash = crate::join::token_hash("new");
+        f.handle(
+            0.0,
+            Input::IssueInvite {
+                request: 2,
+                token_sha256: &hash,
+                unix_now: 900,
+                ttl_secs: 600,
+            },
+        );
+        let out = join(&mut f, 0.0, d, "new", "b");
+        assert_eq!(answer(&out), Some(&Err(JoinRefusal::NameTaken("b".into()))));
+        let b = f.b;
+        let out = join(&mut f, 0.0, b, "new", "bee");
+        assert!(matches!(answer(&out), Some(Err(JoinRefusal::Invalid(_)))));
+    }
+
+    #[test]
+    fn leave_is_written_before_the_tombstone_goes_out() {
+        let mut f = Fixture::new(10, &[]);
+        f.join_b_and_c(0.0);
+        let out = f.handle(1.0, Input::Leave);
+        assert!(
+            publishes(&out).is_empty(),
+            "nothing goes out before the write"
+        );
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Persist(s, Some(Ack::Leave)) if s.left))
+        );
+        let out = f.handle(1.1, Input::Persisted(Ack::Leave));
+        assert!(out.contains(&Output::LeaveDone(Ok(()))));
+        let [GossipBody::Roster(roster)] = publishes(&out)[..] else {
+            panic!("no tombstone: {out:?}");
+        };
+        assert!(roster.records[0].left && roster.records[0].node_id == f.a);
+        let out = f.handle(2.1, Input::Timer);
+        assert!(out.contains(&Output::Exit));
+    }
+
+    #[test]
+    fn a_leave_that_cannot_be_written_is_undone() {
+        let mut f = Fixture::new(10, &[]);
+        f.handle(1.0, Input::Leave);
+        let out = f.handle(1.1, Input::PersistFailed(Ack::Leave, "read-only"));
+        assert!(matches!(&out[..], [Output::LeaveDone(Err(_)), ..]));
+        assert!(f.node.membership().is_member(&f.a));
+        assert!(!f.node.snapshot().left);
+    }
+
+    #[test]
+    fn sync_merges_both_ways_and_answers_members_only() {
+        let mut f = Fixture::new(10, &[]);
+        let d = PeerId::random();
+        let message = SyncMessage {
+            records: vec![record(d, "d", 50)],
+            settings: NetworkSettings::default(),
+        };
+        let out = f.handle(
+            0.0,
+            Input::SyncRequest {
+                from: f.b,
+                message: &message,
+            },
+        );
+        assert!(f.node.membership().is_member(&d));
+        assert!(out.iter().any(|o| matches!(o, Output::SyncReply { to, message } if *to == f.b && message.records.len() == 4)));
+        let out = f.handle(
+            0.0,
+            Input::SyncRequest {
+                from: PeerId::random(),
+                message: &message,
+            },
+        );
+        assert!(!out.iter().any(|o| matches!(o, Output::SyncReply { .. })));
+    }
+
+    #[test]
+    fn periodic_sync_picks_a_connected_member() {
+        let mut f = Fixture::new(10, &[]);
+        f.handle(0.0, Input::Connected(f.c));
+        let out = f.handle(30.0, Input::Timer);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Sync { to, .. } if *to == f.c))
+        );
+        let out = f.handle(31.0, Input::Timer);
+        assert!(!out.iter().any(|o| matches!(o, Output::Sync { .. })));
+    }
+
+    #[test]
+    fn the_interval_grows_with_the_square_root_past_a_hundred_members() {
+        assert_eq!(
+            Config::for_size(3).heartbeat_interval,
+            Duration::from_secs(2)
+        );
+        assert_eq!(Config::for_size(100).offline_after, Duration::from_secs(6));
+        let big = Config::for_size(1000);
+        assert!((big.heartbeat_interval.as_secs_f64() - 6.32).abs() < 0.01);
+        assert_eq!(big.offline_after, big.heartbeat_interval * 3);
+        assert!(SECOND < big.heartbeat_interval);
+    }
+
+    #[test]
+    fn the_interval_follows_the_size_as_members_join() {
+        let mut f = Fixture::new(10, &[]);
+        assert_eq!(f.node.config().heartbeat_interval, Duration::from_secs(2));
+        let records: Vec<MemberRecord> = (0..397)
+            .map(|i| record(PeerId::random(), &format!("n{i}"), 100))
+            .collect();
+        let message = SyncMessage {
+            records,
+            settings: NetworkSettings::default(),
+        };
+        f.handle(
+            0.0,
+            Input::SyncRequest {
+                from: f.b,
+                message: &message,
+            },
+        );
+        // 400 members: 2 s × √4.
+        assert_eq!(f.node.config().heartbeat_interval, Duration::from_secs(4));
+        assert_eq!(f.node.config().offline_after, Duration::from_secs(12));
+    }
+}

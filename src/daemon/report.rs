@@ -1,0 +1,121 @@
+//! What the running node reports about itself: the answers of `status`, `invite` and the bot's
+//! counters. The control socket and the bot use these types; the daemon never uses theirs.
+
+use std::time::Instant;
+
+use constella_behaviours::gossip;
+use constella_behaviours::node::Node;
+use serde::{Deserialize, Serialize};
+
+pub use constella_behaviours::node::Rejections;
+
+use super::signals::MetricsSnapshot;
+use crate::state::NetworkState;
+
+/// A reference to a node by name and id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRef {
+    pub name: String,
+    pub node_id: String,
+}
+
+/// What `status --json` prints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub name: String,
+    pub node_id: String,
+    pub network_id: String,
+    pub owner_username: String,
+    pub version: String,
+    pub protocol_version: u32,
+    pub leader: NodeRef,
+    pub is_leader: bool,
+    pub leader_changes: u64,
+    pub alive: usize,
+    pub offline: usize,
+    pub uptime_secs: u64,
+    /// Bumped at every start of the daemon: tells a restarted process from the old one.
+    #[serde(default)]
+    pub incarnation: u32,
+    pub listen_addrs: Vec<String>,
+    pub connected_peers: usize,
+    pub rejected_gossip: Rejections,
+    /// The Telegram bot on this node.
+    #[serde(default)]
+    pub bot: BotReport,
+}
+
+/// The Telegram bot as `status --json` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BotReport {
+    /// The network has a bot token.
+    pub enabled: bool,
+    /// This node is polling the Bot API now (it leads).
+    pub polling: bool,
+    /// The owner's Telegram id is pinned.
+    pub owner_pinned: bool,
+    /// The highest update id handled in the network.
+    pub last_update_id: u32,
+    /// The interface language ("" is the default, Russian).
+    pub language: String,
+    /// Updates this node handled for the owner.
+    pub handled_updates: u64,
+    /// Updates from anyone else that this node refused (without a reply).
+    pub refused_updates: u64,
+    /// 409 Conflict answers: another process polled the same token.
+    pub conflicts: u64,
+}
+
+/// A new invite.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InviteReport {
+    pub link: String,
+    pub expires_at: u64,
+    pub ttl: String,
+}
+
+/// The answer to `status`, from the core, the rest of the state, and what the Swarm and the
+/// bot say (`swarm`: listen addresses and the number of connected peers).
+pub(super) fn status(
+    core: &Node,
+    state: &NetworkState,
+    started: Instant,
+    swarm: (Vec<String>, usize),
+    bot: &MetricsSnapshot,
+) -> StatusReport {
+    let view = core.membership().view();
+    let alive = view.iter().filter(|p| p.is_alive()).count();
+    let leader = core.leader();
+    let settings = core.settings();
+    StatusReport {
+        name: state.node.name.clone(),
+        node_id: core.local().id.to_base58(),
+        network_id: state.network_id.clone(),
+        owner_username: state.owner_username.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        protocol_version: gossip::PROTOCOL_VERSION,
+        leader: NodeRef {
+            name: core.name_of(&leader),
+            node_id: leader.to_base58(),
+        },
+        is_leader: leader == core.local().id,
+        leader_changes: core.leader_changes(),
+        alive,
+        offline: view.len() - alive,
+        uptime_secs: started.elapsed().as_secs(),
+        incarnation: state.node.incarnation,
+        listen_addrs: swarm.0,
+        connected_peers: swarm.1,
+        rejected_gossip: core.rejections().clone(),
+        bot: BotReport {
+            enabled: state.bot_token.is_some(),
+            polling: bot.polling,
+            owner_pinned: settings.owner_user_id.is_some(),
+            last_update_id: settings.last_update_id,
+            language: settings.language.clone(),
+            handled_updates: bot.handled,
+            refused_updates: bot.refused,
+            conflicts: bot.conflicts,
+        },
+    }
+}

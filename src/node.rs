@@ -1,0 +1,118 @@
+//! `constella run`: puts a node together. Loads the state, starts the daemon (event loop and
+//! protocol core), the control socket and, where the network has a token, the Telegram bot,
+//! then waits for the node to stop. This is the one place that knows all of them.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+
+use crate::bot::{self, BotConfig};
+use crate::control;
+use crate::daemon::{self, signals};
+use crate::reboot::RebootAction;
+use crate::state::StateDir;
+use crate::validate::{ApiUrl, HostPort};
+
+/// Runs the node until SIGINT/SIGTERM or `leave`. `reboot_command`, if set, replaces the
+/// host reboot that `Reboot` triggers (run with `sh -c`). `telegram_api_url`, if set, points
+/// the bot at another Bot API server.
+pub async fn run(
+    state_dir: StateDir,
+    listen_override: Option<HostPort>,
+    reboot_command: Option<String>,
+    telegram_api_url: Option<ApiUrl>,
+) -> Result<()> {
+    let reboot = match reboot_command {
+        Some(command) if command.trim().is_empty() => bail!(
+            "the reboot command (--reboot-command or CONSTELLA_REBOOT_COMMAND) is empty; unset it to reboot the host"
+        ),
+        Some(command) => RebootAction::Command(command),
+        None => RebootAction::Host,
+    };
+    tracing::info!(
+        action = reboot.describe(),
+        permitted = reboot.permitted(),
+        "reboot requests will run this action"
+    );
+    let mut state = state_dir.load()?;
+    if state.left {
+        bail!(
+            "this node left network {}; join again with a new link (remove {} first)",
+            state.network_id,
+            state_dir.state_path().display()
+        );
+    }
+    let secret = state
+        .network_secret
+        .as_ref()
+        .context("the state file has no network secret")?
+        .decode()?;
+    let key = state_dir.load_key()?;
+    let local_id = key.public().to_peer_id();
+    if local_id != state.node.node_id {
+        bail!(
+            "{} belongs to node {} but the state names {}",
+            state_dir.key_path().display(),
+            local_id,
+            state.node.node_id
+        );
+    }
+    if let Some(listen) = listen_override {
+        state.node.listen = listen.to_string();
+    }
+    state.node.incarnation = state.node.incarnation.wrapping_add(1);
+    state_dir.save(&state)?;
+
+    let listener = control::bind(&state_dir.socket_path()).await?;
+    let metrics = Arc::new(signals::BotMetrics::default());
+    let (signals, watchers) = signals::Signals::new(state.settings.clone(), metrics.clone());
+    let bot_config = state.bot_token.clone().map(|token| BotConfig {
+        token,
+        api_url: telegram_api_url.map(|u| u.url().clone()),
+        owner_username: state.owner_username.clone(),
+        node_name: state.node.name.clone(),
+        secret: secret.clone(),
+    });
+    let (client, node) = daemon::start(
+        state_dir.clone(),
+        state,
+        secret,
+        key,
+        reboot,
+        signals,
+        shutdown_signal(),
+    )?;
+    let control_task = tokio::spawn(control::serve(listener, client.clone()));
+    let bot = match bot_config {
+        Some(config) => Some(bot::spawn(config, client, watchers, metrics)),
+        None => {
+            tracing::warn!(
+                "this network has no Telegram bot token (constella init --bot-token): the bot is off"
+            );
+            None
+        }
+    };
+    let result = node.await;
+    // Stops the poll at once: the in-flight long poll is dropped with its task.
+    if let Some(bot) = bot {
+        bot.stop();
+    }
+    control_task.abort();
+    let _ = std::fs::remove_file(state_dir.socket_path());
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop the node with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
+        _ = int.recv() => tracing::info!("SIGINT received, stopping"),
+    }
+}
