@@ -270,3 +270,28 @@ fn stale_temporary_files_are_removed_at_start() {
     assert!(!stale.exists(), "the stale temporary file is still there");
     assert!(node.log_text().contains("removed a temporary file"));
 }
+
+#[test]
+fn a_first_node_starts_without_kademlia_warnings() {
+    let root = tempfile::tempdir().unwrap();
+    let mut delta = Node::new(root.path(), "delta-01");
+    delta.init(100);
+    delta.start();
+    // kad used to try a bootstrap 500 ms after the first listen address, with nobody to ask.
+    wait_for(Duration::from_secs(10), "2 s of uptime", || {
+        let uptime = delta.status()?["uptime_secs"].as_u64()?;
+        (uptime >= 2).then_some(())
+    });
+    let mut echo = Node::new(root.path(), "echo-02");
+    echo.join(&delta.invite("5m"), 100);
+    echo.start();
+    common::agreed_leader(
+        &[&delta, &echo],
+        &["delta-01", "echo-02"],
+        Duration::from_secs(15),
+    );
+    for node in [&delta, &echo] {
+        let log = node.log_text();
+        assert_eq!(count_lines(&log, "libp2p_kad"), 0, "{}:\n{log}", node.name);
+    }
+}

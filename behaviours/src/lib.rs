@@ -1,6 +1,7 @@
 //! The libp2p side of Constella: the wire formats and state machines of membership, leader
 //! election and join, and [`Behaviour`], the one `NetworkBehaviour` a node's Swarm runs.
 //!
+//! - [`dht`]: Kademlia, quiet while it knows no peer.
 //! - [`gossip`]: heartbeats and member lists, authenticated with the network secret.
 //! - [`membership`]: who is a member and who is alive, driven by gossip and the clock.
 //! - [`leader`]: the total order that picks the leader ("Хост").
@@ -16,6 +17,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod dht;
 pub mod gossip;
 pub mod join;
 pub mod leader;
@@ -27,9 +29,7 @@ pub mod settings;
 use std::time::Duration;
 
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{
-    StreamProtocol, connection_limits, gossipsub, identify, identity::Keypair, kad, ping,
-};
+use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, identity::Keypair, ping};
 
 pub use secret::{NetworkSecret, SecretError};
 
@@ -92,8 +92,8 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     /// Carries heartbeats and member lists.
     pub gossipsub: gossipsub::Behaviour,
-    /// Finds members whose addresses changed.
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Finds members whose addresses changed (Kademlia; derefs to `kad::Behaviour`).
+    pub kad: dht::Dht,
     /// Admits new nodes with one-time tokens.
     pub join: join::Behaviour,
     /// Answers and sends GetPeers, GetStats and Reboot.
@@ -160,14 +160,7 @@ impl Behaviour {
             gossipsub_config()?,
         )
         .map_err(|error| BuildError::Gossipsub(error.to_owned()))?;
-        let mut kad = kad::Behaviour::with_config(
-            local,
-            kad::store::MemoryStore::new(local),
-            kad::Config::new(kad_protocol(network_id)?),
-        );
-        // A VPS has a public address: serve the DHT from the start instead of waiting for an
-        // external address to be confirmed (which kept 3-node networks a star).
-        kad.set_mode(Some(kad::Mode::Server));
+        let kad = dht::Dht::new(local, kad_protocol(network_id)?);
         Ok(Self {
             limits: connection_limits::Behaviour::new(connection_limits()),
             identify,
