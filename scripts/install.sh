@@ -415,6 +415,9 @@ KillSignal=SIGTERM
 TimeoutStopSec=20
 Restart=always
 RestartSec=2
+# Descriptors: the swarm bounds its connections (about 1,700 at most: docs/design.md), far
+# below this; the default soft limit of 1024 was not.
+LimitNOFILE=65536
 # Logs go to the journal: journalctl -u constella. Change the level with
 # \`systemctl edit constella\` and Environment=RUST_LOG=debug.
 

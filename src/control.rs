@@ -120,13 +120,74 @@ pub async fn bind(socket: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// Answers control requests until the listener fails or the daemon stops.
+/// First pause after a failed accept.
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
+/// Longest pause between accept retries: a freed descriptor is noticed within this.
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// How long a client may take to send its request line before the connection is dropped, so
+/// a client that connects and says nothing cannot hold a descriptor for ever.
+const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A run of failed accepts (typically EMFILE: the process is out of file descriptors).
+/// A failed accept leaves the connection in the backlog, so retrying at once fails again at
+/// once: without a pause the loop pins a core and floods the log. Each episode is logged once
+/// when it starts and once, with a summary, when an accept succeeds again.
+#[derive(Debug)]
+pub struct AcceptEpisode {
+    started: std::time::Instant,
+    failures: u64,
+    next_pause: Duration,
+}
+
+impl AcceptEpisode {
+    fn new() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            failures: 0,
+            next_pause: ACCEPT_PAUSE_MIN,
+        }
+    }
+
+    /// Counts one failure; returns how long to pause before the next accept (doubling from
+    /// [`ACCEPT_PAUSE_MIN`] to [`ACCEPT_PAUSE_MAX`]).
+    pub fn on_failure(&mut self) -> Duration {
+        self.failures += 1;
+        let pause = self.next_pause;
+        self.next_pause = (self.next_pause * 2).min(ACCEPT_PAUSE_MAX);
+        pause
+    }
+
+    /// Failed accepts in this episode.
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+}
+
+/// Answers control requests until the daemon stops.
 pub async fn serve(listener: UnixListener, client: Client) {
+    let mut episode: Option<AcceptEpisode> = None;
     loop {
         let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                if let Some(done) = episode.take() {
+                    tracing::info!(
+                        failures = done.failures(),
+                        seconds = format!("{:.1}", done.started.elapsed().as_secs_f64()),
+                        "control socket accepts connections again"
+                    );
+                }
+                stream
+            }
             Err(error) => {
-                tracing::warn!(%error, "control socket accept failed");
+                let current = episode.get_or_insert_with(|| {
+                    tracing::warn!(
+                        %error,
+                        "control socket accept failed; retrying with pauses of up to {} s (one summary line when it recovers)",
+                        ACCEPT_PAUSE_MAX.as_secs()
+                    );
+                    AcceptEpisode::new()
+                });
+                tokio::time::sleep(current.on_failure()).await;
                 continue;
             }
         };
@@ -142,9 +203,12 @@ pub async fn serve(listener: UnixListener, client: Client) {
 async fn answer(stream: UnixStream, client: Client) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(read.take(MAX_REQUEST_BYTES))
-        .read_line(&mut line)
-        .await?;
+    tokio::time::timeout(
+        REQUEST_READ_TIMEOUT,
+        BufReader::new(read.take(MAX_REQUEST_BYTES)).read_line(&mut line),
+    )
+    .await
+    .context("no request line in time")??;
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(request) => handle(&client, request).await,
         Err(error) => Response::Error(format!("malformed control request: {error}")),
@@ -179,4 +243,20 @@ async fn handle(client: &Client, request: Request) -> Response {
             .map(Response::RebootAccepted),
     };
     result.unwrap_or_else(|error| Response::Error(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_pauses_double_up_to_a_second() {
+        let mut episode = AcceptEpisode::new();
+        let pauses: Vec<Duration> = (0..12).map(|_| episode.on_failure()).collect();
+        assert_eq!(pauses[0], ACCEPT_PAUSE_MIN);
+        assert_eq!(pauses[1], ACCEPT_PAUSE_MIN * 2);
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]), "{pauses:?}");
+        assert_eq!(*pauses.last().unwrap(), ACCEPT_PAUSE_MAX);
+        assert_eq!(episode.failures(), 12);
+    }
 }

@@ -31,17 +31,24 @@ pub struct JoinPlan {
 }
 
 /// Joins the network of `plan.link` and writes the state. Returns the state written.
+///
+/// The state directory is checked and locked before the token leaves this machine: a
+/// directory that cannot be used (unsafe, or another process holds it) fails the join before
+/// the seed spends the token. A directory created here is removed again if the join fails.
 pub async fn join(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkState> {
-    if state_dir.is_initialised() {
-        let existing = state_dir
-            .load()
-            .map(|s| s.network_id)
-            .unwrap_or_else(|_| "?".into());
-        bail!(
-            "{} already holds the state of network {existing}; use another --state-dir (or remove it after `constella leave`)",
-            state_dir.path().display()
-        );
+    state_dir.refuse_initialised()?;
+    let lock = state_dir.create_and_lock()?;
+    let result = match state_dir.refuse_initialised() {
+        Ok(()) => join_locked(state_dir, plan).await,
+        Err(error) => Err(error),
+    };
+    if result.is_err() {
+        lock.abandon();
     }
+    result
+}
+
+async fn join_locked(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkState> {
     let key = state_dir
         .existing_key()?
         .unwrap_or_else(Keypair::generate_ed25519);
@@ -132,7 +139,6 @@ pub async fn join(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkState> 
         .map(|r| (r.clone(), constella_behaviours::membership::Status::Offline))
         .collect();
     state.set_members(&members);
-    state_dir.create()?;
     if !state_dir.key_path().exists() {
         state_dir.save_key(&key)?;
     }

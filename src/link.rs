@@ -75,7 +75,9 @@ impl FromStr for JoinLink {
                 "token" => &mut token,
                 "ttl" => &mut ttl,
                 "peer" => &mut peer,
-                _ => continue,
+                // A link is made by `constella invite`; anything else in it is a mistake or
+                // a tampered link, not something to ignore.
+                other => return Err(bad(&format!("unknown parameter {other:?}"))),
             };
             if slot.replace(value.to_owned()).is_some() {
                 return Err(bad(&format!("parameter {key} given twice")));
@@ -153,6 +155,14 @@ mod tests {
             (
                 format!("join://1.2.3.4:1?net=a&net=b&token=b&peer={peer}"),
                 "twice",
+            ),
+            (
+                format!("join://1.2.3.4:1?net=a&token=b&peer={peer}&via=evil"),
+                "unknown parameter \"via\"",
+            ),
+            (
+                format!("join://1.2.3.4:+4747?net=a&token=b&peer={peer}"),
+                "HOST:PORT",
             ),
         ];
         for (text, expected) in cases {

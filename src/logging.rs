@@ -15,7 +15,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IsTerminal, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -116,7 +116,8 @@ struct Current {
 }
 
 impl RotatingFile {
-    /// Creates `dir` (0700) if needed and opens today's newest file for appending.
+    /// Creates `dir` (0700) if needed (an existing one is checked, never chmodded) and opens
+    /// today's newest file for appending.
     pub fn open(dir: &Path, max_bytes: u64, max_files: usize) -> Result<Self> {
         Self::with_clock(dir, max_bytes, max_files, unix_now)
     }
@@ -127,10 +128,9 @@ impl RotatingFile {
         max_files: usize,
         clock: fn() -> u64,
     ) -> Result<Self> {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create log directory {}", dir.display()))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot set mode 0700 on {}", dir.display()))?;
+        // Created 0700, or an existing one checked and left as it is (`--log-dir /var/log`
+        // must not become 0700).
+        crate::private_dir::prepare(dir, "log directory")?;
         let mut file = Self {
             dir: dir.to_owned(),
             max_bytes: max_bytes.max(1),
@@ -299,6 +299,7 @@ fn utc_day(unix_secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
@@ -334,6 +335,8 @@ mod tests {
     #[test]
     fn rotates_by_size_and_keeps_a_bounded_number_of_files() {
         let tmp = tempfile::tempdir().unwrap();
+        // An existing directory keeps its mode (it may be shared, like /var/log).
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o750)).unwrap();
         fs::write(tmp.path().join("unrelated.txt"), "keep me").unwrap();
         let mut log = RotatingFile::open(tmp.path(), 100, 3).unwrap();
         let mut line = [b'x'; 40];
@@ -360,7 +363,7 @@ mod tests {
             index(&current_name)
         );
         let mode = fs::metadata(tmp.path()).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
+        assert_eq!(mode, 0o750);
         assert_eq!(
             fs::metadata(&current).unwrap().permissions().mode() & 0o777,
             0o600

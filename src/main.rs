@@ -9,6 +9,7 @@ mod link;
 mod logging;
 mod node;
 mod output;
+mod private_dir;
 mod reboot;
 mod rolling;
 mod state;
@@ -188,19 +189,29 @@ async fn dispatch(cli: Cli) -> Result<()> {
 }
 
 fn init(state_dir: &StateDir, args: cli::InitArgs) -> Result<()> {
-    if state_dir.is_initialised() {
-        bail!(
-            "{} already holds a network state; refusing to overwrite it (use another --state-dir)",
-            state_dir.path().display()
-        );
-    }
+    state_dir.refuse_initialised()?;
     let bot_token = args
         .bot_token
         .as_ref()
         .map(validate::SecretArg::bot_token)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    state_dir.create()?;
+    let lock = state_dir.create_and_lock()?;
+    let result = state_dir
+        .refuse_initialised()
+        .and_then(|()| init_locked(state_dir, args, bot_token));
+    if result.is_err() {
+        lock.abandon();
+    }
+    result
+}
+
+/// `init` once the state directory is locked.
+fn init_locked(
+    state_dir: &StateDir,
+    args: cli::InitArgs,
+    bot_token: Option<validate::BotToken>,
+) -> Result<()> {
     let key = state_dir.load_or_create_key()?;
     let node_id = key.public().to_peer_id();
     let mut network_id = [0u8; 8];

@@ -22,6 +22,8 @@ pub async fn run(
     reboot_command: Option<String>,
     telegram_api_url: Option<ApiUrl>,
 ) -> Result<()> {
+    // Before anything is read or written: a second `run` is refused here, unchanged.
+    let _lock = state_dir.lock()?;
     let reboot = match reboot_command {
         Some(command) if command.trim().is_empty() => bail!(
             "the reboot command (--reboot-command or CONSTELLA_REBOOT_COMMAND) is empty; unset it to reboot the host"

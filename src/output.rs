@@ -37,20 +37,87 @@ pub fn peers_table(peers: &[MemberView]) -> String {
     out
 }
 
-/// Bytes in binary units: "512 B", "1.5 KiB", "3.8 GiB".
+/// How figures are written for people: unit names and the decimal separator.
+#[derive(Debug, Clone, Copy)]
+pub struct Units {
+    /// B, KiB, MiB, … (each after a space).
+    bytes: [&'static str; 7],
+    /// Day, hour, minute and second suffixes, written straight after the number.
+    day: &'static str,
+    hour: &'static str,
+    minute: &'static str,
+    second: &'static str,
+    decimal: char,
+}
+
+/// "1.5 GiB", "3d 4h".
+pub const ENGLISH: Units = Units {
+    bytes: ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"],
+    day: "d",
+    hour: "h",
+    minute: "m",
+    second: "s",
+    decimal: '.',
+};
+
+/// "1,5 ГиБ", "3 д 4 ч": Russian unit names and a decimal comma.
+pub const RUSSIAN: Units = Units {
+    bytes: ["Б", "КиБ", "МиБ", "ГиБ", "ТиБ", "ПиБ", "ЭиБ"],
+    day: " д",
+    hour: " ч",
+    minute: " мин",
+    second: " с",
+    decimal: ',',
+};
+
+impl Units {
+    /// `value` with `places` decimals and this language's separator.
+    pub fn decimal(&self, value: f64, places: usize) -> String {
+        let text = format!("{value:.places$}");
+        if self.decimal == '.' {
+            text
+        } else {
+            text.replace('.', &self.decimal.to_string())
+        }
+    }
+
+    /// Bytes in binary units: "512 B", "1.5 KiB", "3.8 GiB".
+    pub fn bytes(&self, bytes: u64) -> String {
+        if bytes < 1024 {
+            return format!("{bytes} {}", self.bytes[0]);
+        }
+        #[allow(clippy::cast_precision_loss)] // display only
+        let mut value = bytes as f64 / 1024.0;
+        let mut unit = 1;
+        while value >= 1024.0 && unit + 1 < self.bytes.len() {
+            value /= 1024.0;
+            unit += 1;
+        }
+        format!("{} {}", self.decimal(value, 1), self.bytes[unit])
+    }
+
+    /// Seconds as "3d 4h", "5h 12m", "7m 3s" or "42s" (the two largest units).
+    pub fn duration(&self, secs: u64) -> String {
+        let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+        let Units {
+            day,
+            hour,
+            minute,
+            second,
+            ..
+        } = self;
+        match (d, h, m) {
+            (0, 0, 0) => format!("{s}{second}"),
+            (0, 0, _) => format!("{m}{minute} {s}{second}"),
+            (0, _, _) => format!("{h}{hour} {m}{minute}"),
+            _ => format!("{d}{day} {h}{hour}"),
+        }
+    }
+}
+
+/// Bytes in binary units, in English: "512 B", "1.5 KiB", "3.8 GiB".
 pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    #[allow(clippy::cast_precision_loss)] // display only
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
+    ENGLISH.bytes(bytes)
 }
 
 /// "used / total (p %)", or "none" when the total is 0.
@@ -112,19 +179,14 @@ pub fn stats_block(s: &NodeStats) -> String {
 
 /// Seconds as "3d 4h", "5h 12m", "7m 3s" or "42s".
 pub fn human_duration(secs: u64) -> String {
-    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{s}s"),
-        (0, 0, _) => format!("{m}m {s}s"),
-        (0, _, _) => format!("{h}h {m}m"),
-        _ => format!("{d}d {h}h"),
-    }
+    ENGLISH.duration(secs)
 }
 
 /// The block `status` prints.
 pub fn status_block(s: &StatusReport) -> String {
+    // "echo-02, leader — Хост": one parenthesis level, the seed's word for the leader.
     let role = if s.is_leader {
-        "leader (Хост)"
+        "leader — Хост"
     } else {
         "member"
     };
@@ -136,7 +198,7 @@ pub fn status_block(s: &StatusReport) -> String {
         + rejected.malformed
         + rejected.incompatible_version;
     let mut out = String::new();
-    let _ = writeln!(out, "node      {} ({role})", s.name);
+    let _ = writeln!(out, "node      {}, {role}", s.name);
     let _ = writeln!(out, "node id   {}", s.node_id);
     let _ = writeln!(
         out,
@@ -264,5 +326,45 @@ mod tests {
         assert_eq!(human_duration(423), "7m 3s");
         assert_eq!(human_duration(5 * 3600 + 12 * 60), "5h 12m");
         assert_eq!(human_duration(3 * 86400 + 4 * 3600), "3d 4h");
+        assert_eq!(RUSSIAN.duration(42), "42 с");
+        assert_eq!(RUSSIAN.duration(40 * 60 + 24), "40 мин 24 с");
+        assert_eq!(RUSSIAN.duration(5 * 3600 + 12 * 60), "5 ч 12 мин");
+        assert_eq!(RUSSIAN.duration(3 * 86400 + 4 * 3600), "3 д 4 ч");
+        assert_eq!(RUSSIAN.bytes(512), "512 Б");
+        assert_eq!(RUSSIAN.bytes(1536 << 20), "1,5 ГиБ");
+        assert_eq!(human_bytes(1536 << 20), "1.5 GiB");
+    }
+
+    #[test]
+    fn status_names_the_role_without_nested_parentheses() {
+        let report = |is_leader| StatusReport {
+            name: "echo-02".into(),
+            node_id: "id".into(),
+            network_id: "abcd".into(),
+            owner_username: "@owner".into(),
+            version: "0.1.0".into(),
+            protocol_version: 1,
+            leader: crate::daemon::report::NodeRef {
+                name: "echo-02".into(),
+                node_id: "id".into(),
+            },
+            is_leader,
+            leader_changes: 0,
+            alive: 1,
+            offline: 0,
+            uptime_secs: 5,
+            incarnation: 1,
+            listen_addrs: vec![],
+            connected_peers: 0,
+            rejected_gossip: Default::default(),
+            bot: Default::default(),
+        };
+        let leader = status_block(&report(true));
+        assert!(
+            leader.starts_with("node      echo-02, leader — Хост\n"),
+            "{leader}"
+        );
+        assert!(!leader.contains("(leader ("), "{leader}");
+        assert!(status_block(&report(false)).starts_with("node      echo-02, member\n"));
     }
 }

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,12 +23,16 @@ use libp2p::identity::Keypair;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::private_dir::{self, Prepared};
+
 /// File name of the network state.
 pub const STATE_FILE: &str = "network_state.json";
 /// File name of the node's private key.
 pub const KEY_FILE: &str = "node.key";
 /// File name of the control socket.
 pub const SOCKET_FILE: &str = "control.sock";
+/// File name of the lock that `run`, `init` and `join` hold while they may write the state.
+pub const LOCK_FILE: &str = ".lock";
 /// Version of the state file layout.
 pub const STATE_FORMAT: u32 = 1;
 
@@ -36,13 +40,7 @@ pub const STATE_FORMAT: u32 = 1;
 /// `/var/lib/constella` for root, otherwise `$XDG_STATE_HOME/constella` or
 /// `~/.local/state/constella`.
 pub fn default_state_dir() -> PathBuf {
-    // The effective uid from /proc: libc::geteuid would need `unsafe`, which the workspace denies.
-    let is_root = fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(2).map(|uid| uid == "0"))
-        .unwrap_or(false);
-    if is_root {
+    if private_dir::effective_uid() == Some(0) {
         return PathBuf::from("/var/lib/constella");
     }
     if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
@@ -292,12 +290,120 @@ impl StateDir {
         self.state_path().exists()
     }
 
-    /// Creates the directory (0700) if needed and tightens its mode if it exists.
-    pub fn create(&self) -> Result<()> {
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("cannot create state directory {}", self.dir.display()))?;
-        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot set mode 0700 on {}", self.dir.display()))
+    /// Refuses to create a network state where one exists (`init`, `join`).
+    pub fn refuse_initialised(&self) -> Result<()> {
+        if self.is_initialised() {
+            let existing = self
+                .load()
+                .map(|s| s.network_id)
+                .unwrap_or_else(|_| "?".into());
+            bail!(
+                "{} already holds the state of network {existing}; refusing to overwrite it (use another --state-dir, or remove it after `constella leave`)",
+                self.dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates the directory (0700) if needed, or checks an existing one (never changing its
+    /// mode), then takes its lock: for `init` and `join`, before anything is written.
+    pub fn create_and_lock(&self) -> Result<StateLock> {
+        let prepared = private_dir::prepare(&self.dir, "state directory")?;
+        match self.lock() {
+            Ok(mut lock) => {
+                lock.created_dir = prepared == Prepared::Created;
+                Ok(lock)
+            }
+            Err(error) => {
+                if prepared == Prepared::Created {
+                    let _ = fs::remove_dir(&self.dir);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Takes the exclusive lock of an existing state directory, held until the returned guard
+    /// is dropped (for `run`, the whole life of the daemon), and then removes temporary files
+    /// that a process killed in the middle of a write left behind. Refuses at once, writing
+    /// nothing, if another process holds it.
+    pub fn lock(&self) -> Result<StateLock> {
+        let path = self.dir.join(LOCK_FILE);
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "no network state in {}: run `constella init` or `constella join` first (or pass --state-dir)",
+                self.dir.display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                let holder = if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {holder})")
+                };
+                bail!(
+                    "another constella process{holder} is using {} (it holds {}); stop it first, nothing was changed",
+                    self.dir.display(),
+                    path.display()
+                );
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+            }
+        }
+        // For the message of a process refused above; the lock itself is the flock.
+        let mut pid_file = &file;
+        let _ = file
+            .set_len(0)
+            .and_then(|()| writeln!(pid_file, "{}", std::process::id()));
+        self.remove_stale_temp_files();
+        Ok(StateLock {
+            _file: file,
+            path,
+            dir: self.dir.clone(),
+            created_dir: false,
+        })
+    }
+
+    /// Removes `*.tmp.<pid>` files of [`write_atomic`] (they may hold the network secret).
+    /// Only called under the lock, when no write of ours can be under way.
+    fn remove_stale_temp_files(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let is_temp = ["network_state.tmp.", "node.tmp."]
+                .iter()
+                .any(|prefix| name.starts_with(prefix));
+            if is_temp && entry.file_type().is_ok_and(|t| t.is_file()) {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => tracing::warn!(
+                        file = %entry.path().display(),
+                        "removed a temporary file left by an interrupted write"
+                    ),
+                    Err(error) => tracing::warn!(
+                        file = %entry.path().display(),
+                        %error,
+                        "cannot remove a stale temporary file"
+                    ),
+                }
+            }
+        }
     }
 
     /// Reads the network state. A missing file says how to create one.
@@ -382,6 +488,28 @@ impl StateDir {
     }
 }
 
+/// The exclusive lock of a state directory (`flock` on `.lock`); released when dropped, and
+/// by the kernel if the process dies.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: fs::File,
+    path: PathBuf,
+    dir: PathBuf,
+    /// The directory was created for this command.
+    created_dir: bool,
+}
+
+impl StateLock {
+    /// Undoes a failed `init` or `join`: removes the lock file, and the directory too if it
+    /// was created for this command and nothing else is in it.
+    pub fn abandon(self) {
+        let _ = fs::remove_file(&self.path);
+        if self.created_dir {
+            let _ = fs::remove_dir(&self.dir);
+        }
+    }
+}
+
 /// Writes `bytes` to `path` through a 0600 temporary file, fsync and rename.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().context("state path has no directory")?;
@@ -407,6 +535,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn sample() -> NetworkState {
         NetworkState {
@@ -435,7 +564,7 @@ mod tests {
     fn save_load_modes_and_redaction() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::new(tmp.path().join("state"));
-        dir.create().unwrap();
+        let _lock = dir.create_and_lock().unwrap();
         let state = sample();
         dir.save(&state).unwrap();
         let mode = fs::metadata(dir.state_path()).unwrap().permissions().mode() & 0o777;
@@ -452,8 +581,52 @@ mod tests {
             loaded.bot_token.unwrap().expose(),
             "123456:bot-token-secret-part"
         );
-        // Only the final file is left behind.
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        // Only the final file (and the lock) is left behind.
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [LOCK_FILE, STATE_FILE]);
+    }
+
+    #[test]
+    fn the_lock_is_exclusive_and_clears_stale_temporary_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("state"));
+        let lock = dir.create_and_lock().unwrap();
+        // A second holder is refused (flock locks are per open file, so this holds even
+        // within one process).
+        let error = format!("{:#}", dir.lock().unwrap_err());
+        assert!(error.contains("another constella process"), "{error}");
+        assert!(
+            error.contains(&format!("pid {}", std::process::id())),
+            "{error}"
+        );
+        drop(lock);
+
+        let stale = dir.path().join("network_state.tmp.424242");
+        let stale_key = dir.path().join("node.tmp.424242");
+        fs::write(&stale, b"secret").unwrap();
+        fs::write(&stale_key, b"key").unwrap();
+        let unrelated = dir.path().join("notes.txt");
+        fs::write(&unrelated, b"keep").unwrap();
+        let _lock = dir.lock().unwrap();
+        assert!(!stale.exists() && !stale_key.exists());
+        assert!(unrelated.exists());
+    }
+
+    #[test]
+    fn an_abandoned_new_directory_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("state"));
+        dir.create_and_lock().unwrap().abandon();
+        assert!(!dir.path().exists());
+        // An existing directory stays; only the lock file goes.
+        fs::create_dir(dir.path()).unwrap();
+        dir.create_and_lock().unwrap().abandon();
+        assert!(dir.path().exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

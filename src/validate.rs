@@ -76,6 +76,10 @@ impl FromStr for HostPort {
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || format!("invalid address {s:?}: expected HOST:PORT, e.g. 203.0.113.10:4747");
         let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        // Digits only: `u16::from_str` also takes a sign ("+4747").
+        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
         let port: u16 = port.parse().map_err(|_| bad())?;
         if port == 0 {
             return Err(bad());
@@ -370,6 +374,8 @@ mod tests {
             "a b:1",
             "[zz]:1",
             "::1:4747",
+            "1.2.3.4:+4747",
+            "1.2.3.4: 4747",
         ] {
             assert!(bad.parse::<HostPort>().is_err(), "{bad}");
         }

@@ -263,16 +263,17 @@ fn usage_and_confirmed_reboot_reach_exactly_the_chosen_node() {
     let cpu: f64 = usage
         .text
         .lines()
-        .find_map(|l| l.strip_prefix("CPU: "))
+        .find_map(|l| l.strip_prefix("ЦП: "))
         .and_then(|l| l.split(' ').next())
-        .and_then(|n| n.parse().ok())
+        .and_then(|n| n.replace(',', ".").parse().ok())
         .unwrap_or_else(|| panic!("no CPU line: {}", usage.text));
     assert!((0.0..=100.0).contains(&cpu), "{}", usage.text);
-    for line in ["RAM: ", "Диск /: ", "Аптайм: "] {
+    for line in ["ОЗУ: ", "Диск /: ", "Сервер работает: ", "Демон работает: "]
+    {
         assert!(usage.text.contains(line), "{}", usage.text);
     }
     assert!(
-        usage.text.contains("GiB") || usage.text.contains("MiB"),
+        usage.text.contains("ГиБ") || usage.text.contains("МиБ"),
         "{}",
         usage.text
     );

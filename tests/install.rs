@@ -259,7 +259,7 @@ fn install_init_and_join_form_a_network_and_uninstall_keeps_the_state() {
         "prints the invite command: {stdout}"
     );
     assert!(
-        stdout.contains("alpha (leader"),
+        stdout.contains("alpha, leader — Хост"),
         "prints the status: {stdout}"
     );
     assert!(
@@ -281,6 +281,7 @@ fn install_init_and_join_form_a_network_and_uninstall_keeps_the_state() {
         "ProtectHome=yes",
         "PrivateTmp=yes",
         "KillSignal=SIGTERM",
+        "LimitNOFILE=65536",
     ] {
         assert!(
             unit.lines().any(|l| l == line),

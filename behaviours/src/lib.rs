@@ -2,6 +2,7 @@
 //! its simulator, and [`Behaviour`], the one `NetworkBehaviour` a node's Swarm runs.
 //!
 //! - [`node`]: the protocol core: `Node::handle(now, Input) -> Outputs`, no I/O.
+//! - [`dht`]: Kademlia, quiet while it knows no peer.
 //! - [`gossip`]: heartbeats and member lists, authenticated with the network secret.
 //! - [`membership`]: who is a member and who is alive, driven by gossip and the clock.
 //! - [`sync`]: pairwise member-list exchange.
@@ -18,6 +19,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod dht;
 pub mod gossip;
 pub mod ids;
 pub mod join;
@@ -32,7 +34,7 @@ pub mod sync;
 use std::time::Duration;
 
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, gossipsub, identify, identity::Keypair, kad, ping};
+use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, identity::Keypair, ping};
 
 pub use secret::{NetworkSecret, SecretError};
 
@@ -54,17 +56,49 @@ pub enum BuildError {
     Gossipsub(String),
 }
 
+/// Connections still in the TCP + noise + yamux upgrade that a remote opened. The upgrade of
+/// a connection that never completes its handshake takes up to 10 s, so without a bound a
+/// stranger opening sockets in a loop holds a descriptor for each; beyond this bound new ones
+/// are closed at once.
+pub const MAX_PENDING_INCOMING: u32 = 128;
+/// Connections this node is dialling at once (one per member it is not connected to).
+pub const MAX_PENDING_OUTGOING: u32 = 512;
+/// Established connections that remotes opened.
+pub const MAX_ESTABLISHED_INCOMING: u32 = 1024;
+/// Established connections this node opened.
+pub const MAX_ESTABLISHED_OUTGOING: u32 = 1024;
+/// Established connections in all: members keep one each (two for a moment when both sides
+/// dial at once), joiners and strangers a short-lived one.
+pub const MAX_ESTABLISHED_TOTAL: u32 = 1536;
+/// Established connections to one peer: one is enough, a simultaneous dial from both sides
+/// makes two, and a restart may briefly overlap the old connection.
+pub const MAX_ESTABLISHED_PER_PEER: u32 = 4;
+
+/// The connection limits above, as the Swarm enforces them.
+pub fn connection_limits() -> connection_limits::ConnectionLimits {
+    connection_limits::ConnectionLimits::default()
+        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+        .with_max_pending_outgoing(Some(MAX_PENDING_OUTGOING))
+        .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
+        .with_max_established_outgoing(Some(MAX_ESTABLISHED_OUTGOING))
+        .with_max_established(Some(MAX_ESTABLISHED_TOTAL))
+        .with_max_established_per_peer(Some(MAX_ESTABLISHED_PER_PEER))
+}
+
 /// Everything a Constella node speaks, composed into one `NetworkBehaviour`.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Bounds pending and established connections (see [`connection_limits`]), so a flood of
+    /// connections cannot exhaust the node's file descriptors.
+    pub limits: connection_limits::Behaviour,
     /// Exchanges agent, protocol version and listen addresses on every connection.
     pub identify: identify::Behaviour,
     /// Measures round trips and notices dead connections.
     pub ping: ping::Behaviour,
     /// Carries heartbeats and member lists.
     pub gossipsub: gossipsub::Behaviour,
-    /// Finds members whose addresses changed.
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Finds members whose addresses changed (Kademlia; derefs to `kad::Behaviour`).
+    pub kad: dht::Dht,
     /// Admits new nodes with one-time tokens.
     pub join: join::Behaviour,
     /// Answers and sends GetPeers, GetStats and Reboot.
@@ -133,15 +167,9 @@ impl Behaviour {
             gossipsub_config()?,
         )
         .map_err(|error| BuildError::Gossipsub(error.to_owned()))?;
-        let mut kad = kad::Behaviour::with_config(
-            local,
-            kad::store::MemoryStore::new(local),
-            kad::Config::new(kad_protocol(network_id)?),
-        );
-        // A VPS has a public address: serve the DHT from the start instead of waiting for an
-        // external address to be confirmed (which kept 3-node networks a star).
-        kad.set_mode(Some(kad::Mode::Server));
+        let kad = dht::Dht::new(local, kad_protocol(network_id)?);
         Ok(Self {
+            limits: connection_limits::Behaviour::new(connection_limits()),
             identify,
             ping: ping::Behaviour::new(ping::Config::new()),
             gossipsub,

@@ -8,7 +8,7 @@ use teloxide::types::{InlineKeyboardButton, InlineKeyboardMarkup};
 use super::callback::{Action, Confirmation, short_peer_id};
 use crate::daemon::ClientError;
 use crate::daemon::signals::NetworkEvent;
-use crate::output::{human_bytes, human_duration};
+use crate::output::{ENGLISH, RUSSIAN, Units};
 use crate::stats::NodeStats;
 use constella_behaviours::membership::MemberView;
 
@@ -34,6 +34,14 @@ impl Lang {
         match self {
             Lang::Ru => ru,
             Lang::En => en,
+        }
+    }
+
+    /// How figures are written: Russian units and a decimal comma, or English.
+    fn units(self) -> &'static Units {
+        match self {
+            Lang::Ru => &RUSSIAN,
+            Lang::En => &ENGLISH,
         }
     }
 }
@@ -191,7 +199,7 @@ pub fn with_back(lang: Lang, text: String, node: Option<&str>) -> Screen {
 }
 
 /// "42 % — 1.6 / 3.8 GiB", short enough for a phone line.
-fn share(used: u64, total: u64) -> String {
+fn share(units: &Units, used: u64, total: u64) -> String {
     if total == 0 {
         return "—".to_owned();
     }
@@ -199,33 +207,37 @@ fn share(used: u64, total: u64) -> String {
     let percent = used as f64 * 100.0 / total as f64;
     format!(
         "{percent:.0} % — {} / {}",
-        human_bytes(used),
-        human_bytes(total)
+        units.bytes(used),
+        units.bytes(total)
     )
 }
 
-/// A node's CPU, RAM, disks and uptime, formatted for a phone.
+/// A node's CPU, RAM, disks and uptime, formatted for a phone, every figure and unit in the
+/// interface language.
 pub fn usage(lang: Lang, s: &NodeStats) -> String {
-    let [one, five, fifteen] = s.load_average;
+    let units = lang.units();
+    let [one, five, fifteen] = s.load_average.map(|l| units.decimal(l, 2));
+    let cpu = units.decimal(f64::from(s.cpu_percent), 1);
     let mut text = match lang {
         Lang::Ru => format!("📊 {} — потребление", s.name),
         Lang::En => format!("📊 {} — usage", s.name),
     };
+    let _ = match lang {
+        Lang::Ru => write!(text, "\nЦП: {cpu} % · нагрузка {one} {five} {fifteen}"),
+        Lang::En => write!(text, "\nCPU: {cpu} % · load {one} {five} {fifteen}"),
+    };
     let _ = write!(
         text,
-        "\nCPU: {:.1} % · load {one:.2} {five:.2} {fifteen:.2}",
-        s.cpu_percent
-    );
-    let _ = write!(
-        text,
-        "\nRAM: {}",
-        share(s.ram_used_bytes, s.ram_total_bytes)
+        "\n{}: {}",
+        lang.pick("ОЗУ", "RAM"),
+        share(units, s.ram_used_bytes, s.ram_total_bytes)
     );
     if s.swap_total_bytes > 0 {
         let _ = write!(
             text,
-            "\nSwap: {}",
-            share(s.swap_used_bytes, s.swap_total_bytes)
+            "\n{}: {}",
+            lang.pick("Подкачка", "Swap"),
+            share(units, s.swap_used_bytes, s.swap_total_bytes)
         );
     }
     let disk = lang.pick("Диск", "Disk");
@@ -234,7 +246,7 @@ pub fn usage(lang: Lang, s: &NodeStats) -> String {
             text,
             "\n{disk} {}: {}",
             d.mount,
-            share(d.used_bytes, d.total_bytes)
+            share(units, d.used_bytes, d.total_bytes)
         );
     }
     if s.disks.len() > MAX_DISKS {
@@ -244,19 +256,13 @@ pub fn usage(lang: Lang, s: &NodeStats) -> String {
             Lang::En => write!(text, "\n…and {more} more disks"),
         };
     }
+    let (host, daemon) = (
+        units.duration(s.host_uptime_secs),
+        units.duration(s.daemon_uptime_secs),
+    );
     let _ = match lang {
-        Lang::Ru => write!(
-            text,
-            "\nАптайм: {} (демон {})",
-            human_duration(s.host_uptime_secs),
-            human_duration(s.daemon_uptime_secs)
-        ),
-        Lang::En => write!(
-            text,
-            "\nUptime: {} (daemon {})",
-            human_duration(s.host_uptime_secs),
-            human_duration(s.daemon_uptime_secs)
-        ),
+        Lang::Ru => write!(text, "\nСервер работает: {host}\nДемон работает: {daemon}"),
+        Lang::En => write!(text, "\nUptime: {host} (daemon {daemon})"),
     };
     text
 }
@@ -488,9 +494,29 @@ mod tests {
         let text = usage(Lang::Ru, &stats);
         assert_eq!(
             text,
-            "📊 echo-02 — потребление\nCPU: 12.3 % · load 0.15 0.10 0.05\nRAM: 25 % — 1.0 GiB / 4.0 GiB\nДиск /: 25 % — 20.0 GiB / 80.0 GiB\nДиск /mnt/1: 25 % — 20.0 GiB / 80.0 GiB\nДиск /mnt/2: 25 % — 20.0 GiB / 80.0 GiB\n…и ещё 2 дисков\nАптайм: 3d 4h (демон 5m 2s)"
+            "📊 echo-02 — потребление\nЦП: 12,3 % · нагрузка 0,15 0,10 0,05\nОЗУ: 25 % — 1,0 ГиБ / 4,0 ГиБ\nДиск /: 25 % — 20,0 ГиБ / 80,0 ГиБ\nДиск /mnt/1: 25 % — 20,0 ГиБ / 80,0 ГиБ\nДиск /mnt/2: 25 % — 20,0 ГиБ / 80,0 ГиБ\n…и ещё 2 дисков\nСервер работает: 3 д 4 ч\nДемон работает: 5 мин 2 с"
         );
         assert!(text.lines().all(|l| l.chars().count() <= 40), "{text}");
+        // Russian through and through: no Latin unit or word outside names and paths.
+        let latin: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                l.replace("/mnt/", "")
+                    .chars()
+                    .any(|c| c.is_ascii_alphabetic())
+            })
+            .collect();
+        assert!(latin.is_empty(), "{latin:?}");
+        let english = usage(Lang::En, &stats);
+        assert!(
+            english.contains("\nCPU: 12.3 % · load 0.15 0.10 0.05\nRAM: 25 % — 1.0 GiB / 4.0 GiB"),
+            "{english}"
+        );
+        assert!(
+            english.ends_with("\nUptime: 3d 4h (daemon 5m 2s)"),
+            "{english}"
+        );
     }
 
     #[test]

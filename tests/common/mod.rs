@@ -49,6 +49,37 @@ pub fn wait_for<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> Op
     }
 }
 
+/// Whether `tool` can be run here. Missing, the test is skipped with a printed reason, and
+/// fails instead when env `CI` is `true`.
+pub fn require_tool(tool: &str, install_hint: &str) -> bool {
+    let found = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{tool} is missing in CI: {install_hint}"
+        );
+        eprintln!("SKIPPED: {tool} is not installed ({install_hint})");
+    }
+    found
+}
+
+/// Whether the tests run as root (some cases need it, e.g. giving a directory away).
+pub fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}
+
 /// One node: a state directory, a port, and maybe a running daemon.
 pub struct Node {
     pub name: String,
@@ -120,10 +151,10 @@ impl Node {
         std::io::Write::write_all(&mut file, &key.to_protobuf_encoding().unwrap()).unwrap();
     }
 
-    pub fn init(&self, priority: u32) {
-        let priority = priority.to_string();
+    /// The `init` command line of this node (its address, owner `@owner_test`, `init_args`).
+    pub fn init_command(&self, priority: u32) -> Vec<String> {
         let addr = self.addr();
-        let mut args = vec![
+        let mut args: Vec<String> = [
             "init",
             "--server-name",
             &self.name,
@@ -134,10 +165,27 @@ impl Node {
             "--owner",
             "@owner_test",
             "--priority",
-            &priority,
-        ];
-        args.extend(self.init_args.iter().map(String::as_str));
-        self.ok(&args);
+            &priority.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(self.init_args.iter().cloned());
+        args
+    }
+
+    pub fn init(&self, priority: u32) {
+        self.ok_owned(&self.init_command(priority));
+    }
+
+    /// [`Node::cli`] with owned arguments.
+    pub fn cli_owned(&self, args: &[String]) -> Output {
+        self.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// [`Node::ok`] with owned arguments.
+    pub fn ok_owned(&self, args: &[String]) -> String {
+        self.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     pub fn join_args(&self, link: &str, priority: u32) -> Vec<String> {
@@ -160,8 +208,7 @@ impl Node {
     }
 
     pub fn join(&self, link: &str, priority: u32) {
-        let args = self.join_args(link, priority);
-        self.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        self.ok_owned(&self.join_args(link, priority));
     }
 
     pub fn invite(&self, ttl: &str) -> String {
