@@ -19,9 +19,18 @@ pub enum DecodeError {
     /// The message carries a protocol version this implementation does not speak.
     #[error("unsupported protocol version {0}")]
     UnsupportedVersion(u8),
-    /// A field holds bytes that are not a valid public key or signature encoding.
+    /// The CBOR is well formed but outside PQ4's strict subset (non-shortest integer,
+    /// indefinite length, tag, …); the payload names what was found.
+    #[error("non-canonical encoding: {0}")]
+    Noncanonical(&'static str),
+    /// A field holds bytes that are not a valid public key or signature encoding, or that
+    /// contradict another field.
     #[error("invalid encoding in field `{0}`")]
     InvalidField(&'static str),
+    /// A message plaintext names a content type this version does not know (perhaps sent by a
+    /// newer client).
+    #[error("unknown content type {0}")]
+    UnknownContentType(u8),
 }
 
 /// A key, signature or Diffie-Hellman result was rejected.
@@ -125,6 +134,20 @@ pub enum RatchetError {
     /// Encryption failed (plaintext too long for the AEAD).
     #[error("encryption failed")]
     Encrypt,
+}
+
+/// Sealing or opening an envelope failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum EnvelopeError {
+    /// The ratchet refused the message (signature, replay, authentication, …).
+    #[error(transparent)]
+    Ratchet(#[from] RatchetError),
+    /// The message decrypted but its content does not decode; the message is consumed.
+    #[error("message content: {0}")]
+    Content(#[from] DecodeError),
+    /// The session passed is not the one with the envelope's sender.
+    #[error("envelope is from another identity than the session's peer")]
+    WrongSession,
 }
 
 /// A group operation failed.

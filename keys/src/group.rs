@@ -21,6 +21,7 @@ use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+use crate::envelope::ContentType;
 use crate::error::{DecodeError, GroupError, RatchetError, SealError};
 use crate::identity::{
     IdentityKeyPair, IdentityPublicKey, IdentityWire, SIGNATURE_LEN, SIGNING_PUBLIC_LEN, ctx,
@@ -158,14 +159,17 @@ impl GroupKeyShare {
         self.epoch
     }
 
-    /// Encrypts the share for one member through our pairwise session with them.
+    /// Encrypts the share for one member through our pairwise session with them, as content
+    /// of type [`ContentType::GroupKeyShare`], so the receiver cannot mistake it for a chat
+    /// message (decode the plaintext with [`crate::Content::from_bytes`]).
     pub fn wrap(
         &self,
         session: &mut Session,
         identity: &IdentityKeyPair,
         now_ms: u64,
     ) -> Result<RatchetMessage, RatchetError> {
-        session.encrypt(identity, now_ms, &self.to_bytes())
+        let content = crate::envelope::encode(ContentType::GroupKeyShare, &self.to_bytes());
+        session.encrypt(identity, now_ms, &content)
     }
 
     fn verified_members(&self) -> Result<Vec<IdentityPublicKey>, GroupError> {

@@ -11,10 +11,13 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
+use crate::envelope::{Content, ContentType, Envelope};
 use crate::group::{GroupSession, message_key};
+use crate::ratchet::RatchetMessage;
+use crate::ratchet::message_key::MessageKey;
 use crate::sealed::{KdfParams, PasswordKey};
-use crate::x3dh;
-use crate::{KeyStore, Session};
+use crate::x3dh::{self, InitialMessage, SessionSecret};
+use crate::{KeyStore, PreKeyBundle, Session};
 
 fn h(bytes: &[u8]) -> Value {
     Value::String(hex::encode(bytes))
@@ -42,6 +45,29 @@ fn store_secrets(store: &KeyStore, opk: Option<u32>) -> Value {
             .map(|k| h(k.secret().as_bytes())),
         "kem_prekey_id": store.kem_prekey().id(),
         "kem_prekey_seed_d_z": h(store.kem_prekey().seed()),
+    })
+}
+
+/// A handshake vector: both sides' secrets, the bundle, Alice's random draws (ephemeral
+/// secret, ML-KEM `m`), the initial message and the shared secret.
+fn handshake_record(
+    rng: &str,
+    alice: Value,
+    bob: Value,
+    bundle: &PreKeyBundle,
+    draws: &[u8],
+    (initial, secret): (&InitialMessage, &SessionSecret),
+) -> Value {
+    json!({
+        "rng": rng,
+        "alice": alice,
+        "bob": bob,
+        "bundle_wire": h(&bundle.to_bytes()),
+        "alice_ephemeral_secret": h(&draws[..56]),
+        "kem_encaps_randomness_m": h(&draws[56..]),
+        "initial_message_wire": h(&initial.to_bytes()),
+        "kem_ciphertext": h(&initial.kem_ciphertext[..]),
+        "shared_secret": h(secret.as_bytes()),
     })
 }
 
@@ -79,17 +105,14 @@ fn generate() -> Vec<(&'static str, Value)> {
     assert_eq!(sa.as_bytes(), sb.as_bytes());
     out.push((
         "x3dh",
-        json!({
-            "rng": "ChaCha20Rng::seed_from_u64(0x50413402); alice, bob = KeyStore::generate x2; initiate",
-            "alice": store_secrets(&alice, None),
-            "bob": bob_secrets,
-            "bundle_wire": h(&bundle.to_bytes()),
-            "alice_ephemeral_secret": h(&draws[..56]),
-            "kem_encaps_randomness_m": h(&draws[56..]),
-            "initial_message_wire": h(&initial.to_bytes()),
-            "kem_ciphertext": h(&initial.kem_ciphertext[..]),
-            "shared_secret": h(sa.as_bytes()),
-        }),
+        handshake_record(
+            "ChaCha20Rng::seed_from_u64(0x50413402); alice, bob = KeyStore::generate x2; initiate",
+            store_secrets(&alice, None),
+            bob_secrets,
+            &bundle,
+            &draws,
+            (&initial, &sa),
+        ),
     ));
 
     // Double Ratchet: three messages each way after that handshake.
@@ -196,7 +219,102 @@ fn generate() -> Vec<(&'static str, Value)> {
         "password",
         json!({ "password": "correct horse battery staple", "salt": h(&salt), "argon2id": entries }),
     ));
+    out.extend(handshake_without_opk_and_envelopes());
     out
+}
+
+/// One ratchet message as the vectors record it: the chain's message key `MK` and the AEAD
+/// key and nonce derived from it, the header, ciphertext, signature.
+fn ratchet_record(mk: &MessageKey, m: &RatchetMessage) -> Value {
+    let (aead_key, nonce) = mk.aead_parts();
+    json!({
+        "timestamp": m.timestamp(),
+        "header": h(&m.header().to_bytes()),
+        "message_key": h(mk.as_bytes()),
+        "aead_key": h(&*aead_key),
+        "nonce": h(&nonce),
+        "ciphertext": h(m.ciphertext()),
+        "signature": h(m.signature()),
+    })
+}
+
+/// `x3dh_no_opk.json` (a handshake against a bundle with `opk: null`) and `envelope.json` (the
+/// first envelope of that session, with the initial message and a chat text, and the reply,
+/// without it, carrying a group key share).
+fn handshake_without_opk_and_envelopes() -> Vec<(&'static str, Value)> {
+    let mut r = ChaCha20Rng::seed_from_u64(0x5041_3404);
+    let alice = KeyStore::generate_with_one_time_prekeys(0, &mut r).unwrap();
+    let mut bob = KeyStore::generate_with_one_time_prekeys(0, &mut r).unwrap();
+    let bundle = bob.bundle(None);
+    let draws = peek(&r, 56 + 32);
+    let (initial, sa) =
+        x3dh::initiate(alice.identity(), &bundle.verify().unwrap(), &mut r).unwrap();
+    let sb = x3dh::respond(&mut bob, &initial).unwrap();
+    assert_eq!(sa.as_bytes(), sb.as_bytes());
+    let handshake = handshake_record(
+        "ChaCha20Rng::seed_from_u64(0x50413404); alice, bob = KeyStore::generate_with_one_time_prekeys(0) x2; initiate",
+        store_secrets(&alice, None),
+        store_secrets(&bob, None),
+        &bundle,
+        &draws,
+        (&initial, &sa),
+    );
+
+    let alice_ratchet = peek(&r, 56);
+    let mut a = Session::new(sa, &mut r).unwrap();
+    let mut b = Session::new(sb, &mut r).unwrap();
+    let ts = 1_700_000_003_000;
+    let mk = a.sending_message_key().unwrap();
+    let first = Envelope::seal(
+        &mut a,
+        alice.identity(),
+        Some(&initial),
+        ts,
+        &Content::chat("hello bob"),
+    )
+    .unwrap();
+    let bob_ratchet = peek(&r, 56);
+    let opened = Envelope::from_bytes(&first.to_bytes())
+        .unwrap()
+        .open(&mut b, &mut r)
+        .unwrap();
+    assert!(matches!(opened, Content::Chat(ref t) if t.as_str() == "hello bob"));
+    let mut first_record = ratchet_record(&mk, first.message());
+    first_record["content"] = h(&Content::chat("hello bob").to_bytes());
+    first_record["wire"] = h(&first.to_bytes());
+
+    let mut g = ChaCha20Rng::seed_from_u64(0x5041_3405);
+    let group = GroupSession::create(
+        bob.identity_public(),
+        core::slice::from_ref(alice.identity_public()),
+        ts + 1,
+        &mut g,
+    )
+    .unwrap();
+    let share = Content::GroupKeyShare(group.share());
+    let mk = b.sending_message_key().unwrap();
+    let reply = Envelope::seal(&mut b, bob.identity(), None, ts + 2, &share).unwrap();
+    let opened = reply.open(&mut a, &mut r).unwrap();
+    assert_eq!(opened.content_type(), ContentType::GroupKeyShare);
+    let mut reply_record = ratchet_record(&mk, reply.message());
+    reply_record["content"] = h(&share.to_bytes());
+    reply_record["wire"] = h(&reply.to_bytes());
+    reply_record["group"] = json!({
+        "rng": "ChaCha20Rng::seed_from_u64(0x50413405); GroupSession::create by bob with alice",
+        "group_id": h(group.group_id()),
+        "group_key": h(&group.share().key),
+        "epoch": 0,
+        "at": ts + 1,
+    });
+    let envelopes = json!({
+        "rng": "continues the x3dh_no_opk vector's RNG",
+        "shared_secret": handshake["shared_secret"].clone(),
+        "alice_first_ratchet_secret": h(&alice_ratchet),
+        "bob_first_ratchet_secret": h(&bob_ratchet),
+        "alice_to_bob_with_init": first_record,
+        "bob_to_alice_group_key_share": reply_record,
+    });
+    vec![("x3dh_no_opk", handshake), ("envelope", envelopes)]
 }
 
 fn dir() -> PathBuf {

@@ -7,6 +7,8 @@
 //! * [`bundle`]: the signed public prekey bundle another node fetches to start a session;
 //! * [`x3dh`]: the hybrid (X448 + ML-KEM-1024) X3DH handshake, separate from the ratchet;
 //! * [`ratchet`]: the Double Ratchet that carries signed, encrypted messages;
+//! * [`envelope`]: the versioned envelope a client sends (initial message + ratchet message)
+//!   and the typed content inside every ratchet message;
 //! * [`group`]: group keys, group messages and key rotation;
 //! * [`key_update`]: rotation of a user's keys with a chain of custody;
 //! * [`fingerprint`]: human-comparable identity fingerprints;
@@ -40,6 +42,7 @@
 #![warn(missing_docs)]
 
 pub mod bundle;
+pub mod envelope;
 pub mod error;
 pub mod fingerprint;
 pub mod group;
@@ -57,9 +60,10 @@ mod wire;
 pub mod x3dh;
 
 pub use bundle::{PreKeyBundle, VerifiedBundle};
+pub use envelope::{Content, ContentType, Envelope};
 pub use error::{
-    DecodeError, GroupError, HistoryError, KeyError, KeyUpdateError, RatchetError, SealError,
-    X3dhError,
+    DecodeError, EnvelopeError, GroupError, HistoryError, KeyError, KeyUpdateError, RatchetError,
+    SealError, X3dhError,
 };
 pub use fingerprint::Fingerprint;
 pub use group::{GroupKeyShare, GroupMessage, GroupSession};

@@ -5,7 +5,15 @@ mod common;
 use common::{pair, rng};
 use constella_keys::error::GroupError;
 use constella_keys::group::{MAX_KEY_AGE_MS, MAX_MESSAGES_PER_KEY};
-use constella_keys::{GroupKeyShare, GroupMessage, GroupSession, KdfParams, PasswordKey};
+use constella_keys::{Content, GroupKeyShare, GroupMessage, GroupSession, KdfParams, PasswordKey};
+
+/// The share inside a decrypted pairwise message (content type 2).
+fn share_of(plaintext: &[u8]) -> GroupKeyShare {
+    match Content::from_bytes(plaintext).unwrap() {
+        Content::GroupKeyShare(share) => share,
+        other => panic!("expected a group key share, got {other:?}"),
+    }
+}
 
 #[test]
 fn members_exchange_messages_and_rotate() {
@@ -37,8 +45,8 @@ fn members_exchange_messages_and_rotate() {
     let share = ga.share();
     let wrapped_b = share.wrap(&mut ab.a, alice.identity(), 1_000).unwrap();
     let wrapped_c = share.wrap(&mut a_to_c, alice.identity(), 1_000).unwrap();
-    let sb = GroupKeyShare::from_bytes(&ab.b.decrypt(&wrapped_b, &mut r).unwrap()).unwrap();
-    let sc = GroupKeyShare::from_bytes(&c_from_a.decrypt(&wrapped_c, &mut r).unwrap()).unwrap();
+    let sb = share_of(&ab.b.decrypt(&wrapped_b, &mut r).unwrap());
+    let sc = share_of(&c_from_a.decrypt(&wrapped_c, &mut r).unwrap());
     let mut gb = GroupSession::join(&sb, &bob_id, alice.identity_public()).unwrap();
     let mut gc = GroupSession::join(&sc, carol.identity_public(), alice.identity_public()).unwrap();
     assert_eq!(gb.members().len(), 3);
@@ -118,13 +126,13 @@ fn removed_member_cannot_read_new_messages() {
     let wb = share.wrap(&mut ab.a, alice.identity(), 0).unwrap();
     let wc = share.wrap(&mut a_to_c, alice.identity(), 0).unwrap();
     let mut gb = GroupSession::join(
-        &GroupKeyShare::from_bytes(&ab.b.decrypt(&wb, &mut r).unwrap()).unwrap(),
+        &share_of(&ab.b.decrypt(&wb, &mut r).unwrap()),
         &bob_id,
         alice.identity_public(),
     )
     .unwrap();
     let mut gc = GroupSession::join(
-        &GroupKeyShare::from_bytes(&c_from_a.decrypt(&wc, &mut r).unwrap()).unwrap(),
+        &share_of(&c_from_a.decrypt(&wc, &mut r).unwrap()),
         carol.identity_public(),
         alice.identity_public(),
     )
@@ -137,7 +145,7 @@ fn removed_member_cannot_read_new_messages() {
         .remove_member(carol.identity_public(), 2, &mut r)
         .unwrap();
     let wb = new_share.wrap(&mut ab.a, alice.identity(), 2).unwrap();
-    let received = GroupKeyShare::from_bytes(&ab.b.decrypt(&wb, &mut r).unwrap()).unwrap();
+    let received = share_of(&ab.b.decrypt(&wb, &mut r).unwrap());
     gb.apply(&received, alice.identity_public()).unwrap();
     assert_eq!(gb.members().len(), 2);
 

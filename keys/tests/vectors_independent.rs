@@ -173,3 +173,283 @@ fn group_keys_and_password_proof_from_the_document() {
         hx(&entry["login_proof"])
     );
 }
+
+/// The subset of CBOR PQ4 uses (docs/pq4.md §2), written by hand from RFC 8949: shortest-form
+/// heads, definite lengths, text keys in the documented order.
+enum Cbor {
+    U(u64),
+    B(Vec<u8>),
+    Null,
+    A(Vec<Cbor>),
+    M(Vec<(&'static str, Cbor)>),
+}
+
+fn head(major: u8, n: u64, out: &mut Vec<u8>) {
+    let m = major << 5;
+    match n {
+        0..=23 => out.push(m | n as u8),
+        24..=0xff => out.extend_from_slice(&[m | 24, n as u8]),
+        0x100..=0xffff => {
+            out.push(m | 25);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(m | 26);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 27);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+}
+
+fn cbor(c: &Cbor, out: &mut Vec<u8>) {
+    match c {
+        Cbor::U(n) => head(0, *n, out),
+        Cbor::B(b) => {
+            head(2, b.len() as u64, out);
+            out.extend_from_slice(b);
+        }
+        Cbor::Null => out.push(0xf6),
+        Cbor::A(items) => {
+            head(4, items.len() as u64, out);
+            items.iter().for_each(|i| cbor(i, out));
+        }
+        Cbor::M(entries) => {
+            head(5, entries.len() as u64, out);
+            for (k, v) in entries {
+                head(3, k.len() as u64, out);
+                out.extend_from_slice(k.as_bytes());
+                cbor(v, out);
+            }
+        }
+    }
+}
+
+/// `0x01 ‖ CBOR(value)`: a wire object.
+fn wire(value: &Cbor) -> Vec<u8> {
+    let mut out = vec![1u8];
+    cbor(value, &mut out);
+    out
+}
+
+fn signing_key(side: &Value) -> SigningKey {
+    let mut seed = ed448_goldilocks_plus::SecretKey::default();
+    seed.copy_from_slice(&hx(&side["identity_ed448_seed"]));
+    SigningKey::from(&seed)
+}
+
+fn sign(side: &Value, ctx: &[u8], msg: &[u8]) -> Vec<u8> {
+    signing_key(side)
+        .sign_ctx(ctx, msg)
+        .unwrap()
+        .to_bytes()
+        .to_vec()
+}
+
+/// The `Identity` map of a side, its binding signature computed here.
+fn identity_map(side: &Value) -> Cbor {
+    let ik = ik(side);
+    Cbor::M(vec![
+        ("sig", Cbor::B(ik[..57].to_vec())),
+        ("dh", Cbor::B(ik[57..].to_vec())),
+        ("bind", Cbor::B(sign(side, b"PQ4 identity binding", &ik))),
+    ])
+}
+
+fn aead_seal(key: &[u8], nonce: &[u8], ad: &[u8], pt: &[u8]) -> Vec<u8> {
+    let c = ChaCha20Poly1305::new(&<[u8; 32]>::try_from(key).unwrap().into());
+    let nonce: [u8; 12] = nonce.try_into().unwrap();
+    c.encrypt(&nonce.into(), Payload { msg: pt, aad: ad })
+        .unwrap()
+}
+
+/// KDF_CK's message key, and the AEAD key and nonce from it (§6).
+fn message_keys(ck: &[u8; 32]) -> ([u8; 32], [u8; 32], [u8; 12]) {
+    let mk: [u8; 32] = hmac512(ck, &[1])[..32].try_into().unwrap();
+    let okm: [u8; 44] = hkdf(&[], &mk, b"PQ4 message keys");
+    (
+        mk,
+        okm[..32].try_into().unwrap(),
+        okm[32..].try_into().unwrap(),
+    )
+}
+
+/// Checks one recorded ratchet message (sent from `sender` to `recipient` with chain key
+/// `ck`, ratchet public key `dh`, `pn`, `n`, plaintext `content`) and returns its map.
+fn ratchet_message(
+    rec: &Value,
+    ck: &[u8; 32],
+    (dh, pn, n): (&[u8; 56], u32, u32),
+    (sender, recipient): (&Value, &Value),
+    content: &[u8],
+) -> Cbor {
+    let (mk, key, nonce) = message_keys(ck);
+    assert_eq!(
+        mk.to_vec(),
+        hx(&rec["message_key"]),
+        "MK is the chain output"
+    );
+    assert_eq!(key.to_vec(), hx(&rec["aead_key"]));
+    assert_eq!(nonce.to_vec(), hx(&rec["nonce"]));
+    let header = [&dh[..], &pn.to_be_bytes(), &n.to_be_bytes()].concat();
+    assert_eq!(header, hx(&rec["header"]));
+    let ts = rec["timestamp"].as_u64().unwrap();
+    let ad = [
+        &[1u8][..],
+        &ik(sender),
+        &ik(recipient),
+        &ts.to_be_bytes(),
+        &header,
+    ]
+    .concat();
+    let ct = aead_seal(&key, &nonce, &ad, content);
+    assert_eq!(ct, hx(&rec["ciphertext"]));
+    let sig = sign(sender, b"PQ4 ratchet message", &[&ad[..], &ct].concat());
+    assert_eq!(sig, hx(&rec["signature"]));
+    Cbor::M(vec![
+        ("dh", Cbor::B(dh.to_vec())),
+        ("pn", Cbor::U(pn.into())),
+        ("n", Cbor::U(n.into())),
+        ("ts", Cbor::U(ts)),
+        ("ct", Cbor::B(ct)),
+        ("sig", Cbor::B(sig)),
+    ])
+}
+
+fn kdf_rk(rk: &[u8], dh_out: &[u8; 56]) -> ([u8; 32], [u8; 32]) {
+    let out: [u8; 64] = hkdf(rk, dh_out, b"PQ4 root");
+    (out[..32].try_into().unwrap(), out[32..].try_into().unwrap())
+}
+
+/// The handshake without a one-time prekey: no DH4, no OPK in the info, `opk: null` on the
+/// wire — and the bundle and initial message re-encoded by hand.
+fn handshake_without_opk() -> (Value, Cbor) {
+    let v = load("x3dh_no_opk");
+    let (a, b) = (&v["alice"], &v["bob"]);
+    assert!(b["one_time_prekey_id"].is_null());
+    let (ik_a, ik_b) = (ik(a), ik(b));
+    let spk_b = xpub(&arr(&b["signed_prekey_secret"]));
+    let spk_id = b["signed_prekey_id"].as_u64().unwrap() as u32;
+    let kk_id = b["kem_prekey_id"].as_u64().unwrap() as u32;
+    let dk = DecapsulationKey1024::from_seed(Array::from(arr::<64>(&b["kem_prekey_seed_d_z"])));
+    let kk_b = dk.encapsulation_key().to_bytes().to_vec();
+    let bundle = Cbor::M(vec![
+        ("ik", identity_map(b)),
+        (
+            "spk",
+            Cbor::M(vec![
+                ("id", Cbor::U(spk_id.into())),
+                ("key", Cbor::B(spk_b.to_vec())),
+                (
+                    "sig",
+                    Cbor::B(sign(
+                        b,
+                        b"PQ4 signed prekey",
+                        &[&spk_id.to_be_bytes()[..], &spk_b].concat(),
+                    )),
+                ),
+            ]),
+        ),
+        ("opk", Cbor::Null),
+        (
+            "kk",
+            Cbor::M(vec![
+                ("id", Cbor::U(kk_id.into())),
+                ("key", Cbor::B(kk_b.clone())),
+                (
+                    "sig",
+                    Cbor::B(sign(
+                        b,
+                        b"PQ4 KEM prekey",
+                        &[&kk_id.to_be_bytes()[..], &kk_b].concat(),
+                    )),
+                ),
+            ]),
+        ),
+    ]);
+    assert_eq!(wire(&bundle), hx(&v["bundle_wire"]));
+
+    let ek_secret: [u8; 56] = arr(&v["alice_ephemeral_secret"]);
+    let ek = xpub(&ek_secret);
+    let m: [u8; 32] = arr(&v["kem_encaps_randomness_m"]);
+    let (ct, ss) = dk
+        .encapsulation_key()
+        .encapsulate_deterministic(&Array::from(m));
+    assert_eq!(ct.to_vec(), hx(&v["kem_ciphertext"]));
+    let ikm = [
+        &[0xFFu8; 57][..],
+        &x(&arr(&a["identity_x448_secret"]), &spk_b),
+        &x(&ek_secret, &ik_b[57..].try_into().unwrap()),
+        &x(&ek_secret, &spk_b),
+        &ss,
+    ]
+    .concat();
+    let info = [&ik_a[..], &ik_b, &ek, &spk_b, &kk_b, &ct].concat();
+    let sk: [u8; 32] = hkdf(b"X3DH", &ikm, &info);
+    assert_eq!(sk.to_vec(), hx(&v["shared_secret"]));
+
+    let initial = Cbor::M(vec![
+        ("ik", identity_map(a)),
+        ("to", Cbor::B(ik_b)),
+        ("ek", Cbor::B(ek.to_vec())),
+        ("spk", Cbor::U(spk_id.into())),
+        ("opk", Cbor::Null),
+        ("kk", Cbor::U(kk_id.into())),
+        ("ct", Cbor::B(ct.to_vec())),
+    ]);
+    assert_eq!(wire(&initial), hx(&v["initial_message_wire"]));
+    (v, initial)
+}
+
+#[test]
+fn handshake_without_one_time_prekey_from_the_document() {
+    handshake_without_opk();
+}
+
+#[test]
+fn envelopes_and_content_from_the_document() {
+    let (v, initial) = handshake_without_opk();
+    let (a, b) = (&v["alice"], &v["bob"]);
+    let e = load("envelope");
+    let sk = hx(&v["shared_secret"]);
+    let spk_b = xpub(&arr(&b["signed_prekey_secret"]));
+    let dh_a: [u8; 56] = arr(&e["alice_first_ratchet_secret"]);
+    let dh_b: [u8; 56] = arr(&e["bob_first_ratchet_secret"]);
+    let (dh_a_pub, dh_b_pub) = (xpub(&dh_a), xpub(&dh_b));
+
+    // Alice's first message: chat text, with the initial message attached.
+    let (rk1, ck_a) = kdf_rk(&sk, &x(&dh_a, &spk_b));
+    let first = &e["alice_to_bob_with_init"];
+    let content = [&[1u8][..], b"hello bob"].concat();
+    assert_eq!(content, hx(&first["content"]));
+    let msg = ratchet_message(first, &ck_a, (&dh_a_pub, 0, 0), (a, b), &content);
+    let envelope = Cbor::M(vec![
+        ("from", Cbor::B(ik(a))),
+        ("init", initial),
+        ("msg", msg),
+    ]);
+    assert_eq!(wire(&envelope), hx(&first["wire"]));
+
+    // Bob's reply: his first DH step, a group key share, no initial message.
+    let (_, ck_b) = kdf_rk(&rk1, &x(&dh_b, &dh_a_pub));
+    let reply = &e["bob_to_alice_group_key_share"];
+    let g = &reply["group"];
+    let share = wire(&Cbor::M(vec![
+        ("gid", Cbor::B(hx(&g["group_id"]))),
+        ("epoch", Cbor::U(g["epoch"].as_u64().unwrap())),
+        ("key", Cbor::B(hx(&g["group_key"]))),
+        ("at", Cbor::U(g["at"].as_u64().unwrap())),
+        ("members", Cbor::A(vec![identity_map(b), identity_map(a)])),
+    ]));
+    let content = [&[2u8][..], &share].concat();
+    assert_eq!(content, hx(&reply["content"]));
+    let msg = ratchet_message(reply, &ck_b, (&dh_b_pub, 0, 0), (b, a), &content);
+    let envelope = Cbor::M(vec![
+        ("from", Cbor::B(ik(b))),
+        ("init", Cbor::Null),
+        ("msg", msg),
+    ]);
+    assert_eq!(wire(&envelope), hx(&reply["wire"]));
+}

@@ -522,3 +522,66 @@ struct StoredSkipped {
     #[serde(with = "wire::fixed")]
     key: [u8; 32],
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::KeyError;
+    use crate::{KeyStore, x3dh};
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    /// Re-signs `message` as `identity` with the header's ratchet key replaced by `dh`.
+    fn with_ratchet_key(
+        message: &RatchetMessage,
+        dh: [u8; 56],
+        identity: &IdentityKeyPair,
+        recipient: &IdentityPublicKey,
+    ) -> RatchetMessage {
+        let mut forged = message.clone();
+        forged.dh = dh;
+        let ad = associated_data(identity.public(), recipient, forged.ts, &forged.header());
+        forged.sig = identity
+            .sign(ctx::RATCHET_MESSAGE, &[&ad, &forged.ct])
+            .unwrap();
+        forged
+    }
+
+    /// A validly signed message whose ratchet key is a low-order point (u = 0, 1, p − 1, and p,
+    /// a non-canonical 0) makes X448 output all zeros: refused as `NonContributory`, on the
+    /// first DH step and on a later one, and the session is left as it was.
+    #[test]
+    fn low_order_ratchet_keys_are_refused() {
+        let mut r = ChaCha20Rng::seed_from_u64(70);
+        let alice = KeyStore::generate_with_one_time_prekeys(1, &mut r).unwrap();
+        let mut bob = KeyStore::generate_with_one_time_prekeys(1, &mut r).unwrap();
+        let bundle = bob.bundle(None).verify().unwrap();
+        let (initial, sa) = x3dh::initiate(alice.identity(), &bundle, &mut r).unwrap();
+        let sb = x3dh::respond(&mut bob, &initial).unwrap();
+        let mut a = Session::new(sa, &mut r).unwrap();
+        let mut b = Session::new(sb, &mut r).unwrap();
+        let mut p = [0xffu8; 56];
+        p[28] = 0xfe; // p = 2^448 − 2^224 − 1, little-endian
+        let mut one = [0u8; 56];
+        one[0] = 1;
+        let mut p_minus_one = p;
+        p_minus_one[0] = 0xfe;
+        let low_order = [[0u8; 56], one, p_minus_one, p];
+
+        // Round 0 is Bob's first DH step, round 1 (Alice's chain after his reply) his second.
+        for round in 0..2 {
+            let genuine = a.encrypt(alice.identity(), round, b"genuine").unwrap();
+            for dh in low_order {
+                let forged =
+                    with_ratchet_key(&genuine, dh, alice.identity(), bob.identity_public());
+                assert_eq!(
+                    b.decrypt(&forged, &mut r).unwrap_err(),
+                    RatchetError::Key(KeyError::NonContributory)
+                );
+            }
+            assert_eq!(&b.decrypt(&genuine, &mut r).unwrap()[..], b"genuine");
+            let reply = b.encrypt(bob.identity(), round, b"reply").unwrap();
+            a.decrypt(&reply, &mut r).unwrap();
+        }
+    }
+}
