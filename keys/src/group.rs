@@ -486,6 +486,16 @@ impl GroupSession {
     pub fn open(blob: &SealedBlob, key: &PasswordKey) -> Result<Self, SealError> {
         let bytes = blob.open(key, BlobKind::Group)?;
         let s: StoredGroup = wire::decode(&bytes, usize::MAX).map_err(|_| SealError::Contents)?;
+        // `seen` lists senders by ascending Ed448 key and, for each, ascending numbers below
+        // the per-key limit; `sent` never exceeds that limit.
+        let senders_ascending = s.seen.windows(2).all(|w| w[0].from < w[1].from);
+        let numbers_ascending = s.seen.iter().all(|e| {
+            e.n.windows(2).all(|w| w[0] < w[1])
+                && e.n.last().is_none_or(|n| *n < MAX_MESSAGES_PER_KEY)
+        });
+        if !senders_ascending || !numbers_ascending || s.sent > MAX_MESSAGES_PER_KEY {
+            return Err(SealError::Contents);
+        }
         let members = s
             .share
             .members

@@ -15,7 +15,7 @@ use crate::envelope::{Content, ContentType, Envelope};
 use crate::group::{GroupSession, message_key};
 use crate::ratchet::RatchetMessage;
 use crate::ratchet::message_key::MessageKey;
-use crate::sealed::{KdfParams, PasswordKey};
+use crate::sealed::{BlobKind, KdfParams, PasswordKey, SealedBlob};
 use crate::x3dh::{self, InitialMessage, SessionSecret};
 use crate::{KeyStore, PreKeyBundle, Session};
 
@@ -208,19 +208,166 @@ fn generate() -> Vec<(&'static str, Value)> {
     let salt: [u8; 16] = core::array::from_fn(|i| 0xA0 + i as u8);
     let mut entries = Vec::new();
     for params in [KdfParams::new(64, 1, 1).unwrap(), KdfParams::PRODUCTION] {
-        let pk = PasswordKey::derive(b"correct horse battery staple", salt, params).unwrap();
+        let pk = PasswordKey::derive("correct horse battery staple", salt, params).unwrap();
         entries.push(json!({
             "m_kib": params.m_kib(), "t": params.t(), "p": params.p(),
             "encryption_key": h(pk.key_bytes()),
+            "auth_key": h(&*pk.auth_key()),
             "login_proof": h(pk.login_proof().as_bytes()),
+            "unlock_check": h(&pk.unlock_check()),
         }));
     }
+    // A password typed in decomposed form: what is hashed is its NFC form.
+    let decomposed = "Pa\u{308}sswo\u{308}rd \u{212b}";
+    let composed = "Pässwörd Å";
+    let test_params = KdfParams::new(64, 1, 1).unwrap();
+    let pk = PasswordKey::derive(decomposed, salt, test_params).unwrap();
+    assert_eq!(
+        pk.key_bytes(),
+        PasswordKey::derive(composed, salt, test_params)
+            .unwrap()
+            .key_bytes()
+    );
+    let normalisation = json!({
+        "password": decomposed,
+        "password_utf8": h(decomposed.as_bytes()),
+        "nfc_utf8": h(composed.as_bytes()),
+        "m_kib": 64, "t": 1, "p": 1,
+        "encryption_key": h(pk.key_bytes()),
+        "login_proof": h(pk.login_proof().as_bytes()),
+    });
     out.push((
         "password",
-        json!({ "password": "correct horse battery staple", "salt": h(&salt), "argon2id": entries }),
+        json!({
+            "password": "correct horse battery staple",
+            "salt": h(&salt),
+            "argon2id": entries,
+            "normalisation": normalisation,
+        }),
     ));
+    out.push(("sealed", sealed_blobs(salt)));
     out.extend(handshake_without_opk_and_envelopes());
     out
+}
+
+/// A CBOR value as JSON: byte strings as hex, maps as objects (JSON loses the key order; the
+/// document gives it).
+fn cbor_json(value: &ciborium::Value) -> Value {
+    use ciborium::Value as C;
+    match value {
+        C::Bytes(b) => h(b),
+        C::Integer(i) => json!(u64::try_from(*i).unwrap()),
+        C::Null => Value::Null,
+        C::Text(t) => json!(t),
+        C::Array(items) => Value::Array(items.iter().map(cbor_json).collect()),
+        C::Map(entries) => Value::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.as_text().unwrap().to_owned(), cbor_json(v)))
+                .collect(),
+        ),
+        other => panic!("not in PQ4's CBOR subset: {other:?}"),
+    }
+}
+
+/// One sealed blob: its plaintext (and the plaintext's fields), per-blob salt, key, header,
+/// ciphertext and wire bytes.
+fn sealed_record(key: &PasswordKey, blob: &SealedBlob, kind: BlobKind, bsalt: &[u8]) -> Value {
+    let plaintext = blob.open(key, kind).unwrap();
+    let fields: ciborium::Value = ciborium::from_reader(&plaintext[1..]).unwrap();
+    let bsalt: [u8; 32] = bsalt.try_into().unwrap();
+    let wire = blob.to_bytes();
+    let parsed: ciborium::Value = ciborium::from_reader(&wire[1..]).unwrap();
+    json!({
+        "kind": kind as u8,
+        "plaintext": h(&plaintext),
+        "plaintext_fields": cbor_json(&fields),
+        "bsalt": h(&bsalt),
+        "blob_key": h(&*key.blob_key(&bsalt, kind)),
+        "header": h(&blob.header()),
+        "ciphertext": cbor_json(&parsed)["ct"].clone(),
+        "wire": h(&wire),
+    })
+}
+
+/// `sealed.json`: a key store, a session and a group state sealed under the password vector's
+/// key at the test parameters.
+fn sealed_blobs(salt: [u8; 16]) -> Value {
+    let params = KdfParams::new(64, 1, 1).unwrap();
+    let key = PasswordKey::derive("correct horse battery staple", salt, params).unwrap();
+    let mut r = ChaCha20Rng::seed_from_u64(0x5041_3406);
+
+    let mut store = KeyStore::generate_with_one_time_prekeys(3, &mut r).unwrap();
+    let alice = KeyStore::generate_with_one_time_prekeys(0, &mut r).unwrap();
+    // Spend the first one-time prekey, so `opks` starts at id 2 and `next_id` is 4.
+    let bundle = store.bundle(Some(1)).verify().unwrap();
+    let (initial, sa) = x3dh::initiate(alice.identity(), &bundle, &mut r).unwrap();
+    let sb = x3dh::respond(&mut store, &initial).unwrap();
+    let bsalt = peek(&r, 32);
+    let store_blob = store.seal(&key, &mut r).unwrap();
+    let mut store_record = sealed_record(&key, &store_blob, BlobKind::KeyStore, &bsalt);
+    store_record["secrets"] = store_secrets(&store, None);
+
+    // Bob's session after: Alice sends 0, 1, 2 and Bob gets only 2 (0 and 1 are skipped);
+    // Bob replies; Alice sends on a new chain and Bob gets it (her first key is "previous").
+    let mut a = Session::new(sa, &mut r).unwrap();
+    let mut b = Session::new(sb, &mut r).unwrap();
+    let sent: Vec<_> = (0..3)
+        .map(|i| a.encrypt(alice.identity(), i, b"a").unwrap())
+        .collect();
+    b.decrypt(&sent[2], &mut r).unwrap();
+    let reply = b.encrypt(store.identity(), 3, b"b").unwrap();
+    a.decrypt(&reply, &mut r).unwrap();
+    let next = a.encrypt(alice.identity(), 4, b"a").unwrap();
+    b.decrypt(&next, &mut r).unwrap();
+    assert_eq!(b.skipped_keys(), 2);
+    let bsalt = peek(&r, 32);
+    let session_blob = b.seal(&key, &mut r).unwrap();
+    let session_record = sealed_record(&key, &session_blob, BlobKind::Session, &bsalt);
+    // `index` is the index of the next key: Bob received n = 0 on Alice's second chain (so
+    // `recv` is at 1) and that DH step gave him a new sending chain (at 0); `pn` is the length
+    // of his previous sending chain (the one reply).
+    assert_eq!(session_record["plaintext_fields"]["send"]["index"], 0);
+    assert_eq!(session_record["plaintext_fields"]["recv"]["index"], 1);
+    assert_eq!(session_record["plaintext_fields"]["pn"], 1);
+
+    // Bob's view of a group with Alice, after her messages 0 and 1.
+    let mut ga = GroupSession::create(
+        alice.identity_public(),
+        core::slice::from_ref(store.identity_public()),
+        1_700_000_004_000,
+        &mut r,
+    )
+    .unwrap();
+    let mut gb = GroupSession::join(
+        &ga.share(),
+        store.identity_public(),
+        alice.identity_public(),
+    )
+    .unwrap();
+    for i in 0..2 {
+        let m = ga
+            .encrypt(alice.identity(), 1_700_000_004_001 + i, b"g")
+            .unwrap();
+        gb.decrypt(&m).unwrap();
+    }
+    gb.encrypt(store.identity(), 1_700_000_004_009, b"mine")
+        .unwrap();
+    let bsalt = peek(&r, 32);
+    let group_blob = gb.seal(&key, &mut r).unwrap();
+    let group_record = sealed_record(&key, &group_blob, BlobKind::Group, &bsalt);
+
+    json!({
+        "rng": "ChaCha20Rng::seed_from_u64(0x50413406); see kat.rs sealed_blobs",
+        "password": "correct horse battery staple",
+        "salt": h(&salt),
+        "m_kib": 64, "t": 1, "p": 1,
+        "encryption_key": h(key.key_bytes()),
+        "unlock_check": h(&key.unlock_check()),
+        "key_store": store_record,
+        "session": session_record,
+        "group": group_record,
+    })
 }
 
 /// One ratchet message as the vectors record it: the chain's message key `MK` and the AEAD

@@ -164,6 +164,48 @@ pub(crate) mod nullable {
     }
 }
 
+/// Serde adapter: an optional fixed-size byte string whose key must be present: `null` or a
+/// byte string of exactly `N` bytes.
+pub(crate) mod nullable_fixed {
+    use core::fmt;
+    use serde::de::{Error, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer, const N: usize>(
+        value: &Option<[u8; N]>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(bytes) => s.serialize_bytes(bytes),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<Option<[u8; N]>, D::Error> {
+        d.deserialize_option(NullableVisitor::<N>)
+    }
+
+    struct NullableVisitor<const N: usize>;
+
+    impl<'de, const N: usize> Visitor<'de> for NullableVisitor<N> {
+        type Value = Option<[u8; N]>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "null or a byte string of {N} bytes")
+        }
+
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            super::fixed::deserialize(d).map(Some)
+        }
+    }
+}
+
 /// Serde adapter: a fixed-size array as a CBOR byte string of exactly `N` bytes.
 pub(crate) mod fixed {
     use core::fmt;

@@ -35,7 +35,7 @@ fn samples() -> Vec<Vec<u8>> {
     let mut g = GroupSession::create(p.alice.identity_public(), &[], 0, &mut r).unwrap();
     let gm = g.encrypt(p.alice.identity(), 1, b"hi").unwrap();
     let (_, update) = KeyUpdate::create(p.bob.identity(), &mut r).unwrap();
-    let pk = PasswordKey::generate(b"pw", KdfParams::new(64, 1, 1).unwrap(), &mut r).unwrap();
+    let pk = PasswordKey::generate("pw", KdfParams::new(64, 1, 1).unwrap(), &mut r).unwrap();
     let history = constella_keys::HistoryMasterKey::generate(&mut r);
     let envelope = Envelope::new(
         p.alice.identity_public(),

@@ -96,7 +96,7 @@ fn members_exchange_messages_and_rotate() {
     assert!(!ga.needs_rotation(5_000 + MAX_KEY_AGE_MS - 1));
 
     // Group state survives sealing.
-    let pk = PasswordKey::generate(b"pw", KdfParams::new(64, 1, 1).unwrap(), &mut r).unwrap();
+    let pk = PasswordKey::generate("pw", KdfParams::new(64, 1, 1).unwrap(), &mut r).unwrap();
     let mut gb2 = GroupSession::open(&gb.seal(&pk, &mut r).unwrap(), &pk).unwrap();
     assert_eq!(gb2.decrypt(&m).unwrap_err(), GroupError::Duplicate);
 }

@@ -453,3 +453,209 @@ fn envelopes_and_content_from_the_document() {
     ]);
     assert_eq!(wire(&envelope), hx(&reply["wire"]));
 }
+
+fn argon2id(password: &[u8], salt: &[u8], m: u32, t: u32, p: u32) -> [u8; 32] {
+    let params = argon2::Params::new(m, t, p, Some(32)).unwrap();
+    let mut out = [0u8; 32];
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password_into(password, salt, &mut out)
+        .unwrap();
+    out
+}
+
+fn hmac256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap();
+    m.update(data);
+    m.finalize().into_bytes().to_vec()
+}
+
+#[test]
+fn auth_key_unlock_check_and_normalisation_from_the_document() {
+    let p = load("password");
+    let salt = hx(&p["salt"]);
+    // The test-parameter entry (the production one costs 64 MiB; the KAT test covers it).
+    let entry = &p["argon2id"][0];
+    let ek = argon2id(p["password"].as_str().unwrap().as_bytes(), &salt, 64, 1, 1);
+    assert_eq!(ek.to_vec(), hx(&entry["encryption_key"]));
+    let auth: [u8; 32] = hkdf(&salt, &ek, b"Auth");
+    assert_eq!(auth.to_vec(), hx(&entry["auth_key"]));
+    assert_eq!(hmac256(&auth, b"Login"), hx(&entry["login_proof"]));
+    assert_eq!(
+        hmac256(&auth, b"PQ4 unlock check"),
+        hx(&entry["unlock_check"])
+    );
+
+    // The password is hashed as UTF-8 of its NFC form.
+    let n = &p["normalisation"];
+    let typed = n["password"].as_str().unwrap();
+    assert_eq!(typed.as_bytes(), hx(&n["password_utf8"]));
+    let nfc = icu_normalizer::ComposingNormalizerBorrowed::new_nfc().normalize(typed);
+    assert_eq!(nfc.as_bytes(), hx(&n["nfc_utf8"]));
+    assert_ne!(
+        nfc.as_bytes(),
+        typed.as_bytes(),
+        "the vector exercises normalisation"
+    );
+    let ek = argon2id(nfc.as_bytes(), &salt, 64, 1, 1);
+    assert_eq!(ek.to_vec(), hx(&n["encryption_key"]));
+    let auth: [u8; 32] = hkdf(&salt, &ek, b"Auth");
+    assert_eq!(hmac256(&auth, b"Login"), hx(&n["login_proof"]));
+}
+
+// The plaintexts of sealed state, key by key in the document's order (§4).
+const KEY_STORE: &[&str] = &[
+    "sign", "dh", "spk_id", "spk", "spk_sig", "opks", "kk_id", "kk", "kk_sig", "next_id",
+];
+const SESSION: &[&str] = &[
+    "local",
+    "remote",
+    "root",
+    "dh_self",
+    "dh_remote",
+    "send",
+    "recv",
+    "pn",
+    "skipped",
+    "previous",
+];
+const GROUP_STATE: &[&str] = &["share", "own", "sent", "seen"];
+/// The order of the maps found under each field name (or in the list under it).
+const LAYOUT: &[(&str, &[&str])] = &[
+    ("local", &["sig", "dh", "bind"]),
+    ("remote", &["sig", "dh", "bind"]),
+    ("own", &["sig", "dh", "bind"]),
+    ("members", &["sig", "dh", "bind"]),
+    ("send", &["key", "index"]),
+    ("recv", &["key", "index"]),
+    ("skipped", &["dh", "n", "key"]),
+    ("opks", &["id", "key", "public"]),
+    ("share", &["gid", "epoch", "key", "at", "members"]),
+    ("seen", &["from", "n"]),
+];
+
+fn leaf(v: &Value) -> Cbor {
+    match v {
+        Value::String(_) => Cbor::B(hx(v)),
+        Value::Number(n) => Cbor::U(n.as_u64().unwrap()),
+        Value::Null => Cbor::Null,
+        other => panic!("not a leaf: {other}"),
+    }
+}
+
+fn encode_fields(v: &Value, order: &[&'static str]) -> Cbor {
+    assert_eq!(v.as_object().unwrap().len(), order.len(), "{v}");
+    Cbor::M(
+        order
+            .iter()
+            .map(|k| (*k, encode_field(k, &v[*k])))
+            .collect(),
+    )
+}
+
+fn encode_field(name: &str, v: &Value) -> Cbor {
+    let layout = || LAYOUT.iter().find(|(n, _)| *n == name).unwrap().1;
+    match v {
+        Value::Object(_) => encode_fields(v, layout()),
+        Value::Array(items) => Cbor::A(
+            items
+                .iter()
+                .map(|i| match i {
+                    Value::Object(_) => encode_fields(i, layout()),
+                    Value::Array(inner) => Cbor::A(inner.iter().map(leaf).collect()),
+                    _ => leaf(i),
+                })
+                .collect(),
+        ),
+        _ => leaf(v),
+    }
+}
+
+#[test]
+fn sealed_blobs_from_the_document() {
+    let s = load("sealed");
+    let salt = hx(&s["salt"]);
+    let ek = argon2id(s["password"].as_str().unwrap().as_bytes(), &salt, 64, 1, 1);
+    assert_eq!(ek.to_vec(), hx(&s["encryption_key"]));
+    let auth: [u8; 32] = hkdf(&salt, &ek, b"Auth");
+    let check = hmac256(&auth, b"PQ4 unlock check");
+    assert_eq!(check, hx(&s["unlock_check"]));
+
+    for (name, order) in [
+        ("key_store", KEY_STORE),
+        ("session", SESSION),
+        ("group", GROUP_STATE),
+    ] {
+        let b = &s[name];
+        let kind = b["kind"].as_u64().unwrap() as u8;
+        // The plaintext: 0x01 ‖ CBOR map, keys in the documented order.
+        let plaintext = hx(&b["plaintext"]);
+        assert_eq!(
+            wire(&encode_fields(&b["plaintext_fields"], order)),
+            plaintext,
+            "{name}"
+        );
+        // k is one byte in the HKDF info and in the header.
+        let bsalt = hx(&b["bsalt"]);
+        let blob_key: [u8; 32] = hkdf(&bsalt, &ek, &[&b"PQ4 seal"[..], &[kind]].concat());
+        assert_eq!(blob_key.to_vec(), hx(&b["blob_key"]), "{name}");
+        let header = [
+            &[1u8, kind][..],
+            &salt,
+            &64u32.to_be_bytes(),
+            &1u32.to_be_bytes(),
+            &1u32.to_be_bytes(),
+            &check,
+            &bsalt,
+        ]
+        .concat();
+        assert_eq!(header.len(), 94);
+        assert_eq!(header, hx(&b["header"]), "{name}");
+        let ct = aead_seal(&blob_key, &[0u8; 12], &header, &plaintext);
+        assert_eq!(ct, hx(&b["ciphertext"]), "{name}");
+        let blob = Cbor::M(vec![
+            ("kind", Cbor::U(kind.into())),
+            ("salt", Cbor::B(salt.clone())),
+            ("m", Cbor::U(64)),
+            ("t", Cbor::U(1)),
+            ("p", Cbor::U(1)),
+            ("check", Cbor::B(check.clone())),
+            ("bsalt", Cbor::B(bsalt)),
+            ("ct", Cbor::B(ct)),
+        ]);
+        assert_eq!(wire(&blob), hx(&b["wire"]), "{name}");
+    }
+
+    // The key store's fields follow from its secrets: publics and signatures recomputed here,
+    // one-time prekeys by ascending id, each below `next_id`.
+    let ks = &s["key_store"];
+    let (f, secrets) = (&ks["plaintext_fields"], &ks["secrets"]);
+    assert_eq!(f["sign"], secrets["identity_ed448_seed"]);
+    assert_eq!(f["dh"], secrets["identity_x448_secret"]);
+    assert_eq!(f["spk"], secrets["signed_prekey_secret"]);
+    assert_eq!(f["kk"], secrets["kem_prekey_seed_d_z"]);
+    let spk_id = f["spk_id"].as_u64().unwrap() as u32;
+    let spk = xpub(&arr(&f["spk"]));
+    let spk_signed = [&spk_id.to_be_bytes()[..], &spk].concat();
+    assert_eq!(
+        hx(&f["spk_sig"]),
+        sign(secrets, b"PQ4 signed prekey", &spk_signed)
+    );
+    let kk_id = f["kk_id"].as_u64().unwrap() as u32;
+    let dk = DecapsulationKey1024::from_seed(Array::from(arr::<64>(&f["kk"])));
+    let kk_signed = [&kk_id.to_be_bytes()[..], &dk.encapsulation_key().to_bytes()].concat();
+    assert_eq!(
+        hx(&f["kk_sig"]),
+        sign(secrets, b"PQ4 KEM prekey", &kk_signed)
+    );
+    let ids: Vec<u64> = f["opks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            assert_eq!(hx(&o["public"]), xpub(&arr(&o["key"])).to_vec());
+            o["id"].as_u64().unwrap()
+        })
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    assert!(ids.iter().all(|id| *id < f["next_id"].as_u64().unwrap()));
+}

@@ -34,8 +34,9 @@ pub const MAX_SKIPPED_TOTAL: usize = 2000;
 pub const MAX_MESSAGE_LEN: usize = 1 << 20;
 /// Largest encoded message accepted by [`RatchetMessage::from_bytes`].
 pub const MAX_WIRE_LEN: usize = MAX_MESSAGE_LEN + 1024;
-/// Remote ratchet keys remembered after they are replaced, to refuse replays from old chains.
-const PREVIOUS_REMOTE_KEYS: usize = 64;
+/// Remote ratchet keys remembered after they are replaced, to refuse replays from old chains
+/// (also the most a sealed session may list).
+pub const PREVIOUS_REMOTE_KEYS: usize = 64;
 
 /// The ratchet header: the sender's current ratchet key, the length of its previous sending
 /// chain, and the message's index in the current chain.
@@ -348,7 +349,7 @@ impl Session {
             remote: self.remote.to_wire(),
             root: *self.root.as_bytes(),
             dh_self: self.dh_self.to_bytes(),
-            dh_remote: self.dh_remote.map(|k| k.to_vec()).unwrap_or_default(),
+            dh_remote: self.dh_remote,
             send: self.send.as_ref().map(StoredChain::from),
             recv: self.recv.as_ref().map(StoredChain::from),
             pn: self.pn,
@@ -376,13 +377,18 @@ impl Session {
     pub fn open(blob: &SealedBlob, key: &PasswordKey) -> Result<Self, SealError> {
         let bytes = blob.open(key, BlobKind::Session)?;
         let s: StoredSession = wire::decode(&bytes, usize::MAX).map_err(|_| SealError::Contents)?;
+        // Only we write sealed sessions, but a state no session can reach is still refused
+        // rather than half-trusted: bounded lists, and no receiving chain without its key.
+        if s.skipped.len() > MAX_SKIPPED_TOTAL
+            || s.previous.len() > PREVIOUS_REMOTE_KEYS
+            || (s.recv.is_some() && s.dh_remote.is_none())
+        {
+            return Err(SealError::Contents);
+        }
         let fixed = |v: &[u8]| -> Result<[u8; 56], SealError> {
             v.try_into().map_err(|_| SealError::Contents)
         };
-        let dh_remote = match s.dh_remote.len() {
-            0 => None,
-            _ => Some(fixed(&s.dh_remote)?),
-        };
+        let dh_remote = s.dh_remote;
         let dh_self = x448::StaticSecret::from(s.dh_self);
         Ok(Self {
             local: s.local.trusted().map_err(|_| SealError::Contents)?,
@@ -469,9 +475,11 @@ struct StoredSession {
     root: [u8; 32],
     #[serde(with = "wire::fixed")]
     dh_self: [u8; 56],
-    #[serde(with = "wire::bytes")]
-    dh_remote: Vec<u8>,
+    #[serde(with = "wire::nullable_fixed")]
+    dh_remote: Option<[u8; 56]>,
+    #[serde(deserialize_with = "wire::nullable::deserialize")]
     send: Option<StoredChain>,
+    #[serde(deserialize_with = "wire::nullable::deserialize")]
     recv: Option<StoredChain>,
     pn: u32,
     skipped: Vec<StoredSkipped>,
