@@ -174,6 +174,10 @@ pub enum GroupError {
     /// The current key is due for rotation (message or age limit); rotate before sending.
     #[error("group key must be rotated before sending")]
     RotationRequired,
+    /// The key share is older than the previous epoch: it can neither become the current key
+    /// nor be needed to read messages still in flight.
+    #[error("group key share for epoch {0} is stale")]
+    StaleShare(u32),
     /// The message number is beyond the per-key limit.
     #[error("message number beyond the per-key limit")]
     MessageNumberOutOfRange,

@@ -182,25 +182,33 @@ fn generate() -> Vec<(&'static str, Value)> {
     let mut r = ChaCha20Rng::seed_from_u64(0x5041_3403);
     let mut g =
         GroupSession::create(alice.identity_public(), &[], 1_700_000_002_000, &mut r).unwrap();
-    let share = g.share();
-    let msg = g
-        .encrypt(alice.identity(), 1_700_000_002_000, b"group message 0")
-        .unwrap();
-    let group_id = *g.group_id();
-    let gk = share.key;
+    let first = group_record(
+        &mut g,
+        alice.identity(),
+        1_700_000_002_000,
+        "group message 0",
+    );
+    // After one rotation, the third message under the new key: epoch 1, n = 2.
+    g.rotate(1_700_000_002_100, &mut r).unwrap();
+    for i in 0..2 {
+        g.encrypt(alice.identity(), 1_700_000_002_101 + i, b"x")
+            .unwrap();
+    }
+    let later = group_record(&mut g, alice.identity(), 1_700_000_002_200, "epoch 1, n 2");
+    let mut message = json!({
+        "rng": "ChaCha20Rng::seed_from_u64(0x50413403); GroupSession::create by the x3dh vector's alice",
+        "sender_identity_public": h(&alice.identity_public().to_bytes()),
+    });
+    for (k, v) in first.as_object().unwrap() {
+        message[k] = v.clone();
+    }
     out.push((
         "group",
         json!({
             "group_key": h(&group_key),
             "message_keys": keys,
-            "message": {
-                "rng": "ChaCha20Rng::seed_from_u64(0x50413403); GroupSession::create by the x3dh vector's alice",
-                "group_id": h(&group_id),
-                "group_key": h(&gk),
-                "sender_identity_public": h(&alice.identity_public().to_bytes()),
-                "plaintext": "group message 0",
-                "wire": h(&msg.to_bytes()),
-            },
+            "message": message,
+            "message_after_rotation": later,
         }),
     ));
 
@@ -248,6 +256,39 @@ fn generate() -> Vec<(&'static str, Value)> {
     out.push(("sealed", sealed_blobs(salt)));
     out.extend(handshake_without_opk_and_envelopes());
     out
+}
+
+/// The next group message `g` sends, with every input (`epoch`, `n`, timestamp, key) and
+/// intermediate value (message key, AEAD key and nonce, AD, signed head).
+fn group_record(
+    g: &mut GroupSession,
+    identity: &crate::IdentityKeyPair,
+    ts: u64,
+    text: &str,
+) -> Value {
+    let share = g.share();
+    let msg = g.encrypt(identity, ts, text.as_bytes()).unwrap();
+    let sender = identity.public().to_bytes();
+    let (aead_key, nonce) = crate::group::aead_parts(&share.key, msg.message_number(), &sender);
+    let ad = [&g.group_id()[..], &sender, &ts.to_be_bytes()].concat();
+    let wire = msg.to_bytes();
+    let parsed: ciborium::Value = ciborium::from_reader(&wire[1..]).unwrap();
+    let fields = cbor_json(&parsed);
+    json!({
+        "group_id": h(g.group_id()),
+        "group_key": h(&share.key),
+        "epoch": msg.epoch(),
+        "n": msg.message_number(),
+        "timestamp": ts,
+        "plaintext": text,
+        "message_key": h(&*message_key(&share.key, u64::from(msg.message_number()))),
+        "aead_key": h(&*aead_key),
+        "nonce": h(&nonce),
+        "ad": h(&ad),
+        "ciphertext": fields["ct"].clone(),
+        "signature": fields["sig"].clone(),
+        "wire": h(&wire),
+    })
 }
 
 /// A CBOR value as JSON: byte strings as hex, maps as objects (JSON loses the key order; the
@@ -331,7 +372,8 @@ fn sealed_blobs(salt: [u8; 16]) -> Value {
     assert_eq!(session_record["plaintext_fields"]["recv"]["index"], 1);
     assert_eq!(session_record["plaintext_fields"]["pn"], 1);
 
-    // Bob's view of a group with Alice, after her messages 0 and 1.
+    // Bob's view of a group with Alice: her messages 0 and 1 under epoch 0, her rotation,
+    // her message 0 under epoch 1, his own message 0.
     let mut ga = GroupSession::create(
         alice.identity_public(),
         core::slice::from_ref(store.identity_public()),
@@ -351,6 +393,13 @@ fn sealed_blobs(salt: [u8; 16]) -> Value {
             .unwrap();
         gb.decrypt(&m).unwrap();
     }
+    // Alice rotates: epoch 0's key (and what Bob saw under it) is retired, kept for receiving.
+    let rotated = ga.rotate(1_700_000_004_005, &mut r).unwrap();
+    gb.apply(&rotated, alice.identity_public()).unwrap();
+    let m = ga
+        .encrypt(alice.identity(), 1_700_000_004_006, b"g")
+        .unwrap();
+    gb.decrypt(&m).unwrap();
     gb.encrypt(store.identity(), 1_700_000_004_009, b"mine")
         .unwrap();
     let bsalt = peek(&r, 32);

@@ -66,7 +66,7 @@ pub use error::{
     SealError, X3dhError,
 };
 pub use fingerprint::Fingerprint;
-pub use group::{GroupKeyShare, GroupMessage, GroupSession};
+pub use group::{GroupKeyShare, GroupMessage, GroupSession, ShareOutcome};
 pub use history::{HistoryMasterKey, SealedHistory};
 pub use identity::{IdentityKeyPair, IdentityPublicKey};
 pub use key_update::{KeyUpdate, VerifiedKeyUpdate};

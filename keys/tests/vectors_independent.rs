@@ -518,7 +518,7 @@ const SESSION: &[&str] = &[
     "skipped",
     "previous",
 ];
-const GROUP_STATE: &[&str] = &["share", "own", "sent", "seen"];
+const GROUP_STATE: &[&str] = &["share", "own", "by", "sent", "seen", "retired"];
 /// The order of the maps found under each field name (or in the list under it).
 const LAYOUT: &[(&str, &[&str])] = &[
     ("local", &["sig", "dh", "bind"]),
@@ -531,6 +531,7 @@ const LAYOUT: &[(&str, &[&str])] = &[
     ("opks", &["id", "key", "public"]),
     ("share", &["gid", "epoch", "key", "at", "members"]),
     ("seen", &["from", "n"]),
+    ("retired", &["epoch", "key", "seen"]),
 ];
 
 fn leaf(v: &Value) -> Cbor {
@@ -658,4 +659,53 @@ fn sealed_blobs_from_the_document() {
         .collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]));
     assert!(ids.iter().all(|id| *id < f["next_id"].as_u64().unwrap()));
+}
+
+#[test]
+fn group_messages_from_the_document() {
+    let g = load("group");
+    // The sender is the x3dh vector's Alice.
+    let alice = &load("x3dh")["alice"];
+    let ik_a = ik(alice);
+    assert_eq!(hx(&g["message"]["sender_identity_public"]), ik_a);
+    for name in ["message", "message_after_rotation"] {
+        let m = &g[name];
+        let (epoch, n, ts) = (
+            m["epoch"].as_u64().unwrap() as u32,
+            m["n"].as_u64().unwrap() as u32,
+            m["timestamp"].as_u64().unwrap(),
+        );
+        let gid = hx(&m["group_id"]);
+        let key = hx(&m["group_key"]);
+        let info = [&b"MessageKey"[..], &u64::from(n).to_be_bytes()].concat();
+        let mk: [u8; 32] = hkdf(&[], &key, &info);
+        assert_eq!(mk.to_vec(), hx(&m["message_key"]), "{name}");
+        let okm: [u8; 44] = hkdf(&ik_a, &mk, b"PQ4 group AEAD");
+        assert_eq!(okm[..32].to_vec(), hx(&m["aead_key"]), "{name}");
+        assert_eq!(okm[32..].to_vec(), hx(&m["nonce"]), "{name}");
+        let ad = [&gid[..], &ik_a, &ts.to_be_bytes()].concat();
+        assert_eq!(ad, hx(&m["ad"]), "{name}");
+        let ct = aead_seal(
+            &okm[..32],
+            &okm[32..],
+            &ad,
+            m["plaintext"].as_str().unwrap().as_bytes(),
+        );
+        assert_eq!(ct, hx(&m["ciphertext"]), "{name}");
+        let signed = [&[1u8][..], &epoch.to_be_bytes(), &n.to_be_bytes(), &ad, &ct].concat();
+        let sig = sign(alice, b"PQ4 group message", &signed);
+        assert_eq!(sig, hx(&m["signature"]), "{name}");
+        let msg = Cbor::M(vec![
+            ("gid", Cbor::B(gid)),
+            ("epoch", Cbor::U(epoch.into())),
+            ("from", Cbor::B(ik_a[..57].to_vec())),
+            ("n", Cbor::U(n.into())),
+            ("ts", Cbor::U(ts)),
+            ("ct", Cbor::B(ct)),
+            ("sig", Cbor::B(sig)),
+        ]);
+        assert_eq!(wire(&msg), hx(&m["wire"]), "{name}");
+    }
+    assert_eq!(g["message_after_rotation"]["epoch"], 1);
+    assert_eq!(g["message_after_rotation"]["n"], 2);
 }
