@@ -212,7 +212,8 @@ pub enum HistoryError {
     /// Authentication failed: wrong transfer key, wrong device id, or a tampered blob.
     #[error("history blob failed authentication (wrong key, device or tampered)")]
     Decryption,
-    /// The transfer is older than its validity period.
+    /// The transfer is more than its validity period away from now (expired, or dated ahead
+    /// by a clock that is wrong).
     #[error("history transfer expired")]
     Expired,
     /// The blob could not be decoded.

@@ -17,6 +17,7 @@ use crate::ratchet::RatchetMessage;
 use crate::ratchet::message_key::MessageKey;
 use crate::sealed::{BlobKind, KdfParams, PasswordKey, SealedBlob};
 use crate::x3dh::{self, InitialMessage, SessionSecret};
+use crate::{Fingerprint, HistoryMasterKey, KeyUpdate, SealedHistory};
 use crate::{KeyStore, PreKeyBundle, Session};
 
 fn h(bytes: &[u8]) -> Value {
@@ -255,7 +256,73 @@ fn generate() -> Vec<(&'static str, Value)> {
     ));
     out.push(("sealed", sealed_blobs(salt)));
     out.extend(handshake_without_opk_and_envelopes());
+    out.extend(key_update_fingerprint_history());
     out
+}
+
+/// `key_update.json`, `fingerprint.json`, `history.json`.
+fn key_update_fingerprint_history() -> Vec<(&'static str, Value)> {
+    let mut r = ChaCha20Rng::seed_from_u64(0x5041_3407);
+    let old = KeyStore::generate_with_one_time_prekeys(0, &mut r).unwrap();
+    let (new, update) = KeyUpdate::create_with_one_time_prekeys(old.identity(), 3, &mut r).unwrap();
+    let wire = update.to_bytes();
+    let parsed: ciborium::Value = ciborium::from_reader(&wire[1..]).unwrap();
+    let fields = cbor_json(&parsed);
+    let opk_secrets: Vec<Value> = new
+        .one_time_prekey_ids()
+        .iter()
+        .map(|id| json!({ "id": id, "secret": h(new.one_time_prekey(*id).unwrap().secret().as_bytes()) }))
+        .collect();
+    let key_update = json!({
+        "rng": "ChaCha20Rng::seed_from_u64(0x50413407); old = KeyStore::generate_with_one_time_prekeys(0); KeyUpdate::create_with_one_time_prekeys(old, 3)",
+        "old": store_secrets(&old, None),
+        "new": store_secrets(&new, None),
+        "new_one_time_prekeys": opk_secrets,
+        "transcript": h(&update.transcript_bytes()),
+        "old_sig": fields["old_sig"].clone(),
+        "new_sig": fields["new_sig"].clone(),
+        "wire": h(&wire),
+    });
+
+    let fingerprints: Vec<Value> = [("alice", "alice"), ("zoe\u{308}", "zo\u{eb}")]
+        .iter()
+        .map(|(user_id, nfc)| {
+            let f = Fingerprint::new(user_id, old.identity_public());
+            json!({
+                "user_id": user_id,
+                "user_id_nfc_utf8": h(nfc.as_bytes()),
+                "identity_public": h(&old.identity_public().to_bytes()),
+                "digest": h(f.as_bytes()),
+                "digits": f.to_string(),
+            })
+        })
+        .collect();
+
+    let master = HistoryMasterKey::generate(&mut r);
+    let device_id: [u8; 32] = core::array::from_fn(|i| 0xD0 ^ i as u8);
+    let salt = peek(&r, 32);
+    let at = 1_700_000_005_000;
+    let sealed = SealedHistory::seal(&master, &device_id, b"chat history", at, &mut r).unwrap();
+    let wire = sealed.to_bytes();
+    let parsed: ciborium::Value = ciborium::from_reader(&wire[1..]).unwrap();
+    let salt: [u8; 32] = salt.try_into().unwrap();
+    let history = json!({
+        "rng": "continues the key_update vector's RNG: master key, then salt",
+        "master_key": h(master.as_bytes()),
+        "device_id_new": h(&device_id),
+        "salt": h(&salt),
+        "at": at,
+        "history": "chat history",
+        "temp_key": h(&*master.temp_key(&salt)),
+        "ciphertext": cbor_json(&parsed)["ct"].clone(),
+        "wire": h(&wire),
+        "opens_until": at + crate::history::TRANSFER_VALIDITY_MS,
+    });
+    vec![
+        ("key_update", key_update),
+        ("fingerprint", json!({ "fingerprints": fingerprints })),
+        ("history", history),
+    ]
 }
 
 /// The next group message `g` sends, with every input (`epoch`, `n`, timestamp, key) and

@@ -50,7 +50,7 @@ fn samples() -> Vec<Vec<u8>> {
         g.share().to_bytes().to_vec(),
         update.to_bytes(),
         p.alice.seal(&pk, &mut r).unwrap().to_bytes(),
-        SealedHistory::seal(&history, b"d", b"h", 0, &mut r)
+        SealedHistory::seal(&history, &[7; 32], b"h", 0, &mut r)
             .unwrap()
             .to_bytes(),
         p.alice.identity_public().encode(),

@@ -709,3 +709,125 @@ fn group_messages_from_the_document() {
     assert_eq!(g["message_after_rotation"]["epoch"], 1);
     assert_eq!(g["message_after_rotation"]["n"], 2);
 }
+
+/// The `{id, key, sig}` map of a signed prekey or KEM prekey, signed here.
+fn signed_prekey_map(side: &Value, ctx: &[u8], id: u32, key: &[u8]) -> (Cbor, Vec<u8>) {
+    let sig = sign(side, ctx, &[&id.to_be_bytes()[..], key].concat());
+    let map = Cbor::M(vec![
+        ("id", Cbor::U(id.into())),
+        ("key", Cbor::B(key.to_vec())),
+        ("sig", Cbor::B(sig.clone())),
+    ]);
+    (map, sig)
+}
+
+#[test]
+fn key_update_from_the_document() {
+    let v = load("key_update");
+    let (old, new) = (&v["old"], &v["new"]);
+    let (ik_old, ik_new) = (ik(old), ik(new));
+    let bind_new = sign(new, b"PQ4 identity binding", &ik_new);
+    let spk_id = new["signed_prekey_id"].as_u64().unwrap() as u32;
+    let spk = xpub(&arr(&new["signed_prekey_secret"]));
+    let (spk_map, spk_sig) = signed_prekey_map(new, b"PQ4 signed prekey", spk_id, &spk);
+    let kk_id = new["kem_prekey_id"].as_u64().unwrap() as u32;
+    let dk = DecapsulationKey1024::from_seed(Array::from(arr::<64>(&new["kem_prekey_seed_d_z"])));
+    let kk = dk.encapsulation_key().to_bytes().to_vec();
+    let (kk_map, kk_sig) = signed_prekey_map(new, b"PQ4 KEM prekey", kk_id, &kk);
+    // One-time prekeys by ascending id.
+    let opks: Vec<(u32, [u8; 56])> = v["new_one_time_prekeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["id"].as_u64().unwrap() as u32, xpub(&arr(&o["secret"]))))
+        .collect();
+    assert!(opks.windows(2).all(|w| w[0].0 < w[1].0));
+    let mut t = [&ik_old[..], &ik_new, &bind_new].concat();
+    t.extend_from_slice(&spk_id.to_be_bytes());
+    t.extend_from_slice(&spk);
+    t.extend_from_slice(&spk_sig);
+    t.extend_from_slice(&(opks.len() as u32).to_be_bytes());
+    for (id, key) in &opks {
+        t.extend_from_slice(&id.to_be_bytes());
+        t.extend_from_slice(key);
+    }
+    t.extend_from_slice(&kk_id.to_be_bytes());
+    t.extend_from_slice(&kk);
+    t.extend_from_slice(&kk_sig);
+    assert_eq!(t, hx(&v["transcript"]));
+    let old_sig = sign(old, b"PQ4 key update by old identity", &t);
+    let new_sig = sign(new, b"PQ4 key update by new identity", &t);
+    assert_eq!(old_sig, hx(&v["old_sig"]));
+    assert_eq!(new_sig, hx(&v["new_sig"]));
+    let opk_maps = opks
+        .iter()
+        .map(|(id, key)| {
+            Cbor::M(vec![
+                ("id", Cbor::U((*id).into())),
+                ("key", Cbor::B(key.to_vec())),
+            ])
+        })
+        .collect();
+    let update = Cbor::M(vec![
+        ("old", identity_map(old)),
+        ("new", identity_map(new)),
+        ("spk", spk_map),
+        ("opks", Cbor::A(opk_maps)),
+        ("kk", kk_map),
+        ("old_sig", Cbor::B(old_sig)),
+        ("new_sig", Cbor::B(new_sig)),
+    ]);
+    assert_eq!(wire(&update), hx(&v["wire"]));
+}
+
+#[test]
+fn fingerprints_from_the_document() {
+    let v = load("fingerprint");
+    for f in v["fingerprints"].as_array().unwrap() {
+        let user_id = f["user_id"].as_str().unwrap();
+        let nfc = icu_normalizer::ComposingNormalizerBorrowed::new_nfc().normalize(user_id);
+        assert_eq!(nfc.as_bytes(), hx(&f["user_id_nfc_utf8"]));
+        let mut h = <Sha256 as sha2::Digest>::new();
+        sha2::Digest::update(&mut h, nfc.as_bytes());
+        sha2::Digest::update(&mut h, hx(&f["identity_public"]));
+        let digest: [u8; 32] = sha2::Digest::finalize(h).into();
+        assert_eq!(digest.to_vec(), hx(&f["digest"]), "{user_id}");
+        // i = 0, 1, …, 5: six 5-byte chunks, bytes 30 and 31 unused.
+        let digits: Vec<String> = (0..6)
+            .map(|i| {
+                let v = digest[5 * i..5 * i + 5]
+                    .iter()
+                    .fold(0u64, |acc, b| acc << 8 | u64::from(*b))
+                    % 10_000_000_000;
+                format!("{:05} {:05}", v / 100_000, v % 100_000)
+            })
+            .collect();
+        assert_eq!(digits.join(" "), f["digits"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn history_transfer_from_the_document() {
+    let v = load("history");
+    let (master, salt) = (hx(&v["master_key"]), hx(&v["salt"]));
+    let device_id = hx(&v["device_id_new"]);
+    assert_eq!(device_id.len(), 32);
+    let temp_key: [u8; 32] = hkdf(&salt, &master, b"HistoryTransfer");
+    assert_eq!(temp_key.to_vec(), hx(&v["temp_key"]));
+    let at = v["at"].as_u64().unwrap();
+    let ad = [&[1u8][..], &at.to_be_bytes(), &device_id].concat();
+    let ct = aead_seal(
+        &temp_key,
+        &[0u8; 12],
+        &ad,
+        v["history"].as_str().unwrap().as_bytes(),
+    );
+    assert_eq!(ct, hx(&v["ciphertext"]));
+    let blob = Cbor::M(vec![
+        ("salt", Cbor::B(salt)),
+        ("at", Cbor::U(at)),
+        ("ct", Cbor::B(ct)),
+    ]);
+    assert_eq!(wire(&blob), hx(&v["wire"]));
+    assert_eq!(v["opens_until"].as_u64().unwrap(), at + 3_600_000);
+}
