@@ -257,7 +257,110 @@ fn generate() -> Vec<(&'static str, Value)> {
     out.push(("sealed", sealed_blobs(salt)));
     out.extend(handshake_without_opk_and_envelopes());
     out.extend(key_update_fingerprint_history());
+    out.push(("ratchet_steps", ratchet_steps()));
     out
+}
+
+/// Messages sent and delivered in the `ratchet_steps` scenario.
+struct StepLog {
+    sent: Vec<(String, RatchetMessage, Value)>,
+    deliveries: Vec<Value>,
+}
+
+impl StepLog {
+    /// Sends the next message of `who` ("a" or "b"), named `a0`, `a1`, … in send order.
+    fn send(&mut self, who: &str, session: &mut Session, store: &KeyStore, ts: u64) {
+        let count = self.sent.iter().filter(|m| m.0.starts_with(who)).count();
+        let name = format!("{who}{count}");
+        let mk = session.sending_message_key().unwrap();
+        let text = format!("{name} at {ts}");
+        let m = session
+            .encrypt(store.identity(), ts, text.as_bytes())
+            .unwrap();
+        let mut rec = ratchet_record(&mk, &m);
+        rec["name"] = json!(name);
+        rec["plaintext"] = json!(text);
+        rec["wire"] = h(&m.to_bytes());
+        self.sent.push((name, m, rec));
+    }
+
+    fn message(&self, name: &str) -> &RatchetMessage {
+        &self.sent.iter().find(|m| m.0 == name).unwrap().1
+    }
+
+    /// Delivers a message by name. `draws` is set when the receiver's DH ratchet turns: the
+    /// ratchet secret it draws is recorded there.
+    fn deliver(
+        &mut self,
+        name: &str,
+        to: &mut Session,
+        r: &mut ChaCha20Rng,
+        draws: Option<&mut Vec<Value>>,
+    ) {
+        if let Some(draws) = draws {
+            draws.push(h(&peek(r, 56)));
+        }
+        let (_, m, rec) = self.sent.iter().find(|m| m.0 == name).unwrap();
+        let text = to.decrypt(m, r).unwrap();
+        assert_eq!(&text[..], rec["plaintext"].as_str().unwrap().as_bytes());
+        self.deliveries.push(json!({
+            "message": name,
+            "receiver_skipped_keys_after": to.skipped_keys(),
+        }));
+    }
+}
+
+/// `ratchet_steps.json`: out-of-order delivery with skipped keys, `pn > 0`, and at least two
+/// DH ratchet steps on each side.
+fn ratchet_steps() -> Value {
+    let mut r = ChaCha20Rng::seed_from_u64(0x5041_3408);
+    let alice = KeyStore::generate_with_one_time_prekeys(0, &mut r).unwrap();
+    let mut bob = KeyStore::generate_with_one_time_prekeys(1, &mut r).unwrap();
+    let bundle = bob.bundle(Some(1)).verify().unwrap();
+    let (initial, sa) = x3dh::initiate(alice.identity(), &bundle, &mut r).unwrap();
+    let sb = x3dh::respond(&mut bob, &initial).unwrap();
+    let shared = h(sa.as_bytes());
+    let mut alice_dh = vec![h(&peek(&r, 56))];
+    let mut a = Session::new(sa, &mut r).unwrap();
+    let mut b = Session::new(sb, &mut r).unwrap();
+    let mut bob_dh = Vec::new();
+
+    let mut log = StepLog {
+        sent: Vec::new(),
+        deliveries: Vec::new(),
+    };
+    let t = 1_700_000_006_000;
+    for i in 0..3 {
+        log.send("a", &mut a, &alice, t + i);
+    }
+    log.deliver("a0", &mut b, &mut r, Some(&mut bob_dh));
+    log.deliver("a2", &mut b, &mut r, None);
+    log.send("b", &mut b, &bob, t + 10);
+    log.send("b", &mut b, &bob, t + 11);
+    log.deliver("b1", &mut a, &mut r, Some(&mut alice_dh));
+    log.deliver("b0", &mut a, &mut r, None);
+    log.send("a", &mut a, &alice, t + 20);
+    log.send("a", &mut a, &alice, t + 21);
+    log.deliver("a4", &mut b, &mut r, Some(&mut bob_dh));
+    log.deliver("a1", &mut b, &mut r, None);
+    log.deliver("a3", &mut b, &mut r, None);
+    log.send("b", &mut b, &bob, t + 30);
+    log.deliver("b2", &mut a, &mut r, Some(&mut alice_dh));
+    log.send("a", &mut a, &alice, t + 40);
+    log.deliver("a5", &mut b, &mut r, Some(&mut bob_dh));
+    assert_eq!(log.message("a3").header().pn, 3);
+    assert_eq!(log.message("b2").header().pn, 2);
+    let StepLog { sent, deliveries } = log;
+    json!({
+        "rng": "ChaCha20Rng::seed_from_u64(0x50413408); see kat.rs ratchet_steps",
+        "alice": store_secrets(&alice, None),
+        "bob": store_secrets(&bob, Some(1)),
+        "shared_secret": shared,
+        "alice_ratchet_secrets": alice_dh,
+        "bob_ratchet_secrets": bob_dh,
+        "messages_in_send_order": sent.into_iter().map(|m| m.2).collect::<Vec<_>>(),
+        "delivery_order": deliveries,
+    })
 }
 
 /// `key_update.json`, `fingerprint.json`, `history.json`.

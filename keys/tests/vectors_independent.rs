@@ -831,3 +831,112 @@ fn history_transfer_from_the_document() {
     assert_eq!(wire(&blob), hx(&v["wire"]));
     assert_eq!(v["opens_until"].as_u64().unwrap(), at + 3_600_000);
 }
+
+/// The Double Ratchet run from §6 alone over `ratchet_steps.json`: every chain from the root
+/// chain, every message's header (`pn`, `n`), keys, ciphertext, signature and wire bytes, and
+/// the receivers' skipped-key stores through an out-of-order delivery.
+#[test]
+fn ratchet_steps_from_the_document() {
+    let v = load("ratchet_steps");
+    let (alice, bob) = (&v["alice"], &v["bob"]);
+    let sk = hx(&v["shared_secret"]);
+    let secrets = |side: &str| -> Vec<[u8; 56]> {
+        v[side].as_array().unwrap().iter().map(arr::<56>).collect()
+    };
+    let (a_dh, b_dh) = (
+        secrets("alice_ratchet_secrets"),
+        secrets("bob_ratchet_secrets"),
+    );
+    // At least two DH steps on each side after the start: Alice's first key is her start.
+    assert!(a_dh.len() >= 3 && b_dh.len() >= 2);
+    // The ratchet keys in the order they start sending chains: SPK_B (Bob's start), then
+    // Alice's, Bob's, Alice's, … Chain k is keyed by X448 of keys k and k + 1.
+    let mut keys = vec![arr::<56>(&bob["signed_prekey_secret"])];
+    for i in 0..a_dh.len().max(b_dh.len()) {
+        keys.extend(a_dh.get(i));
+        keys.extend(b_dh.get(i));
+    }
+    let mut rk: Vec<u8> = sk;
+    let mut chains = Vec::new();
+    for k in 0..keys.len() - 1 {
+        let (next, ck) = kdf_rk(&rk, &x(&keys[k + 1], &xpub(&keys[k])));
+        chains.push(ck);
+        rk = next.to_vec();
+    }
+    let pubs: Vec<[u8; 56]> = keys.iter().map(xpub).collect();
+
+    // Each message: its chain from the header's key, n = its place in that chain, pn = the
+    // length of the sender's previous chain (k − 2).
+    let messages = v["messages_in_send_order"].as_array().unwrap();
+    let chain_of = |m: &Value| -> usize {
+        let dh = &hx(&m["header"])[..56];
+        pubs.iter().position(|p| &p[..] == dh).unwrap() - 1
+    };
+    let count_in =
+        |k: usize, upto: usize| messages[..upto].iter().filter(|m| chain_of(m) == k).count() as u32;
+    for (i, m) in messages.iter().enumerate() {
+        let k = chain_of(m);
+        let from_alice = m["name"].as_str().unwrap().starts_with('a');
+        assert_eq!(k % 2 == 0, from_alice, "Alice sends on even chains");
+        let n = count_in(k, i);
+        let pn = if k >= 2 {
+            count_in(k - 2, messages.len())
+        } else {
+            0
+        };
+        let mut ck = chains[k];
+        for _ in 0..n {
+            ck = hmac512(&ck, &[2])[..32].try_into().unwrap();
+        }
+        let (sender, recipient) = if from_alice {
+            (alice, bob)
+        } else {
+            (bob, alice)
+        };
+        let text = m["plaintext"].as_str().unwrap().as_bytes();
+        let msg = ratchet_message(m, &ck, (&pubs[k + 1], pn, n), (sender, recipient), text);
+        assert_eq!(wire(&msg), hx(&m["wire"]), "{}", m["name"]);
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|m| hx(&m["header"])[56..60] != [0, 0, 0, 0]),
+        "pn > 0"
+    );
+
+    // Delivery: a receiver stores the skipped keys of its current receiving chain up to the
+    // header's pn when a new chain starts, and of the new (or current) chain up to n.
+    #[derive(Default)]
+    struct Receiver {
+        chain: Option<usize>,
+        index: u32,
+        skipped: std::collections::BTreeSet<(usize, u32)>,
+    }
+    let mut receivers = [Receiver::default(), Receiver::default()]; // [Alice, Bob]
+    for d in v["delivery_order"].as_array().unwrap() {
+        let name = d["message"].as_str().unwrap();
+        let i = messages.iter().position(|m| m["name"] == name).unwrap();
+        let k = chain_of(&messages[i]);
+        let header = hx(&messages[i]["header"]);
+        let pn = u32::from_be_bytes(header[56..60].try_into().unwrap());
+        let n = count_in(k, i);
+        let to = &mut receivers[if k % 2 == 0 { 1 } else { 0 }];
+        if !to.skipped.remove(&(k, n)) {
+            if to.chain != Some(k) {
+                if let Some(old) = to.chain {
+                    to.skipped.extend((to.index..pn).map(|j| (old, j)));
+                }
+                to.chain = Some(k);
+                to.index = 0;
+            }
+            assert!(n >= to.index, "{name} is not a replay");
+            to.skipped.extend((to.index..n).map(|j| (k, j)));
+            to.index = n + 1;
+        }
+        assert_eq!(
+            to.skipped.len() as u64,
+            d["receiver_skipped_keys_after"].as_u64().unwrap(),
+            "after {name}"
+        );
+    }
+}
