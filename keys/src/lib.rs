@@ -19,7 +19,7 @@
 //! `&mut rand::rng()`.
 //!
 //! ```
-//! use constella_keys::{KeyStore, Session, x3dh};
+//! use constella_keys::{Content, Envelope, KeyStore, Session, x3dh};
 //!
 //! let mut rng = rand::rng();
 //! let alice = KeyStore::generate(&mut rng)?;
@@ -28,10 +28,17 @@
 //! let bundle = bob.bundle(bob.one_time_prekey_ids().first().copied()).verify()?;
 //! let (initial, secret) = x3dh::initiate(alice.identity(), &bundle, &mut rng)?;
 //! let mut a = Session::new(secret, &mut rng)?;
-//! let first = a.encrypt(alice.identity(), 1_700_000_000_000, b"hello")?;
-//! // Bob receives `initial.to_bytes()` and `first.to_bytes()`.
-//! let mut b = Session::new(x3dh::respond(&mut bob, &initial)?, &mut rng)?;
-//! assert_eq!(&b.decrypt(&first, &mut rng)?[..], b"hello");
+//! // Until Bob answers, every envelope Alice sends carries the handshake.
+//! let hello = Content::chat("hello");
+//! let sent = Envelope::seal(&mut a, alice.identity(), Some(&initial), 1_700_000_000_000, &hello)?;
+//! // Bob receives `sent.to_bytes()`.
+//! let got = Envelope::from_bytes(&sent.to_bytes())?;
+//! let handshake = got.initial().expect("first envelope");
+//! let mut b = Session::new(x3dh::respond(&mut bob, handshake)?, &mut rng)?;
+//! match got.open(&mut b, &mut rng)? {
+//!     Content::Chat(text) => assert_eq!(text.as_str(), "hello"),
+//!     other => panic!("unexpected {other:?}"),
+//! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]

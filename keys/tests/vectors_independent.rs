@@ -323,6 +323,96 @@ fn kdf_rk(rk: &[u8], dh_out: &[u8; 56]) -> ([u8; 32], [u8; 32]) {
     (out[..32].try_into().unwrap(), out[32..].try_into().unwrap())
 }
 
+/// The bundle map of a side (§2, §3), its signatures computed here, with the one-time prekey
+/// `(id, public key)` or `null`.
+fn bundle_map(side: &Value, opk: Option<(u32, [u8; 56])>) -> Cbor {
+    let spk_id = side["signed_prekey_id"].as_u64().unwrap() as u32;
+    let spk = xpub(&arr(&side["signed_prekey_secret"]));
+    let kk_id = side["kem_prekey_id"].as_u64().unwrap() as u32;
+    let dk = DecapsulationKey1024::from_seed(Array::from(arr::<64>(&side["kem_prekey_seed_d_z"])));
+    let kk = dk.encapsulation_key().to_bytes().to_vec();
+    let opk = match opk {
+        Some((id, key)) => Cbor::M(vec![
+            ("id", Cbor::U(id.into())),
+            ("key", Cbor::B(key.to_vec())),
+        ]),
+        None => Cbor::Null,
+    };
+    Cbor::M(vec![
+        ("ik", identity_map(side)),
+        (
+            "spk",
+            signed_prekey_map(side, b"PQ4 signed prekey", spk_id, &spk).0,
+        ),
+        ("opk", opk),
+        (
+            "kk",
+            signed_prekey_map(side, b"PQ4 KEM prekey", kk_id, &kk).0,
+        ),
+    ])
+}
+
+#[test]
+fn bundles_initial_message_and_both_ratchet_directions_from_the_document() {
+    // bundle.json: a bundle offering one-time prekey 1.
+    let v = load("bundle");
+    let s = &v["secrets"];
+    let opk = (
+        s["one_time_prekey_id"].as_u64().unwrap() as u32,
+        xpub(&arr(&s["one_time_prekey_secret"])),
+    );
+    assert_eq!(wire(&bundle_map(s, Some(opk))), hx(&v["bundle_wire"]));
+
+    // x3dh.json: the bundle and the initial message, with an OPK.
+    let v = load("x3dh");
+    let (a, b) = (&v["alice"], &v["bob"]);
+    let opk = (
+        b["one_time_prekey_id"].as_u64().unwrap() as u32,
+        xpub(&arr(&b["one_time_prekey_secret"])),
+    );
+    assert_eq!(wire(&bundle_map(b, Some(opk))), hx(&v["bundle_wire"]));
+    let initial = Cbor::M(vec![
+        ("ik", identity_map(a)),
+        ("to", Cbor::B(ik(b))),
+        (
+            "ek",
+            Cbor::B(xpub(&arr(&v["alice_ephemeral_secret"])).to_vec()),
+        ),
+        ("spk", Cbor::U(b["signed_prekey_id"].as_u64().unwrap())),
+        ("opk", Cbor::U(opk.0.into())),
+        ("kk", Cbor::U(b["kem_prekey_id"].as_u64().unwrap())),
+        ("ct", Cbor::B(hx(&v["kem_ciphertext"]))),
+    ]);
+    assert_eq!(wire(&initial), hx(&v["initial_message_wire"]));
+
+    // ratchet.json, both directions: Alice's first chain, then Bob's after his first step.
+    let r = load("ratchet");
+    let sk = hx(&r["shared_secret"]);
+    let spk_b = xpub(&arr(&b["signed_prekey_secret"]));
+    let dh_a: [u8; 56] = arr(&r["alice_first_ratchet_secret"]);
+    let dh_b: [u8; 56] = arr(&r["bob_first_ratchet_secret"]);
+    let (rk1, ck_a) = kdf_rk(&sk, &x(&dh_a, &spk_b));
+    let (_, ck_b) = kdf_rk(&rk1, &x(&dh_b, &xpub(&dh_a)));
+    for (list, ck0, dh, (sender, recipient)) in [
+        ("alice_to_bob", ck_a, xpub(&dh_a), (a, b)),
+        ("bob_to_alice", ck_b, xpub(&dh_b), (b, a)),
+    ] {
+        let mut ck = ck0;
+        for (n, m) in r[list].as_array().unwrap().iter().enumerate() {
+            // ratchet.json predates the aead_key/nonce fields: derive them from MK here.
+            let (mk, key, nonce) = message_keys(&ck);
+            let mut m = m.clone();
+            assert_eq!(hx(&m["message_key"]), mk.to_vec(), "{list} {n}: MK");
+            m["aead_key"] = Value::String(hex::encode(key));
+            m["nonce"] = Value::String(hex::encode(nonce));
+            let text = m["plaintext"].as_str().unwrap().as_bytes().to_vec();
+            let msg = ratchet_message(&m, &ck, (&dh, 0, n as u32), (sender, recipient), &text);
+            assert_eq!(wire(&msg), hx(&m["wire"]), "{list} {n}");
+            ck = hmac512(&ck, &[2])[..32].try_into().unwrap();
+        }
+    }
+}
+
 /// The handshake without a one-time prekey: no DH4, no OPK in the info, `opk: null` on the
 /// wire — and the bundle and initial message re-encoded by hand.
 fn handshake_without_opk() -> (Value, Cbor) {
@@ -335,40 +425,7 @@ fn handshake_without_opk() -> (Value, Cbor) {
     let kk_id = b["kem_prekey_id"].as_u64().unwrap() as u32;
     let dk = DecapsulationKey1024::from_seed(Array::from(arr::<64>(&b["kem_prekey_seed_d_z"])));
     let kk_b = dk.encapsulation_key().to_bytes().to_vec();
-    let bundle = Cbor::M(vec![
-        ("ik", identity_map(b)),
-        (
-            "spk",
-            Cbor::M(vec![
-                ("id", Cbor::U(spk_id.into())),
-                ("key", Cbor::B(spk_b.to_vec())),
-                (
-                    "sig",
-                    Cbor::B(sign(
-                        b,
-                        b"PQ4 signed prekey",
-                        &[&spk_id.to_be_bytes()[..], &spk_b].concat(),
-                    )),
-                ),
-            ]),
-        ),
-        ("opk", Cbor::Null),
-        (
-            "kk",
-            Cbor::M(vec![
-                ("id", Cbor::U(kk_id.into())),
-                ("key", Cbor::B(kk_b.clone())),
-                (
-                    "sig",
-                    Cbor::B(sign(
-                        b,
-                        b"PQ4 KEM prekey",
-                        &[&kk_id.to_be_bytes()[..], &kk_b].concat(),
-                    )),
-                ),
-            ]),
-        ),
-    ]);
+    let bundle = bundle_map(b, None);
     assert_eq!(wire(&bundle), hx(&v["bundle_wire"]));
 
     let ek_secret: [u8; 56] = arr(&v["alice_ephemeral_secret"]);
