@@ -396,12 +396,12 @@ fn unlock(c: &mut Criterion) {
     g.sample_size(10);
     let mut r = rng();
     let store = KeyStore::generate(&mut r).unwrap();
-    let key = PasswordKey::generate(b"password", KdfParams::PRODUCTION, &mut r).unwrap();
+    let key = PasswordKey::generate("password", KdfParams::PRODUCTION, &mut r).unwrap();
     let blob = store.seal(&key, &mut r).unwrap().to_bytes();
     g.bench_function("pq4", |bn| {
         bn.iter(|| {
             let blob = SealedBlob::from_bytes(&blob).unwrap();
-            let k = blob.unlock(b"password", &KdfParams::PRODUCTION).unwrap();
+            let k = blob.unlock("password", &KdfParams::PRODUCTION).unwrap();
             black_box(KeyStore::open(&blob, &k).unwrap())
         })
     });

@@ -26,7 +26,7 @@ pub struct PreKeyBundle {
     #[serde(rename = "spk")]
     pub signed_prekey: SignedPreKeyPublic,
     /// An optional one-time prekey.
-    #[serde(rename = "opk")]
+    #[serde(rename = "opk", deserialize_with = "wire::nullable::deserialize")]
     pub one_time_prekey: Option<OneTimePreKeyPublic>,
     /// The signed ML-KEM-1024 prekey. Not optional: a bundle without it is malformed.
     #[serde(rename = "kk")]

@@ -19,9 +19,18 @@ pub enum DecodeError {
     /// The message carries a protocol version this implementation does not speak.
     #[error("unsupported protocol version {0}")]
     UnsupportedVersion(u8),
-    /// A field holds bytes that are not a valid public key or signature encoding.
+    /// The CBOR is well formed but outside PQ4's strict subset (non-shortest integer,
+    /// indefinite length, tag, …); the payload names what was found.
+    #[error("non-canonical encoding: {0}")]
+    Noncanonical(&'static str),
+    /// A field holds bytes that are not a valid public key or signature encoding, or that
+    /// contradict another field.
     #[error("invalid encoding in field `{0}`")]
     InvalidField(&'static str),
+    /// A message plaintext names a content type this version does not know (perhaps sent by a
+    /// newer client).
+    #[error("unknown content type {0}")]
+    UnknownContentType(u8),
 }
 
 /// A key, signature or Diffie-Hellman result was rejected.
@@ -127,6 +136,20 @@ pub enum RatchetError {
     Encrypt,
 }
 
+/// Sealing or opening an envelope failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum EnvelopeError {
+    /// The ratchet refused the message (signature, replay, authentication, …).
+    #[error(transparent)]
+    Ratchet(#[from] RatchetError),
+    /// The message decrypted but its content does not decode; the message is consumed.
+    #[error("message content: {0}")]
+    Content(#[from] DecodeError),
+    /// The session passed is not the one with the envelope's sender.
+    #[error("envelope is from another identity than the session's peer")]
+    WrongSession,
+}
+
 /// A group operation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum GroupError {
@@ -151,6 +174,10 @@ pub enum GroupError {
     /// The current key is due for rotation (message or age limit); rotate before sending.
     #[error("group key must be rotated before sending")]
     RotationRequired,
+    /// The key share is older than the previous epoch: it can neither become the current key
+    /// nor be needed to read messages still in flight.
+    #[error("group key share for epoch {0} is stale")]
+    StaleShare(u32),
     /// The message number is beyond the per-key limit.
     #[error("message number beyond the per-key limit")]
     MessageNumberOutOfRange,
@@ -185,7 +212,8 @@ pub enum HistoryError {
     /// Authentication failed: wrong transfer key, wrong device id, or a tampered blob.
     #[error("history blob failed authentication (wrong key, device or tampered)")]
     Decryption,
-    /// The transfer is older than its validity period.
+    /// The transfer is more than its validity period away from now (expired, or dated ahead
+    /// by a clock that is wrong).
     #[error("history transfer expired")]
     Expired,
     /// The blob could not be decoded.

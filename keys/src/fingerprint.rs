@@ -9,16 +9,19 @@ use core::fmt;
 use subtle::ConstantTimeEq;
 
 use crate::identity::IdentityPublicKey;
-use crate::primitives::sha256;
+use crate::primitives::{nfc, sha256};
 
 /// A 32-byte identity fingerprint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
-    /// `SHA-256(UTF-8(user_id) ‖ ed448 public ‖ x448 public)`.
+    /// `SHA-256(UTF-8(NFC(user_id)) ‖ ed448 public ‖ x448 public)`. `user_id` is the
+    /// account's username as the messaging service registered it (the `name` in `@name`);
+    /// it is normalised to NFC like a password, so both sides compute the same digits however
+    /// their systems compose the name.
     pub fn new(user_id: &str, identity: &IdentityPublicKey) -> Self {
-        Self(sha256(&[user_id.as_bytes(), &identity.to_bytes()]))
+        Self(sha256(&[nfc(user_id).as_bytes(), &identity.to_bytes()]))
     }
 
     /// The raw digest.
@@ -26,8 +29,9 @@ impl Fingerprint {
         &self.0
     }
 
-    /// 60 digits in 12 groups of 5: bytes `5i..5i+5` (i = 0..6) as a big-endian 40-bit
-    /// integer, reduced mod 10^10 and written as 10 zero-padded digits (two groups).
+    /// 60 digits in 12 groups of 5: for i = 0, 1, …, 5 (six chunks; bytes 30 and 31 are not
+    /// shown), bytes `5i..5i+5` as a big-endian 40-bit integer, reduced mod 10^10 and written
+    /// as 10 zero-padded digits (two groups).
     pub fn digits(&self) -> String {
         let mut groups = Vec::with_capacity(12);
         for chunk in self.0[..30].chunks_exact(5) {

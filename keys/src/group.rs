@@ -14,13 +14,19 @@
 //! after that [`GroupSession::encrypt`] refuses until the key is rotated. Removing or adding a
 //! member always rotates, and a new key is only ever sent through each remaining member's
 //! pairwise [`crate::Session`], so a removed member cannot read anything under it.
+//!
+//! Two members rotating to the same epoch at once are resolved by the distributors' Ed448
+//! keys (the smaller wins), so every member settles on one key; replaced and losing keys are
+//! kept for receiving ([`MAX_RETIRED_KEYS`]) so messages in flight under them still open.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+use crate::envelope::ContentType;
 use crate::error::{DecodeError, GroupError, RatchetError, SealError};
 use crate::identity::{
     IdentityKeyPair, IdentityPublicKey, IdentityWire, SIGNATURE_LEN, SIGNING_PUBLIC_LEN, ctx,
@@ -34,6 +40,9 @@ use crate::{PROTOCOL_VERSION, wire};
 pub const MAX_MESSAGES_PER_KEY: u32 = 100;
 /// Longest life of a group key: 7 days, in milliseconds.
 pub const MAX_KEY_AGE_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+/// Retired keys kept for receiving (the replaced key of the previous epoch, shares that lost a
+/// concurrent rotation); beyond it the oldest is dropped.
+pub const MAX_RETIRED_KEYS: usize = 4;
 /// Largest group message accepted by the decoder.
 pub const MAX_GROUP_MESSAGE_LEN: usize = crate::ratchet::MAX_WIRE_LEN;
 /// Largest key share accepted by the decoder (enough for about 200 members).
@@ -48,7 +57,11 @@ pub fn message_key(group_key: &[u8; 32], message_number: u64) -> Zeroizing<[u8; 
     )
 }
 
-fn aead_parts(group_key: &[u8; 32], n: u32, sender: &[u8]) -> (Zeroizing<[u8; 32]>, [u8; 12]) {
+pub(crate) fn aead_parts(
+    group_key: &[u8; 32],
+    n: u32,
+    sender: &[u8],
+) -> (Zeroizing<[u8; 32]>, [u8; 12]) {
     let mk = message_key(group_key, u64::from(n));
     let okm = hkdf_sha512::<44>(sender, mk.as_slice(), &[b"PQ4 group AEAD"]);
     let mut key = Zeroizing::new([0u8; 32]);
@@ -158,34 +171,69 @@ impl GroupKeyShare {
         self.epoch
     }
 
-    /// Encrypts the share for one member through our pairwise session with them.
+    /// Encrypts the share for one member through our pairwise session with them, as content
+    /// of type [`ContentType::GroupKeyShare`], so the receiver cannot mistake it for a chat
+    /// message (decode the plaintext with [`crate::Content::from_bytes`]).
     pub fn wrap(
         &self,
         session: &mut Session,
         identity: &IdentityKeyPair,
         now_ms: u64,
     ) -> Result<RatchetMessage, RatchetError> {
-        session.encrypt(identity, now_ms, &self.to_bytes())
+        let content = crate::envelope::encode(ContentType::GroupKeyShare, &self.to_bytes());
+        session.encrypt(identity, now_ms, &content)
     }
 
     fn verified_members(&self) -> Result<Vec<IdentityPublicKey>, GroupError> {
-        self.members
+        let members = self
+            .members
             .iter()
             .map(|m| m.verify().map_err(|_| GroupError::Membership))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        check_unique_signers(&members)?;
+        Ok(members)
     }
 }
 
-/// Our view of one group: the current key, members, counters and replay state.
+/// Per sender (Ed448 key), the message numbers received under one key.
+type Seen = BTreeMap<[u8; SIGNING_PUBLIC_LEN], BTreeSet<u32>>;
+
+/// A key we no longer send with but still accept messages under: the key an install replaced
+/// (messages sent under it may still be in flight) or a share that lost a concurrent rotation
+/// to the same epoch (its distributor's messages under it may reach us).
+struct RetiredKey {
+    epoch: u32,
+    key: Zeroizing<[u8; 32]>,
+    seen: Seen,
+}
+
+/// What [`GroupSession::apply`] did with a share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShareOutcome {
+    /// The share's key is now the current key.
+    Installed,
+    /// The share is the current key already (delivered twice).
+    AlreadyCurrent,
+    /// The share lost to the current key (an older epoch, or the same epoch from a member
+    /// with a larger Ed448 key); its key is kept to receive messages sent under it.
+    KeptForReceiving,
+}
+
+/// Our view of one group: the current key, members, counters and replay state, and the
+/// retired keys still accepted for receiving.
 pub struct GroupSession {
     group_id: [u8; 32],
     epoch: u32,
     key: Zeroizing<[u8; 32]>,
     created_at: u64,
+    /// Ed448 key of the member whose share installed the current key (ours after `create` or
+    /// `rotate`): the tie-break between two rotations to the same epoch.
+    rotated_by: [u8; SIGNING_PUBLIC_LEN],
     own: IdentityPublicKey,
     members: Vec<IdentityPublicKey>,
     sent: u32,
-    seen: BTreeMap<[u8; SIGNING_PUBLIC_LEN], BTreeSet<u32>>,
+    seen: Seen,
+    retired: VecDeque<RetiredKey>,
 }
 
 impl core::fmt::Debug for GroupSession {
@@ -193,12 +241,26 @@ impl core::fmt::Debug for GroupSession {
         f.debug_struct("GroupSession")
             .field("epoch", &self.epoch)
             .field("members", &self.members.len())
+            .field("retired", &self.retired.len())
             .finish_non_exhaustive()
     }
 }
 
-// The only secret field, `key`, is `Zeroizing`.
+// The secret fields, `key` and the retired keys, are `Zeroizing`.
 impl ZeroizeOnDrop for GroupSession {}
+
+/// Refuses a member list in which two identities share an Ed448 key: messages name their
+/// sender by Ed448 key alone (`from`), which must find exactly one member.
+fn check_unique_signers(members: &[IdentityPublicKey]) -> Result<(), GroupError> {
+    let signers: BTreeSet<_> = members
+        .iter()
+        .map(IdentityPublicKey::signing_key_bytes)
+        .collect();
+    if signers.len() != members.len() {
+        return Err(GroupError::Membership);
+    }
+    Ok(())
+}
 
 impl GroupSession {
     /// Creates a group with us and `others` as members.
@@ -212,22 +274,19 @@ impl GroupSession {
         rng.fill_bytes(&mut group_id);
         let mut key = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(key.as_mut_slice());
-        let mut members = vec![own.clone()];
-        for m in others {
-            if members.contains(m) {
-                return Err(GroupError::Membership);
-            }
-            members.push(m.clone());
-        }
+        let members: Vec<_> = core::iter::once(own).chain(others).cloned().collect();
+        check_unique_signers(&members)?;
         Ok(Self {
             group_id,
             epoch: 0,
             key,
             created_at: now_ms,
+            rotated_by: own.signing_key_bytes(),
             own: own.clone(),
             members,
             sent: 0,
             seen: BTreeMap::new(),
+            retired: VecDeque::new(),
         })
     }
 
@@ -246,35 +305,76 @@ impl GroupSession {
             epoch: share.epoch,
             key: Zeroizing::new(share.key),
             created_at: share.at,
+            rotated_by: from.signing_key_bytes(),
             own: own.clone(),
             members,
             sent: 0,
             seen: BTreeMap::new(),
+            retired: VecDeque::new(),
         })
     }
 
-    /// Applies a rotated key received from the member `from`. Refused if `from` is not a
-    /// current member, the epoch does not move forward, or we are no longer a member.
+    /// Applies a share received from the member `from` through our pairwise session.
+    ///
+    /// Refused, with nothing changed: another group's share (`WrongGroup`), a sender that is
+    /// not a current member (`NotAMember`), a member list without us or with two identities
+    /// sharing an Ed448 key (`Membership`), a share older than the previous epoch
+    /// (`StaleShare`). Otherwise the share becomes the current key if its epoch is higher, or
+    /// equal with a distributor whose Ed448 key is smaller than the current one's (so members
+    /// that see two rotations to one epoch in any order agree on the same key); the key it
+    /// replaces, or a share that loses, is kept for receiving only.
     pub fn apply(
         &mut self,
         share: &GroupKeyShare,
         from: &IdentityPublicKey,
-    ) -> Result<(), GroupError> {
+    ) -> Result<ShareOutcome, GroupError> {
         if share.gid != self.group_id {
             return Err(GroupError::WrongGroup);
         }
         if !self.members.contains(from) {
             return Err(GroupError::NotAMember);
         }
-        if share.epoch <= self.epoch {
-            return Err(GroupError::UnknownEpoch(share.epoch));
+        if share.epoch.saturating_add(1) < self.epoch {
+            return Err(GroupError::StaleShare(share.epoch));
         }
         let members = share.verified_members()?;
         if !members.contains(&self.own) {
             return Err(GroupError::Membership);
         }
-        self.install(share.epoch, Zeroizing::new(share.key), share.at, members);
-        Ok(())
+        let same_key: bool = share.key.ct_eq(&*self.key).into();
+        if share.epoch == self.epoch && same_key {
+            return Ok(ShareOutcome::AlreadyCurrent);
+        }
+        let by = from.signing_key_bytes();
+        let wins = share.epoch > self.epoch || (share.epoch == self.epoch && by < self.rotated_by);
+        if wins {
+            self.install(
+                share.epoch,
+                Zeroizing::new(share.key),
+                share.at,
+                members,
+                by,
+            );
+            return Ok(ShareOutcome::Installed);
+        }
+        self.retire(share.epoch, Zeroizing::new(share.key), BTreeMap::new());
+        Ok(ShareOutcome::KeptForReceiving)
+    }
+
+    /// Keeps a key for receiving, newest last, unless it is already known; at most
+    /// [`MAX_RETIRED_KEYS`], the oldest evicted.
+    fn retire(&mut self, epoch: u32, key: Zeroizing<[u8; 32]>, seen: Seen) {
+        let known = self
+            .retired
+            .iter()
+            .any(|k| k.epoch == epoch && bool::from(k.key.ct_eq(&*key)));
+        if known {
+            return;
+        }
+        self.retired.push_back(RetiredKey { epoch, key, seen });
+        while self.retired.len() > MAX_RETIRED_KEYS {
+            self.retired.pop_front();
+        }
     }
 
     fn install(
@@ -283,13 +383,16 @@ impl GroupSession {
         key: Zeroizing<[u8; 32]>,
         at: u64,
         members: Vec<IdentityPublicKey>,
+        rotated_by: [u8; SIGNING_PUBLIC_LEN],
     ) {
+        let old_key = core::mem::replace(&mut self.key, key);
+        let old_seen = core::mem::take(&mut self.seen);
+        self.retire(self.epoch, old_key, old_seen);
         self.epoch = epoch;
-        self.key = key;
         self.created_at = at;
         self.members = members;
+        self.rotated_by = rotated_by;
         self.sent = 0;
-        self.seen.clear();
     }
 
     /// The group id.
@@ -322,8 +425,8 @@ impl GroupSession {
         }
     }
 
-    /// True when we have sent [`MAX_MESSAGES_PER_KEY`] messages under the current key or it is
-    /// [`MAX_KEY_AGE_MS`] old.
+    /// True when we have sent [`MAX_MESSAGES_PER_KEY`] messages under the current key or
+    /// `now_ms ≥ at + MAX_KEY_AGE_MS` (a clock behind `at` counts as age 0).
     pub fn needs_rotation(&self, now_ms: u64) -> bool {
         self.sent >= MAX_MESSAGES_PER_KEY
             || now_ms.saturating_sub(self.created_at) >= MAX_KEY_AGE_MS
@@ -342,7 +445,8 @@ impl GroupSession {
         let mut key = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(key.as_mut_slice());
         let members = self.members.clone();
-        self.install(epoch, key, now_ms, members);
+        let own = self.own.signing_key_bytes();
+        self.install(epoch, key, now_ms, members, own);
         Ok(self.share())
     }
 
@@ -368,10 +472,10 @@ impl GroupSession {
         now_ms: u64,
         rng: &mut impl CryptoRng,
     ) -> Result<GroupKeyShare, GroupError> {
-        if self.members.contains(member) {
-            return Err(GroupError::Membership);
-        }
-        self.members.push(member.clone());
+        let mut members = self.members.clone();
+        members.push(member.clone());
+        check_unique_signers(&members)?;
+        self.members = members;
         self.rotate(now_ms, rng)
     }
 
@@ -413,15 +517,17 @@ impl GroupSession {
     }
 
     /// Verifies and decrypts a group message; returns the sender and the plaintext.
+    ///
+    /// The sender must be a current member (a removed member is refused at once, under any
+    /// key); the message may be under the current key or a retired one of its epoch. The key
+    /// age is not checked here: timestamps are the sender's, and a message queued for days
+    /// must still open.
     pub fn decrypt(
         &mut self,
         msg: &GroupMessage,
     ) -> Result<(IdentityPublicKey, Zeroizing<Vec<u8>>), GroupError> {
         if msg.gid != self.group_id {
             return Err(GroupError::WrongGroup);
-        }
-        if msg.epoch != self.epoch {
-            return Err(GroupError::UnknownEpoch(msg.epoch));
         }
         let sender = self
             .members
@@ -431,6 +537,17 @@ impl GroupSession {
             .clone();
         if msg.n >= MAX_MESSAGES_PER_KEY {
             return Err(GroupError::MessageNumberOutOfRange);
+        }
+        let current = (msg.epoch == self.epoch).then_some((&self.key, &mut self.seen));
+        let retired = self
+            .retired
+            .iter_mut()
+            .rev()
+            .filter(|k| k.epoch == msg.epoch)
+            .map(|k| (&k.key, &mut k.seen));
+        let mut candidates = current.into_iter().chain(retired).peekable();
+        if candidates.peek().is_none() {
+            return Err(GroupError::UnknownEpoch(msg.epoch));
         }
         let ad = associated_data(&self.group_id, &sender, msg.ts);
         let head = msg.signed_head();
@@ -442,14 +559,17 @@ impl GroupSession {
                 "group message",
             )
             .map_err(|_| GroupError::BadSignature)?;
-        if self.seen.get(&msg.from).is_some_and(|s| s.contains(&msg.n)) {
-            return Err(GroupError::Duplicate);
+        let sender_ik = sender.to_bytes();
+        for (key, seen) in candidates {
+            let (aead_key, nonce) = aead_parts(key, msg.n, &sender_ik);
+            if let Ok(plaintext) = aead_open(&aead_key, &nonce, &ad, &msg.ct) {
+                if !seen.entry(msg.from).or_default().insert(msg.n) {
+                    return Err(GroupError::Duplicate);
+                }
+                return Ok((sender, plaintext));
+            }
         }
-        let (key, nonce) = aead_parts(&self.key, msg.n, &sender.to_bytes());
-        let plaintext =
-            aead_open(&key, &nonce, &ad, &msg.ct).map_err(|_| GroupError::Decryption)?;
-        self.seen.entry(msg.from).or_default().insert(msg.n);
-        Ok((sender, plaintext))
+        Err(GroupError::Decryption)
     }
 
     /// Seals the group state for storage.
@@ -461,19 +581,22 @@ impl GroupSession {
         let stored = StoredGroup {
             share: self.share(),
             own: self.own.to_wire(),
+            by: self.rotated_by,
             sent: self.sent,
-            seen: self
-                .seen
+            seen: stored_seen(&self.seen),
+            retired: self
+                .retired
                 .iter()
-                .map(|(from, ns)| StoredSeen {
-                    from: *from,
-                    n: ns.iter().copied().collect(),
+                .map(|k| StoredRetired {
+                    epoch: k.epoch,
+                    key: *k.key,
+                    seen: stored_seen(&k.seen),
                 })
                 .collect(),
         };
         let bytes = Zeroizing::new(wire::encode_with_capacity(
             &stored,
-            1024 + self.members.len() * 900,
+            1024 + self.members.len() * 900 + (self.retired.len() + 1) * 8192,
         ));
         SealedBlob::seal(key, BlobKind::Group, &bytes, rng)
     }
@@ -489,19 +612,36 @@ impl GroupSession {
             .map(IdentityWire::trusted)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| SealError::Contents)?;
+        let own = s.own.trusted().map_err(|_| SealError::Contents)?;
+        let retired = s
+            .retired
+            .iter()
+            .map(|k| {
+                Ok(RetiredKey {
+                    epoch: k.epoch,
+                    key: Zeroizing::new(k.key),
+                    seen: seen_from_stored(&k.seen)?,
+                })
+            })
+            .collect::<Result<VecDeque<_>, SealError>>()?;
+        if s.sent > MAX_MESSAGES_PER_KEY
+            || retired.len() > MAX_RETIRED_KEYS
+            || !members.contains(&own)
+            || check_unique_signers(&members).is_err()
+        {
+            return Err(SealError::Contents);
+        }
         Ok(Self {
             group_id: s.share.gid,
             epoch: s.share.epoch,
             key: Zeroizing::new(s.share.key),
             created_at: s.share.at,
-            own: s.own.trusted().map_err(|_| SealError::Contents)?,
+            rotated_by: s.by,
+            own,
             members,
             sent: s.sent,
-            seen: s
-                .seen
-                .iter()
-                .map(|e| (e.from, e.n.iter().copied().collect()))
-                .collect(),
+            seen: seen_from_stored(&s.seen)?,
+            retired,
         })
     }
 
@@ -511,12 +651,50 @@ impl GroupSession {
     }
 }
 
+fn stored_seen(seen: &Seen) -> Vec<StoredSeen> {
+    seen.iter()
+        .map(|(from, ns)| StoredSeen {
+            from: *from,
+            n: ns.iter().copied().collect(),
+        })
+        .collect()
+}
+
+/// `seen` lists senders by ascending Ed448 key and, for each, ascending numbers below the
+/// per-key limit; anything else is not a state this code writes.
+fn seen_from_stored(stored: &[StoredSeen]) -> Result<Seen, SealError> {
+    let senders_ascending = stored.windows(2).all(|w| w[0].from < w[1].from);
+    let numbers_ascending = stored.iter().all(|e| {
+        e.n.windows(2).all(|w| w[0] < w[1]) && e.n.last().is_none_or(|n| *n < MAX_MESSAGES_PER_KEY)
+    });
+    if !senders_ascending || !numbers_ascending {
+        return Err(SealError::Contents);
+    }
+    Ok(stored
+        .iter()
+        .map(|e| (e.from, e.n.iter().copied().collect()))
+        .collect())
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoredGroup {
     share: GroupKeyShare,
     own: IdentityWire,
+    #[serde(with = "wire::fixed")]
+    by: [u8; SIGNING_PUBLIC_LEN],
     sent: u32,
+    seen: Vec<StoredSeen>,
+    retired: Vec<StoredRetired>,
+}
+
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+#[serde(deny_unknown_fields)]
+struct StoredRetired {
+    epoch: u32,
+    #[serde(with = "wire::fixed")]
+    key: [u8; 32],
+    #[zeroize(skip)]
     seen: Vec<StoredSeen>,
 }
 
@@ -534,6 +712,38 @@ mod tests {
     use crate::KeyStore;
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
+
+    /// `from` names a member by Ed448 key alone, so a member list in which two identities
+    /// share one (the same signing key bound to two X448 keys) is refused everywhere.
+    #[test]
+    fn two_identities_with_one_signing_key_are_refused() {
+        let mut r = ChaCha20Rng::seed_from_u64(41);
+        let a = KeyStore::generate_with_one_time_prekeys(0, &mut r).unwrap();
+        let seed = [3u8; 57];
+        let twin1 = IdentityKeyPair::from_secret_parts(&seed, &[4u8; 56]).unwrap();
+        let twin2 = IdentityKeyPair::from_secret_parts(&seed, &[5u8; 56]).unwrap();
+        assert_ne!(twin1.public(), twin2.public());
+        let (t1, t2) = (twin1.public().clone(), twin2.public().clone());
+        assert_eq!(
+            GroupSession::create(a.identity_public(), &[t1.clone(), t2.clone()], 0, &mut r)
+                .unwrap_err(),
+            GroupError::Membership
+        );
+        let mut g =
+            GroupSession::create(a.identity_public(), core::slice::from_ref(&t1), 0, &mut r)
+                .unwrap();
+        assert_eq!(
+            g.add_member(&t2, 1, &mut r).unwrap_err(),
+            GroupError::Membership
+        );
+        assert_eq!(g.epoch(), 0, "a refused add changes nothing");
+        let mut share = g.share();
+        share.members.push(t2.to_wire());
+        assert_eq!(
+            GroupSession::join(&share, &t1, a.identity_public()).unwrap_err(),
+            GroupError::Membership
+        );
+    }
 
     /// Even told the new epoch number, a removed member's old key cannot open new messages.
     #[test]

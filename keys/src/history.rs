@@ -3,8 +3,13 @@
 //! `temp_key = HKDF-SHA512(salt = random_salt (32), ikm = master_key, info = "HistoryTransfer")`;
 //! the history is sealed with ChaCha20-Poly1305 under `temp_key` (nonce zero: `temp_key` is
 //! fresh for every transfer because the salt is), with
-//! `AD = version ‖ created_at (u64 BE, ms) ‖ new device id`. A blob opened with another device
-//! id, or after [`TRANSFER_VALIDITY_MS`], is refused.
+//! `AD = version ‖ created_at (u64 BE, ms) ‖ new device id (32)`. A blob opened with another
+//! device id, or more than [`TRANSFER_VALIDITY_MS`] away from its creation time (later, or
+//! earlier: a sender's clock far ahead must not stretch the window), is refused.
+//!
+//! The master key is 32 random bytes the old device draws for one transfer
+//! ([`HistoryMasterKey::generate`]); it is never derived from the password or the identity,
+//! and reaches the new device out of band (a QR code) or inside their pairwise session.
 
 use core::fmt;
 
@@ -16,8 +21,12 @@ use crate::error::HistoryError;
 use crate::primitives::{aead_open, aead_seal, hkdf_sha512};
 use crate::{PROTOCOL_VERSION, wire};
 
-/// How long a transfer stays valid (one hour, as the seed suggests).
+/// How long a transfer stays valid (one hour, as the seed suggests): it opens while
+/// `at − 1 h ≤ now ≤ at + 1 h`.
 pub const TRANSFER_VALIDITY_MS: u64 = 60 * 60 * 1000;
+/// Length of a device id: 32 random bytes a device draws once, when its data directory is
+/// set up, and keeps there.
+pub const DEVICE_ID_LEN: usize = 32;
 /// Largest sealed history accepted by the decoder (256 MiB).
 pub const MAX_HISTORY_LEN: usize = 256 * 1024 * 1024;
 
@@ -47,7 +56,7 @@ impl HistoryMasterKey {
         &self.0
     }
 
-    fn temp_key(&self, salt: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+    pub(crate) fn temp_key(&self, salt: &[u8; 32]) -> Zeroizing<[u8; 32]> {
         hkdf_sha512::<32>(salt, &self.0, &[b"HistoryTransfer"])
     }
 }
@@ -63,7 +72,7 @@ pub struct SealedHistory {
     ct: Vec<u8>,
 }
 
-fn associated_data(created_at: u64, device_id: &[u8]) -> Vec<u8> {
+fn associated_data(created_at: u64, device_id: &[u8; DEVICE_ID_LEN]) -> Vec<u8> {
     [
         &[PROTOCOL_VERSION][..],
         &created_at.to_be_bytes(),
@@ -76,7 +85,7 @@ impl SealedHistory {
     /// Seals `history` for the device `device_id`, at time `now_ms`.
     pub fn seal(
         master: &HistoryMasterKey,
-        device_id: &[u8],
+        device_id: &[u8; DEVICE_ID_LEN],
         history: &[u8],
         now_ms: u64,
         rng: &mut impl CryptoRng,
@@ -102,10 +111,10 @@ impl SealedHistory {
     pub fn open(
         &self,
         master: &HistoryMasterKey,
-        device_id: &[u8],
+        device_id: &[u8; DEVICE_ID_LEN],
         now_ms: u64,
     ) -> Result<Zeroizing<Vec<u8>>, HistoryError> {
-        if now_ms.saturating_sub(self.at) > TRANSFER_VALIDITY_MS {
+        if now_ms.abs_diff(self.at) > TRANSFER_VALIDITY_MS {
             return Err(HistoryError::Expired);
         }
         let key = master.temp_key(&self.salt);

@@ -8,7 +8,9 @@
 
 use core::fmt;
 
-use ed448_goldilocks_plus::{Signature, SigningKey, VerifyingKey, x448};
+use ed448_goldilocks_plus::{
+    CompressedEdwardsY, EdwardsPoint, Signature, SigningKey, VerifyingKey, x448,
+};
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -125,7 +127,32 @@ fn sign_with(
         .map_err(|_| KeyError::Encoding)
 }
 
-/// Verifies an Ed448 signature made with [`IdentityKeyPair::sign`].
+/// True if `bytes` is the canonical encoding of a point of the prime-order subgroup.
+///
+/// `ed448-goldilocks-plus` 0.18 decodes the y coordinate modulo p and ignores the low seven
+/// bits of the last byte, so several byte strings decode to one point; RFC 8032 §5.2.3 refuses
+/// all but one. Re-encoding and comparing restores that rule (its `decompress` already refuses
+/// points off the curve and points with a torsion component).
+fn is_canonical_point(bytes: &[u8; SIGNING_PUBLIC_LEN]) -> bool {
+    Option::<EdwardsPoint>::from(CompressedEdwardsY(*bytes).decompress())
+        .is_some_and(|point| point.compress().to_bytes() == *bytes)
+}
+
+/// Parses an Ed448 public key: on the curve, in the prime-order subgroup, not the identity,
+/// canonically encoded.
+pub(crate) fn parse_verifying_key(
+    bytes: &[u8; SIGNING_PUBLIC_LEN],
+    what: &'static str,
+) -> Result<VerifyingKey, KeyError> {
+    if !is_canonical_point(bytes) {
+        return Err(KeyError::InvalidPublicKey(what));
+    }
+    VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::InvalidPublicKey(what))
+}
+
+/// Verifies an Ed448 signature made with [`IdentityKeyPair::sign`]: pure Ed448 with context,
+/// `R` canonical and torsion-free, `0 < S < L` (the library's check), and the cofactorless
+/// equation `[S]B = R + [k]A`, which for torsion-free `R` and `A` equals the cofactored one.
 pub(crate) fn verify_with(
     key: &VerifyingKey,
     context: &[u8],
@@ -133,6 +160,11 @@ pub(crate) fn verify_with(
     signature: &[u8; SIGNATURE_LEN],
     what: &'static str,
 ) -> Result<(), KeyError> {
+    let mut r = [0u8; SIGNING_PUBLIC_LEN];
+    r.copy_from_slice(&signature[..SIGNING_PUBLIC_LEN]);
+    if !is_canonical_point(&r) {
+        return Err(KeyError::BadSignature(what));
+    }
     let sig = Signature::from_bytes(signature).map_err(|_| KeyError::BadSignature(what))?;
     let msg = parts.concat();
     key.verify_ctx(&sig, context, &msg)
@@ -240,8 +272,7 @@ pub struct IdentityWire {
 impl IdentityWire {
     /// Checks the Ed448 key encoding and the binding signature.
     pub fn verify(&self) -> Result<IdentityPublicKey, KeyError> {
-        let signing = VerifyingKey::from_bytes(&self.signing)
-            .map_err(|_| KeyError::InvalidPublicKey("identity signing key"))?;
+        let signing = parse_verifying_key(&self.signing, "identity signing key")?;
         verify_with(
             &signing,
             ctx::IDENTITY_BINDING,
@@ -259,8 +290,7 @@ impl IdentityWire {
     /// Rebuilds an identity from storage that is itself authenticated (a sealed blob), so the
     /// binding signature is not verified again.
     pub(crate) fn trusted(&self) -> Result<IdentityPublicKey, KeyError> {
-        let signing = VerifyingKey::from_bytes(&self.signing)
-            .map_err(|_| KeyError::InvalidPublicKey("identity signing key"))?;
+        let signing = parse_verifying_key(&self.signing, "identity signing key")?;
         Ok(IdentityPublicKey {
             signing,
             dh: self.dh,

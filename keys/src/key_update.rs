@@ -9,6 +9,8 @@
 //! ‖ opk count (u32 BE) ‖ { opk id (u32 BE) ‖ opk (56) }*
 //! ‖ kk id (u32 BE) ‖ kk (1568) ‖ kk signature (114)
 //! ```
+//! One-time prekeys are listed by strictly ascending id (the decoder refuses any other
+//! order), so the transcript of a given set of keys is unique.
 
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
@@ -16,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{DecodeError, KeyError, KeyUpdateError};
 use crate::identity::{IdentityKeyPair, IdentityPublicKey, IdentityWire, SIGNATURE_LEN, ctx};
 use crate::prekeys::{KemPreKeyPublic, OneTimePreKeyPublic, SignedPreKeyPublic};
-use crate::store::KeyStore;
+use crate::store::{KeyStore, ONE_TIME_PREKEY_COUNT};
 use crate::wire;
 
 /// Largest key update accepted by the decoder (100 one-time prekeys fit easily).
@@ -59,12 +61,22 @@ impl KeyUpdate {
         t
     }
 
-    /// Generates a new key store and the update announcing it, signed by `old`.
+    /// Generates a new key store (100 one-time prekeys) and the update announcing it, signed
+    /// by `old`.
     pub fn create(
         old: &IdentityKeyPair,
         rng: &mut impl CryptoRng,
     ) -> Result<(KeyStore, KeyUpdate), KeyError> {
-        let new_store = KeyStore::generate(rng)?;
+        Self::create_with_one_time_prekeys(old, ONE_TIME_PREKEY_COUNT as usize, rng)
+    }
+
+    /// As [`KeyUpdate::create`] with `count` one-time prekeys. They are listed by ascending id.
+    pub fn create_with_one_time_prekeys(
+        old: &IdentityKeyPair,
+        count: usize,
+        rng: &mut impl CryptoRng,
+    ) -> Result<(KeyStore, KeyUpdate), KeyError> {
+        let new_store = KeyStore::generate_with_one_time_prekeys(count, rng)?;
         let bundle = new_store.bundle(None);
         let mut update = KeyUpdate {
             old: old.public().to_wire(),
@@ -117,9 +129,19 @@ impl KeyUpdate {
         wire::encode_with_capacity(self, 4096 + self.opks.len() * 70)
     }
 
-    /// Decodes an update (shape only; call [`KeyUpdate::verify`]).
+    /// Decodes an update (shape, and one-time prekeys by strictly ascending id; call
+    /// [`KeyUpdate::verify`] for the signatures).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        wire::decode(bytes, MAX_KEY_UPDATE_LEN)
+        let update: Self = wire::decode(bytes, MAX_KEY_UPDATE_LEN)?;
+        if !update.opks.windows(2).all(|w| w[0].id < w[1].id) {
+            return Err(DecodeError::InvalidField("opks"));
+        }
+        Ok(update)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn transcript_bytes(&self) -> Vec<u8> {
+        self.transcript()
     }
 }
 

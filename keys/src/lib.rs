@@ -7,6 +7,8 @@
 //! * [`bundle`]: the signed public prekey bundle another node fetches to start a session;
 //! * [`x3dh`]: the hybrid (X448 + ML-KEM-1024) X3DH handshake, separate from the ratchet;
 //! * [`ratchet`]: the Double Ratchet that carries signed, encrypted messages;
+//! * [`envelope`]: the versioned envelope a client sends (initial message + ratchet message)
+//!   and the typed content inside every ratchet message;
 //! * [`group`]: group keys, group messages and key rotation;
 //! * [`key_update`]: rotation of a user's keys with a chain of custody;
 //! * [`fingerprint`]: human-comparable identity fingerprints;
@@ -17,7 +19,7 @@
 //! `&mut rand::rng()`.
 //!
 //! ```
-//! use constella_keys::{KeyStore, Session, x3dh};
+//! use constella_keys::{Content, Envelope, KeyStore, Session, x3dh};
 //!
 //! let mut rng = rand::rng();
 //! let alice = KeyStore::generate(&mut rng)?;
@@ -26,10 +28,17 @@
 //! let bundle = bob.bundle(bob.one_time_prekey_ids().first().copied()).verify()?;
 //! let (initial, secret) = x3dh::initiate(alice.identity(), &bundle, &mut rng)?;
 //! let mut a = Session::new(secret, &mut rng)?;
-//! let first = a.encrypt(alice.identity(), 1_700_000_000_000, b"hello")?;
-//! // Bob receives `initial.to_bytes()` and `first.to_bytes()`.
-//! let mut b = Session::new(x3dh::respond(&mut bob, &initial)?, &mut rng)?;
-//! assert_eq!(&b.decrypt(&first, &mut rng)?[..], b"hello");
+//! // Until Bob answers, every envelope Alice sends carries the handshake.
+//! let hello = Content::chat("hello");
+//! let sent = Envelope::seal(&mut a, alice.identity(), Some(&initial), 1_700_000_000_000, &hello)?;
+//! // Bob receives `sent.to_bytes()`.
+//! let got = Envelope::from_bytes(&sent.to_bytes())?;
+//! let handshake = got.initial().expect("first envelope");
+//! let mut b = Session::new(x3dh::respond(&mut bob, handshake)?, &mut rng)?;
+//! match got.open(&mut b, &mut rng)? {
+//!     Content::Chat(text) => assert_eq!(text.as_str(), "hello"),
+//!     other => panic!("unexpected {other:?}"),
+//! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]
@@ -40,6 +49,7 @@
 #![warn(missing_docs)]
 
 pub mod bundle;
+pub mod envelope;
 pub mod error;
 pub mod fingerprint;
 pub mod group;
@@ -57,12 +67,13 @@ mod wire;
 pub mod x3dh;
 
 pub use bundle::{PreKeyBundle, VerifiedBundle};
+pub use envelope::{Content, ContentType, Envelope};
 pub use error::{
-    DecodeError, GroupError, HistoryError, KeyError, KeyUpdateError, RatchetError, SealError,
-    X3dhError,
+    DecodeError, EnvelopeError, GroupError, HistoryError, KeyError, KeyUpdateError, RatchetError,
+    SealError, X3dhError,
 };
 pub use fingerprint::Fingerprint;
-pub use group::{GroupKeyShare, GroupMessage, GroupSession};
+pub use group::{GroupKeyShare, GroupMessage, GroupSession, ShareOutcome};
 pub use history::{HistoryMasterKey, SealedHistory};
 pub use identity::{IdentityKeyPair, IdentityPublicKey};
 pub use key_update::{KeyUpdate, VerifiedKeyUpdate};

@@ -105,6 +105,16 @@ pub(crate) fn aead_open(
         .map_err(|_| AeadFailure)
 }
 
+/// Unicode Normalization Form C of `text` (ICU4X), in a buffer that is zeroized on drop and
+/// reserved up front so that normalising a password does not leave reallocated copies. NFC
+/// can expand a string at most threefold (UAX #15), so the buffer never grows.
+pub(crate) fn nfc(text: &str) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::with_capacity(3 * text.len()));
+    // Writing into a String cannot fail.
+    let _ = icu_normalizer::ComposingNormalizerBorrowed::new_nfc().normalize_to(text, &mut *out);
+    out
+}
+
 /// X448 with the low-order check: an all-zero result means the peer's key had low order and
 /// would let it force a known shared secret, so it is refused.
 pub(crate) fn x448_dh(

@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::SealError;
-use crate::primitives::{aead_open, aead_seal, hkdf_sha512, hmac_sha256};
+use crate::primitives::{aead_open, aead_seal, hkdf_sha512, hmac_sha256, nfc};
 use crate::{PROTOCOL_VERSION, wire};
 
 /// Length of the Argon2id salt.
@@ -109,8 +109,20 @@ impl fmt::Debug for PasswordKey {
 }
 
 impl PasswordKey {
-    /// `Argon2id(password, salt, m, t, p, 32)`.
+    /// `Argon2id(UTF-8(NFC(password)), salt, m, t, p, 32)`. The password is normalised to
+    /// Unicode NFC first, so the same password typed on keyboards or systems that compose
+    /// accented letters differently (`"ä"` as one code point or as `a` + U+0308) unlocks the
+    /// same keys (RFC 8265's OpaqueString does the same). Nothing else is changed: no case
+    /// folding, no trimming, no width mapping.
     pub fn derive(
+        password: &str,
+        salt: [u8; SALT_LEN],
+        params: KdfParams,
+    ) -> Result<Self, SealError> {
+        Self::derive_normalised(nfc(password).as_bytes(), salt, params)
+    }
+
+    fn derive_normalised(
         password: &[u8],
         salt: [u8; SALT_LEN],
         params: KdfParams,
@@ -129,7 +141,7 @@ impl PasswordKey {
     /// Derives a key under a fresh random salt (registration, or re-sealing after a password
     /// change).
     pub fn generate(
-        password: &[u8],
+        password: &str,
         params: KdfParams,
         rng: &mut impl CryptoRng,
     ) -> Result<Self, SealError> {
@@ -154,7 +166,7 @@ impl PasswordKey {
     }
 
     /// `auth_key = HKDF-SHA512(ikm = encryption_key, salt = salt, info = "Auth")`, 32 bytes.
-    fn auth_key(&self) -> Zeroizing<[u8; 32]> {
+    pub(crate) fn auth_key(&self) -> Zeroizing<[u8; 32]> {
         hkdf_sha512::<32>(&self.salt, &self.key, &[b"Auth"])
     }
 
@@ -165,13 +177,13 @@ impl PasswordKey {
 
     /// A check value stored in the blob to tell a wrong password from a tampered blob. It uses
     /// its own label so that the stored value is never the login proof itself.
-    fn unlock_check(&self) -> [u8; 32] {
+    pub(crate) fn unlock_check(&self) -> [u8; 32] {
         hmac_sha256(&self.auth_key(), b"PQ4 unlock check")
     }
 
     /// The per-blob AEAD key:
     /// `HKDF-SHA512(ikm = encryption_key, salt = blob_salt, info = "PQ4 seal" ‖ kind)`.
-    fn blob_key(&self, blob_salt: &[u8; 32], kind: BlobKind) -> Zeroizing<[u8; 32]> {
+    pub(crate) fn blob_key(&self, blob_salt: &[u8; 32], kind: BlobKind) -> Zeroizing<[u8; 32]> {
         hkdf_sha512::<32>(blob_salt, &self.key, &[b"PQ4 seal", &[kind as u8]])
     }
 }
@@ -259,7 +271,7 @@ impl SealedBlob {
     }
 
     /// Associated data: `version ‖ kind ‖ salt ‖ m ‖ t ‖ p ‖ check ‖ bsalt` (integers u32 BE).
-    fn header(&self) -> Vec<u8> {
+    pub(crate) fn header(&self) -> Vec<u8> {
         let params = KdfParams {
             m_kib: self.m,
             t: self.t,
@@ -286,7 +298,7 @@ impl SealedBlob {
     }
 
     /// Derives the password key for this blob, refusing parameters below `minimum`.
-    pub fn unlock(&self, password: &[u8], minimum: &KdfParams) -> Result<PasswordKey, SealError> {
+    pub fn unlock(&self, password: &str, minimum: &KdfParams) -> Result<PasswordKey, SealError> {
         let params = self.params()?;
         if !params.at_least(minimum) {
             return Err(SealError::InvalidParams("below the required minimum"));

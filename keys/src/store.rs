@@ -16,6 +16,8 @@ use crate::wire;
 
 /// Number of one-time prekeys generated with a new store.
 pub const ONE_TIME_PREKEY_COUNT: u32 = 100;
+/// Most one-time prekeys a store holds (and a sealed store may list).
+pub const MAX_ONE_TIME_PREKEYS: usize = 1000;
 
 /// All private keys of one user.
 #[derive(Debug)]
@@ -56,8 +58,10 @@ impl KeyStore {
         Ok(store)
     }
 
-    /// Adds one-time prekeys until `target` are available; ids are never reused.
+    /// Adds one-time prekeys until `target` (at most [`MAX_ONE_TIME_PREKEYS`]) are available;
+    /// ids are never reused.
     pub fn replenish_one_time_prekeys(&mut self, target: usize, rng: &mut impl CryptoRng) {
+        let target = target.min(MAX_ONE_TIME_PREKEYS);
         while self.one_time_prekeys.len() < target && self.next_prekey_id < u32::MAX {
             let id = self.next_prekey_id;
             self.next_prekey_id += 1;
@@ -129,7 +133,7 @@ impl KeyStore {
         let bytes = blob.open(key, BlobKind::KeyStore)?;
         let stored: StoredKeys =
             wire::decode(&bytes, usize::MAX).map_err(|_| SealError::Contents)?;
-        Self::from_stored(&stored).map_err(|_| SealError::Contents)
+        Self::from_stored(&stored)
     }
 
     fn to_stored(&self) -> StoredKeys {
@@ -160,8 +164,16 @@ impl KeyStore {
         }
     }
 
-    fn from_stored(s: &StoredKeys) -> Result<Self, KeyError> {
-        let identity = IdentityKeyPair::from_secret_parts(&s.sign, &s.dh)?;
+    fn from_stored(s: &StoredKeys) -> Result<Self, SealError> {
+        // One-time prekeys are listed by ascending id, each id below `next_id`, and no more
+        // than a store holds; anything else is not a state this code writes.
+        let ascending = s.opks.windows(2).all(|w| w[0].id < w[1].id);
+        let below_next = s.opks.iter().all(|o| o.id < s.next_id);
+        if !ascending || !below_next || s.opks.len() > MAX_ONE_TIME_PREKEYS {
+            return Err(SealError::Contents);
+        }
+        let identity =
+            IdentityKeyPair::from_secret_parts(&s.sign, &s.dh).map_err(|_| SealError::Contents)?;
         let signed_prekey = SignedPreKey::from_stored(s.spk_id, &s.spk, s.spk_sig);
         let kem_prekey = KemPreKey::from_stored(s.kk_id, &s.kk, s.kk_sig);
         let one_time_prekeys = s

@@ -49,7 +49,7 @@ pub struct InitialMessage {
     #[serde(rename = "spk")]
     pub signed_prekey_id: u32,
     /// Id of the one-time prekey used, if any.
-    #[serde(rename = "opk")]
+    #[serde(rename = "opk", deserialize_with = "wire::nullable::deserialize")]
     pub one_time_prekey_id: Option<u32>,
     /// Id of the KEM prekey used.
     #[serde(rename = "kk")]

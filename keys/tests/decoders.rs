@@ -7,8 +7,8 @@ use common::{pair, rng};
 use constella_keys::error::DecodeError;
 use constella_keys::x3dh::InitialMessage;
 use constella_keys::{
-    GroupKeyShare, GroupMessage, GroupSession, IdentityPublicKey, KdfParams, KeyUpdate,
-    PasswordKey, PreKeyBundle, RatchetMessage, SealedBlob, SealedHistory,
+    Content, Envelope, GroupKeyShare, GroupMessage, GroupSession, IdentityPublicKey, KdfParams,
+    KeyUpdate, PasswordKey, PreKeyBundle, RatchetMessage, SealedBlob, SealedHistory,
 };
 use proptest::prelude::*;
 
@@ -23,6 +23,8 @@ fn decode_all(bytes: &[u8]) {
     let _ = SealedBlob::from_bytes(bytes);
     let _ = SealedHistory::from_bytes(bytes);
     let _ = IdentityPublicKey::decode(bytes);
+    let _ = Envelope::from_bytes(bytes);
+    let _ = Content::from_bytes(bytes);
 }
 
 /// One valid encoding of each wire type.
@@ -33,8 +35,13 @@ fn samples() -> Vec<Vec<u8>> {
     let mut g = GroupSession::create(p.alice.identity_public(), &[], 0, &mut r).unwrap();
     let gm = g.encrypt(p.alice.identity(), 1, b"hi").unwrap();
     let (_, update) = KeyUpdate::create(p.bob.identity(), &mut r).unwrap();
-    let pk = PasswordKey::generate(b"pw", KdfParams::new(64, 1, 1).unwrap(), &mut r).unwrap();
+    let pk = PasswordKey::generate("pw", KdfParams::new(64, 1, 1).unwrap(), &mut r).unwrap();
     let history = constella_keys::HistoryMasterKey::generate(&mut r);
+    let envelope = Envelope::new(
+        p.alice.identity_public(),
+        Some(p.initial.clone()),
+        m.clone(),
+    );
     vec![
         p.bob.bundle(Some(2)).to_bytes(),
         p.initial.to_bytes(),
@@ -43,10 +50,11 @@ fn samples() -> Vec<Vec<u8>> {
         g.share().to_bytes().to_vec(),
         update.to_bytes(),
         p.alice.seal(&pk, &mut r).unwrap().to_bytes(),
-        SealedHistory::seal(&history, b"d", b"h", 0, &mut r)
+        SealedHistory::seal(&history, &[7; 32], b"h", 0, &mut r)
             .unwrap()
             .to_bytes(),
         p.alice.identity_public().encode(),
+        envelope.to_bytes(),
     ]
 }
 
@@ -67,6 +75,7 @@ fn write_fuzz_corpus() {
         "sealed_blob",
         "sealed_history",
         "identity",
+        "envelope",
     ];
     for (name, bytes) in targets.iter().zip(samples()) {
         let dir = format!("{}/fuzz/corpus/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -89,6 +98,7 @@ fn trailing_bytes_wrong_version_and_truncation_are_refused() {
             SealedBlob::from_bytes(bytes).is_ok(),
             SealedHistory::from_bytes(bytes).is_ok(),
             IdentityPublicKey::decode(bytes).is_ok(),
+            Envelope::from_bytes(bytes).is_ok(),
         ]
     };
     for (i, bytes) in s.iter().enumerate() {
@@ -176,7 +186,7 @@ proptest! {
 
     #[test]
     fn mutated_valid_messages_never_panic(
-        which in 0usize..9,
+        which in 0usize..10,
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
         cut in any::<prop::sample::Index>(),
     ) {
@@ -192,4 +202,149 @@ proptest! {
         let keep = cut.index(bytes.len() + 1);
         decode_all(&bytes[..keep]);
     }
+}
+
+/// Replaces the first occurrence of `from` in `bytes` by `to` (the test's way of re-encoding
+/// one field differently while leaving the rest of a valid message untouched).
+fn splice(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("pattern present");
+    [&bytes[..at], to, &bytes[at + from.len()..]].concat()
+}
+
+fn ratchet_sample() -> Vec<u8> {
+    let mut p = pair(93);
+    p.a.encrypt(p.alice.identity(), 1, b"x").unwrap().to_bytes()
+}
+
+#[test]
+fn every_strictness_rule_refuses_with_its_own_reason() {
+    let valid = ratchet_sample();
+    RatchetMessage::from_bytes(&valid).unwrap();
+    let refuse = |bytes: Vec<u8>| RatchetMessage::from_bytes(&bytes).unwrap_err();
+    let nc = DecodeError::Noncanonical;
+    // "pn": 0 written as a one-byte argument (0x18 0x00) instead of 0x00.
+    assert_eq!(
+        refuse(splice(&valid, b"\x62pn\x00", b"\x62pn\x18\x00")),
+        nc("integer or length not in shortest form")
+    );
+    // The map's own length (6 entries) in a longer form.
+    assert_eq!(
+        refuse(splice(&valid, b"\x01\xa6", b"\x01\xb8\x06")),
+        nc("integer or length not in shortest form")
+    );
+    // A key's length in a longer form: "pn" as 0x78 0x02.
+    assert_eq!(
+        refuse(splice(&valid, b"\x62pn", b"\x78\x02pn")),
+        nc("integer or length not in shortest form")
+    );
+    // An indefinite-length map.
+    let mut indefinite = splice(&valid, b"\x01\xa6", b"\x01\xbf");
+    indefinite.push(0xff);
+    assert_eq!(refuse(indefinite), nc("indefinite length"));
+    // A tag (1 = epoch time) around the timestamp.
+    assert_eq!(refuse(splice(&valid, b"\x62ts", b"\x62ts\xc1")), nc("tag"));
+    // A negative integer, a float, `true`.
+    assert_eq!(
+        refuse(splice(&valid, b"\x62pn\x00", b"\x62pn\x20")),
+        nc("negative integer")
+    );
+    assert_eq!(
+        refuse(splice(&valid, b"\x62pn\x00", b"\x62pn\xf9\x00\x00")),
+        nc("float or simple value other than null")
+    );
+    assert_eq!(
+        refuse(splice(&valid, b"\x62pn\x00", b"\x62pn\xf5")),
+        nc("float or simple value other than null")
+    );
+    // Keys that are byte strings or integers (serde would take both as field names).
+    assert_eq!(
+        refuse(splice(&valid, b"\x62pn", b"\x42pn")),
+        nc("map key is not a text string")
+    );
+    assert_eq!(
+        refuse(splice(&valid, b"\x62pn\x00", b"\x01\x00")),
+        nc("map key is not a text string")
+    );
+    // A key that is not UTF-8.
+    assert_eq!(
+        refuse(splice(&valid, b"\x62pn", b"\x62\xff\xfe")),
+        nc("text string is not UTF-8")
+    );
+    // Nesting deeper than the limit, before any type is looked at.
+    let mut deep = vec![1u8];
+    deep.extend(std::iter::repeat_n(0x81, 40));
+    deep.push(0);
+    assert_eq!(refuse(deep), nc("nesting too deep"));
+    // A duplicate key (the map claims 7 entries, "pn" twice).
+    assert_eq!(
+        refuse(splice(
+            &valid,
+            b"\x01\xa6\x62dh",
+            b"\x01\xa7\x62pn\x00\x62dh"
+        )),
+        DecodeError::Malformed
+    );
+    // A reserved additional-information value (28).
+    assert_eq!(
+        refuse(splice(&valid, b"\x62pn\x00", b"\x62pn\x1c")),
+        DecodeError::Malformed
+    );
+}
+
+#[test]
+fn one_time_prekey_is_null_never_absent() {
+    let p = pair(94);
+    let bundle = p.bob.bundle(None).to_bytes();
+    assert!(
+        bundle.windows(5).any(|w| w == b"\x63opk\xf6"),
+        "encoders write opk: null"
+    );
+    PreKeyBundle::from_bytes(&bundle).unwrap();
+    // The same bundle with the "opk" entry left out (and the map's count lowered).
+    let absent = splice(
+        &splice(&bundle, b"\x63opk\xf6", b""),
+        b"\x01\xa4",
+        b"\x01\xa3",
+    );
+    assert_eq!(
+        PreKeyBundle::from_bytes(&absent).unwrap_err(),
+        DecodeError::Malformed
+    );
+    let initial = p.initial.to_bytes();
+    let with_null = {
+        let mut m = InitialMessage::from_bytes(&initial).unwrap();
+        m.one_time_prekey_id = None;
+        m.to_bytes()
+    };
+    assert!(with_null.windows(5).any(|w| w == b"\x63opk\xf6"));
+    let absent = splice(
+        &splice(&with_null, b"\x63opk\xf6", b""),
+        b"\x01\xa7",
+        b"\x01\xa6",
+    );
+    assert_eq!(
+        InitialMessage::from_bytes(&absent).unwrap_err(),
+        DecodeError::Malformed
+    );
+}
+
+#[test]
+fn maximum_length_counts_the_version_byte() {
+    use constella_keys::x3dh::MAX_INITIAL_MESSAGE_LEN;
+    // 0x01 then CBOR `1`, then filler: exactly the maximum is parsed (and refused for its
+    // trailing bytes); one byte more is refused unread.
+    let mut at_max = vec![1u8; MAX_INITIAL_MESSAGE_LEN];
+    at_max[1] = 0x01;
+    assert_eq!(
+        InitialMessage::from_bytes(&at_max).unwrap_err(),
+        DecodeError::TrailingBytes
+    );
+    at_max.push(1);
+    assert_eq!(
+        InitialMessage::from_bytes(&at_max).unwrap_err(),
+        DecodeError::TooLarge
+    );
 }

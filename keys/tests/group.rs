@@ -4,8 +4,17 @@ mod common;
 
 use common::{pair, rng};
 use constella_keys::error::GroupError;
-use constella_keys::group::{MAX_KEY_AGE_MS, MAX_MESSAGES_PER_KEY};
-use constella_keys::{GroupKeyShare, GroupMessage, GroupSession, KdfParams, PasswordKey};
+use constella_keys::group::{MAX_KEY_AGE_MS, MAX_MESSAGES_PER_KEY, MAX_RETIRED_KEYS};
+use constella_keys::{Content, GroupKeyShare, GroupMessage, GroupSession, KdfParams, PasswordKey};
+use constella_keys::{IdentityPublicKey, KeyStore, ShareOutcome};
+
+/// The share inside a decrypted pairwise message (content type 2).
+fn share_of(plaintext: &[u8]) -> GroupKeyShare {
+    match Content::from_bytes(plaintext).unwrap() {
+        Content::GroupKeyShare(share) => share,
+        other => panic!("expected a group key share, got {other:?}"),
+    }
+}
 
 #[test]
 fn members_exchange_messages_and_rotate() {
@@ -37,8 +46,8 @@ fn members_exchange_messages_and_rotate() {
     let share = ga.share();
     let wrapped_b = share.wrap(&mut ab.a, alice.identity(), 1_000).unwrap();
     let wrapped_c = share.wrap(&mut a_to_c, alice.identity(), 1_000).unwrap();
-    let sb = GroupKeyShare::from_bytes(&ab.b.decrypt(&wrapped_b, &mut r).unwrap()).unwrap();
-    let sc = GroupKeyShare::from_bytes(&c_from_a.decrypt(&wrapped_c, &mut r).unwrap()).unwrap();
+    let sb = share_of(&ab.b.decrypt(&wrapped_b, &mut r).unwrap());
+    let sc = share_of(&c_from_a.decrypt(&wrapped_c, &mut r).unwrap());
     let mut gb = GroupSession::join(&sb, &bob_id, alice.identity_public()).unwrap();
     let mut gc = GroupSession::join(&sc, carol.identity_public(), alice.identity_public()).unwrap();
     assert_eq!(gb.members().len(), 3);
@@ -77,20 +86,30 @@ fn members_exchange_messages_and_rotate() {
     assert_eq!(&gb.decrypt(&m).unwrap().1[..], b"epoch 1");
     // Carol has not applied the rotation yet.
     assert_eq!(gc.decrypt(&m).unwrap_err(), GroupError::UnknownEpoch(1));
-    // A stale share cannot roll a member back.
+    // The previous epoch's share cannot roll a member back (its key is only kept for
+    // receiving); one older than that is refused outright.
+    assert_eq!(
+        gb.apply(&sb, alice.identity_public()).unwrap(),
+        ShareOutcome::KeptForReceiving
+    );
+    assert_eq!(gb.epoch(), 1);
+    let epoch2 = ga.rotate(5_002, &mut r).unwrap();
+    gb.apply(&epoch2, alice.identity_public()).unwrap();
     assert_eq!(
         gb.apply(&sb, alice.identity_public()).unwrap_err(),
-        GroupError::UnknownEpoch(0)
+        GroupError::StaleShare(0)
     );
+    assert_eq!(gb.epoch(), 2);
 
     // Seven days later the key must rotate even without messages.
-    assert!(ga.needs_rotation(5_000 + MAX_KEY_AGE_MS));
-    assert!(!ga.needs_rotation(5_000 + MAX_KEY_AGE_MS - 1));
+    assert!(ga.needs_rotation(5_002 + MAX_KEY_AGE_MS));
+    assert!(!ga.needs_rotation(5_002 + MAX_KEY_AGE_MS - 1));
 
-    // Group state survives sealing.
-    let pk = PasswordKey::generate(b"pw", KdfParams::new(64, 1, 1).unwrap(), &mut r).unwrap();
+    // Group state survives sealing, retired keys and their replay state included.
+    let pk = PasswordKey::generate("pw", KdfParams::new(64, 1, 1).unwrap(), &mut r).unwrap();
     let mut gb2 = GroupSession::open(&gb.seal(&pk, &mut r).unwrap(), &pk).unwrap();
     assert_eq!(gb2.decrypt(&m).unwrap_err(), GroupError::Duplicate);
+    assert_eq!(gb2.epoch(), 2);
 }
 
 #[test]
@@ -118,13 +137,13 @@ fn removed_member_cannot_read_new_messages() {
     let wb = share.wrap(&mut ab.a, alice.identity(), 0).unwrap();
     let wc = share.wrap(&mut a_to_c, alice.identity(), 0).unwrap();
     let mut gb = GroupSession::join(
-        &GroupKeyShare::from_bytes(&ab.b.decrypt(&wb, &mut r).unwrap()).unwrap(),
+        &share_of(&ab.b.decrypt(&wb, &mut r).unwrap()),
         &bob_id,
         alice.identity_public(),
     )
     .unwrap();
     let mut gc = GroupSession::join(
-        &GroupKeyShare::from_bytes(&c_from_a.decrypt(&wc, &mut r).unwrap()).unwrap(),
+        &share_of(&c_from_a.decrypt(&wc, &mut r).unwrap()),
         carol.identity_public(),
         alice.identity_public(),
     )
@@ -137,7 +156,7 @@ fn removed_member_cannot_read_new_messages() {
         .remove_member(carol.identity_public(), 2, &mut r)
         .unwrap();
     let wb = new_share.wrap(&mut ab.a, alice.identity(), 2).unwrap();
-    let received = GroupKeyShare::from_bytes(&ab.b.decrypt(&wb, &mut r).unwrap()).unwrap();
+    let received = share_of(&ab.b.decrypt(&wb, &mut r).unwrap());
     gb.apply(&received, alice.identity_public()).unwrap();
     assert_eq!(gb.members().len(), 2);
 
@@ -188,4 +207,154 @@ fn non_members_and_forgeries_are_refused() {
             .unwrap_err(),
         GroupError::Membership
     );
+}
+
+/// Three members with a group created by the first; every member has joined.
+fn three_members(seed: u64) -> (Vec<KeyStore>, Vec<GroupSession>) {
+    let mut r = rng(seed);
+    let stores: Vec<_> = (0..3)
+        .map(|_| KeyStore::generate_with_one_time_prekeys(0, &mut r).unwrap())
+        .collect();
+    let ids: Vec<IdentityPublicKey> = stores.iter().map(|s| s.identity_public().clone()).collect();
+    let g0 = GroupSession::create(&ids[0], &ids[1..], 0, &mut r).unwrap();
+    let share = g0.share();
+    let mut groups = vec![g0];
+    for id in &ids[1..] {
+        groups.push(GroupSession::join(&share, id, &ids[0]).unwrap());
+    }
+    (stores, groups)
+}
+
+#[test]
+fn concurrent_rotations_to_one_epoch_converge_on_the_smaller_signer() {
+    let mut r = rng(300);
+    let (stores, mut g) = three_members(301);
+    let id = |i: usize| stores[i].identity_public();
+    // Members 0 and 1 both rotate from epoch 0 to epoch 1.
+    let s0 = g[0].rotate(10, &mut r).unwrap();
+    let s1 = g[1].rotate(11, &mut r).unwrap();
+    let (winner, loser) = if id(0).signing_key_bytes() < id(1).signing_key_bytes() {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    let shares = [&s0, &s1];
+    // The loser sends under its own key before it hears of the other rotation.
+    let early = g[loser]
+        .encrypt(stores[loser].identity(), 12, b"early")
+        .unwrap();
+    // Each rotator hears of the other; member 2 hears of the loser first, then the winner.
+    assert_eq!(
+        g[loser].apply(shares[winner], id(winner)).unwrap(),
+        ShareOutcome::Installed
+    );
+    assert_eq!(
+        g[winner].apply(shares[loser], id(loser)).unwrap(),
+        ShareOutcome::KeptForReceiving
+    );
+    assert_eq!(
+        g[2].apply(shares[loser], id(loser)).unwrap(),
+        ShareOutcome::Installed
+    );
+    assert_eq!(
+        g[2].apply(shares[winner], id(winner)).unwrap(),
+        ShareOutcome::Installed
+    );
+    assert_eq!(
+        g[2].apply(shares[winner], id(winner)).unwrap(),
+        ShareOutcome::AlreadyCurrent
+    );
+    // Everyone holds the winner's share now.
+    let current = g[winner].share().to_bytes();
+    for member in &g {
+        assert_eq!(member.epoch(), 1);
+        assert_eq!(member.share().to_bytes(), current);
+    }
+    // The loser's early message still opens everywhere (a retired key of epoch 1) ...
+    assert_eq!(&g[winner].decrypt(&early).unwrap().1[..], b"early");
+    assert_eq!(&g[2].decrypt(&early).unwrap().1[..], b"early");
+    assert_eq!(g[2].decrypt(&early).unwrap_err(), GroupError::Duplicate);
+    // ... and new messages go under the common key.
+    let after = g[loser]
+        .encrypt(stores[loser].identity(), 13, b"after")
+        .unwrap();
+    assert_eq!(&g[winner].decrypt(&after).unwrap().1[..], b"after");
+    assert_eq!(&g[2].decrypt(&after).unwrap().1[..], b"after");
+}
+
+#[test]
+fn previous_epoch_messages_open_but_not_from_removed_members() {
+    let mut r = rng(302);
+    let (stores, mut g) = three_members(303);
+    // Members 1 and 2 send under epoch 0 while member 0 removes member 2 and rotates.
+    let from_1 = g[1].encrypt(stores[1].identity(), 1, b"in flight").unwrap();
+    let from_2 = g[2].encrypt(stores[2].identity(), 1, b"removed").unwrap();
+    g[0].remove_member(stores[2].identity_public(), 2, &mut r)
+        .unwrap();
+    assert_eq!(&g[0].decrypt(&from_1).unwrap().1[..], b"in flight");
+    assert_eq!(g[0].decrypt(&from_2).unwrap_err(), GroupError::NotAMember);
+    // A message under an epoch not yet held is unknown.
+    let next = g[0].encrypt(stores[0].identity(), 3, b"epoch 1").unwrap();
+    assert_eq!(
+        g[1].decrypt(&next).unwrap_err(),
+        GroupError::UnknownEpoch(1)
+    );
+    // Retired keys are bounded: after MAX_RETIRED_KEYS more rotations epoch 0 is gone.
+    let late = g[1].encrypt(stores[1].identity(), 4, b"late").unwrap();
+    for i in 0..MAX_RETIRED_KEYS as u64 {
+        g[0].rotate(5 + i, &mut r).unwrap();
+    }
+    assert_eq!(
+        g[0].decrypt(&late).unwrap_err(),
+        GroupError::UnknownEpoch(0)
+    );
+}
+
+#[test]
+fn apply_checks_group_sender_and_membership() {
+    let mut r = rng(304);
+    let (stores, mut g) = three_members(305);
+    let (_, mut other) = three_members(306);
+    let foreign = other[0].rotate(1, &mut r).unwrap();
+    assert_eq!(
+        g[1].apply(&foreign, stores[0].identity_public())
+            .unwrap_err(),
+        GroupError::WrongGroup
+    );
+    let share = g[0].rotate(1, &mut r).unwrap();
+    let outsider = KeyStore::generate_with_one_time_prekeys(0, &mut r).unwrap();
+    assert_eq!(
+        g[1].apply(&share, outsider.identity_public()).unwrap_err(),
+        GroupError::NotAMember
+    );
+    // A share that drops the receiver is refused (it was removed).
+    let without_1 = g[0]
+        .remove_member(stores[1].identity_public(), 2, &mut r)
+        .unwrap();
+    assert_eq!(
+        g[1].apply(&without_1, stores[0].identity_public())
+            .unwrap_err(),
+        GroupError::Membership
+    );
+    assert_eq!(g[1].epoch(), 0, "a refused share changes nothing");
+}
+
+#[test]
+fn key_age_is_enforced_by_the_sender_only() {
+    let (stores, mut g) = three_members(307);
+    // Created at 0: usable while now < 7 days, refused from exactly 7 days on.
+    let last = g[0]
+        .encrypt(stores[0].identity(), MAX_KEY_AGE_MS - 1, b"last")
+        .unwrap();
+    assert_eq!(
+        g[0].encrypt(stores[0].identity(), MAX_KEY_AGE_MS, b"late")
+            .unwrap_err(),
+        GroupError::RotationRequired
+    );
+    // A clock behind the key's creation counts as age 0.
+    let (_, mut h) = three_members(308);
+    h[0].rotate(1_000_000, &mut rng(309)).unwrap();
+    assert!(!h[0].needs_rotation(0));
+    // Receivers take the message whatever their own clock says: decrypt has no clock.
+    assert_eq!(&g[1].decrypt(&last).unwrap().1[..], b"last");
 }

@@ -3,8 +3,9 @@
 mod common;
 
 use common::rng;
+use constella_keys::error::DecodeError;
 use constella_keys::error::{HistoryError, KeyUpdateError};
-use constella_keys::history::TRANSFER_VALIDITY_MS;
+use constella_keys::history::{DEVICE_ID_LEN, TRANSFER_VALIDITY_MS};
 use constella_keys::key_update::verify_chain;
 use constella_keys::{Fingerprint, HistoryMasterKey, KeyStore, KeyUpdate, SealedHistory};
 
@@ -86,35 +87,91 @@ fn fingerprint_digits_are_specified() {
 #[test]
 fn history_transfer_is_bound_to_device_and_time() {
     let mut r = rng(83);
+    let (new_device, other_device) = ([1u8; DEVICE_ID_LEN], [2u8; DEVICE_ID_LEN]);
     let master = HistoryMasterKey::generate(&mut r);
-    let sealed = SealedHistory::seal(&master, b"device-new", b"chat log", 1_000, &mut r).unwrap();
+    let at = 10 * TRANSFER_VALIDITY_MS;
+    let sealed = SealedHistory::seal(&master, &new_device, b"chat log", at, &mut r).unwrap();
     let sealed = SealedHistory::from_bytes(&sealed.to_bytes()).unwrap();
     assert_eq!(
-        &sealed.open(&master, b"device-new", 2_000).unwrap()[..],
+        &sealed.open(&master, &new_device, at + 1_000).unwrap()[..],
         b"chat log"
     );
     assert_eq!(
-        sealed.open(&master, b"device-other", 2_000).unwrap_err(),
+        sealed.open(&master, &other_device, at).unwrap_err(),
         HistoryError::Decryption
     );
     let other = HistoryMasterKey::generate(&mut r);
     assert_eq!(
-        sealed.open(&other, b"device-new", 2_000).unwrap_err(),
+        sealed.open(&other, &new_device, at).unwrap_err(),
         HistoryError::Decryption
     );
-    assert_eq!(
-        sealed
-            .open(&master, b"device-new", 1_000 + TRANSFER_VALIDITY_MS + 1)
-            .unwrap_err(),
-        HistoryError::Expired
-    );
+    // Valid while |now − at| ≤ one hour: the boundary itself still opens.
+    for now in [at + TRANSFER_VALIDITY_MS, at - TRANSFER_VALIDITY_MS] {
+        sealed.open(&master, &new_device, now).unwrap();
+    }
+    for now in [at + TRANSFER_VALIDITY_MS + 1, at - TRANSFER_VALIDITY_MS - 1] {
+        assert_eq!(
+            sealed.open(&master, &new_device, now).unwrap_err(),
+            HistoryError::Expired
+        );
+    }
     let mut bytes = sealed.to_bytes();
     let n = bytes.len();
     bytes[n - 1] ^= 1;
     let t = SealedHistory::from_bytes(&bytes).unwrap();
     assert_eq!(
-        t.open(&master, b"device-new", 2_000).unwrap_err(),
+        t.open(&master, &new_device, at).unwrap_err(),
         HistoryError::Decryption
     );
     assert_eq!(format!("{master:?}"), "HistoryMasterKey(<redacted>)");
+}
+
+#[test]
+fn key_update_lists_one_time_prekeys_by_ascending_id() {
+    let mut r = rng(84);
+    let v0 = KeyStore::generate_with_one_time_prekeys(0, &mut r).unwrap();
+    let (v1, u) = KeyUpdate::create_with_one_time_prekeys(v0.identity(), 3, &mut r).unwrap();
+    let ids: Vec<u32> = u
+        .verify(v0.identity_public())
+        .unwrap()
+        .one_time_prekeys()
+        .iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(ids, v1.one_time_prekey_ids());
+    assert_eq!(ids, [1, 2, 3]);
+    // The same update with two prekeys swapped: refused by the decoder, before any signature.
+    let bytes = u.to_bytes();
+    let mut value: ciborium::Value = ciborium::from_reader(&bytes[1..]).unwrap();
+    if let ciborium::Value::Map(entries) = &mut value {
+        for (k, v) in entries.iter_mut() {
+            if let (Some("opks"), ciborium::Value::Array(opks)) = (k.as_text(), v) {
+                opks.swap(0, 1);
+            }
+        }
+    }
+    let mut swapped = vec![1u8];
+    ciborium::into_writer(&value, &mut swapped).unwrap();
+    assert_eq!(
+        KeyUpdate::from_bytes(&swapped).unwrap_err(),
+        DecodeError::InvalidField("opks")
+    );
+}
+
+#[test]
+fn fingerprint_user_id_is_nfc_and_digits_use_six_chunks() {
+    let mut r = rng(85);
+    let a = KeyStore::generate(&mut r).unwrap();
+    // "zoë" precomposed and decomposed give one fingerprint.
+    assert!(
+        Fingerprint::new("zo\u{eb}", a.identity_public())
+            .matches(&Fingerprint::new("zoe\u{308}", a.identity_public()))
+    );
+    // 60 digits (bytes 30 and 31 of the digest are not shown: see
+    // `fingerprint_digits_are_specified` for the rule chunk by chunk).
+    let f = Fingerprint::new("alice", a.identity_public());
+    assert_eq!(
+        f.to_string().chars().filter(char::is_ascii_digit).count(),
+        60
+    );
 }

@@ -181,7 +181,7 @@ fn forged_or_tampered_messages_are_refused_without_state_change() {
 fn sessions_seal_and_resume() {
     let mut p = pair(23);
     let mut r = rng(24);
-    let key = PasswordKey::generate(b"pw", KdfParams::new(64, 1, 1).unwrap(), &mut r).unwrap();
+    let key = PasswordKey::generate("pw", KdfParams::new(64, 1, 1).unwrap(), &mut r).unwrap();
     let m0 = p.a.encrypt(p.alice.identity(), 0, b"0").unwrap();
     let m1 = p.a.encrypt(p.alice.identity(), 1, b"1").unwrap();
     p.b.decrypt(&m1, &mut r).unwrap();
@@ -193,7 +193,7 @@ fn sessions_seal_and_resume() {
     let reply = b2.encrypt(p.bob.identity(), 2, b"r").unwrap();
     assert_eq!(&p.a.decrypt(&reply, &mut r).unwrap()[..], b"r");
 
-    let other = PasswordKey::generate(b"other", KdfParams::new(64, 1, 1).unwrap(), &mut r).unwrap();
+    let other = PasswordKey::generate("other", KdfParams::new(64, 1, 1).unwrap(), &mut r).unwrap();
     assert_eq!(
         Session::open(&blob, &other).unwrap_err(),
         SealError::WrongPassword

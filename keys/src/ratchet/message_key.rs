@@ -39,7 +39,7 @@ impl MessageKey {
         self.index
     }
 
-    fn aead_parts(&self) -> (Zeroizing<[u8; 32]>, [u8; 12]) {
+    pub(crate) fn aead_parts(&self) -> (Zeroizing<[u8; 32]>, [u8; 12]) {
         let okm = hkdf_sha512::<44>(&[], &self.key, &[INFO]);
         let mut key = Zeroizing::new([0u8; 32]);
         key.copy_from_slice(&okm[..32]);

@@ -12,6 +12,6 @@ pub mod root;
 pub mod session;
 
 pub use session::{
-    MAX_MESSAGE_LEN, MAX_SKIP, MAX_SKIPPED_TOTAL, MAX_WIRE_LEN, MessageHeader, RatchetMessage,
-    Session,
+    MAX_MESSAGE_LEN, MAX_SKIP, MAX_SKIPPED_TOTAL, MAX_WIRE_LEN, MessageHeader,
+    PREVIOUS_REMOTE_KEYS, RatchetMessage, Session,
 };

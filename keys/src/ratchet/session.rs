@@ -34,8 +34,9 @@ pub const MAX_SKIPPED_TOTAL: usize = 2000;
 pub const MAX_MESSAGE_LEN: usize = 1 << 20;
 /// Largest encoded message accepted by [`RatchetMessage::from_bytes`].
 pub const MAX_WIRE_LEN: usize = MAX_MESSAGE_LEN + 1024;
-/// Remote ratchet keys remembered after they are replaced, to refuse replays from old chains.
-const PREVIOUS_REMOTE_KEYS: usize = 64;
+/// Remote ratchet keys remembered after they are replaced, to refuse replays from old chains
+/// (also the most a sealed session may list).
+pub const PREVIOUS_REMOTE_KEYS: usize = 64;
 
 /// The ratchet header: the sender's current ratchet key, the length of its previous sending
 /// chain, and the message's index in the current chain.
@@ -348,7 +349,7 @@ impl Session {
             remote: self.remote.to_wire(),
             root: *self.root.as_bytes(),
             dh_self: self.dh_self.to_bytes(),
-            dh_remote: self.dh_remote.map(|k| k.to_vec()).unwrap_or_default(),
+            dh_remote: self.dh_remote,
             send: self.send.as_ref().map(StoredChain::from),
             recv: self.recv.as_ref().map(StoredChain::from),
             pn: self.pn,
@@ -376,13 +377,18 @@ impl Session {
     pub fn open(blob: &SealedBlob, key: &PasswordKey) -> Result<Self, SealError> {
         let bytes = blob.open(key, BlobKind::Session)?;
         let s: StoredSession = wire::decode(&bytes, usize::MAX).map_err(|_| SealError::Contents)?;
+        // Only we write sealed sessions, but a state no session can reach is still refused
+        // rather than half-trusted: bounded lists, and no receiving chain without its key.
+        if s.skipped.len() > MAX_SKIPPED_TOTAL
+            || s.previous.len() > PREVIOUS_REMOTE_KEYS
+            || (s.recv.is_some() && s.dh_remote.is_none())
+        {
+            return Err(SealError::Contents);
+        }
         let fixed = |v: &[u8]| -> Result<[u8; 56], SealError> {
             v.try_into().map_err(|_| SealError::Contents)
         };
-        let dh_remote = match s.dh_remote.len() {
-            0 => None,
-            _ => Some(fixed(&s.dh_remote)?),
-        };
+        let dh_remote = s.dh_remote;
         let dh_self = x448::StaticSecret::from(s.dh_self);
         Ok(Self {
             local: s.local.trusted().map_err(|_| SealError::Contents)?,
@@ -469,9 +475,11 @@ struct StoredSession {
     root: [u8; 32],
     #[serde(with = "wire::fixed")]
     dh_self: [u8; 56],
-    #[serde(with = "wire::bytes")]
-    dh_remote: Vec<u8>,
+    #[serde(with = "wire::nullable_fixed")]
+    dh_remote: Option<[u8; 56]>,
+    #[serde(deserialize_with = "wire::nullable::deserialize")]
     send: Option<StoredChain>,
+    #[serde(deserialize_with = "wire::nullable::deserialize")]
     recv: Option<StoredChain>,
     pn: u32,
     skipped: Vec<StoredSkipped>,
@@ -521,4 +529,67 @@ struct StoredSkipped {
     n: u32,
     #[serde(with = "wire::fixed")]
     key: [u8; 32],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::KeyError;
+    use crate::{KeyStore, x3dh};
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    /// Re-signs `message` as `identity` with the header's ratchet key replaced by `dh`.
+    fn with_ratchet_key(
+        message: &RatchetMessage,
+        dh: [u8; 56],
+        identity: &IdentityKeyPair,
+        recipient: &IdentityPublicKey,
+    ) -> RatchetMessage {
+        let mut forged = message.clone();
+        forged.dh = dh;
+        let ad = associated_data(identity.public(), recipient, forged.ts, &forged.header());
+        forged.sig = identity
+            .sign(ctx::RATCHET_MESSAGE, &[&ad, &forged.ct])
+            .unwrap();
+        forged
+    }
+
+    /// A validly signed message whose ratchet key is a low-order point (u = 0, 1, p − 1, and p,
+    /// a non-canonical 0) makes X448 output all zeros: refused as `NonContributory`, on the
+    /// first DH step and on a later one, and the session is left as it was.
+    #[test]
+    fn low_order_ratchet_keys_are_refused() {
+        let mut r = ChaCha20Rng::seed_from_u64(70);
+        let alice = KeyStore::generate_with_one_time_prekeys(1, &mut r).unwrap();
+        let mut bob = KeyStore::generate_with_one_time_prekeys(1, &mut r).unwrap();
+        let bundle = bob.bundle(None).verify().unwrap();
+        let (initial, sa) = x3dh::initiate(alice.identity(), &bundle, &mut r).unwrap();
+        let sb = x3dh::respond(&mut bob, &initial).unwrap();
+        let mut a = Session::new(sa, &mut r).unwrap();
+        let mut b = Session::new(sb, &mut r).unwrap();
+        let mut p = [0xffu8; 56];
+        p[28] = 0xfe; // p = 2^448 − 2^224 − 1, little-endian
+        let mut one = [0u8; 56];
+        one[0] = 1;
+        let mut p_minus_one = p;
+        p_minus_one[0] = 0xfe;
+        let low_order = [[0u8; 56], one, p_minus_one, p];
+
+        // Round 0 is Bob's first DH step, round 1 (Alice's chain after his reply) his second.
+        for round in 0..2 {
+            let genuine = a.encrypt(alice.identity(), round, b"genuine").unwrap();
+            for dh in low_order {
+                let forged =
+                    with_ratchet_key(&genuine, dh, alice.identity(), bob.identity_public());
+                assert_eq!(
+                    b.decrypt(&forged, &mut r).unwrap_err(),
+                    RatchetError::Key(KeyError::NonContributory)
+                );
+            }
+            assert_eq!(&b.decrypt(&genuine, &mut r).unwrap()[..], b"genuine");
+            let reply = b.encrypt(bob.identity(), round, b"reply").unwrap();
+            a.decrypt(&reply, &mut r).unwrap();
+        }
+    }
 }
