@@ -138,7 +138,9 @@ fn gossipsub_config() -> Result<gossipsub::Config, BuildError> {
         .mesh_outbound_min(1)
         .gossip_lazy(3)
         .flood_publish(false)
-        .max_transmit_size(gossip::MAX_GOSSIP_BYTES)
+        // Twice our own bound: a larger message must reach `gossip::open` to be refused and
+        // counted as malformed, instead of vanishing in gossipsub uncounted.
+        .max_transmit_size(2 * gossip::MAX_GOSSIP_BYTES)
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
         .build()

@@ -856,6 +856,8 @@ impl Node {
 
     fn on_disconnected(&mut self, peer: PeerId) {
         self.connected.remove(&peer);
+        // A stranger that hung up no longer takes a place.
+        self.strangers.remove(&peer);
         if self.membership.is_member(&peer) && self.exit.is_none() {
             // Its process may have died: a redial tells at once (refused) or in time.
             self.suspects.insert(peer);
@@ -918,11 +920,29 @@ impl Node {
         }
         if let Some(current) = self.strangers.get_mut(&peer) {
             *current = (*current).min(at);
-        } else if self.strangers.len() >= self.config.max_strangers {
-            self.out.push(Output::Disconnect(peer));
-        } else {
-            self.strangers.insert(peer, at);
+            return;
         }
+        if self.strangers.len() >= self.config.max_strangers {
+            // Full: the stranger closest to its deadline (the oldest, or one already refused)
+            // makes room, so a flood of idle connections cannot keep a joiner out.
+            let oldest = self
+                .strangers
+                .iter()
+                .filter(|(p, _)| !self.pending_admissions.contains_key(*p))
+                .min_by_key(|(_, at)| **at)
+                .map(|(p, _)| *p);
+            match oldest {
+                Some(oldest) => {
+                    self.strangers.remove(&oldest);
+                    self.out.push(Output::Disconnect(oldest));
+                }
+                None => {
+                    self.out.push(Output::Disconnect(peer));
+                    return;
+                }
+            }
+        }
+        self.strangers.insert(peer, at);
     }
 
     fn drop_strangers(&mut self, now: Instant) {
@@ -2076,5 +2096,28 @@ mod tests {
         // 400 members: 2 s × √4.
         assert_eq!(f.node.config().heartbeat_interval, Duration::from_secs(4));
         assert_eq!(f.node.config().offline_after, Duration::from_secs(12));
+    }
+
+    #[test]
+    fn a_flood_of_strangers_cannot_keep_a_joiner_out() {
+        let mut f = Fixture::new(10, &[]);
+        let flood: Vec<PeerId> = (0..256).map(|_| PeerId::random()).collect();
+        for (i, peer) in flood.iter().enumerate() {
+            f.handle(i as f64 * 0.001, Input::Connected(*peer));
+        }
+        let joiner = PeerId::random();
+        let out = f.handle(1.0, Input::Connected(joiner));
+        assert!(
+            out.contains(&Output::Disconnect(flood[0])),
+            "the oldest makes room"
+        );
+        assert!(!out.contains(&Output::Disconnect(joiner)));
+        // Strangers that hang up free their place at once.
+        for peer in &flood[1..] {
+            f.handle(1.1, Input::Disconnected(*peer));
+        }
+        let late = PeerId::random();
+        let out = f.handle(1.2, Input::Connected(late));
+        assert!(!out.iter().any(|o| matches!(o, Output::Disconnect(_))));
     }
 }

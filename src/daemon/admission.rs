@@ -4,6 +4,7 @@
 //! is good, a name free, and when the joiner is admitted are the core's rules.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use constella_behaviours::join::{JoinAccepted, JoinRefusal, JoinRequest, JoinResponse};
 use constella_behaviours::node::Admission;
@@ -11,7 +12,9 @@ use constella_behaviours::{Behaviour, NetworkSecret};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId, Swarm};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+
+use super::log_limit::LogLimit;
 
 use crate::state::{NetworkState, StoredSecret};
 use crate::validate::{HostPort, ServerName};
@@ -31,6 +34,8 @@ pub(super) struct Admissions {
     waiting: HashMap<PeerId, ResponseChannel<JoinResponse>>,
     /// Remote address of the latest connection of each peer (for joiners without an address).
     remote_addrs: HashMap<PeerId, Multiaddr>,
+    /// Refusals are logged at most once a minute per peer (an outsider can cause them).
+    refusals: LogLimit,
 }
 
 impl std::fmt::Debug for Admissions {
@@ -62,12 +67,12 @@ impl Admissions {
     ) -> Option<Ask> {
         if self.waiting.contains_key(&peer) {
             let refusal = JoinRefusal::Invalid("a join of this node is already in progress".into());
-            send(swarm, peer, channel, Err(refusal));
+            self.send(swarm, peer, channel, Err(refusal));
             return None;
         }
         match self.check(state, &peer, request) {
             Err(refusal) => {
-                send(swarm, peer, channel, Err(refusal));
+                self.send(swarm, peer, channel, Err(refusal));
                 None
             }
             Ok(ask) => {
@@ -136,26 +141,33 @@ impl Admissions {
             bot_token: state.bot_token.as_ref().map(|t| t.expose().to_owned()),
             settings: admission.settings,
         });
-        send(swarm, peer, channel, response);
+        self.send(swarm, peer, channel, response);
     }
-}
 
-fn send(
-    swarm: &mut Swarm<Behaviour>,
-    peer: PeerId,
-    channel: ResponseChannel<JoinResponse>,
-    response: JoinResponse,
-) {
-    match &response {
-        Ok(accepted) => info!(node = %accepted.record.name, node_id = %peer, "admitted a new node"),
-        Err(refusal) => warn!(from = %peer, %refusal, "join refused"),
-    }
-    if swarm
-        .behaviour_mut()
-        .join
-        .send_response(channel, response)
-        .is_err()
-    {
-        warn!(from = %peer, "the joiner went away before the answer");
+    fn send(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        peer: PeerId,
+        channel: ResponseChannel<JoinResponse>,
+        response: JoinResponse,
+    ) {
+        match &response {
+            Ok(accepted) => {
+                info!(node = %accepted.record.name, node_id = %peer, "admitted a new node");
+            }
+            Err(refusal) => {
+                if let Some(held_back) = self.refusals.admit(peer, Instant::now()) {
+                    warn!(from = %peer, %refusal, held_back, "join refused");
+                }
+            }
+        }
+        if swarm
+            .behaviour_mut()
+            .join
+            .send_response(channel, response)
+            .is_err()
+        {
+            debug!(from = %peer, "the joiner went away before the answer");
+        }
     }
 }

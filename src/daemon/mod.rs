@@ -6,6 +6,7 @@
 mod admission;
 pub mod error;
 mod event_loop;
+mod log_limit;
 pub mod report;
 mod rpc;
 pub mod signals;

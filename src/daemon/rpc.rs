@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::error::ClientError;
 use super::event_loop::dial_addresses;
+use super::log_limit::LogLimit;
 use crate::reboot::RebootAction;
 use crate::stats::{self, NodeStats, RebootAccepted};
 
@@ -127,6 +128,8 @@ pub(super) struct Rpc {
     finished_tx: mpsc::Sender<Finished>,
     finished_rx: mpsc::Receiver<Finished>,
     started: Instant,
+    /// Refusals of strangers are logged at most once a minute per peer.
+    refusals: LogLimit,
 }
 
 impl Rpc {
@@ -140,6 +143,7 @@ impl Rpc {
             finished_tx,
             finished_rx,
             started,
+            refusals: LogLimit::default(),
         }
     }
 
@@ -349,7 +353,11 @@ impl Rpc {
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 // A malformed or oversized frame fails its own stream only.
-                warn!(%peer, %error, "RPC request failed");
+                if core.membership().is_member(&peer) {
+                    warn!(%peer, %error, "RPC request failed");
+                } else if let Some(held_back) = self.refusals.admit(peer, Instant::now()) {
+                    warn!(%peer, %error, held_back, "RPC request from a stranger failed");
+                }
                 return stranger(core, peer);
             }
             request_response::Event::ResponseSent { peer, .. } => return stranger(core, peer),
@@ -366,7 +374,14 @@ impl Rpc {
         channel: ResponseChannel<RpcResponse>,
     ) -> Followup {
         if !core.membership().is_member(&peer) {
-            warn!(%peer, ?request, "RPC refused: the caller is not a member");
+            if let Some(held_back) = self.refusals.admit(peer, Instant::now()) {
+                warn!(
+                    %peer,
+                    ?request,
+                    held_back,
+                    "RPC refused: the caller is not a member (held_back: refusals of this peer not logged in the last minute)"
+                );
+            }
             respond(swarm, peer, channel, Err(RpcRefusal::NotMember));
             return Followup::None;
         }
