@@ -1,6 +1,10 @@
-//! The control socket: how `constella status`, `peers`, `invite`, `leave`, `stats` and `reboot` talk to the running
-//! daemon. A Unix socket (`control.sock`, 0600) in the state directory; one JSON request line,
-//! one JSON response line.
+//! The control socket: how `constella status`, `peers`, `invite`, `leave`, `stats`, `reboot`
+//! and `docker` talk to the running daemon. A Unix socket (`control.sock`, 0600) in the state
+//! directory; one JSON request line, one JSON response line.
+//!
+//! Container requests are answered by the [`Containers`] handle given to [`serve`], off the
+//! event loop: a container list takes the engine about a second, and nothing in it concerns
+//! the network.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -12,6 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::daemon::Client;
+use crate::docker::{Containers, DockerAnswer, DockerRequest};
 use crate::stats::{NodeStats, RebootAccepted};
 use constella_behaviours::rpc::PeerInfo;
 
@@ -40,6 +45,11 @@ pub enum Request {
     Reboot {
         target: String,
         requested_by: String,
+    },
+    /// A container request for a node, by name or node id.
+    Docker {
+        target: String,
+        request: DockerRequest,
     },
 }
 
@@ -137,6 +147,7 @@ pub enum Response {
     PeersOf(Vec<PeerInfo>),
     Stats(Box<NodeStats>),
     RebootAccepted(RebootAccepted),
+    Docker(DockerAnswer),
     Error(String),
 }
 
@@ -201,7 +212,7 @@ pub async fn bind(socket: &Path) -> Result<UnixListener> {
 }
 
 /// Answers control requests until the listener fails or the daemon stops.
-pub async fn serve(listener: UnixListener, client: Client) {
+pub async fn serve(listener: UnixListener, client: Client, containers: Containers) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -210,22 +221,26 @@ pub async fn serve(listener: UnixListener, client: Client) {
                 continue;
             }
         };
-        let client = client.clone();
+        let (client, containers) = (client.clone(), containers.clone());
         tokio::spawn(async move {
-            if let Err(error) = answer(stream, client).await {
+            if let Err(error) = answer(stream, client, containers).await {
                 tracing::debug!(error = format!("{error:#}"), "control connection failed");
             }
         });
     }
 }
 
-async fn answer(stream: UnixStream, client: Client) -> Result<()> {
+async fn answer(stream: UnixStream, client: Client, containers: Containers) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read.take(MAX_REQUEST_BYTES))
         .read_line(&mut line)
         .await?;
     let response = match serde_json::from_str::<Request>(&line) {
+        Ok(Request::Docker { target, request }) => containers
+            .call(&target, request)
+            .await
+            .map_or_else(|error| Response::Error(error.to_string()), Response::Docker),
         Ok(request) => client.handle(request).await,
         Err(error) => Response::Error(format!("malformed control request: {error}")),
     };

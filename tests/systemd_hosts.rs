@@ -2,10 +2,11 @@
 //! scripts/test-image.sh, nothing pulled), on their own Docker network, each a stand-in for a
 //! VPS. The README's install commands run in them for real (`install.sh init` on the first,
 //! `install.sh join` with a link on the others), and then: the unit is active and logs to the
-//! journal, the nodes agree on one Хост, a `systemctl restart` of the leader fails over and
-//! back, `constella reboot` reboots exactly the container it names (Docker's restart policy
-//! brings it back, the unit starts at boot), `constella rolling-restart` restarts the three
-//! over ssh with its default commands, and `install.sh uninstall` leaves no unit behind.
+//! journal, the nodes agree on one Хост, the daemon reaches the Docker engine from inside the
+//! unit's confinement, a `systemctl restart` of the leader fails over and back, `constella
+//! reboot` reboots exactly the container it names (Docker's restart policy brings it back, the
+//! unit starts at boot), `constella rolling-restart` restarts the three over ssh with its
+//! default commands, and `install.sh uninstall` leaves no unit behind.
 //!
 //! The binary is the debug build cargo made for this test (`CARGO_BIN_EXE_constella`), with its
 //! debug info stripped on the way in: a release build would add minutes of CI for nothing the
@@ -20,7 +21,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::docker::{Cleanup, docker, docker_ok, engine_answers, test_image, unique_prefix};
-use common::{BIN, Peer, wait_for};
+use common::{BIN, Peer, output_text as text, wait_for};
 
 /// Where the staged repository (install.sh and the binary) appears in each container.
 const REPO_IN_HOST: &str = "/root/constella";
@@ -116,15 +117,6 @@ impl Host {
     }
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {}\n--- stdout\n{}--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// The three hosts and their network; removed on drop, after printing every node's journal if
 /// the test failed.
 struct Hosts {
@@ -205,6 +197,10 @@ impl Hosts {
                 "unless-stopped",
                 "--volume",
                 &mount,
+                // The machine's Docker engine, as a VPS's own: `constella docker` from inside
+                // the confined unit.
+                "--volume",
+                "/var/run/docker.sock:/var/run/docker.sock",
                 &image,
             ]);
             hosts.push(Host {
@@ -386,6 +382,16 @@ fn three_systemd_hosts_install_fail_over_reboot_roll_and_uninstall() {
         assert_eq!(text.matches("— Хост").count(), 1, "{text}");
         assert!(text.contains("• alpha — Хост"), "{text}");
     }
+
+    // ---- containers, asked of the daemon under the unit's confinement ----
+    let out = alpha.exec(&["constella", "docker", "alpha", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let containers: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let bravo_container = containers
+        .iter()
+        .find(|c| c["name"] == bravo.container.as_str())
+        .expect("the engine's containers include the hosts");
+    assert_eq!(bravo_container["state"], "running");
 
     // ---- systemctl restart of the leader: it fails over and back ----
     let changes_before = bravo.leader_changes();

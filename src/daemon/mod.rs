@@ -146,6 +146,8 @@ impl Client {
                 .reboot(&target, &requested_by)
                 .await
                 .map(Response::RebootAccepted),
+            // Answered by the control socket's `Containers` handle, never by the event loop.
+            Request::Docker { .. } => Err("container requests go to the Docker handle".to_owned()),
         };
         result.unwrap_or_else(Response::Error)
     }
@@ -250,7 +252,14 @@ pub async fn run(
     let client = Client {
         commands: commands_tx,
     };
-    let control_task = tokio::spawn(control::serve(listener, client.clone()));
+    // Containers: answered off the event loop (see src/docker.rs).
+    let containers = crate::docker::Containers::new(
+        crate::docker::Engine::from_env(&state.node.name),
+        client.clone(),
+        &state.node.name,
+        &state.node.node_id,
+    );
+    let control_task = tokio::spawn(control::serve(listener, client.clone(), containers.clone()));
 
     let metrics = Arc::new(BotMetrics::default());
     let (signals, watchers) = signals::Signals::new(state.settings.clone(), metrics.clone());
@@ -262,6 +271,7 @@ pub async fn run(
                 owner_username: state.owner_username.clone(),
                 node_name: state.node.name.clone(),
                 secret: secret.clone(),
+                containers,
             },
             client,
             watchers,

@@ -248,6 +248,24 @@ impl FakeTelegram {
         })
     }
 
+    /// `user` presses `data` under `message_id` and waits for the bot to answer that press;
+    /// returns the AnswerCallbackQuery body (its `text` is the toast, if any).
+    pub fn press_for_answer(
+        &self,
+        user: &TgUser,
+        message_id: i64,
+        data: &str,
+        deadline: Duration,
+    ) -> Value {
+        let answers = self.callback_answers().len();
+        self.press(user, message_id, data);
+        super::wait_for(deadline, "the answer to a button press", || {
+            self.callback_answers()
+                .get(answers)
+                .map(|(_, body)| body.clone())
+        })
+    }
+
     pub fn calls(&self) -> Vec<Call> {
         self.state.lock().unwrap().calls.clone()
     }

@@ -36,6 +36,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A finished process's exit status, stdout and stderr, for an assertion message.
+pub fn output_text(output: &Output) -> String {
+    format!(
+        "exit {}\n--- stdout\n{}--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `deadline` naming `what`.
 pub fn wait_for<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
