@@ -4,8 +4,9 @@
 //! `install.sh join` with a link on the others), and then: the unit is active and logs to the
 //! journal, the nodes agree on one Хост, the daemon reaches the Docker engine from inside the
 //! unit's confinement, a `systemctl restart` of the leader fails over and back, `constella
-//! reboot` reboots exactly the container it names (Docker's restart policy brings it back, the
-//! unit starts at boot), `constella rolling-restart` restarts the three over ssh with its
+//! reboot` and the bot's reboot button (the leader's bot, talking to a fake Bot API on the host
+//! machine) each reboot exactly the container they name (Docker's restart policy brings it
+//! back, the unit starts at boot), `constella rolling-restart` restarts the three over ssh with its
 //! default commands, and `install.sh uninstall` leaves no unit behind.
 //!
 //! The binary is the debug build cargo made for this test (`CARGO_BIN_EXE_constella`), with its
@@ -21,11 +22,15 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::docker::{Cleanup, docker, docker_ok, engine_answers, test_image, unique_prefix};
+use common::fake_telegram::{FakeTelegram, TgUser};
 use common::{BIN, Peer, output_text as text, wait_for};
 
 /// Where the staged repository (install.sh and the binary) appears in each container.
 const REPO_IN_HOST: &str = "/root/constella";
 const PORT: u16 = 4747;
+/// A token in @BotFather's format; the fake Bot API accepts only this one.
+const TOKEN: &str = "123456789:AAHfakeTokenForConstellaTests_0123456789";
+const OWNER_ID: u64 = 5001;
 
 /// One container, one "VPS".
 struct Host {
@@ -37,7 +42,16 @@ struct Host {
 
 impl Host {
     fn exec(&self, args: &[&str]) -> Output {
-        let mut all = vec!["exec", self.container.as_str()];
+        self.exec_env(&[], args)
+    }
+
+    /// `docker exec` with `env` (`NAME=value`) set for the command.
+    fn exec_env(&self, env: &[&str], args: &[&str]) -> Output {
+        let mut all = vec!["exec"];
+        for var in env {
+            all.extend_from_slice(&["--env", var]);
+        }
+        all.push(self.container.as_str());
         all.extend_from_slice(args);
         docker(&all)
     }
@@ -55,11 +69,11 @@ impl Host {
     }
 
     /// `install.sh ARGS` as the README has it, from the staged clone.
-    fn install_sh(&self, args: &[&str]) -> Output {
+    fn install_sh(&self, env: &[&str], args: &[&str]) -> Output {
         let script = format!("{REPO_IN_HOST}/scripts/install.sh");
         let mut all = vec![script.as_str()];
         all.extend_from_slice(args);
-        self.exec(&all)
+        self.exec_env(env, &all)
     }
 
     fn peers(&self) -> Option<Vec<Peer>> {
@@ -121,6 +135,8 @@ impl Host {
 /// the test failed.
 struct Hosts {
     hosts: Vec<Host>,
+    /// The host machine's address on the test network (where the fake Bot API listens).
+    gateway: String,
     _staging: tempfile::TempDir,
     cleanup: Cleanup,
 }
@@ -150,6 +166,13 @@ impl Hosts {
         let network = format!("{prefix}-net");
         docker_ok(&["network", "create", &network]);
         cleanup.networks.push(network.clone());
+        let gateway = docker_ok(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+            &network,
+        ]);
 
         // The "clone of the repository" the README's commands run from: install.sh, and the
         // binary install.sh is told to use (--binary).
@@ -210,6 +233,7 @@ impl Hosts {
         }
         let hosts = Self {
             hosts,
+            gateway,
             _staging: staging,
             cleanup,
         };
@@ -295,20 +319,41 @@ fn three_systemd_hosts_install_fail_over_reboot_roll_and_uninstall() {
     let binary = format!("{REPO_IN_HOST}/constella");
     let public = |h: &Host| format!("{}:{PORT}", h.name);
 
+    // The bot talks to a fake Bot API on the host machine, set the way an operator points it
+    // at a self-hosted one: a drop-in (`systemctl edit constella`), here written before the
+    // install so the first start has it.
+    let fake = FakeTelegram::start(TOKEN);
+    for host in &hosts.hosts {
+        let url = fake.url_for_at(&host.name, &hosts.gateway);
+        host.ok(&[
+            "sh",
+            "-c",
+            &format!(
+                "mkdir -p /etc/systemd/system/constella.service.d && \
+                 printf '[Service]\\nEnvironment=CONSTELLA_TELEGRAM_API_URL={url}\\n' \
+                 >/etc/systemd/system/constella.service.d/telegram.conf"
+            ),
+        ]);
+    }
+
     // ---- install, as the README says ----
-    let out = alpha.install_sh(&[
-        "init",
-        "--server-name",
-        "alpha",
-        "--public-addr",
-        &public(alpha),
-        "--owner",
-        "@owner_test",
-        "--priority",
-        "10",
-        "--binary",
-        &binary,
-    ]);
+    let token_env = format!("CONSTELLA_BOT_TOKEN={TOKEN}");
+    let out = alpha.install_sh(
+        &[&token_env],
+        &[
+            "init",
+            "--server-name",
+            "alpha",
+            "--public-addr",
+            &public(alpha),
+            "--owner",
+            "@owner_test",
+            "--priority",
+            "10",
+            "--binary",
+            &binary,
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("started constella.service"), "{stdout}");
@@ -318,17 +363,20 @@ fn three_systemd_hosts_install_fail_over_reboot_roll_and_uninstall() {
     for host in [bravo, charlie] {
         let link = alpha.ok(&["constella", "invite", "--ttl", "15m"]);
         let started = Instant::now();
-        let out = host.install_sh(&[
-            "join",
-            "--server-name",
-            &host.name,
-            "--join",
-            link.trim(),
-            "--public-addr",
-            &public(host),
-            "--binary",
-            &binary,
-        ]);
+        let out = host.install_sh(
+            &[],
+            &[
+                "join",
+                "--server-name",
+                &host.name,
+                "--join",
+                link.trim(),
+                "--public-addr",
+                &public(host),
+                "--binary",
+                &binary,
+            ],
+        );
         assert!(out.status.success(), "{}", text(&out));
         joined.push(&host.name);
         let members: Vec<&Host> = joined.iter().map(|n| hosts.host(n)).collect();
@@ -451,6 +499,51 @@ fn three_systemd_hosts_install_fail_over_reboot_roll_and_uninstall() {
     );
     assert!(charlie.incarnation() > charlie_incarnation);
 
+    // ---- a reboot from the bot: the leader's bot, the signed confirmation, bravo reboots ----
+    let owner = TgUser::new(OWNER_ID, "owner_test");
+    wait_for(Duration::from_secs(30), "alpha's bot to poll", || {
+        fake.polls().iter().any(|p| p.node == "alpha").then_some(())
+    });
+    fake.send_text(&owner, "/start");
+    let answer = Duration::from_secs(20);
+    let list = fake.wait_message(answer, "the node list", OWNER_ID, |m| {
+        m.text.starts_with("Узлы сети")
+    });
+    let id = list.message_id;
+    fake.press(&owner, id, &list.button("bravo").unwrap());
+    let card = fake.wait_message(answer, "bravo's card", OWNER_ID, |m| {
+        m.message_id == id && m.text.contains("bravo") && m.text.contains("Адрес")
+    });
+    fake.press(&owner, id, &card.button("Перезагрузить сервер").unwrap());
+    let confirm = fake.wait_message(answer, "the confirmation", OWNER_ID, |m| {
+        m.message_id == id && m.text.starts_with("Перезагрузить bravo?")
+    });
+    let before: Vec<(String, u64)> = hosts.hosts.iter().map(Host::started).collect();
+    let started = Instant::now();
+    fake.press(&owner, id, &confirm.button("Да, перезагрузить").unwrap());
+    fake.wait_message(answer, "the bot's answer", OWNER_ID, |m| {
+        m.message_id == id && m.text.contains("bravo: перезагрузка запущена")
+    });
+    wait_for(
+        Duration::from_secs(60),
+        "bravo's container to start again",
+        || (bravo.started() != before[1]).then_some(()),
+    );
+    hosts.wait_booted(bravo);
+    hosts.agreed_leader(
+        &hosts.all(),
+        &["alpha", "bravo", "charlie"],
+        Duration::from_secs(60),
+    );
+    println!(
+        "BENCH the bot's reboot confirmation → bravo alive again on every node: {} ms",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(bravo.started().1, before[1].1 + 1);
+    for (host, earlier) in [alpha, charlie].iter().zip([&before[0], &before[2]]) {
+        assert_eq!(&host.started(), earlier, "{} rebooted too", host.name);
+    }
+
     // ---- rolling restart, with its default ssh commands ----
     alpha.ok(&[
         "ssh-keygen",
@@ -518,7 +611,7 @@ fn three_systemd_hosts_install_fail_over_reboot_roll_and_uninstall() {
     );
 
     // ---- uninstall leaves no unit behind ----
-    let out = charlie.install_sh(&["uninstall"]);
+    let out = charlie.install_sh(&[], &["uninstall"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         !charlie
