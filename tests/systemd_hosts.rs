@@ -290,6 +290,47 @@ impl Hosts {
     fn all(&self) -> Vec<&Host> {
         self.hosts.iter().collect()
     }
+
+    /// Every container's (StartedAt, RestartCount), to tell which one rebooted.
+    fn starts(&self) -> Vec<(String, u64)> {
+        self.hosts.iter().map(Host::started).collect()
+    }
+
+    /// After a reboot of `target` was asked for at `asked` (with `before` = [`Hosts::starts`]
+    /// just before): waits until its container has started again, systemd has booted and every
+    /// node sees all alive; prints how long that took after `what`; checks that exactly that
+    /// container restarted, once.
+    fn await_reboot(&self, target: &Host, before: &[(String, u64)], asked: Instant, what: &str) {
+        let index = self
+            .hosts
+            .iter()
+            .position(|h| h.name == target.name)
+            .unwrap();
+        wait_for(
+            Duration::from_secs(60),
+            &format!("{}'s container to start again", target.name),
+            || (target.started() != before[index]).then_some(()),
+        );
+        self.wait_booted(target);
+        let names: Vec<&str> = self.hosts.iter().map(|h| h.name.as_str()).collect();
+        self.agreed_leader(&self.all(), &names, Duration::from_secs(60));
+        println!(
+            "BENCH {what} → {} alive again on every node: {} ms",
+            target.name,
+            asked.elapsed().as_millis()
+        );
+        for (host, earlier) in self.hosts.iter().zip(before) {
+            let expected = if host.name == target.name {
+                earlier.1 + 1
+            } else {
+                earlier.1
+            };
+            assert_eq!(host.started().1, expected, "restarts of {}", host.name);
+            if host.name != target.name {
+                assert_eq!(&host.started(), earlier, "{} rebooted too", host.name);
+            }
+        }
+    }
 }
 
 /// Copies the test's binary to `to` without its debug info (a fifth of the size).
@@ -464,34 +505,15 @@ fn three_systemd_hosts_install_fail_over_reboot_roll_and_uninstall() {
     assert!(alpha.incarnation() > incarnation);
 
     // ---- constella reboot: exactly that container reboots, and comes back ----
-    let before: Vec<(String, u64)> = hosts.hosts.iter().map(Host::started).collect();
+    let before = hosts.starts();
     let charlie_incarnation = charlie.incarnation();
-    let started = Instant::now();
+    let asked = Instant::now();
     let out = alpha.ok(&["constella", "reboot", "charlie", "--yes"]);
     assert!(
         out.contains("Node charlie accepted the reboot (systemctl reboot)"),
         "{out}"
     );
-    wait_for(
-        Duration::from_secs(60),
-        "charlie's container to start again",
-        || (charlie.started() != before[2]).then_some(()),
-    );
-    hosts.wait_booted(charlie);
-    hosts.agreed_leader(
-        &hosts.all(),
-        &["alpha", "bravo", "charlie"],
-        Duration::from_secs(60),
-    );
-    println!(
-        "BENCH constella reboot charlie → charlie alive again on every node: {} ms",
-        started.elapsed().as_millis()
-    );
-    let (_, restarts) = charlie.started();
-    assert_eq!(restarts, before[2].1 + 1, "one reboot, one restart");
-    for (host, earlier) in [alpha, bravo].iter().zip(&before) {
-        assert_eq!(&host.started(), earlier, "{} rebooted too", host.name);
-    }
+    hosts.await_reboot(charlie, &before, asked, "constella reboot charlie");
     // The unit started at boot, on the state it had.
     assert_eq!(
         charlie.ok(&["systemctl", "is-active", "constella"]).trim(),
@@ -518,31 +540,13 @@ fn three_systemd_hosts_install_fail_over_reboot_roll_and_uninstall() {
     let confirm = fake.wait_message(answer, "the confirmation", OWNER_ID, |m| {
         m.message_id == id && m.text.starts_with("Перезагрузить bravo?")
     });
-    let before: Vec<(String, u64)> = hosts.hosts.iter().map(Host::started).collect();
-    let started = Instant::now();
+    let before = hosts.starts();
+    let asked = Instant::now();
     fake.press(&owner, id, &confirm.button("Да, перезагрузить").unwrap());
     fake.wait_message(answer, "the bot's answer", OWNER_ID, |m| {
         m.message_id == id && m.text.contains("bravo: перезагрузка запущена")
     });
-    wait_for(
-        Duration::from_secs(60),
-        "bravo's container to start again",
-        || (bravo.started() != before[1]).then_some(()),
-    );
-    hosts.wait_booted(bravo);
-    hosts.agreed_leader(
-        &hosts.all(),
-        &["alpha", "bravo", "charlie"],
-        Duration::from_secs(60),
-    );
-    println!(
-        "BENCH the bot's reboot confirmation → bravo alive again on every node: {} ms",
-        started.elapsed().as_millis()
-    );
-    assert_eq!(bravo.started().1, before[1].1 + 1);
-    for (host, earlier) in [alpha, charlie].iter().zip([&before[0], &before[2]]) {
-        assert_eq!(&host.started(), earlier, "{} rebooted too", host.name);
-    }
+    hosts.await_reboot(bravo, &before, asked, "the bot's reboot confirmation");
 
     // ---- rolling restart, with its default ssh commands ----
     alpha.ok(&[
