@@ -2,12 +2,13 @@
 //! scripts/test-image.sh, nothing pulled), on their own Docker network, each a stand-in for a
 //! VPS. The README's install commands run in them for real (`install.sh init` on the first,
 //! `install.sh join` with a link on the others), and then: the unit is active and logs to the
-//! journal, the nodes agree on one Хост, the daemon reaches the Docker engine from inside the
-//! unit's confinement, a `systemctl restart` of the leader fails over and back, `constella
-//! reboot` and the bot's reboot button (the leader's bot, talking to a fake Bot API on the host
-//! machine) each reboot exactly the container they name (Docker's restart policy brings it
-//! back, the unit starts at boot), `constella rolling-restart` restarts the three over ssh with its
-//! default commands, and `install.sh uninstall` leaves no unit behind.
+//! journal, the nodes agree on one Хост, re-running install.sh (an upgrade) keeps the node's
+//! state, the daemon reaches the Docker engine from inside the unit's confinement, a `systemctl
+//! restart` of the leader fails over and back, `constella reboot` and the bot's reboot button
+//! (the leader's bot, talking to a fake Bot API on the host machine) each reboot exactly the
+//! container they name (Docker's restart policy brings it back, the unit starts at boot),
+//! `constella rolling-restart` restarts the three over ssh with its default commands, and
+//! `install.sh uninstall` leaves no unit behind.
 //!
 //! The binary is the debug build cargo made for this test (`CARGO_BIN_EXE_constella`), with its
 //! debug info stripped on the way in: a release build would add minutes of CI for nothing the
@@ -400,24 +401,28 @@ fn three_systemd_hosts_install_fail_over_reboot_roll_and_uninstall() {
     assert!(stdout.contains("started constella.service"), "{stdout}");
     assert!(stdout.contains("invite --ttl 15m"), "{stdout}");
 
-    let mut joined = vec!["alpha"];
-    for host in [bravo, charlie] {
-        let link = alpha.ok(&["constella", "invite", "--ttl", "15m"]);
-        let started = Instant::now();
-        let out = host.install_sh(
+    let join = |host: &Host, link: &str| {
+        host.install_sh(
             &[],
             &[
                 "join",
                 "--server-name",
                 &host.name,
                 "--join",
-                link.trim(),
+                link,
                 "--public-addr",
                 &public(host),
                 "--binary",
                 &binary,
             ],
-        );
+        )
+    };
+    let mut joined = vec!["alpha"];
+    let mut last_link = String::new();
+    for host in [bravo, charlie] {
+        last_link = alpha.ok(&["constella", "invite", "--ttl", "15m"]);
+        let started = Instant::now();
+        let out = join(host, last_link.trim());
         assert!(out.status.success(), "{}", text(&out));
         joined.push(&host.name);
         let members: Vec<&Host> = joined.iter().map(|n| hosts.host(n)).collect();
@@ -471,6 +476,22 @@ fn three_systemd_hosts_install_fail_over_reboot_roll_and_uninstall() {
         assert_eq!(text.matches("— Хост").count(), 1, "{text}");
         assert!(text.contains("• alpha — Хост"), "{text}");
     }
+
+    // ---- re-running install.sh (an upgrade of one node) keeps its state, restarts the unit ----
+    let incarnation = charlie.incarnation();
+    let out = join(charlie, last_link.trim());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("already holds a network state: keeping it"),
+        "{}",
+        text(&out)
+    );
+    assert!(charlie.incarnation() > incarnation);
+    hosts.agreed_leader(
+        &hosts.all(),
+        &["alpha", "bravo", "charlie"],
+        Duration::from_secs(30),
+    );
 
     // ---- containers, asked of the daemon under the unit's confinement ----
     let out = alpha.exec(&["constella", "docker", "alpha", "--json"]);
