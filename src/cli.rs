@@ -58,6 +58,8 @@ pub enum Command {
     /// Restart every node of the network one at a time, the leader last, waiting until each is
     /// alive again on every other node before the next.
     RollingRestart(RollingRestartArgs),
+    /// List a node's Docker containers; start, stop or restart one; show its output.
+    Docker(DockerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +163,55 @@ pub struct RebootArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Without a command: every container of NODE with its state, uptime, CPU \
+    and memory. Only the node itself is served for now (run it on that node)."
+)]
+pub struct DockerArgs {
+    /// The node, by server name or node id.
+    #[arg(value_name = "NODE")]
+    pub target: String,
+    /// Print the container list as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Option<DockerCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DockerCommand {
+    /// Start a stopped container.
+    Start(ContainerArgs),
+    /// Stop a container (SIGTERM, SIGKILL after 10 s).
+    Stop(ContainerArgs),
+    /// Restart a container.
+    Restart(ContainerArgs),
+    /// Print the last lines of a container's output (stdout and stderr).
+    Logs(ContainerLogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ContainerArgs {
+    /// The container, by name or id.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ContainerLogsArgs {
+    /// The container, by name or id.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// How many lines, from 1 to 1000.
+    #[arg(long, default_value_t = 100, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub tail: u32,
 }
 
 #[derive(Debug, Args)]

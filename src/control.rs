@@ -1,6 +1,10 @@
-//! The control socket: how `constella status`, `peers`, `invite`, `leave`, `stats` and `reboot` talk to the running
-//! daemon. A Unix socket (`control.sock`, 0600) in the state directory; one JSON request line,
-//! one JSON response line.
+//! The control socket: how `constella status`, `peers`, `invite`, `leave`, `stats`, `reboot`
+//! and `docker` talk to the running daemon. A Unix socket (`control.sock`, 0600) in the state
+//! directory; one JSON request line, one JSON response line.
+//!
+//! Container requests are answered by the [`Containers`] handle given to [`serve`], off the
+//! event loop: a container list takes the engine about a second, and nothing in it concerns
+//! the network.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -15,6 +19,7 @@ use constella_behaviours::membership::MemberView;
 
 use crate::daemon::Client;
 use crate::daemon::report::{InviteReport, StatusReport};
+use crate::docker::{Containers, DockerAnswer, DockerRequest};
 use crate::stats::{NodeStats, RebootAccepted};
 use crate::validate::Ttl;
 
@@ -44,6 +49,11 @@ pub enum Request {
         target: String,
         requested_by: String,
     },
+    /// A container request for a node, by name or node id.
+    Docker {
+        target: String,
+        request: DockerRequest,
+    },
 }
 
 /// The daemon's answer.
@@ -57,6 +67,7 @@ pub enum Response {
     PeersOf(Vec<MemberView>),
     Stats(Box<NodeStats>),
     RebootAccepted(RebootAccepted),
+    Docker(DockerAnswer),
     Error(String),
 }
 
@@ -164,7 +175,7 @@ impl AcceptEpisode {
 }
 
 /// Answers control requests until the daemon stops.
-pub async fn serve(listener: UnixListener, client: Client) {
+pub async fn serve(listener: UnixListener, client: Client, containers: Containers) {
     let mut episode: Option<AcceptEpisode> = None;
     loop {
         let stream = match listener.accept().await {
@@ -191,16 +202,16 @@ pub async fn serve(listener: UnixListener, client: Client) {
                 continue;
             }
         };
-        let client = client.clone();
+        let (client, containers) = (client.clone(), containers.clone());
         tokio::spawn(async move {
-            if let Err(error) = answer(stream, client).await {
+            if let Err(error) = answer(stream, client, containers).await {
                 tracing::debug!(error = format!("{error:#}"), "control connection failed");
             }
         });
     }
 }
 
-async fn answer(stream: UnixStream, client: Client) -> Result<()> {
+async fn answer(stream: UnixStream, client: Client, containers: Containers) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     tokio::time::timeout(
@@ -210,6 +221,10 @@ async fn answer(stream: UnixStream, client: Client) -> Result<()> {
     .await
     .context("no request line in time")??;
     let response = match serde_json::from_str::<Request>(&line) {
+        Ok(Request::Docker { target, request }) => containers
+            .call(&target, request)
+            .await
+            .map_or_else(|error| Response::Error(error.to_string()), Response::Docker),
         Ok(request) => handle(&client, request).await,
         Err(error) => Response::Error(format!("malformed control request: {error}")),
     };
@@ -241,6 +256,10 @@ async fn handle(client: &Client, request: Request) -> Response {
             .reboot(&target, &requested_by)
             .await
             .map(Response::RebootAccepted),
+        // Answered by the control socket's `Containers` handle before this, never by the node.
+        Request::Docker { .. } => {
+            return Response::Error("container requests go to the Docker handle".to_owned());
+        }
     };
     result.unwrap_or_else(|error| Response::Error(error.to_string()))
 }

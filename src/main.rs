@@ -4,6 +4,7 @@ mod bot;
 mod cli;
 mod control;
 mod daemon;
+mod docker;
 mod join;
 mod link;
 mod logging;
@@ -171,6 +172,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::RollingRestart(args) => rolling::run(&state_dir, args).await,
+        Command::Docker(args) => docker_command(&state_dir, args).await,
         Command::Leave(args) => {
             let network = state_dir.load()?.network_id;
             if !args.yes
@@ -186,6 +188,68 @@ async fn dispatch(cli: Cli) -> Result<()> {
             }
         }
     }
+}
+
+/// `constella docker NODE [COMMAND]`: one container request through the control socket.
+async fn docker_command(state_dir: &StateDir, args: cli::DockerArgs) -> Result<()> {
+    use crate::cli::DockerCommand;
+    use crate::docker::{ContainerAction, DockerAnswer, DockerRequest};
+    let target = args.target;
+    let (request, json) = match args.command {
+        None => (DockerRequest::List, args.json),
+        Some(DockerCommand::Logs(logs)) => (
+            DockerRequest::Logs {
+                name: logs.name,
+                tail: logs.tail,
+            },
+            false,
+        ),
+        Some(DockerCommand::Start(c)) => {
+            (confirmed_act(ContainerAction::Start, c, &target)?, false)
+        }
+        Some(DockerCommand::Stop(c)) => (confirmed_act(ContainerAction::Stop, c, &target)?, false),
+        Some(DockerCommand::Restart(c)) => {
+            (confirmed_act(ContainerAction::Restart, c, &target)?, false)
+        }
+    };
+    let request = Request::Docker { target, request };
+    match ask(state_dir, &request).await? {
+        Response::Docker(DockerAnswer::Containers(list)) if json => print_json(&list),
+        Response::Docker(DockerAnswer::Containers(list)) => {
+            print_text(&output::containers_table(&list))
+        }
+        Response::Docker(DockerAnswer::Done { action, container }) => print_text(&format!(
+            "{}: {} done; now {}.\n",
+            container.name,
+            action.as_str(),
+            container.state
+        )),
+        Response::Docker(DockerAnswer::Logs { lines, .. }) => {
+            print_text(&lines.iter().map(|l| format!("{l}\n")).collect::<String>())
+        }
+        other => unexpected(other),
+    }
+}
+
+/// A container action, once the operator confirmed it (`--yes` or on the terminal).
+fn confirmed_act(
+    action: docker::ContainerAction,
+    container: cli::ContainerArgs,
+    target: &str,
+) -> Result<docker::DockerRequest> {
+    if !container.yes
+        && !confirm(&format!(
+            "{} container {} on {target}?",
+            output::capitalised(action.as_str()),
+            container.name
+        ))?
+    {
+        bail!("not confirmed; nothing changed");
+    }
+    Ok(docker::DockerRequest::Act {
+        name: container.name,
+        action,
+    })
 }
 
 fn init(state_dir: &StateDir, args: cli::InitArgs) -> Result<()> {

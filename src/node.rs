@@ -68,13 +68,11 @@ pub async fn run(
     let listener = control::bind(&state_dir.socket_path()).await?;
     let metrics = Arc::new(signals::BotMetrics::default());
     let (signals, watchers) = signals::Signals::new(state.settings.clone(), metrics.clone());
-    let bot_config = state.bot_token.clone().map(|token| BotConfig {
-        token,
-        api_url: telegram_api_url.map(|u| u.url().clone()),
-        owner_username: state.owner_username.clone(),
-        node_name: state.node.name.clone(),
-        secret: secret.clone(),
-    });
+    let bot_token = state.bot_token.clone();
+    let owner_username = state.owner_username.clone();
+    let node_name = state.node.name.clone();
+    let node_id = state.node.node_id.to_base58();
+    let bot_secret = secret.clone();
     let (client, node) = daemon::start(
         state_dir.clone(),
         state,
@@ -84,9 +82,26 @@ pub async fn run(
         signals,
         shutdown_signal(),
     )?;
-    let control_task = tokio::spawn(control::serve(listener, client.clone()));
-    let bot = match bot_config {
-        Some(config) => Some(bot::spawn(config, client, watchers, metrics)),
+    // Containers: answered off the event loop (see src/docker.rs).
+    let containers = crate::docker::Containers::new(
+        crate::docker::Engine::from_env(&node_name),
+        client.clone(),
+        &node_name,
+        &node_id,
+    );
+    let control_task = tokio::spawn(control::serve(listener, client.clone(), containers.clone()));
+    let bot = match bot_token {
+        Some(token) => {
+            let config = BotConfig {
+                token,
+                api_url: telegram_api_url.map(|u| u.url().clone()),
+                owner_username,
+                node_name,
+                secret: bot_secret,
+                containers,
+            };
+            Some(bot::spawn(config, client, watchers, metrics))
+        }
         None => {
             tracing::warn!(
                 "this network has no Telegram bot token (constella init --bot-token): the bot is off"

@@ -1,10 +1,11 @@
-//! How `peers`, `status` and `stats` print for people.
+//! How `peers`, `status`, `stats` and `docker` print for people.
 
 use std::fmt::Write as _;
 
 use constella_behaviours::membership::{MemberView, Status};
 
 use crate::daemon::report::StatusReport;
+use crate::docker::ContainerInfo;
 use crate::stats::NodeStats;
 
 /// The seed's node list: "• delta-01 — Хост", "• fox-03 (offline)", with address and id columns.
@@ -182,6 +183,67 @@ pub fn human_duration(secs: u64) -> String {
     ENGLISH.duration(secs)
 }
 
+/// `word` with its first letter in upper case: "restart" → "Restart".
+pub fn capitalised(word: &str) -> String {
+    let mut chars = word.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_uppercase().chain(chars).collect()
+    })
+}
+
+/// The table `docker NODE` prints: one container a line, aligned, with a header.
+pub fn containers_table(containers: &[ContainerInfo]) -> String {
+    if containers.is_empty() {
+        return "No containers.\n".to_owned();
+    }
+    let rows: Vec<[String; 6]> = containers
+        .iter()
+        .map(|c| {
+            let running = c.state == "running";
+            [
+                c.name.clone(),
+                c.image.clone(),
+                c.state.clone(),
+                if running {
+                    human_duration(c.uptime_secs)
+                } else {
+                    "—".to_owned()
+                },
+                if running {
+                    format!("{:.1} %", c.cpu_percent)
+                } else {
+                    "—".to_owned()
+                },
+                if running {
+                    human_bytes(c.mem_bytes)
+                } else {
+                    "—".to_owned()
+                },
+            ]
+        })
+        .collect();
+    let header = ["NAME", "IMAGE", "STATE", "UPTIME", "CPU", "MEMORY"].map(str::to_owned);
+    let mut widths = [0usize; 6];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            line.extend(std::iter::repeat_n(' ', width - cell.chars().count()));
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
 /// The block `status` prints.
 pub fn status_block(s: &StatusReport) -> String {
     // "echo-02, leader — Хост": one parenthesis level, the seed's word for the leader.
@@ -318,6 +380,35 @@ mod tests {
         );
         assert!(block.contains("daemon    15.5 MiB resident"), "{block}");
         assert_eq!(human_bytes(512), "512 B");
+    }
+
+    #[test]
+    fn containers_line_up_and_stopped_ones_have_no_figures() {
+        let container = |name: &str, state: &str| ContainerInfo {
+            name: name.into(),
+            image: "nginx:1.27".into(),
+            state: state.into(),
+            uptime_secs: 423,
+            cpu_percent: 1.25,
+            mem_bytes: 3 * 1024 * 1024,
+            id: "0123456789ab".into(),
+        };
+        let table = containers_table(&[
+            container("web", "running"),
+            container("old-worker", "exited"),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "NAME        IMAGE       STATE    UPTIME  CPU    MEMORY",
+                "web         nginx:1.27  running  7m 3s   1.2 %  3.0 MiB",
+                "old-worker  nginx:1.27  exited   —       —      —",
+            ],
+            "{table}"
+        );
+        assert_eq!(containers_table(&[]), "No containers.\n");
+        assert_eq!(capitalised("restart"), "Restart");
     }
 
     #[test]

@@ -309,15 +309,10 @@ fn usage_and_confirmed_reboot_reach_exactly_the_chosen_node() {
     assert_eq!(reboots(cluster.node("bravo")), ["telegram:5001"]);
 
     // Pressing the same confirmation again (a double tap, or a replay) does nothing.
-    let answers = fake.callback_answers().len();
-    fake.press(&owner(), id, &yes);
-    wait_for(ANSWER, "the answer to the replay", || {
-        (fake.callback_answers().len() > answers).then_some(())
-    });
-    let last = fake.callback_answers().last().unwrap().1.clone();
+    let answer = fake.press_for_answer(&owner(), id, &yes, ANSWER);
     assert!(
-        last["text"].as_str().unwrap_or("").contains("устарела"),
-        "{last}"
+        answer["text"].as_str().unwrap_or("").contains("устарела"),
+        "{answer}"
     );
     assert_eq!(reboots(cluster.node("bravo")).len(), 1);
     assert!(reboots(cluster.node("alpha")).is_empty());
@@ -337,12 +332,7 @@ fn usage_and_confirmed_reboot_reach_exactly_the_chosen_node() {
     });
     for action in ["Показать потребление", "Перезагрузить сервер"]
     {
-        let answers = fake.callback_answers().len();
-        fake.press(&owner(), id, &card.button(action).unwrap());
-        wait_for(ANSWER, "the offline answer", || {
-            (fake.callback_answers().len() > answers).then_some(())
-        });
-        let answer = fake.callback_answers().last().unwrap().1.clone();
+        let answer = fake.press_for_answer(&owner(), id, &card.button(action).unwrap(), ANSWER);
         assert!(
             answer["text"].as_str().unwrap().contains("charlie offline"),
             "{answer}"

@@ -119,6 +119,134 @@ pub enum RpcRefusal {
     Failed(String),
 }
 
+// ---- containers ---------------------------------------------------------------------------
+//
+// The Docker requests of `constella docker` and the bot. They are answered today for the local
+// node through the control socket; to carry them between members, `RpcRequest` and `RpcAnswer`
+// get a `Docker` variant each, and the answering side calls the binary's
+// `docker::Engine::answer` with the request (a plain async function: it needs no event loop).
+
+/// Longest container name or id a node accepts (Docker's own names are far shorter).
+pub const MAX_CONTAINER_NAME_CHARS: usize = 128;
+/// Longest image reference an answer carries (Docker's own limit is 255 for the name part).
+pub const MAX_IMAGE_CHARS: usize = 256;
+/// Most log lines one `Logs` request returns.
+pub const MAX_LOG_LINES: u32 = 1000;
+/// Most bytes of log text one answer carries (the newest lines are kept): with the member
+/// list of `MAX_RESPONSE_BYTES`, the frame bound holds.
+pub const MAX_LOG_BYTES: usize = 64 * 1024;
+/// Most containers one `List` answer carries.
+pub const MAX_CONTAINERS: usize = 500;
+
+/// What to do with one container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerAction {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl ContainerAction {
+    /// The command-line word: `start`, `stop`, `restart`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerAction::Start => "start",
+            ContainerAction::Stop => "stop",
+            ContainerAction::Restart => "restart",
+        }
+    }
+}
+
+/// A container request for one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum DockerRequest {
+    /// Whether the node has a Docker engine, and its version (cheap: no container is read).
+    Probe,
+    /// Every container, running or not, with its figures.
+    List,
+    /// One container, by name or id, with its figures.
+    Inspect { name: String },
+    /// Start, stop or restart a container, by name or id.
+    Act {
+        name: String,
+        action: ContainerAction,
+    },
+    /// The last `tail` lines of a container's output (stdout and stderr).
+    Logs { name: String, tail: u32 },
+}
+
+/// A container as `constella docker NODE --json` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    /// Name without Docker's leading `/`.
+    pub name: String,
+    /// Image as the container was created from it (tag or id).
+    pub image: String,
+    /// Docker's state: `running`, `exited`, `created`, `paused`, `restarting`, `dead`, …
+    pub state: String,
+    /// Seconds since it started, 0 unless running.
+    pub uptime_secs: u64,
+    /// CPU use over about a second, in percent of one core (a container using two cores
+    /// fully shows 200), as `docker stats` shows it; 0 unless running.
+    pub cpu_percent: f64,
+    /// Memory in use without the page cache, bytes, as `docker stats` shows it; 0 unless
+    /// running.
+    pub mem_bytes: u64,
+    /// The short (12-hex) id: the bot's buttons name containers by it.
+    pub id: String,
+}
+
+/// The answer to a [`DockerRequest`]; its variant matches the request's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DockerAnswer {
+    /// Answer to `Probe`: the engine's version.
+    Engine { version: String },
+    /// Answer to `List`, sorted by name.
+    Containers(Vec<ContainerInfo>),
+    /// Answer to `Inspect`.
+    Container(ContainerInfo),
+    /// Answer to `Act`: the container after the action.
+    Done {
+        action: ContainerAction,
+        container: ContainerInfo,
+    },
+    /// Answer to `Logs`: the lines, oldest first; `truncated` when older lines were dropped
+    /// to stay within [`MAX_LOG_BYTES`].
+    Logs {
+        name: String,
+        lines: Vec<String>,
+        truncated: bool,
+    },
+}
+
+/// Why a container request failed. Each is one line for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum DockerError {
+    /// No Docker engine answers on the node (socket absent or refusing).
+    #[error("{node} has no Docker engine ({reason})")]
+    NoEngine { node: String, reason: String },
+    /// No container of that name or id on the node.
+    #[error("no container named {name} on {node}")]
+    NoSuchContainer { node: String, name: String },
+    /// The request is unusable (a bad name, a tail out of range).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The engine refused or failed (its message).
+    #[error("Docker on {node}: {message}")]
+    Engine { node: String, message: String },
+    /// No member of that name or id.
+    #[error("no node named {0}")]
+    NoSuchNode(String),
+    /// The node is known but containers can be managed only on the node itself for now.
+    #[error(
+        "containers of other nodes are not supported yet: run `constella docker {node} …` on {node} itself"
+    )]
+    RemoteNotSupported { node: String },
+}
+
 /// The answering node's reply.
 pub type RpcResponse = Result<RpcAnswer, RpcRefusal>;
 
@@ -159,5 +287,41 @@ mod tests {
         ciborium::into_writer(&refusal, &mut bytes).unwrap();
         let back: RpcResponse = ciborium::from_reader(bytes.as_slice()).unwrap();
         assert_eq!(back, refusal);
+    }
+
+    #[test]
+    fn the_largest_container_answers_fit_a_response_frame() {
+        let size = |answer: &Result<DockerAnswer, DockerError>| {
+            let mut bytes = Vec::new();
+            ciborium::into_writer(answer, &mut bytes).unwrap();
+            bytes.len() as u64
+        };
+        // MAX_LOG_BYTES of text in the most lines.
+        let per_line = MAX_LOG_BYTES / MAX_LOG_LINES as usize - 1;
+        let logs = Ok(DockerAnswer::Logs {
+            name: "n".repeat(MAX_CONTAINER_NAME_CHARS),
+            lines: vec!["x".repeat(per_line); MAX_LOG_LINES as usize],
+            truncated: true,
+        });
+        assert!(size(&logs) < MAX_RESPONSE_BYTES, "{}", size(&logs));
+        // The most containers, with the longest names and long image references.
+        let container = ContainerInfo {
+            name: "n".repeat(MAX_CONTAINER_NAME_CHARS),
+            image: "i".repeat(MAX_IMAGE_CHARS),
+            state: "restarting".into(),
+            uptime_secs: u64::MAX,
+            cpu_percent: 1234.5,
+            mem_bytes: u64::MAX,
+            id: "0123456789ab".into(),
+        };
+        let list = Ok(DockerAnswer::Containers(vec![container; MAX_CONTAINERS]));
+        assert!(size(&list) < MAX_RESPONSE_BYTES, "{}", size(&list));
+        let back: Result<DockerAnswer, DockerError> = ciborium::from_reader(&*{
+            let mut bytes = Vec::new();
+            ciborium::into_writer(&list, &mut bytes).unwrap();
+            bytes
+        })
+        .unwrap();
+        assert_eq!(back, list);
     }
 }

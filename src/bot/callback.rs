@@ -184,12 +184,13 @@ impl Confirmation {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const NODE: &str = "12D3KooWAbCdEfGh";
 
-    fn binding() -> Binding {
+    /// Where a confirmation in these tests is shown.
+    pub(crate) fn binding() -> Binding {
         Binding {
             owner_id: 42,
             chat_id: 42,

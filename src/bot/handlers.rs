@@ -6,6 +6,8 @@
 //! attempt is logged with the user id and counted in `status`. Only private chats are served,
 //! so nothing is ever shown to a group.
 
+mod containers;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -255,11 +257,17 @@ impl Handlers {
         };
         let chat = message.chat().id;
         let message_id = message.id();
-        let Some(action) = query.data.as_deref().and_then(Action::parse) else {
+        let data = query.data.as_deref();
+        // A node button, or one of the container screens' (handlers/containers.rs).
+        let (action, container_press) = match data.and_then(Action::parse) {
+            Some(action) => (Some(action), None),
+            None => (None, data.and_then(containers::Press::parse)),
+        };
+        if action.is_none() && container_press.is_none() {
             debug!("a button with unknown callback data");
             self.answer(&query, Some(ui::toast_stale(lang))).await;
             return;
-        };
+        }
         let peers = match self.peers().await {
             Ok(peers) => peers,
             Err(error) => {
@@ -273,6 +281,13 @@ impl Handlers {
             owner_id: query.from.id.0,
             chat_id: chat.0,
             message_id: message_id.0,
+        };
+        let Some(action) = action else {
+            if let Some(press) = container_press {
+                self.on_container_press(&query, lang, press, &peers, binding)
+                    .await;
+            }
+            return;
         };
         if let Action::List = action {
             self.answer(&query, None).await;
@@ -294,13 +309,13 @@ impl Handlers {
             Action::List => {}
             Action::Card(_) => {
                 self.answer(&query, None).await;
-                self.edit(chat, message_id, ui::node_card(lang, &peer))
-                    .await;
+                let screen = self.node_card(lang, &peer).await;
+                self.edit(chat, message_id, screen).await;
             }
             Action::Cancel(_) => {
                 self.answer(&query, Some(ui::toast_cancelled(lang))).await;
-                self.edit(chat, message_id, ui::node_card(lang, &peer))
-                    .await;
+                let screen = self.node_card(lang, &peer).await;
+                self.edit(chat, message_id, screen).await;
             }
             Action::Usage(_) | Action::AskReboot(_) | Action::Reboot(_) if offline => {
                 self.answer(&query, Some(&ui::toast_offline(lang, &peer.name)))
@@ -330,32 +345,27 @@ impl Handlers {
         }
     }
 
-    async fn on_confirmed_reboot(
+    /// Accepts a pressed confirmation once: a good MAC, not expired, not used before. Otherwise
+    /// the press is answered with why (stale or expired) and the error returned; on success it
+    /// is answered without a toast.
+    async fn accept_confirmation(
         &mut self,
         query: &CallbackQuery,
         lang: Lang,
-        peer: &MemberView,
-        confirmation: Confirmation,
+        confirmation: &Confirmation,
         binding: Binding,
-    ) {
+    ) -> Result<(), ConfirmError> {
         let now = unix_now();
         match confirmation.verify(&self.config.secret, now, binding) {
             Ok(()) => {}
             Err(ConfirmError::Expired) => {
                 self.answer(query, Some(ui::toast_expired(lang))).await;
-                let chat = ChatId(binding.chat_id);
-                self.edit(
-                    chat,
-                    MessageId(binding.message_id),
-                    ui::node_card(lang, peer),
-                )
-                .await;
-                return;
+                return Err(ConfirmError::Expired);
             }
             Err(ConfirmError::Forged) => {
-                warn!("a reboot confirmation with a bad MAC was refused");
+                warn!("a confirmation with a bad MAC was refused");
                 self.answer(query, Some(ui::toast_stale(lang))).await;
-                return;
+                return Err(ConfirmError::Forged);
             }
         }
         self.used_confirmations.retain(|_, expires| *expires >= now);
@@ -364,10 +374,35 @@ impl Handlers {
             .insert(confirmation.mac.clone(), confirmation.expires_at)
             .is_some()
         {
+            // A double tap or a replay: the first press acted.
             self.answer(query, Some(ui::toast_stale(lang))).await;
-            return;
+            return Err(ConfirmError::Forged);
         }
         self.answer(query, None).await;
+        Ok(())
+    }
+
+    async fn on_confirmed_reboot(
+        &mut self,
+        query: &CallbackQuery,
+        lang: Lang,
+        peer: &MemberView,
+        confirmation: Confirmation,
+        binding: Binding,
+    ) {
+        match self
+            .accept_confirmation(query, lang, &confirmation, binding)
+            .await
+        {
+            Ok(()) => {}
+            Err(ConfirmError::Expired) => {
+                let chat = ChatId(binding.chat_id);
+                let screen = self.node_card(lang, peer).await;
+                self.edit(chat, MessageId(binding.message_id), screen).await;
+                return;
+            }
+            Err(ConfirmError::Forged) => return,
+        }
         let requested_by = format!("telegram:{}", binding.owner_id);
         info!(node = %peer.name, %requested_by, "reboot requested from Telegram");
         let text = match self.reboot(peer, &requested_by).await {

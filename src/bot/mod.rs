@@ -40,6 +40,8 @@ pub struct BotConfig {
     pub node_name: String,
     /// Signs reboot confirmations so that any leader can check them.
     pub secret: NetworkSecret,
+    /// The nodes' containers (the `🐳` screens).
+    pub containers: crate::docker::Containers,
 }
 
 /// The running bot tasks.

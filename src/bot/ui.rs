@@ -281,7 +281,11 @@ pub fn reboot_accepted(lang: Lang, name: &str) -> String {
 
 /// An action failed; `error` is the node's one-line reason.
 pub fn action_failed(lang: Lang, name: &str, error: &ClientError) -> String {
-    let error = client_error(lang, error);
+    action_failed_text(lang, name, &client_error(lang, error))
+}
+
+/// [`action_failed`] with the reason already in words.
+pub fn action_failed_text(lang: Lang, name: &str, error: &str) -> String {
     match lang {
         Lang::Ru => format!("❌ {name}: не получилось — {error}"),
         Lang::En => format!("❌ {name}: failed — {error}"),
@@ -377,7 +381,11 @@ pub fn client_error(lang: Lang, error: &ClientError) -> String {
 }
 
 pub fn node_error(lang: Lang, error: &ClientError) -> String {
-    let error = client_error(lang, error);
+    node_error_text(lang, &client_error(lang, error))
+}
+
+/// [`node_error`] with the reason already in words.
+pub fn node_error_text(lang: Lang, error: &str) -> String {
     match lang {
         Lang::Ru => format!("Узел не ответил: {error}"),
         Lang::En => format!("The node did not answer: {error}"),

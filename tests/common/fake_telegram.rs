@@ -172,7 +172,13 @@ impl FakeTelegram {
     /// A base URL for `--telegram-api-url` whose calls are recorded as made by `node`. It is on
     /// 127.0.0.2, so its port can never be one that `free_port` handed to a node on 127.0.0.1.
     pub fn url_for(&self, node: &str) -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+        self.url_for_at(node, "127.0.0.2")
+    }
+
+    /// Like [`FakeTelegram::url_for`], listening on `ip` (e.g. a Docker network's gateway, so
+    /// that containers reach it).
+    pub fn url_for_at(&self, node: &str, ip: &str) -> String {
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let (state, notify, node) = (self.state.clone(), self.notify.clone(), node.to_owned());
@@ -189,7 +195,7 @@ impl FakeTelegram {
             }
         });
         // With a path prefix and a trailing slash, as a reverse proxy might be configured.
-        format!("http://127.0.0.2:{port}/telegram/")
+        format!("http://{ip}:{port}/telegram/")
     }
 
     fn push_update(&self, make: impl FnOnce(u32) -> Value) -> u32 {
@@ -245,6 +251,24 @@ impl FakeTelegram {
                 "chat_instance": format!("ci-{}", message.chat_id),
                 "data": data,
             }})
+        })
+    }
+
+    /// `user` presses `data` under `message_id` and waits for the bot to answer that press;
+    /// returns the AnswerCallbackQuery body (its `text` is the toast, if any).
+    pub fn press_for_answer(
+        &self,
+        user: &TgUser,
+        message_id: i64,
+        data: &str,
+        deadline: Duration,
+    ) -> Value {
+        let answers = self.callback_answers().len();
+        self.press(user, message_id, data);
+        super::wait_for(deadline, "the answer to a button press", || {
+            self.callback_answers()
+                .get(answers)
+                .map(|(_, body)| body.clone())
         })
     }
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod fake_telegram;
 
 use std::fs;
@@ -33,6 +34,16 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A finished process's exit status, stdout and stderr, for an assertion message.
+pub fn output_text(output: &Output) -> String {
+    format!(
+        "exit {}\n--- stdout\n{}--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `deadline` naming `what`.
