@@ -25,6 +25,7 @@ pub mod node;
 pub mod rpc;
 mod secret;
 pub mod settings;
+pub mod sim;
 
 use std::time::Duration;
 
