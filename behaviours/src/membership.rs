@@ -284,6 +284,22 @@ impl Membership {
             .collect()
     }
 
+    /// Every record, tombstones included, with the status of each (offline for tombstones):
+    /// the state file's member list, built in one pass over the table.
+    pub fn records_with_status(&self) -> Vec<(MemberRecord, Status)> {
+        self.entries
+            .values()
+            .map(|entry| {
+                let status = if entry.record.left {
+                    Status::Offline
+                } else {
+                    entry.liveness.status
+                };
+                (entry.record.clone(), status)
+            })
+            .collect()
+    }
+
     /// The alive member with the smallest [`LeaderKey`](crate::leader::LeaderKey) (see
     /// [`Membership::elect`]).
     pub fn leader(&self) -> PeerId {
