@@ -511,13 +511,13 @@ impl Node {
     ) -> Self {
         let local_id = local.id;
         let mut membership = Membership::new(local.id, records, config.offline_after);
-        let mut suspects = BTreeSet::new();
-        for id in alive.iter().filter(|id| **id != local.id) {
-            if membership.is_member(id) {
-                membership.assume_alive(id, now);
-                suspects.insert(*id);
-            }
-        }
+        let assumed: Vec<PeerId> = alive
+            .iter()
+            .filter(|id| **id != local.id && membership.is_member(id))
+            .copied()
+            .collect();
+        membership.assume_all_alive(&assumed, now);
+        let suspects: BTreeSet<PeerId> = assumed.into_iter().collect();
         let leadership = Leadership {
             is_local: false,
             leader_name: String::new(),
@@ -924,6 +924,24 @@ impl Node {
         if signer != Some(author) {
             return Err(Refusal::WrongSigner);
         }
+        if let GossipBody::Heartbeat(heartbeat) = body
+            && author != self.local.id
+        {
+            // The most frequent message: the member check is the heartbeat's own gate (one
+            // lookup instead of two).
+            let connected = self.connected.contains(&author);
+            return match self.membership.on_heartbeat(heartbeat, connected, now) {
+                Ok(change) => {
+                    self.apply_changes(change.into_iter().collect(), now);
+                    Ok(())
+                }
+                Err(HeartbeatRejection::NonMember) => {
+                    self.pull_roster(author, now);
+                    Err(Refusal::NonMember)
+                }
+                Err(rejection) => Err(refusal_of(rejection)),
+            };
+        }
         if !self.membership.is_member(&author) {
             // It holds the network secret (the MAC verified) but is not in our list: most
             // likely a join we missed. Ask it for its roster.
@@ -1130,8 +1148,8 @@ impl Node {
         let is_local = leader == self.local.id && self.settled && self.exit.is_none();
         let leaving = self.exit.is_some() || self.membership.is_standing_down();
         // Compared in place: this runs after every input, and a name is built only on a change.
-        let same_name = match self.membership.any_record(&leader) {
-            Some(record) => record.name == self.leadership.leader_name,
+        let same_name = match self.membership.leader_name() {
+            Some(name) => name == self.leadership.leader_name,
             None => leader.to_base58() == self.leadership.leader_name,
         };
         if !same_name || is_local != self.leadership.is_local || leaving != self.leadership.leaving
