@@ -246,6 +246,42 @@ impl fmt::Display for Fault {
     }
 }
 
+/// How a run begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// Every process starts at once, knowing the roster but nobody alive; they dial each other
+    /// and learn liveness from heartbeats. Under the current rules every new connection
+    /// exchanges the whole roster both ways (sync on subscribe), so this costs O(N³) record
+    /// merges in all: fine up to a few hundred nodes, about 4·10⁹ at 1,000.
+    Cold,
+    /// As `Cold`, but every node starts from a state file where all were alive.
+    Warm,
+    /// The network is already running: every node starts as in `Warm` with its connections
+    /// open and the gossip subscriptions exchanged before the run begins (no start-up syncs).
+    Steady,
+}
+
+impl StartMode {
+    /// `Cold` up to [`Config::BASE_SIZE`] nodes, `Steady` beyond (see [`StartMode::Cold`]).
+    pub fn for_size(nodes: usize) -> Self {
+        if nodes <= Config::BASE_SIZE {
+            StartMode::Cold
+        } else {
+            StartMode::Steady
+        }
+    }
+}
+
+impl fmt::Display for StartMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StartMode::Cold => "cold",
+            StartMode::Warm => "warm",
+            StartMode::Steady => "steady",
+        })
+    }
+}
+
 /// One run: the network, the faults and what to assert.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scenario {
@@ -261,9 +297,8 @@ pub struct Scenario {
     pub net: NetConfig,
     /// Faults, by time since the start.
     pub faults: Vec<(Duration, Fault)>,
-    /// Start every node as if restarted from a state file where all were alive (otherwise
-    /// cold: nobody is known alive until its first heartbeat).
-    pub warm_start: bool,
+    /// How the nodes start.
+    pub start: StartMode,
     /// Count any false offline mark as a violation.
     pub assert_no_false_offline: bool,
 }
@@ -278,7 +313,7 @@ impl Scenario {
             seed,
             net: NetConfig::default(),
             faults: Vec::new(),
-            warm_start: false,
+            start: StartMode::for_size(nodes),
             assert_no_false_offline: false,
         }
     }
@@ -851,22 +886,39 @@ impl Sim {
 
     /// Runs the scenario to its end or to the first violation.
     pub fn run(mut self) -> RunReport {
-        self.open_phase("start".to_owned(), 0);
-        let warm = self.scenario.warm_start;
+        let mode = self.scenario.start;
+        self.open_phase(format!("start({mode})"), 0);
+        let everyone: Vec<PeerId> = self.nodes[..self.scenario.nodes]
+            .iter()
+            .map(|n| n.id)
+            .collect();
+        let alive: &[PeerId] = if mode == StartMode::Cold {
+            &[]
+        } else {
+            &everyone
+        };
+        if mode == StartMode::Steady {
+            // Connections first, so each core learns of them as it starts.
+            for a in 0..self.scenario.nodes as u32 {
+                for b in a + 1..self.scenario.nodes as u32 {
+                    self.open_connection(a, b);
+                }
+            }
+        }
         for i in 0..self.scenario.nodes {
-            let alive: Vec<PeerId> = if warm {
-                self.nodes[i].initial.iter().map(|r| r.node_id).collect()
-            } else {
-                Vec::new()
-            };
             let records = self.nodes[i].initial.clone();
             self.start_core(
                 i as u32,
                 records,
-                &alive,
+                alive,
                 NetworkSettings::default(),
                 Vec::new(),
+                false,
             );
+        }
+        // Every core exists before the first one acts (one component computation, not N).
+        for i in 0..self.scenario.nodes as u32 {
+            self.call(i, Input::Timer);
         }
         for (i, _) in self.scenario.faults.iter().enumerate() {
             let at = to_ms(self.scenario.faults[i].0);
@@ -1016,6 +1068,7 @@ impl Sim {
         alive: &[PeerId],
         settings: NetworkSettings,
         invites: Vec<crate::node::Invite>,
+        kick: bool,
     ) {
         let now = self.queue.now;
         let node = &mut self.nodes[i as usize];
@@ -1056,7 +1109,9 @@ impl Sim {
             let id = self.nodes[peer as usize].id;
             self.call(i, Input::Connected(id));
         }
-        self.call(i, Input::Timer);
+        if kick {
+            self.call(i, Input::Timer);
+        }
         self.note_change();
     }
 
@@ -1506,7 +1561,7 @@ impl Sim {
                     return;
                 }
                 let (members, settings) = Rc::unwrap_or_clone(admission);
-                self.start_core(joiner, members, &[], settings, Vec::new());
+                self.start_core(joiner, members, &[], settings, Vec::new(), true);
             }
         }
     }
@@ -1694,7 +1749,7 @@ impl Sim {
                 Vec::new(),
             ),
         };
-        self.start_core(i, records, &alive, settings, invites);
+        self.start_core(i, records, &alive, settings, invites, true);
     }
 
     /// Links changed (a partition, a heal, a blocked direction): connections that no longer

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use constella_behaviours::sim::{self, Fault, NetConfig, Scenario, SimError, Target};
+use constella_behaviours::sim::{self, Fault, NetConfig, Scenario, SimError, StartMode, Target};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -65,9 +65,12 @@ struct Args {
     /// Invariants are checked every this many simulated ms.
     #[arg(long, default_value_t = 100)]
     step_ms: u64,
-    /// Start as if every node restarted from a state file where all were alive.
-    #[arg(long)]
-    warm_start: bool,
+    /// How the run begins: cold (fresh processes dial each other), warm (as cold, from a state
+    /// file where all were alive) or steady (already running: connections open, subscriptions
+    /// exchanged). Default: cold up to 100 nodes, steady beyond (a cold start costs O(N³)
+    /// record merges under the current sync-on-subscribe rule).
+    #[arg(long, value_enum)]
+    start: Option<Start>,
     /// Run without any fault (steady state), instead of the default set.
     #[arg(long)]
     no_faults: bool,
@@ -98,6 +101,13 @@ struct Args {
     /// AT:COUNT[:GAP_MS]: COUNT nodes join GAP_MS apart (default 100) from AT s.
     #[arg(long, value_name = "AT:COUNT[:GAP_MS]")]
     join: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Start {
+    Cold,
+    Warm,
+    Steady,
 }
 
 fn secs(text: &str, flag: &str) -> Result<Duration, String> {
@@ -223,7 +233,13 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
         clock_skew: Duration::from_millis(args.skew_ms),
         step: Duration::from_millis(args.step_ms),
     };
-    scenario.warm_start = args.warm_start;
+    if let Some(start) = args.start {
+        scenario.start = match start {
+            Start::Cold => StartMode::Cold,
+            Start::Warm => StartMode::Warm,
+            Start::Steady => StartMode::Steady,
+        };
+    }
     scenario.assert_no_false_offline = args.assert_no_false_offline;
     if name == "default" {
         scenario.add_default_faults();
