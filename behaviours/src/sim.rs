@@ -932,15 +932,25 @@ impl Sim {
             if self.queue.len == 0 {
                 break;
             }
-            let mut events = self.queue.take(at);
-            for event in events.drain(..) {
-                self.events += 1;
-                self.dispatch(event);
+            // Events queued for this same millisecond while it runs are run before moving on.
+            loop {
+                let mut events = self.queue.take(at);
+                if events.is_empty() {
+                    self.queue.recycle(at, events);
+                    break;
+                }
+                for event in events.drain(..) {
+                    self.events += 1;
+                    self.dispatch(event);
+                    if self.violation.is_some() {
+                        break;
+                    }
+                }
+                self.queue.recycle(at, events);
                 if self.violation.is_some() {
                     break;
                 }
             }
-            self.queue.recycle(at, events);
             at += 1;
         }
         let end = end.min(at.saturating_sub(1));
@@ -2192,5 +2202,85 @@ impl fmt::Display for PhaseReport {
             self.leaders.join(","),
             self.false_offline
         )
+    }
+}
+
+impl Scenario {
+    /// The `constella-sim` command line that replays this scenario (faults the command line
+    /// cannot express are left out, with a note).
+    pub fn replay_command(&self) -> String {
+        let net = &self.net;
+        let mut args = format!(
+            "cargo run --release --bin constella-sim -- --nodes {} --sim-secs {} --seed {} \
+             --latency-ms {} --latency-spread-ms {} --jitter-ms {} --loss {} --skew-ms {} \
+             --dial-timeout-ms {} --conn-timeout-ms {} --step-ms {} --start {}",
+            self.nodes,
+            self.duration.as_secs_f64(),
+            self.seed,
+            net.latency.as_millis(),
+            net.latency_spread.as_millis(),
+            net.jitter.as_millis(),
+            net.loss,
+            net.clock_skew.as_millis(),
+            net.dial_timeout.as_millis(),
+            net.conn_timeout.as_millis(),
+            net.step.as_millis(),
+            self.start
+        );
+        if self.assert_no_false_offline {
+            args.push_str(" --assert-no-false-offline");
+        }
+        if self.faults.is_empty() {
+            args.push_str(" --no-faults");
+        }
+        let secs = |d: Duration| d.as_secs_f64();
+        let heal_after = |from: usize| {
+            self.faults[from + 1..]
+                .iter()
+                .find(|(_, f)| *f == Fault::Heal)
+                .map_or(self.duration, |(at, _)| *at)
+        };
+        let mut skip_heals = 0usize;
+        for (k, (at, fault)) in self.faults.iter().enumerate() {
+            let at_s = secs(*at);
+            let flag = match fault {
+                Fault::Crash {
+                    target: Target::Leader,
+                    loud,
+                } => format!(" --crash {at_s}{}", if *loud { ":loud" } else { "" }),
+                Fault::Crash {
+                    target: Target::Node(i),
+                    loud,
+                } => format!(" --crash-node {at_s}:{i}{}", if *loud { ":loud" } else { "" }),
+                Fault::RestartAll => format!(" --restart {at_s}"),
+                Fault::Stop(Target::Leader) => format!(" --stop {at_s}"),
+                Fault::Stop(Target::Node(i)) => format!(" (stop of node {i} not expressible)"),
+                Fault::Partition { minority } => {
+                    skip_heals += 1;
+                    format!(
+                        " --partition {at_s}:{minority}:{}",
+                        secs(heal_after(k).saturating_sub(*at))
+                    )
+                }
+                Fault::BlockOneWay { from, to } => {
+                    skip_heals += 1;
+                    format!(
+                        " --block {at_s}:{from}:{to}:{}",
+                        secs(heal_after(k).saturating_sub(*at))
+                    )
+                }
+                Fault::Heal if skip_heals > 0 => {
+                    skip_heals -= 1;
+                    String::new()
+                }
+                Fault::Heal => format!(" --partition {at_s}:1:0"),
+                Fault::SetLoss(loss) => format!(" --loss-at {at_s}:{loss}"),
+                Fault::Join { count, gap } => {
+                    format!(" --join {at_s}:{count}:{}", gap.as_millis())
+                }
+            };
+            args.push_str(&flag);
+        }
+        args
     }
 }

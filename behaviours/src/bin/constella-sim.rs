@@ -271,6 +271,7 @@ fn main() -> ExitCode {
     };
     let nodes = scenario.nodes;
     let seed = scenario.seed;
+    let replay = scenario.replay_command();
     let cpu_before = cpu_seconds();
     let result = sim::Sim::new(scenario).map(sim::Sim::run);
     let cpu = match (cpu_before, cpu_seconds()) {
@@ -283,8 +284,9 @@ fn main() -> ExitCode {
             eprintln!("constella-sim: bad scenario: {reason}");
             return ExitCode::from(2);
         }
-        Err(error) => {
+        Err(error @ SimError::Violation(_)) => {
             eprintln!("constella-sim: {error}");
+            eprintln!("replay: {replay}");
             return ExitCode::FAILURE;
         }
     };
@@ -317,13 +319,9 @@ fn main() -> ExitCode {
     match report.violation {
         Some(violation) => {
             eprintln!("constella-sim: {violation}");
-            eprintln!("replay: constella-sim {}", replay_args());
+            eprintln!("replay: {replay}");
             ExitCode::FAILURE
         }
         None => ExitCode::SUCCESS,
     }
-}
-
-fn replay_args() -> String {
-    std::env::args().skip(1).collect::<Vec<_>>().join(" ")
 }
