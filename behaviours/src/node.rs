@@ -101,7 +101,9 @@ impl Config {
     /// connection or a goodbye still marks a member offline at once.
     pub fn for_size(members: usize) -> Self {
         let base = Duration::from_secs(2);
-        let scale = (members.max(1) as f64 / Self::BASE_SIZE as f64).sqrt().max(1.0);
+        let scale = (members.max(1) as f64 / Self::BASE_SIZE as f64)
+            .sqrt()
+            .max(1.0);
         let heartbeat_interval = base.mul_f64(scale);
         Self {
             heartbeat_interval,
@@ -856,9 +858,12 @@ impl Node {
                 .collect()
         };
         for peer in due {
-            let backoff = self.redials.get(&peer).map_or(self.config.first_redial, |r| {
-                (r.backoff * 2).min(self.config.max_redial)
-            });
+            let backoff = self
+                .redials
+                .get(&peer)
+                .map_or(self.config.first_redial, |r| {
+                    (r.backoff * 2).min(self.config.max_redial)
+                });
             self.set_redial(
                 peer,
                 Redial {
@@ -1000,7 +1005,8 @@ impl Node {
             protocol_version: crate::gossip::PROTOCOL_VERSION,
             uptime_secs: now.duration_since(self.started).as_secs(),
         };
-        self.out.push(Output::Publish(GossipBody::Heartbeat(heartbeat)));
+        self.out
+            .push(Output::Publish(GossipBody::Heartbeat(heartbeat)));
     }
 
     fn seq(&self) -> u64 {
@@ -1025,17 +1031,19 @@ impl Node {
     }
 
     fn publish_settings(&mut self) {
-        self.out.push(Output::Publish(GossipBody::Settings(SettingsUpdate {
-            from: self.local.id,
-            settings: self.settings.clone(),
-        })));
+        self.out
+            .push(Output::Publish(GossipBody::Settings(SettingsUpdate {
+                from: self.local.id,
+                settings: self.settings.clone(),
+            })));
     }
 
     fn publish_roster(&mut self) {
-        self.out.push(Output::Publish(GossipBody::Roster(RosterUpdate {
-            from: self.local.id,
-            records: self.membership.records(),
-        })));
+        self.out
+            .push(Output::Publish(GossipBody::Roster(RosterUpdate {
+                from: self.local.id,
+                records: self.membership.records(),
+            })));
     }
 
     fn sync_message(&self) -> SyncMessage {
@@ -1231,9 +1239,12 @@ impl Node {
         self.invites[index].used_at = Some(unix_now);
         self.invites[index].used_by = Some(peer.to_base58());
         let previous_record = self.membership.any_record(&peer).cloned();
-        let record = self
-            .membership
-            .admit(peer, name.to_owned(), request.addr.to_owned(), request.priority);
+        let record = self.membership.admit(
+            peer,
+            name.to_owned(),
+            request.addr.to_owned(),
+            request.priority,
+        );
         let admission = Admission {
             record,
             members: self.membership.records(),
@@ -1251,7 +1262,8 @@ impl Node {
     }
 
     fn issue_invite(&mut self, request: u64, token_sha256: &str, unix_now: u64, ttl_secs: u64) {
-        self.pending_invites.insert(request, token_sha256.to_owned());
+        self.pending_invites
+            .insert(request, token_sha256.to_owned());
         let retention = self.config.invite_retention_secs;
         self.invites
             .retain(|i| i.expires_at.max(i.used_at.unwrap_or(0)) + retention > unix_now);
@@ -1289,10 +1301,11 @@ impl Node {
                 self.out.push(Output::LeaveDone(Ok(())));
                 self.exit = Some((Exit::Leave, Some(now + self.config.drain)));
                 let tombstone = self.membership.any_record(&self.local.id).cloned();
-                self.out.push(Output::Publish(GossipBody::Roster(RosterUpdate {
-                    from: self.local.id,
-                    records: tombstone.into_iter().collect(),
-                })));
+                self.out
+                    .push(Output::Publish(GossipBody::Roster(RosterUpdate {
+                        from: self.local.id,
+                        records: tombstone.into_iter().collect(),
+                    })));
             }
         }
     }
