@@ -623,7 +623,7 @@ struct SimNode {
     /// The last snapshot the node persisted (its state file).
     snapshot: Option<Snapshot>,
     /// The records it started with before any snapshot.
-    initial: Vec<MemberRecord>,
+    initial: Rc<Vec<MemberRecord>>,
     /// When the process last started or went down.
     up_since: Ms,
     down_since: Ms,
@@ -716,7 +716,12 @@ fn record(id: PeerId, name: &str, index: usize) -> MemberRecord {
     MemberRecord {
         node_id: id,
         name: name.to_owned(),
-        addr: format!("10.{}.{}.{}:4747", index >> 16, (index >> 8) & 255, index & 255),
+        addr: format!(
+            "10.{}.{}.{}:4747",
+            index >> 16,
+            (index >> 8) & 255,
+            index & 255
+        ),
         priority: PRIORITY,
         version: 1,
         left: false,
@@ -740,7 +745,9 @@ impl Sim {
             )));
         }
         if scenario.net.step.is_zero() {
-            return Err(SimError::BadScenario("the check step must be positive".into()));
+            return Err(SimError::BadScenario(
+                "the check step must be positive".into(),
+            ));
         }
         let joins: usize = scenario
             .faults
@@ -817,7 +824,7 @@ impl Sim {
                     rng.below(skew_ms + 1)
                 }),
                 snapshot: None,
-                initial: Vec::new(),
+                initial: Rc::default(),
                 up_since: 0,
                 down_since: 0,
                 wake: None,
@@ -828,11 +835,14 @@ impl Sim {
                 up_ms: 0,
             });
         }
-        let records: Vec<MemberRecord> = (0..scenario.nodes)
-            .map(|i| record(nodes[i].id, &nodes[i].name, i))
-            .collect();
+        // One shared copy: at a thousand nodes a copy each would be a million records.
+        let records: Rc<Vec<MemberRecord>> = Rc::new(
+            (0..scenario.nodes)
+                .map(|i| record(nodes[i].id, &nodes[i].name, i))
+                .collect(),
+        );
         for node in nodes.iter_mut().take(scenario.nodes) {
-            node.initial = records.clone();
+            node.initial = Rc::clone(&records);
         }
         let spread = to_ms(scenario.net.latency_spread);
         let mut link_extra = vec![0u16; capacity * capacity];
@@ -906,7 +916,7 @@ impl Sim {
             }
         }
         for i in 0..self.scenario.nodes {
-            let records = self.nodes[i].initial.clone();
+            let records = self.nodes[i].initial.to_vec();
             self.start_core(
                 i as u32,
                 records,
@@ -1095,7 +1105,10 @@ impl Sim {
             incarnation: node.incarnation,
             addrs: Vec::new(),
         };
-        let seed = mix(self.scenario.seed, (u64::from(i) << 32) | u64::from(node.incarnation));
+        let seed = mix(
+            self.scenario.seed,
+            (u64::from(i) << 32) | u64::from(node.incarnation),
+        );
         let instant = self.base + node.skew + Duration::from_millis(now);
         let core = Node::new(
             self.config.clone(),
@@ -1347,9 +1360,7 @@ impl Sim {
             );
         } else {
             // The host answers with a reset when it is reachable and was not silently lost.
-            let silent_host = self.nodes[to as usize]
-                .loud_witnesses
-                .is_none()
+            let silent_host = self.nodes[to as usize].loud_witnesses.is_none()
                 && !self.nodes[to as usize].stopping;
             let wait = if reachable && !silent_host {
                 self.delay(from, to) + self.delay(to, from)
@@ -1413,13 +1424,12 @@ impl Sim {
             self.comps_stale |= ca == u32::MAX || cb == u32::MAX;
             return;
         }
-        let (big, small) = if self.comp_members[ca as usize].len()
-            >= self.comp_members[cb as usize].len()
-        {
-            (ca, cb)
-        } else {
-            (cb, ca)
-        };
+        let (big, small) =
+            if self.comp_members[ca as usize].len() >= self.comp_members[cb as usize].len() {
+                (ca, cb)
+            } else {
+                (cb, ca)
+            };
         let moved = std::mem::take(&mut self.comp_members[small as usize]);
         for &n in &moved {
             self.comp[n as usize] = big;
@@ -1458,7 +1468,13 @@ impl Sim {
                 if self.alive_epoch(to, epoch) {
                     self.deliveries += 1;
                     let signer = Some(self.nodes[from as usize].id);
-                    self.call(to, Input::Gossip { signer, body: &body });
+                    self.call(
+                        to,
+                        Input::Gossip {
+                            signer,
+                            body: &body,
+                        },
+                    );
                 }
             }
             Event::Connect {
@@ -1486,8 +1502,7 @@ impl Sim {
                 for (to, peer) in [(a, b), (b, a)] {
                     let at = now + self.delay(peer, to);
                     let epoch = self.nodes[to as usize].epoch;
-                    self.queue
-                        .push(at, Event::Subscribed { to, epoch, peer });
+                    self.queue.push(at, Event::Subscribed { to, epoch, peer });
                 }
             }
             Event::Subscribed { to, epoch, peer } => {
@@ -1753,7 +1768,7 @@ impl Sim {
                 snapshot.invites.clone(),
             ),
             None => (
-                node.initial.clone(),
+                node.initial.to_vec(),
                 Vec::new(),
                 NetworkSettings::default(),
                 Vec::new(),
@@ -1835,7 +1850,11 @@ impl Sim {
         };
         if let Err(error) = result {
             let name = self.nodes[joiner as usize].name.clone();
-            self.violate(Invariant::Join, &name, format!("invite not recorded: {error}"));
+            self.violate(
+                Invariant::Join,
+                &name,
+                format!("invite not recorded: {error}"),
+            );
             return;
         }
         let rtt = self.delay(joiner, seed) + self.delay(seed, joiner);
@@ -1995,14 +2014,17 @@ impl Sim {
     /// A join must be answered within the settle bound.
     fn check_joins(&mut self, now: Ms) {
         let bound = to_ms(self.scenario.settle_bound());
-        let late = self.nodes.iter().find(|n| {
-            n.joining
-                .as_ref()
-                .is_some_and(|j| now > j.asked_at + bound)
-        });
+        let late = self
+            .nodes
+            .iter()
+            .find(|n| n.joining.as_ref().is_some_and(|j| now > j.asked_at + bound));
         if let Some(node) = late {
             let name = node.name.clone();
-            self.violate(Invariant::Join, &name, "not admitted within the settle bound".into());
+            self.violate(
+                Invariant::Join,
+                &name,
+                "not admitted within the settle bound".into(),
+            );
         }
     }
 
@@ -2190,9 +2212,10 @@ pub fn run(scenario: Scenario) -> Result<RunReport, SimError> {
 
 impl fmt::Display for PhaseReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let converged = self
-            .converged_after
-            .map_or_else(|| "never".to_owned(), |d| format!("{:.3}s", d.as_secs_f64()));
+        let converged = self.converged_after.map_or_else(
+            || "never".to_owned(),
+            |d| format!("{:.3}s", d.as_secs_f64()),
+        );
         write!(
             f,
             "at={:.1}s converged_after={converged} up={} components={} leaders={} false_offline={}",
@@ -2251,7 +2274,10 @@ impl Scenario {
                 Fault::Crash {
                     target: Target::Node(i),
                     loud,
-                } => format!(" --crash-node {at_s}:{i}{}", if *loud { ":loud" } else { "" }),
+                } => format!(
+                    " --crash-node {at_s}:{i}{}",
+                    if *loud { ":loud" } else { "" }
+                ),
                 Fault::RestartAll => format!(" --restart {at_s}"),
                 Fault::Stop(Target::Leader) => format!(" --stop {at_s}"),
                 Fault::Stop(Target::Node(i)) => format!(" (stop of node {i} not expressible)"),

@@ -49,7 +49,9 @@ fn leader_crashes(nodes: usize) {
     ];
     let report = run(scenario);
     let silent = phase(&report, "crash-leader(silent)");
-    let failover = silent.converged_after.expect("no failover after a silent crash");
+    let failover = silent
+        .converged_after
+        .expect("no failover after a silent crash");
     assert!(
         failover <= config.offline_after + secs(1),
         "silent failover took {failover:?}, more than offline_after {:?}",
@@ -59,9 +61,15 @@ fn leader_crashes(nodes: usize) {
     assert_eq!(silent.up, nodes - 1);
     let back = phase(&report, "restart");
     assert!(back.converged_after.is_some());
-    assert_eq!(back.leaders, vec!["n0000".to_owned()], "the first leader leads again");
+    assert_eq!(
+        back.leaders,
+        vec!["n0000".to_owned()],
+        "the first leader leads again"
+    );
     let loud = phase(&report, "crash-leader(loud)");
-    let failover = loud.converged_after.expect("no failover after a loud crash");
+    let failover = loud
+        .converged_after
+        .expect("no failover after a loud crash");
     assert!(
         failover < secs(1),
         "a loud crash is seen through the reset and a refused dial, took {failover:?}"
@@ -187,7 +195,10 @@ fn the_checker_catches_false_offline_marks_and_names_the_seed() {
             assert_eq!(violation.invariant, Invariant::FalseOffline);
             assert_eq!(violation.seed, 9);
             let text = violation.to_string();
-            assert!(text.contains("seed 9") && text.contains("false-offline"), "{text}");
+            assert!(
+                text.contains("seed 9") && text.contains("false-offline"),
+                "{text}"
+            );
         }
         other => panic!("expected a false-offline violation, got {other:?}"),
     }
