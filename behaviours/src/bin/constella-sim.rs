@@ -13,7 +13,8 @@ const EXAMPLES: &str = "\
 Examples:
   constella-sim --nodes 1000 --sim-secs 600 --seed 1
       the default set: start, converge, crash the leader (silent), restart it, crash it
-      (loud), restart it, partition a third of the network off with the leader, heal
+      (loud), restart it, partition a third of the network (at most 10 nodes) off with the
+      leader, heal
   constella-sim --nodes 5 --sim-secs 600 --loss 0.05 --latency-ms 100 --jitter-ms 50 \\
       --no-faults --assert-no-false-offline
       no faults but 5 % loss and 100 ms +- 50 ms: fails if any member is marked offline
