@@ -29,6 +29,7 @@ pub mod node;
 pub mod rpc;
 mod secret;
 pub mod settings;
+pub mod sim;
 pub mod sync;
 
 use std::time::Duration;

@@ -179,6 +179,9 @@ pub struct Membership {
     /// The leader, derived from the entries by [`Membership::elect`] after every change that
     /// can move it; the only place a node keeps it.
     leader: PeerId,
+    /// The leader's server name as of the last election (`None`: it has no record), so the
+    /// leadership check after every input does not look it up.
+    leader_name: Option<String>,
     /// No alive member can go silent before this instant: [`Membership::tick`] does nothing
     /// earlier (a heartbeat only moves a member's deadline later).
     next_expiry: Option<Instant>,
@@ -194,6 +197,7 @@ impl Membership {
             offline_after,
             standing_down: false,
             leader: local,
+            leader_name: None,
             next_expiry: None,
         };
         for record in records {
@@ -213,7 +217,7 @@ impl Membership {
     /// the answer. Returns whether the leader changed.
     fn elect(&mut self) -> bool {
         let mut best: Option<(&PeerId, &Entry)> = None;
-        for (id, entry) in &self.entries {
+        for (id, entry) in self.entries.iter() {
             let candidate = if *id == self.local {
                 !self.standing_down
             } else {
@@ -230,6 +234,15 @@ impl Membership {
             }
         }
         let leader = best.map_or(self.local, |(id, _)| *id);
+        match best.map(|(_, entry)| &entry.record.name) {
+            Some(name) => match &mut self.leader_name {
+                Some(cached) => cached.clone_from(name),
+                None => self.leader_name = Some(name.clone()),
+            },
+            None => {
+                self.leader_name = self.entries.get(&leader).map(|e| e.record.name.clone());
+            }
+        }
         let changed = leader != self.leader;
         self.leader = leader;
         changed
@@ -295,10 +308,31 @@ impl Membership {
             .collect()
     }
 
+    /// Every record, tombstones included, with the status of each (offline for tombstones):
+    /// the state file's member list, built in one pass over the table.
+    pub fn records_with_status(&self) -> Vec<(MemberRecord, Status)> {
+        self.entries
+            .values()
+            .map(|entry| {
+                let status = if entry.record.left {
+                    Status::Offline
+                } else {
+                    entry.liveness.status
+                };
+                (entry.record.clone(), status)
+            })
+            .collect()
+    }
+
     /// The alive member with the smallest [`LeaderKey`](crate::leader::LeaderKey) (see
     /// [`Membership::elect`]).
     pub fn leader(&self) -> PeerId {
         self.leader
+    }
+
+    /// The leader's server name (`None` if the leader has no record).
+    pub fn leader_name(&self) -> Option<&str> {
+        self.leader_name.as_deref()
     }
 
     /// When [`Membership::tick`] may next find a silent member (`None`: no alive remote member).
@@ -410,12 +444,21 @@ impl Membership {
     /// Treats `peer` as alive as of `now` without a heartbeat (it was alive when this node last
     /// stopped). It goes offline after `offline_after` of silence like any member.
     pub fn assume_alive(&mut self, peer: &PeerId, now: Instant) {
-        if *peer == self.local {
-            return;
+        self.assume_all_alive(std::slice::from_ref(peer), now);
+    }
+
+    /// [`Membership::assume_alive`] for many members at once, electing once (a node restarting
+    /// in a network of a thousand would otherwise elect a thousand times).
+    pub fn assume_all_alive(&mut self, peers: &[PeerId], now: Instant) {
+        let mut any = false;
+        for peer in peers.iter().filter(|peer| **peer != self.local) {
+            if let Some(entry) = self.entries.get_mut(peer).filter(|e| !e.record.left) {
+                entry.liveness.status = Status::Alive;
+                entry.liveness.last_heard = Some(now);
+                any = true;
+            }
         }
-        if let Some(entry) = self.entries.get_mut(peer).filter(|e| !e.record.left) {
-            entry.liveness.status = Status::Alive;
-            entry.liveness.last_heard = Some(now);
+        if any {
             self.note_deadline(now);
             self.elect();
         }
@@ -481,7 +524,7 @@ impl Membership {
             return changes;
         }
         let mut next_expiry: Option<Instant> = None;
-        for (id, entry) in &mut self.entries {
+        for (id, entry) in self.entries.iter_mut() {
             let live = &mut entry.liveness;
             if *id == self.local || entry.record.left || live.status == Status::Offline {
                 continue;

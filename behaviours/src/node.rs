@@ -490,6 +490,13 @@ pub struct Node {
     connected: BTreeSet<PeerId>,
     suspects: BTreeSet<PeerId>,
     redials: BTreeMap<PeerId, Redial>,
+    /// The same redials ordered by due time, so the next one is found without a scan of the
+    /// member list (which cost O(members) per input at a thousand nodes).
+    redial_queue: BTreeSet<(Instant, PeerId)>,
+    /// Some member may be neither connected nor waiting for a redial (start, a closed
+    /// connection, a roster change): the next timer looks at every member. Otherwise it only
+    /// looks at the redials that are due.
+    sweep: bool,
     strangers: BTreeMap<PeerId, Instant>,
     /// Unknown senders we pulled the roster from, and when.
     pulls: BTreeMap<PeerId, Instant>,
@@ -538,13 +545,13 @@ impl Node {
             config.offline_after = sized.offline_after;
         }
         let mut membership = Membership::new(local.id, records, config.offline_after);
-        let mut suspects = BTreeSet::new();
-        for id in alive.iter().filter(|id| **id != local.id) {
-            if membership.is_member(id) {
-                membership.assume_alive(id, now);
-                suspects.insert(*id);
-            }
-        }
+        let assumed: Vec<PeerId> = alive
+            .iter()
+            .filter(|id| **id != local.id && membership.is_member(id))
+            .copied()
+            .collect();
+        membership.assume_all_alive(&assumed, now);
+        let suspects: BTreeSet<PeerId> = assumed.into_iter().collect();
         let leadership = Leadership {
             is_local: false,
             leader_name: String::new(),
@@ -566,6 +573,8 @@ impl Node {
             connected: BTreeSet::new(),
             suspects,
             redials: BTreeMap::new(),
+            redial_queue: BTreeSet::new(),
+            sweep: true,
             strangers: BTreeMap::new(),
             pulls: BTreeMap::new(),
             pending_admissions: BTreeMap::new(),
@@ -678,20 +687,8 @@ impl Node {
 
     /// What the state file should hold now.
     pub fn snapshot(&self) -> Snapshot {
-        let members = self
-            .membership
-            .records()
-            .into_iter()
-            .map(|record| {
-                let status = self
-                    .membership
-                    .status(&record.node_id)
-                    .unwrap_or(Status::Offline);
-                (record, status)
-            })
-            .collect();
         Snapshot {
-            members,
+            members: self.membership.records_with_status(),
             settings: self.settings.clone(),
             invites: self.invites.clone(),
             left: self.left,
@@ -829,11 +826,10 @@ impl Node {
         consider(self.exit.and_then(|(_, at)| at));
         consider(self.goodbye_at);
         let next_redial = self
-            .membership
-            .remote_members()
-            .filter(|(id, _)| !self.connected.contains(*id))
-            .filter_map(|(id, _)| self.redials.get(id).map(|r| r.at))
-            .min();
+            .redial_queue
+            .iter()
+            .find(|(_, id)| self.membership.is_member(id) && !self.connected.contains(id))
+            .map(|(at, _)| *at);
         consider(next_redial);
         if !self.settled {
             consider(Some(self.started + self.config.settle));
@@ -846,7 +842,7 @@ impl Node {
     fn on_connected(&mut self, peer: PeerId, now: Instant) {
         self.connected.insert(peer);
         self.suspects.remove(&peer);
-        self.redials.remove(&peer);
+        self.clear_redial(&peer);
         self.membership.on_connected(&peer);
         if !self.membership.is_member(&peer) {
             // A joiner needs the connection for its Join; any other stranger gets nothing.
@@ -858,6 +854,7 @@ impl Node {
         self.connected.remove(&peer);
         // A stranger that hung up no longer takes a place.
         self.strangers.remove(&peer);
+        self.sweep = true;
         if self.membership.is_member(&peer) && self.exit.is_none() {
             // Its process may have died: a redial tells at once (refused) or in time.
             self.suspects.insert(peer);
@@ -888,13 +885,23 @@ impl Node {
 
     /// Dials every member we are not connected to whose redial time has come.
     fn dial_members(&mut self, now: Instant) {
-        let due: Vec<PeerId> = self
-            .membership
-            .remote_members()
-            .map(|(id, _)| *id)
-            .filter(|id| !self.connected.contains(id))
-            .filter(|id| self.redials.get(id).is_none_or(|r| r.at <= now))
-            .collect();
+        let due: Vec<PeerId> = if std::mem::take(&mut self.sweep) {
+            self.membership
+                .remote_members()
+                .map(|(id, _)| *id)
+                .filter(|id| !self.connected.contains(id))
+                .filter(|id| self.redials.get(id).is_none_or(|r| r.at <= now))
+                .collect()
+        } else {
+            // Without a sweep, every member that is not connected has a redial entry: only
+            // the due ones need a dial.
+            self.redial_queue
+                .iter()
+                .take_while(|(at, _)| *at <= now)
+                .map(|(_, id)| *id)
+                .filter(|id| self.membership.is_member(id) && !self.connected.contains(id))
+                .collect()
+        };
         for peer in due {
             let backoff = self
                 .redials
@@ -902,7 +909,7 @@ impl Node {
                 .map_or(self.config.first_redial, |r| {
                     (r.backoff * 2).min(self.config.max_redial)
                 });
-            self.redials.insert(
+            self.set_redial(
                 peer,
                 Redial {
                     at: now + backoff,
@@ -911,6 +918,19 @@ impl Node {
             );
             let addrs = self.addresses_of(&peer);
             self.out.push(Output::Dial { peer, addrs });
+        }
+    }
+
+    fn set_redial(&mut self, peer: PeerId, redial: Redial) {
+        if let Some(old) = self.redials.insert(peer, redial) {
+            self.redial_queue.remove(&(old.at, peer));
+        }
+        self.redial_queue.insert((redial.at, peer));
+    }
+
+    fn clear_redial(&mut self, peer: &PeerId) {
+        if let Some(old) = self.redials.remove(peer) {
+            self.redial_queue.remove(&(old.at, *peer));
         }
     }
 
@@ -971,6 +991,24 @@ impl Node {
         let author = body.author();
         if signer != Some(author) {
             return Err(Refusal::WrongSigner);
+        }
+        if let GossipBody::Heartbeat(heartbeat) = body
+            && author != self.local.id
+        {
+            // The most frequent message: the member check is the heartbeat's own gate (one
+            // lookup instead of two).
+            let connected = self.connected.contains(&author);
+            return match self.membership.on_heartbeat(heartbeat, connected, now) {
+                Ok(change) => {
+                    self.apply_changes(change.into_iter().collect(), now);
+                    Ok(())
+                }
+                Err(HeartbeatRejection::NonMember) => {
+                    self.pull_roster(author, now);
+                    Err(Refusal::NonMember)
+                }
+                Err(rejection) => Err(refusal_of(rejection)),
+            };
         }
         if !self.membership.is_member(&author) {
             // It holds the network secret (the MAC verified) but is not in our list: most
@@ -1132,13 +1170,14 @@ impl Node {
             match &change {
                 Change::Joined(id) => {
                     roster_changed = true;
-                    self.redials.remove(id);
+                    self.sweep = true;
+                    self.clear_redial(id);
                     events.push(NetworkEvent::Joined(self.name_of(id)));
                 }
                 Change::Left(id) => {
                     roster_changed = true;
                     self.suspects.remove(id);
-                    self.redials.remove(id);
+                    self.clear_redial(id);
                     self.reported_offline.remove(id);
                     self.out.push(Output::Disconnect(*id));
                     events.push(NetworkEvent::Left(self.name_of(id)));
@@ -1194,15 +1233,20 @@ impl Node {
                 .remote_members()
                 .all(|(id, _)| self.membership.status(id) == Some(Status::Alive));
         let leader = self.membership.leader();
-        let next = Leadership {
-            is_local: leader == self.local.id && self.settled && self.exit.is_none(),
-            leader_name: self.name_of(&leader),
-            leaving: self.exit.is_some() || self.membership.is_standing_down(),
+        let is_local = leader == self.local.id && self.settled && self.exit.is_none();
+        let leaving = self.exit.is_some() || self.membership.is_standing_down();
+        // Compared in place: this runs after every input, and a name is built only on a change.
+        let same_name = match self.membership.leader_name() {
+            Some(name) => name == self.leadership.leader_name,
+            None => leader.to_base58() == self.leadership.leader_name,
         };
-        if next.leader_name != self.leadership.leader_name
-            || next.is_local != self.leadership.is_local
-            || next.leaving != self.leadership.leaving
+        if !same_name || is_local != self.leadership.is_local || leaving != self.leadership.leaving
         {
+            let next = Leadership {
+                is_local,
+                leader_name: self.name_of(&leader),
+                leaving,
+            };
             self.leadership = next.clone();
             self.out.push(Output::Leadership(next));
         }
@@ -1364,6 +1408,7 @@ impl Node {
                 };
                 self.invites = pending.invites_before;
                 self.membership.unadmit(pending.previous_record, &peer);
+                self.sweep = true;
                 self.out.push(Output::JoinAnswer {
                     peer,
                     answer: Err(JoinRefusal::SeedFailure(error.to_owned())),

@@ -1,0 +1,265 @@
+//! Scenarios of the network simulator (`constella_behaviours::sim`) run against the real
+//! protocol core: leader crashes, a partition and its heal, a lossy jittery network, back-to-back
+//! joins, and random fault schedules. Every scenario checks the simulator's invariants at every
+//! step; these tests additionally check the figures each scenario must show. A failure prints
+//! the violation and the `constella-sim` command that replays it.
+
+use std::time::Duration;
+
+use constella_behaviours::node::Config;
+use constella_behaviours::sim::{
+    self, Fault, Invariant, PhaseReport, RunReport, Scenario, SimError, StartMode, Target,
+};
+use proptest::prelude::*;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Runs a scenario; on a violation, fails with it and the command that replays it.
+fn run(scenario: Scenario) -> RunReport {
+    let replay = scenario.replay_command();
+    match sim::run(scenario) {
+        Ok(report) => report,
+        Err(error) => panic!("{error}\nreplay: {replay}"),
+    }
+}
+
+fn phase<'a>(report: &'a RunReport, prefix: &str) -> &'a PhaseReport {
+    report
+        .phases
+        .iter()
+        .find(|p| p.name.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no phase {prefix} in {:?}", report.phases))
+}
+
+/// Crashes the leader silently at 30 s and loudly after it restarted; checks the failover
+/// times against the detection bounds and that the first leader takes over again.
+fn leader_crashes(nodes: usize) {
+    let config = Config::for_size(nodes);
+    let mut scenario = Scenario::new("leader-crash", nodes, secs(170), 7);
+    let crash = |loud| Fault::Crash {
+        target: Target::Leader,
+        loud,
+    };
+    scenario.faults = vec![
+        (secs(30), crash(false)),
+        (secs(75), Fault::RestartAll),
+        (secs(120), crash(true)),
+    ];
+    let report = run(scenario);
+    let silent = phase(&report, "crash-leader(silent)");
+    let failover = silent
+        .converged_after
+        .expect("no failover after a silent crash");
+    assert!(
+        failover <= config.offline_after + secs(1),
+        "silent failover took {failover:?}, more than offline_after {:?}",
+        config.offline_after
+    );
+    assert_eq!(silent.leaders, vec!["n0001".to_owned()]);
+    assert_eq!(silent.up, nodes - 1);
+    let back = phase(&report, "restart");
+    assert!(back.converged_after.is_some());
+    assert_eq!(
+        back.leaders,
+        vec!["n0000".to_owned()],
+        "the first leader leads again"
+    );
+    let loud = phase(&report, "crash-leader(loud)");
+    let failover = loud
+        .converged_after
+        .expect("no failover after a loud crash");
+    assert!(
+        failover < secs(1),
+        "a loud crash is seen through the reset and a refused dial, took {failover:?}"
+    );
+    assert_eq!(loud.leaders, vec!["n0001".to_owned()]);
+    assert_eq!(report.false_offline, 0);
+}
+
+#[test]
+fn leader_crash_in_5_nodes() {
+    leader_crashes(5);
+}
+
+#[test]
+fn leader_crash_in_50_nodes() {
+    leader_crashes(50);
+}
+
+#[test]
+#[ignore = "about 2 min in a debug build; run with --release -- --ignored (figures in the sim report)"]
+fn leader_crash_in_500_nodes() {
+    leader_crashes(500);
+}
+
+#[test]
+fn partition_3_2_and_heal() {
+    // Nodes 0-1 (with the leader) on one side, 2-4 on the other.
+    let mut scenario = Scenario::new("partition", 5, secs(200), 3);
+    scenario.faults = vec![
+        (secs(30), Fault::Partition { minority: 2 }),
+        (secs(100), Fault::Heal),
+    ];
+    let settle = scenario.settle_bound();
+    let report = run(scenario);
+    let split = phase(&report, "partition");
+    assert_eq!(split.components, 2);
+    assert_eq!(split.leaders, vec!["n0000".to_owned(), "n0002".to_owned()]);
+    assert!(split.converged_after.is_some_and(|d| d <= settle));
+    let healed = phase(&report, "heal");
+    assert_eq!(healed.components, 1);
+    assert_eq!(healed.leaders, vec!["n0000".to_owned()]);
+    assert!(
+        healed.converged_after.is_some_and(|d| d <= settle),
+        "heal: {healed}"
+    );
+}
+
+/// 5 % loss per hop and 100 ms ± 50 ms for ten simulated minutes: no member may be marked
+/// offline. Gossip copies travel over the mesh's several paths (the simulator's model, see
+/// `sim.rs`); with one copy per receiver over one lossy link, as an earlier model had it, two
+/// lost heartbeats in a row plus a late third already marked a member offline (6 false marks in
+/// 188 s with seed 1): `offline_after` is exactly three heartbeat intervals, which leaves no slack
+/// for a network that loses single messages. Issue 11's detector must keep this at zero.
+#[test]
+fn lossy_jittery_network_has_no_false_offline_marks() {
+    let mut scenario = Scenario::new("lossy", 5, secs(600), 11);
+    scenario.net.loss = 0.05;
+    scenario.net.latency = Duration::from_millis(100);
+    scenario.net.jitter = Duration::from_millis(50);
+    scenario.assert_no_false_offline = true;
+    let report = run(scenario);
+    assert_eq!(report.false_offline, 0);
+    assert_eq!(phase(&report, "start").leaders, vec!["n0000".to_owned()]);
+}
+
+#[test]
+fn back_to_back_joins_are_all_admitted_and_known_everywhere() {
+    let mut scenario = Scenario::new("joins", 5, secs(120), 5);
+    scenario.faults = vec![
+        (
+            secs(20),
+            Fault::Join {
+                count: 4,
+                gap: Duration::from_millis(50),
+            },
+        ),
+        (
+            secs(60),
+            Fault::Join {
+                count: 3,
+                gap: Duration::ZERO,
+            },
+        ),
+    ];
+    let report = run(scenario);
+    let first = &report.phases[1];
+    assert!(first.converged_after.is_some(), "{first}");
+    let last = report.phases.last().expect("phases");
+    assert_eq!(last.up, 12, "every joiner runs a core");
+    assert_eq!(last.components, 1);
+    assert!(
+        last.converged_after.is_some(),
+        "all agree on one roster: {last}"
+    );
+}
+
+#[test]
+fn one_seed_gives_one_run() {
+    let scenario = || {
+        let mut s = Scenario::new("default", 20, secs(200), 42);
+        s.add_default_faults();
+        s.net.loss = 0.01;
+        s
+    };
+    let (a, b) = (run(scenario()), run(scenario()));
+    assert_eq!(a, b);
+    let mut other = scenario();
+    other.seed = 43;
+    assert_ne!(run(other).events, a.events, "another seed, another run");
+}
+
+#[test]
+fn the_checker_catches_false_offline_marks_and_names_the_seed() {
+    // At 70 % loss three heartbeats in a row are lost often: the invariant must trip.
+    let mut scenario = Scenario::new("very-lossy", 5, secs(300), 9);
+    scenario.net.loss = 0.7;
+    scenario.assert_no_false_offline = true;
+    match sim::run(scenario) {
+        Err(SimError::Violation(violation)) => {
+            assert_eq!(violation.invariant, Invariant::FalseOffline);
+            assert_eq!(violation.seed, 9);
+            let text = violation.to_string();
+            assert!(
+                text.contains("seed 9") && text.contains("false-offline"),
+                "{text}"
+            );
+        }
+        other => panic!("expected a false-offline violation, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_bad_scenario_is_refused_with_a_reason() {
+    let mut scenario = Scenario::new("bad", 5, secs(10), 1);
+    scenario.faults = vec![(secs(1), Fault::Partition { minority: 5 })];
+    assert!(matches!(
+        sim::run(scenario),
+        Err(SimError::BadScenario(reason)) if reason.contains("partition")
+    ));
+}
+
+#[test]
+fn a_cold_start_converges_quickly() {
+    let mut scenario = Scenario::new("cold", 30, secs(30), 2);
+    scenario.start = StartMode::Cold;
+    let report = run(scenario);
+    let start = phase(&report, "start");
+    assert!(
+        start.converged_after.is_some_and(|d| d < secs(2)),
+        "{start}"
+    );
+}
+
+fn fault() -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        any::<bool>().prop_map(|loud| Fault::Crash {
+            target: Target::Leader,
+            loud
+        }),
+        Just(Fault::RestartAll),
+        (1usize..5).prop_map(|minority| Fault::Partition { minority }),
+        Just(Fault::Heal),
+        (0u32..3).prop_map(|p| Fault::SetLoss(f64::from(p) / 100.0)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Random fault schedules on 6 nodes: every invariant holds at every step. A failure
+    /// prints the violation with its seed and the command that replays it.
+    #[test]
+    fn random_fault_schedules_keep_the_invariants(
+        seed in any::<u64>(),
+        schedule in proptest::collection::vec((5u64..150, fault()), 1..6),
+    ) {
+        let mut scenario = Scenario::new("random", 6, secs(260), seed);
+        let mut faults: Vec<(Duration, Fault)> =
+            schedule.into_iter().map(|(at, f)| (secs(at), f)).collect();
+        faults.sort_by_key(|(at, _)| *at);
+        // End healed, restarted and lossless, so the last phase must converge.
+        faults.push((secs(160), Fault::Heal));
+        faults.push((secs(160), Fault::RestartAll));
+        faults.push((secs(160), Fault::SetLoss(0.0)));
+        scenario.faults = faults;
+        let replay = scenario.replay_command();
+        let report = sim::run(scenario);
+        prop_assert!(report.is_ok(), "{}\nreplay: {}", report.err().map(|e| e.to_string()).unwrap_or_default(), replay);
+        let last = report.ok().and_then(|r| r.phases.last().cloned());
+        prop_assert!(last.as_ref().is_some_and(|p| p.converged_after.is_some() && p.components == 1),
+            "not converged at the end: {:?}\nreplay: {}", last, replay);
+    }
+}
