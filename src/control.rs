@@ -1,6 +1,12 @@
-//! The control socket: how `constella status`, `peers`, `invite`, `leave`, `stats` and `reboot` talk to the running
-//! daemon. A Unix socket (`control.sock`, 0600) in the state directory; one JSON request line,
-//! one JSON response line.
+//! The control socket: how `constella status`, `peers`, `invite`, `leave`, `stats`, `reboot`,
+//! `owner set` and `access` talk to the running daemon. A Unix socket (`control.sock`, 0600) in
+//! the state directory; one JSON request line, one JSON response line.
+//!
+//! Node requests ([`Request`]) go to the event loop through the [`Client`]; network
+//! administration ([`AdminRequest`]: the owner and the roles, which live in the network
+//! settings) is done here on top of [`Client::merge_settings`]. Who asked is taken from the
+//! socket's peer credentials (the uid) and recorded in the audit log with reboots, invites and
+//! every change of the owner or the roles.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -11,9 +17,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::audit::{AuditEvent, AuditKind, AuditLog};
 use crate::daemon::Client;
 use crate::stats::{NodeStats, RebootAccepted};
 use constella_behaviours::rpc::PeerInfo;
+use constella_behaviours::settings::{NetworkSettings, Role, username_key};
 
 /// Longest request line the daemon reads.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -41,6 +49,58 @@ pub enum Request {
         target: String,
         requested_by: String,
     },
+}
+
+/// A request that administers the network (the owner and the roles in the network settings).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum AdminRequest {
+    /// Make `username` (with `@`) the owner.
+    OwnerSet {
+        username: String,
+        requested_by: String,
+    },
+    /// Give `username` a role.
+    AccessGrant {
+        username: String,
+        role: Role,
+        requested_by: String,
+    },
+    /// Take `username`'s role away.
+    AccessRevoke {
+        username: String,
+        requested_by: String,
+    },
+    /// Who may use the bot, and how.
+    AccessList,
+}
+
+/// `constella access --json`: the owner and every account with a role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessReport {
+    /// The owner's username, with `@`.
+    pub owner: String,
+    /// The owner's Telegram id is pinned (they wrote `/start`).
+    pub owner_pinned: bool,
+    /// Accounts with a role, by username.
+    pub users: Vec<AccessEntry>,
+}
+
+/// One account with a role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessEntry {
+    /// The username, with `@`.
+    pub username: String,
+    pub role: Role,
+    /// Its Telegram id is pinned (it wrote to the bot since the grant).
+    pub pinned: bool,
+}
+
+/// The answer to `owner set`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerChange {
+    pub previous: String,
+    pub owner: String,
 }
 
 /// A node as shown by `peers --json`.
@@ -137,11 +197,14 @@ pub enum Response {
     PeersOf(Vec<PeerInfo>),
     Stats(Box<NodeStats>),
     RebootAccepted(RebootAccepted),
+    Access(AccessReport),
+    OwnerChanged(OwnerChange),
     Error(String),
 }
 
-/// Sends one request to the daemon of `socket` and waits for its answer.
-pub async fn call(socket: &Path, request: &Request) -> Result<Response> {
+/// Sends one request (a [`Request`] or an [`AdminRequest`]) to the daemon of `socket` and
+/// waits for its answer.
+pub async fn call(socket: &Path, request: &impl Serialize) -> Result<Response> {
     let stream = match UnixStream::connect(socket).await {
         Ok(stream) => stream,
         Err(e)
@@ -244,7 +307,7 @@ impl AcceptEpisode {
 }
 
 /// Answers control requests until the daemon stops.
-pub async fn serve(listener: UnixListener, client: Client) {
+pub async fn serve(listener: UnixListener, client: Client, audit: AuditLog) {
     let mut episode: Option<AcceptEpisode> = None;
     loop {
         let stream = match listener.accept().await {
@@ -271,16 +334,18 @@ pub async fn serve(listener: UnixListener, client: Client) {
                 continue;
             }
         };
-        let client = client.clone();
+        let (client, audit) = (client.clone(), audit.clone());
         tokio::spawn(async move {
-            if let Err(error) = answer(stream, client).await {
+            if let Err(error) = answer(stream, client, audit).await {
                 tracing::debug!(error = format!("{error:#}"), "control connection failed");
             }
         });
     }
 }
 
-async fn answer(stream: UnixStream, client: Client) -> Result<()> {
+async fn answer(stream: UnixStream, client: Client, audit: AuditLog) -> Result<()> {
+    // The kernel's word for who is on the other end (the socket is 0600, so root or the owner).
+    let uid = stream.peer_cred().map(|cred| cred.uid()).ok();
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     tokio::time::timeout(
@@ -289,14 +354,212 @@ async fn answer(stream: UnixStream, client: Client) -> Result<()> {
     )
     .await
     .context("no request line in time")??;
-    let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => client.handle(request).await,
-        Err(error) => Response::Error(format!("malformed control request: {error}")),
+    let response = if let Ok(admin) = serde_json::from_str::<AdminRequest>(&line) {
+        administer(admin, &client, &audit, uid)
+            .await
+            .unwrap_or_else(Response::Error)
+    } else {
+        match serde_json::from_str::<Request>(&line) {
+            Ok(request) => node_request(request, &client, &audit, uid).await,
+            Err(error) => Response::Error(format!("malformed control request: {error}")),
+        }
     };
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
     write.write_all(&out).await?;
     Ok(())
+}
+
+/// How the caller appears in the audit log: what the CLI says it is, and the uid the kernel
+/// vouches for.
+fn caller(requested_by: Option<&str>, uid: Option<u32>) -> String {
+    let uid = uid.map_or_else(|| "uid unknown".to_owned(), |uid| format!("uid {uid}"));
+    match requested_by {
+        Some(text) => format!("cli:{text} ({uid})"),
+        None => format!("cli ({uid})"),
+    }
+}
+
+const VIA_SOCKET: &str = "control socket";
+
+/// A node request, answered by the event loop; reboots and invites are audited, and `status`
+/// names the owner as the network settings do now.
+async fn node_request(
+    request: Request,
+    client: &Client,
+    audit: &AuditLog,
+    uid: Option<u32>,
+) -> Response {
+    match request {
+        Request::Reboot {
+            target,
+            requested_by,
+        } => {
+            let asked = AuditEvent::new(
+                AuditKind::RebootRequested,
+                caller(Some(&requested_by), uid),
+                VIA_SOCKET,
+            )
+            .detail("target", target.clone());
+            // On disk before the request leaves: the machine that reboots may be this one.
+            if let Err(error) = audit.append(asked.clone()).await {
+                return Response::Error(format!(
+                    "the reboot was not requested: the audit log cannot be written ({error})"
+                ));
+            }
+            let response = client
+                .handle(Request::Reboot {
+                    target,
+                    requested_by,
+                })
+                .await;
+            let outcome = match &response {
+                Response::Error(error) => format!("failed: {error}"),
+                _ => "accepted".to_owned(),
+            };
+            audit.record(asked.detail("outcome", outcome));
+            response
+        }
+        Request::Invite { ttl_secs } => {
+            let response = client.handle(Request::Invite { ttl_secs }).await;
+            if let Response::Invite(invite) = &response {
+                audit.record(
+                    AuditEvent::new(AuditKind::InviteIssued, caller(None, uid), VIA_SOCKET)
+                        .detail("ttl", invite.ttl.clone())
+                        .detail("expires_at", invite.expires_at),
+                );
+            }
+            response
+        }
+        Request::Status => match client.handle(Request::Status).await {
+            Response::Status(mut report) => {
+                if let Ok(settings) = current_settings(client).await {
+                    report.owner_username = settings.owner(&report.owner_username).to_owned();
+                }
+                Response::Status(report)
+            }
+            other => other,
+        },
+        other => client.handle(other).await,
+    }
+}
+
+/// The network settings as this node holds them (merging nothing changes nothing).
+async fn current_settings(client: &Client) -> Result<NetworkSettings, String> {
+    client.merge_settings(NetworkSettings::default()).await
+}
+
+/// The owner named at `init` (the state file's `owner_username`, as `status` reports it).
+async fn initial_owner(client: &Client) -> Result<String, String> {
+    client.status().await.map(|status| status.owner_username)
+}
+
+/// Changes the owner or the roles: merged into the network settings (persisted and gossiped
+/// to every node before the answer) and audited (on disk before the answer).
+async fn administer(
+    request: AdminRequest,
+    client: &Client,
+    audit: &AuditLog,
+    uid: Option<u32>,
+) -> Result<Response, String> {
+    let settings = current_settings(client).await?;
+    let initial = initial_owner(client).await?;
+    let owner = settings.owner(&initial).to_owned();
+    let is_owner = |name: &str| username_key(name) == username_key(&owner);
+    let (next, event) = match request {
+        AdminRequest::AccessList => return Ok(Response::Access(access_report(&settings, &owner))),
+        AdminRequest::OwnerSet {
+            username,
+            requested_by,
+        } => {
+            if is_owner(&username) {
+                return Err(format!("{username} is already the owner; nothing changed"));
+            }
+            let next = settings.with_owner(&username);
+            let event = AuditEvent::new(
+                AuditKind::OwnerChanged,
+                caller(Some(&requested_by), uid),
+                VIA_SOCKET,
+            )
+            .detail("previous", owner.clone())
+            .detail("owner", username.clone())
+            .detail("previous_id_unpinned", settings.owner_user_id.is_some());
+            (next, event)
+        }
+        AdminRequest::AccessGrant {
+            username,
+            role,
+            requested_by,
+        } => {
+            if is_owner(&username) {
+                return Err(format!(
+                    "{username} is the owner and has every right already; nothing changed"
+                ));
+            }
+            let key = username_key(&username);
+            if settings.roles.get(&key).and_then(|g| g.role) == Some(role) {
+                return Err(format!(
+                    "{username} is already {}; nothing changed",
+                    role.as_str()
+                ));
+            }
+            let event = AuditEvent::new(
+                AuditKind::RoleGranted,
+                caller(Some(&requested_by), uid),
+                VIA_SOCKET,
+            )
+            .detail("username", username.clone())
+            .detail("role", role.as_str());
+            (settings.with_role(&username, Some(role)), event)
+        }
+        AdminRequest::AccessRevoke {
+            username,
+            requested_by,
+        } => {
+            let key = username_key(&username);
+            let Some(role) = settings.roles.get(&key).and_then(|g| g.role) else {
+                return Err(format!("{username} has no role; nothing changed"));
+            };
+            let event = AuditEvent::new(
+                AuditKind::RoleRevoked,
+                caller(Some(&requested_by), uid),
+                VIA_SOCKET,
+            )
+            .detail("username", username.clone())
+            .detail("role", role.as_str());
+            (settings.with_role(&username, None), event)
+        }
+    };
+    let previous = owner;
+    let merged = client.merge_settings(next).await?;
+    audit
+        .append(event)
+        .await
+        .map_err(|error| format!("the change was made but could not be audited: {error}"))?;
+    let owner = merged.owner(&initial).to_owned();
+    if merged.owner_version != settings.owner_version {
+        tracing::info!(%previous, %owner, "the owner was changed");
+        return Ok(Response::OwnerChanged(OwnerChange { previous, owner }));
+    }
+    tracing::info!("the roles were changed");
+    Ok(Response::Access(access_report(&merged, &owner)))
+}
+
+fn access_report(settings: &NetworkSettings, owner: &str) -> AccessReport {
+    AccessReport {
+        owner: owner.to_owned(),
+        owner_pinned: settings.owner_user_id.is_some(),
+        users: settings
+            .granted()
+            .filter_map(|(name, grant)| {
+                Some(AccessEntry {
+                    username: format!("@{name}"),
+                    role: grant.role?,
+                    pinned: grant.user_id.is_some(),
+                })
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! `constella`: the command-line interface and daemon of a Constella node.
 
+mod access;
+mod audit;
 mod bot;
 mod cli;
 mod control;
@@ -23,8 +25,8 @@ use clap::Parser;
 use constella_behaviours::NetworkSecret;
 use constella_behaviours::gossip::MemberRecord;
 
-use crate::cli::{Cli, Command, listen_or_default};
-use crate::control::{Request, Response};
+use crate::cli::{AccessCommand, Cli, Command, OwnerCommand, listen_or_default};
+use crate::control::{AdminRequest, Request, Response};
 use crate::state::{LocalNode, NetworkState, STATE_FORMAT, StateDir, StoredSecret};
 
 fn main() -> ExitCode {
@@ -170,6 +172,42 @@ async fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::RollingRestart(args) => rolling::run(&state_dir, args).await,
+        Command::Owner(args) => match args.command {
+            OwnerCommand::Set { username } => {
+                let request = AdminRequest::OwnerSet {
+                    username: username.as_str().to_owned(),
+                    requested_by: local_user(),
+                };
+                match ask(&state_dir, &request).await? {
+                    Response::OwnerChanged(change) => print_text(&format!(
+                        "The owner is now {} (was {}); every node learns it through gossip.\n{} is served from their first /start; {} is told once and ignored from now on.\n",
+                        change.owner, change.previous, change.owner, change.previous
+                    )),
+                    other => unexpected(other),
+                }
+            }
+        },
+        Command::Access(args) => {
+            let requested_by = local_user();
+            let request = match args.command {
+                None => AdminRequest::AccessList,
+                Some(AccessCommand::Grant { username, role }) => AdminRequest::AccessGrant {
+                    username: username.as_str().to_owned(),
+                    role,
+                    requested_by,
+                },
+                Some(AccessCommand::Revoke { username }) => AdminRequest::AccessRevoke {
+                    username: username.as_str().to_owned(),
+                    requested_by,
+                },
+            };
+            match ask(&state_dir, &request).await? {
+                Response::Access(report) if args.json => print_json(&report),
+                Response::Access(report) => print_text(&output::access_table(&report)),
+                other => unexpected(other),
+            }
+        }
+        Command::Audit(args) => audit_command(&state_dir, &args),
         Command::Leave(args) => {
             let network = state_dir.load()?.network_id;
             if !args.yes
@@ -260,7 +298,53 @@ fn init_locked(
     Ok(())
 }
 
-async fn ask(state_dir: &StateDir, request: &Request) -> Result<Response> {
+/// `constella audit`: reads and verifies the log from the state directory (the daemon need
+/// not run), and records that it was read: access to the log is audited too.
+fn audit_command(state_dir: &StateDir, args: &cli::AuditArgs) -> Result<()> {
+    let result = audit::read_verified(state_dir.path());
+    if !matches!(result, Err(audit::AuditError::Missing(_))) {
+        let outcome = match &result {
+            Ok(events) => format!("verified {} entries", events.len()),
+            Err(error) => format!("failed: {error}"),
+        };
+        let who = format!(
+            "cli:{} (uid {})",
+            local_user(),
+            private_dir::effective_uid().map_or_else(|| "unknown".to_owned(), |u| u.to_string())
+        );
+        let node = state_dir
+            .load()
+            .map_or_else(|_| "?".to_owned(), |s| s.node.name);
+        let viewed = audit::AuditEvent::new(audit::AuditKind::AuditViewed, who, "cli")
+            .detail("verify", args.verify)
+            .detail("outcome", outcome);
+        if let Err(error) = audit::AuditFile::open(state_dir.path(), false)
+            .and_then(|mut log| log.append(&node, &[viewed]))
+        {
+            eprintln!("warning: this reading could not be recorded in the audit log: {error}");
+        }
+    }
+    let mut events = result?;
+    if args.verify {
+        return print_text(&format!(
+            "audit log verified: {} entries, each decrypts and follows the one before it, none missing at the end\n",
+            events.len()
+        ));
+    }
+    if let Some(since) = args.since {
+        let cutoff = i64::try_from(state::unix_now().saturating_sub(since.duration().as_secs()))
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        events.retain(|e| e.timestamp >= cutoff);
+    }
+    if args.json {
+        print_json(&events)
+    } else {
+        print_text(&output::audit_lines(&events))
+    }
+}
+
+async fn ask(state_dir: &StateDir, request: &impl serde::Serialize) -> Result<Response> {
     match control::call(&state_dir.socket_path(), request).await? {
         Response::Error(message) => bail!("{message}"),
         response => Ok(response),

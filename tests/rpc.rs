@@ -387,7 +387,7 @@ type Key = (Via, OutboundRequestId);
 enum Outcome {
     Rpc(RpcResponse),
     Raw(Vec<u8>),
-    Join(JoinResponse),
+    Join(Box<JoinResponse>),
     Failed(String),
 }
 
@@ -433,7 +433,7 @@ async fn outcomes(
                         response,
                     },
                 ..
-            })) => ((Via::Join, request_id), Outcome::Join(response)),
+            })) => ((Via::Join, request_id), Outcome::Join(Box::new(response))),
             SwarmEvent::Behaviour(ProbeEvent::Rpc(request_response::Event::OutboundFailure {
                 request_id,
                 error,
@@ -552,7 +552,7 @@ fn strangers_are_refused_and_bad_frames_fail_alone() {
         ),
     );
     let (mut seen, _) = runtime.block_on(outcomes(&mut swarm, vec![join], alpha_id));
-    assert!(matches!(seen.remove(&join), Some(Outcome::Join(Ok(_)))));
+    assert!(matches!(seen.remove(&join), Some(Outcome::Join(r)) if r.is_ok()));
 
     let oversized = cbor(&RpcRequest::Reboot {
         requested_by: "x".repeat(64 * 1024),

@@ -4,7 +4,7 @@
 //!   when this node leads and drops it (with its in-flight long poll) as soon as it does not.
 //! - [`poller`]: the GetUpdates loop: offsets from the network settings, each update claimed
 //!   in the network before it is handled, 409 Conflict with a backoff of seconds.
-//! - [`handlers`]: owner-only access, commands and buttons.
+//! - [`handlers`]: access (owner and granted roles), commands and buttons.
 //! - [`callback`]: validated callback data; [`ui`]: texts and keyboards (ru/en).
 //! - [`notify`]: membership events for the owner, batched and rate-limited, sent by the
 //!   leader only.
@@ -24,6 +24,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::audit::AuditLog;
 use crate::daemon::Client;
 use crate::daemon::signals::{Leadership, NetworkEvent, Watchers};
 use crate::state::StoredSecret;
@@ -41,6 +42,8 @@ pub struct BotConfig {
     pub node_name: String,
     /// Signs reboot confirmations so that any leader can check them.
     pub secret: NetworkSecret,
+    /// Where reboots, invites, pins and refused actions are recorded.
+    pub audit: AuditLog,
 }
 
 /// Counters shown by `status`.

@@ -14,6 +14,7 @@ use constella_behaviours::settings::NetworkSettings;
 use libp2p::{Swarm, SwarmBuilder, noise, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::audit::AuditLog;
 use crate::bot::{self, BotConfig, BotMetrics};
 use crate::control::{self, InviteReport, PeerReport, Request, Response, StatusReport};
 use crate::reboot::RebootAction;
@@ -252,7 +253,9 @@ pub async fn run(
     let client = Client {
         commands: commands_tx,
     };
-    let control_task = tokio::spawn(control::serve(listener, client.clone()));
+    let audit =
+        AuditLog::open(state_dir.path(), &state.node.name).context("cannot open the audit log")?;
+    let control_task = tokio::spawn(control::serve(listener, client.clone(), audit.clone()));
 
     let metrics = Arc::new(BotMetrics::default());
     let (signals, watchers) = signals::Signals::new(state.settings.clone(), metrics.clone());
@@ -264,6 +267,7 @@ pub async fn run(
                 owner_username: state.owner_username.clone(),
                 node_name: state.node.name.clone(),
                 secret: secret.clone(),
+                audit,
             },
             client,
             watchers,
