@@ -66,6 +66,8 @@ pub enum Command {
     Access(AccessArgs),
     /// Show this node's audit log (security events), or verify that nothing in it was changed.
     Audit(AuditArgs),
+    /// Replace the Telegram bot token on this node.
+    BotToken(BotTokenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -275,6 +277,23 @@ pub struct AuditArgs {
     /// missing at the end); exits non-zero naming the first entry that does not.
     #[arg(long, conflicts_with_all = ["since", "json"])]
     pub verify: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BotTokenArgs {
+    #[command(subcommand)]
+    pub command: BotTokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BotTokenCommand {
+    /// Read a new token from CONSTELLA_BOT_TOKEN or stdin (never the command line), check it,
+    /// store it (0600) and restart this node's bot with it. Run it on every member.
+    Set {
+        /// Refused: a token on the command line is visible to every local user in /proc.
+        #[arg(hide = true, value_name = "TOKEN")]
+        token_on_command_line: Option<SecretArg>,
+    },
 }
 
 /// The listen address: the one given, or all interfaces on `port`.

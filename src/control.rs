@@ -17,9 +17,15 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
 use crate::audit::{AuditEvent, AuditKind, AuditLog};
 use crate::daemon::Client;
+use crate::state::{StateDir, StoredSecret};
 use crate::stats::{NodeStats, RebootAccepted};
+use crate::validate::BotToken;
 use constella_behaviours::rpc::PeerInfo;
 use constella_behaviours::settings::{NetworkSettings, Role, username_key};
 
@@ -73,6 +79,12 @@ pub enum AdminRequest {
     },
     /// Who may use the bot, and how.
     AccessList,
+    /// Replace this node's bot token (validated, stored 0600; the bot restarts with it).
+    BotTokenSet {
+        /// The token; `Debug` shows `<redacted>`.
+        token: StoredSecret,
+        requested_by: String,
+    },
 }
 
 /// `constella access --json`: the owner and every account with a role.
@@ -199,6 +211,10 @@ pub enum Response {
     RebootAccepted(RebootAccepted),
     Access(AccessReport),
     OwnerChanged(OwnerChange),
+    /// The token was stored and the bot restarted; the bot's numeric id (not a secret).
+    BotTokenSet {
+        bot_id: String,
+    },
     Error(String),
 }
 
@@ -263,6 +279,32 @@ pub async fn bind(socket: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// What the control socket's handlers share.
+#[derive(Debug, Clone)]
+pub struct Control {
+    client: Client,
+    audit: AuditLog,
+    /// The bot's token: a new value restarts the bot with it.
+    bot_tokens: Arc<watch::Sender<Option<StoredSecret>>>,
+    state_dir: StateDir,
+}
+
+impl Control {
+    pub fn new(
+        client: Client,
+        audit: AuditLog,
+        bot_tokens: watch::Sender<Option<StoredSecret>>,
+        state_dir: StateDir,
+    ) -> Self {
+        Self {
+            client,
+            audit,
+            bot_tokens: Arc::new(bot_tokens),
+            state_dir,
+        }
+    }
+}
+
 /// First pause after a failed accept.
 const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
 /// Longest pause between accept retries: a freed descriptor is noticed within this.
@@ -307,7 +349,7 @@ impl AcceptEpisode {
 }
 
 /// Answers control requests until the daemon stops.
-pub async fn serve(listener: UnixListener, client: Client, audit: AuditLog) {
+pub async fn serve(listener: UnixListener, control: Control) {
     let mut episode: Option<AcceptEpisode> = None;
     loop {
         let stream = match listener.accept().await {
@@ -334,16 +376,16 @@ pub async fn serve(listener: UnixListener, client: Client, audit: AuditLog) {
                 continue;
             }
         };
-        let (client, audit) = (client.clone(), audit.clone());
+        let control = control.clone();
         tokio::spawn(async move {
-            if let Err(error) = answer(stream, client, audit).await {
+            if let Err(error) = answer(stream, control).await {
                 tracing::debug!(error = format!("{error:#}"), "control connection failed");
             }
         });
     }
 }
 
-async fn answer(stream: UnixStream, client: Client, audit: AuditLog) -> Result<()> {
+async fn answer(stream: UnixStream, control: Control) -> Result<()> {
     // The kernel's word for who is on the other end (the socket is 0600, so root or the owner).
     let uid = stream.peer_cred().map(|cred| cred.uid()).ok();
     let (read, mut write) = stream.into_split();
@@ -355,12 +397,12 @@ async fn answer(stream: UnixStream, client: Client, audit: AuditLog) -> Result<(
     .await
     .context("no request line in time")??;
     let response = if let Ok(admin) = serde_json::from_str::<AdminRequest>(&line) {
-        administer(admin, &client, &audit, uid)
+        administer(admin, &control, uid)
             .await
             .unwrap_or_else(Response::Error)
     } else {
         match serde_json::from_str::<Request>(&line) {
-            Ok(request) => node_request(request, &client, &audit, uid).await,
+            Ok(request) => node_request(request, &control, uid).await,
             Err(error) => Response::Error(format!("malformed control request: {error}")),
         }
     };
@@ -384,12 +426,8 @@ const VIA_SOCKET: &str = "control socket";
 
 /// A node request, answered by the event loop; reboots and invites are audited, and `status`
 /// names the owner as the network settings do now.
-async fn node_request(
-    request: Request,
-    client: &Client,
-    audit: &AuditLog,
-    uid: Option<u32>,
-) -> Response {
+async fn node_request(request: Request, control: &Control, uid: Option<u32>) -> Response {
+    let Control { client, audit, .. } = control;
     match request {
         Request::Reboot {
             target,
@@ -436,10 +474,21 @@ async fn node_request(
                 if let Ok(settings) = current_settings(client).await {
                     report.owner_username = settings.owner(&report.owner_username).to_owned();
                 }
+                // A token set while the node runs (`bot-token set`) is the bot's, not the
+                // state file's.
+                report.bot.enabled |= control.bot_tokens.borrow().is_some();
                 Response::Status(report)
             }
             other => other,
         },
+        Request::Leave => {
+            let response = client.handle(Request::Leave).await;
+            if matches!(response, Response::Left) {
+                // The node forgets the network's secrets: the token file too.
+                control.state_dir.remove_bot_token();
+            }
+            response
+        }
         other => client.handle(other).await,
     }
 }
@@ -458,16 +507,20 @@ async fn initial_owner(client: &Client) -> Result<String, String> {
 /// to every node before the answer) and audited (on disk before the answer).
 async fn administer(
     request: AdminRequest,
-    client: &Client,
-    audit: &AuditLog,
+    control: &Control,
     uid: Option<u32>,
 ) -> Result<Response, String> {
+    let Control { client, audit, .. } = control;
     let settings = current_settings(client).await?;
     let initial = initial_owner(client).await?;
     let owner = settings.owner(&initial).to_owned();
     let is_owner = |name: &str| username_key(name) == username_key(&owner);
     let (next, event) = match request {
         AdminRequest::AccessList => return Ok(Response::Access(access_report(&settings, &owner))),
+        AdminRequest::BotTokenSet {
+            token,
+            requested_by,
+        } => return set_bot_token(control, &token, &requested_by, uid).await,
         AdminRequest::OwnerSet {
             username,
             requested_by,
@@ -543,6 +596,42 @@ async fn administer(
     }
     tracing::info!("the roles were changed");
     Ok(Response::Access(access_report(&merged, &owner)))
+}
+
+/// Validates a new bot token, stores it (0600, `bot.token`), and restarts this node's bot with
+/// it. Only this node: the token is a secret, and gossip is not encrypted yet, so it does not
+/// travel to the other members (run it on each, or see docs/bot.md).
+async fn set_bot_token(
+    control: &Control,
+    token: &StoredSecret,
+    requested_by: &str,
+    uid: Option<u32>,
+) -> Result<Response, String> {
+    let token: BotToken = token.expose().parse()?;
+    let bot_id = token
+        .expose()
+        .split_once(':')
+        .map_or_else(String::new, |(id, _)| id.to_owned());
+    control
+        .state_dir
+        .save_bot_token(token.expose())
+        .map_err(|error| format!("the token was not stored: {error:#}"))?;
+    let event = AuditEvent::new(
+        AuditKind::BotTokenChanged,
+        caller(Some(requested_by), uid),
+        VIA_SOCKET,
+    )
+    .detail("bot_id", bot_id.clone());
+    control
+        .audit
+        .append(event)
+        .await
+        .map_err(|error| format!("the token was stored but could not be audited: {error}"))?;
+    control
+        .bot_tokens
+        .send_replace(Some(StoredSecret::new(token.expose().to_owned())));
+    tracing::info!(%bot_id, "the bot token was replaced; the bot starts again with it");
+    Ok(Response::BotTokenSet { bot_id })
 }
 
 fn access_report(settings: &NetworkSettings, owner: &str) -> AccessReport {

@@ -25,7 +25,7 @@ use clap::Parser;
 use constella_behaviours::NetworkSecret;
 use constella_behaviours::gossip::MemberRecord;
 
-use crate::cli::{AccessCommand, Cli, Command, OwnerCommand, listen_or_default};
+use crate::cli::{AccessCommand, BotTokenCommand, Cli, Command, OwnerCommand, listen_or_default};
 use crate::control::{AdminRequest, Request, Response};
 use crate::state::{LocalNode, NetworkState, STATE_FORMAT, StateDir, StoredSecret};
 
@@ -208,6 +208,29 @@ async fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::Audit(args) => audit_command(&state_dir, &args),
+        Command::BotToken(args) => match args.command {
+            BotTokenCommand::Set {
+                token_on_command_line,
+            } => {
+                if token_on_command_line.is_some() {
+                    bail!(
+                        "the bot token is not taken from the command line (every local user can read it in /proc): set CONSTELLA_BOT_TOKEN or give it on stdin; nothing changed"
+                    );
+                }
+                let token = read_bot_token()?;
+                let request = AdminRequest::BotTokenSet {
+                    token: StoredSecret::new(token.expose().to_owned()),
+                    requested_by: local_user(),
+                };
+                match ask(&state_dir, &request).await? {
+                    Response::BotTokenSet { bot_id } => print_text(&format!(
+                        "The token of bot {bot_id} is stored in {} (0600) and this node's bot restarted with it.\nOther members keep the old token until you run this on each of them.\n",
+                        state_dir.path().join(state::BOT_TOKEN_FILE).display()
+                    )),
+                    other => unexpected(other),
+                }
+            }
+        },
         Command::Leave(args) => {
             let network = state_dir.load()?.network_id;
             if !args.yes
@@ -366,6 +389,36 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
         serde_json::to_string_pretty(value).context("cannot encode JSON")?
     );
     Ok(())
+}
+
+/// A bot token from `CONSTELLA_BOT_TOKEN`, else one line of stdin (not echoed on a
+/// terminal), validated without repeating it.
+fn read_bot_token() -> Result<validate::BotToken> {
+    let text = match std::env::var("CONSTELLA_BOT_TOKEN") {
+        Ok(token) if !token.trim().is_empty() => zeroize::Zeroizing::new(token),
+        _ => {
+            let stdin = std::io::stdin();
+            let terminal = stdin.is_terminal();
+            if terminal {
+                eprint!("New bot token from @BotFather (not shown): ");
+                // Best effort: without stty the line is echoed, which is still not argv.
+                let _ = std::process::Command::new("stty").arg("-echo").status();
+            }
+            let mut line = zeroize::Zeroizing::new(String::new());
+            let read = stdin.lock().read_line(&mut line);
+            if terminal {
+                let _ = std::process::Command::new("stty").arg("echo").status();
+                eprintln!();
+            }
+            read.context("cannot read the token from stdin")?;
+            line
+        }
+    };
+    if text.trim().is_empty() {
+        bail!("no bot token: set CONSTELLA_BOT_TOKEN or give it on stdin; nothing changed");
+    }
+    text.parse::<validate::BotToken>()
+        .map_err(anyhow::Error::msg)
 }
 
 /// Who runs this command, for the target's log: the sudo caller if any, else the login name.

@@ -850,3 +850,89 @@ fn a_viewer_cannot_reboot_and_an_operator_can_until_revoked() {
             .starts_with("audit log verified")
     );
 }
+
+#[test]
+fn a_new_bot_token_is_checked_stored_and_used_at_once_and_never_taken_from_argv() {
+    const NEW_TOKEN: &str = "987654321:BBHnewTokenForConstellaTests_9876543210";
+    const NEW_SECRET: &str = "BBHnewTokenForConstellaTests_9876543210";
+    let fake = FakeTelegram::start(TOKEN);
+    let mut cluster = bot_cluster(&fake, &["alpha"], &[1]);
+    wait_polling(&fake, "alpha");
+    fake.send_text(&owner(), "/start");
+    fake.wait_message(ANSWER, "the node list", OWNER_ID, is_list);
+    let alpha = cluster.node("alpha");
+
+    // On the command line: refused without echo. Malformed: refused without echo.
+    let out = alpha.cli(&["bot-token", "set", NEW_TOKEN]);
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(error.contains("not taken from the command line"), "{error}");
+    assert!(!error.contains(NEW_SECRET), "{error}");
+    let out = alpha.cli_with(
+        &["bot-token", "set"],
+        &[("CONSTELLA_BOT_TOKEN", "1:sekret")],
+        None,
+    );
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        error.contains("invalid bot token") && !error.contains("sekret"),
+        "{error}"
+    );
+    assert!(!alpha.dir.join("bot.token").exists());
+
+    // The token changes at @BotFather: the old one is refused from now on.
+    fake.set_token(NEW_TOKEN);
+    let out = alpha.cli_with(
+        &["bot-token", "set"],
+        &[("CONSTELLA_BOT_TOKEN", NEW_TOKEN)],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bot 987654321"));
+    use std::os::unix::fs::PermissionsExt;
+    let file = alpha.dir.join("bot.token");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), NEW_TOKEN);
+    // The running bot answers with the new token.
+    let since = fake.messages_to(OWNER_ID).len();
+    fake.send_text(&owner(), "/start");
+    cluster.or_logs(|| {
+        wait_for(ANSWER, "an answer with the new token", || {
+            (fake.messages_to(OWNER_ID).len() > since).then_some(())
+        })
+    });
+    let changed = audited(alpha, "bot_token_changed");
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0]["details"]["bot_id"], "987654321");
+
+    // From stdin too; and a restarted node keeps the token it was given.
+    fake.set_token(TOKEN);
+    let out = alpha.cli_with(&["bot-token", "set"], &[], Some(&format!("{TOKEN}\n")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alpha = cluster.node_mut("alpha");
+    alpha.stop();
+    alpha.start();
+    wait_polling(&fake, "alpha");
+    let since = fake.messages_to(OWNER_ID).len();
+    fake.send_text(&owner(), "/start");
+    wait_for(ANSWER, "an answer after the restart", || {
+        (fake.messages_to(OWNER_ID).len() > since).then_some(())
+    });
+    let logs = cluster.dump_logs() + &cluster.node("alpha").ok(&["audit"]);
+    assert!(
+        !logs.contains(NEW_SECRET) && !logs.contains(TOKEN_SECRET),
+        "a token leaked"
+    );
+}

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use constella_behaviours::Behaviour;
 use constella_behaviours::settings::NetworkSettings;
 use libp2p::{Swarm, SwarmBuilder, noise, tcp, yamux};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::audit::AuditLog;
 use crate::bot::{self, BotConfig, BotMetrics};
@@ -255,31 +255,31 @@ pub async fn run(
     };
     let audit =
         AuditLog::open(state_dir.path(), &state.node.name).context("cannot open the audit log")?;
-    let control_task = tokio::spawn(control::serve(listener, client.clone(), audit.clone()));
+    // A token from `constella bot-token set` wins over the one in the state file.
+    let token = state_dir
+        .load_bot_token()?
+        .or_else(|| state.bot_token.clone());
+    let (bot_tokens, tokens) = watch::channel(token);
+    let control_task = tokio::spawn(control::serve(
+        listener,
+        control::Control::new(client.clone(), audit.clone(), bot_tokens, state_dir.clone()),
+    ));
 
     let metrics = Arc::new(BotMetrics::default());
     let (signals, watchers) = signals::Signals::new(state.settings.clone(), metrics.clone());
-    let bot = match &state.bot_token {
-        Some(token) => Some(bot::spawn(
-            BotConfig {
-                token: token.clone(),
-                api_url: telegram_api_url.map(|u| u.url().clone()),
-                owner_username: state.owner_username.clone(),
-                node_name: state.node.name.clone(),
-                secret: secret.clone(),
-                audit,
-            },
-            client,
-            watchers,
-            metrics,
-        )),
-        None => {
-            tracing::warn!(
-                "this network has no Telegram bot token (constella init --bot-token): the bot is off"
-            );
-            None
-        }
-    };
+    let bot = bot::host(
+        BotConfig {
+            api_url: telegram_api_url.map(|u| u.url().clone()),
+            owner_username: state.owner_username.clone(),
+            node_name: state.node.name.clone(),
+            secret: secret.clone(),
+            audit,
+        },
+        tokens,
+        client,
+        watchers,
+        metrics,
+    );
 
     let event_loop = event_loop::EventLoop::new(
         swarm,
@@ -292,9 +292,7 @@ pub async fn run(
     )?;
     let result = event_loop.run(shutdown_signal()).await;
     // Stops the poll at once: the in-flight long poll is dropped with its task.
-    if let Some(bot) = bot {
-        bot.stop();
-    }
+    bot.stop();
     control_task.abort();
     let _ = std::fs::remove_file(state_dir.socket_path());
     result

@@ -126,6 +126,28 @@ impl Node {
             .expect("run constella")
     }
 
+    /// Runs a CLI command with extra environment and, if given, `input` on stdin.
+    pub fn cli_with(&self, args: &[&str], env: &[(&str, &str)], input: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(BIN)
+            .arg("--state-dir")
+            .arg(&self.dir)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run constella");
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(input) = input {
+            stdin.write_all(input.as_bytes()).unwrap();
+        }
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    }
+
     /// Runs a command that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
