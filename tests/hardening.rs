@@ -9,7 +9,7 @@ mod support;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use common::{Node, require_tool, wait_for};
+use common::{Node, closed_by_remote, require_tool, wait_for};
 
 /// Lines of `text` that contain `needle`.
 fn count_lines(text: &str, needle: &str) -> usize {
@@ -66,20 +66,6 @@ fn out_of_descriptors_the_control_socket_pauses_and_logs_once() {
         1,
         "{log}"
     );
-}
-
-/// Whether the remote closed `stream` (a non-blocking read gives EOF or a reset).
-fn closed_by_remote(mut stream: &std::net::TcpStream) -> bool {
-    use std::io::{ErrorKind, Read};
-    let mut byte = [0u8; 64];
-    match stream.read(&mut byte) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => matches!(
-            e.kind(),
-            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
-        ),
-    }
 }
 
 #[test]

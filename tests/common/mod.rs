@@ -80,6 +80,16 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether the remote closed `stream` (set non-blocking): EOF or a reset. A silent open
+/// connection would block.
+pub fn closed_by_remote(stream: &std::net::TcpStream) -> bool {
+    match stream.peek(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
 /// One node: a state directory, a port, and maybe a running daemon.
 pub struct Node {
     pub name: String,
