@@ -309,6 +309,10 @@ impl Control {
 const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
 /// Longest pause between accept retries: a freed descriptor is noticed within this.
 const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// An episode of failed accepts ends only after this long without a failure: descriptors come
+/// back one by one, and a recovery that flaps is still one episode (two log lines, not two per
+/// flap).
+const ACCEPT_EPISODE_QUIET: Duration = Duration::from_secs(2);
 /// How long a client may take to send its request line before the connection is dropped, so
 /// a client that connects and says nothing cannot hold a descriptor for ever.
 const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -316,7 +320,8 @@ const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A run of failed accepts (typically EMFILE: the process is out of file descriptors).
 /// A failed accept leaves the connection in the backlog, so retrying at once fails again at
 /// once: without a pause the loop pins a core and floods the log. Each episode is logged once
-/// when it starts and once, with a summary, when an accept succeeds again.
+/// when it starts and once, with a summary, when accepts have worked for
+/// [`ACCEPT_EPISODE_QUIET`].
 #[derive(Debug)]
 pub struct AcceptEpisode {
     started: std::time::Instant,
@@ -342,6 +347,11 @@ impl AcceptEpisode {
         pause
     }
 
+    /// An accept worked: the next failure pauses briefly again.
+    pub fn on_success(&mut self) {
+        self.next_pause = ACCEPT_PAUSE_MIN;
+    }
+
     /// Failed accepts in this episode.
     pub fn failures(&self) -> u64 {
         self.failures
@@ -351,9 +361,18 @@ impl AcceptEpisode {
 /// Answers control requests until the daemon stops.
 pub async fn serve(listener: UnixListener, control: Control) {
     let mut episode: Option<AcceptEpisode> = None;
+    // When the current episode ends, if accepts keep working until then.
+    let mut quiet_until: Option<tokio::time::Instant> = None;
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = async {
+                match quiet_until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                quiet_until = None;
                 if let Some(done) = episode.take() {
                     tracing::info!(
                         failures = done.failures(),
@@ -361,9 +380,20 @@ pub async fn serve(listener: UnixListener, control: Control) {
                         "control socket accepts connections again"
                     );
                 }
+                continue;
+            }
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                if let Some(current) = episode.as_mut() {
+                    current.on_success();
+                    quiet_until
+                        .get_or_insert_with(|| tokio::time::Instant::now() + ACCEPT_EPISODE_QUIET);
+                }
                 stream
             }
             Err(error) => {
+                quiet_until = None;
                 let current = episode.get_or_insert_with(|| {
                     tracing::warn!(
                         %error,
@@ -664,5 +694,8 @@ mod tests {
         assert!(pauses.windows(2).all(|w| w[0] <= w[1]), "{pauses:?}");
         assert_eq!(*pauses.last().unwrap(), ACCEPT_PAUSE_MAX);
         assert_eq!(episode.failures(), 12);
+        episode.on_success();
+        assert_eq!(episode.on_failure(), ACCEPT_PAUSE_MIN);
+        assert_eq!(episode.failures(), 13);
     }
 }
