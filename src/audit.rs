@@ -889,6 +889,29 @@ mod tests {
         assert_eq!(read_verified(tmp.path()).unwrap().len(), 4);
     }
 
+    #[test]
+    fn reading_while_another_process_appends_always_verifies() {
+        let tmp = written(1);
+        let dir = tmp.path().to_owned();
+        let writer = std::thread::spawn(move || {
+            let mut log = AuditFile::open(&dir, false).unwrap();
+            for n in 0..300 {
+                log.append("delta-01", &[event(n), event(n)]).unwrap();
+            }
+        });
+        let mut reads = 0;
+        let mut seen = 0;
+        while !writer.is_finished() || reads == 0 {
+            let events = read_verified(tmp.path()).unwrap();
+            assert!(events.len() >= seen, "the log shrank");
+            seen = events.len();
+            reads += 1;
+        }
+        writer.join().unwrap();
+        assert_eq!(read_verified(tmp.path()).unwrap().len(), 601);
+        assert!(reads > 1, "the reader never overlapped the writer");
+    }
+
     #[tokio::test]
     async fn the_handle_records_without_waiting_and_appends_durably() {
         let tmp = tempfile::tempdir().unwrap();
