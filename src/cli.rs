@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::link::JoinLink;
-use crate::validate::{ApiUrl, HostPort, OwnerUsername, SecretArg, ServerName, Ttl};
+use constella_behaviours::settings::Role;
+
+use crate::validate::{Age, ApiUrl, HostPort, OwnerUsername, SecretArg, ServerName, Ttl, Username};
 
 /// Default leader priority: lower numbers win, so give a preferred leader a smaller one.
 pub const DEFAULT_PRIORITY: u32 = 100;
@@ -60,6 +62,14 @@ pub enum Command {
     RollingRestart(RollingRestartArgs),
     /// List a node's Docker containers; start, stop or restart one; show its output.
     Docker(DockerArgs),
+    /// Change the network's owner: the Telegram account the bot serves with every right.
+    Owner(OwnerArgs),
+    /// Who may use the bot besides the owner: list, grant or revoke roles.
+    Access(AccessArgs),
+    /// Show this node's audit log (security events), or verify that nothing in it was changed.
+    Audit(AuditArgs),
+    /// Replace the Telegram bot token on this node.
+    BotToken(BotTokenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -257,6 +267,84 @@ pub struct RollingRestartArgs {
     /// Print the plan and restart nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct OwnerArgs {
+    #[command(subcommand)]
+    pub command: OwnerCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OwnerCommand {
+    /// Make @USERNAME the owner on every node. The old owner's Telegram id is unpinned and they
+    /// are told once; the new owner is pinned at their first /start.
+    Set {
+        /// The new owner's Telegram username, e.g. @Rmgss.
+        #[arg(value_name = "@USERNAME")]
+        username: OwnerUsername,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Roles: viewer (node list, cards, usage), operator (also reboot and invite). \
+    The owner alone changes the owner, the token and the roles, and removes nodes. An account is \
+    pinned by its numeric Telegram id at its first message to the bot after the grant."
+)]
+pub struct AccessArgs {
+    #[command(subcommand)]
+    pub command: Option<AccessCommand>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccessCommand {
+    /// Give a Telegram account a role: viewer or operator.
+    Grant {
+        #[arg(value_name = "@USERNAME")]
+        username: Username,
+        #[arg(value_name = "ROLE")]
+        role: Role,
+    },
+    /// Take an account's role away.
+    Revoke {
+        #[arg(value_name = "@USERNAME")]
+        username: Username,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only entries newer than this: 30m, 1h, 7d.
+    #[arg(long, value_name = "AGE")]
+    pub since: Option<Age>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Check the whole log (every entry decrypts and follows the one before it, and none is
+    /// missing at the end); exits non-zero naming the first entry that does not.
+    #[arg(long, conflicts_with_all = ["since", "json"])]
+    pub verify: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BotTokenArgs {
+    #[command(subcommand)]
+    pub command: BotTokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BotTokenCommand {
+    /// Read a new token from CONSTELLA_BOT_TOKEN or stdin (never the command line), check it,
+    /// store it (0600) and restart this node's bot with it. Run it on every member.
+    Set {
+        /// Refused: a token on the command line is visible to every local user in /proc.
+        #[arg(hide = true, value_name = "TOKEN")]
+        token_on_command_line: Option<SecretArg>,
+    },
 }
 
 /// The listen address: the one given, or all interfaces on `port`.

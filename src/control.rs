@@ -1,10 +1,16 @@
-//! The control socket: how `constella status`, `peers`, `invite`, `leave`, `stats`, `reboot`
-//! and `docker` talk to the running daemon. A Unix socket (`control.sock`, 0600) in the state
-//! directory; one JSON request line, one JSON response line.
+//! The control socket: how `constella status`, `peers`, `invite`, `leave`, `stats`, `reboot`,
+//! `owner set`, `access` and `docker` talk to the running daemon. A Unix socket (`control.sock`, 0600) in
+//! the state directory; one JSON request line, one JSON response line.
 //!
-//! Container requests are answered by the [`Containers`] handle given to [`serve`], off the
-//! event loop: a container list takes the engine about a second, and nothing in it concerns
-//! the network.
+//! Node requests ([`Request`]) go to the event loop through the [`Client`]; network
+//! administration ([`AdminRequest`]: the owner and the roles, which live in the network
+//! settings) is done here on top of [`Client::merge_settings`]. Who asked is taken from the
+//! socket's peer credentials (the uid) and recorded in the audit log with reboots, invites and
+//! every change of the owner or the roles.
+//!
+//! Container requests are answered by the [`Containers`] handle in the [`Control`] context, off
+//! the event loop: a container list takes the engine about a second, and nothing in it
+//! concerns the network.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -22,6 +28,14 @@ use crate::daemon::report::{InviteReport, StatusReport};
 use crate::docker::{Containers, DockerAnswer, DockerRequest};
 use crate::stats::{NodeStats, RebootAccepted};
 use crate::validate::Ttl;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::audit::{AuditEvent, AuditKind, AuditLog};
+use crate::state::{StateDir, StoredSecret};
+use crate::validate::BotToken;
+use constella_behaviours::settings::{NetworkSettings, Role, username_key};
 
 /// Longest request line the daemon reads.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -56,6 +70,64 @@ pub enum Request {
     },
 }
 
+/// A request that administers the network (the owner and the roles in the network settings).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum AdminRequest {
+    /// Make `username` (with `@`) the owner.
+    OwnerSet {
+        username: String,
+        requested_by: String,
+    },
+    /// Give `username` a role.
+    AccessGrant {
+        username: String,
+        role: Role,
+        requested_by: String,
+    },
+    /// Take `username`'s role away.
+    AccessRevoke {
+        username: String,
+        requested_by: String,
+    },
+    /// Who may use the bot, and how.
+    AccessList,
+    /// Replace this node's bot token (validated, stored 0600; the bot restarts with it).
+    BotTokenSet {
+        /// The token; `Debug` shows `<redacted>`.
+        token: StoredSecret,
+        requested_by: String,
+    },
+}
+
+/// `constella access --json`: the owner and every account with a role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessReport {
+    /// The owner's username, with `@`.
+    pub owner: String,
+    /// The owner's Telegram id is pinned (they wrote `/start`).
+    pub owner_pinned: bool,
+    /// Accounts with a role, by username.
+    pub users: Vec<AccessEntry>,
+}
+
+/// One account with a role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessEntry {
+    /// The username, with `@`.
+    pub username: String,
+    pub role: Role,
+    /// Its Telegram id is pinned (it wrote to the bot since the grant).
+    pub pinned: bool,
+}
+
+/// The answer to `owner set`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerChange {
+    pub previous: String,
+    pub owner: String,
+}
+
 /// The daemon's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -68,11 +140,18 @@ pub enum Response {
     Stats(Box<NodeStats>),
     RebootAccepted(RebootAccepted),
     Docker(DockerAnswer),
+    Access(AccessReport),
+    OwnerChanged(OwnerChange),
+    /// The token was stored and the bot restarted; the bot's numeric id (not a secret).
+    BotTokenSet {
+        bot_id: String,
+    },
     Error(String),
 }
 
-/// Sends one request to the daemon of `socket` and waits for its answer.
-pub async fn call(socket: &Path, request: &Request) -> Result<Response> {
+/// Sends one request (a [`Request`] or an [`AdminRequest`]) to the daemon of `socket` and
+/// waits for its answer.
+pub async fn call(socket: &Path, request: &impl Serialize) -> Result<Response> {
     let stream = match UnixStream::connect(socket).await {
         Ok(stream) => stream,
         Err(e)
@@ -131,10 +210,44 @@ pub async fn bind(socket: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// What the control socket's handlers share.
+#[derive(Debug, Clone)]
+pub struct Control {
+    client: Client,
+    audit: AuditLog,
+    /// The bot's token: a new value restarts the bot with it.
+    bot_tokens: Arc<watch::Sender<Option<StoredSecret>>>,
+    state_dir: StateDir,
+    /// The node's Docker containers.
+    containers: Containers,
+}
+
+impl Control {
+    pub fn new(
+        client: Client,
+        audit: AuditLog,
+        bot_tokens: watch::Sender<Option<StoredSecret>>,
+        state_dir: StateDir,
+        containers: Containers,
+    ) -> Self {
+        Self {
+            client,
+            audit,
+            bot_tokens: Arc::new(bot_tokens),
+            state_dir,
+            containers,
+        }
+    }
+}
+
 /// First pause after a failed accept.
 const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
 /// Longest pause between accept retries: a freed descriptor is noticed within this.
 const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// An episode of failed accepts ends only after this long without a failure: descriptors come
+/// back one by one, and a recovery that flaps is still one episode (two log lines, not two per
+/// flap).
+const ACCEPT_EPISODE_QUIET: Duration = Duration::from_secs(2);
 /// How long a client may take to send its request line before the connection is dropped, so
 /// a client that connects and says nothing cannot hold a descriptor for ever.
 const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,7 +255,8 @@ const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A run of failed accepts (typically EMFILE: the process is out of file descriptors).
 /// A failed accept leaves the connection in the backlog, so retrying at once fails again at
 /// once: without a pause the loop pins a core and floods the log. Each episode is logged once
-/// when it starts and once, with a summary, when an accept succeeds again.
+/// when it starts and once, with a summary, when accepts have worked for
+/// [`ACCEPT_EPISODE_QUIET`].
 #[derive(Debug)]
 pub struct AcceptEpisode {
     started: std::time::Instant,
@@ -168,6 +282,11 @@ impl AcceptEpisode {
         pause
     }
 
+    /// An accept worked: the next failure pauses briefly again.
+    pub fn on_success(&mut self) {
+        self.next_pause = ACCEPT_PAUSE_MIN;
+    }
+
     /// Failed accepts in this episode.
     pub fn failures(&self) -> u64 {
         self.failures
@@ -175,11 +294,20 @@ impl AcceptEpisode {
 }
 
 /// Answers control requests until the daemon stops.
-pub async fn serve(listener: UnixListener, client: Client, containers: Containers) {
+pub async fn serve(listener: UnixListener, control: Control) {
     let mut episode: Option<AcceptEpisode> = None;
+    // When the current episode ends, if accepts keep working until then.
+    let mut quiet_until: Option<tokio::time::Instant> = None;
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = async {
+                match quiet_until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                quiet_until = None;
                 if let Some(done) = episode.take() {
                     tracing::info!(
                         failures = done.failures(),
@@ -187,9 +315,20 @@ pub async fn serve(listener: UnixListener, client: Client, containers: Container
                         "control socket accepts connections again"
                     );
                 }
+                continue;
+            }
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                if let Some(current) = episode.as_mut() {
+                    current.on_success();
+                    quiet_until
+                        .get_or_insert_with(|| tokio::time::Instant::now() + ACCEPT_EPISODE_QUIET);
+                }
                 stream
             }
             Err(error) => {
+                quiet_until = None;
                 let current = episode.get_or_insert_with(|| {
                     tracing::warn!(
                         %error,
@@ -202,16 +341,18 @@ pub async fn serve(listener: UnixListener, client: Client, containers: Container
                 continue;
             }
         };
-        let (client, containers) = (client.clone(), containers.clone());
+        let control = control.clone();
         tokio::spawn(async move {
-            if let Err(error) = answer(stream, client, containers).await {
+            if let Err(error) = answer(stream, control).await {
                 tracing::debug!(error = format!("{error:#}"), "control connection failed");
             }
         });
     }
 }
 
-async fn answer(stream: UnixStream, client: Client, containers: Containers) -> Result<()> {
+async fn answer(stream: UnixStream, control: Control) -> Result<()> {
+    // The kernel's word for who is on the other end (the socket is 0600, so root or the owner).
+    let uid = stream.peer_cred().map(|cred| cred.uid()).ok();
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     tokio::time::timeout(
@@ -220,13 +361,20 @@ async fn answer(stream: UnixStream, client: Client, containers: Containers) -> R
     )
     .await
     .context("no request line in time")??;
-    let response = match serde_json::from_str::<Request>(&line) {
-        Ok(Request::Docker { target, request }) => containers
-            .call(&target, request)
+    let response = if let Ok(admin) = serde_json::from_str::<AdminRequest>(&line) {
+        administer(admin, &control, uid)
             .await
-            .map_or_else(|error| Response::Error(error.to_string()), Response::Docker),
-        Ok(request) => handle(&client, request).await,
-        Err(error) => Response::Error(format!("malformed control request: {error}")),
+            .unwrap_or_else(Response::Error)
+    } else {
+        match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Docker { target, request }) => control
+                .containers
+                .call(&target, request)
+                .await
+                .map_or_else(|error| Response::Error(error.to_string()), Response::Docker),
+            Ok(request) => node_request(request, &control, uid).await,
+            Err(error) => Response::Error(format!("malformed control request: {error}")),
+        }
     };
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
@@ -264,6 +412,254 @@ async fn handle(client: &Client, request: Request) -> Response {
     result.unwrap_or_else(|error| Response::Error(error.to_string()))
 }
 
+/// How the caller appears in the audit log: what the CLI says it is, and the uid the kernel
+/// vouches for.
+fn caller(requested_by: Option<&str>, uid: Option<u32>) -> String {
+    let uid = uid.map_or_else(|| "uid unknown".to_owned(), |uid| format!("uid {uid}"));
+    match requested_by {
+        Some(text) => format!("cli:{text} ({uid})"),
+        None => format!("cli ({uid})"),
+    }
+}
+
+const VIA_SOCKET: &str = "control socket";
+
+/// A node request, answered by the event loop; reboots and invites are audited, and `status`
+/// names the owner as the network settings do now.
+async fn node_request(request: Request, control: &Control, uid: Option<u32>) -> Response {
+    let Control { client, audit, .. } = control;
+    match request {
+        Request::Reboot {
+            target,
+            requested_by,
+        } => {
+            let asked = AuditEvent::new(
+                AuditKind::RebootRequested,
+                caller(Some(&requested_by), uid),
+                VIA_SOCKET,
+            )
+            .detail("target", target.clone());
+            // On disk before the request leaves: the machine that reboots may be this one.
+            if let Err(error) = audit.append(asked.clone()).await {
+                return Response::Error(format!(
+                    "the reboot was not requested: the audit log cannot be written ({error})"
+                ));
+            }
+            let request = Request::Reboot {
+                target,
+                requested_by,
+            };
+            let response = handle(client, request).await;
+            let outcome = match &response {
+                Response::Error(error) => format!("failed: {error}"),
+                _ => "accepted".to_owned(),
+            };
+            audit.record(asked.detail("outcome", outcome));
+            response
+        }
+        Request::Invite { ttl_secs } => {
+            let response = handle(client, Request::Invite { ttl_secs }).await;
+            if let Response::Invite(invite) = &response {
+                audit.record(
+                    AuditEvent::new(AuditKind::InviteIssued, caller(None, uid), VIA_SOCKET)
+                        .detail("ttl", invite.ttl.clone())
+                        .detail("expires_at", invite.expires_at),
+                );
+            }
+            response
+        }
+        Request::Status => match handle(client, Request::Status).await {
+            Response::Status(mut report) => {
+                if let Ok(settings) = current_settings(client).await {
+                    report.owner_username = settings.owner(&report.owner_username).to_owned();
+                }
+                // A token set while the node runs (`bot-token set`) is the bot's, not the
+                // state file's.
+                report.bot.enabled |= control.bot_tokens.borrow().is_some();
+                Response::Status(report)
+            }
+            other => other,
+        },
+        Request::Leave => {
+            let response = handle(client, Request::Leave).await;
+            if matches!(response, Response::Left) {
+                // The node forgets the network's secrets: the token file too.
+                control.state_dir.remove_bot_token();
+            }
+            response
+        }
+        other => handle(client, other).await,
+    }
+}
+
+/// The network settings as this node holds them (merging nothing changes nothing).
+async fn current_settings(client: &Client) -> Result<NetworkSettings, String> {
+    client
+        .merge_settings(NetworkSettings::default())
+        .await
+        .map_err(|error| error.to_string())
+}
+
+/// The owner named at `init` (the state file's `owner_username`, as `status` reports it).
+async fn initial_owner(client: &Client) -> Result<String, String> {
+    client
+        .status()
+        .await
+        .map(|status| status.owner_username)
+        .map_err(|error| error.to_string())
+}
+
+/// Changes the owner or the roles: merged into the network settings (persisted and gossiped
+/// to every node before the answer) and audited (on disk before the answer).
+async fn administer(
+    request: AdminRequest,
+    control: &Control,
+    uid: Option<u32>,
+) -> Result<Response, String> {
+    let Control { client, audit, .. } = control;
+    let settings = current_settings(client).await?;
+    let initial = initial_owner(client).await?;
+    let owner = settings.owner(&initial).to_owned();
+    let is_owner = |name: &str| username_key(name) == username_key(&owner);
+    let (next, event) = match request {
+        AdminRequest::AccessList => return Ok(Response::Access(access_report(&settings, &owner))),
+        AdminRequest::BotTokenSet {
+            token,
+            requested_by,
+        } => return set_bot_token(control, &token, &requested_by, uid).await,
+        AdminRequest::OwnerSet {
+            username,
+            requested_by,
+        } => {
+            if is_owner(&username) {
+                return Err(format!("{username} is already the owner; nothing changed"));
+            }
+            let next = settings.with_owner(&username);
+            let event = AuditEvent::new(
+                AuditKind::OwnerChanged,
+                caller(Some(&requested_by), uid),
+                VIA_SOCKET,
+            )
+            .detail("previous", owner.clone())
+            .detail("owner", username.clone())
+            .detail("previous_id_unpinned", settings.owner_user_id.is_some());
+            (next, event)
+        }
+        AdminRequest::AccessGrant {
+            username,
+            role,
+            requested_by,
+        } => {
+            if is_owner(&username) {
+                return Err(format!(
+                    "{username} is the owner and has every right already; nothing changed"
+                ));
+            }
+            let key = username_key(&username);
+            if settings.roles.get(&key).and_then(|g| g.role) == Some(role) {
+                return Err(format!(
+                    "{username} is already {}; nothing changed",
+                    role.as_str()
+                ));
+            }
+            let event = AuditEvent::new(
+                AuditKind::RoleGranted,
+                caller(Some(&requested_by), uid),
+                VIA_SOCKET,
+            )
+            .detail("username", username.clone())
+            .detail("role", role.as_str());
+            (settings.with_role(&username, Some(role)), event)
+        }
+        AdminRequest::AccessRevoke {
+            username,
+            requested_by,
+        } => {
+            let key = username_key(&username);
+            let Some(role) = settings.roles.get(&key).and_then(|g| g.role) else {
+                return Err(format!("{username} has no role; nothing changed"));
+            };
+            let event = AuditEvent::new(
+                AuditKind::RoleRevoked,
+                caller(Some(&requested_by), uid),
+                VIA_SOCKET,
+            )
+            .detail("username", username.clone())
+            .detail("role", role.as_str());
+            (settings.with_role(&username, None), event)
+        }
+    };
+    let previous = owner;
+    let merged = client
+        .merge_settings(next)
+        .await
+        .map_err(|error| error.to_string())?;
+    audit
+        .append(event)
+        .await
+        .map_err(|error| format!("the change was made but could not be audited: {error}"))?;
+    let owner = merged.owner(&initial).to_owned();
+    if merged.owner_version != settings.owner_version {
+        tracing::info!(%previous, %owner, "the owner was changed");
+        return Ok(Response::OwnerChanged(OwnerChange { previous, owner }));
+    }
+    tracing::info!("the roles were changed");
+    Ok(Response::Access(access_report(&merged, &owner)))
+}
+
+/// Validates a new bot token, stores it (0600, `bot.token`), and restarts this node's bot with
+/// it. Only this node: the token is a secret, and gossip is not encrypted yet, so it does not
+/// travel to the other members (run it on each, or see docs/bot.md).
+async fn set_bot_token(
+    control: &Control,
+    token: &StoredSecret,
+    requested_by: &str,
+    uid: Option<u32>,
+) -> Result<Response, String> {
+    let token: BotToken = token.expose().parse()?;
+    let bot_id = token
+        .expose()
+        .split_once(':')
+        .map_or_else(String::new, |(id, _)| id.to_owned());
+    control
+        .state_dir
+        .save_bot_token(token.expose())
+        .map_err(|error| format!("the token was not stored: {error:#}"))?;
+    let event = AuditEvent::new(
+        AuditKind::BotTokenChanged,
+        caller(Some(requested_by), uid),
+        VIA_SOCKET,
+    )
+    .detail("bot_id", bot_id.clone());
+    control
+        .audit
+        .append(event)
+        .await
+        .map_err(|error| format!("the token was stored but could not be audited: {error}"))?;
+    control
+        .bot_tokens
+        .send_replace(Some(StoredSecret::new(token.expose().to_owned())));
+    tracing::info!(%bot_id, "the bot token was replaced; the bot starts again with it");
+    Ok(Response::BotTokenSet { bot_id })
+}
+
+fn access_report(settings: &NetworkSettings, owner: &str) -> AccessReport {
+    AccessReport {
+        owner: owner.to_owned(),
+        owner_pinned: settings.owner_user_id.is_some(),
+        users: settings
+            .granted()
+            .filter_map(|(name, grant)| {
+                Some(AccessEntry {
+                    username: format!("@{name}"),
+                    role: grant.role?,
+                    pinned: grant.user_id.is_some(),
+                })
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +673,8 @@ mod tests {
         assert!(pauses.windows(2).all(|w| w[0] <= w[1]), "{pauses:?}");
         assert_eq!(*pauses.last().unwrap(), ACCEPT_PAUSE_MAX);
         assert_eq!(episode.failures(), 12);
+        episode.on_success();
+        assert_eq!(episode.on_failure(), ACCEPT_PAUSE_MIN);
+        assert_eq!(episode.failures(), 13);
     }
 }

@@ -283,7 +283,7 @@ fn unix_now() -> u64 {
 }
 
 /// `YYYY-MM-DD` (UTC) of a Unix time, by the civil-from-days algorithm (H. Hinnant).
-fn utc_day(unix_secs: u64) -> String {
+pub fn utc_day(unix_secs: u64) -> String {
     let days = i64::try_from(unix_secs / 86_400).unwrap_or(0);
     let z = days + 719_468;
     let era = z.div_euclid(146_097);

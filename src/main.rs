@@ -1,5 +1,7 @@
 //! `constella`: the command-line interface and daemon of a Constella node.
 
+mod access;
+mod audit;
 mod bot;
 mod cli;
 mod control;
@@ -25,8 +27,8 @@ use clap::Parser;
 use constella_behaviours::NetworkSecret;
 use constella_behaviours::gossip::MemberRecord;
 
-use crate::cli::{Cli, Command, listen_or_default};
-use crate::control::{Request, Response};
+use crate::cli::{AccessCommand, BotTokenCommand, Cli, Command, OwnerCommand, listen_or_default};
+use crate::control::{AdminRequest, Request, Response};
 use crate::state::{LocalNode, NetworkState, STATE_FORMAT, StateDir, StoredSecret};
 
 fn main() -> ExitCode {
@@ -173,6 +175,65 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::RollingRestart(args) => rolling::run(&state_dir, args).await,
         Command::Docker(args) => docker_command(&state_dir, args).await,
+        Command::Owner(args) => match args.command {
+            OwnerCommand::Set { username } => {
+                let request = AdminRequest::OwnerSet {
+                    username: username.as_str().to_owned(),
+                    requested_by: local_user(),
+                };
+                match ask(&state_dir, &request).await? {
+                    Response::OwnerChanged(change) => print_text(&format!(
+                        "The owner is now {} (was {}); every node learns it through gossip.\n{} is served from their first /start; {} is told once and ignored from now on.\n",
+                        change.owner, change.previous, change.owner, change.previous
+                    )),
+                    other => unexpected(other),
+                }
+            }
+        },
+        Command::Access(args) => {
+            let requested_by = local_user();
+            let request = match args.command {
+                None => AdminRequest::AccessList,
+                Some(AccessCommand::Grant { username, role }) => AdminRequest::AccessGrant {
+                    username: username.as_str().to_owned(),
+                    role,
+                    requested_by,
+                },
+                Some(AccessCommand::Revoke { username }) => AdminRequest::AccessRevoke {
+                    username: username.as_str().to_owned(),
+                    requested_by,
+                },
+            };
+            match ask(&state_dir, &request).await? {
+                Response::Access(report) if args.json => print_json(&report),
+                Response::Access(report) => print_text(&output::access_table(&report)),
+                other => unexpected(other),
+            }
+        }
+        Command::Audit(args) => audit_command(&state_dir, &args),
+        Command::BotToken(args) => match args.command {
+            BotTokenCommand::Set {
+                token_on_command_line,
+            } => {
+                if token_on_command_line.is_some() {
+                    bail!(
+                        "the bot token is not taken from the command line (every local user can read it in /proc): set CONSTELLA_BOT_TOKEN or give it on stdin; nothing changed"
+                    );
+                }
+                let token = read_bot_token()?;
+                let request = AdminRequest::BotTokenSet {
+                    token: StoredSecret::new(token.expose().to_owned()),
+                    requested_by: local_user(),
+                };
+                match ask(&state_dir, &request).await? {
+                    Response::BotTokenSet { bot_id } => print_text(&format!(
+                        "The token of bot {bot_id} is stored in {} (0600) and this node's bot restarted with it.\nOther members keep the old token until you run this on each of them.\n",
+                        state_dir.path().join(state::BOT_TOKEN_FILE).display()
+                    )),
+                    other => unexpected(other),
+                }
+            }
+        },
         Command::Leave(args) => {
             let network = state_dir.load()?.network_id;
             if !args.yes
@@ -325,7 +386,53 @@ fn init_locked(
     Ok(())
 }
 
-async fn ask(state_dir: &StateDir, request: &Request) -> Result<Response> {
+/// `constella audit`: reads and verifies the log from the state directory (the daemon need
+/// not run), and records that it was read: access to the log is audited too.
+fn audit_command(state_dir: &StateDir, args: &cli::AuditArgs) -> Result<()> {
+    let result = audit::read_verified(state_dir.path());
+    if !matches!(result, Err(audit::AuditError::Missing(_))) {
+        let outcome = match &result {
+            Ok(events) => format!("verified {} entries", events.len()),
+            Err(error) => format!("failed: {error}"),
+        };
+        let who = format!(
+            "cli:{} (uid {})",
+            local_user(),
+            private_dir::effective_uid().map_or_else(|| "unknown".to_owned(), |u| u.to_string())
+        );
+        let node = state_dir
+            .load()
+            .map_or_else(|_| "?".to_owned(), |s| s.node.name);
+        let viewed = audit::AuditEvent::new(audit::AuditKind::AuditViewed, who, "cli")
+            .detail("verify", args.verify)
+            .detail("outcome", outcome);
+        if let Err(error) = audit::AuditFile::open(state_dir.path(), false)
+            .and_then(|mut log| log.append(&node, &[viewed]))
+        {
+            eprintln!("warning: this reading could not be recorded in the audit log: {error}");
+        }
+    }
+    let mut events = result?;
+    if args.verify {
+        return print_text(&format!(
+            "audit log verified: {} entries, each decrypts and follows the one before it, none missing at the end\n",
+            events.len()
+        ));
+    }
+    if let Some(since) = args.since {
+        let cutoff = i64::try_from(state::unix_now().saturating_sub(since.duration().as_secs()))
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        events.retain(|e| e.timestamp >= cutoff);
+    }
+    if args.json {
+        print_json(&events)
+    } else {
+        print_text(&output::audit_lines(&events))
+    }
+}
+
+async fn ask(state_dir: &StateDir, request: &impl serde::Serialize) -> Result<Response> {
     match control::call(&state_dir.socket_path(), request).await? {
         Response::Error(message) => bail!("{message}"),
         response => Ok(response),
@@ -347,6 +454,36 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
         serde_json::to_string_pretty(value).context("cannot encode JSON")?
     );
     Ok(())
+}
+
+/// A bot token from `CONSTELLA_BOT_TOKEN`, else one line of stdin (not echoed on a
+/// terminal), validated without repeating it.
+fn read_bot_token() -> Result<validate::BotToken> {
+    let text = match std::env::var("CONSTELLA_BOT_TOKEN") {
+        Ok(token) if !token.trim().is_empty() => zeroize::Zeroizing::new(token),
+        _ => {
+            let stdin = std::io::stdin();
+            let terminal = stdin.is_terminal();
+            if terminal {
+                eprint!("New bot token from @BotFather (not shown): ");
+                // Best effort: without stty the line is echoed, which is still not argv.
+                let _ = std::process::Command::new("stty").arg("-echo").status();
+            }
+            let mut line = zeroize::Zeroizing::new(String::new());
+            let read = stdin.lock().read_line(&mut line);
+            if terminal {
+                let _ = std::process::Command::new("stty").arg("echo").status();
+                eprintln!();
+            }
+            read.context("cannot read the token from stdin")?;
+            line
+        }
+    };
+    if text.trim().is_empty() {
+        bail!("no bot token: set CONSTELLA_BOT_TOKEN or give it on stdin; nothing changed");
+    }
+    text.parse::<validate::BotToken>()
+        .map_err(anyhow::Error::msg)
 }
 
 /// Who runs this command, for the target's log: the sudo caller if any, else the login name.

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use tokio::sync::watch;
 
+use crate::audit::AuditLog;
 use crate::bot::{self, BotConfig};
 use crate::control;
 use crate::daemon::{self, signals};
@@ -68,7 +70,13 @@ pub async fn run(
     let listener = control::bind(&state_dir.socket_path()).await?;
     let metrics = Arc::new(signals::BotMetrics::default());
     let (signals, watchers) = signals::Signals::new(state.settings.clone(), metrics.clone());
-    let bot_token = state.bot_token.clone();
+    let audit =
+        AuditLog::open(state_dir.path(), &state.node.name).context("cannot open the audit log")?;
+    // A token from `constella bot-token set` wins over the one in the state file.
+    let token = state_dir
+        .load_bot_token()?
+        .or_else(|| state.bot_token.clone());
+    let (bot_tokens, tokens) = watch::channel(token);
     let owner_username = state.owner_username.clone();
     let node_name = state.node.name.clone();
     let node_id = state.node.node_id.to_base58();
@@ -89,31 +97,33 @@ pub async fn run(
         &node_name,
         &node_id,
     );
-    let control_task = tokio::spawn(control::serve(listener, client.clone(), containers.clone()));
-    let bot = match bot_token {
-        Some(token) => {
-            let config = BotConfig {
-                token,
-                api_url: telegram_api_url.map(|u| u.url().clone()),
-                owner_username,
-                node_name,
-                secret: bot_secret,
-                containers,
-            };
-            Some(bot::spawn(config, client, watchers, metrics))
-        }
-        None => {
-            tracing::warn!(
-                "this network has no Telegram bot token (constella init --bot-token): the bot is off"
-            );
-            None
-        }
-    };
+    let control_task = tokio::spawn(control::serve(
+        listener,
+        control::Control::new(
+            client.clone(),
+            audit.clone(),
+            bot_tokens,
+            state_dir.clone(),
+            containers.clone(),
+        ),
+    ));
+    let bot = bot::host(
+        BotConfig {
+            api_url: telegram_api_url.map(|u| u.url().clone()),
+            owner_username,
+            node_name,
+            secret: bot_secret,
+            containers,
+            audit,
+        },
+        tokens,
+        client,
+        watchers,
+        metrics,
+    );
     let result = node.await;
     // Stops the poll at once: the in-flight long poll is dropped with its task.
-    if let Some(bot) = bot {
-        bot.stop();
-    }
+    bot.stop();
     control_task.abort();
     let _ = std::fs::remove_file(state_dir.socket_path());
     result

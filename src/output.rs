@@ -4,6 +4,8 @@ use std::fmt::Write as _;
 
 use constella_behaviours::membership::{MemberView, Status};
 
+use crate::audit::AuditEvent;
+use crate::control::AccessReport;
 use crate::daemon::report::StatusReport;
 use crate::docker::ContainerInfo;
 use crate::stats::NodeStats;
@@ -240,6 +242,79 @@ pub fn containers_table(containers: &[ContainerInfo]) -> String {
             line.extend(std::iter::repeat_n(' ', width - cell.chars().count()));
         }
         let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
+/// `constella access`: the owner, then every account with a role.
+pub fn access_table(report: &AccessReport) -> String {
+    let pinned = |yes: bool| {
+        if yes {
+            "pinned"
+        } else {
+            "not yet seen by the bot"
+        }
+    };
+    let width = report
+        .users
+        .iter()
+        .map(|u| u.username.len())
+        .chain([report.owner.len()])
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:width$}  owner     {}",
+        report.owner,
+        pinned(report.owner_pinned)
+    );
+    for user in &report.users {
+        let _ = writeln!(
+            out,
+            "{:width$}  {:8}  {}",
+            user.username,
+            user.role.as_str(),
+            pinned(user.pinned)
+        );
+    }
+    out
+}
+
+/// Unix milliseconds as "2026-11-29 20:07:09Z".
+pub fn utc_timestamp(millis: i64) -> String {
+    let secs = u64::try_from(millis / 1000).unwrap_or(0);
+    format!(
+        "{} {:02}:{:02}:{:02}Z",
+        crate::logging::utc_day(secs),
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// `constella audit`: one line per entry, oldest first.
+pub fn audit_lines(events: &[AuditEvent]) -> String {
+    let mut out = String::new();
+    for event in events {
+        let details: Vec<String> = event
+            .details
+            .iter()
+            .map(|(key, value)| match value {
+                serde_json::Value::String(text) => format!("{key}={text}"),
+                other => format!("{key}={other}"),
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{}  {:<18} {}  via {} on {}  {}",
+            utc_timestamp(event.timestamp),
+            event.event_type,
+            event.who,
+            event.from,
+            event.node,
+            details.join(" ")
+        );
     }
     out
 }

@@ -31,6 +31,9 @@ pub const STATE_FILE: &str = "network_state.json";
 pub const KEY_FILE: &str = "node.key";
 /// File name of the control socket.
 pub const SOCKET_FILE: &str = "control.sock";
+/// File name of a bot token set with `constella bot-token set` (0600). It takes precedence
+/// over `bot_token` in the state file, which the event loop owns.
+pub const BOT_TOKEN_FILE: &str = "bot.token";
 /// File name of the lock that `run`, `init` and `join` hold while they may write the state.
 pub const LOCK_FILE: &str = ".lock";
 /// Version of the state file layout.
@@ -378,6 +381,26 @@ impl StateDir {
         })
     }
 
+    /// The bot token set with `constella bot-token set`, if any.
+    pub fn load_bot_token(&self) -> Result<Option<StoredSecret>> {
+        let path = self.dir.join(BOT_TOKEN_FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(StoredSecret::new(text.trim().to_owned()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Replaces the bot token file atomically (0600).
+    pub fn save_bot_token(&self, token: &str) -> Result<()> {
+        write_atomic(&self.dir.join(BOT_TOKEN_FILE), token.as_bytes())
+    }
+
+    /// Removes the bot token file (on `leave`: the node keeps no secret of the network).
+    pub fn remove_bot_token(&self) {
+        let _ = fs::remove_file(self.dir.join(BOT_TOKEN_FILE));
+    }
+
     /// Removes `*.tmp.<pid>` files of [`write_atomic`] (they may hold the network secret).
     /// Only called under the lock, when no write of ours can be under way.
     fn remove_stale_temp_files(&self) {
@@ -387,7 +410,7 @@ impl StateDir {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let is_temp = ["network_state.tmp.", "node.tmp."]
+            let is_temp = ["network_state.tmp.", "node.tmp.", "bot.tmp."]
                 .iter()
                 .any(|prefix| name.starts_with(prefix));
             if is_temp && entry.file_type().is_ok_and(|t| t.is_file()) {

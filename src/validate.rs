@@ -40,18 +40,44 @@ impl ServerName {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnerUsername(String);
 
+/// Whether `s` is `@` followed by 5–32 letters, digits or underscores.
+fn is_telegram_username(s: &str) -> bool {
+    let body = s.strip_prefix('@').unwrap_or("");
+    (5..=32).contains(&body.len()) && body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 impl FromStr for OwnerUsername {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let body = s.strip_prefix('@').unwrap_or("");
-        let ok = (5..=32).contains(&body.len())
-            && body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !ok {
+        if !is_telegram_username(s) {
             return Err(format!(
                 "invalid owner {s:?}: a Telegram username is @ followed by 5-32 letters, digits or _"
             ));
         }
         Ok(Self(s.to_owned()))
+    }
+}
+
+/// Any Telegram username (`access grant @user`), with the same rule as [`OwnerUsername`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Username(String);
+
+impl FromStr for Username {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if !is_telegram_username(s) {
+            return Err(format!(
+                "invalid Telegram username {s:?}: use @ followed by 5-32 letters, digits or _"
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl Username {
+    /// The username with its `@`.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -239,26 +265,55 @@ pub struct Ttl(Duration);
 /// The longest an invite may live.
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// Seconds in `30s`, `15m`, `2h` or (with `days`) `7d`; `None` if it is not such a span.
+fn parse_span(s: &str, days: bool) -> Option<u64> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = s.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" if days => 86_400,
+        _ => return None,
+    };
+    number.checked_mul(unit)
+}
+
 impl FromStr for Ttl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("invalid ttl {s:?}: use a number and a unit, e.g. 30s, 15m, 2h (at most 24h)")
-        };
-        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        let (number, unit) = s.split_at(split);
-        let number: u64 = number.parse().map_err(|_| bad())?;
-        let unit = match unit {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            _ => return Err(bad()),
-        };
-        let secs = number.checked_mul(unit).ok_or_else(bad)?;
-        if secs == 0 || secs > MAX_TTL.as_secs() {
-            return Err(bad());
+        match parse_span(s, false) {
+            Some(secs) if secs > 0 && secs <= MAX_TTL.as_secs() => {
+                Ok(Self(Duration::from_secs(secs)))
+            }
+            _ => Err(format!(
+                "invalid ttl {s:?}: use a number and a unit, e.g. 30s, 15m, 2h (at most 24h)"
+            )),
         }
-        Ok(Self(Duration::from_secs(secs)))
+    }
+}
+
+/// How far back `audit --since` looks: `30m`, `1h`, `7d` (at most 3650 days).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Age(Duration);
+
+impl FromStr for Age {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match parse_span(s, true) {
+            Some(secs) if secs > 0 && secs <= 3650 * 86_400 => Ok(Self(Duration::from_secs(secs))),
+            _ => Err(format!(
+                "invalid age {s:?}: use a number and a unit, e.g. 30m, 1h, 7d (at most 3650d)"
+            )),
+        }
+    }
+}
+
+impl Age {
+    /// The duration.
+    pub fn duration(self) -> Duration {
+        self.0
     }
 }
 
@@ -379,6 +434,22 @@ mod tests {
         ] {
             assert!(bad.parse::<HostPort>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn ages_and_usernames() {
+        assert_eq!(
+            "7d".parse::<Age>().unwrap().duration().as_secs(),
+            7 * 86_400
+        );
+        assert_eq!("1h".parse::<Age>().unwrap().duration().as_secs(), 3600);
+        for bad in ["", "0h", "7", "1w", "-1h", "3651d"] {
+            assert!(bad.parse::<Age>().is_err(), "{bad}");
+        }
+        assert!("1d".parse::<Ttl>().is_err(), "a ttl has no days");
+        assert!("@carol_v".parse::<Username>().is_ok());
+        let error = "carol".parse::<Username>().unwrap_err();
+        assert!(error.starts_with("invalid Telegram username"), "{error}");
     }
 
     #[test]

@@ -633,3 +633,301 @@ fn a_network_without_a_token_runs_with_the_bot_off_and_one_warning() {
     assert!(!stderr.contains("sekret"), "{stderr}");
     assert!(bad.state_json().is_none());
 }
+
+/// `constella audit --json` of `node`: its entries, oldest first.
+fn audit_entries(node: &Node) -> Vec<serde_json::Value> {
+    serde_json::from_str(&node.ok(&["audit", "--json"])).unwrap()
+}
+
+/// Entries of `kind` in `node`'s audit log.
+fn audited(node: &Node, kind: &str) -> Vec<serde_json::Value> {
+    audit_entries(node)
+        .into_iter()
+        .filter(|e| e["event_type"] == kind)
+        .collect()
+}
+
+#[test]
+fn an_owner_change_on_any_member_moves_the_bot_to_the_new_owner() {
+    let fake = FakeTelegram::start(TOKEN);
+    let cluster = bot_cluster(&fake, &["alpha", "bravo"], &[1, 100]);
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(agreed_leader(&nodes, &["alpha", "bravo"], AGREE), "alpha");
+    wait_polling(&fake, "alpha");
+    fake.send_text(&owner(), "/start");
+    fake.wait_message(ANSWER, "the node list", OWNER_ID, is_list);
+
+    // On bravo, which does not host the bot: the change travels to alpha by gossip.
+    let out = cluster.node("bravo").ok(&["owner", "set", "@new_owner_x"]);
+    assert!(
+        out.contains("The owner is now @new_owner_x (was @owner_test)"),
+        "{out}"
+    );
+    for node in &cluster.nodes {
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "the new owner on every node", || {
+                let settings = node.state_json()?["settings"].clone();
+                (settings["owner_username"] == "@new_owner_x"
+                    && settings["owner_user_id"].is_null())
+                .then_some(())
+            })
+        });
+        assert_eq!(node.status().unwrap()["owner_username"], "@new_owner_x");
+    }
+
+    // The old owner is told once, then ignored.
+    let notice = cluster.or_logs(|| {
+        fake.wait_message(ANSWER, "the notice to the old owner", OWNER_ID, |m| {
+            m.text.contains("Владелец сети сменился") && m.text.contains("@new_owner_x")
+        })
+    });
+    assert_eq!(notice.sent_by, "alpha");
+    let told = fake.messages_to(OWNER_ID).len();
+    let refused = bot_status(cluster.node("alpha"))["refused_updates"]
+        .as_u64()
+        .unwrap();
+    fake.send_text(&owner(), "/start");
+    wait_for(ANSWER, "the old owner to be refused", || {
+        (bot_status(cluster.node("alpha"))["refused_updates"].as_u64()? > refused).then_some(())
+    });
+
+    // The new owner is answered and pinned.
+    let new_owner = TgUser::new(5002, "New_Owner_X");
+    fake.send_text(&new_owner, "/start");
+    let list = fake.wait_message(ANSWER, "the new owner's list", 5002, is_list);
+    assert_eq!(list.sent_by, "alpha");
+    for node in &cluster.nodes {
+        wait_for(ANSWER, "the new owner's pin on every node", || {
+            (node.state_json()?["settings"]["owner_user_id"] == 5002).then_some(())
+        });
+    }
+    assert_eq!(
+        fake.messages_to(OWNER_ID).len(),
+        told,
+        "the old owner got more"
+    );
+
+    // Audited where each thing happened: the change on bravo, the pin on alpha.
+    let changed = audited(cluster.node("bravo"), "owner_changed");
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0]["details"]["owner"], "@new_owner_x");
+    assert_eq!(changed[0]["details"]["previous"], "@owner_test");
+    assert!(changed[0]["who"].as_str().unwrap().starts_with("cli:"));
+    let pinned = audited(cluster.node("alpha"), "owner_pinned");
+    assert!(
+        pinned
+            .iter()
+            .any(|e| e["who"] == "telegram:5002 (@New_Owner_X)"),
+        "{pinned:?}"
+    );
+    let out = cluster.node("bravo").cli(&["owner", "set", "@NEW_owner_x"]);
+    assert!(
+        !out.status.success(),
+        "setting the same owner again is refused"
+    );
+}
+
+#[test]
+fn a_viewer_cannot_reboot_and_an_operator_can_until_revoked() {
+    let fake = FakeTelegram::start(TOKEN);
+    let cluster = bot_cluster(&fake, &["alpha", "bravo"], &[1, 100]);
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(agreed_leader(&nodes, &["alpha", "bravo"], AGREE), "alpha");
+    wait_polling(&fake, "alpha");
+    let alpha = cluster.node("alpha");
+    alpha.ok(&["access", "grant", "@viewer_v", "viewer"]);
+    alpha.ok(&["access", "grant", "@operator_o", "operator"]);
+    let viewer = TgUser::new(6101, "viewer_v");
+    let operator = TgUser::new(6102, "Operator_O");
+    let bravo_short = {
+        let id = cluster.node("bravo").node_id();
+        id[id.len() - 8..].to_owned()
+    };
+    let last_answer = |since: usize| {
+        wait_for(ANSWER, "an answer to the press", || {
+            (fake.callback_answers().len() > since).then_some(())
+        });
+        fake.callback_answers().last().unwrap().1["text"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+
+    // The viewer sees the list and cards, without a reboot button.
+    fake.send_text(&viewer, "/start");
+    let list = fake.wait_message(ANSWER, "the viewer's list", viewer.id, is_list);
+    fake.press(&viewer, list.message_id, &list.button("bravo").unwrap());
+    let card = cluster.or_logs(|| {
+        fake.wait_message(ANSWER, "the viewer's card", viewer.id, |m| {
+            m.message_id == list.message_id && m.text.contains("Адрес")
+        })
+    });
+    assert!(card.button("Показать потребление").is_some());
+    assert!(card.button("Перезагрузить сервер").is_none(), "{card:?}");
+    // Forged callbacks: the reboot question and a made-up confirmation. Refused by role.
+    for data in [
+        format!("r:{bravo_short}"),
+        format!("R:{bravo_short}:99999999999:0011223344556677"),
+    ] {
+        let answers = fake.callback_answers().len();
+        fake.press(&viewer, list.message_id, &data);
+        assert!(last_answer(answers).contains("Недостаточно прав"), "{data}");
+    }
+    fake.send_text(&viewer, "/invite 5m");
+    fake.wait_message(ANSWER, "the refused invite", viewer.id, |m| {
+        m.text.contains("Недостаточно прав")
+    });
+
+    // The operator reboots bravo through the buttons.
+    fake.send_text(&operator, "/start");
+    let list = fake.wait_message(ANSWER, "the operator's list", operator.id, is_list);
+    let id = list.message_id;
+    fake.press(&operator, id, &list.button("bravo").unwrap());
+    let card = fake.wait_message(ANSWER, "the operator's card", operator.id, |m| {
+        m.message_id == id && m.text.contains("Адрес")
+    });
+    fake.press(&operator, id, &card.button("Перезагрузить сервер").unwrap());
+    let confirm = fake.wait_message(ANSWER, "the confirmation", operator.id, |m| {
+        m.message_id == id && m.text.starts_with("Перезагрузить bravo?")
+    });
+    fake.press(&operator, id, &confirm.button("Да, перезагрузить").unwrap());
+    wait_for(ANSWER, "bravo's reboot command", || {
+        (!reboots(cluster.node("bravo")).is_empty()).then_some(())
+    });
+    assert_eq!(reboots(cluster.node("bravo")), ["telegram:6102"]);
+
+    // A confirmation shown while they were an operator does nothing once they are not.
+    fake.send_text(&operator, "/start");
+    let list = fake.wait_message(ANSWER, "the operator's second list", operator.id, |m| {
+        is_list(m) && m.message_id != id
+    });
+    let id = list.message_id;
+    fake.press(&operator, id, &format!("r:{bravo_short}"));
+    let confirm = fake.wait_message(ANSWER, "a second confirmation", operator.id, |m| {
+        m.message_id == id && m.text.starts_with("Перезагрузить bravo?")
+    });
+    alpha.ok(&["access", "grant", "@operator_o", "viewer"]);
+    let answers = fake.callback_answers().len();
+    fake.press(&operator, id, &confirm.button("Да, перезагрузить").unwrap());
+    assert!(last_answer(answers).contains("Недостаточно прав"));
+    assert_eq!(
+        reboots(cluster.node("bravo")).len(),
+        1,
+        "the revoked press rebooted"
+    );
+
+    // Every grant, pin, reboot and refusal is in the leader's audit log, which verifies.
+    let refused = audited(alpha, "action_refused");
+    let refused_by = |who: &str| {
+        refused
+            .iter()
+            .filter(|e| e["who"].as_str().unwrap_or("").starts_with(who))
+            .count()
+    };
+    assert_eq!(refused_by("telegram:6101"), 3, "{refused:?}");
+    assert_eq!(refused_by("telegram:6102"), 1, "{refused:?}");
+    let reboots_audited = audited(alpha, "reboot_requested");
+    assert!(
+        reboots_audited
+            .iter()
+            .any(|e| e["who"] == "telegram:6102 (@Operator_O)"
+                && e["details"]["outcome"] == "accepted"
+                && e["details"]["target"] == "bravo"),
+        "{reboots_audited:?}"
+    );
+    assert_eq!(audited(alpha, "role_granted").len(), 3);
+    assert_eq!(audited(alpha, "role_pinned").len(), 2);
+    let access: serde_json::Value = serde_json::from_str(&alpha.ok(&["access", "--json"])).unwrap();
+    assert_eq!(access["users"].as_array().unwrap().len(), 2, "{access}");
+    assert!(
+        alpha
+            .ok(&["audit", "--verify"])
+            .starts_with("audit log verified")
+    );
+}
+
+#[test]
+fn a_new_bot_token_is_checked_stored_and_used_at_once_and_never_taken_from_argv() {
+    const NEW_TOKEN: &str = "987654321:BBHnewTokenForConstellaTests_9876543210";
+    const NEW_SECRET: &str = "BBHnewTokenForConstellaTests_9876543210";
+    let fake = FakeTelegram::start(TOKEN);
+    let mut cluster = bot_cluster(&fake, &["alpha"], &[1]);
+    wait_polling(&fake, "alpha");
+    fake.send_text(&owner(), "/start");
+    fake.wait_message(ANSWER, "the node list", OWNER_ID, is_list);
+    let alpha = cluster.node("alpha");
+
+    // On the command line: refused without echo. Malformed: refused without echo.
+    let out = alpha.cli(&["bot-token", "set", NEW_TOKEN]);
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(error.contains("not taken from the command line"), "{error}");
+    assert!(!error.contains(NEW_SECRET), "{error}");
+    let out = alpha.cli_with(
+        &["bot-token", "set"],
+        &[("CONSTELLA_BOT_TOKEN", "1:sekret")],
+        None,
+    );
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        error.contains("invalid bot token") && !error.contains("sekret"),
+        "{error}"
+    );
+    assert!(!alpha.dir.join("bot.token").exists());
+
+    // The token changes at @BotFather: the old one is refused from now on.
+    fake.set_token(NEW_TOKEN);
+    let out = alpha.cli_with(
+        &["bot-token", "set"],
+        &[("CONSTELLA_BOT_TOKEN", NEW_TOKEN)],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bot 987654321"));
+    use std::os::unix::fs::PermissionsExt;
+    let file = alpha.dir.join("bot.token");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), NEW_TOKEN);
+    // The running bot answers with the new token.
+    let since = fake.messages_to(OWNER_ID).len();
+    fake.send_text(&owner(), "/start");
+    cluster.or_logs(|| {
+        wait_for(ANSWER, "an answer with the new token", || {
+            (fake.messages_to(OWNER_ID).len() > since).then_some(())
+        })
+    });
+    let changed = audited(alpha, "bot_token_changed");
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0]["details"]["bot_id"], "987654321");
+
+    // From stdin too; and a restarted node keeps the token it was given.
+    fake.set_token(TOKEN);
+    let out = alpha.cli_with(&["bot-token", "set"], &[], Some(&format!("{TOKEN}\n")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alpha = cluster.node_mut("alpha");
+    alpha.stop();
+    alpha.start();
+    wait_polling(&fake, "alpha");
+    let since = fake.messages_to(OWNER_ID).len();
+    fake.send_text(&owner(), "/start");
+    wait_for(ANSWER, "an answer after the restart", || {
+        (fake.messages_to(OWNER_ID).len() > since).then_some(())
+    });
+    let logs = cluster.dump_logs() + &cluster.node("alpha").ok(&["audit"]);
+    assert!(
+        !logs.contains(NEW_SECRET) && !logs.contains(TOKEN_SECRET),
+        "a token leaked"
+    );
+}

@@ -1,22 +1,114 @@
 //! Network settings: the small record of bot state that every node must hold, so that whichever
-//! node leads next can host the owner's Telegram bot exactly where the last leader left off.
+//! node leads next can host the owner's Telegram bot exactly where the last leader left off,
+//! and serve the same people with the same rights.
 //!
 //! [`NetworkSettings`] is a state-based CRDT: [`NetworkSettings::merge`] is commutative,
 //! associative and idempotent, so nodes converge whatever the order in which gossip and
 //! anti-entropy deliver it.
 //!
-//! - `owner_user_id` is pinned once and never unset; two different pins (only possible if two
-//!   partitioned leaders met two different users with the owner's username) resolve to the
-//!   smaller id on every node.
+//! - The owner is versioned: `owner_version` 0 is the owner named at `init` (in every node's
+//!   state file); `constella owner set` makes a new version with the new username. A higher
+//!   version replaces the owner fields as a whole (username, pin, the former owner to tell).
+//!   Within one version the pin is kept once set (two different pins, only possible if two
+//!   partitioned leaders met two different users with the owner's username, resolve to the
+//!   smaller id), a conflicting username resolves to the larger one, and "the former owner was
+//!   told" only becomes true.
 //! - `last_update_id` only grows: the highest Telegram update id any leader has handled.
 //! - `language` is last-writer-wins by `language_version` (ties: the larger code).
+//! - `roles` maps a Telegram username to a [`RoleGrant`]: per username, the higher version wins;
+//!   at equal versions the lesser right wins (a revoke over a grant, viewer over operator) and
+//!   a pinned id is kept (the smaller of two).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+/// A role the owner grants to another Telegram account. The owner has every right; an
+/// operator can do what a viewer can and more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Sees the node list, node cards and usage.
+    Viewer,
+    /// Also reboots nodes and issues invites.
+    Operator,
+}
+
+impl Role {
+    /// The role's name as the CLI and the bot show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            other => Err(format!("unknown role {other:?}: use viewer or operator")),
+        }
+    }
+}
+
+/// One account's role, as last granted or revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleGrant {
+    /// The role; `None` once revoked (kept, so an older grant cannot come back).
+    pub role: Option<Role>,
+    /// Bumped by every grant or revoke of this username.
+    pub version: u64,
+    /// The account's numeric Telegram id, pinned at its first contact after the grant.
+    #[serde(default)]
+    pub user_id: Option<u64>,
+}
+
+impl RoleGrant {
+    /// Order of rights at equal versions: a revoke is the least, then viewer, then operator.
+    fn rights(&self) -> u8 {
+        match self.role {
+            None => 0,
+            Some(Role::Viewer) => 1,
+            Some(Role::Operator) => 2,
+        }
+    }
+
+    fn merge(&mut self, other: &RoleGrant) {
+        if other.version != self.version {
+            if other.version > self.version {
+                *self = other.clone();
+            }
+            return;
+        }
+        if other.rights() < self.rights() {
+            self.role = other.role;
+        }
+        self.user_id = min_pin(self.user_id, other.user_id);
+    }
+}
+
+/// A Telegram username as the settings key it: lowercase, without `@`.
+pub fn username_key(username: &str) -> String {
+    username.trim().trim_start_matches('@').to_ascii_lowercase()
+}
+
+/// Two pins of the same thing: the one set, or the smaller of two.
+fn min_pin(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
 
 /// Bot state shared by every node of the network.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkSettings {
-    /// The owner's numeric Telegram user id, pinned at the owner's first contact.
+    /// The owner's numeric Telegram user id, pinned at the owner's first contact (for the
+    /// current `owner_version`).
     #[serde(default)]
     pub owner_user_id: Option<u64>,
     /// The highest Telegram update id handled by a leader (0: none yet).
@@ -28,16 +120,29 @@ pub struct NetworkSettings {
     /// Version of `language`; the higher one wins a merge.
     #[serde(default)]
     pub language_version: u64,
+    /// The owner's username set by `constella owner set` (with `@`); empty while the owner is
+    /// still the one named at `init`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner_username: String,
+    /// 0: the owner from `init`; one more at every owner change.
+    #[serde(default)]
+    pub owner_version: u64,
+    /// The pinned id of the owner that the last change replaced: the bot tells them once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub former_owner_id: Option<u64>,
+    /// The former owner was told (claimed before the message is sent, so it is sent once).
+    #[serde(default)]
+    pub former_owner_told: bool,
+    /// Accounts with a role, keyed by [`username_key`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub roles: BTreeMap<String, RoleGrant>,
 }
 
 impl NetworkSettings {
     /// Merges `other` into `self`. Returns whether `self` changed.
     pub fn merge(&mut self, other: &NetworkSettings) -> bool {
         let before = self.clone();
-        self.owner_user_id = match (self.owner_user_id, other.owner_user_id) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        self.merge_owner(other);
         self.last_update_id = self.last_update_id.max(other.last_update_id);
         let theirs = (other.language_version, &other.language);
         let ours = (self.language_version, &self.language);
@@ -45,7 +150,91 @@ impl NetworkSettings {
             self.language.clone_from(&other.language);
             self.language_version = other.language_version;
         }
+        for (name, grant) in &other.roles {
+            match self.roles.get_mut(name) {
+                Some(ours) => ours.merge(grant),
+                None => {
+                    self.roles.insert(name.clone(), grant.clone());
+                }
+            }
+        }
         *self != before
+    }
+
+    fn merge_owner(&mut self, other: &NetworkSettings) {
+        if other.owner_version != self.owner_version {
+            if other.owner_version > self.owner_version {
+                self.owner_version = other.owner_version;
+                self.owner_username.clone_from(&other.owner_username);
+                self.owner_user_id = other.owner_user_id;
+                self.former_owner_id = other.former_owner_id;
+                self.former_owner_told = other.former_owner_told;
+            }
+            return;
+        }
+        if other.owner_username > self.owner_username {
+            self.owner_username.clone_from(&other.owner_username);
+        }
+        self.owner_user_id = min_pin(self.owner_user_id, other.owner_user_id);
+        self.former_owner_id = min_pin(self.former_owner_id, other.former_owner_id);
+        self.former_owner_told |= other.former_owner_told;
+    }
+
+    /// The owner's username: the one set by `owner set`, else `initial` (from `init`).
+    pub fn owner<'a>(&'a self, initial: &'a str) -> &'a str {
+        if self.owner_version == 0 || self.owner_username.is_empty() {
+            initial
+        } else {
+            &self.owner_username
+        }
+    }
+
+    /// These settings with `username` as the new owner: a new owner version, no pin yet, and
+    /// the old owner's pinned id remembered so that the bot tells them once.
+    pub fn with_owner(&self, username: &str) -> NetworkSettings {
+        NetworkSettings {
+            owner_username: username.to_owned(),
+            owner_version: self.owner_version + 1,
+            owner_user_id: None,
+            former_owner_id: self.owner_user_id,
+            former_owner_told: false,
+            ..self.clone()
+        }
+    }
+
+    /// These settings with `username` given `role` (`None`: revoked), as a new version of its
+    /// grant. A change of role keeps the account's pinned id; a grant after a revoke starts
+    /// unpinned (the username may have changed hands meanwhile).
+    pub fn with_role(&self, username: &str, role: Option<Role>) -> NetworkSettings {
+        let key = username_key(username);
+        let previous = self.roles.get(&key);
+        let version = previous.map_or(1, |g| g.version + 1);
+        let user_id = previous
+            .filter(|g| g.role.is_some())
+            .and_then(|g| g.user_id);
+        let mut next = self.clone();
+        next.roles.insert(
+            key,
+            RoleGrant {
+                role,
+                version,
+                user_id,
+            },
+        );
+        next
+    }
+
+    /// The current role of the account pinned as `user_id`, if any.
+    pub fn role_of_id(&self, user_id: u64) -> Option<Role> {
+        self.roles
+            .values()
+            .find(|g| g.user_id == Some(user_id))
+            .and_then(|g| g.role)
+    }
+
+    /// Accounts that hold a role now (revoked ones left out), by username.
+    pub fn granted(&self) -> impl Iterator<Item = (&String, &RoleGrant)> {
+        self.roles.iter().filter(|(_, g)| g.role.is_some())
     }
 }
 
@@ -64,19 +253,56 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn settings() -> impl Strategy<Value = NetworkSettings> {
+    fn grant() -> impl Strategy<Value = RoleGrant> {
         (
+            prop_oneof![
+                Just(None),
+                Just(Some(Role::Viewer)),
+                Just(Some(Role::Operator))
+            ],
+            0u64..3,
+            proptest::option::of(1u64..4),
+        )
+            .prop_map(|(role, version, user_id)| RoleGrant {
+                role,
+                version,
+                user_id,
+            })
+    }
+
+    fn settings() -> impl Strategy<Value = NetworkSettings> {
+        let base = (
             proptest::option::of(1u64..5),
             0u32..10,
             prop_oneof![Just(""), Just("ru"), Just("en")],
             0u64..4,
+        );
+        let owner = (
+            prop_oneof![Just(""), Just("@alice_1"), Just("@bob_22")],
+            0u64..3,
+            proptest::option::of(1u64..5),
+            any::<bool>(),
+        );
+        let roles = proptest::collection::btree_map(
+            prop_oneof![Just("carol".to_owned()), Just("dave".to_owned())],
+            grant(),
+            0..3,
+        );
+        (base, owner, roles).prop_map(
+            |((owner_id, last, lang, version), (name, owner_version, former, told), roles)| {
+                NetworkSettings {
+                    owner_user_id: owner_id,
+                    last_update_id: last,
+                    language: lang.to_owned(),
+                    language_version: version,
+                    owner_username: name.to_owned(),
+                    owner_version,
+                    former_owner_id: former,
+                    former_owner_told: told,
+                    roles,
+                }
+            },
         )
-            .prop_map(|(owner, last, lang, version)| NetworkSettings {
-                owner_user_id: owner,
-                last_update_id: last,
-                language: lang.to_owned(),
-                language_version: version,
-            })
     }
 
     #[test]
@@ -138,5 +364,70 @@ mod tests {
             prop_assert_eq!(merged(&merged(&a, &b), &c), merged(&a, &merged(&b, &c)));
             prop_assert_eq!(merged(&a, &a), a.clone());
         }
+    }
+
+    #[test]
+    fn an_owner_change_unpins_and_remembers_the_former_owner() {
+        let pinned = NetworkSettings {
+            owner_user_id: Some(42),
+            ..NetworkSettings::default()
+        };
+        assert_eq!(pinned.owner("@first_owner"), "@first_owner");
+        let changed = pinned.with_owner("@second_owner");
+        assert_eq!(changed.owner("@first_owner"), "@second_owner");
+        assert_eq!(changed.owner_user_id, None);
+        assert_eq!(changed.former_owner_id, Some(42));
+        // A node that still has the old pin takes the change, pin and all, whatever the order.
+        let mut old = pinned.clone();
+        assert!(old.merge(&changed));
+        assert_eq!(old, changed);
+        let mut new = changed.clone();
+        assert!(!new.merge(&pinned), "the old owner cannot come back");
+        // The new owner's pin and "told" stick within the version.
+        let told = NetworkSettings {
+            owner_user_id: Some(77),
+            former_owner_told: true,
+            ..changed.clone()
+        };
+        let mut merged = changed;
+        assert!(merged.merge(&told));
+        assert_eq!(merged.owner_user_id, Some(77));
+        assert!(merged.former_owner_told);
+    }
+
+    #[test]
+    fn roles_are_granted_pinned_and_revoked() {
+        let granted = NetworkSettings::default().with_role("@Carol_X", Some(Role::Operator));
+        let grant = &granted.roles["carol_x"];
+        assert_eq!(
+            (grant.role, grant.version, grant.user_id),
+            (Some(Role::Operator), 1, None)
+        );
+        let mut pinned = granted.clone();
+        pinned.roles.get_mut("carol_x").unwrap().user_id = Some(9);
+        assert_eq!(pinned.role_of_id(9), Some(Role::Operator));
+        // A change of role keeps the pin; a grant after a revoke starts unpinned.
+        let viewer = pinned.with_role("carol_x", Some(Role::Viewer));
+        assert_eq!(viewer.role_of_id(9), Some(Role::Viewer));
+        let revoked = pinned.with_role("carol_x", None);
+        assert_eq!(revoked.role_of_id(9), None);
+        let again = revoked.with_role("carol_x", Some(Role::Viewer));
+        assert_eq!(again.roles["carol_x"].user_id, None);
+        assert_eq!(revoked.granted().count(), 0);
+        // The revoke wins over the older grant and its pin, in either order.
+        let mut a = pinned.clone();
+        a.merge(&revoked);
+        let mut b = revoked.clone();
+        b.merge(&pinned);
+        assert_eq!(a, b);
+        assert_eq!(a.roles["carol_x"].role, None);
+        // Concurrent edits at one version: the lesser right wins.
+        let viewer = granted.with_role("carol_x", Some(Role::Viewer));
+        let also_operator = granted.with_role("carol_x", Some(Role::Operator));
+        let mut c = viewer.clone();
+        c.merge(&also_operator);
+        assert_eq!(c.roles["carol_x"].role, Some(Role::Viewer));
+        assert_eq!("operator".parse::<Role>(), Ok(Role::Operator));
+        assert!("admin".parse::<Role>().is_err());
     }
 }

@@ -1,10 +1,14 @@
-//! What the bot does with an update: owner-only access, the commands, and the buttons.
+//! What the bot does with an update: access, the commands, and the buttons.
 //!
-//! Access: the owner is the user whose username equals `owner_username` at the first contact;
-//! that user's numeric id is then pinned in the network settings and required from then on
-//! (a username sold or taken over later gets nothing). Anyone else gets no reply at all; each
-//! attempt is logged with the user id and counted in `status`. Only private chats are served,
-//! so nothing is ever shown to a group.
+//! Access ([`crate::access`]): the owner is the user whose username equals the owner's at the
+//! first contact; that user's numeric id is then pinned in the network settings and required
+//! from then on (a username sold or taken over later gets nothing). Accounts the owner granted
+//! a role are pinned the same way and may do what their role allows; a request beyond it gets
+//! a short refusal and is audited. The role is checked on every update from the current
+//! settings, so a button shown while someone was an operator does nothing once they are a
+//! viewer, and checked again right before a reboot runs. Anyone else gets no reply at all;
+//! each attempt is logged with the user id and counted in `status`. Only private chats are
+//! served, so nothing is ever shown to a group.
 
 mod containers;
 
@@ -23,6 +27,8 @@ use tracing::{debug, info, warn};
 use super::callback::{Action, Binding, ConfirmError, Confirmation, short_peer_id};
 use super::ui::{self, Lang, Screen};
 use super::{BotConfig, BotMetrics};
+use crate::access::{self, Access, Rank, TelegramUser};
+use crate::audit::{AuditEvent, AuditKind};
 use crate::daemon::{Client, ClientError};
 use crate::state::unix_now;
 use crate::validate::Ttl;
@@ -30,40 +36,6 @@ use constella_behaviours::membership::MemberView;
 
 /// Longest wait for the node's answer to a bot action (RPCs have their own, shorter, timeouts).
 const ACTION_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Who sent an update.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// The pinned owner.
-    Owner,
-    /// The owner's username, and no id is pinned yet: pin this id.
-    Pin(u64),
-    /// Anyone else.
-    Refused,
-}
-
-/// Decides who `user` is, given the network settings and the owner's username.
-pub fn access(user: &User, settings: &NetworkSettings, owner_username: &str) -> Access {
-    if user.is_bot {
-        return Access::Refused;
-    }
-    match settings.owner_user_id {
-        Some(owner) if owner == user.id.0 => Access::Owner,
-        Some(_) => Access::Refused,
-        None => {
-            let wanted = owner_username.trim_start_matches('@');
-            let matches = user
-                .username
-                .as_deref()
-                .is_some_and(|name| !wanted.is_empty() && name.eq_ignore_ascii_case(wanted));
-            if matches {
-                Access::Pin(user.id.0)
-            } else {
-                Access::Refused
-            }
-        }
-    }
-}
 
 /// A command and its argument from a message text: `/invite@MyBot 15m` → ("invite", "15m").
 fn parse_command<'a>(text: &'a str, bot_username: &str) -> Option<(String, &'a str)> {
@@ -148,28 +120,34 @@ impl Handlers {
                 return;
             }
         };
-        if !self.authorise(&user).await {
+        let Some(rank) = self.authorise(&user).await else {
             return;
-        }
+        };
         if !private {
-            debug!("ignored the owner's update from a group chat");
+            debug!("ignored an update from a group chat");
             return;
         }
         self.metrics.count_handled();
+        let who = Who::new(&user, rank);
         match update.kind {
-            UpdateKind::Message(message) => self.on_message(message).await,
-            UpdateKind::CallbackQuery(query) => self.on_callback(query).await,
+            UpdateKind::Message(message) => self.on_message(message, &who).await,
+            UpdateKind::CallbackQuery(query) => self.on_callback(query, &who).await,
             _ => {}
         }
     }
 
-    /// True for the owner (pinning the id at the first contact); false, logged and counted,
-    /// for anyone else.
-    async fn authorise(&mut self, user: &User) -> bool {
+    /// The rank of `user` from the current settings, pinning the owner's or a granted
+    /// account's id at its first contact; `None`, logged and counted, for anyone else.
+    async fn authorise(&mut self, user: &User) -> Option<Rank> {
         let settings = self.settings.borrow().clone();
-        match access(user, &settings, &self.config.owner_username) {
-            Access::Owner => true,
-            Access::Pin(id) => {
+        let telegram = TelegramUser {
+            id: user.id.0,
+            username: user.username.as_deref(),
+            is_bot: user.is_bot,
+        };
+        match access::access(telegram, &settings, &self.config.owner_username) {
+            Access::Known(rank) => Some(rank),
+            Access::PinOwner(id) => {
                 let pin = NetworkSettings {
                     owner_user_id: Some(id),
                     ..settings
@@ -177,28 +155,106 @@ impl Handlers {
                 match self.client.merge_settings(pin).await {
                     Ok(merged) if merged.owner_user_id == Some(id) => {
                         info!(user_id = id, "the owner's Telegram id is now pinned");
-                        true
+                        self.config.audit.record(AuditEvent::new(
+                            AuditKind::OwnerPinned,
+                            telegram_who(user),
+                            "telegram",
+                        ));
+                        Some(Rank::Owner)
                     }
                     Ok(_) => self.refuse(user),
-                    Err(_) => false,
+                    Err(_) => None,
+                }
+            }
+            Access::PinGranted { key, role, id } => {
+                let mut pin = settings;
+                if let Some(grant) = pin.roles.get_mut(&key) {
+                    grant.user_id = Some(id);
+                }
+                match self.client.merge_settings(pin).await {
+                    Ok(merged) if merged.role_of_id(id) == Some(role) => {
+                        info!(
+                            user_id = id,
+                            role = role.as_str(),
+                            "a granted account's Telegram id is now pinned"
+                        );
+                        self.config.audit.record(
+                            AuditEvent::new(AuditKind::RolePinned, telegram_who(user), "telegram")
+                                .detail("role", role.as_str()),
+                        );
+                        Some(Rank::Granted(role))
+                    }
+                    Ok(_) => self.refuse(user),
+                    Err(_) => None,
                 }
             }
             Access::Refused => self.refuse(user),
         }
     }
 
-    fn refuse(&self, user: &User) -> bool {
+    fn refuse(&self, user: &User) -> Option<Rank> {
         self.metrics.count_refused();
         warn!(
             user_id = user.id.0,
-            "refused a Telegram update from a user who is not the owner (no reply sent)"
+            "refused a Telegram update from a user who is neither the owner nor granted a role (no reply sent)"
         );
+        None
+    }
+
+    /// Whether `who` may do `action`; if not, the refusal is logged and audited, and the
+    /// caller answers with [`ui::not_allowed`].
+    fn permits(&self, who: &Who, action: access::Action) -> bool {
+        if who.rank.allows(action) {
+            return true;
+        }
+        self.refused_action(&who.text, who.rank.as_str(), action);
         false
+    }
+
+    fn refused_action(&self, who: &str, role: &str, action: access::Action) {
+        warn!(user = %who, role, action = action.as_str(), "refused an action the role does not allow");
+        self.config.audit.record(
+            AuditEvent::new(AuditKind::ActionRefused, who, "telegram")
+                .detail("action", action.as_str())
+                .detail("role", role),
+        );
+    }
+
+    /// Tells the owner that a change replaced once, if nobody has yet: the notice is claimed in
+    /// the network settings before it is sent, so across leaders it goes out at most once.
+    pub(super) async fn tell_former_owner(&mut self) {
+        let settings = self.settings.borrow().clone();
+        let Some(former) = settings
+            .former_owner_id
+            .filter(|_| !settings.former_owner_told)
+        else {
+            return;
+        };
+        let claim = NetworkSettings {
+            former_owner_told: true,
+            ..settings.clone()
+        };
+        if self.client.merge_settings(claim).await.is_err() {
+            return;
+        }
+        let Ok(chat) = i64::try_from(former) else {
+            return;
+        };
+        let owner = settings.owner(&self.config.owner_username).to_owned();
+        info!(
+            user_id = former,
+            "telling the former owner about the owner change"
+        );
+        self.send(
+            ChatId(chat),
+            Screen::text(ui::former_owner(self.lang(), &owner)),
+        )
+        .await;
     }
 
     // ---- messages ----
 
-    async fn on_message(&mut self, message: Message) {
+    async fn on_message(&mut self, message: Message, who: &Who) {
         let lang = self.lang();
         let chat = message.chat.id;
         let text = message.text().unwrap_or("");
@@ -207,6 +263,12 @@ impl Handlers {
             return;
         };
         match command.as_str() {
+            "start" | "menu" | "nodes" | "list" | "invite" | "lang" | "language"
+                if !self.permits(who, command_action(&command)) =>
+            {
+                self.send(chat, Screen::text(ui::not_allowed(lang).to_owned()))
+                    .await;
+            }
             "start" | "menu" | "nodes" | "list" => {
                 let screen = match self.peers().await {
                     Ok(peers) => ui::node_list(lang, &peers),
@@ -217,7 +279,7 @@ impl Handlers {
             "invite" => {
                 let ttl = if arg.is_empty() { "15m" } else { arg };
                 let text = match ttl.parse::<Ttl>() {
-                    Ok(ttl) => match self.invite(ttl).await {
+                    Ok(ttl) => match self.invite(ttl, who).await {
                         Ok((link, ttl)) => ui::invite(lang, &link, &ttl),
                         Err(error) => ui::node_error(lang, &error),
                     },
@@ -249,7 +311,7 @@ impl Handlers {
 
     // ---- buttons ----
 
-    async fn on_callback(&mut self, query: CallbackQuery) {
+    async fn on_callback(&mut self, query: CallbackQuery, who: &Who) {
         let lang = self.lang();
         let Some(message) = query.message.as_ref() else {
             self.answer(&query, Some(ui::toast_stale(lang))).await;
@@ -266,6 +328,16 @@ impl Handlers {
         if action.is_none() && container_press.is_none() {
             debug!("a button with unknown callback data");
             self.answer(&query, Some(ui::toast_stale(lang))).await;
+            return;
+        };
+        // The presser's role now, not when the button was shown.
+        let needed = match (&action, &container_press) {
+            (Some(action), _) => button_action(action),
+            (None, Some(press)) => containers::press_action(press),
+            (None, None) => access::Action::List,
+        };
+        if !self.permits(who, needed) {
+            self.answer(&query, Some(ui::not_allowed(lang))).await;
             return;
         }
         let peers = match self.peers().await {
@@ -284,7 +356,7 @@ impl Handlers {
         };
         let Some(action) = action else {
             if let Some(press) = container_press {
-                self.on_container_press(&query, lang, press, &peers, binding)
+                self.on_container_press(&query, who, lang, press, &peers, binding)
                     .await;
             }
             return;
@@ -305,16 +377,17 @@ impl Handlers {
             return;
         };
         let offline = !peer.is_alive();
+        let can_reboot = who.rank.allows(access::Action::Reboot);
         match action {
             Action::List => {}
             Action::Card(_) => {
                 self.answer(&query, None).await;
-                let screen = self.node_card(lang, &peer).await;
+                let screen = self.node_card(lang, &peer, can_reboot).await;
                 self.edit(chat, message_id, screen).await;
             }
             Action::Cancel(_) => {
                 self.answer(&query, Some(ui::toast_cancelled(lang))).await;
-                let screen = self.node_card(lang, &peer).await;
+                let screen = self.node_card(lang, &peer, can_reboot).await;
                 self.edit(chat, message_id, screen).await;
             }
             Action::Usage(_) | Action::AskReboot(_) | Action::Reboot(_) if offline => {
@@ -339,7 +412,7 @@ impl Handlers {
                 .await;
             }
             Action::Reboot(confirmation) => {
-                self.on_confirmed_reboot(&query, lang, &peer, confirmation, binding)
+                self.on_confirmed_reboot(&query, who, lang, &peer, confirmation, binding)
                     .await;
             }
         }
@@ -351,6 +424,7 @@ impl Handlers {
     async fn accept_confirmation(
         &mut self,
         query: &CallbackQuery,
+        who: &Who,
         lang: Lang,
         confirmation: &Confirmation,
         binding: Binding,
@@ -378,6 +452,17 @@ impl Handlers {
             self.answer(query, Some(ui::toast_stale(lang))).await;
             return Err(ConfirmError::Forged);
         }
+        // Checked again where it runs, from the settings as they are now: a grant revoked
+        // since this update was fetched stops the reboot here.
+        match self.rank_now(&query.from) {
+            Some(rank) if rank.allows(access::Action::Reboot) => {}
+            rank => {
+                let role = rank.map_or("none", Rank::as_str);
+                self.refused_action(&who.text, role, access::Action::Reboot);
+                self.answer(query, Some(ui::not_allowed(lang))).await;
+                return Err(ConfirmError::Forged);
+            }
+        }
         self.answer(query, None).await;
         Ok(())
     }
@@ -385,19 +470,20 @@ impl Handlers {
     async fn on_confirmed_reboot(
         &mut self,
         query: &CallbackQuery,
+        who: &Who,
         lang: Lang,
         peer: &MemberView,
         confirmation: Confirmation,
         binding: Binding,
     ) {
         match self
-            .accept_confirmation(query, lang, &confirmation, binding)
+            .accept_confirmation(query, who, lang, &confirmation, binding)
             .await
         {
             Ok(()) => {}
             Err(ConfirmError::Expired) => {
                 let chat = ChatId(binding.chat_id);
-                let screen = self.node_card(lang, peer).await;
+                let screen = self.node_card(lang, peer, true).await;
                 self.edit(chat, MessageId(binding.message_id), screen).await;
                 return;
             }
@@ -405,7 +491,8 @@ impl Handlers {
         }
         let requested_by = format!("telegram:{}", binding.owner_id);
         info!(node = %peer.name, %requested_by, "reboot requested from Telegram");
-        let text = match self.reboot(peer, &requested_by).await {
+        let result = self.reboot(peer, &requested_by, who).await;
+        let text = match result {
             Ok(()) => ui::reboot_accepted(lang, &peer.name),
             Err(error) => ui::action_failed(lang, &peer.name, &error),
         };
@@ -424,11 +511,15 @@ impl Handlers {
         self.client.peers().await
     }
 
-    async fn invite(&self, ttl: Ttl) -> Result<(String, String), ClientError> {
-        self.client
-            .invite(ttl)
-            .await
-            .map(|invite| (invite.link, invite.ttl))
+    /// A join link; the audit log gets its TTL and expiry, never the link or the token.
+    async fn invite(&self, ttl: Ttl, who: &Who) -> Result<(String, String), ClientError> {
+        let invite = self.client.invite(ttl).await?;
+        self.config.audit.record(
+            AuditEvent::new(AuditKind::InviteIssued, who.text.clone(), "telegram")
+                .detail("ttl", invite.ttl.clone())
+                .detail("expires_at", invite.expires_at),
+        );
+        Ok((invite.link, invite.ttl))
     }
 
     /// The node's figures, by node id (names can be reused after a leave; ids cannot).
@@ -439,12 +530,52 @@ impl Handlers {
         }
     }
 
-    async fn reboot(&self, peer: &MemberView, requested_by: &str) -> Result<(), ClientError> {
-        bounded(self.client.reboot(&peer.node_id.to_base58(), requested_by))
+    /// Asks `peer` to reboot. The request is on disk in the audit log before it is sent (the
+    /// machine that reboots may be this one); the outcome follows.
+    async fn reboot(
+        &self,
+        peer: &MemberView,
+        requested_by: &str,
+        who: &Who,
+    ) -> Result<(), ClientError> {
+        let asked = AuditEvent::new(AuditKind::RebootRequested, who.text.clone(), "telegram")
+            .detail("target", peer.name.clone())
+            .detail("node_id", peer.node_id.to_base58())
+            .detail("role", who.rank.as_str());
+        if let Err(error) = self.config.audit.append(asked.clone()).await {
+            warn!(%error, "the reboot request could not be audited; it is refused");
+            return Err(ClientError::Storage(
+                "the audit log cannot be written".to_owned(),
+            ));
+        }
+        let result = bounded(self.client.reboot(&peer.node_id.to_base58(), requested_by))
             .await
             .map(|accepted| {
                 info!(node = %accepted.name, action = %accepted.action, "the node accepted the reboot");
-            })
+            });
+        let outcome = match &result {
+            Ok(()) => "accepted".to_owned(),
+            Err(error) => format!("failed: {error}"),
+        };
+        self.config.audit.record(asked.detail("outcome", outcome));
+        result
+    }
+
+    /// The rank of `user` from the settings as they are now (no pinning).
+    fn rank_now(&self, user: &User) -> Option<Rank> {
+        let telegram = TelegramUser {
+            id: user.id.0,
+            username: user.username.as_deref(),
+            is_bot: user.is_bot,
+        };
+        match access::access(
+            telegram,
+            &self.settings.borrow(),
+            &self.config.owner_username,
+        ) {
+            Access::Known(rank) => Some(rank),
+            _ => None,
+        }
     }
 
     // ---- Telegram ----
@@ -482,6 +613,49 @@ impl Handlers {
     }
 }
 
+/// Who an update is from, for the log and the audit log.
+#[derive(Debug, Clone)]
+pub(super) struct Who {
+    /// `telegram:<id> (@name)`.
+    text: String,
+    rank: Rank,
+}
+
+impl Who {
+    fn new(user: &User, rank: Rank) -> Self {
+        Self {
+            text: telegram_who(user),
+            rank,
+        }
+    }
+}
+
+/// `telegram:<id> (@name)`: how a Telegram user appears in the audit log.
+fn telegram_who(user: &User) -> String {
+    match &user.username {
+        Some(name) => format!("telegram:{} (@{name})", user.id.0),
+        None => format!("telegram:{}", user.id.0),
+    }
+}
+
+/// The action a command asks for.
+fn command_action(command: &str) -> access::Action {
+    match command {
+        "invite" => access::Action::Invite,
+        "lang" | "language" => access::Action::Language,
+        _ => access::Action::List,
+    }
+}
+
+/// The action a button asks for.
+fn button_action(action: &Action) -> access::Action {
+    match action {
+        Action::List | Action::Card(_) | Action::Cancel(_) => access::Action::List,
+        Action::Usage(_) => access::Action::Usage,
+        Action::AskReboot(_) | Action::Reboot(_) => access::Action::Reboot,
+    }
+}
+
 /// `call`, or an error after [`ACTION_TIMEOUT`] (the RPCs time out sooner on their own; this
 /// keeps a stuck call from stalling the bot).
 async fn bounded<T>(call: impl Future<Output = Result<T, ClientError>>) -> Result<T, ClientError> {
@@ -500,54 +674,21 @@ fn resolve<'a>(peers: &'a [MemberView], short: &str) -> Option<&'a MemberView> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use teloxide::types::UserId;
-
-    fn user(id: u64, username: Option<&str>) -> User {
-        User {
-            id: UserId(id),
-            is_bot: false,
-            first_name: "X".into(),
-            last_name: None,
-            username: username.map(str::to_owned),
-            language_code: None,
-            is_premium: false,
-            added_to_attachment_menu: false,
-        }
-    }
 
     #[test]
-    fn owner_is_pinned_by_username_then_by_id() {
-        let unpinned = NetworkSettings::default();
-        for owner in ["@Owner_Test", "owner_test", "@OWNER_TEST"] {
-            assert_eq!(
-                access(&user(7, Some("owner_test")), &unpinned, owner),
-                Access::Pin(7)
-            );
-        }
+    fn buttons_and_commands_map_to_the_actions_roles_allow() {
+        assert_eq!(button_action(&Action::List), access::Action::List);
         assert_eq!(
-            access(&user(8, Some("someone")), &unpinned, "@owner_test"),
-            Access::Refused
+            button_action(&Action::Usage("AbCdEfGh".into())),
+            access::Action::Usage
         );
         assert_eq!(
-            access(&user(8, None), &unpinned, "@owner_test"),
-            Access::Refused
+            button_action(&Action::AskReboot("AbCdEfGh".into())),
+            access::Action::Reboot
         );
-        let pinned = NetworkSettings {
-            owner_user_id: Some(7),
-            ..NetworkSettings::default()
-        };
-        assert_eq!(
-            access(&user(7, Some("renamed")), &pinned, "@owner_test"),
-            Access::Owner
-        );
-        // The username taken over by someone else gets nothing.
-        assert_eq!(
-            access(&user(9, Some("owner_test")), &pinned, "@owner_test"),
-            Access::Refused
-        );
-        let mut bot = user(7, Some("owner_test"));
-        bot.is_bot = true;
-        assert_eq!(access(&bot, &pinned, "@owner_test"), Access::Refused);
+        assert_eq!(command_action("invite"), access::Action::Invite);
+        assert_eq!(command_action("lang"), access::Action::Language);
+        assert_eq!(command_action("start"), access::Action::List);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!   when this node leads and drops it (with its in-flight long poll) as soon as it does not.
 //! - [`poller`]: the GetUpdates loop: offsets from the network settings, each update claimed
 //!   in the network before it is handled, 409 Conflict with a backoff of seconds.
-//! - [`handlers`]: owner-only access, commands and buttons.
+//! - [`handlers`]: access (owner and granted roles), commands and buttons.
 //! - [`callback`]: validated callback data; [`ui`]: texts and keyboards (ru/en).
 //! - [`notify`]: membership events for the owner, batched and rate-limited, sent by the
 //!   leader only.
@@ -23,15 +23,15 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::audit::AuditLog;
 use crate::daemon::Client;
 use crate::daemon::signals::{BotMetrics, Leadership, NetworkEvent, Watchers};
 use crate::state::StoredSecret;
 
-/// What the bot needs to know about its network.
+/// What the bot needs to know about its network (the token comes separately: it can change
+/// while the node runs, see [`host`]).
 #[derive(Debug, Clone)]
 pub struct BotConfig {
-    /// The bot token (redacted in `Debug`).
-    pub token: StoredSecret,
     /// Another Bot API server, or the official one when `None`.
     pub api_url: Option<url::Url>,
     /// The owner's username from `init`, with or without `@`.
@@ -42,9 +42,11 @@ pub struct BotConfig {
     pub secret: NetworkSecret,
     /// The nodes' containers (the `🐳` screens).
     pub containers: crate::docker::Containers,
+    /// Where reboots, invites, pins and refused actions are recorded.
+    pub audit: AuditLog,
 }
 
-/// The running bot tasks.
+/// The running bot tasks; dropping the handle stops them.
 #[derive(Debug)]
 pub struct BotHandle {
     tasks: Vec<JoinHandle<()>>,
@@ -53,15 +55,60 @@ pub struct BotHandle {
 impl BotHandle {
     /// Stops the bot now: an in-flight long poll is dropped with its task.
     pub fn stop(self) {
-        for task in self.tasks {
+        drop(self);
+    }
+}
+
+impl Drop for BotHandle {
+    fn drop(&mut self) {
+        for task in &self.tasks {
             task.abort();
         }
     }
 }
 
+/// Runs the bot with the token `tokens` holds, and again from scratch with each new one
+/// (`constella bot-token set`): the old bot's tasks, its long poll included, stop first.
+/// Without a token the bot is off, with one warning.
+pub fn host(
+    config: BotConfig,
+    mut tokens: watch::Receiver<Option<StoredSecret>>,
+    client: Client,
+    watchers: Watchers,
+    metrics: Arc<BotMetrics>,
+) -> BotHandle {
+    if tokens.borrow().is_none() {
+        warn!(
+            "this network has no Telegram bot token (constella init --bot-token, or constella bot-token set): the bot is off"
+        );
+    }
+    let task = tokio::spawn(async move {
+        loop {
+            let token = tokens.borrow_and_update().clone();
+            let running = token.map(|token| {
+                spawn(
+                    config.clone(),
+                    &token,
+                    client.clone(),
+                    watchers.resubscribe(),
+                    metrics.clone(),
+                )
+            });
+            if tokens.changed().await.is_err() {
+                // Nobody can change the token any more: keep this bot until the node stops.
+                return std::future::pending::<()>().await;
+            }
+            drop(running);
+            metrics.set_polling(false);
+            info!("the bot token was replaced: the bot starts again with the new one");
+        }
+    });
+    BotHandle { tasks: vec![task] }
+}
+
 /// Builds the Bot API client. The token never reaches a log: teloxide strips it from errors,
 /// and `Bot` (whose `Debug` would show it) is never formatted.
-fn make_bot(config: &BotConfig) -> Option<Bot> {
+fn make_bot(config: &BotConfig, token: &StoredSecret) -> Option<Bot> {
     let http = match teloxide::net::default_reqwest_settings().build() {
         Ok(http) => http,
         Err(error) => {
@@ -69,21 +116,22 @@ fn make_bot(config: &BotConfig) -> Option<Bot> {
             return None;
         }
     };
-    let bot = Bot::with_client(config.token.expose(), http);
+    let bot = Bot::with_client(token.expose(), http);
     Some(match &config.api_url {
         Some(url) => bot.set_api_url(url.clone()),
         None => bot,
     })
 }
 
-/// Starts the bot supervisor and the notifier.
-pub fn spawn(
+/// Starts the bot supervisor and the notifier with `token`.
+fn spawn(
     config: BotConfig,
+    token: &StoredSecret,
     client: Client,
     watchers: Watchers,
     metrics: Arc<BotMetrics>,
 ) -> BotHandle {
-    let Some(bot) = make_bot(&config) else {
+    let Some(bot) = make_bot(&config, token) else {
         return BotHandle { tasks: Vec::new() };
     };
     let config = Arc::new(config);

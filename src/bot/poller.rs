@@ -145,6 +145,8 @@ impl Poller {
                     }
                 }
             }
+            // An owner change since the last poll: the replaced owner is told once.
+            self.handlers.tell_former_owner().await;
             let handled = self.handled_up_to();
             let mut request = self
                 .bot

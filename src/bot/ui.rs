@@ -111,8 +111,8 @@ pub fn node_list(lang: Lang, peers: &[MemberView]) -> Screen {
     }
 }
 
-/// A node's card with its actions.
-pub fn node_card(lang: Lang, peer: &MemberView) -> Screen {
+/// A node's card with its actions; the reboot button only for those who may reboot.
+pub fn node_card(lang: Lang, peer: &MemberView, can_reboot: bool) -> Screen {
     let short = short_peer_id(&peer.node_id);
     let status = match (peer.is_alive(), lang) {
         (true, Lang::Ru) => "в сети",
@@ -136,17 +136,17 @@ pub fn node_card(lang: Lang, peer: &MemberView) -> Screen {
             peer.name, peer.addr
         ),
     };
-    let rows = vec![
-        vec![button(
-            lang.pick("Показать потребление", "Show usage"),
-            &Action::Usage(short.clone()),
-        )],
-        vec![button(
+    let mut rows = vec![vec![button(
+        lang.pick("Показать потребление", "Show usage"),
+        &Action::Usage(short.clone()),
+    )]];
+    if can_reboot {
+        rows.push(vec![button(
             lang.pick("Перезагрузить сервер", "Reboot server"),
             &Action::AskReboot(short.clone()),
-        )],
-        vec![button(lang.pick("« Назад", "« Back"), &Action::List)],
-    ];
+        )]);
+    }
+    rows.push(vec![button(lang.pick("« Назад", "« Back"), &Action::List)]);
     Screen {
         text,
         keyboard: Some(InlineKeyboardMarkup::new(rows)),
@@ -305,6 +305,26 @@ pub fn toast_stale(lang: Lang) -> &'static str {
         "Кнопка устарела. Откройте список заново: /start",
         "This button is stale. Open the list again: /start",
     )
+}
+
+/// The answer to a request beyond the sender's role.
+pub fn not_allowed(lang: Lang) -> &'static str {
+    lang.pick(
+        "Недостаточно прав: ваша роль этого не позволяет",
+        "Not allowed: your role does not permit this",
+    )
+}
+
+/// The one message a replaced owner gets.
+pub fn former_owner(lang: Lang, new_owner: &str) -> String {
+    match lang {
+        Lang::Ru => format!(
+            "Владелец сети сменился: теперь это {new_owner}. Этот бот больше не будет вам отвечать."
+        ),
+        Lang::En => format!(
+            "The network has a new owner: {new_owner}. This bot will not answer you any more."
+        ),
+    }
 }
 
 pub fn toast_cancelled(lang: Lang) -> &'static str {

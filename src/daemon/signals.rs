@@ -78,6 +78,19 @@ pub struct Watchers {
     pub notices_tx: broadcast::Sender<NetworkEvent>,
 }
 
+impl Watchers {
+    /// Receivers of the same channels for another bot (after a token change): the latest
+    /// leadership and settings, and notices from now on.
+    pub fn resubscribe(&self) -> Self {
+        Self {
+            leadership: self.leadership.clone(),
+            settings: self.settings.clone(),
+            notices: self.notices_tx.subscribe(),
+            notices_tx: self.notices_tx.clone(),
+        }
+    }
+}
+
 impl Signals {
     /// New channels: the event loop's senders and the bot's receivers.
     pub fn new(settings: NetworkSettings, bot: Arc<BotMetrics>) -> (Self, Watchers) {

@@ -169,6 +169,11 @@ impl FakeTelegram {
         }
     }
 
+    /// From now on only `token` is accepted (a token change at @BotFather).
+    pub fn set_token(&self, token: &str) {
+        self.state.lock().unwrap().token = token.to_owned();
+    }
+
     /// A base URL for `--telegram-api-url` whose calls are recorded as made by `node`. It is on
     /// 127.0.0.2, so its port can never be one that `free_port` handed to a node on 127.0.0.1.
     pub fn url_for(&self, node: &str) -> String {

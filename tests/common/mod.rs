@@ -91,6 +91,16 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether the remote closed `stream` (set non-blocking): EOF or a reset. A silent open
+/// connection would block.
+pub fn closed_by_remote(stream: &std::net::TcpStream) -> bool {
+    match stream.peek(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
 /// One node: a state directory, a port, and maybe a running daemon.
 pub struct Node {
     pub name: String,
@@ -135,6 +145,28 @@ impl Node {
             .stdin(Stdio::null())
             .output()
             .expect("run constella")
+    }
+
+    /// Runs a CLI command with extra environment and, if given, `input` on stdin.
+    pub fn cli_with(&self, args: &[&str], env: &[(&str, &str)], input: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(BIN)
+            .arg("--state-dir")
+            .arg(&self.dir)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run constella");
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(input) = input {
+            stdin.write_all(input.as_bytes()).unwrap();
+        }
+        drop(stdin);
+        child.wait_with_output().unwrap()
     }
 
     /// Runs a command that must succeed; returns its stdout.

@@ -25,7 +25,7 @@ use teloxide::types::{
 };
 use tracing::info;
 
-use super::{Handlers, resolve};
+use super::{Handlers, Who, resolve};
 use crate::bot::callback::{
     Action, Binding, ConfirmError, Confirmation, MAX_CALLBACK_BYTES, SHORT_ID_LEN, short_peer_id,
 };
@@ -69,6 +69,15 @@ pub(super) enum Press {
         action: ContainerAction,
         confirmation: Confirmation,
     },
+}
+
+/// What a press needs of the presser's role: seeing containers is like seeing usage; acting
+/// on one is an operator's, like a reboot.
+pub(super) fn press_action(press: &Press) -> crate::access::Action {
+    match press {
+        Press::List { .. } | Press::Card { .. } => crate::access::Action::Usage,
+        Press::Ask { .. } | Press::Confirmed { .. } => crate::access::Action::Reboot,
+    }
 }
 
 fn action_code(action: ContainerAction) -> &'static str {
@@ -482,8 +491,13 @@ fn confirm_screen(
 
 impl Handlers {
     /// A node's card, with the containers button when the node has a Docker engine.
-    pub(super) async fn node_card(&self, lang: Lang, peer: &MemberView) -> Screen {
-        let screen = ui::node_card(lang, peer);
+    pub(super) async fn node_card(
+        &self,
+        lang: Lang,
+        peer: &MemberView,
+        can_reboot: bool,
+    ) -> Screen {
+        let screen = ui::node_card(lang, peer, can_reboot);
         if !peer.is_alive() {
             return screen;
         }
@@ -543,6 +557,7 @@ impl Handlers {
     pub(super) async fn on_container_press(
         &mut self,
         query: &CallbackQuery,
+        who: &Who,
         lang: Lang,
         press: Press,
         peers: &[MemberView],
@@ -602,6 +617,7 @@ impl Handlers {
             } => {
                 self.on_confirmed_container_action(
                     query,
+                    who,
                     lang,
                     &peer,
                     &cid,
@@ -618,6 +634,7 @@ impl Handlers {
     async fn on_confirmed_container_action(
         &mut self,
         query: &CallbackQuery,
+        who: &Who,
         lang: Lang,
         peer: &MemberView,
         cid: &str,
@@ -627,7 +644,7 @@ impl Handlers {
     ) {
         let (chat, message_id) = (ChatId(binding.chat_id), MessageId(binding.message_id));
         match self
-            .accept_confirmation(query, lang, &confirmation, binding)
+            .accept_confirmation(query, who, lang, &confirmation, binding)
             .await
         {
             Ok(()) => {}
@@ -833,7 +850,8 @@ mod tests {
     #[test]
     fn the_button_goes_above_back() {
         let peer = peer();
-        let screen = with_containers_button(Lang::Ru, ui::node_card(Lang::Ru, &peer), "AbCdEfGh");
+        let screen =
+            with_containers_button(Lang::Ru, ui::node_card(Lang::Ru, &peer, true), "AbCdEfGh");
         let rows = screen.keyboard.unwrap().inline_keyboard;
         let n = rows.len();
         assert_eq!(rows[n - 2][0].text, "🐳 Контейнеры");
