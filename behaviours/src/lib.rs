@@ -31,6 +31,7 @@ mod secret;
 pub mod settings;
 pub mod sim;
 pub mod sync;
+pub mod table;
 
 use std::time::Duration;
 

@@ -22,7 +22,7 @@
 //!   follows the member's last heartbeat, so nothing of that incarnation can revive it; its next
 //!   incarnation's first heartbeat does.
 
-use std::collections::BTreeMap;
+use crate::table::PeerTable;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
@@ -172,7 +172,7 @@ impl Entry {
 #[derive(Debug)]
 pub struct Membership {
     local: PeerId,
-    entries: BTreeMap<PeerId, Entry>,
+    entries: PeerTable<Entry>,
     offline_after: Duration,
     /// Set when this node is stopping: it is no longer a leader candidate.
     standing_down: bool,
@@ -193,7 +193,7 @@ impl Membership {
     pub fn new(local: PeerId, records: Vec<MemberRecord>, offline_after: Duration) -> Self {
         let mut membership = Self {
             local,
-            entries: BTreeMap::new(),
+            entries: PeerTable::new(),
             offline_after,
             standing_down: false,
             leader: local,
@@ -396,11 +396,12 @@ impl Membership {
     }
 
     /// Takes an authenticated heartbeat whose gossipsub signer is `hb.node_id`. `connected`
-    /// says whether this node has a direct connection to the sender right now.
+    /// says whether this node has a direct connection to the sender right now (asked only
+    /// when it matters: the sender's incarnation was seen to die).
     pub fn on_heartbeat(
         &mut self,
         hb: &Heartbeat,
-        connected: bool,
+        connected: impl FnOnce() -> bool,
         now: Instant,
     ) -> Result<Option<Change>, HeartbeatRejection> {
         let Some((id, live)) = self.accept_seq(hb.node_id, hb.seq)? else {
@@ -411,7 +412,7 @@ impl Membership {
         if live.addrs != hb.addrs {
             live.addrs.clone_from(&hb.addrs);
         }
-        if live.evidence_incarnation == Some(hb.incarnation()) && !connected {
+        if live.evidence_incarnation == Some(hb.incarnation()) && !connected() {
             // Relayed late from an incarnation we saw die: not proof of life.
             return Ok(None);
         }
@@ -702,10 +703,10 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(m.status(&b), Some(Status::Offline));
         assert_eq!(
-            m.on_heartbeat(&heartbeat(b, 1, 1), true, t0),
+            m.on_heartbeat(&heartbeat(b, 1, 1), || true, t0),
             Ok(Some(Change::Alive(b)))
         );
-        assert_eq!(m.on_heartbeat(&heartbeat(b, 1, 2), true, t0), Ok(None));
+        assert_eq!(m.on_heartbeat(&heartbeat(b, 1, 2), || true, t0), Ok(None));
         assert!(m.tick(t0 + Duration::from_secs(5)).is_empty());
         assert_eq!(
             m.tick(t0 + OFFLINE_AFTER),
@@ -722,23 +723,23 @@ mod tests {
     fn replays_and_strangers_are_refused() {
         let (mut m, _, b, _) = three();
         let now = Instant::now();
-        m.on_heartbeat(&heartbeat(b, 1, 5), true, now).unwrap();
+        m.on_heartbeat(&heartbeat(b, 1, 5), || true, now).unwrap();
         assert_eq!(
-            m.on_heartbeat(&heartbeat(b, 1, 5), true, now),
+            m.on_heartbeat(&heartbeat(b, 1, 5), || true, now),
             Err(HeartbeatRejection::Replay)
         );
         assert_eq!(
-            m.on_heartbeat(&heartbeat(b, 1, 4), true, now),
+            m.on_heartbeat(&heartbeat(b, 1, 4), || true, now),
             Err(HeartbeatRejection::Replay)
         );
         assert_eq!(
-            m.on_heartbeat(&heartbeat(b, 2, 0), true, now),
+            m.on_heartbeat(&heartbeat(b, 2, 0), || true, now),
             Ok(None),
             "a restart counts up"
         );
         let stranger = PeerId::random();
         assert_eq!(
-            m.on_heartbeat(&heartbeat(stranger, 1, 1), true, now),
+            m.on_heartbeat(&heartbeat(stranger, 1, 1), || true, now),
             Err(HeartbeatRejection::NonMember)
         );
     }
@@ -747,25 +748,25 @@ mod tests {
     fn unreachable_is_offline_until_a_direct_connection_or_a_restart() {
         let (mut m, _, b, _) = three();
         let now = Instant::now();
-        m.on_heartbeat(&heartbeat(b, 3, 1), true, now).unwrap();
+        m.on_heartbeat(&heartbeat(b, 3, 1), || true, now).unwrap();
         assert_eq!(
             m.on_unreachable(&b),
             Some(Change::Offline(b, OfflineReason::Unreachable))
         );
         assert_eq!(m.on_unreachable(&b), None);
         // A late copy of the dead incarnation's heartbeat, relayed by someone else.
-        assert_eq!(m.on_heartbeat(&heartbeat(b, 3, 2), false, now), Ok(None));
+        assert_eq!(m.on_heartbeat(&heartbeat(b, 3, 2), || false, now), Ok(None));
         assert_eq!(m.status(&b), Some(Status::Offline));
         // The restarted process has a new incarnation.
         assert_eq!(
-            m.on_heartbeat(&heartbeat(b, 4, 0), false, now),
+            m.on_heartbeat(&heartbeat(b, 4, 0), || false, now),
             Ok(Some(Change::Alive(b)))
         );
         // Or: the same incarnation, reached directly again (a network blip, not a crash).
         m.on_unreachable(&b);
         m.on_connected(&b);
         assert_eq!(
-            m.on_heartbeat(&heartbeat(b, 4, 1), false, now),
+            m.on_heartbeat(&heartbeat(b, 4, 1), || false, now),
             Ok(Some(Change::Alive(b)))
         );
     }
@@ -774,7 +775,7 @@ mod tests {
     fn goodbye_is_offline_at_once_until_the_next_incarnation() {
         let (mut m, _, b, _) = three();
         let now = Instant::now();
-        m.on_heartbeat(&heartbeat(b, 3, 7), true, now).unwrap();
+        m.on_heartbeat(&heartbeat(b, 3, 7), || true, now).unwrap();
         let goodbye = Goodbye {
             node_id: b,
             seq: (3 << 32) | 8,
@@ -788,13 +789,13 @@ mod tests {
         assert_eq!(m.on_goodbye(&goodbye), Err(HeartbeatRejection::Replay));
         // A heartbeat of the stopping incarnation (sent before the goodbye, relayed late) is old.
         assert_eq!(
-            m.on_heartbeat(&heartbeat(b, 3, 7), true, now),
+            m.on_heartbeat(&heartbeat(b, 3, 7), || true, now),
             Err(HeartbeatRejection::Replay)
         );
         assert_eq!(m.status(&b), Some(Status::Offline));
         // An old goodbye cannot take down the restarted node.
         assert_eq!(
-            m.on_heartbeat(&heartbeat(b, 4, 1), true, now),
+            m.on_heartbeat(&heartbeat(b, 4, 1), || true, now),
             Ok(Some(Change::Alive(b)))
         );
         assert_eq!(m.on_goodbye(&goodbye), Err(HeartbeatRejection::Replay));
@@ -819,8 +820,8 @@ mod tests {
             OFFLINE_AFTER,
         );
         let now = Instant::now();
-        m.on_heartbeat(&heartbeat(b, 1, 1), true, now).unwrap();
-        m.on_heartbeat(&heartbeat(c, 1, 1), true, now).unwrap();
+        m.on_heartbeat(&heartbeat(b, 1, 1), || true, now).unwrap();
+        m.on_heartbeat(&heartbeat(c, 1, 1), || true, now).unwrap();
         assert_eq!(m.leader(), b);
         m.on_goodbye(&Goodbye {
             node_id: b,
@@ -844,7 +845,7 @@ mod tests {
         m.assume_alive(&c, t0);
         assert_eq!(m.leader(), b, "restarted: agrees with the network at once");
         // b's restarted incarnation is heard; c stays silent and goes offline in time.
-        m.on_heartbeat(&heartbeat(b, 2, 1), true, t0 + Duration::from_secs(3))
+        m.on_heartbeat(&heartbeat(b, 2, 1), || true, t0 + Duration::from_secs(3))
             .unwrap();
         assert_eq!(
             m.tick(t0 + OFFLINE_AFTER),
@@ -872,8 +873,8 @@ mod tests {
         let now = Instant::now();
         let mut by_bytes = [a, b, c];
         by_bytes.sort_by_key(|id| id.to_bytes());
-        m.on_heartbeat(&heartbeat(b, 1, 1), true, now).unwrap();
-        m.on_heartbeat(&heartbeat(c, 1, 1), true, now).unwrap();
+        m.on_heartbeat(&heartbeat(b, 1, 1), || true, now).unwrap();
+        m.on_heartbeat(&heartbeat(c, 1, 1), || true, now).unwrap();
         assert_eq!(m.leader(), by_bytes[0]);
         // Kill the leader (if it is not us): the next one takes over.
         if by_bytes[0] != a {

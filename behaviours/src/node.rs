@@ -52,6 +52,7 @@ use crate::gossip::{Goodbye, GossipBody, Heartbeat, MemberRecord, RosterUpdate};
 use crate::join::JoinRefusal;
 use crate::membership::{Change, HeartbeatRejection, Membership, Status};
 use crate::settings::{NetworkSettings, SettingsUpdate};
+use crate::table::PeerTable;
 
 /// Timings and limits of the rules. [`Config::default`] is what a daemon runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -487,7 +488,7 @@ pub struct Node {
     next_sync: Instant,
     last_eager: Option<Instant>,
     eager_at: Option<Instant>,
-    connected: BTreeSet<PeerId>,
+    connected: PeerTable<()>,
     suspects: BTreeSet<PeerId>,
     redials: BTreeMap<PeerId, Redial>,
     /// The same redials ordered by due time, so the next one is found without a scan of the
@@ -570,7 +571,7 @@ impl Node {
             heartbeat_counter: 0,
             last_eager: None,
             eager_at: None,
-            connected: BTreeSet::new(),
+            connected: PeerTable::new(),
             suspects,
             redials: BTreeMap::new(),
             redial_queue: BTreeSet::new(),
@@ -644,7 +645,7 @@ impl Node {
 
     /// Whether a connection to `peer` is up.
     pub fn is_connected(&self, peer: &PeerId) -> bool {
-        self.connected.contains(peer)
+        self.connected.contains_key(peer)
     }
 
     /// How many peers (members or not) this node is connected to.
@@ -828,7 +829,7 @@ impl Node {
         let next_redial = self
             .redial_queue
             .iter()
-            .find(|(_, id)| self.membership.is_member(id) && !self.connected.contains(id))
+            .find(|(_, id)| self.membership.is_member(id) && !self.connected.contains_key(id))
             .map(|(at, _)| *at);
         consider(next_redial);
         if !self.settled {
@@ -840,7 +841,7 @@ impl Node {
     // ---- connections ----
 
     fn on_connected(&mut self, peer: PeerId, now: Instant) {
-        self.connected.insert(peer);
+        self.connected.insert(peer, ());
         self.suspects.remove(&peer);
         self.clear_redial(&peer);
         self.membership.on_connected(&peer);
@@ -864,7 +865,7 @@ impl Node {
     }
 
     fn on_dial_failed(&mut self, peer: PeerId, now: Instant) {
-        if self.connected.contains(&peer) {
+        if self.connected.contains_key(&peer) {
             return;
         }
         if self.suspects.remove(&peer) {
@@ -889,7 +890,7 @@ impl Node {
             self.membership
                 .remote_members()
                 .map(|(id, _)| *id)
-                .filter(|id| !self.connected.contains(id))
+                .filter(|id| !self.connected.contains_key(id))
                 .filter(|id| self.redials.get(id).is_none_or(|r| r.at <= now))
                 .collect()
         } else {
@@ -899,7 +900,7 @@ impl Node {
                 .iter()
                 .take_while(|(at, _)| *at <= now)
                 .map(|(_, id)| *id)
-                .filter(|id| self.membership.is_member(id) && !self.connected.contains(id))
+                .filter(|id| self.membership.is_member(id) && !self.connected.contains_key(id))
                 .collect()
         };
         for peer in due {
@@ -974,7 +975,7 @@ impl Node {
             .collect();
         for peer in due {
             self.strangers.remove(&peer);
-            if !self.membership.is_member(&peer) && self.connected.contains(&peer) {
+            if !self.membership.is_member(&peer) && self.connected.contains_key(&peer) {
                 self.out.push(Output::Disconnect(peer));
             }
         }
@@ -997,7 +998,8 @@ impl Node {
         {
             // The most frequent message: the member check is the heartbeat's own gate (one
             // lookup instead of two).
-            let connected = self.connected.contains(&author);
+            let connected = &self.connected;
+            let connected = || connected.contains_key(&author);
             return match self.membership.on_heartbeat(heartbeat, connected, now) {
                 Ok(change) => {
                     self.apply_changes(change.into_iter().collect(), now);
@@ -1018,10 +1020,10 @@ impl Node {
         }
         match body {
             GossipBody::Heartbeat(heartbeat) => {
-                let connected = self.connected.contains(&author);
+                let connected = &self.connected;
                 let change = self
                     .membership
-                    .on_heartbeat(heartbeat, connected, now)
+                    .on_heartbeat(heartbeat, || connected.contains_key(&author), now)
                     .map_err(refusal_of)?;
                 self.apply_changes(change.into_iter().collect(), now);
             }
@@ -1121,7 +1123,7 @@ impl Node {
             .membership
             .remote_members()
             .map(|(id, _)| *id)
-            .filter(|id| self.connected.contains(id))
+            .filter(|id| self.connected.contains_key(id))
             .collect();
         if candidates.is_empty() {
             return;
