@@ -39,6 +39,13 @@
 //! - **Joins**: a token is single-use because the core handles one input at a time; an
 //!   admission is answered only after it is durably written ([`Output::Persist`] with an
 //!   [`Ack`]) and undone if the write fails.
+//! - **Leave**: once the departure is durable the tombstone is published and pushed to every
+//!   connected member with [`Output::Sync`] (unconnected members are dialled and get it when
+//!   they connect); an [`Input::SyncAnswer`] that carries the tombstone back is an
+//!   acknowledgement. [`Output::LeaveDone`] answers at the first acknowledgement or after
+//!   [`Config::leave_ack_timeout`], saying which ([`LeaveOutcome`]). A member keeps a departed
+//!   node's connection for [`Config::stranger_grace`] and answers its push with the tombstone
+//!   alone, so the acknowledgement reaches it even when the gossiped tombstone came first.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -81,6 +88,9 @@ pub struct Config {
     pub max_strangers: usize,
     /// A started node hosts the leader services after every member answered, or this long.
     pub settle: Duration,
+    /// How long `leave` waits for a member to acknowledge the tombstone before it reports
+    /// that none did.
+    pub leave_ack_timeout: Duration,
     /// Used and expired invites are forgotten after this many seconds.
     pub invite_retention_secs: u64,
     /// Least time between two roster pulls from the same unknown sender.
@@ -124,6 +134,7 @@ impl Config {
             stranger_grace: Duration::from_millis(500),
             max_strangers: 256,
             settle: Duration::from_secs(4),
+            leave_ack_timeout: Duration::from_secs(3),
             invite_retention_secs: 7 * 24 * 3600,
             pull_gap: Duration::from_secs(2),
             scale_with_size: true,
@@ -442,8 +453,8 @@ pub enum Output {
         /// Recorded durably, or why not.
         result: Result<(), String>,
     },
-    /// The answer to [`Input::Leave`].
-    LeaveDone(Result<(), String>),
+    /// The answer to [`Input::Leave`]: recorded (and how it was heard), or why not.
+    LeaveDone(Result<LeaveOutcome, String>),
     /// The drain after a leave or stop is over: stop the node.
     Exit,
     /// Call [`Node::handle`] with [`Input::Timer`] at this instant (always the last output).
@@ -463,6 +474,19 @@ struct PendingAdmission {
     previous_record: Option<MemberRecord>,
     invites_before: Vec<Invite>,
     admission: Admission,
+}
+
+/// How a recorded leave was heard by the rest of the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveOutcome {
+    /// This member (its name) acknowledged the tombstone; it spreads it to the others.
+    Confirmed(String),
+    /// No member acknowledged within [`Config::leave_ack_timeout`]: the others list this node
+    /// as offline until one of them removes it.
+    Unconfirmed,
+    /// This node had no other member: nobody to tell.
+    Alone,
 }
 
 /// Why the node is draining before it exits.
@@ -499,6 +523,8 @@ pub struct Node {
     /// Members this node saw go offline: only their return is news for the owner.
     reported_offline: BTreeSet<PeerId>,
     settled: bool,
+    /// A durable leave waits for an acknowledgement of its tombstone until this instant.
+    leave_ack_deadline: Option<Instant>,
     exit: Option<(Exit, Option<Instant>)>,
     /// A graceful stop sends its goodbye at this instant (after the handover gap).
     goodbye_at: Option<Instant>,
@@ -572,6 +598,7 @@ impl Node {
             pending_invites: BTreeMap::new(),
             reported_offline: BTreeSet::new(),
             settled: false,
+            leave_ack_deadline: None,
             exit: None,
             goodbye_at: None,
             leadership,
@@ -719,7 +746,9 @@ impl Node {
             }
             Input::GossipRefused(refusal) => self.rejections.count(refusal),
             Input::SyncRequest { from, message } => {
-                if self.membership.is_member(&from) {
+                if self.answer_departed(from) {
+                    // Acknowledged with its tombstone alone (see `answer_departed`).
+                } else if self.membership.is_member(&from) {
                     self.merge_sync(message, now);
                     let reply = self.sync_message();
                     self.out.push(Output::SyncReply {
@@ -729,6 +758,7 @@ impl Node {
                 }
             }
             Input::SyncAnswer { from, message } => {
+                self.note_leave_acknowledgement(from, message, now);
                 if self.membership.is_member(&from) {
                     self.merge_sync(message, now);
                 }
@@ -784,6 +814,7 @@ impl Node {
         let changes = self.membership.tick(now);
         self.apply_changes(changes, now);
         self.drop_strangers(now);
+        self.end_unacknowledged_leave(now);
         if self.goodbye_at.is_some_and(|at| now >= at) {
             self.goodbye_at = None;
             self.heartbeat_counter = self.heartbeat_counter.wrapping_add(1);
@@ -828,6 +859,7 @@ impl Node {
         consider(self.strangers.values().min().copied());
         consider(self.exit.and_then(|(_, at)| at));
         consider(self.goodbye_at);
+        consider(self.leave_ack_deadline);
         let next_redial = self
             .membership
             .remote_members()
@@ -848,6 +880,7 @@ impl Node {
         self.suspects.remove(&peer);
         self.redials.remove(&peer);
         self.membership.on_connected(&peer);
+        self.push_tombstone(peer);
         if !self.membership.is_member(&peer) {
             // A joiner needs the connection for its Join; any other stranger gets nothing.
             self.expire_stranger(peer, now + self.config.stranger_idle);
@@ -1140,7 +1173,9 @@ impl Node {
                     self.suspects.remove(id);
                     self.redials.remove(id);
                     self.reported_offline.remove(id);
-                    self.out.push(Output::Disconnect(*id));
+                    // Not at once: a departed node may still be waiting for the answer to the
+                    // push of its tombstone (see `answer_departed`).
+                    self.expire_stranger(*id, now + self.config.stranger_grace);
                     events.push(NetworkEvent::Left(self.name_of(id)));
                 }
                 Change::Alive(id) => {
@@ -1333,16 +1368,7 @@ impl Node {
                 self.apply_changes(vec![Change::Joined(peer)], now);
                 self.publish_roster();
             }
-            Ack::Leave => {
-                self.out.push(Output::LeaveDone(Ok(())));
-                self.exit = Some((Exit::Leave, Some(now + self.config.drain)));
-                let tombstone = self.membership.any_record(&self.local.id).cloned();
-                self.out
-                    .push(Output::Publish(GossipBody::Roster(RosterUpdate {
-                        from: self.local.id,
-                        records: tombstone.into_iter().collect(),
-                    })));
-            }
+            Ack::Leave => self.spread_tombstone(now),
         }
     }
 
@@ -1398,6 +1424,95 @@ impl Node {
         self.invites.clear();
         // The tombstone goes out once the departure is on disk (see `on_persisted`).
         self.persist(Some(Ack::Leave));
+    }
+
+    /// The departure is durable: publish the tombstone, push it to every connected member and
+    /// dial the others, and wait for an acknowledgement (or none, alone).
+    fn spread_tombstone(&mut self, now: Instant) {
+        let tombstone = self.membership.any_record(&self.local.id).cloned();
+        self.out
+            .push(Output::Publish(GossipBody::Roster(RosterUpdate {
+                from: self.local.id,
+                records: tombstone.into_iter().collect(),
+            })));
+        let members: Vec<PeerId> = self
+            .membership
+            .remote_members()
+            .map(|(id, _)| *id)
+            .collect();
+        if members.is_empty() {
+            self.finish_leave(LeaveOutcome::Alone, now);
+            return;
+        }
+        // No heartbeats, dials or syncs of the ordinary rules from here on.
+        self.exit = Some((Exit::Leave, None));
+        self.leave_ack_deadline = Some(now + self.config.leave_ack_timeout);
+        for peer in members {
+            if self.connected.contains(&peer) {
+                self.push_tombstone(peer);
+            } else {
+                let addrs = self.addresses_of(&peer);
+                self.out.push(Output::Dial { peer, addrs });
+            }
+        }
+    }
+
+    /// While a leave waits for its acknowledgement: send a member our list, our tombstone in
+    /// it.
+    fn push_tombstone(&mut self, peer: PeerId) {
+        if self.leave_ack_deadline.is_none() || !self.membership.is_member(&peer) {
+            return;
+        }
+        let message = self.sync_message();
+        self.out.push(Output::Sync { to: peer, message });
+    }
+
+    /// An answer that carries our tombstone back acknowledges the leave.
+    fn note_leave_acknowledgement(&mut self, from: PeerId, message: &SyncMessage, now: Instant) {
+        if self.leave_ack_deadline.is_none() {
+            return;
+        }
+        let acknowledged = message
+            .records
+            .iter()
+            .any(|r| r.node_id == self.local.id && r.left);
+        if acknowledged && self.membership.is_member(&from) {
+            self.finish_leave(LeaveOutcome::Confirmed(self.name_of(&from)), now);
+        }
+    }
+
+    fn end_unacknowledged_leave(&mut self, now: Instant) {
+        if self.leave_ack_deadline.is_some_and(|at| now >= at) {
+            self.finish_leave(LeaveOutcome::Unconfirmed, now);
+        }
+    }
+
+    /// Answers the leave and exits after the drain, so the last messages go out.
+    fn finish_leave(&mut self, outcome: LeaveOutcome, now: Instant) {
+        self.leave_ack_deadline = None;
+        self.out.push(Output::LeaveDone(Ok(outcome)));
+        self.exit = Some((Exit::Leave, Some(now + self.config.drain)));
+    }
+
+    /// A node whose tombstone we hold pushed its list: answer with that tombstone alone, which
+    /// is its acknowledgement (it learns nothing else). Returns whether `from` had left.
+    fn answer_departed(&mut self, from: PeerId) -> bool {
+        let Some(tombstone) = self
+            .membership
+            .any_record(&from)
+            .filter(|r| r.left)
+            .cloned()
+        else {
+            return false;
+        };
+        self.out.push(Output::SyncReply {
+            to: from,
+            message: SyncMessage {
+                records: vec![tombstone],
+                settings: NetworkSettings::default(),
+            },
+        });
+        true
     }
 
     /// Stands down at once (the bot stops, without announcing a handover: the next leader
@@ -2003,13 +2118,151 @@ mod tests {
                 .any(|o| matches!(o, Output::Persist(s, Some(Ack::Leave)) if s.left))
         );
         let out = f.handle(1.1, Input::Persisted(Ack::Leave));
-        assert!(out.contains(&Output::LeaveDone(Ok(()))));
         let [GossipBody::Roster(roster)] = publishes(&out)[..] else {
             panic!("no tombstone: {out:?}");
         };
         assert!(roster.records[0].left && roster.records[0].node_id == f.a);
-        let out = f.handle(2.1, Input::Timer);
+        let out = f.handle(4.1, Input::Timer);
+        assert!(out.contains(&Output::LeaveDone(Ok(LeaveOutcome::Unconfirmed))));
+        let out = f.handle(5.1, Input::Timer);
         assert!(out.contains(&Output::Exit));
+    }
+
+    /// The members a leaving node pushes its list to, and the list it pushes.
+    fn pushes(outputs: &[Output]) -> Vec<(PeerId, SyncMessage)> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Sync { to, message } => Some((*to, message.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn leave_waits_for_a_member_to_acknowledge_the_tombstone() {
+        let mut f = Fixture::new(10, &[]);
+        f.join_b_and_c(0.0);
+        f.handle(0.5, Input::Disconnected(f.c));
+        f.handle(1.0, Input::Leave);
+        let out = f.handle(1.1, Input::Persisted(Ack::Leave));
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::LeaveDone(_))),
+            "not answered before an acknowledgement or the bound: {out:?}"
+        );
+        // Pushed to the connected member, tombstone included; the other one is dialled.
+        let pushed = pushes(&out);
+        assert_eq!(pushed.len(), 1, "{out:?}");
+        assert_eq!(pushed[0].0, f.b);
+        assert!(
+            pushed[0]
+                .1
+                .records
+                .iter()
+                .any(|r| r.node_id == f.a && r.left)
+        );
+        assert_eq!(dials(&out), vec![f.c]);
+        // c connects while the leave waits: it gets the push too.
+        let out = f.handle(1.2, Input::Connected(f.c));
+        assert_eq!(pushes(&out).len(), 1);
+        // No heartbeats while waiting.
+        let out = f.handle(3.0, Input::Timer);
+        assert!(publishes(&out).is_empty(), "{out:?}");
+        // An answer without our tombstone (an older exchange) acknowledges nothing.
+        let stale = SyncMessage {
+            records: vec![record(f.a, "a", 10)],
+            settings: NetworkSettings::default(),
+        };
+        let out = f.handle(
+            3.1,
+            Input::SyncAnswer {
+                from: f.b,
+                message: &stale,
+            },
+        );
+        assert!(!out.iter().any(|o| matches!(o, Output::LeaveDone(_))));
+        let acknowledged = pushed[0].1.clone();
+        let out = f.handle(
+            3.2,
+            Input::SyncAnswer {
+                from: f.b,
+                message: &acknowledged,
+            },
+        );
+        assert!(out.contains(&Output::LeaveDone(Ok(LeaveOutcome::Confirmed("b".into())))));
+        // Answered once, and the bound no longer matters; exit after the drain.
+        let out = f.handle(4.1, Input::Timer);
+        assert!(!out.iter().any(|o| matches!(o, Output::LeaveDone(_))));
+        let out = f.handle(4.3, Input::Timer);
+        assert!(out.contains(&Output::Exit));
+    }
+
+    #[test]
+    fn a_node_alone_leaves_at_once() {
+        let t0 = Instant::now();
+        let a = PeerId::random();
+        let mut node = Node::new(
+            Config::default(),
+            LocalNode {
+                id: a,
+                name: "a".into(),
+                priority: 10,
+                incarnation: 1,
+                addrs: vec![],
+            },
+            Restored {
+                records: vec![record(a, "a", 10)],
+                ..Restored::default()
+            },
+            t0,
+            1,
+        );
+        let _ = node.handle(t0, Input::Leave).count();
+        let out: Vec<Output> = node.handle(t0, Input::Persisted(Ack::Leave)).collect();
+        assert!(out.contains(&Output::LeaveDone(Ok(LeaveOutcome::Alone))));
+    }
+
+    #[test]
+    fn a_member_acknowledges_a_departed_nodes_push_before_closing_its_connection() {
+        let mut f = Fixture::new(10, &[]);
+        f.join_b_and_c(0.0);
+        let mut tombstone = record(f.b, "b", 20);
+        tombstone.version = 2;
+        tombstone.left = true;
+        // The gossiped tombstone comes first: the connection is not closed at once.
+        let roster = GossipBody::Roster(RosterUpdate {
+            from: f.b,
+            records: vec![tombstone.clone()],
+        });
+        let out = f.handle(
+            1.0,
+            Input::Gossip {
+                signer: Some(f.b),
+                body: &roster,
+            },
+        );
+        assert!(!f.node.membership().is_member(&f.b));
+        assert!(!out.contains(&Output::Disconnect(f.b)), "{out:?}");
+        // Its push is answered with its tombstone alone: the acknowledgement.
+        let push = SyncMessage {
+            records: vec![tombstone.clone(), record(f.a, "a", 10)],
+            settings: NetworkSettings::default(),
+        };
+        let out = f.handle(
+            1.1,
+            Input::SyncRequest {
+                from: f.b,
+                message: &push,
+            },
+        );
+        let reply = out.iter().find_map(|o| match o {
+            Output::SyncReply { to, message } if *to == f.b => Some(message.clone()),
+            _ => None,
+        });
+        assert_eq!(reply.map(|m| m.records), Some(vec![tombstone]));
+        // Then closed after the grace.
+        let out = f.handle(1.6, Input::Timer);
+        assert!(out.contains(&Output::Disconnect(f.b)), "{out:?}");
     }
 
     #[test]

@@ -10,7 +10,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use constella_behaviours::gossip::{self, GossipBody, GossipError};
 use constella_behaviours::membership::Change;
-use constella_behaviours::node::{Ack, Config, Input, Node, Output, Refusal, Snapshot};
+use constella_behaviours::node::{
+    Ack, Config, Input, LeaveOutcome, Node, Output, Refusal, Snapshot,
+};
 use constella_behaviours::sync::{SyncMessage, SyncResponse};
 use constella_behaviours::{Behaviour, BehaviourEvent, NetworkSecret, gossip_topic, kad_protocol};
 use futures::StreamExt;
@@ -63,7 +65,7 @@ pub(super) struct EventLoop {
         ),
     >,
     next_request: u64,
-    leave: Option<oneshot::Sender<Result<(), ClientError>>>,
+    leave: Option<oneshot::Sender<Result<LeaveOutcome, ClientError>>>,
 }
 
 impl EventLoop {
@@ -265,8 +267,17 @@ impl EventLoop {
                 }
             }
             Output::LeaveDone(result) => {
-                if result.is_ok() {
-                    info!(network = %self.state.network_id, "left the network; the network secret was deleted");
+                match &result {
+                    Ok(LeaveOutcome::Confirmed(member)) => {
+                        info!(network = %self.state.network_id, %member, "left the network (acknowledged); the network secret was deleted");
+                    }
+                    Ok(LeaveOutcome::Unconfirmed) => {
+                        tracing::warn!(network = %self.state.network_id, "left the network, but no member acknowledged it; the network secret was deleted");
+                    }
+                    Ok(LeaveOutcome::Alone) => {
+                        info!(network = %self.state.network_id, "left the network (no other member); the network secret was deleted");
+                    }
+                    Err(_) => {}
                 }
                 if let Some(reply) = self.leave.take() {
                     let _ = reply.send(result.map_err(ClientError::Storage));
