@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{Cluster, wait_for};
 
 #[test]
 fn a_healthy_network_refuses_no_gossip() {
@@ -93,4 +93,73 @@ fn a_leave_no_member_hears_is_recorded_and_says_so_on_stderr() {
     let state = cluster.node("bravo").state_json().expect("state");
     assert_eq!(state["left"], true, "the leave is recorded: {state}");
     assert!(state.get("network_secret").is_none());
+}
+
+/// Whether `node` lists a member called `name`.
+fn lists(node: &common::Node, name: &str) -> bool {
+    node.peers()
+        .expect("peers answers")
+        .iter()
+        .any(|p| p.name == name)
+}
+
+#[test]
+fn a_joiner_killed_before_it_writes_leaves_no_member_and_its_token_works_again() {
+    let cluster = Cluster::start(&["alpha", "bravo"], &[10, 20], None);
+    let root = cluster.root.path().to_owned();
+    cluster.or_logs(|| {
+        common::agreed_leader(
+            &cluster.nodes.iter().collect::<Vec<_>>(),
+            &["alpha", "bravo"],
+            Duration::from_secs(20),
+        );
+        let alpha = cluster.node("alpha");
+        let bravo = cluster.node("bravo");
+        let link = alpha.invite("5m");
+        let charlie = common::Node::new(&root, "charlie");
+        // Killed after the seed's answer, before anything is written.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_constella"))
+            .arg("--state-dir")
+            .arg(&charlie.dir)
+            .args(charlie.join_args(&link, 30))
+            .env("RUST_LOG", "warn")
+            .env("CONSTELLA_TEST_JOIN_ABORT_BEFORE_WRITE", "1")
+            .output()
+            .expect("run constella join");
+        assert!(!out.status.success(), "the joiner was to abort");
+        assert!(
+            !charlie.dir.join("network_state.json").exists(),
+            "nothing was written"
+        );
+        // The seed answered, so it admitted charlie; without a confirmation it is held back
+        // (never told to bravo) and undone within ~15 s.
+        let started = Instant::now();
+        wait_for(Duration::from_secs(25), "alpha to drop charlie", || {
+            assert!(
+                !lists(bravo, "charlie"),
+                "bravo heard of the unconfirmed charlie"
+            );
+            (!lists(alpha, "charlie")).then_some(())
+        });
+        let undone_after = started.elapsed();
+        assert!(
+            alpha.log_text().contains("admission undone"),
+            "{}",
+            alpha.log_text()
+        );
+        eprintln!("admission undone {undone_after:?} after the joiner died");
+        // The same link is usable again, for the same name.
+        charlie.join(&link, 30);
+        let state = charlie.state_json().expect("charlie's state");
+        assert_eq!(state["node"]["name"], "charlie");
+        wait_for(Duration::from_secs(10), "bravo to hear of charlie", || {
+            lists(bravo, "charlie").then_some(())
+        });
+        // Confirmed: it stays past the bound.
+        let confirmed = Instant::now();
+        while confirmed.elapsed() < Duration::from_secs(17) {
+            assert!(lists(alpha, "charlie") && lists(bravo, "charlie"));
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
 }

@@ -609,9 +609,6 @@ impl Membership {
     }
 }
 
-/// The merge order: the higher version wins; at equal versions a tombstone wins, then the
-/// larger (name, addr, priority), so every node converges on the same record whatever the order
-/// in which updates arrive.
 /// How many heartbeats behind the newest one a message from the same run of its author may
 /// arrive and still be a late delivery rather than a replay.
 ///
@@ -633,6 +630,9 @@ fn is_late_delivery(seq: u64, newest: u64) -> bool {
     same_run && seq < newest && newest - seq <= LATE_DELIVERY_WINDOW
 }
 
+/// The merge order: the higher version wins; at equal versions a tombstone wins, then the
+/// larger (name, addr, priority), so every node converges on the same record whatever the order
+/// in which updates arrive.
 fn supersedes(incoming: &MemberRecord, current: &MemberRecord) -> bool {
     fn rank(r: &MemberRecord) -> (u64, bool, &str, &str, u32) {
         (r.version, r.left, &r.name, &r.addr, r.priority)

@@ -39,6 +39,12 @@
 //! - **Joins**: a token is single-use because the core handles one input at a time; an
 //!   admission is answered only after it is durably written ([`Output::Persist`] with an
 //!   [`Ack`]) and undone if the write fails.
+//! - **Join confirmation**: a joiner that says it will confirm ([`Input::JoinRequest`]'s
+//!   `confirms`) is answered as above, but its record is held back — never published, synced
+//!   or handed to another joiner, no owner notice — until it confirms ([`Input::JoinConfirm`],
+//!   sent once its state is written) or a valid gossip message of its own shows it runs. With
+//!   neither within [`Config::join_confirm_timeout`] the admission is undone: the record
+//!   removed (it was never published, so no tombstone is needed) and the token usable again.
 //! - **Leave**: once the departure is durable the tombstone is published and pushed to every
 //!   connected member with [`Output::Sync`] (unconnected members are dialled and get it when
 //!   they connect); an [`Input::SyncAnswer`] that carries the tombstone back is an
@@ -88,6 +94,9 @@ pub struct Config {
     pub max_strangers: usize,
     /// A started node hosts the leader services after every member answered, or this long.
     pub settle: Duration,
+    /// How long an admitted joiner that said it will confirm has to do so before its
+    /// admission is undone.
+    pub join_confirm_timeout: Duration,
     /// How long `leave` waits for a member to acknowledge the tombstone before it reports
     /// that none did.
     pub leave_ack_timeout: Duration,
@@ -135,6 +144,7 @@ impl Config {
             max_strangers: 256,
             settle: Duration::from_secs(4),
             leave_ack_timeout: Duration::from_secs(3),
+            join_confirm_timeout: Duration::from_secs(15),
             invite_retention_secs: 7 * 24 * 3600,
             pull_gap: Duration::from_secs(2),
             scale_with_size: true,
@@ -360,7 +370,13 @@ pub enum Input<'a> {
         priority: u32,
         /// Unix seconds now (token expiry).
         unix_now: u64,
+        /// The joiner will confirm once its state is written ([`Input::JoinConfirm`]); older
+        /// joiners do not, and are admitted for good at once.
+        confirms: bool,
     },
+    /// An admitted joiner wrote its state: its admission stands. Answered with
+    /// [`Output::JoinAnswer`] (the admission again, or [`JoinRefusal::AdmissionUndone`]).
+    JoinConfirm(PeerId),
     /// Record an invite with this token hash; answered by [`Output::InviteRecorded`].
     IssueInvite {
         /// Matches the answer to the request.
@@ -446,6 +462,13 @@ pub enum Output {
         /// Admitted, or why not.
         answer: Result<Admission, JoinRefusal>,
     },
+    /// An admission was undone: the joiner never confirmed (logged by the daemon).
+    AdmissionUndone {
+        /// The joiner.
+        peer: PeerId,
+        /// The name it had asked for.
+        name: String,
+    },
     /// The answer to [`Input::IssueInvite`].
     InviteRecorded {
         /// The request it answers.
@@ -473,6 +496,19 @@ struct Redial {
 struct PendingAdmission {
     previous_record: Option<MemberRecord>,
     invites_before: Vec<Invite>,
+    admission: Admission,
+    /// It will confirm: hold its record back until it does.
+    confirms: bool,
+    /// The hash of the token it used, to make it usable again if the admission is undone.
+    token_sha256: String,
+}
+
+/// A joiner answered and admitted, whose confirmation is awaited.
+#[derive(Debug, Clone)]
+struct Unconfirmed {
+    deadline: Instant,
+    previous_record: Option<MemberRecord>,
+    token_sha256: String,
     admission: Admission,
 }
 
@@ -518,6 +554,8 @@ pub struct Node {
     /// Unknown senders we pulled the roster from, and when.
     pulls: BTreeMap<PeerId, Instant>,
     pending_admissions: BTreeMap<PeerId, PendingAdmission>,
+    /// Joiners answered but not yet confirmed: their records are held back.
+    unconfirmed: BTreeMap<PeerId, Unconfirmed>,
     /// Invites being written, by request: removed again if the write fails.
     pending_invites: BTreeMap<u64, String>,
     /// Members this node saw go offline: only their return is news for the owner.
@@ -595,6 +633,7 @@ impl Node {
             strangers: BTreeMap::new(),
             pulls: BTreeMap::new(),
             pending_admissions: BTreeMap::new(),
+            unconfirmed: BTreeMap::new(),
             pending_invites: BTreeMap::new(),
             reported_offline: BTreeSet::new(),
             settled: false,
@@ -770,15 +809,18 @@ impl Node {
                 addr,
                 priority,
                 unix_now,
+                confirms,
             } => {
                 let request = JoinAsk {
                     token,
                     name,
                     addr,
                     priority,
+                    confirms,
                 };
                 self.on_join_request(peer, &request, unix_now)
             }
+            Input::JoinConfirm(peer) => self.on_join_confirm(peer, now),
             Input::IssueInvite {
                 request,
                 token_sha256,
@@ -815,6 +857,7 @@ impl Node {
         self.apply_changes(changes, now);
         self.drop_strangers(now);
         self.end_unacknowledged_leave(now);
+        self.undo_unconfirmed(now);
         if self.goodbye_at.is_some_and(|at| now >= at) {
             self.goodbye_at = None;
             self.heartbeat_counter = self.heartbeat_counter.wrapping_add(1);
@@ -860,6 +903,7 @@ impl Node {
         consider(self.exit.and_then(|(_, at)| at));
         consider(self.goodbye_at);
         consider(self.leave_ack_deadline);
+        consider(self.unconfirmed.values().map(|u| u.deadline).min());
         let next_redial = self
             .membership
             .remote_members()
@@ -1005,6 +1049,7 @@ impl Node {
         if signer != Some(author) {
             return Err(Refusal::WrongSigner);
         }
+        self.confirm_by_evidence(author, now);
         if !self.membership.is_member(&author) {
             // It holds the network secret (the MAC verified) but is not in our list: most
             // likely a join we missed. Ask it for its roster.
@@ -1100,13 +1145,13 @@ impl Node {
         self.out
             .push(Output::Publish(GossipBody::Roster(RosterUpdate {
                 from: self.local.id,
-                records: self.membership.records(),
+                records: self.published_records(),
             })));
     }
 
     fn sync_message(&self) -> SyncMessage {
         SyncMessage {
-            records: self.membership.records(),
+            records: self.published_records(),
             settings: self.settings.clone(),
         }
     }
@@ -1251,6 +1296,10 @@ impl Node {
     // ---- joins (seed side) and invites ----
 
     fn on_join_request(&mut self, peer: PeerId, request: &JoinAsk<'_>, unix_now: u64) {
+        // An unconfirmed joiner asking again lost what it was sent: start over.
+        if self.undo_admission(peer) {
+            self.persist(None);
+        }
         match self.admit(peer, request, unix_now) {
             Ok(()) => self.persist(Some(Ack::Admission(peer))),
             Err(refusal) => self.out.push(Output::JoinAnswer {
@@ -1318,7 +1367,7 @@ impl Node {
         );
         let admission = Admission {
             record,
-            members: self.membership.records(),
+            members: self.published_records(),
             settings: self.settings.clone(),
         };
         self.pending_admissions.insert(
@@ -1327,6 +1376,8 @@ impl Node {
                 previous_record,
                 invites_before,
                 admission,
+                confirms: request.confirms,
+                token_sha256: hash,
             },
         );
         Ok(())
@@ -1363,10 +1414,14 @@ impl Node {
                 };
                 self.out.push(Output::JoinAnswer {
                     peer,
-                    answer: Ok(pending.admission),
+                    answer: Ok(pending.admission.clone()),
                 });
-                self.apply_changes(vec![Change::Joined(peer)], now);
-                self.publish_roster();
+                if pending.confirms {
+                    self.await_confirmation(peer, pending, now);
+                } else {
+                    self.apply_changes(vec![Change::Joined(peer)], now);
+                    self.publish_roster();
+                }
             }
             Ack::Leave => self.spread_tombstone(now),
         }
@@ -1403,6 +1458,112 @@ impl Node {
                 ))));
             }
         }
+    }
+
+    // ---- join confirmation (seed side) ----
+
+    /// Every record that may leave this node: all but those of joiners not yet confirmed.
+    fn published_records(&self) -> Vec<MemberRecord> {
+        let mut records = self.membership.records();
+        if !self.unconfirmed.is_empty() {
+            records.retain(|r| !self.unconfirmed.contains_key(&r.node_id));
+        }
+        records
+    }
+
+    fn await_confirmation(&mut self, peer: PeerId, pending: PendingAdmission, now: Instant) {
+        self.unconfirmed.insert(
+            peer,
+            Unconfirmed {
+                deadline: now + self.config.join_confirm_timeout,
+                previous_record: pending.previous_record,
+                token_sha256: pending.token_sha256,
+                admission: pending.admission,
+            },
+        );
+    }
+
+    /// The admission stands: the member is announced as any join is.
+    fn confirm(&mut self, peer: PeerId, now: Instant) -> Option<Admission> {
+        let unconfirmed = self.unconfirmed.remove(&peer)?;
+        self.apply_changes(vec![Change::Joined(peer)], now);
+        self.publish_roster();
+        Some(unconfirmed.admission)
+    }
+
+    fn on_join_confirm(&mut self, peer: PeerId, now: Instant) {
+        let answer = match self.confirm(peer, now) {
+            Some(admission) => Ok(admission),
+            // Confirmed already (a repeated confirmation, or its gossip came first).
+            None if self.membership.is_member(&peer) => {
+                match self.membership.record(&peer).cloned() {
+                    Some(record) => Ok(Admission {
+                        record,
+                        members: self.published_records(),
+                        settings: self.settings.clone(),
+                    }),
+                    None => Err(JoinRefusal::AdmissionUndone),
+                }
+            }
+            None => Err(JoinRefusal::AdmissionUndone),
+        };
+        self.out.push(Output::JoinAnswer { peer, answer });
+    }
+
+    /// A valid gossip message from an unconfirmed joiner: it wrote its state and runs (a joiner
+    /// that died before it could confirm, restarted in time).
+    fn confirm_by_evidence(&mut self, author: PeerId, now: Instant) {
+        if self.unconfirmed.contains_key(&author) {
+            self.confirm(author, now);
+        }
+    }
+
+    /// Undoes the admissions whose confirmation did not come in time: the record goes (it was
+    /// never published), the token can be used again, and the joiner is a stranger again.
+    fn undo_unconfirmed(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .unconfirmed
+            .iter()
+            .filter(|(_, u)| u.deadline <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        for peer in due {
+            self.undo_admission(peer);
+            if self.connected.contains(&peer) {
+                self.expire_stranger(peer, now + self.config.stranger_grace);
+            }
+        }
+        self.persist(None);
+    }
+
+    /// Removes an unconfirmed joiner's record and makes its token usable again. Returns
+    /// whether there was one.
+    fn undo_admission(&mut self, peer: PeerId) -> bool {
+        let Some(undone) = self.unconfirmed.remove(&peer) else {
+            return false;
+        };
+        {
+            self.membership.unadmit(undone.previous_record, &peer);
+            if let Some(invite) = self
+                .invites
+                .iter_mut()
+                .find(|i| i.token_sha256 == undone.token_sha256)
+            {
+                invite.used_at = None;
+                invite.used_by = None;
+            }
+            self.redials.remove(&peer);
+            self.suspects.remove(&peer);
+            self.out.push(Output::AdmissionUndone {
+                peer,
+                name: undone.admission.record.name,
+            });
+        }
+        self.resize();
+        true
     }
 
     // ---- leave and stop ----
@@ -1541,6 +1702,7 @@ struct JoinAsk<'a> {
     name: &'a str,
     addr: &'a str,
     priority: u32,
+    confirms: bool,
 }
 
 fn refusal_of(rejection: HeartbeatRejection) -> Refusal {
@@ -1974,6 +2136,17 @@ mod tests {
     }
 
     fn join(f: &mut Fixture, secs: f64, peer: PeerId, token: &str, name: &str) -> Vec<Output> {
+        join_as(f, secs, peer, token, name, false)
+    }
+
+    fn join_as(
+        f: &mut Fixture,
+        secs: f64,
+        peer: PeerId,
+        token: &str,
+        name: &str,
+        confirms: bool,
+    ) -> Vec<Output> {
         f.handle(
             secs,
             Input::JoinRequest {
@@ -1983,8 +2156,155 @@ mod tests {
                 addr: "127.0.0.1:4800",
                 priority: 100,
                 unix_now: 1_000,
+                confirms,
             },
         )
+    }
+
+    /// A fixture with `b` and `c` alive and an invite for `token` recorded.
+    fn with_invite(token: &str) -> Fixture {
+        let mut f = Fixture::new(10, &[]);
+        f.join_b_and_c(0.0);
+        record_invite(&mut f, 1, token);
+        f
+    }
+
+    /// Issues an invite for `token` (valid from 900 to 1500 unix seconds) and makes it durable.
+    fn record_invite(f: &mut Fixture, request: u64, token: &str) {
+        let hash = crate::join::token_hash(token);
+        f.handle(
+            0.0,
+            Input::IssueInvite {
+                request,
+                token_sha256: &hash,
+                unix_now: 900,
+                ttl_secs: 600,
+            },
+        );
+        f.handle(0.0, Input::Persisted(Ack::Invite(request)));
+    }
+
+    /// Whether any output would tell another node about `peer`.
+    fn reveals(outputs: &[Output], peer: PeerId) -> bool {
+        outputs.iter().any(|o| match o {
+            Output::Publish(GossipBody::Roster(roster)) => {
+                roster.records.iter().any(|r| r.node_id == peer)
+            }
+            Output::Sync { message, .. } | Output::SyncReply { message, .. } => {
+                message.records.iter().any(|r| r.node_id == peer)
+            }
+            Output::Notice(NetworkEvent::Joined(_)) => true,
+            Output::Membership(Change::Joined(id)) => *id == peer,
+            _ => false,
+        })
+    }
+
+    #[test]
+    fn an_unconfirmed_admission_is_held_back_and_undone_after_the_bound() {
+        let mut f = with_invite("tok");
+        let d = PeerId::random();
+        join_as(&mut f, 1.0, d, "tok", "d", true);
+        let out = f.handle(1.1, Input::Persisted(Ack::Admission(d)));
+        assert!(matches!(answer(&out), Some(Ok(_))), "answered: {out:?}");
+        assert!(!reveals(&out, d), "held back: {out:?}");
+        // Nothing tells anyone about d while it is unconfirmed: a subscriber's sync, the
+        // periodic one, another joiner's member list.
+        let mut outputs = f.handle(2.0, Input::Subscribed(f.b));
+        outputs.extend(f.handle(31.0 - 15.0, Input::Timer));
+        assert!(!reveals(&outputs, d), "{outputs:?}");
+        record_invite(&mut f, 2, "tok2");
+        let e = PeerId::random();
+        // Its name is taken meanwhile.
+        let out = join_as(&mut f, 3.0, e, "tok2", "d", true);
+        assert_eq!(answer(&out), Some(&Err(JoinRefusal::NameTaken("d".into()))));
+        join_as(&mut f, 3.0, e, "tok2", "e", true);
+        let out = f.handle(3.1, Input::Persisted(Ack::Admission(e)));
+        let Some(Ok(admission)) = answer(&out) else {
+            panic!("e not admitted: {out:?}");
+        };
+        assert!(admission.members.iter().all(|r| r.node_id != d));
+        // No confirmation within 15 s: undone, the token usable again.
+        let out = f.handle(16.2, Input::Timer);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::AdmissionUndone { peer, .. } if *peer == d)),
+            "{out:?}"
+        );
+        assert!(out.iter().any(|o| matches!(o, Output::Persist(s, None)
+            if s.members.iter().all(|(r, _)| r.node_id != d))));
+        assert!(!f.node.membership().is_member(&d));
+        assert!(f.node.membership().find_by_name("d").is_none());
+        let invite = f
+            .node
+            .invites()
+            .iter()
+            .find(|i| i.token_sha256 == crate::join::token_hash("tok"))
+            .expect("the invite is kept");
+        assert_eq!((invite.used_at, &invite.used_by), (None, &None));
+        // A late confirmation is refused plainly.
+        let out = f.handle(16.3, Input::JoinConfirm(d));
+        assert_eq!(answer(&out), Some(&Err(JoinRefusal::AdmissionUndone)));
+        // The token works again, for the same name.
+        let g = PeerId::random();
+        join_as(&mut f, 17.0, g, "tok", "d", true);
+        let out = f.handle(17.1, Input::Persisted(Ack::Admission(g)));
+        assert!(matches!(answer(&out), Some(Ok(_))), "{out:?}");
+    }
+
+    #[test]
+    fn a_confirmed_admission_stands_and_is_announced() {
+        let mut f = with_invite("tok");
+        let d = PeerId::random();
+        join_as(&mut f, 1.0, d, "tok", "d", true);
+        f.handle(1.1, Input::Persisted(Ack::Admission(d)));
+        let out = f.handle(2.0, Input::JoinConfirm(d));
+        assert!(matches!(answer(&out), Some(Ok(a)) if a.record.node_id == d));
+        assert!(out.contains(&Output::Membership(Change::Joined(d))));
+        assert!(reveals(&out, d), "announced: {out:?}");
+        // A repeated confirmation is answered the same; the bound no longer applies.
+        let out = f.handle(3.0, Input::JoinConfirm(d));
+        assert!(matches!(answer(&out), Some(Ok(_))));
+        let out = f.handle(30.0, Input::Timer);
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Output::AdmissionUndone { .. }))
+        );
+        assert!(f.node.membership().is_member(&d));
+        // A confirmation for a node never admitted is refused.
+        let out = f.handle(30.0, Input::JoinConfirm(PeerId::random()));
+        assert_eq!(answer(&out), Some(&Err(JoinRefusal::AdmissionUndone)));
+    }
+
+    #[test]
+    fn gossip_from_an_unconfirmed_joiner_confirms_it() {
+        let mut f = with_invite("tok");
+        let d = PeerId::random();
+        join_as(&mut f, 1.0, d, "tok", "d", true);
+        f.handle(1.1, Input::Persisted(Ack::Admission(d)));
+        f.handle(5.0, Input::Connected(d));
+        let out = f.heartbeat_from(5.0, d);
+        assert!(out.contains(&Output::GossipVerdict(Ok(()))), "{out:?}");
+        assert!(out.contains(&Output::Membership(Change::Joined(d))));
+        let out = f.handle(20.0, Input::Timer);
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Output::AdmissionUndone { .. }))
+        );
+        assert!(f.node.membership().is_member(&d));
+    }
+
+    #[test]
+    fn an_older_joiner_is_admitted_at_once() {
+        let mut f = with_invite("tok");
+        let d = PeerId::random();
+        join(&mut f, 1.0, d, "tok", "d");
+        let out = f.handle(1.1, Input::Persisted(Ack::Admission(d)));
+        assert!(out.contains(&Output::Membership(Change::Joined(d))));
+        let out = f.handle(30.0, Input::Timer);
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Output::AdmissionUndone { .. }))
+        );
     }
 
     fn answer(outputs: &[Output]) -> Option<&Result<Admission, JoinRefusal>> {

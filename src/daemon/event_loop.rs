@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use constella_behaviours::gossip::{self, GossipBody, GossipError};
+use constella_behaviours::join::JoinStep;
 use constella_behaviours::membership::Change;
 use constella_behaviours::node::{
     Ack, Config, Input, LeaveOutcome, Node, Output, Refusal, Snapshot,
@@ -258,6 +259,11 @@ impl EventLoop {
                 self.admissions
                     .answer(&mut self.swarm, &self.state, &self.secret, peer, answer);
             }
+            Output::AdmissionUndone { peer, name } => tracing::warn!(
+                node = %name,
+                node_id = %peer,
+                "admission undone: the joiner never confirmed; its invite can be used again"
+            ),
             Output::InviteRecorded { request, result } => {
                 if let Some((report, reply)) = self.invites.remove(&request) {
                     if result.is_ok() {
@@ -582,6 +588,10 @@ impl EventLoop {
                     self.admissions
                         .receive(&mut self.swarm, &self.state, peer, &request, channel)
                 {
+                    if request.step == JoinStep::Confirm {
+                        self.feed(Input::JoinConfirm(peer));
+                        return;
+                    }
                     self.feed(Input::JoinRequest {
                         peer,
                         token: &request.token,
@@ -589,6 +599,7 @@ impl EventLoop {
                         addr: &ask.addr,
                         priority: request.priority,
                         unix_now: unix_now(),
+                        confirms: request.step == JoinStep::AskThenConfirm,
                     });
                 }
             }
