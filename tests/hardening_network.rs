@@ -3,7 +3,10 @@
 //! healthy network that refuses nothing, and joins during a stranger flood.
 
 mod common;
+#[path = "../benches/support/mod.rs"]
+mod support;
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{Cluster, wait_for};
@@ -162,4 +165,49 @@ fn a_joiner_killed_before_it_writes_leaves_no_member_and_its_token_works_again()
             std::thread::sleep(Duration::from_secs(1));
         }
     });
+}
+
+#[test]
+fn a_join_succeeds_during_a_stranger_flood() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alpha = common::Node::new(root.path(), "alpha");
+    alpha.init(10);
+    alpha.start();
+    let addr = format!("/ip4/127.0.0.1/tcp/{}", alpha.port)
+        .parse()
+        .unwrap();
+    // 1,000 strangers with completed noise handshakes, each back 1 s after it is closed: far
+    // more than the 256 places for strangers.
+    let flood = support::flood::StrangerFlood::start(addr, 1000, Duration::from_secs(1));
+    let counts = flood.counts();
+    wait_for(
+        Duration::from_secs(60),
+        "1,000 stranger connections established",
+        || (counts.established.load(Ordering::Relaxed) >= 1000).then_some(()),
+    );
+    let link = alpha.invite("5m");
+    let mut bravo = common::Node::new(root.path(), "bravo");
+    let started = Instant::now();
+    let out = bravo.cli_owned(&bravo.join_args(&link, 20));
+    let latency = started.elapsed();
+    assert!(
+        out.status.success(),
+        "the join failed during the flood: {}\n{}",
+        text(&out.stderr),
+        alpha.log_text()
+    );
+    eprintln!(
+        "join during a flood of 1,000 strangers: {latency:?} ({} stranger connections so far, {} open, {} closed by the node)",
+        counts.established.load(Ordering::Relaxed),
+        counts.open.load(Ordering::Relaxed),
+        counts.closed.load(Ordering::Relaxed)
+    );
+    bravo.start();
+    wait_for(Duration::from_secs(20), "alpha to see bravo alive", || {
+        alpha
+            .peers()
+            .is_some_and(|p| p.iter().any(|p| p.name == "bravo" && p.status == "alive"))
+            .then_some(())
+    });
+    drop(flood);
 }
