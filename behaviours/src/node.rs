@@ -669,6 +669,21 @@ impl Node {
         &self.membership
     }
 
+    /// The list shown by `peers`, the bot and the `GetPeers` RPC: the member table without the
+    /// joiners whose admission is not yet confirmed (held back, see the module documentation).
+    pub fn view(&self) -> Vec<crate::membership::MemberView> {
+        let mut view = self.membership.view();
+        if !self.unconfirmed.is_empty() {
+            view.retain(|m| {
+                !self
+                    .unconfirmed
+                    .values()
+                    .any(|u| u.admission.record.node_id == m.node_id)
+            });
+        }
+        view
+    }
+
     /// The leader, as this node sees it (derived from the member table).
     pub fn leader(&self) -> PeerId {
         self.membership.leader()
@@ -2223,6 +2238,10 @@ mod tests {
             panic!("e not admitted: {out:?}");
         };
         assert!(admission.members.iter().all(|r| r.node_id != d));
+        assert!(
+            f.node.view().iter().all(|m| m.name != "d"),
+            "not listed while unconfirmed"
+        );
         // No confirmation within 15 s: undone, the token usable again.
         let out = f.handle(16.2, Input::Timer);
         assert!(

@@ -354,7 +354,7 @@ impl EventLoop {
                 );
                 drop(reply.send(report));
             }
-            Command::Peers(reply) => drop(reply.send(self.core.membership().view())),
+            Command::Peers(reply) => drop(reply.send(self.core.view())),
             Command::Invite(ttl, reply) => self.create_invite(ttl, reply),
             Command::Leave(reply) => {
                 if self.leave.is_some() {
