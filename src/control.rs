@@ -22,6 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use constella_behaviours::membership::MemberView;
+use constella_behaviours::node::LeaveOutcome;
 
 use crate::daemon::Client;
 use crate::daemon::report::{InviteReport, StatusReport};
@@ -135,7 +136,8 @@ pub enum Response {
     Status(Box<StatusReport>),
     Peers(Vec<MemberView>),
     Invite(InviteReport),
-    Left,
+    /// The leave is recorded; how the network heard it.
+    Left(LeaveOutcome),
     PeersOf(Vec<MemberView>),
     Stats(Box<NodeStats>),
     RebootAccepted(RebootAccepted),
@@ -391,7 +393,7 @@ async fn handle(client: &Client, request: Request) -> Response {
             Ok(ttl) => client.invite(ttl).await.map(Response::Invite),
             Err(error) => return Response::Error(error),
         },
-        Request::Leave => client.leave().await.map(|()| Response::Left),
+        Request::Leave => client.leave().await.map(Response::Left),
         Request::PeersOf { target } => client.peers_of(&target).await.map(Response::PeersOf),
         Request::Stats { target } => client
             .stats(&target)
@@ -482,7 +484,7 @@ async fn node_request(request: Request, control: &Control, uid: Option<u32>) -> 
         },
         Request::Leave => {
             let response = handle(client, Request::Leave).await;
-            if matches!(response, Response::Left) {
+            if matches!(response, Response::Left(_)) {
                 // The node forgets the network's secrets: the token file too.
                 control.state_dir.remove_bot_token();
             }

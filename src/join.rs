@@ -1,11 +1,18 @@
 //! The joiner's side of Join: dial the seed with its PeerId pinned, present the token, and on
-//! acceptance write the new node's key and state. Nothing is written unless the seed accepts.
+//! acceptance write the new node's key and state, then confirm to the seed that the state is
+//! written (the seed undoes an admission that is never confirmed, so a joiner that dies before
+//! it writes leaves no member behind and its token usable). Nothing is written unless the seed
+//! accepts.
+//!
+//! Test knob: with `CONSTELLA_TEST_JOIN_ABORT_BEFORE_WRITE=1` in the environment the joiner
+//! aborts (as if killed) after the seed's answer and before it writes anything; the real-process
+//! test of undone admissions uses it. It has no other effect.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use constella_behaviours::NetworkSecret;
-use constella_behaviours::join::{self, JoinRequest};
+use constella_behaviours::join::{self, JoinAccepted, JoinRefusal, JoinRequest, JoinStep};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
@@ -19,6 +26,13 @@ use crate::validate::{HostPort, ServerName};
 
 /// How long the whole join may take.
 pub const JOIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long the joiner waits for the seed to take its confirmation (well inside the seed's
+/// 15 s bound).
+const CONFIRM_DEADLINE: Duration = Duration::from_secs(5);
+
+/// See the module documentation.
+const ABORT_BEFORE_WRITE: &str = "CONSTELLA_TEST_JOIN_ABORT_BEFORE_WRITE";
 
 /// What the operator asked for.
 #[derive(Debug)]
@@ -67,6 +81,11 @@ async fn join_locked(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkStat
         addr: plan.public_addr.as_ref().map(ToString::to_string),
         listen_port: plan.listen.port,
         priority: plan.priority,
+        step: JoinStep::AskThenConfirm,
+    };
+    let confirmation = JoinRequest {
+        step: JoinStep::Confirm,
+        ..request.clone()
     };
     let mut request = Some(request);
     let seed = plan.link.seed.to_string();
@@ -139,11 +158,83 @@ async fn join_locked(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkStat
         .map(|r| (r.clone(), constella_behaviours::membership::Status::Offline))
         .collect();
     state.set_members(&members);
-    if !state_dir.key_path().exists() {
+    if std::env::var_os(ABORT_BEFORE_WRITE).is_some() {
+        std::process::abort();
+    }
+    let key_written = !state_dir.key_path().exists();
+    if key_written {
         state_dir.save_key(&key)?;
     }
     state_dir.save(&state)?;
+    let seed_addr = plan
+        .link
+        .seed
+        .to_multiaddr()
+        .with(Protocol::P2p(plan.link.peer));
+    match confirm(&mut swarm, plan.link.peer, seed_addr, confirmation).await {
+        Confirmed::Yes => {}
+        Confirmed::Undone(refusal) => {
+            // The seed no longer counts this node: what was written must go, or it would
+            // start as a member nobody knows.
+            let _ = std::fs::remove_file(state_dir.state_path());
+            if key_written {
+                let _ = std::fs::remove_file(state_dir.key_path());
+            }
+            bail!("the seed refused the confirmation: {refusal}");
+        }
+        Confirmed::Unknown(why) => eprintln!(
+            "warning: the seed at {seed} did not take the confirmation ({why}); if `constella peers` on a member does not list {} within 15 s, the seed undid the join: remove {} and join again with the same link",
+            plan.name.as_str(),
+            state_dir.state_path().display()
+        ),
+    }
     Ok(state)
+}
+
+/// What became of the confirmation.
+enum Confirmed {
+    /// The seed took it (or is an older seed that admitted this node at once).
+    Yes,
+    /// The seed had undone the admission.
+    Undone(JoinRefusal),
+    /// No answer: the admission may stand or be undone.
+    Unknown(String),
+}
+
+/// Tells the seed that the state is written, on the join's connection (re-dialled if it
+/// closed), and waits for its answer.
+async fn confirm(
+    swarm: &mut libp2p::Swarm<join::Behaviour>,
+    seed: libp2p::PeerId,
+    seed_addr: libp2p::Multiaddr,
+    confirmation: JoinRequest,
+) -> Confirmed {
+    swarm
+        .behaviour_mut()
+        .send_request_with_addresses(&seed, confirmation, vec![seed_addr]);
+    let answer = tokio::time::timeout(CONFIRM_DEADLINE, async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                }) => return response,
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error, ..
+                }) => return Err(JoinRefusal::SeedFailure(error.to_string())),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    match answer {
+        Ok(Ok(JoinAccepted { .. })) => Confirmed::Yes,
+        // An older seed: it does not know confirmations and admitted this node at once.
+        Ok(Err(JoinRefusal::TokenUsed)) => Confirmed::Yes,
+        Ok(Err(refusal @ JoinRefusal::AdmissionUndone)) => Confirmed::Undone(refusal),
+        Ok(Err(other)) => Confirmed::Unknown(other.to_string()),
+        Err(_) => Confirmed::Unknown(format!("no answer within {} s", CONFIRM_DEADLINE.as_secs())),
+    }
 }
 
 /// The most useful line of a dial error (libp2p nests the per-address errors).

@@ -26,6 +26,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use constella_behaviours::NetworkSecret;
 use constella_behaviours::gossip::MemberRecord;
+use constella_behaviours::node::LeaveOutcome;
 
 use crate::cli::{AccessCommand, BotTokenCommand, Cli, Command, OwnerCommand, listen_or_default};
 use crate::control::{AdminRequest, Request, Response};
@@ -244,7 +245,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 bail!("not confirmed; nothing changed");
             }
             match ask(&state_dir, &Request::Leave).await? {
-                Response::Left => print_text(&format!("Left network {network}.\n")),
+                Response::Left(outcome) => print_left(&network, &outcome),
                 other => unexpected(other),
             }
         }
@@ -441,6 +442,26 @@ async fn ask(state_dir: &StateDir, request: &impl serde::Serialize) -> Result<Re
 
 fn unexpected(response: Response) -> Result<()> {
     bail!("the daemon gave an unexpected answer: {response:?}")
+}
+
+/// What a recorded leave tells the operator. A leave no member confirmed is still recorded
+/// (exit code 0), but the operator must finish it elsewhere: said on stderr.
+fn print_left(network: &str, outcome: &LeaveOutcome) -> Result<()> {
+    match outcome {
+        LeaveOutcome::Confirmed(member) => print_text(&format!(
+            "Left network {network}; {member} confirmed and tells the others.\n"
+        )),
+        LeaveOutcome::Alone => print_text(&format!(
+            "Left network {network}; it had no other member.\n"
+        )),
+        LeaveOutcome::Unconfirmed => {
+            print_text(&format!("Left network {network}.\n"))?;
+            eprintln!(
+                "warning: no member confirmed; the others will list this node as offline until you run `constella remove NAME` on one of them"
+            );
+            Ok(())
+        }
+    }
 }
 
 fn print_text(text: &str) -> Result<()> {

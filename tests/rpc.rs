@@ -547,6 +547,8 @@ fn strangers_are_refused_and_bad_frames_fail_alone() {
                 addr: Some(format!("127.0.0.1:{}", common::free_port())),
                 listen_port: 1,
                 priority: 1000,
+                // As an older joiner: admitted at once, no confirmation.
+                step: Default::default(),
             },
             addrs.clone(),
         ),

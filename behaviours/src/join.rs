@@ -43,6 +43,27 @@ pub struct JoinRequest {
     pub listen_port: u16,
     /// The joiner's leader priority.
     pub priority: u32,
+    /// Which step of the join this is. Absent (an older joiner): [`JoinStep::Ask`].
+    #[serde(default)]
+    pub step: JoinStep,
+}
+
+/// The steps of a join. A joiner asks with [`JoinStep::AskThenConfirm`], writes its state when
+/// admitted, and sends the same request again with [`JoinStep::Confirm`]; the seed holds the new
+/// record back until then and undoes the admission if the confirmation never comes. Older
+/// joiners send no step ([`JoinStep::Ask`]) and are admitted for good at once; older seeds
+/// ignore the field, and answer a confirmation with [`JoinRefusal::TokenUsed`] (they admitted
+/// the joiner already).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinStep {
+    /// Ask, and never confirm (joiners before confirmations existed).
+    #[default]
+    Ask,
+    /// Ask; a confirmation follows once the state is written.
+    AskThenConfirm,
+    /// The state is written: the admission may stand.
+    Confirm,
 }
 
 impl std::fmt::Debug for JoinRequest {
@@ -54,6 +75,7 @@ impl std::fmt::Debug for JoinRequest {
             .field("addr", &self.addr)
             .field("listen_port", &self.listen_port)
             .field("priority", &self.priority)
+            .field("step", &self.step)
             .finish()
     }
 }
@@ -119,6 +141,12 @@ pub enum JoinRefusal {
     /// The seed could not record the admission (its state file could not be written).
     #[error("the seed could not record the join: {0}")]
     SeedFailure(String),
+    /// A confirmation came after the seed had undone the admission (or for a node it never
+    /// admitted). Only joiners that confirm ever get this.
+    #[error(
+        "the seed undid the admission because it was not confirmed in time; join again with the same link"
+    )]
+    AdmissionUndone,
 }
 
 /// The seed's answer.
@@ -152,6 +180,7 @@ mod tests {
             addr: None,
             listen_port: 4747,
             priority: 100,
+            step: JoinStep::AskThenConfirm,
         };
         let text = format!("{request:?}");
         assert!(!text.contains("0123456789abcdef"), "{text}");

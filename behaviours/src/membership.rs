@@ -373,7 +373,8 @@ impl Membership {
 
     /// The common gate of heartbeats and goodbyes: the sender must be a current member and
     /// `seq` newer than anything it sent before, which is then recorded. `None` for this node's
-    /// own messages (ignored).
+    /// own messages and for late deliveries (both ignored, neither refused): see
+    /// [`is_late_delivery`].
     fn accept_seq(
         &mut self,
         id: PeerId,
@@ -389,6 +390,9 @@ impl Membership {
             .ok_or(HeartbeatRejection::NonMember)?;
         let live = &mut entry.liveness;
         if seq <= live.last_seq {
+            if is_late_delivery(seq, live.last_seq) {
+                return Ok(None);
+            }
             return Err(HeartbeatRejection::Replay);
         }
         live.last_seq = seq;
@@ -649,6 +653,27 @@ impl Membership {
     }
 }
 
+/// How many heartbeats behind the newest one a message from the same run of its author may
+/// arrive and still be a late delivery rather than a replay.
+///
+/// Gossipsub's lazy gossip (IHAVE/IWANT) offers a peer the messages of the last three gossip
+/// heartbeats (3 s) that it has not seen. A node that has just started, or just joined the
+/// mesh, therefore receives heartbeats published shortly *before* it arrived *after* the newer
+/// ones that members send it at once when it subscribes: authentic, never seen before (gossipsub
+/// drops a message it has seen in the last 60 s by its id), and harmless. Counting them as
+/// replays made every healthy node report a few. A replay proper repeats a message this node
+/// has seen (the same `seq`), or one from an earlier run of its author, or one older than
+/// gossipsub's caches could still hold (8 heartbeats is 16 s at the fastest interval, well past
+/// the 3 s gossip window and short of the 60 s duplicate cache).
+pub const LATE_DELIVERY_WINDOW: u64 = 8;
+
+/// Whether `seq`, not newer than the author's `newest`, is a late delivery of a message from
+/// the same run (see [`LATE_DELIVERY_WINDOW`]).
+fn is_late_delivery(seq: u64, newest: u64) -> bool {
+    let same_run = seq >> 32 == newest >> 32;
+    same_run && seq < newest && newest - seq <= LATE_DELIVERY_WINDOW
+}
+
 /// The merge order: the higher version wins; at equal versions a tombstone wins, then the
 /// larger (name, addr, priority), so every node converges on the same record whatever the order
 /// in which updates arrive.
@@ -728,9 +753,23 @@ mod tests {
             m.on_heartbeat(&heartbeat(b, 1, 5), || true, now),
             Err(HeartbeatRejection::Replay)
         );
+        // One from the same run, a little older: a late delivery of gossip, ignored.
+        m.on_heartbeat(&heartbeat(b, 1, 20), || true, now).unwrap();
+        assert_eq!(m.on_heartbeat(&heartbeat(b, 1, 19), || true, now), Ok(None));
         assert_eq!(
-            m.on_heartbeat(&heartbeat(b, 1, 4), || true, now),
-            Err(HeartbeatRejection::Replay)
+            m.on_heartbeat(&heartbeat(b, 1, 12), || true, now),
+            Ok(None),
+            "8 behind is still late"
+        );
+        assert_eq!(
+            m.on_heartbeat(&heartbeat(b, 1, 11), || true, now),
+            Err(HeartbeatRejection::Replay),
+            "older than gossip could still deliver"
+        );
+        assert_eq!(
+            m.on_heartbeat(&heartbeat(b, 1, 20), || true, now),
+            Err(HeartbeatRejection::Replay),
+            "the same sequence number twice"
         );
         assert_eq!(
             m.on_heartbeat(&heartbeat(b, 2, 0), || true, now),
@@ -787,11 +826,9 @@ mod tests {
         assert_eq!(m.status(&b), Some(Status::Offline));
         // Replayed: refused, and no change.
         assert_eq!(m.on_goodbye(&goodbye), Err(HeartbeatRejection::Replay));
-        // A heartbeat of the stopping incarnation (sent before the goodbye, relayed late) is old.
-        assert_eq!(
-            m.on_heartbeat(&heartbeat(b, 3, 7), || true, now),
-            Err(HeartbeatRejection::Replay)
-        );
+        // A heartbeat of the stopping incarnation (sent before the goodbye, relayed late) is
+        // a late delivery: ignored, it does not bring the member back.
+        assert_eq!(m.on_heartbeat(&heartbeat(b, 3, 7), || true, now), Ok(None));
         assert_eq!(m.status(&b), Some(Status::Offline));
         // An old goodbye cannot take down the restarted node.
         assert_eq!(

@@ -39,6 +39,19 @@
 //! - **Joins**: a token is single-use because the core handles one input at a time; an
 //!   admission is answered only after it is durably written ([`Output::Persist`] with an
 //!   [`Ack`]) and undone if the write fails.
+//! - **Join confirmation**: a joiner that says it will confirm ([`Input::JoinRequest`]'s
+//!   `confirms`) is answered as above, but its record is held back — never published, synced
+//!   or handed to another joiner, no owner notice — until it confirms ([`Input::JoinConfirm`],
+//!   sent once its state is written) or a valid gossip message of its own shows it runs. With
+//!   neither within [`Config::join_confirm_timeout`] the admission is undone: the record
+//!   removed (it was never published, so no tombstone is needed) and the token usable again.
+//! - **Leave**: once the departure is durable the tombstone is published and pushed to every
+//!   connected member with [`Output::Sync`] (unconnected members are dialled and get it when
+//!   they connect); an [`Input::SyncAnswer`] that carries the tombstone back is an
+//!   acknowledgement. [`Output::LeaveDone`] answers at the first acknowledgement or after
+//!   [`Config::leave_ack_timeout`], saying which ([`LeaveOutcome`]). A member keeps a departed
+//!   node's connection for [`Config::stranger_grace`] and answers its push with the tombstone
+//!   alone, so the acknowledgement reaches it even when the gossiped tombstone came first.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -82,6 +95,12 @@ pub struct Config {
     pub max_strangers: usize,
     /// A started node hosts the leader services after every member answered, or this long.
     pub settle: Duration,
+    /// How long an admitted joiner that said it will confirm has to do so before its
+    /// admission is undone.
+    pub join_confirm_timeout: Duration,
+    /// How long `leave` waits for a member to acknowledge the tombstone before it reports
+    /// that none did.
+    pub leave_ack_timeout: Duration,
     /// Used and expired invites are forgotten after this many seconds.
     pub invite_retention_secs: u64,
     /// Least time between two roster pulls from the same unknown sender.
@@ -125,6 +144,8 @@ impl Config {
             stranger_grace: Duration::from_millis(500),
             max_strangers: 256,
             settle: Duration::from_secs(4),
+            leave_ack_timeout: Duration::from_secs(3),
+            join_confirm_timeout: Duration::from_secs(15),
             invite_retention_secs: 7 * 24 * 3600,
             pull_gap: Duration::from_secs(2),
             scale_with_size: true,
@@ -350,7 +371,13 @@ pub enum Input<'a> {
         priority: u32,
         /// Unix seconds now (token expiry).
         unix_now: u64,
+        /// The joiner will confirm once its state is written ([`Input::JoinConfirm`]); older
+        /// joiners do not, and are admitted for good at once.
+        confirms: bool,
     },
+    /// An admitted joiner wrote its state: its admission stands. Answered with
+    /// [`Output::JoinAnswer`] (the admission again, or [`JoinRefusal::AdmissionUndone`]).
+    JoinConfirm(PeerId),
     /// Record an invite with this token hash; answered by [`Output::InviteRecorded`].
     IssueInvite {
         /// Matches the answer to the request.
@@ -436,6 +463,13 @@ pub enum Output {
         /// Admitted, or why not.
         answer: Result<Admission, JoinRefusal>,
     },
+    /// An admission was undone: the joiner never confirmed (logged by the daemon).
+    AdmissionUndone {
+        /// The joiner.
+        peer: PeerId,
+        /// The name it had asked for.
+        name: String,
+    },
     /// The answer to [`Input::IssueInvite`].
     InviteRecorded {
         /// The request it answers.
@@ -443,8 +477,8 @@ pub enum Output {
         /// Recorded durably, or why not.
         result: Result<(), String>,
     },
-    /// The answer to [`Input::Leave`].
-    LeaveDone(Result<(), String>),
+    /// The answer to [`Input::Leave`]: recorded (and how it was heard), or why not.
+    LeaveDone(Result<LeaveOutcome, String>),
     /// The drain after a leave or stop is over: stop the node.
     Exit,
     /// Call [`Node::handle`] with [`Input::Timer`] at this instant (always the last output).
@@ -464,6 +498,32 @@ struct PendingAdmission {
     previous_record: Option<MemberRecord>,
     invites_before: Vec<Invite>,
     admission: Admission,
+    /// It will confirm: hold its record back until it does.
+    confirms: bool,
+    /// The hash of the token it used, to make it usable again if the admission is undone.
+    token_sha256: String,
+}
+
+/// A joiner answered and admitted, whose confirmation is awaited.
+#[derive(Debug, Clone)]
+struct Unconfirmed {
+    deadline: Instant,
+    previous_record: Option<MemberRecord>,
+    token_sha256: String,
+    admission: Admission,
+}
+
+/// How a recorded leave was heard by the rest of the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveOutcome {
+    /// This member (its name) acknowledged the tombstone; it spreads it to the others.
+    Confirmed(String),
+    /// No member acknowledged within [`Config::leave_ack_timeout`]: the others list this node
+    /// as offline until one of them removes it.
+    Unconfirmed,
+    /// This node had no other member: nobody to tell.
+    Alone,
 }
 
 /// Why the node is draining before it exits.
@@ -502,11 +562,15 @@ pub struct Node {
     /// Unknown senders we pulled the roster from, and when.
     pulls: BTreeMap<PeerId, Instant>,
     pending_admissions: BTreeMap<PeerId, PendingAdmission>,
+    /// Joiners answered but not yet confirmed: their records are held back.
+    unconfirmed: BTreeMap<PeerId, Unconfirmed>,
     /// Invites being written, by request: removed again if the write fails.
     pending_invites: BTreeMap<u64, String>,
     /// Members this node saw go offline: only their return is news for the owner.
     reported_offline: BTreeSet<PeerId>,
     settled: bool,
+    /// A durable leave waits for an acknowledgement of its tombstone until this instant.
+    leave_ack_deadline: Option<Instant>,
     exit: Option<(Exit, Option<Instant>)>,
     /// A graceful stop sends its goodbye at this instant (after the handover gap).
     goodbye_at: Option<Instant>,
@@ -579,9 +643,11 @@ impl Node {
             strangers: BTreeMap::new(),
             pulls: BTreeMap::new(),
             pending_admissions: BTreeMap::new(),
+            unconfirmed: BTreeMap::new(),
             pending_invites: BTreeMap::new(),
             reported_offline: BTreeSet::new(),
             settled: false,
+            leave_ack_deadline: None,
             exit: None,
             goodbye_at: None,
             leadership,
@@ -611,6 +677,21 @@ impl Node {
     /// The member table.
     pub fn membership(&self) -> &Membership {
         &self.membership
+    }
+
+    /// The list shown by `peers`, the bot and the `GetPeers` RPC: the member table without the
+    /// joiners whose admission is not yet confirmed (held back, see the module documentation).
+    pub fn view(&self) -> Vec<crate::membership::MemberView> {
+        let mut view = self.membership.view();
+        if !self.unconfirmed.is_empty() {
+            view.retain(|m| {
+                !self
+                    .unconfirmed
+                    .values()
+                    .any(|u| u.admission.record.node_id == m.node_id)
+            });
+        }
+        view
     }
 
     /// The leader, as this node sees it (derived from the member table).
@@ -717,7 +798,9 @@ impl Node {
             }
             Input::GossipRefused(refusal) => self.rejections.count(refusal),
             Input::SyncRequest { from, message } => {
-                if self.membership.is_member(&from) {
+                if self.answer_departed(from) {
+                    // Acknowledged with its tombstone alone (see `answer_departed`).
+                } else if self.membership.is_member(&from) {
                     self.merge_sync(message, now);
                     let reply = self.sync_message();
                     self.out.push(Output::SyncReply {
@@ -727,6 +810,7 @@ impl Node {
                 }
             }
             Input::SyncAnswer { from, message } => {
+                self.note_leave_acknowledgement(from, message, now);
                 if self.membership.is_member(&from) {
                     self.merge_sync(message, now);
                 }
@@ -738,15 +822,18 @@ impl Node {
                 addr,
                 priority,
                 unix_now,
+                confirms,
             } => {
                 let request = JoinAsk {
                     token,
                     name,
                     addr,
                     priority,
+                    confirms,
                 };
                 self.on_join_request(peer, &request, unix_now)
             }
+            Input::JoinConfirm(peer) => self.on_join_confirm(peer, now),
             Input::IssueInvite {
                 request,
                 token_sha256,
@@ -782,6 +869,8 @@ impl Node {
         let changes = self.membership.tick(now);
         self.apply_changes(changes, now);
         self.drop_strangers(now);
+        self.end_unacknowledged_leave(now);
+        self.undo_unconfirmed(now);
         if self.goodbye_at.is_some_and(|at| now >= at) {
             self.goodbye_at = None;
             self.heartbeat_counter = self.heartbeat_counter.wrapping_add(1);
@@ -826,6 +915,8 @@ impl Node {
         consider(self.strangers.values().min().copied());
         consider(self.exit.and_then(|(_, at)| at));
         consider(self.goodbye_at);
+        consider(self.leave_ack_deadline);
+        consider(self.unconfirmed.values().map(|u| u.deadline).min());
         let next_redial = self
             .redial_queue
             .iter()
@@ -845,6 +936,7 @@ impl Node {
         self.suspects.remove(&peer);
         self.clear_redial(&peer);
         self.membership.on_connected(&peer);
+        self.push_tombstone(peer);
         if !self.membership.is_member(&peer) {
             // A joiner needs the connection for its Join; any other stranger gets nothing.
             self.expire_stranger(peer, now + self.config.stranger_idle);
@@ -993,6 +1085,7 @@ impl Node {
         if signer != Some(author) {
             return Err(Refusal::WrongSigner);
         }
+        self.confirm_by_evidence(author, now);
         if let GossipBody::Heartbeat(heartbeat) = body
             && author != self.local.id
         {
@@ -1107,13 +1200,13 @@ impl Node {
         self.out
             .push(Output::Publish(GossipBody::Roster(RosterUpdate {
                 from: self.local.id,
-                records: self.membership.records(),
+                records: self.published_records(),
             })));
     }
 
     fn sync_message(&self) -> SyncMessage {
         SyncMessage {
-            records: self.membership.records(),
+            records: self.published_records(),
             settings: self.settings.clone(),
         }
     }
@@ -1181,7 +1274,9 @@ impl Node {
                     self.suspects.remove(id);
                     self.clear_redial(id);
                     self.reported_offline.remove(id);
-                    self.out.push(Output::Disconnect(*id));
+                    // Not at once: a departed node may still be waiting for the answer to the
+                    // push of its tombstone (see `answer_departed`).
+                    self.expire_stranger(*id, now + self.config.stranger_grace);
                     events.push(NetworkEvent::Left(self.name_of(id)));
                 }
                 Change::Alive(id) => {
@@ -1262,6 +1357,10 @@ impl Node {
     // ---- joins (seed side) and invites ----
 
     fn on_join_request(&mut self, peer: PeerId, request: &JoinAsk<'_>, unix_now: u64) {
+        // An unconfirmed joiner asking again lost what it was sent: start over.
+        if self.undo_admission(peer) {
+            self.persist(None);
+        }
         match self.admit(peer, request, unix_now) {
             Ok(()) => self.persist(Some(Ack::Admission(peer))),
             Err(refusal) => self.out.push(Output::JoinAnswer {
@@ -1329,7 +1428,7 @@ impl Node {
         );
         let admission = Admission {
             record,
-            members: self.membership.records(),
+            members: self.published_records(),
             settings: self.settings.clone(),
         };
         self.pending_admissions.insert(
@@ -1338,6 +1437,8 @@ impl Node {
                 previous_record,
                 invites_before,
                 admission,
+                confirms: request.confirms,
+                token_sha256: hash,
             },
         );
         Ok(())
@@ -1374,21 +1475,16 @@ impl Node {
                 };
                 self.out.push(Output::JoinAnswer {
                     peer,
-                    answer: Ok(pending.admission),
+                    answer: Ok(pending.admission.clone()),
                 });
-                self.apply_changes(vec![Change::Joined(peer)], now);
-                self.publish_roster();
+                if pending.confirms {
+                    self.await_confirmation(peer, pending, now);
+                } else {
+                    self.apply_changes(vec![Change::Joined(peer)], now);
+                    self.publish_roster();
+                }
             }
-            Ack::Leave => {
-                self.out.push(Output::LeaveDone(Ok(())));
-                self.exit = Some((Exit::Leave, Some(now + self.config.drain)));
-                let tombstone = self.membership.any_record(&self.local.id).cloned();
-                self.out
-                    .push(Output::Publish(GossipBody::Roster(RosterUpdate {
-                        from: self.local.id,
-                        records: tombstone.into_iter().collect(),
-                    })));
-            }
+            Ack::Leave => self.spread_tombstone(now),
         }
     }
 
@@ -1426,6 +1522,112 @@ impl Node {
         }
     }
 
+    // ---- join confirmation (seed side) ----
+
+    /// Every record that may leave this node: all but those of joiners not yet confirmed.
+    fn published_records(&self) -> Vec<MemberRecord> {
+        let mut records = self.membership.records();
+        if !self.unconfirmed.is_empty() {
+            records.retain(|r| !self.unconfirmed.contains_key(&r.node_id));
+        }
+        records
+    }
+
+    fn await_confirmation(&mut self, peer: PeerId, pending: PendingAdmission, now: Instant) {
+        self.unconfirmed.insert(
+            peer,
+            Unconfirmed {
+                deadline: now + self.config.join_confirm_timeout,
+                previous_record: pending.previous_record,
+                token_sha256: pending.token_sha256,
+                admission: pending.admission,
+            },
+        );
+    }
+
+    /// The admission stands: the member is announced as any join is.
+    fn confirm(&mut self, peer: PeerId, now: Instant) -> Option<Admission> {
+        let unconfirmed = self.unconfirmed.remove(&peer)?;
+        self.apply_changes(vec![Change::Joined(peer)], now);
+        self.publish_roster();
+        Some(unconfirmed.admission)
+    }
+
+    fn on_join_confirm(&mut self, peer: PeerId, now: Instant) {
+        let answer = match self.confirm(peer, now) {
+            Some(admission) => Ok(admission),
+            // Confirmed already (a repeated confirmation, or its gossip came first).
+            None if self.membership.is_member(&peer) => {
+                match self.membership.record(&peer).cloned() {
+                    Some(record) => Ok(Admission {
+                        record,
+                        members: self.published_records(),
+                        settings: self.settings.clone(),
+                    }),
+                    None => Err(JoinRefusal::AdmissionUndone),
+                }
+            }
+            None => Err(JoinRefusal::AdmissionUndone),
+        };
+        self.out.push(Output::JoinAnswer { peer, answer });
+    }
+
+    /// A valid gossip message from an unconfirmed joiner: it wrote its state and runs (a joiner
+    /// that died before it could confirm, restarted in time).
+    fn confirm_by_evidence(&mut self, author: PeerId, now: Instant) {
+        if self.unconfirmed.contains_key(&author) {
+            self.confirm(author, now);
+        }
+    }
+
+    /// Undoes the admissions whose confirmation did not come in time: the record goes (it was
+    /// never published), the token can be used again, and the joiner is a stranger again.
+    fn undo_unconfirmed(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .unconfirmed
+            .iter()
+            .filter(|(_, u)| u.deadline <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        for peer in due {
+            self.undo_admission(peer);
+            if self.connected.contains_key(&peer) {
+                self.expire_stranger(peer, now + self.config.stranger_grace);
+            }
+        }
+        self.persist(None);
+    }
+
+    /// Removes an unconfirmed joiner's record and makes its token usable again. Returns
+    /// whether there was one.
+    fn undo_admission(&mut self, peer: PeerId) -> bool {
+        let Some(undone) = self.unconfirmed.remove(&peer) else {
+            return false;
+        };
+        {
+            self.membership.unadmit(undone.previous_record, &peer);
+            if let Some(invite) = self
+                .invites
+                .iter_mut()
+                .find(|i| i.token_sha256 == undone.token_sha256)
+            {
+                invite.used_at = None;
+                invite.used_by = None;
+            }
+            self.redials.remove(&peer);
+            self.suspects.remove(&peer);
+            self.out.push(Output::AdmissionUndone {
+                peer,
+                name: undone.admission.record.name,
+            });
+        }
+        self.resize();
+        true
+    }
+
     // ---- leave and stop ----
 
     fn leave(&mut self) {
@@ -1445,6 +1647,95 @@ impl Node {
         self.invites.clear();
         // The tombstone goes out once the departure is on disk (see `on_persisted`).
         self.persist(Some(Ack::Leave));
+    }
+
+    /// The departure is durable: publish the tombstone, push it to every connected member and
+    /// dial the others, and wait for an acknowledgement (or none, alone).
+    fn spread_tombstone(&mut self, now: Instant) {
+        let tombstone = self.membership.any_record(&self.local.id).cloned();
+        self.out
+            .push(Output::Publish(GossipBody::Roster(RosterUpdate {
+                from: self.local.id,
+                records: tombstone.into_iter().collect(),
+            })));
+        let members: Vec<PeerId> = self
+            .membership
+            .remote_members()
+            .map(|(id, _)| *id)
+            .collect();
+        if members.is_empty() {
+            self.finish_leave(LeaveOutcome::Alone, now);
+            return;
+        }
+        // No heartbeats, dials or syncs of the ordinary rules from here on.
+        self.exit = Some((Exit::Leave, None));
+        self.leave_ack_deadline = Some(now + self.config.leave_ack_timeout);
+        for peer in members {
+            if self.connected.contains_key(&peer) {
+                self.push_tombstone(peer);
+            } else {
+                let addrs = self.addresses_of(&peer);
+                self.out.push(Output::Dial { peer, addrs });
+            }
+        }
+    }
+
+    /// While a leave waits for its acknowledgement: send a member our list, our tombstone in
+    /// it.
+    fn push_tombstone(&mut self, peer: PeerId) {
+        if self.leave_ack_deadline.is_none() || !self.membership.is_member(&peer) {
+            return;
+        }
+        let message = self.sync_message();
+        self.out.push(Output::Sync { to: peer, message });
+    }
+
+    /// An answer that carries our tombstone back acknowledges the leave.
+    fn note_leave_acknowledgement(&mut self, from: PeerId, message: &SyncMessage, now: Instant) {
+        if self.leave_ack_deadline.is_none() {
+            return;
+        }
+        let acknowledged = message
+            .records
+            .iter()
+            .any(|r| r.node_id == self.local.id && r.left);
+        if acknowledged && self.membership.is_member(&from) {
+            self.finish_leave(LeaveOutcome::Confirmed(self.name_of(&from)), now);
+        }
+    }
+
+    fn end_unacknowledged_leave(&mut self, now: Instant) {
+        if self.leave_ack_deadline.is_some_and(|at| now >= at) {
+            self.finish_leave(LeaveOutcome::Unconfirmed, now);
+        }
+    }
+
+    /// Answers the leave and exits after the drain, so the last messages go out.
+    fn finish_leave(&mut self, outcome: LeaveOutcome, now: Instant) {
+        self.leave_ack_deadline = None;
+        self.out.push(Output::LeaveDone(Ok(outcome)));
+        self.exit = Some((Exit::Leave, Some(now + self.config.drain)));
+    }
+
+    /// A node whose tombstone we hold pushed its list: answer with that tombstone alone, which
+    /// is its acknowledgement (it learns nothing else). Returns whether `from` had left.
+    fn answer_departed(&mut self, from: PeerId) -> bool {
+        let Some(tombstone) = self
+            .membership
+            .any_record(&from)
+            .filter(|r| r.left)
+            .cloned()
+        else {
+            return false;
+        };
+        self.out.push(Output::SyncReply {
+            to: from,
+            message: SyncMessage {
+                records: vec![tombstone],
+                settings: NetworkSettings::default(),
+            },
+        });
+        true
     }
 
     /// Stands down at once (the bot stops, without announcing a handover: the next leader
@@ -1473,6 +1764,7 @@ struct JoinAsk<'a> {
     name: &'a str,
     addr: &'a str,
     priority: u32,
+    confirms: bool,
 }
 
 fn refusal_of(rejection: HeartbeatRejection) -> Refusal {
@@ -1906,6 +2198,17 @@ mod tests {
     }
 
     fn join(f: &mut Fixture, secs: f64, peer: PeerId, token: &str, name: &str) -> Vec<Output> {
+        join_as(f, secs, peer, token, name, false)
+    }
+
+    fn join_as(
+        f: &mut Fixture,
+        secs: f64,
+        peer: PeerId,
+        token: &str,
+        name: &str,
+        confirms: bool,
+    ) -> Vec<Output> {
         f.handle(
             secs,
             Input::JoinRequest {
@@ -1915,8 +2218,159 @@ mod tests {
                 addr: "127.0.0.1:4800",
                 priority: 100,
                 unix_now: 1_000,
+                confirms,
             },
         )
+    }
+
+    /// A fixture with `b` and `c` alive and an invite for `token` recorded.
+    fn with_invite(token: &str) -> Fixture {
+        let mut f = Fixture::new(10, &[]);
+        f.join_b_and_c(0.0);
+        record_invite(&mut f, 1, token);
+        f
+    }
+
+    /// Issues an invite for `token` (valid from 900 to 1500 unix seconds) and makes it durable.
+    fn record_invite(f: &mut Fixture, request: u64, token: &str) {
+        let hash = crate::join::token_hash(token);
+        f.handle(
+            0.0,
+            Input::IssueInvite {
+                request,
+                token_sha256: &hash,
+                unix_now: 900,
+                ttl_secs: 600,
+            },
+        );
+        f.handle(0.0, Input::Persisted(Ack::Invite(request)));
+    }
+
+    /// Whether any output would tell another node about `peer`.
+    fn reveals(outputs: &[Output], peer: PeerId) -> bool {
+        outputs.iter().any(|o| match o {
+            Output::Publish(GossipBody::Roster(roster)) => {
+                roster.records.iter().any(|r| r.node_id == peer)
+            }
+            Output::Sync { message, .. } | Output::SyncReply { message, .. } => {
+                message.records.iter().any(|r| r.node_id == peer)
+            }
+            Output::Notice(NetworkEvent::Joined(_)) => true,
+            Output::Membership(Change::Joined(id)) => *id == peer,
+            _ => false,
+        })
+    }
+
+    #[test]
+    fn an_unconfirmed_admission_is_held_back_and_undone_after_the_bound() {
+        let mut f = with_invite("tok");
+        let d = PeerId::random();
+        join_as(&mut f, 1.0, d, "tok", "d", true);
+        let out = f.handle(1.1, Input::Persisted(Ack::Admission(d)));
+        assert!(matches!(answer(&out), Some(Ok(_))), "answered: {out:?}");
+        assert!(!reveals(&out, d), "held back: {out:?}");
+        // Nothing tells anyone about d while it is unconfirmed: a subscriber's sync, the
+        // periodic one, another joiner's member list.
+        let mut outputs = f.handle(2.0, Input::Subscribed(f.b));
+        outputs.extend(f.handle(31.0 - 15.0, Input::Timer));
+        assert!(!reveals(&outputs, d), "{outputs:?}");
+        record_invite(&mut f, 2, "tok2");
+        let e = PeerId::random();
+        // Its name is taken meanwhile.
+        let out = join_as(&mut f, 3.0, e, "tok2", "d", true);
+        assert_eq!(answer(&out), Some(&Err(JoinRefusal::NameTaken("d".into()))));
+        join_as(&mut f, 3.0, e, "tok2", "e", true);
+        let out = f.handle(3.1, Input::Persisted(Ack::Admission(e)));
+        let Some(Ok(admission)) = answer(&out) else {
+            panic!("e not admitted: {out:?}");
+        };
+        assert!(admission.members.iter().all(|r| r.node_id != d));
+        assert!(
+            f.node.view().iter().all(|m| m.name != "d"),
+            "not listed while unconfirmed"
+        );
+        // No confirmation within 15 s: undone, the token usable again.
+        let out = f.handle(16.2, Input::Timer);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::AdmissionUndone { peer, .. } if *peer == d)),
+            "{out:?}"
+        );
+        assert!(out.iter().any(|o| matches!(o, Output::Persist(s, None)
+            if s.members.iter().all(|(r, _)| r.node_id != d))));
+        assert!(!f.node.membership().is_member(&d));
+        assert!(f.node.membership().find_by_name("d").is_none());
+        let invite = f
+            .node
+            .invites()
+            .iter()
+            .find(|i| i.token_sha256 == crate::join::token_hash("tok"))
+            .expect("the invite is kept");
+        assert_eq!((invite.used_at, &invite.used_by), (None, &None));
+        // A late confirmation is refused plainly.
+        let out = f.handle(16.3, Input::JoinConfirm(d));
+        assert_eq!(answer(&out), Some(&Err(JoinRefusal::AdmissionUndone)));
+        // The token works again, for the same name.
+        let g = PeerId::random();
+        join_as(&mut f, 17.0, g, "tok", "d", true);
+        let out = f.handle(17.1, Input::Persisted(Ack::Admission(g)));
+        assert!(matches!(answer(&out), Some(Ok(_))), "{out:?}");
+    }
+
+    #[test]
+    fn a_confirmed_admission_stands_and_is_announced() {
+        let mut f = with_invite("tok");
+        let d = PeerId::random();
+        join_as(&mut f, 1.0, d, "tok", "d", true);
+        f.handle(1.1, Input::Persisted(Ack::Admission(d)));
+        let out = f.handle(2.0, Input::JoinConfirm(d));
+        assert!(matches!(answer(&out), Some(Ok(a)) if a.record.node_id == d));
+        assert!(out.contains(&Output::Membership(Change::Joined(d))));
+        assert!(reveals(&out, d), "announced: {out:?}");
+        // A repeated confirmation is answered the same; the bound no longer applies.
+        let out = f.handle(3.0, Input::JoinConfirm(d));
+        assert!(matches!(answer(&out), Some(Ok(_))));
+        let out = f.handle(30.0, Input::Timer);
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Output::AdmissionUndone { .. }))
+        );
+        assert!(f.node.membership().is_member(&d));
+        // A confirmation for a node never admitted is refused.
+        let out = f.handle(30.0, Input::JoinConfirm(PeerId::random()));
+        assert_eq!(answer(&out), Some(&Err(JoinRefusal::AdmissionUndone)));
+    }
+
+    #[test]
+    fn gossip_from_an_unconfirmed_joiner_confirms_it() {
+        let mut f = with_invite("tok");
+        let d = PeerId::random();
+        join_as(&mut f, 1.0, d, "tok", "d", true);
+        f.handle(1.1, Input::Persisted(Ack::Admission(d)));
+        f.handle(5.0, Input::Connected(d));
+        let out = f.heartbeat_from(5.0, d);
+        assert!(out.contains(&Output::GossipVerdict(Ok(()))), "{out:?}");
+        assert!(out.contains(&Output::Membership(Change::Joined(d))));
+        let out = f.handle(20.0, Input::Timer);
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Output::AdmissionUndone { .. }))
+        );
+        assert!(f.node.membership().is_member(&d));
+    }
+
+    #[test]
+    fn an_older_joiner_is_admitted_at_once() {
+        let mut f = with_invite("tok");
+        let d = PeerId::random();
+        join(&mut f, 1.0, d, "tok", "d");
+        let out = f.handle(1.1, Input::Persisted(Ack::Admission(d)));
+        assert!(out.contains(&Output::Membership(Change::Joined(d))));
+        let out = f.handle(30.0, Input::Timer);
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Output::AdmissionUndone { .. }))
+        );
     }
 
     fn answer(outputs: &[Output]) -> Option<&Result<Admission, JoinRefusal>> {
@@ -2050,13 +2504,151 @@ mod tests {
                 .any(|o| matches!(o, Output::Persist(s, Some(Ack::Leave)) if s.left))
         );
         let out = f.handle(1.1, Input::Persisted(Ack::Leave));
-        assert!(out.contains(&Output::LeaveDone(Ok(()))));
         let [GossipBody::Roster(roster)] = publishes(&out)[..] else {
             panic!("no tombstone: {out:?}");
         };
         assert!(roster.records[0].left && roster.records[0].node_id == f.a);
-        let out = f.handle(2.1, Input::Timer);
+        let out = f.handle(4.1, Input::Timer);
+        assert!(out.contains(&Output::LeaveDone(Ok(LeaveOutcome::Unconfirmed))));
+        let out = f.handle(5.1, Input::Timer);
         assert!(out.contains(&Output::Exit));
+    }
+
+    /// The members a leaving node pushes its list to, and the list it pushes.
+    fn pushes(outputs: &[Output]) -> Vec<(PeerId, SyncMessage)> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Sync { to, message } => Some((*to, message.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn leave_waits_for_a_member_to_acknowledge_the_tombstone() {
+        let mut f = Fixture::new(10, &[]);
+        f.join_b_and_c(0.0);
+        f.handle(0.5, Input::Disconnected(f.c));
+        f.handle(1.0, Input::Leave);
+        let out = f.handle(1.1, Input::Persisted(Ack::Leave));
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::LeaveDone(_))),
+            "not answered before an acknowledgement or the bound: {out:?}"
+        );
+        // Pushed to the connected member, tombstone included; the other one is dialled.
+        let pushed = pushes(&out);
+        assert_eq!(pushed.len(), 1, "{out:?}");
+        assert_eq!(pushed[0].0, f.b);
+        assert!(
+            pushed[0]
+                .1
+                .records
+                .iter()
+                .any(|r| r.node_id == f.a && r.left)
+        );
+        assert_eq!(dials(&out), vec![f.c]);
+        // c connects while the leave waits: it gets the push too.
+        let out = f.handle(1.2, Input::Connected(f.c));
+        assert_eq!(pushes(&out).len(), 1);
+        // No heartbeats while waiting.
+        let out = f.handle(3.0, Input::Timer);
+        assert!(publishes(&out).is_empty(), "{out:?}");
+        // An answer without our tombstone (an older exchange) acknowledges nothing.
+        let stale = SyncMessage {
+            records: vec![record(f.a, "a", 10)],
+            settings: NetworkSettings::default(),
+        };
+        let out = f.handle(
+            3.1,
+            Input::SyncAnswer {
+                from: f.b,
+                message: &stale,
+            },
+        );
+        assert!(!out.iter().any(|o| matches!(o, Output::LeaveDone(_))));
+        let acknowledged = pushed[0].1.clone();
+        let out = f.handle(
+            3.2,
+            Input::SyncAnswer {
+                from: f.b,
+                message: &acknowledged,
+            },
+        );
+        assert!(out.contains(&Output::LeaveDone(Ok(LeaveOutcome::Confirmed("b".into())))));
+        // Answered once, and the bound no longer matters; exit after the drain.
+        let out = f.handle(4.1, Input::Timer);
+        assert!(!out.iter().any(|o| matches!(o, Output::LeaveDone(_))));
+        let out = f.handle(4.3, Input::Timer);
+        assert!(out.contains(&Output::Exit));
+    }
+
+    #[test]
+    fn a_node_alone_leaves_at_once() {
+        let t0 = Instant::now();
+        let a = PeerId::random();
+        let mut node = Node::new(
+            Config::default(),
+            LocalNode {
+                id: a,
+                name: "a".into(),
+                priority: 10,
+                incarnation: 1,
+                addrs: vec![],
+            },
+            Restored {
+                records: vec![record(a, "a", 10)],
+                ..Restored::default()
+            },
+            t0,
+            1,
+        );
+        let _ = node.handle(t0, Input::Leave).count();
+        let out: Vec<Output> = node.handle(t0, Input::Persisted(Ack::Leave)).collect();
+        assert!(out.contains(&Output::LeaveDone(Ok(LeaveOutcome::Alone))));
+    }
+
+    #[test]
+    fn a_member_acknowledges_a_departed_nodes_push_before_closing_its_connection() {
+        let mut f = Fixture::new(10, &[]);
+        f.join_b_and_c(0.0);
+        let mut tombstone = record(f.b, "b", 20);
+        tombstone.version = 2;
+        tombstone.left = true;
+        // The gossiped tombstone comes first: the connection is not closed at once.
+        let roster = GossipBody::Roster(RosterUpdate {
+            from: f.b,
+            records: vec![tombstone.clone()],
+        });
+        let out = f.handle(
+            1.0,
+            Input::Gossip {
+                signer: Some(f.b),
+                body: &roster,
+            },
+        );
+        assert!(!f.node.membership().is_member(&f.b));
+        assert!(!out.contains(&Output::Disconnect(f.b)), "{out:?}");
+        // Its push is answered with its tombstone alone: the acknowledgement.
+        let push = SyncMessage {
+            records: vec![tombstone.clone(), record(f.a, "a", 10)],
+            settings: NetworkSettings::default(),
+        };
+        let out = f.handle(
+            1.1,
+            Input::SyncRequest {
+                from: f.b,
+                message: &push,
+            },
+        );
+        let reply = out.iter().find_map(|o| match o {
+            Output::SyncReply { to, message } if *to == f.b => Some(message.clone()),
+            _ => None,
+        });
+        assert_eq!(reply.map(|m| m.records), Some(vec![tombstone]));
+        // Then closed after the grace.
+        let out = f.handle(1.6, Input::Timer);
+        assert!(out.contains(&Output::Disconnect(f.b)), "{out:?}");
     }
 
     #[test]

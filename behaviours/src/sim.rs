@@ -1228,7 +1228,10 @@ impl Sim {
                         .push(now + 1, Event::Persisted { to: i, epoch, ack });
                 }
             }
-            Output::GossipVerdict(_) | Output::Notice(_) | Output::Settings(_) => {}
+            Output::GossipVerdict(_)
+            | Output::Notice(_)
+            | Output::Settings(_)
+            | Output::AdmissionUndone { .. } => {}
             Output::LeaderChanged { .. } | Output::Leadership(_) => self.note_change(),
             Output::Membership(change) => self.on_membership(i, change),
             Output::JoinAnswer { peer, answer } => {
@@ -1922,6 +1925,8 @@ impl Sim {
                 addr: &addr,
                 priority: PRIORITY,
                 unix_now,
+                // The simulated joiner writes nothing that could fail: no confirmation step.
+                confirms: false,
             },
         );
     }

@@ -1,7 +1,9 @@
-//! What the benchmarks share: reading sizes from the environment, percentiles, and a process's
-//! CPU time and RSS from /proc.
+//! What the benchmarks share: reading sizes from the environment, percentiles, a process's
+//! CPU time and RSS from /proc, and a stranger flood ([`flood`]).
 
 #![allow(dead_code)]
+
+pub mod flood;
 
 /// An integer from the environment, or `default`.
 pub fn env_or(name: &str, default: u64) -> u64 {

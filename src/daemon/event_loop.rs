@@ -9,8 +9,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use constella_behaviours::gossip::{self, GossipBody, GossipError};
+use constella_behaviours::join::JoinStep;
 use constella_behaviours::membership::Change;
-use constella_behaviours::node::{Ack, Config, Input, Node, Output, Refusal, Snapshot};
+use constella_behaviours::node::{
+    Ack, Config, Input, LeaveOutcome, Node, Output, Refusal, Snapshot,
+};
 use constella_behaviours::sync::{SyncMessage, SyncResponse};
 use constella_behaviours::{Behaviour, BehaviourEvent, NetworkSecret, gossip_topic, kad_protocol};
 use futures::StreamExt;
@@ -63,7 +66,7 @@ pub(super) struct EventLoop {
         ),
     >,
     next_request: u64,
-    leave: Option<oneshot::Sender<Result<(), ClientError>>>,
+    leave: Option<oneshot::Sender<Result<LeaveOutcome, ClientError>>>,
 }
 
 impl EventLoop {
@@ -256,6 +259,11 @@ impl EventLoop {
                 self.admissions
                     .answer(&mut self.swarm, &self.state, &self.secret, peer, answer);
             }
+            Output::AdmissionUndone { peer, name } => tracing::warn!(
+                node = %name,
+                node_id = %peer,
+                "admission undone: the joiner never confirmed; its invite can be used again"
+            ),
             Output::InviteRecorded { request, result } => {
                 if let Some((report, reply)) = self.invites.remove(&request) {
                     if result.is_ok() {
@@ -265,8 +273,17 @@ impl EventLoop {
                 }
             }
             Output::LeaveDone(result) => {
-                if result.is_ok() {
-                    info!(network = %self.state.network_id, "left the network; the network secret was deleted");
+                match &result {
+                    Ok(LeaveOutcome::Confirmed(member)) => {
+                        info!(network = %self.state.network_id, %member, "left the network (acknowledged); the network secret was deleted");
+                    }
+                    Ok(LeaveOutcome::Unconfirmed) => {
+                        tracing::warn!(network = %self.state.network_id, "left the network, but no member acknowledged it; the network secret was deleted");
+                    }
+                    Ok(LeaveOutcome::Alone) => {
+                        info!(network = %self.state.network_id, "left the network (no other member); the network secret was deleted");
+                    }
+                    Err(_) => {}
                 }
                 if let Some(reply) = self.leave.take() {
                     let _ = reply.send(result.map_err(ClientError::Storage));
@@ -337,7 +354,7 @@ impl EventLoop {
                 );
                 drop(reply.send(report));
             }
-            Command::Peers(reply) => drop(reply.send(self.core.membership().view())),
+            Command::Peers(reply) => drop(reply.send(self.core.view())),
             Command::Invite(ttl, reply) => self.create_invite(ttl, reply),
             Command::Leave(reply) => {
                 if self.leave.is_some() {
@@ -571,6 +588,10 @@ impl EventLoop {
                     self.admissions
                         .receive(&mut self.swarm, &self.state, peer, &request, channel)
                 {
+                    if request.step == JoinStep::Confirm {
+                        self.feed(Input::JoinConfirm(peer));
+                        return;
+                    }
                     self.feed(Input::JoinRequest {
                         peer,
                         token: &request.token,
@@ -578,6 +599,7 @@ impl EventLoop {
                         addr: &ask.addr,
                         priority: request.priority,
                         unix_now: unix_now(),
+                        confirms: request.step == JoinStep::AskThenConfirm,
                     });
                 }
             }

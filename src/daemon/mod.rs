@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use constella_behaviours::membership::MemberView;
+use constella_behaviours::node::LeaveOutcome;
 use constella_behaviours::settings::NetworkSettings;
 use constella_behaviours::{Behaviour, NetworkSecret};
 use libp2p::{PeerId, Swarm, SwarmBuilder, noise, tcp, yamux};
@@ -44,7 +45,7 @@ pub enum Command {
     Status(oneshot::Sender<StatusReport>),
     Peers(oneshot::Sender<Vec<MemberView>>),
     Invite(Ttl, oneshot::Sender<Result<InviteReport, ClientError>>),
-    Leave(oneshot::Sender<Result<(), ClientError>>),
+    Leave(oneshot::Sender<Result<LeaveOutcome, ClientError>>),
     /// Merge bot state into the network settings; persisted and published before the reply.
     MergeSettings(NetworkSettings, oneshot::Sender<NetworkSettings>),
     /// The member list as the node named (name or node id) by the string sees it.
@@ -136,8 +137,9 @@ impl Client {
         .await?
     }
 
-    /// Leaves the network (tombstone, secret deleted); the daemon stops shortly after.
-    pub async fn leave(&self) -> Result<(), ClientError> {
+    /// Leaves the network (tombstone, secret deleted) and says whether a member acknowledged
+    /// it; the daemon stops shortly after.
+    pub async fn leave(&self) -> Result<LeaveOutcome, ClientError> {
         self.ask(Command::Leave).await?
     }
 }

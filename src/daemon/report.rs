@@ -83,7 +83,7 @@ pub(super) fn status(
     swarm: (Vec<String>, usize),
     bot: &MetricsSnapshot,
 ) -> StatusReport {
-    let view = core.membership().view();
+    let view = core.view();
     let alive = view.iter().filter(|p| p.is_alive()).count();
     let leader = core.leader();
     let settings = core.settings();

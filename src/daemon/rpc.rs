@@ -169,7 +169,7 @@ impl Rpc {
     ) {
         match resolve(core, target) {
             Err(error) => drop(reply.send(Err(error))),
-            Ok(Target::Local) => drop(reply.send(Ok(core.membership().view()))),
+            Ok(Target::Local) => drop(reply.send(Ok(core.view()))),
             Ok(Target::Remote { id, name }) => {
                 self.call(
                     swarm,
@@ -388,7 +388,7 @@ impl Rpc {
         let caller = core.name_of(&peer);
         match request {
             RpcRequest::GetPeers => {
-                let peers = core.membership().view();
+                let peers = core.view();
                 respond(swarm, peer, channel, Ok(RpcAnswer::Peers(peers)));
             }
             RpcRequest::GetStats => {
