@@ -2197,6 +2197,27 @@ mod tests {
         assert!(!out.contains(&Output::Disconnect(f.b)));
     }
 
+    /// Records an invite for `token` (request number `request`) at `unix_now`, valid `ttl_secs`.
+    fn issue(
+        f: &mut Fixture,
+        secs: f64,
+        request: u64,
+        token: &str,
+        unix_now: u64,
+        ttl_secs: u64,
+    ) -> Vec<Output> {
+        let hash = crate::join::token_hash(token);
+        f.handle(
+            secs,
+            Input::IssueInvite {
+                request,
+                token_sha256: &hash,
+                unix_now,
+                ttl_secs,
+            },
+        )
+    }
+
     fn join(f: &mut Fixture, secs: f64, peer: PeerId, token: &str, name: &str) -> Vec<Output> {
         join_as(f, secs, peer, token, name, false)
     }
@@ -2383,16 +2404,7 @@ mod tests {
     #[test]
     fn a_join_is_answered_only_once_durable_and_a_token_is_single_use() {
         let mut f = Fixture::new(10, &[]);
-        let hash = crate::join::token_hash("tok");
-        let out = f.handle(
-            0.0,
-            Input::IssueInvite {
-                request: 1,
-                token_sha256: &hash,
-                unix_now: 900,
-                ttl_secs: 600,
-            },
-        );
+        let out = issue(&mut f, 0.0, 1, "tok", 900, 600);
         assert!(
             out.iter()
                 .any(|o| matches!(o, Output::Persist(_, Some(Ack::Invite(1)))))
@@ -2425,16 +2437,7 @@ mod tests {
     #[test]
     fn a_join_whose_write_fails_changes_nothing() {
         let mut f = Fixture::new(10, &[]);
-        let hash = crate::join::token_hash("tok");
-        f.handle(
-            0.0,
-            Input::IssueInvite {
-                request: 1,
-                token_sha256: &hash,
-                unix_now: 900,
-                ttl_secs: 600,
-            },
-        );
+        issue(&mut f, 0.0, 1, "tok", 900, 600);
         f.handle(0.0, Input::Persisted(Ack::Invite(1)));
         let before = f.node.snapshot();
         let d = PeerId::random();
@@ -2461,28 +2464,10 @@ mod tests {
         let d = PeerId::random();
         let out = join(&mut f, 0.0, d, "nope", "d");
         assert_eq!(answer(&out), Some(&Err(JoinRefusal::UnknownToken)));
-        let hash = crate::join::token_hash("old");
-        f.handle(
-            0.0,
-            Input::IssueInvite {
-                request: 1,
-                token_sha256: &hash,
-                unix_now: 100,
-                ttl_secs: 10,
-            },
-        );
+        issue(&mut f, 0.0, 1, "old", 100, 10);
         let out = join(&mut f, 0.0, d, "old", "d");
         assert_eq!(answer(&out), Some(&Err(JoinRefusal::ExpiredToken)));
-        let hash = crate::join::token_hash("new");
-        f.handle(
-            0.0,
-            Input::IssueInvite {
-                request: 2,
-                token_sha256: &hash,
-                unix_now: 900,
-                ttl_secs: 600,
-            },
-        );
+        issue(&mut f, 0.0, 2, "new", 900, 600);
         let out = join(&mut f, 0.0, d, "new", "b");
         assert_eq!(answer(&out), Some(&Err(JoinRefusal::NameTaken("b".into()))));
         let b = f.b;
