@@ -10,97 +10,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::netns::Lab;
-use common::{Node, keys_by_peer_id, wait_for};
-
-/// Names in leader order (their keys are sorted by PeerId, priorities equal).
-const NAMES: [&str; 5] = ["alpha", "bravo", "charlie", "delta", "echo"];
-
-/// A network of `n` nodes, node `i` in namespace `i` of `lab`.
-struct Net {
-    _root: tempfile::TempDir,
-    nodes: Vec<Node>,
-}
-
-impl Net {
-    fn start(lab: &Lab, n: usize) -> Net {
-        let root = tempfile::tempdir().unwrap();
-        let mut nodes: Vec<Node> = NAMES[..n]
-            .iter()
-            .map(|name| Node::new(root.path(), name))
-            .collect();
-        for (i, (node, key)) in nodes.iter_mut().zip(keys_by_peer_id(n)).enumerate() {
-            lab.attach(node, i);
-            node.port = 7000;
-            node.install_key(&key);
-        }
-        nodes[0].init(100);
-        nodes[0].start();
-        for i in 1..n {
-            let link = nodes[0].invite("5m");
-            nodes[i].join(&link, 100);
-            nodes[i].start();
-        }
-        Net { _root: root, nodes }
-    }
-
-    fn names(&self, which: &[usize]) -> Vec<&'static str> {
-        which.iter().map(|&i| NAMES[i]).collect()
-    }
-
-    /// Runs `f`, printing every log if it panics.
-    fn or_logs<T>(&self, f: impl FnOnce() -> T) -> T {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            Ok(value) => value,
-            Err(panic) => {
-                for node in &self.nodes {
-                    eprintln!("==== {}\n{}", node.name, node.log_text());
-                }
-                std::panic::resume_unwind(panic)
-            }
-        }
-    }
-}
-
-/// The leader `node` names if exactly `alive` are alive in its view and `offline` offline
-/// (straight from the control socket, for a fine time resolution).
-fn sees(node: &Node, alive: &[&str], offline: &[&str]) -> Option<String> {
-    let answer = node.ask_socket(r#"{"command":"peers"}"#)?;
-    let peers = answer.get("peers")?.as_array()?;
-    let has = |name: &str, status: &str| {
-        peers
-            .iter()
-            .any(|p| p["name"] == name && p["status"] == status)
-    };
-    if !alive.iter().all(|n| has(n, "alive")) || !offline.iter().all(|n| has(n, "offline")) {
-        return None;
-    }
-    let leaders: Vec<&serde_json::Value> = peers.iter().filter(|p| p["leader"] == true).collect();
-    (leaders.len() == 1).then(|| leaders[0]["name"].as_str().unwrap_or("").to_owned())
-}
-
-/// Waits until every node of `nodes` sees `alive` alive, `offline` offline and names one
-/// common leader; returns it and how long that took.
-fn agree(
-    nodes: &[&Node],
-    alive: &[&str],
-    offline: &[&str],
-    deadline: Duration,
-) -> (String, Duration) {
-    let start = Instant::now();
-    let leader = wait_for(
-        deadline,
-        &format!("{alive:?} alive, {offline:?} offline, one leader"),
-        || {
-            let seen: Vec<Option<String>> = nodes.iter().map(|n| sees(n, alive, offline)).collect();
-            let first = seen.first()?.clone()?;
-            seen.iter()
-                .all(|s| s.as_deref() == Some(&first))
-                .then_some(first)
-        },
-    );
-    (leader, start.elapsed())
-}
+use common::netns::{Lab, NAMES, Net, agree};
+use common::{Node, wait_for};
 
 fn all(net: &Net) -> Vec<&Node> {
     net.nodes.iter().collect()
@@ -226,7 +137,13 @@ fn back_to_back_joins_are_listed_everywhere() {
     let mut slowest = Duration::ZERO;
     for i in 1..nodes.len() {
         let link = nodes[0].invite("5m");
-        nodes[i].join(&link, 100);
+        let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            nodes[i].join(&link, 100);
+        }));
+        if let Err(panic) = joined {
+            eprintln!("==== seed\n{}", nodes[0].log_text());
+            std::panic::resume_unwind(panic);
+        }
         let started = Instant::now();
         nodes[i].start();
         let newcomer = nodes[i].name.clone();

@@ -20,7 +20,9 @@
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::Node;
+use std::time::{Duration, Instant};
+
+use super::{Node, keys_by_peer_id, wait_for};
 
 static LABS: AtomicU32 = AtomicU32::new(0);
 
@@ -206,4 +208,93 @@ fn remove_stale() {
             let _ = run(&["ip", "netns", "del", name]);
         }
     }
+}
+
+/// Names in leader order (their keys are sorted by PeerId, priorities equal).
+pub const NAMES: [&str; 5] = ["alpha", "bravo", "charlie", "delta", "echo"];
+
+/// A network of `n` nodes, node `i` in namespace `i` of `lab`.
+pub struct Net {
+    _root: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+}
+
+impl Net {
+    pub fn start(lab: &Lab, n: usize) -> Net {
+        let root = tempfile::tempdir().unwrap();
+        let mut nodes: Vec<Node> = NAMES[..n]
+            .iter()
+            .map(|name| Node::new(root.path(), name))
+            .collect();
+        for (i, (node, key)) in nodes.iter_mut().zip(keys_by_peer_id(n)).enumerate() {
+            lab.attach(node, i);
+            node.port = 7000;
+            node.install_key(&key);
+        }
+        nodes[0].init(100);
+        nodes[0].start();
+        for i in 1..n {
+            let link = nodes[0].invite("5m");
+            nodes[i].join(&link, 100);
+            nodes[i].start();
+        }
+        Net { _root: root, nodes }
+    }
+
+    pub fn names(&self, which: &[usize]) -> Vec<&'static str> {
+        which.iter().map(|&i| NAMES[i]).collect()
+    }
+
+    /// Runs `f`, printing every log if it panics.
+    pub fn or_logs<T>(&self, f: impl FnOnce() -> T) -> T {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(value) => value,
+            Err(panic) => {
+                for node in &self.nodes {
+                    eprintln!("==== {}\n{}", node.name, node.log_text());
+                }
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+}
+
+/// The leader `node` names if exactly `alive` are alive in its view and `offline` offline
+/// (straight from the control socket, for a fine time resolution).
+pub fn sees(node: &Node, alive: &[&str], offline: &[&str]) -> Option<String> {
+    let answer = node.ask_socket(r#"{"command":"peers"}"#)?;
+    let peers = answer.get("peers")?.as_array()?;
+    let has = |name: &str, status: &str| {
+        peers
+            .iter()
+            .any(|p| p["name"] == name && p["status"] == status)
+    };
+    if !alive.iter().all(|n| has(n, "alive")) || !offline.iter().all(|n| has(n, "offline")) {
+        return None;
+    }
+    let leaders: Vec<&serde_json::Value> = peers.iter().filter(|p| p["leader"] == true).collect();
+    (leaders.len() == 1).then(|| leaders[0]["name"].as_str().unwrap_or("").to_owned())
+}
+
+/// Waits until every node of `nodes` sees `alive` alive, `offline` offline and names one
+/// common leader; returns it and how long that took.
+pub fn agree(
+    nodes: &[&Node],
+    alive: &[&str],
+    offline: &[&str],
+    deadline: Duration,
+) -> (String, Duration) {
+    let start = Instant::now();
+    let leader = wait_for(
+        deadline,
+        &format!("{alive:?} alive, {offline:?} offline, one leader"),
+        || {
+            let seen: Vec<Option<String>> = nodes.iter().map(|n| sees(n, alive, offline)).collect();
+            let first = seen.first()?.clone()?;
+            seen.iter()
+                .all(|s| s.as_deref() == Some(&first))
+                .then_some(first)
+        },
+    );
+    (leader, start.elapsed())
 }
