@@ -29,10 +29,23 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` and `cargo test --benches` probe benches this way.
     }
-    silent_leader_loss(env_or("FAULTS_ROUNDS", 10) as usize);
-    partition_heal(env_or("PARTITION_SECS", 30));
-    joins(env_or("JOIN_NODES", 8) as usize);
-    lossy(env_or("LOSS_PERCENT", 20) as u32, env_or("LOSSY_SECS", 60));
+    // A zero skips a part (e.g. `FAULTS_ROUNDS=0 JOIN_NODES=0 LOSSY_SECS=0 PARTITION_SECS=300`).
+    let rounds = env_or("FAULTS_ROUNDS", 10) as usize;
+    if rounds > 0 {
+        silent_leader_loss(rounds);
+    }
+    let partition = env_or("PARTITION_SECS", 30);
+    if partition > 0 {
+        partition_heal(partition);
+    }
+    let joiners = env_or("JOIN_NODES", 8) as usize;
+    if joiners > 0 {
+        joins(joiners);
+    }
+    let lossy_secs = env_or("LOSSY_SECS", 60);
+    if lossy_secs > 0 {
+        lossy(env_or("LOSS_PERCENT", 20) as u32, lossy_secs);
+    }
 }
 
 fn report(what: &str, mut times: Vec<Duration>) {
@@ -40,8 +53,8 @@ fn report(what: &str, mut times: Vec<Duration>) {
     println!(
         "{what}: n={} median {:.2} s, p95 {:.2} s, max {:.2} s",
         times.len(),
-        percentile(&times, 50.0).as_secs_f64(),
-        percentile(&times, 95.0).as_secs_f64(),
+        percentile(&times, 0.5).as_secs_f64(),
+        percentile(&times, 0.95).as_secs_f64(),
         times[times.len() - 1].as_secs_f64()
     );
 }
