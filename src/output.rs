@@ -344,6 +344,14 @@ pub fn status_block(s: &StatusReport) -> String {
     );
     let _ = writeln!(out, "leader    {} ({})", s.leader.name, s.leader.node_id);
     let _ = writeln!(out, "peers     {} alive, {} offline", s.alive, s.offline);
+    if let Some(p) = &s.partitioned {
+        // The minority side of a partition does not host the bot (docs/design.md).
+        let _ = writeln!(
+            out,
+            "network   partitioned: sees {} of {} (not hosting the bot)",
+            p.sees, p.of
+        );
+    }
     let _ = writeln!(out, "uptime    {}", human_duration(s.uptime_secs));
     let _ = writeln!(out, "listening {}", s.listen_addrs.join(", "));
     let _ = writeln!(
@@ -515,6 +523,8 @@ mod tests {
                 node_id: "id".into(),
             },
             is_leader,
+            hosting: is_leader,
+            partitioned: None,
             leader_changes: 0,
             alive: 1,
             offline: 0,

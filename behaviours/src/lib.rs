@@ -47,6 +47,14 @@ pub const AGENT_VERSION: &str = concat!("constella/", env!("CARGO_PKG_VERSION"))
 /// 5 s of the operator's command; the rest of the 5 s is left for the CLI and control socket.
 pub const RPC_TIMEOUT: Duration = Duration::from_millis(4500);
 
+/// How often each connection is pinged. A connection that stops answering within
+/// [`PING_TIMEOUT`] is closed and redialled (`node::Input::PingFailed`): TCP alone would keep
+/// a dead connection for many seconds of retransmissions. A failed ping never marks a member
+/// offline by itself (heartbeat silence does), so a lossy link costs a reconnect at most.
+pub const PING_INTERVAL: Duration = Duration::from_secs(2);
+/// See [`PING_INTERVAL`]: at 20 % loss a ping misses this bound about once in 300.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Why the behaviour could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -175,7 +183,11 @@ impl Behaviour {
         Ok(Self {
             limits: connection_limits::Behaviour::new(connection_limits()),
             identify,
-            ping: ping::Behaviour::new(ping::Config::new()),
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(PING_INTERVAL)
+                    .with_timeout(PING_TIMEOUT),
+            ),
             gossipsub,
             kad,
             join: join::behaviour(request_timeout),

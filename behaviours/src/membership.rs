@@ -8,8 +8,9 @@
 //! - The member list is a set of versioned [`MemberRecord`]s; on a merge the higher version wins,
 //!   and a departed node stays as a tombstone (`left`) so anti-entropy cannot resurrect it.
 //! - A member is alive while authenticated heartbeats arrive with increasing sequence numbers,
-//!   and offline once none has arrived for `offline_after` (three missed two-second heartbeats).
-//! - Faster evidence (its connection closed and a redial failed) marks it offline at once. A
+//!   and offline once none has arrived for `offline_after` (2.5 one-second heartbeat intervals).
+//!   A member's own message over a direct connection (a roster exchange) counts as a heartbeat.
+//! - Faster evidence (its connection closed and a redial was refused) marks it offline at once. A
 //!   heartbeat of that same incarnation relayed late by another node does not revive it; a
 //!   direct connection or a restarted incarnation does.
 //! - A node restarting from its state file starts with the members it last saw alive assumed
@@ -30,10 +31,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::gossip::{Goodbye, Heartbeat, MemberRecord};
 
-/// Heartbeats are published this often.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
-/// A member is offline after this long without a heartbeat (three missed heartbeats).
-pub const OFFLINE_AFTER: Duration = Duration::from_secs(6);
+/// Heartbeats are published this often (networks of up to 100 members; see `Config::for_size`).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// A member is offline after this long without a heartbeat (2.5 heartbeat intervals).
+pub const OFFLINE_AFTER: Duration = Duration::from_millis(2500);
 
 /// Whether a member is reachable. Serialised lowercase (`"alive"`, `"offline"`), as in
 /// `network_state.json`, `peers --json` and RPC answers.
@@ -78,6 +79,19 @@ pub enum Change {
     Alive(PeerId),
     /// A member stopped being reachable.
     Offline(PeerId, OfflineReason),
+}
+
+/// Whom a node sees among the members that count for the majority: itself, the members alive
+/// in its view, and members gone silent (not refused, not said goodbye) and heard within the
+/// memory the caller gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quorum {
+    /// This node and the members alive in its view.
+    pub sees: usize,
+    /// Every member that counts.
+    pub of: usize,
+    /// The first of them in the leader order is seen (breaks an exact half).
+    pub sees_first: bool,
 }
 
 /// Why a heartbeat or a goodbye was refused.
@@ -130,6 +144,9 @@ struct Liveness {
     last_seq: u64,
     /// Set when marked offline on direct evidence: the incarnation that was seen to go down.
     evidence_incarnation: Option<u32>,
+    /// Offline by silence (a timeout), not by a refused redial or a goodbye: it may be out of
+    /// reach rather than down, so it still counts in the majority (see [`Quorum`]).
+    silent: bool,
     uptime_secs: Option<u64>,
     protocol_version: Option<u32>,
     addrs: Vec<String>,
@@ -142,6 +159,7 @@ impl Liveness {
             last_heard: None,
             last_seq: 0,
             evidence_incarnation: None,
+            silent: false,
             uptime_secs: None,
             protocol_version: None,
             addrs: Vec::new(),
@@ -431,6 +449,64 @@ impl Membership {
         Ok(None)
     }
 
+    /// A message of `peer` itself arrived over a direct connection (a roster exchange): proof
+    /// of life like a heartbeat. A member seen to go down (a refused redial, a goodbye) is not
+    /// revived by it: its next heartbeat over the connection does that.
+    pub fn on_direct(&mut self, peer: &PeerId, now: Instant) -> Option<Change> {
+        if *peer == self.local {
+            return None;
+        }
+        let entry = self.entries.get_mut(peer).filter(|e| !e.record.left)?;
+        let live = &mut entry.liveness;
+        if live.evidence_incarnation.is_some() {
+            return None;
+        }
+        live.last_heard = Some(now);
+        let revived = live.status == Status::Offline;
+        live.status = Status::Alive;
+        self.note_deadline(now);
+        if !revived {
+            return None;
+        }
+        self.elect();
+        Some(Change::Alive(*peer))
+    }
+
+    /// How many of the members heard within `memory` this node sees (see [`Quorum`]).
+    pub fn quorum(&self, now: Instant, memory: Duration) -> Quorum {
+        let mut quorum = Quorum {
+            sees: 0,
+            of: 0,
+            sees_first: false,
+        };
+        let mut first: Option<(&Entry, bool)> = None;
+        for (id, entry) in self.entries.iter() {
+            let live = &entry.liveness;
+            if entry.record.left {
+                continue;
+            }
+            let seen = *id == self.local || live.status == Status::Alive;
+            let counts = seen
+                || (live.silent
+                    && live
+                        .last_heard
+                        .is_some_and(|heard| now.saturating_duration_since(heard) < memory));
+            if !counts {
+                continue;
+            }
+            quorum.of += 1;
+            quorum.sees += usize::from(seen);
+            let earlier = first.is_none_or(|(f, _)| {
+                (entry.record.priority, &entry.key_bytes) < (f.record.priority, &f.key_bytes)
+            });
+            if earlier {
+                first = Some((entry, seen));
+            }
+        }
+        quorum.sees_first = first.is_some_and(|(_, seen)| seen);
+        quorum
+    }
+
     /// Takes an authenticated goodbye whose gossipsub signer is `goodbye.node_id`: the member is
     /// offline now, until a heartbeat with a higher sequence number (its next incarnation).
     pub fn on_goodbye(&mut self, goodbye: &Goodbye) -> Result<Option<Change>, HeartbeatRejection> {
@@ -438,6 +514,7 @@ impl Membership {
             return Ok(None);
         };
         live.evidence_incarnation = Some(goodbye.incarnation());
+        live.silent = false;
         if live.status == Status::Offline {
             return Ok(None);
         }
@@ -512,7 +589,12 @@ impl Membership {
             .entries
             .get_mut(peer)
             .filter(|entry| !entry.record.left)?;
-        if *peer == self.local || entry.liveness.status == Status::Offline {
+        if *peer == self.local {
+            return None;
+        }
+        // Refused: the process is down, not out of reach.
+        entry.liveness.silent = false;
+        if entry.liveness.status == Status::Offline {
             return None;
         }
         entry.liveness.status = Status::Offline;
@@ -539,6 +621,7 @@ impl Membership {
                 .is_none_or(|heard| now.duration_since(heard) >= self.offline_after);
             if silent {
                 live.status = Status::Offline;
+                live.silent = true;
                 changes.push(Change::Offline(*id, OfflineReason::HeartbeatTimeout));
             } else if let Some(heard) = live.last_heard {
                 let due = heard + self.offline_after;

@@ -11,15 +11,22 @@
 //! code.
 //!
 //! Rules, each unit-tested below:
-//! - **Heartbeats** every [`Config::heartbeat_interval`] (2 s up to 100 members, growing with
+//! - **Heartbeats** every [`Config::heartbeat_interval`] (1 s up to 100 members, growing with
 //!   the square root of the size beyond, see [`Config::for_size`]); `seq = incarnation << 32 |
 //!   counter`.
 //! - **Liveness**: a member is alive from its first valid heartbeat and offline after
-//!   [`Config::offline_after`] of silence (three intervals); faster evidence: its last connection
-//!   closed and the redial failed, or it said goodbye (see [`crate::membership`]).
+//!   [`Config::offline_after`] of silence (2.5 intervals); faster evidence: its last connection
+//!   closed and the redial was refused (failed within [`Config::refused_within`]; a redial that
+//!   times out marks nothing), or it said goodbye (see [`crate::membership`]). A member silent
+//!   while connected has its connection closed ([`Output::Disconnect`]) and is redialled; so is
+//!   one whose connection stopped answering pings ([`Input::PingFailed`]). A roster exchange
+//!   the member itself sent over a direct connection is proof of life like a heartbeat.
 //! - **Redial**: every member we are not connected to is dialled, with a backoff from
 //!   [`Config::first_redial`] doubling to [`Config::max_redial`]; a closed connection to a member
 //!   is redialled at once (the member is then a *suspect*: a failed dial marks it offline).
+//! - **Partitions**: a leader hosts the leader services only while it sees a majority of the
+//!   members heard within [`Config::quorum_memory`] ([`Node::partition`]); the minority side of
+//!   a partition names a leader but does not poll the bot.
 //! - **Settle**: a node that just started hosts the leader services only once every member
 //!   answered or [`Config::settle`] has passed, so a restarted node never polls the bot next to
 //!   the real leader.
@@ -63,7 +70,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gossip::{Goodbye, GossipBody, Heartbeat, MemberRecord, RosterUpdate};
 use crate::join::JoinRefusal;
-use crate::membership::{Change, HeartbeatRejection, Membership, Status};
+use crate::membership::{Change, HeartbeatRejection, Membership, OfflineReason, Status};
 use crate::settings::{NetworkSettings, SettingsUpdate};
 use crate::table::PeerTable;
 
@@ -108,6 +115,13 @@ pub struct Config {
     /// Whether the heartbeat interval and the offline bound follow the network's size as it
     /// changes ([`Config::for_size`]); off for a fixed configuration.
     pub scale_with_size: bool,
+    /// A redial of a suspect that fails sooner than this was refused by a live host (the
+    /// process is gone): the member is offline at once. A slower failure is a timeout, which
+    /// says nothing a partition would not also say: the heartbeat silence decides.
+    pub refused_within: Duration,
+    /// Members heard within this long count in the majority this node needs to host the
+    /// leader services (see [`Node::partition`]).
+    pub quorum_memory: Duration,
 }
 
 impl Default for Config {
@@ -117,26 +131,27 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Networks up to this size heartbeat every two seconds.
+    /// Networks up to this size heartbeat every second.
     pub const BASE_SIZE: usize = 100;
 
     /// The configuration for a network of `members` nodes. Up to [`Config::BASE_SIZE`] members
-    /// the heartbeat interval is 2 s and a member is offline after 6 s. Beyond, the interval
-    /// grows with `sqrt(members / 100)` (1,000 members: 6.3 s), so the messages a node receives
-    /// per second grow with the square root of the size rather than linearly; a closed
-    /// connection or a goodbye still marks a member offline at once.
+    /// the heartbeat interval is 1 s and a member is offline after 2.5 s of silence (a silent
+    /// host is offline everywhere 1.5–2.5 s after it vanished). Beyond, the interval grows
+    /// with `sqrt(members / 100)` (1,000 members: 3.2 s), so the messages a node receives per
+    /// second grow with the square root of the size rather than linearly; a refused redial or
+    /// a goodbye still marks a member offline at once.
     pub fn for_size(members: usize) -> Self {
-        let base = Duration::from_secs(2);
+        let base = Duration::from_secs(1);
         let scale = (members.max(1) as f64 / Self::BASE_SIZE as f64)
             .sqrt()
             .max(1.0);
         let heartbeat_interval = base.mul_f64(scale);
         Self {
             heartbeat_interval,
-            offline_after: heartbeat_interval * 3,
+            offline_after: heartbeat_interval * 5 / 2,
             sync_interval: Duration::from_secs(30),
-            first_redial: Duration::from_secs(1),
-            max_redial: Duration::from_secs(30),
+            first_redial: Duration::from_millis(500),
+            max_redial: Duration::from_millis(1500),
             drain: Duration::from_secs(1),
             handover_gap: Duration::from_millis(100),
             eager_gap: Duration::from_millis(100),
@@ -149,6 +164,8 @@ impl Config {
             invite_retention_secs: 7 * 24 * 3600,
             pull_gap: Duration::from_secs(2),
             scale_with_size: true,
+            refused_within: Duration::from_secs(1),
+            quorum_memory: Duration::from_secs(120),
         }
     }
 }
@@ -331,6 +348,8 @@ pub enum Input<'a> {
     Disconnected(PeerId),
     /// A dial of `peer` failed (not one skipped because a connection exists).
     DialFailed(PeerId),
+    /// A connection to `peer` stopped answering pings: it is closed and redialled.
+    PingFailed(PeerId),
     /// `peer` subscribed to the gossip topic.
     Subscribed(PeerId),
     /// A gossip message whose network MAC verified, with the author gossipsub verified.
@@ -549,7 +568,10 @@ pub struct Node {
     last_eager: Option<Instant>,
     eager_at: Option<Instant>,
     connected: PeerTable<()>,
-    suspects: BTreeSet<PeerId>,
+    /// Members whose connection closed, with when their redial began.
+    suspects: BTreeMap<PeerId, Instant>,
+    /// This node cannot see a majority of the members heard recently: `(sees, of)`.
+    partitioned: Option<(usize, usize)>,
     redials: BTreeMap<PeerId, Redial>,
     /// The same redials ordered by due time, so the next one is found without a scan of the
     /// member list (which cost O(members) per input at a thousand nodes).
@@ -616,7 +638,7 @@ impl Node {
             .copied()
             .collect();
         membership.assume_all_alive(&assumed, now);
-        let suspects: BTreeSet<PeerId> = assumed.into_iter().collect();
+        let suspects: BTreeMap<PeerId, Instant> = assumed.into_iter().map(|p| (p, now)).collect();
         let leadership = Leadership {
             is_local: false,
             leader_name: String::new(),
@@ -637,6 +659,7 @@ impl Node {
             eager_at: None,
             connected: PeerTable::new(),
             suspects,
+            partitioned: None,
             redials: BTreeMap::new(),
             redial_queue: BTreeSet::new(),
             sweep: true,
@@ -786,8 +809,13 @@ impl Node {
         match input {
             Input::Timer => self.on_timer(now),
             Input::Connected(peer) => self.on_connected(peer, now),
-            Input::Disconnected(peer) => self.on_disconnected(peer),
+            Input::Disconnected(peer) => self.on_disconnected(peer, now),
             Input::DialFailed(peer) => self.on_dial_failed(peer, now),
+            Input::PingFailed(peer) => {
+                if self.connected.contains_key(&peer) && self.membership.is_member(&peer) {
+                    self.out.push(Output::Disconnect(peer));
+                }
+            }
             Input::Subscribed(peer) => self.on_subscribed(peer, now),
             Input::Gossip { signer, body } => {
                 let verdict = self.on_gossip(signer, body, now);
@@ -798,6 +826,7 @@ impl Node {
             }
             Input::GossipRefused(refusal) => self.rejections.count(refusal),
             Input::SyncRequest { from, message } => {
+                self.heard_directly(from, now);
                 if self.answer_departed(from) {
                     // Acknowledged with its tombstone alone (see `answer_departed`).
                 } else if self.membership.is_member(&from) {
@@ -810,6 +839,7 @@ impl Node {
                 }
             }
             Input::SyncAnswer { from, message } => {
+                self.heard_directly(from, now);
                 self.note_leave_acknowledgement(from, message, now);
                 if self.membership.is_member(&from) {
                     self.merge_sync(message, now);
@@ -868,6 +898,9 @@ impl Node {
         }
         let changes = self.membership.tick(now);
         self.apply_changes(changes, now);
+        if self.partitioned.is_some() {
+            self.update_leadership(now);
+        }
         self.drop_strangers(now);
         self.end_unacknowledged_leave(now);
         self.undo_unconfirmed(now);
@@ -926,6 +959,9 @@ impl Node {
         if !self.settled {
             consider(Some(self.started + self.config.settle));
         }
+        if self.partitioned.is_some() {
+            consider(Some(now + Duration::from_secs(1)));
+        }
         wake.max(now)
     }
 
@@ -943,14 +979,14 @@ impl Node {
         }
     }
 
-    fn on_disconnected(&mut self, peer: PeerId) {
+    fn on_disconnected(&mut self, peer: PeerId, now: Instant) {
         self.connected.remove(&peer);
         // A stranger that hung up no longer takes a place.
         self.strangers.remove(&peer);
         self.sweep = true;
         if self.membership.is_member(&peer) && self.exit.is_none() {
             // Its process may have died: a redial tells at once (refused) or in time.
-            self.suspects.insert(peer);
+            self.suspects.insert(peer, now);
             let addrs = self.addresses_of(&peer);
             self.out.push(Output::Dial { peer, addrs });
         }
@@ -960,7 +996,10 @@ impl Node {
         if self.connected.contains_key(&peer) {
             return;
         }
-        if self.suspects.remove(&peer) {
+        let Some(since) = self.suspects.remove(&peer) else {
+            return;
+        };
+        if now.saturating_duration_since(since) < self.config.refused_within {
             let change = self.membership.on_unreachable(&peer);
             self.apply_changes(change.into_iter().collect(), now);
         }
@@ -1133,6 +1172,30 @@ impl Node {
         Ok(())
     }
 
+    /// A member's own message arrived over a direct connection: its process runs and the
+    /// path works, as good as a heartbeat (it revives a member silent through a partition
+    /// the moment the reconnect's roster exchange arrives, instead of at its next heartbeat).
+    fn heard_directly(&mut self, from: PeerId, now: Instant) {
+        if !self.connected.contains_key(&from) {
+            return;
+        }
+        let change = self.membership.on_direct(&from, now);
+        self.apply_changes(change.into_iter().collect(), now);
+    }
+
+    /// `Some((sees, of))` when this node cannot see a majority of the members heard within
+    /// [`Config::quorum_memory`]: `sees` counts this node and the members alive in its view,
+    /// `of` also counts members gone silent (a timeout, not a refused redial or a goodbye,
+    /// which say the process is down rather than out of reach). With exactly half, the half
+    /// holding the first of them in the leader order counts as the majority. A partitioned node
+    /// does not host the leader services, so only one side of a partition polls the bot.
+    pub fn partition(&self, now: Instant) -> Option<(usize, usize)> {
+        let quorum = self.membership.quorum(now, self.config.quorum_memory);
+        let partitioned =
+            quorum.sees * 2 < quorum.of || (quorum.sees * 2 == quorum.of && !quorum.sees_first);
+        partitioned.then_some((quorum.sees, quorum.of))
+    }
+
     fn pull_roster(&mut self, from: PeerId, now: Instant) {
         if from == self.local.id || self.exit.is_some() {
             return;
@@ -1284,7 +1347,14 @@ impl Node {
                         events.push(NetworkEvent::Back(self.name_of(id)));
                     }
                 }
-                Change::Offline(id, _) => {
+                Change::Offline(id, reason) => {
+                    if *reason == OfflineReason::HeartbeatTimeout && self.connected.contains_key(id)
+                    {
+                        // Silent while connected: the connection is dead (a partition, a
+                        // vanished host) or stalled. Close it and redial on the short backoff
+                        // rather than wait for TCP's retransmissions, so a heal is seen at once.
+                        self.out.push(Output::Disconnect(*id));
+                    }
                     self.reported_offline.insert(*id);
                     events.push(NetworkEvent::Offline(self.name_of(id)));
                 }
@@ -1330,7 +1400,16 @@ impl Node {
                 .remote_members()
                 .all(|(id, _)| self.membership.status(id) == Some(Status::Alive));
         let leader = self.membership.leader();
-        let is_local = leader == self.local.id && self.settled && self.exit.is_none();
+        // Only a node that would lead needs to know whether it sees a majority.
+        self.partitioned = if leader == self.local.id {
+            self.partition(now)
+        } else {
+            None
+        };
+        let is_local = leader == self.local.id
+            && self.settled
+            && self.exit.is_none()
+            && self.partitioned.is_none();
         let leaving = self.exit.is_some() || self.membership.is_standing_down();
         // Compared in place: this runs after every input, and a name is built only on a change.
         let same_name = match self.membership.leader_name() {
@@ -1921,12 +2000,12 @@ mod tests {
         let mut f = Fixture::new(10, &[]);
         let out = f.handle(0.0, Input::Timer);
         assert!(matches!(publishes(&out)[..], [GossipBody::Heartbeat(_)]));
-        assert!(wake(&out) <= f.at(2.0), "wakes for the next heartbeat");
-        let out = f.handle(1.0, Input::Timer);
+        assert!(wake(&out) <= f.at(1.0), "wakes for the next heartbeat");
+        let out = f.handle(0.5, Input::Timer);
         assert!(publishes(&out).is_empty(), "not before the interval");
-        let out = f.handle(2.0, Input::Timer);
+        let out = f.handle(1.0, Input::Timer);
         let [GossipBody::Heartbeat(hb)] = publishes(&out)[..] else {
-            panic!("no heartbeat at 2 s: {out:?}");
+            panic!("no heartbeat at 1 s: {out:?}");
         };
         assert_eq!(hb.seq, (1 << 32) | 2, "incarnation in the high half");
     }
@@ -1937,12 +2016,12 @@ mod tests {
         f.join_b_and_c(0.0);
         assert_eq!(f.node.leader(), f.b);
         // c keeps talking, b goes silent.
-        for t in [1.0, 2.0, 3.0, 4.0, 5.0, 5.9] {
+        for t in [0.5, 1.0, 1.5, 2.0, 2.4] {
             f.heartbeat_from(t, f.c);
             f.handle(t, Input::Timer);
         }
-        assert_eq!(f.node.leader(), f.b, "5.9 s of silence is not yet offline");
-        let out = f.handle(6.1, Input::Timer);
+        assert_eq!(f.node.leader(), f.b, "2.4 s of silence is not yet offline");
+        let out = f.handle(2.6, Input::Timer);
         assert!(out.contains(&Output::Membership(Change::Offline(
             f.b,
             crate::membership::OfflineReason::HeartbeatTimeout
@@ -1973,6 +2052,90 @@ mod tests {
         // A second failure is not news; a failure of a non-suspect is only a failed dial.
         let out = f.handle(1.02, Input::DialFailed(f.c));
         assert!(!out.iter().any(|o| matches!(o, Output::Membership(_))));
+        // A redial that times out (a partition, a vanished host) says nothing more than the
+        // silence will: c stays alive until its heartbeats stop.
+        f.handle(1.1, Input::Disconnected(f.c));
+        let out = f.handle(4.2, Input::DialFailed(f.c));
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Membership(_))),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn silence_while_connected_closes_the_connection_and_a_direct_exchange_revives() {
+        let mut f = Fixture::new(40, &[]);
+        f.join_b_and_c(0.0);
+        f.heartbeat_from(2.0, f.c);
+        let out = f.handle(2.6, Input::Timer);
+        assert!(out.contains(&Output::Disconnect(f.b)), "{out:?}");
+        assert!(!out.contains(&Output::Disconnect(f.c)), "{out:?}");
+        // The reconnect's roster exchange is proof of life at once.
+        f.handle(3.0, Input::Disconnected(f.b));
+        f.handle(4.0, Input::Connected(f.b));
+        let message = SyncMessage {
+            records: vec![],
+            settings: NetworkSettings::default(),
+        };
+        let out = f.handle(
+            4.0,
+            Input::SyncAnswer {
+                from: f.b,
+                message: &message,
+            },
+        );
+        assert!(
+            out.contains(&Output::Membership(Change::Alive(f.b))),
+            "{out:?}"
+        );
+        assert_eq!(f.node.leader(), f.b);
+    }
+
+    #[test]
+    fn a_leader_that_sees_no_majority_does_not_host() {
+        // a leads (priority 10) with b and c alive until 4 s.
+        fn alive_until_4() -> Fixture {
+            let mut f = Fixture::new(10, &[]);
+            f.join_b_and_c(0.0);
+            for t in [2.0, 4.0] {
+                f.heartbeat_from(t, f.b);
+                f.heartbeat_from(t, f.c);
+            }
+            f.handle(4.1, Input::Timer);
+            assert!(f.node.leadership().is_local);
+            assert_eq!(f.node.partition(f.at(4.1)), None);
+            f
+        }
+        // Both go silent: a sees 1 of 3 and stands down, still naming itself.
+        let mut f = alive_until_4();
+        let out = f.handle(7.0, Input::Timer);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Leadership(l) if !l.is_local)),
+            "{out:?}"
+        );
+        assert_eq!(f.node.partition(f.at(7.0)), Some((1, 3)));
+        assert_eq!(f.node.leader(), f.a, "it still names itself");
+        // One comes back: 2 of 3 is a majority.
+        f.heartbeat_from(7.5, f.b);
+        assert!(f.node.leadership().is_local);
+        // Members silent for longer than the memory stop counting.
+        let mut f = alive_until_4();
+        f.handle(7.0, Input::Timer);
+        assert!(!f.node.leadership().is_local);
+        f.handle(124.1, Input::Timer);
+        assert!(
+            f.node.leadership().is_local,
+            "b and c were last heard 2 min ago"
+        );
+        // A refused redial says the process is down: it does not count.
+        let mut f = alive_until_4();
+        for peer in [f.b, f.c] {
+            f.handle(4.2, Input::Disconnected(peer));
+            f.handle(4.25, Input::DialFailed(peer));
+        }
+        assert!(f.node.leadership().is_local);
+        assert_eq!(f.node.partition(f.at(4.3)), None);
     }
 
     #[test]
@@ -1989,11 +2152,8 @@ mod tests {
             t += 0.25;
         }
         let gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
-        assert_eq!(&gaps[..5], &[1.0, 2.0, 4.0, 8.0, 16.0], "{times:?}");
-        assert!(
-            gaps[5..].iter().all(|g| (*g - 30.0).abs() < 0.3),
-            "{gaps:?}"
-        );
+        assert_eq!(&gaps[..2], &[0.5, 1.0], "{times:?}");
+        assert!(gaps[2..].iter().all(|g| (*g - 1.5).abs() < 0.3), "{gaps:?}");
         // Connected: no more dials.
         f.handle(t, Input::Connected(f.b));
         let out = f.handle(t + 60.0, Input::Timer);
@@ -2062,7 +2222,7 @@ mod tests {
     fn subscribers_get_eager_heartbeats_spaced_out() {
         let mut f = Fixture::new(10, &[]);
         f.handle(0.0, Input::Timer);
-        let out = f.handle(0.5, Input::Subscribed(f.b));
+        let out = f.handle(0.2, Input::Subscribed(f.b));
         let bodies = publishes(&out);
         assert!(matches!(
             bodies[..],
@@ -2072,10 +2232,10 @@ mod tests {
             out.iter()
                 .any(|o| matches!(o, Output::Sync { to, .. } if *to == f.b))
         );
-        let out = f.handle(0.55, Input::Subscribed(f.c));
+        let out = f.handle(0.25, Input::Subscribed(f.c));
         assert!(publishes(&out).is_empty(), "too soon: deferred");
-        assert_eq!(wake(&out), f.at(0.6));
-        let out = f.handle(0.6, Input::Timer);
+        assert_eq!(wake(&out), f.at(0.3));
+        let out = f.handle(0.3, Input::Timer);
         assert!(matches!(
             publishes(&out)[..],
             [GossipBody::Heartbeat(_), GossipBody::Settings(_)]
@@ -2091,6 +2251,10 @@ mod tests {
         let mut f = Fixture::new(25, &[]);
         f.handle(0.0, Input::Timer);
         f.join_b_and_c(0.0);
+        for t in [2.0, 4.0] {
+            f.heartbeat_from(t, f.b);
+            f.heartbeat_from(t, f.c);
+        }
         f.handle(5.0, Input::Timer);
         let out = f.handle(5.0, Input::Disconnected(f.c));
         let out2 = f.handle(5.0, Input::DialFailed(f.c));
@@ -2690,19 +2854,22 @@ mod tests {
     fn the_interval_grows_with_the_square_root_past_a_hundred_members() {
         assert_eq!(
             Config::for_size(3).heartbeat_interval,
-            Duration::from_secs(2)
+            Duration::from_secs(1)
         );
-        assert_eq!(Config::for_size(100).offline_after, Duration::from_secs(6));
+        assert_eq!(
+            Config::for_size(100).offline_after,
+            Duration::from_millis(2500)
+        );
         let big = Config::for_size(1000);
-        assert!((big.heartbeat_interval.as_secs_f64() - 6.32).abs() < 0.01);
-        assert_eq!(big.offline_after, big.heartbeat_interval * 3);
+        assert!((big.heartbeat_interval.as_secs_f64() - 3.16).abs() < 0.01);
+        assert_eq!(big.offline_after, big.heartbeat_interval * 5 / 2);
         assert!(SECOND < big.heartbeat_interval);
     }
 
     #[test]
     fn the_interval_follows_the_size_as_members_join() {
         let mut f = Fixture::new(10, &[]);
-        assert_eq!(f.node.config().heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(f.node.config().heartbeat_interval, Duration::from_secs(1));
         let records: Vec<MemberRecord> = (0..397)
             .map(|i| record(PeerId::random(), &format!("n{i}"), 100))
             .collect();
@@ -2717,9 +2884,9 @@ mod tests {
                 message: &message,
             },
         );
-        // 400 members: 2 s × √4.
-        assert_eq!(f.node.config().heartbeat_interval, Duration::from_secs(4));
-        assert_eq!(f.node.config().offline_after, Duration::from_secs(12));
+        // 400 members: 1 s × √4.
+        assert_eq!(f.node.config().heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(f.node.config().offline_after, Duration::from_secs(5));
     }
 
     #[test]

@@ -673,6 +673,10 @@ pub struct Sim {
     comps_stale: bool,
     /// The last time a component could have split (stale-leader bound starts there).
     split_at: Ms,
+    /// The last fault (a node down, a link changed): false offline marks are judged from
+    /// there, not from a connection the cores closed themselves (a member silent through loss
+    /// is disconnected and redialled; that churn must not hide the false mark that caused it).
+    fault_at: Ms,
     // Phases and measurements.
     phases: Vec<PhaseReport>,
     phase_start: Ms,
@@ -872,6 +876,7 @@ impl Sim {
             comp_members: Vec::new(),
             comps_stale: true,
             split_at: 0,
+            fault_at: 0,
             phases: Vec::new(),
             phase_start: 0,
             last_change: 0,
@@ -1154,6 +1159,7 @@ impl Sim {
         node.wake = None;
         self.comps_stale = true;
         self.split_at = now;
+        self.fault_at = now;
         let mut witnesses = BTreeSet::new();
         for peer in 0..self.nodes.len() as u32 {
             if peer == i || !self.connected(i, peer) {
@@ -1634,8 +1640,7 @@ impl Sim {
         let node = &self.nodes[t as usize];
         let reachable_for_long = node.core.is_some()
             && now.saturating_sub(node.up_since) > bound
-            && now.saturating_sub(self.split_at) > bound
-            && self.comp[t as usize] == self.comp[i as usize]
+            && now.saturating_sub(self.fault_at) > bound
             && self.passes_both(i, t);
         if !reachable_for_long {
             return;
@@ -1790,6 +1795,7 @@ impl Sim {
         let now = self.queue.now;
         self.comps_stale = true;
         self.split_at = now;
+        self.fault_at = now;
         let at = now + to_ms(self.scenario.net.conn_timeout);
         let n = self.nodes.len() as u32;
         for a in 0..n {
@@ -2149,10 +2155,18 @@ impl Sim {
                     ));
                 }
             }
-            if hosts != 1 {
+            // A leader that cannot see a majority of the members heard recently stands down
+            // (the partition rule): its component then hosts nobody.
+            let expected = match self.nodes[l as usize].core.as_deref() {
+                Some(core) if core.partition(self.instant(l, self.queue.now)).is_some() => 0,
+                _ => 1,
+            };
+            if hosts != expected {
                 return Err((
                     self.nodes[l as usize].name.clone(),
-                    format!("{hosts} nodes host the leader services in one component"),
+                    format!(
+                        "{hosts} nodes host the leader services in one component (expected {expected})"
+                    ),
                 ));
             }
         }

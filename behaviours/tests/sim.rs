@@ -263,3 +263,74 @@ proptest! {
             "not converged at the end: {:?}\nreplay: {}", last, replay);
     }
 }
+
+/// Issue 11: a silent host is offline everywhere, and a new leader agreed, within 3 s at the
+/// 95th percentile. Twenty seeds (each a different moment of the heartbeat cycle and
+/// different latencies) of a silent leader crash in a 5-node network.
+#[test]
+fn a_silent_leader_is_replaced_within_three_seconds_p95() {
+    let mut times: Vec<Duration> = (1..=20)
+        .map(|seed| {
+            let mut scenario = Scenario::new("silent-leader", 5, secs(60), seed);
+            // A different moment of the heartbeat cycle in every round.
+            scenario.faults = vec![(
+                secs(30) + Duration::from_millis(seed * 53),
+                Fault::Crash {
+                    target: Target::Leader,
+                    loud: false,
+                },
+            )];
+            let report = run(scenario);
+            phase(&report, "crash-leader(silent)")
+                .converged_after
+                .expect("no failover after a silent crash")
+        })
+        .collect();
+    times.sort();
+    let p95 = times[times.len() * 95 / 100 - 1];
+    eprintln!(
+        "figure: simulated silent leader loss, 5 nodes, 20 seeds: median {:?}, p95 {p95:?}, max {:?}",
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+    assert!(p95 <= secs(3), "p95 {p95:?}: {times:?}");
+}
+
+/// Issue 11: after a partition heals, one leader and everyone alive within 6 s, whatever the
+/// partition's length (the redial backoff is capped at 1.5 s; a connection silent past the
+/// offline bound is closed rather than left to TCP's retransmissions). While split, the
+/// minority (with the first leader) hosts nobody: the convergence invariant checks it.
+#[test]
+fn partitions_heal_within_six_seconds_whatever_their_length() {
+    for length in [30, 300] {
+        let mut scenario = Scenario::new("partition-heal", 5, secs(60 + length + 60), 5);
+        scenario.faults = vec![
+            (secs(60), Fault::Partition { minority: 2 }),
+            (secs(60 + length), Fault::Heal),
+        ];
+        let report = run(scenario);
+        let healed = phase(&report, "heal");
+        let took = healed
+            .converged_after
+            .expect("no convergence after the heal");
+        eprintln!("figure: simulated heal after a {length} s 2|3 partition: {took:?}");
+        assert!(took <= secs(6), "heal after {length} s took {took:?}");
+        assert_eq!(healed.leaders, vec!["n0000".to_owned()]);
+    }
+}
+
+/// Issue 11: 20 % loss for three simulated minutes. The simulator drops a lost copy for good
+/// (no TCP retransmission: a copy is lost only when all three of its mesh paths lose it), which
+/// is far harsher than TCP, where a lost segment arrives 0.2–1.4 s late; so this prints the
+/// false offline marks under that model instead of asserting none. On real sockets,
+/// `tests/faults.rs` (`a_lossy_network_marks_nobody_offline`) asserts zero at 20 %.
+#[test]
+fn twenty_percent_loss_figure() {
+    let mut scenario = Scenario::new("lossy-20", 5, secs(180), 12);
+    scenario.net.loss = 0.2;
+    let report = run(scenario);
+    eprintln!(
+        "figure: simulated 20 % loss per hop (copies dropped, not retransmitted), 5 nodes, 180 s: {} false offline marks",
+        report.false_offline
+    );
+}

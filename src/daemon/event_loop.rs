@@ -611,6 +611,16 @@ impl EventLoop {
                 self.follow(followup);
             }
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            // Only a timeout says the connection is dead: a joiner's short-lived CLI process
+            // does not speak ping at all ("unsupported"), and must keep its connection.
+            BehaviourEvent::Ping(libp2p::ping::Event {
+                peer,
+                result: Err(libp2p::ping::Failure::Timeout),
+                ..
+            }) => {
+                debug!(%peer, "ping timed out");
+                self.feed(Input::PingFailed(peer));
+            }
             _ => {}
         }
     }

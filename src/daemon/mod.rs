@@ -36,6 +36,11 @@ use crate::validate::{HostPort, Ttl};
 const COMMAND_QUEUE: usize = 32;
 /// Connections are kept open: the full mesh is how members see each other die at once.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
+/// A dial (TCP, noise and yamux) that has not completed by then fails, and so does an
+/// incoming connection's handshake. Without a bound a dial into a partition waits on TCP's
+/// SYN retransmissions (1, 3, 7, 15 s…), so the first dial after a heal could come tens of
+/// seconds late; bounded, the core's short redial backoff reconnects within seconds.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Timeout of one request-response exchange.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -222,12 +227,19 @@ pub fn build_swarm<B: libp2p::swarm::NetworkBehaviour>(
     let mut failure = None;
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .context("cannot set up the TCP transport")?
+        .with_other_transport(|key| {
+            use libp2p::Transport as _;
+            let noise = noise::Config::new(key)?;
+            let transport: Result<_, Box<dyn std::error::Error + Send + Sync>> = Ok(
+                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .timeout(CONNECT_TIMEOUT),
+            );
+            transport
+        })
+        .map_err(|error| anyhow::anyhow!("cannot set up the TCP transport: {error}"))?
         .with_dns()
         .context("cannot set up DNS resolution")?
         .with_behaviour(|key| match behaviour(key) {

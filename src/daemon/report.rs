@@ -30,6 +30,14 @@ pub struct StatusReport {
     pub protocol_version: u32,
     pub leader: NodeRef,
     pub is_leader: bool,
+    /// This node hosts the leader services (the bot) now: it leads, has settled, and sees a
+    /// majority.
+    #[serde(default)]
+    pub hosting: bool,
+    /// Set when this node cannot see a majority of the members heard recently: it then does
+    /// not host the bot (`status` prints "partitioned: sees 2 of 5").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitioned: Option<Partitioned>,
     pub leader_changes: u64,
     pub alive: usize,
     pub offline: usize,
@@ -43,6 +51,15 @@ pub struct StatusReport {
     /// The Telegram bot on this node.
     #[serde(default)]
     pub bot: BotReport,
+}
+
+/// How much of the network a partitioned node sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partitioned {
+    /// This node and the members alive in its view.
+    pub sees: usize,
+    /// The members that count: those alive, and those gone silent within the last two minutes.
+    pub of: usize,
 }
 
 /// The Telegram bot as `status --json` shows it.
@@ -99,6 +116,10 @@ pub(super) fn status(
             node_id: leader.to_base58(),
         },
         is_leader: leader == core.local().id,
+        hosting: core.leadership().is_local,
+        partitioned: core
+            .partition(Instant::now())
+            .map(|(sees, of)| Partitioned { sees, of }),
         leader_changes: core.leader_changes(),
         alive,
         offline: view.len() - alive,

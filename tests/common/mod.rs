@@ -5,6 +5,7 @@
 
 pub mod docker;
 pub mod fake_telegram;
+pub mod netns;
 
 use std::fs;
 use std::net::TcpListener;
@@ -114,6 +115,10 @@ pub struct Node {
     pub run_args: Vec<String>,
     /// Extra environment of the daemon.
     pub env: Vec<(String, String)>,
+    /// The address it listens on and announces (127.0.0.1 unless in a network namespace).
+    pub host: String,
+    /// A command the daemon and `join` run through (e.g. `ip netns exec NS`).
+    pub prefix: Vec<String>,
 }
 
 impl Node {
@@ -128,11 +133,13 @@ impl Node {
             init_args: Vec::new(),
             run_args: Vec::new(),
             env: Vec::new(),
+            host: "127.0.0.1".to_owned(),
+            prefix: Vec::new(),
         }
     }
 
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     /// Runs a CLI command against this node's state directory.
@@ -251,7 +258,27 @@ impl Node {
     }
 
     pub fn join(&self, link: &str, priority: u32) {
-        self.ok_owned(&self.join_args(link, priority));
+        if self.prefix.is_empty() {
+            self.ok_owned(&self.join_args(link, priority));
+            return;
+        }
+        // In a namespace: the joiner must reach the seed from there.
+        let out = Command::new(&self.prefix[0])
+            .args(&self.prefix[1..])
+            .arg(BIN)
+            .arg("--state-dir")
+            .arg(&self.dir)
+            .args(self.join_args(link, priority))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run constella join");
+        assert!(
+            out.status.success(),
+            "{} join: {}",
+            self.name,
+            output_text(&out)
+        );
     }
 
     pub fn invite(&self, ttl: &str) -> String {
@@ -260,7 +287,9 @@ impl Node {
 
     /// Starts the daemon and waits until it answers on its control socket.
     pub fn start(&mut self) {
-        self.start_with(&[], &[]);
+        let prefix = self.prefix.clone();
+        let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
+        self.start_with(&prefix, &[]);
     }
 
     /// Like [`Node::start`], with the daemon run through `prefix` (e.g. `setpriv …`) and with

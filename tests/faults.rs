@@ -1,0 +1,210 @@
+//! Real network faults: nodes in network namespaces on a bridge, faults made by dropping
+//! packets on the bridge with nft (no FIN, RST or ICMP reaches anyone), so a host vanishes the
+//! way a VPS does, not the way a killed process on 127.0.0.1 does. Needs root (see
+//! `common::netns`): skipped with a printed reason otherwise, and failing under `CI=true`.
+//!
+//! The deadlines here are generous bounds for a loaded 2-core machine; the figures each test
+//! prints (and `benches/faults.rs` over many rounds) are the measurements.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::netns::{Lab, NAMES, Net, agree};
+use common::{Node, wait_for};
+
+fn all(net: &Net) -> Vec<&Node> {
+    net.nodes.iter().collect()
+}
+
+/// Lines of a node's log with "member offline" (its false offline marks, in a lossy run).
+fn offline_marks(node: &Node) -> usize {
+    node.log_text().matches("member offline").count()
+}
+
+#[test]
+fn a_silent_leader_is_replaced_and_comes_back() {
+    let Some(lab) = Lab::new(3) else { return };
+    let net = Net::start(&lab, 3);
+    net.or_logs(|| {
+        let names = net.names(&[0, 1, 2]);
+        let (leader, _) = agree(&all(&net), &names, &[], Duration::from_secs(20));
+        assert_eq!(leader, "alpha");
+
+        lab.isolate(0);
+        let survivors: Vec<&Node> = net.nodes[1..].iter().collect();
+        let (next, took) = agree(
+            &survivors,
+            &names[1..],
+            &names[..1],
+            Duration::from_secs(15),
+        );
+        assert_eq!(next, "bravo");
+        eprintln!("figure: silent leader loss -> survivors agree on bravo in {took:?}");
+
+        lab.heal();
+        let (back, took) = agree(&all(&net), &names, &[], Duration::from_secs(20));
+        assert_eq!(back, "alpha");
+        eprintln!("figure: heal after a silent leader -> all agree in {took:?}");
+    });
+}
+
+#[test]
+fn a_three_two_partition_heals_and_the_minority_stands_down() {
+    let Some(lab) = Lab::new(5) else { return };
+    let net = Net::start(&lab, 5);
+    net.or_logs(|| {
+        let names = net.names(&[0, 1, 2, 3, 4]);
+        agree(&all(&net), &names, &[], Duration::from_secs(30));
+
+        // The leader's side is the minority: it must stop hosting, the majority elects charlie.
+        lab.partition(&[0, 1], &[2, 3, 4]);
+        let majority: Vec<&Node> = net.nodes[2..].iter().collect();
+        let (leader, took) = agree(&majority, &names[2..], &names[..2], Duration::from_secs(15));
+        assert_eq!(leader, "charlie");
+        eprintln!("figure: 2|3 partition -> majority agrees in {took:?}");
+        let minority = &net.nodes[0];
+        wait_for(
+            Duration::from_secs(15),
+            "alpha to report the partition and stand down",
+            || {
+                let status = minority.status()?;
+                (status["partitioned"]["sees"] == 2
+                    && status["partitioned"]["of"] == 5
+                    && status["hosting"] == false)
+                    .then_some(())
+            },
+        );
+        let text = minority.ok(&["status"]);
+        assert!(text.contains("partitioned: sees 2 of 5"), "{text}");
+
+        // Hold it for 30 s, then heal: one leader and everyone alive again within seconds.
+        let held = Instant::now();
+        wait_for(
+            Duration::from_secs(40),
+            "the partition to last 30 s",
+            || (held.elapsed() >= Duration::from_secs(30)).then_some(()),
+        );
+        lab.heal();
+        let (leader, took) = agree(&all(&net), &names, &[], Duration::from_secs(30));
+        assert_eq!(leader, "alpha");
+        eprintln!("figure: heal after a 30 s 2|3 partition -> all agree in {took:?}");
+        let status = net.nodes[0].status().unwrap();
+        assert!(status["partitioned"].is_null(), "{status}");
+        assert_eq!(status["hosting"], true);
+    });
+}
+
+#[test]
+fn one_way_loss_of_the_leader_heals() {
+    let Some(lab) = Lab::new(3) else { return };
+    let net = Net::start(&lab, 3);
+    net.or_logs(|| {
+        let names = net.names(&[0, 1, 2]);
+        agree(&all(&net), &names, &[], Duration::from_secs(20));
+        lab.drop_egress(0);
+        let survivors: Vec<&Node> = net.nodes[1..].iter().collect();
+        let (next, took) = agree(
+            &survivors,
+            &names[1..],
+            &names[..1],
+            Duration::from_secs(15),
+        );
+        assert_eq!(next, "bravo");
+        eprintln!("figure: leader egress dropped -> survivors agree in {took:?}");
+        let held = Instant::now();
+        wait_for(Duration::from_secs(30), "the fault to last 20 s", || {
+            (held.elapsed() >= Duration::from_secs(20)).then_some(())
+        });
+        lab.heal();
+        let (leader, took) = agree(&all(&net), &names, &[], Duration::from_secs(30));
+        assert_eq!(leader, "alpha");
+        eprintln!("figure: heal after 20 s of one-way loss -> all agree in {took:?}");
+    });
+}
+
+#[test]
+fn back_to_back_joins_are_listed_everywhere() {
+    let Some(lab) = Lab::new(5) else { return };
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = NAMES.iter().map(|n| Node::new(root.path(), n)).collect();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        lab.attach(node, i);
+        node.port = 7000;
+    }
+    nodes[0].init(100);
+    nodes[0].start();
+    let mut slowest = Duration::ZERO;
+    for i in 1..nodes.len() {
+        let link = nodes[0].invite("5m");
+        let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            nodes[i].join(&link, 100);
+        }));
+        if let Err(panic) = joined {
+            eprintln!("==== seed\n{}", nodes[0].log_text());
+            std::panic::resume_unwind(panic);
+        }
+        let started = Instant::now();
+        nodes[i].start();
+        let newcomer = nodes[i].name.clone();
+        let earlier = &nodes[..i];
+        wait_for(
+            Duration::from_secs(10),
+            &format!("every node to list {newcomer} alive"),
+            || {
+                earlier
+                    .iter()
+                    .all(|n| {
+                        n.ask_socket(r#"{"command":"peers"}"#)
+                            .and_then(|a| {
+                                a["peers"].as_array().map(|p| {
+                                    p.iter().any(|p| {
+                                        p["name"] == newcomer.as_str() && p["status"] == "alive"
+                                    })
+                                })
+                            })
+                            .unwrap_or(false)
+                    })
+                    .then_some(())
+            },
+        );
+        slowest = slowest.max(started.elapsed());
+    }
+    eprintln!("figure: back-to-back joins -> slowest newcomer listed alive everywhere {slowest:?}");
+}
+
+#[test]
+fn a_lossy_network_marks_nobody_offline() {
+    let Some(lab) = Lab::new(3) else { return };
+    let net = Net::start(&lab, 3);
+    net.or_logs(|| {
+        let names = net.names(&[0, 1, 2]);
+        agree(&all(&net), &names, &[], Duration::from_secs(20));
+        let before: Vec<usize> = net.nodes.iter().map(offline_marks).collect();
+        let changes_before: Vec<u64> = net
+            .nodes
+            .iter()
+            .map(|n| n.status().unwrap()["leader_changes"].as_u64().unwrap())
+            .collect();
+        let secs: u64 = std::env::var("CONSTELLA_LOSSY_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30);
+        lab.loss(20);
+        let held = Instant::now();
+        wait_for(
+            Duration::from_secs(secs + 10),
+            "the lossy run to end",
+            || (held.elapsed() >= Duration::from_secs(secs)).then_some(()),
+        );
+        lab.heal();
+        for (i, node) in net.nodes.iter().enumerate() {
+            let marks = offline_marks(node) - before[i];
+            let changes =
+                node.status().unwrap()["leader_changes"].as_u64().unwrap() - changes_before[i];
+            eprintln!("figure: 20 % loss for {secs} s: {} offline marks {marks}, leader changes {changes}", node.name);
+            assert_eq!(marks, 0, "{} marked a member offline", node.name);
+            assert_eq!(changes, 0, "{} changed leader", node.name);
+        }
+    });
+}
