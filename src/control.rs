@@ -26,7 +26,7 @@ use constella_behaviours::node::LeaveOutcome;
 
 use crate::daemon::Client;
 use crate::daemon::report::{InviteReport, StatusReport};
-use crate::docker::{Containers, DockerAnswer, DockerRequest};
+use crate::docker::{Containers, DockerAnswer, DockerRequest, Requester};
 use crate::stats::{NodeStats, RebootAccepted};
 use crate::validate::Ttl;
 use std::sync::Arc;
@@ -371,7 +371,13 @@ async fn answer(stream: UnixStream, control: Control) -> Result<()> {
         match serde_json::from_str::<Request>(&line) {
             Ok(Request::Docker { target, request }) => control
                 .containers
-                .call(&target, request)
+                .call(
+                    &target,
+                    request,
+                    Requester::Cli {
+                        user: caller(None, uid),
+                    },
+                )
                 .await
                 .map_or_else(|error| Response::Error(error.to_string()), Response::Docker),
             Ok(request) => node_request(request, &control, uid).await,

@@ -97,6 +97,11 @@ pub async fn run(
         &node_name,
         &node_id,
     );
+    // Container exits and restart loops: told to the leader's bot.
+    let watcher = tokio::spawn(crate::docker::watch(
+        crate::docker::Engine::from_env(&node_name),
+        client.clone(),
+    ));
     let control_task = tokio::spawn(control::serve(
         listener,
         control::Control::new(
@@ -112,6 +117,7 @@ pub async fn run(
             api_url: telegram_api_url.map(|u| u.url().clone()),
             owner_username,
             node_name,
+            node_id,
             secret: bot_secret,
             containers,
             audit,
@@ -125,6 +131,7 @@ pub async fn run(
     // Stops the poll at once: the in-flight long poll is dropped with its task.
     bot.stop();
     control_task.abort();
+    watcher.abort();
     let _ = std::fs::remove_file(state_dir.socket_path());
     result
 }

@@ -18,6 +18,12 @@
 //! - `roles` maps a Telegram username to a [`RoleGrant`]: per username, the higher version wins;
 //!   at equal versions the lesser right wins (a revoke over a grant, viewer over operator) and
 //!   a pinned id is kept (the smaller of two).
+//! - `confirmations`: the bot's one-time confirmations (a reboot's, a container action's)
+//!   claimed so far, keyed by their MAC, so that a confirmation is acted on once across leaders.
+//!   Per key the smaller claimer wins (first-wins once the claims have met), `expires_at` is the
+//!   larger and `done` only becomes true; the set keeps what lies within
+//!   [`CONFIRMATION_RETENTION_SECS`] of its newest expiry, at most [`MAX_CONFIRMATIONS`] of
+//!   them (both decided by the set itself, not the clock, so the merge stays a semilattice).
 
 use std::collections::BTreeMap;
 
@@ -91,6 +97,34 @@ impl RoleGrant {
     }
 }
 
+/// How long (seconds, before the newest expiry in the set) a claimed confirmation is kept: far
+/// beyond its own two minutes, after which the MAC alone refuses it.
+pub const CONFIRMATION_RETENTION_SECS: u64 = 24 * 3600;
+/// Most claimed confirmations kept (the newest by expiry).
+pub const MAX_CONFIRMATIONS: usize = 128;
+
+/// A bot confirmation claimed by a leader before it acted on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmationClaim {
+    /// Unix seconds after which the confirmation is refused anyway.
+    pub expires_at: u64,
+    /// The node (PeerId, base58) whose bot claimed it; of two concurrent claims the smaller.
+    pub claimed_by: String,
+    /// The target acted on it (a reboot was started): any further request with it is a no-op.
+    #[serde(default)]
+    pub done: bool,
+}
+
+impl ConfirmationClaim {
+    fn merge(&mut self, other: &ConfirmationClaim) {
+        if other.claimed_by < self.claimed_by {
+            self.claimed_by.clone_from(&other.claimed_by);
+        }
+        self.expires_at = self.expires_at.max(other.expires_at);
+        self.done |= other.done;
+    }
+}
+
 /// A Telegram username as the settings key it: lowercase, without `@`.
 pub fn username_key(username: &str) -> String {
     username.trim().trim_start_matches('@').to_ascii_lowercase()
@@ -136,6 +170,9 @@ pub struct NetworkSettings {
     /// Accounts with a role, keyed by [`username_key`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub roles: BTreeMap<String, RoleGrant>,
+    /// Confirmations claimed by a bot, keyed by MAC (hex).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub confirmations: BTreeMap<String, ConfirmationClaim>,
 }
 
 impl NetworkSettings {
@@ -158,7 +195,61 @@ impl NetworkSettings {
                 }
             }
         }
+        for (mac, claim) in &other.confirmations {
+            match self.confirmations.get_mut(mac) {
+                Some(ours) => ours.merge(claim),
+                None => {
+                    self.confirmations.insert(mac.clone(), claim.clone());
+                }
+            }
+        }
+        self.trim_confirmations();
         *self != before
+    }
+
+    /// Keeps the claimed confirmations within [`CONFIRMATION_RETENTION_SECS`] of the newest
+    /// expiry, and of those the [`MAX_CONFIRMATIONS`] newest (by expiry, then MAC).
+    fn trim_confirmations(&mut self) {
+        let Some(newest) = self.confirmations.values().map(|c| c.expires_at).max() else {
+            return;
+        };
+        let oldest_kept = newest.saturating_sub(CONFIRMATION_RETENTION_SECS);
+        self.confirmations
+            .retain(|_, c| c.expires_at >= oldest_kept);
+        if self.confirmations.len() > MAX_CONFIRMATIONS {
+            let mut order: Vec<(u64, String)> = self
+                .confirmations
+                .iter()
+                .map(|(mac, c)| (c.expires_at, mac.clone()))
+                .collect();
+            order.sort_unstable();
+            let excess = order.len() - MAX_CONFIRMATIONS;
+            for (_, mac) in order.into_iter().take(excess) {
+                self.confirmations.remove(&mac);
+            }
+        }
+    }
+
+    /// These settings with confirmation `mac` claimed by node `by` (nothing else changed).
+    pub fn with_claim(&self, mac: &str, expires_at: u64, by: &str, done: bool) -> NetworkSettings {
+        NetworkSettings {
+            confirmations: BTreeMap::from([(
+                mac.to_owned(),
+                ConfirmationClaim {
+                    expires_at,
+                    claimed_by: by.to_owned(),
+                    done,
+                },
+            )]),
+            ..NetworkSettings::default()
+        }
+        .merged_into(self)
+    }
+
+    fn merged_into(self, base: &NetworkSettings) -> NetworkSettings {
+        let mut next = base.clone();
+        next.merge(&self);
+        next
     }
 
     fn merge_owner(&mut self, other: &NetworkSettings) {
@@ -288,9 +379,34 @@ mod tests {
             grant(),
             0..3,
         );
-        (base, owner, roles).prop_map(
-            |((owner_id, last, lang, version), (name, owner_version, former, told), roles)| {
-                NetworkSettings {
+        let claim = (
+            prop_oneof![
+                Just(0u64),
+                Just(100),
+                Just(CONFIRMATION_RETENTION_SECS + 50),
+                Just(CONFIRMATION_RETENTION_SECS + 200)
+            ],
+            prop_oneof![Just("a".to_owned()), Just("b".to_owned())],
+            any::<bool>(),
+        )
+            .prop_map(|(expires_at, claimed_by, done)| ConfirmationClaim {
+                expires_at,
+                claimed_by,
+                done,
+            });
+        let confirmations = proptest::collection::btree_map(
+            (0..MAX_CONFIRMATIONS as u32 + 40).prop_map(|n| format!("{n:x}")),
+            claim,
+            0..MAX_CONFIRMATIONS + 20,
+        );
+        (base, owner, roles, confirmations).prop_map(
+            |(
+                (owner_id, last, lang, version),
+                (name, owner_version, former, told),
+                roles,
+                confirmations,
+            )| {
+                let mut settings = NetworkSettings {
                     owner_user_id: owner_id,
                     last_update_id: last,
                     language: lang.to_owned(),
@@ -300,7 +416,11 @@ mod tests {
                     former_owner_id: former,
                     former_owner_told: told,
                     roles,
-                }
+                    confirmations,
+                };
+                // What a node holds is always trimmed (merge trims).
+                settings.trim_confirmations();
+                settings
             },
         )
     }
@@ -393,6 +513,33 @@ mod tests {
         assert!(merged.merge(&told));
         assert_eq!(merged.owner_user_id, Some(77));
         assert!(merged.former_owner_told);
+    }
+
+    #[test]
+    fn a_confirmation_is_claimed_once_first_wins_and_old_ones_go() {
+        let empty = NetworkSettings::default();
+        let by_b = empty.with_claim("m1", 100, "node-b", false);
+        let by_a = empty.with_claim("m1", 100, "node-a", false);
+        assert_eq!(by_b.confirmations["m1"].claimed_by, "node-b");
+        let mut merged = by_b.clone();
+        assert!(merged.merge(&by_a));
+        assert_eq!(
+            merged.confirmations["m1"].claimed_by, "node-a",
+            "the smaller wins"
+        );
+        let done = merged.with_claim("m1", 100, "node-b", true);
+        assert!(done.confirmations["m1"].done);
+        assert_eq!(done.confirmations["m1"].claimed_by, "node-a");
+        // Claims a day older than the newest are forgotten; the MAC's expiry refuses them.
+        let later = done.with_claim("m2", 100 + CONFIRMATION_RETENTION_SECS + 1, "node-a", false);
+        assert!(!later.confirmations.contains_key("m1"));
+        assert!(later.confirmations.contains_key("m2"));
+        let mut many = NetworkSettings::default();
+        for n in 0..MAX_CONFIRMATIONS as u64 + 5 {
+            many = many.with_claim(&format!("{n:04}"), 1000 + n, "x", false);
+        }
+        assert_eq!(many.confirmations.len(), MAX_CONFIRMATIONS);
+        assert!(!many.confirmations.contains_key("0000"));
     }
 
     #[test]
