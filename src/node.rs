@@ -77,6 +77,7 @@ pub async fn run(
         .load_bot_token()?
         .or_else(|| state.bot_token.clone());
     let (bot_tokens, tokens) = watch::channel(token);
+    let signals = signals.with_bot_token(tokens.clone());
     let owner_username = state.owner_username.clone();
     let node_name = state.node.name.clone();
     let node_id = state.node.node_id.to_base58();
@@ -101,6 +102,15 @@ pub async fn run(
     let watcher = tokio::spawn(crate::docker::watch(
         crate::docker::Engine::from_env(&node_name),
         client.clone(),
+    ));
+    // A token set on another member (`bot-token set`) reaches this one (see src/bot_token.rs).
+    let token_follower = tokio::spawn(crate::bot_token::follow(
+        client.clone(),
+        watchers.settings.clone(),
+        bot_tokens.clone(),
+        state_dir.clone(),
+        audit.clone(),
+        node_id.clone(),
     ));
     let control_task = tokio::spawn(control::serve(
         listener,
@@ -132,6 +142,7 @@ pub async fn run(
     bot.stop();
     control_task.abort();
     watcher.abort();
+    token_follower.abort();
     let _ = std::fs::remove_file(state_dir.socket_path());
     result
 }

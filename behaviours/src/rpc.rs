@@ -56,6 +56,43 @@ pub enum RpcRequest {
     /// A container on the calling member exited unexpectedly or restarts in a loop: the
     /// leader's bot tells the owner.
     ContainerAlert(ContainerAlert),
+    /// The answering node's bot token: a member whose token does not match the network
+    /// settings' stamp fetches the new one (members only; inside the Noise-encrypted
+    /// connection; the answer's `Debug` is redacted).
+    GetBotToken,
+}
+
+/// A bot token in an RPC answer: wiped on drop, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretToken(zeroize::Zeroizing<String>);
+
+impl Serialize for SecretToken {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretToken {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::new)
+    }
+}
+
+impl SecretToken {
+    pub fn new(token: String) -> Self {
+        Self(zeroize::Zeroizing::new(token))
+    }
+
+    /// The token itself, for the one place that stores or uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretToken(<redacted>)")
+    }
 }
 
 /// Longest Telegram username a [`Requester`] carries (Telegram's own limit is 32).
@@ -200,6 +237,8 @@ pub enum RpcAnswer {
     Docker(Result<DockerAnswer, DockerError>),
     /// Answer to [`RpcRequest::ContainerAlert`]: the alert was handed to the bot.
     Noted,
+    /// Answer to [`RpcRequest::GetBotToken`]; `None` when the node has no token.
+    BotToken(Option<SecretToken>),
 }
 
 /// Why the answering node did not do what was asked. Each is one line for the operator.

@@ -24,6 +24,9 @@
 //!   larger and `done` only becomes true; the set keeps what lies within
 //!   [`CONFIRMATION_RETENTION_SECS`] of its newest expiry, at most [`MAX_CONFIRMATIONS`] of
 //!   them (both decided by the set itself, not the clock, so the merge stays a semilattice).
+//! - `bot_token`: which bot token the network uses ([`BotTokenStamp`]: a version, a digest,
+//!   the node that has it), never the token itself; the higher version wins (ties: the larger
+//!   digest, then node). A node whose token does not match the stamp fetches it from a member.
 
 use std::collections::BTreeMap;
 
@@ -103,6 +106,33 @@ pub const CONFIRMATION_RETENTION_SECS: u64 = 24 * 3600;
 /// Most claimed confirmations kept (the newest by expiry).
 pub const MAX_CONFIRMATIONS: usize = 128;
 
+/// Domain separation of [`token_digest`].
+const TOKEN_DIGEST_DOMAIN: &[u8] = b"constella/bot-token-digest/v1\0";
+
+/// A short digest of a bot token (hex of 16 bytes of SHA-256): tells whether two nodes hold
+/// the same token without either showing it. The token's secret half has far too much entropy
+/// for the digest to help guess it.
+pub fn token_digest(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(TOKEN_DIGEST_DOMAIN);
+    hash.update(token.as_bytes());
+    hex::encode(&hash.finalize()[..16])
+}
+
+/// The bot token the network uses, as set by `constella bot-token set` on some member.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BotTokenStamp {
+    /// One more at every change.
+    pub version: u64,
+    /// [`token_digest`] of the token.
+    pub digest: String,
+    /// The node (PeerId, base58) where it was set: the first one asked for it.
+    pub from: String,
+    /// The bot's numeric id (the token's public half), for logs and the audit log.
+    pub bot_id: String,
+}
+
 /// A bot confirmation claimed by a leader before it acted on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfirmationClaim {
@@ -173,6 +203,9 @@ pub struct NetworkSettings {
     /// Confirmations claimed by a bot, keyed by MAC (hex).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub confirmations: BTreeMap<String, ConfirmationClaim>,
+    /// The bot token set last with `constella bot-token set` (none: the one from `init`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot_token: Option<BotTokenStamp>,
 }
 
 impl NetworkSettings {
@@ -204,6 +237,9 @@ impl NetworkSettings {
             }
         }
         self.trim_confirmations();
+        if other.bot_token > self.bot_token {
+            self.bot_token.clone_from(&other.bot_token);
+        }
         *self != before
     }
 
@@ -417,6 +453,12 @@ mod tests {
                     former_owner_told: told,
                     roles,
                     confirmations,
+                    bot_token: (last % 3 != 0).then(|| BotTokenStamp {
+                        version: u64::from(last % 3),
+                        digest: format!("{:x}", last % 2),
+                        from: "a".into(),
+                        bot_id: "1".into(),
+                    }),
                 };
                 // What a node holds is always trimmed (merge trims).
                 settings.trim_confirmations();

@@ -404,6 +404,10 @@ impl EventLoop {
                     .docker(&mut self.swarm, &self.core, &target, request, reply);
             }
             Command::ContainerAlert(alert) => self.rpc.alert(&mut self.swarm, &self.core, alert),
+            Command::BotToken { target, reply } => {
+                self.rpc
+                    .bot_token(&mut self.swarm, &self.core, &target, reply);
+            }
         }
     }
 

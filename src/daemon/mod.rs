@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use constella_behaviours::membership::MemberView;
 use constella_behaviours::node::LeaveOutcome;
 use constella_behaviours::rpc::{
-    ContainerAlert, DockerAnswer, DockerError, DockerRequest, Requester,
+    ContainerAlert, DockerAnswer, DockerError, DockerRequest, Requester, SecretToken,
 };
 use constella_behaviours::settings::NetworkSettings;
 use constella_behaviours::{Behaviour, NetworkSecret};
@@ -77,6 +77,11 @@ pub enum Command {
     },
     /// A container alert of this node, for the leader's bot.
     ContainerAlert(ContainerAlert),
+    /// The bot token of another member (`GetBotToken`).
+    BotToken {
+        target: String,
+        reply: oneshot::Sender<Result<Option<SecretToken>, ClientError>>,
+    },
 }
 
 /// A cloneable handle to the running node (`Clone + Send + Sync`): the control socket and the
@@ -192,6 +197,15 @@ impl Client {
         .map_err(|error| DockerError::Unreachable(error.to_string()))?
     }
 
+    /// The bot token `target` (another member) holds, fetched over the members-only RPC.
+    pub async fn bot_token_of(&self, target: &str) -> Result<Option<SecretToken>, ClientError> {
+        self.ask(|reply| Command::BotToken {
+            target: target.to_owned(),
+            reply,
+        })
+        .await?
+    }
+
     /// Hands a container alert of this node to the leader's bot (this node's, if it leads).
     /// Fire and forget: an alert that cannot be delivered is logged at debug level.
     pub async fn container_alert(&self, alert: ContainerAlert) -> Result<(), ClientError> {
@@ -268,6 +282,7 @@ pub fn start(
         crate::docker::Engine::from_env(&state.node.name),
         signals.notices.clone(),
         state.owner_username.clone(),
+        signals.bot_token.clone(),
     );
     let event_loop = event_loop::EventLoop::new(
         swarm,

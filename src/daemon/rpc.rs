@@ -17,13 +17,13 @@ use constella_behaviours::membership::{MemberView, Status};
 use constella_behaviours::node::Node;
 use constella_behaviours::rpc::{
     ContainerAlert, DockerAnswer, DockerError, DockerRequest, MAX_REQUESTED_BY_CHARS, Requester,
-    RpcAnswer, RpcRefusal, RpcRequest, RpcResponse,
+    RpcAnswer, RpcRefusal, RpcRequest, RpcResponse, SecretToken,
 };
 use constella_behaviours::settings::NetworkSettings;
 use constella_behaviours::{Behaviour, RPC_TIMEOUT};
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
 use libp2p::{PeerId, Swarm};
-use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::error::ClientError;
@@ -33,6 +33,7 @@ use super::signals::NetworkEvent;
 use crate::access::{self, Action};
 use crate::docker::Engine;
 use crate::reboot::RebootAction;
+use crate::state::StoredSecret;
 use crate::stats::{self, NodeStats, RebootAccepted};
 
 /// Most calls this node waits on at once; more are refused rather than queued without bound.
@@ -62,6 +63,8 @@ pub(super) enum Reply {
     Docker(oneshot::Sender<Result<DockerAnswer, DockerError>>),
     /// A `ContainerAlert` sent to the leader: nobody waits for it.
     Noted,
+    /// A `GetBotToken` for [`Client::bot_token_of`](super::Client::bot_token_of).
+    BotToken(oneshot::Sender<Result<Option<SecretToken>, ClientError>>),
 }
 
 impl Reply {
@@ -73,6 +76,7 @@ impl Reply {
             Reply::Reboot(tx) => drop(tx.send(Err(error))),
             Reply::Docker(tx) => drop(tx.send(Err(docker_error(error)))),
             Reply::Noted => debug!(%error, "a container alert did not reach the leader"),
+            Reply::BotToken(tx) => drop(tx.send(Err(error))),
         }
     }
 
@@ -84,6 +88,7 @@ impl Reply {
             (Reply::Reboot(tx), RpcAnswer::Reboot(accepted)) => drop(tx.send(Ok(accepted))),
             (Reply::Docker(tx), RpcAnswer::Docker(result)) => drop(tx.send(result)),
             (Reply::Noted, RpcAnswer::Noted) => {}
+            (Reply::BotToken(tx), RpcAnswer::BotToken(token)) => drop(tx.send(Ok(token))),
             (reply, _) => reply.fail(ClientError::BadAnswer {
                 node: name.to_owned(),
                 problem: "gave an answer of the wrong kind".to_owned(),
@@ -179,6 +184,8 @@ pub(super) struct Rpc {
     notices: broadcast::Sender<NetworkEvent>,
     /// The owner named at `init`: with the settings, who may do what.
     initial_owner: String,
+    /// This node's bot token, for members that fetch it.
+    bot_token: watch::Receiver<Option<StoredSecret>>,
 }
 
 impl Rpc {
@@ -188,6 +195,7 @@ impl Rpc {
         docker: Engine,
         notices: broadcast::Sender<NetworkEvent>,
         initial_owner: String,
+        bot_token: watch::Receiver<Option<StoredSecret>>,
     ) -> Self {
         let (finished_tx, finished_rx) = mpsc::channel(FINISHED_QUEUE);
         Self {
@@ -203,6 +211,7 @@ impl Rpc {
             docker_permits: Arc::new(Semaphore::new(MAX_PARALLEL_DOCKER)),
             notices,
             initial_owner,
+            bot_token,
         }
     }
 
@@ -339,6 +348,31 @@ impl Rpc {
                 self.call(swarm, core, id, name, request, Reply::Docker(reply));
             }
         }
+    }
+
+    /// The bot token of `target`, another member.
+    pub(super) fn bot_token(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        core: &Node,
+        target: &str,
+        reply: oneshot::Sender<Result<Option<SecretToken>, ClientError>>,
+    ) {
+        match resolve(core, target) {
+            Err(error) => drop(reply.send(Err(error))),
+            Ok(Target::Local) => drop(reply.send(Ok(self.local_token()))),
+            Ok(Target::Remote { id, name }) => {
+                let request = RpcRequest::GetBotToken;
+                self.call(swarm, core, id, name, request, Reply::BotToken(reply));
+            }
+        }
+    }
+
+    fn local_token(&self) -> Option<SecretToken> {
+        self.bot_token
+            .borrow()
+            .as_ref()
+            .map(|token| SecretToken::new(token.expose().to_owned()))
     }
 
     /// A container alert of this node: to this node's bot if it leads, else to the leader.
@@ -565,6 +599,12 @@ impl Rpc {
                         })
                         .await;
                 });
+            }
+            RpcRequest::GetBotToken => {
+                // Members only (checked above); the answer is never logged.
+                info!(%caller, "a member fetched the bot token");
+                let token = self.local_token();
+                respond(swarm, peer, channel, Ok(RpcAnswer::BotToken(token)));
             }
             RpcRequest::ContainerAlert(mut alert) => {
                 if !alert.is_valid() {
