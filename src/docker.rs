@@ -540,10 +540,10 @@ impl ExitWatch {
         now: Instant,
     ) -> Option<AlertKind> {
         self.forget_old(now);
-        if let Some(at) = self.killed.remove(id) {
-            if now.duration_since(at) <= KILL_EXPLAINS {
-                return None;
-            }
+        if let Some(at) = self.killed.remove(id)
+            && now.duration_since(at) <= KILL_EXPLAINS
+        {
+            return None;
         }
         let dies = self.dies.entry(id.to_owned()).or_default();
         dies.push_back(now);
@@ -554,11 +554,11 @@ impl ExitWatch {
             dies.pop_front();
         }
         let recent = dies.len();
-        if let Some(at) = self.looping.get(id) {
-            if now.duration_since(*at) <= LOOP_QUIET {
-                tracing::debug!(container = name, "restart loop already told");
-                return None;
-            }
+        if let Some(at) = self.looping.get(id)
+            && now.duration_since(*at) <= LOOP_QUIET
+        {
+            tracing::debug!(container = name, "restart loop already told");
+            return None;
         }
         if recent >= LOOP_DIES {
             self.looping.insert(id.to_owned(), now);

@@ -245,10 +245,7 @@ impl Handlers {
 
     fn refuse(&mut self, user: &User) -> Option<Rank> {
         self.metrics.count_refused();
-        let Some((held_back, held_users)) = self.strangers.refused(user.id.0, Instant::now())
-        else {
-            return None;
-        };
+        let (held_back, held_users) = self.strangers.refused(user.id.0, Instant::now())?;
         warn!(
             user_id = user.id.0,
             held_back,

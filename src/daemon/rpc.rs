@@ -663,11 +663,11 @@ impl Rpc {
             by,
             confirmation,
         } = ask;
-        if let Some(by) = &by {
-            if let Err(refusal) = self.permitted(core, by, Action::Reboot) {
-                warn!(requested_by, via, %refusal, "reboot refused");
-                return Err(refusal);
-            }
+        if let Some(by) = &by
+            && let Err(refusal) = self.permitted(core, by, Action::Reboot)
+        {
+            warn!(requested_by, via, %refusal, "reboot refused");
+            return Err(refusal);
         }
         let mut followup = Followup::Persist;
         if let Some(mac) = confirmation {
