@@ -77,7 +77,9 @@ pub async fn run(
         .load_bot_token()?
         .or_else(|| state.bot_token.clone());
     let (bot_tokens, tokens) = watch::channel(token);
-    let signals = signals.with_bot_token(tokens.clone());
+    let signals = signals
+        .with_bot_token(tokens.clone())
+        .with_audit(audit.clone());
     let owner_username = state.owner_username.clone();
     let node_name = state.node.name.clone();
     let node_id = state.node.node_id.to_base58();

@@ -980,6 +980,11 @@ fn a_confirmed_reboot_runs_once_even_when_the_leader_changes_before_the_second_p
     let state = cluster.node("charlie").state_json().unwrap();
     let claims = state["settings"]["confirmations"].as_object().unwrap();
     assert!(claims.values().any(|c| c["done"] == true), "{claims:?}");
+    // And it recorded who asked in its own audit log.
+    let asked = audited(cluster.node("charlie"), "reboot_requested");
+    assert_eq!(asked.len(), 1, "{asked:#?}");
+    assert_eq!(asked[0]["who"], "telegram:5001 (@Owner_Test)");
+    assert_eq!(asked[0]["details"]["outcome"], "accepted here");
 }
 
 #[test]

@@ -283,6 +283,7 @@ pub fn start(
         signals.notices.clone(),
         state.owner_username.clone(),
         signals.bot_token.clone(),
+        signals.audit.clone(),
     );
     let event_loop = event_loop::EventLoop::new(
         swarm,

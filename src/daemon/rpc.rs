@@ -31,6 +31,7 @@ use super::event_loop::dial_addresses;
 use super::log_limit::LogLimit;
 use super::signals::NetworkEvent;
 use crate::access::{self, Action};
+use crate::audit::{AuditEvent, AuditKind, AuditLog};
 use crate::docker::Engine;
 use crate::reboot::RebootAction;
 use crate::state::StoredSecret;
@@ -186,6 +187,8 @@ pub(super) struct Rpc {
     initial_owner: String,
     /// This node's bot token, for members that fetch it.
     bot_token: watch::Receiver<Option<StoredSecret>>,
+    /// Where refusals by role and reboots asked by other members are recorded.
+    audit: Option<AuditLog>,
 }
 
 impl Rpc {
@@ -196,6 +199,7 @@ impl Rpc {
         notices: broadcast::Sender<NetworkEvent>,
         initial_owner: String,
         bot_token: watch::Receiver<Option<StoredSecret>>,
+        audit: Option<AuditLog>,
     ) -> Self {
         let (finished_tx, finished_rx) = mpsc::channel(FINISHED_QUEUE);
         Self {
@@ -212,6 +216,7 @@ impl Rpc {
             notices,
             initial_owner,
             bot_token,
+            audit,
         }
     }
 
@@ -564,20 +569,36 @@ impl Rpc {
                 confirmation,
             } => {
                 let via = format!("node {caller} ({peer})");
+                let who = by
+                    .as_ref()
+                    .map_or_else(|| requested_by.clone(), Requester::describe);
                 let ask = RebootAsk {
                     requested_by,
                     by,
                     confirmation,
                 };
                 let (response, followup) = match self.reboot_here(core, ask, peer, &via) {
-                    Ok((accepted, followup)) => (Ok(RpcAnswer::Reboot(accepted)), followup),
+                    Ok((accepted, followup)) => {
+                        // The node that reboots records who asked too (the caller did before
+                        // it sent the request).
+                        if let Some(audit) = &self.audit {
+                            audit.record(
+                                AuditEvent::new(AuditKind::RebootRequested, who, via.clone())
+                                    .detail("requested_by", accepted.requested_by.clone())
+                                    .detail("outcome", "accepted here"),
+                            );
+                        }
+                        (Ok(RpcAnswer::Reboot(accepted)), followup)
+                    }
                     Err(refusal) => (Err(refusal), Followup::None),
                 };
                 respond(swarm, peer, channel, response);
                 return followup;
             }
             RpcRequest::Docker { request, by } => {
-                if let Err(refusal) = self.permitted(core, &by, access::docker_action(&request)) {
+                let via = format!("node {caller} ({peer})");
+                let action = access::docker_action(&request);
+                if let Err(refusal) = self.permitted(core, &by, action, &via) {
                     warn!(%caller, requester = by.describe(), %refusal, "container request refused");
                     respond(swarm, peer, channel, Err(refusal));
                     return Followup::None;
@@ -623,14 +644,30 @@ impl Rpc {
     }
 
     /// Whether `by` may do `action` here, by this node's own copy of the roles.
-    fn permitted(&self, core: &Node, by: &Requester, action: Action) -> Result<(), RpcRefusal> {
+    /// A refusal is recorded in this node's audit log (`action_refused`, from `via`).
+    fn permitted(
+        &self,
+        core: &Node,
+        by: &Requester,
+        action: Action,
+        via: &str,
+    ) -> Result<(), RpcRefusal> {
         if !by.is_valid() {
             return Err(RpcRefusal::Invalid(
                 "the requester's name is too long or not printable".to_owned(),
             ));
         }
-        access::check(by, action, core.settings(), &self.initial_owner)
-            .map_err(RpcRefusal::NotAllowed)
+        access::check(by, action, core.settings(), &self.initial_owner).map_err(|reason| {
+            if let Some(audit) = &self.audit {
+                audit.record(
+                    AuditEvent::new(AuditKind::ActionRefused, by.describe(), via)
+                        .detail("action", action.as_str())
+                        .detail("checked_on", "target")
+                        .detail("reason", reason.clone()),
+                );
+            }
+            RpcRefusal::NotAllowed(reason)
+        })
     }
 
     pub(super) fn on_finished(&mut self, swarm: &mut Swarm<Behaviour>, finished: Finished) {
@@ -664,7 +701,7 @@ impl Rpc {
             confirmation,
         } = ask;
         if let Some(by) = &by
-            && let Err(refusal) = self.permitted(core, by, Action::Reboot)
+            && let Err(refusal) = self.permitted(core, by, Action::Reboot, via)
         {
             warn!(requested_by, via, %refusal, "reboot refused");
             return Err(refusal);
