@@ -432,7 +432,14 @@ fn an_unexpected_exit_and_a_restart_loop_are_told_to_the_owner() {
         "600",
     ]);
     docker_ok(&["stop", "-t", "1", &calm]);
-    // Exits non-zero by itself.
+    let told = |needle: String| {
+        cluster.or_logs(|| {
+            fake.wait_message(Duration::from_secs(60), &needle, OWNER_ID, |m| {
+                m.text.contains(&needle)
+            })
+        })
+    };
+    // Exits non-zero by itself, a second after it starts.
     cleanup.containers.push(crash.clone());
     docker_ok(&[
         "run",
@@ -444,7 +451,28 @@ fn an_unexpected_exit_and_a_restart_loop_are_told_to_the_owner() {
         "-c",
         "sleep 1; exit 3",
     ]);
-    // Dies again and again under Docker's restart policy.
+    let crash_started = std::time::SystemTime::now();
+    told(format!("Контейнер {crash} на bravo завершился с кодом 3"));
+    // When the alert reached the leader, from its log line (the message itself follows the
+    // bot's batching and its 10 s gap after the previous notice, here bravo's join).
+    let at_leader = cluster
+        .node("alpha")
+        .log_text()
+        .lines()
+        .find(|l| l.contains("container alert") && l.contains(&crash))
+        .and_then(|l| seconds_of_day(l.split_whitespace().next()?))
+        .expect("the leader logs the alert");
+    let started = crash_started
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        % 86_400.0;
+    println!(
+        "BENCH a container exits on a member (1 s after its start) → the alert at the leader: {} ms",
+        ((at_leader - started - 1.0) * 1000.0).round()
+    );
+    // Dies again and again under Docker's restart policy (told at least 10 s after the last
+    // notice: the bot's rate limit).
     cleanup.containers.push(looping.clone());
     docker_ok(&[
         "run",
@@ -458,15 +486,6 @@ fn an_unexpected_exit_and_a_restart_loop_are_told_to_the_owner() {
         "-c",
         "exit 1",
     ]);
-
-    let told = |needle: String| {
-        cluster.or_logs(|| {
-            fake.wait_message(Duration::from_secs(60), &needle, OWNER_ID, |m| {
-                m.text.contains(&needle)
-            })
-        })
-    };
-    told(format!("Контейнер {crash} на bravo завершился с кодом 3"));
     told(format!(
         "Контейнер {looping} на bravo перезапускается по кругу"
     ));
@@ -484,4 +503,14 @@ fn an_unexpected_exit_and_a_restart_loop_are_told_to_the_owner() {
         .filter(|t| t.contains(&format!("{looping} на bravo перезапускается")))
         .count();
     assert_eq!(loops, 1, "a loop is told once: {all:#?}");
+}
+
+/// Seconds since midnight UTC of a log line's timestamp (`2026-11-29T23:07:16.826229Z`).
+fn seconds_of_day(stamp: &str) -> Option<f64> {
+    let time = stamp.split_once('T')?.1.strip_suffix('Z')?;
+    let mut parts = time.split(':');
+    let hours: f64 = parts.next()?.parse().ok()?;
+    let minutes: f64 = parts.next()?.parse().ok()?;
+    let seconds: f64 = parts.next()?.parse().ok()?;
+    Some(hours * 3600.0 + minutes * 60.0 + seconds)
 }
