@@ -388,6 +388,62 @@ fn another_members_containers_are_listed_restarted_and_tailed_over_rpc() {
 }
 
 #[test]
+fn the_bot_lists_and_restarts_the_containers_of_a_node_that_does_not_host_it() {
+    if !engine_answers("the_bot_lists_and_restarts_the_containers_of_a_node_that_does_not_host_it")
+    {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let web = format!("{}-web", ops_prefix("botrpc"));
+    start_ticker(&mut cleanup, &web);
+    let fake = FakeTelegram::start(TOKEN);
+    // The bot runs on alpha, which has no engine: bravo's containers come over RPC.
+    let cluster = Cluster::start_with(&["alpha", "bravo"], &[1, 100], None, |node| {
+        bot_node(&fake, node);
+        if node.name == "alpha" {
+            node.env = vec![("CONSTELLA_DOCKER_SOCKET".into(), "off".into())];
+        }
+    });
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(agreed_leader(&nodes, &["alpha", "bravo"], ANSWER), "alpha");
+    let card = open_card(&cluster, &fake, "bravo");
+    let id = card.message_id;
+    let edited = |what: &str, check: &dyn Fn(&BotMessage) -> bool| {
+        cluster.or_logs(|| {
+            fake.wait_message(ANSWER, what, OWNER_ID, |m| m.message_id == id && check(m))
+        })
+    };
+    let containers = card
+        .button("🐳 Контейнеры")
+        .expect("bravo's card has the containers button");
+    fake.press(&owner(), id, &containers);
+    let list = edited("bravo's container list", &|m| {
+        m.text.starts_with("🐳 bravo — контейнеры")
+    });
+    assert!(
+        list.text
+            .lines()
+            .any(|l| l.starts_with(&format!("🟢 {web} — running"))),
+        "{}",
+        list.text
+    );
+    fake.press(&owner(), id, &list.button(&web).unwrap());
+    let card = edited("the container card", &|m| {
+        m.text.starts_with(&format!("🐳 {web} на bravo")) && m.text.contains("tick ")
+    });
+    let before = started_at(&web);
+    fake.press(&owner(), id, &card.button("Перезапустить").unwrap());
+    let confirm = edited("the confirmation", &|m| {
+        m.text.starts_with("Перезапустить контейнер")
+    });
+    fake.press(&owner(), id, &confirm.button("Да, перезапустить").unwrap());
+    edited("the restart result", &|m| {
+        m.text.starts_with(&format!("✅ {web}: перезапущен"))
+    });
+    assert_ne!(started_at(&web), before);
+}
+
+#[test]
 fn an_unexpected_exit_and_a_restart_loop_are_told_to_the_owner() {
     if !engine_answers("an_unexpected_exit_and_a_restart_loop_are_told_to_the_owner") {
         return;
