@@ -802,6 +802,29 @@ mod tests {
         assert_eq!(command_action("invite"), access::Action::Invite);
         assert_eq!(command_action("lang"), access::Action::Language);
         assert_eq!(command_action("start"), access::Action::List);
+        assert_eq!(command_action("audit"), access::Action::Audit);
+        assert!(
+            !Rank::Granted(constella_behaviours::settings::Role::Operator)
+                .allows(access::Action::Audit)
+        );
+        assert!(Rank::Owner.allows(access::Action::Audit));
+    }
+
+    #[test]
+    fn strangers_are_told_once_per_window_with_a_summary_of_the_rest() {
+        let start = Instant::now();
+        let mut strangers = Strangers::default();
+        assert_eq!(strangers.refused(1, start), Some((0, 0)));
+        assert_eq!(strangers.refused(1, start + Duration::from_secs(1)), None);
+        assert_eq!(strangers.refused(2, start + Duration::from_secs(2)), None);
+        assert_eq!(strangers.refused(2, start + Duration::from_secs(3)), None);
+        let later = start + STRANGER_WINDOW + Duration::from_secs(1);
+        assert_eq!(
+            strangers.refused(3, later),
+            Some((3, 2)),
+            "3 held back, 2 users"
+        );
+        assert_eq!(strangers.refused(3, later), None);
     }
 
     #[test]
