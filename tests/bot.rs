@@ -965,7 +965,7 @@ fn a_confirmed_reboot_runs_once_even_when_the_leader_changes_before_the_second_p
     // The claim is network state: bravo, leading after alpha's crash, refuses the same press.
     wait_for(ANSWER, "the claim on bravo", || {
         let state = cluster.node("bravo").state_json()?;
-        let claims = state["settings"]["confirmations"].as_object()?.clone();
+        let claims = state["settings"]["confirmations"].as_array()?.clone();
         (!claims.is_empty()).then_some(())
     });
     cluster.node_mut("alpha").kill();
@@ -978,8 +978,8 @@ fn a_confirmed_reboot_runs_once_even_when_the_leader_changes_before_the_second_p
     assert_eq!(reboots(cluster.node("charlie")).len(), 1);
     // The target marked the claim done: the state of charlie says so.
     let state = cluster.node("charlie").state_json().unwrap();
-    let claims = state["settings"]["confirmations"].as_object().unwrap();
-    assert!(claims.values().any(|c| c["done"] == true), "{claims:?}");
+    let claims = state["settings"]["confirmations"].as_array().unwrap();
+    assert!(claims.iter().any(|c| c["done"] == true), "{claims:?}");
     // And it recorded who asked in its own audit log.
     let asked = audited(cluster.node("charlie"), "reboot_requested");
     assert_eq!(asked.len(), 1, "{asked:#?}");

@@ -19,16 +19,18 @@
 //!   at equal versions the lesser right wins (a revoke over a grant, viewer over operator) and
 //!   a pinned id is kept (the smaller of two).
 //! - `confirmations`: the bot's one-time confirmations (a reboot's, a container action's)
-//!   claimed so far, keyed by their MAC, so that a confirmation is acted on once across leaders.
-//!   Per key the smaller claimer wins (first-wins once the claims have met), `expires_at` is the
-//!   larger and `done` only becomes true; the set keeps what lies within
+//!   claimed so far, so that a confirmation is acted on once across leaders. A grow-only set of
+//!   claims (MAC, expiry, claimer, done) merged by union; what a MAC's claims say together is
+//!   [`NetworkSettings::claim`]: the smallest claimer wins (first-wins once the claims have
+//!   met), done if any claim is. The set keeps the claims within
 //!   [`CONFIRMATION_RETENTION_SECS`] of its newest expiry, at most [`MAX_CONFIRMATIONS`] of
-//!   them (both decided by the set itself, not the clock, so the merge stays a semilattice).
+//!   them (each claim kept or dropped on its own, decided by the set, not the clock, so the
+//!   merge stays a semilattice).
 //! - `bot_token`: which bot token the network uses ([`BotTokenStamp`]: a version, a digest,
 //!   the node that has it), never the token itself; the higher version wins (ties: the larger
 //!   digest, then node). A node whose token does not match the stamp fetches it from a member.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -103,8 +105,8 @@ impl RoleGrant {
 /// How long (seconds, before the newest expiry in the set) a claimed confirmation is kept: far
 /// beyond its own two minutes, after which the MAC alone refuses it.
 pub const CONFIRMATION_RETENTION_SECS: u64 = 24 * 3600;
-/// Most claimed confirmations kept (the newest by expiry).
-pub const MAX_CONFIRMATIONS: usize = 128;
+/// Most confirmation claims kept (the newest by expiry); a confirmation has one or two.
+pub const MAX_CONFIRMATIONS: usize = 256;
 
 /// Domain separation of [`token_digest`].
 const TOKEN_DIGEST_DOMAIN: &[u8] = b"constella/bot-token-digest/v1\0";
@@ -133,26 +135,19 @@ pub struct BotTokenStamp {
     pub bot_id: String,
 }
 
-/// A bot confirmation claimed by a leader before it acted on it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A bot confirmation claimed by a leader before it acted on it (or marked done by the node
+/// that acted). Ordered by expiry first: the set drops the oldest.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ConfirmationClaim {
     /// Unix seconds after which the confirmation is refused anyway.
     pub expires_at: u64,
+    /// The confirmation's MAC (hex).
+    pub mac: String,
     /// The node (PeerId, base58) whose bot claimed it; of two concurrent claims the smaller.
     pub claimed_by: String,
     /// The target acted on it (a reboot was started): any further request with it is a no-op.
     #[serde(default)]
     pub done: bool,
-}
-
-impl ConfirmationClaim {
-    fn merge(&mut self, other: &ConfirmationClaim) {
-        if other.claimed_by < self.claimed_by {
-            self.claimed_by.clone_from(&other.claimed_by);
-        }
-        self.expires_at = self.expires_at.max(other.expires_at);
-        self.done |= other.done;
-    }
 }
 
 /// A Telegram username as the settings key it: lowercase, without `@`.
@@ -200,9 +195,9 @@ pub struct NetworkSettings {
     /// Accounts with a role, keyed by [`username_key`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub roles: BTreeMap<String, RoleGrant>,
-    /// Confirmations claimed by a bot, keyed by MAC (hex).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub confirmations: BTreeMap<String, ConfirmationClaim>,
+    /// Claims of bot confirmations (see [`NetworkSettings::claim`]).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub confirmations: BTreeSet<ConfirmationClaim>,
     /// The bot token set last with `constella bot-token set` (none: the one from `init`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bot_token: Option<BotTokenStamp>,
@@ -228,14 +223,8 @@ impl NetworkSettings {
                 }
             }
         }
-        for (mac, claim) in &other.confirmations {
-            match self.confirmations.get_mut(mac) {
-                Some(ours) => ours.merge(claim),
-                None => {
-                    self.confirmations.insert(mac.clone(), claim.clone());
-                }
-            }
-        }
+        self.confirmations
+            .extend(other.confirmations.iter().cloned());
         self.trim_confirmations();
         if other.bot_token > self.bot_token {
             self.bot_token.clone_from(&other.bot_token);
@@ -246,37 +235,43 @@ impl NetworkSettings {
     /// Keeps the claimed confirmations within [`CONFIRMATION_RETENTION_SECS`] of the newest
     /// expiry, and of those the [`MAX_CONFIRMATIONS`] newest (by expiry, then MAC).
     fn trim_confirmations(&mut self) {
-        let Some(newest) = self.confirmations.values().map(|c| c.expires_at).max() else {
+        let Some(newest) = self.confirmations.last().map(|c| c.expires_at) else {
             return;
         };
         let oldest_kept = newest.saturating_sub(CONFIRMATION_RETENTION_SECS);
-        self.confirmations
-            .retain(|_, c| c.expires_at >= oldest_kept);
-        if self.confirmations.len() > MAX_CONFIRMATIONS {
-            let mut order: Vec<(u64, String)> = self
-                .confirmations
-                .iter()
-                .map(|(mac, c)| (c.expires_at, mac.clone()))
-                .collect();
-            order.sort_unstable();
-            let excess = order.len() - MAX_CONFIRMATIONS;
-            for (_, mac) in order.into_iter().take(excess) {
-                self.confirmations.remove(&mac);
-            }
+        while self.confirmations.first().is_some_and(|c| {
+            c.expires_at < oldest_kept || self.confirmations.len() > MAX_CONFIRMATIONS
+        }) {
+            self.confirmations.pop_first();
         }
+    }
+
+    /// What the claims of confirmation `mac` say together: claimed by the smallest claimer,
+    /// done if any claim is, expiring at the latest expiry; `None` if nobody claimed it.
+    pub fn claim(&self, mac: &str) -> Option<ConfirmationClaim> {
+        self.confirmations
+            .iter()
+            .filter(|c| c.mac == mac)
+            .cloned()
+            .reduce(|mut merged, c| {
+                if c.claimed_by < merged.claimed_by {
+                    merged.claimed_by = c.claimed_by;
+                }
+                merged.expires_at = merged.expires_at.max(c.expires_at);
+                merged.done |= c.done;
+                merged
+            })
     }
 
     /// These settings with confirmation `mac` claimed by node `by` (nothing else changed).
     pub fn with_claim(&self, mac: &str, expires_at: u64, by: &str, done: bool) -> NetworkSettings {
         NetworkSettings {
-            confirmations: BTreeMap::from([(
-                mac.to_owned(),
-                ConfirmationClaim {
-                    expires_at,
-                    claimed_by: by.to_owned(),
-                    done,
-                },
-            )]),
+            confirmations: BTreeSet::from([ConfirmationClaim {
+                expires_at,
+                mac: mac.to_owned(),
+                claimed_by: by.to_owned(),
+                done,
+            }]),
             ..NetworkSettings::default()
         }
         .merged_into(self)
@@ -424,17 +419,15 @@ mod tests {
             ],
             prop_oneof![Just("a".to_owned()), Just("b".to_owned())],
             any::<bool>(),
+            (0..MAX_CONFIRMATIONS as u32 + 40).prop_map(|n| format!("{n:x}")),
         )
-            .prop_map(|(expires_at, claimed_by, done)| ConfirmationClaim {
+            .prop_map(|(expires_at, claimed_by, done, mac)| ConfirmationClaim {
                 expires_at,
+                mac,
                 claimed_by,
                 done,
             });
-        let confirmations = proptest::collection::btree_map(
-            (0..MAX_CONFIRMATIONS as u32 + 40).prop_map(|n| format!("{n:x}")),
-            claim,
-            0..MAX_CONFIRMATIONS + 20,
-        );
+        let confirmations = proptest::collection::btree_set(claim, 0..MAX_CONFIRMATIONS + 20);
         (base, owner, roles, confirmations).prop_map(
             |(
                 (owner_id, last, lang, version),
@@ -562,26 +555,28 @@ mod tests {
         let empty = NetworkSettings::default();
         let by_b = empty.with_claim("m1", 100, "node-b", false);
         let by_a = empty.with_claim("m1", 100, "node-a", false);
-        assert_eq!(by_b.confirmations["m1"].claimed_by, "node-b");
+        assert_eq!(by_b.claim("m1").unwrap().claimed_by, "node-b");
         let mut merged = by_b.clone();
         assert!(merged.merge(&by_a));
         assert_eq!(
-            merged.confirmations["m1"].claimed_by, "node-a",
+            merged.claim("m1").unwrap().claimed_by,
+            "node-a",
             "the smaller wins"
         );
         let done = merged.with_claim("m1", 100, "node-b", true);
-        assert!(done.confirmations["m1"].done);
-        assert_eq!(done.confirmations["m1"].claimed_by, "node-a");
+        assert!(done.claim("m1").unwrap().done);
+        assert_eq!(done.claim("m1").unwrap().claimed_by, "node-a");
         // Claims a day older than the newest are forgotten; the MAC's expiry refuses them.
         let later = done.with_claim("m2", 100 + CONFIRMATION_RETENTION_SECS + 1, "node-a", false);
-        assert!(!later.confirmations.contains_key("m1"));
-        assert!(later.confirmations.contains_key("m2"));
+        assert!(later.claim("m1").is_none());
+        assert!(later.claim("m2").is_some());
         let mut many = NetworkSettings::default();
         for n in 0..MAX_CONFIRMATIONS as u64 + 5 {
             many = many.with_claim(&format!("{n:04}"), 1000 + n, "x", false);
         }
         assert_eq!(many.confirmations.len(), MAX_CONFIRMATIONS);
-        assert!(!many.confirmations.contains_key("0000"));
+        assert!(many.claim("0000").is_none());
+        assert!(NetworkSettings::default().claim("m1").is_none());
     }
 
     #[test]

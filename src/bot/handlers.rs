@@ -548,7 +548,7 @@ impl Handlers {
         let Ok(current) = self.client.merge_settings(NetworkSettings::default()).await else {
             return false;
         };
-        if current.confirmations.contains_key(&confirmation.mac) {
+        if current.claim(&confirmation.mac).is_some() {
             info!("a confirmation that was already claimed was pressed again; refused");
             return false;
         }
@@ -556,8 +556,7 @@ impl Handlers {
         let claim = current.with_claim(&confirmation.mac, confirmation.expires_at, me, false);
         match self.client.merge_settings(claim).await {
             Ok(merged) => merged
-                .confirmations
-                .get(&confirmation.mac)
+                .claim(&confirmation.mac)
                 .is_some_and(|c| &c.claimed_by == me),
             Err(_) => false,
         }

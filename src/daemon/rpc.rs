@@ -709,7 +709,8 @@ impl Rpc {
         let mut followup = Followup::Persist;
         if let Some(mac) = confirmation {
             let claimer = caller.to_base58();
-            let claim = core.settings().confirmations.get(&mac);
+            let claim = core.settings().claim(&mac);
+            let claim = claim.as_ref();
             if claim.is_some_and(|c| c.done) {
                 info!(
                     requested_by,
