@@ -6,6 +6,7 @@
 //! is pinned (at its first contact after the grant, like the owner's); until then by its
 //! username. A username taken over after the pin gets nothing.
 
+use constella_behaviours::rpc::{DockerRequest, Requester};
 use constella_behaviours::settings::{NetworkSettings, Role, username_key};
 
 /// What someone asks the bot for.
@@ -21,6 +22,8 @@ pub enum Action {
     Invite,
     /// The bot's language, a network setting.
     Language,
+    /// The last entries of the audit log (the owner's alone).
+    Audit,
 }
 
 impl Action {
@@ -32,6 +35,7 @@ impl Action {
             Action::Reboot => "reboot",
             Action::Invite => "invite",
             Action::Language => "language",
+            Action::Audit => "audit",
         }
     }
 }
@@ -47,7 +51,7 @@ pub enum Rank {
 
 impl Rank {
     /// Whether this rank may do `action`: a viewer sees (list, cards, usage); an operator also
-    /// reboots and invites; the owner alone changes the language. Changing the owner, the token
+    /// reboots and invites; the owner alone changes the language and reads the audit log. Changing the owner, the token
     /// or the roles and removing nodes are not offered by the bot at all: they are CLI commands
     /// on a member (root on a server of the network).
     pub fn allows(self, action: Action) -> bool {
@@ -122,6 +126,55 @@ pub fn access(user: TelegramUser<'_>, settings: &NetworkSettings, initial_owner:
             id: user.id,
         },
         None => Access::Refused,
+    }
+}
+
+/// What a container request needs of the requester's role: seeing containers is like seeing
+/// usage; acting on one is an operator's, like a reboot.
+pub fn docker_action(request: &DockerRequest) -> Action {
+    match request {
+        DockerRequest::Act { .. } => Action::Reboot,
+        DockerRequest::Probe
+        | DockerRequest::List
+        | DockerRequest::Inspect { .. }
+        | DockerRequest::Logs { .. } => Action::Usage,
+    }
+}
+
+/// The check a node makes before it acts for someone another member sent: the CLI of a member
+/// (root on a server of the network) may do everything; a Telegram account what its role, in
+/// this node's own copy of the settings, allows. A username not pinned yet counts as what it
+/// was granted, as the bot that sent the request decided (the pin may still be on its way).
+/// The error is one line for the requester and the log.
+pub fn check(
+    by: &Requester,
+    action: Action,
+    settings: &NetworkSettings,
+    initial_owner: &str,
+) -> Result<(), String> {
+    let Requester::Telegram { user_id, username } = by else {
+        return Ok(());
+    };
+    let user = TelegramUser {
+        id: *user_id,
+        username: username.as_deref(),
+        is_bot: false,
+    };
+    let rank = match access(user, settings, initial_owner) {
+        Access::Known(rank) => Some(rank),
+        Access::PinOwner(_) => Some(Rank::Owner),
+        Access::PinGranted { role, .. } => Some(Rank::Granted(role)),
+        Access::Refused => None,
+    };
+    match rank {
+        Some(rank) if rank.allows(action) => Ok(()),
+        Some(rank) => Err(format!(
+            "{} is {} here, which does not allow {}",
+            by.describe(),
+            rank.as_str(),
+            action.as_str()
+        )),
+        None => Err(format!("{} has no role here", by.describe())),
     }
 }
 
@@ -226,5 +279,70 @@ mod tests {
         assert!(operator.allows(Action::Reboot) && operator.allows(Action::Invite));
         assert!(!operator.allows(Action::Language));
         assert!(Rank::Owner.allows(Action::Language) && Rank::Owner.allows(Action::Reboot));
+    }
+
+    #[test]
+    fn the_executing_node_checks_the_requester_with_its_own_settings() {
+        let cli = Requester::Cli {
+            user: "root".into(),
+        };
+        let telegram = |id: u64, name: &str| Requester::Telegram {
+            user_id: id,
+            username: Some(name.into()),
+        };
+        let empty = NetworkSettings::default();
+        assert!(check(&cli, Action::Reboot, &empty, "@owner_test").is_ok());
+        // The owner not pinned yet here: the username decides, as it did on the leader.
+        assert!(
+            check(
+                &telegram(7, "owner_test"),
+                Action::Reboot,
+                &empty,
+                "@owner_test"
+            )
+            .is_ok()
+        );
+        let settings = NetworkSettings {
+            owner_user_id: Some(7),
+            ..NetworkSettings::default()
+        }
+        .with_role("@carol_v", Some(Role::Viewer));
+        assert!(check(&telegram(7, "x"), Action::Reboot, &settings, "@owner_test").is_ok());
+        let refused = check(
+            &telegram(21, "carol_v"),
+            Action::Reboot,
+            &settings,
+            "@owner_test",
+        );
+        assert_eq!(
+            refused.unwrap_err(),
+            "telegram:21 (@carol_v) is viewer here, which does not allow reboot"
+        );
+        assert!(
+            check(
+                &telegram(21, "carol_v"),
+                Action::Usage,
+                &settings,
+                "@owner_test"
+            )
+            .is_ok()
+        );
+        let revoked = settings.with_role("carol_v", None);
+        assert_eq!(
+            check(
+                &telegram(21, "carol_v"),
+                Action::Usage,
+                &revoked,
+                "@owner_test"
+            )
+            .unwrap_err(),
+            "telegram:21 (@carol_v) has no role here"
+        );
+        let act = DockerRequest::Act {
+            name: "web".into(),
+            action: constella_behaviours::rpc::ContainerAction::Restart,
+        };
+        assert_eq!(docker_action(&act), Action::Reboot);
+        assert_eq!(docker_action(&DockerRequest::List), Action::Usage);
     }
 }

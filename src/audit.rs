@@ -665,6 +665,8 @@ enum Job {
 pub struct AuditLog {
     jobs: mpsc::Sender<Job>,
     dropped: Arc<AtomicU64>,
+    /// The state directory the log is in, for [`AuditLog::recent`].
+    dir: PathBuf,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -718,7 +720,20 @@ impl AuditLog {
         Ok(Self {
             jobs,
             dropped: Arc::new(AtomicU64::new(0)),
+            dir: dir.to_owned(),
         })
+    }
+
+    /// The newest `count` entries, oldest first, after verifying the whole log (off the
+    /// async threads: the log is read and decrypted from disk).
+    pub async fn recent(&self, count: usize) -> Result<Vec<AuditEvent>, AuditError> {
+        let dir = self.dir.clone();
+        let mut events = tokio::task::spawn_blocking(move || read_verified(&dir))
+            .await
+            .map_err(|_| AuditError::Stopped)??;
+        let skip = events.len().saturating_sub(count);
+        events.drain(..skip);
+        Ok(events)
     }
 
     /// Queues `event` and returns at once. If the queue is full (the disk cannot keep up)

@@ -26,7 +26,7 @@ use constella_behaviours::node::LeaveOutcome;
 
 use crate::daemon::Client;
 use crate::daemon::report::{InviteReport, StatusReport};
-use crate::docker::{Containers, DockerAnswer, DockerRequest};
+use crate::docker::{Containers, DockerAnswer, DockerRequest, Requester};
 use crate::stats::{NodeStats, RebootAccepted};
 use crate::validate::Ttl;
 use std::sync::Arc;
@@ -34,9 +34,12 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::audit::{AuditEvent, AuditKind, AuditLog};
+use crate::daemon::ClientError;
 use crate::state::{StateDir, StoredSecret};
 use crate::validate::BotToken;
-use constella_behaviours::settings::{NetworkSettings, Role, username_key};
+use constella_behaviours::settings::{
+    BotTokenStamp, NetworkSettings, Role, token_digest, username_key,
+};
 
 /// Longest request line the daemon reads.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -371,7 +374,13 @@ async fn answer(stream: UnixStream, control: Control) -> Result<()> {
         match serde_json::from_str::<Request>(&line) {
             Ok(Request::Docker { target, request }) => control
                 .containers
-                .call(&target, request)
+                .call(
+                    &target,
+                    request,
+                    Requester::Cli {
+                        user: caller(None, uid),
+                    },
+                )
                 .await
                 .map_or_else(|error| Response::Error(error.to_string()), Response::Docker),
             Ok(request) => node_request(request, &control, uid).await,
@@ -609,9 +618,9 @@ async fn administer(
     Ok(Response::Access(access_report(&merged, &owner)))
 }
 
-/// Validates a new bot token, stores it (0600, `bot.token`), and restarts this node's bot with
-/// it. Only this node: the token is a secret, and gossip is not encrypted yet, so it does not
-/// travel to the other members (run it on each, or see docs/bot.md).
+/// Validates a new bot token, stores it (0600, `bot.token`), restarts this node's bot with it,
+/// and stamps the network settings with its version and digest (never the token): every other
+/// member fetches it from this one over the members-only RPC (src/bot_token.rs).
 async fn set_bot_token(
     control: &Control,
     token: &StoredSecret,
@@ -642,6 +651,28 @@ async fn set_bot_token(
         .bot_tokens
         .send_replace(Some(StoredSecret::new(token.expose().to_owned())));
     tracing::info!(%bot_id, "the bot token was replaced; the bot starts again with it");
+    let stamp = async {
+        let local = control.client.status().await?.node_id;
+        let current = current_settings(&control.client)
+            .await
+            .map_err(ClientError::Storage)?;
+        let version = current.bot_token.as_ref().map_or(0, |s| s.version) + 1;
+        let next = NetworkSettings {
+            bot_token: Some(BotTokenStamp {
+                version,
+                digest: token_digest(token.expose()),
+                from: local,
+                bot_id: bot_id.clone(),
+            }),
+            ..current
+        };
+        control.client.merge_settings(next).await
+    };
+    if let Err(error) = stamp.await {
+        return Err(format!(
+            "the token was stored and this node's bot uses it, but the other members were not told: {error}"
+        ));
+    }
     Ok(Response::BotTokenSet { bot_id })
 }
 

@@ -6,27 +6,34 @@
 //! [`Engine`] talks to the local engine; [`Engine::answer`] is the one entry point, a plain
 //! async function that the control socket calls for the local node and that the RPC server
 //! side calls for a member's request. [`Containers`] picks the node a request is for: this one,
-//! or (not supported yet) another member.
+//! or another member over RPC (`RpcRequest::Docker`, carrying who asked: the member checks the
+//! role itself before it acts).
+//!
+//! [`watch`] follows the engine's events and sends an alert to the leader's bot when a
+//! container exits with a non-zero code that nobody asked for, or dies again and again
+//! ([`ExitWatch`] decides).
 //!
 //! Nothing here creates containers, pulls images or runs commands inside containers: access to
 //! the Docker socket is root-equivalent, so what the node offers through it is kept to the
 //! operations the owner needs to keep services running.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCpuStats, ContainerInspectResponse, ContainerStatsResponse};
 use bollard::query_parameters::{
-    ListContainersOptions, LogsOptions, RestartContainerOptions, StartContainerOptions,
-    StatsOptions, StopContainerOptions,
+    EventsOptions, ListContainersOptions, LogsOptions, RestartContainerOptions,
+    StartContainerOptions, StatsOptions, StopContainerOptions,
 };
 use futures::{StreamExt, TryStreamExt};
 
 pub use constella_behaviours::rpc::{
-    ContainerAction, ContainerInfo, DockerAnswer, DockerError, DockerRequest,
-    MAX_CONTAINER_NAME_CHARS, MAX_CONTAINERS, MAX_IMAGE_CHARS, MAX_LOG_BYTES, MAX_LOG_LINES,
+    AlertKind, ContainerAction, ContainerAlert, ContainerInfo, DockerAnswer, DockerError,
+    DockerRequest, MAX_CONTAINER_NAME_CHARS, MAX_CONTAINERS, MAX_IMAGE_CHARS, MAX_LOG_BYTES,
+    MAX_LOG_LINES, Requester,
 };
 
 use crate::daemon::Client;
@@ -81,6 +88,11 @@ impl Engine {
 
     /// A client for the engine, with the API version lowered to what the engine speaks.
     async fn connect(&self) -> Result<Docker, DockerError> {
+        self.connect_with(REQUEST_TIMEOUT_SECS).await
+    }
+
+    /// Like [`Engine::connect`], with requests that may take up to `timeout_secs`.
+    async fn connect_with(&self, timeout_secs: u64) -> Result<Docker, DockerError> {
         let Some(socket) = &self.socket else {
             return Err(self.no_engine(format!("disabled with {SOCKET_ENV}=off")));
         };
@@ -88,9 +100,8 @@ impl Engine {
             return Err(self.no_engine(format!("no socket at {}", socket.display())));
         }
         let path = socket.to_string_lossy();
-        let docker =
-            Docker::connect_with_unix(&path, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
-                .map_err(|error| self.no_engine(format!("{}: {error}", socket.display())))?;
+        let docker = Docker::connect_with_unix(&path, timeout_secs, bollard::API_DEFAULT_VERSION)
+            .map_err(|error| self.no_engine(format!("{}: {error}", socket.display())))?;
         docker
             .negotiate_version()
             .await
@@ -456,7 +467,7 @@ fn unix_seconds(text: &str) -> Option<u64> {
 }
 
 /// Routes a container request to the node it names: this node's [`Engine`], or another member
-/// (not supported yet: the protocol core will carry [`DockerRequest`] as an RPC).
+/// over RPC, which checks the requester's role with its own copy of the roles before it acts.
 #[derive(Debug, Clone)]
 pub struct Containers {
     engine: Engine,
@@ -475,31 +486,199 @@ impl Containers {
         }
     }
 
-    /// Answers `request` for `target`, a server name or node id.
+    /// Answers `request` for `target`, a server name or node id, made for `by` (whose role the
+    /// caller checked here; another member checks it again).
     pub async fn call(
         &self,
         target: &str,
         request: DockerRequest,
+        by: Requester,
     ) -> Result<DockerAnswer, DockerError> {
         if target == self.local_name || target == self.local_id {
             return self.engine.answer(request).await;
         }
-        let peers = self
-            .client
-            .peers()
-            .await
-            .map_err(|error| DockerError::Engine {
-                node: self.local_name.clone(),
-                message: error.to_string(),
-            })?;
-        match peers
-            .iter()
-            .find(|p| p.name == target || p.node_id.to_base58() == target)
+        self.client.docker(target, request, by).await
+    }
+}
+
+/// Time within which dies of one container count towards a restart loop.
+pub const LOOP_WINDOW: Duration = Duration::from_secs(120);
+/// Unasked-for dies within [`LOOP_WINDOW`] that make a restart loop.
+pub const LOOP_DIES: usize = 3;
+/// After a restart-loop alert, the container's further dies are not told for this long.
+pub const LOOP_QUIET: Duration = Duration::from_secs(30 * 60);
+/// A die this soon after a kill of the same container was asked for (`docker stop`, restart,
+/// `rm -f`, constella's own stop/restart): not an alert.
+const KILL_EXPLAINS: Duration = Duration::from_secs(60);
+/// Containers whose recent events are remembered; beyond this the oldest are forgotten.
+const MAX_WATCHED: usize = 1024;
+
+/// Decides from a container's events which deserve an alert: a die with a non-zero exit code
+/// that no kill (a stop, restart or removal somebody asked for) explains is "exited
+/// unexpectedly"; [`LOOP_DIES`] unexplained dies (any exit code) within [`LOOP_WINDOW`] are one
+/// "restart loop" alert, after which that container is quiet for [`LOOP_QUIET`].
+#[derive(Debug, Default)]
+pub struct ExitWatch {
+    killed: HashMap<String, Instant>,
+    dies: HashMap<String, VecDeque<Instant>>,
+    looping: HashMap<String, Instant>,
+}
+
+impl ExitWatch {
+    /// Somebody stopped, restarted or removed container `id` (Docker's `kill` event).
+    pub fn on_kill(&mut self, id: &str, now: Instant) {
+        self.forget_old(now);
+        self.killed.insert(id.to_owned(), now);
+    }
+
+    /// Container `id` (named `name`) stopped with `exit_code`; the alert to send, if any.
+    pub fn on_die(
+        &mut self,
+        id: &str,
+        name: &str,
+        exit_code: i64,
+        now: Instant,
+    ) -> Option<AlertKind> {
+        self.forget_old(now);
+        if let Some(at) = self.killed.remove(id)
+            && now.duration_since(at) <= KILL_EXPLAINS
         {
-            Some(peer) => Err(DockerError::RemoteNotSupported {
-                node: peer.name.clone(),
-            }),
-            None => Err(DockerError::NoSuchNode(target.to_owned())),
+            return None;
+        }
+        let dies = self.dies.entry(id.to_owned()).or_default();
+        dies.push_back(now);
+        while dies
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > LOOP_WINDOW)
+        {
+            dies.pop_front();
+        }
+        let recent = dies.len();
+        if let Some(at) = self.looping.get(id)
+            && now.duration_since(*at) <= LOOP_QUIET
+        {
+            tracing::debug!(container = name, "restart loop already told");
+            return None;
+        }
+        if recent >= LOOP_DIES {
+            self.looping.insert(id.to_owned(), now);
+            return Some(AlertKind::RestartLoop {
+                restarts: u32::try_from(recent).unwrap_or(u32::MAX),
+                window_secs: u32::try_from(LOOP_WINDOW.as_secs()).unwrap_or(u32::MAX),
+            });
+        }
+        (exit_code != 0).then_some(AlertKind::Exited { exit_code })
+    }
+
+    /// Drops what no longer matters, and everything if too many containers are remembered.
+    fn forget_old(&mut self, now: Instant) {
+        self.killed
+            .retain(|_, at| now.duration_since(*at) <= KILL_EXPLAINS);
+        self.dies.retain(|_, dies| {
+            dies.back()
+                .is_some_and(|t| now.duration_since(*t) <= LOOP_WINDOW)
+        });
+        self.looping
+            .retain(|_, at| now.duration_since(*at) <= LOOP_QUIET);
+        if self.killed.len() + self.dies.len() + self.looping.len() > MAX_WATCHED {
+            *self = ExitWatch::default();
+        }
+    }
+}
+
+/// Longest pause between attempts to follow the engine's events.
+const EVENTS_RETRY_MAX: Duration = Duration::from_secs(60);
+/// An events request may stay open this long before it is made again.
+const EVENTS_REQUEST_SECS: u64 = 24 * 3600;
+
+/// Follows the engine's container events until the node stops and hands alerts to the leader's
+/// bot through `client`. Without an engine it looks again every minute, quietly.
+pub async fn watch(engine: Engine, client: Client) {
+    if engine.socket.is_none() {
+        return;
+    }
+    let mut exits = ExitWatch::default();
+    let mut pause = Duration::from_secs(1);
+    let mut told_missing = false;
+    loop {
+        match engine.connect_with(EVENTS_REQUEST_SECS).await {
+            Err(error) => {
+                if !told_missing {
+                    tracing::debug!(%error, "no Docker engine to watch for container exits");
+                    told_missing = true;
+                }
+            }
+            Ok(docker) => {
+                told_missing = false;
+                tracing::debug!("watching Docker events for container exits");
+                let filters = HashMap::from([
+                    ("type".to_owned(), vec!["container".to_owned()]),
+                    (
+                        "event".to_owned(),
+                        vec!["kill".to_owned(), "die".to_owned()],
+                    ),
+                ]);
+                let options = EventsOptions {
+                    filters: Some(filters),
+                    ..Default::default()
+                };
+                let mut events = docker.events(Some(options));
+                let started = Instant::now();
+                while let Some(event) = events.next().await {
+                    let event = match event {
+                        Ok(event) => event,
+                        Err(error) => {
+                            tracing::debug!(%error, "the Docker event stream failed");
+                            break;
+                        }
+                    };
+                    if let Some(alert) = engine.alert_for(&mut exits, &event, Instant::now()) {
+                        tracing::warn!(container = %alert.container, kind = ?alert.kind, "container alert");
+                        if client.container_alert(alert).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if started.elapsed() > EVENTS_RETRY_MAX {
+                    pause = Duration::from_secs(1);
+                }
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(EVENTS_RETRY_MAX);
+    }
+}
+
+impl Engine {
+    /// The alert an engine event calls for, if any.
+    fn alert_for(
+        &self,
+        exits: &mut ExitWatch,
+        event: &bollard::models::EventMessage,
+        now: Instant,
+    ) -> Option<ContainerAlert> {
+        let actor = event.actor.as_ref()?;
+        let id = actor.id.as_deref()?;
+        let attributes = actor.attributes.as_ref();
+        let attribute = |key: &str| attributes.and_then(|a| a.get(key)).map(String::as_str);
+        match event.action.as_deref()? {
+            "kill" => {
+                exits.on_kill(id, now);
+                None
+            }
+            "die" => {
+                let name = attribute("name").unwrap_or(id);
+                let exit_code = attribute("exitCode")
+                    .and_then(|code| code.parse::<i64>().ok())
+                    .unwrap_or(0);
+                let kind = exits.on_die(id, name, exit_code, now)?;
+                Some(ContainerAlert {
+                    node: self.node.clone(),
+                    container: name.chars().take(MAX_CONTAINER_NAME_CHARS).collect(),
+                    kind,
+                })
+            }
+            _ => None,
         }
     }
 }
@@ -507,6 +686,43 @@ impl Containers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unasked_exits_and_restart_loops_alert_once() {
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut watch = ExitWatch::default();
+        // A stop somebody asked for: kill, then die with 143.
+        watch.on_kill("a", at(0));
+        assert_eq!(watch.on_die("a", "web", 143, at(1)), None);
+        // A clean exit of its own: nothing.
+        assert_eq!(watch.on_die("b", "job", 0, at(2)), None);
+        // A crash.
+        assert_eq!(
+            watch.on_die("c", "app", 3, at(3)),
+            Some(AlertKind::Exited { exit_code: 3 })
+        );
+        // Dies again and again (Docker's restart policy): the third is a loop, told once.
+        assert_eq!(
+            watch.on_die("c", "app", 3, at(4)),
+            Some(AlertKind::Exited { exit_code: 3 })
+        );
+        assert_eq!(
+            watch.on_die("c", "app", 3, at(5)),
+            Some(AlertKind::RestartLoop {
+                restarts: 3,
+                window_secs: 120
+            })
+        );
+        assert_eq!(watch.on_die("c", "app", 3, at(6)), None);
+        assert_eq!(watch.on_die("c", "app", 0, at(600)), None);
+        // Quiet long enough: told again.
+        let later = 7 + LOOP_QUIET.as_secs();
+        assert_eq!(
+            watch.on_die("c", "app", 1, at(later)),
+            Some(AlertKind::Exited { exit_code: 1 })
+        );
+    }
 
     #[test]
     fn names_that_could_leave_the_url_path_are_refused() {

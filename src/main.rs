@@ -3,6 +3,7 @@
 mod access;
 mod audit;
 mod bot;
+mod bot_token;
 mod cli;
 mod control;
 mod daemon;

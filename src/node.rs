@@ -77,6 +77,9 @@ pub async fn run(
         .load_bot_token()?
         .or_else(|| state.bot_token.clone());
     let (bot_tokens, tokens) = watch::channel(token);
+    let signals = signals
+        .with_bot_token(tokens.clone())
+        .with_audit(audit.clone());
     let owner_username = state.owner_username.clone();
     let node_name = state.node.name.clone();
     let node_id = state.node.node_id.to_base58();
@@ -97,6 +100,20 @@ pub async fn run(
         &node_name,
         &node_id,
     );
+    // Container exits and restart loops: told to the leader's bot.
+    let watcher = tokio::spawn(crate::docker::watch(
+        crate::docker::Engine::from_env(&node_name),
+        client.clone(),
+    ));
+    // A token set on another member (`bot-token set`) reaches this one (see src/bot_token.rs).
+    let token_follower = tokio::spawn(crate::bot_token::follow(
+        client.clone(),
+        watchers.settings.clone(),
+        bot_tokens.clone(),
+        state_dir.clone(),
+        audit.clone(),
+        node_id.clone(),
+    ));
     let control_task = tokio::spawn(control::serve(
         listener,
         control::Control::new(
@@ -112,6 +129,7 @@ pub async fn run(
             api_url: telegram_api_url.map(|u| u.url().clone()),
             owner_username,
             node_name,
+            node_id,
             secret: bot_secret,
             containers,
             audit,
@@ -125,6 +143,8 @@ pub async fn run(
     // Stops the poll at once: the in-flight long poll is dropped with its task.
     bot.stop();
     control_task.abort();
+    watcher.abort();
+    token_follower.abort();
     let _ = std::fs::remove_file(state_dir.socket_path());
     result
 }

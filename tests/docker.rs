@@ -4,6 +4,10 @@
 //! `constella docker` and through the bot (with the signed one-time confirmation). A node
 //! whose Docker socket is absent says so, and its card has no containers button.
 //!
+//! Another member's containers are reached over RPC (`constella docker OTHER …`), and a
+//! container that exits unexpectedly or restarts in a loop is told to the owner by the
+//! leader's bot, whichever node runs it.
+//!
 //! The tests that need an engine skip with a printed reason when none answers; under CI=true
 //! that fails.
 
@@ -149,10 +153,6 @@ fn containers_are_listed_restarted_stopped_and_tailed_through_the_cli() {
                 "is not a container name",
             ),
             (vec!["docker", "nobody"], "no node named nobody"),
-            (
-                vec!["docker", "bravo"],
-                "containers of other nodes are not supported yet",
-            ),
         ] {
             let out = alpha.cli(&args);
             assert!(!out.status.success(), "{args:?}");
@@ -306,4 +306,267 @@ fn a_node_without_docker_says_so_and_its_card_has_no_containers_button() {
         !labels.iter().any(|l| l.contains("Контейнеры")),
         "{labels:?}"
     );
+}
+
+/// Names of containers made by these tests for the ops work: prefixed `ops-`.
+fn ops_prefix(what: &str) -> String {
+    format!("ops-{}", unique_prefix(what))
+}
+
+#[test]
+fn another_members_containers_are_listed_restarted_and_tailed_over_rpc() {
+    if !engine_answers("another_members_containers_are_listed_restarted_and_tailed_over_rpc") {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let web = format!("{}-web", ops_prefix("rpc"));
+    start_ticker(&mut cleanup, &web);
+    // alpha has no engine of its own: whatever it shows of bravo's came over the network.
+    let cluster = Cluster::start_with(&["alpha", "bravo"], &[1, 100], None, |node| {
+        if node.name == "alpha" {
+            node.env = vec![("CONSTELLA_DOCKER_SOCKET".into(), "off".into())];
+        }
+    });
+    let alpha = cluster.node("alpha");
+    cluster.or_logs(|| {
+        let out = alpha.cli(&["docker", "alpha"]);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("alpha has no Docker engine"),
+            "{}",
+            text(&out)
+        );
+
+        let remote = |args: &[&str]| {
+            let mut all = vec!["docker", "bravo"];
+            all.extend_from_slice(args);
+            alpha.cli(&all)
+        };
+        let out = remote(&["--json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let containers: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let listed = find(&containers, &web).expect("bravo's ticker is listed on alpha");
+        assert_eq!(listed["state"], "running", "{listed}");
+        assert!(listed["mem_bytes"].as_u64().unwrap() > 0, "{listed}");
+
+        let mut times: Vec<Duration> = (0..5)
+            .map(|_| {
+                let at = Instant::now();
+                assert!(remote(&["--json"]).status.success());
+                at.elapsed()
+            })
+            .collect();
+        times.sort();
+        println!(
+            "BENCH constella docker OTHER-NODE --json round trip over RPC ({} containers on the engine): median {} ms, max {} ms of 5",
+            containers.len(),
+            times[2].as_millis(),
+            times[4].as_millis()
+        );
+
+        wait_for(ANSWER, "three ticks over RPC", || {
+            let out = remote(&["logs", &web, "--tail", "3"]);
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            (out.status.success() && stdout.lines().count() == 3).then_some(())
+        });
+        let tail = alpha.ok(&["docker", "bravo", "logs", &web, "--tail", "3"]);
+        assert!(tail.lines().all(|l| l.starts_with("tick ")), "{tail}");
+
+        let before = started_at(&web);
+        let out = alpha.ok(&["docker", "bravo", "restart", &web, "--yes"]);
+        assert_eq!(out, format!("{web}: restart done; now running.\n"));
+        assert_ne!(started_at(&web), before);
+
+        let out = remote(&["stop", "no-such-container-here", "--yes"]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr, "error: no container named no-such-container-here on bravo\n",
+            "bravo's own error, one line"
+        );
+    });
+}
+
+#[test]
+fn the_bot_lists_and_restarts_the_containers_of_a_node_that_does_not_host_it() {
+    if !engine_answers("the_bot_lists_and_restarts_the_containers_of_a_node_that_does_not_host_it")
+    {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let web = format!("{}-web", ops_prefix("botrpc"));
+    start_ticker(&mut cleanup, &web);
+    let fake = FakeTelegram::start(TOKEN);
+    // The bot runs on alpha, which has no engine: bravo's containers come over RPC.
+    let cluster = Cluster::start_with(&["alpha", "bravo"], &[1, 100], None, |node| {
+        bot_node(&fake, node);
+        if node.name == "alpha" {
+            node.env = vec![("CONSTELLA_DOCKER_SOCKET".into(), "off".into())];
+        }
+    });
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(agreed_leader(&nodes, &["alpha", "bravo"], ANSWER), "alpha");
+    let card = open_card(&cluster, &fake, "bravo");
+    let id = card.message_id;
+    let edited = |what: &str, check: &dyn Fn(&BotMessage) -> bool| {
+        cluster.or_logs(|| {
+            fake.wait_message(ANSWER, what, OWNER_ID, |m| m.message_id == id && check(m))
+        })
+    };
+    let containers = card
+        .button("🐳 Контейнеры")
+        .expect("bravo's card has the containers button");
+    fake.press(&owner(), id, &containers);
+    let list = edited("bravo's container list", &|m| {
+        m.text.starts_with("🐳 bravo — контейнеры")
+    });
+    assert!(
+        list.text
+            .lines()
+            .any(|l| l.starts_with(&format!("🟢 {web} — running"))),
+        "{}",
+        list.text
+    );
+    fake.press(&owner(), id, &list.button(&web).unwrap());
+    let card = edited("the container card", &|m| {
+        m.text.starts_with(&format!("🐳 {web} на bravo")) && m.text.contains("tick ")
+    });
+    let before = started_at(&web);
+    fake.press(&owner(), id, &card.button("Перезапустить").unwrap());
+    let confirm = edited("the confirmation", &|m| {
+        m.text.starts_with("Перезапустить контейнер")
+    });
+    fake.press(&owner(), id, &confirm.button("Да, перезапустить").unwrap());
+    edited("the restart result", &|m| {
+        m.text.starts_with(&format!("✅ {web}: перезапущен"))
+    });
+    assert_ne!(started_at(&web), before);
+}
+
+#[test]
+fn an_unexpected_exit_and_a_restart_loop_are_told_to_the_owner() {
+    if !engine_answers("an_unexpected_exit_and_a_restart_loop_are_told_to_the_owner") {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let prefix = ops_prefix("alert");
+    let (calm, crash, looping) = (
+        format!("{prefix}-calm"),
+        format!("{prefix}-crash"),
+        format!("{prefix}-loop"),
+    );
+    let fake = FakeTelegram::start(TOKEN);
+    // The leader (alpha) has no engine: bravo's alerts reach the owner through it.
+    let cluster = Cluster::start_with(&["alpha", "bravo"], &[1, 100], None, |node| {
+        bot_node(&fake, node);
+        if node.name == "alpha" {
+            node.env = vec![("CONSTELLA_DOCKER_SOCKET".into(), "off".into())];
+        }
+    });
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(agreed_leader(&nodes, &["alpha", "bravo"], ANSWER), "alpha");
+    wait_for(ANSWER, "the leader to poll", || {
+        (!fake.polls().is_empty()).then_some(())
+    });
+    fake.send_text(&owner(), "/start");
+    fake.wait_message(
+        ANSWER,
+        "the node list (the owner is pinned)",
+        OWNER_ID,
+        |m| m.text.starts_with("Узлы сети"),
+    );
+
+    // Stopped by somebody (a kill before the exit): no alert.
+    cleanup.containers.push(calm.clone());
+    docker_ok(&[
+        "run",
+        "--detach",
+        "--name",
+        &calm,
+        &test_image(),
+        "sleep",
+        "600",
+    ]);
+    docker_ok(&["stop", "-t", "1", &calm]);
+    let told = |needle: String| {
+        cluster.or_logs(|| {
+            fake.wait_message(Duration::from_secs(60), &needle, OWNER_ID, |m| {
+                m.text.contains(&needle)
+            })
+        })
+    };
+    // Exits non-zero by itself, a second after it starts.
+    cleanup.containers.push(crash.clone());
+    docker_ok(&[
+        "run",
+        "--detach",
+        "--name",
+        &crash,
+        &test_image(),
+        "sh",
+        "-c",
+        "sleep 1; exit 3",
+    ]);
+    let crash_started = std::time::SystemTime::now();
+    told(format!("Контейнер {crash} на bravo завершился с кодом 3"));
+    // When the alert reached the leader, from its log line (the message itself follows the
+    // bot's batching and its 10 s gap after the previous notice, here bravo's join).
+    let at_leader = cluster
+        .node("alpha")
+        .log_text()
+        .lines()
+        .find(|l| l.contains("container alert") && l.contains(&crash))
+        .and_then(|l| seconds_of_day(l.split_whitespace().next()?))
+        .expect("the leader logs the alert");
+    let started = crash_started
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        % 86_400.0;
+    println!(
+        "BENCH a container exits on a member (1 s after its start) → the alert at the leader: {} ms",
+        ((at_leader - started - 1.0) * 1000.0).round()
+    );
+    // Dies again and again under Docker's restart policy (told at least 10 s after the last
+    // notice: the bot's rate limit).
+    cleanup.containers.push(looping.clone());
+    docker_ok(&[
+        "run",
+        "--detach",
+        "--restart",
+        "always",
+        "--name",
+        &looping,
+        &test_image(),
+        "sh",
+        "-c",
+        "exit 1",
+    ]);
+    told(format!(
+        "Контейнер {looping} на bravo перезапускается по кругу"
+    ));
+    let all: Vec<String> = fake
+        .messages_to(OWNER_ID)
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert!(
+        !all.iter().any(|t| t.contains(&calm)),
+        "a container somebody stopped is no alert: {all:#?}"
+    );
+    let loops = all
+        .iter()
+        .filter(|t| t.contains(&format!("{looping} на bravo перезапускается")))
+        .count();
+    assert_eq!(loops, 1, "a loop is told once: {all:#?}");
+}
+
+/// Seconds since midnight UTC of a log line's timestamp (`2026-11-29T23:07:16.826229Z`).
+fn seconds_of_day(stamp: &str) -> Option<f64> {
+    let time = stamp.split_once('T')?.1.strip_suffix('Z')?;
+    let mut parts = time.split(':');
+    let hours: f64 = parts.next()?.parse().ok()?;
+    let minutes: f64 = parts.next()?.parse().ok()?;
+    let seconds: f64 = parts.next()?.parse().ok()?;
+    Some(hours * 3600.0 + minutes * 60.0 + seconds)
 }

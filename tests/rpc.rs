@@ -490,6 +490,8 @@ fn strangers_are_refused_and_bad_frames_fail_alone() {
         RpcRequest::GetStats,
         RpcRequest::Reboot {
             requested_by: "a stranger".into(),
+            by: None,
+            confirmation: None,
         },
     ] {
         let id = (
@@ -558,6 +560,8 @@ fn strangers_are_refused_and_bad_frames_fail_alone() {
 
     let oversized = cbor(&RpcRequest::Reboot {
         requested_by: "x".repeat(64 * 1024),
+        by: None,
+        confirmation: None,
     });
     assert!(oversized.len() as u64 > rpc::MAX_REQUEST_BYTES);
     let garbage = vec![0xff_u8; 100];

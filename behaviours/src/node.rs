@@ -255,6 +255,8 @@ pub enum NetworkEvent {
     Offline(String),
     /// A member that was offline answers again.
     Back(String),
+    /// A container exited unexpectedly or restarts in a loop (sent by its node to the leader).
+    Container(crate::rpc::ContainerAlert),
 }
 
 /// Whether this node should host the leader services (the bot) now.

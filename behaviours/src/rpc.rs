@@ -1,10 +1,13 @@
 //! The node RPC protocol: a member asks another member for its view of the network
-//! (`GetPeers`), its resource usage (`GetStats`), or to reboot its host (`Reboot`).
+//! (`GetPeers`), its resource usage (`GetStats`), to reboot its host (`Reboot`), for its
+//! containers (`Docker`), or (the leader) to tell the owner about a container (`ContainerAlert`).
 //!
 //! One request-response exchange per call on `/constella/rpc/1.0.0`, CBOR-encoded, with
 //! bounded frames: a frame larger than the bound, or one that does not decode, fails that one
 //! stream (the codec returns an error) and leaves the connection and its other streams alone.
-//! The answering node checks that the caller is a member before doing anything.
+//! The answering node checks that the caller is a member before doing anything; a request made on
+//! behalf of someone ([`Requester`]: a Telegram account through the leader's bot, or the CLI on
+//! the calling member) is checked again against the answering node's own copy of the roles.
 
 use std::time::Duration;
 
@@ -35,7 +38,137 @@ pub enum RpcRequest {
     Reboot {
         /// Who asked, for the target's log (e.g. "@owner via telegram", "cli on delta-01").
         requested_by: String,
+        /// Who asked, for the target's own check of the role; absent from older nodes
+        /// (treated as the calling member's CLI).
+        #[serde(default)]
+        by: Option<Requester>,
+        /// The bot's confirmation id (its MAC), claimed in the network settings; the target
+        /// refuses one claimed by another node and acts on each at most once.
+        #[serde(default)]
+        confirmation: Option<String>,
     },
+    /// A container request, answered by the target's own Docker engine.
+    Docker {
+        request: DockerRequest,
+        /// Who asked: the target checks the role itself.
+        by: Requester,
+    },
+    /// A container on the calling member exited unexpectedly or restarts in a loop: the
+    /// leader's bot tells the owner.
+    ContainerAlert(ContainerAlert),
+    /// The answering node's bot token: a member whose token does not match the network
+    /// settings' stamp fetches the new one (members only; inside the Noise-encrypted
+    /// connection; the answer's `Debug` is redacted).
+    GetBotToken,
+}
+
+/// A bot token in an RPC answer: wiped on drop, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretToken(zeroize::Zeroizing<String>);
+
+impl Serialize for SecretToken {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretToken {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::new)
+    }
+}
+
+impl SecretToken {
+    pub fn new(token: String) -> Self {
+        Self(zeroize::Zeroizing::new(token))
+    }
+
+    /// The token itself, for the one place that stores or uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretToken(<redacted>)")
+    }
+}
+
+/// Longest Telegram username a [`Requester`] carries (Telegram's own limit is 32).
+pub const MAX_USERNAME_CHARS: usize = 64;
+
+/// Who an action is for, carried to the node that performs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Requester {
+    /// A user of the calling member's control socket (root on a server of the network may do
+    /// everything there); `user` is for the log.
+    Cli { user: String },
+    /// A Telegram account, as the leader's bot saw it.
+    Telegram {
+        user_id: u64,
+        username: Option<String>,
+    },
+}
+
+impl Requester {
+    /// How the requester appears in logs and the audit log.
+    pub fn describe(&self) -> String {
+        match self {
+            Requester::Cli { user } => format!("cli:{user}"),
+            Requester::Telegram {
+                user_id,
+                username: Some(name),
+            } => format!("telegram:{user_id} (@{name})"),
+            Requester::Telegram { user_id, .. } => format!("telegram:{user_id}"),
+        }
+    }
+
+    /// Whether the fields are within bounds and printable.
+    pub fn is_valid(&self) -> bool {
+        let printable = |text: &str, max: usize| {
+            text.chars().count() <= max && !text.chars().any(char::is_control)
+        };
+        match self {
+            Requester::Cli { user } => printable(user, MAX_REQUESTED_BY_CHARS),
+            Requester::Telegram { username, .. } => username
+                .as_deref()
+                .is_none_or(|name| printable(name, MAX_USERNAME_CHARS)),
+        }
+    }
+}
+
+/// What happened to a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// It stopped with a non-zero exit code although nobody stopped it.
+    Exited { exit_code: i64 },
+    /// It died `restarts` times within `window_secs` without anybody stopping it.
+    RestartLoop { restarts: u32, window_secs: u32 },
+}
+
+/// A container alert, from the node whose engine runs the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerAlert {
+    /// Server name of the node.
+    pub node: String,
+    /// The container's name.
+    pub container: String,
+    /// What happened.
+    pub kind: AlertKind,
+}
+
+impl ContainerAlert {
+    /// Whether the names are within bounds and printable.
+    pub fn is_valid(&self) -> bool {
+        let printable = |text: &str, max: usize| {
+            !text.is_empty() && text.chars().count() <= max && !text.chars().any(char::is_control)
+        };
+        printable(&self.node, MAX_REQUESTED_BY_CHARS)
+            && printable(&self.container, MAX_CONTAINER_NAME_CHARS)
+    }
 }
 
 /// Space on one mounted filesystem.
@@ -100,6 +233,12 @@ pub enum RpcAnswer {
     Stats(Box<NodeStats>),
     /// Answer to [`RpcRequest::Reboot`].
     Reboot(RebootAccepted),
+    /// Answer to [`RpcRequest::Docker`]: the engine's answer or why it failed.
+    Docker(Result<DockerAnswer, DockerError>),
+    /// Answer to [`RpcRequest::ContainerAlert`]: the alert was handed to the bot.
+    Noted,
+    /// Answer to [`RpcRequest::GetBotToken`]; `None` when the node has no token.
+    BotToken(Option<SecretToken>),
 }
 
 /// Why the answering node did not do what was asked. Each is one line for the operator.
@@ -117,14 +256,16 @@ pub enum RpcRefusal {
     /// The node tried and failed (e.g. it could not read its figures).
     #[error("{0}")]
     Failed(String),
+    /// The person the request was made for may not do this (checked on the answering node).
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
 }
 
 // ---- containers ---------------------------------------------------------------------------
 //
-// The Docker requests of `constella docker` and the bot. They are answered today for the local
-// node through the control socket; to carry them between members, `RpcRequest` and `RpcAnswer`
-// get a `Docker` variant each, and the answering side calls the binary's
-// `docker::Engine::answer` with the request (a plain async function: it needs no event loop).
+// The Docker requests of `constella docker` and the bot: answered for the local node through
+// the control socket, and for another member as `RpcRequest::Docker`, whose answering side
+// calls the binary's `docker::Engine::answer` off its event loop.
 
 /// Longest container name or id a node accepts (Docker's own names are far shorter).
 pub const MAX_CONTAINER_NAME_CHARS: usize = 128;
@@ -240,11 +381,9 @@ pub enum DockerError {
     /// No member of that name or id.
     #[error("no node named {0}")]
     NoSuchNode(String),
-    /// The node is known but containers can be managed only on the node itself for now.
-    #[error(
-        "containers of other nodes are not supported yet: run `constella docker {node} …` on {node} itself"
-    )]
-    RemoteNotSupported { node: String },
+    /// The node could not be asked (offline, unreachable, refused the call).
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 /// The answering node's reply.
@@ -275,6 +414,11 @@ mod tests {
     fn frames_round_trip_and_stay_small() {
         let request = RpcRequest::Reboot {
             requested_by: "x".repeat(MAX_REQUESTED_BY_CHARS),
+            by: Some(Requester::Telegram {
+                user_id: u64::MAX,
+                username: Some("u".repeat(MAX_USERNAME_CHARS)),
+            }),
+            confirmation: Some("0123456789abcdef".into()),
         };
         let mut bytes = Vec::new();
         ciborium::into_writer(&request, &mut bytes).unwrap();

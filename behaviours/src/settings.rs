@@ -18,8 +18,19 @@
 //! - `roles` maps a Telegram username to a [`RoleGrant`]: per username, the higher version wins;
 //!   at equal versions the lesser right wins (a revoke over a grant, viewer over operator) and
 //!   a pinned id is kept (the smaller of two).
+//! - `confirmations`: the bot's one-time confirmations (a reboot's, a container action's)
+//!   claimed so far, so that a confirmation is acted on once across leaders. A grow-only set of
+//!   claims (MAC, expiry, claimer, done) merged by union; what a MAC's claims say together is
+//!   [`NetworkSettings::claim`]: the smallest claimer wins (first-wins once the claims have
+//!   met), done if any claim is. The set keeps the claims within
+//!   [`CONFIRMATION_RETENTION_SECS`] of its newest expiry, at most [`MAX_CONFIRMATIONS`] of
+//!   them (each claim kept or dropped on its own, decided by the set, not the clock, so the
+//!   merge stays a semilattice).
+//! - `bot_token`: which bot token the network uses ([`BotTokenStamp`]: a version, a digest,
+//!   the node that has it), never the token itself; the higher version wins (ties: the larger
+//!   digest, then node). A node whose token does not match the stamp fetches it from a member.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +102,54 @@ impl RoleGrant {
     }
 }
 
+/// How long (seconds, before the newest expiry in the set) a claimed confirmation is kept: far
+/// beyond its own two minutes, after which the MAC alone refuses it.
+pub const CONFIRMATION_RETENTION_SECS: u64 = 24 * 3600;
+/// Most confirmation claims kept (the newest by expiry); a confirmation has one or two.
+pub const MAX_CONFIRMATIONS: usize = 256;
+
+/// Domain separation of [`token_digest`].
+const TOKEN_DIGEST_DOMAIN: &[u8] = b"constella/bot-token-digest/v1\0";
+
+/// A short digest of a bot token (hex of 16 bytes of SHA-256): tells whether two nodes hold
+/// the same token without either showing it. The token's secret half has far too much entropy
+/// for the digest to help guess it.
+pub fn token_digest(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(TOKEN_DIGEST_DOMAIN);
+    hash.update(token.as_bytes());
+    hex::encode(&hash.finalize()[..16])
+}
+
+/// The bot token the network uses, as set by `constella bot-token set` on some member.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BotTokenStamp {
+    /// One more at every change.
+    pub version: u64,
+    /// [`token_digest`] of the token.
+    pub digest: String,
+    /// The node (PeerId, base58) where it was set: the first one asked for it.
+    pub from: String,
+    /// The bot's numeric id (the token's public half), for logs and the audit log.
+    pub bot_id: String,
+}
+
+/// A bot confirmation claimed by a leader before it acted on it (or marked done by the node
+/// that acted). Ordered by expiry first: the set drops the oldest.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConfirmationClaim {
+    /// Unix seconds after which the confirmation is refused anyway.
+    pub expires_at: u64,
+    /// The confirmation's MAC (hex).
+    pub mac: String,
+    /// The node (PeerId, base58) whose bot claimed it; of two concurrent claims the smaller.
+    pub claimed_by: String,
+    /// The target acted on it (a reboot was started): any further request with it is a no-op.
+    #[serde(default)]
+    pub done: bool,
+}
+
 /// A Telegram username as the settings key it: lowercase, without `@`.
 pub fn username_key(username: &str) -> String {
     username.trim().trim_start_matches('@').to_ascii_lowercase()
@@ -136,6 +195,12 @@ pub struct NetworkSettings {
     /// Accounts with a role, keyed by [`username_key`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub roles: BTreeMap<String, RoleGrant>,
+    /// Claims of bot confirmations (see [`NetworkSettings::claim`]).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub confirmations: BTreeSet<ConfirmationClaim>,
+    /// The bot token set last with `constella bot-token set` (none: the one from `init`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot_token: Option<BotTokenStamp>,
 }
 
 impl NetworkSettings {
@@ -158,7 +223,64 @@ impl NetworkSettings {
                 }
             }
         }
+        self.confirmations
+            .extend(other.confirmations.iter().cloned());
+        self.trim_confirmations();
+        if other.bot_token > self.bot_token {
+            self.bot_token.clone_from(&other.bot_token);
+        }
         *self != before
+    }
+
+    /// Keeps the claimed confirmations within [`CONFIRMATION_RETENTION_SECS`] of the newest
+    /// expiry, and of those the [`MAX_CONFIRMATIONS`] newest (by expiry, then MAC).
+    fn trim_confirmations(&mut self) {
+        let Some(newest) = self.confirmations.last().map(|c| c.expires_at) else {
+            return;
+        };
+        let oldest_kept = newest.saturating_sub(CONFIRMATION_RETENTION_SECS);
+        while self.confirmations.first().is_some_and(|c| {
+            c.expires_at < oldest_kept || self.confirmations.len() > MAX_CONFIRMATIONS
+        }) {
+            self.confirmations.pop_first();
+        }
+    }
+
+    /// What the claims of confirmation `mac` say together: claimed by the smallest claimer,
+    /// done if any claim is, expiring at the latest expiry; `None` if nobody claimed it.
+    pub fn claim(&self, mac: &str) -> Option<ConfirmationClaim> {
+        self.confirmations
+            .iter()
+            .filter(|c| c.mac == mac)
+            .cloned()
+            .reduce(|mut merged, c| {
+                if c.claimed_by < merged.claimed_by {
+                    merged.claimed_by = c.claimed_by;
+                }
+                merged.expires_at = merged.expires_at.max(c.expires_at);
+                merged.done |= c.done;
+                merged
+            })
+    }
+
+    /// These settings with confirmation `mac` claimed by node `by` (nothing else changed).
+    pub fn with_claim(&self, mac: &str, expires_at: u64, by: &str, done: bool) -> NetworkSettings {
+        NetworkSettings {
+            confirmations: BTreeSet::from([ConfirmationClaim {
+                expires_at,
+                mac: mac.to_owned(),
+                claimed_by: by.to_owned(),
+                done,
+            }]),
+            ..NetworkSettings::default()
+        }
+        .merged_into(self)
+    }
+
+    fn merged_into(self, base: &NetworkSettings) -> NetworkSettings {
+        let mut next = base.clone();
+        next.merge(&self);
+        next
     }
 
     fn merge_owner(&mut self, other: &NetworkSettings) {
@@ -288,9 +410,32 @@ mod tests {
             grant(),
             0..3,
         );
-        (base, owner, roles).prop_map(
-            |((owner_id, last, lang, version), (name, owner_version, former, told), roles)| {
-                NetworkSettings {
+        let claim = (
+            prop_oneof![
+                Just(0u64),
+                Just(100),
+                Just(CONFIRMATION_RETENTION_SECS + 50),
+                Just(CONFIRMATION_RETENTION_SECS + 200)
+            ],
+            prop_oneof![Just("a".to_owned()), Just("b".to_owned())],
+            any::<bool>(),
+            (0..MAX_CONFIRMATIONS as u32 + 40).prop_map(|n| format!("{n:x}")),
+        )
+            .prop_map(|(expires_at, claimed_by, done, mac)| ConfirmationClaim {
+                expires_at,
+                mac,
+                claimed_by,
+                done,
+            });
+        let confirmations = proptest::collection::btree_set(claim, 0..MAX_CONFIRMATIONS + 20);
+        (base, owner, roles, confirmations).prop_map(
+            |(
+                (owner_id, last, lang, version),
+                (name, owner_version, former, told),
+                roles,
+                confirmations,
+            )| {
+                let mut settings = NetworkSettings {
                     owner_user_id: owner_id,
                     last_update_id: last,
                     language: lang.to_owned(),
@@ -300,7 +445,17 @@ mod tests {
                     former_owner_id: former,
                     former_owner_told: told,
                     roles,
-                }
+                    confirmations,
+                    bot_token: (last % 3 != 0).then(|| BotTokenStamp {
+                        version: u64::from(last % 3),
+                        digest: format!("{:x}", last % 2),
+                        from: "a".into(),
+                        bot_id: "1".into(),
+                    }),
+                };
+                // What a node holds is always trimmed (merge trims).
+                settings.trim_confirmations();
+                settings
             },
         )
     }
@@ -393,6 +548,35 @@ mod tests {
         assert!(merged.merge(&told));
         assert_eq!(merged.owner_user_id, Some(77));
         assert!(merged.former_owner_told);
+    }
+
+    #[test]
+    fn a_confirmation_is_claimed_once_first_wins_and_old_ones_go() {
+        let empty = NetworkSettings::default();
+        let by_b = empty.with_claim("m1", 100, "node-b", false);
+        let by_a = empty.with_claim("m1", 100, "node-a", false);
+        assert_eq!(by_b.claim("m1").unwrap().claimed_by, "node-b");
+        let mut merged = by_b.clone();
+        assert!(merged.merge(&by_a));
+        assert_eq!(
+            merged.claim("m1").unwrap().claimed_by,
+            "node-a",
+            "the smaller wins"
+        );
+        let done = merged.with_claim("m1", 100, "node-b", true);
+        assert!(done.claim("m1").unwrap().done);
+        assert_eq!(done.claim("m1").unwrap().claimed_by, "node-a");
+        // Claims a day older than the newest are forgotten; the MAC's expiry refuses them.
+        let later = done.with_claim("m2", 100 + CONFIRMATION_RETENTION_SECS + 1, "node-a", false);
+        assert!(later.claim("m1").is_none());
+        assert!(later.claim("m2").is_some());
+        let mut many = NetworkSettings::default();
+        for n in 0..MAX_CONFIRMATIONS as u64 + 5 {
+            many = many.with_claim(&format!("{n:04}"), 1000 + n, "x", false);
+        }
+        assert_eq!(many.confirmations.len(), MAX_CONFIRMATIONS);
+        assert!(many.claim("0000").is_none());
+        assert!(NetworkSettings::default().claim("m1").is_none());
     }
 
     #[test]

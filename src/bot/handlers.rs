@@ -6,15 +6,20 @@
 //! a role are pinned the same way and may do what their role allows; a request beyond it gets
 //! a short refusal and is audited. The role is checked on every update from the current
 //! settings, so a button shown while someone was an operator does nothing once they are a
-//! viewer, and checked again right before a reboot runs. Anyone else gets no reply at all;
-//! each attempt is logged with the user id and counted in `status`. Only private chats are
-//! served, so nothing is ever shown to a group.
+//! viewer, and checked again right before a reboot runs, and once more by the node that acts
+//! (reboots and container requests carry who asked: [`rpc::Requester`]). Anyone else gets no reply
+//! at all; each attempt is counted in `status`, and logged and audited at most once per
+//! [`STRANGER_WINDOW`] with a summary of the rest. Only private chats are served, so nothing is
+//! ever shown to a group.
+//!
+//! A confirmation (reboot, container action) is claimed in the network settings before it is
+//! acted on, so a second press is refused by whichever node leads by then.
 
 mod containers;
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use constella_behaviours::settings::NetworkSettings;
 use teloxide::ApiError;
@@ -33,9 +38,49 @@ use crate::daemon::{Client, ClientError};
 use crate::state::unix_now;
 use crate::validate::Ttl;
 use constella_behaviours::membership::MemberView;
+use constella_behaviours::rpc;
 
 /// Longest wait for the node's answer to a bot action (RPCs have their own, shorter, timeouts).
 const ACTION_TIMEOUT: Duration = Duration::from_secs(20);
+/// Refused strangers are logged and audited at most once per this window; the next entry
+/// after it summarises the ones held back.
+pub(super) const STRANGER_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// Distinct stranger ids remembered for one summary.
+const MAX_STRANGER_IDS: usize = 100;
+/// Audit entries `/audit` shows.
+const AUDIT_SHOWN: usize = 15;
+
+/// Refused strangers between two audit entries: a flood is one entry per window.
+#[derive(Debug, Default)]
+struct Strangers {
+    window_started: Option<Instant>,
+    held_back: u64,
+    users: BTreeSet<u64>,
+}
+
+impl Strangers {
+    /// Counts a refusal of `user_id`; returns the summary to log and audit now (the refusals
+    /// held back since the last entry and their distinct users), or `None` to hold it back.
+    fn refused(&mut self, user_id: u64, now: Instant) -> Option<(u64, usize)> {
+        match self.window_started {
+            Some(started) if now.duration_since(started) < STRANGER_WINDOW => {
+                self.held_back += 1;
+                if self.users.len() < MAX_STRANGER_IDS {
+                    self.users.insert(user_id);
+                }
+                None
+            }
+            _ => {
+                let summary = (self.held_back, self.users.len());
+                *self = Strangers {
+                    window_started: Some(now),
+                    ..Strangers::default()
+                };
+                Some(summary)
+            }
+        }
+    }
+}
 
 /// A command and its argument from a message text: `/invite@MyBot 15m` → ("invite", "15m").
 fn parse_command<'a>(text: &'a str, bot_username: &str) -> Option<(String, &'a str)> {
@@ -62,8 +107,9 @@ pub(super) struct Handlers {
     settings: watch::Receiver<NetworkSettings>,
     metrics: Arc<BotMetrics>,
     bot_username: String,
-    /// Reboot confirmations already used (MAC → expiry), so a double press reboots once.
-    used_confirmations: HashMap<String, u64>,
+    /// Who the update being handled is from, for the node that acts on it.
+    requester: Option<rpc::Requester>,
+    strangers: Strangers,
 }
 
 impl std::fmt::Debug for Handlers {
@@ -89,7 +135,8 @@ impl Handlers {
             settings,
             metrics,
             bot_username: String::new(),
-            used_confirmations: HashMap::new(),
+            requester: None,
+            strangers: Strangers::default(),
         }
     }
 
@@ -128,6 +175,10 @@ impl Handlers {
             return;
         }
         self.metrics.count_handled();
+        self.requester = Some(rpc::Requester::Telegram {
+            user_id: user.id.0,
+            username: user.username.clone(),
+        });
         let who = Who::new(&user, rank);
         match update.kind {
             UpdateKind::Message(message) => self.on_message(message, &who).await,
@@ -192,13 +243,37 @@ impl Handlers {
         }
     }
 
-    fn refuse(&self, user: &User) -> Option<Rank> {
+    fn refuse(&mut self, user: &User) -> Option<Rank> {
         self.metrics.count_refused();
+        let (held_back, held_users) = self.strangers.refused(user.id.0, Instant::now())?;
         warn!(
             user_id = user.id.0,
-            "refused a Telegram update from a user who is neither the owner nor granted a role (no reply sent)"
+            held_back,
+            held_users,
+            "refused a Telegram update from a user who is neither the owner nor granted a role (no reply sent; held_back: refusals not logged in the last 10 minutes)"
+        );
+        self.config.audit.record(
+            AuditEvent::new(AuditKind::StrangersRefused, telegram_who(user), "telegram")
+                .detail("held_back", held_back)
+                .detail("held_back_users", held_users),
         );
         None
+    }
+
+    /// The newest audit entries, for the owner; the reading is audited too.
+    async fn audit_text(&self, lang: Lang, who: &Who) -> String {
+        self.config.audit.record(
+            AuditEvent::new(AuditKind::AuditViewed, who.text.clone(), "telegram")
+                .detail("entries", AUDIT_SHOWN),
+        );
+        match self.config.audit.recent(AUDIT_SHOWN).await {
+            Ok(events) => ui::audit(
+                lang,
+                &self.config.node_name,
+                &crate::output::audit_lines(&events),
+            ),
+            Err(error) => ui::audit_failed(lang, &error.to_string()),
+        }
     }
 
     /// Whether `who` may do `action`; if not, the refusal is logged and audited, and the
@@ -263,7 +338,7 @@ impl Handlers {
             return;
         };
         match command.as_str() {
-            "start" | "menu" | "nodes" | "list" | "invite" | "lang" | "language"
+            "start" | "menu" | "nodes" | "list" | "invite" | "lang" | "language" | "audit"
                 if !self.permits(who, command_action(&command)) =>
             {
                 self.send(chat, Screen::text(ui::not_allowed(lang).to_owned()))
@@ -275,6 +350,10 @@ impl Handlers {
                     Err(error) => Screen::text(ui::node_error(lang, &error)),
                 };
                 self.send(chat, screen).await;
+            }
+            "audit" => {
+                let text = self.audit_text(lang, who).await;
+                self.send(chat, Screen::text(text)).await;
             }
             "invite" => {
                 let ttl = if arg.is_empty() { "15m" } else { arg };
@@ -442,16 +521,6 @@ impl Handlers {
                 return Err(ConfirmError::Forged);
             }
         }
-        self.used_confirmations.retain(|_, expires| *expires >= now);
-        if self
-            .used_confirmations
-            .insert(confirmation.mac.clone(), confirmation.expires_at)
-            .is_some()
-        {
-            // A double tap or a replay: the first press acted.
-            self.answer(query, Some(ui::toast_stale(lang))).await;
-            return Err(ConfirmError::Forged);
-        }
         // Checked again where it runs, from the settings as they are now: a grant revoked
         // since this update was fetched stops the reboot here.
         match self.rank_now(&query.from) {
@@ -463,8 +532,34 @@ impl Handlers {
                 return Err(ConfirmError::Forged);
             }
         }
+        if !self.claim(confirmation).await {
+            // A double tap or a replay, here or on an earlier leader: the first press acted.
+            self.answer(query, Some(ui::toast_stale(lang))).await;
+            return Err(ConfirmError::Forged);
+        }
         self.answer(query, None).await;
         Ok(())
+    }
+
+    /// Claims `confirmation` in the network settings for this node: false if any node claimed
+    /// it before (this one included), or another node's concurrent claim wins (the smaller
+    /// node id). The claim is merged and gossiped before the action is asked for.
+    async fn claim(&self, confirmation: &Confirmation) -> bool {
+        let Ok(current) = self.client.merge_settings(NetworkSettings::default()).await else {
+            return false;
+        };
+        if current.claim(&confirmation.mac).is_some() {
+            info!("a confirmation that was already claimed was pressed again; refused");
+            return false;
+        }
+        let me = &self.config.node_id;
+        let claim = current.with_claim(&confirmation.mac, confirmation.expires_at, me, false);
+        match self.client.merge_settings(claim).await {
+            Ok(merged) => merged
+                .claim(&confirmation.mac)
+                .is_some_and(|c| &c.claimed_by == me),
+            Err(_) => false,
+        }
     }
 
     async fn on_confirmed_reboot(
@@ -491,7 +586,9 @@ impl Handlers {
         }
         let requested_by = format!("telegram:{}", binding.owner_id);
         info!(node = %peer.name, %requested_by, "reboot requested from Telegram");
-        let result = self.reboot(peer, &requested_by, who).await;
+        let result = self
+            .reboot(peer, &requested_by, who, &confirmation.mac)
+            .await;
         let text = match result {
             Ok(()) => ui::reboot_accepted(lang, &peer.name),
             Err(error) => ui::action_failed(lang, &peer.name, &error),
@@ -537,6 +634,7 @@ impl Handlers {
         peer: &MemberView,
         requested_by: &str,
         who: &Who,
+        confirmation: &str,
     ) -> Result<(), ClientError> {
         let asked = AuditEvent::new(AuditKind::RebootRequested, who.text.clone(), "telegram")
             .detail("target", peer.name.clone())
@@ -548,17 +646,30 @@ impl Handlers {
                 "the audit log cannot be written".to_owned(),
             ));
         }
-        let result = bounded(self.client.reboot(&peer.node_id.to_base58(), requested_by))
-            .await
-            .map(|accepted| {
-                info!(node = %accepted.name, action = %accepted.action, "the node accepted the reboot");
-            });
+        let by = self.requester();
+        let target = peer.node_id.to_base58();
+        let result = bounded(
+            self.client
+                .reboot_confirmed(&target, requested_by, by, confirmation),
+        )
+        .await
+        .map(|accepted| {
+            info!(node = %accepted.name, action = %accepted.action, "the node accepted the reboot");
+        });
         let outcome = match &result {
             Ok(()) => "accepted".to_owned(),
             Err(error) => format!("failed: {error}"),
         };
         self.config.audit.record(asked.detail("outcome", outcome));
         result
+    }
+
+    /// Who the update being handled is from, for the node that acts on it.
+    fn requester(&self) -> rpc::Requester {
+        self.requester.clone().unwrap_or(rpc::Requester::Telegram {
+            user_id: 0,
+            username: None,
+        })
     }
 
     /// The rank of `user` from the settings as they are now (no pinning).
@@ -643,6 +754,7 @@ fn command_action(command: &str) -> access::Action {
     match command {
         "invite" => access::Action::Invite,
         "lang" | "language" => access::Action::Language,
+        "audit" => access::Action::Audit,
         _ => access::Action::List,
     }
 }
@@ -689,6 +801,29 @@ mod tests {
         assert_eq!(command_action("invite"), access::Action::Invite);
         assert_eq!(command_action("lang"), access::Action::Language);
         assert_eq!(command_action("start"), access::Action::List);
+        assert_eq!(command_action("audit"), access::Action::Audit);
+        assert!(
+            !Rank::Granted(constella_behaviours::settings::Role::Operator)
+                .allows(access::Action::Audit)
+        );
+        assert!(Rank::Owner.allows(access::Action::Audit));
+    }
+
+    #[test]
+    fn strangers_are_told_once_per_window_with_a_summary_of_the_rest() {
+        let start = Instant::now();
+        let mut strangers = Strangers::default();
+        assert_eq!(strangers.refused(1, start), Some((0, 0)));
+        assert_eq!(strangers.refused(1, start + Duration::from_secs(1)), None);
+        assert_eq!(strangers.refused(2, start + Duration::from_secs(2)), None);
+        assert_eq!(strangers.refused(2, start + Duration::from_secs(3)), None);
+        let later = start + STRANGER_WINDOW + Duration::from_secs(1);
+        assert_eq!(
+            strangers.refused(3, later),
+            Some((3, 2)),
+            "3 held back, 2 users"
+        );
+        assert_eq!(strangers.refused(3, later), None);
     }
 
     #[test]

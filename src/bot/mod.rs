@@ -38,6 +38,8 @@ pub struct BotConfig {
     pub owner_username: String,
     /// This node's name (for the leader-change notice).
     pub node_name: String,
+    /// This node's id (base58): whose claim a confirmation is.
+    pub node_id: String,
     /// Signs reboot confirmations so that any leader can check them.
     pub secret: NetworkSecret,
     /// The nodes' containers (the `🐳` screens).

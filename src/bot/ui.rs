@@ -341,8 +341,8 @@ pub fn toast_expired(lang: Lang) -> &'static str {
 /// `/help` and the answer to anything the bot does not understand.
 pub fn help(lang: Lang) -> String {
     lang.pick(
-        "Constella — управление сетью серверов.\n\n/start — список узлов\n/invite [ttl] — ссылка для подключения нового узла (по умолчанию 15m, максимум 24h)\n/lang en — English",
-        "Constella — control of your server network.\n\n/start — node list\n/invite [ttl] — a join link for a new node (default 15m, at most 24h)\n/lang ru — по-русски",
+        "Constella — управление сетью серверов.\n\n/start — список узлов\n/invite [ttl] — ссылка для подключения нового узла (по умолчанию 15m, максимум 24h)\n/audit — последние записи журнала аудита (только владелец)\n/lang en — English",
+        "Constella — control of your server network.\n\n/start — node list\n/invite [ttl] — a join link for a new node (default 15m, at most 24h)\n/audit — the latest audit-log entries (owner only)\n/lang ru — по-русски",
     )
     .to_owned()
 }
@@ -429,6 +429,67 @@ pub fn event_line(lang: Lang, event: &NetworkEvent) -> String {
         (NetworkEvent::Offline(n), Lang::En) => format!("{n} stopped answering (offline)"),
         (NetworkEvent::Back(n), Lang::Ru) => format!("Узел {n} снова в сети"),
         (NetworkEvent::Back(n), Lang::En) => format!("{n} is back online"),
+        (NetworkEvent::Container(alert), lang) => container_alert_line(lang, alert),
+    }
+}
+
+/// A container alert as one line of a notification.
+fn container_alert_line(lang: Lang, alert: &constella_behaviours::rpc::ContainerAlert) -> String {
+    use constella_behaviours::rpc::AlertKind;
+    let (node, name) = (&alert.node, &alert.container);
+    match (alert.kind, lang) {
+        (AlertKind::Exited { exit_code }, Lang::Ru) => {
+            format!("🐳 Контейнер {name} на {node} завершился с кодом {exit_code}")
+        }
+        (AlertKind::Exited { exit_code }, Lang::En) => {
+            format!("🐳 Container {name} on {node} exited with code {exit_code}")
+        }
+        (
+            AlertKind::RestartLoop {
+                restarts,
+                window_secs,
+            },
+            Lang::Ru,
+        ) => format!(
+            "🐳 Контейнер {name} на {node} перезапускается по кругу: {restarts} падения за {} мин",
+            window_secs.div_ceil(60)
+        ),
+        (
+            AlertKind::RestartLoop {
+                restarts,
+                window_secs,
+            },
+            Lang::En,
+        ) => format!(
+            "🐳 Container {name} on {node} is in a restart loop: {restarts} exits within {} min",
+            window_secs.div_ceil(60)
+        ),
+    }
+}
+
+/// The last audit-log entries for the owner (`/audit`), newest last, within Telegram's limit.
+pub fn audit(lang: Lang, node: &str, lines: &str) -> String {
+    const MAX_CHARS: usize = 3800;
+    let mut body: Vec<&str> = lines.lines().collect();
+    let mut size: usize = body.iter().map(|l| l.chars().count() + 1).sum();
+    while size > MAX_CHARS && !body.is_empty() {
+        size -= body.remove(0).chars().count() + 1;
+    }
+    let header = match lang {
+        Lang::Ru => format!("📜 Журнал аудита узла {node} (проверен), последние записи:"),
+        Lang::En => format!("📜 Audit log of {node} (verified), latest entries:"),
+    };
+    if body.is_empty() {
+        return format!("{header}\n{}", lang.pick("(пусто)", "(empty)"));
+    }
+    format!("{header}\n\n{}", body.join("\n"))
+}
+
+/// The audit log could not be read or does not verify.
+pub fn audit_failed(lang: Lang, error: &str) -> String {
+    match lang {
+        Lang::Ru => format!("⚠️ Журнал аудита не читается или не проходит проверку: {error}"),
+        Lang::En => format!("⚠️ The audit log cannot be read or does not verify: {error}"),
     }
 }
 

@@ -29,7 +29,7 @@ use tracing::{debug, info};
 use super::admission::Admissions;
 use super::error::ClientError;
 use super::report::{self, InviteReport};
-use super::rpc::{Followup, Rpc};
+use super::rpc::{Followup, RebootAsk, Rpc};
 use super::signals::Signals;
 use super::store::{Store, Written};
 use super::{Command, InviteLink};
@@ -380,11 +380,33 @@ impl EventLoop {
                 target,
                 requested_by,
                 reply,
+                by,
+                confirmation,
             } => {
-                let followup =
-                    self.rpc
-                        .reboot(&mut self.swarm, &self.core, &target, requested_by, reply);
+                let ask = RebootAsk {
+                    requested_by,
+                    by,
+                    confirmation,
+                };
+                let followup = self
+                    .rpc
+                    .reboot(&mut self.swarm, &self.core, &target, ask, reply);
                 self.follow(followup);
+            }
+            Command::Docker {
+                target,
+                request,
+                by,
+                reply,
+            } => {
+                let request = (request, by);
+                self.rpc
+                    .docker(&mut self.swarm, &self.core, &target, request, reply);
+            }
+            Command::ContainerAlert(alert) => self.rpc.alert(&mut self.swarm, &self.core, alert),
+            Command::BotToken { target, reply } => {
+                self.rpc
+                    .bot_token(&mut self.swarm, &self.core, &target, reply);
             }
         }
     }
@@ -394,6 +416,10 @@ impl EventLoop {
             Followup::None => {}
             Followup::Stranger(peer) => self.feed(Input::StrangerRefused(peer)),
             Followup::Persist => self.persist(self.core.snapshot(), None),
+            Followup::Claimed(settings) => {
+                self.feed(Input::MergeSettings(&settings));
+                self.persist(self.core.snapshot(), None);
+            }
         }
     }
 

@@ -18,6 +18,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use constella_behaviours::membership::MemberView;
 use constella_behaviours::node::LeaveOutcome;
+use constella_behaviours::rpc::{
+    ContainerAlert, DockerAnswer, DockerError, DockerRequest, Requester, SecretToken,
+};
 use constella_behaviours::settings::NetworkSettings;
 use constella_behaviours::{Behaviour, NetworkSecret};
 use libp2p::{PeerId, Swarm, SwarmBuilder, noise, tcp, yamux};
@@ -65,6 +68,24 @@ pub enum Command {
         target: String,
         requested_by: String,
         reply: oneshot::Sender<Result<RebootAccepted, ClientError>>,
+        /// Who asked, for the target's check (`None`: this node's CLI), and the bot's
+        /// confirmation id.
+        by: Option<Requester>,
+        confirmation: Option<String>,
+    },
+    /// A container request for a node, made for `by`.
+    Docker {
+        target: String,
+        request: DockerRequest,
+        by: Requester,
+        reply: oneshot::Sender<Result<DockerAnswer, DockerError>>,
+    },
+    /// A container alert of this node, for the leader's bot.
+    ContainerAlert(ContainerAlert),
+    /// The bot token of another member (`GetBotToken`).
+    BotToken {
+        target: String,
+        reply: oneshot::Sender<Result<Option<SecretToken>, ClientError>>,
     },
 }
 
@@ -138,8 +159,65 @@ impl Client {
             target: target.to_owned(),
             requested_by: requested_by.to_owned(),
             reply,
+            by: None,
+            confirmation: None,
         })
         .await?
+    }
+
+    /// Asks `target` to reboot for `by`, confirmed in the bot with `confirmation` (already
+    /// claimed in the network settings): the target checks `by`'s role and the claim itself.
+    pub async fn reboot_confirmed(
+        &self,
+        target: &str,
+        requested_by: &str,
+        by: Requester,
+        confirmation: &str,
+    ) -> Result<RebootAccepted, ClientError> {
+        self.ask(|reply| Command::Reboot {
+            target: target.to_owned(),
+            requested_by: requested_by.to_owned(),
+            reply,
+            by: Some(by),
+            confirmation: Some(confirmation.to_owned()),
+        })
+        .await?
+    }
+
+    /// A container request for `target` (a server name or node id), made for `by`: another
+    /// member answers it over RPC after checking `by`'s role itself.
+    pub async fn docker(
+        &self,
+        target: &str,
+        request: DockerRequest,
+        by: Requester,
+    ) -> Result<DockerAnswer, DockerError> {
+        self.ask(|reply| Command::Docker {
+            target: target.to_owned(),
+            request,
+            by,
+            reply,
+        })
+        .await
+        .map_err(|error| DockerError::Unreachable(error.to_string()))?
+    }
+
+    /// The bot token `target` (another member) holds, fetched over the members-only RPC.
+    pub async fn bot_token_of(&self, target: &str) -> Result<Option<SecretToken>, ClientError> {
+        self.ask(|reply| Command::BotToken {
+            target: target.to_owned(),
+            reply,
+        })
+        .await?
+    }
+
+    /// Hands a container alert of this node to the leader's bot (this node's, if it leads).
+    /// Fire and forget: an alert that cannot be delivered is logged at debug level.
+    pub async fn container_alert(&self, alert: ContainerAlert) -> Result<(), ClientError> {
+        self.commands
+            .send(Command::ContainerAlert(alert))
+            .await
+            .map_err(|_| ClientError::ShuttingDown)
     }
 
     /// Leaves the network (tombstone, secret deleted) and says whether a member acknowledged
@@ -203,7 +281,15 @@ pub fn start(
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (written_tx, written_rx) = mpsc::unbounded_channel();
     let store = store::Store::spawn(state_dir, written_tx).context("cannot start the store")?;
-    let rpc = rpc::Rpc::new(reboot, std::time::Instant::now());
+    let rpc = rpc::Rpc::new(
+        reboot,
+        std::time::Instant::now(),
+        crate::docker::Engine::from_env(&state.node.name),
+        signals.notices.clone(),
+        state.owner_username.clone(),
+        signals.bot_token.clone(),
+        signals.audit.clone(),
+    );
     let event_loop = event_loop::EventLoop::new(
         swarm,
         commands_rx,

@@ -1,5 +1,9 @@
-//! The node side of RPC (GetPeers, GetStats, Reboot): forwarding the local client's calls to
-//! their target and matching the answers, and answering members' calls. The event loop owns an
+//! The node side of RPC (GetPeers, GetStats, Reboot, Docker, ContainerAlert): forwarding the
+//! local client's calls to their target and matching the answers, and answering members' calls.
+//! A reboot or container request made for someone ([`Requester`]) is checked again here, on the
+//! node that acts, against this node's copy of the roles ([`access::check`]); container requests
+//! run off the event loop on this node's Docker [`Engine`]. A container alert from a member is
+//! handed to this node's bot (the leader's) as a [`NetworkEvent::Container`]. The event loop owns an
 //! [`Rpc`] and hands it the Swarm and the protocol core it needs for each step; what RPC must
 //! tell the core (a refused stranger, a reboot that wants the state saved) comes back as a
 //! [`Followup`].
@@ -12,18 +16,25 @@ use std::time::{Duration, Instant};
 use constella_behaviours::membership::{MemberView, Status};
 use constella_behaviours::node::Node;
 use constella_behaviours::rpc::{
-    MAX_REQUESTED_BY_CHARS, RpcAnswer, RpcRefusal, RpcRequest, RpcResponse,
+    ContainerAlert, DockerAnswer, DockerError, DockerRequest, MAX_REQUESTED_BY_CHARS, Requester,
+    RpcAnswer, RpcRefusal, RpcRequest, RpcResponse, SecretToken,
 };
+use constella_behaviours::settings::NetworkSettings;
 use constella_behaviours::{Behaviour, RPC_TIMEOUT};
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
 use libp2p::{PeerId, Swarm};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::error::ClientError;
 use super::event_loop::dial_addresses;
 use super::log_limit::LogLimit;
+use super::signals::NetworkEvent;
+use crate::access::{self, Action};
+use crate::audit::{AuditEvent, AuditKind, AuditLog};
+use crate::docker::Engine;
 use crate::reboot::RebootAction;
+use crate::state::StoredSecret;
 use crate::stats::{self, NodeStats, RebootAccepted};
 
 /// Most calls this node waits on at once; more are refused rather than queued without bound.
@@ -34,6 +45,11 @@ const MAX_PARALLEL_STATS: usize = 2;
 const FINISHED_QUEUE: usize = 16;
 /// Time between accepting a reboot and taking it, so the answer reaches the caller first.
 const REBOOT_DELAY: Duration = Duration::from_secs(1);
+/// Most container requests of members running at once (a list takes the engine ~1 s).
+const MAX_PARALLEL_DOCKER: usize = 4;
+/// How long a confirmation the target first hears of is remembered as claimed (its own
+/// expiry is two minutes; see `bot::callback::CONFIRM_TTL_SECS`).
+const CONFIRMATION_CLAIM_SECS: u64 = 120;
 
 /// Where a call's answer goes.
 #[derive(Debug)]
@@ -44,6 +60,12 @@ pub(super) enum Reply {
     Stats(oneshot::Sender<Result<NodeStats, ClientError>>),
     /// A `Reboot` for [`Client::reboot`](super::Client::reboot).
     Reboot(oneshot::Sender<Result<RebootAccepted, ClientError>>),
+    /// A `Docker` for [`Client::docker`](super::Client::docker).
+    Docker(oneshot::Sender<Result<DockerAnswer, DockerError>>),
+    /// A `ContainerAlert` sent to the leader: nobody waits for it.
+    Noted,
+    /// A `GetBotToken` for [`Client::bot_token_of`](super::Client::bot_token_of).
+    BotToken(oneshot::Sender<Result<Option<SecretToken>, ClientError>>),
 }
 
 impl Reply {
@@ -53,6 +75,9 @@ impl Reply {
             Reply::Peers(tx) => drop(tx.send(Err(error))),
             Reply::Stats(tx) => drop(tx.send(Err(error))),
             Reply::Reboot(tx) => drop(tx.send(Err(error))),
+            Reply::Docker(tx) => drop(tx.send(Err(docker_error(error)))),
+            Reply::Noted => debug!(%error, "a container alert did not reach the leader"),
+            Reply::BotToken(tx) => drop(tx.send(Err(error))),
         }
     }
 
@@ -62,6 +87,9 @@ impl Reply {
             (Reply::Peers(tx), RpcAnswer::Peers(peers)) => drop(tx.send(Ok(peers))),
             (Reply::Stats(tx), RpcAnswer::Stats(stats)) => drop(tx.send(Ok(*stats))),
             (Reply::Reboot(tx), RpcAnswer::Reboot(accepted)) => drop(tx.send(Ok(accepted))),
+            (Reply::Docker(tx), RpcAnswer::Docker(result)) => drop(tx.send(result)),
+            (Reply::Noted, RpcAnswer::Noted) => {}
+            (Reply::BotToken(tx), RpcAnswer::BotToken(token)) => drop(tx.send(Ok(token))),
             (reply, _) => reply.fail(ClientError::BadAnswer {
                 node: name.to_owned(),
                 problem: "gave an answer of the wrong kind".to_owned(),
@@ -99,8 +127,25 @@ pub(super) struct Finished {
     response: RpcResponse,
 }
 
+/// A container request's failure to reach its node, as a container error.
+fn docker_error(error: ClientError) -> DockerError {
+    match error {
+        ClientError::UnknownNode(name) => DockerError::NoSuchNode(name),
+        other => DockerError::Unreachable(other.to_string()),
+    }
+}
+
+/// A reboot as asked for: who asked (for the log, and for the target's check) and the bot's
+/// confirmation, if it came from one.
+#[derive(Debug)]
+pub(super) struct RebootAsk {
+    pub requested_by: String,
+    pub by: Option<Requester>,
+    pub confirmation: Option<String>,
+}
+
 /// What the event loop must tell the core after an RPC step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Followup {
     /// Nothing.
     None,
@@ -108,6 +153,9 @@ pub(super) enum Followup {
     Stranger(PeerId),
     /// A reboot was accepted: save the state now.
     Persist,
+    /// A reboot confirmed in the bot was accepted: merge its claim (marked done) into the
+    /// network settings, then save the state now.
+    Claimed(Box<NetworkSettings>),
 }
 
 /// Which node a call is for.
@@ -130,10 +178,29 @@ pub(super) struct Rpc {
     started: Instant,
     /// Refusals of strangers are logged at most once a minute per peer.
     refusals: LogLimit,
+    /// This node's Docker engine, for members' container requests.
+    docker: Engine,
+    docker_permits: Arc<Semaphore>,
+    /// Container alerts for this node's bot (the leader's).
+    notices: broadcast::Sender<NetworkEvent>,
+    /// The owner named at `init`: with the settings, who may do what.
+    initial_owner: String,
+    /// This node's bot token, for members that fetch it.
+    bot_token: watch::Receiver<Option<StoredSecret>>,
+    /// Where refusals by role and reboots asked by other members are recorded.
+    audit: Option<AuditLog>,
 }
 
 impl Rpc {
-    pub(super) fn new(reboot: RebootAction, started: Instant) -> Self {
+    pub(super) fn new(
+        reboot: RebootAction,
+        started: Instant,
+        docker: Engine,
+        notices: broadcast::Sender<NetworkEvent>,
+        initial_owner: String,
+        bot_token: watch::Receiver<Option<StoredSecret>>,
+        audit: Option<AuditLog>,
+    ) -> Self {
         let (finished_tx, finished_rx) = mpsc::channel(FINISHED_QUEUE);
         Self {
             pending: HashMap::new(),
@@ -144,6 +211,12 @@ impl Rpc {
             finished_rx,
             started,
             refusals: LogLimit::default(),
+            docker,
+            docker_permits: Arc::new(Semaphore::new(MAX_PARALLEL_DOCKER)),
+            notices,
+            initial_owner,
+            bot_token,
+            audit,
         }
     }
 
@@ -218,31 +291,111 @@ impl Rpc {
         swarm: &mut Swarm<Behaviour>,
         core: &Node,
         target: &str,
-        requested_by: String,
+        ask: RebootAsk,
         reply: oneshot::Sender<Result<RebootAccepted, ClientError>>,
     ) -> Followup {
         match resolve(core, target) {
             Err(error) => drop(reply.send(Err(error))),
             Ok(Target::Local) => {
                 let name = core.local().name.clone();
-                let result = self
-                    .reboot_here(core, requested_by, "the local control socket")
-                    .map_err(|refusal| ClientError::Refused {
-                        node: name,
-                        reason: refusal.to_string(),
-                    });
-                let accepted = result.is_ok();
+                let local = core.local().id;
+                let result = self.reboot_here(core, ask, local, "the local control socket");
+                let (result, followup) = match result {
+                    Ok((accepted, followup)) => (Ok(accepted), followup),
+                    Err(refusal) => (
+                        Err(ClientError::Refused {
+                            node: name,
+                            reason: refusal.to_string(),
+                        }),
+                        Followup::None,
+                    ),
+                };
                 let _ = reply.send(result);
-                if accepted {
-                    return Followup::Persist;
-                }
+                return followup;
             }
             Ok(Target::Remote { id, name }) => {
-                let request = RpcRequest::Reboot { requested_by };
+                let RebootAsk {
+                    requested_by,
+                    by,
+                    confirmation,
+                } = ask;
+                let request = RpcRequest::Reboot {
+                    requested_by,
+                    by,
+                    confirmation,
+                };
                 self.call(swarm, core, id, name, request, Reply::Reboot(reply));
             }
         }
         Followup::None
+    }
+
+    /// A container request for another member, made for `by` (this node's own are answered
+    /// by `docker::Containers` without the event loop).
+    pub(super) fn docker(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        core: &Node,
+        target: &str,
+        (request, by): (DockerRequest, Requester),
+        reply: oneshot::Sender<Result<DockerAnswer, DockerError>>,
+    ) {
+        match resolve(core, target) {
+            Err(error) => drop(reply.send(Err(docker_error(error)))),
+            Ok(Target::Local) => {
+                let engine = self.docker.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(engine.answer(request).await);
+                });
+            }
+            Ok(Target::Remote { id, name }) => {
+                let request = RpcRequest::Docker { request, by };
+                self.call(swarm, core, id, name, request, Reply::Docker(reply));
+            }
+        }
+    }
+
+    /// The bot token of `target`, another member.
+    pub(super) fn bot_token(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        core: &Node,
+        target: &str,
+        reply: oneshot::Sender<Result<Option<SecretToken>, ClientError>>,
+    ) {
+        match resolve(core, target) {
+            Err(error) => drop(reply.send(Err(error))),
+            Ok(Target::Local) => drop(reply.send(Ok(self.local_token()))),
+            Ok(Target::Remote { id, name }) => {
+                let request = RpcRequest::GetBotToken;
+                self.call(swarm, core, id, name, request, Reply::BotToken(reply));
+            }
+        }
+    }
+
+    fn local_token(&self) -> Option<SecretToken> {
+        self.bot_token
+            .borrow()
+            .as_ref()
+            .map(|token| SecretToken::new(token.expose().to_owned()))
+    }
+
+    /// A container alert of this node: to this node's bot if it leads, else to the leader.
+    pub(super) fn alert(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        core: &Node,
+        alert: ContainerAlert,
+    ) {
+        let leader = core.leader();
+        if leader == core.local().id {
+            // No receiver (bot off) is fine: nobody to tell.
+            let _ = self.notices.send(NetworkEvent::Container(alert));
+            return;
+        }
+        let name = core.name_of(&leader);
+        let request = RpcRequest::ContainerAlert(alert);
+        self.call(swarm, core, leader, name, request, Reply::Noted);
     }
 
     fn call(
@@ -410,17 +563,111 @@ impl Rpc {
                         .await;
                 });
             }
-            RpcRequest::Reboot { requested_by } => {
+            RpcRequest::Reboot {
+                requested_by,
+                by,
+                confirmation,
+            } => {
                 let via = format!("node {caller} ({peer})");
-                let response = self.reboot_here(core, requested_by, &via);
-                let accepted = response.is_ok();
-                respond(swarm, peer, channel, response.map(RpcAnswer::Reboot));
-                if accepted {
-                    return Followup::Persist;
+                let who = by
+                    .as_ref()
+                    .map_or_else(|| requested_by.clone(), Requester::describe);
+                let ask = RebootAsk {
+                    requested_by,
+                    by,
+                    confirmation,
+                };
+                let (response, followup) = match self.reboot_here(core, ask, peer, &via) {
+                    Ok((accepted, followup)) => {
+                        // The node that reboots records who asked too (the caller did before
+                        // it sent the request).
+                        if let Some(audit) = &self.audit {
+                            audit.record(
+                                AuditEvent::new(AuditKind::RebootRequested, who, via.clone())
+                                    .detail("requested_by", accepted.requested_by.clone())
+                                    .detail("outcome", "accepted here"),
+                            );
+                        }
+                        (Ok(RpcAnswer::Reboot(accepted)), followup)
+                    }
+                    Err(refusal) => (Err(refusal), Followup::None),
+                };
+                respond(swarm, peer, channel, response);
+                return followup;
+            }
+            RpcRequest::Docker { request, by } => {
+                let via = format!("node {caller} ({peer})");
+                let action = access::docker_action(&request);
+                if let Err(refusal) = self.permitted(core, &by, action, &via) {
+                    warn!(%caller, requester = by.describe(), %refusal, "container request refused");
+                    respond(swarm, peer, channel, Err(refusal));
+                    return Followup::None;
                 }
+                debug!(%caller, requester = by.describe(), ?request, "container request");
+                let engine = self.docker.clone();
+                let permits = Arc::clone(&self.docker_permits);
+                let finished = self.finished_tx.clone();
+                tokio::spawn(async move {
+                    let response = match permits.acquire_owned().await {
+                        Ok(_permit) => Ok(RpcAnswer::Docker(engine.answer(request).await)),
+                        Err(_) => Err(RpcRefusal::Failed("the node is shutting down".to_owned())),
+                    };
+                    let _ = finished
+                        .send(Finished {
+                            peer,
+                            channel,
+                            response,
+                        })
+                        .await;
+                });
+            }
+            RpcRequest::GetBotToken => {
+                // Members only (checked above); the answer is never logged.
+                info!(%caller, "a member fetched the bot token");
+                let token = self.local_token();
+                respond(swarm, peer, channel, Ok(RpcAnswer::BotToken(token)));
+            }
+            RpcRequest::ContainerAlert(mut alert) => {
+                if !alert.is_valid() {
+                    let refusal = RpcRefusal::Invalid("a malformed container alert".to_owned());
+                    respond(swarm, peer, channel, Err(refusal));
+                    return Followup::None;
+                }
+                // The node is the caller, whatever the alert says.
+                alert.node = caller;
+                info!(node = %alert.node, container = %alert.container, kind = ?alert.kind, "container alert");
+                let _ = self.notices.send(NetworkEvent::Container(alert));
+                respond(swarm, peer, channel, Ok(RpcAnswer::Noted));
             }
         }
         Followup::None
+    }
+
+    /// Whether `by` may do `action` here, by this node's own copy of the roles.
+    /// A refusal is recorded in this node's audit log (`action_refused`, from `via`).
+    fn permitted(
+        &self,
+        core: &Node,
+        by: &Requester,
+        action: Action,
+        via: &str,
+    ) -> Result<(), RpcRefusal> {
+        if !by.is_valid() {
+            return Err(RpcRefusal::Invalid(
+                "the requester's name is too long or not printable".to_owned(),
+            ));
+        }
+        access::check(by, action, core.settings(), &self.initial_owner).map_err(|reason| {
+            if let Some(audit) = &self.audit {
+                audit.record(
+                    AuditEvent::new(AuditKind::ActionRefused, by.describe(), via)
+                        .detail("action", action.as_str())
+                        .detail("checked_on", "target")
+                        .detail("reason", reason.clone()),
+                );
+            }
+            RpcRefusal::NotAllowed(reason)
+        })
     }
 
     pub(super) fn on_finished(&mut self, swarm: &mut Swarm<Behaviour>, finished: Finished) {
@@ -438,9 +685,66 @@ impl Rpc {
         }
     }
 
-    /// Accepts a reboot (after checking the privilege) and schedules the action a moment later
-    /// so the answer goes out first. The caller saves the state ([`Followup::Persist`]).
+    /// Accepts a reboot (after checking the requester's role here, the bot's confirmation and
+    /// the privilege) and schedules the action a moment later so the answer goes out first.
+    /// The caller saves the state (the followup), with the confirmation's claim marked done.
     fn reboot_here(
+        &mut self,
+        core: &Node,
+        ask: RebootAsk,
+        caller: PeerId,
+        via: &str,
+    ) -> Result<(RebootAccepted, Followup), RpcRefusal> {
+        let RebootAsk {
+            requested_by,
+            by,
+            confirmation,
+        } = ask;
+        if let Some(by) = &by
+            && let Err(refusal) = self.permitted(core, by, Action::Reboot, via)
+        {
+            warn!(requested_by, via, %refusal, "reboot refused");
+            return Err(refusal);
+        }
+        let mut followup = Followup::Persist;
+        if let Some(mac) = confirmation {
+            let claimer = caller.to_base58();
+            let claim = core.settings().claim(&mac);
+            let claim = claim.as_ref();
+            if claim.is_some_and(|c| c.done) {
+                info!(
+                    requested_by,
+                    via, "reboot confirmation already acted on; nothing done"
+                );
+                return Ok((self.accepted(core, &requested_by), Followup::None));
+            }
+            if let Some(claim) = claim.filter(|c| c.claimed_by != claimer) {
+                warn!(requested_by, via, claimed_by = %claim.claimed_by, "reboot refused: its confirmation was claimed by another node");
+                return Err(RpcRefusal::NotAllowed(
+                    "this confirmation was claimed by another leader".to_owned(),
+                ));
+            }
+            let expires_at = claim.map_or_else(
+                || crate::state::unix_now() + CONFIRMATION_CLAIM_SECS,
+                |c| c.expires_at,
+            );
+            let done = core.settings().with_claim(&mac, expires_at, &claimer, true);
+            followup = Followup::Claimed(Box::new(done));
+        }
+        let accepted = self.start_reboot(core, requested_by, via)?;
+        Ok((accepted, followup))
+    }
+
+    fn accepted(&self, core: &Node, requested_by: &str) -> RebootAccepted {
+        RebootAccepted {
+            name: core.local().name.clone(),
+            node_id: core.local().id.to_base58(),
+            requested_by: requested_by.to_owned(),
+            action: self.reboot.describe(),
+        }
+    }
+
+    fn start_reboot(
         &mut self,
         core: &Node,
         requested_by: String,
@@ -462,12 +766,7 @@ impl Rpc {
             );
             return Err(RpcRefusal::RebootNotPermitted);
         }
-        let accepted = RebootAccepted {
-            name: core.local().name.clone(),
-            node_id: core.local().id.to_base58(),
-            requested_by: requested_by.clone(),
-            action: described.clone(),
-        };
+        let accepted = self.accepted(core, &requested_by);
         if self.rebooting.swap(true, Ordering::SeqCst) {
             info!(
                 requested_by,

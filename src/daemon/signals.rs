@@ -9,6 +9,9 @@ use tokio::sync::{broadcast, watch};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::audit::AuditLog;
+use crate::state::StoredSecret;
+
 /// How many notices may wait for the bot.
 pub const NOTICE_QUEUE: usize = 64;
 
@@ -66,6 +69,10 @@ pub struct Signals {
     pub notices: broadcast::Sender<NetworkEvent>,
     /// The bot's counters, shown by `status`.
     pub bot: Arc<BotMetrics>,
+    /// This node's bot token, for members that fetch it (see [`Signals::with_bot_token`]).
+    pub bot_token: watch::Receiver<Option<StoredSecret>>,
+    /// The audit log, for what the node does for other members (see [`Signals::with_audit`]).
+    pub audit: Option<AuditLog>,
 }
 
 /// The receiving ends, for the bot.
@@ -92,6 +99,22 @@ impl Watchers {
 }
 
 impl Signals {
+    /// These signals with the node's bot token (a new value whenever it changes), which the
+    /// node hands to members that ask for it (`RpcRequest::GetBotToken`).
+    #[must_use]
+    pub fn with_bot_token(mut self, token: watch::Receiver<Option<StoredSecret>>) -> Self {
+        self.bot_token = token;
+        self
+    }
+
+    /// These signals with the node's audit log: refusals by role and reboots that other
+    /// members asked for are recorded in it.
+    #[must_use]
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
     /// New channels: the event loop's senders and the bot's receivers.
     pub fn new(settings: NetworkSettings, bot: Arc<BotMetrics>) -> (Self, Watchers) {
         let (leadership_tx, leadership_rx) = watch::channel(Leadership::default());
@@ -103,6 +126,8 @@ impl Signals {
                 settings: settings_tx,
                 notices: notices_tx.clone(),
                 bot,
+                bot_token: watch::channel(None).1,
+                audit: None,
             },
             Watchers {
                 leadership: leadership_rx,

@@ -502,7 +502,10 @@ impl Handlers {
             return screen;
         }
         let node_id = peer.node_id.to_base58();
-        let probe = self.config.containers.call(&node_id, DockerRequest::Probe);
+        let probe = self
+            .config
+            .containers
+            .call(&node_id, DockerRequest::Probe, self.requester());
         match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
             Ok(Ok(_)) => with_containers_button(lang, screen, &short_peer_id(&peer.node_id)),
             _ => screen,
@@ -515,7 +518,10 @@ impl Handlers {
         request: DockerRequest,
     ) -> Result<DockerAnswer, String> {
         let node_id = peer.node_id.to_base58();
-        let call = self.config.containers.call(&node_id, request);
+        let call = self
+            .config
+            .containers
+            .call(&node_id, request, self.requester());
         match tokio::time::timeout(CONTAINERS_TIMEOUT, call).await {
             Ok(result) => result.map_err(|e: DockerError| e.to_string()),
             Err(_) => Err("no answer in time".to_owned()),
