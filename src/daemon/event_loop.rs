@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
 use super::admission::Admissions;
+use super::chat::ChatLink;
 use super::error::ClientError;
 use super::report::{self, InviteReport};
 use super::rpc::{Followup, Rpc};
@@ -67,6 +68,8 @@ pub(super) struct EventLoop {
     >,
     next_request: u64,
     leave: Option<oneshot::Sender<Result<LeaveOutcome, ClientError>>>,
+    /// The PQ4 messaging service's requests and answers (see [`super::chat`]).
+    chat: ChatLink,
 }
 
 impl EventLoop {
@@ -78,6 +81,7 @@ impl EventLoop {
         secret: NetworkSecret,
         rpc: Rpc,
         signals: Signals,
+        chat: ChatLink,
     ) -> Result<Self> {
         let local_id = *swarm.local_peer_id();
         let listen: HostPort = state
@@ -141,6 +145,7 @@ impl EventLoop {
             invites: HashMap::new(),
             next_request: 0,
             leave: None,
+            chat,
         })
     }
 
@@ -166,6 +171,9 @@ impl EventLoop {
                     self.rpc.on_finished(&mut self.swarm, finished);
                 }
                 () = sleep_until_opt(rpc_deadline) => self.rpc.expire(Instant::now()),
+                Some(action) = self.chat.next_action() => {
+                    self.chat.on_action(&mut self.swarm, &self.core, action);
+                }
                 () = &mut shutdown, if !signalled => {
                     signalled = true;
                     self.feed(Input::Stop);
@@ -611,6 +619,7 @@ impl EventLoop {
                 self.follow(followup);
             }
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            BehaviourEvent::Pq4(event) => self.chat.on_event(&self.core, event),
             _ => {}
         }
     }
