@@ -16,10 +16,13 @@
 
 use std::time::Duration;
 
+use hmac::{Hmac, KeyInit, Mac};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+type HmacSha256 = Hmac<Sha256>;
 
 /// The protocol name.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/constella/pq4/1.0.0");
@@ -185,6 +188,10 @@ pub enum Op {
     },
     /// A bundle with one one-time prekey (taken, never handed out again) if any is left.
     GetBundle {
+        username: String,
+    },
+    /// The bundle without a one-time prekey (to check who sent a message).
+    Identity {
         username: String,
     },
     /// Queue an envelope in `to`'s mailbox.
@@ -413,6 +420,42 @@ pub fn valid_email(email: &str) -> bool {
         && !local.is_empty()
         && domain.contains('.')
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// `HMAC-SHA256(key, parts…)`.
+pub fn mac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let Ok(mut m) = <HmacSha256 as KeyInit>::new_from_slice(key) else {
+        return Vec::new();
+    };
+    for part in parts {
+        m.update(part);
+    }
+    m.finalize().into_bytes().to_vec()
+}
+
+/// The answer to a login challenge.
+pub fn login_mac(verifier: &[u8], nonce: &[u8], username: &str) -> Vec<u8> {
+    mac(verifier, &[b"PQ4 login", nonce, username.as_bytes()])
+}
+
+/// The proof of a mailbox operation.
+pub fn mailbox_mac(
+    verifier: &[u8],
+    username: &str,
+    ts_ms: u64,
+    nonce: &[u8],
+    body: &[u8],
+) -> Vec<u8> {
+    mac(
+        verifier,
+        &[
+            b"PQ4 mailbox",
+            username.as_bytes(),
+            &ts_ms.to_be_bytes(),
+            nonce,
+            body,
+        ],
+    )
 }
 
 #[cfg(test)]

@@ -16,11 +16,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use constella_behaviours::node::Node;
 use constella_behaviours::pq4::{
     self, Account, Bytes, ErrorKind, MAX_ENVELOPE_BYTES, MAX_FETCH, MAX_NAME_LEN, MAX_OPKS, Op,
-    Opk, Queued, REPLICAS, ReplicaOp, Request, Response,
+    Opk, Queued, REPLICAS, ReplicaOp, Request, Response, login_mac, mailbox_mac,
 };
 use constella_behaviours::{Behaviour, RPC_TIMEOUT};
 use futures::future::join_all;
-use hmac::{Hmac, KeyInit, Mac};
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::{PeerId, Swarm};
 use sha2::{Digest, Sha256};
@@ -46,8 +45,6 @@ const AUTH_SKEW_MS: u64 = 5 * 60 * 1000;
 pub const DEFAULT_INVITE_TTL_SECS: u64 = 7 * 24 * 3600;
 /// How often the holder set is compared with the last one (hand-off when it changed).
 const HANDOFF_CHECK: Duration = Duration::from_secs(5);
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// What the service asks of the event loop.
 #[derive(Debug)]
@@ -107,17 +104,6 @@ fn now_ms() -> u64 {
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {
     Sha256::digest(bytes).to_vec()
-}
-
-/// `HMAC-SHA256(key, parts…)`.
-pub fn mac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-    let Ok(mut m) = <HmacSha256 as KeyInit>::new_from_slice(key) else {
-        return Vec::new();
-    };
-    for part in parts {
-        m.update(part);
-    }
-    m.finalize().into_bytes().to_vec()
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> Response {
@@ -269,6 +255,13 @@ impl Service {
                 mac,
             } => self.login_finish(&username, &nonce.0, &mac.0).await,
             Op::GetBundle { username } => self.get_bundle(&username).await,
+            Op::Identity { username } => match self.account(&username).await {
+                Ok((account, _, _)) => Response::Bundle {
+                    bundle: account.bundle,
+                    opk: None,
+                },
+                Err(response) => response,
+            },
             Op::Send { from, to, envelope } => self.send(from, &to, envelope).await,
             Op::Fetch { auth } => match self.authenticate(&auth, &[]).await {
                 Ok(()) => self.fetch(&auth.username).await,
@@ -805,31 +798,6 @@ pub async fn write_frame(
     stream.write_all(&len.to_be_bytes()).await?;
     stream.write_all(bytes).await?;
     stream.flush().await
-}
-
-/// The answer to a login challenge.
-pub fn login_mac(verifier: &[u8], nonce: &[u8], username: &str) -> Vec<u8> {
-    mac(verifier, &[b"PQ4 login", nonce, username.as_bytes()])
-}
-
-/// The proof of a mailbox operation.
-pub fn mailbox_mac(
-    verifier: &[u8],
-    username: &str,
-    ts_ms: u64,
-    nonce: &[u8],
-    body: &[u8],
-) -> Vec<u8> {
-    mac(
-        verifier,
-        &[
-            b"PQ4 mailbox",
-            username.as_bytes(),
-            &ts_ms.to_be_bytes(),
-            nonce,
-            body,
-        ],
-    )
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
