@@ -88,7 +88,7 @@ pub enum ChatCommand {
 }
 
 /// How often `read --follow` and `open` ask the mailbox.
-const POLL: Duration = Duration::from_millis(250);
+const POLL: Duration = Duration::from_millis(100);
 
 fn now_ms() -> u64 {
     SystemTime::now()

@@ -230,13 +230,13 @@ impl Service {
                 max: pq4::VERSION,
             };
         }
+        // Non-member clients (`--via`) are not served yet: until they authenticate as an
+        // account first, a stranger could drain one-time prekeys or fill mailboxes.
+        if origin == (Origin::Peer { member: false }) {
+            return err(ErrorKind::NotAMember, "the pq4 service is for members");
+        }
         match request.op {
-            Op::Replica(op) => {
-                if origin == (Origin::Peer { member: false }) {
-                    return err(ErrorKind::NotAMember, "replica operations are for members");
-                }
-                self.apply_local(op)
-            }
+            Op::Replica(op) => self.apply_local(op),
             Op::NewInvite { ttl_secs } => {
                 if origin != Origin::Local {
                     return err(ErrorKind::NotAMember, "invites are made on a member");

@@ -60,6 +60,9 @@ struct ClaimRecord {
     expires_ms: u64,
 }
 
+/// Accounts with their prekeys, and queued messages by recipient.
+pub type Held = (Vec<(Account, Vec<Opk>)>, Vec<(String, Queued)>);
+
 /// The holder's database.
 #[derive(Debug)]
 pub struct ChatStore {
@@ -257,7 +260,7 @@ impl ChatStore {
 
     /// Everything this node holds, for the hand-off to the current holders: accounts with
     /// their prekeys, and queued messages by recipient.
-    pub fn held(&self) -> Result<(Vec<(Account, Vec<Opk>)>, Vec<(String, Queued)>), StoreError> {
+    pub fn held(&self) -> Result<Held, StoreError> {
         let txn = self.db.begin_read()?;
         let mut accounts = Vec::new();
         for entry in txn.open_table(ACCOUNTS)?.iter()? {

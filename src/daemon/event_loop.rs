@@ -79,9 +79,8 @@ impl EventLoop {
         (store, written): (Store, mpsc::UnboundedReceiver<Written>),
         state: NetworkState,
         secret: NetworkSecret,
-        rpc: Rpc,
+        (rpc, chat): (Rpc, ChatLink),
         signals: Signals,
-        chat: ChatLink,
     ) -> Result<Self> {
         let local_id = *swarm.local_peer_id();
         let listen: HostPort = state

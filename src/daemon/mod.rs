@@ -211,9 +211,8 @@ pub fn start(
         (store, written_rx),
         state,
         secret,
-        rpc,
+        (rpc, chat),
         signals,
-        chat,
     )?;
     let client = Client {
         commands: commands_tx,
