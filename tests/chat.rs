@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
+use ciborium::Value as Cbor;
 use common::{Cluster, Node, agreed_leader, keys_by_peer_id, output_text, wait_for};
 use serde_json::Value;
 
@@ -26,9 +27,72 @@ fn three_nodes() -> Cluster {
 
 /// `constella chat ARGS --home HOME --password-stdin` on `node` with the password on stdin.
 fn chat(node: &Node, home: &Path, password: &str, args: &[&str]) -> Output {
+    chat_env(node, home, password, args, &[])
+}
+
+fn chat_env(
+    node: &Node,
+    home: &Path,
+    password: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
     let mut all = vec!["chat", "--home", home.to_str().unwrap(), "--password-stdin"];
     all.extend_from_slice(args);
-    node.cli_with(&all, &[], Some(&format!("{password}\n")))
+    node.cli_with(&all, env, Some(&format!("{password}\n")))
+}
+
+/// One request straight to a node's `pq4.sock` (CBOR frame), its answer as a CBOR value.
+fn raw(node: &Node, v: u64, op: &str, fields: Vec<(&str, Cbor)>) -> Cbor {
+    use std::io::{Read, Write};
+    let body = Cbor::Map(
+        fields
+            .into_iter()
+            .map(|(k, v)| (Cbor::Text(k.to_owned()), v))
+            .collect(),
+    );
+    let request = Cbor::Map(vec![
+        (Cbor::Text("v".into()), Cbor::Integer(v.into())),
+        (
+            Cbor::Text("op".into()),
+            Cbor::Map(vec![(Cbor::Text(op.into()), body)]),
+        ),
+    ]);
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&request, &mut bytes).unwrap();
+    let mut stream = std::os::unix::net::UnixStream::connect(node.dir.join("pq4.sock")).unwrap();
+    stream
+        .write_all(&(bytes.len() as u32).to_be_bytes())
+        .unwrap();
+    stream.write_all(&bytes).unwrap();
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).unwrap();
+    let mut answer = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut answer).unwrap();
+    ciborium::from_reader(answer.as_slice()).unwrap()
+}
+
+/// Queues `envelope` for bob as if alice sent it, straight through the service.
+fn raw_send(node: &Node, envelope: &[u8]) -> Cbor {
+    raw(
+        node,
+        1,
+        "Send",
+        vec![
+            ("from", Cbor::Text("alice".into())),
+            ("to", Cbor::Text("bob".into())),
+            ("envelope", Cbor::Bytes(envelope.to_vec())),
+        ],
+    )
+}
+
+/// The variant name of an answer (`Sent`, `Error`, `Unsupported`, …).
+fn variant(answer: &Cbor) -> String {
+    match answer {
+        Cbor::Text(t) => t.clone(),
+        Cbor::Map(m) => m[0].0.as_text().unwrap().to_owned(),
+        other => panic!("unexpected answer {other:?}"),
+    }
 }
 
 fn chat_ok(node: &Node, home: &Path, args: &[&str]) -> String {
@@ -266,4 +330,133 @@ fn two_registrations_of_one_name_racing_on_two_nodes_one_wins() {
     );
     let used_once = !out.status.success() || !results[0].status.success();
     assert!(used_once, "{}", output_text(&out));
+}
+
+#[test]
+fn a_tampered_message_is_flagged_a_replay_refused_and_versions_negotiated() {
+    let cluster = three_nodes();
+    let (alice, bob) = homes(cluster.root.path());
+    let (n1, n2) = (cluster.node("alpha"), cluster.node("bravo"));
+    register(n1, &alice, "alice");
+    register(n2, &bob, "bob");
+    let copy = cluster.root.path().join("envelope");
+    let copy_text = copy.to_str().unwrap();
+    let out = chat_env(
+        n1,
+        &alice,
+        PASSWORD,
+        &["send", "@bob", "genuine"],
+        &[("CONSTELLA_TEST_CHAT_ENVELOPE_OUT", copy_text)],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(read_until(n2, &bob, 1)[0].1, "genuine");
+
+    // The same envelope again: refused (the mailbox remembers what bob acknowledged, and bob's
+    // device would refuse it as a replay too).
+    let envelope = std::fs::read(&copy).unwrap();
+    assert_eq!(variant(&raw_send(n1, &envelope)), "Sent");
+    assert!(read(n2, &bob).is_empty());
+
+    // A message of alice's with one byte of its signature changed (the envelope ends with
+    // the ratchet message's signature): shown flagged, never dropped silently.
+    let out = chat_env(
+        n1,
+        &alice,
+        PASSWORD,
+        &["send", "@bob", "will be tampered"],
+        &[
+            ("CONSTELLA_TEST_CHAT_ENVELOPE_OUT", copy_text),
+            ("CONSTELLA_TEST_CHAT_DROP", "1"),
+        ],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let mut envelope = std::fs::read(&copy).unwrap();
+    let last = envelope.len() - 3;
+    envelope[last] ^= 0x01;
+    assert_eq!(variant(&raw_send(n1, &envelope)), "Sent");
+    let got = read_until(n2, &bob, 1);
+    assert!(got[0].2, "not flagged: {got:?}");
+    assert_eq!(got[0].0, "alice");
+
+    // Versions: v and v-1 are served, a newer one is told what is.
+    let ask = |v| {
+        variant(&raw(
+            n1,
+            v,
+            "GetBundle",
+            vec![("username", Cbor::Text("nobody".into()))],
+        ))
+    };
+    assert_eq!(ask(0), "Error"); // served: UserNotFound
+    assert_eq!(ask(1), "Error");
+    assert_eq!(ask(2), "Unsupported");
+}
+
+#[test]
+fn prekeys_run_out_and_a_lost_message_is_reported() {
+    let cluster = three_nodes();
+    let root = cluster.root.path();
+    let (n1, n2) = (cluster.node("alpha"), cluster.node("bravo"));
+    let bob = root.join("bob-device");
+    // Bob registers with a single one-time prekey.
+    let code = invite(n2);
+    let out = chat_env(
+        n2,
+        &bob,
+        PASSWORD,
+        &[
+            "register",
+            "--username",
+            "bob",
+            "--email",
+            "bob@example.org",
+            "--invite",
+            &code,
+        ],
+        &[("CONSTELLA_TEST_CHAT_OPKS", "1")],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    // Two senders: the first handshake takes the prekey, the second proceeds without one.
+    let (alice, erin) = (root.join("alice-device"), root.join("erin-device"));
+    register(n1, &alice, "alice");
+    register(n1, &erin, "erin");
+    chat_ok(n1, &alice, &["send", "@bob", "from alice"]);
+    chat_ok(n1, &erin, &["send", "@bob", "from erin"]);
+    assert!(
+        n1.log_text()
+            .contains("bundle handed out without a one-time prekey"),
+        "{}",
+        n1.log_text()
+    );
+    let mut got = read_until(n2, &bob, 2);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("alice".to_owned(), "from alice".to_owned(), false),
+            ("erin".to_owned(), "from erin".to_owned(), false)
+        ]
+    );
+
+    // Alice's second message never reaches the mailbox; the third shows the gap, and bob is
+    // told one message was lost.
+    let out = chat_env(
+        n1,
+        &alice,
+        PASSWORD,
+        &["send", "@bob", "lost"],
+        &[("CONSTELLA_TEST_CHAT_DROP", "1")],
+    );
+    assert!(out.status.success());
+    chat_ok(n1, &alice, &["send", "@bob", "after the gap"]);
+    let mut stderr = String::new();
+    wait_for(Duration::from_secs(20), "the message after the gap", || {
+        let out = chat(n2, &bob, PASSWORD, &["read", "--json"]);
+        stderr.push_str(&String::from_utf8_lossy(&out.stderr));
+        let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        list.iter()
+            .any(|m| m["text"] == "after the gap")
+            .then_some(())
+    });
+    assert!(stderr.contains("1 message(s) from @alice lost"), "{stderr}");
 }

@@ -251,7 +251,13 @@ async fn register(
     let mut rng = rand::rng();
     let key = PasswordKey::generate(password, KdfParams::PRODUCTION, &mut rng)
         .context("cannot derive the password key")?;
-    let keys = KeyStore::generate(&mut rng).context("cannot generate keys")?;
+    // Test knob: fewer one-time prekeys, so a test can run them out.
+    let opk_count = std::env::var("CONSTELLA_TEST_CHAT_OPKS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(constella_keys::store::ONE_TIME_PREKEY_COUNT as usize);
+    let keys = KeyStore::generate_with_one_time_prekeys(opk_count, &mut rng)
+        .context("cannot generate keys")?;
     let opks: Vec<Opk> = keys
         .one_time_prekey_ids()
         .into_iter()
@@ -363,6 +369,13 @@ async fn bundle(
 
 async fn send(link: &mut Link, device: &mut Device, to: &str, text: &str) -> Result<()> {
     let envelope = seal_message(link, device, to, text).await?;
+    // Test knobs: keep a copy of what was sent (to replay or tamper with it), or lose it.
+    if let Some(path) = std::env::var_os("CONSTELLA_TEST_CHAT_ENVELOPE_OUT") {
+        std::fs::write(path, &envelope).context("test knob: cannot write the envelope")?;
+    }
+    if std::env::var_os("CONSTELLA_TEST_CHAT_DROP").is_some() {
+        return Ok(());
+    }
     let op = Op::Send {
         from: device.stored.username.clone(),
         to: to.to_owned(),

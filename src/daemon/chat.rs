@@ -588,6 +588,8 @@ impl Service {
                 };
             }
         }
+        // The handshake proceeds without one (docs/pq4.md: "may be null").
+        info!(%username, "bundle handed out without a one-time prekey (none left)");
         Response::Bundle {
             bundle: account.bundle,
             opk: None,
