@@ -460,3 +460,65 @@ fn prekeys_run_out_and_a_lost_message_is_reported() {
     });
     assert!(stderr.contains("1 message(s) from @alice lost"), "{stderr}");
 }
+
+#[test]
+fn records_move_to_new_holders_so_only_the_fourth_node_can_serve_them() {
+    use constella_behaviours::pq4;
+    let names = ["alpha", "bravo", "charlie", "delta"];
+    let mut cluster = Cluster::start(&names, &[100; 4], Some(keys_by_peer_id(4)));
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    agreed_leader(&nodes, &names, AGREE);
+    // Bob's three holders, and the one node that is not one.
+    let ids: Vec<libp2p::PeerId> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.node_id().parse().unwrap())
+        .collect();
+    let holders = pq4::closest(&pq4::user_key("bob"), &ids, 3);
+    let name_of = |id: &libp2p::PeerId| names[ids.iter().position(|i| i == id).unwrap()];
+    let holder_names: Vec<&str> = holders.iter().map(name_of).collect();
+    let outsider = *names.iter().find(|n| !holder_names.contains(n)).unwrap();
+
+    let root = cluster.root.path().to_owned();
+    let (alice, bob) = homes(&root);
+    register(cluster.node(outsider), &alice, "alice");
+    register(cluster.node(outsider), &bob, "bob");
+    for i in 0..3 {
+        chat_ok(
+            cluster.node(outsider),
+            &alice,
+            &["send", "@bob", &format!("h{i}")],
+        );
+    }
+    // The holders die one after another; after each death the survivors hand records to the
+    // new holder set. In the end only the outsider is left, with copies it got by hand-off.
+    let mut alive: Vec<&str> = names.to_vec();
+    for dead in &holder_names {
+        alive.retain(|n| n != dead);
+        let handoffs = |cluster: &Cluster| -> usize {
+            alive
+                .iter()
+                .map(|n| cluster.node(n).log_text().matches("handed off").count())
+                .sum()
+        };
+        let mark = handoffs(&cluster);
+        cluster.node_mut(dead).kill();
+        let survivors: Vec<&Node> = alive.iter().map(|n| cluster.node(n)).collect();
+        let offline: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !alive.contains(n))
+            .collect();
+        common::agreed_leader_without(&survivors, &alive, &offline, Duration::from_secs(30));
+        if alive.len() > 1 {
+            // Someone handed records off after this change (the outsider or a survivor).
+            wait_for(Duration::from_secs(20), "a hand-off", || {
+                (handoffs(&cluster) > mark).then_some(())
+            });
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    let got = read_until(cluster.node(outsider), &bob, 3);
+    let texts: Vec<&str> = got.iter().map(|m| m.1.as_str()).collect();
+    assert_eq!(texts, ["h0", "h1", "h2"]);
+}

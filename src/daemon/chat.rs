@@ -717,7 +717,7 @@ impl Service {
                 }
             }
             if pushed > 0 {
-                debug!(pushed, "pq4 records handed off after a membership change");
+                info!(pushed, "pq4 records handed off after a membership change");
             }
         }
     }
