@@ -522,3 +522,68 @@ fn records_move_to_new_holders_so_only_the_fourth_node_can_serve_them() {
     let texts: Vec<&str> = got.iter().map(|m| m.1.as_str()).collect();
     assert_eq!(texts, ["h0", "h1", "h2"]);
 }
+
+#[test]
+fn a_client_outside_the_network_chats_via_a_member() {
+    let cluster = three_nodes();
+    let root = cluster.root.path().to_owned();
+    let (n1, n2, n3) = (
+        cluster.node("alpha"),
+        cluster.node("bravo"),
+        cluster.node("charlie"),
+    );
+    let via = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", n3.port, n3.node_id());
+    let (laptop, bob) = (root.join("laptop"), root.join("bob-device"));
+    register(n2, &bob, "bob");
+    // The laptop runs no node: every command goes --via charlie over libp2p.
+    let code = invite(n1);
+    chat_ok(
+        n1,
+        &laptop,
+        &[
+            "--via",
+            &via,
+            "register",
+            "--username",
+            "lena",
+            "--email",
+            "lena@example.org",
+            "--invite",
+            &code,
+        ],
+    );
+    chat_ok(
+        n1,
+        &laptop,
+        &["--via", &via, "send", "@bob", "from outside"],
+    );
+    assert_eq!(read_until(n2, &bob, 1)[0].1, "from outside");
+    chat_ok(n2, &bob, &["send", "@lena", "hello lena"]);
+    let mut got = Vec::new();
+    wait_for(Duration::from_secs(20), "bob's answer via charlie", || {
+        let out = chat_ok(n1, &laptop, &["--via", &via, "read", "--json"]);
+        let list: Vec<Value> = serde_json::from_str(out.trim()).unwrap();
+        got.extend(list);
+        (!got.is_empty()).then_some(())
+    });
+    assert_eq!(got[0]["text"], "hello lena");
+    assert_eq!(got[0]["from"], "bob");
+    // A non-member may not make invites, and a wrong password gets it nothing.
+    let out = chat(n1, &laptop, PASSWORD, &["--via", &via, "invite"]);
+    assert!(
+        output_text(&out).contains("NotAMember"),
+        "{}",
+        output_text(&out)
+    );
+    let out = chat(
+        n1,
+        &root.join("laptop2"),
+        "wrong password!",
+        &["--via", &via, "login", "--username", "lena"],
+    );
+    assert!(
+        output_text(&out).contains("AuthenticationFailed"),
+        "{}",
+        output_text(&out)
+    );
+}

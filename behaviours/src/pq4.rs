@@ -316,7 +316,7 @@ pub enum Response {
         nonce: Bytes,
     },
     LoggedIn {
-        account: Account,
+        account: Box<Account>,
     },
     Bundle {
         bundle: Bytes,

@@ -103,7 +103,7 @@ pub async fn run(args: ChatArgs, state_dir: &Path) -> Result<()> {
     match args.command {
         ChatCommand::Invite { ttl_secs } => {
             let mut link = Link::connect(state_dir, args.via.as_deref()).await?;
-            match link.call(Op::NewInvite { ttl_secs }).await? {
+            match check(link.call(Op::NewInvite { ttl_secs }).await?)? {
                 Response::Invite { code } => println!("{code}"),
                 other => bail!("unexpected answer: {other:?}"),
             }
@@ -140,14 +140,14 @@ pub async fn run(args: ChatArgs, state_dir: &Path) -> Result<()> {
             let to = peer_name(&to)?;
             let password = input.password("Password: ")?;
             let mut device = Device::unlock(&home, &password)?;
-            let mut link = Link::connect(state_dir, args.via.as_deref()).await?;
+            let mut link = connect(state_dir, args.via.as_deref(), &device).await?;
             send(&mut link, &mut device, &to, &text).await?;
             Ok(())
         }
         ChatCommand::Read { follow, json } => {
             let password = input.password("Password: ")?;
             let mut device = Device::unlock(&home, &password)?;
-            let mut link = Link::connect(state_dir, args.via.as_deref()).await?;
+            let mut link = connect(state_dir, args.via.as_deref(), &device).await?;
             let mut all = Vec::new();
             loop {
                 let batch = receive(&mut link, &mut device).await?;
@@ -177,10 +177,19 @@ pub async fn run(args: ChatArgs, state_dir: &Path) -> Result<()> {
             let to = peer_name(&to)?;
             let password = input.password("Password: ")?;
             let mut device = Device::unlock(&home, &password)?;
-            let mut link = Link::connect(state_dir, args.via.as_deref()).await?;
+            let mut link = connect(state_dir, args.via.as_deref(), &device).await?;
             open(&mut link, &mut device, &to).await
         }
     }
+}
+
+/// A link for an unlocked device, logged in if it goes `--via` a member.
+async fn connect(state_dir: &Path, via: Option<&str>, device: &Device) -> Result<Link> {
+    let mut link = Link::connect(state_dir, via).await?;
+    let verifier = device.password.login_proof();
+    link.authenticate(&device.stored.username, verifier.as_bytes())
+        .await?;
+    Ok(link)
 }
 
 /// `@name` or `name` → `name`.

@@ -43,6 +43,8 @@ const FAILURE_WINDOW: Duration = Duration::from_secs(300);
 const AUTH_SKEW_MS: u64 = 5 * 60 * 1000;
 /// Account invites are valid this long unless asked otherwise.
 pub const DEFAULT_INVITE_TTL_SECS: u64 = 7 * 24 * 3600;
+/// How long a non-member client's login holds for its PeerId.
+const CLIENT_SESSION: Duration = Duration::from_secs(3600);
 /// How often the holder set is compared with the last one (hand-off when it changed).
 const HANDOFF_CHECK: Duration = Duration::from_secs(5);
 
@@ -51,7 +53,7 @@ const HANDOFF_CHECK: Duration = Duration::from_secs(5);
 pub enum Action {
     Send {
         peer: PeerId,
-        request: Request,
+        request: Box<Request>,
         reply: oneshot::Sender<Result<Response, String>>,
     },
     Respond {
@@ -75,8 +77,10 @@ pub struct ChatLink {
 enum Origin {
     /// The local chat socket (0600, this node's operator).
     Local,
-    /// Another peer over libp2p; `member` as the core sees it.
-    Peer { member: bool },
+    /// A member over libp2p (a coordinator asking a holder).
+    Member,
+    /// A non-member over libp2p: a `--via` chat client (noise-proven PeerId).
+    Client(PeerId),
 }
 
 /// The service handle (cheap to clone).
@@ -94,6 +98,8 @@ struct Inner {
     challenges: Mutex<HashMap<Vec<u8>, (String, Instant)>>,
     /// Recent failed logins per account.
     failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// Non-member clients that logged in: PeerId → (account, when).
+    clients: Mutex<HashMap<PeerId, (String, Instant)>>,
 }
 
 fn now_ms() -> u64 {
@@ -122,6 +128,7 @@ pub fn open(state_dir: &Path, local: PeerId) -> anyhow::Result<(ChatLink, Servic
             actions: tx,
             challenges: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
         }),
     };
     Ok((
@@ -148,7 +155,7 @@ impl ChatLink {
                 request,
                 reply,
             } => {
-                let id = swarm.behaviour_mut().pq4.send_request(&peer, request);
+                let id = swarm.behaviour_mut().pq4.send_request(&peer, *request);
                 self.pending.insert(id, reply);
             }
             Action::Respond { channel, response } => {
@@ -184,10 +191,14 @@ impl ChatLink {
                     },
                 ..
             } => {
-                let member = core.membership().is_member(&peer);
+                let origin = if core.membership().is_member(&peer) {
+                    Origin::Member
+                } else {
+                    Origin::Client(peer)
+                };
                 let service = self.service.clone();
                 tokio::spawn(async move {
-                    let response = service.serve(request, Origin::Peer { member }).await;
+                    let response = service.serve(request, origin).await;
                     let _ = service
                         .inner
                         .actions
@@ -230,19 +241,14 @@ impl Service {
                 max: pq4::VERSION,
             };
         }
-        // Non-member clients (`--via`) are not served yet: until they authenticate as an
-        // account first, a stranger could drain one-time prekeys or fill mailboxes.
-        if origin == (Origin::Peer { member: false }) {
-            return err(ErrorKind::NotAMember, "the pq4 service is for members");
+        if let Origin::Client(peer) = origin
+            && let Err(refusal) = self.client_may(peer, &request.op)
+        {
+            return refusal;
         }
         match request.op {
             Op::Replica(op) => self.apply_local(op),
-            Op::NewInvite { ttl_secs } => {
-                if origin != Origin::Local {
-                    return err(ErrorKind::NotAMember, "invites are made on a member");
-                }
-                self.new_invite(ttl_secs).await
-            }
+            Op::NewInvite { ttl_secs } => self.new_invite(ttl_secs).await,
             Op::Register {
                 invite,
                 account,
@@ -253,7 +259,16 @@ impl Service {
                 username,
                 nonce,
                 mac,
-            } => self.login_finish(&username, &nonce.0, &mac.0).await,
+            } => {
+                let response = self.login_finish(&username, &nonce.0, &mac.0).await;
+                if let (Origin::Client(peer), Response::LoggedIn { .. }) = (origin, &response)
+                    && let Ok(mut clients) = self.inner.clients.lock()
+                {
+                    clients.retain(|_, (_, at)| at.elapsed() < CLIENT_SESSION);
+                    clients.insert(peer, (username, Instant::now()));
+                }
+                response
+            }
             Op::GetBundle { username } => self.get_bundle(&username).await,
             Op::Identity { username } => match self.account(&username).await {
                 Ok((account, _, _)) => Response::Bundle {
@@ -282,6 +297,38 @@ impl Service {
                     Err(response) => response,
                 }
             }
+        }
+    }
+
+    /// What a non-member client may ask: to register (an invite is the ticket) and to log in;
+    /// after a login on this connection's PeerId, the operations of that account only.
+    /// Holder operations and invites are for members.
+    fn client_may(&self, peer: PeerId, op: &Op) -> Result<(), Response> {
+        let account = self
+            .inner
+            .clients
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&peer).cloned())
+            .filter(|(_, at)| at.elapsed() < CLIENT_SESSION)
+            .map(|(name, _)| name);
+        let own = |name: &str| account.as_deref() == Some(name);
+        let allowed = match op {
+            Op::Replica(_) | Op::NewInvite { .. } => {
+                return Err(err(ErrorKind::NotAMember, "for members only"));
+            }
+            Op::Register { .. } | Op::LoginStart { .. } | Op::LoginFinish { .. } => true,
+            Op::GetBundle { .. } | Op::Identity { .. } => account.is_some(),
+            Op::Send { from, .. } => own(from),
+            Op::Fetch { auth } | Op::Ack { auth, .. } => own(&auth.username),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(err(
+                ErrorKind::AuthenticationFailed,
+                "log in as this account first (a client that is not a member must)",
+            ))
         }
     }
 
@@ -318,7 +365,7 @@ impl Service {
             return Ok(self.apply_local(op));
         }
         let (reply, answer) = oneshot::channel();
-        let request = Request::new(Op::Replica(op));
+        let request = Box::new(Request::new(Op::Replica(op)));
         self.inner
             .actions
             .send(Action::Send {
@@ -563,7 +610,9 @@ impl Service {
             warn!(%username, "failed login");
             return err(ErrorKind::AuthenticationFailed, "wrong password");
         }
-        Response::LoggedIn { account }
+        Response::LoggedIn {
+            account: Box::new(account),
+        }
     }
 
     async fn get_bundle(&self, username: &str) -> Response {
