@@ -587,3 +587,29 @@ fn a_client_outside_the_network_chats_via_a_member() {
         output_text(&out)
     );
 }
+
+#[test]
+fn a_message_older_than_the_retention_is_reported_lost() {
+    let names = ["alpha", "bravo", "charlie"];
+    let cluster = Cluster::start_with(&names, &[100; 3], Some(keys_by_peer_id(3)), |node| {
+        node.env
+            .push(("CONSTELLA_PQ4_RETENTION_SECS".into(), "2".into()));
+    });
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    agreed_leader(&nodes, &names, AGREE);
+    let (alice, bob) = homes(cluster.root.path());
+    let (n1, n2) = (cluster.node("alpha"), cluster.node("bravo"));
+    register(n1, &alice, "alice");
+    register(n2, &bob, "bob");
+    chat_ok(n1, &alice, &["send", "@bob", "too old"]);
+    // The retention is a rule about time: let it pass.
+    std::thread::sleep(Duration::from_secs(3));
+    chat_ok(n1, &alice, &["send", "@bob", "fresh"]);
+    let out = chat(n2, &bob, PASSWORD, &["read", "--json"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let texts: Vec<&str> = list.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["fresh"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1 message(s) from @alice lost"), "{stderr}");
+}

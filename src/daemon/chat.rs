@@ -43,6 +43,8 @@ const FAILURE_WINDOW: Duration = Duration::from_secs(300);
 const AUTH_SKEW_MS: u64 = 5 * 60 * 1000;
 /// Account invites are valid this long unless asked otherwise.
 pub const DEFAULT_INVITE_TTL_SECS: u64 = 7 * 24 * 3600;
+/// How long a queued message waits for its recipient (`CONSTELLA_PQ4_RETENTION_SECS`).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long a non-member client's login holds for its PeerId.
 const CLIENT_SESSION: Duration = Duration::from_secs(3600);
 /// How often the holder set is compared with the last one (hand-off when it changed).
@@ -118,7 +120,11 @@ fn err(kind: ErrorKind, message: impl Into<String>) -> Response {
 
 /// Opens the store and builds the link and the service.
 pub fn open(state_dir: &Path, local: PeerId) -> anyhow::Result<(ChatLink, Service)> {
-    let store = ChatStore::open(&state_dir.join(DATABASE))
+    let retention = std::env::var("CONSTELLA_PQ4_RETENTION_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(DEFAULT_RETENTION, Duration::from_secs);
+    let store = ChatStore::open(&state_dir.join(DATABASE), retention)
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", DATABASE))?;
     let (tx, rx) = mpsc::unbounded_channel();
     let service = Service {

@@ -67,6 +67,8 @@ pub type Held = (Vec<(Account, Vec<Opk>)>, Vec<(String, Queued)>);
 #[derive(Debug)]
 pub struct ChatStore {
     db: Database,
+    /// How long a queued message is kept unacknowledged.
+    retention_ms: u64,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -86,7 +88,7 @@ fn mailbox_key(to: &str, id: &[u8]) -> String {
 
 impl ChatStore {
     /// Opens (or creates) the database file.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    pub fn open(path: &Path, retention: std::time::Duration) -> Result<Self, StoreError> {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         for table in [INVITES, CLAIMS, ACCOUNTS, MAILBOX] {
@@ -94,7 +96,14 @@ impl ChatStore {
         }
         txn.open_table(DELETED)?;
         txn.commit()?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            retention_ms: retention.as_millis() as u64,
+        })
+    }
+
+    fn expired(&self, message: &Queued, now_ms: u64) -> bool {
+        message.at_ms.saturating_add(self.retention_ms) < now_ms
     }
 
     /// The holder's answer to one replica operation at `now_ms`.
@@ -222,7 +231,7 @@ impl ChatStore {
                 let mut t = txn.open_table(MAILBOX)?;
                 let (lo, hi) = bounds(&to);
                 let queued = t.range(lo.as_str()..hi.as_str())?.count();
-                if deleted || t.get(key.as_str())?.is_some() {
+                if deleted || self.expired(&message, now_ms) || t.get(key.as_str())?.is_some() {
                     Response::Ok
                 } else if queued >= MAX_QUEUED {
                     Response::error(ErrorKind::Unavailable, format!("@{to}'s mailbox is full"))
@@ -232,12 +241,25 @@ impl ChatStore {
                 }
             }
             ReplicaOp::FetchMessages { to } => {
-                let t = txn.open_table(MAILBOX)?;
+                let mut t = txn.open_table(MAILBOX)?;
                 let mut out = Vec::new();
+                let mut expired = Vec::new();
                 let (lo, hi) = bounds(&to);
                 for entry in t.range(lo.as_str()..hi.as_str())? {
-                    let (_, v) = entry?;
-                    out.push(decode::<Queued>(v.value(), "mailbox")?);
+                    let (k, v) = entry?;
+                    let message = decode::<Queued>(v.value(), "mailbox")?;
+                    if self.expired(&message, now_ms) {
+                        expired.push(k.value().to_owned());
+                    } else {
+                        out.push(message);
+                    }
+                }
+                // Past the retention a message is gone for good (its recipient's device
+                // reports it lost); the tombstone keeps a hand-off from bringing it back.
+                let mut d = txn.open_table(DELETED)?;
+                for key in &expired {
+                    t.remove(key.as_str())?;
+                    d.insert(key.as_str(), now_ms)?;
                 }
                 out.sort_by(|a, b| (a.at_ms, &a.id).cmp(&(b.at_ms, &b.id)));
                 out.truncate(MAX_FETCH);
