@@ -570,6 +570,49 @@ fn a_client_outside_the_network_chats_via_a_member() {
     });
     assert_eq!(got[0]["text"], "hello lena");
     assert_eq!(got[0]["from"], "bob");
+    // `read --follow` over --via outlives the member's cut of non-member connections
+    // (about 12 s): the client dials again, logs in again and goes on.
+    let mut follow = std::process::Command::new(common::BIN)
+        .arg("--state-dir")
+        .arg(&n1.dir)
+        .args([
+            "chat",
+            "--home",
+            laptop.to_str().unwrap(),
+            "--password-stdin",
+        ])
+        .args(["--via", &via, "read", "--follow", "--json"])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        writeln!(follow.stdin.as_mut().unwrap(), "{PASSWORD}").unwrap();
+    }
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // The cut is a rule about time: let it pass.
+    std::thread::sleep(Duration::from_secs(14));
+    chat_ok(n2, &bob, &["send", "@lena", "after the cut"]);
+    let line = lines_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the message after the cut");
+    assert!(line.contains("after the cut"), "{line}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+
     // A non-member may not make invites, and a wrong password gets it nothing.
     let out = chat(n1, &laptop, PASSWORD, &["--via", &via, "invite"]);
     assert!(
