@@ -70,6 +70,8 @@ pub enum Command {
     Audit(AuditArgs),
     /// Replace the Telegram bot token on this node.
     BotToken(BotTokenArgs),
+    /// PQ4 end-to-end encrypted chat: accounts, 1:1 messages (docs/messaging.md).
+    Chat(crate::chat::ChatArgs),
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@ mod access;
 mod audit;
 mod bot;
 mod bot_token;
+mod chat;
 mod cli;
 mod control;
 mod daemon;
@@ -213,6 +214,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::Audit(args) => audit_command(&state_dir, &args),
+        Command::Chat(args) => chat::run(args, state_dir.path()).await,
         Command::BotToken(args) => match args.command {
             BotTokenCommand::Set {
                 token_on_command_line,

@@ -10,6 +10,7 @@
 //! - [`join`]: the one-time-token admission protocol.
 //! - [`settings`]: the bot state every node holds (owner pin, last Telegram update, language).
 //! - [`rpc`]: GetPeers, GetStats and Reboot between members.
+//! - [`pq4`]: the PQ4 messaging service (accounts, bundles, replicated mailboxes).
 //!
 //! The node's event loop (in the `constella` binary) owns the Swarm, feeds [`node::Node`] and
 //! carries out what it answers; nothing here does I/O of its own beyond what libp2p does.
@@ -26,6 +27,7 @@ pub mod join;
 pub mod leader;
 pub mod membership;
 pub mod node;
+pub mod pq4;
 pub mod rpc;
 mod secret;
 pub mod settings;
@@ -115,6 +117,8 @@ pub struct Behaviour {
     pub rpc: rpc::Behaviour,
     /// Exchanges member lists and settings between two members.
     pub sync: sync::Behaviour,
+    /// The PQ4 messaging service (accounts, bundles, mailboxes; docs/messaging.md).
+    pub pq4: pq4::Behaviour,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -193,6 +197,7 @@ impl Behaviour {
             join: join::behaviour(request_timeout),
             rpc: rpc::behaviour(RPC_TIMEOUT),
             sync: sync::behaviour(RPC_TIMEOUT),
+            pq4: pq4::behaviour(RPC_TIMEOUT),
         })
     }
 }

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
 use super::admission::Admissions;
+use super::chat::ChatLink;
 use super::error::ClientError;
 use super::report::{self, InviteReport};
 use super::rpc::{Followup, RebootAsk, Rpc};
@@ -67,6 +68,8 @@ pub(super) struct EventLoop {
     >,
     next_request: u64,
     leave: Option<oneshot::Sender<Result<LeaveOutcome, ClientError>>>,
+    /// The PQ4 messaging service's requests and answers (see [`super::chat`]).
+    chat: ChatLink,
 }
 
 impl EventLoop {
@@ -76,7 +79,7 @@ impl EventLoop {
         (store, written): (Store, mpsc::UnboundedReceiver<Written>),
         state: NetworkState,
         secret: NetworkSecret,
-        rpc: Rpc,
+        (rpc, chat): (Rpc, ChatLink),
         signals: Signals,
     ) -> Result<Self> {
         let local_id = *swarm.local_peer_id();
@@ -141,6 +144,7 @@ impl EventLoop {
             invites: HashMap::new(),
             next_request: 0,
             leave: None,
+            chat,
         })
     }
 
@@ -166,6 +170,9 @@ impl EventLoop {
                     self.rpc.on_finished(&mut self.swarm, finished);
                 }
                 () = sleep_until_opt(rpc_deadline) => self.rpc.expire(Instant::now()),
+                Some(action) = self.chat.next_action() => {
+                    self.chat.on_action(&mut self.swarm, &self.core, action);
+                }
                 () = &mut shutdown, if !signalled => {
                     signalled = true;
                     self.feed(Input::Stop);
@@ -647,6 +654,7 @@ impl EventLoop {
                 debug!(%peer, "ping timed out");
                 self.feed(Input::PingFailed(peer));
             }
+            BehaviourEvent::Pq4(event) => self.chat.on_event(&self.core, event),
             _ => {}
         }
     }

@@ -4,6 +4,8 @@
 //! daemon never uses theirs ([`crate::node`] wires them together).
 
 mod admission;
+pub mod chat;
+mod chat_store;
 pub mod error;
 mod event_loop;
 mod log_limit;
@@ -278,6 +280,10 @@ pub fn start(
     let swarm = build_swarm(key, |key| {
         Ok(Behaviour::new(key, &network_id, REQUEST_TIMEOUT)?)
     })?;
+    let (chat, chat_service) = chat::open(state_dir.path(), *swarm.local_peer_id())?;
+    let (chat_listener, _) = chat::bind(state_dir.path())?;
+    tokio::spawn(chat_service.clone().serve_socket(chat_listener));
+    tokio::spawn(chat_service.hand_off_loop());
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (written_tx, written_rx) = mpsc::unbounded_channel();
     let store = store::Store::spawn(state_dir, written_tx).context("cannot start the store")?;
@@ -296,7 +302,7 @@ pub fn start(
         (store, written_rx),
         state,
         secret,
-        rpc,
+        (rpc, chat),
         signals,
     )?;
     let client = Client {

@@ -1,0 +1,496 @@
+//! `/constella/pq4/1.0.0`: the PQ4 messaging service between members, and between a chat client
+//! and the member that serves it (docs/messaging.md).
+//!
+//! One request-response protocol carries two kinds of operation:
+//! - [`Op`] client operations (register, log in, fetch a bundle, send, fetch and acknowledge a
+//!   mailbox). The member that receives one *coordinates* it: it finds the `k` members closest
+//!   to the record key ([`closest`]) and talks to them with replica operations.
+//! - [`ReplicaOp`]: what a coordinator asks of one holder. Only members may send these.
+//!
+//! Every request carries its protocol version `v`; a node serves [`MIN_VERSION`]`..=`[`VERSION`]
+//! (seed 004 §21: "v and v−1") and answers [`Response::Unsupported`] otherwise, so an old
+//! client learns what to upgrade to instead of failing to decode.
+//!
+//! Nothing here is secret to the serving nodes except what the client already encrypted or
+//! sealed under its password: envelopes, sealed keys, the login verifier's preimage.
+
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::{PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The protocol name.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/constella/pq4/1.0.0");
+/// The service version this node speaks.
+pub const VERSION: u16 = 1;
+/// The oldest version this node still serves (v − 1).
+pub const MIN_VERSION: u16 = VERSION - 1;
+/// Largest request: a registration with 100 one-time prekeys and the sealed keys is ~25 KiB;
+/// an envelope is at most ~70 KiB.
+pub const MAX_REQUEST_BYTES: u64 = 512 * 1024;
+/// Largest response: a mailbox page (see [`MAX_FETCH`]).
+pub const MAX_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
+/// Records of one key live on this many members.
+pub const REPLICAS: usize = 3;
+/// Messages returned by one mailbox fetch.
+pub const MAX_FETCH: usize = 64;
+/// Longest username and email.
+pub const MAX_NAME_LEN: usize = 64;
+/// Largest envelope a client may queue.
+pub const MAX_ENVELOPE_BYTES: usize = 128 * 1024;
+/// One-time prekeys an account may upload at once.
+pub const MAX_OPKS: usize = 1000;
+/// Parallel streams per connection.
+const MAX_CONCURRENT_STREAMS: usize = 64;
+
+/// Bytes that CBOR encodes as one byte string (a `Vec<u8>` would be an array of integers).
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bytes(pub Vec<u8>);
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bytes({})", self.0.len())
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+        }
+        d.deserialize_byte_buf(Visitor)
+    }
+}
+
+/// One request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    /// The sender's service version.
+    pub v: u16,
+    pub op: Op,
+}
+
+impl Request {
+    /// A request of the current version.
+    pub fn new(op: Op) -> Self {
+        Self { v: VERSION, op }
+    }
+}
+
+/// The password-derived material an account registers: Argon2id parameters and salt (handed
+/// to anyone who starts a login, as the client needs them to derive its key) and the login
+/// verifier `HMAC(auth_key, "Login")` (never handed out; the coordinator checks a login's
+/// challenge answer with it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kdf {
+    pub salt: Bytes,
+    pub m_kib: u32,
+    pub t: u32,
+    pub p: u32,
+}
+
+/// An account as the holders keep it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub username: String,
+    pub email: String,
+    /// The identity public key, 113 bytes (`ed448 ‖ x448`).
+    pub identity: Bytes,
+    /// The signed prekey bundle without a one-time prekey (`PreKeyBundle::to_bytes`).
+    pub bundle: Bytes,
+    pub kdf: Kdf,
+    /// `HMAC-SHA256(auth_key, "Login")` (docs/pq4.md, `LoginProof`).
+    pub verifier: Bytes,
+    /// The key store sealed under the password (`SealedBlob`, CBOR).
+    pub sealed_keys: Bytes,
+    /// When the registration started (ms since the epoch).
+    pub created_ms: u64,
+}
+
+/// A one-time prekey's public half as uploaded (`id`, X448 public key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Opk {
+    pub id: u32,
+    pub key: Bytes,
+}
+
+/// A queued message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queued {
+    /// `SHA-256(envelope)`: dedup key and what an acknowledgement names.
+    pub id: Bytes,
+    /// The username the sender claims (the envelope's signature decides whether it is true).
+    pub from: String,
+    /// When the serving member accepted it (ms since the epoch).
+    pub at_ms: u64,
+    pub envelope: Bytes,
+}
+
+/// Proof that a mailbox operation comes from the account's owner:
+/// `mac = HMAC-SHA256(verifier, "PQ4 mailbox" ‖ username ‖ ts_ms (8 bytes BE) ‖ nonce ‖ body)`
+/// where `body` is the concatenated ids for an acknowledgement and empty for a fetch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MailboxAuth {
+    pub username: String,
+    pub ts_ms: u64,
+    pub nonce: Bytes,
+    pub mac: Bytes,
+}
+
+/// A client operation, coordinated by the member that receives it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Op {
+    /// A one-time account invite (only from the member's own control path, never over libp2p).
+    NewInvite {
+        ttl_secs: u64,
+    },
+    Register {
+        invite: String,
+        account: Account,
+        opks: Vec<Opk>,
+    },
+    /// Step 1 of a login: the salt and parameters, and a fresh challenge.
+    LoginStart {
+        username: String,
+    },
+    /// Step 2: `mac = HMAC-SHA256(verifier, "PQ4 login" ‖ nonce ‖ username)`.
+    LoginFinish {
+        username: String,
+        nonce: Bytes,
+        mac: Bytes,
+    },
+    /// A bundle with one one-time prekey (taken, never handed out again) if any is left.
+    GetBundle {
+        username: String,
+    },
+    /// The bundle without a one-time prekey (to check who sent a message).
+    Identity {
+        username: String,
+    },
+    /// Queue an envelope in `to`'s mailbox.
+    Send {
+        from: String,
+        to: String,
+        envelope: Bytes,
+    },
+    Fetch {
+        auth: MailboxAuth,
+    },
+    Ack {
+        auth: MailboxAuth,
+        ids: Vec<Bytes>,
+    },
+    /// A holder's operation, member to member.
+    Replica(ReplicaOp),
+}
+
+/// One holder's part of an operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ReplicaOp {
+    PutInvite {
+        hash: Bytes,
+        expires_ms: u64,
+    },
+    /// Reserve an invite for a registration (`owner` names the attempt): a [`ReplicaOp::Claim`]
+    /// of [`invite_key`] granted only while the invite exists and has not expired; undone by
+    /// [`ReplicaOp::Abort`], made final by [`ReplicaOp::Commit`] of that key.
+    ReserveInvite {
+        hash: Bytes,
+        owner: Bytes,
+    },
+    /// Claim a unique key (`user/NAME`, `email/ADDR`) for a registration attempt; pending
+    /// claims expire after [`CLAIM_TTL`].
+    Claim {
+        key: String,
+        owner: Bytes,
+    },
+    /// Make `owner`'s claim permanent (also where this holder granted another attempt: the
+    /// committing attempt holds a majority, the other cannot).
+    Commit {
+        key: String,
+        owner: Bytes,
+    },
+    /// Drop `owner`'s pending claim.
+    Abort {
+        key: String,
+        owner: Bytes,
+    },
+    /// Store (or refresh) an account with its unused one-time prekeys.
+    PutAccount {
+        account: Account,
+        opks: Vec<Opk>,
+    },
+    GetAccount {
+        username: String,
+    },
+    /// Remove one-time prekey `id`: [`Response::Granted`] if this holder still had it.
+    TakeOpk {
+        username: String,
+        id: u32,
+    },
+    PutMessage {
+        to: String,
+        message: Queued,
+    },
+    FetchMessages {
+        to: String,
+    },
+    /// Delete acknowledged messages and remember their ids, so a holder that missed the
+    /// deletion cannot hand them back out through a hand-off.
+    DeleteMessages {
+        to: String,
+        ids: Vec<Bytes>,
+    },
+}
+
+/// How long a pending uniqueness claim holds.
+pub const CLAIM_TTL: Duration = Duration::from_secs(30);
+
+/// Why an operation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    UserAlreadyExists,
+    EmailAlreadyUsed,
+    UserNotFound,
+    AuthenticationFailed,
+    /// Too many failed logins for this account; try again later.
+    RateLimited,
+    InvalidInvite,
+    /// Malformed or out-of-bounds request.
+    Invalid,
+    /// Replica operations are for members only.
+    NotAMember,
+    /// Not enough holders answered.
+    Unavailable,
+    /// Two registrations split the holders and neither won: try again.
+    Conflict,
+    Internal,
+}
+
+/// One answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    /// The request's version is not served.
+    Unsupported {
+        min: u16,
+        max: u16,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+    Ok,
+    Invite {
+        code: String,
+    },
+    Registered,
+    LoginChallenge {
+        kdf: Kdf,
+        nonce: Bytes,
+    },
+    LoggedIn {
+        account: Box<Account>,
+    },
+    Bundle {
+        bundle: Bytes,
+        opk: Option<Opk>,
+    },
+    /// How many holders stored the message.
+    Sent {
+        id: Bytes,
+        stored: u32,
+    },
+    Messages(Vec<Queued>),
+    // Replica answers.
+    Granted,
+    Taken,
+    Account(Option<Box<(Account, Vec<Opk>)>>),
+}
+
+impl Response {
+    /// An error answer.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::Error {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The request-response behaviour.
+pub type Behaviour = request_response::cbor::Behaviour<Request, Response>;
+
+/// A pq4 behaviour with bounded frames and the given timeout.
+pub fn behaviour(timeout: Duration) -> Behaviour {
+    let codec = request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(MAX_REQUEST_BYTES)
+        .set_response_size_maximum(MAX_RESPONSE_BYTES);
+    request_response::Behaviour::with_codec(
+        codec,
+        [(PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(timeout)
+            .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),
+    )
+}
+
+/// Whether `v` is served.
+pub fn serves(v: u16) -> bool {
+    (MIN_VERSION..=VERSION).contains(&v)
+}
+
+/// The `k` members closest to `key` by XOR distance of `SHA-256(key)` and
+/// `SHA-256(peer id bytes)` (Kademlia's metric over the member list), closest first.
+pub fn closest(key: &str, members: &[PeerId], k: usize) -> Vec<PeerId> {
+    let target: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    let mut ranked: Vec<([u8; 32], PeerId)> = members
+        .iter()
+        .map(|peer| {
+            let h: [u8; 32] = Sha256::digest(peer.to_bytes()).into();
+            let mut d = [0u8; 32];
+            for (i, byte) in d.iter_mut().enumerate() {
+                *byte = h[i] ^ target[i];
+            }
+            (d, *peer)
+        })
+        .collect();
+    ranked.sort();
+    ranked.dedup_by(|a, b| a.1 == b.1);
+    ranked.into_iter().take(k).map(|(_, p)| p).collect()
+}
+
+/// Answers needed out of `holders` for a decision only one attempt can win: a strict majority.
+pub fn majority(holders: usize) -> usize {
+    holders / 2 + 1
+}
+
+/// The record key of an account and its mailbox.
+pub fn user_key(username: &str) -> String {
+    format!("user/{username}")
+}
+
+/// The record key of an invite (by the hash of its code).
+pub fn invite_key(hash: &[u8]) -> String {
+    format!("invite/{}", hex::encode(hash))
+}
+
+/// A username: 1..=32 of `a-z 0-9 _`, starting with a letter (lower case only, so one name
+/// cannot be registered twice in two cases).
+pub fn valid_username(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// An email address, loosely: `local@domain` without spaces, at most [`MAX_NAME_LEN`].
+pub fn valid_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    email.len() <= MAX_NAME_LEN
+        && !local.is_empty()
+        && domain.contains('.')
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// `HMAC-SHA256(key, parts…)`.
+pub fn mac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let Ok(mut m) = <HmacSha256 as KeyInit>::new_from_slice(key) else {
+        return Vec::new();
+    };
+    for part in parts {
+        m.update(part);
+    }
+    m.finalize().into_bytes().to_vec()
+}
+
+/// The answer to a login challenge.
+pub fn login_mac(verifier: &[u8], nonce: &[u8], username: &str) -> Vec<u8> {
+    mac(verifier, &[b"PQ4 login", nonce, username.as_bytes()])
+}
+
+/// The proof of a mailbox operation.
+pub fn mailbox_mac(
+    verifier: &[u8],
+    username: &str,
+    ts_ms: u64,
+    nonce: &[u8],
+    body: &[u8],
+) -> Vec<u8> {
+    mac(
+        verifier,
+        &[
+            b"PQ4 mailbox",
+            username.as_bytes(),
+            &ts_ms.to_be_bytes(),
+            nonce,
+            body,
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closest_is_stable_and_bounded() {
+        let peers: Vec<PeerId> = (0..10).map(|_| PeerId::random()).collect();
+        let a = closest("user/bob", &peers, 3);
+        let mut shuffled = peers.clone();
+        shuffled.reverse();
+        assert_eq!(a, closest("user/bob", &shuffled, 3));
+        assert_eq!(a.len(), 3);
+        assert_eq!(closest("user/bob", &peers[..2], 3).len(), 2);
+    }
+
+    #[test]
+    fn versions_served() {
+        assert!(serves(VERSION) && serves(MIN_VERSION) && !serves(VERSION + 1));
+    }
+
+    #[test]
+    fn bytes_are_a_cbor_byte_string() {
+        let mut out = Vec::new();
+        ciborium::into_writer(&Bytes(vec![0xff; 40]), &mut out).unwrap();
+        assert_eq!(out.len(), 42);
+        let back: Bytes = ciborium::from_reader(&out[..]).unwrap();
+        assert_eq!(back.0, vec![0xff; 40]);
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_username("bob_2"));
+        assert!(!valid_username("Bob") && !valid_username("2bob") && !valid_username(""));
+        assert!(valid_email("a@b.c") && !valid_email("a b@c.d") && !valid_email("ab.c"));
+    }
+}

@@ -1,0 +1,660 @@
+//! PQ4 chat over real nodes (docs/messaging.md): accounts, 1:1 messages through replicated
+//! mailboxes, failures of holders.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use ciborium::Value as Cbor;
+use common::{Cluster, Node, agreed_leader, keys_by_peer_id, output_text, wait_for};
+use serde_json::Value;
+
+// Generous: the tests of this file run in parallel, each with its own 3-4 nodes and Argon2id
+// (64 MiB) per command, on a small shared machine.
+const AGREE: Duration = Duration::from_secs(60);
+const PASSWORD: &str = "correct horse battery";
+
+fn three_nodes() -> Cluster {
+    let cluster = Cluster::start(
+        &["alpha", "bravo", "charlie"],
+        &[100, 100, 100],
+        Some(keys_by_peer_id(3)),
+    );
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE);
+    cluster
+}
+
+/// `constella chat ARGS --home HOME --password-stdin` on `node` with the password on stdin.
+fn chat(node: &Node, home: &Path, password: &str, args: &[&str]) -> Output {
+    chat_env(node, home, password, args, &[])
+}
+
+fn chat_env(
+    node: &Node,
+    home: &Path,
+    password: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    let mut all = vec!["chat", "--home", home.to_str().unwrap(), "--password-stdin"];
+    all.extend_from_slice(args);
+    node.cli_with(&all, env, Some(&format!("{password}\n")))
+}
+
+/// One request straight to a node's `pq4.sock` (CBOR frame), its answer as a CBOR value.
+fn raw(node: &Node, v: u64, op: &str, fields: Vec<(&str, Cbor)>) -> Cbor {
+    use std::io::{Read, Write};
+    let body = Cbor::Map(
+        fields
+            .into_iter()
+            .map(|(k, v)| (Cbor::Text(k.to_owned()), v))
+            .collect(),
+    );
+    let request = Cbor::Map(vec![
+        (Cbor::Text("v".into()), Cbor::Integer(v.into())),
+        (
+            Cbor::Text("op".into()),
+            Cbor::Map(vec![(Cbor::Text(op.into()), body)]),
+        ),
+    ]);
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&request, &mut bytes).unwrap();
+    let mut stream = std::os::unix::net::UnixStream::connect(node.dir.join("pq4.sock")).unwrap();
+    stream
+        .write_all(&(bytes.len() as u32).to_be_bytes())
+        .unwrap();
+    stream.write_all(&bytes).unwrap();
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).unwrap();
+    let mut answer = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut answer).unwrap();
+    ciborium::from_reader(answer.as_slice()).unwrap()
+}
+
+/// Queues `envelope` for bob as if alice sent it, straight through the service.
+fn raw_send(node: &Node, envelope: &[u8]) -> Cbor {
+    raw(
+        node,
+        1,
+        "Send",
+        vec![
+            ("from", Cbor::Text("alice".into())),
+            ("to", Cbor::Text("bob".into())),
+            ("envelope", Cbor::Bytes(envelope.to_vec())),
+        ],
+    )
+}
+
+/// The variant name of an answer (`Sent`, `Error`, `Unsupported`, …).
+fn variant(answer: &Cbor) -> String {
+    match answer {
+        Cbor::Text(t) => t.clone(),
+        Cbor::Map(m) => m[0].0.as_text().unwrap().to_owned(),
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+fn chat_ok(node: &Node, home: &Path, args: &[&str]) -> String {
+    let out = chat(node, home, PASSWORD, args);
+    assert!(
+        out.status.success(),
+        "{} chat {args:?} failed: {}",
+        node.name,
+        output_text(&out)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn invite(node: &Node) -> String {
+    node.ok(&["chat", "invite"]).trim().to_owned()
+}
+
+fn register(node: &Node, home: &Path, name: &str) {
+    let code = invite(node);
+    let email = format!("{name}@example.org");
+    chat_ok(
+        node,
+        home,
+        &[
+            "register",
+            "--username",
+            name,
+            "--email",
+            &email,
+            "--invite",
+            &code,
+        ],
+    );
+}
+
+/// Messages read now, as (from, text, flagged).
+fn read(node: &Node, home: &Path) -> Vec<(String, String, bool)> {
+    let out = chat_ok(node, home, &["read", "--json"]);
+    let list: Vec<Value> = serde_json::from_str(out.trim()).unwrap();
+    list.iter()
+        .map(|m| {
+            (
+                m["from"].as_str().unwrap().to_owned(),
+                m["text"].as_str().unwrap().to_owned(),
+                m["flagged"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Reads until `count` messages came (or the deadline), returning all of them.
+fn read_until(node: &Node, home: &Path, count: usize) -> Vec<(String, String, bool)> {
+    let mut got = Vec::new();
+    wait_for(Duration::from_secs(60), "messages to arrive", || {
+        got.extend(read(node, home));
+        (got.len() >= count).then_some(())
+    });
+    got
+}
+
+fn homes(root: &Path) -> (PathBuf, PathBuf) {
+    (root.join("alice-device"), root.join("bob-device"))
+}
+
+#[test]
+fn alice_and_bob_chat_both_ways_across_nodes() {
+    let cluster = three_nodes();
+    let (alice, bob) = homes(cluster.root.path());
+    let (n1, n2) = (cluster.node("alpha"), cluster.node("bravo"));
+    register(n1, &alice, "alice");
+    register(n2, &bob, "bob");
+
+    chat_ok(n1, &alice, &["send", "@bob", "hello bob"]);
+    chat_ok(n1, &alice, &["send", "@bob", "second"]);
+    let got = read_until(n2, &bob, 2);
+    assert_eq!(
+        got,
+        vec![
+            ("alice".to_owned(), "hello bob".to_owned(), false),
+            ("alice".to_owned(), "second".to_owned(), false)
+        ]
+    );
+    chat_ok(n2, &bob, &["send", "@alice", "hi alice"]);
+    let got = read_until(n1, &alice, 1);
+    assert_eq!(got, vec![("bob".to_owned(), "hi alice".to_owned(), false)]);
+    chat_ok(n1, &alice, &["send", "@bob", "third"]);
+    assert_eq!(read_until(n2, &bob, 1)[0].1, "third");
+    // Nothing is shown twice.
+    assert!(read(n2, &bob).is_empty());
+
+    // Device state is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(bob.join("device.cbor"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A second device of bob logs in with the password (through the third node); a wrong
+    // password is refused and changes nothing.
+    let bob2 = cluster.root.path().join("bob-second-device");
+    let out = chat(
+        cluster.node("charlie"),
+        &bob2,
+        "wrong password!",
+        &["login", "--username", "bob"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("AuthenticationFailed"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(!bob2.join("device.cbor").exists());
+    let out = chat(
+        cluster.node("charlie"),
+        &bob2,
+        PASSWORD,
+        &["login", "--username", "nobody"],
+    );
+    assert!(
+        output_text(&out).contains("UserNotFound"),
+        "{}",
+        output_text(&out)
+    );
+    chat_ok(
+        cluster.node("charlie"),
+        &bob2,
+        &["login", "--username", "bob"],
+    );
+    // A wrong password on an existing device is refused too.
+    let out = chat(n2, &bob, "not the password", &["read"]);
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("wrong password"),
+        "{}",
+        output_text(&out)
+    );
+}
+
+#[test]
+fn messages_wait_for_an_offline_recipient_and_survive_a_killed_holder() {
+    let mut cluster = three_nodes();
+    let (alice, bob) = homes(cluster.root.path());
+    register(cluster.node("alpha"), &alice, "alice");
+    register(cluster.node("bravo"), &bob, "bob");
+    // Bob is offline (no client runs); alice sends five messages.
+    for i in 0..5 {
+        chat_ok(
+            cluster.node("alpha"),
+            &alice,
+            &["send", "@bob", &format!("m{i}")],
+        );
+    }
+    // Every node holds bob's mailbox (k = 3 of 3); one of them crashes.
+    cluster.node_mut("charlie").kill();
+    let got = read_until(cluster.node("bravo"), &bob, 5);
+    let texts: Vec<&str> = got.iter().map(|m| m.1.as_str()).collect();
+    assert_eq!(texts, ["m0", "m1", "m2", "m3", "m4"]);
+    // The crashed holder returns with its copies; none is shown twice.
+    cluster.node_mut("charlie").start();
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(read(cluster.node("charlie"), &bob).is_empty());
+    chat_ok(cluster.node("charlie"), &alice, &["send", "@bob", "after"]);
+    assert_eq!(read_until(cluster.node("bravo"), &bob, 1)[0].1, "after");
+}
+
+#[test]
+fn two_registrations_of_one_name_racing_on_two_nodes_one_wins() {
+    let cluster = three_nodes();
+    let root = cluster.root.path().to_owned();
+    let (n1, n2) = (cluster.node("alpha"), cluster.node("bravo"));
+    let (c1, c2) = (invite(n1), invite(n2));
+    let (h1, h2) = (root.join("first"), root.join("second"));
+    let results = std::thread::scope(|s| {
+        let a = s.spawn(|| {
+            chat(
+                n1,
+                &h1,
+                PASSWORD,
+                &[
+                    "register",
+                    "--username",
+                    "carol",
+                    "--email",
+                    "c1@example.org",
+                    "--invite",
+                    &c1,
+                ],
+            )
+        });
+        let b = s.spawn(|| {
+            chat(
+                n2,
+                &h2,
+                PASSWORD,
+                &[
+                    "register",
+                    "--username",
+                    "carol",
+                    "--email",
+                    "c2@example.org",
+                    "--invite",
+                    &c2,
+                ],
+            )
+        });
+        [a.join().unwrap(), b.join().unwrap()]
+    });
+    let won = results.iter().filter(|o| o.status.success()).count();
+    let texts: Vec<String> = results.iter().map(output_text).collect();
+    assert_eq!(won, 1, "{texts:?}");
+    let loser = results.iter().find(|o| !o.status.success()).unwrap();
+    let text = output_text(loser);
+    assert!(
+        text.contains("UserAlreadyExists") || text.contains("Conflict"),
+        "{text}"
+    );
+    // An invite is used once.
+    let out = chat(
+        n1,
+        &root.join("third"),
+        PASSWORD,
+        &[
+            "register",
+            "--username",
+            "dave",
+            "--email",
+            "d@example.org",
+            "--invite",
+            &c1,
+        ],
+    );
+    let used_once = !out.status.success() || !results[0].status.success();
+    assert!(used_once, "{}", output_text(&out));
+}
+
+#[test]
+fn a_tampered_message_is_flagged_a_replay_refused_and_versions_negotiated() {
+    let cluster = three_nodes();
+    let (alice, bob) = homes(cluster.root.path());
+    let (n1, n2) = (cluster.node("alpha"), cluster.node("bravo"));
+    register(n1, &alice, "alice");
+    register(n2, &bob, "bob");
+    let copy = cluster.root.path().join("envelope");
+    let copy_text = copy.to_str().unwrap();
+    let out = chat_env(
+        n1,
+        &alice,
+        PASSWORD,
+        &["send", "@bob", "genuine"],
+        &[("CONSTELLA_TEST_CHAT_ENVELOPE_OUT", copy_text)],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(read_until(n2, &bob, 1)[0].1, "genuine");
+
+    // The same envelope again: refused (the mailbox remembers what bob acknowledged, and bob's
+    // device would refuse it as a replay too).
+    let envelope = std::fs::read(&copy).unwrap();
+    assert_eq!(variant(&raw_send(n1, &envelope)), "Sent");
+    assert!(read(n2, &bob).is_empty());
+
+    // A message of alice's with one byte of its signature changed (the envelope ends with
+    // the ratchet message's signature): shown flagged, never dropped silently.
+    let out = chat_env(
+        n1,
+        &alice,
+        PASSWORD,
+        &["send", "@bob", "will be tampered"],
+        &[
+            ("CONSTELLA_TEST_CHAT_ENVELOPE_OUT", copy_text),
+            ("CONSTELLA_TEST_CHAT_DROP", "1"),
+        ],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let mut envelope = std::fs::read(&copy).unwrap();
+    let last = envelope.len() - 3;
+    envelope[last] ^= 0x01;
+    assert_eq!(variant(&raw_send(n1, &envelope)), "Sent");
+    let got = read_until(n2, &bob, 1);
+    assert!(got[0].2, "not flagged: {got:?}");
+    assert_eq!(got[0].0, "alice");
+
+    // Versions: v and v-1 are served, a newer one is told what is.
+    let ask = |v| {
+        variant(&raw(
+            n1,
+            v,
+            "GetBundle",
+            vec![("username", Cbor::Text("nobody".into()))],
+        ))
+    };
+    assert_eq!(ask(0), "Error"); // served: UserNotFound
+    assert_eq!(ask(1), "Error");
+    assert_eq!(ask(2), "Unsupported");
+}
+
+#[test]
+fn prekeys_run_out_and_a_lost_message_is_reported() {
+    let cluster = three_nodes();
+    let root = cluster.root.path();
+    let (n1, n2) = (cluster.node("alpha"), cluster.node("bravo"));
+    let bob = root.join("bob-device");
+    // Bob registers with a single one-time prekey.
+    let code = invite(n2);
+    let out = chat_env(
+        n2,
+        &bob,
+        PASSWORD,
+        &[
+            "register",
+            "--username",
+            "bob",
+            "--email",
+            "bob@example.org",
+            "--invite",
+            &code,
+        ],
+        &[("CONSTELLA_TEST_CHAT_OPKS", "1")],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    // Two senders: the first handshake takes the prekey, the second proceeds without one.
+    let (alice, erin) = (root.join("alice-device"), root.join("erin-device"));
+    register(n1, &alice, "alice");
+    register(n1, &erin, "erin");
+    chat_ok(n1, &alice, &["send", "@bob", "from alice"]);
+    chat_ok(n1, &erin, &["send", "@bob", "from erin"]);
+    assert!(
+        n1.log_text()
+            .contains("bundle handed out without a one-time prekey"),
+        "{}",
+        n1.log_text()
+    );
+    let mut got = read_until(n2, &bob, 2);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("alice".to_owned(), "from alice".to_owned(), false),
+            ("erin".to_owned(), "from erin".to_owned(), false)
+        ]
+    );
+
+    // Alice's second message never reaches the mailbox; the third shows the gap, and bob is
+    // told one message was lost.
+    let out = chat_env(
+        n1,
+        &alice,
+        PASSWORD,
+        &["send", "@bob", "lost"],
+        &[("CONSTELLA_TEST_CHAT_DROP", "1")],
+    );
+    assert!(out.status.success());
+    chat_ok(n1, &alice, &["send", "@bob", "after the gap"]);
+    let mut stderr = String::new();
+    wait_for(Duration::from_secs(60), "the message after the gap", || {
+        let out = chat(n2, &bob, PASSWORD, &["read", "--json"]);
+        stderr.push_str(&String::from_utf8_lossy(&out.stderr));
+        let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        list.iter()
+            .any(|m| m["text"] == "after the gap")
+            .then_some(())
+    });
+    assert!(stderr.contains("1 message(s) from @alice lost"), "{stderr}");
+}
+
+#[test]
+fn records_move_to_new_holders_so_only_the_fourth_node_can_serve_them() {
+    use constella_behaviours::pq4;
+    let names = ["alpha", "bravo", "charlie", "delta"];
+    let mut cluster = Cluster::start(&names, &[100; 4], Some(keys_by_peer_id(4)));
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    agreed_leader(&nodes, &names, AGREE);
+    // Bob's three holders, and the one node that is not one.
+    let ids: Vec<libp2p::PeerId> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.node_id().parse().unwrap())
+        .collect();
+    let holders = pq4::closest(&pq4::user_key("bob"), &ids, 3);
+    let name_of = |id: &libp2p::PeerId| names[ids.iter().position(|i| i == id).unwrap()];
+    let holder_names: Vec<&str> = holders.iter().map(name_of).collect();
+    let outsider = *names.iter().find(|n| !holder_names.contains(n)).unwrap();
+
+    let root = cluster.root.path().to_owned();
+    let (alice, bob) = homes(&root);
+    register(cluster.node(outsider), &alice, "alice");
+    register(cluster.node(outsider), &bob, "bob");
+    for i in 0..3 {
+        chat_ok(
+            cluster.node(outsider),
+            &alice,
+            &["send", "@bob", &format!("h{i}")],
+        );
+    }
+    // The holders die one after another; after each death the survivors hand records to the
+    // new holder set. In the end only the outsider is left, with copies it got by hand-off.
+    let mut alive: Vec<&str> = names.to_vec();
+    for dead in &holder_names {
+        alive.retain(|n| n != dead);
+        let handoffs = |cluster: &Cluster| -> usize {
+            alive
+                .iter()
+                .map(|n| cluster.node(n).log_text().matches("handed off").count())
+                .sum()
+        };
+        let mark = handoffs(&cluster);
+        cluster.node_mut(dead).kill();
+        let survivors: Vec<&Node> = alive.iter().map(|n| cluster.node(n)).collect();
+        let offline: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !alive.contains(n))
+            .collect();
+        common::agreed_leader_without(&survivors, &alive, &offline, Duration::from_secs(30));
+        if alive.len() > 1 {
+            // Someone handed records off after this change (the outsider or a survivor).
+            wait_for(Duration::from_secs(60), "a hand-off", || {
+                (handoffs(&cluster) > mark).then_some(())
+            });
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    let got = read_until(cluster.node(outsider), &bob, 3);
+    let texts: Vec<&str> = got.iter().map(|m| m.1.as_str()).collect();
+    assert_eq!(texts, ["h0", "h1", "h2"]);
+}
+
+#[test]
+fn a_client_outside_the_network_chats_via_a_member() {
+    let cluster = three_nodes();
+    let root = cluster.root.path().to_owned();
+    let (n1, n2, n3) = (
+        cluster.node("alpha"),
+        cluster.node("bravo"),
+        cluster.node("charlie"),
+    );
+    let via = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", n3.port, n3.node_id());
+    let (laptop, bob) = (root.join("laptop"), root.join("bob-device"));
+    register(n2, &bob, "bob");
+    // The laptop runs no node: every command goes --via charlie over libp2p.
+    let code = invite(n1);
+    chat_ok(
+        n1,
+        &laptop,
+        &[
+            "--via",
+            &via,
+            "register",
+            "--username",
+            "lena",
+            "--email",
+            "lena@example.org",
+            "--invite",
+            &code,
+        ],
+    );
+    chat_ok(
+        n1,
+        &laptop,
+        &["--via", &via, "send", "@bob", "from outside"],
+    );
+    assert_eq!(read_until(n2, &bob, 1)[0].1, "from outside");
+    chat_ok(n2, &bob, &["send", "@lena", "hello lena"]);
+    let mut got = Vec::new();
+    wait_for(Duration::from_secs(60), "bob's answer via charlie", || {
+        let out = chat_ok(n1, &laptop, &["--via", &via, "read", "--json"]);
+        let list: Vec<Value> = serde_json::from_str(out.trim()).unwrap();
+        got.extend(list);
+        (!got.is_empty()).then_some(())
+    });
+    assert_eq!(got[0]["text"], "hello lena");
+    assert_eq!(got[0]["from"], "bob");
+    // `read --follow` over --via outlives the member's cut of non-member connections
+    // (about 12 s): the client dials again, logs in again and goes on.
+    let mut follow = std::process::Command::new(common::BIN)
+        .arg("--state-dir")
+        .arg(&n1.dir)
+        .args([
+            "chat",
+            "--home",
+            laptop.to_str().unwrap(),
+            "--password-stdin",
+        ])
+        .args(["--via", &via, "read", "--follow", "--json"])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        writeln!(follow.stdin.as_mut().unwrap(), "{PASSWORD}").unwrap();
+    }
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // The cut is a rule about time: let it pass.
+    std::thread::sleep(Duration::from_secs(14));
+    chat_ok(n2, &bob, &["send", "@lena", "after the cut"]);
+    let line = lines_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the message after the cut");
+    assert!(line.contains("after the cut"), "{line}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    // A non-member may not make invites, and a wrong password gets it nothing.
+    let out = chat(n1, &laptop, PASSWORD, &["--via", &via, "invite"]);
+    assert!(
+        output_text(&out).contains("NotAMember"),
+        "{}",
+        output_text(&out)
+    );
+    let out = chat(
+        n1,
+        &root.join("laptop2"),
+        "wrong password!",
+        &["--via", &via, "login", "--username", "lena"],
+    );
+    assert!(
+        output_text(&out).contains("AuthenticationFailed"),
+        "{}",
+        output_text(&out)
+    );
+}
+
+#[test]
+fn a_message_older_than_the_retention_is_reported_lost() {
+    let names = ["alpha", "bravo", "charlie"];
+    let cluster = Cluster::start_with(&names, &[100; 3], Some(keys_by_peer_id(3)), |node| {
+        node.env
+            .push(("CONSTELLA_PQ4_RETENTION_SECS".into(), "2".into()));
+    });
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    agreed_leader(&nodes, &names, AGREE);
+    let (alice, bob) = homes(cluster.root.path());
+    let (n1, n2) = (cluster.node("alpha"), cluster.node("bravo"));
+    register(n1, &alice, "alice");
+    register(n2, &bob, "bob");
+    chat_ok(n1, &alice, &["send", "@bob", "too old"]);
+    // The retention is a rule about time: let it pass.
+    std::thread::sleep(Duration::from_secs(3));
+    chat_ok(n1, &alice, &["send", "@bob", "fresh"]);
+    let out = chat(n2, &bob, PASSWORD, &["read", "--json"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let texts: Vec<&str> = list.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["fresh"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1 message(s) from @alice lost"), "{stderr}");
+}
