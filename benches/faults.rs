@@ -93,18 +93,26 @@ fn partition_heal(secs: u64) {
     let all: Vec<&Node> = net.nodes.iter().collect();
     agree(&all, &names, &[], Duration::from_secs(30));
     lab.partition(&[0, 1], &[2, 3, 4]);
+    let held = Instant::now();
     let majority: Vec<&Node> = net.nodes[2..].iter().collect();
     let (_, split) = agree(&majority, &names[2..], &names[..2], Duration::from_secs(30));
-    let minority_hosting = net.nodes[0].status().map(|s| s["hosting"] == true);
-    let held = Instant::now();
+    let hosting = || net.nodes[0].status().map(|s| s["hosting"] == true);
+    wait_for(
+        Duration::from_secs(30),
+        "the minority leader to stand down",
+        || (hosting() == Some(false)).then_some(()),
+    );
+    let stood_down = held.elapsed();
     wait_for(Duration::from_secs(secs + 10), "the partition", || {
         (held.elapsed() >= Duration::from_secs(secs)).then_some(())
     });
+    let hosting_at_end = hosting();
     lab.heal();
     let (_, heal) = agree(&all, &names, &[], Duration::from_secs(120));
     println!(
-        "2|3 partition held {secs} s: majority agreed in {:.2} s, minority leader hosting: {minority_hosting:?}; heal -> one leader, all alive in {:.2} s",
+        "2|3 partition held {secs} s: majority agreed in {:.2} s, minority leader stood down after {:.2} s (hosting at the end of the hold: {hosting_at_end:?}); heal -> one leader, all alive in {:.2} s",
         split.as_secs_f64(),
+        stood_down.as_secs_f64(),
         heal.as_secs_f64()
     );
 }

@@ -815,7 +815,7 @@ mod tests {
             Ok(Some(Change::Alive(b)))
         );
         assert_eq!(m.on_heartbeat(&heartbeat(b, 1, 2), || true, t0), Ok(None));
-        assert!(m.tick(t0 + Duration::from_secs(5)).is_empty());
+        assert!(m.tick(t0 + Duration::from_secs(2)).is_empty());
         assert_eq!(
             m.tick(t0 + OFFLINE_AFTER),
             vec![Change::Offline(b, OfflineReason::HeartbeatTimeout)]
