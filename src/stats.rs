@@ -45,7 +45,7 @@ pub fn collect(name: &str, node_id: &str, daemon_started: Instant) -> Result<Nod
 
 /// One row per mount point (a filesystem mounted twice, or bind mounts, are listed once each
 /// place they are mounted, but a mount point listed twice is reported once), `/` first.
-fn disk_usage(disks: &Disks) -> Vec<DiskUsage> {
+pub(crate) fn disk_usage(disks: &Disks) -> Vec<DiskUsage> {
     let mut seen = HashSet::new();
     let mut rows: Vec<DiskUsage> = disks
         .iter()

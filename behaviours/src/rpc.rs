@@ -36,6 +36,40 @@ pub enum RpcRequest {
         /// Who asked, for the target's log (e.g. "@owner via telegram", "cli on delta-01").
         requested_by: String,
     },
+    /// The answering node's sampled history of `metrics` (empty: all its series, at most
+    /// [`MAX_HISTORY_METRICS`]) over the last `range_secs` (at most [`MAX_HISTORY_RANGE_SECS`]).
+    GetHistory {
+        metrics: Vec<String>,
+        range_secs: u64,
+    },
+}
+
+/// Most series one `GetHistory` returns.
+pub const MAX_HISTORY_METRICS: usize = 16;
+/// Most points per series one `GetHistory` returns (longer ranges are averaged into buckets),
+/// so that [`MAX_HISTORY_METRICS`] series fit a response frame.
+pub const MAX_HISTORY_POINTS: usize = 720;
+/// Longest range a node keeps: 30 days at 1-minute resolution.
+pub const MAX_HISTORY_RANGE_SECS: u64 = 30 * 24 * 3600;
+/// Longest metric name a node accepts.
+pub const MAX_METRIC_CHARS: usize = 128;
+
+/// One sampled series: `(unix seconds, value)` oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Series {
+    /// e.g. `cpu_percent`, `net_rx_bytes_per_sec`, `disk_used_percent:/`.
+    pub metric: String,
+    pub points: Vec<(u64, f64)>,
+}
+
+/// A node's answer to `GetHistory`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// Server name of the node measured.
+    pub name: String,
+    /// Seconds between two points as stored (10 or 60); a bucketed answer has wider gaps.
+    pub step_secs: u32,
+    pub series: Vec<Series>,
 }
 
 /// Space on one mounted filesystem.
@@ -100,6 +134,8 @@ pub enum RpcAnswer {
     Stats(Box<NodeStats>),
     /// Answer to [`RpcRequest::Reboot`].
     Reboot(RebootAccepted),
+    /// Answer to [`RpcRequest::GetHistory`].
+    History(History),
 }
 
 /// Why the answering node did not do what was asked. Each is one line for the operator.
@@ -323,5 +359,21 @@ mod tests {
         })
         .unwrap();
         assert_eq!(back, list);
+    }
+
+    #[test]
+    fn the_largest_history_fits_a_response_frame() {
+        let series = Series {
+            metric: "m".repeat(MAX_METRIC_CHARS),
+            points: vec![(u64::from(u32::MAX), f64::MAX); MAX_HISTORY_POINTS],
+        };
+        let answer: RpcResponse = Ok(RpcAnswer::History(History {
+            name: "n".repeat(63),
+            step_secs: 60,
+            series: vec![series; MAX_HISTORY_METRICS],
+        }));
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&answer, &mut bytes).unwrap();
+        assert!((bytes.len() as u64) < MAX_RESPONSE_BYTES, "{}", bytes.len());
     }
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use constella_behaviours::membership::MemberView;
 use constella_behaviours::node::LeaveOutcome;
+use constella_behaviours::rpc::History;
 use constella_behaviours::settings::NetworkSettings;
 use constella_behaviours::{Behaviour, NetworkSecret};
 use libp2p::{PeerId, Swarm, SwarmBuilder, noise, tcp, yamux};
@@ -55,6 +56,12 @@ pub enum Command {
     ),
     /// Resource figures of the node named (name or node id) by the string.
     Stats(String, oneshot::Sender<Result<NodeStats, ClientError>>),
+    /// Metric history of a node: (metrics, range in seconds).
+    History(
+        String,
+        (Vec<String>, u64),
+        oneshot::Sender<Result<History, ClientError>>,
+    ),
     /// Reboot a node.
     Reboot {
         target: String,
@@ -119,6 +126,17 @@ impl Client {
     /// with [`ClientError::Offline`] / [`ClientError::Unreachable`] when it cannot be reached.
     pub async fn stats(&self, target: &str) -> Result<NodeStats, ClientError> {
         self.ask(|reply| Command::Stats(target.to_owned(), reply))
+            .await?
+    }
+
+    /// The sampled history of `metrics` (empty: all) on `target` over the last `range_secs`.
+    pub async fn history(
+        &self,
+        target: &str,
+        metrics: Vec<String>,
+        range_secs: u64,
+    ) -> Result<History, ClientError> {
+        self.ask(|reply| Command::History(target.to_owned(), (metrics, range_secs), reply))
             .await?
     }
 
@@ -197,8 +215,9 @@ pub fn start(
     })?;
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (written_tx, written_rx) = mpsc::unbounded_channel();
+    let history = crate::monitor::HistoryReader::new(crate::monitor::history_dir(state_dir.path()));
     let store = store::Store::spawn(state_dir, written_tx).context("cannot start the store")?;
-    let rpc = rpc::Rpc::new(reboot, std::time::Instant::now());
+    let rpc = rpc::Rpc::new(reboot, std::time::Instant::now(), history);
     let event_loop = event_loop::EventLoop::new(
         swarm,
         commands_rx,

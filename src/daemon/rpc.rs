@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use constella_behaviours::membership::{MemberView, Status};
 use constella_behaviours::node::Node;
 use constella_behaviours::rpc::{
-    MAX_REQUESTED_BY_CHARS, RpcAnswer, RpcRefusal, RpcRequest, RpcResponse,
+    History, MAX_REQUESTED_BY_CHARS, RpcAnswer, RpcRefusal, RpcRequest, RpcResponse,
 };
 use constella_behaviours::{Behaviour, RPC_TIMEOUT};
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use super::error::ClientError;
 use super::event_loop::dial_addresses;
 use super::log_limit::LogLimit;
+use crate::monitor::{self, HistoryReader};
 use crate::reboot::RebootAction;
 use crate::stats::{self, NodeStats, RebootAccepted};
 
@@ -44,6 +45,8 @@ pub(super) enum Reply {
     Stats(oneshot::Sender<Result<NodeStats, ClientError>>),
     /// A `Reboot` for [`Client::reboot`](super::Client::reboot).
     Reboot(oneshot::Sender<Result<RebootAccepted, ClientError>>),
+    /// A `GetHistory` for [`Client::history`](super::Client::history).
+    History(oneshot::Sender<Result<History, ClientError>>),
 }
 
 impl Reply {
@@ -53,6 +56,7 @@ impl Reply {
             Reply::Peers(tx) => drop(tx.send(Err(error))),
             Reply::Stats(tx) => drop(tx.send(Err(error))),
             Reply::Reboot(tx) => drop(tx.send(Err(error))),
+            Reply::History(tx) => drop(tx.send(Err(error))),
         }
     }
 
@@ -62,6 +66,7 @@ impl Reply {
             (Reply::Peers(tx), RpcAnswer::Peers(peers)) => drop(tx.send(Ok(peers))),
             (Reply::Stats(tx), RpcAnswer::Stats(stats)) => drop(tx.send(Ok(*stats))),
             (Reply::Reboot(tx), RpcAnswer::Reboot(accepted)) => drop(tx.send(Ok(accepted))),
+            (Reply::History(tx), RpcAnswer::History(history)) => drop(tx.send(Ok(history))),
             (reply, _) => reply.fail(ClientError::BadAnswer {
                 node: name.to_owned(),
                 problem: "gave an answer of the wrong kind".to_owned(),
@@ -130,10 +135,12 @@ pub(super) struct Rpc {
     started: Instant,
     /// Refusals of strangers are logged at most once a minute per peer.
     refusals: LogLimit,
+    /// This node's metric history, for `GetHistory`.
+    history: HistoryReader,
 }
 
 impl Rpc {
-    pub(super) fn new(reboot: RebootAction, started: Instant) -> Self {
+    pub(super) fn new(reboot: RebootAction, started: Instant, history: HistoryReader) -> Self {
         let (finished_tx, finished_rx) = mpsc::channel(FINISHED_QUEUE);
         Self {
             pending: HashMap::new(),
@@ -144,6 +151,7 @@ impl Rpc {
             finished_rx,
             started,
             refusals: LogLimit::default(),
+            history,
         }
     }
 
@@ -208,6 +216,33 @@ impl Rpc {
                     RpcRequest::GetStats,
                     Reply::Stats(reply),
                 );
+            }
+        }
+    }
+
+    /// `GetHistory` of `target`.
+    pub(super) fn history(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        core: &Node,
+        target: &str,
+        (metrics, range_secs): (Vec<String>, u64),
+        reply: oneshot::Sender<Result<History, ClientError>>,
+    ) {
+        match resolve(core, target) {
+            Err(error) => drop(reply.send(Err(error))),
+            Ok(Target::Local) => {
+                let job = self.history_job(core, metrics, range_secs);
+                tokio::spawn(async move {
+                    let _ = reply.send(job.await.map_err(ClientError::Invalid));
+                });
+            }
+            Ok(Target::Remote { id, name }) => {
+                let request = RpcRequest::GetHistory {
+                    metrics,
+                    range_secs,
+                };
+                self.call(swarm, core, id, name, request, Reply::History(reply));
             }
         }
     }
@@ -394,20 +429,23 @@ impl Rpc {
             RpcRequest::GetStats => {
                 debug!(%caller, "stats requested");
                 let job = self.measure_job(core);
-                let finished = self.finished_tx.clone();
-                tokio::spawn(async move {
-                    let response = job
-                        .run()
+                self.answer_later(peer, channel, async move {
+                    job.run()
                         .await
                         .map(|s| RpcAnswer::Stats(Box::new(s)))
-                        .map_err(RpcRefusal::Failed);
-                    let _ = finished
-                        .send(Finished {
-                            peer,
-                            channel,
-                            response,
-                        })
-                        .await;
+                        .map_err(RpcRefusal::Failed)
+                });
+            }
+            RpcRequest::GetHistory {
+                metrics,
+                range_secs,
+            } => {
+                debug!(%caller, range_secs, "history requested");
+                let job = self.history_job(core, metrics, range_secs);
+                self.answer_later(peer, channel, async move {
+                    job.await
+                        .map(RpcAnswer::History)
+                        .map_err(RpcRefusal::Invalid)
                 });
             }
             RpcRequest::Reboot { requested_by } => {
@@ -423,6 +461,26 @@ impl Rpc {
         Followup::None
     }
 
+    /// Works out an answer off the event loop; the loop sends it when it is ready.
+    fn answer_later(
+        &self,
+        peer: PeerId,
+        channel: ResponseChannel<RpcResponse>,
+        work: impl std::future::Future<Output = RpcResponse> + Send + 'static,
+    ) {
+        let finished = self.finished_tx.clone();
+        tokio::spawn(async move {
+            let response = work.await;
+            let _ = finished
+                .send(Finished {
+                    peer,
+                    channel,
+                    response,
+                })
+                .await;
+        });
+    }
+
     pub(super) fn on_finished(&mut self, swarm: &mut Swarm<Behaviour>, finished: Finished) {
         respond(swarm, finished.peer, finished.channel, finished.response);
     }
@@ -435,6 +493,25 @@ impl Rpc {
             node_id: core.local().id.to_base58(),
             started: self.started,
             permits: Arc::clone(&self.measuring),
+        }
+    }
+
+    /// Reads this node's history off the event loop (files of up to 350 KB each).
+    fn history_job(
+        &self,
+        core: &Node,
+        metrics: Vec<String>,
+        range_secs: u64,
+    ) -> impl std::future::Future<Output = Result<History, String>> + Send + 'static {
+        let reader = self.history.clone();
+        let name = core.local().name.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let now = crate::state::unix_now();
+                monitor::answer_history(&reader, &name, &metrics, range_secs, now)
+            })
+            .await
+            .map_err(|error| format!("the history read failed: {error}"))?
         }
     }
 
