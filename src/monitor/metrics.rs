@@ -192,7 +192,12 @@ pub fn render(
             }
         }
         for (base, family) in families {
-            registry.register(base, help(base), family);
+            // A family may not share its name with the unlabelled total.
+            let name = match base.strip_prefix("net_") {
+                Some(rest) => format!("net_interface_{rest}"),
+                None => base.to_owned(),
+            };
+            registry.register(name, help(base), family);
         }
     }
     if let Some(status) = status {
@@ -348,5 +353,16 @@ mod tests {
             .find(|s| s.metric == "constella_disk_used_percent")
             .unwrap();
         assert_eq!(disk.labels.get("mount"), Some("/"));
+        let eth0 = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "constella_net_interface_rx_bytes_per_sec")
+            .unwrap();
+        assert_eq!(eth0.labels.get("interface"), Some("eth0"));
+        // Every family is declared once (Prometheus refuses a second TYPE line).
+        let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+        let unique: std::collections::BTreeSet<&str> =
+            types.iter().map(|l| l.split(' ').nth(2).unwrap()).collect();
+        assert_eq!(types.len(), unique.len(), "{text}");
     }
 }

@@ -3,6 +3,7 @@
 //! them ([`answer_history`]), and may serve its figures to Prometheus ([`metrics`]).
 //! docs/monitoring.md describes what is kept and for how long.
 
+pub mod chart;
 pub mod history;
 pub mod metrics;
 pub mod sample;
