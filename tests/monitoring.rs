@@ -220,3 +220,62 @@ fn metrics_endpoint_parses_and_follows_the_network() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot listen for metrics"), "{stderr}");
 }
+
+mod chart {
+    use super::*;
+    use common::fake_telegram::{FakeTelegram, TgUser};
+
+    const TOKEN: &str = "123456789:AAHfakeTokenForConstellaTests_0123456789";
+    const OWNER_ID: u64 = 5001;
+    const ANSWER: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn the_leader_sends_a_chart_of_another_node_as_a_photo() {
+        let fake = FakeTelegram::start(TOKEN);
+        let cluster = Cluster::start_with(&["alpha", "bravo"], &[1, 100], None, |node| {
+            fast(node);
+            node.init_args = vec!["--bot-token".into(), TOKEN.into()];
+            node.run_args = vec!["--telegram-api-url".into(), fake.url_for(&node.name)];
+        });
+        let owner = TgUser::new(OWNER_ID, "Owner_Test");
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "bravo to have sampled", || {
+                let h = history(cluster.node("alpha"), "bravo", "1h")?;
+                (!h.get("cpu_percent")?.is_empty()).then_some(())
+            });
+            wait_for(ANSWER, "alpha to poll", || {
+                fake.polls().iter().any(|p| p.node == "alpha").then_some(())
+            });
+        });
+        fake.send_text(&owner, "/start");
+        let list = fake.wait_message(ANSWER, "the node list", OWNER_ID, |m| {
+            m.text.starts_with("Узлы сети")
+        });
+        fake.press(&owner, list.message_id, &list.button("bravo").unwrap());
+        let card = cluster.or_logs(|| {
+            fake.wait_message(ANSWER, "bravo's card", OWNER_ID, |m| {
+                m.message_id == list.message_id && m.text.contains("Адрес")
+            })
+        });
+        let charts = card
+            .button("📈 График")
+            .expect("a chart button on the card");
+        fake.press(&owner, list.message_id, &charts);
+        let menu = cluster.or_logs(|| {
+            fake.wait_message(ANSWER, "the chart ranges", OWNER_ID, |m| {
+                m.message_id == list.message_id && m.button("7 д").is_some()
+            })
+        });
+        assert!(menu.button("24 ч").is_some(), "{menu:?}");
+        fake.press(&owner, list.message_id, &menu.button("1 ч").unwrap());
+        let photo = cluster
+            .or_logs(|| wait_for(ANSWER, "a chart photo", || fake.photos().into_iter().next()));
+        assert_eq!(photo.node, "alpha", "the leader sends it");
+        assert_eq!(photo.chat_id, OWNER_ID as i64);
+        assert!(photo.caption.contains("bravo"), "{}", photo.caption);
+        assert_eq!(photo.file_name, "bravo.png");
+        let decoder = png::Decoder::new(std::io::Cursor::new(&photo.bytes));
+        let reader = decoder.read_info().expect("a PNG");
+        assert_eq!((reader.info().width, reader.info().height), (1000, 1100));
+    }
+}

@@ -83,6 +83,9 @@ fn time_label(secs: u64, range_secs: u64) -> String {
     }
 }
 
+/// One line of a panel: its legend label (empty: none), its points and its colour.
+type Line<'a> = (&'a str, &'a [(u64, f64)], RGBColor);
+
 type Panel<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
 /// One panel: lines of `(label, points, colour)` scaled by `divisor`, y from 0.
@@ -91,7 +94,7 @@ fn panel(
     area: &Panel<'_>,
     title: &str,
     unit: &str,
-    lines: &[(&str, &[(u64, f64)], RGBColor)],
+    lines: &[Line<'_>],
     divisor: f64,
     y_max: Option<f64>,
     (from, to): (u64, u64),
@@ -268,5 +271,40 @@ mod tests {
         };
         assert!(render(&empty, "alpha — 7 д", TITLES, 7 * 86_400, now).is_ok());
         assert_eq!(time_label(0, 7 * 86_400), "01.01 00h");
+    }
+
+    /// Chart render time: `cargo test --release --bin constella -- --ignored --nocapture figures_`
+    #[test]
+    #[ignore = "a figure, not a check"]
+    fn figures_chart_render_time() {
+        let now = 1_800_000_000;
+        let history = History {
+            name: "alpha".into(),
+            step_secs: 10,
+            series: CHART_METRICS
+                .iter()
+                .map(|m| Series {
+                    metric: (*m).into(),
+                    points: (0..720)
+                        .map(|i| (now - 7200 + i * 10, (i % 97) as f64 * 1e6))
+                        .collect(),
+                })
+                .collect(),
+        };
+        let mut times = Vec::new();
+        let mut size = 0;
+        for _ in 0..20 {
+            let began = std::time::Instant::now();
+            size = render(&history, "alpha — 24 ч", TITLES, 7200, now)
+                .unwrap()
+                .len();
+            times.push(began.elapsed());
+        }
+        times.sort();
+        println!(
+            "chart {WIDTH}x{HEIGHT}, 4 panels, 6 series x 720 points: median {:.1} ms, max {:.1} ms, PNG {size} B",
+            times[times.len() / 2].as_secs_f64() * 1e3,
+            times[times.len() - 1].as_secs_f64() * 1e3
+        );
     }
 }

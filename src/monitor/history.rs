@@ -394,4 +394,74 @@ mod tests {
         assert_eq!(out.len(), 10);
         assert_eq!(out[0], (9, 4.5));
     }
+
+    /// Compressed time: 30 days of 10-second rounds of a typical host's 15 series, written as
+    /// fast as the store takes them; prints the disk used and the cost of a round.
+    /// `cargo test --release --bin constella -- --ignored --nocapture figures_`
+    #[test]
+    #[ignore = "a figure, not a check: takes seconds in release"]
+    fn figures_history_disk_for_30_days() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = HistoryWriter::open(dir.path().to_owned()).unwrap();
+        let metrics: Vec<String> = [
+            "cpu_percent",
+            "load1",
+            "load5",
+            "load15",
+            "ram_used_bytes",
+            "ram_total_bytes",
+            "swap_used_bytes",
+            "swap_total_bytes",
+            "daemon_rss_bytes",
+            "net_rx_bytes_per_sec",
+            "net_tx_bytes_per_sec",
+            "net_rx_bytes_per_sec:eth0",
+            "net_tx_bytes_per_sec:eth0",
+            "disk_used_percent:/",
+            "disk_used_bytes:/",
+        ]
+        .iter()
+        .map(|m| (*m).to_owned())
+        .collect();
+        let start = 1_800_000_000u64;
+        let rounds = 30 * 8640u64;
+        let began = std::time::Instant::now();
+        for round in 0..rounds {
+            for (i, metric) in metrics.iter().enumerate() {
+                writer
+                    .record(metric, start + round * 10, (round + i as u64) as f64)
+                    .unwrap();
+            }
+        }
+        let took = began.elapsed();
+        let mut blocks = 0u64;
+        let mut apparent = 0u64;
+        for tier in [FINE, COARSE] {
+            for entry in std::fs::read_dir(dir.path().join(tier.dir)).unwrap() {
+                let meta = entry.unwrap().metadata().unwrap();
+                blocks += meta.blocks() * 512;
+                apparent += meta.len();
+            }
+        }
+        println!(
+            "30 days x {} series: {} B on disk ({:.2} MiB), apparent {} B; {:.1} us per 10-second round",
+            metrics.len(),
+            blocks,
+            blocks as f64 / 1048576.0,
+            apparent,
+            took.as_secs_f64() * 1e6 / rounds as f64
+        );
+        let reader = HistoryReader::new(dir.path().to_owned());
+        let now = start + rounds * 10;
+        for range in [3600, 86_400, 7 * 86_400, 30 * 86_400] {
+            let began = std::time::Instant::now();
+            let points = reader.read("cpu_percent", now - range, now, 720).unwrap();
+            println!(
+                "read {range} s of one series: {} points in {:.2} ms",
+                points.len(),
+                began.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    }
 }
