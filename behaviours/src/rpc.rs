@@ -110,6 +110,28 @@ pub struct NodeStats {
     pub daemon_uptime_secs: u64,
     /// Resident memory of the daemon process, bytes.
     pub daemon_rss_bytes: u64,
+    /// The processes using the most CPU over the measuring window, most first (at most
+    /// [`TOP_PROCESSES`]; empty from a node that predates the field).
+    #[serde(default)]
+    pub top_cpu: Vec<ProcessUsage>,
+    /// The processes with the most resident memory, most first (at most [`TOP_PROCESSES`]).
+    #[serde(default)]
+    pub top_memory: Vec<ProcessUsage>,
+}
+
+/// How many processes each top list of [`NodeStats`] holds.
+pub const TOP_PROCESSES: usize = 5;
+
+/// One process in a top list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessUsage {
+    pub pid: u32,
+    /// Its name (at most 64 characters).
+    pub name: String,
+    /// CPU use over the measuring window, percent of one core (may exceed 100).
+    pub cpu_percent: f32,
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
 }
 
 /// The target's promise to reboot, sent before it acts.

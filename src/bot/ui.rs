@@ -316,6 +316,41 @@ pub fn usage(lang: Lang, s: &NodeStats) -> String {
         Lang::Ru => write!(text, "\nСервер работает: {host}\nДемон работает: {daemon}"),
         Lang::En => write!(text, "\nUptime: {host} (daemon {daemon})"),
     };
+    // The top three of each list fit a phone line each.
+    if !s.top_cpu.is_empty() {
+        let top: Vec<String> = s
+            .top_cpu
+            .iter()
+            .take(3)
+            .map(|p| {
+                format!(
+                    "{} {} %",
+                    p.name,
+                    units.decimal(f64::from(p.cpu_percent), 0)
+                )
+            })
+            .collect();
+        let _ = write!(
+            text,
+            "\n{}: {}",
+            lang.pick("Топ ЦП", "Top CPU"),
+            top.join(", ")
+        );
+    }
+    if !s.top_memory.is_empty() {
+        let top: Vec<String> = s
+            .top_memory
+            .iter()
+            .take(3)
+            .map(|p| format!("{} {}", p.name, units.bytes(p.rss_bytes)))
+            .collect();
+        let _ = write!(
+            text,
+            "\n{}: {}",
+            lang.pick("Топ ОЗУ", "Top RAM"),
+            top.join(", ")
+        );
+    }
     text
 }
 
@@ -570,6 +605,8 @@ mod tests {
             host_uptime_secs: 3 * 86400 + 4 * 3600,
             daemon_uptime_secs: 302,
             daemon_rss_bytes: 15 << 20,
+            top_cpu: vec![],
+            top_memory: vec![],
         };
         let text = usage(Lang::Ru, &stats);
         assert_eq!(
