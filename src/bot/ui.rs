@@ -9,7 +9,7 @@ use super::callback::{Action, ChartRange, Confirmation, short_peer_id};
 use crate::daemon::ClientError;
 use crate::daemon::signals::NetworkEvent;
 use crate::output::{ENGLISH, RUSSIAN, Units};
-use crate::stats::NodeStats;
+use crate::stats::{NodeStats, ProcessUsage};
 use constella_behaviours::membership::MemberView;
 
 /// Disks listed on a phone screen; more are counted.
@@ -317,39 +317,23 @@ pub fn usage(lang: Lang, s: &NodeStats) -> String {
         Lang::En => write!(text, "\nUptime: {host} (daemon {daemon})"),
     };
     // The top three of each list fit a phone line each.
-    if !s.top_cpu.is_empty() {
-        let top: Vec<String> = s
-            .top_cpu
-            .iter()
-            .take(3)
-            .map(|p| {
-                format!(
-                    "{} {} %",
-                    p.name,
-                    units.decimal(f64::from(p.cpu_percent), 0)
-                )
-            })
-            .collect();
-        let _ = write!(
-            text,
-            "\n{}: {}",
-            lang.pick("Топ ЦП", "Top CPU"),
-            top.join(", ")
-        );
-    }
-    if !s.top_memory.is_empty() {
-        let top: Vec<String> = s
-            .top_memory
-            .iter()
-            .take(3)
-            .map(|p| format!("{} {}", p.name, units.bytes(p.rss_bytes)))
-            .collect();
-        let _ = write!(
-            text,
-            "\n{}: {}",
-            lang.pick("Топ ОЗУ", "Top RAM"),
-            top.join(", ")
-        );
+    let cpu = |p: &ProcessUsage| {
+        format!(
+            "{} {} %",
+            p.name,
+            units.decimal(f64::from(p.cpu_percent), 0)
+        )
+    };
+    let ram = |p: &ProcessUsage| format!("{} {}", p.name, units.bytes(p.rss_bytes));
+    let lists: [(&str, &[ProcessUsage], &dyn Fn(&ProcessUsage) -> String); 2] = [
+        (lang.pick("Топ ЦП", "Top CPU"), &s.top_cpu, &cpu),
+        (lang.pick("Топ ОЗУ", "Top RAM"), &s.top_memory, &ram),
+    ];
+    for (title, list, show) in lists {
+        if !list.is_empty() {
+            let top: Vec<String> = list.iter().take(3).map(show).collect();
+            let _ = write!(text, "\n{title}: {}", top.join(", "));
+        }
     }
     text
 }
@@ -608,6 +592,15 @@ mod tests {
             top_cpu: vec![],
             top_memory: vec![],
         };
+        let mut busy = stats.clone();
+        busy.top_cpu = vec![ProcessUsage {
+            pid: 7,
+            name: "nginx".into(),
+            cpu_percent: 150.0,
+            rss_bytes: gib,
+        }];
+        let busy = usage(Lang::Ru, &busy);
+        assert!(busy.ends_with("\nТоп ЦП: nginx 150 %"), "{busy}");
         let text = usage(Lang::Ru, &stats);
         assert_eq!(
             text,
