@@ -9,7 +9,7 @@ use super::callback::{Action, ChartRange, Confirmation, short_peer_id};
 use crate::daemon::ClientError;
 use crate::daemon::signals::NetworkEvent;
 use crate::output::{ENGLISH, RUSSIAN, Units};
-use crate::stats::{NodeStats, ProcessUsage};
+use crate::stats::NodeStats;
 use constella_behaviours::membership::MemberView;
 
 /// Disks listed on a phone screen; more are counted.
@@ -317,21 +317,29 @@ pub fn usage(lang: Lang, s: &NodeStats) -> String {
         Lang::En => write!(text, "\nUptime: {host} (daemon {daemon})"),
     };
     // The top three of each list fit a phone line each.
-    let cpu = |p: &ProcessUsage| {
-        format!(
-            "{} {} %",
-            p.name,
-            units.decimal(f64::from(p.cpu_percent), 0)
-        )
-    };
-    let ram = |p: &ProcessUsage| format!("{} {}", p.name, units.bytes(p.rss_bytes));
-    let lists: [(&str, &[ProcessUsage], &dyn Fn(&ProcessUsage) -> String); 2] = [
-        (lang.pick("Топ ЦП", "Top CPU"), &s.top_cpu, &cpu),
-        (lang.pick("Топ ОЗУ", "Top RAM"), &s.top_memory, &ram),
-    ];
-    for (title, list, show) in lists {
-        if !list.is_empty() {
-            let top: Vec<String> = list.iter().take(3).map(show).collect();
+    let cpu: Vec<String> = s
+        .top_cpu
+        .iter()
+        .take(3)
+        .map(|p| {
+            format!(
+                "{} {} %",
+                p.name,
+                units.decimal(f64::from(p.cpu_percent), 0)
+            )
+        })
+        .collect();
+    let ram: Vec<String> = s
+        .top_memory
+        .iter()
+        .take(3)
+        .map(|p| format!("{} {}", p.name, units.bytes(p.rss_bytes)))
+        .collect();
+    for (title, top) in [
+        (lang.pick("Топ ЦП", "Top CPU"), cpu),
+        (lang.pick("Топ ОЗУ", "Top RAM"), ram),
+    ] {
+        if !top.is_empty() {
             let _ = write!(text, "\n{title}: {}", top.join(", "));
         }
     }
@@ -593,7 +601,7 @@ mod tests {
             top_memory: vec![],
         };
         let mut busy = stats.clone();
-        busy.top_cpu = vec![ProcessUsage {
+        busy.top_cpu = vec![crate::stats::ProcessUsage {
             pid: 7,
             name: "nginx".into(),
             cpu_percent: 150.0,
