@@ -134,6 +134,13 @@ pub struct RunArgs {
     /// (for testing or a custom procedure). Unset, the host reboots (needs root or CAP_SYS_BOOT).
     #[arg(long, env = "CONSTELLA_REBOOT_COMMAND", value_name = "COMMAND")]
     pub reboot_command: Option<String>,
+    /// Serve Prometheus metrics on http://HOST:PORT/metrics (off unless set; e.g.
+    /// 127.0.0.1:9474).
+    #[arg(long, env = "CONSTELLA_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Do not sample this host's figures (no history, no host figures on /metrics).
+    #[arg(long, env = "CONSTELLA_NO_SAMPLING")]
+    pub no_sampling: bool,
     /// Write logs to files in DIR (one per UTC day and per 10 MiB, the newest 14 kept) instead
     /// of stderr.
     #[arg(long, env = "CONSTELLA_LOG_DIR", value_name = "DIR")]
@@ -165,6 +172,13 @@ pub struct StatsArgs {
     /// Print the raw figures as JSON (units in the field names).
     #[arg(long)]
     pub json: bool,
+    /// Show the sampled history over this range instead (1h, 24h, 7d … at most 30d): a
+    /// sparkline table, or with --json `{"metric": [[unix_secs, value], …], …}`.
+    #[arg(long, value_name = "RANGE", value_parser = crate::monitor::parse_range)]
+    pub history: Option<u64>,
+    /// With --history: only this metric (repeatable), e.g. cpu_percent, disk_used_percent:/.
+    #[arg(long, value_name = "METRIC", requires = "history")]
+    pub metric: Vec<String>,
 }
 
 #[derive(Debug, Args)]

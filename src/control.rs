@@ -62,6 +62,13 @@ pub enum Request {
     Stats {
         target: String,
     },
+    /// Sampled history of a node, by name or node id (`metrics` empty: all).
+    History {
+        target: String,
+        #[serde(default)]
+        metrics: Vec<String>,
+        range_secs: u64,
+    },
     /// Reboot a node, by name or node id; `requested_by` goes to the target's log.
     Reboot {
         target: String,
@@ -143,6 +150,7 @@ pub enum Response {
     Left(LeaveOutcome),
     PeersOf(Vec<MemberView>),
     Stats(Box<NodeStats>),
+    History(constella_behaviours::rpc::History),
     RebootAccepted(RebootAccepted),
     Docker(DockerAnswer),
     Access(AccessReport),
@@ -408,6 +416,14 @@ async fn handle(client: &Client, request: Request) -> Response {
             .stats(&target)
             .await
             .map(|s| Response::Stats(Box::new(s))),
+        Request::History {
+            target,
+            metrics,
+            range_secs,
+        } => client
+            .history(&target, metrics, range_secs)
+            .await
+            .map(Response::History),
         Request::Reboot {
             target,
             requested_by,

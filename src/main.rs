@@ -12,6 +12,7 @@ mod docker;
 mod join;
 mod link;
 mod logging;
+mod monitor;
 mod node;
 mod output;
 mod private_dir;
@@ -30,7 +31,9 @@ use constella_behaviours::NetworkSecret;
 use constella_behaviours::gossip::MemberRecord;
 use constella_behaviours::node::LeaveOutcome;
 
-use crate::cli::{AccessCommand, BotTokenCommand, Cli, Command, OwnerCommand, listen_or_default};
+use crate::cli::{
+    AccessCommand, BotTokenCommand, Cli, Command, OwnerCommand, StatsArgs, listen_or_default,
+};
 use crate::control::{AdminRequest, Request, Response};
 use crate::state::{LocalNode, NetworkState, STATE_FORMAT, StateDir, StoredSecret};
 
@@ -104,6 +107,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 args.listen,
                 args.reboot_command,
                 args.telegram_api_url,
+                node::MonitorOptions {
+                    metrics_addr: args.metrics_addr,
+                    sampling: !args.no_sampling,
+                },
             )
             .await
         }
@@ -122,6 +129,28 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 Response::Peers(peers) => print_text(&output::peers_table(&peers)),
                 Response::PeersOf(peers) if args.json => print_json(&peers),
                 Response::PeersOf(peers) => print_text(&output::peers_table(&peers)),
+                other => unexpected(other),
+            }
+        }
+        Command::Stats(StatsArgs {
+            target,
+            json,
+            history: Some(range_secs),
+            metric,
+        }) => {
+            let request = Request::History {
+                target,
+                metrics: metric,
+                range_secs,
+            };
+            match ask(&state_dir, &request).await? {
+                Response::History(history) if json => {
+                    print_json(&monitor::text::history_json(&history))
+                }
+                Response::History(history) => print_text(&monitor::text::history_table(
+                    &history,
+                    &output::human_duration(range_secs),
+                )),
                 other => unexpected(other),
             }
         }

@@ -15,6 +15,15 @@ use crate::reboot::RebootAction;
 use crate::state::StateDir;
 use crate::validate::{ApiUrl, HostPort};
 
+/// Monitoring options of `run` (see src/monitor/).
+#[derive(Debug, Clone, Copy)]
+pub struct MonitorOptions {
+    /// Serve Prometheus metrics here (`--metrics-addr`), or not at all.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Sample this host every 10 s into the history (on unless `--no-sampling`).
+    pub sampling: bool,
+}
+
 /// Runs the node until SIGINT/SIGTERM or `leave`. `reboot_command`, if set, replaces the
 /// host reboot that `Reboot` triggers (run with `sh -c`). `telegram_api_url`, if set, points
 /// the bot at another Bot API server.
@@ -23,6 +32,7 @@ pub async fn run(
     listen_override: Option<HostPort>,
     reboot_command: Option<String>,
     telegram_api_url: Option<ApiUrl>,
+    monitoring: MonitorOptions,
 ) -> Result<()> {
     // Before anything is read or written: a second `run` is refused here, unchanged.
     let _lock = state_dir.lock()?;
@@ -67,7 +77,12 @@ pub async fn run(
     state.node.incarnation = state.node.incarnation.wrapping_add(1);
     state_dir.save(&state)?;
 
+    let metrics_listener = match monitoring.metrics_addr {
+        Some(addr) => Some(crate::monitor::metrics::bind(addr).await?),
+        None => None,
+    };
     let listener = control::bind(&state_dir.socket_path()).await?;
+    let monitor = crate::monitor::Monitor::start(state_dir.path(), monitoring.sampling)?;
     let metrics = Arc::new(signals::BotMetrics::default());
     let (signals, watchers) = signals::Signals::new(state.settings.clone(), metrics.clone());
     let audit =
@@ -124,6 +139,9 @@ pub async fn run(
             containers.clone(),
         ),
     ));
+    let metrics_task = metrics_listener.map(|listener| {
+        crate::monitor::metrics::serve(listener, monitor.clone(), client.clone(), metrics.clone())
+    });
     let bot = bot::host(
         BotConfig {
             api_url: telegram_api_url.map(|u| u.url().clone()),
@@ -145,6 +163,9 @@ pub async fn run(
     control_task.abort();
     watcher.abort();
     token_follower.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     let _ = std::fs::remove_file(state_dir.socket_path());
     result
 }

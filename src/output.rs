@@ -177,6 +177,19 @@ pub fn stats_block(s: &NodeStats) -> String {
         "daemon    {} resident",
         human_bytes(s.daemon_rss_bytes)
     );
+    for (title, list) in [("top cpu", &s.top_cpu), ("top ram", &s.top_memory)] {
+        for (i, p) in list.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{:9} {:>7} {:<20} {:>6.1} % {:>10}",
+                if i == 0 { title } else { "" },
+                p.pid,
+                p.name,
+                p.cpu_percent,
+                human_bytes(p.rss_bytes)
+            );
+        }
+    }
     out
 }
 
@@ -442,8 +455,16 @@ mod tests {
             host_uptime_secs: 3 * 86400 + 4 * 3600,
             daemon_uptime_secs: 42,
             daemon_rss_bytes: 15 * 1024 * 1024 + 512 * 1024,
+            top_cpu: vec![crate::stats::ProcessUsage {
+                pid: 42,
+                name: "nginx".into(),
+                cpu_percent: 150.0,
+                rss_bytes: 3 << 20,
+            }],
+            top_memory: vec![],
         };
         let block = stats_block(&stats);
+        assert!(block.contains("top cpu        42 nginx"), "{block}");
         assert!(
             block.contains("cpu       12.3 %   load 0.50 0.25 0.12"),
             "{block}"

@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-pub use constella_behaviours::rpc::{DiskUsage, NodeStats, RebootAccepted};
+pub use constella_behaviours::rpc::{
+    DiskUsage, NodeStats, ProcessUsage, RebootAccepted, TOP_PROCESSES,
+};
 use sysinfo::{Disks, MINIMUM_CPU_UPDATE_INTERVAL, ProcessRefreshKind, ProcessesToUpdate, System};
 
 /// Window over which CPU use is averaged: sysinfo's minimum, so one answer costs ~200 ms.
@@ -14,16 +16,16 @@ pub const CPU_WINDOW: Duration = MINIMUM_CPU_UPDATE_INTERVAL;
 pub fn collect(name: &str, node_id: &str, daemon_started: Instant) -> Result<NodeStats, String> {
     let fail = |what: &str, error: sysinfo::Error| format!("cannot read {what}: {error}");
     let mut sys = System::new().map_err(|e| fail("system figures", e))?;
+    // Every process's CPU time before and after the window gives the top lists.
+    let processes = ProcessRefreshKind::nothing().with_cpu().with_memory();
     sys.refresh_cpu_usage();
+    sys.refresh_processes_specifics(ProcessesToUpdate::All, true, processes);
     std::thread::sleep(CPU_WINDOW);
     sys.refresh_cpu_usage();
+    sys.refresh_processes_specifics(ProcessesToUpdate::All, true, processes);
     sys.refresh_memory();
     let pid = sysinfo::get_current_pid().map_err(|e| fail("the daemon's pid", e))?;
-    sys.refresh_processes_specifics(
-        ProcessesToUpdate::Some(&[pid]),
-        false,
-        ProcessRefreshKind::nothing().with_memory(),
-    );
+    let (top_cpu, top_memory) = top_processes(&sys);
     let daemon_rss_bytes = sys.process(pid).map_or(0, sysinfo::Process::memory);
     let load = System::load_average().map_err(|e| fail("the load average", e))?;
     let disks = Disks::new_with_refreshed_list().map_err(|e| fail("mounted filesystems", e))?;
@@ -40,12 +42,39 @@ pub fn collect(name: &str, node_id: &str, daemon_started: Instant) -> Result<Nod
         host_uptime_secs: System::uptime().map_err(|e| fail("the host uptime", e))?,
         daemon_uptime_secs: daemon_started.elapsed().as_secs(),
         daemon_rss_bytes,
+        top_cpu,
+        top_memory,
     })
+}
+
+/// The [`TOP_PROCESSES`] processes by CPU and by resident memory (threads left out: sysinfo
+/// lists Linux tasks too).
+fn top_processes(sys: &System) -> (Vec<ProcessUsage>, Vec<ProcessUsage>) {
+    let mut all: Vec<ProcessUsage> = sys
+        .processes()
+        .values()
+        .filter(|p| p.thread_kind().is_none())
+        .map(|p| ProcessUsage {
+            pid: p.pid().as_u32(),
+            name: p.name().to_string_lossy().chars().take(64).collect(),
+            cpu_percent: p.cpu_usage(),
+            rss_bytes: p.memory(),
+        })
+        .collect();
+    all.sort_by(|a, b| {
+        b.cpu_percent
+            .total_cmp(&a.cpu_percent)
+            .then(a.pid.cmp(&b.pid))
+    });
+    let top_cpu = all.iter().take(TOP_PROCESSES).cloned().collect();
+    all.sort_by(|a, b| b.rss_bytes.cmp(&a.rss_bytes).then(a.pid.cmp(&b.pid)));
+    all.truncate(TOP_PROCESSES);
+    (top_cpu, all)
 }
 
 /// One row per mount point (a filesystem mounted twice, or bind mounts, are listed once each
 /// place they are mounted, but a mount point listed twice is reported once), `/` first.
-fn disk_usage(disks: &Disks) -> Vec<DiskUsage> {
+pub(crate) fn disk_usage(disks: &Disks) -> Vec<DiskUsage> {
     let mut seen = HashSet::new();
     let mut rows: Vec<DiskUsage> = disks
         .iter()
@@ -74,6 +103,9 @@ mod tests {
         assert!(stats.ram_total_bytes > 0 && stats.ram_used_bytes <= stats.ram_total_bytes);
         assert!(stats.daemon_rss_bytes > 0);
         assert!(stats.host_uptime_secs > 0);
+        assert!(!stats.top_memory.is_empty() && stats.top_memory.len() <= TOP_PROCESSES);
+        assert!(stats.top_memory[0].rss_bytes >= stats.top_memory.last().unwrap().rss_bytes);
+        assert_eq!(stats.top_cpu.len(), stats.top_memory.len());
         let root = stats.disks.first().expect("a filesystem");
         assert_eq!(root.mount, "/");
         assert!(root.used_bytes <= root.total_bytes);

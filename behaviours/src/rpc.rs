@@ -60,6 +60,12 @@ pub enum RpcRequest {
     /// settings' stamp fetches the new one (members only; inside the Noise-encrypted
     /// connection; the answer's `Debug` is redacted).
     GetBotToken,
+    /// The answering node's sampled history of `metrics` (empty: all its series, at most
+    /// [`MAX_HISTORY_METRICS`]) over the last `range_secs` (at most [`MAX_HISTORY_RANGE_SECS`]).
+    GetHistory {
+        metrics: Vec<String>,
+        range_secs: u64,
+    },
 }
 
 /// A bot token in an RPC answer: wiped on drop, never shown by `Debug`.
@@ -171,6 +177,34 @@ impl ContainerAlert {
     }
 }
 
+/// Most series one `GetHistory` returns.
+pub const MAX_HISTORY_METRICS: usize = 16;
+/// Most points per series one `GetHistory` returns (longer ranges are averaged into buckets),
+/// so that [`MAX_HISTORY_METRICS`] series fit a response frame.
+pub const MAX_HISTORY_POINTS: usize = 720;
+/// Longest range a node keeps: 30 days at 1-minute resolution.
+pub const MAX_HISTORY_RANGE_SECS: u64 = 30 * 24 * 3600;
+/// Longest metric name a node accepts.
+pub const MAX_METRIC_CHARS: usize = 128;
+
+/// One sampled series: `(unix seconds, value)` oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Series {
+    /// e.g. `cpu_percent`, `net_rx_bytes_per_sec`, `disk_used_percent:/`.
+    pub metric: String,
+    pub points: Vec<(u64, f64)>,
+}
+
+/// A node's answer to `GetHistory`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// Server name of the node measured.
+    pub name: String,
+    /// Seconds between two points as stored (10 or 60); a bucketed answer has wider gaps.
+    pub step_secs: u32,
+    pub series: Vec<Series>,
+}
+
 /// Space on one mounted filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskUsage {
@@ -209,6 +243,28 @@ pub struct NodeStats {
     pub daemon_uptime_secs: u64,
     /// Resident memory of the daemon process, bytes.
     pub daemon_rss_bytes: u64,
+    /// The processes using the most CPU over the measuring window, most first (at most
+    /// [`TOP_PROCESSES`]; empty from a node that predates the field).
+    #[serde(default)]
+    pub top_cpu: Vec<ProcessUsage>,
+    /// The processes with the most resident memory, most first (at most [`TOP_PROCESSES`]).
+    #[serde(default)]
+    pub top_memory: Vec<ProcessUsage>,
+}
+
+/// How many processes each top list of [`NodeStats`] holds.
+pub const TOP_PROCESSES: usize = 5;
+
+/// One process in a top list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessUsage {
+    pub pid: u32,
+    /// Its name (at most 64 characters).
+    pub name: String,
+    /// CPU use over the measuring window, percent of one core (may exceed 100).
+    pub cpu_percent: f32,
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
 }
 
 /// The target's promise to reboot, sent before it acts.
@@ -239,6 +295,8 @@ pub enum RpcAnswer {
     Noted,
     /// Answer to [`RpcRequest::GetBotToken`]; `None` when the node has no token.
     BotToken(Option<SecretToken>),
+    /// Answer to [`RpcRequest::GetHistory`].
+    History(History),
 }
 
 /// Why the answering node did not do what was asked. Each is one line for the operator.
@@ -467,5 +525,21 @@ mod tests {
         })
         .unwrap();
         assert_eq!(back, list);
+    }
+
+    #[test]
+    fn the_largest_history_fits_a_response_frame() {
+        let series = Series {
+            metric: "m".repeat(MAX_METRIC_CHARS),
+            points: vec![(u64::from(u32::MAX), f64::MAX); MAX_HISTORY_POINTS],
+        };
+        let answer: RpcResponse = Ok(RpcAnswer::History(History {
+            name: "n".repeat(63),
+            step_secs: 60,
+            series: vec![series; MAX_HISTORY_METRICS],
+        }));
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&answer, &mut bytes).unwrap();
+        assert!((bytes.len() as u64) < MAX_RESPONSE_BYTES, "{}", bytes.len());
     }
 }

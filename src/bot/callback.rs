@@ -34,6 +34,43 @@ pub enum Action {
     Reboot(Confirmation),
     /// The reboot was not confirmed: back to the card.
     Cancel(String),
+    /// Offer the chart ranges of a node.
+    Charts(String),
+    /// Send a chart of a node over a range (see [`ChartRange`]).
+    Chart(String, ChartRange),
+}
+
+/// The ranges a chart button offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChartRange {
+    Hour,
+    Day,
+    Week,
+}
+
+impl ChartRange {
+    pub const ALL: [ChartRange; 3] = [ChartRange::Hour, ChartRange::Day, ChartRange::Week];
+
+    /// Seconds covered.
+    pub fn secs(self) -> u64 {
+        match self {
+            ChartRange::Hour => 3600,
+            ChartRange::Day => 86_400,
+            ChartRange::Week => 7 * 86_400,
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            ChartRange::Hour => "h",
+            ChartRange::Day => "d",
+            ChartRange::Week => "w",
+        }
+    }
+
+    fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
 }
 
 /// A signed reboot confirmation.
@@ -90,6 +127,8 @@ impl Action {
             Action::AskReboot(node) => format!("r:{node}"),
             Action::Reboot(c) => format!("R:{}:{}:{}", c.node, c.expires_at, c.mac),
             Action::Cancel(node) => format!("x:{node}"),
+            Action::Charts(node) => format!("g:{node}"),
+            Action::Chart(node, range) => format!("G:{node}:{}", range.code()),
         }
     }
 
@@ -108,6 +147,11 @@ impl Action {
             "u" => node(rest).map(Action::Usage),
             "r" => node(rest).map(Action::AskReboot),
             "x" => node(rest).map(Action::Cancel),
+            "g" => node(rest).map(Action::Charts),
+            "G" => {
+                let (id, range) = rest.split_once(':')?;
+                Some(Action::Chart(node(id)?, ChartRange::from_code(range)?))
+            }
             "R" => {
                 let mut parts = rest.split(':');
                 let (Some(id), Some(exp), Some(mac), None) =
@@ -211,6 +255,8 @@ pub(crate) mod tests {
             Action::AskReboot(short.clone()),
             Action::Cancel(short.clone()),
             Action::Reboot(confirmation),
+            Action::Charts(short.clone()),
+            Action::Chart(short.clone(), ChartRange::Week),
         ] {
             let data = action.encode();
             assert!(data.len() <= MAX_CALLBACK_BYTES, "{data}");

@@ -15,6 +15,7 @@
 //! A confirmation (reboot, container action) is claimed in the network settings before it is
 //! acted on, so a second press is refused by whichever node leads by then.
 
+mod charts;
 mod containers;
 
 use std::collections::BTreeSet;
@@ -447,7 +448,12 @@ impl Handlers {
             return;
         }
         let short = match &action {
-            Action::Card(n) | Action::Usage(n) | Action::AskReboot(n) | Action::Cancel(n) => n,
+            Action::Card(n)
+            | Action::Usage(n)
+            | Action::AskReboot(n)
+            | Action::Cancel(n)
+            | Action::Charts(n)
+            | Action::Chart(n, _) => n,
             Action::Reboot(c) => &c.node,
             Action::List => return,
         };
@@ -469,6 +475,12 @@ impl Handlers {
                 let screen = self.node_card(lang, &peer, can_reboot).await;
                 self.edit(chat, message_id, screen).await;
             }
+            Action::Charts(_) => {
+                self.answer(&query, None).await;
+                self.edit(chat, message_id, ui::chart_menu(lang, &peer))
+                    .await;
+            }
+            Action::Chart(_, range) => self.on_chart(&query, lang, &peer, range).await,
             Action::Usage(_) | Action::AskReboot(_) | Action::Reboot(_) if offline => {
                 self.answer(&query, Some(&ui::toast_offline(lang, &peer.name)))
                     .await;
@@ -763,7 +775,7 @@ fn command_action(command: &str) -> access::Action {
 fn button_action(action: &Action) -> access::Action {
     match action {
         Action::List | Action::Card(_) | Action::Cancel(_) => access::Action::List,
-        Action::Usage(_) => access::Action::Usage,
+        Action::Usage(_) | Action::Charts(_) | Action::Chart(..) => access::Action::Usage,
         Action::AskReboot(_) | Action::Reboot(_) => access::Action::Reboot,
     }
 }

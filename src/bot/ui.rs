@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use teloxide::types::{InlineKeyboardButton, InlineKeyboardMarkup};
 
-use super::callback::{Action, Confirmation, short_peer_id};
+use super::callback::{Action, ChartRange, Confirmation, short_peer_id};
 use crate::daemon::ClientError;
 use crate::daemon::signals::NetworkEvent;
 use crate::output::{ENGLISH, RUSSIAN, Units};
@@ -136,10 +136,16 @@ pub fn node_card(lang: Lang, peer: &MemberView, can_reboot: bool) -> Screen {
             peer.name, peer.addr
         ),
     };
-    let mut rows = vec![vec![button(
-        lang.pick("Показать потребление", "Show usage"),
-        &Action::Usage(short.clone()),
-    )]];
+    let mut rows = vec![
+        vec![button(
+            lang.pick("Показать потребление", "Show usage"),
+            &Action::Usage(short.clone()),
+        )],
+        vec![button(
+            lang.pick("📈 График", "📈 Chart"),
+            &Action::Charts(short.clone()),
+        )],
+    ];
     if can_reboot {
         rows.push(vec![button(
             lang.pick("Перезагрузить сервер", "Reboot server"),
@@ -195,6 +201,52 @@ pub fn with_back(lang: Lang, text: String, node: Option<&str>) -> Screen {
     Screen {
         text,
         keyboard: Some(InlineKeyboardMarkup::new(vec![row])),
+    }
+}
+
+/// The ranges a node's chart can cover, as buttons.
+pub fn chart_menu(lang: Lang, peer: &MemberView) -> Screen {
+    let short = short_peer_id(&peer.node_id);
+    let ranges = ChartRange::ALL
+        .into_iter()
+        .map(|range| {
+            button(
+                chart_range(lang, range),
+                &Action::Chart(short.clone(), range),
+            )
+        })
+        .collect();
+    let back = vec![button(
+        lang.pick("« К узлу", "« To the node"),
+        &Action::Card(short.clone()),
+    )];
+    Screen {
+        text: match lang {
+            Lang::Ru => format!("📈 {}: за какое время показать график?", peer.name),
+            Lang::En => format!("📈 {}: chart over which period?", peer.name),
+        },
+        keyboard: Some(InlineKeyboardMarkup::new(vec![ranges, back])),
+    }
+}
+
+/// "1 ч", "24 ч", "7 д" (or English).
+pub fn chart_range(lang: Lang, range: ChartRange) -> &'static str {
+    match range {
+        ChartRange::Hour => lang.pick("1 ч", "1 h"),
+        ChartRange::Day => lang.pick("24 ч", "24 h"),
+        ChartRange::Week => lang.pick("7 д", "7 d"),
+    }
+}
+
+/// The panel titles of a chart.
+pub fn chart_titles(lang: Lang) -> crate::monitor::chart::Titles {
+    crate::monitor::chart::Titles {
+        cpu: lang.pick("Процессор", "CPU"),
+        ram: lang.pick("Память", "Memory"),
+        disk: lang.pick("Диск /", "Disk /"),
+        traffic: lang.pick("Трафик", "Traffic"),
+        received: lang.pick("приём", "in"),
+        sent: lang.pick("передача", "out"),
     }
 }
 
@@ -264,6 +316,33 @@ pub fn usage(lang: Lang, s: &NodeStats) -> String {
         Lang::Ru => write!(text, "\nСервер работает: {host}\nДемон работает: {daemon}"),
         Lang::En => write!(text, "\nUptime: {host} (daemon {daemon})"),
     };
+    // The top three of each list fit a phone line each.
+    let cpu: Vec<String> = s
+        .top_cpu
+        .iter()
+        .take(3)
+        .map(|p| {
+            format!(
+                "{} {} %",
+                p.name,
+                units.decimal(f64::from(p.cpu_percent), 0)
+            )
+        })
+        .collect();
+    let ram: Vec<String> = s
+        .top_memory
+        .iter()
+        .take(3)
+        .map(|p| format!("{} {}", p.name, units.bytes(p.rss_bytes)))
+        .collect();
+    for (title, top) in [
+        (lang.pick("Топ ЦП", "Top CPU"), cpu),
+        (lang.pick("Топ ОЗУ", "Top RAM"), ram),
+    ] {
+        if !top.is_empty() {
+            let _ = write!(text, "\n{title}: {}", top.join(", "));
+        }
+    }
     text
 }
 
@@ -579,7 +658,18 @@ mod tests {
             host_uptime_secs: 3 * 86400 + 4 * 3600,
             daemon_uptime_secs: 302,
             daemon_rss_bytes: 15 << 20,
+            top_cpu: vec![],
+            top_memory: vec![],
         };
+        let mut busy = stats.clone();
+        busy.top_cpu = vec![crate::stats::ProcessUsage {
+            pid: 7,
+            name: "nginx".into(),
+            cpu_percent: 150.0,
+            rss_bytes: gib,
+        }];
+        let busy = usage(Lang::Ru, &busy);
+        assert!(busy.ends_with("\nТоп ЦП: nginx 150 %"), "{busy}");
         let text = usage(Lang::Ru, &stats);
         assert_eq!(
             text,

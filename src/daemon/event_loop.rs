@@ -383,6 +383,10 @@ impl EventLoop {
             Command::Stats(target, reply) => {
                 self.rpc.stats(&mut self.swarm, &self.core, &target, reply);
             }
+            Command::History(target, request, reply) => {
+                let (swarm, core) = (&mut self.swarm, &self.core);
+                self.rpc.history(swarm, core, &target, request, reply);
+            }
             Command::Reboot {
                 target,
                 requested_by,

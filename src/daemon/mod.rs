@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use constella_behaviours::membership::MemberView;
 use constella_behaviours::node::LeaveOutcome;
 use constella_behaviours::rpc::{
-    ContainerAlert, DockerAnswer, DockerError, DockerRequest, Requester, SecretToken,
+    ContainerAlert, DockerAnswer, DockerError, DockerRequest, History, Requester, SecretToken,
 };
 use constella_behaviours::settings::NetworkSettings;
 use constella_behaviours::{Behaviour, NetworkSecret};
@@ -65,6 +65,12 @@ pub enum Command {
     ),
     /// Resource figures of the node named (name or node id) by the string.
     Stats(String, oneshot::Sender<Result<NodeStats, ClientError>>),
+    /// Metric history of a node: (metrics, range in seconds).
+    History(
+        String,
+        (Vec<String>, u64),
+        oneshot::Sender<Result<History, ClientError>>,
+    ),
     /// Reboot a node.
     Reboot {
         target: String,
@@ -147,6 +153,17 @@ impl Client {
     /// with [`ClientError::Offline`] / [`ClientError::Unreachable`] when it cannot be reached.
     pub async fn stats(&self, target: &str) -> Result<NodeStats, ClientError> {
         self.ask(|reply| Command::Stats(target.to_owned(), reply))
+            .await?
+    }
+
+    /// The sampled history of `metrics` (empty: all) on `target` over the last `range_secs`.
+    pub async fn history(
+        &self,
+        target: &str,
+        metrics: Vec<String>,
+        range_secs: u64,
+    ) -> Result<History, ClientError> {
+        self.ask(|reply| Command::History(target.to_owned(), (metrics, range_secs), reply))
             .await?
     }
 
@@ -286,6 +303,7 @@ pub fn start(
     tokio::spawn(chat_service.hand_off_loop());
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (written_tx, written_rx) = mpsc::unbounded_channel();
+    let history = crate::monitor::HistoryReader::new(crate::monitor::history_dir(state_dir.path()));
     let store = store::Store::spawn(state_dir, written_tx).context("cannot start the store")?;
     let rpc = rpc::Rpc::new(
         reboot,
@@ -295,7 +313,8 @@ pub fn start(
         state.owner_username.clone(),
         signals.bot_token.clone(),
         signals.audit.clone(),
-    );
+    )
+    .with_history(history);
     let event_loop = event_loop::EventLoop::new(
         swarm,
         commands_rx,

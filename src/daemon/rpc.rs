@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use constella_behaviours::membership::{MemberView, Status};
 use constella_behaviours::node::Node;
 use constella_behaviours::rpc::{
-    ContainerAlert, DockerAnswer, DockerError, DockerRequest, MAX_REQUESTED_BY_CHARS, Requester,
-    RpcAnswer, RpcRefusal, RpcRequest, RpcResponse, SecretToken,
+    ContainerAlert, DockerAnswer, DockerError, DockerRequest, History, MAX_REQUESTED_BY_CHARS,
+    Requester, RpcAnswer, RpcRefusal, RpcRequest, RpcResponse, SecretToken,
 };
 use constella_behaviours::settings::NetworkSettings;
 use constella_behaviours::{Behaviour, RPC_TIMEOUT};
@@ -33,6 +33,7 @@ use super::signals::NetworkEvent;
 use crate::access::{self, Action};
 use crate::audit::{AuditEvent, AuditKind, AuditLog};
 use crate::docker::Engine;
+use crate::monitor::{self, HistoryReader};
 use crate::reboot::RebootAction;
 use crate::state::StoredSecret;
 use crate::stats::{self, NodeStats, RebootAccepted};
@@ -66,6 +67,8 @@ pub(super) enum Reply {
     Noted,
     /// A `GetBotToken` for [`Client::bot_token_of`](super::Client::bot_token_of).
     BotToken(oneshot::Sender<Result<Option<SecretToken>, ClientError>>),
+    /// A `GetHistory` for [`Client::history`](super::Client::history).
+    History(oneshot::Sender<Result<History, ClientError>>),
 }
 
 impl Reply {
@@ -78,6 +81,7 @@ impl Reply {
             Reply::Docker(tx) => drop(tx.send(Err(docker_error(error)))),
             Reply::Noted => debug!(%error, "a container alert did not reach the leader"),
             Reply::BotToken(tx) => drop(tx.send(Err(error))),
+            Reply::History(tx) => drop(tx.send(Err(error))),
         }
     }
 
@@ -90,6 +94,7 @@ impl Reply {
             (Reply::Docker(tx), RpcAnswer::Docker(result)) => drop(tx.send(result)),
             (Reply::Noted, RpcAnswer::Noted) => {}
             (Reply::BotToken(tx), RpcAnswer::BotToken(token)) => drop(tx.send(Ok(token))),
+            (Reply::History(tx), RpcAnswer::History(history)) => drop(tx.send(Ok(history))),
             (reply, _) => reply.fail(ClientError::BadAnswer {
                 node: name.to_owned(),
                 problem: "gave an answer of the wrong kind".to_owned(),
@@ -189,6 +194,8 @@ pub(super) struct Rpc {
     bot_token: watch::Receiver<Option<StoredSecret>>,
     /// Where refusals by role and reboots asked by other members are recorded.
     audit: Option<AuditLog>,
+    /// This node's metric history, for `GetHistory` (none in a node built without it).
+    history: Option<HistoryReader>,
 }
 
 impl Rpc {
@@ -217,7 +224,14 @@ impl Rpc {
             initial_owner,
             bot_token,
             audit,
+            history: None,
         }
+    }
+
+    /// Serves `GetHistory` from this node's sampled history.
+    pub(super) fn with_history(mut self, history: HistoryReader) -> Self {
+        self.history = Some(history);
+        self
     }
 
     /// The earliest deadline of a waiting call.
@@ -281,6 +295,33 @@ impl Rpc {
                     RpcRequest::GetStats,
                     Reply::Stats(reply),
                 );
+            }
+        }
+    }
+
+    /// `GetHistory` of `target`.
+    pub(super) fn history(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        core: &Node,
+        target: &str,
+        (metrics, range_secs): (Vec<String>, u64),
+        reply: oneshot::Sender<Result<History, ClientError>>,
+    ) {
+        match resolve(core, target) {
+            Err(error) => drop(reply.send(Err(error))),
+            Ok(Target::Local) => {
+                let job = self.history_job(core, metrics, range_secs);
+                tokio::spawn(async move {
+                    let _ = reply.send(job.await.map_err(ClientError::Invalid));
+                });
+            }
+            Ok(Target::Remote { id, name }) => {
+                let request = RpcRequest::GetHistory {
+                    metrics,
+                    range_secs,
+                };
+                self.call(swarm, core, id, name, request, Reply::History(reply));
             }
         }
     }
@@ -547,20 +588,23 @@ impl Rpc {
             RpcRequest::GetStats => {
                 debug!(%caller, "stats requested");
                 let job = self.measure_job(core);
-                let finished = self.finished_tx.clone();
-                tokio::spawn(async move {
-                    let response = job
-                        .run()
+                self.answer_later(peer, channel, async move {
+                    job.run()
                         .await
                         .map(|s| RpcAnswer::Stats(Box::new(s)))
-                        .map_err(RpcRefusal::Failed);
-                    let _ = finished
-                        .send(Finished {
-                            peer,
-                            channel,
-                            response,
-                        })
-                        .await;
+                        .map_err(RpcRefusal::Failed)
+                });
+            }
+            RpcRequest::GetHistory {
+                metrics,
+                range_secs,
+            } => {
+                debug!(%caller, range_secs, "history requested");
+                let job = self.history_job(core, metrics, range_secs);
+                self.answer_later(peer, channel, async move {
+                    job.await
+                        .map(RpcAnswer::History)
+                        .map_err(RpcRefusal::Invalid)
                 });
             }
             RpcRequest::Reboot {
@@ -606,19 +650,11 @@ impl Rpc {
                 debug!(%caller, requester = by.describe(), ?request, "container request");
                 let engine = self.docker.clone();
                 let permits = Arc::clone(&self.docker_permits);
-                let finished = self.finished_tx.clone();
-                tokio::spawn(async move {
-                    let response = match permits.acquire_owned().await {
+                self.answer_later(peer, channel, async move {
+                    match permits.acquire_owned().await {
                         Ok(_permit) => Ok(RpcAnswer::Docker(engine.answer(request).await)),
                         Err(_) => Err(RpcRefusal::Failed("the node is shutting down".to_owned())),
-                    };
-                    let _ = finished
-                        .send(Finished {
-                            peer,
-                            channel,
-                            response,
-                        })
-                        .await;
+                    }
                 });
             }
             RpcRequest::GetBotToken => {
@@ -670,6 +706,26 @@ impl Rpc {
         })
     }
 
+    /// Works out an answer off the event loop; the loop sends it when it is ready.
+    fn answer_later(
+        &self,
+        peer: PeerId,
+        channel: ResponseChannel<RpcResponse>,
+        work: impl std::future::Future<Output = RpcResponse> + Send + 'static,
+    ) {
+        let finished = self.finished_tx.clone();
+        tokio::spawn(async move {
+            let response = work.await;
+            let _ = finished
+                .send(Finished {
+                    peer,
+                    channel,
+                    response,
+                })
+                .await;
+        });
+    }
+
     pub(super) fn on_finished(&mut self, swarm: &mut Swarm<Behaviour>, finished: Finished) {
         respond(swarm, finished.peer, finished.channel, finished.response);
     }
@@ -682,6 +738,28 @@ impl Rpc {
             node_id: core.local().id.to_base58(),
             started: self.started,
             permits: Arc::clone(&self.measuring),
+        }
+    }
+
+    /// Reads this node's history off the event loop (files of up to 350 KB each).
+    fn history_job(
+        &self,
+        core: &Node,
+        metrics: Vec<String>,
+        range_secs: u64,
+    ) -> impl std::future::Future<Output = Result<History, String>> + Send + 'static {
+        let reader = self.history.clone();
+        let name = core.local().name.clone();
+        async move {
+            let Some(reader) = reader else {
+                return Err(format!("{name} keeps no metric history"));
+            };
+            tokio::task::spawn_blocking(move || {
+                let now = crate::state::unix_now();
+                monitor::answer_history(&reader, &name, &metrics, range_secs, now)
+            })
+            .await
+            .map_err(|error| format!("the history read failed: {error}"))?
         }
     }
 

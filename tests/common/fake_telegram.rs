@@ -121,6 +121,66 @@ impl BotMessage {
     }
 }
 
+/// A photo the bot sent (`sendPhoto`, multipart/form-data).
+#[derive(Debug, Clone)]
+pub struct Photo {
+    pub node: String,
+    pub chat_id: i64,
+    pub caption: String,
+    /// The file name the client gave the upload.
+    pub file_name: String,
+    /// The uploaded bytes (a PNG for a chart).
+    pub bytes: Vec<u8>,
+    pub at: Instant,
+}
+
+/// One field of a multipart/form-data body: its name, its file name if it is a file, its bytes.
+type Field = (String, Option<String>, Vec<u8>);
+
+/// The fields of a multipart/form-data body.
+fn multipart_fields(content_type: &str, body: &[u8]) -> Option<Vec<Field>> {
+    let boundary = content_type
+        .split(';')
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix("boundary="))?
+        .trim_matches('"');
+    let delimiter = format!("--{boundary}").into_bytes();
+    let mut fields = Vec::new();
+    let mut rest = body;
+    loop {
+        let start = rest
+            .windows(delimiter.len())
+            .position(|w| w == delimiter.as_slice())?;
+        rest = &rest[start + delimiter.len()..];
+        if rest.starts_with(b"--") {
+            return Some(fields);
+        }
+        rest = rest.strip_prefix(b"\r\n")?;
+        let head_end = rest.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&rest[..head_end]).into_owned();
+        rest = &rest[head_end + 4..];
+        let end = rest
+            .windows(delimiter.len())
+            .position(|w| w == delimiter.as_slice())?;
+        let data = rest[..end]
+            .strip_suffix(b"\r\n")
+            .unwrap_or(&rest[..end])
+            .to_vec();
+        rest = &rest[end..];
+        let disposition = head
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("content-disposition"))?;
+        let param = |key: &str| {
+            disposition.split(';').map(str::trim).find_map(|p| {
+                p.strip_prefix(key)
+                    .and_then(|v| v.strip_prefix('='))
+                    .map(|v| v.trim_matches('"').to_owned())
+            })
+        };
+        fields.push((param("name")?, param("filename"), data));
+    }
+}
+
 #[derive(Default)]
 struct State {
     token: String,
@@ -138,6 +198,7 @@ struct State {
     callback_answers: Vec<(String, Value)>,
     /// Calls refused with 401 (wrong token): (node, method).
     unauthorized: Vec<(String, String)>,
+    photos: Vec<Photo>,
 }
 
 /// The fake server. Dropping it stops it.
@@ -296,6 +357,11 @@ impl FakeTelegram {
     }
 
     /// Texts of AnswerCallbackQuery calls: (node, body).
+    /// Photos the bot sent, oldest first.
+    pub fn photos(&self) -> Vec<Photo> {
+        self.state.lock().unwrap().photos.clone()
+    }
+
     pub fn callback_answers(&self) -> Vec<(String, Value)> {
         self.state.lock().unwrap().callback_answers.clone()
     }
@@ -467,6 +533,12 @@ async fn serve_connection(
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
         let mut lines = head.split("\r\n");
         let request_line = lines.next().unwrap_or_default().to_owned();
+        let content_type = head
+            .split("\r\n")
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_default();
         let length: usize = lines
             .filter_map(|l| l.split_once(':'))
             .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
@@ -480,7 +552,26 @@ async fn serve_connection(
             }
             buf.extend_from_slice(&chunk[..n]);
         }
-        let body: Value = serde_json::from_slice(&buf[head_end + 4..total]).unwrap_or(json!({}));
+        let raw = &buf[head_end + 4..total];
+        // A multipart upload (sendPhoto): its text fields become the JSON body, its file is kept.
+        let mut upload = None;
+        let body: Value = if content_type.starts_with("multipart/form-data") {
+            let mut object = serde_json::Map::new();
+            for (name, file_name, data) in multipart_fields(&content_type, raw).unwrap_or_default()
+            {
+                match file_name {
+                    Some(file_name) => upload = Some((file_name, data)),
+                    None => {
+                        let text = String::from_utf8_lossy(&data).into_owned();
+                        let value = text.parse::<i64>().map_or(json!(text), |n| json!(n));
+                        object.insert(name, value);
+                    }
+                }
+            }
+            Value::Object(object)
+        } else {
+            serde_json::from_slice(raw).unwrap_or(json!({}))
+        };
         buf.drain(..total);
 
         let path = request_line
@@ -517,6 +608,8 @@ async fn serve_connection(
                     Some(answer) => answer,
                     None => return Ok(()),
                 }
+            } else if method.eq_ignore_ascii_case("sendPhoto") {
+                send_photo(&state, &node, &body, upload)
             } else {
                 handle(&state, &node, &method, &body)
             }
@@ -535,6 +628,44 @@ async fn serve_connection(
         );
         stream.write_all(response.as_bytes()).await?;
     }
+}
+
+/// `sendPhoto` with an uploaded file: kept for the test, answered like Telegram (a message
+/// with a `photo` array).
+fn send_photo(
+    state: &Arc<Mutex<State>>,
+    node: &str,
+    body: &Value,
+    upload: Option<(String, Vec<u8>)>,
+) -> (u16, Value) {
+    let Some(chat_id) = body["chat_id"].as_i64() else {
+        return error(400, "Bad Request: chat not found");
+    };
+    let Some((file_name, bytes)) = upload else {
+        return error(400, "Bad Request: there is no photo in the request");
+    };
+    let mut s = state.lock().unwrap();
+    let message_id = s.next_message_id;
+    s.next_message_id += 1;
+    let caption = body["caption"].as_str().unwrap_or_default().to_owned();
+    let size = bytes.len();
+    s.photos.push(Photo {
+        node: node.to_owned(),
+        chat_id,
+        caption: caption.clone(),
+        file_name,
+        bytes,
+        at: Instant::now(),
+    });
+    ok(json!({
+        "message_id": message_id,
+        "date": unix_now(),
+        "chat": {"id": chat_id, "type": "private", "first_name": "User"},
+        "from": bot_user(),
+        "caption": caption,
+        "photo": [{"file_id": format!("photo{message_id}"), "file_unique_id": format!("u{message_id}"),
+                   "width": 1000, "height": 1100, "file_size": size}],
+    }))
 }
 
 /// A long poll. `None` when the client went away while it waited.

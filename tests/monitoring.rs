@@ -1,0 +1,281 @@
+//! Monitoring with real nodes on 127.0.0.1: the metric history survives a restart and is
+//! served to another node over `GetHistory`; `/metrics` parses with a Prometheus text-format
+//! parser and its figures move with the network.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{Cluster, Node, free_port, wait_for};
+
+/// Samples every second instead of every 10 s (still stored in 10-second slots).
+const FAST_SAMPLING: (&str, &str) = ("CONSTELLA_TEST_SAMPLE_INTERVAL_MS", "1000");
+
+type HistoryJson = BTreeMap<String, Vec<(u64, f64)>>;
+
+fn history(from: &Node, target: &str, range: &str) -> Option<HistoryJson> {
+    let out = from.cli(&["stats", target, "--history", range, "--json"]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// The 10-second slots that hold points (faster samples overwrite each other in a slot).
+fn slots(points: &[(u64, f64)]) -> Vec<u64> {
+    points.iter().map(|p| p.0 / 10).collect()
+}
+
+fn fast(node: &mut Node) {
+    node.env
+        .push((FAST_SAMPLING.0.to_owned(), FAST_SAMPLING.1.to_owned()));
+}
+
+#[test]
+fn history_survives_a_restart_and_is_asked_from_another_node() {
+    let mut cluster = Cluster::start_with(&["alpha", "bravo"], &[10, 20], None, fast);
+    let before: Vec<u64> = cluster.or_logs(|| {
+        let alpha = cluster.node("alpha");
+        wait_for(
+            Duration::from_secs(40),
+            "two 10-second slots of cpu_percent",
+            || {
+                let h = history(alpha, "alpha", "1h")?;
+                let cpu = h.get("cpu_percent")?;
+                (cpu.len() >= 2).then(|| slots(cpu))
+            },
+        )
+    });
+    cluster.or_logs(|| {
+        let h = history(cluster.node("alpha"), "alpha", "1h").unwrap();
+        for metric in [
+            "cpu_percent",
+            "ram_used_bytes",
+            "net_rx_bytes_per_sec",
+            "net_tx_bytes_per_sec",
+        ] {
+            let points = h
+                .get(metric)
+                .unwrap_or_else(|| panic!("{metric} missing: {h:?}"));
+            assert!(!points.is_empty(), "{metric} has no points");
+        }
+        assert!(h["ram_used_bytes"].iter().all(|p| p.1 > 0.0));
+        // bravo asks alpha over GetHistory and sees alpha's samples.
+        let remote = wait_for(
+            Duration::from_secs(15),
+            "bravo to get alpha's history",
+            || history(cluster.node("bravo"), "alpha", "1h"),
+        );
+        let times = slots(&remote["cpu_percent"]);
+        assert!(
+            before.iter().all(|t| times.contains(t)),
+            "{before:?} not in {times:?}"
+        );
+        // The text form: one line per series with a sparkline.
+        let text = cluster
+            .node("bravo")
+            .ok(&["stats", "alpha", "--history", "1h"]);
+        assert!(
+            text.contains("cpu_percent") && text.contains("alpha over the last 1h"),
+            "{text}"
+        );
+        // Only asked metrics, and a range beyond what is kept is refused with one line.
+        let only = cluster.node("bravo").ok(&[
+            "stats",
+            "alpha",
+            "--history",
+            "24h",
+            "--json",
+            "--metric",
+            "load1",
+        ]);
+        let only: HistoryJson = serde_json::from_str(&only).unwrap();
+        assert_eq!(only.keys().collect::<Vec<_>>(), vec!["load1"]);
+        let out = cluster
+            .node("bravo")
+            .cli(&["stats", "alpha", "--history", "31d"]);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("30 days"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    // Restart alpha: what it sampled before is still there.
+    cluster.node_mut("alpha").stop();
+    cluster.node_mut("alpha").start();
+    cluster.or_logs(|| {
+        let h = history(cluster.node("alpha"), "alpha", "1h").unwrap();
+        let times = slots(&h["cpu_percent"]);
+        assert!(
+            before.iter().all(|t| times.contains(t)),
+            "{before:?} not in {times:?}"
+        );
+        let dir = cluster.node("alpha").dir.join("history");
+        let size = std::fs::metadata(dir.join("10s").join("cpu_percent.ring"))
+            .unwrap()
+            .len();
+        assert_eq!(size, 16 + 8640 * 8, "a ring file has its fixed size");
+    });
+}
+
+/// `GET /metrics` over plain HTTP/1.1; the body.
+fn scrape(port: u16) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// The value of sample `name` with label `label` (if given) in a parsed scrape.
+fn value(body: &str, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    use prometheus_parse::{Scrape, Value};
+    let scrape = Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("parses");
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .and_then(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+#[test]
+fn metrics_endpoint_parses_and_follows_the_network() {
+    let port = free_port();
+    let mut cluster = Cluster::start_with(&["alpha", "bravo"], &[10, 20], None, |node| {
+        fast(node);
+        if node.name == "alpha" {
+            node.run_args = vec!["--metrics-addr".into(), format!("127.0.0.1:{port}")];
+        }
+    });
+    cluster.or_logs(|| {
+        let body = wait_for(
+            Duration::from_secs(20),
+            "a scrape with both members alive and a sample",
+            || {
+                let body = scrape(port)?;
+                (value(&body, "constella_members", Some(("status", "alive"))) == Some(2.0)
+                    && value(&body, "constella_cpu_percent", None).is_some())
+                .then_some(body)
+            },
+        );
+        assert_eq!(
+            value(&body, "constella_is_leader", None),
+            Some(1.0),
+            "{body}"
+        );
+        assert!(value(&body, "constella_ram_used_bytes", None).unwrap() > 0.0);
+        assert!(
+            value(&body, "constella_leader_changes_total", None).is_some(),
+            "{body}"
+        );
+        assert!(value(&body, "constella_disk_used_percent", Some(("mount", "/"))).is_some());
+        let first = value(&body, "constella_metrics_scrapes_total", None).unwrap();
+        let next = scrape(port).unwrap();
+        assert_eq!(
+            value(&next, "constella_metrics_scrapes_total", None),
+            Some(first + 1.0)
+        );
+        // Anything but GET /metrics is refused.
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    });
+    cluster.node_mut("bravo").kill();
+    cluster.or_logs(|| {
+        wait_for(
+            Duration::from_secs(30),
+            "alpha's scrape to count bravo offline",
+            || {
+                let body = scrape(port)?;
+                (value(&body, "constella_members", Some(("status", "offline"))) == Some(1.0))
+                    .then_some(())
+            },
+        );
+    });
+    // A taken port is refused with one line at start.
+    let mut clash = Node::new(cluster.root.path(), "charlie");
+    clash.init(30);
+    clash.run_args = vec!["--metrics-addr".into(), format!("127.0.0.1:{port}")];
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_constella"))
+        .arg("--state-dir")
+        .arg(&clash.dir)
+        .arg("run")
+        .args(&clash.run_args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot listen for metrics"), "{stderr}");
+}
+
+mod chart {
+    use super::*;
+    use common::fake_telegram::{FakeTelegram, TgUser};
+
+    const TOKEN: &str = "123456789:AAHfakeTokenForConstellaTests_0123456789";
+    const OWNER_ID: u64 = 5001;
+    const ANSWER: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn the_leader_sends_a_chart_of_another_node_as_a_photo() {
+        let fake = FakeTelegram::start(TOKEN);
+        let cluster = Cluster::start_with(&["alpha", "bravo"], &[1, 100], None, |node| {
+            fast(node);
+            node.init_args = vec!["--bot-token".into(), TOKEN.into()];
+            node.run_args = vec!["--telegram-api-url".into(), fake.url_for(&node.name)];
+        });
+        let owner = TgUser::new(OWNER_ID, "Owner_Test");
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "bravo to have sampled", || {
+                let h = history(cluster.node("alpha"), "bravo", "1h")?;
+                (!h.get("cpu_percent")?.is_empty()).then_some(())
+            });
+            wait_for(ANSWER, "alpha to poll", || {
+                fake.polls().iter().any(|p| p.node == "alpha").then_some(())
+            });
+        });
+        fake.send_text(&owner, "/start");
+        let list = fake.wait_message(ANSWER, "the node list", OWNER_ID, |m| {
+            m.text.starts_with("Узлы сети")
+        });
+        fake.press(&owner, list.message_id, &list.button("bravo").unwrap());
+        let card = cluster.or_logs(|| {
+            fake.wait_message(ANSWER, "bravo's card", OWNER_ID, |m| {
+                m.message_id == list.message_id && m.text.contains("Адрес")
+            })
+        });
+        let charts = card
+            .button("📈 График")
+            .expect("a chart button on the card");
+        fake.press(&owner, list.message_id, &charts);
+        let menu = cluster.or_logs(|| {
+            fake.wait_message(ANSWER, "the chart ranges", OWNER_ID, |m| {
+                m.message_id == list.message_id && m.button("7 д").is_some()
+            })
+        });
+        assert!(menu.button("24 ч").is_some(), "{menu:?}");
+        fake.press(&owner, list.message_id, &menu.button("1 ч").unwrap());
+        let photo = cluster
+            .or_logs(|| wait_for(ANSWER, "a chart photo", || fake.photos().into_iter().next()));
+        assert_eq!(photo.node, "alpha", "the leader sends it");
+        assert_eq!(photo.chat_id, OWNER_ID as i64);
+        assert!(photo.caption.contains("bravo"), "{}", photo.caption);
+        assert_eq!(photo.file_name, "bravo.png");
+        let decoder = png::Decoder::new(std::io::Cursor::new(&photo.bytes));
+        let reader = decoder.read_info().expect("a PNG");
+        assert_eq!((reader.info().width, reader.info().height), (1000, 1100));
+    }
+}
