@@ -11,6 +11,7 @@
 //!   and the typed content inside every ratchet message;
 //! * [`group`]: group keys, group messages and key rotation;
 //! * [`key_update`]: rotation of a user's keys with a chain of custody;
+//! * [`oneshot`]: one message sealed to a bundle (hybrid handshake + AEAD, no ratchet);
 //! * [`fingerprint`]: human-comparable identity fingerprints;
 //! * [`history`]: sealing a chat history for transfer to a new device.
 //!
@@ -58,6 +59,7 @@ pub mod identity;
 #[cfg(test)]
 mod kat;
 pub mod key_update;
+pub mod oneshot;
 pub mod prekeys;
 mod primitives;
 pub mod ratchet;
