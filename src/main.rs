@@ -340,6 +340,9 @@ fn init_locked(
 ) -> Result<()> {
     let key = state_dir.load_or_create_key()?;
     let node_id = key.public().to_peer_id();
+    let pq4 = state_dir.load_or_create_pq4()?;
+    let card = constella_behaviours::pq4::Pq4Card::new(&key, &pq4)?;
+    let secret = NetworkSecret::generate();
     let mut network_id = [0u8; 8];
     rand::fill(&mut network_id);
     let listen = listen_or_default(args.listen, args.public_addr.port);
@@ -350,11 +353,12 @@ fn init_locked(
         priority: args.priority,
         version: 1,
         left: false,
+        card: Some(card),
     };
     let mut state = NetworkState {
         network_id: hex::encode(network_id),
         owner_username: args.owner.as_str().to_owned(),
-        network_secret: Some(StoredSecret::from_secret(&NetworkSecret::generate())),
+        network_secret: Some(StoredSecret::from_secret(&secret)),
         peers: Vec::new(),
         format: STATE_FORMAT,
         node: LocalNode {
@@ -370,6 +374,8 @@ fn init_locked(
         left: false,
         bot_token: bot_token.map(|t| StoredSecret::new(t.expose().to_owned())),
         settings: Default::default(),
+        network_tag: Some(constella_behaviours::pq4::network_tag(&secret)),
+        secret_epoch: 0,
     };
     state.set_members(&[(record, constella_behaviours::membership::Status::Alive)]);
     state_dir.save(&state)?;

@@ -400,6 +400,7 @@ mod tests {
             leader,
             priority: 100,
             uptime_secs: None,
+            fingerprint: None,
         };
         let table = peers_table(&[
             peer("delta-01", "alive", true),
@@ -524,6 +525,8 @@ mod tests {
             connected_peers: 0,
             rejected_gossip: Default::default(),
             bot: Default::default(),
+            secret_epoch: 0,
+            fingerprint: None,
         };
         let leader = status_block(&report(true));
         assert!(

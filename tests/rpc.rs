@@ -535,6 +535,9 @@ fn strangers_are_refused_and_bad_frames_fail_alone() {
             .to_owned()
     };
     let member = identity::Keypair::generate_ed25519();
+    let pq4 =
+        constella_keys::KeyStore::generate_with_one_time_prekeys(0, &mut rand::rng()).unwrap();
+    let card = constella_behaviours::pq4::Pq4Card::new(&member, &pq4).unwrap();
     let mut swarm = runtime.block_on(async { probe_swarm(member) });
     let join = (
         Via::Join,
@@ -549,6 +552,7 @@ fn strangers_are_refused_and_bad_frames_fail_alone() {
                 priority: 1000,
                 // As an older joiner: admitted at once, no confirmation.
                 step: Default::default(),
+                card: Some(card),
             },
             addrs.clone(),
         ),

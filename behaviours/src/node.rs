@@ -64,6 +64,7 @@ use serde::{Deserialize, Serialize};
 use crate::gossip::{Goodbye, GossipBody, Heartbeat, MemberRecord, RosterUpdate};
 use crate::join::JoinRefusal;
 use crate::membership::{Change, HeartbeatRejection, Membership, Status};
+use crate::pq4::Pq4Card;
 use crate::settings::{NetworkSettings, SettingsUpdate};
 use crate::table::PeerTable;
 
@@ -374,6 +375,9 @@ pub enum Input<'a> {
         /// The joiner will confirm once its state is written ([`Input::JoinConfirm`]); older
         /// joiners do not, and are admitted for good at once.
         confirms: bool,
+        /// The joiner's PQ4 card; it goes into its record. A card not signed by `peer` is
+        /// refused ([`JoinRefusal::Invalid`]).
+        card: Option<&'a Pq4Card>,
     },
     /// An admitted joiner wrote its state: its admission stands. Answered with
     /// [`Output::JoinAnswer`] (the admission again, or [`JoinRefusal::AdmissionUndone`]).
@@ -403,6 +407,9 @@ pub enum Input<'a> {
     StrangerRefused(PeerId),
     /// The addresses to announce changed (a new listen address).
     Addresses(&'a [String]),
+    /// This node's PQ4 card (at start): put in its own record with a new version if the
+    /// record does not carry it yet, then published and persisted.
+    OwnCard(&'a Pq4Card),
 }
 
 /// What the core asks the daemon to do, in order.
@@ -823,6 +830,7 @@ impl Node {
                 priority,
                 unix_now,
                 confirms,
+                card,
             } => {
                 let request = JoinAsk {
                     token,
@@ -830,6 +838,7 @@ impl Node {
                     addr,
                     priority,
                     confirms,
+                    card,
                 };
                 self.on_join_request(peer, &request, unix_now)
             }
@@ -849,6 +858,12 @@ impl Node {
                 self.expire_stranger(peer, now + self.config.stranger_grace)
             }
             Input::Addresses(addrs) => self.local.addrs = addrs.to_vec(),
+            Input::OwnCard(card) => {
+                if self.membership.set_own_card(card.clone()).is_some() {
+                    self.publish_roster();
+                    self.persist(None);
+                }
+            }
         }
         self.update_leadership(now);
         let wake = self.next_wake(now);
@@ -1416,6 +1431,11 @@ impl Node {
                 "this node is already a member".to_owned(),
             ));
         }
+        if request.card.is_some_and(|card| !card.signed_by(&peer)) {
+            return Err(JoinRefusal::Invalid(
+                "the PQ4 card is not signed by the joining node".to_owned(),
+            ));
+        }
         let invites_before = self.invites.clone();
         self.invites[index].used_at = Some(unix_now);
         self.invites[index].used_by = Some(peer.to_base58());
@@ -1425,6 +1445,7 @@ impl Node {
             name.to_owned(),
             request.addr.to_owned(),
             request.priority,
+            request.card.cloned(),
         );
         let admission = Admission {
             record,
@@ -1765,6 +1786,7 @@ struct JoinAsk<'a> {
     addr: &'a str,
     priority: u32,
     confirms: bool,
+    card: Option<&'a Pq4Card>,
 }
 
 fn refusal_of(rejection: HeartbeatRejection) -> Refusal {
@@ -1789,6 +1811,7 @@ mod tests {
             priority,
             version: 1,
             left: false,
+            card: None,
         }
     }
 
@@ -2240,6 +2263,7 @@ mod tests {
                 priority: 100,
                 unix_now: 1_000,
                 confirms,
+                card: None,
             },
         )
     }

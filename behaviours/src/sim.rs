@@ -722,6 +722,7 @@ fn record(id: PeerId, name: &str, index: usize) -> MemberRecord {
         priority: PRIORITY,
         version: 1,
         left: false,
+        card: None,
     }
 }
 
@@ -1927,6 +1928,7 @@ impl Sim {
                 unix_now,
                 // The simulated joiner writes nothing that could fail: no confirmation step.
                 confirms: false,
+                card: None,
             },
         );
     }

@@ -71,8 +71,8 @@ pub mod x3dh;
 pub use bundle::{PreKeyBundle, VerifiedBundle};
 pub use envelope::{Content, ContentType, Envelope};
 pub use error::{
-    DecodeError, EnvelopeError, GroupError, HistoryError, KeyError, KeyUpdateError, RatchetError,
-    SealError, X3dhError,
+    DecodeError, EnvelopeError, GroupError, HistoryError, KeyError, KeyUpdateError, OneShotError,
+    RatchetError, SealError, X3dhError,
 };
 pub use fingerprint::Fingerprint;
 pub use group::{GroupKeyShare, GroupMessage, GroupSession, ShareOutcome};

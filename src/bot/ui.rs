@@ -467,6 +467,7 @@ mod tests {
             leader,
             priority: 100,
             uptime_secs: None,
+            fingerprint: None,
         }
     }
 

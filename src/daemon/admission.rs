@@ -1,14 +1,16 @@
 //! The seed side of a Join, as far as the wire goes: the checks of a request's own contents
 //! (network id, name, address), the answer channels waiting for the core's ruling, and the
-//! answer itself, to which the daemon adds the secrets the core never holds. Whether a token
-//! is good, a name free, and when the joiner is admitted are the core's rules.
+//! answer itself, to which the daemon adds the secrets the core never holds, sealed to the
+//! joiner's PQ4 card ([`constella_behaviours::pq4::seal_to`]: X448 + ML-KEM-1024), so that
+//! the Join response carries none of them in the clear. Whether a token is good, a name free,
+//! and when the joiner is admitted are the core's rules.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
+use constella_behaviours::Behaviour;
 use constella_behaviours::join::{JoinAccepted, JoinRefusal, JoinRequest, JoinResponse};
 use constella_behaviours::node::Admission;
-use constella_behaviours::{Behaviour, NetworkSecret};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId, Swarm};
@@ -16,7 +18,45 @@ use tracing::{debug, info, warn};
 
 use super::log_limit::LogLimit;
 
-use crate::state::{NetworkState, StoredSecret};
+use super::event_loop::Keys;
+use crate::state::NetworkState;
+use constella_behaviours::join::JoinSecrets;
+use constella_behaviours::pq4::{self, Pq4Card, Purpose};
+
+/// The Join answer for an admission: the public parts in the clear, the secrets sealed to
+/// `card`. A card that cannot be sealed to (its bundle fails to verify) refuses the join; the
+/// core undoes the admission when the joiner never confirms.
+pub(super) fn accepted(
+    state: &NetworkState,
+    keys: &Keys,
+    peer: PeerId,
+    card: &Pq4Card,
+    admission: Admission,
+) -> Result<JoinAccepted, JoinRefusal> {
+    let secrets = JoinSecrets {
+        network_secret: keys.secret.to_hex().to_string(),
+        secret_epoch: state.secret_epoch,
+        network_tag: state.tag(&keys.secret),
+        owner_username: state.owner_username.clone(),
+        bot_token: state.bot_token.as_ref().map(|t| t.expose().to_owned()),
+        settings: admission.settings,
+    };
+    let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(4096));
+    ciborium::into_writer(&secrets, &mut *plain)
+        .map_err(|e| JoinRefusal::SeedFailure(format!("cannot encode the secrets: {e}")))?;
+    let sealed = pq4::seal_to(&keys.pq4, &peer, card, Purpose::JoinSecrets, &plain)
+        .map_err(|e| JoinRefusal::Invalid(e.to_string()))?;
+    Ok(JoinAccepted {
+        network_id: state.network_id.clone(),
+        network_secret: String::new(),
+        owner_username: String::new(),
+        record: admission.record,
+        members: admission.members,
+        bot_token: None,
+        settings: Default::default(),
+        sealed,
+    })
+}
 use crate::validate::{HostPort, ServerName};
 
 /// A request whose contents are valid: what the core rules on.
@@ -31,7 +71,8 @@ pub(super) struct Ask {
 /// Joins waiting for the core's ruling, and where each connection came from.
 #[derive(Default)]
 pub(super) struct Admissions {
-    waiting: HashMap<PeerId, ResponseChannel<JoinResponse>>,
+    /// Each waiting joiner's answer channel and the card its secrets will be sealed to.
+    waiting: HashMap<PeerId, (ResponseChannel<JoinResponse>, Pq4Card)>,
     /// Remote address of the latest connection of each peer (for joiners without an address).
     remote_addrs: HashMap<PeerId, Multiaddr>,
     /// Refusals are logged at most once a minute per peer (an outsider can cause them).
@@ -75,8 +116,8 @@ impl Admissions {
                 self.send(swarm, peer, channel, Err(refusal));
                 None
             }
-            Ok(ask) => {
-                self.waiting.insert(peer, channel);
+            Ok((ask, card)) => {
+                self.waiting.insert(peer, (channel, card));
                 Some(ask)
             }
         }
@@ -87,21 +128,31 @@ impl Admissions {
         state: &NetworkState,
         peer: &PeerId,
         request: &JoinRequest,
-    ) -> Result<Ask, JoinRefusal> {
+    ) -> Result<(Ask, Pq4Card), JoinRefusal> {
         if request.network_id != state.network_id {
             return Err(JoinRefusal::WrongNetwork {
                 actual: state.network_id.clone(),
             });
         }
+        // Without a card the secrets could travel only under noise (X25519): refused, so
+        // that a recorded join never yields them.
+        let Some(card) = request.card.clone() else {
+            return Err(JoinRefusal::Invalid(
+                "the joiner sent no PQ4 card; upgrade constella on the joining node".to_owned(),
+            ));
+        };
         let name: ServerName = request.name.parse().map_err(JoinRefusal::Invalid)?;
         let addr = match &request.addr {
             Some(addr) => addr.parse::<HostPort>().map_err(JoinRefusal::Invalid)?,
             None => self.observed_address(peer, request.listen_port)?,
         };
-        Ok(Ask {
-            name: name.as_str().to_owned(),
-            addr: addr.to_string(),
-        })
+        Ok((
+            Ask {
+                name: name.as_str().to_owned(),
+                addr: addr.to_string(),
+            },
+            card,
+        ))
     }
 
     fn observed_address(&self, peer: &PeerId, port: u16) -> Result<HostPort, JoinRefusal> {
@@ -120,27 +171,20 @@ impl Admissions {
         }
     }
 
-    /// Sends the core's ruling, with the network's secrets added to an admission.
+    /// Sends the core's ruling, with the network's secrets sealed to the joiner's card added
+    /// to an admission.
     pub(super) fn answer(
         &mut self,
         swarm: &mut Swarm<Behaviour>,
         state: &NetworkState,
-        secret: &NetworkSecret,
+        keys: &Keys,
         peer: PeerId,
         answer: Result<Admission, JoinRefusal>,
     ) {
-        let Some(channel) = self.waiting.remove(&peer) else {
+        let Some((channel, card)) = self.waiting.remove(&peer) else {
             return;
         };
-        let response = answer.map(|admission| JoinAccepted {
-            network_id: state.network_id.clone(),
-            network_secret: StoredSecret::from_secret(secret).expose().to_owned(),
-            owner_username: state.owner_username.clone(),
-            record: admission.record,
-            members: admission.members,
-            bot_token: state.bot_token.as_ref().map(|t| t.expose().to_owned()),
-            settings: admission.settings,
-        });
+        let response = answer.and_then(|admission| accepted(state, keys, peer, &card, admission));
         self.send(swarm, peer, channel, response);
     }
 

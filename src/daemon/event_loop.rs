@@ -14,10 +14,13 @@ use constella_behaviours::membership::Change;
 use constella_behaviours::node::{
     Ack, Config, Input, LeaveOutcome, Node, Output, Refusal, Snapshot,
 };
+use constella_behaviours::pq4::{GossipKey, Pq4Card};
 use constella_behaviours::sync::{SyncMessage, SyncResponse};
 use constella_behaviours::{Behaviour, BehaviourEvent, NetworkSecret, gossip_topic, kad_protocol};
+use constella_keys::KeyStore;
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::kad::{self, store::RecordStore};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -36,6 +39,22 @@ use super::{Command, InviteLink};
 use crate::state::{NetworkState, unix_now};
 use crate::validate::{HostPort, Ttl};
 
+/// The secrets of this node and its network, held by the event loop and never by the core.
+pub(super) struct Keys {
+    /// The network secret of the current epoch.
+    pub secret: NetworkSecret,
+    /// This node's PQ4 keys.
+    pub pq4: KeyStore,
+    /// This node's PQ4 card (public), put in its record.
+    pub card: Pq4Card,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(<redacted>)")
+    }
+}
+
 /// The node's event loop.
 pub(super) struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -46,7 +65,9 @@ pub(super) struct EventLoop {
     /// The parts of the state file the core does not rule on (this node, the secrets); the
     /// core's [`Snapshot`]s are laid over it for every write.
     state: NetworkState,
-    secret: NetworkSecret,
+    keys: Keys,
+    /// Encrypts and authenticates gossip: derived from the secret and its epoch.
+    gossip_key: GossipKey,
     /// The address other nodes dial, announced first in heartbeats.
     public_addr: Multiaddr,
     topic: IdentTopic,
@@ -75,7 +96,7 @@ impl EventLoop {
         commands: mpsc::Receiver<Command>,
         (store, written): (Store, mpsc::UnboundedReceiver<Written>),
         state: NetworkState,
-        secret: NetworkSecret,
+        keys: Keys,
         rpc: Rpc,
         signals: Signals,
     ) -> Result<Self> {
@@ -96,7 +117,8 @@ impl EventLoop {
             .listen_on(listen.to_multiaddr())
             .with_context(|| format!("cannot listen on {listen}"))?;
         swarm.add_external_address(public.to_multiaddr());
-        let topic = gossip_topic(&state.network_id);
+        let tag = state.tag(&keys.secret);
+        let topic = gossip_topic(&tag);
         swarm
             .behaviour_mut()
             .gossipsub
@@ -113,7 +135,8 @@ impl EventLoop {
                     .add_address(id, addr.to_multiaddr());
             }
         }
-        let kad_protocol = kad_protocol(&state.network_id)?;
+        let kad_protocol = kad_protocol(&tag)?;
+        let gossip_key = GossipKey::derive(&keys.secret, state.secret_epoch);
         info!(
             name = %state.node.name,
             node_id = %local_id,
@@ -128,7 +151,8 @@ impl EventLoop {
             store,
             written,
             state,
-            secret,
+            keys,
+            gossip_key,
             public_addr: public.to_multiaddr(),
             topic,
             kad_protocol,
@@ -147,6 +171,8 @@ impl EventLoop {
     /// Runs until `shutdown` has been handled, `leave` finishes, or every client is gone.
     pub(super) async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
         tokio::pin!(shutdown);
+        let card = self.keys.card.clone();
+        self.feed(Input::OwnCard(&card));
         self.feed(Input::Timer);
         let mut signalled = false;
         while !self.exit {
@@ -257,7 +283,7 @@ impl EventLoop {
             }
             Output::JoinAnswer { peer, answer } => {
                 self.admissions
-                    .answer(&mut self.swarm, &self.state, &self.secret, peer, answer);
+                    .answer(&mut self.swarm, &self.state, &self.keys, peer, answer);
             }
             Output::AdmissionUndone { peer, name } => tracing::warn!(
                 node = %name,
@@ -324,7 +350,7 @@ impl EventLoop {
     }
 
     fn publish(&mut self, body: &GossipBody) {
-        let bytes = gossip::seal(&self.secret, body);
+        let bytes = gossip::seal(&self.gossip_key, body);
         match self
             .swarm
             .behaviour_mut()
@@ -432,7 +458,7 @@ impl EventLoop {
     // ---- gossip and sync ----
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
-        let verdict = match gossip::open(&self.secret, &message.data) {
+        let verdict = match gossip::open(&self.gossip_key, &message.data) {
             Ok(body) => {
                 let input = Input::Gossip {
                     signer: message.source,
@@ -446,7 +472,7 @@ impl EventLoop {
             }
             Err(error) => {
                 let refusal = match error {
-                    GossipError::BadMac => Refusal::BadMac,
+                    GossipError::BadMac | GossipError::OtherEpoch(_) => Refusal::BadMac,
                     GossipError::IncompatibleVersion(_) => Refusal::IncompatibleVersion,
                     GossipError::TooLarge(_) | GossipError::Malformed => Refusal::Malformed,
                 };
@@ -600,6 +626,7 @@ impl EventLoop {
                         priority: request.priority,
                         unix_now: unix_now(),
                         confirms: request.step == JoinStep::AskThenConfirm,
+                        card: request.card.as_ref(),
                     });
                 }
             }
@@ -611,6 +638,21 @@ impl EventLoop {
                 self.follow(followup);
             }
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            BehaviourEvent::Kad(kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            }) => {
+                // Only members may store records here (the DHT filters every insert).
+                if self.core.membership().is_member(&source) {
+                    let _ = self.swarm.behaviour_mut().kad.store_mut().put(record);
+                } else {
+                    debug!(from = %source, "DHT record from a non-member refused");
+                }
+            }
             _ => {}
         }
     }

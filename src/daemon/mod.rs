@@ -186,15 +186,14 @@ pub fn start(
     state_dir: StateDir,
     state: NetworkState,
     secret: NetworkSecret,
-    key: libp2p::identity::Keypair,
+    (key, pq4): (libp2p::identity::Keypair, constella_keys::KeyStore),
     reboot: RebootAction,
     signals: signals::Signals,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(Client, impl Future<Output = Result<()>>)> {
-    let network_id = state.network_id.clone();
-    let swarm = build_swarm(key, |key| {
-        Ok(Behaviour::new(key, &network_id, REQUEST_TIMEOUT)?)
-    })?;
+    let tag = state.tag(&secret);
+    let card = constella_behaviours::pq4::Pq4Card::new(&key, &pq4)?;
+    let swarm = build_swarm(key, |key| Ok(Behaviour::new(key, &tag, REQUEST_TIMEOUT)?))?;
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (written_tx, written_rx) = mpsc::unbounded_channel();
     let store = store::Store::spawn(state_dir, written_tx).context("cannot start the store")?;
@@ -204,7 +203,7 @@ pub fn start(
         commands_rx,
         (store, written_rx),
         state,
-        secret,
+        event_loop::Keys { secret, pq4, card },
         rpc,
         signals,
     )?;
