@@ -49,6 +49,8 @@ pub enum Command {
     Status(OutputArgs),
     /// List the network's nodes; the leader is marked "— Хост".
     Peers(PeersArgs),
+    /// Show a node's PQ4 fingerprint, to compare with what that node shows itself.
+    Verify(VerifyArgs),
     /// Print a one-time join link for a new node.
     Invite(InviteArgs),
     /// Leave the network: every node removes this one, and it forgets the network secret.
@@ -153,6 +155,16 @@ pub struct PeersArgs {
     /// Ask this node (name or node id) for its view instead of the local one.
     #[arg(long, value_name = "NODE")]
     pub from: Option<String>,
+    /// Show each node's 60-digit PQ4 fingerprint.
+    #[arg(long, conflicts_with = "json")]
+    pub fingerprints: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The node, by server name or node id.
+    #[arg(value_name = "NODE")]
+    pub target: String,
 }
 
 #[derive(Debug, Args)]

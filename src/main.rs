@@ -116,6 +116,9 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 None => Request::Peers,
             };
             match ask(&state_dir, &request).await? {
+                Response::Peers(peers) | Response::PeersOf(peers) if args.fingerprints => {
+                    print_text(&output::fingerprints_table(&peers))
+                }
                 Response::Peers(peers) if args.json => print_json(&peers),
                 Response::Peers(peers) => print_text(&output::peers_table(&peers)),
                 Response::PeersOf(peers) if args.json => print_json(&peers),
@@ -123,6 +126,24 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 other => unexpected(other),
             }
         }
+        Command::Verify(args) => match ask(&state_dir, &Request::Peers).await? {
+            Response::Peers(peers) => {
+                let Some(member) = peers
+                    .iter()
+                    .find(|p| p.name == args.target || p.node_id.to_base58() == args.target)
+                else {
+                    bail!("no member named {:?} (see `constella peers`)", args.target);
+                };
+                match output::verify_block(member) {
+                    Some(text) => print_text(&text),
+                    None => bail!(
+                        "{} has no PQ4 card yet: it runs a constella from before PQ4; upgrade it",
+                        member.name
+                    ),
+                }
+            }
+            other => unexpected(other),
+        },
         Command::Stats(args) => {
             let request = Request::Stats {
                 target: args.target,

@@ -12,6 +12,31 @@ use crate::stats::NodeStats;
 
 /// The seed's node list: "• delta-01 — Хост", "• fox-03 (offline)", with address and id columns.
 /// Also prints another node's view (`peers --from`), as that node sees it.
+/// `peers --fingerprints`: each member's name, node id and 60-digit PQ4 fingerprint.
+pub fn fingerprints_table(peers: &[MemberView]) -> String {
+    let mut out = String::new();
+    for p in peers {
+        let _ = writeln!(out, "{} ({})", p.name, p.node_id);
+        let _ = writeln!(
+            out,
+            "    {}",
+            p.fingerprint
+                .as_deref()
+                .unwrap_or("no PQ4 card yet (an older constella)")
+        );
+    }
+    out
+}
+
+/// `verify NODE`: the fingerprint to compare out of band.
+pub fn verify_block(p: &MemberView) -> Option<String> {
+    let digits = p.fingerprint.as_deref()?;
+    Some(format!(
+        "{} ({})\nPQ4 fingerprint: {digits}\nCompare it with `constella status` run on {} itself (or its node card in the bot). If the digits differ, someone swapped its keys: remove it.\n",
+        p.name, p.node_id, p.name
+    ))
+}
+
 pub fn peers_table(peers: &[MemberView]) -> String {
     let labels: Vec<String> = peers
         .iter()
@@ -350,6 +375,12 @@ pub fn status_block(s: &StatusReport) -> String {
         out,
         "version   {} (protocol {})",
         s.version, s.protocol_version
+    );
+    let _ = writeln!(
+        out,
+        "pq4       {} (secret epoch {})",
+        s.fingerprint.as_deref().unwrap_or("no fingerprint yet"),
+        s.secret_epoch
     );
     let bot = &s.bot;
     let bot_line = if !bot.enabled {

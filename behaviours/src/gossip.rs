@@ -301,6 +301,31 @@ mod tests {
     }
 
     #[test]
+    fn a_roster_with_cards_round_trips() {
+        let key_pair = libp2p::identity::Keypair::generate_ed25519();
+        let store =
+            constella_keys::KeyStore::generate_with_one_time_prekeys(0, &mut rand::rng()).unwrap();
+        let card = Pq4Card::new(&key_pair, &store).unwrap();
+        let id = key_pair.public().to_peer_id();
+        // Four cards: the encrypted body is larger than ciborium's 4 KiB scratch buffer.
+        let record = MemberRecord {
+            node_id: id,
+            name: "a".into(),
+            addr: "127.0.0.1:1".into(),
+            priority: 1,
+            version: 2,
+            left: false,
+            card: Some(card),
+        };
+        let roster = GossipBody::Roster(RosterUpdate {
+            from: id,
+            records: vec![record; 4],
+        });
+        let sealed = seal(&key(7), &roster);
+        assert_eq!(open(&key(7), &sealed), Ok(roster));
+    }
+
+    #[test]
     fn goodbye_round_trip() {
         let secret = key(7);
         let goodbye = GossipBody::Goodbye(Goodbye {

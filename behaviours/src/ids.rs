@@ -61,12 +61,14 @@ pub mod bytes {
         }
     }
 
-    /// Reads a byte string, hex text, or an array of bytes.
+    /// Reads a byte string, hex text, or an array of bytes. Binary formats are asked for an
+    /// owned buffer: ciborium's `deserialize_bytes` refuses byte strings longer than its 4 KiB
+    /// scratch buffer (a roster of a few cards is larger).
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
         if deserializer.is_human_readable() {
             deserializer.deserialize_str(Visitor)
         } else {
-            deserializer.deserialize_bytes(Visitor)
+            deserializer.deserialize_byte_buf(Visitor)
         }
     }
 }

@@ -215,3 +215,123 @@ impl Admissions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use constella_behaviours::gossip::MemberRecord;
+    use constella_behaviours::{NetworkSecret, pq4};
+    use libp2p::identity::Keypair;
+
+    fn record(id: PeerId, card: Option<Pq4Card>) -> MemberRecord {
+        MemberRecord {
+            node_id: id,
+            name: "echo-02".into(),
+            addr: "127.0.0.1:4800".into(),
+            priority: 100,
+            version: 1,
+            left: false,
+            card,
+        }
+    }
+
+    /// The Join answer as the codec puts it on the wire (CBOR) holds neither the network
+    /// secret (raw or hex), nor the bot token, nor the owner: only the joiner's PQ4 keys open
+    /// them. So a recording of the noise transport, decrypted with X25519 keys revealed later,
+    /// yields none of them.
+    #[test]
+    fn the_join_answer_on_the_wire_holds_no_secret_and_only_the_joiner_opens_it() {
+        let secret_bytes = [0x5a; 32];
+        let secret = NetworkSecret::from_bytes(secret_bytes);
+        let token = "123456789:AAE-the-bot-token-secret-part";
+        let state: NetworkState = serde_json::from_value(serde_json::json!({
+            "network_id": "abcd1234",
+            "owner_username": "@owner_secret_name",
+            "network_secret": secret.to_hex().as_str(),
+            "bot_token": token,
+            "peers": [],
+            "format": 1,
+            "node": {"name": "alpha", "node_id": PeerId::random().to_base58(),
+                     "public_addr": "127.0.0.1:4747", "listen": "127.0.0.1:4747",
+                     "priority": 10, "incarnation": 1},
+        }))
+        .unwrap();
+        let seed_key = Keypair::generate_ed25519();
+        let seed_pq4 = crate::state::StateDir::generate_pq4().unwrap();
+        let seed_card = Pq4Card::new(&seed_key, &seed_pq4).unwrap();
+        let keys = Keys {
+            secret: secret.clone(),
+            pq4: seed_pq4,
+            card: seed_card.clone(),
+        };
+        let joiner_key = Keypair::generate_ed25519();
+        let joiner = joiner_key.public().to_peer_id();
+        let mut joiner_pq4 = crate::state::StateDir::generate_pq4().unwrap();
+        let joiner_card = Pq4Card::new(&joiner_key, &joiner_pq4).unwrap();
+        let admission = Admission {
+            record: record(joiner, Some(joiner_card.clone())),
+            members: vec![record(seed_key.public().to_peer_id(), Some(seed_card))],
+            settings: Default::default(),
+        };
+        let answer = accepted(&state, &keys, joiner, &joiner_card, admission).unwrap();
+        let response: JoinResponse = Ok(answer.clone());
+        let mut wire = Vec::new();
+        ciborium::into_writer(&response, &mut wire).unwrap();
+        let contains = |needle: &[u8]| wire.windows(needle.len()).any(|w| w == needle);
+        assert!(!contains(&secret_bytes), "raw secret on the wire");
+        assert!(
+            !contains(secret.to_hex().as_bytes()),
+            "hex secret on the wire"
+        );
+        assert!(!contains(token.as_bytes()), "bot token on the wire");
+        assert!(
+            !contains(b"the-bot-token"),
+            "part of the bot token on the wire"
+        );
+        assert!(!contains(b"owner_secret_name"), "owner on the wire");
+
+        // The joiner, and only the joiner, opens it.
+        let (_, plain) = pq4::open_from(
+            &mut joiner_pq4,
+            &joiner,
+            Purpose::JoinSecrets,
+            &answer.sealed,
+        )
+        .unwrap();
+        let secrets: JoinSecrets = ciborium::from_reader(plain.as_slice()).unwrap();
+        assert_eq!(secrets.network_secret, secret.to_hex().as_str());
+        assert_eq!(secrets.bot_token.as_deref(), Some(token));
+        assert_eq!(secrets.owner_username, "@owner_secret_name");
+        assert_eq!(secrets.network_tag, pq4::network_tag(&secret));
+        let mut other = crate::state::StateDir::generate_pq4().unwrap();
+        assert!(pq4::open_from(&mut other, &joiner, Purpose::JoinSecrets, &answer.sealed).is_err());
+    }
+
+    #[test]
+    fn a_card_of_another_node_is_refused() {
+        let state: NetworkState = serde_json::from_value(serde_json::json!({
+            "network_id": "abcd1234", "owner_username": "@o", "network_secret": "00",
+            "peers": [], "format": 1,
+            "node": {"name": "alpha", "node_id": PeerId::random().to_base58(),
+                     "public_addr": "127.0.0.1:4747", "listen": "127.0.0.1:4747",
+                     "priority": 10, "incarnation": 1},
+        }))
+        .unwrap();
+        let seed_key = Keypair::generate_ed25519();
+        let pq4 = crate::state::StateDir::generate_pq4().unwrap();
+        let card = Pq4Card::new(&seed_key, &pq4).unwrap();
+        let keys = Keys {
+            secret: NetworkSecret::from_bytes([1; 32]),
+            pq4,
+            card: card.clone(),
+        };
+        let joiner = PeerId::random();
+        let admission = Admission {
+            record: record(joiner, None),
+            members: vec![],
+            settings: Default::default(),
+        };
+        // The seed's own card offered as the joiner's: not signed by the joiner.
+        assert!(accepted(&state, &keys, joiner, &card, admission).is_err());
+    }
+}

@@ -25,6 +25,9 @@ pub struct Peer {
     pub addr: String,
     pub status: String,
     pub leader: bool,
+    /// The PQ4 fingerprint (absent for a node without a card).
+    #[serde(default)]
+    pub fingerprint: Option<String>,
 }
 
 /// A port that was free a moment ago.
