@@ -14,9 +14,7 @@ use common::{Cluster, Node, wait_for};
 use futures::StreamExt;
 use libp2p::kad::{self, store::MemoryStore};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, noise, tcp, yamux,
-};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, gossipsub, identify, identity};
 
 const AGREE: Duration = Duration::from_secs(20);
 
@@ -117,24 +115,6 @@ struct Outsider {
     gossipsub: gossipsub::Behaviour,
 }
 
-fn build<B: NetworkBehaviour>(
-    key: identity::Keypair,
-    behaviour: impl FnOnce(&identity::Keypair) -> B,
-) -> Swarm<B> {
-    libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|key| behaviour(key))
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build()
-}
-
 fn node_multiaddr(node: &Node) -> (PeerId, Multiaddr) {
     let id: PeerId = node.node_id().parse().unwrap();
     let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", node.port).parse().unwrap();
@@ -161,78 +141,79 @@ fn an_outsider_reads_nothing_and_cannot_store_a_dht_record() {
     });
     let (alpha_id, alpha_addr) = node_multiaddr(alpha);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (protocols, topics, messages) =
-        runtime.block_on(async {
-            let mut swarm = build(identity::Keypair::generate_ed25519(), |key| Outsider {
-                identify: identify::Behaviour::new(identify::Config::new(
-                    "/outsider/1".into(),
-                    key.public(),
-                )),
-                gossipsub: gossipsub::Behaviour::new(
-                    gossipsub::MessageAuthenticity::Signed(key.clone()),
-                    gossipsub::Config::default(),
-                )
-                .unwrap(),
-            });
-            for old in [
-                format!("constella/{network_id}/membership/1"),
-                format!("constella/{network_id}/membership/3"),
-            ] {
-                swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .subscribe(&gossipsub::IdentTopic::new(old))
-                    .unwrap();
-            }
-            swarm
-                .dial(
-                    alpha_addr
-                        .clone()
-                        .with(libp2p::multiaddr::Protocol::P2p(alpha_id)),
-                )
-                .unwrap();
-            let mut protocols = Vec::new();
-            let mut topics = BTreeSet::new();
-            let mut messages: Vec<Vec<u8>> = Vec::new();
-            // Four heartbeat intervals after identify: long enough to be grafted and hear several.
-            let mut until: Option<Instant> = None;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let now = Instant::now();
-                if until.is_some_and(|u| now >= u) || now >= deadline {
-                    break;
-                }
-                let wait = until.unwrap_or(deadline) - now;
-                let Ok(event) = tokio::time::timeout(wait, swarm.select_next_some()).await else {
-                    break;
-                };
-                match event {
-                    SwarmEvent::Behaviour(OutsiderEvent::Identify(identify::Event::Received {
-                        info,
-                        ..
-                    })) => {
-                        protocols = info.protocols.iter().map(ToString::to_string).collect();
-                        protocols.push(info.protocol_version.clone());
-                        protocols.push(info.agent_version.clone());
-                        until.get_or_insert(Instant::now() + Duration::from_secs(8));
-                    }
-                    SwarmEvent::Behaviour(OutsiderEvent::Gossipsub(
-                        gossipsub::Event::Subscribed { topic, .. },
-                    )) if topics.insert(topic.to_string()) => {
-                        // The node's own topic: subscribe to it too (the worst case).
-                        let _ = swarm
-                            .behaviour_mut()
-                            .gossipsub
-                            .subscribe(&gossipsub::IdentTopic::new(topic.to_string()));
-                    }
-                    SwarmEvent::Behaviour(OutsiderEvent::Gossipsub(
-                        gossipsub::Event::Message { message, .. },
-                    )) => messages.push(message.data),
-                    _ => {}
-                }
-            }
-            (protocols, topics, messages)
+    let (protocols, topics, messages) = runtime.block_on(async {
+        let mut swarm = common::test_swarm(identity::Keypair::generate_ed25519(), |key| Outsider {
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/outsider/1".into(),
+                key.public(),
+            )),
+            gossipsub: gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossipsub::Config::default(),
+            )
+            .unwrap(),
         });
+        for old in [
+            format!("constella/{network_id}/membership/1"),
+            format!("constella/{network_id}/membership/3"),
+        ] {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(&gossipsub::IdentTopic::new(old))
+                .unwrap();
+        }
+        swarm
+            .dial(
+                alpha_addr
+                    .clone()
+                    .with(libp2p::multiaddr::Protocol::P2p(alpha_id)),
+            )
+            .unwrap();
+        let mut protocols = Vec::new();
+        let mut topics = BTreeSet::new();
+        let mut messages: Vec<Vec<u8>> = Vec::new();
+        // Four heartbeat intervals after identify: long enough to be grafted and hear several.
+        let mut until: Option<Instant> = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = Instant::now();
+            if until.is_some_and(|u| now >= u) || now >= deadline {
+                break;
+            }
+            let wait = until.unwrap_or(deadline) - now;
+            let Ok(event) = tokio::time::timeout(wait, swarm.select_next_some()).await else {
+                break;
+            };
+            match event {
+                SwarmEvent::Behaviour(OutsiderEvent::Identify(identify::Event::Received {
+                    info,
+                    ..
+                })) => {
+                    protocols = info.protocols.iter().map(ToString::to_string).collect();
+                    protocols.push(info.protocol_version.clone());
+                    protocols.push(info.agent_version.clone());
+                    until.get_or_insert(Instant::now() + Duration::from_secs(8));
+                }
+                SwarmEvent::Behaviour(OutsiderEvent::Gossipsub(gossipsub::Event::Subscribed {
+                    topic,
+                    ..
+                })) if topics.insert(topic.to_string()) => {
+                    // The node's own topic: subscribe to it too (the worst case).
+                    let _ = swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .subscribe(&gossipsub::IdentTopic::new(topic.to_string()));
+                }
+                SwarmEvent::Behaviour(OutsiderEvent::Gossipsub(gossipsub::Event::Message {
+                    message,
+                    ..
+                })) => messages.push(message.data),
+                _ => {}
+            }
+        }
+        (protocols, topics, messages)
+    });
     assert!(!protocols.is_empty(), "identify never answered");
     for text in protocols.iter().chain(&topics) {
         assert!(!text.contains(&network_id), "{text} shows the network id");
@@ -269,7 +250,7 @@ fn an_outsider_reads_nothing_and_cannot_store_a_dht_record() {
     let key = kad::RecordKey::new(&b"outsider-record".to_vec());
     let kad_swarm = |runtime: &tokio::runtime::Runtime| {
         let _guard = runtime.enter();
-        let mut swarm = build(identity::Keypair::generate_ed25519(), |key| {
+        let mut swarm = common::test_swarm(identity::Keypair::generate_ed25519(), |key| {
             let id = key.public().to_peer_id();
             kad::Behaviour::with_config(
                 id,

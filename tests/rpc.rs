@@ -16,7 +16,7 @@ use constella_behaviours::rpc::{self, RpcAnswer, RpcRefusal, RpcRequest, RpcResp
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identity, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identity};
 
 const AGREE: Duration = Duration::from_secs(15);
 
@@ -351,25 +351,14 @@ struct Probe {
 }
 
 fn probe_swarm(key: identity::Keypair) -> Swarm<Probe> {
-    libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| Probe {
-            rpc: rpc::behaviour(Duration::from_secs(5)),
-            raw: request_response::Behaviour::new(
-                [(rpc::PROTOCOL, ProtocolSupport::Outbound)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
-            ),
-            join: constella_behaviours::join::behaviour(Duration::from_secs(5)),
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build()
+    common::test_swarm(key, |_| Probe {
+        rpc: rpc::behaviour(Duration::from_secs(5)),
+        raw: request_response::Behaviour::new(
+            [(rpc::PROTOCOL, ProtocolSupport::Outbound)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
+        ),
+        join: constella_behaviours::join::behaviour(Duration::from_secs(5)),
+    })
 }
 
 /// Which of the probe's behaviours sent a request (each numbers its requests from 1).

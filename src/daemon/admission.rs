@@ -223,6 +223,21 @@ mod tests {
     use constella_behaviours::{NetworkSecret, pq4};
     use libp2p::identity::Keypair;
 
+    fn state(secret: &NetworkSecret, bot_token: &str) -> NetworkState {
+        serde_json::from_value(serde_json::json!({
+            "network_id": "abcd1234",
+            "owner_username": "@owner_secret_name",
+            "network_secret": secret.to_hex().as_str(),
+            "bot_token": bot_token,
+            "peers": [],
+            "format": 1,
+            "node": {"name": "alpha", "node_id": PeerId::random().to_base58(),
+                     "public_addr": "127.0.0.1:4747", "listen": "127.0.0.1:4747",
+                     "priority": 10, "incarnation": 1},
+        }))
+        .unwrap()
+    }
+
     fn record(id: PeerId, card: Option<Pq4Card>) -> MemberRecord {
         MemberRecord {
             node_id: id,
@@ -244,18 +259,7 @@ mod tests {
         let secret_bytes = [0x5a; 32];
         let secret = NetworkSecret::from_bytes(secret_bytes);
         let token = "123456789:AAE-the-bot-token-secret-part";
-        let state: NetworkState = serde_json::from_value(serde_json::json!({
-            "network_id": "abcd1234",
-            "owner_username": "@owner_secret_name",
-            "network_secret": secret.to_hex().as_str(),
-            "bot_token": token,
-            "peers": [],
-            "format": 1,
-            "node": {"name": "alpha", "node_id": PeerId::random().to_base58(),
-                     "public_addr": "127.0.0.1:4747", "listen": "127.0.0.1:4747",
-                     "priority": 10, "incarnation": 1},
-        }))
-        .unwrap();
+        let state = state(&secret, token);
         let seed_key = Keypair::generate_ed25519();
         let seed_pq4 = crate::state::StateDir::generate_pq4().unwrap();
         let seed_card = Pq4Card::new(&seed_key, &seed_pq4).unwrap();
@@ -309,14 +313,7 @@ mod tests {
 
     #[test]
     fn a_card_of_another_node_is_refused() {
-        let state: NetworkState = serde_json::from_value(serde_json::json!({
-            "network_id": "abcd1234", "owner_username": "@o", "network_secret": "00",
-            "peers": [], "format": 1,
-            "node": {"name": "alpha", "node_id": PeerId::random().to_base58(),
-                     "public_addr": "127.0.0.1:4747", "listen": "127.0.0.1:4747",
-                     "priority": 10, "incarnation": 1},
-        }))
-        .unwrap();
+        let state = state(&NetworkSecret::from_bytes([1; 32]), "1:x");
         let seed_key = Keypair::generate_ed25519();
         let pq4 = crate::state::StateDir::generate_pq4().unwrap();
         let card = Pq4Card::new(&seed_key, &pq4).unwrap();
