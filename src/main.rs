@@ -126,6 +126,29 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 other => unexpected(other),
             }
         }
+        Command::Remove(args) => {
+            if !args.yes
+                && !confirm(&format!(
+                    "Remove {} from the network for good? Every node drops it and the network secret is rotated; it can come back only with a new invite.",
+                    args.target
+                ))?
+            {
+                bail!("not confirmed; nothing changed");
+            }
+            match ask(
+                &state_dir,
+                &Request::Remove {
+                    target: args.target,
+                },
+            )
+            .await?
+            {
+                Response::Removed(name) => print_text(&format!(
+                    "Removed {name}. The network secret is rotated to a new epoch, sealed to each remaining member; {name} gets no copy.\n"
+                )),
+                other => unexpected(other),
+            }
+        }
         Command::Verify(args) => match ask(&state_dir, &Request::Peers).await? {
             Response::Peers(peers) => {
                 let Some(member) = peers

@@ -306,3 +306,103 @@ fn an_outsider_reads_nothing_and_cannot_store_a_dht_record() {
     println!("outsider's put: {put}");
     assert!(!found, "the member stored an outsider's DHT record");
 }
+
+fn epoch(node: &Node) -> Option<u64> {
+    node.status()?["secret_epoch"].as_u64()
+}
+
+fn names(node: &Node) -> Option<Vec<String>> {
+    Some(node.peers()?.into_iter().map(|p| p.name).collect())
+}
+
+fn stored_secret(node: &Node) -> String {
+    node.state_json().unwrap()["network_secret"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `remove` on a 4-node network with one member offline: the removed node is dropped
+/// everywhere and the secret rotates to epoch 1 on every remaining member, the removed node
+/// never gets it (and its heartbeats are refused when it comes back), and the member that was
+/// offline catches up when it returns, by its PQ4 identity, without a new invite.
+#[test]
+fn remove_rotates_the_secret_and_an_offline_member_catches_up() {
+    let mut cluster = Cluster::start(
+        &["alpha", "bravo", "charlie", "delta"],
+        &[10, 20, 30, 40],
+        None,
+    );
+    cluster.or_logs(|| {
+        wait_for(AGREE, "four alive members", || {
+            (cluster.node("alpha").leader_and_alive()?.1 == 4).then_some(())
+        })
+    });
+    cluster.node_mut("delta").stop();
+    let removed_at = Instant::now();
+    let said = cluster.node("alpha").ok(&["remove", "charlie", "--yes"]);
+    assert!(said.contains("Removed charlie"), "{said}");
+    cluster.or_logs(|| {
+        for name in ["alpha", "bravo"] {
+            wait_for(AGREE, &format!("{name} on epoch 1 without charlie"), || {
+                let node = cluster.node(name);
+                (epoch(node)? == 1 && names(node)? == ["alpha", "bravo", "delta"]).then_some(())
+            });
+        }
+    });
+    println!(
+        "rotation: remove to epoch 1 on both online members in {} ms",
+        removed_at.elapsed().as_millis()
+    );
+    let secret = stored_secret(cluster.node("alpha"));
+    assert_eq!(stored_secret(cluster.node("bravo")), secret);
+    let charlie = cluster.node("charlie");
+    assert_eq!(epoch(charlie), Some(0));
+    assert_ne!(
+        stored_secret(charlie),
+        secret,
+        "the removed node got the new secret"
+    );
+    let again = cluster.node("alpha").cli(&["remove", "charlie", "--yes"]);
+    assert!(!again.status.success(), "charlie removed twice");
+
+    // The offline member returns and catches up.
+    cluster.node_mut("delta").start();
+    cluster.or_logs(|| {
+        wait_for(AGREE, "delta on epoch 1", || {
+            (epoch(cluster.node("delta"))? == 1).then_some(())
+        });
+        assert_eq!(stored_secret(cluster.node("delta")), secret);
+        wait_for(
+            AGREE,
+            "delta alive on alpha and charlie gone on delta",
+            || {
+                let alive = cluster
+                    .node("alpha")
+                    .peers()?
+                    .into_iter()
+                    .any(|p| p.name == "delta" && p.status == "alive");
+                (alive && names(cluster.node("delta"))? == ["alpha", "bravo", "delta"])
+                    .then_some(())
+            },
+        );
+    });
+
+    // The removed node restarts with its old secret: refused, never listed again.
+    let before = cluster.node("alpha").status().unwrap()["rejected_gossip"]["non_member"]
+        .as_u64()
+        .unwrap();
+    let charlie = cluster.node_mut("charlie");
+    charlie.stop();
+    charlie.start();
+    cluster.or_logs(|| {
+        wait_for(AGREE, "alpha refusing charlie's heartbeats", || {
+            let now = cluster.node("alpha").status()?["rejected_gossip"]["non_member"].as_u64()?;
+            (now > before).then_some(())
+        });
+        assert_eq!(
+            names(cluster.node("alpha")).unwrap(),
+            ["alpha", "bravo", "delta"]
+        );
+    });
+}

@@ -112,6 +112,42 @@ pub struct RosterUpdate {
     pub records: Vec<MemberRecord>,
 }
 
+/// A new network secret, sealed to each remaining member's PQ4 card (seed 004 §8: removal always
+/// rotates, and the removed member gets no copy). Travels on gossip under the previous epoch's
+/// key, and in sync answers, so a member that was offline catches up when it returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    /// The member that made the new secret (base58 on the wire).
+    #[serde(with = "crate::ids::base58")]
+    pub from: PeerId,
+    /// The new epoch (the previous one plus one).
+    pub epoch: u64,
+    /// One sealed copy per member ([`crate::pq4::Purpose::Rotation`]).
+    pub sealed: Vec<SealedFor>,
+}
+
+impl Rotation {
+    /// Whether this rotation wins over `other` for the same epoch: concurrent rotations resolve
+    /// to the one from the smaller node id, on every node alike (seed 004 §13, first-wins with a
+    /// deterministic tiebreak).
+    pub fn wins_over(&self, other_epoch: u64, other_from: Option<&PeerId>) -> bool {
+        self.epoch > other_epoch
+            || (self.epoch == other_epoch
+                && other_from.is_some_and(|o| self.from.to_bytes() < o.to_bytes()))
+    }
+}
+
+/// A rotated secret sealed to one member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedFor {
+    /// The member it is sealed to.
+    #[serde(with = "crate::ids::base58")]
+    pub to: PeerId,
+    /// The PQ4 one-shot message.
+    #[serde(with = "crate::ids::bytes")]
+    pub blob: Vec<u8>,
+}
+
 /// The bodies that can travel on the gossip topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GossipBody {
@@ -123,6 +159,8 @@ pub enum GossipBody {
     Settings(SettingsUpdate),
     /// See [`Goodbye`] (protocol version 2).
     Goodbye(Goodbye),
+    /// See [`Rotation`] (protocol version 3).
+    Rotation(Rotation),
 }
 
 impl GossipBody {
@@ -133,6 +171,7 @@ impl GossipBody {
             GossipBody::Roster(roster) => roster.from,
             GossipBody::Settings(settings) => settings.from,
             GossipBody::Goodbye(goodbye) => goodbye.node_id,
+            GossipBody::Rotation(rotation) => rotation.from,
         }
     }
 }
@@ -209,9 +248,16 @@ fn seal_as(version: u32, key: &GossipKey, body: &GossipBody) -> Vec<u8> {
     })
 }
 
-/// Checks, decrypts and decodes a received message. The ciphertext is authenticated before the
-/// body is parsed, so unauthenticated input reaches only the (small, bounded) envelope decoder.
+/// [`open_any`] with one key.
 pub fn open(key: &GossipKey, bytes: &[u8]) -> Result<GossipBody, GossipError> {
+    open_any(std::slice::from_ref(key), bytes)
+}
+
+/// Checks, decrypts and decodes a received message with the key of its epoch among `keys` (the
+/// current epoch and the one before, during a rotation). The ciphertext is authenticated before
+/// the body is parsed, so unauthenticated input reaches only the (small, bounded) envelope
+/// decoder.
+pub fn open_any(keys: &[GossipKey], bytes: &[u8]) -> Result<GossipBody, GossipError> {
     if bytes.len() > MAX_GOSSIP_BYTES {
         return Err(GossipError::TooLarge(bytes.len()));
     }
@@ -219,9 +265,9 @@ pub fn open(key: &GossipKey, bytes: &[u8]) -> Result<GossipBody, GossipError> {
     if envelope.v.abs_diff(PROTOCOL_VERSION) > 1 {
         return Err(GossipError::IncompatibleVersion(envelope.v));
     }
-    if envelope.e != key.epoch() {
+    let Some(key) = keys.iter().find(|k| k.epoch() == envelope.e) else {
         return Err(GossipError::OtherEpoch(envelope.e));
-    }
+    };
     let nonce: [u8; 12] = envelope
         .n
         .as_slice()

@@ -682,6 +682,25 @@ impl Membership {
         self.elect();
     }
 
+    /// Tombstones another member (an operator's `remove`): a new version with `left`, so it
+    /// wins every merge and spreads like a leave. Returns the tombstone, or `None` for this node
+    /// or a node that is not a current member.
+    pub fn remove(&mut self, id: &PeerId) -> Option<MemberRecord> {
+        if *id == self.local {
+            return None;
+        }
+        let entry = self.entries.get_mut(id)?;
+        if entry.record.left {
+            return None;
+        }
+        entry.record.left = true;
+        entry.record.version += 1;
+        entry.liveness = Liveness::unknown();
+        let record = entry.record.clone();
+        self.elect();
+        Some(record)
+    }
+
     /// Puts `card` in this node's own record, with a new version so that it spreads, unless the
     /// record already carries it (a node that started before PQ4, or after a key change).
     /// Returns the new record.

@@ -61,7 +61,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::gossip::{Goodbye, GossipBody, Heartbeat, MemberRecord, RosterUpdate};
+use crate::gossip::{Goodbye, GossipBody, Heartbeat, MemberRecord, RosterUpdate, Rotation};
 use crate::join::JoinRefusal;
 use crate::membership::{Change, HeartbeatRejection, Membership, Status};
 use crate::pq4::Pq4Card;
@@ -308,6 +308,9 @@ pub struct SyncMessage {
     pub records: Vec<MemberRecord>,
     /// The sender's settings.
     pub settings: NetworkSettings,
+    /// The last secret rotation the sender adopted, for a member that missed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<Rotation>,
 }
 
 /// What the core grants an admitted joiner; the daemon adds the secrets to make the answer.
@@ -410,6 +413,17 @@ pub enum Input<'a> {
     /// This node's PQ4 card (at start): put in its own record with a new version if the
     /// record does not carry it yet, then published and persisted.
     OwnCard(&'a Pq4Card),
+    /// The operator removes a member: it is tombstoned (published, persisted) and the network
+    /// secret rotated ([`Output::Rotate`]). Not this node (that is [`Input::Leave`]).
+    Remove(PeerId),
+    /// The daemon adopted this rotation (made here, or opened from the network): kept for sync
+    /// answers, and published if `publish` (this node made it).
+    Rotated {
+        /// The rotation.
+        rotation: &'a Rotation,
+        /// This node made it: publish it.
+        publish: bool,
+    },
 }
 
 /// What the core asks the daemon to do, in order.
@@ -486,6 +500,13 @@ pub enum Output {
     },
     /// The answer to [`Input::Leave`]: recorded (and how it was heard), or why not.
     LeaveDone(Result<LeaveOutcome, String>),
+    /// Make a new network secret, seal it to every remaining member and adopt it (a member was
+    /// removed here, or left or was removed while this node leads). The daemon answers with
+    /// [`Input::Rotated`].
+    Rotate,
+    /// A rotation arrived (gossip or sync) from a member: the daemon opens the copy sealed to
+    /// this node, if any, and adopts it if it wins ([`Rotation::wins_over`]).
+    RotationReceived(Rotation),
     /// The drain after a leave or stop is over: stop the node.
     Exit,
     /// Call [`Node::handle`] with [`Input::Timer`] at this instant (always the last output).
@@ -587,6 +608,8 @@ pub struct Node {
     reported_leader: PeerId,
     leader_changes: u64,
     rejections: Rejections,
+    /// The last secret rotation adopted (public: sealed copies), for sync answers.
+    last_rotation: Option<Rotation>,
     rng: StdRng,
     out: Vec<Output>,
 }
@@ -661,6 +684,7 @@ impl Node {
             reported_leader: local_id,
             leader_changes: 0,
             rejections: Rejections::default(),
+            last_rotation: None,
             rng: StdRng::seed_from_u64(seed),
             out: Vec::new(),
         };
@@ -858,6 +882,14 @@ impl Node {
                 self.expire_stranger(peer, now + self.config.stranger_grace)
             }
             Input::Addresses(addrs) => self.local.addrs = addrs.to_vec(),
+            Input::Remove(peer) => self.remove(peer, now),
+            Input::Rotated { rotation, publish } => {
+                self.last_rotation = Some(rotation.clone());
+                if publish {
+                    self.out
+                        .push(Output::Publish(GossipBody::Rotation(rotation.clone())));
+                }
+            }
             Input::OwnCard(card) => {
                 if self.membership.set_own_card(card.clone()).is_some() {
                     self.publish_roster();
@@ -1144,6 +1176,9 @@ impl Node {
                 let change = self.membership.on_goodbye(goodbye).map_err(refusal_of)?;
                 self.apply_changes(change.into_iter().collect(), now);
             }
+            GossipBody::Rotation(rotation) => {
+                self.out.push(Output::RotationReceived(rotation.clone()));
+            }
         }
         Ok(())
     }
@@ -1223,6 +1258,7 @@ impl Node {
         SyncMessage {
             records: self.published_records(),
             settings: self.settings.clone(),
+            rotation: self.last_rotation.clone(),
         }
     }
 
@@ -1245,6 +1281,28 @@ impl Node {
         let changes = self.membership.merge(&message.records);
         self.apply_changes(changes, now);
         self.merge_settings(&message.settings, false);
+        if let Some(rotation) = &message.rotation
+            && self.last_rotation.as_ref() != Some(rotation)
+        {
+            self.out.push(Output::RotationReceived(rotation.clone()));
+        }
+    }
+
+    /// An operator's removal: tombstone, spread like a leave, and rotate the secret.
+    fn remove(&mut self, peer: PeerId, now: Instant) {
+        if self.membership.remove(&peer).is_none() {
+            return;
+        }
+        self.apply_changes(vec![Change::Left(peer)], now);
+        self.publish_roster();
+        self.out.push(Output::Disconnect(peer));
+        self.want_rotation();
+    }
+
+    fn want_rotation(&mut self) {
+        if !self.out.contains(&Output::Rotate) {
+            self.out.push(Output::Rotate);
+        }
     }
 
     // ---- settings ----
@@ -1293,6 +1351,15 @@ impl Node {
                     // push of its tombstone (see `answer_departed`).
                     self.expire_stranger(*id, now + self.config.stranger_grace);
                     events.push(NetworkEvent::Left(self.name_of(id)));
+                    // A departed member keeps the secret: the leader rotates it (a leave as
+                    // well as a removal; concurrent rotations resolve by `Rotation::wins_over`).
+                    if *id != self.local.id
+                        && self.exit.is_none()
+                        && !self.left
+                        && self.membership.leader() == self.local.id
+                    {
+                        self.want_rotation();
+                    }
                 }
                 Change::Alive(id) => {
                     if self.reported_offline.remove(id) {
@@ -1754,6 +1821,7 @@ impl Node {
             message: SyncMessage {
                 records: vec![tombstone],
                 settings: NetworkSettings::default(),
+                rotation: None,
             },
         });
         true
@@ -2567,6 +2635,7 @@ mod tests {
         let stale = SyncMessage {
             records: vec![record(f.a, "a", 10)],
             settings: NetworkSettings::default(),
+            rotation: None,
         };
         let out = f.handle(
             3.1,
@@ -2642,6 +2711,7 @@ mod tests {
         let push = SyncMessage {
             records: vec![tombstone.clone(), record(f.a, "a", 10)],
             settings: NetworkSettings::default(),
+            rotation: None,
         };
         let out = f.handle(
             1.1,
@@ -2677,6 +2747,7 @@ mod tests {
         let message = SyncMessage {
             records: vec![record(d, "d", 50)],
             settings: NetworkSettings::default(),
+            rotation: None,
         };
         let out = f.handle(
             0.0,
@@ -2733,6 +2804,7 @@ mod tests {
         let message = SyncMessage {
             records,
             settings: NetworkSettings::default(),
+            rotation: None,
         };
         f.handle(
             0.0,

@@ -1232,7 +1232,10 @@ impl Sim {
             Output::GossipVerdict(_)
             | Output::Notice(_)
             | Output::Settings(_)
-            | Output::AdmissionUndone { .. } => {}
+            | Output::AdmissionUndone { .. }
+            // The simulator models no secrets: a rotation changes no rule it checks.
+            | Output::Rotate
+            | Output::RotationReceived(_) => {}
             Output::LeaderChanged { .. } | Output::Leadership(_) => self.note_change(),
             Output::Membership(change) => self.on_membership(i, change),
             Output::JoinAnswer { peer, answer } => {

@@ -9,12 +9,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use constella_behaviours::gossip::{self, GossipBody, GossipError};
+use constella_behaviours::gossip::{Rotation, SealedFor};
 use constella_behaviours::join::JoinStep;
 use constella_behaviours::membership::Change;
 use constella_behaviours::node::{
     Ack, Config, Input, LeaveOutcome, Node, Output, Refusal, Snapshot,
 };
-use constella_behaviours::pq4::{GossipKey, Pq4Card};
+use constella_behaviours::pq4::{self, GossipKey, Pq4Card, Purpose};
 use constella_behaviours::sync::{SyncMessage, SyncResponse};
 use constella_behaviours::{Behaviour, BehaviourEvent, NetworkSecret, gossip_topic, kad_protocol};
 use constella_keys::KeyStore;
@@ -66,8 +67,12 @@ pub(super) struct EventLoop {
     /// core's [`Snapshot`]s are laid over it for every write.
     state: NetworkState,
     keys: Keys,
-    /// Encrypts and authenticates gossip: derived from the secret and its epoch.
-    gossip_key: GossipKey,
+    /// Encrypt and authenticate gossip: the current epoch's key first (used to publish), then
+    /// the previous epoch's (still opened, for members that have not rotated yet).
+    gossip_keys: Vec<GossipKey>,
+    /// Who made the current epoch's secret, if this node adopted it from a rotation since it
+    /// started (the tiebreak of concurrent rotations).
+    rotated_from: Option<PeerId>,
     /// The address other nodes dial, announced first in heartbeats.
     public_addr: Multiaddr,
     topic: IdentTopic,
@@ -136,7 +141,7 @@ impl EventLoop {
             }
         }
         let kad_protocol = kad_protocol(&tag)?;
-        let gossip_key = GossipKey::derive(&keys.secret, state.secret_epoch);
+        let gossip_keys = vec![GossipKey::derive(&keys.secret, state.secret_epoch)];
         info!(
             name = %state.node.name,
             node_id = %local_id,
@@ -152,7 +157,8 @@ impl EventLoop {
             written,
             state,
             keys,
-            gossip_key,
+            gossip_keys,
+            rotated_from: None,
             public_addr: public.to_multiaddr(),
             topic,
             kad_protocol,
@@ -285,6 +291,8 @@ impl EventLoop {
                 self.admissions
                     .answer(&mut self.swarm, &self.state, &self.keys, peer, answer);
             }
+            Output::Rotate => self.rotate(),
+            Output::RotationReceived(rotation) => self.on_rotation(&rotation),
             Output::AdmissionUndone { peer, name } => tracing::warn!(
                 node = %name,
                 node_id = %peer,
@@ -350,7 +358,7 @@ impl EventLoop {
     }
 
     fn publish(&mut self, body: &GossipBody) {
-        let bytes = gossip::seal(&self.gossip_key, body);
+        let bytes = gossip::seal(&self.gossip_keys[0], body);
         match self
             .swarm
             .behaviour_mut()
@@ -362,6 +370,115 @@ impl EventLoop {
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
             Err(error) => debug!(%error, "gossip publish failed"),
         }
+    }
+
+    // ---- secret rotation ----
+
+    /// Makes a new secret for the next epoch, seals it to every remaining member's PQ4 card,
+    /// publishes the rotation under the current key, then adopts it.
+    fn rotate(&mut self) {
+        let started = Instant::now();
+        let secret = NetworkSecret::generate();
+        let epoch = self.state.secret_epoch + 1;
+        let local = self.core.local().id;
+        let plain = rotation_plaintext(epoch, &secret);
+        let mut sealed = Vec::new();
+        let mut without_card = Vec::new();
+        for (id, record) in self.core.membership().remote_members() {
+            if record.left {
+                continue;
+            }
+            let blob = record
+                .card
+                .as_ref()
+                .map(|card| pq4::seal_to(&self.keys.pq4, id, card, Purpose::Rotation, &plain));
+            match blob {
+                Some(Ok(blob)) => sealed.push(SealedFor { to: *id, blob }),
+                Some(Err(error)) => {
+                    tracing::warn!(node = %record.name, %error, "cannot seal the new secret to this member")
+                }
+                None => without_card.push(record.name.clone()),
+            }
+        }
+        if !without_card.is_empty() {
+            tracing::warn!(
+                nodes = ?without_card,
+                "these members have no PQ4 card (an older constella) and get no copy of the new secret; upgrade them and invite them again"
+            );
+        }
+        let members = sealed.len();
+        let rotation = Rotation {
+            from: local,
+            epoch,
+            sealed,
+        };
+        // Published under the current key, which every remaining member still holds.
+        self.feed(Input::Rotated {
+            rotation: &rotation,
+            publish: true,
+        });
+        self.adopt(secret, epoch, local);
+        info!(
+            epoch,
+            members,
+            ms = started.elapsed().as_millis() as u64,
+            "rotated the network secret"
+        );
+    }
+
+    /// A rotation from a member: opens the copy sealed to this node and adopts it if it wins
+    /// over the epoch in use (a higher epoch, or the same one from a smaller node id).
+    fn on_rotation(&mut self, rotation: &Rotation) {
+        if !rotation.wins_over(self.state.secret_epoch, self.rotated_from.as_ref()) {
+            return;
+        }
+        let local = self.core.local().id;
+        let Some(copy) = rotation.sealed.iter().find(|s| s.to == local) else {
+            debug!(epoch = rotation.epoch, from = %rotation.from, "a rotation without a copy for this node");
+            return;
+        };
+        let Some(card) = self
+            .core
+            .membership()
+            .record(&rotation.from)
+            .and_then(|r| r.card.clone())
+        else {
+            debug!(from = %rotation.from, "a rotation from a member without a PQ4 card");
+            return;
+        };
+        let opened = pq4::open_from(&mut self.keys.pq4, &local, Purpose::Rotation, &copy.blob)
+            .map_err(|e| e.to_string())
+            .and_then(|(sender, plain)| {
+                if card.identity().ok().as_ref() != Some(&sender) {
+                    return Err("not sealed by the rotating member's PQ4 identity".to_owned());
+                }
+                parse_rotation_plaintext(&plain)
+                    .filter(|(epoch, _)| *epoch == rotation.epoch)
+                    .ok_or_else(|| "malformed contents".to_owned())
+            });
+        match opened {
+            Ok((epoch, secret)) => {
+                self.adopt(secret, epoch, rotation.from);
+                self.feed(Input::Rotated {
+                    rotation,
+                    publish: false,
+                });
+                info!(epoch, from = %self.core.name_of(&rotation.from), "adopted a rotated network secret");
+            }
+            Err(error) => tracing::warn!(from = %rotation.from, %error, "refused a rotation"),
+        }
+    }
+
+    /// Uses `secret` of `epoch` from now on (the previous key is still opened) and writes it.
+    fn adopt(&mut self, secret: NetworkSecret, epoch: u64, from: PeerId) {
+        let key = GossipKey::derive(&secret, epoch);
+        let previous = self.gossip_keys[0].clone();
+        self.gossip_keys = vec![key, previous];
+        self.state.network_secret = Some(crate::state::StoredSecret::from_secret(&secret));
+        self.state.secret_epoch = epoch;
+        self.keys.secret = secret;
+        self.rotated_from = Some(from);
+        self.persist(self.core.snapshot(), None);
     }
 
     // ---- commands ----
@@ -391,6 +508,21 @@ impl EventLoop {
                 }
                 self.leave = Some(reply);
                 self.feed(Input::Leave);
+            }
+            Command::Remove(target, reply) => {
+                let result = match self.core.resolve(&target) {
+                    None => Err(ClientError::UnknownNode(target)),
+                    Some(peer) if peer == self.core.local().id => Err(ClientError::Invalid(
+                        "that is this node: use `constella leave` on it".to_owned(),
+                    )),
+                    Some(peer) => {
+                        let name = self.core.name_of(&peer);
+                        info!(node = %name, node_id = %peer, "removing a member; the network secret will be rotated");
+                        self.feed(Input::Remove(peer));
+                        Ok(name)
+                    }
+                };
+                let _ = reply.send(result);
             }
             Command::MergeSettings(settings, reply) => {
                 self.feed(Input::MergeSettings(&settings));
@@ -458,7 +590,7 @@ impl EventLoop {
     // ---- gossip and sync ----
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
-        let verdict = match gossip::open(&self.gossip_key, &message.data) {
+        let verdict = match gossip::open_any(&self.gossip_keys, &message.data) {
             Ok(body) => {
                 let input = Input::Gossip {
                     signer: message.source,
@@ -656,6 +788,21 @@ impl EventLoop {
             _ => {}
         }
     }
+}
+
+/// What a rotation seals to each member: `epoch (u64 BE) ‖ secret (64 hex digits)`.
+fn rotation_plaintext(epoch: u64, secret: &NetworkSecret) -> zeroize::Zeroizing<Vec<u8>> {
+    let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(72));
+    plain.extend_from_slice(&epoch.to_be_bytes());
+    plain.extend_from_slice(secret.to_hex().as_bytes());
+    plain
+}
+
+fn parse_rotation_plaintext(plain: &[u8]) -> Option<(u64, NetworkSecret)> {
+    let (epoch, hex) = plain.split_at_checked(8)?;
+    let epoch = u64::from_be_bytes(epoch.try_into().ok()?);
+    let secret = NetworkSecret::from_hex(std::str::from_utf8(hex).ok()?).ok()?;
+    Some((epoch, secret))
 }
 
 /// The multiaddrs to dial for the core's address texts (`host:port` or multiaddr), leaving

@@ -46,6 +46,9 @@ pub enum Command {
     Peers(oneshot::Sender<Vec<MemberView>>),
     Invite(Ttl, oneshot::Sender<Result<InviteReport, ClientError>>),
     Leave(oneshot::Sender<Result<LeaveOutcome, ClientError>>),
+    /// Remove a member (name or node id): tombstone it and rotate the network secret. Answers
+    /// the removed node's name.
+    Remove(String, oneshot::Sender<Result<String, ClientError>>),
     /// Merge bot state into the network settings; persisted and published before the reply.
     MergeSettings(NetworkSettings, oneshot::Sender<NetworkSettings>),
     /// The member list as the node named (name or node id) by the string sees it.
@@ -135,6 +138,12 @@ impl Client {
             reply,
         })
         .await?
+    }
+
+    /// Removes a member (name or node id) and rotates the network secret; returns its name.
+    pub async fn remove(&self, target: &str) -> Result<String, ClientError> {
+        let target = target.to_owned();
+        self.ask(|reply| Command::Remove(target, reply)).await?
     }
 
     /// Leaves the network (tombstone, secret deleted) and says whether a member acknowledged
