@@ -2840,4 +2840,68 @@ mod tests {
         let out = f.handle(1.2, Input::Connected(late));
         assert!(!out.iter().any(|o| matches!(o, Output::Disconnect(_))));
     }
+
+    #[test]
+    fn a_removal_tombstones_publishes_and_rotates_and_a_leader_rotates_when_a_member_leaves() {
+        // `a` leads (priority 10); it removes `c`.
+        let mut f = Fixture::new(10, &[1, 2]);
+        let c = f.c;
+        let out = f.handle(1.0, Input::Remove(c));
+        assert!(!f.node.membership().is_member(&c));
+        assert!(out.contains(&Output::Rotate), "{out:?}");
+        assert!(out.contains(&Output::Disconnect(c)));
+        assert_eq!(out.iter().filter(|o| **o == Output::Rotate).count(), 1);
+        assert!(
+            publishes(&out)
+                .iter()
+                .any(|b| matches!(b, GossipBody::Roster(r)
+            if r.records.iter().any(|rec| rec.node_id == c && rec.left)))
+        );
+        // Removing it again, or this node, does nothing.
+        let again = f.handle(1.5, Input::Remove(c));
+        assert!(!again.contains(&Output::Rotate));
+        let local = f.a;
+        assert!(
+            !f.handle(1.6, Input::Remove(local))
+                .contains(&Output::Rotate)
+        );
+        // `b` leaves (its tombstone arrives by gossip): the leader rotates.
+        let b = f.b;
+        let mut gone = f.node.membership().record(&b).unwrap().clone();
+        gone.left = true;
+        gone.version += 1;
+        let body = GossipBody::Roster(RosterUpdate {
+            from: b,
+            records: vec![gone],
+        });
+        let out = f.handle(
+            2.0,
+            Input::Gossip {
+                signer: Some(b),
+                body: &body,
+            },
+        );
+        assert!(out.contains(&Output::Rotate), "{out:?}");
+    }
+
+    #[test]
+    fn concurrent_rotations_resolve_to_the_smaller_node_id() {
+        let (x, y) = (PeerId::random(), PeerId::random());
+        let (small, large) = if x.to_bytes() < y.to_bytes() {
+            (x, y)
+        } else {
+            (y, x)
+        };
+        let rotation = |from: PeerId, epoch| Rotation {
+            from,
+            epoch,
+            sealed: vec![],
+        };
+        assert!(rotation(large, 2).wins_over(1, Some(&small)));
+        assert!(rotation(small, 2).wins_over(2, Some(&large)));
+        assert!(!rotation(large, 2).wins_over(2, Some(&small)));
+        assert!(!rotation(small, 1).wins_over(2, Some(&large)));
+        // After a restart nothing is known of the current epoch's maker: it stays.
+        assert!(!rotation(small, 2).wins_over(2, None));
+    }
 }

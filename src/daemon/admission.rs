@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use constella_behaviours::Behaviour;
-use constella_behaviours::join::{JoinAccepted, JoinRefusal, JoinRequest, JoinResponse};
+use constella_behaviours::join::{JoinAccepted, JoinRefusal, JoinRequest, JoinResponse, JoinStep};
 use constella_behaviours::node::Admission;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::ResponseChannel;
@@ -22,6 +22,20 @@ use super::event_loop::Keys;
 use crate::state::NetworkState;
 use constella_behaviours::join::JoinSecrets;
 use constella_behaviours::pq4::{self, Pq4Card, Purpose};
+
+/// The answer to a confirmation: the admission stands; no secrets.
+fn confirmed(state: &NetworkState, admission: Admission) -> JoinAccepted {
+    JoinAccepted {
+        network_id: state.network_id.clone(),
+        network_secret: String::new(),
+        owner_username: String::new(),
+        record: admission.record,
+        members: admission.members,
+        bot_token: None,
+        settings: Default::default(),
+        sealed: Vec::new(),
+    }
+}
 
 /// The Join answer for an admission: the public parts in the clear, the secrets sealed to
 /// `card`. A card that cannot be sealed to (its bundle fails to verify) refuses the join; the
@@ -39,7 +53,7 @@ pub(super) fn accepted(
         network_tag: state.tag(&keys.secret),
         owner_username: state.owner_username.clone(),
         bot_token: state.bot_token.as_ref().map(|t| t.expose().to_owned()),
-        settings: admission.settings,
+        settings: admission.settings.clone(),
     };
     let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(4096));
     ciborium::into_writer(&secrets, &mut *plain)
@@ -47,14 +61,8 @@ pub(super) fn accepted(
     let sealed = pq4::seal_to(&keys.pq4, &peer, card, Purpose::JoinSecrets, &plain)
         .map_err(|e| JoinRefusal::Invalid(e.to_string()))?;
     Ok(JoinAccepted {
-        network_id: state.network_id.clone(),
-        network_secret: String::new(),
-        owner_username: String::new(),
-        record: admission.record,
-        members: admission.members,
-        bot_token: None,
-        settings: Default::default(),
         sealed,
+        ..confirmed(state, admission)
     })
 }
 use crate::validate::{HostPort, ServerName};
@@ -71,8 +79,10 @@ pub(super) struct Ask {
 /// Joins waiting for the core's ruling, and where each connection came from.
 #[derive(Default)]
 pub(super) struct Admissions {
-    /// Each waiting joiner's answer channel and the card its secrets will be sealed to.
-    waiting: HashMap<PeerId, (ResponseChannel<JoinResponse>, Pq4Card)>,
+    /// Each waiting joiner's answer channel and the card its secrets will be sealed to (`None`
+    /// for a confirmation: its answer only says the admission stands, the joiner has the
+    /// secrets already, so nothing is sealed again).
+    waiting: HashMap<PeerId, (ResponseChannel<JoinResponse>, Option<Pq4Card>)>,
     /// Remote address of the latest connection of each peer (for joiners without an address).
     remote_addrs: HashMap<PeerId, Multiaddr>,
     /// Refusals are logged at most once a minute per peer (an outsider can cause them).
@@ -117,6 +127,7 @@ impl Admissions {
                 None
             }
             Ok((ask, card)) => {
+                let card = (request.step != JoinStep::Confirm).then_some(card);
                 self.waiting.insert(peer, (channel, card));
                 Some(ask)
             }
@@ -184,7 +195,10 @@ impl Admissions {
         let Some((channel, card)) = self.waiting.remove(&peer) else {
             return;
         };
-        let response = answer.and_then(|admission| accepted(state, keys, peer, &card, admission));
+        let response = answer.and_then(|admission| match &card {
+            Some(card) => accepted(state, keys, peer, card, admission),
+            None => Ok(confirmed(state, admission)),
+        });
         self.send(swarm, peer, channel, response);
     }
 
