@@ -166,6 +166,7 @@ async fn join_locked(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkStat
         settings: secrets.settings.clone(),
         network_tag: Some(secrets.network_tag.clone()),
         secret_epoch: secrets.secret_epoch,
+        last_rotation: None,
     };
     let members: Vec<_> = outcome
         .members

@@ -420,6 +420,7 @@ fn init_locked(
         settings: Default::default(),
         network_tag: Some(constella_behaviours::pq4::network_tag(&secret)),
         secret_epoch: 0,
+        last_rotation: None,
     };
     state.set_members(&[(record, constella_behaviours::membership::Status::Alive)]);
     state_dir.save(&state)?;

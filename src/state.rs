@@ -179,6 +179,10 @@ pub struct NetworkState {
     /// The epoch of `network_secret`: 0 until the first rotation.
     #[serde(default)]
     pub secret_epoch: u64,
+    /// The last secret rotation this node adopted (public: one sealed copy per member), kept so
+    /// that it still answers a member that was offline after this node restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation: Option<constella_behaviours::gossip::Rotation>,
 }
 
 impl NetworkState {
@@ -660,6 +664,7 @@ mod tests {
             settings: NetworkSettings::default(),
             network_tag: None,
             secret_epoch: 0,
+            last_rotation: None,
         }
     }
 

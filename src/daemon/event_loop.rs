@@ -179,6 +179,12 @@ impl EventLoop {
         tokio::pin!(shutdown);
         let card = self.keys.card.clone();
         self.feed(Input::OwnCard(&card));
+        if let Some(rotation) = self.state.last_rotation.clone() {
+            self.feed(Input::Rotated {
+                rotation: &rotation,
+                publish: false,
+            });
+        }
         self.feed(Input::Timer);
         let mut signalled = false;
         while !self.exit {
@@ -417,6 +423,7 @@ impl EventLoop {
             rotation: &rotation,
             publish: true,
         });
+        self.state.last_rotation = Some(rotation);
         self.adopt(secret, epoch, local);
         info!(
             epoch,
@@ -458,6 +465,7 @@ impl EventLoop {
             });
         match opened {
             Ok((epoch, secret)) => {
+                self.state.last_rotation = Some(rotation.clone());
                 self.adopt(secret, epoch, rotation.from);
                 self.feed(Input::Rotated {
                     rotation,
