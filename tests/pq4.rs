@@ -406,3 +406,42 @@ fn remove_rotates_the_secret_and_an_offline_member_catches_up() {
         );
     });
 }
+
+/// Two operators remove two members at once, on two different nodes: both rotations race, and
+/// every remaining member ends on one secret that neither removed node holds.
+#[test]
+fn two_concurrent_removals_end_on_one_secret_neither_removed_node_has() {
+    let cluster = Cluster::start(
+        &["alpha", "bravo", "charlie", "delta"],
+        &[10, 20, 30, 40],
+        None,
+    );
+    cluster.or_logs(|| {
+        wait_for(AGREE, "four alive members", || {
+            (cluster.node("alpha").leader_and_alive()?.1 == 4).then_some(())
+        })
+    });
+    std::thread::scope(|scope| {
+        let a = scope.spawn(|| cluster.node("alpha").ok(&["remove", "charlie", "--yes"]));
+        let b = scope.spawn(|| cluster.node("bravo").ok(&["remove", "delta", "--yes"]));
+        assert!(a.join().unwrap().contains("Removed charlie"));
+        assert!(b.join().unwrap().contains("Removed delta"));
+    });
+    cluster.or_logs(|| {
+        let secret = wait_for(AGREE, "alpha and bravo on one secret, alone", || {
+            let (alpha, bravo) = (cluster.node("alpha"), cluster.node("bravo"));
+            let same = stored_secret(alpha) == stored_secret(bravo)
+                && epoch(alpha)? >= 1
+                && epoch(alpha) == epoch(bravo)
+                && names(alpha)? == ["alpha", "bravo"]
+                && names(bravo)? == ["alpha", "bravo"];
+            same.then(|| stored_secret(alpha))
+        });
+        assert_ne!(stored_secret(cluster.node("charlie")), secret);
+        assert_ne!(stored_secret(cluster.node("delta")), secret);
+        println!(
+            "concurrent removals: both members on epoch {}",
+            epoch(cluster.node("alpha")).unwrap()
+        );
+    });
+}

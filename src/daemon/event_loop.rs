@@ -364,17 +364,27 @@ impl EventLoop {
     }
 
     fn publish(&mut self, body: &GossipBody) {
-        let bytes = gossip::seal(&self.gossip_keys[0], body);
-        match self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(self.topic.clone(), bytes)
-        {
-            Ok(_) => {}
-            // Alone, or before the first subscriptions are exchanged: nobody to tell yet.
-            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
-            Err(error) => debug!(%error, "gossip publish failed"),
+        // A rotation goes out under every key this node holds: a member that adopted a rival
+        // rotation of the same epoch (another key for that epoch) still shares the previous
+        // epoch's key, and its copy inside is sealed to it alone anyway.
+        let keys = if matches!(body, GossipBody::Rotation(_)) {
+            self.gossip_keys.len()
+        } else {
+            1
+        };
+        for index in 0..keys {
+            let bytes = gossip::seal(&self.gossip_keys[index], body);
+            match self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .publish(self.topic.clone(), bytes)
+            {
+                Ok(_) => {}
+                // Alone, or before the first subscriptions are exchanged: nobody to tell yet.
+                Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+                Err(error) => debug!(%error, "gossip publish failed"),
+            }
         }
     }
 
