@@ -898,6 +898,12 @@ impl Node {
             }
         }
         self.update_leadership(now);
+        // A rotation comes after every publish this input caused (the tombstone above all), so
+        // those go out under the key every member still holds.
+        if let Some(index) = self.out.iter().position(|o| *o == Output::Rotate) {
+            let rotate = self.out.remove(index);
+            self.out.push(rotate);
+        }
         let wake = self.next_wake(now);
         self.out.push(Output::WakeAt(wake));
         self.out.drain(..)
@@ -2851,6 +2857,8 @@ mod tests {
         assert!(out.contains(&Output::Rotate), "{out:?}");
         assert!(out.contains(&Output::Disconnect(c)));
         assert_eq!(out.iter().filter(|o| **o == Output::Rotate).count(), 1);
+        // After the tombstone's publish, right before the wake.
+        assert_eq!(out[out.len() - 2], Output::Rotate);
         assert!(
             publishes(&out)
                 .iter()
