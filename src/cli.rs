@@ -49,6 +49,11 @@ pub enum Command {
     Status(OutputArgs),
     /// List the network's nodes; the leader is marked "— Хост".
     Peers(PeersArgs),
+    /// Remove a member for good (a lost or compromised server): every node drops it and the
+    /// network secret is rotated to a new epoch that it never gets.
+    Remove(RemoveArgs),
+    /// Show a node's PQ4 fingerprint, to compare with what that node shows itself.
+    Verify(VerifyArgs),
     /// Print a one-time join link for a new node.
     Invite(InviteArgs),
     /// Leave the network: every node removes this one, and it forgets the network secret.
@@ -162,6 +167,26 @@ pub struct PeersArgs {
     /// Ask this node (name or node id) for its view instead of the local one.
     #[arg(long, value_name = "NODE")]
     pub from: Option<String>,
+    /// Show each node's 60-digit PQ4 fingerprint.
+    #[arg(long, conflicts_with = "json")]
+    pub fingerprints: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// The node, by server name or node id.
+    #[arg(value_name = "NODE")]
+    pub target: String,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The node, by server name or node id.
+    #[arg(value_name = "NODE")]
+    pub target: String,
 }
 
 #[derive(Debug, Args)]

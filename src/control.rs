@@ -54,6 +54,10 @@ pub enum Request {
         ttl_secs: u64,
     },
     Leave,
+    /// Remove a member (name or node id) and rotate the network secret.
+    Remove {
+        target: String,
+    },
     /// The member list as another node sees it, by name or node id.
     PeersOf {
         target: String,
@@ -148,6 +152,8 @@ pub enum Response {
     Invite(InviteReport),
     /// The leave is recorded; how the network heard it.
     Left(LeaveOutcome),
+    /// The member (its name) is removed; the secret is being rotated.
+    Removed(String),
     PeersOf(Vec<MemberView>),
     Stats(Box<NodeStats>),
     History(constella_behaviours::rpc::History),
@@ -411,6 +417,7 @@ async fn handle(client: &Client, request: Request) -> Response {
             Err(error) => return Response::Error(error),
         },
         Request::Leave => client.leave().await.map(Response::Left),
+        Request::Remove { target } => client.remove(&target).await.map(Response::Removed),
         Request::PeersOf { target } => client.peers_of(&target).await.map(Response::PeersOf),
         Request::Stats { target } => client
             .stats(&target)

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use constella_behaviours::NetworkSecret;
-use constella_behaviours::join::{self, JoinAccepted, JoinRefusal, JoinRequest, JoinStep};
+use constella_behaviours::join::{
+    self, JoinAccepted, JoinRefusal, JoinRequest, JoinSecrets, JoinStep,
+};
+use constella_behaviours::network_keys::{self, Pq4Card, Purpose};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
@@ -67,6 +70,14 @@ async fn join_locked(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkStat
         .existing_key()?
         .unwrap_or_else(Keypair::generate_ed25519);
     let local_id = key.public().to_peer_id();
+    // A server that joined before keeps its PQ4 identity, like its node key.
+    let existing_pq4 = state_dir.existing_pq4()?;
+    let pq4_written = existing_pq4.is_none();
+    let mut pq4 = match existing_pq4 {
+        Some(store) => store,
+        None => StateDir::generate_pq4()?,
+    };
+    let card = Pq4Card::new(&key, &pq4)?;
     let seed_addr = plan
         .link
         .seed
@@ -82,6 +93,7 @@ async fn join_locked(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkStat
         listen_port: plan.listen.port,
         priority: plan.priority,
         step: JoinStep::AskThenConfirm,
+        card: Some(card),
     };
     let confirmation = JoinRequest {
         step: JoinStep::Confirm,
@@ -130,11 +142,12 @@ async fn join_locked(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkStat
     if outcome.network_id != plan.link.network_id || outcome.record.node_id != local_id {
         bail!("the seed's answer does not match this join (network or node id differs)");
     }
-    let secret = NetworkSecret::from_hex(&outcome.network_secret)
+    let secrets = open_secrets(&mut pq4, local_id, plan.link.peer, &outcome)?;
+    let secret = NetworkSecret::from_hex(&secrets.network_secret)
         .context("the seed sent a malformed network secret")?;
     let mut state = NetworkState {
         network_id: outcome.network_id.clone(),
-        owner_username: outcome.owner_username.clone(),
+        owner_username: secrets.owner_username.clone(),
         network_secret: Some(StoredSecret::from_secret(&secret)),
         peers: Vec::new(),
         format: STATE_FORMAT,
@@ -149,8 +162,11 @@ async fn join_locked(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkStat
         departed: Vec::new(),
         invites: Vec::new(),
         left: false,
-        bot_token: outcome.bot_token.clone().map(StoredSecret::new),
-        settings: outcome.settings.clone(),
+        bot_token: secrets.bot_token.clone().map(StoredSecret::new),
+        settings: secrets.settings.clone(),
+        network_tag: Some(secrets.network_tag.clone()),
+        secret_epoch: secrets.secret_epoch,
+        last_rotation: None,
     };
     let members: Vec<_> = outcome
         .members
@@ -164,6 +180,9 @@ async fn join_locked(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkStat
     let key_written = !state_dir.key_path().exists();
     if key_written {
         state_dir.save_key(&key)?;
+    }
+    if pq4_written {
+        state_dir.save_pq4(&pq4)?;
     }
     state_dir.save(&state)?;
     let seed_addr = plan
@@ -180,6 +199,9 @@ async fn join_locked(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkStat
             if key_written {
                 let _ = std::fs::remove_file(state_dir.key_path());
             }
+            if pq4_written {
+                let _ = std::fs::remove_file(state_dir.pq4_key_path());
+            }
             bail!("the seed refused the confirmation: {refusal}");
         }
         Confirmed::Unknown(why) => eprintln!(
@@ -189,6 +211,36 @@ async fn join_locked(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkStat
         ),
     }
     Ok(state)
+}
+
+/// Opens the secrets the seed sealed to this node's PQ4 card, and checks that the seed sealed
+/// them: the sender's PQ4 identity must be the one in the seed's own record, whose card the
+/// seed's node key signed (and the seed's PeerId is pinned by the link and proved by noise).
+fn open_secrets(
+    pq4: &mut constella_keys::KeyStore,
+    local_id: libp2p::PeerId,
+    seed: libp2p::PeerId,
+    outcome: &JoinAccepted,
+) -> Result<JoinSecrets> {
+    if outcome.sealed.is_empty() {
+        bail!("the seed sent its secrets without PQ4 sealing; upgrade constella on the seed");
+    }
+    let (sender, plain) =
+        network_keys::open_from(pq4, &local_id, Purpose::JoinSecrets, &outcome.sealed)
+            .context("the seed's sealed secrets cannot be opened")?;
+    let seed_identity = outcome
+        .members
+        .iter()
+        .find(|r| r.node_id == seed)
+        .and_then(|r| r.card.as_ref())
+        .filter(|card| card.signed_by(&seed))
+        .map(|card| card.identity())
+        .transpose()?;
+    if seed_identity.as_ref() != Some(&sender) {
+        bail!("the sealed secrets were not sealed by the seed's PQ4 identity");
+    }
+    ciborium::from_reader(plain.as_slice())
+        .map_err(|_| anyhow::anyhow!("the seed's sealed secrets are malformed"))
 }
 
 /// What became of the confirmation.

@@ -125,6 +125,9 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 None => Request::Peers,
             };
             match ask(&state_dir, &request).await? {
+                Response::Peers(peers) | Response::PeersOf(peers) if args.fingerprints => {
+                    print_text(&output::fingerprints_table(&peers))
+                }
                 Response::Peers(peers) if args.json => print_json(&peers),
                 Response::Peers(peers) => print_text(&output::peers_table(&peers)),
                 Response::PeersOf(peers) if args.json => print_json(&peers),
@@ -154,6 +157,47 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 other => unexpected(other),
             }
         }
+        Command::Remove(args) => {
+            if !args.yes
+                && !confirm(&format!(
+                    "Remove {} from the network for good? Every node drops it and the network secret is rotated; it can come back only with a new invite.",
+                    args.target
+                ))?
+            {
+                bail!("not confirmed; nothing changed");
+            }
+            match ask(
+                &state_dir,
+                &Request::Remove {
+                    target: args.target,
+                },
+            )
+            .await?
+            {
+                Response::Removed(name) => print_text(&format!(
+                    "Removed {name}. The network secret is rotated to a new epoch, sealed to each remaining member; {name} gets no copy.\n"
+                )),
+                other => unexpected(other),
+            }
+        }
+        Command::Verify(args) => match ask(&state_dir, &Request::Peers).await? {
+            Response::Peers(peers) => {
+                let Some(member) = peers
+                    .iter()
+                    .find(|p| p.name == args.target || p.node_id.to_base58() == args.target)
+                else {
+                    bail!("no member named {:?} (see `constella peers`)", args.target);
+                };
+                match output::verify_block(member) {
+                    Some(text) => print_text(&text),
+                    None => bail!(
+                        "{} has no PQ4 card yet: it runs a constella from before PQ4; upgrade it",
+                        member.name
+                    ),
+                }
+            }
+            other => unexpected(other),
+        },
         Command::Stats(args) => {
             let request = Request::Stats {
                 target: args.target,
@@ -372,6 +416,9 @@ fn init_locked(
 ) -> Result<()> {
     let key = state_dir.load_or_create_key()?;
     let node_id = key.public().to_peer_id();
+    let pq4 = state_dir.load_or_create_pq4()?;
+    let card = constella_behaviours::network_keys::Pq4Card::new(&key, &pq4)?;
+    let secret = NetworkSecret::generate();
     let mut network_id = [0u8; 8];
     rand::fill(&mut network_id);
     let listen = listen_or_default(args.listen, args.public_addr.port);
@@ -382,11 +429,12 @@ fn init_locked(
         priority: args.priority,
         version: 1,
         left: false,
+        card: Some(card),
     };
     let mut state = NetworkState {
         network_id: hex::encode(network_id),
         owner_username: args.owner.as_str().to_owned(),
-        network_secret: Some(StoredSecret::from_secret(&NetworkSecret::generate())),
+        network_secret: Some(StoredSecret::from_secret(&secret)),
         peers: Vec::new(),
         format: STATE_FORMAT,
         node: LocalNode {
@@ -402,6 +450,9 @@ fn init_locked(
         left: false,
         bot_token: bot_token.map(|t| StoredSecret::new(t.expose().to_owned())),
         settings: Default::default(),
+        network_tag: Some(constella_behaviours::network_keys::network_tag(&secret)),
+        secret_epoch: 0,
+        last_rotation: None,
     };
     state.set_members(&[(record, constella_behaviours::membership::Status::Alive)]);
     state_dir.save(&state)?;

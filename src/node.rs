@@ -71,6 +71,12 @@ pub async fn run(
             state.node.node_id
         );
     }
+    // A node created before PQ4 gets its PQ4 keys now; its card goes into its record (with a
+    // new version) once the daemon starts, and spreads like any record change.
+    let pq4 = state_dir.load_or_create_pq4()?;
+    if state.network_tag.is_none() {
+        state.network_tag = Some(state.tag(&secret));
+    }
     if let Some(listen) = listen_override {
         state.node.listen = listen.to_string();
     }
@@ -103,7 +109,7 @@ pub async fn run(
         state_dir.clone(),
         state,
         secret,
-        key,
+        (key, pq4),
         reboot,
         signals,
         shutdown_signal(),

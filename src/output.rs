@@ -12,6 +12,31 @@ use crate::stats::NodeStats;
 
 /// The seed's node list: "• delta-01 — Хост", "• fox-03 (offline)", with address and id columns.
 /// Also prints another node's view (`peers --from`), as that node sees it.
+/// `peers --fingerprints`: each member's name, node id and 60-digit PQ4 fingerprint.
+pub fn fingerprints_table(peers: &[MemberView]) -> String {
+    let mut out = String::new();
+    for p in peers {
+        let _ = writeln!(out, "{} ({})", p.name, p.node_id);
+        let _ = writeln!(
+            out,
+            "    {}",
+            p.fingerprint
+                .as_deref()
+                .unwrap_or("no PQ4 card yet (an older constella)")
+        );
+    }
+    out
+}
+
+/// `verify NODE`: the fingerprint to compare out of band.
+pub fn verify_block(p: &MemberView) -> Option<String> {
+    let digits = p.fingerprint.as_deref()?;
+    Some(format!(
+        "{} ({})\nPQ4 fingerprint: {digits}\nCompare it with `constella status` run on {} itself (or its node card in the bot). If the digits differ, someone swapped its keys: remove it.\n",
+        p.name, p.node_id, p.name
+    ))
+}
+
 pub fn peers_table(peers: &[MemberView]) -> String {
     let labels: Vec<String> = peers
         .iter()
@@ -372,6 +397,12 @@ pub fn status_block(s: &StatusReport) -> String {
         "version   {} (protocol {})",
         s.version, s.protocol_version
     );
+    let _ = writeln!(
+        out,
+        "pq4       {} (secret epoch {})",
+        s.fingerprint.as_deref().unwrap_or("no fingerprint yet"),
+        s.secret_epoch
+    );
     let bot = &s.bot;
     let bot_line = if !bot.enabled {
         "off (no token)".to_owned()
@@ -421,6 +452,7 @@ mod tests {
             leader,
             priority: 100,
             uptime_secs: None,
+            fingerprint: None,
         };
         let table = peers_table(&[
             peer("delta-01", "alive", true),
@@ -555,6 +587,8 @@ mod tests {
             connected_peers: 0,
             rejected_gossip: Default::default(),
             bot: Default::default(),
+            secret_epoch: 0,
+            fingerprint: None,
         };
         let leader = status_block(&report(true));
         assert!(

@@ -1,7 +1,8 @@
-//! The state directory: `network_state.json` (the seed's shape plus what this node needs) and
-//! `node.key` (the libp2p identity).
+//! The state directory: `network_state.json` (the seed's shape plus what this node needs),
+//! `node.key` (the libp2p identity) and `pq4.key` (the node's PQ4 identity, signed prekey and
+//! ML-KEM-1024 prekey, [`constella_keys::KeyStore`] in its unsealed form).
 //!
-//! Both files are 0600 in a 0700 directory and are replaced atomically (temporary file, fsync,
+//! All files are 0600 in a 0700 directory and are replaced atomically (temporary file, fsync,
 //! rename, fsync of the directory), so a crash never leaves a half-written file. A file that
 //! cannot be read or parsed stops the node with an error naming it: it is never reset.
 
@@ -18,6 +19,7 @@ use constella_behaviours::gossip::MemberRecord;
 use constella_behaviours::membership::Status;
 use constella_behaviours::node;
 use constella_behaviours::settings::NetworkSettings;
+use constella_keys::KeyStore;
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use serde::{Deserialize, Serialize};
@@ -29,6 +31,8 @@ use crate::private_dir::{self, Prepared};
 pub const STATE_FILE: &str = "network_state.json";
 /// File name of the node's private key.
 pub const KEY_FILE: &str = "node.key";
+/// File name of the node's PQ4 keys.
+pub const PQ4_KEY_FILE: &str = "pq4.key";
 /// File name of the control socket.
 pub const SOCKET_FILE: &str = "control.sock";
 /// File name of a bot token set with `constella bot-token set` (0600). It takes precedence
@@ -67,6 +71,9 @@ pub struct PeerEntry {
     pub priority: u32,
     /// Version of the member record (see `MemberRecord::version`).
     pub version: u64,
+    /// Its PQ4 card (public prekey bundle signed by its node key), hex; absent before PQ4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<constella_behaviours::network_keys::Pq4Card>,
 }
 
 /// A node that left: kept so that anti-entropy cannot bring it back.
@@ -164,9 +171,29 @@ pub struct NetworkState {
     /// Bot state shared by the whole network (owner pin, last Telegram update, language).
     #[serde(default)]
     pub settings: NetworkSettings,
+    /// The network tag naming the gossip topic and the DHT (a hash keyed by the first network
+    /// secret; kept across rotations). Absent in files written before PQ4: then derived from
+    /// the secret at the next start and written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_tag: Option<String>,
+    /// The epoch of `network_secret`: 0 until the first rotation.
+    #[serde(default)]
+    pub secret_epoch: u64,
+    /// The last secret rotation this node adopted (public: one sealed copy per member), kept so
+    /// that it still answers a member that was offline after this node restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation: Option<constella_behaviours::gossip::Rotation>,
 }
 
 impl NetworkState {
+    /// The network tag: the stored one, or (a file from before PQ4) the one derived from the
+    /// current secret, which every member of such a network derives alike.
+    pub fn tag(&self, secret: &NetworkSecret) -> String {
+        self.network_tag
+            .clone()
+            .unwrap_or_else(|| constella_behaviours::network_keys::network_tag(secret))
+    }
+
     /// Member records (tombstones included) for the membership machine.
     pub fn records(&self) -> Vec<MemberRecord> {
         let current = self.peers.iter().map(|p| MemberRecord {
@@ -176,6 +203,7 @@ impl NetworkState {
             priority: p.priority,
             version: p.version,
             left: false,
+            card: p.card.clone(),
         });
         let departed = self.departed.iter().map(|d| MemberRecord {
             node_id: d.node_id,
@@ -184,6 +212,7 @@ impl NetworkState {
             priority: 0,
             version: d.version,
             left: true,
+            card: None,
         });
         current.chain(departed).collect()
     }
@@ -238,6 +267,7 @@ impl NetworkState {
                 status: *status,
                 priority: r.priority,
                 version: r.version,
+                card: r.card.clone(),
             })
             .collect();
         self.peers.sort_by(|a, b| a.name.cmp(&b.name));
@@ -381,6 +411,58 @@ impl StateDir {
         })
     }
 
+    pub fn pq4_key_path(&self) -> PathBuf {
+        self.dir.join(PQ4_KEY_FILE)
+    }
+
+    /// The node's PQ4 keys, if this directory has them.
+    pub fn existing_pq4(&self) -> Result<Option<KeyStore>> {
+        let path = self.pq4_key_path();
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => Zeroizing::new(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        KeyStore::from_unsealed_bytes(&bytes)
+            .map(Some)
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "{} is not a valid PQ4 key file; it was left as it is",
+                    path.display()
+                )
+            })
+    }
+
+    /// New PQ4 keys (no one-time prekeys: a node's bundle is published in its record and
+    /// used by many senders, so it offers none), not yet written.
+    pub fn generate_pq4() -> Result<KeyStore> {
+        KeyStore::generate_with_one_time_prekeys(0, &mut rand::rng())
+            .map_err(|e| anyhow::anyhow!("cannot generate the PQ4 keys: {e}"))
+    }
+
+    /// Writes the PQ4 keys atomically (0600), refusing to replace existing ones.
+    pub fn save_pq4(&self, store: &KeyStore) -> Result<()> {
+        let path = self.pq4_key_path();
+        if path.exists() {
+            bail!(
+                "{} already exists; refusing to replace a node's PQ4 identity",
+                path.display()
+            );
+        }
+        write_atomic(&path, &store.to_unsealed_bytes())
+    }
+
+    /// The PQ4 keys in this directory, or new ones written there (a node created before PQ4
+    /// gets its keys at its next start).
+    pub fn load_or_create_pq4(&self) -> Result<KeyStore> {
+        if let Some(store) = self.existing_pq4()? {
+            return Ok(store);
+        }
+        let store = Self::generate_pq4()?;
+        self.save_pq4(&store)?;
+        Ok(store)
+    }
+
     /// The bot token set with `constella bot-token set`, if any.
     pub fn load_bot_token(&self) -> Result<Option<StoredSecret>> {
         let path = self.dir.join(BOT_TOKEN_FILE);
@@ -410,7 +492,7 @@ impl StateDir {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let is_temp = ["network_state.tmp.", "node.tmp.", "bot.tmp."]
+            let is_temp = ["network_state.tmp.", "node.tmp.", "bot.tmp.", "pq4.tmp."]
                 .iter()
                 .any(|prefix| name.starts_with(prefix));
             if is_temp && entry.file_type().is_ok_and(|t| t.is_file()) {
@@ -580,7 +662,33 @@ mod tests {
             left: false,
             bot_token: Some(StoredSecret::new("123456:bot-token-secret-part".into())),
             settings: NetworkSettings::default(),
+            network_tag: None,
+            secret_epoch: 0,
+            last_rotation: None,
         }
+    }
+
+    #[test]
+    fn pq4_keys_are_0600_read_back_and_never_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("state"));
+        let _lock = dir.create_and_lock().unwrap();
+        assert!(dir.existing_pq4().unwrap().is_none());
+        let store = dir.load_or_create_pq4().unwrap();
+        let mode = fs::metadata(dir.pq4_key_path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = dir.load_or_create_pq4().unwrap();
+        assert_eq!(again.identity_public(), store.identity_public());
+        assert!(dir.save_pq4(&again).is_err());
+        fs::write(dir.pq4_key_path(), b"junk").unwrap();
+        let error = dir.existing_pq4().unwrap_err().to_string();
+        assert!(
+            error.contains("pq4.key") && error.contains("left as it is"),
+            "{error}"
+        );
     }
 
     #[test]

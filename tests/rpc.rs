@@ -16,7 +16,7 @@ use constella_behaviours::rpc::{self, RpcAnswer, RpcRefusal, RpcRequest, RpcResp
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identity, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identity};
 
 const AGREE: Duration = Duration::from_secs(15);
 
@@ -351,25 +351,14 @@ struct Probe {
 }
 
 fn probe_swarm(key: identity::Keypair) -> Swarm<Probe> {
-    libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| Probe {
-            rpc: rpc::behaviour(Duration::from_secs(5)),
-            raw: request_response::Behaviour::new(
-                [(rpc::PROTOCOL, ProtocolSupport::Outbound)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
-            ),
-            join: constella_behaviours::join::behaviour(Duration::from_secs(5)),
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build()
+    common::test_swarm(key, |_| Probe {
+        rpc: rpc::behaviour(Duration::from_secs(5)),
+        raw: request_response::Behaviour::new(
+            [(rpc::PROTOCOL, ProtocolSupport::Outbound)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
+        ),
+        join: constella_behaviours::join::behaviour(Duration::from_secs(5)),
+    })
 }
 
 /// Which of the probe's behaviours sent a request (each numbers its requests from 1).
@@ -537,6 +526,9 @@ fn strangers_are_refused_and_bad_frames_fail_alone() {
             .to_owned()
     };
     let member = identity::Keypair::generate_ed25519();
+    let pq4 =
+        constella_keys::KeyStore::generate_with_one_time_prekeys(0, &mut rand::rng()).unwrap();
+    let card = constella_behaviours::network_keys::Pq4Card::new(&member, &pq4).unwrap();
     let mut swarm = runtime.block_on(async { probe_swarm(member) });
     let join = (
         Via::Join,
@@ -551,6 +543,7 @@ fn strangers_are_refused_and_bad_frames_fail_alone() {
                 priority: 1000,
                 // As an older joiner: admitted at once, no confirmation.
                 step: Default::default(),
+                card: Some(card),
             },
             addrs.clone(),
         ),

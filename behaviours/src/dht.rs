@@ -36,6 +36,9 @@ impl Dht {
     pub fn new(local: PeerId, protocol: StreamProtocol) -> Self {
         let mut config = kad::Config::new(protocol);
         config.set_periodic_bootstrap_interval(None);
+        // Records are stored only once the daemon has checked that the sender is a member
+        // (`kad::Event::InboundRequest` with `PutRecord`): an outsider cannot fill our memory.
+        config.set_record_filtering(kad::StoreInserts::FilterBoth);
         let mut inner = kad::Behaviour::with_config(local, MemoryStore::new(local), config);
         // A VPS has a public address: serve the DHT from the start instead of waiting for an
         // external address to be confirmed (which kept 3-node networks a star).

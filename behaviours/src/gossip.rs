@@ -1,18 +1,21 @@
-//! What members say on the network's gossip topic, and how each message is authenticated.
+//! What members say on the network's gossip topic, and how each message is protected.
 //!
-//! Every gossip message travels as an [`Envelope`]: the CBOR body and an HMAC-SHA256 tag under the
-//! [`NetworkSecret`](crate::NetworkSecret). Gossipsub additionally signs each message with the
-//! sender's libp2p key, and the receiver checks that the signer is the node the body names. A
-//! message is accepted only if both checks pass and the sender is a current member.
+//! Every gossip message travels as an [`Envelope`]: the CBOR body encrypted and authenticated
+//! with ChaCha20-Poly1305 under the [`GossipKey`] (derived from the network secret and its
+//! epoch, [`crate::pq4`]), with a random 96-bit nonce and the envelope's version and epoch as
+//! associated data. An outsider who subscribes to the topic sees only ciphertext. Gossipsub
+//! additionally signs each message with the sender's libp2p key, and the receiver checks that
+//! the signer is the node the body names. A message is accepted only if both checks pass and
+//! the sender is a current member.
 
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
-use crate::secret::{MAC_LEN, NetworkSecret};
-use crate::settings::SettingsUpdate;
+use chacha20poly1305::aead::{Aead, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
 
-/// Domain separation prefix of the gossip HMAC.
-const GOSSIP_MAC_DOMAIN: &[u8] = b"constella/gossip/v1\0";
+use crate::network_keys::{GossipKey, Pq4Card};
+use crate::settings::SettingsUpdate;
 
 /// Version of the gossip wire format and heartbeat semantics. Nodes accept messages whose
 /// version differs from theirs by at most one (see docs/protocol.md).
@@ -20,7 +23,10 @@ const GOSSIP_MAC_DOMAIN: &[u8] = b"constella/gossip/v1\0";
 /// - 1: heartbeats and member lists.
 /// - 2: adds [`Goodbye`]. A version-1 node cannot decode it and refuses it as malformed, which
 ///   is harmless: it then learns of the stop from the closed connection or missed heartbeats.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// - 3: bodies encrypted (AEAD) instead of only MACed, on a topic named by the network tag;
+///   records carry PQ4 cards. Versions 2 and 3 do not meet (different topics): see
+///   docs/protocol.md.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Upper bound on an encoded envelope; anything larger is refused before decoding.
 pub const MAX_GOSSIP_BYTES: usize = 256 * 1024;
@@ -90,6 +96,10 @@ pub struct MemberRecord {
     pub version: u64,
     /// True once the node has left: a tombstone that keeps anti-entropy from resurrecting it.
     pub left: bool,
+    /// The node's PQ4 card (its prekey bundle signed by its libp2p key). Absent for records
+    /// written before PQ4 and for tombstones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<Pq4Card>,
 }
 
 /// A member list, published on every join and leave and every 30 s (anti-entropy).
@@ -100,6 +110,42 @@ pub struct RosterUpdate {
     pub from: PeerId,
     /// The records the publisher knows, tombstones included.
     pub records: Vec<MemberRecord>,
+}
+
+/// A new network secret, sealed to each remaining member's PQ4 card (seed 004 §8: removal always
+/// rotates, and the removed member gets no copy). Travels on gossip under the previous epoch's
+/// key, and in sync answers, so a member that was offline catches up when it returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    /// The member that made the new secret (base58 on the wire).
+    #[serde(with = "crate::ids::base58")]
+    pub from: PeerId,
+    /// The new epoch (the previous one plus one).
+    pub epoch: u64,
+    /// One sealed copy per member ([`crate::network_keys::Purpose::Rotation`]).
+    pub sealed: Vec<SealedFor>,
+}
+
+impl Rotation {
+    /// Whether this rotation wins over `other` for the same epoch: concurrent rotations resolve
+    /// to the one from the smaller node id, on every node alike (seed 004 §13, first-wins with a
+    /// deterministic tiebreak).
+    pub fn wins_over(&self, other_epoch: u64, other_from: Option<&PeerId>) -> bool {
+        self.epoch > other_epoch
+            || (self.epoch == other_epoch
+                && other_from.is_some_and(|o| self.from.to_bytes() < o.to_bytes()))
+    }
+}
+
+/// A rotated secret sealed to one member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedFor {
+    /// The member it is sealed to.
+    #[serde(with = "crate::ids::base58")]
+    pub to: PeerId,
+    /// The PQ4 one-shot message.
+    #[serde(with = "crate::ids::bytes")]
+    pub blob: Vec<u8>,
 }
 
 /// The bodies that can travel on the gossip topic.
@@ -113,6 +159,8 @@ pub enum GossipBody {
     Settings(SettingsUpdate),
     /// See [`Goodbye`] (protocol version 2).
     Goodbye(Goodbye),
+    /// See [`Rotation`] (protocol version 3).
+    Rotation(Rotation),
 }
 
 impl GossipBody {
@@ -123,15 +171,30 @@ impl GossipBody {
             GossipBody::Roster(roster) => roster.from,
             GossipBody::Settings(settings) => settings.from,
             GossipBody::Goodbye(goodbye) => goodbye.node_id,
+            GossipBody::Rotation(rotation) => rotation.from,
         }
     }
 }
 
+/// `{v, e, n, ct}`: version, secret epoch, nonce, and the encrypted body with its tag.
 #[derive(Serialize, Deserialize)]
 struct Envelope {
     v: u32,
-    body: Vec<u8>,
-    mac: Vec<u8>,
+    e: u64,
+    #[serde(with = "crate::ids::bytes")]
+    n: Vec<u8>,
+    #[serde(with = "crate::ids::bytes")]
+    ct: Vec<u8>,
+}
+
+/// Associated data of a gossip ciphertext: domain, version and epoch.
+fn associated_data(version: u32, epoch: u64) -> Vec<u8> {
+    [
+        &b"constella/gossip/v3\0"[..],
+        &version.to_be_bytes(),
+        &epoch.to_be_bytes(),
+    ]
+    .concat()
 }
 
 /// Why a gossip message was refused.
@@ -146,30 +209,55 @@ pub enum GossipError {
     /// The envelope's protocol version is more than one away from ours.
     #[error("gossip protocol version {0} is not compatible with {PROTOCOL_VERSION}")]
     IncompatibleVersion(u32),
-    /// The HMAC does not verify under our network secret.
-    #[error("gossip message fails HMAC authentication")]
+    /// The ciphertext does not authenticate under our gossip key (not a member, or altered).
+    #[error("gossip message fails authentication")]
     BadMac,
+    /// Sealed under another epoch of the network secret than ours.
+    #[error("gossip message is for secret epoch {0}")]
+    OtherEpoch(u64),
 }
 
-/// Encodes and authenticates a body for publishing.
-pub fn seal(secret: &NetworkSecret, body: &GossipBody) -> Vec<u8> {
-    seal_as(PROTOCOL_VERSION, secret, body)
+/// Encodes, encrypts and authenticates a body for publishing.
+pub fn seal(key: &GossipKey, body: &GossipBody) -> Vec<u8> {
+    seal_as(PROTOCOL_VERSION, key, body)
 }
 
 /// [`seal`] with an explicit envelope version (tests of the compatibility rule).
-fn seal_as(version: u32, secret: &NetworkSecret, body: &GossipBody) -> Vec<u8> {
-    let body = to_cbor(body);
-    let mac = secret.mac(GOSSIP_MAC_DOMAIN, &body).to_vec();
+fn seal_as(version: u32, key: &GossipKey, body: &GossipBody) -> Vec<u8> {
+    let plain = zeroize::Zeroizing::new(to_cbor(body));
+    let mut nonce = [0u8; 12];
+    rand::fill(&mut nonce);
+    let cipher = ChaCha20Poly1305::new(key.bytes().into());
+    let aad = associated_data(version, key.epoch());
+    let ct = match cipher.encrypt(
+        &nonce.into(),
+        Payload {
+            msg: &plain,
+            aad: &aad,
+        },
+    ) {
+        Ok(ct) => ct,
+        // Only inputs beyond 256 GiB fail; a body is bounded far below.
+        Err(_) => unreachable!("ChaCha20-Poly1305 refused a gossip body"),
+    };
     to_cbor(&Envelope {
         v: version,
-        body,
-        mac,
+        e: key.epoch(),
+        n: nonce.to_vec(),
+        ct,
     })
 }
 
-/// Checks and decodes a received message. The MAC is checked before the body is parsed, so
-/// unauthenticated input reaches only the (small, bounded) envelope decoder.
-pub fn open(secret: &NetworkSecret, bytes: &[u8]) -> Result<GossipBody, GossipError> {
+/// [`open_any`] with one key.
+pub fn open(key: &GossipKey, bytes: &[u8]) -> Result<GossipBody, GossipError> {
+    open_any(std::slice::from_ref(key), bytes)
+}
+
+/// Checks, decrypts and decodes a received message with the key of its epoch among `keys` (the
+/// current epoch and the one before, during a rotation). The ciphertext is authenticated before
+/// the body is parsed, so unauthenticated input reaches only the (small, bounded) envelope
+/// decoder.
+pub fn open_any(keys: &[GossipKey], bytes: &[u8]) -> Result<GossipBody, GossipError> {
     if bytes.len() > MAX_GOSSIP_BYTES {
         return Err(GossipError::TooLarge(bytes.len()));
     }
@@ -177,12 +265,27 @@ pub fn open(secret: &NetworkSecret, bytes: &[u8]) -> Result<GossipBody, GossipEr
     if envelope.v.abs_diff(PROTOCOL_VERSION) > 1 {
         return Err(GossipError::IncompatibleVersion(envelope.v));
     }
-    if envelope.mac.len() != MAC_LEN
-        || !secret.verify(GOSSIP_MAC_DOMAIN, &envelope.body, &envelope.mac)
-    {
-        return Err(GossipError::BadMac);
-    }
-    ciborium::from_reader(envelope.body.as_slice()).map_err(|_| GossipError::Malformed)
+    let Some(key) = keys.iter().find(|k| k.epoch() == envelope.e) else {
+        return Err(GossipError::OtherEpoch(envelope.e));
+    };
+    let nonce: [u8; 12] = envelope
+        .n
+        .as_slice()
+        .try_into()
+        .map_err(|_| GossipError::Malformed)?;
+    let cipher = ChaCha20Poly1305::new(key.bytes().into());
+    let aad = associated_data(envelope.v, envelope.e);
+    let plain = cipher
+        .decrypt(
+            &nonce.into(),
+            Payload {
+                msg: &envelope.ct,
+                aad: &aad,
+            },
+        )
+        .map(zeroize::Zeroizing::new)
+        .map_err(|_| GossipError::BadMac)?;
+    ciborium::from_reader(plain.as_slice()).map_err(|_| GossipError::Malformed)
 }
 
 fn to_cbor<T: Serialize>(value: &T) -> Vec<u8> {
@@ -198,7 +301,20 @@ fn to_cbor<T: Serialize>(value: &T) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::NetworkSecret;
     use proptest::prelude::*;
+
+    fn key(byte: u8) -> GossipKey {
+        GossipKey::derive(&NetworkSecret::from_bytes([byte; 32]), 0)
+    }
+
+    #[test]
+    fn the_body_is_not_readable_and_another_epoch_is_refused() {
+        let sealed = seal(&key(7), &heartbeat());
+        assert!(!sealed.windows(8).any(|w| w == b"delta-01"));
+        let other = GossipKey::derive(&NetworkSecret::from_bytes([7; 32]), 1);
+        assert_eq!(open(&other, &sealed), Err(GossipError::OtherEpoch(0)));
+    }
 
     /// A fixed node id, so that bodies compare equal across calls.
     fn example_id() -> PeerId {
@@ -221,7 +337,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let secret = NetworkSecret::from_bytes([7; 32]);
+        let secret = key(7);
         let sealed = seal(&secret, &heartbeat());
         assert_eq!(open(&secret, &sealed), Ok(heartbeat()));
         let GossipBody::Heartbeat(hb) = heartbeat() else {
@@ -231,8 +347,33 @@ mod tests {
     }
 
     #[test]
+    fn a_roster_with_cards_round_trips() {
+        let key_pair = libp2p::identity::Keypair::generate_ed25519();
+        let store =
+            constella_keys::KeyStore::generate_with_one_time_prekeys(0, &mut rand::rng()).unwrap();
+        let card = Pq4Card::new(&key_pair, &store).unwrap();
+        let id = key_pair.public().to_peer_id();
+        // Four cards: the encrypted body is larger than ciborium's 4 KiB scratch buffer.
+        let record = MemberRecord {
+            node_id: id,
+            name: "a".into(),
+            addr: "127.0.0.1:1".into(),
+            priority: 1,
+            version: 2,
+            left: false,
+            card: Some(card),
+        };
+        let roster = GossipBody::Roster(RosterUpdate {
+            from: id,
+            records: vec![record; 4],
+        });
+        let sealed = seal(&key(7), &roster);
+        assert_eq!(open(&key(7), &sealed), Ok(roster));
+    }
+
+    #[test]
     fn goodbye_round_trip() {
-        let secret = NetworkSecret::from_bytes([7; 32]);
+        let secret = key(7);
         let goodbye = GossipBody::Goodbye(Goodbye {
             node_id: example_id(),
             seq: (5 << 32) | 9,
@@ -247,7 +388,7 @@ mod tests {
 
     #[test]
     fn versions_one_apart_are_accepted_and_further_ones_refused() {
-        let secret = NetworkSecret::from_bytes([7; 32]);
+        let secret = key(7);
         for version in [PROTOCOL_VERSION - 1, PROTOCOL_VERSION, PROTOCOL_VERSION + 1] {
             assert_eq!(
                 open(&secret, &seal_as(version, &secret, &heartbeat())),
@@ -265,18 +406,15 @@ mod tests {
 
     #[test]
     fn wrong_secret_is_refused() {
-        let sealed = seal(&NetworkSecret::from_bytes([7; 32]), &heartbeat());
-        assert_eq!(
-            open(&NetworkSecret::from_bytes([8; 32]), &sealed),
-            Err(GossipError::BadMac)
-        );
+        let sealed = seal(&key(7), &heartbeat());
+        assert_eq!(open(&key(8), &sealed), Err(GossipError::BadMac));
     }
 
     #[test]
     fn no_flipped_bit_forges_a_different_body() {
         // Some flips only re-encode the envelope's framing (a text key as a byte string), which
         // CBOR decoders may accept; what must never happen is a different body being accepted.
-        let secret = NetworkSecret::from_bytes([7; 32]);
+        let secret = key(7);
         let sealed = seal(&secret, &heartbeat());
         let mut refused = 0;
         for i in 0..sealed.len() * 8 {
@@ -295,7 +433,7 @@ mod tests {
 
     #[test]
     fn oversized_is_refused_before_parsing() {
-        let secret = NetworkSecret::from_bytes([7; 32]);
+        let secret = key(7);
         let big = vec![0u8; MAX_GOSSIP_BYTES + 1];
         assert_eq!(
             open(&secret, &big),
@@ -306,7 +444,7 @@ mod tests {
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let secret = NetworkSecret::from_bytes([7; 32]);
+            let secret = key(7);
             prop_assert!(open(&secret, &bytes).is_err());
         }
     }

@@ -22,6 +22,57 @@ pub mod base58 {
     }
 }
 
+/// `#[serde(with = "crate::ids::bytes")]` for a `Vec<u8>` field: a CBOR byte string on the
+/// wire (not an array of integers, which would double its size), lowercase hex in JSON files.
+pub mod bytes {
+    use super::*;
+
+    /// Bytes for binary formats, hex for text formats.
+    pub fn serialize<S: Serializer>(value: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&hex::encode(value))
+        } else {
+            serializer.serialize_bytes(value)
+        }
+    }
+
+    struct Visitor;
+
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("bytes or hex text")
+        }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+            hex::decode(v).map_err(|_| E::custom("not hex"))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(b) = seq.next_element::<u8>()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+
+    /// Reads a byte string, hex text, or an array of bytes. Binary formats are asked for an
+    /// owned buffer: ciborium's `deserialize_bytes` refuses byte strings longer than its 4 KiB
+    /// scratch buffer (a roster of a few cards is larger).
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_str(Visitor)
+        } else {
+            deserializer.deserialize_byte_buf(Visitor)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde::{Deserialize, Serialize};

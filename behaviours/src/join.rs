@@ -3,6 +3,12 @@
 //! One request-response exchange on `/constella/join/1.0.0`, CBOR-encoded. The joiner dials the
 //! seed with the seed's PeerId pinned (from the join link), so the noise handshake proves it
 //! reached the node that issued the link before the token leaves the joiner.
+//!
+//! The joiner sends its PQ4 card ([`crate::network_keys::Pq4Card`]); the seed answers the network's
+//! secrets ([`JoinSecrets`]) sealed to that card with the hybrid handshake (X448 +
+//! ML-KEM-1024, [`crate::network_keys::seal_to`]), in [`JoinAccepted::sealed`]. The plaintext fields
+//! for the secrets stay empty, so a recording of the noise (X25519) transport, decrypted
+//! later, does not yield them. A seed refuses a request without a card.
 
 use libp2p::StreamProtocol;
 use libp2p::request_response::{self, ProtocolSupport};
@@ -15,8 +21,9 @@ use crate::settings::NetworkSettings;
 /// The Join protocol name.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/constella/join/1.0.0");
 
-/// Largest Join request accepted: a token, a name, an address and a priority fit in far less.
-pub const MAX_REQUEST_BYTES: u64 = 4 * 1024;
+/// Largest Join request accepted: a token, a name, an address, a priority and a PQ4 card
+/// (about 2.2 KiB, most of it the ML-KEM-1024 key) fit in far less.
+pub const MAX_REQUEST_BYTES: u64 = 8 * 1024;
 /// Largest Join response accepted (a member list of a few hundred nodes fits).
 pub const MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
 
@@ -46,6 +53,9 @@ pub struct JoinRequest {
     /// Which step of the join this is. Absent (an older joiner): [`JoinStep::Ask`].
     #[serde(default)]
     pub step: JoinStep,
+    /// The joiner's PQ4 card, signed by its node key. Required by seeds that speak PQ4.
+    #[serde(default)]
+    pub card: Option<crate::network_keys::Pq4Card>,
 }
 
 /// The steps of a join. A joiner asks with [`JoinStep::AskThenConfirm`], writes its state when
@@ -76,6 +86,7 @@ impl std::fmt::Debug for JoinRequest {
             .field("listen_port", &self.listen_port)
             .field("priority", &self.priority)
             .field("step", &self.step)
+            .field("card", &self.card)
             .finish()
     }
 }
@@ -85,9 +96,9 @@ impl std::fmt::Debug for JoinRequest {
 pub struct JoinAccepted {
     /// The network id.
     pub network_id: String,
-    /// The network secret, lowercase hex.
+    /// Empty: the secret travels in [`JoinAccepted::sealed`]. (Older seeds put it here.)
     pub network_secret: String,
-    /// The owner's Telegram username, with the leading `@`.
+    /// Empty: the owner travels in [`JoinAccepted::sealed`].
     pub owner_username: String,
     /// The joiner's own record, as the network now knows it.
     pub record: MemberRecord,
@@ -96,9 +107,49 @@ pub struct JoinAccepted {
     /// The Telegram bot token, if the network has one: every node must be able to host the bot.
     #[serde(default)]
     pub bot_token: Option<String>,
-    /// The network settings (owner pin, last Telegram update), so the joiner starts current.
+    /// Default: the settings travel in [`JoinAccepted::sealed`].
     #[serde(default)]
     pub settings: NetworkSettings,
+    /// [`JoinSecrets`] sealed to the joiner's PQ4 card (CBOR inside a PQ4 one-shot message,
+    /// purpose [`crate::network_keys::Purpose::JoinSecrets`]).
+    #[serde(default, with = "crate::ids::bytes")]
+    pub sealed: Vec<u8>,
+}
+
+/// The secrets a seed hands an admitted joiner, sealed to its PQ4 card. `Debug` shows none
+/// of them; the secret texts are wiped when dropped.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinSecrets {
+    /// The network secret, lowercase hex.
+    pub network_secret: String,
+    /// The epoch of that secret (0 until the first rotation).
+    pub secret_epoch: u64,
+    /// The network tag that names the gossip topic and the DHT ([`crate::network_keys::network_tag`]).
+    pub network_tag: String,
+    /// The owner's Telegram username, with the leading `@`.
+    pub owner_username: String,
+    /// The Telegram bot token, if the network has one.
+    pub bot_token: Option<String>,
+    /// The network settings (owner pin, last Telegram update).
+    pub settings: NetworkSettings,
+}
+
+impl Drop for JoinSecrets {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.network_secret.zeroize();
+        if let Some(token) = self.bot_token.as_mut() {
+            token.zeroize();
+        }
+    }
+}
+
+impl std::fmt::Debug for JoinSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinSecrets")
+            .field("secret_epoch", &self.secret_epoch)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for JoinAccepted {
@@ -181,6 +232,7 @@ mod tests {
             listen_port: 4747,
             priority: 100,
             step: JoinStep::AskThenConfirm,
+            card: None,
         };
         let text = format!("{request:?}");
         assert!(!text.contains("0123456789abcdef"), "{text}");

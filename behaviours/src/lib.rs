@@ -9,6 +9,7 @@
 //! - [`leader`]: the total order that picks the leader ("Хост").
 //! - [`join`]: the one-time-token admission protocol.
 //! - [`settings`]: the bot state every node holds (owner pin, last Telegram update, language).
+//! - [`pq4`]: node cards, fingerprints, the gossip key and secrets sealed node to node.
 //! - [`rpc`]: GetPeers, GetStats and Reboot between members.
 //! - [`pq4`]: the PQ4 messaging service (accounts, bundles, replicated mailboxes).
 //!
@@ -26,6 +27,7 @@ pub mod ids;
 pub mod join;
 pub mod leader;
 pub mod membership;
+pub mod network_keys;
 pub mod node;
 pub mod pq4;
 pub mod rpc;
@@ -60,8 +62,8 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// Why the behaviour could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// The network id cannot be part of a protocol name.
-    #[error("network id {0:?} cannot be used in a protocol name")]
+    /// The network tag cannot be part of a protocol name.
+    #[error("network tag {0:?} cannot be used in a protocol name")]
     NetworkId(String),
     /// The gossipsub configuration was refused.
     #[error("gossipsub configuration: {0}")]
@@ -127,15 +129,19 @@ impl std::fmt::Debug for Behaviour {
     }
 }
 
-/// The gossip topic of a network.
-pub fn gossip_topic(network_id: &str) -> gossipsub::IdentTopic {
-    gossipsub::IdentTopic::new(format!("constella/{network_id}/membership/1"))
+/// The gossip topic of a network, named by its tag ([`network_keys::network_tag`], a hash keyed by the
+/// network secret): a peer that connects sees the topic in subscriptions but cannot tell the
+/// network id from it, and only members know which topic to ask for.
+pub fn gossip_topic(tag: &str) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("constella/{tag}/membership/3"))
 }
 
-/// The Kademlia protocol name of a network: nodes of different networks never share a DHT.
-pub fn kad_protocol(network_id: &str) -> Result<StreamProtocol, BuildError> {
-    StreamProtocol::try_from_owned(format!("/constella/{network_id}/kad/1.0.0"))
-        .map_err(|_| BuildError::NetworkId(network_id.to_owned()))
+/// The Kademlia protocol name of a network, named by its tag like the topic: nodes of
+/// different networks never share a DHT, identify does not reveal the network id, and a peer
+/// that does not hold the secret cannot even open a Kademlia stream.
+pub fn kad_protocol(tag: &str) -> Result<StreamProtocol, BuildError> {
+    StreamProtocol::try_from_owned(format!("/constella/{tag}/kad/1.0.0"))
+        .map_err(|_| BuildError::NetworkId(tag.to_owned()))
 }
 
 /// Gossipsub tuned for networks of 2 to 100 nodes. The mesh bounds are low enough that a 2-node
@@ -162,14 +168,10 @@ fn gossipsub_config() -> Result<gossipsub::Config, BuildError> {
 }
 
 impl Behaviour {
-    /// Builds the behaviour of a member of `network_id` (or of a joiner, which passes the id
-    /// from its link: it only speaks Join before it is admitted).
+    /// Builds the behaviour of a member of the network whose tag is `tag`
+    /// ([`network_keys::network_tag`]).
     /// `request_timeout` bounds Join exchanges; RPC exchanges are bounded by [`RPC_TIMEOUT`].
-    pub fn new(
-        key: &Keypair,
-        network_id: &str,
-        request_timeout: Duration,
-    ) -> Result<Self, BuildError> {
+    pub fn new(key: &Keypair, tag: &str, request_timeout: Duration) -> Result<Self, BuildError> {
         let local = key.public().to_peer_id();
         let identify = identify::Behaviour::new(
             identify::Config::new(
@@ -183,7 +185,7 @@ impl Behaviour {
             gossipsub_config()?,
         )
         .map_err(|error| BuildError::Gossipsub(error.to_owned()))?;
-        let kad = dht::Dht::new(local, kad_protocol(network_id)?);
+        let kad = dht::Dht::new(local, kad_protocol(tag)?);
         Ok(Self {
             limits: connection_limits::Behaviour::new(connection_limits()),
             identify,

@@ -30,6 +30,7 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
 use crate::gossip::{Goodbye, Heartbeat, MemberRecord};
+use crate::network_keys::Pq4Card;
 
 /// Heartbeats are published this often (networks of up to 100 members; see `Config::for_size`).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -128,6 +129,9 @@ pub struct MemberView {
     /// Its daemon's uptime from its last heartbeat, if one arrived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime_secs: Option<u64>,
+    /// Its 60-digit PQ4 fingerprint (12 groups of 5), if its record carries a valid card.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 impl MemberView {
@@ -173,17 +177,44 @@ struct Entry {
     liveness: Liveness,
     /// `node_id.to_bytes()`, kept for the leader order (computed once, not at every election).
     key_bytes: Vec<u8>,
+    /// The fingerprint of the record's card, computed when the card arrives (it costs an Ed448
+    /// verification, too much for every `peers`).
+    fingerprint: Option<String>,
 }
 
 impl Entry {
     fn new(record: MemberRecord, liveness: Liveness) -> Self {
         let key_bytes = record.node_id.to_bytes();
+        let fingerprint = fingerprint_of(&record);
         Self {
             record,
             liveness,
             key_bytes,
+            fingerprint,
         }
     }
+
+    fn set_record(&mut self, record: MemberRecord) {
+        if record.card != self.record.card {
+            self.fingerprint = fingerprint_of(&record);
+        }
+        self.record = record;
+    }
+}
+
+fn fingerprint_of(record: &MemberRecord) -> Option<String> {
+    record
+        .card
+        .as_ref()
+        .and_then(|card| card.fingerprint(&record.node_id))
+}
+
+/// A record whose card is not signed by the node it describes is forged: refused whole.
+fn card_is_valid(record: &MemberRecord) -> bool {
+    record
+        .card
+        .as_ref()
+        .is_none_or(|card| card.signed_by(&record.node_id))
 }
 
 /// The member list and the liveness of each member, as one node sees them.
@@ -383,6 +414,7 @@ impl Membership {
                 status: entry.liveness.status,
                 leader: *id == leader,
                 uptime_secs: entry.liveness.uptime_secs,
+                fingerprint: entry.fingerprint.clone(),
             })
             .collect();
         view.sort_by(|a, b| a.name.cmp(&b.name));
@@ -642,7 +674,7 @@ impl Membership {
         let mut changes = Vec::new();
         for incoming in records {
             let id = incoming.node_id;
-            if id == self.local {
+            if id == self.local || !card_is_valid(incoming) {
                 continue;
             }
             match self.entries.get_mut(&id) {
@@ -655,7 +687,7 @@ impl Membership {
                 }
                 Some(entry) if supersedes(incoming, &entry.record) => {
                     let was_left = entry.record.left;
-                    entry.record = incoming.clone();
+                    entry.set_record(incoming.clone());
                     if incoming.left && !was_left {
                         entry.liveness = Liveness::unknown();
                         changes.push(Change::Left(id));
@@ -674,7 +706,14 @@ impl Membership {
     }
 
     /// Adds a node admitted by a Join on this node. Returns its record (to send and gossip).
-    pub fn admit(&mut self, id: PeerId, name: String, addr: String, priority: u32) -> MemberRecord {
+    pub fn admit(
+        &mut self,
+        id: PeerId,
+        name: String,
+        addr: String,
+        priority: u32,
+        card: Option<Pq4Card>,
+    ) -> MemberRecord {
         let version = self
             .entries
             .get(&id)
@@ -686,6 +725,7 @@ impl Membership {
             priority,
             version,
             left: false,
+            card,
         };
         self.entries
             .insert(id, Entry::new(record.clone(), Liveness::unknown()));
@@ -723,6 +763,40 @@ impl Membership {
             entry.liveness.status = Status::Alive;
         }
         self.elect();
+    }
+
+    /// Tombstones another member (an operator's `remove`): a new version with `left`, so it
+    /// wins every merge and spreads like a leave. Returns the tombstone, or `None` for this node
+    /// or a node that is not a current member.
+    pub fn remove(&mut self, id: &PeerId) -> Option<MemberRecord> {
+        if *id == self.local {
+            return None;
+        }
+        let entry = self.entries.get_mut(id)?;
+        if entry.record.left {
+            return None;
+        }
+        entry.record.left = true;
+        entry.record.version += 1;
+        entry.liveness = Liveness::unknown();
+        let record = entry.record.clone();
+        self.elect();
+        Some(record)
+    }
+
+    /// Puts `card` in this node's own record, with a new version so that it spreads, unless the
+    /// record already carries it (a node that started before PQ4, or after a key change).
+    /// Returns the new record.
+    pub fn set_own_card(&mut self, card: Pq4Card) -> Option<MemberRecord> {
+        let entry = self.entries.get_mut(&self.local)?;
+        if entry.record.left || entry.record.card.as_ref() == Some(&card) {
+            return None;
+        }
+        let mut record = entry.record.clone();
+        record.card = Some(card);
+        record.version += 1;
+        entry.set_record(record.clone());
+        Some(record)
     }
 
     /// Turns this node's own record into a tombstone, for `leave`.
@@ -780,6 +854,7 @@ mod tests {
             priority,
             version: 1,
             left: false,
+            card: None,
         }
     }
 
@@ -1051,7 +1126,7 @@ mod tests {
         gone.version = 7;
         gone.left = true;
         m.merge(&[gone]);
-        let again = m.admit(d, "d".into(), "127.0.0.1:1".into(), 1);
+        let again = m.admit(d, "d".into(), "127.0.0.1:1".into(), 1, None);
         assert_eq!(again.version, 8);
         assert!(m.is_member(&d));
         assert_eq!(m.find_by_name("d"), Some(d));

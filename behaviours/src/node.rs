@@ -68,9 +68,10 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::gossip::{Goodbye, GossipBody, Heartbeat, MemberRecord, RosterUpdate};
+use crate::gossip::{Goodbye, GossipBody, Heartbeat, MemberRecord, RosterUpdate, Rotation};
 use crate::join::JoinRefusal;
 use crate::membership::{Change, HeartbeatRejection, Membership, OfflineReason, Status};
+use crate::network_keys::Pq4Card;
 use crate::settings::{NetworkSettings, SettingsUpdate};
 use crate::table::PeerTable;
 
@@ -326,6 +327,9 @@ pub struct SyncMessage {
     pub records: Vec<MemberRecord>,
     /// The sender's settings.
     pub settings: NetworkSettings,
+    /// The last secret rotation the sender adopted, for a member that missed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<Rotation>,
 }
 
 /// What the core grants an admitted joiner; the daemon adds the secrets to make the answer.
@@ -395,6 +399,9 @@ pub enum Input<'a> {
         /// The joiner will confirm once its state is written ([`Input::JoinConfirm`]); older
         /// joiners do not, and are admitted for good at once.
         confirms: bool,
+        /// The joiner's PQ4 card; it goes into its record. A card not signed by `peer` is
+        /// refused ([`JoinRefusal::Invalid`]).
+        card: Option<&'a Pq4Card>,
     },
     /// An admitted joiner wrote its state: its admission stands. Answered with
     /// [`Output::JoinAnswer`] (the admission again, or [`JoinRefusal::AdmissionUndone`]).
@@ -424,6 +431,20 @@ pub enum Input<'a> {
     StrangerRefused(PeerId),
     /// The addresses to announce changed (a new listen address).
     Addresses(&'a [String]),
+    /// This node's PQ4 card (at start): put in its own record with a new version if the
+    /// record does not carry it yet, then published and persisted.
+    OwnCard(&'a Pq4Card),
+    /// The operator removes a member: it is tombstoned (published, persisted) and the network
+    /// secret rotated ([`Output::Rotate`]). Not this node (that is [`Input::Leave`]).
+    Remove(PeerId),
+    /// The daemon adopted this rotation (made here, or opened from the network): kept for sync
+    /// answers, and published if `publish` (this node made it).
+    Rotated {
+        /// The rotation.
+        rotation: &'a Rotation,
+        /// This node made it: publish it.
+        publish: bool,
+    },
 }
 
 /// What the core asks the daemon to do, in order.
@@ -500,6 +521,13 @@ pub enum Output {
     },
     /// The answer to [`Input::Leave`]: recorded (and how it was heard), or why not.
     LeaveDone(Result<LeaveOutcome, String>),
+    /// Make a new network secret, seal it to every remaining member and adopt it (a member was
+    /// removed here, or left or was removed while this node leads). The daemon answers with
+    /// [`Input::Rotated`].
+    Rotate,
+    /// A rotation arrived (gossip or sync) from a member: the daemon opens the copy sealed to
+    /// this node, if any, and adopts it if it wins ([`Rotation::wins_over`]).
+    RotationReceived(Rotation),
     /// The drain after a leave or stop is over: stop the node.
     Exit,
     /// Call [`Node::handle`] with [`Input::Timer`] at this instant (always the last output).
@@ -604,6 +632,8 @@ pub struct Node {
     reported_leader: PeerId,
     leader_changes: u64,
     rejections: Rejections,
+    /// The last secret rotation adopted (public: sealed copies), for sync answers.
+    last_rotation: Option<Rotation>,
     rng: StdRng,
     out: Vec<Output>,
 }
@@ -679,6 +709,7 @@ impl Node {
             reported_leader: local_id,
             leader_changes: 0,
             rejections: Rejections::default(),
+            last_rotation: None,
             rng: StdRng::seed_from_u64(seed),
             out: Vec::new(),
         };
@@ -855,6 +886,7 @@ impl Node {
                 priority,
                 unix_now,
                 confirms,
+                card,
             } => {
                 let request = JoinAsk {
                     token,
@@ -862,6 +894,7 @@ impl Node {
                     addr,
                     priority,
                     confirms,
+                    card,
                 };
                 self.on_join_request(peer, &request, unix_now)
             }
@@ -881,8 +914,28 @@ impl Node {
                 self.expire_stranger(peer, now + self.config.stranger_grace)
             }
             Input::Addresses(addrs) => self.local.addrs = addrs.to_vec(),
+            Input::Remove(peer) => self.remove(peer, now),
+            Input::Rotated { rotation, publish } => {
+                self.last_rotation = Some(rotation.clone());
+                if publish {
+                    self.out
+                        .push(Output::Publish(GossipBody::Rotation(rotation.clone())));
+                }
+            }
+            Input::OwnCard(card) => {
+                if self.membership.set_own_card(card.clone()).is_some() {
+                    self.publish_roster();
+                    self.persist(None);
+                }
+            }
         }
         self.update_leadership(now);
+        // A rotation comes after every publish this input caused (the tombstone above all), so
+        // those go out under the key every member still holds.
+        if let Some(index) = self.out.iter().position(|o| *o == Output::Rotate) {
+            let rotate = self.out.remove(index);
+            self.out.push(rotate);
+        }
         let wake = self.next_wake(now);
         self.out.push(Output::WakeAt(wake));
         self.out.drain(..)
@@ -1170,6 +1223,9 @@ impl Node {
                 let change = self.membership.on_goodbye(goodbye).map_err(refusal_of)?;
                 self.apply_changes(change.into_iter().collect(), now);
             }
+            GossipBody::Rotation(rotation) => {
+                self.out.push(Output::RotationReceived(rotation.clone()));
+            }
         }
         Ok(())
     }
@@ -1273,6 +1329,7 @@ impl Node {
         SyncMessage {
             records: self.published_records(),
             settings: self.settings.clone(),
+            rotation: self.last_rotation.clone(),
         }
     }
 
@@ -1295,6 +1352,28 @@ impl Node {
         let changes = self.membership.merge(&message.records);
         self.apply_changes(changes, now);
         self.merge_settings(&message.settings, false);
+        if let Some(rotation) = &message.rotation
+            && self.last_rotation.as_ref() != Some(rotation)
+        {
+            self.out.push(Output::RotationReceived(rotation.clone()));
+        }
+    }
+
+    /// An operator's removal: tombstone, spread like a leave, and rotate the secret.
+    fn remove(&mut self, peer: PeerId, now: Instant) {
+        if self.membership.remove(&peer).is_none() {
+            return;
+        }
+        self.apply_changes(vec![Change::Left(peer)], now);
+        self.publish_roster();
+        self.out.push(Output::Disconnect(peer));
+        self.want_rotation();
+    }
+
+    fn want_rotation(&mut self) {
+        if !self.out.contains(&Output::Rotate) {
+            self.out.push(Output::Rotate);
+        }
     }
 
     // ---- settings ----
@@ -1343,6 +1422,15 @@ impl Node {
                     // push of its tombstone (see `answer_departed`).
                     self.expire_stranger(*id, now + self.config.stranger_grace);
                     events.push(NetworkEvent::Left(self.name_of(id)));
+                    // A departed member keeps the secret: the leader rotates it (a leave as
+                    // well as a removal; concurrent rotations resolve by `Rotation::wins_over`).
+                    if *id != self.local.id
+                        && self.exit.is_none()
+                        && !self.left
+                        && self.membership.leader() == self.local.id
+                    {
+                        self.want_rotation();
+                    }
                 }
                 Change::Alive(id) => {
                     if self.reported_offline.remove(id) {
@@ -1497,6 +1585,11 @@ impl Node {
                 "this node is already a member".to_owned(),
             ));
         }
+        if request.card.is_some_and(|card| !card.signed_by(&peer)) {
+            return Err(JoinRefusal::Invalid(
+                "the PQ4 card is not signed by the joining node".to_owned(),
+            ));
+        }
         let invites_before = self.invites.clone();
         self.invites[index].used_at = Some(unix_now);
         self.invites[index].used_by = Some(peer.to_base58());
@@ -1506,6 +1599,7 @@ impl Node {
             name.to_owned(),
             request.addr.to_owned(),
             request.priority,
+            request.card.cloned(),
         );
         let admission = Admission {
             record,
@@ -1814,6 +1908,7 @@ impl Node {
             message: SyncMessage {
                 records: vec![tombstone],
                 settings: NetworkSettings::default(),
+                rotation: None,
             },
         });
         true
@@ -1846,6 +1941,7 @@ struct JoinAsk<'a> {
     addr: &'a str,
     priority: u32,
     confirms: bool,
+    card: Option<&'a Pq4Card>,
 }
 
 fn refusal_of(rejection: HeartbeatRejection) -> Refusal {
@@ -1870,6 +1966,7 @@ mod tests {
             priority,
             version: 1,
             left: false,
+            card: None,
         }
     }
 
@@ -2078,6 +2175,7 @@ mod tests {
         let message = SyncMessage {
             records: vec![],
             settings: NetworkSettings::default(),
+            rotation: None,
         };
         let out = f.handle(
             4.0,
@@ -2406,6 +2504,7 @@ mod tests {
                 priority: 100,
                 unix_now: 1_000,
                 confirms,
+                card: None,
             },
         )
     }
@@ -2709,6 +2808,7 @@ mod tests {
         let stale = SyncMessage {
             records: vec![record(f.a, "a", 10)],
             settings: NetworkSettings::default(),
+            rotation: None,
         };
         let out = f.handle(
             3.1,
@@ -2784,6 +2884,7 @@ mod tests {
         let push = SyncMessage {
             records: vec![tombstone.clone(), record(f.a, "a", 10)],
             settings: NetworkSettings::default(),
+            rotation: None,
         };
         let out = f.handle(
             1.1,
@@ -2819,6 +2920,7 @@ mod tests {
         let message = SyncMessage {
             records: vec![record(d, "d", 50)],
             settings: NetworkSettings::default(),
+            rotation: None,
         };
         let out = f.handle(
             0.0,
@@ -2878,6 +2980,7 @@ mod tests {
         let message = SyncMessage {
             records,
             settings: NetworkSettings::default(),
+            rotation: None,
         };
         f.handle(
             0.0,
@@ -2912,5 +3015,71 @@ mod tests {
         let late = PeerId::random();
         let out = f.handle(1.2, Input::Connected(late));
         assert!(!out.iter().any(|o| matches!(o, Output::Disconnect(_))));
+    }
+
+    #[test]
+    fn a_removal_tombstones_publishes_and_rotates_and_a_leader_rotates_when_a_member_leaves() {
+        // `a` leads (priority 10); it removes `c`.
+        let mut f = Fixture::new(10, &[1, 2]);
+        let c = f.c;
+        let out = f.handle(1.0, Input::Remove(c));
+        assert!(!f.node.membership().is_member(&c));
+        assert!(out.contains(&Output::Rotate), "{out:?}");
+        assert!(out.contains(&Output::Disconnect(c)));
+        assert_eq!(out.iter().filter(|o| **o == Output::Rotate).count(), 1);
+        // After the tombstone's publish, right before the wake.
+        assert_eq!(out[out.len() - 2], Output::Rotate);
+        assert!(
+            publishes(&out)
+                .iter()
+                .any(|b| matches!(b, GossipBody::Roster(r)
+            if r.records.iter().any(|rec| rec.node_id == c && rec.left)))
+        );
+        // Removing it again, or this node, does nothing.
+        let again = f.handle(1.5, Input::Remove(c));
+        assert!(!again.contains(&Output::Rotate));
+        let local = f.a;
+        assert!(
+            !f.handle(1.6, Input::Remove(local))
+                .contains(&Output::Rotate)
+        );
+        // `b` leaves (its tombstone arrives by gossip): the leader rotates.
+        let b = f.b;
+        let mut gone = f.node.membership().record(&b).unwrap().clone();
+        gone.left = true;
+        gone.version += 1;
+        let body = GossipBody::Roster(RosterUpdate {
+            from: b,
+            records: vec![gone],
+        });
+        let out = f.handle(
+            2.0,
+            Input::Gossip {
+                signer: Some(b),
+                body: &body,
+            },
+        );
+        assert!(out.contains(&Output::Rotate), "{out:?}");
+    }
+
+    #[test]
+    fn concurrent_rotations_resolve_to_the_smaller_node_id() {
+        let (x, y) = (PeerId::random(), PeerId::random());
+        let (small, large) = if x.to_bytes() < y.to_bytes() {
+            (x, y)
+        } else {
+            (y, x)
+        };
+        let rotation = |from: PeerId, epoch| Rotation {
+            from,
+            epoch,
+            sealed: vec![],
+        };
+        assert!(rotation(large, 2).wins_over(1, Some(&small)));
+        assert!(rotation(small, 2).wins_over(2, Some(&large)));
+        assert!(!rotation(large, 2).wins_over(2, Some(&small)));
+        assert!(!rotation(small, 1).wins_over(2, Some(&large)));
+        // After a restart nothing is known of the current epoch's maker: it stays.
+        assert!(!rotation(small, 2).wins_over(2, None));
     }
 }

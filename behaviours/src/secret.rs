@@ -69,6 +69,18 @@ impl NetworkSecret {
         mac.verify_slice(tag).is_ok()
     }
 
+    /// A 32-byte key for one purpose: `HKDF-SHA256(salt = "constella", ikm = secret,
+    /// info = parts concatenated)`.
+    pub fn derive_key(&self, info: &[&[u8]]) -> Zeroizing<[u8; 32]> {
+        let hkdf = hkdf::Hkdf::<Sha256>::new(Some(b"constella"), &self.0);
+        let mut out = Zeroizing::new([0u8; 32]);
+        // 32 bytes is far below HKDF-SHA256's 8,160-byte limit: expansion cannot fail.
+        if hkdf.expand_multi_info(info, out.as_mut_slice()).is_err() {
+            unreachable!("HKDF output of 32 bytes");
+        }
+        out
+    }
+
     fn hmac(&self) -> Hmac<Sha256> {
         // HMAC accepts keys of any length, so this cannot fail for a 32-byte key.
         match <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0) {

@@ -726,6 +726,7 @@ fn record(id: PeerId, name: &str, index: usize) -> MemberRecord {
         priority: PRIORITY,
         version: 1,
         left: false,
+        card: None,
     }
 }
 
@@ -1237,7 +1238,10 @@ impl Sim {
             Output::GossipVerdict(_)
             | Output::Notice(_)
             | Output::Settings(_)
-            | Output::AdmissionUndone { .. } => {}
+            | Output::AdmissionUndone { .. }
+            // The simulator models no secrets: a rotation changes no rule it checks.
+            | Output::Rotate
+            | Output::RotationReceived(_) => {}
             Output::LeaderChanged { .. } | Output::Leadership(_) => self.note_change(),
             Output::Membership(change) => self.on_membership(i, change),
             Output::JoinAnswer { peer, answer } => {
@@ -1933,6 +1937,7 @@ impl Sim {
                 unix_now,
                 // The simulated joiner writes nothing that could fail: no confirmation step.
                 confirms: false,
+                card: None,
             },
         );
     }

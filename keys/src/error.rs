@@ -102,6 +102,23 @@ pub enum X3dhError {
     InvalidKemCiphertext,
 }
 
+/// Sealing or opening a one-shot message ([`crate::oneshot`]) failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum OneShotError {
+    /// The handshake failed (bad bundle, wrong recipient, unknown prekey).
+    #[error(transparent)]
+    Handshake(#[from] X3dhError),
+    /// The message does not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The ciphertext does not authenticate (altered, or sealed for another context).
+    #[error("sealed message does not authenticate")]
+    Tampered,
+    /// Encryption failed (should not happen for inputs below the size bound).
+    #[error("encryption failed")]
+    Encrypt,
+}
+
 /// Encrypting or decrypting a Double Ratchet message failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum RatchetError {

@@ -11,6 +11,7 @@
 //!   and the typed content inside every ratchet message;
 //! * [`group`]: group keys, group messages and key rotation;
 //! * [`key_update`]: rotation of a user's keys with a chain of custody;
+//! * [`oneshot`]: one message sealed to a bundle (hybrid handshake + AEAD, no ratchet);
 //! * [`fingerprint`]: human-comparable identity fingerprints;
 //! * [`history`]: sealing a chat history for transfer to a new device.
 //!
@@ -58,6 +59,7 @@ pub mod identity;
 #[cfg(test)]
 mod kat;
 pub mod key_update;
+pub mod oneshot;
 pub mod prekeys;
 mod primitives;
 pub mod ratchet;
@@ -69,8 +71,8 @@ pub mod x3dh;
 pub use bundle::{PreKeyBundle, VerifiedBundle};
 pub use envelope::{Content, ContentType, Envelope};
 pub use error::{
-    DecodeError, EnvelopeError, GroupError, HistoryError, KeyError, KeyUpdateError, RatchetError,
-    SealError, X3dhError,
+    DecodeError, EnvelopeError, GroupError, HistoryError, KeyError, KeyUpdateError, OneShotError,
+    RatchetError, SealError, X3dhError,
 };
 pub use fingerprint::Fingerprint;
 pub use group::{GroupKeyShare, GroupMessage, GroupSession, ShareOutcome};

@@ -18,6 +18,8 @@ use crate::wire;
 pub const ONE_TIME_PREKEY_COUNT: u32 = 100;
 /// Most one-time prekeys a store holds (and a sealed store may list).
 pub const MAX_ONE_TIME_PREKEYS: usize = 1000;
+/// Largest unsealed store accepted ([`KeyStore::from_unsealed_bytes`]).
+const MAX_UNSEALED_LEN: usize = 1024 + MAX_ONE_TIME_PREKEYS * 200;
 
 /// All private keys of one user.
 #[derive(Debug)]
@@ -133,6 +135,22 @@ impl KeyStore {
         let bytes = blob.open(key, BlobKind::KeyStore)?;
         let stored: StoredKeys =
             wire::decode(&bytes, usize::MAX).map_err(|_| SealError::Contents)?;
+        Self::from_stored(&stored)
+    }
+
+    /// The store in the clear (`version ‖ CBOR` of what a sealed store holds), for a host that
+    /// protects its keys with file permissions instead of a password: a server's key file, like
+    /// its SSH host key. Keep the bytes in the returned zeroizing buffer.
+    pub fn to_unsealed_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        let stored = self.to_stored();
+        let capacity = 1024 + stored.opks.len() * 80;
+        zeroize::Zeroizing::new(wire::encode_with_capacity(&stored, capacity))
+    }
+
+    /// Reads a store written by [`KeyStore::to_unsealed_bytes`].
+    pub fn from_unsealed_bytes(bytes: &[u8]) -> Result<Self, SealError> {
+        let stored: StoredKeys =
+            wire::decode(bytes, MAX_UNSEALED_LEN).map_err(|_| SealError::Contents)?;
         Self::from_stored(&stored)
     }
 

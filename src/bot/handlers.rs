@@ -859,6 +859,7 @@ mod tests {
             leader: false,
             priority: 100,
             uptime_secs: None,
+            fingerprint: None,
         };
         let (a, b) = (libp2p::PeerId::random(), libp2p::PeerId::random());
         let peers = [peer("a", a), peer("b", b)];

@@ -126,7 +126,7 @@ pub fn node_card(lang: Lang, peer: &MemberView, can_reboot: bool) -> Screen {
         (false, Lang::Ru) => "нет",
         (false, Lang::En) => "no",
     };
-    let text = match lang {
+    let mut text = match lang {
         Lang::Ru => format!(
             "🖥 {}\nID: …{short}\nАдрес: {}\nСтатус: {status}\nЛидер: {leader}",
             peer.name, peer.addr
@@ -136,6 +136,13 @@ pub fn node_card(lang: Lang, peer: &MemberView, can_reboot: bool) -> Screen {
             peer.name, peer.addr
         ),
     };
+    // The fingerprint to compare with `constella verify` / `status` on the server itself.
+    if let Some(digits) = &peer.fingerprint {
+        text.push_str(&format!(
+            "\n{}: {digits}",
+            lang.pick("Отпечаток PQ4", "PQ4 fingerprint")
+        ));
+    }
     let mut rows = vec![
         vec![button(
             lang.pick("Показать потребление", "Show usage"),
@@ -607,7 +614,22 @@ mod tests {
             leader,
             priority: 100,
             uptime_secs: None,
+            fingerprint: None,
         }
+    }
+
+    #[test]
+    fn the_node_card_shows_the_pq4_fingerprint() {
+        let mut p = peer("delta-01", "alive", true);
+        assert!(!node_card(Lang::En, &p, false).text.contains("fingerprint"));
+        p.fingerprint = Some("12345 ".repeat(11) + "67890");
+        let card = node_card(Lang::En, &p, false).text;
+        assert!(card.contains("PQ4 fingerprint: 12345 12345"), "{card}");
+        assert!(
+            node_card(Lang::Ru, &p, false)
+                .text
+                .contains("Отпечаток PQ4")
+        );
     }
 
     #[test]

@@ -9,15 +9,19 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use constella_behaviours::gossip::{self, GossipBody, GossipError};
+use constella_behaviours::gossip::{Rotation, SealedFor};
 use constella_behaviours::join::JoinStep;
 use constella_behaviours::membership::Change;
+use constella_behaviours::network_keys::{self, GossipKey, Pq4Card, Purpose};
 use constella_behaviours::node::{
     Ack, Config, Input, LeaveOutcome, Node, Output, Refusal, Snapshot,
 };
 use constella_behaviours::sync::{SyncMessage, SyncResponse};
 use constella_behaviours::{Behaviour, BehaviourEvent, NetworkSecret, gossip_topic, kad_protocol};
+use constella_keys::KeyStore;
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::kad::{self, store::RecordStore};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -37,6 +41,22 @@ use super::{Command, InviteLink};
 use crate::state::{NetworkState, unix_now};
 use crate::validate::{HostPort, Ttl};
 
+/// The secrets of this node and its network, held by the event loop and never by the core.
+pub(super) struct Keys {
+    /// The network secret of the current epoch.
+    pub secret: NetworkSecret,
+    /// This node's PQ4 keys.
+    pub pq4: KeyStore,
+    /// This node's PQ4 card (public), put in its record.
+    pub card: Pq4Card,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(<redacted>)")
+    }
+}
+
 /// The node's event loop.
 pub(super) struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -47,7 +67,13 @@ pub(super) struct EventLoop {
     /// The parts of the state file the core does not rule on (this node, the secrets); the
     /// core's [`Snapshot`]s are laid over it for every write.
     state: NetworkState,
-    secret: NetworkSecret,
+    keys: Keys,
+    /// Encrypt and authenticate gossip: the current epoch's key first (used to publish), then
+    /// the previous epoch's (still opened, for members that have not rotated yet).
+    gossip_keys: Vec<GossipKey>,
+    /// Who made the current epoch's secret, if this node adopted it from a rotation since it
+    /// started (the tiebreak of concurrent rotations).
+    rotated_from: Option<PeerId>,
     /// The address other nodes dial, announced first in heartbeats.
     public_addr: Multiaddr,
     topic: IdentTopic,
@@ -78,7 +104,7 @@ impl EventLoop {
         commands: mpsc::Receiver<Command>,
         (store, written): (Store, mpsc::UnboundedReceiver<Written>),
         state: NetworkState,
-        secret: NetworkSecret,
+        keys: Keys,
         (rpc, chat): (Rpc, ChatLink),
         signals: Signals,
     ) -> Result<Self> {
@@ -99,7 +125,8 @@ impl EventLoop {
             .listen_on(listen.to_multiaddr())
             .with_context(|| format!("cannot listen on {listen}"))?;
         swarm.add_external_address(public.to_multiaddr());
-        let topic = gossip_topic(&state.network_id);
+        let tag = state.tag(&keys.secret);
+        let topic = gossip_topic(&tag);
         swarm
             .behaviour_mut()
             .gossipsub
@@ -116,7 +143,8 @@ impl EventLoop {
                     .add_address(id, addr.to_multiaddr());
             }
         }
-        let kad_protocol = kad_protocol(&state.network_id)?;
+        let kad_protocol = kad_protocol(&tag)?;
+        let gossip_keys = vec![GossipKey::derive(&keys.secret, state.secret_epoch)];
         info!(
             name = %state.node.name,
             node_id = %local_id,
@@ -131,7 +159,9 @@ impl EventLoop {
             store,
             written,
             state,
-            secret,
+            keys,
+            gossip_keys,
+            rotated_from: None,
             public_addr: public.to_multiaddr(),
             topic,
             kad_protocol,
@@ -151,6 +181,14 @@ impl EventLoop {
     /// Runs until `shutdown` has been handled, `leave` finishes, or every client is gone.
     pub(super) async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
         tokio::pin!(shutdown);
+        let card = self.keys.card.clone();
+        self.feed(Input::OwnCard(&card));
+        if let Some(rotation) = self.state.last_rotation.clone() {
+            self.feed(Input::Rotated {
+                rotation: &rotation,
+                publish: false,
+            });
+        }
         self.feed(Input::Timer);
         let mut signalled = false;
         while !self.exit {
@@ -264,8 +302,10 @@ impl EventLoop {
             }
             Output::JoinAnswer { peer, answer } => {
                 self.admissions
-                    .answer(&mut self.swarm, &self.state, &self.secret, peer, answer);
+                    .answer(&mut self.swarm, &self.state, &self.keys, peer, answer);
             }
+            Output::Rotate => self.rotate(),
+            Output::RotationReceived(rotation) => self.on_rotation(&rotation),
             Output::AdmissionUndone { peer, name } => tracing::warn!(
                 node = %name,
                 node_id = %peer,
@@ -331,18 +371,139 @@ impl EventLoop {
     }
 
     fn publish(&mut self, body: &GossipBody) {
-        let bytes = gossip::seal(&self.secret, body);
-        match self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(self.topic.clone(), bytes)
-        {
-            Ok(_) => {}
-            // Alone, or before the first subscriptions are exchanged: nobody to tell yet.
-            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
-            Err(error) => debug!(%error, "gossip publish failed"),
+        // A rotation goes out under every key this node holds: a member that adopted a rival
+        // rotation of the same epoch (another key for that epoch) still shares the previous
+        // epoch's key, and its copy inside is sealed to it alone anyway.
+        let keys = if matches!(body, GossipBody::Rotation(_)) {
+            self.gossip_keys.len()
+        } else {
+            1
+        };
+        for index in 0..keys {
+            let bytes = gossip::seal(&self.gossip_keys[index], body);
+            match self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .publish(self.topic.clone(), bytes)
+            {
+                Ok(_) => {}
+                // Alone, or before the first subscriptions are exchanged: nobody to tell yet.
+                Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+                Err(error) => debug!(%error, "gossip publish failed"),
+            }
         }
+    }
+
+    // ---- secret rotation ----
+
+    /// Makes a new secret for the next epoch, seals it to every remaining member's PQ4 card,
+    /// publishes the rotation under the current key, then adopts it.
+    fn rotate(&mut self) {
+        let started = Instant::now();
+        let secret = NetworkSecret::generate();
+        let epoch = self.state.secret_epoch + 1;
+        let local = self.core.local().id;
+        let plain = rotation_plaintext(epoch, &secret);
+        let mut sealed = Vec::new();
+        let mut without_card = Vec::new();
+        for (id, record) in self.core.membership().remote_members() {
+            if record.left {
+                continue;
+            }
+            let blob = record.card.as_ref().map(|card| {
+                network_keys::seal_to(&self.keys.pq4, id, card, Purpose::Rotation, &plain)
+            });
+            match blob {
+                Some(Ok(blob)) => sealed.push(SealedFor { to: *id, blob }),
+                Some(Err(error)) => {
+                    tracing::warn!(node = %record.name, %error, "cannot seal the new secret to this member")
+                }
+                None => without_card.push(record.name.clone()),
+            }
+        }
+        if !without_card.is_empty() {
+            tracing::warn!(
+                nodes = ?without_card,
+                "these members have no PQ4 card (an older constella) and get no copy of the new secret; upgrade them and invite them again"
+            );
+        }
+        let members = sealed.len();
+        let rotation = Rotation {
+            from: local,
+            epoch,
+            sealed,
+        };
+        // Published under the current key, which every remaining member still holds.
+        self.feed(Input::Rotated {
+            rotation: &rotation,
+            publish: true,
+        });
+        self.state.last_rotation = Some(rotation);
+        self.adopt(secret, epoch, local);
+        info!(
+            epoch,
+            members,
+            ms = started.elapsed().as_millis() as u64,
+            "rotated the network secret"
+        );
+    }
+
+    /// A rotation from a member: opens the copy sealed to this node and adopts it if it wins
+    /// over the epoch in use (a higher epoch, or the same one from a smaller node id).
+    fn on_rotation(&mut self, rotation: &Rotation) {
+        if !rotation.wins_over(self.state.secret_epoch, self.rotated_from.as_ref()) {
+            return;
+        }
+        let local = self.core.local().id;
+        let Some(copy) = rotation.sealed.iter().find(|s| s.to == local) else {
+            debug!(epoch = rotation.epoch, from = %rotation.from, "a rotation without a copy for this node");
+            return;
+        };
+        let Some(card) = self
+            .core
+            .membership()
+            .record(&rotation.from)
+            .and_then(|r| r.card.clone())
+        else {
+            debug!(from = %rotation.from, "a rotation from a member without a PQ4 card");
+            return;
+        };
+        let opened =
+            network_keys::open_from(&mut self.keys.pq4, &local, Purpose::Rotation, &copy.blob)
+                .map_err(|e| e.to_string())
+                .and_then(|(sender, plain)| {
+                    if card.identity().ok().as_ref() != Some(&sender) {
+                        return Err("not sealed by the rotating member's PQ4 identity".to_owned());
+                    }
+                    parse_rotation_plaintext(&plain)
+                        .filter(|(epoch, _)| *epoch == rotation.epoch)
+                        .ok_or_else(|| "malformed contents".to_owned())
+                });
+        match opened {
+            Ok((epoch, secret)) => {
+                self.state.last_rotation = Some(rotation.clone());
+                self.adopt(secret, epoch, rotation.from);
+                self.feed(Input::Rotated {
+                    rotation,
+                    publish: false,
+                });
+                info!(epoch, from = %self.core.name_of(&rotation.from), "adopted a rotated network secret");
+            }
+            Err(error) => tracing::warn!(from = %rotation.from, %error, "refused a rotation"),
+        }
+    }
+
+    /// Uses `secret` of `epoch` from now on (the previous key is still opened) and writes it.
+    fn adopt(&mut self, secret: NetworkSecret, epoch: u64, from: PeerId) {
+        let key = GossipKey::derive(&secret, epoch);
+        let previous = self.gossip_keys[0].clone();
+        self.gossip_keys = vec![key, previous];
+        self.state.network_secret = Some(crate::state::StoredSecret::from_secret(&secret));
+        self.state.secret_epoch = epoch;
+        self.keys.secret = secret;
+        self.rotated_from = Some(from);
+        self.persist(self.core.snapshot(), None);
     }
 
     // ---- commands ----
@@ -372,6 +533,21 @@ impl EventLoop {
                 }
                 self.leave = Some(reply);
                 self.feed(Input::Leave);
+            }
+            Command::Remove(target, reply) => {
+                let result = match self.core.resolve(&target) {
+                    None => Err(ClientError::UnknownNode(target)),
+                    Some(peer) if peer == self.core.local().id => Err(ClientError::Invalid(
+                        "that is this node: use `constella leave` on it".to_owned(),
+                    )),
+                    Some(peer) => {
+                        let name = self.core.name_of(&peer);
+                        info!(node = %name, node_id = %peer, "removing a member; the network secret will be rotated");
+                        self.feed(Input::Remove(peer));
+                        Ok(name)
+                    }
+                };
+                let _ = reply.send(result);
             }
             Command::MergeSettings(settings, reply) => {
                 self.feed(Input::MergeSettings(&settings));
@@ -469,7 +645,7 @@ impl EventLoop {
     // ---- gossip and sync ----
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
-        let verdict = match gossip::open(&self.secret, &message.data) {
+        let verdict = match gossip::open_any(&self.gossip_keys, &message.data) {
             Ok(body) => {
                 let input = Input::Gossip {
                     signer: message.source,
@@ -483,7 +659,7 @@ impl EventLoop {
             }
             Err(error) => {
                 let refusal = match error {
-                    GossipError::BadMac => Refusal::BadMac,
+                    GossipError::BadMac | GossipError::OtherEpoch(_) => Refusal::BadMac,
                     GossipError::IncompatibleVersion(_) => Refusal::IncompatibleVersion,
                     GossipError::TooLarge(_) | GossipError::Malformed => Refusal::Malformed,
                 };
@@ -637,6 +813,7 @@ impl EventLoop {
                         priority: request.priority,
                         unix_now: unix_now(),
                         confirms: request.step == JoinStep::AskThenConfirm,
+                        card: request.card.as_ref(),
                     });
                 }
             }
@@ -659,9 +836,39 @@ impl EventLoop {
                 self.feed(Input::PingFailed(peer));
             }
             BehaviourEvent::Pq4(event) => self.chat.on_event(&self.core, event),
+            BehaviourEvent::Kad(kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            }) => {
+                // Only members may store records here (the DHT filters every insert).
+                if self.core.membership().is_member(&source) {
+                    let _ = self.swarm.behaviour_mut().kad.store_mut().put(record);
+                } else {
+                    debug!(from = %source, "DHT record from a non-member refused");
+                }
+            }
             _ => {}
         }
     }
+}
+
+/// What a rotation seals to each member: `epoch (u64 BE) ‖ secret (64 hex digits)`.
+fn rotation_plaintext(epoch: u64, secret: &NetworkSecret) -> zeroize::Zeroizing<Vec<u8>> {
+    let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(72));
+    plain.extend_from_slice(&epoch.to_be_bytes());
+    plain.extend_from_slice(secret.to_hex().as_bytes());
+    plain
+}
+
+fn parse_rotation_plaintext(plain: &[u8]) -> Option<(u64, NetworkSecret)> {
+    let (epoch, hex) = plain.split_at_checked(8)?;
+    let epoch = u64::from_be_bytes(epoch.try_into().ok()?);
+    let secret = NetworkSecret::from_hex(std::str::from_utf8(hex).ok()?).ok()?;
+    Some((epoch, secret))
 }
 
 /// The multiaddrs to dial for the core's address texts (`host:port` or multiaddr), leaving

@@ -56,6 +56,9 @@ pub enum Command {
     Peers(oneshot::Sender<Vec<MemberView>>),
     Invite(Ttl, oneshot::Sender<Result<InviteReport, ClientError>>),
     Leave(oneshot::Sender<Result<LeaveOutcome, ClientError>>),
+    /// Remove a member (name or node id): tombstone it and rotate the network secret. Answers
+    /// the removed node's name.
+    Remove(String, oneshot::Sender<Result<String, ClientError>>),
     /// Merge bot state into the network settings; persisted and published before the reply.
     MergeSettings(NetworkSettings, oneshot::Sender<NetworkSettings>),
     /// The member list as the node named (name or node id) by the string sees it.
@@ -239,6 +242,12 @@ impl Client {
             .map_err(|_| ClientError::ShuttingDown)
     }
 
+    /// Removes a member (name or node id) and rotates the network secret; returns its name.
+    pub async fn remove(&self, target: &str) -> Result<String, ClientError> {
+        let target = target.to_owned();
+        self.ask(|reply| Command::Remove(target, reply)).await?
+    }
+
     /// Leaves the network (tombstone, secret deleted) and says whether a member acknowledged
     /// it; the daemon stops shortly after.
     pub async fn leave(&self) -> Result<LeaveOutcome, ClientError> {
@@ -288,15 +297,14 @@ pub fn start(
     state_dir: StateDir,
     state: NetworkState,
     secret: NetworkSecret,
-    key: libp2p::identity::Keypair,
+    (key, pq4): (libp2p::identity::Keypair, constella_keys::KeyStore),
     reboot: RebootAction,
     signals: signals::Signals,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(Client, impl Future<Output = Result<()>>)> {
-    let network_id = state.network_id.clone();
-    let swarm = build_swarm(key, |key| {
-        Ok(Behaviour::new(key, &network_id, REQUEST_TIMEOUT)?)
-    })?;
+    let tag = state.tag(&secret);
+    let card = constella_behaviours::network_keys::Pq4Card::new(&key, &pq4)?;
+    let swarm = build_swarm(key, |key| Ok(Behaviour::new(key, &tag, REQUEST_TIMEOUT)?))?;
     let (chat, chat_service) = chat::open(state_dir.path(), *swarm.local_peer_id())?;
     let (chat_listener, _) = chat::bind(state_dir.path())?;
     tokio::spawn(chat_service.clone().serve_socket(chat_listener));
@@ -320,7 +328,7 @@ pub fn start(
         commands_rx,
         (store, written_rx),
         state,
-        secret,
+        event_loop::Keys { secret, pq4, card },
         (rpc, chat),
         signals,
     )?;

@@ -51,6 +51,12 @@ pub struct StatusReport {
     /// The Telegram bot on this node.
     #[serde(default)]
     pub bot: BotReport,
+    /// The epoch of the network secret this node uses (0 until the first rotation).
+    #[serde(default)]
+    pub secret_epoch: u64,
+    /// This node's 60-digit PQ4 fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// How much of the network a partitioned node sees.
@@ -138,5 +144,10 @@ pub(super) fn status(
             refused_updates: bot.refused,
             conflicts: bot.conflicts,
         },
+        secret_epoch: state.secret_epoch,
+        fingerprint: view
+            .iter()
+            .find(|m| m.node_id == core.local().id)
+            .and_then(|m| m.fingerprint.clone()),
     }
 }

@@ -18,6 +18,26 @@ use serde::Deserialize;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_constella");
 
+/// A libp2p swarm of our own in the test (TCP + noise + yamux, 60 s idle timeout): an
+/// outsider or a probe that is not a Constella node.
+pub fn test_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    key: libp2p::identity::Keypair,
+    behaviour: impl FnOnce(&libp2p::identity::Keypair) -> B,
+) -> libp2p::Swarm<B> {
+    libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|key| behaviour(key))
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
 /// A row of `peers --json`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct Peer {
@@ -26,6 +46,9 @@ pub struct Peer {
     pub addr: String,
     pub status: String,
     pub leader: bool,
+    /// The PQ4 fingerprint (absent for a node without a card).
+    #[serde(default)]
+    pub fingerprint: Option<String>,
 }
 
 /// A port that was free a moment ago.

@@ -704,6 +704,7 @@ mod tests {
             leader: true,
             priority: 100,
             uptime_secs: None,
+            fingerprint: None,
         }
     }
 

@@ -1,0 +1,468 @@
+//! PQ4 protects the network, tried with real processes: every node has a PQ4 identity whose
+//! fingerprint every member shows alike, a node from before PQ4 gets one when it starts, and an
+//! outsider with its own libp2p stack (identify, gossipsub, Kademlia: not ours) learns nothing
+//! but that a libp2p node is there. That the Join answer carries no secret in the clear is
+//! checked on the exact bytes in `src/daemon/admission.rs`; real joins run in every test here.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Node, wait_for};
+use futures::StreamExt;
+use libp2p::kad::{self, store::MemoryStore};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, gossipsub, identify, identity};
+
+const AGREE: Duration = Duration::from_secs(20);
+
+/// Each node's fingerprint as `peers --json` on `node` shows it, once every node has one.
+fn fingerprints(node: &Node, count: usize) -> Option<Vec<(String, String)>> {
+    let peers = node.peers()?;
+    let prints: Vec<(String, String)> = peers
+        .into_iter()
+        .filter_map(|p| p.fingerprint.map(|f| (p.name, f)))
+        .collect();
+    (prints.len() == count).then_some(prints)
+}
+
+fn own_fingerprint(node: &Node) -> Option<String> {
+    node.status()?["fingerprint"].as_str().map(str::to_owned)
+}
+
+#[test]
+fn every_member_shows_the_same_fingerprints_and_a_node_without_pq4_keys_gets_them() {
+    let mut cluster = Cluster::start(&["alpha", "bravo", "charlie"], &[10, 20, 30], None);
+    cluster.or_logs(|| {
+        let alpha = cluster.node("alpha");
+        let seen = wait_for(AGREE, "three fingerprints on alpha", || {
+            fingerprints(alpha, 3)
+        });
+        for (name, print) in &seen {
+            let node = cluster.node(name);
+            assert_eq!(
+                own_fingerprint(node).as_deref(),
+                Some(print.as_str()),
+                "{name}"
+            );
+            let groups: Vec<&str> = print.split(' ').collect();
+            assert_eq!(groups.len(), 12, "{print}");
+            assert!(
+                groups
+                    .iter()
+                    .all(|g| g.len() == 5 && g.bytes().all(|b| b.is_ascii_digit()))
+            );
+            let status = node.status().unwrap();
+            assert_eq!(status["secret_epoch"], 0, "{status}");
+            let mode = std::fs::metadata(node.dir.join("pq4.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+        let bravo_print = &seen.iter().find(|(n, _)| n == "bravo").unwrap().1;
+        assert!(
+            alpha
+                .ok(&["verify", "bravo"])
+                .contains(bravo_print.as_str())
+        );
+        let table = alpha.ok(&["peers", "--fingerprints"]);
+        assert!(
+            seen.iter().all(|(_, p)| table.contains(p.as_str())),
+            "{table}"
+        );
+        let unknown = alpha.cli(&["verify", "nobody"]);
+        assert!(!unknown.status.success());
+        assert!(String::from_utf8_lossy(&unknown.stderr).contains("no member named"));
+        // The other members agree with alpha.
+        for name in ["bravo", "charlie"] {
+            let other = wait_for(AGREE, &format!("fingerprints on {name}"), || {
+                fingerprints(cluster.node(name), 3)
+            });
+            assert_eq!(
+                other.iter().collect::<BTreeSet<_>>(),
+                seen.iter().collect::<BTreeSet<_>>()
+            );
+        }
+    });
+
+    // A node from before PQ4 (no pq4.key) gets keys when it starts, and its new card spreads.
+    let old = own_fingerprint(cluster.node("charlie")).unwrap();
+    let charlie = cluster.node_mut("charlie");
+    charlie.stop();
+    std::fs::remove_file(charlie.dir.join("pq4.key")).unwrap();
+    charlie.start();
+    cluster.or_logs(|| {
+        let charlie = cluster.node("charlie");
+        let new = wait_for(AGREE, "charlie's new fingerprint", || {
+            own_fingerprint(charlie).filter(|p| *p != old)
+        });
+        assert!(charlie.dir.join("pq4.key").exists());
+        wait_for(AGREE, "alpha learning charlie's new card", || {
+            fingerprints(cluster.node("alpha"), 3)?
+                .into_iter()
+                .any(|(n, p)| n == "charlie" && p == new)
+                .then_some(())
+        });
+    });
+}
+
+#[derive(NetworkBehaviour)]
+struct Outsider {
+    identify: identify::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+}
+
+fn node_multiaddr(node: &Node) -> (PeerId, Multiaddr) {
+    let id: PeerId = node.node_id().parse().unwrap();
+    let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", node.port).parse().unwrap();
+    (id, addr)
+}
+
+/// An outsider (its own libp2p swarm, not a member) connects, reads identify, subscribes to
+/// every topic the node announces and to the old id-named topic, and listens through several
+/// heartbeats: it gets no plaintext (no name, no address, no network id), and identify does not
+/// show the network id. Then it speaks the Kademlia protocol it saw in identify and stores a
+/// record: a fresh outsider asking for it finds nothing.
+#[test]
+fn an_outsider_reads_nothing_and_cannot_store_a_dht_record() {
+    let cluster = Cluster::start(&["alpha", "bravo"], &[10, 20], None);
+    let alpha = cluster.node("alpha");
+    let network_id = alpha.state_json().unwrap()["network_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cluster.or_logs(|| {
+        wait_for(AGREE, "two alive members", || {
+            (alpha.leader_and_alive()?.1 == 2).then_some(())
+        })
+    });
+    let (alpha_id, alpha_addr) = node_multiaddr(alpha);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (protocols, topics, messages) = runtime.block_on(async {
+        let mut swarm = common::test_swarm(identity::Keypair::generate_ed25519(), |key| Outsider {
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/outsider/1".into(),
+                key.public(),
+            )),
+            gossipsub: gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossipsub::Config::default(),
+            )
+            .unwrap(),
+        });
+        for old in [
+            format!("constella/{network_id}/membership/1"),
+            format!("constella/{network_id}/membership/3"),
+        ] {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(&gossipsub::IdentTopic::new(old))
+                .unwrap();
+        }
+        swarm
+            .dial(
+                alpha_addr
+                    .clone()
+                    .with(libp2p::multiaddr::Protocol::P2p(alpha_id)),
+            )
+            .unwrap();
+        let mut protocols = Vec::new();
+        let mut topics = BTreeSet::new();
+        let mut messages: Vec<Vec<u8>> = Vec::new();
+        // Four heartbeat intervals after identify: long enough to be grafted and hear several.
+        let mut until: Option<Instant> = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = Instant::now();
+            if until.is_some_and(|u| now >= u) || now >= deadline {
+                break;
+            }
+            let wait = until.unwrap_or(deadline) - now;
+            let Ok(event) = tokio::time::timeout(wait, swarm.select_next_some()).await else {
+                break;
+            };
+            match event {
+                SwarmEvent::Behaviour(OutsiderEvent::Identify(identify::Event::Received {
+                    info,
+                    ..
+                })) => {
+                    protocols = info.protocols.iter().map(ToString::to_string).collect();
+                    protocols.push(info.protocol_version.clone());
+                    protocols.push(info.agent_version.clone());
+                    until.get_or_insert(Instant::now() + Duration::from_secs(8));
+                }
+                SwarmEvent::Behaviour(OutsiderEvent::Gossipsub(gossipsub::Event::Subscribed {
+                    topic,
+                    ..
+                })) if topics.insert(topic.to_string()) => {
+                    // The node's own topic: subscribe to it too (the worst case).
+                    let _ = swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .subscribe(&gossipsub::IdentTopic::new(topic.to_string()));
+                }
+                SwarmEvent::Behaviour(OutsiderEvent::Gossipsub(gossipsub::Event::Message {
+                    message,
+                    ..
+                })) => messages.push(message.data),
+                _ => {}
+            }
+        }
+        (protocols, topics, messages)
+    });
+    assert!(!protocols.is_empty(), "identify never answered");
+    for text in protocols.iter().chain(&topics) {
+        assert!(!text.contains(&network_id), "{text} shows the network id");
+    }
+    let secrets: Vec<Vec<u8>> = vec![
+        b"alpha".to_vec(),
+        b"bravo".to_vec(),
+        network_id.as_bytes().to_vec(),
+        b"127.0.0.1".to_vec(),
+        alpha.node_id().as_bytes().to_vec(),
+    ];
+    for data in &messages {
+        for needle in &secrets {
+            assert!(
+                !data.windows(needle.len()).any(|w| w == needle.as_slice()),
+                "an outsider read {:?} in a gossip message",
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+    println!(
+        "outsider: {} protocols seen, {} topics, {} gossip messages received (all ciphertext)",
+        protocols.len(),
+        topics.len(),
+        messages.len()
+    );
+
+    // Kademlia, on the protocol name identify showed.
+    let kad_name = protocols
+        .iter()
+        .find(|p| p.contains("/kad/"))
+        .expect("the node speaks Kademlia")
+        .clone();
+    let key = kad::RecordKey::new(&b"outsider-record".to_vec());
+    let kad_swarm = |runtime: &tokio::runtime::Runtime| {
+        let _guard = runtime.enter();
+        let mut swarm = common::test_swarm(identity::Keypair::generate_ed25519(), |key| {
+            let id = key.public().to_peer_id();
+            kad::Behaviour::with_config(
+                id,
+                MemoryStore::new(id),
+                kad::Config::new(StreamProtocol::try_from_owned(kad_name.clone()).unwrap()),
+            )
+        });
+        swarm
+            .behaviour_mut()
+            .add_address(&alpha_id, alpha_addr.clone());
+        swarm
+    };
+    let mut writer = kad_swarm(&runtime);
+    let put = runtime.block_on(async {
+        writer
+            .behaviour_mut()
+            .put_record(
+                kad::Record::new(key.clone(), vec![7u8; 1024]),
+                kad::Quorum::One,
+            )
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                if let SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
+                    result: kad::QueryResult::PutRecord(result),
+                    ..
+                }) = writer.select_next_some().await
+                {
+                    return format!("{result:?}");
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| "no answer".to_owned())
+    });
+    let mut reader = kad_swarm(&runtime);
+    let found = runtime.block_on(async {
+        reader.behaviour_mut().get_record(key.clone());
+        tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                if let SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
+                    result: kad::QueryResult::GetRecord(result),
+                    ..
+                }) = reader.select_next_some().await
+                {
+                    return matches!(result, Ok(kad::GetRecordOk::FoundRecord(_)));
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    });
+    println!("outsider's put: {put}");
+    assert!(!found, "the member stored an outsider's DHT record");
+}
+
+fn epoch(node: &Node) -> Option<u64> {
+    node.status()?["secret_epoch"].as_u64()
+}
+
+fn names(node: &Node) -> Option<Vec<String>> {
+    Some(node.peers()?.into_iter().map(|p| p.name).collect())
+}
+
+fn stored_secret(node: &Node) -> String {
+    node.state_json().unwrap()["network_secret"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `remove` on a 4-node network with one member offline: the removed node is dropped
+/// everywhere and the secret rotates to epoch 1 on every remaining member, the removed node
+/// never gets it (and its heartbeats are refused when it comes back), and the member that was
+/// offline catches up when it returns, by its PQ4 identity, without a new invite.
+#[test]
+fn remove_rotates_the_secret_and_an_offline_member_catches_up() {
+    let mut cluster = Cluster::start(
+        &["alpha", "bravo", "charlie", "delta"],
+        &[10, 20, 30, 40],
+        None,
+    );
+    cluster.or_logs(|| {
+        wait_for(AGREE, "four alive members", || {
+            (cluster.node("alpha").leader_and_alive()?.1 == 4).then_some(())
+        })
+    });
+    cluster.node_mut("delta").stop();
+    let removed_at = Instant::now();
+    let said = cluster.node("alpha").ok(&["remove", "charlie", "--yes"]);
+    assert!(said.contains("Removed charlie"), "{said}");
+    cluster.or_logs(|| {
+        for name in ["alpha", "bravo"] {
+            wait_for(AGREE, &format!("{name} on epoch 1 without charlie"), || {
+                let node = cluster.node(name);
+                (epoch(node)? == 1 && names(node)? == ["alpha", "bravo", "delta"]).then_some(())
+            });
+        }
+    });
+    println!(
+        "rotation: remove to epoch 1 on both online members in {} ms",
+        removed_at.elapsed().as_millis()
+    );
+    let written = |name: &str| cluster.node(name).state_json()?["secret_epoch"].as_u64();
+    let secret = wait_for(AGREE, "the new secret written on alpha and bravo", || {
+        let secret = stored_secret(cluster.node("alpha"));
+        (written("alpha")? == 1 && written("bravo")? == 1)
+            .then_some(())
+            .filter(|()| stored_secret(cluster.node("bravo")) == secret)
+            .map(|()| secret)
+    });
+    let charlie = cluster.node("charlie");
+    assert_eq!(epoch(charlie), Some(0));
+    assert_ne!(
+        stored_secret(charlie),
+        secret,
+        "the removed node got the new secret"
+    );
+    let again = cluster.node("alpha").cli(&["remove", "charlie", "--yes"]);
+    assert!(!again.status.success(), "charlie removed twice");
+
+    // The offline member returns and catches up.
+    cluster.node_mut("delta").start();
+    cluster.or_logs(|| {
+        // The status is in memory; the state file follows through the store thread.
+        wait_for(
+            AGREE,
+            "delta on epoch 1 with the new secret written",
+            || {
+                let delta = cluster.node("delta");
+                (epoch(delta)? == 1 && stored_secret(delta) == secret).then_some(())
+            },
+        );
+        wait_for(
+            AGREE,
+            "delta alive on alpha and charlie gone on delta",
+            || {
+                let alive = cluster
+                    .node("alpha")
+                    .peers()?
+                    .into_iter()
+                    .any(|p| p.name == "delta" && p.status == "alive");
+                (alive && names(cluster.node("delta"))? == ["alpha", "bravo", "delta"])
+                    .then_some(())
+            },
+        );
+    });
+
+    // The removed node restarts with its old secret: refused, never listed again.
+    let before = cluster.node("alpha").status().unwrap()["rejected_gossip"]["non_member"]
+        .as_u64()
+        .unwrap();
+    let charlie = cluster.node_mut("charlie");
+    charlie.stop();
+    charlie.start();
+    cluster.or_logs(|| {
+        wait_for(AGREE, "alpha refusing charlie's heartbeats", || {
+            let now = cluster.node("alpha").status()?["rejected_gossip"]["non_member"].as_u64()?;
+            (now > before).then_some(())
+        });
+        assert_eq!(
+            names(cluster.node("alpha")).unwrap(),
+            ["alpha", "bravo", "delta"]
+        );
+    });
+}
+
+/// Two operators remove two members at once, on two different nodes: both rotations race, and
+/// every remaining member ends on one secret that neither removed node holds.
+#[test]
+fn two_concurrent_removals_end_on_one_secret_neither_removed_node_has() {
+    let cluster = Cluster::start(
+        &["alpha", "bravo", "charlie", "delta"],
+        &[10, 20, 30, 40],
+        None,
+    );
+    cluster.or_logs(|| {
+        wait_for(AGREE, "four alive members", || {
+            (cluster.node("alpha").leader_and_alive()?.1 == 4).then_some(())
+        })
+    });
+    std::thread::scope(|scope| {
+        let a = scope.spawn(|| cluster.node("alpha").ok(&["remove", "charlie", "--yes"]));
+        let b = scope.spawn(|| cluster.node("bravo").ok(&["remove", "delta", "--yes"]));
+        assert!(a.join().unwrap().contains("Removed charlie"));
+        assert!(b.join().unwrap().contains("Removed delta"));
+    });
+    cluster.or_logs(|| {
+        let secret = wait_for(AGREE, "alpha and bravo on one secret, alone", || {
+            let (alpha, bravo) = (cluster.node("alpha"), cluster.node("bravo"));
+            let seen = (
+                epoch(alpha)?,
+                epoch(bravo)?,
+                names(alpha)?,
+                names(bravo)?,
+                stored_secret(alpha) == stored_secret(bravo),
+            );
+            let same = seen.4
+                && seen.0 >= 1
+                && seen.0 == seen.1
+                && seen.2 == ["alpha", "bravo"]
+                && seen.3 == ["alpha", "bravo"];
+            if !same {
+                eprintln!("not yet: {seen:?}");
+            }
+            same.then(|| stored_secret(alpha))
+        });
+        assert_ne!(stored_secret(cluster.node("charlie")), secret);
+        assert_ne!(stored_secret(cluster.node("delta")), secret);
+        println!(
+            "concurrent removals: both members on epoch {}",
+            epoch(cluster.node("alpha")).unwrap()
+        );
+    });
+}
