@@ -509,7 +509,9 @@ enum Event {
     Persisted {
         to: u32,
         epoch: u32,
-        ack: Ack,
+        /// Boxed: an `Ack` can hold a node id, and the queue holds a hundred million events
+        /// per run, nearly all gossip (kept small, they move fewer bytes).
+        ack: Box<Ack>,
     },
     /// The joiner's request reaches its seed.
     JoinRequest {
@@ -1224,8 +1226,14 @@ impl Sim {
                 self.nodes[i as usize].snapshot = Some(snapshot);
                 if let Some(ack) = ack {
                     let epoch = self.nodes[i as usize].epoch;
-                    self.queue
-                        .push(now + 1, Event::Persisted { to: i, epoch, ack });
+                    self.queue.push(
+                        now + 1,
+                        Event::Persisted {
+                            to: i,
+                            epoch,
+                            ack: Box::new(ack),
+                        },
+                    );
                 }
             }
             Output::GossipVerdict(_)
@@ -1574,7 +1582,7 @@ impl Sim {
             }
             Event::Persisted { to, epoch, ack } => {
                 if self.alive_epoch(to, epoch) {
-                    self.call(to, Input::Persisted(ack));
+                    self.call(to, Input::Persisted(*ack));
                 }
             }
             Event::JoinConnect {
