@@ -1247,6 +1247,12 @@ impl Node {
     /// which say the process is down rather than out of reach). With exactly half, the half
     /// holding the first of them in the leader order counts as the majority. A partitioned node
     /// does not host the leader services, so only one side of a partition polls the bot.
+    /// The partition rule as last derived (after the latest input): what the node acts on.
+    /// [`Node::partition`] asks it afresh for a given instant.
+    pub fn partitioned(&self) -> Option<(usize, usize)> {
+        self.partitioned
+    }
+
     pub fn partition(&self, now: Instant) -> Option<(usize, usize)> {
         let quorum = self.membership.quorum(now, self.config.quorum_memory);
         let partitioned =

@@ -233,8 +233,8 @@ impl Admissions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use constella_behaviours::gossip::MemberRecord;
     use constella_behaviours::NetworkSecret;
+    use constella_behaviours::gossip::MemberRecord;
     use libp2p::identity::Keypair;
 
     fn state(secret: &NetworkSecret, bot_token: &str) -> NetworkState {
