@@ -11,7 +11,7 @@
 //! later, does not yield them. A seed refuses a request without a card.
 
 use libp2p::StreamProtocol;
-use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::request_response;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -208,12 +208,10 @@ pub type Behaviour = request_response::cbor::Behaviour<JoinRequest, JoinResponse
 
 /// A Join behaviour with bounded frames and the given timeout.
 pub fn behaviour(timeout: Duration) -> Behaviour {
-    let codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(MAX_REQUEST_BYTES)
-        .set_response_size_maximum(MAX_RESPONSE_BYTES);
-    request_response::Behaviour::with_codec(
-        codec,
-        [(PROTOCOL, ProtocolSupport::Full)],
+    crate::bounded_cbor(
+        PROTOCOL,
+        MAX_REQUEST_BYTES,
+        MAX_RESPONSE_BYTES,
         request_response::Config::default().with_request_timeout(timeout),
     )
 }

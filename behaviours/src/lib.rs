@@ -203,3 +203,26 @@ impl Behaviour {
         })
     }
 }
+
+/// A CBOR request-response behaviour of ours for `protocol`, with its frames bounded both ways
+/// (so no peer makes a node buffer more than the protocol allows) and `config`'s timeout and
+/// stream limits. Join, sync, RPC and the PQ4 service are all built this way.
+pub(crate) fn bounded_cbor<Req, Resp>(
+    protocol: StreamProtocol,
+    max_request_bytes: u64,
+    max_response_bytes: u64,
+    config: libp2p::request_response::Config,
+) -> libp2p::request_response::cbor::Behaviour<Req, Resp>
+where
+    Req: Send + serde::Serialize + serde::de::DeserializeOwned + 'static,
+    Resp: Send + serde::Serialize + serde::de::DeserializeOwned + 'static,
+{
+    let codec = libp2p::request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(max_request_bytes)
+        .set_response_size_maximum(max_response_bytes);
+    libp2p::request_response::Behaviour::with_codec(
+        codec,
+        [(protocol, libp2p::request_response::ProtocolSupport::Full)],
+        config,
+    )
+}

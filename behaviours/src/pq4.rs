@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
-use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::request_response;
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -349,12 +349,10 @@ pub type Behaviour = request_response::cbor::Behaviour<Request, Response>;
 
 /// A pq4 behaviour with bounded frames and the given timeout.
 pub fn behaviour(timeout: Duration) -> Behaviour {
-    let codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(MAX_REQUEST_BYTES)
-        .set_response_size_maximum(MAX_RESPONSE_BYTES);
-    request_response::Behaviour::with_codec(
-        codec,
-        [(PROTOCOL, ProtocolSupport::Full)],
+    crate::bounded_cbor(
+        PROTOCOL,
+        MAX_REQUEST_BYTES,
+        MAX_RESPONSE_BYTES,
         request_response::Config::default()
             .with_request_timeout(timeout)
             .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),

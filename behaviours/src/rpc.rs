@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use libp2p::StreamProtocol;
-use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::request_response;
 use serde::{Deserialize, Serialize};
 
 /// The RPC protocol name.
@@ -452,12 +452,10 @@ pub type Behaviour = request_response::cbor::Behaviour<RpcRequest, RpcResponse>;
 
 /// An RPC behaviour with bounded frames, bounded parallel streams and the given timeout.
 pub fn behaviour(timeout: Duration) -> Behaviour {
-    let codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(MAX_REQUEST_BYTES)
-        .set_response_size_maximum(MAX_RESPONSE_BYTES);
-    request_response::Behaviour::with_codec(
-        codec,
-        [(PROTOCOL, ProtocolSupport::Full)],
+    crate::bounded_cbor(
+        PROTOCOL,
+        MAX_REQUEST_BYTES,
+        MAX_RESPONSE_BYTES,
         request_response::Config::default()
             .with_request_timeout(timeout)
             .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),

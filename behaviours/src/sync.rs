@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use libp2p::StreamProtocol;
-use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::request_response;
 
 pub use crate::node::SyncMessage;
 
@@ -31,12 +31,10 @@ pub type Behaviour = request_response::cbor::Behaviour<SyncMessage, SyncResponse
 
 /// A behaviour that both asks and answers, with bounded frames and `timeout` per exchange.
 pub fn behaviour(timeout: Duration) -> Behaviour {
-    let codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(MAX_MESSAGE_BYTES)
-        .set_response_size_maximum(MAX_MESSAGE_BYTES);
-    request_response::Behaviour::with_codec(
-        codec,
-        [(PROTOCOL, ProtocolSupport::Full)],
+    crate::bounded_cbor(
+        PROTOCOL,
+        MAX_MESSAGE_BYTES,
+        MAX_MESSAGE_BYTES,
         request_response::Config::default().with_request_timeout(timeout),
     )
 }
