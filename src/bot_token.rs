@@ -1,14 +1,11 @@
 //! Bot-token propagation: `constella bot-token set` on one member stores the token there and
 //! puts a [`BotTokenStamp`] (version, digest, that node) into the network settings; every
 //! other member, now or when it comes back, sees a stamp that its own token does not match and
-//! fetches the token from a member (`RpcRequest::GetBotToken`, answered to members only, inside
-//! the Noise-encrypted connection), checks it against the digest, stores it (`bot.token`,
-//! 0600) and restarts its bot with it. The token itself never enters the settings, the gossip,
-//! a log line or the audit log.
-//!
-//! When the PQ4-sealed secret channel lands (network-secret rotation), the fetch in
-//! [`fetch`] is the one place to switch: the answer then travels sealed to the asking member's
-//! PQ4 identity instead of relying on the transport alone.
+//! fetches the token from a member (`RpcRequest::GetBotToken`, answered to members only, sealed
+//! to the asking member's PQ4 card and opened only if the answering member's PQ4 identity sealed
+//! it: `seal_token` / `open_token` in `src/daemon/rpc.rs`), checks it against the digest, stores
+//! it (`bot.token`, 0600) and restarts its bot with it. The token itself never enters the
+//! settings, the gossip, a log line or the audit log.
 
 use std::time::Duration;
 

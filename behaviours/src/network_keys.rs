@@ -123,6 +123,8 @@ pub enum Purpose {
     JoinSecrets,
     /// A new network secret after a rotation.
     Rotation,
+    /// The bot token, fetched by a member whose token is out of date (`GetBotToken`).
+    BotToken,
 }
 
 impl Purpose {
@@ -130,6 +132,7 @@ impl Purpose {
         match self {
             Purpose::JoinSecrets => b"constella/join-secrets/v1\0",
             Purpose::Rotation => b"constella/rotation/v1\0",
+            Purpose::BotToken => b"constella/bot-token/v1\0",
         }
     }
 }
@@ -252,6 +255,27 @@ mod tests {
             ciborium::from_reader::<Pq4Card, _>(&cbor[..]).unwrap(),
             card_b
         );
+    }
+
+    #[test]
+    fn a_sealed_bot_token_holds_no_token_and_opens_only_for_its_member_and_purpose() {
+        let mut rng = rand::rng();
+        let key_b = Keypair::generate_ed25519();
+        let b = key_b.public().to_peer_id();
+        let c = Keypair::generate_ed25519().public().to_peer_id();
+        let store_a = KeyStore::generate_with_one_time_prekeys(0, &mut rng).unwrap();
+        let mut store_b = KeyStore::generate_with_one_time_prekeys(0, &mut rng).unwrap();
+        let mut store_c = KeyStore::generate_with_one_time_prekeys(0, &mut rng).unwrap();
+        let card_b = Pq4Card::new(&key_b, &store_b).unwrap();
+        let token = b"123456789:AAE-secret-bot-token-for-the-test";
+        let sealed = seal_to(&store_a, &b, &card_b, Purpose::BotToken, token).unwrap();
+        assert!(!sealed.windows(token.len()).any(|w| w == token));
+        assert!(!sealed.windows(8).any(|w| w == &token[10..18]));
+        assert!(open_from(&mut store_c, &c, Purpose::BotToken, &sealed).is_err());
+        assert!(open_from(&mut store_b, &b, Purpose::Rotation, &sealed).is_err());
+        let (sender, plain) = open_from(&mut store_b, &b, Purpose::BotToken, &sealed).unwrap();
+        assert_eq!(&plain[..], token);
+        assert_eq!(&sender, store_a.identity_public());
     }
 
     #[test]

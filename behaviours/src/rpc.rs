@@ -57,7 +57,7 @@ pub enum RpcRequest {
     /// leader's bot tells the owner.
     ContainerAlert(ContainerAlert),
     /// The answering node's bot token: a member whose token does not match the network
-    /// settings' stamp fetches the new one (members only; inside the Noise-encrypted
+    /// settings' stamp fetches the new one (members only; sealed to the asker's PQ4 card, inside the Noise-encrypted
     /// connection; the answer's `Debug` is redacted).
     GetBotToken,
     /// The answering node's sampled history of `metrics` (empty: all its series, at most
@@ -68,21 +68,21 @@ pub enum RpcRequest {
     },
 }
 
-/// A bot token in an RPC answer: wiped on drop, never shown by `Debug`.
+/// A bot token sealed to one member's PQ4 card (X448 + ML-KEM-1024,
+/// [`crate::network_keys::seal_to`] with [`crate::network_keys::Purpose::BotToken`]): someone who
+/// recorded the Noise transport and later breaks X25519 still cannot read it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedToken(#[serde(with = "crate::ids::bytes")] pub Vec<u8>);
+
+impl std::fmt::Debug for SealedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealedToken({} bytes)", self.0.len())
+    }
+}
+
+/// A bot token as this node holds it: wiped on drop, never shown by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretToken(zeroize::Zeroizing<String>);
-
-impl Serialize for SecretToken {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for SecretToken {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Self::new)
-    }
-}
 
 impl SecretToken {
     pub fn new(token: String) -> Self {
@@ -293,8 +293,9 @@ pub enum RpcAnswer {
     Docker(Result<DockerAnswer, DockerError>),
     /// Answer to [`RpcRequest::ContainerAlert`]: the alert was handed to the bot.
     Noted,
-    /// Answer to [`RpcRequest::GetBotToken`]; `None` when the node has no token.
-    BotToken(Option<SecretToken>),
+    /// Answer to [`RpcRequest::GetBotToken`]: the token sealed to the asking member's PQ4 card;
+    /// `None` when the node has no token.
+    BotToken(Option<SealedToken>),
     /// Answer to [`RpcRequest::GetHistory`].
     History(History),
 }

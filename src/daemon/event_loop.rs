@@ -821,7 +821,9 @@ impl EventLoop {
                 peer, error, ..
             }) => debug!(%peer, %error, "inbound join failed"),
             BehaviourEvent::Rpc(event) => {
-                let followup = self.rpc.on_event(&mut self.swarm, &self.core, event);
+                let followup =
+                    self.rpc
+                        .on_event(&mut self.swarm, &self.core, &mut self.keys.pq4, event);
                 self.follow(followup);
             }
             BehaviourEvent::Sync(event) => self.on_sync_event(event),

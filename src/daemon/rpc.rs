@@ -14,13 +14,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use constella_behaviours::membership::{MemberView, Status};
+use constella_behaviours::network_keys::{self, Purpose};
 use constella_behaviours::node::Node;
 use constella_behaviours::rpc::{
     ContainerAlert, DockerAnswer, DockerError, DockerRequest, History, MAX_REQUESTED_BY_CHARS,
-    Requester, RpcAnswer, RpcRefusal, RpcRequest, RpcResponse, SecretToken,
+    Requester, RpcAnswer, RpcRefusal, RpcRequest, RpcResponse, SealedToken, SecretToken,
 };
 use constella_behaviours::settings::NetworkSettings;
 use constella_behaviours::{Behaviour, RPC_TIMEOUT};
+use constella_keys::KeyStore;
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
 use libp2p::{PeerId, Swarm};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
@@ -65,8 +67,12 @@ pub(super) enum Reply {
     Docker(oneshot::Sender<Result<DockerAnswer, DockerError>>),
     /// A `ContainerAlert` sent to the leader: nobody waits for it.
     Noted,
-    /// A `GetBotToken` for [`Client::bot_token_of`](super::Client::bot_token_of).
-    BotToken(oneshot::Sender<Result<Option<SecretToken>, ClientError>>),
+    /// A `GetBotToken` for [`Client::bot_token_of`](super::Client::bot_token_of), asked of
+    /// `from`: its answer must be sealed by `from`'s PQ4 identity.
+    BotToken {
+        from: PeerId,
+        reply: oneshot::Sender<Result<Option<SecretToken>, ClientError>>,
+    },
     /// A `GetHistory` for [`Client::history`](super::Client::history).
     History(oneshot::Sender<Result<History, ClientError>>),
 }
@@ -80,7 +86,7 @@ impl Reply {
             Reply::Reboot(tx) => drop(tx.send(Err(error))),
             Reply::Docker(tx) => drop(tx.send(Err(docker_error(error)))),
             Reply::Noted => debug!(%error, "a container alert did not reach the leader"),
-            Reply::BotToken(tx) => drop(tx.send(Err(error))),
+            Reply::BotToken { reply, .. } => drop(reply.send(Err(error))),
             Reply::History(tx) => drop(tx.send(Err(error))),
         }
     }
@@ -93,7 +99,6 @@ impl Reply {
             (Reply::Reboot(tx), RpcAnswer::Reboot(accepted)) => drop(tx.send(Ok(accepted))),
             (Reply::Docker(tx), RpcAnswer::Docker(result)) => drop(tx.send(result)),
             (Reply::Noted, RpcAnswer::Noted) => {}
-            (Reply::BotToken(tx), RpcAnswer::BotToken(token)) => drop(tx.send(Ok(token))),
             (Reply::History(tx), RpcAnswer::History(history)) => drop(tx.send(Ok(history))),
             (reply, _) => reply.fail(ClientError::BadAnswer {
                 node: name.to_owned(),
@@ -409,7 +414,8 @@ impl Rpc {
             Ok(Target::Local) => drop(reply.send(Ok(self.local_token()))),
             Ok(Target::Remote { id, name }) => {
                 let request = RpcRequest::GetBotToken;
-                self.call(swarm, core, id, name, request, Reply::BotToken(reply));
+                let reply = Reply::BotToken { from: id, reply };
+                self.call(swarm, core, id, name, request, reply);
             }
         }
     }
@@ -494,6 +500,7 @@ impl Rpc {
         &mut self,
         swarm: &mut Swarm<Behaviour>,
         core: &Node,
+        pq4: &mut KeyStore,
         event: request_response::Event<RpcRequest, RpcResponse>,
     ) -> Followup {
         match event {
@@ -504,7 +511,7 @@ impl Rpc {
                         request, channel, ..
                     },
                 ..
-            } => return self.on_request(swarm, core, peer, request, channel),
+            } => return self.on_request(swarm, core, pq4, peer, request, channel),
             request_response::Event::Message {
                 message:
                     request_response::Message::Response {
@@ -515,6 +522,13 @@ impl Rpc {
             } => {
                 if let Some(pending) = self.pending.remove(&request_id) {
                     match response {
+                        Ok(RpcAnswer::BotToken(sealed)) => match pending.reply {
+                            Reply::BotToken { from, reply } => {
+                                let opened = open_token(core, pq4, &from, &pending.name, sealed);
+                                drop(reply.send(opened));
+                            }
+                            other => other.answer(&pending.name, RpcAnswer::BotToken(sealed)),
+                        },
                         Ok(answer) => pending.reply.answer(&pending.name, answer),
                         Err(refusal) => pending.reply.fail(ClientError::Refused {
                             node: pending.name,
@@ -563,6 +577,7 @@ impl Rpc {
         &mut self,
         swarm: &mut Swarm<Behaviour>,
         core: &Node,
+        pq4: &KeyStore,
         peer: PeerId,
         request: RpcRequest,
         channel: ResponseChannel<RpcResponse>,
@@ -659,9 +674,18 @@ impl Rpc {
             }
             RpcRequest::GetBotToken => {
                 // Members only (checked above); the answer is never logged.
-                info!(%caller, "a member fetched the bot token");
-                let token = self.local_token();
-                respond(swarm, peer, channel, Ok(RpcAnswer::BotToken(token)));
+                let answer = match self.local_token() {
+                    None => Ok(RpcAnswer::BotToken(None)),
+                    Some(token) => seal_token(core, pq4, &peer, &token)
+                        .map(|sealed| RpcAnswer::BotToken(Some(sealed))),
+                };
+                match &answer {
+                    Ok(_) => {
+                        info!(%caller, "a member fetched the bot token (sealed to its PQ4 card)")
+                    }
+                    Err(refusal) => warn!(%caller, %refusal, "the bot token was not sent"),
+                }
+                respond(swarm, peer, channel, answer);
             }
             RpcRequest::ContainerAlert(mut alert) => {
                 if !alert.is_valid() {
@@ -887,6 +911,62 @@ fn stranger(core: &Node, peer: PeerId) -> Followup {
     } else {
         Followup::Stranger(peer)
     }
+}
+
+/// The bot token sealed to `to`'s PQ4 card, as the member list holds it: only that member can
+/// open it, even with the Noise transport recorded and broken later.
+fn seal_token(
+    core: &Node,
+    pq4: &KeyStore,
+    to: &PeerId,
+    token: &SecretToken,
+) -> Result<SealedToken, RpcRefusal> {
+    let card = core
+        .membership()
+        .record(to)
+        .and_then(|record| record.card.as_ref())
+        .ok_or_else(|| {
+            RpcRefusal::Failed(
+                "the asking member has no PQ4 card: the bot token is sent only sealed to one"
+                    .to_owned(),
+            )
+        })?;
+    network_keys::seal_to(pq4, to, card, Purpose::BotToken, token.expose().as_bytes())
+        .map(SealedToken)
+        .map_err(|error| RpcRefusal::Failed(format!("cannot seal the bot token: {error}")))
+}
+
+/// Opens a bot token `from` sealed to this node; refused unless `from`'s PQ4 identity (its card
+/// in the member list) sealed it.
+fn open_token(
+    core: &Node,
+    pq4: &mut KeyStore,
+    from: &PeerId,
+    name: &str,
+    sealed: Option<SealedToken>,
+) -> Result<Option<SecretToken>, ClientError> {
+    let Some(sealed) = sealed else {
+        return Ok(None);
+    };
+    let bad = |problem: &str| ClientError::BadAnswer {
+        node: name.to_owned(),
+        problem: problem.to_owned(),
+    };
+    let identity = core
+        .membership()
+        .record(from)
+        .and_then(|record| record.card.as_ref())
+        .and_then(|card| card.identity().ok())
+        .ok_or_else(|| bad("has no PQ4 card to check the bot token's seal against"))?;
+    let local = core.local().id;
+    let (sender, plain) = network_keys::open_from(pq4, &local, Purpose::BotToken, &sealed.0)
+        .map_err(|_| bad("sent a bot token that does not open"))?;
+    if sender != identity {
+        return Err(bad("sealed the bot token with another PQ4 identity"));
+    }
+    let token =
+        String::from_utf8(plain.to_vec()).map_err(|_| bad("sent a bot token that is not text"))?;
+    Ok(Some(SecretToken::new(token)))
 }
 
 fn respond(
