@@ -14,7 +14,7 @@ trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_socket() { for _ in $(seq 1 200); do [ -S "$1/control.sock" ] && return 0; sleep 0.05; done; echo "no socket in $1" >&2; exit 1; }
 P=$(port)
-"$BIN" --state-dir "$ROOT/seed" init --server-name seed --public-addr 127.0.0.1:$P --listen 127.0.0.1:$P --owner @bench >/dev/null
+"$BIN" --state-dir "$ROOT/seed" init --server-name seed --public-addr 127.0.0.1:"$P" --listen 127.0.0.1:"$P" --owner @bench >/dev/null
 RUST_LOG=warn "$BIN" --state-dir "$ROOT/seed" run >"$ROOT/seed.log" 2>&1 & PIDS+=($!)
 wait_socket "$ROOT/seed"
 TIMES=()
@@ -22,7 +22,7 @@ for i in $(seq 1 "$JOINS"); do
   LINK=$("$BIN" --state-dir "$ROOT/seed" invite --ttl 5m 2>/dev/null | grep -o "join://[^ ']*" | head -1)
   JP=$(port)
   START=$(date +%s%N)
-  "$BIN" --state-dir "$ROOT/n$i" join --join "$LINK" --server-name "n$i" --public-addr 127.0.0.1:$JP --listen 127.0.0.1:$JP >/dev/null
+  "$BIN" --state-dir "$ROOT/n$i" join --join "$LINK" --server-name "n$i" --public-addr 127.0.0.1:"$JP" --listen 127.0.0.1:"$JP" >/dev/null
   END=$(date +%s%N)
   TIMES+=($(( (END - START) / 1000000 )))
   RUST_LOG=warn "$BIN" --state-dir "$ROOT/n$i" run >"$ROOT/n$i.log" 2>&1 & PIDS+=($!)
