@@ -69,6 +69,15 @@ fn edited(
 }
 
 /// Waits until `node` polls the fake server.
+/// A bot cluster of `names`, once every node names `host` leader and `host`'s bot polls.
+fn hosted_cluster(fake: &FakeTelegram, names: &[&str], priorities: &[u32], host: &str) -> Cluster {
+    let cluster = bot_cluster(fake, names, priorities);
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(agreed_leader(&nodes, names, AGREE), host);
+    wait_polling(fake, host);
+    cluster
+}
+
 fn wait_polling(fake: &FakeTelegram, node: &str) {
     wait_for(ANSWER, &format!("{node} to poll"), || {
         fake.polls().iter().any(|p| p.node == node).then_some(())
@@ -78,13 +87,12 @@ fn wait_polling(fake: &FakeTelegram, node: &str) {
 #[test]
 fn owner_gets_the_node_list_cards_and_invites_and_strangers_get_nothing() {
     let fake = FakeTelegram::start(TOKEN);
-    let mut cluster = bot_cluster(&fake, &["alpha", "bravo", "charlie"], &[1, 100, 100]);
-    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
-    assert_eq!(
-        agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE),
-        "alpha"
+    let mut cluster = hosted_cluster(
+        &fake,
+        &["alpha", "bravo", "charlie"],
+        &[1, 100, 100],
+        "alpha",
     );
-    wait_polling(&fake, "alpha");
 
     // A stranger writes first: no reply at all, and the attempt is counted.
     let stranger = TgUser::new(6001, "mallory_x");
@@ -240,13 +248,12 @@ fn owner_gets_the_node_list_cards_and_invites_and_strangers_get_nothing() {
 #[test]
 fn usage_and_confirmed_reboot_reach_exactly_the_chosen_node() {
     let fake = FakeTelegram::start(TOKEN);
-    let mut cluster = bot_cluster(&fake, &["alpha", "bravo", "charlie"], &[1, 100, 100]);
-    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
-    assert_eq!(
-        agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE),
-        "alpha"
+    let mut cluster = hosted_cluster(
+        &fake,
+        &["alpha", "bravo", "charlie"],
+        &[1, 100, 100],
+        "alpha",
     );
-    wait_polling(&fake, "alpha");
     fake.send_text(&owner(), "/start");
     let list = fake.wait_message(ANSWER, "the node list", OWNER_ID, is_list);
     let id = list.message_id;
@@ -344,13 +351,7 @@ fn usage_and_confirmed_reboot_reach_exactly_the_chosen_node() {
 #[test]
 fn the_new_leader_answers_within_ten_seconds_and_no_update_is_lost_or_repeated() {
     let fake = FakeTelegram::start(TOKEN);
-    let mut cluster = bot_cluster(&fake, &["alpha", "bravo", "charlie"], &[1, 2, 100]);
-    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
-    assert_eq!(
-        agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE),
-        "alpha"
-    );
-    wait_polling(&fake, "alpha");
+    let mut cluster = hosted_cluster(&fake, &["alpha", "bravo", "charlie"], &[1, 2, 100], "alpha");
 
     let first = fake.send_text(&owner(), "/start");
     let answered = fake.wait_message(ANSWER, "alpha's list", OWNER_ID, is_list);
@@ -453,10 +454,7 @@ fn the_new_leader_answers_within_ten_seconds_and_no_update_is_lost_or_repeated()
 fn a_better_node_takes_the_bot_over_within_a_second() {
     let fake = FakeTelegram::start(TOKEN);
     // alpha starts alone and polls; bravo, with the lower priority number, then takes over.
-    let mut cluster = bot_cluster(&fake, &["alpha", "bravo"], &[100, 1]);
-    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
-    assert_eq!(agreed_leader(&nodes, &["alpha", "bravo"], AGREE), "bravo");
-    wait_polling(&fake, "bravo");
+    let mut cluster = hosted_cluster(&fake, &["alpha", "bravo"], &[100, 1], "bravo");
     let polls = fake.polls();
     let bravo_started = polls.iter().find(|p| p.node == "bravo").unwrap().started;
     assert!(
@@ -650,10 +648,7 @@ fn audited(node: &Node, kind: &str) -> Vec<serde_json::Value> {
 #[test]
 fn an_owner_change_on_any_member_moves_the_bot_to_the_new_owner() {
     let fake = FakeTelegram::start(TOKEN);
-    let cluster = bot_cluster(&fake, &["alpha", "bravo"], &[1, 100]);
-    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
-    assert_eq!(agreed_leader(&nodes, &["alpha", "bravo"], AGREE), "alpha");
-    wait_polling(&fake, "alpha");
+    let cluster = hosted_cluster(&fake, &["alpha", "bravo"], &[1, 100], "alpha");
     fake.send_text(&owner(), "/start");
     fake.wait_message(ANSWER, "the node list", OWNER_ID, is_list);
 
@@ -730,10 +725,7 @@ fn an_owner_change_on_any_member_moves_the_bot_to_the_new_owner() {
 #[test]
 fn a_viewer_cannot_reboot_and_an_operator_can_until_revoked() {
     let fake = FakeTelegram::start(TOKEN);
-    let cluster = bot_cluster(&fake, &["alpha", "bravo"], &[1, 100]);
-    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
-    assert_eq!(agreed_leader(&nodes, &["alpha", "bravo"], AGREE), "alpha");
-    wait_polling(&fake, "alpha");
+    let cluster = hosted_cluster(&fake, &["alpha", "bravo"], &[1, 100], "alpha");
     let alpha = cluster.node("alpha");
     alpha.ok(&["access", "grant", "@viewer_v", "viewer"]);
     alpha.ok(&["access", "grant", "@operator_o", "operator"]);
@@ -935,13 +927,7 @@ fn a_new_bot_token_is_checked_stored_and_used_at_once_and_never_taken_from_argv(
 #[test]
 fn a_confirmed_reboot_runs_once_even_when_the_leader_changes_before_the_second_press() {
     let fake = FakeTelegram::start(TOKEN);
-    let mut cluster = bot_cluster(&fake, &["alpha", "bravo", "charlie"], &[1, 2, 100]);
-    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
-    assert_eq!(
-        agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE),
-        "alpha"
-    );
-    wait_polling(&fake, "alpha");
+    let mut cluster = hosted_cluster(&fake, &["alpha", "bravo", "charlie"], &[1, 2, 100], "alpha");
     fake.send_text(&owner(), "/start");
     let list = fake.wait_message(ANSWER, "the node list", OWNER_ID, is_list);
     let id = list.message_id;
@@ -1050,13 +1036,7 @@ fn a_new_bot_token_reaches_every_member_including_one_that_was_offline() {
     const NEW_TOKEN: &str = "987654321:BBHnewTokenForConstellaTests_9876543210";
     const NEW_SECRET: &str = "BBHnewTokenForConstellaTests_9876543210";
     let fake = FakeTelegram::start(TOKEN);
-    let mut cluster = bot_cluster(&fake, &["alpha", "bravo", "charlie"], &[1, 2, 100]);
-    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
-    assert_eq!(
-        agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE),
-        "alpha"
-    );
-    wait_polling(&fake, "alpha");
+    let mut cluster = hosted_cluster(&fake, &["alpha", "bravo", "charlie"], &[1, 2, 100], "alpha");
     cluster.node_mut("charlie").stop();
 
     // Set on bravo, which does not host the bot; @BotFather refuses the old token from now on.
