@@ -24,6 +24,8 @@ pub enum Action {
     Language,
     /// The last entries of the audit log (the owner's alone).
     Audit,
+    /// A one-time PQ4 chat account invite (`/chat_invite`).
+    ChatInvite,
 }
 
 impl Action {
@@ -36,6 +38,7 @@ impl Action {
             Action::Invite => "invite",
             Action::Language => "language",
             Action::Audit => "audit",
+            Action::ChatInvite => "chat_invite",
         }
     }
 }
@@ -51,14 +54,18 @@ pub enum Rank {
 
 impl Rank {
     /// Whether this rank may do `action`: a viewer sees (list, cards, usage); an operator also
-    /// reboots and invites; the owner alone changes the language and reads the audit log. Changing the owner, the token
+    /// reboots and invites (join links and chat account invites alike: both let someone new
+    /// use the servers, and a chat account is the lesser); the owner alone changes the language and reads the audit log. Changing the owner, the token
     /// or the roles and removing nodes are not offered by the bot at all: they are CLI commands
     /// on a member (root on a server of the network).
     pub fn allows(self, action: Action) -> bool {
         match (self, action) {
             (Rank::Owner, _) => true,
             (Rank::Granted(_), Action::List | Action::Usage) => true,
-            (Rank::Granted(Role::Operator), Action::Reboot | Action::Invite) => true,
+            (
+                Rank::Granted(Role::Operator),
+                Action::Reboot | Action::Invite | Action::ChatInvite,
+            ) => true,
             (Rank::Granted(_), _) => false,
         }
     }
@@ -277,6 +284,8 @@ mod tests {
         assert!(viewer.allows(Action::List) && viewer.allows(Action::Usage));
         assert!(!viewer.allows(Action::Reboot) && !viewer.allows(Action::Invite));
         assert!(operator.allows(Action::Reboot) && operator.allows(Action::Invite));
+        assert!(operator.allows(Action::ChatInvite) && Rank::Owner.allows(Action::ChatInvite));
+        assert!(!viewer.allows(Action::ChatInvite));
         assert!(!operator.allows(Action::Language));
         assert!(Rank::Owner.allows(Action::Language) && Rank::Owner.allows(Action::Reboot));
     }

@@ -135,6 +135,8 @@ pub enum AuditKind {
     BotTokenChanged,
     /// The audit log was read or verified.
     AuditViewed,
+    /// A one-time PQ4 chat account invite was issued (`/chat_invite`).
+    ChatInviteIssued,
 }
 
 impl AuditKind {
@@ -157,6 +159,7 @@ impl AuditKind {
             AuditKind::ActionRefused => "action_refused",
             AuditKind::BotTokenChanged => "bot_token_changed",
             AuditKind::AuditViewed => "audit_viewed",
+            AuditKind::ChatInviteIssued => "chat_invite_issued",
         }
     }
 }

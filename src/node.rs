@@ -157,6 +157,7 @@ pub async fn run(
             secret: bot_secret,
             containers,
             audit,
+            chat_state_dir: state_dir.path().to_owned(),
         },
         tokens,
         client,

@@ -1094,3 +1094,86 @@ fn a_new_bot_token_reaches_every_member_including_one_that_was_offline() {
     }
     assert!(!seen.contains(NEW_SECRET));
 }
+
+#[test]
+fn chat_invite_gives_operators_a_one_time_account_code_and_viewers_nothing() {
+    let fake = FakeTelegram::start(TOKEN);
+    let cluster = hosted_cluster(&fake, &["alpha", "bravo"], &[1, 100], "alpha");
+    let alpha = cluster.node("alpha");
+    alpha.ok(&["access", "grant", "@viewer_v", "viewer"]);
+    alpha.ok(&["access", "grant", "@operator_o", "operator"]);
+    let viewer = TgUser::new(6101, "viewer_v");
+    let operator = TgUser::new(6102, "operator_o");
+
+    fake.send_text(&viewer, "/chat_invite");
+    fake.wait_message(ANSWER, "the refused chat invite", viewer.id, |m| {
+        m.text.contains("Недостаточно прав")
+    });
+    fake.send_text(&operator, "/chat_invite extra");
+    fake.wait_message(ANSWER, "the usage text", operator.id, |m| {
+        m.text.starts_with("Использование: /chat_invite")
+    });
+    let code_in = |m: &BotMessage| {
+        m.text
+            .split_whitespace()
+            .find(|w| w.len() == 32 && w.chars().all(|c| c.is_ascii_hexdigit()))
+            .map(str::to_owned)
+    };
+    fake.send_text(&operator, "/chat_invite");
+    let message = cluster.or_logs(|| {
+        fake.wait_message(ANSWER, "a chat invite", operator.id, |m| {
+            code_in(m).is_some()
+        })
+    });
+    let code = code_in(&message).unwrap();
+    assert!(
+        message.text.contains("constella chat register"),
+        "{message:?}"
+    );
+    fake.send_text(&owner(), "/chat_invite");
+    fake.wait_message(ANSWER, "the owner's chat invite", OWNER_ID, |m| {
+        code_in(m).is_some()
+    });
+
+    // The code registers an account on another member, once.
+    let register = |home: &str, name: &str| {
+        let home = cluster.root.path().join(home);
+        let email = format!("{name}@example.org");
+        cluster.node("bravo").cli_with(
+            &[
+                "chat",
+                "--home",
+                home.to_str().unwrap(),
+                "--password-stdin",
+                "register",
+                "--username",
+                name,
+                "--email",
+                &email,
+                "--invite",
+                &code,
+            ],
+            &[],
+            Some("correct horse battery\n"),
+        )
+    };
+    let out = register("first", "tina");
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let out = register("second", "uma");
+    assert!(!out.status.success());
+    assert!(
+        common::output_text(&out).contains("InvalidInvite"),
+        "{}",
+        common::output_text(&out)
+    );
+    // Audited with who asked, never the code.
+    let issued = audited(alpha, "chat_invite_issued");
+    assert_eq!(issued.len(), 2, "{issued:?}");
+    assert!(
+        issued.iter().any(
+            |e| e["who"] == "telegram:6102 (@operator_o)" && e["details"]["role"] == "operator"
+        ),
+        "{issued:?}"
+    );
+    assert!(!alpha.ok(&["audit", "--json"]).contains(&code));
+}

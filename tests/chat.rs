@@ -225,6 +225,15 @@ fn alice_and_bob_chat_both_ways_across_nodes() {
         &bob2,
         &["login", "--username", "bob"],
     );
+    // A message waits until every device of bob has it: the first device reading it does
+    // not take it from the second.
+    chat_ok(n1, &alice, &["send", "@bob", "for every device"]);
+    assert_eq!(read_until(n2, &bob, 1)[0].1, "for every device");
+    assert!(read(n2, &bob).is_empty());
+    let second = read_until(cluster.node("charlie"), &bob2, 1);
+    assert_eq!(second[0].0, "alice");
+    assert_eq!(second[0].1, "for every device");
+    assert!(read(cluster.node("charlie"), &bob2).is_empty());
     // A wrong password on an existing device is refused too.
     let out = chat(n2, &bob, "not the password", &["read"]);
     assert!(!out.status.success());
@@ -438,6 +447,42 @@ fn prekeys_run_out_and_a_lost_message_is_reported() {
             ("alice".to_owned(), "from alice".to_owned(), false),
             ("erin".to_owned(), "from erin".to_owned(), false)
         ]
+    );
+    // Bob's device was told at that contact that none were left, and uploaded more: the next
+    // bundle carries a one-time prekey again.
+    wait_for(
+        Duration::from_secs(30),
+        "bob's new one-time prekeys",
+        || {
+            n2.log_text()
+                .contains("one-time prekeys uploaded")
+                .then_some(())
+        },
+    );
+    let bundle = raw(
+        n1,
+        1,
+        "GetBundle",
+        vec![("username", Cbor::Text("bob".into()))],
+    );
+    assert_eq!(variant(&bundle), "Bundle");
+    let opk = bundle.as_map().unwrap()[0].1.as_map().unwrap();
+    let opk = &opk
+        .iter()
+        .find(|(k, _)| k.as_text() == Some("opk"))
+        .unwrap()
+        .1;
+    assert!(
+        !opk.is_null(),
+        "no one-time prekey after the refill: {bundle:?}"
+    );
+    // A handshake with one of the new prekeys works (bob's device kept their private halves).
+    let frank = root.join("frank-device");
+    register(n1, &frank, "frank");
+    chat_ok(n1, &frank, &["send", "@bob", "from frank"]);
+    assert_eq!(
+        read_until(n2, &bob, 1),
+        vec![("frank".to_owned(), "from frank".to_owned(), false)]
     );
 
     // Alice's second message never reaches the mailbox; the third shows the gap, and bob is
@@ -657,4 +702,231 @@ fn a_message_older_than_the_retention_is_reported_lost() {
     assert_eq!(texts, ["fresh"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("1 message(s) from @alice lost"), "{stderr}");
+}
+
+#[test]
+fn failed_logins_are_counted_on_the_holders_so_switching_nodes_does_not_reset_them() {
+    let cluster = three_nodes();
+    let root = cluster.root.path().to_owned();
+    register(cluster.node("alpha"), &root.join("bob-device"), "bob");
+    // Five wrong passwords, spread over the three nodes: no node coordinated five itself.
+    for (i, node) in ["alpha", "bravo", "charlie", "alpha", "bravo"]
+        .iter()
+        .enumerate()
+    {
+        let out = chat(
+            cluster.node(node),
+            &root.join(format!("guess-{i}")),
+            "not bob's password",
+            &["login", "--username", "bob"],
+        );
+        assert!(
+            output_text(&out).contains("AuthenticationFailed"),
+            "attempt {i} on {node}: {}",
+            output_text(&out)
+        );
+    }
+    // The sixth attempt, on the node that saw only one failure, with the right password: the
+    // account's holders refuse it.
+    let out = chat(
+        cluster.node("charlie"),
+        &root.join("bob-second"),
+        PASSWORD,
+        &["login", "--username", "bob"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("RateLimited"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(!root.join("bob-second").join("device.cbor").exists());
+    // Another account is not affected.
+    register(cluster.node("charlie"), &root.join("alice-device"), "alice");
+    chat_ok(
+        cluster.node("charlie"),
+        &root.join("alice-second"),
+        &["login", "--username", "alice"],
+    );
+}
+
+#[test]
+fn a_message_is_pushed_to_a_following_device_as_it_arrives() {
+    let names = ["alpha", "bravo", "charlie"];
+    let cluster = Cluster::start_with(&names, &[100; 3], Some(keys_by_peer_id(3)), |node| {
+        node.env.push((
+            "RUST_LOG".into(),
+            "info,constella::daemon::chat=debug".into(),
+        ));
+    });
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    agreed_leader(&nodes, &names, AGREE);
+    let (alice, bob) = homes(cluster.root.path());
+    let (n1, n2) = (cluster.node("alpha"), cluster.node("bravo"));
+    register(n1, &alice, "alice");
+    register(n2, &bob, "bob");
+    let mut follow = std::process::Command::new(common::BIN)
+        .arg("--state-dir")
+        .arg(&n2.dir)
+        .args(["chat", "--home", bob.to_str().unwrap(), "--password-stdin"])
+        .args(["read", "--follow", "--json"])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        writeln!(follow.stdin.as_mut().unwrap(), "{PASSWORD}").unwrap();
+    }
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // Let the wait be held open at the member (the follower's first wait found nothing).
+    wait_for(
+        Duration::from_secs(30),
+        "bob's mailbox to be watched",
+        || n2.log_text().contains("mailbox watched").then_some(()),
+    );
+    for text in ["pushed one", "pushed two"] {
+        chat_ok(n1, &alice, &["send", "@bob", text]);
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the pushed message");
+        assert!(line.contains(text), "{line}");
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    // The member answered the held wait because a holder told it, not by asking again.
+    assert!(
+        n2.log_text().contains("mailbox wait answered by a push"),
+        "{}",
+        n2.log_text()
+    );
+}
+
+#[test]
+fn one_name_registered_on_both_sides_of_a_partition_one_wins_and_the_loser_is_told() {
+    use common::netns::{Lab, Net, agree};
+    let Some(lab) = Lab::new(3) else { return };
+    let net = Net::start(&lab, 3);
+    let root = tempfile::tempdir().unwrap();
+    net.or_logs(|| {
+        let all: Vec<&Node> = net.nodes.iter().collect();
+        let names = net.names(&[0, 1, 2]);
+        agree(&all, &names, &[], AGREE);
+        lab.partition(&[0, 1], &[2]);
+        agree(&all[..2], &names[..2], &names[2..], AGREE);
+        wait_for(AGREE, "charlie to see the others offline", || {
+            let answer = all[2].ask_socket(r#"{"command":"peers"}"#)?;
+            let peers = answer.get("peers")?.as_array()?.clone();
+            peers
+                .iter()
+                .filter(|p| p["name"] != "charlie")
+                .all(|p| p["status"] == "offline")
+                .then_some(())
+        });
+        // carol on each side, the majority's first: both succeed (each side's holders are
+        // the members it can reach).
+        let (first, second) = (root.path().join("first"), root.path().join("second"));
+        let register_on = |node: &Node, home: &Path, email: &str| {
+            let code = invite(node);
+            chat_ok(
+                node,
+                home,
+                &[
+                    "register",
+                    "--username",
+                    "carol",
+                    "--email",
+                    email,
+                    "--invite",
+                    &code,
+                ],
+            );
+        };
+        register_on(all[0], &first, "carol1@example.org");
+        register_on(all[2], &second, "carol2@example.org");
+
+        lab.heal();
+        agree(&all, &names, &[], AGREE);
+        // Exactly one account wins everywhere: every node serves the same identity for carol,
+        // the earlier registration's.
+        let identity = |node: &Node| {
+            let answer = raw(
+                node,
+                1,
+                "Identity",
+                vec![("username", Cbor::Text("carol".into()))],
+            );
+            format!("{answer:?}")
+        };
+        let winner = wait_for(AGREE, "one carol everywhere", || {
+            let seen: Vec<String> = all.iter().map(|n| identity(n)).collect();
+            (seen.iter().all(|s| *s == seen[0])).then(|| seen[0].clone())
+        });
+        assert!(winner.contains("Bundle"), "{winner}");
+        // The winner's device works on every node; the loser's is told why on next use, by
+        // any node, and over --via the login says so too.
+        for node in &all {
+            chat_ok(node, &first, &["read"]);
+            let out = chat(node, &second, PASSWORD, &["read"]);
+            assert!(!out.status.success());
+            assert!(
+                output_text(&out).contains("RegistrationLost")
+                    && output_text(&out).contains("partition"),
+                "{}",
+                output_text(&out)
+            );
+        }
+        let out = chat(all[0], &second, PASSWORD, &["send", "@carol", "hello"]);
+        assert!(
+            output_text(&out).contains("RegistrationLost"),
+            "{}",
+            output_text(&out)
+        );
+        // Over --via from inside charlie's namespace: the login itself says so (the member
+        // remembers the losing registration's verifier).
+        let via = format!(
+            "/ip4/{}/tcp/{}/p2p/{}",
+            lab.ip(1),
+            all[1].port,
+            all[1].node_id()
+        );
+        let out = {
+            use std::io::Write;
+            let mut child = std::process::Command::new("ip")
+                .args(["netns", "exec", &lab.ns(2), common::BIN, "--state-dir"])
+                .arg(&all[2].dir)
+                .args([
+                    "chat",
+                    "--home",
+                    second.to_str().unwrap(),
+                    "--password-stdin",
+                ])
+                .args(["--via", &via, "read"])
+                .env("RUST_LOG", "warn")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+            child.wait_with_output().unwrap()
+        };
+        assert!(
+            output_text(&out).contains("RegistrationLost"),
+            "{}",
+            output_text(&out)
+        );
+    });
 }

@@ -47,6 +47,17 @@ pub const MAX_ENVELOPE_BYTES: usize = 128 * 1024;
 pub const MAX_OPKS: usize = 1000;
 /// Parallel streams per connection.
 const MAX_CONCURRENT_STREAMS: usize = 64;
+/// Longest a [`Op::Wait`] is held open over libp2p: below [`crate::RPC_TIMEOUT`] (4.5 s), after
+/// which the request-response protocol itself gives up on the answer.
+pub const MAX_WAIT_REMOTE_MS: u64 = 3_000;
+/// Longest a [`Op::Wait`] is held open on the local chat socket (the client's call timeout is
+/// 30 s).
+pub const MAX_WAIT_LOCAL_MS: u64 = 25_000;
+/// Failed logins of one account, counted on its holders, within [`LOGIN_FAILURE_WINDOW_MS`]
+/// before every node refuses to start another login for it.
+pub const MAX_LOGIN_FAILURES: u32 = 5;
+/// The window of [`MAX_LOGIN_FAILURES`].
+pub const LOGIN_FAILURE_WINDOW_MS: u64 = 5 * 60 * 1000;
 
 /// Bytes that CBOR encodes as one byte string (a `Vec<u8>` would be an array of integers).
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -154,7 +165,7 @@ pub struct Queued {
 }
 
 /// Proof that a mailbox operation comes from the account's owner:
-/// `mac = HMAC-SHA256(verifier, "PQ4 mailbox" ‖ username ‖ ts_ms (8 bytes BE) ‖ nonce ‖ body)`
+/// `mac = HMAC-SHA256(verifier, "PQ4 mailbox" ‖ username ‖ ts_ms (8 bytes BE) ‖ nonce ‖ device ‖ body)`
 /// where `body` is the concatenated ids for an acknowledgement and empty for a fetch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MailboxAuth {
@@ -162,6 +173,11 @@ pub struct MailboxAuth {
     pub ts_ms: u64,
     pub nonce: Bytes,
     pub mac: Bytes,
+    /// The device asking (16 random bytes the device chose; empty from a client that predates
+    /// devices). A message leaves the mailbox once every device that fetched from it has
+    /// acknowledged it.
+    #[serde(default)]
+    pub device: Bytes,
 }
 
 /// A client operation, coordinated by the member that receives it.
@@ -209,6 +225,22 @@ pub enum Op {
     },
     /// A holder's operation, member to member.
     Replica(ReplicaOp),
+    /// Like [`Op::Fetch`], but held open up to `timeout_ms` (capped: [`MAX_WAIT_LOCAL_MS`],
+    /// [`MAX_WAIT_REMOTE_MS`]) until a holder stores a message for the account, then answered
+    /// with [`Response::Mailbox`] (which also tells the device how many one-time prekeys are
+    /// left). `timeout_ms = 0` answers at once.
+    Wait {
+        auth: MailboxAuth,
+        timeout_ms: u64,
+    },
+    /// More one-time prekeys for the account (the device was told it runs low), with the key
+    /// store sealed again so that a device logging in later has their private halves.
+    /// Authenticated like an acknowledgement, `body` = the ids (4 bytes BE each).
+    UploadOpks {
+        auth: MailboxAuth,
+        opks: Vec<Opk>,
+        sealed_keys: Bytes,
+    },
 }
 
 /// One holder's part of an operation.
@@ -259,14 +291,50 @@ pub enum ReplicaOp {
         to: String,
         message: Queued,
     },
+    /// The messages `device` has not acknowledged yet (the device is enrolled in the
+    /// mailbox by asking).
     FetchMessages {
         to: String,
+        #[serde(default)]
+        device: Bytes,
     },
-    /// Delete acknowledged messages and remember their ids, so a holder that missed the
-    /// deletion cannot hand them back out through a hand-off.
+    /// `device` acknowledged these; a message acknowledged by every enrolled device is deleted
+    /// and its id remembered, so a holder that missed the deletion cannot hand it back out
+    /// through a hand-off.
     DeleteMessages {
         to: String,
         ids: Vec<Bytes>,
+        #[serde(default)]
+        device: Bytes,
+    },
+    /// Tell the asking member (with [`ReplicaOp::Notify`]) when a message for `to` is stored
+    /// here within `ttl_ms` (kept in memory only).
+    Watch {
+        to: String,
+        ttl_ms: u64,
+    },
+    /// A message for `to` was stored (holder to the watching member).
+    Notify {
+        to: String,
+    },
+    /// Count one failed login of `username`; answered with [`Response::Failures`].
+    LoginFailed {
+        username: String,
+    },
+    /// The failed logins of `username` within the window.
+    LoginFailures {
+        username: String,
+    },
+    /// Add one-time prekeys to an account and replace its sealed key store.
+    AddOpks {
+        username: String,
+        opks: Vec<Opk>,
+        sealed_keys: Bytes,
+    },
+    /// The login verifiers of registrations of `username` that lost to another one when a
+    /// partition healed ([`Response::Lost`]).
+    Lost {
+        username: String,
     },
 }
 
@@ -292,6 +360,9 @@ pub enum ErrorKind {
     /// Two registrations split the holders and neither won: try again.
     Conflict,
     Internal,
+    /// The account was registered on one side of a partition while another registration of
+    /// the same name won on the other side; this device's account is gone.
+    RegistrationLost,
 }
 
 /// One answer.
@@ -332,6 +403,18 @@ pub enum Response {
     Granted,
     Taken,
     Account(Option<Box<(Account, Vec<Opk>)>>),
+    /// The answer to [`Op::Wait`].
+    Mailbox {
+        messages: Vec<Queued>,
+        /// One-time prekeys the account has left (a device uploads more when few are).
+        opks_left: u32,
+    },
+    /// Failed logins within the window on this holder.
+    Failures {
+        recent: u32,
+    },
+    /// Verifiers of losing registrations.
+    Lost(Vec<Bytes>),
 }
 
 impl Response {
@@ -341,6 +424,22 @@ impl Response {
             kind,
             message: message.into(),
         }
+    }
+}
+
+impl Account {
+    /// Whether `other` is this same registration (possibly with prekeys uploaded since).
+    pub fn same_registration(&self, other: &Account) -> bool {
+        self.username == other.username
+            && self.identity == other.identity
+            && self.created_ms == other.created_ms
+    }
+
+    /// Whether this registration beats `other` of the same name, which was made on the other
+    /// side of a partition: the earlier one wins, ties broken by the smaller identity key.
+    /// Every holder decides the same from the two records alone.
+    pub fn wins_over(&self, other: &Account) -> bool {
+        (self.created_ms, &self.identity) < (other.created_ms, &other.identity)
     }
 }
 
@@ -442,6 +541,7 @@ pub fn mailbox_mac(
     username: &str,
     ts_ms: u64,
     nonce: &[u8],
+    device: &[u8],
     body: &[u8],
 ) -> Vec<u8> {
     mac(
@@ -451,6 +551,7 @@ pub fn mailbox_mac(
             username.as_bytes(),
             &ts_ms.to_be_bytes(),
             nonce,
+            device,
             body,
         ],
     )
@@ -483,6 +584,30 @@ mod tests {
         assert_eq!(out.len(), 42);
         let back: Bytes = ciborium::from_reader(&out[..]).unwrap();
         assert_eq!(back.0, vec![0xff; 40]);
+    }
+
+    #[test]
+    fn the_earlier_registration_wins_and_every_holder_agrees() {
+        let account = |created_ms, id: u8| Account {
+            username: "carol".into(),
+            email: "c@example.org".into(),
+            identity: Bytes(vec![id; 113]),
+            bundle: Bytes::default(),
+            kdf: Kdf {
+                salt: Bytes::default(),
+                m_kib: 0,
+                t: 0,
+                p: 0,
+            },
+            verifier: Bytes::default(),
+            sealed_keys: Bytes::default(),
+            created_ms,
+        };
+        let (early, late) = (account(1, 9), account(2, 1));
+        assert!(early.wins_over(&late) && !late.wins_over(&early));
+        let (a, b) = (account(5, 1), account(5, 2));
+        assert!(a.wins_over(&b) && !b.wins_over(&a));
+        assert!(!a.wins_over(&a) && a.same_registration(&a) && !a.same_registration(&b));
     }
 
     #[test]

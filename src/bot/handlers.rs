@@ -340,6 +340,7 @@ impl Handlers {
         };
         match command.as_str() {
             "start" | "menu" | "nodes" | "list" | "invite" | "lang" | "language" | "audit"
+            | "chat_invite"
                 if !self.permits(who, command_action(&command)) =>
             {
                 self.send(chat, Screen::text(ui::not_allowed(lang).to_owned()))
@@ -364,6 +365,17 @@ impl Handlers {
                         Err(error) => ui::node_error(lang, &error),
                     },
                     Err(error) => ui::invite_usage(lang, &error),
+                };
+                self.send(chat, Screen::text(text)).await;
+            }
+            "chat_invite" => {
+                let text = if arg.is_empty() {
+                    match self.chat_invite(who).await {
+                        Ok(code) => ui::chat_invite(lang, &code),
+                        Err(error) => ui::chat_invite_failed(lang, &error),
+                    }
+                } else {
+                    ui::chat_invite_usage(lang)
                 };
                 self.send(chat, Screen::text(text)).await;
             }
@@ -631,6 +643,17 @@ impl Handlers {
         Ok((invite.link, invite.ttl))
     }
 
+    /// A one-time chat account invite from this node's messaging service (its `pq4.sock`);
+    /// the audit log gets who asked, never the code.
+    async fn chat_invite(&self, who: &Who) -> anyhow::Result<String> {
+        let code = crate::chat::new_invite(&self.config.chat_state_dir, 0).await?;
+        self.config.audit.record(
+            AuditEvent::new(AuditKind::ChatInviteIssued, who.text.clone(), "telegram")
+                .detail("role", who.rank.as_str()),
+        );
+        Ok(code)
+    }
+
     /// The node's figures, by node id (names can be reused after a leave; ids cannot).
     async fn usage_text(&self, lang: Lang, peer: &MemberView) -> String {
         match bounded(self.client.stats(&peer.node_id.to_base58())).await {
@@ -767,6 +790,7 @@ fn command_action(command: &str) -> access::Action {
         "invite" => access::Action::Invite,
         "lang" | "language" => access::Action::Language,
         "audit" => access::Action::Audit,
+        "chat_invite" => access::Action::ChatInvite,
         _ => access::Action::List,
     }
 }

@@ -46,6 +46,8 @@ pub struct BotConfig {
     pub containers: crate::docker::Containers,
     /// Where reboots, invites, pins and refused actions are recorded.
     pub audit: AuditLog,
+    /// The state directory whose chat socket (`pq4.sock`) gives `/chat_invite` its codes.
+    pub chat_state_dir: std::path::PathBuf,
 }
 
 /// The running bot tasks; dropping the handle stops them.

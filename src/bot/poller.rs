@@ -203,6 +203,7 @@ impl Poller {
         let commands = [
             BotCommand::new("start", "Узлы сети / Nodes"),
             BotCommand::new("invite", "Ссылка для нового узла / Join link"),
+            BotCommand::new("chat_invite", "Приглашение в PQ4-чат / Chat account invite"),
             BotCommand::new("lang", "Язык / Language (ru, en)"),
             BotCommand::new("help", "Помощь / Help"),
         ];

@@ -427,8 +427,8 @@ pub fn toast_expired(lang: Lang) -> &'static str {
 /// `/help` and the answer to anything the bot does not understand.
 pub fn help(lang: Lang) -> String {
     lang.pick(
-        "Constella — управление сетью серверов.\n\n/start — список узлов\n/invite [ttl] — ссылка для подключения нового узла (по умолчанию 15m, максимум 24h)\n/audit — последние записи журнала аудита (только владелец)\n/lang en — English",
-        "Constella — control of your server network.\n\n/start — node list\n/invite [ttl] — a join link for a new node (default 15m, at most 24h)\n/audit — the latest audit-log entries (owner only)\n/lang ru — по-русски",
+        "Constella — управление сетью серверов.\n\n/start — список узлов\n/invite [ttl] — ссылка для подключения нового узла (по умолчанию 15m, максимум 24h)\n/chat_invite — одноразовый код для регистрации в PQ4-чате\n/audit — последние записи журнала аудита (только владелец)\n/lang en — English",
+        "Constella — control of your server network.\n\n/start — node list\n/invite [ttl] — a join link for a new node (default 15m, at most 24h)\n/chat_invite — a one-time code to register a PQ4 chat account\n/audit — the latest audit-log entries (owner only)\n/lang ru — по-русски",
     )
     .to_owned()
 }
@@ -453,6 +453,33 @@ pub fn invite(lang: Lang, link: &str, ttl: &str) -> String {
         Lang::En => format!(
             "One-time link, valid for {ttl}:\n\n{link}\n\nOn the new server run:\nconstella join --server-name NAME --join '{link}'"
         ),
+    }
+}
+
+/// A chat account invite code and how to use it.
+pub fn chat_invite(lang: Lang, code: &str) -> String {
+    match lang {
+        Lang::Ru => format!(
+            "Одноразовый код регистрации в PQ4-чате, действует 7 дней:\n\n{code}\n\nРегистрация:\nconstella chat register --username ИМЯ --email ПОЧТА --invite {code}"
+        ),
+        Lang::En => format!(
+            "One-time PQ4 chat account invite, valid for 7 days:\n\n{code}\n\nTo register:\nconstella chat register --username NAME --email EMAIL --invite {code}"
+        ),
+    }
+}
+
+pub fn chat_invite_usage(lang: Lang) -> String {
+    lang.pick(
+        "Использование: /chat_invite (без аргументов; код действует 7 дней).",
+        "Usage: /chat_invite (no argument; the code is valid for 7 days).",
+    )
+    .to_owned()
+}
+
+pub fn chat_invite_failed(lang: Lang, error: &anyhow::Error) -> String {
+    match lang {
+        Lang::Ru => format!("Не удалось выдать код: {error:#}"),
+        Lang::En => format!("Cannot issue an invite: {error:#}"),
     }
 }
 

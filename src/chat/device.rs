@@ -43,6 +43,10 @@ pub struct Stored {
     pub keys: SealedBlob,
     pub peers: BTreeMap<String, Peer>,
     pub seen: VecDeque<Bytes>,
+    /// This device among the account's devices (16 random bytes, chosen at register or login):
+    /// the mailbox keeps a message until every device has acknowledged it.
+    #[serde(default)]
+    pub device_id: Bytes,
 }
 
 /// An unlocked device: the stored state, the key store and the password key.
@@ -82,12 +86,18 @@ impl Device {
         crate::private_dir::prepare(home, "chat home")?;
         let mut peers = BTreeMap::new();
         let mut seen = VecDeque::new();
+        let mut id = [0u8; 16];
+        rand::fill(&mut id);
+        let mut device_id = Bytes(id.to_vec());
         if keep_peers
             && let Ok(old) = read(home)
             && old.username == username
         {
             peers = old.peers;
             seen = old.seen;
+            if !old.device_id.0.is_empty() {
+                device_id = old.device_id;
+            }
         }
         let sealed = keys
             .seal(&password, &mut rand::rng())
@@ -99,6 +109,7 @@ impl Device {
                 keys: sealed,
                 peers,
                 seen,
+                device_id,
             },
             keys,
             password,

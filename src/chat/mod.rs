@@ -87,8 +87,15 @@ pub enum ChatCommand {
     },
 }
 
-/// How often `read --follow` and `open` ask the mailbox.
-const POLL: Duration = Duration::from_millis(100);
+/// How long one mailbox wait of `read --follow` and `open` asks to be held open (the member
+/// caps it: 25 s on its socket, 3 s over `--via`); messages are pushed as soon as a holder
+/// stores them.
+const WAIT_MS: u64 = 25_000;
+/// Pause after a failed wait before the next (a member restarting, a reconnection).
+const RETRY: Duration = Duration::from_secs(1);
+/// One-time prekeys a device keeps on the network; when fewer than a quarter are left, the
+/// device uploads new ones at its next contact.
+const OPK_TARGET: usize = constella_keys::store::ONE_TIME_PREKEY_COUNT as usize;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -125,14 +132,16 @@ pub async fn run(args: ChatArgs, state_dir: &Path) -> Result<()> {
                 bail!("the password is too short (at least 8 characters)");
             }
             let mut link = Link::connect(state_dir, args.via.as_deref()).await?;
-            register(&mut link, &home, &username, &email, &invite, &password).await?;
+            let device = register(&mut link, &home, &username, &email, &invite, &password).await?;
+            enroll(&mut link, &device).await?;
             println!("registered @{username}");
             Ok(())
         }
         ChatCommand::Login { username } => {
             let password = input.password("Password: ")?;
             let mut link = Link::connect(state_dir, args.via.as_deref()).await?;
-            login(&mut link, &home, &username, &password).await?;
+            let device = login(&mut link, &home, &username, &password).await?;
+            enroll(&mut link, &device).await?;
             println!("logged in as @{username}");
             Ok(())
         }
@@ -150,13 +159,22 @@ pub async fn run(args: ChatArgs, state_dir: &Path) -> Result<()> {
             let mut link = connect(state_dir, args.via.as_deref(), &device).await?;
             let mut all = Vec::new();
             loop {
-                let batch = receive(&mut link, &mut device).await?;
                 if follow {
-                    for message in &batch {
-                        print_message(message, json)?;
+                    // Held open by the member until a message arrives (pushed by a holder).
+                    match receive(&mut link, &mut device, WAIT_MS).await {
+                        Ok(batch) => {
+                            for message in &batch {
+                                print_message(message, json)?;
+                            }
+                        }
+                        Err(error) if is_final(&error) => return Err(error),
+                        Err(error) => {
+                            eprintln!("{error:#}; trying again");
+                            tokio::time::sleep(RETRY).await;
+                        }
                     }
-                    tokio::time::sleep(POLL).await;
                 } else {
+                    let batch = receive(&mut link, &mut device, 0).await?;
                     let more = !batch.is_empty();
                     all.extend(batch);
                     if !more {
@@ -178,18 +196,93 @@ pub async fn run(args: ChatArgs, state_dir: &Path) -> Result<()> {
             let password = input.password("Password: ")?;
             let mut device = Device::unlock(&home, &password)?;
             let mut link = connect(state_dir, args.via.as_deref(), &device).await?;
-            open(&mut link, &mut device, &to).await
+            let waiter = connect(state_dir, args.via.as_deref(), &device).await?;
+            open(&mut link, waiter, &mut device, &to).await
         }
     }
 }
 
-/// A link for an unlocked device, logged in if it goes `--via` a member.
+/// A one-time account invite from the messaging service of the member in `state_dir` (the bot's
+/// `/chat_invite`; `constella chat invite` does the same).
+pub async fn new_invite(state_dir: &Path, ttl_secs: u64) -> Result<String> {
+    let mut link = Link::connect(state_dir, None).await?;
+    match check(link.call(Op::NewInvite { ttl_secs }).await?)? {
+        Response::Invite { code } => Ok(code),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// A link for an unlocked device, logged in if it goes `--via` a member, after checking that
+/// the account is still this device's.
 async fn connect(state_dir: &Path, via: Option<&str>, device: &Device) -> Result<Link> {
     let mut link = Link::connect(state_dir, via).await?;
     let verifier = device.password.login_proof();
     link.authenticate(&device.stored.username, verifier.as_bytes())
         .await?;
+    still_ours(&mut link, device).await?;
     Ok(link)
+}
+
+/// Fails with a clear error when the network serves another identity under this device's
+/// name: the name was registered on both sides of a partition and the other one won.
+async fn still_ours(link: &mut Link, device: &Device) -> Result<()> {
+    let username = &device.stored.username;
+    let op = Op::Identity {
+        username: username.clone(),
+    };
+    let served = match link.call(op).await? {
+        Response::Bundle { bundle, .. } => bundle,
+        Response::Error {
+            kind: pq4::ErrorKind::UserNotFound,
+            ..
+        } => bail!("UserNotFound: the account @{username} no longer exists on the network"),
+        other => {
+            check(other)?;
+            bail!("unexpected answer to an identity lookup")
+        }
+    };
+    let bundle = PreKeyBundle::from_bytes(&served.0).context("the account's bundle")?;
+    let verified = bundle
+        .verify()
+        .context("the network serves a bundle with a bad signature for this account")?;
+    if verified.identity().to_bytes() != device.keys.identity_public().to_bytes() {
+        bail!(
+            "RegistrationLost: @{username} was also registered on the other side of a network \
+             partition, and that registration won when the partition healed; this device's \
+             account is gone, register again under another name"
+        );
+    }
+    Ok(())
+}
+
+/// Enrolls a new device in its mailbox (a wait that answers at once), so that messages wait
+/// for it too from now on.
+async fn enroll(link: &mut Link, device: &Device) -> Result<()> {
+    let verifier = device.password.login_proof();
+    link.authenticate(&device.stored.username, verifier.as_bytes())
+        .await?;
+    let auth = device.mailbox_key().auth(&[]);
+    check(
+        link.call(Op::Wait {
+            auth,
+            timeout_ms: 0,
+        })
+        .await?,
+    )?;
+    Ok(())
+}
+
+/// Errors a retry cannot cure: the account is gone or the password is not accepted.
+fn is_final(error: &anyhow::Error) -> bool {
+    let text = format!("{error:#}");
+    [
+        "RegistrationLost",
+        "UserNotFound",
+        "AuthenticationFailed",
+        "RateLimited",
+    ]
+    .iter()
+    .any(|kind| text.contains(kind))
 }
 
 /// `@name` or `name` → `name`.
@@ -256,7 +349,7 @@ async fn register(
     email: &str,
     invite: &str,
     password: &str,
-) -> Result<()> {
+) -> Result<Device> {
     let mut rng = rand::rng();
     let key = PasswordKey::generate(password, KdfParams::PRODUCTION, &mut rng)
         .context("cannot derive the password key")?;
@@ -301,11 +394,10 @@ async fn register(
         Response::Registered => {}
         other => bail!("unexpected answer: {other:?}"),
     }
-    Device::create(home, username, keys, key, false)?;
-    Ok(())
+    Device::create(home, username, keys, key, false)
 }
 
-async fn login(link: &mut Link, home: &Path, username: &str, password: &str) -> Result<()> {
+async fn login(link: &mut Link, home: &Path, username: &str, password: &str) -> Result<Device> {
     let start = Op::LoginStart {
         username: username.to_owned(),
     };
@@ -336,8 +428,7 @@ async fn login(link: &mut Link, home: &Path, username: &str, password: &str) -> 
     };
     let blob = SealedBlob::from_bytes(&account.sealed_keys.0).context("the sealed keys")?;
     let keys = KeyStore::open(&blob, &key).context("cannot open the account's keys")?;
-    Device::create(home, username, keys, key, true)?;
-    Ok(())
+    Device::create(home, username, keys, key, true)
 }
 
 /// Fetches `username`'s bundle (taking a one-time prekey if `take`), verified.
@@ -471,33 +562,121 @@ fn print_message(message: &Shown, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn mailbox_auth(device: &Device, body: &[u8]) -> MailboxAuth {
-    let mut nonce = [0u8; 16];
-    rand::fill(&mut nonce);
-    let ts_ms = now_ms();
-    let username = device.stored.username.clone();
-    let verifier = device.password.login_proof();
-    MailboxAuth {
-        mac: Bytes(pq4::mailbox_mac(
-            verifier.as_bytes(),
-            &username,
+/// What a device proves mailbox operations with, detached from the device so that the
+/// waiting task of `chat open` can hold it.
+pub struct MailboxKey {
+    username: String,
+    device: Bytes,
+    verifier: Zeroizing<Vec<u8>>,
+}
+
+impl MailboxKey {
+    fn auth(&self, body: &[u8]) -> MailboxAuth {
+        let mut nonce = [0u8; 16];
+        rand::fill(&mut nonce);
+        let ts_ms = now_ms();
+        MailboxAuth {
+            mac: Bytes(pq4::mailbox_mac(
+                &self.verifier,
+                &self.username,
+                ts_ms,
+                &nonce,
+                &self.device.0,
+                body,
+            )),
+            username: self.username.clone(),
             ts_ms,
-            &nonce,
-            body,
-        )),
-        username,
-        ts_ms,
-        nonce: Bytes(nonce.to_vec()),
+            nonce: Bytes(nonce.to_vec()),
+            device: self.device.clone(),
+        }
     }
 }
 
-/// Fetches the mailbox once, opens what it holds, stores the sessions, then acknowledges.
-async fn receive(link: &mut Link, device: &mut Device) -> Result<Vec<Shown>> {
-    let auth = mailbox_auth(device, &[]);
-    let messages = match check(link.call(Op::Fetch { auth }).await?)? {
-        Response::Messages(messages) => messages,
+impl Device {
+    fn mailbox_key(&self) -> MailboxKey {
+        MailboxKey {
+            username: self.stored.username.clone(),
+            device: self.stored.device_id.clone(),
+            verifier: Zeroizing::new(self.password.login_proof().as_bytes().to_vec()),
+        }
+    }
+}
+
+/// Asks the mailbox once (held open up to `wait_ms` when it is empty), then opens and
+/// acknowledges what came.
+async fn receive(link: &mut Link, device: &mut Device, wait_ms: u64) -> Result<Vec<Shown>> {
+    let auth = device.mailbox_key().auth(&[]);
+    let answer = check(
+        link.call(Op::Wait {
+            auth,
+            timeout_ms: wait_ms,
+        })
+        .await?,
+    )?;
+    process(link, device, answer).await
+}
+
+/// Opens a mailbox answer, stores the sessions, acknowledges, and uploads one-time prekeys
+/// when the network says few are left.
+async fn process(link: &mut Link, device: &mut Device, answer: Response) -> Result<Vec<Shown>> {
+    let (messages, opks_left) = match answer {
+        Response::Mailbox {
+            messages,
+            opks_left,
+        } => (messages, opks_left as usize),
         other => bail!("unexpected answer: {other:?}"),
     };
+    let shown = open_all(link, device, messages).await?;
+    if opks_left * 4 < OPK_TARGET {
+        refill(link, device, opks_left).await?;
+    }
+    Ok(shown)
+}
+
+/// Generates one-time prekeys up to [`OPK_TARGET`] on the network, stores their private
+/// halves here first (a public key is never uploaded without its private half kept), then
+/// uploads them with the key store sealed again.
+async fn refill(link: &mut Link, device: &mut Device, left: usize) -> Result<()> {
+    let before: std::collections::BTreeSet<u32> =
+        device.keys.one_time_prekey_ids().into_iter().collect();
+    let wanted = OPK_TARGET.saturating_sub(left);
+    device
+        .keys
+        .replenish_one_time_prekeys(before.len() + wanted, &mut rand::rng());
+    let opks: Vec<Opk> = device
+        .keys
+        .one_time_prekey_ids()
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .filter_map(|id| device.keys.bundle(Some(id)).one_time_prekey)
+        .map(|k| Opk {
+            id: k.id,
+            key: Bytes(k.key.to_vec()),
+        })
+        .collect();
+    if opks.is_empty() {
+        return Ok(());
+    }
+    device.save_keys()?;
+    let body: Vec<u8> = opks.iter().flat_map(|o| o.id.to_be_bytes()).collect();
+    let auth = device.mailbox_key().auth(&body);
+    let count = opks.len();
+    let op = Op::UploadOpks {
+        auth,
+        opks,
+        sealed_keys: Bytes(device.stored.keys.to_bytes()),
+    };
+    check(link.call(op).await?)?;
+    eprintln!("uploaded {count} one-time prekeys (the network had {left} left)");
+    Ok(())
+}
+
+/// Opens fetched messages, stores the sessions, then acknowledges them.
+async fn open_all(
+    link: &mut Link,
+    device: &mut Device,
+    messages: Vec<Queued>,
+) -> Result<Vec<Shown>> {
     if messages.is_empty() {
         return Ok(Vec::new());
     }
@@ -533,7 +712,7 @@ async fn receive(link: &mut Link, device: &mut Device) -> Result<Vec<Shown>> {
         device.save()?;
     }
     let body: Vec<u8> = ids.iter().flat_map(|i| i.0.iter().copied()).collect();
-    let auth = mailbox_auth(device, &body);
+    let auth = device.mailbox_key().auth(&body);
     check(link.call(Op::Ack { auth, ids }).await?)?;
     Ok(shown)
 }
@@ -649,7 +828,9 @@ fn report_lost(device: &mut Device) {
     }
 }
 
-async fn open(link: &mut Link, device: &mut Device, to: &str) -> Result<()> {
+/// `chat open`: lines typed are sent over `link`; `waiter`, a second connection, holds a
+/// mailbox wait open, so incoming messages appear as soon as a holder stores them.
+async fn open(link: &mut Link, mut waiter: Link, device: &mut Device, to: &str) -> Result<()> {
     let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
@@ -663,23 +844,58 @@ async fn open(link: &mut Link, device: &mut Device, to: &str) -> Result<()> {
             }
         }
     });
+    // The waiting task hands each answer over and waits until it was acknowledged, so the
+    // next wait does not return the same messages.
+    let (batches_tx, mut batches) = tokio::sync::mpsc::channel::<Result<Response>>(1);
+    let (done_tx, mut done) = tokio::sync::mpsc::channel::<()>(1);
+    let key = device.mailbox_key();
+    let waiting = tokio::spawn(async move {
+        loop {
+            let op = Op::Wait {
+                auth: key.auth(&[]),
+                timeout_ms: WAIT_MS,
+            };
+            let answer = waiter.call(op).await.and_then(check);
+            if batches_tx.send(answer).await.is_err() || done.recv().await.is_none() {
+                break;
+            }
+        }
+    });
     eprintln!("chatting with @{to}; type a line to send it, end with Ctrl-D");
-    let mut input_open = true;
-    loop {
-        tokio::select! {
-            line = lines_rx.recv(), if input_open => match line {
-                Some(line) if line.trim().is_empty() => {}
-                Some(line) => send(link, device, to, &line).await?,
-                None => input_open = false,
-            },
-            () = tokio::time::sleep(POLL) => {
-                for message in receive(link, device).await? {
-                    print_message(&message, false)?;
-                }
-                if !input_open {
-                    return Ok(());
+    let result = async {
+        loop {
+            tokio::select! {
+                line = lines_rx.recv() => match line {
+                    Some(line) if line.trim().is_empty() => {}
+                    Some(line) => send(link, device, to, &line).await?,
+                    None => {
+                        // Input ended: show what is waiting, then leave.
+                        for message in receive(link, device, 0).await? {
+                            print_message(&message, false)?;
+                        }
+                        return Ok(());
+                    }
+                },
+                answer = batches.recv() => {
+                    match answer {
+                        Some(Ok(answer)) => {
+                            for message in process(link, device, answer).await? {
+                                print_message(&message, false)?;
+                            }
+                        }
+                        Some(Err(error)) if is_final(&error) => return Err(error),
+                        Some(Err(error)) => {
+                            eprintln!("{error:#}; trying again");
+                            tokio::time::sleep(RETRY).await;
+                        }
+                        None => bail!("the mailbox wait stopped"),
+                    }
+                    let _ = done_tx.send(()).await;
                 }
             }
         }
     }
+    .await;
+    waiting.abort();
+    result
 }

@@ -8,7 +8,7 @@
 //! one channel. The local chat client reaches the same service through `STATE_DIR/pq4.sock`
 //! (length-prefixed CBOR frames of the same [`Request`]/[`Response`] types).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,7 +25,7 @@ use libp2p::{PeerId, Swarm};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::chat_store::ChatStore;
@@ -36,9 +36,6 @@ pub const SOCKET: &str = "pq4.sock";
 pub const DATABASE: &str = "pq4.redb";
 /// How long a login challenge may be answered.
 const CHALLENGE_TTL: Duration = Duration::from_secs(60);
-/// Failed logins per account (on this coordinator) within [`FAILURE_WINDOW`] before it refuses.
-const MAX_FAILURES: usize = 5;
-const FAILURE_WINDOW: Duration = Duration::from_secs(300);
 /// How far a mailbox proof's clock may be from ours.
 const AUTH_SKEW_MS: u64 = 5 * 60 * 1000;
 /// Account invites are valid this long unless asked otherwise.
@@ -47,8 +44,11 @@ pub const DEFAULT_INVITE_TTL_SECS: u64 = 7 * 24 * 3600;
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long a non-member client's login holds for its PeerId.
 const CLIENT_SESSION: Duration = Duration::from_secs(3600);
-/// How often the holder set is compared with the last one (hand-off when it changed).
-const HANDOFF_CHECK: Duration = Duration::from_secs(5);
+/// After the core reports a membership change, how long to wait for more before handing off
+/// (a partition heal or a restart brings several changes within a few milliseconds).
+const HANDOFF_SETTLE: Duration = Duration::from_millis(300);
+/// Slack added to a watch's lifetime over the wait it serves.
+const WATCH_SLACK_MS: u64 = 2_000;
 
 /// What the service asks of the event loop.
 #[derive(Debug)]
@@ -80,7 +80,7 @@ enum Origin {
     /// The local chat socket (0600, this node's operator).
     Local,
     /// A member over libp2p (a coordinator asking a holder).
-    Member,
+    Member(PeerId),
     /// A non-member over libp2p: a `--via` chat client (noise-proven PeerId).
     Client(PeerId),
 }
@@ -98,8 +98,13 @@ struct Inner {
     actions: mpsc::UnboundedSender<Action>,
     /// Open login challenges: nonce → (username, expiry).
     challenges: Mutex<HashMap<Vec<u8>, (String, Instant)>>,
-    /// Recent failed logins per account.
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// Holder side of pushes: account → members watching its mailbox, until when.
+    watchers: Mutex<HashMap<String, Vec<(PeerId, Instant)>>>,
+    /// Coordinator side of pushes: account → a counter bumped when a holder says a message
+    /// arrived (waiting [`Op::Wait`]s subscribe to it).
+    arrivals: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// Bumped by the event loop when the core reports a membership change (hand-off).
+    membership: Notify,
     /// Non-member clients that logged in: PeerId → (account, when).
     clients: Mutex<HashMap<PeerId, (String, Instant)>>,
 }
@@ -133,7 +138,9 @@ pub fn open(state_dir: &Path, local: PeerId) -> anyhow::Result<(ChatLink, Servic
             store,
             actions: tx,
             challenges: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            watchers: Mutex::new(HashMap::new()),
+            arrivals: Mutex::new(HashMap::new()),
+            membership: Notify::new(),
             clients: Mutex::new(HashMap::new()),
         }),
     };
@@ -186,6 +193,11 @@ impl ChatLink {
         }
     }
 
+    /// The core reported a membership change: hand records to the new holders.
+    pub fn membership_changed(&self) {
+        self.service.inner.membership.notify_one();
+    }
+
     /// Routes one pq4 event.
     pub fn on_event(&mut self, core: &Node, event: request_response::Event<Request, Response>) {
         match event {
@@ -198,7 +210,7 @@ impl ChatLink {
                 ..
             } => {
                 let origin = if core.membership().is_member(&peer) {
-                    Origin::Member
+                    Origin::Member(peer)
                 } else {
                     Origin::Client(peer)
                 };
@@ -252,8 +264,12 @@ impl Service {
         {
             return refusal;
         }
+        let from = match origin {
+            Origin::Member(peer) | Origin::Client(peer) => peer,
+            Origin::Local => self.inner.local,
+        };
         match request.op {
-            Op::Replica(op) => self.apply_local(op),
+            Op::Replica(op) => self.apply_replica(op, from),
             Op::NewInvite { ttl_secs } => self.new_invite(ttl_secs).await,
             Op::Register {
                 invite,
@@ -285,16 +301,55 @@ impl Service {
             },
             Op::Send { from, to, envelope } => self.send(from, &to, envelope).await,
             Op::Fetch { auth } => match self.authenticate(&auth, &[]).await {
-                Ok(()) => self.fetch(&auth.username).await,
+                Ok(_) => match self.fetch(&auth.username, &auth.device).await {
+                    Ok(messages) => Response::Messages(messages),
+                    Err(response) => response,
+                },
                 Err(response) => response,
             },
+            Op::Wait { auth, timeout_ms } => {
+                let cap = match origin {
+                    Origin::Local => pq4::MAX_WAIT_LOCAL_MS,
+                    _ => pq4::MAX_WAIT_REMOTE_MS,
+                };
+                self.wait(auth, Duration::from_millis(timeout_ms.min(cap)))
+                    .await
+            }
+            Op::UploadOpks {
+                auth,
+                opks,
+                sealed_keys,
+            } => {
+                let body: Vec<u8> = opks.iter().flat_map(|o| o.id.to_be_bytes()).collect();
+                if let Err(response) = self.authenticate(&auth, &body).await {
+                    return response;
+                }
+                if opks.len() > MAX_OPKS || opks.iter().any(|o| o.key.0.len() != 56) {
+                    return err(ErrorKind::Invalid, "too many or malformed one-time prekeys");
+                }
+                let count = opks.len();
+                let op = ReplicaOp::AddOpks {
+                    username: auth.username.clone(),
+                    opks,
+                    sealed_keys,
+                };
+                let holders = self.holders(&pq4::user_key(&auth.username)).await;
+                let answers = self.ask_all(&holders, op).await;
+                let stored = Self::count(&answers, |r| matches!(r, Response::Ok));
+                if stored == 0 {
+                    return err(ErrorKind::Unavailable, "no holder took the prekeys");
+                }
+                info!(username = %auth.username, count, holders = stored, "one-time prekeys uploaded");
+                Response::Ok
+            }
             Op::Ack { auth, ids } => {
                 let body: Vec<u8> = ids.iter().flat_map(|i| i.0.iter().copied()).collect();
                 match self.authenticate(&auth, &body).await {
-                    Ok(()) => {
+                    Ok(_) => {
                         let op = ReplicaOp::DeleteMessages {
                             to: auth.username.clone(),
                             ids,
+                            device: auth.device.clone(),
                         };
                         let holders = self.holders(&pq4::user_key(&auth.username)).await;
                         self.ask_all(&holders, op).await;
@@ -326,7 +381,10 @@ impl Service {
             Op::Register { .. } | Op::LoginStart { .. } | Op::LoginFinish { .. } => true,
             Op::GetBundle { .. } | Op::Identity { .. } => account.is_some(),
             Op::Send { from, .. } => own(from),
-            Op::Fetch { auth } | Op::Ack { auth, .. } => own(&auth.username),
+            Op::Fetch { auth }
+            | Op::Ack { auth, .. }
+            | Op::Wait { auth, .. }
+            | Op::UploadOpks { auth, .. } => own(&auth.username),
         };
         if allowed {
             Ok(())
@@ -335,6 +393,130 @@ impl Service {
                 ErrorKind::AuthenticationFailed,
                 "log in as this account first (a client that is not a member must)",
             ))
+        }
+    }
+
+    /// A holder's part of an operation from member `from` (this node for its own).
+    fn apply_replica(&self, op: ReplicaOp, from: PeerId) -> Response {
+        match op {
+            ReplicaOp::Watch { to, ttl_ms } => {
+                let now = Instant::now();
+                let until = now + Duration::from_millis(ttl_ms.min(2 * pq4::MAX_WAIT_LOCAL_MS));
+                if let Ok(mut watchers) = self.inner.watchers.lock() {
+                    watchers.retain(|_, list| {
+                        list.retain(|(_, until)| *until > now);
+                        !list.is_empty()
+                    });
+                    let list = watchers.entry(to).or_default();
+                    list.retain(|(peer, _)| *peer != from);
+                    list.push((from, until));
+                }
+                Response::Ok
+            }
+            ReplicaOp::Notify { to } => {
+                self.arrived(&to);
+                Response::Ok
+            }
+            ReplicaOp::PutMessage { to, message } => {
+                let response = self.apply_local(ReplicaOp::PutMessage {
+                    to: to.clone(),
+                    message,
+                });
+                if matches!(response, Response::Ok) {
+                    self.tell_watchers(&to);
+                }
+                response
+            }
+            op => self.apply_local(op),
+        }
+    }
+
+    /// A message for `to` was stored here: every member waiting on that mailbox hears of it.
+    fn tell_watchers(&self, to: &str) {
+        let now = Instant::now();
+        let peers: Vec<PeerId> = self
+            .inner
+            .watchers
+            .lock()
+            .ok()
+            .and_then(|w| w.get(to).cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, until)| *until > now)
+            .map(|(peer, _)| peer)
+            .collect();
+        for peer in peers {
+            if peer == self.inner.local {
+                self.arrived(to);
+            } else {
+                let service = self.clone();
+                let to = to.to_owned();
+                tokio::spawn(async move {
+                    let _ = service.ask(peer, ReplicaOp::Notify { to }).await;
+                });
+            }
+        }
+    }
+
+    /// Wakes the [`Op::Wait`]s of this node on `to`'s mailbox.
+    fn arrived(&self, to: &str) {
+        if let Ok(mut arrivals) = self.inner.arrivals.lock() {
+            if let Some(sender) = arrivals.get(to) {
+                sender.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            arrivals.retain(|_, sender| sender.receiver_count() > 0);
+        }
+    }
+
+    /// A receiver that changes when a message for `to` arrives.
+    fn subscribe(&self, to: &str) -> watch::Receiver<u64> {
+        match self.inner.arrivals.lock() {
+            Ok(mut arrivals) => arrivals
+                .entry(to.to_owned())
+                .or_insert_with(|| watch::channel(0).0)
+                .subscribe(),
+            Err(_) => watch::channel(0).1,
+        }
+    }
+
+    /// Answers [`Op::Wait`]: the device's messages now, or — when there are none — the moment
+    /// a holder stores one (it was asked to watch the mailbox first), or none after `timeout`.
+    async fn wait(&self, auth: pq4::MailboxAuth, timeout: Duration) -> Response {
+        let opks_left = match self.authenticate(&auth, &[]).await {
+            Ok((_, opks)) => opks.len() as u32,
+            Err(response) => return response,
+        };
+        let username = auth.username.clone();
+        let mut arrivals = self.subscribe(&username);
+        if !timeout.is_zero() {
+            let holders = self.holders(&pq4::user_key(&username)).await;
+            let op = ReplicaOp::Watch {
+                to: username.clone(),
+                ttl_ms: timeout.as_millis() as u64 + WATCH_SLACK_MS,
+            };
+            let answers = self.ask_all(&holders, op).await;
+            let watching = Self::count(&answers, |r| matches!(r, Response::Ok));
+            debug!(%username, watching, "mailbox watched");
+        }
+        let mut messages = match self.fetch(&username, &auth.device).await {
+            Ok(messages) => messages,
+            Err(response) => return response,
+        };
+        if messages.is_empty()
+            && !timeout.is_zero()
+            && tokio::time::timeout(timeout, arrivals.changed())
+                .await
+                .is_ok()
+        {
+            messages = match self.fetch(&username, &auth.device).await {
+                Ok(messages) => messages,
+                Err(response) => return response,
+            };
+            debug!(%username, count = messages.len(), "mailbox wait answered by a push");
+        }
+        Response::Mailbox {
+            messages,
+            opks_left,
         }
     }
 
@@ -368,7 +550,7 @@ impl Service {
     /// One holder's answer (this node answers itself).
     async fn ask(&self, peer: PeerId, op: ReplicaOp) -> Result<Response, String> {
         if peer == self.inner.local {
-            return Ok(self.apply_local(op));
+            return Ok(self.apply_replica(op, peer));
         }
         let (reply, answer) = oneshot::channel();
         let request = Box::new(Request::new(Op::Replica(op)));
@@ -539,34 +721,56 @@ impl Service {
         })
     }
 
-    fn rate_limited(&self, username: &str) -> bool {
-        let Ok(mut failures) = self.inner.failures.lock() else {
+    /// Whether any holder of the account counted too many failed logins (so switching the
+    /// node a login goes through does not reset the count).
+    async fn rate_limited(&self, username: &str) -> bool {
+        if !pq4::valid_username(username) {
             return false;
-        };
-        let entry = failures.entry(username.to_owned()).or_default();
-        while entry.front().is_some_and(|t| t.elapsed() > FAILURE_WINDOW) {
-            entry.pop_front();
         }
-        entry.len() >= MAX_FAILURES
+        let holders = self.holders(&pq4::user_key(username)).await;
+        let op = ReplicaOp::LoginFailures {
+            username: username.to_owned(),
+        };
+        let answers = self.ask_all(&holders, op).await;
+        Self::count(
+            &answers,
+            |r| matches!(r, Response::Failures { recent } if *recent >= pq4::MAX_LOGIN_FAILURES),
+        ) > 0
     }
 
-    fn failed(&self, username: &str) {
-        if let Ok(mut failures) = self.inner.failures.lock() {
-            failures
-                .entry(username.to_owned())
-                .or_default()
-                .push_back(Instant::now());
-        }
+    /// Counts a failed login on every holder of the account.
+    async fn failed(&self, username: &str, holders: &[PeerId]) {
+        let op = ReplicaOp::LoginFailed {
+            username: username.to_owned(),
+        };
+        self.ask_all(holders, op).await;
+    }
+
+    /// Whether `proves` holds for the verifier of a registration of `username` that lost a
+    /// partition race (so its device is told so, not "wrong password").
+    async fn lost(
+        &self,
+        username: &str,
+        holders: &[PeerId],
+        proves: impl Fn(&[u8]) -> bool,
+    ) -> bool {
+        let op = ReplicaOp::Lost {
+            username: username.to_owned(),
+        };
+        self.ask_all(holders, op).await.into_iter().any(|answer| {
+            matches!(answer, Ok(Response::Lost(verifiers)) if verifiers.iter().any(|v| proves(&v.0)))
+        })
     }
 
     async fn login_start(&self, username: &str) -> Response {
-        if self.rate_limited(username) {
+        let (found, limited) = tokio::join!(self.account(username), self.rate_limited(username));
+        if limited {
             return err(
                 ErrorKind::RateLimited,
-                "too many failed logins; wait 5 minutes",
+                "too many failed logins for this account; wait 5 minutes",
             );
         }
-        let account = match self.account(username).await {
+        let account = match found {
             Ok((account, _, _)) => account,
             Err(response) => return response,
         };
@@ -586,10 +790,10 @@ impl Service {
     }
 
     async fn login_finish(&self, username: &str, nonce: &[u8], answer: &[u8]) -> Response {
-        if self.rate_limited(username) {
+        if self.rate_limited(username).await {
             return err(
                 ErrorKind::RateLimited,
-                "too many failed logins; wait 5 minutes",
+                "too many failed logins for this account; wait 5 minutes",
             );
         }
         // Single use: a challenge is gone once answered, rightly or not.
@@ -606,13 +810,17 @@ impl Service {
                 "the login challenge is unknown or expired",
             );
         }
-        let account = match self.account(username).await {
-            Ok((account, _, _)) => account,
+        let (account, holders) = match self.account(username).await {
+            Ok((account, _, holders)) => (account, holders),
             Err(response) => return response,
         };
         let expected = login_mac(&account.verifier.0, nonce, username);
         if !constant_time_eq(&expected, answer) {
-            self.failed(username);
+            let proves = |v: &[u8]| constant_time_eq(&login_mac(v, nonce, username), answer);
+            if self.lost(username, &holders, proves).await {
+                return registration_lost(username);
+            }
+            self.failed(username, &holders).await;
             warn!(%username, "failed login");
             return err(ErrorKind::AuthenticationFailed, "wrong password");
         }
@@ -684,10 +892,12 @@ impl Service {
         }
     }
 
-    async fn fetch(&self, username: &str) -> Response {
+    /// The union of what the holders have for `device` (oldest first, one page).
+    async fn fetch(&self, username: &str, device: &Bytes) -> Result<Vec<Queued>, Response> {
         let holders = self.holders(&pq4::user_key(username)).await;
         let op = ReplicaOp::FetchMessages {
             to: username.to_owned(),
+            device: device.clone(),
         };
         let mut all: HashMap<Vec<u8>, Queued> = HashMap::new();
         let mut answered = 0;
@@ -700,32 +910,46 @@ impl Service {
             }
         }
         if answered == 0 {
-            return err(ErrorKind::Unavailable, "no holder of the mailbox answered");
+            return Err(err(
+                ErrorKind::Unavailable,
+                "no holder of the mailbox answered",
+            ));
         }
         let mut messages: Vec<Queued> = all.into_values().collect();
         messages.sort_by(|a, b| (a.at_ms, &a.id).cmp(&(b.at_ms, &b.id)));
         messages.truncate(MAX_FETCH);
-        Response::Messages(messages)
+        Ok(messages)
     }
 
-    /// Checks a mailbox proof against the account's verifier.
-    async fn authenticate(&self, auth: &pq4::MailboxAuth, body: &[u8]) -> Result<(), Response> {
-        let (account, _, _) = self.account(&auth.username).await?;
+    /// Checks a mailbox proof against the account's verifier; the account's one-time
+    /// prekeys come back with it.
+    async fn authenticate(
+        &self,
+        auth: &pq4::MailboxAuth,
+        body: &[u8],
+    ) -> Result<(Account, Vec<Opk>), Response> {
+        let (account, opks, holders) = self.account(&auth.username).await?;
         if now_ms().abs_diff(auth.ts_ms) > AUTH_SKEW_MS {
             return Err(err(
                 ErrorKind::AuthenticationFailed,
                 "the request's clock is more than 5 minutes off",
             ));
         }
-        let expected = mailbox_mac(
-            &account.verifier.0,
-            &auth.username,
-            auth.ts_ms,
-            &auth.nonce.0,
-            body,
-        );
-        if constant_time_eq(&expected, &auth.mac.0) {
-            Ok(())
+        let proves = |verifier: &[u8]| {
+            let expected = mailbox_mac(
+                verifier,
+                &auth.username,
+                auth.ts_ms,
+                &auth.nonce.0,
+                &auth.device.0,
+                body,
+            );
+            constant_time_eq(&expected, &auth.mac.0)
+        };
+        if proves(&account.verifier.0) {
+            Ok((account, opks))
+        } else if self.lost(&auth.username, &holders, proves).await {
+            Err(registration_lost(&auth.username))
         } else {
             Err(err(
                 ErrorKind::AuthenticationFailed,
@@ -734,13 +958,15 @@ impl Service {
         }
     }
 
-    /// Hands records to the current holders whenever the member set changes: every record
+    /// Hands records to the current holders whenever the core reports a membership change
+    /// (the event loop calls [`ChatLink::membership_changed`]): every record
     /// this node holds is offered to each of its holders (puts are idempotent, acknowledged
     /// messages are refused by their tombstones).
     pub async fn hand_off_loop(self) {
         let mut last: Vec<PeerId> = Vec::new();
         loop {
-            tokio::time::sleep(HANDOFF_CHECK).await;
+            self.inner.membership.notified().await;
+            tokio::time::sleep(HANDOFF_SETTLE).await;
             let mut members = self.members().await;
             members.sort();
             if members == last {
@@ -855,6 +1081,17 @@ pub async fn write_frame(
     stream.write_all(&len.to_be_bytes()).await?;
     stream.write_all(bytes).await?;
     stream.flush().await
+}
+
+fn registration_lost(username: &str) -> Response {
+    err(
+        ErrorKind::RegistrationLost,
+        format!(
+            "@{username} was also registered on the other side of a network partition, and that \
+             registration won when the partition healed; this account is gone, register again \
+             under another name"
+        ),
+    )
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -3,12 +3,15 @@
 //! of every [`ReplicaOp`]. Each operation is one write transaction, committed (fsync) before the
 //! answer leaves, so a holder that said "stored" still has it after `kill -9`.
 //!
-//! Values are CBOR. Mailbox keys are `username \0 hex(id)`, so one user's queue is one range.
+//! Values are CBOR. Mailbox keys are `username \0 hex(id)`, so one user's queue is one range;
+//! a mailbox's devices are `username \0 hex(device)`, and which device acknowledged which
+//! message `username \0 hex(id) \0 hex(device)`.
 
 use std::path::Path;
 
 use constella_behaviours::pq4::{
-    Account, Bytes, CLAIM_TTL, ErrorKind, MAX_FETCH, Opk, Queued, ReplicaOp, Response, invite_key,
+    Account, Bytes, CLAIM_TTL, ErrorKind, LOGIN_FAILURE_WINDOW_MS, MAX_FETCH, MAX_OPKS, Opk,
+    Queued, ReplicaOp, Response, invite_key,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -20,6 +23,14 @@ const ACCOUNTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("account
 const MAILBOX: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("mailbox");
 /// Ids of acknowledged messages (value: when), so a late copy is not queued again.
 const DELETED: TableDefinition<'_, &str, u64> = TableDefinition::new("deleted");
+/// Devices enrolled in a mailbox (value: when first seen).
+const DEVICES: TableDefinition<'_, &str, u64> = TableDefinition::new("devices");
+/// Which device acknowledged which queued message (value: when).
+const ACKED: TableDefinition<'_, &str, u64> = TableDefinition::new("acked");
+/// Failed logins per account (value: CBOR list of ms timestamps within the window).
+const FAILURES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("failures");
+/// Registrations that lost a partition race, per name (value: CBOR list of accounts).
+const LOST: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("lost");
 
 /// Queued messages per mailbox on one holder: a full mailbox refuses more (the sender is told).
 pub const MAX_QUEUED: usize = 10_000;
@@ -94,7 +105,11 @@ impl ChatStore {
         for table in [INVITES, CLAIMS, ACCOUNTS, MAILBOX] {
             txn.open_table(table)?;
         }
-        txn.open_table(DELETED)?;
+        txn.open_table(FAILURES)?;
+        txn.open_table(LOST)?;
+        for table in [DELETED, DEVICES, ACKED] {
+            txn.open_table(table)?;
+        }
         txn.commit()?;
         Ok(Self {
             db,
@@ -181,18 +196,57 @@ impl ChatStore {
                         None => None,
                     };
                 match existing {
-                    // The same account again (a hand-off): keep only the prekeys both still
-                    // have, so a key taken on either side stays taken.
-                    Some((held, held_opks)) if held == account => {
-                        let kept: Vec<Opk> =
-                            held_opks.into_iter().filter(|o| opks.contains(o)).collect();
+                    // The same registration again (a hand-off): keep only the prekeys both
+                    // still have, so a key taken on either side stays taken, plus those
+                    // uploaded since that the older copy never knew (ids only grow).
+                    Some((held, held_opks)) if held.same_registration(&account) => {
+                        let held_max = held_opks.iter().map(|o| o.id).max();
+                        let incoming_max = opks.iter().map(|o| o.id).max();
+                        let newer = incoming_max > held_max;
+                        let mut kept: Vec<Opk> = held_opks
+                            .iter()
+                            .filter(|o| {
+                                opks.contains(o) || incoming_max.is_none_or(|max| o.id > max)
+                            })
+                            .cloned()
+                            .collect();
+                        kept.extend(
+                            opks.iter()
+                                .filter(|o| held_max.is_none_or(|max| o.id > max))
+                                .cloned(),
+                        );
+                        let account = if newer { &account } else { &held };
                         t.insert(
                             account.username.as_str(),
-                            encode(&(&account, &kept)).as_slice(),
+                            encode(&(account, &kept)).as_slice(),
                         )?;
                         Response::Ok
                     }
-                    Some(_) => Response::error(ErrorKind::UserAlreadyExists, "another account"),
+                    // Two registrations of one name, made on the two sides of a partition:
+                    // every holder keeps the same winner and remembers the loser, so its
+                    // device is told (RegistrationLost) instead of "wrong password".
+                    Some((held, held_opks)) => {
+                        let (winner, winner_opks, loser) = if account.wins_over(&held) {
+                            (account, opks, held)
+                        } else {
+                            (held, held_opks, account)
+                        };
+                        t.insert(
+                            winner.username.as_str(),
+                            encode(&(&winner, &winner_opks)).as_slice(),
+                        )?;
+                        drop(t);
+                        let mut lost = txn.open_table(LOST)?;
+                        let mut losers: Vec<Account> = match lost.get(loser.username.as_str())? {
+                            Some(v) => decode(v.value(), "lost")?,
+                            None => Vec::new(),
+                        };
+                        if !losers.iter().any(|l| l.same_registration(&loser)) {
+                            losers.push(loser);
+                        }
+                        lost.insert(winner.username.as_str(), encode(&losers).as_slice())?;
+                        Response::Ok
+                    }
                     None => {
                         t.insert(
                             account.username.as_str(),
@@ -240,7 +294,9 @@ impl ChatStore {
                     Response::Ok
                 }
             }
-            ReplicaOp::FetchMessages { to } => {
+            ReplicaOp::FetchMessages { to, device } => {
+                enroll(&txn, &to, &device, now_ms)?;
+                let acked = txn.open_table(ACKED)?;
                 let mut t = txn.open_table(MAILBOX)?;
                 let mut out = Vec::new();
                 let mut expired = Vec::new();
@@ -250,7 +306,10 @@ impl ChatStore {
                     let message = decode::<Queued>(v.value(), "mailbox")?;
                     if self.expired(&message, now_ms) {
                         expired.push(k.value().to_owned());
-                    } else {
+                    } else if acked
+                        .get(ack_key(&to, &message.id.0, &device).as_str())?
+                        .is_none()
+                    {
                         out.push(message);
                     }
                 }
@@ -265,15 +324,82 @@ impl ChatStore {
                 out.truncate(MAX_FETCH);
                 Response::Messages(out)
             }
-            ReplicaOp::DeleteMessages { to, ids } => {
+            ReplicaOp::DeleteMessages { to, ids, device } => {
+                let devices = enroll(&txn, &to, &device, now_ms)?;
                 let mut t = txn.open_table(MAILBOX)?;
                 let mut d = txn.open_table(DELETED)?;
+                let mut acked = txn.open_table(ACKED)?;
                 for id in &ids {
                     let key = mailbox_key(&to, &id.0);
-                    t.remove(key.as_str())?;
-                    d.insert(key.as_str(), now_ms)?;
+                    if t.get(key.as_str())?.is_none() {
+                        continue;
+                    }
+                    acked.insert(ack_key(&to, &id.0, &device).as_str(), now_ms)?;
+                    // Deleted only once every device of the mailbox has it.
+                    let mut all = true;
+                    for other in &devices {
+                        all &= acked.get(ack_key(&to, &id.0, other).as_str())?.is_some();
+                    }
+                    if all {
+                        t.remove(key.as_str())?;
+                        d.insert(key.as_str(), now_ms)?;
+                        for other in &devices {
+                            acked.remove(ack_key(&to, &id.0, other).as_str())?;
+                        }
+                    }
                 }
                 Response::Ok
+            }
+            // Kept by the service in memory (src/daemon/chat.rs), never stored.
+            ReplicaOp::Watch { .. } | ReplicaOp::Notify { .. } => Response::Ok,
+            ReplicaOp::LoginFailed { username } => {
+                let mut t = txn.open_table(FAILURES)?;
+                let mut recent = recent_failures(&t, &username, now_ms)?;
+                recent.push(now_ms);
+                t.insert(username.as_str(), encode(&recent).as_slice())?;
+                Response::Failures {
+                    recent: recent.len() as u32,
+                }
+            }
+            ReplicaOp::LoginFailures { username } => {
+                let t = txn.open_table(FAILURES)?;
+                Response::Failures {
+                    recent: recent_failures(&t, &username, now_ms)?.len() as u32,
+                }
+            }
+            ReplicaOp::AddOpks {
+                username,
+                opks,
+                sealed_keys,
+            } => {
+                let mut t = txn.open_table(ACCOUNTS)?;
+                let found: Option<(Account, Vec<Opk>)> = match t.get(username.as_str())? {
+                    Some(v) => Some(decode(v.value(), "accounts")?),
+                    None => None,
+                };
+                match found {
+                    Some((mut account, mut held)) => {
+                        // Only new ids: a taken prekey never comes back.
+                        let max = held.iter().map(|o| o.id).max();
+                        held.extend(
+                            opks.into_iter()
+                                .filter(|o| max.is_none_or(|max| o.id > max)),
+                        );
+                        held.truncate(MAX_OPKS);
+                        account.sealed_keys = sealed_keys;
+                        t.insert(username.as_str(), encode(&(&account, &held)).as_slice())?;
+                        Response::Ok
+                    }
+                    None => Response::error(ErrorKind::UserNotFound, "no such account here"),
+                }
+            }
+            ReplicaOp::Lost { username } => {
+                let t = txn.open_table(LOST)?;
+                let losers: Vec<Account> = match t.get(username.as_str())? {
+                    Some(v) => decode(v.value(), "lost")?,
+                    None => Vec::new(),
+                };
+                Response::Lost(losers.into_iter().map(|a| a.verifier).collect())
             }
         };
         txn.commit()?;
@@ -328,7 +454,238 @@ fn claim(
     Ok(Response::Granted)
 }
 
+/// Enrolls `device` in `to`'s mailbox; returns every enrolled device.
+fn enroll(
+    txn: &redb::WriteTransaction,
+    to: &str,
+    device: &Bytes,
+    now_ms: u64,
+) -> Result<Vec<Bytes>, StoreError> {
+    let mut t = txn.open_table(DEVICES)?;
+    let key = mailbox_key(to, &device.0);
+    if t.get(key.as_str())?.is_none() {
+        t.insert(key.as_str(), now_ms)?;
+    }
+    let (lo, hi) = bounds(to);
+    let mut devices = Vec::new();
+    for entry in t.range(lo.as_str()..hi.as_str())? {
+        let (k, _) = entry?;
+        let hex_id = k.value().split('\0').nth(1).unwrap_or_default().to_owned();
+        let id = hex::decode(hex_id).map_err(|_| StoreError::Corrupt("devices"))?;
+        devices.push(Bytes(id));
+    }
+    Ok(devices)
+}
+
+/// Which device acknowledged which message.
+fn ack_key(to: &str, id: &[u8], device: &Bytes) -> String {
+    format!("{to}\0{}\0{}", hex::encode(id), hex::encode(&device.0))
+}
+
+/// The failed logins of `username` within the window.
+fn recent_failures(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    username: &str,
+    now_ms: u64,
+) -> Result<Vec<u64>, StoreError> {
+    let all: Vec<u64> = match t.get(username)? {
+        Some(v) => decode(v.value(), "failures")?,
+        None => Vec::new(),
+    };
+    Ok(all
+        .into_iter()
+        .filter(|at| now_ms.saturating_sub(*at) < LOGIN_FAILURE_WINDOW_MS)
+        .collect())
+}
+
 /// The bounds of one user's mailbox keys (`to \0 …` sorts below `to \x01`).
 fn bounds(to: &str) -> (String, String) {
     (format!("{to}\0"), format!("{to}\u{1}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use constella_behaviours::pq4::Kdf;
+
+    fn store() -> (tempfile::TempDir, ChatStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChatStore::open(
+            &dir.path().join("pq4.redb"),
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+        (dir, store)
+    }
+
+    fn queued(id: u8) -> Queued {
+        Queued {
+            id: Bytes(vec![id; 32]),
+            from: "alice".into(),
+            at_ms: 1_000,
+            envelope: Bytes(vec![id; 10]),
+        }
+    }
+
+    fn fetch(store: &ChatStore, device: u8) -> usize {
+        let op = ReplicaOp::FetchMessages {
+            to: "bob".into(),
+            device: Bytes(vec![device]),
+        };
+        match store.apply(op, 2_000).unwrap() {
+            Response::Messages(m) => m.len(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn ack(store: &ChatStore, device: u8, id: u8) {
+        let op = ReplicaOp::DeleteMessages {
+            to: "bob".into(),
+            ids: vec![Bytes(vec![id; 32])],
+            device: Bytes(vec![device]),
+        };
+        store.apply(op, 2_000).unwrap();
+    }
+
+    #[test]
+    fn a_message_is_deleted_when_every_device_acknowledged_it() {
+        let (_dir, store) = store();
+        // Two devices enrolled by fetching.
+        assert_eq!(fetch(&store, 1), 0);
+        assert_eq!(fetch(&store, 2), 0);
+        let put = |m| ReplicaOp::PutMessage {
+            to: "bob".into(),
+            message: m,
+        };
+        store.apply(put(queued(7)), 1_500).unwrap();
+        ack(&store, 1, 7);
+        // Gone for the first device, still there for the second.
+        assert_eq!((fetch(&store, 1), fetch(&store, 2)), (0, 1));
+        ack(&store, 2, 7);
+        assert_eq!((fetch(&store, 1), fetch(&store, 2)), (0, 0));
+        // Deleted with a tombstone: a late copy (a hand-off) is not queued again.
+        store.apply(put(queued(7)), 1_600).unwrap();
+        assert_eq!(fetch(&store, 2), 0);
+        // A device that shows up later is counted from then on.
+        store.apply(put(queued(8)), 1_700).unwrap();
+        assert_eq!(fetch(&store, 3), 1);
+        ack(&store, 1, 8);
+        ack(&store, 2, 8);
+        assert_eq!(fetch(&store, 3), 1);
+        ack(&store, 3, 8);
+        assert_eq!(fetch(&store, 3), 0);
+    }
+
+    fn account(created_ms: u64, id: u8) -> Account {
+        Account {
+            username: "carol".into(),
+            email: format!("c{id}@example.org"),
+            identity: Bytes(vec![id; 113]),
+            bundle: Bytes::default(),
+            kdf: Kdf {
+                salt: Bytes::default(),
+                m_kib: 0,
+                t: 0,
+                p: 0,
+            },
+            verifier: Bytes(vec![id; 32]),
+            sealed_keys: Bytes::default(),
+            created_ms,
+        }
+    }
+
+    fn held(store: &ChatStore) -> Account {
+        let op = ReplicaOp::GetAccount {
+            username: "carol".into(),
+        };
+        match store.apply(op, 0).unwrap() {
+            Response::Account(Some(found)) => found.0,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn two_registrations_of_a_name_resolve_the_same_way_in_either_order() {
+        let (early, late) = (account(1, 2), account(2, 1));
+        for order in [[&early, &late], [&late, &early]] {
+            let (_dir, store) = store();
+            for a in order {
+                let op = ReplicaOp::PutAccount {
+                    account: a.clone(),
+                    opks: vec![],
+                };
+                assert!(matches!(store.apply(op, 0).unwrap(), Response::Ok));
+            }
+            assert_eq!(held(&store), early);
+            let op = ReplicaOp::Lost {
+                username: "carol".into(),
+            };
+            match store.apply(op, 0).unwrap() {
+                Response::Lost(verifiers) => assert_eq!(verifiers, vec![late.verifier.clone()]),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn uploaded_prekeys_survive_a_hand_off_and_taken_ones_stay_taken() {
+        let (_dir, store) = store();
+        let opk = |id| Opk {
+            id,
+            key: Bytes(vec![0; 56]),
+        };
+        let a = account(1, 1);
+        let put = |opks| ReplicaOp::PutAccount {
+            account: a.clone(),
+            opks,
+        };
+        store.apply(put(vec![opk(1), opk(2)]), 0).unwrap();
+        let take = ReplicaOp::TakeOpk {
+            username: "carol".into(),
+            id: 1,
+        };
+        store.apply(take, 0).unwrap();
+        let add = ReplicaOp::AddOpks {
+            username: "carol".into(),
+            opks: vec![opk(3), opk(1)],
+            sealed_keys: Bytes(vec![9]),
+        };
+        store.apply(add, 0).unwrap();
+        // An older copy handed off (it still has 1, never heard of 3): 1 stays taken, 3 stays.
+        store.apply(put(vec![opk(1), opk(2)]), 0).unwrap();
+        let op = ReplicaOp::GetAccount {
+            username: "carol".into(),
+        };
+        let Response::Account(Some(found)) = store.apply(op, 0).unwrap() else {
+            panic!()
+        };
+        let ids: Vec<u32> = found.1.iter().map(|o| o.id).collect();
+        assert_eq!(ids, [2, 3]);
+        assert_eq!(found.0.sealed_keys, Bytes(vec![9]));
+    }
+
+    #[test]
+    fn failed_logins_are_counted_within_the_window() {
+        let (_dir, store) = store();
+        let failed = |at| {
+            let op = ReplicaOp::LoginFailed {
+                username: "bob".into(),
+            };
+            store.apply(op, at).unwrap()
+        };
+        failed(1_000);
+        failed(2_000);
+        let count = |at| {
+            let op = ReplicaOp::LoginFailures {
+                username: "bob".into(),
+            };
+            match store.apply(op, at).unwrap() {
+                Response::Failures { recent } => recent,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(count(3_000), 2);
+        assert_eq!(count(1_500 + LOGIN_FAILURE_WINDOW_MS), 1);
+        assert_eq!(count(10 * LOGIN_FAILURE_WINDOW_MS), 0);
+    }
 }

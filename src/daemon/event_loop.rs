@@ -288,7 +288,10 @@ impl EventLoop {
                 this_node = leader == self.core.local().id,
                 "leader changed"
             ),
-            Output::Membership(change) => self.log_change(&change),
+            Output::Membership(change) => {
+                self.log_change(&change);
+                self.chat.membership_changed();
+            }
             Output::Leadership(leadership) => {
                 self.signals.leadership.send_replace(leadership);
             }

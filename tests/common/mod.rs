@@ -337,11 +337,12 @@ impl Node {
             .arg(&self.dir)
             .arg("run")
             .args(&self.run_args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("CONSTELLA_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
             )
+            // After the default, so a node's own RUST_LOG wins.
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
