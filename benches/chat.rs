@@ -1,8 +1,9 @@
 //! PQ4 chat figures over three real nodes on 127.0.0.1 (docs/messaging.md):
 //! - registration and login time of the CLI, and Argon2id (m = 64 MiB, t = 3, p = 4) alone;
 //! - message latency alice (through node 1) → bob (through node 2), both online: alice in
-//!   `chat open @bob`, bob in `chat read --follow --json`, from the line written to alice's
-//!   stdin to the line printed by bob's client; p50/p99;
+//!   `chat open @bob`, bob in `chat read --follow --json` (a mailbox wait held open by node 2
+//!   and answered when a holder stores the message), from the line written to alice's stdin
+//!   to the line printed by bob's client; p50/p99;
 //! - throughput of one sender (lines written at once to `chat open`, until bob saw all);
 //! - bytes on disk per queued message (growth of every holder's `pq4.redb` while bob is away).
 //!
@@ -176,7 +177,7 @@ fn main() {
         .collect();
     latency.sort();
     println!(
-        "latency alice(node 1) -> bob(node 2), both online, clients polling every 100 ms: p50 {:.0} ms, p99 {:.0} ms ({messages} messages)",
+        "latency alice(node 1) -> bob(node 2), both online, pushed to bob's held-open wait: p50 {:.0} ms, p99 {:.0} ms ({messages} messages)",
         ms(percentile(&latency, 0.5)),
         ms(percentile(&latency, 0.99))
     );
