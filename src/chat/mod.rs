@@ -161,12 +161,9 @@ pub async fn run(args: ChatArgs, state_dir: &Path) -> Result<()> {
             loop {
                 if follow {
                     // Held open by the member until a message arrives (pushed by a holder).
-                    match receive(&mut link, &mut device, WAIT_MS).await {
-                        Ok(batch) => {
-                            for message in &batch {
-                                print_message(message, json)?;
-                            }
-                        }
+                    let mut print = |message: &Shown| print_message(message, json);
+                    match receive(&mut link, &mut device, WAIT_MS, &mut print).await {
+                        Ok(()) => {}
                         Err(error) if is_final(&error) => return Err(error),
                         Err(error) => {
                             eprintln!("{error:#}; trying again");
@@ -174,7 +171,12 @@ pub async fn run(args: ChatArgs, state_dir: &Path) -> Result<()> {
                         }
                     }
                 } else {
-                    let batch = receive(&mut link, &mut device, 0).await?;
+                    let mut batch = Vec::new();
+                    let mut keep = |message: &Shown| {
+                        batch.push(message.clone());
+                        Ok(())
+                    };
+                    receive(&mut link, &mut device, 0, &mut keep).await?;
                     let more = !batch.is_empty();
                     all.extend(batch);
                     if !more {
@@ -538,7 +540,7 @@ async fn seal_message(
 }
 
 /// A message as shown (`read --json` prints a list of these).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Shown {
     pub from: String,
     pub text: String,
@@ -604,7 +606,12 @@ impl Device {
 
 /// Asks the mailbox once (held open up to `wait_ms` when it is empty), then opens and
 /// acknowledges what came.
-async fn receive(link: &mut Link, device: &mut Device, wait_ms: u64) -> Result<Vec<Shown>> {
+async fn receive(
+    link: &mut Link,
+    device: &mut Device,
+    wait_ms: u64,
+    show: &mut dyn FnMut(&Shown) -> Result<()>,
+) -> Result<()> {
     let auth = device.mailbox_key().auth(&[]);
     let answer = check(
         link.call(Op::Wait {
@@ -613,12 +620,17 @@ async fn receive(link: &mut Link, device: &mut Device, wait_ms: u64) -> Result<V
         })
         .await?,
     )?;
-    process(link, device, answer).await
+    process(link, device, answer, show).await
 }
 
 /// Opens a mailbox answer, stores the sessions, acknowledges, and uploads one-time prekeys
 /// when the network says few are left.
-async fn process(link: &mut Link, device: &mut Device, answer: Response) -> Result<Vec<Shown>> {
+async fn process(
+    link: &mut Link,
+    device: &mut Device,
+    answer: Response,
+    show: &mut dyn FnMut(&Shown) -> Result<()>,
+) -> Result<()> {
     let (messages, opks_left) = match answer {
         Response::Mailbox {
             messages,
@@ -626,11 +638,11 @@ async fn process(link: &mut Link, device: &mut Device, answer: Response) -> Resu
         } => (messages, opks_left as usize),
         other => bail!("unexpected answer: {other:?}"),
     };
-    let shown = open_all(link, device, messages).await?;
+    open_all(link, device, messages, show).await?;
     if opks_left * 4 < OPK_TARGET {
         refill(link, device, opks_left).await?;
     }
-    Ok(shown)
+    Ok(())
 }
 
 /// Generates one-time prekeys up to [`OPK_TARGET`] on the network, stores their private
@@ -671,14 +683,17 @@ async fn refill(link: &mut Link, device: &mut Device, left: usize) -> Result<()>
     Ok(())
 }
 
-/// Opens fetched messages, stores the sessions, then acknowledges them.
+/// Opens fetched messages, stores the sessions, shows the messages, then acknowledges them
+/// (shown before the acknowledgement's round trip; a copy fetched again after a crash in
+/// between is recognised by its id and not shown twice).
 async fn open_all(
     link: &mut Link,
     device: &mut Device,
     messages: Vec<Queued>,
-) -> Result<Vec<Shown>> {
+    show: &mut dyn FnMut(&Shown) -> Result<()>,
+) -> Result<()> {
     if messages.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let mut shown = Vec::new();
     let mut ids = Vec::new();
@@ -711,10 +726,13 @@ async fn open_all(
     } else {
         device.save()?;
     }
+    for message in &shown {
+        show(message)?;
+    }
     let body: Vec<u8> = ids.iter().flat_map(|i| i.0.iter().copied()).collect();
     let auth = device.mailbox_key().auth(&body);
     check(link.call(Op::Ack { auth, ids }).await?)?;
-    Ok(shown)
+    Ok(())
 }
 
 /// Why a message is shown flagged.
@@ -870,18 +888,16 @@ async fn open(link: &mut Link, mut waiter: Link, device: &mut Device, to: &str) 
                     Some(line) => send(link, device, to, &line).await?,
                     None => {
                         // Input ended: show what is waiting, then leave.
-                        for message in receive(link, device, 0).await? {
-                            print_message(&message, false)?;
-                        }
+                        let mut print = |message: &Shown| print_message(message, false);
+                        receive(link, device, 0, &mut print).await?;
                         return Ok(());
                     }
                 },
                 answer = batches.recv() => {
                     match answer {
                         Some(Ok(answer)) => {
-                            for message in process(link, device, answer).await? {
-                                print_message(&message, false)?;
-                            }
+                            let mut print = |message: &Shown| print_message(message, false);
+                            process(link, device, answer, &mut print).await?;
                         }
                         Some(Err(error)) if is_final(&error) => return Err(error),
                         Some(Err(error)) => {
