@@ -47,6 +47,8 @@ const CLIENT_SESSION: Duration = Duration::from_secs(3600);
 /// After the core reports a membership change, how long to wait for more before handing off
 /// (a partition heal or a restart brings several changes within a few milliseconds).
 const HANDOFF_SETTLE: Duration = Duration::from_millis(300);
+/// How long a wait gives the holders to confirm its watch.
+const WATCH_REGISTER: Duration = Duration::from_millis(500);
 /// Slack added to a watch's lifetime over the wait it serves.
 const WATCH_SLACK_MS: u64 = 2_000;
 
@@ -471,10 +473,13 @@ impl Service {
     /// A receiver that changes when a message for `to` arrives.
     fn subscribe(&self, to: &str) -> watch::Receiver<u64> {
         match self.inner.arrivals.lock() {
-            Ok(mut arrivals) => arrivals
-                .entry(to.to_owned())
-                .or_insert_with(|| watch::channel(0).0)
-                .subscribe(),
+            Ok(mut arrivals) => {
+                arrivals.retain(|_, sender| sender.receiver_count() > 0);
+                arrivals
+                    .entry(to.to_owned())
+                    .or_insert_with(|| watch::channel(0).0)
+                    .subscribe()
+            }
             Err(_) => watch::channel(0).1,
         }
     }
@@ -494,7 +499,11 @@ impl Service {
                 to: username.clone(),
                 ttl_ms: timeout.as_millis() as u64 + WATCH_SLACK_MS,
             };
-            let answers = self.ask_all(&holders, op).await;
+            // A holder that does not answer quickly (dying, not yet marked offline) must not
+            // hold up the wait: the others watch, and the fetch below asks it anyway.
+            let answers = tokio::time::timeout(WATCH_REGISTER, self.ask_all(&holders, op))
+                .await
+                .unwrap_or_default();
             let watching = Self::count(&answers, |r| matches!(r, Response::Ok));
             debug!(%username, watching, "mailbox watched");
         }
