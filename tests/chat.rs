@@ -690,7 +690,7 @@ fn a_message_older_than_the_retention_is_reported_lost() {
     let names = ["alpha", "bravo", "charlie"];
     let cluster = Cluster::start_with(&names, &[100; 3], Some(keys_by_peer_id(3)), |node| {
         node.env
-            .push(("CONSTELLA_PQ4_RETENTION_SECS".into(), "2".into()));
+            .push(("CONSTELLA_PQ4_RETENTION_SECS".into(), "8".into()));
     });
     let nodes: Vec<&Node> = cluster.nodes.iter().collect();
     agreed_leader(&nodes, &names, AGREE);
@@ -699,8 +699,9 @@ fn a_message_older_than_the_retention_is_reported_lost() {
     register(n1, &alice, "alice");
     register(n2, &bob, "bob");
     chat_ok(n1, &alice, &["send", "@bob", "too old"]);
-    // The retention is a rule about time: let it pass.
-    std::thread::sleep(Duration::from_secs(3));
+    // The retention is a rule about time: let it pass. (8 s, so that "fresh" is still young
+    // when bob reads it on a loaded machine: the read runs Argon2id first.)
+    std::thread::sleep(Duration::from_secs(9));
     chat_ok(n1, &alice, &["send", "@bob", "fresh"]);
     let out = chat(n2, &bob, PASSWORD, &["read", "--json"]);
     assert!(out.status.success(), "{}", output_text(&out));
