@@ -22,6 +22,8 @@ use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::pq4_groups::GroupRecord;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// The protocol name.
@@ -209,6 +211,16 @@ pub enum Op {
     },
     /// A holder's operation, member to member.
     Replica(ReplicaOp),
+    /// Store a new version of a group record (`pq4_groups`): the coordinator checks the
+    /// author's signature against the registered account, each holder the admin rule and the
+    /// concurrent-update order. Answer: [`Response::Group`] with the version now held.
+    PutGroup {
+        record: GroupRecord,
+    },
+    /// The current version of a group record (by group id).
+    GetGroup {
+        gid: Bytes,
+    },
 }
 
 /// One holder's part of an operation.
@@ -268,6 +280,13 @@ pub enum ReplicaOp {
         to: String,
         ids: Vec<Bytes>,
     },
+    /// Offer a group record version (signature checked by the coordinator).
+    PutGroup {
+        record: GroupRecord,
+    },
+    GetGroup {
+        gid: Bytes,
+    },
 }
 
 /// How long a pending uniqueness claim holds.
@@ -292,6 +311,10 @@ pub enum ErrorKind {
     /// Two registrations split the holders and neither won: try again.
     Conflict,
     Internal,
+    /// A group change refused by the group rules (not an admin, not a member, stale, bad
+    /// signature).
+    GroupRefused,
+    GroupNotFound,
 }
 
 /// One answer.
@@ -332,6 +355,8 @@ pub enum Response {
     Granted,
     Taken,
     Account(Option<Box<(Account, Vec<Opk>)>>),
+    /// The group record version held (after a put: the winner, which may not be the one put).
+    Group(Option<Box<GroupRecord>>),
 }
 
 impl Response {

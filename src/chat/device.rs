@@ -43,6 +43,12 @@ pub struct Stored {
     pub keys: SealedBlob,
     pub peers: BTreeMap<String, Peer>,
     pub seen: VecDeque<Bytes>,
+    /// Groups by hex group id (`super::group`).
+    #[serde(default)]
+    pub groups: BTreeMap<String, super::group::GroupState>,
+    /// Contacts whose fingerprint the user confirmed (`chat verify`): the identity confirmed.
+    #[serde(default)]
+    pub verified: BTreeMap<String, Bytes>,
 }
 
 /// An unlocked device: the stored state, the key store and the password key.
@@ -82,12 +88,16 @@ impl Device {
         crate::private_dir::prepare(home, "chat home")?;
         let mut peers = BTreeMap::new();
         let mut seen = VecDeque::new();
+        let mut groups = BTreeMap::new();
+        let mut verified = BTreeMap::new();
         if keep_peers
             && let Ok(old) = read(home)
             && old.username == username
         {
             peers = old.peers;
             seen = old.seen;
+            groups = old.groups;
+            verified = old.verified;
         }
         let sealed = keys
             .seal(&password, &mut rand::rng())
@@ -99,6 +109,8 @@ impl Device {
                 keys: sealed,
                 peers,
                 seen,
+                groups,
+                verified,
             },
             keys,
             password,

@@ -30,6 +30,9 @@ use tracing::{debug, info, warn};
 
 use super::chat_store::ChatStore;
 
+#[path = "chat_groups.rs"]
+mod groups;
+
 /// File name of the chat socket in the state directory.
 pub const SOCKET: &str = "pq4.sock";
 /// File name of the database in the state directory.
@@ -303,6 +306,8 @@ impl Service {
                     Err(response) => response,
                 }
             }
+            Op::PutGroup { record } => self.put_group(record).await,
+            Op::GetGroup { gid } => self.get_group(gid).await,
         }
     }
 
@@ -324,7 +329,8 @@ impl Service {
                 return Err(err(ErrorKind::NotAMember, "for members only"));
             }
             Op::Register { .. } | Op::LoginStart { .. } | Op::LoginFinish { .. } => true,
-            Op::GetBundle { .. } | Op::Identity { .. } => account.is_some(),
+            Op::GetBundle { .. } | Op::Identity { .. } | Op::GetGroup { .. } => account.is_some(),
+            Op::PutGroup { record } => own(&record.by),
             Op::Send { from, .. } => own(from),
             Op::Fetch { auth } | Op::Ack { auth, .. } => own(&auth.username),
         };

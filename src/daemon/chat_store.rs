@@ -10,6 +10,7 @@ use std::path::Path;
 use constella_behaviours::pq4::{
     Account, Bytes, CLAIM_TTL, ErrorKind, MAX_FETCH, Opk, Queued, ReplicaOp, Response, invite_key,
 };
+use constella_behaviours::pq4_groups::{HeldGroup, group_key};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,8 @@ const ACCOUNTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("account
 const MAILBOX: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("mailbox");
 /// Ids of acknowledged messages (value: when), so a late copy is not queued again.
 const DELETED: TableDefinition<'_, &str, u64> = TableDefinition::new("deleted");
+/// Group records by `group/<hex id>` (value: a `HeldGroup`).
+const GROUPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("groups");
 
 /// Queued messages per mailbox on one holder: a full mailbox refuses more (the sender is told).
 pub const MAX_QUEUED: usize = 10_000;
@@ -275,6 +278,9 @@ impl ChatStore {
                 }
                 Response::Ok
             }
+            op @ (ReplicaOp::PutGroup { .. } | ReplicaOp::GetGroup { .. }) => {
+                apply_group(&txn, op)?
+            }
         };
         txn.commit()?;
         Ok(response)
@@ -297,6 +303,43 @@ impl ChatStore {
         }
         Ok((accounts, messages))
     }
+}
+
+/// A holder's side of a group record operation: the version held after it. A put is checked
+/// by the group rules against what is held (`HeldGroup::offer`); a refused one changes
+/// nothing. A holder that has no version accepts only a creation (epoch 0).
+fn apply_group(txn: &redb::WriteTransaction, op: ReplicaOp) -> Result<Response, StoreError> {
+    let mut t = txn.open_table(GROUPS)?;
+    let (key, record) = match op {
+        ReplicaOp::PutGroup { record } => (record.key(), Some(record)),
+        ReplicaOp::GetGroup { gid } => (group_key(&gid.0), None),
+        _ => {
+            return Ok(Response::error(
+                ErrorKind::Internal,
+                "not a group operation",
+            ));
+        }
+    };
+    let held: Option<HeldGroup> = match t.get(key.as_str())? {
+        Some(v) => Some(decode(v.value(), "groups")?),
+        None => None,
+    };
+    let Some(record) = record else {
+        return Ok(Response::Group(held.map(|h| Box::new(h.current))));
+    };
+    let updated = match held {
+        Some(mut held) => match held.offer(record) {
+            Ok(_) => held,
+            Err(e) => return Ok(Response::error(ErrorKind::GroupRefused, e.to_string())),
+        },
+        None if record.epoch == 0 => match HeldGroup::create(record) {
+            Ok(held) => held,
+            Err(e) => return Ok(Response::error(ErrorKind::GroupRefused, e.to_string())),
+        },
+        None => return Ok(Response::Group(None)),
+    };
+    t.insert(key.as_str(), encode(&updated).as_slice())?;
+    Ok(Response::Group(Some(Box::new(updated.current))))
 }
 
 /// Grants `key` to `owner` if it is free, already `owner`'s, or held by an expired claim.
