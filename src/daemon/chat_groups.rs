@@ -69,11 +69,10 @@ fn best(answers: Vec<Result<Response, String>>) -> Option<Result<Box<GroupRecord
     let mut not_found = false;
     for answer in answers.into_iter().flatten() {
         match answer {
-            Response::Group(Some(record)) => {
-                if winner.as_ref().is_none_or(|w| record.beats(w)) {
-                    winner = Some(record);
-                }
+            Response::Group(Some(record)) if winner.as_ref().is_none_or(|w| record.beats(w)) => {
+                winner = Some(record);
             }
+            Response::Group(Some(_)) => {}
             Response::Group(None) => not_found = true,
             other @ Response::Error { .. } => {
                 refusal.get_or_insert(other);
