@@ -135,6 +135,14 @@ pub enum AuditKind {
     BotTokenChanged,
     /// The audit log was read or verified.
     AuditViewed,
+    /// A PQ4 group was created through this node (issue 14, §18).
+    ChatGroupCreated,
+    /// A PQ4 group's members or admins changed through this node.
+    ChatGroupMembersChanged,
+    /// A PQ4 group's key was rotated (same members) through this node.
+    ChatGroupKeyRotated,
+    /// A PQ4 group change was refused (not an admin, not a member, bad signature, stale).
+    ChatGroupRefused,
 }
 
 impl AuditKind {
@@ -157,6 +165,10 @@ impl AuditKind {
             AuditKind::ActionRefused => "action_refused",
             AuditKind::BotTokenChanged => "bot_token_changed",
             AuditKind::AuditViewed => "audit_viewed",
+            AuditKind::ChatGroupCreated => "chat_group_created",
+            AuditKind::ChatGroupMembersChanged => "chat_group_members_changed",
+            AuditKind::ChatGroupKeyRotated => "chat_group_key_rotated",
+            AuditKind::ChatGroupRefused => "chat_group_refused",
         }
     }
 }

@@ -230,6 +230,38 @@ fn a_group_across_three_nodes_adds_removes_refuses_a_forged_removal_and_loses_a_
         assert_eq!(items(&got), vec![group_line("alice", "three of us")]);
     }
     assert!(read_json(n2, &bob).0.is_empty());
+
+    // The coordinating nodes audited the changes (§18): who and which group, no contents.
+    let audited = |node: &Node| -> Vec<Value> {
+        serde_json::from_str(&node.ok(&["audit", "--since", "1h", "--json"])).unwrap()
+    };
+    let kinds = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| e["event_type"].as_str())
+            .filter(|k| k.starts_with("chat_group"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let on_alpha = audited(n1);
+    let alpha_kinds = kinds(&on_alpha);
+    assert!(
+        alpha_kinds.contains(&"chat_group_created".to_owned()),
+        "{alpha_kinds:?}"
+    );
+    assert!(
+        alpha_kinds.contains(&"chat_group_members_changed".to_owned()),
+        "{alpha_kinds:?}"
+    );
+    let on_charlie = audited(n3);
+    let refused: Vec<&Value> = on_charlie
+        .iter()
+        .filter(|e| e["event_type"] == "chat_group_refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{on_charlie:?}");
+    assert_eq!(refused[0]["who"], "pq4:@carol");
+    let text = serde_json::to_string(&on_alpha).unwrap();
+    assert!(!text.contains("hello team") && !text.contains("secret after dave"));
 }
 
 #[test]

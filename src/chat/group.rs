@@ -883,12 +883,14 @@ async fn accept_share(
         .collect();
     let mut in_record = BTreeSet::new();
     for m in &record.members {
-        let id = if *m == me {
-            own.clone()
-        } else {
-            dir.get(link, device, m).await?
+        // The identity pinned at the first contact, else the network's (then pinned).
+        let pinned = device.stored.peers.get(m).and_then(|p| p.identity.clone());
+        let id = match pinned {
+            _ if *m == me => own.to_bytes().to_vec(),
+            Some(pinned) => pinned.0,
+            None => dir.get(link, device, m).await?.to_bytes().to_vec(),
         };
-        in_record.insert(id.to_bytes().to_vec());
+        in_record.insert(id);
     }
     if in_share != in_record {
         bail!("the key's member list differs from the group's record");

@@ -105,6 +105,8 @@ struct Inner {
     failures: Mutex<HashMap<String, VecDeque<Instant>>>,
     /// Non-member clients that logged in: PeerId → (account, when).
     clients: Mutex<HashMap<PeerId, (String, Instant)>>,
+    /// The node's audit log, once the node set it (`Service::set_audit`).
+    audit: std::sync::OnceLock<crate::audit::AuditLog>,
 }
 
 fn now_ms() -> u64 {
@@ -138,6 +140,7 @@ pub fn open(state_dir: &Path, local: PeerId) -> anyhow::Result<(ChatLink, Servic
             challenges: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
+            audit: std::sync::OnceLock::new(),
         }),
     };
     Ok((
@@ -306,7 +309,7 @@ impl Service {
                     Err(response) => response,
                 }
             }
-            Op::PutGroup { record } => self.put_group(record).await,
+            Op::PutGroup { record } => self.put_group(record, origin).await,
             Op::GetGroup { gid } => self.get_group(gid).await,
         }
     }

@@ -10,12 +10,45 @@ use constella_behaviours::pq4_groups::{GROUP_ID_LEN, group_key};
 use constella_keys::PreKeyBundle;
 use tracing::info;
 
-use super::{Service, err};
+use super::{Origin, Service, err};
+use crate::audit::{AuditEvent, AuditKind, AuditLog};
 
 impl Service {
+    /// Records messaging events in the node's audit log from now on.
+    pub fn set_audit(&self, audit: AuditLog) {
+        let _ = self.inner.audit.set(audit);
+    }
+
+    /// An audit entry for a group change coordinated here: who, from where, the group id and
+    /// epoch, never names of members beyond the author, keys or contents.
+    fn audit_group(
+        &self,
+        kind: AuditKind,
+        record: &GroupRecord,
+        origin: Origin,
+        why: Option<String>,
+    ) {
+        let Some(audit) = self.inner.audit.get() else {
+            return;
+        };
+        let from = match origin {
+            Origin::Local => "chat socket".to_owned(),
+            Origin::Member => "member".to_owned(),
+            Origin::Client(peer) => format!("chat client {peer}"),
+        };
+        let mut event = AuditEvent::new(kind, format!("pq4:@{}", record.by), from)
+            .detail("group", hex::encode(&record.gid.0))
+            .detail("epoch", record.epoch)
+            .detail("members", record.members.len());
+        if let Some(why) = why {
+            event = event.detail("reason", why);
+        }
+        audit.record(event);
+    }
+
     /// Stores a new version of a group record; answers the version held afterwards (the
     /// winner of a concurrent update, which tells a losing author it lost).
-    pub(super) async fn put_group(&self, record: GroupRecord) -> Response {
+    pub(super) async fn put_group(&self, record: GroupRecord, origin: Origin) -> Response {
         if let Err(e) = record.check_shape() {
             return err(ErrorKind::Invalid, e.to_string());
         }
@@ -31,17 +64,62 @@ impl Service {
             Err(e) => return err(ErrorKind::Internal, format!("@{}'s bundle: {e}", record.by)),
         };
         if let Err(e) = record.verify(&identity) {
+            self.audit_group(
+                AuditKind::ChatGroupRefused,
+                &record,
+                origin,
+                Some(e.to_string()),
+            );
             return err(ErrorKind::GroupRefused, e.to_string());
         }
         let holders = self.holders(&record.key()).await;
-        let (gid, epoch, by) = (record.gid.clone(), record.epoch, record.by.clone());
-        let answers = self.ask_all(&holders, ReplicaOp::PutGroup { record }).await;
+        // The version before, to tell a membership change from a plain rotation in the audit.
+        let before = match best(
+            self.ask_all(
+                &holders,
+                ReplicaOp::GetGroup {
+                    gid: record.gid.clone(),
+                },
+            )
+            .await,
+        ) {
+            Some(Ok(before)) => Some(before),
+            _ => None,
+        };
+        let answers = self
+            .ask_all(
+                &holders,
+                ReplicaOp::PutGroup {
+                    record: record.clone(),
+                },
+            )
+            .await;
         match best(answers) {
             Some(Ok(held)) => {
-                info!(group = %hex::encode(&gid.0), epoch, %by, "group record stored");
+                info!(group = %hex::encode(&record.gid.0), epoch = record.epoch, by = %record.by, "group record stored");
+                if *held == record {
+                    let kind = if record.epoch == 0 {
+                        AuditKind::ChatGroupCreated
+                    } else if before.is_some_and(|b| b.membership_differs(&record)) {
+                        AuditKind::ChatGroupMembersChanged
+                    } else {
+                        AuditKind::ChatGroupKeyRotated
+                    };
+                    self.audit_group(kind, &record, origin, None);
+                }
                 Response::Group(Some(held))
             }
-            Some(Err(refusal)) => refusal,
+            Some(Err(refusal)) => {
+                if let Response::Error { message, .. } = &refusal {
+                    self.audit_group(
+                        AuditKind::ChatGroupRefused,
+                        &record,
+                        origin,
+                        Some(message.clone()),
+                    );
+                }
+                refusal
+            }
             None => err(ErrorKind::Unavailable, "no holder of the group answered"),
         }
     }
