@@ -390,7 +390,7 @@ fn the_key_rotates_after_100_messages_and_two_concurrent_rotations_end_on_one_ke
 }
 
 #[test]
-fn fingerprints_match_on_both_sides_and_a_changed_verified_key_stops_sending() {
+fn fingerprints_match_a_changed_verified_key_stops_sending_and_groups_work_via_a_member() {
     let cluster = three_nodes();
     let (n1, n2) = (cluster.node("alpha"), cluster.node("bravo"));
     let [alice, bob] = ["alice", "bob"].map(|n| home(&cluster, n));
@@ -437,6 +437,57 @@ fn fingerprints_match_on_both_sides_and_a_changed_verified_key_stops_sending() {
     let (got, _) = read_until(n2, &bob, 2);
     let texts: Vec<&str> = got.iter().map(|m| m["text"].as_str().unwrap()).collect();
     assert_eq!(texts, ["checked", "confirmed"]);
+
+    // Groups work the same for a client outside the network (`--via` a member): lena, an admin,
+    // joins, rotates (her record is stored through charlie) and writes; bob reads it.
+    let n3 = cluster.node("charlie");
+    let via = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", n3.port, n3.node_id());
+    let lena = home(&cluster, "lena");
+    let code = n3.ok(&["chat", "invite"]).trim().to_owned();
+    chat_ok(
+        n1,
+        &lena,
+        &[
+            "--via",
+            &via,
+            "register",
+            "--username",
+            "lena",
+            "--email",
+            "lena@example.org",
+            "--invite",
+            &code,
+        ],
+    );
+    chat_ok(
+        n1,
+        &alice,
+        &[
+            "group", "create", "team", "@bob", "@lena", "--admin", "@lena",
+        ],
+    );
+    let (_, said) = read_json(n2, &bob);
+    assert!(said.contains("you are in group team now"), "{said}");
+    let out = chat_env(n1, &lena, PASSWORD, &["--via", &via, "read", "--json"], &[]);
+    assert!(
+        output_text(&out).contains("you are in group team now"),
+        "{}",
+        output_text(&out)
+    );
+    let out = chat_ok(n1, &lena, &["--via", &via, "group", "rotate", "team"]);
+    assert!(out.contains("key epoch 1"), "{out}");
+    chat_ok(
+        n1,
+        &lena,
+        &["--via", &via, "group", "send", "team", "from outside"],
+    );
+    let (got, said) = read_until(n2, &bob, 1);
+    assert_eq!(
+        items(&got),
+        vec![group_line("lena", "from outside")],
+        "{said}"
+    );
+    assert_eq!(members(n1, &alice, "team")["by"], "lena");
 }
 
 /// Flips one byte of the identity `device.cbor` records as verified for `peer`.
