@@ -517,3 +517,75 @@ fn alter_verified(home: &Path, peer: &str) {
     ciborium::into_writer(&stored, &mut out).unwrap();
     std::fs::write(&path, out).unwrap();
 }
+
+#[test]
+fn a_group_record_moves_to_new_holders_when_its_holders_die() {
+    use constella_behaviours::pq4;
+    let names = ["alpha", "bravo", "charlie", "delta"];
+    let mut cluster = Cluster::start(&names, &[100; 4], Some(keys_by_peer_id(4)));
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    agreed_leader(&nodes, &names, AGREE);
+    let ids: Vec<libp2p::PeerId> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.node_id().parse().unwrap())
+        .collect();
+    let [alice, bob] = ["alice", "bob"].map(|n| home(&cluster, n));
+    register(cluster.node("alpha"), &alice, "alice");
+    register(cluster.node("alpha"), &bob, "bob");
+    chat_ok(
+        cluster.node("alpha"),
+        &alice,
+        &["group", "create", "team", "@bob"],
+    );
+    // The group's id decides its holders; the one node that is not one serves at the end.
+    let view = members(cluster.node("alpha"), &alice, "team");
+    let gid = hex::decode(view["id"].as_str().unwrap()).unwrap();
+    let holders = pq4::closest(&constella_behaviours::pq4_groups::group_key(&gid), &ids, 3);
+    let name_of = |id: &libp2p::PeerId| names[ids.iter().position(|i| i == id).unwrap()];
+    let holder_names: Vec<&str> = holders.iter().map(name_of).collect();
+    let outsider = *names.iter().find(|n| !holder_names.contains(n)).unwrap();
+    let mut alive: Vec<&str> = names.to_vec();
+    for dead in &holder_names {
+        alive.retain(|n| n != dead);
+        let handoffs = |cluster: &Cluster| -> usize {
+            alive
+                .iter()
+                .map(|n| {
+                    cluster
+                        .node(n)
+                        .log_text()
+                        .matches("group records handed off")
+                        .count()
+                })
+                .sum()
+        };
+        let mark = handoffs(&cluster);
+        cluster.node_mut(dead).kill();
+        let survivors: Vec<&Node> = alive.iter().map(|n| cluster.node(n)).collect();
+        let offline: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !alive.contains(n))
+            .collect();
+        common::agreed_leader_without(&survivors, &alive, &offline, Duration::from_secs(30));
+        if alive.len() > 1 {
+            common::wait_for(Duration::from_secs(60), "a group hand-off", || {
+                (handoffs(&cluster) > mark).then_some(())
+            });
+            // The account and mailbox hand-off runs on the same 5 s beat.
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    // Only the outsider is left: it still has the group (a change needs the held version).
+    let node = cluster.node(outsider);
+    let out = chat_ok(node, &alice, &["group", "rotate", "team"]);
+    assert!(out.contains("key epoch 1"), "{out}");
+    chat_ok(node, &alice, &["group", "send", "team", "still here"]);
+    let (got, said) = read_until(node, &bob, 1);
+    assert_eq!(
+        items(&got),
+        vec![group_line("alice", "still here")],
+        "{said}"
+    );
+}

@@ -287,6 +287,11 @@ pub enum ReplicaOp {
     GetGroup {
         gid: Bytes,
     },
+    /// Hand-off of a group as a holder keeps it (current and previous version), from a member
+    /// whose records moved: taken whole by a holder that has none, else offered as a version.
+    PutHeldGroup {
+        held: crate::pq4_groups::HeldGroup,
+    },
 }
 
 /// How long a pending uniqueness claim holds.

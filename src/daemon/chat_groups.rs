@@ -124,6 +124,39 @@ impl Service {
         }
     }
 
+    /// Hands group records to their current holders whenever the member set changes (like
+    /// `hand_off_loop` does for accounts and mailboxes).
+    pub async fn group_hand_off_loop(self) {
+        let mut last: Vec<libp2p::PeerId> = Vec::new();
+        loop {
+            tokio::time::sleep(super::HANDOFF_CHECK).await;
+            let mut members = self.members().await;
+            members.sort();
+            if members == last {
+                continue;
+            }
+            last = members.clone();
+            let Ok(groups) = self.inner.store.held_groups() else {
+                continue;
+            };
+            let mut pushed = 0usize;
+            for held in groups {
+                let holders = constella_behaviours::pq4::closest(
+                    &held.current.key(),
+                    &members,
+                    constella_behaviours::pq4::REPLICAS,
+                );
+                for peer in holders.into_iter().filter(|p| *p != self.inner.local) {
+                    let op = ReplicaOp::PutHeldGroup { held: held.clone() };
+                    pushed += usize::from(self.ask(peer, op).await.is_ok());
+                }
+            }
+            if pushed > 0 {
+                info!(pushed, "group records handed off after a membership change");
+            }
+        }
+    }
+
     /// The current version of a group record: the winner among the holders' versions.
     pub(super) async fn get_group(&self, gid: Bytes) -> Response {
         if gid.0.len() != GROUP_ID_LEN {

@@ -278,9 +278,9 @@ impl ChatStore {
                 }
                 Response::Ok
             }
-            op @ (ReplicaOp::PutGroup { .. } | ReplicaOp::GetGroup { .. }) => {
-                apply_group(&txn, op)?
-            }
+            op @ (ReplicaOp::PutGroup { .. }
+            | ReplicaOp::GetGroup { .. }
+            | ReplicaOp::PutHeldGroup { .. }) => apply_group(&txn, op)?,
         };
         txn.commit()?;
         Ok(response)
@@ -313,6 +313,23 @@ fn apply_group(txn: &redb::WriteTransaction, op: ReplicaOp) -> Result<Response, 
     let (key, record) = match op {
         ReplicaOp::PutGroup { record } => (record.key(), Some(record)),
         ReplicaOp::GetGroup { gid } => (group_key(&gid.0), None),
+        ReplicaOp::PutHeldGroup { held: offered } => {
+            let key = offered.current.key();
+            let held: Option<HeldGroup> = match t.get(key.as_str())? {
+                Some(v) => Some(decode(v.value(), "groups")?),
+                None => None,
+            };
+            let updated = match held {
+                None => offered,
+                Some(mut held) => {
+                    // A version the rules refuse (or an older one) leaves ours as it is.
+                    let _ = held.offer(offered.current);
+                    held
+                }
+            };
+            t.insert(key.as_str(), encode(&updated).as_slice())?;
+            return Ok(Response::Group(Some(Box::new(updated.current))));
+        }
         _ => {
             return Ok(Response::error(
                 ErrorKind::Internal,
@@ -340,6 +357,24 @@ fn apply_group(txn: &redb::WriteTransaction, op: ReplicaOp) -> Result<Response, 
     };
     t.insert(key.as_str(), encode(&updated).as_slice())?;
     Ok(Response::Group(Some(Box::new(updated.current))))
+}
+
+impl ChatStore {
+    /// Every group this node holds, for the hand-off to the current holders.
+    pub fn held_groups(&self) -> Result<Vec<HeldGroup>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(GROUPS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut groups = Vec::new();
+        for entry in table.iter()? {
+            let (_, v) = entry?;
+            groups.push(decode(v.value(), "groups")?);
+        }
+        Ok(groups)
+    }
 }
 
 /// Grants `key` to `owner` if it is free, already `owner`'s, or held by an expired claim.
