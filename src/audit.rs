@@ -137,6 +137,14 @@ pub enum AuditKind {
     AuditViewed,
     /// A one-time PQ4 chat account invite was issued (`/chat_invite`).
     ChatInviteIssued,
+    /// A PQ4 group was created through this node (issue 14, §18).
+    ChatGroupCreated,
+    /// A PQ4 group's members or admins changed through this node.
+    ChatGroupMembersChanged,
+    /// A PQ4 group's key was rotated (same members) through this node.
+    ChatGroupKeyRotated,
+    /// A PQ4 group change was refused (not an admin, not a member, bad signature, stale).
+    ChatGroupRefused,
 }
 
 impl AuditKind {
@@ -160,6 +168,10 @@ impl AuditKind {
             AuditKind::BotTokenChanged => "bot_token_changed",
             AuditKind::AuditViewed => "audit_viewed",
             AuditKind::ChatInviteIssued => "chat_invite_issued",
+            AuditKind::ChatGroupCreated => "chat_group_created",
+            AuditKind::ChatGroupMembersChanged => "chat_group_members_changed",
+            AuditKind::ChatGroupKeyRotated => "chat_group_key_rotated",
+            AuditKind::ChatGroupRefused => "chat_group_refused",
         }
     }
 }

@@ -22,6 +22,8 @@ use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::pq4_groups::GroupRecord;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// The protocol name.
@@ -241,6 +243,16 @@ pub enum Op {
         opks: Vec<Opk>,
         sealed_keys: Bytes,
     },
+    /// Store a new version of a group record (`pq4_groups`): the coordinator checks the
+    /// author's signature against the registered account, each holder the admin rule and the
+    /// concurrent-update order. Answer: [`Response::Group`] with the version now held.
+    PutGroup {
+        record: GroupRecord,
+    },
+    /// The current version of a group record (by group id).
+    GetGroup {
+        gid: Bytes,
+    },
 }
 
 /// One holder's part of an operation.
@@ -336,6 +348,18 @@ pub enum ReplicaOp {
     Lost {
         username: String,
     },
+    /// Offer a group record version (signature checked by the coordinator).
+    PutGroup {
+        record: GroupRecord,
+    },
+    GetGroup {
+        gid: Bytes,
+    },
+    /// Hand-off of a group as a holder keeps it (current and previous version), from a member
+    /// whose records moved: taken whole by a holder that has none, else offered as a version.
+    PutHeldGroup {
+        held: crate::pq4_groups::HeldGroup,
+    },
 }
 
 /// How long a pending uniqueness claim holds.
@@ -363,6 +387,10 @@ pub enum ErrorKind {
     /// The account was registered on one side of a partition while another registration of
     /// the same name won on the other side; this device's account is gone.
     RegistrationLost,
+    /// A group change refused by the group rules (not an admin, not a member, stale, bad
+    /// signature).
+    GroupRefused,
+    GroupNotFound,
 }
 
 /// One answer.
@@ -415,6 +443,8 @@ pub enum Response {
     },
     /// Verifiers of losing registrations.
     Lost(Vec<Bytes>),
+    /// The group record version held (after a put: the winner, which may not be the one put).
+    Group(Option<Box<GroupRecord>>),
 }
 
 impl Response {

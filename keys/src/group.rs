@@ -171,6 +171,11 @@ impl GroupKeyShare {
         self.epoch
     }
 
+    /// The group the key belongs to (a receiver finds its group session by it).
+    pub fn group_id(&self) -> &[u8; 32] {
+        &self.gid
+    }
+
     /// Encrypts the share for one member through our pairwise session with them, as content
     /// of type [`ContentType::GroupKeyShare`], so the receiver cannot mistake it for a chat
     /// message (decode the plaintext with [`crate::Content::from_bytes`]).

@@ -35,6 +35,7 @@ pub(crate) mod ctx {
     pub(crate) const KEM_PREKEY: &[u8] = b"PQ4 KEM prekey";
     pub(crate) const RATCHET_MESSAGE: &[u8] = b"PQ4 ratchet message";
     pub(crate) const GROUP_MESSAGE: &[u8] = b"PQ4 group message";
+    pub(crate) const GROUP_CONTROL: &[u8] = b"PQ4 group control";
     pub(crate) const KEY_UPDATE_OLD: &[u8] = b"PQ4 key update by old identity";
     pub(crate) const KEY_UPDATE_NEW: &[u8] = b"PQ4 key update by new identity";
 }
@@ -109,6 +110,12 @@ impl IdentityKeyPair {
     /// Signs `parts` (concatenated) under the Ed448 context `context`.
     pub(crate) fn sign(&self, context: &[u8], parts: &[&[u8]]) -> Result<[u8; 114], KeyError> {
         sign_with(&self.signing, context, parts)
+    }
+
+    /// Signs a group control record (a group's membership record or a leave request; the
+    /// caller domain-separates the two inside `bytes`) under the context "PQ4 group control".
+    pub fn sign_group_control(&self, bytes: &[u8]) -> Result<[u8; SIGNATURE_LEN], KeyError> {
+        self.sign(ctx::GROUP_CONTROL, &[bytes])
     }
 
     pub(crate) fn dh_secret(&self) -> &x448::StaticSecret {
@@ -227,6 +234,20 @@ impl IdentityPublicKey {
         what: &'static str,
     ) -> Result<(), KeyError> {
         verify_with(&self.signing, context, parts, signature, what)
+    }
+
+    /// Verifies a signature made by [`IdentityKeyPair::sign_group_control`].
+    pub fn verify_group_control(
+        &self,
+        bytes: &[u8],
+        signature: &[u8; SIGNATURE_LEN],
+    ) -> Result<(), KeyError> {
+        self.verify(
+            ctx::GROUP_CONTROL,
+            &[bytes],
+            signature,
+            "group control record",
+        )
     }
 
     /// The wire form, carrying the binding signature.

@@ -47,6 +47,12 @@ pub struct Stored {
     /// the mailbox keeps a message until every device has acknowledged it.
     #[serde(default)]
     pub device_id: Bytes,
+    /// Groups by hex group id (`super::group`).
+    #[serde(default)]
+    pub groups: BTreeMap<String, super::group::GroupState>,
+    /// Contacts whose fingerprint the user confirmed (`chat verify`): the identity confirmed.
+    #[serde(default)]
+    pub verified: BTreeMap<String, Bytes>,
 }
 
 /// An unlocked device: the stored state, the key store and the password key.
@@ -89,6 +95,8 @@ impl Device {
         let mut id = [0u8; 16];
         rand::fill(&mut id);
         let mut device_id = Bytes(id.to_vec());
+        let mut groups = BTreeMap::new();
+        let mut verified = BTreeMap::new();
         if keep_peers
             && let Ok(old) = read(home)
             && old.username == username
@@ -98,6 +106,8 @@ impl Device {
             if !old.device_id.0.is_empty() {
                 device_id = old.device_id;
             }
+            groups = old.groups;
+            verified = old.verified;
         }
         let sealed = keys
             .seal(&password, &mut rand::rng())
@@ -110,6 +120,8 @@ impl Device {
                 peers,
                 seen,
                 device_id,
+                groups,
+                verified,
             },
             keys,
             password,

@@ -3,9 +3,13 @@
 //!
 //! - [`device`]: the device's keys and sessions in its home directory, sealed under the password.
 //! - [`link`]: the connection to a member (its `pq4.sock`, or `--via` over libp2p).
+//! - [`group`]: group chats (`chat group …`).
+//! - [`verify`]: fingerprints and verified contacts (`chat fingerprint`, `chat verify`).
 
 mod device;
+mod group;
 mod link;
+mod verify;
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -84,6 +88,23 @@ pub enum ChatCommand {
     Open {
         /// The peer, `@name`.
         to: String,
+    },
+    /// Group chats: create, send, add, remove, leave, members.
+    Group {
+        #[command(subcommand)]
+        command: group::GroupCommand,
+    },
+    /// Show the 60-digit fingerprints of you and a contact (both sides print the same).
+    Fingerprint {
+        /// The contact, `@name`.
+        peer: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record that you compared a contact's fingerprint and it matched.
+    Verify {
+        /// The contact, `@name`.
+        peer: String,
     },
 }
 
@@ -200,6 +221,26 @@ pub async fn run(args: ChatArgs, state_dir: &Path) -> Result<()> {
             let mut link = connect(state_dir, args.via.as_deref(), &device).await?;
             let waiter = connect(state_dir, args.via.as_deref(), &device).await?;
             open(&mut link, waiter, &mut device, &to).await
+        }
+        ChatCommand::Group { command } => {
+            let password = input.password("Password: ")?;
+            let mut device = Device::unlock(&home, &password)?;
+            let mut link = connect(state_dir, args.via.as_deref(), &device).await?;
+            group::run(&mut link, &mut device, command).await
+        }
+        ChatCommand::Fingerprint { peer, json } => {
+            let peer = peer_name(&peer)?;
+            let password = input.password("Password: ")?;
+            let mut device = Device::unlock(&home, &password)?;
+            let mut link = connect(state_dir, args.via.as_deref(), &device).await?;
+            verify::fingerprint(&mut link, &mut device, &peer, json).await
+        }
+        ChatCommand::Verify { peer } => {
+            let peer = peer_name(&peer)?;
+            let password = input.password("Password: ")?;
+            let mut device = Device::unlock(&home, &password)?;
+            let mut link = connect(state_dir, args.via.as_deref(), &device).await?;
+            verify::verify(&mut link, &mut device, &peer).await
         }
     }
 }
@@ -470,6 +511,7 @@ async fn bundle(
 }
 
 async fn send(link: &mut Link, device: &mut Device, to: &str, text: &str) -> Result<()> {
+    verify::confirm_send(link, device, to).await?;
     let envelope = seal_message(link, device, to, text).await?;
     // Test knobs: keep a copy of what was sent (to replay or tamper with it), or lose it.
     if let Some(path) = std::env::var_os("CONSTELLA_TEST_CHAT_ENVELOPE_OUT") {
@@ -496,6 +538,16 @@ async fn seal_message(
     device: &mut Device,
     to: &str,
     text: &str,
+) -> Result<Vec<u8>> {
+    seal_content(link, device, to, &Content::chat(text)).await
+}
+
+/// Encrypts any content (a chat line, a group key share) for `to` in the pairwise session.
+async fn seal_content(
+    link: &mut Link,
+    device: &mut Device,
+    to: &str,
+    content: &Content,
 ) -> Result<Vec<u8>> {
     let mut rng = rand::rng();
     let session = device.session(to)?;
@@ -531,7 +583,7 @@ async fn seal_message(
         device.keys.identity(),
         initial.as_ref(),
         now_ms(),
-        &Content::chat(text),
+        content,
     )
     .context("cannot encrypt")?;
     device.put_session(to, &session)?;
@@ -548,18 +600,25 @@ pub struct Shown {
     pub at: u64,
     /// Bad signature, undecryptable, or not from the identity the sender claims.
     pub flagged: bool,
+    /// The group, for a group message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 fn print_message(message: &Shown, json: bool) -> Result<()> {
+    let group = message
+        .group
+        .as_ref()
+        .map_or(String::new(), |g| format!("[{g}] "));
     if json {
         println!("{}", serde_json::to_string(message)?);
     } else if message.flagged {
         println!(
-            "@{} [FLAGGED: potentially malicious] {}",
+            "{group}@{} [FLAGGED: potentially malicious] {}",
             message.from, message.text
         );
     } else {
-        println!("@{}: {}", message.from, message.text);
+        println!("{group}@{}: {}", message.from, message.text);
     }
     Ok(())
 }
@@ -704,12 +763,22 @@ async fn open_all(
             continue;
         }
         device.mark_seen(message.id.clone());
-        match open_one(link, device, &message, &mut keys_changed).await {
-            Ok(Some(text)) => shown.push(Shown {
+        let opened =
+            match constella_behaviours::pq4_groups::GroupFrame::from_bytes(&message.envelope.0) {
+                Some(frame) => group::on_frame(link, device, &message, frame)
+                    .await
+                    .map(|m| m.map(|(group, text)| (text, Some(group)))),
+                None => open_one(link, device, &message, &mut keys_changed)
+                    .await
+                    .map(|m| m.map(|text| (text, None))),
+            };
+        match opened {
+            Ok(Some((text, group))) => shown.push(Shown {
                 from: message.from.clone(),
                 text,
                 at: message.at_ms,
                 flagged: false,
+                group,
             }),
             Ok(None) => {}
             Err(Flag(reason)) => shown.push(Shown {
@@ -717,6 +786,7 @@ async fn open_all(
                 text: format!("<{reason}>"),
                 at: message.at_ms,
                 flagged: true,
+                group: None,
             }),
         }
     }
@@ -811,6 +881,10 @@ async fn open_one(
                 .map_err(|_| flag("cannot store the session"))?;
             match content {
                 Content::Chat(text) => Ok(Some(text.as_str().to_owned())),
+                Content::GroupKeyShare(share) => {
+                    group::on_share(link, device, from, &share).await;
+                    Ok(None)
+                }
                 _ => Ok(None),
             }
         }

@@ -30,6 +30,9 @@ use tracing::{debug, info, warn};
 
 use super::chat_store::ChatStore;
 
+#[path = "chat_groups.rs"]
+mod groups;
+
 /// File name of the chat socket in the state directory.
 pub const SOCKET: &str = "pq4.sock";
 /// File name of the database in the state directory.
@@ -109,6 +112,8 @@ struct Inner {
     membership: Notify,
     /// Non-member clients that logged in: PeerId → (account, when).
     clients: Mutex<HashMap<PeerId, (String, Instant)>>,
+    /// The node's audit log, once the node set it (`Service::set_audit`).
+    audit: std::sync::OnceLock<crate::audit::AuditLog>,
 }
 
 fn now_ms() -> u64 {
@@ -144,6 +149,7 @@ pub fn open(state_dir: &Path, local: PeerId) -> anyhow::Result<(ChatLink, Servic
             arrivals: Mutex::new(HashMap::new()),
             membership: Notify::new(),
             clients: Mutex::new(HashMap::new()),
+            audit: std::sync::OnceLock::new(),
         }),
     };
     Ok((
@@ -360,6 +366,8 @@ impl Service {
                     Err(response) => response,
                 }
             }
+            Op::PutGroup { record } => self.put_group(record, origin).await,
+            Op::GetGroup { gid } => self.get_group(gid).await,
         }
     }
 
@@ -381,7 +389,8 @@ impl Service {
                 return Err(err(ErrorKind::NotAMember, "for members only"));
             }
             Op::Register { .. } | Op::LoginStart { .. } | Op::LoginFinish { .. } => true,
-            Op::GetBundle { .. } | Op::Identity { .. } => account.is_some(),
+            Op::GetBundle { .. } | Op::Identity { .. } | Op::GetGroup { .. } => account.is_some(),
+            Op::PutGroup { record } => own(&record.by),
             Op::Send { from, .. } => own(from),
             Op::Fetch { auth }
             | Op::Ack { auth, .. }
@@ -969,7 +978,7 @@ impl Service {
 
     /// Hands records to the current holders whenever the core reports a membership change
     /// (the event loop calls [`ChatLink::membership_changed`]): every record
-    /// this node holds is offered to each of its holders (puts are idempotent, acknowledged
+    /// this node holds (accounts, mailboxes, groups) is offered to each of its holders (puts are idempotent, acknowledged
     /// messages are refused by their tombstones).
     pub async fn hand_off_loop(self) {
         let mut last: Vec<PeerId> = Vec::new();
@@ -1006,6 +1015,7 @@ impl Service {
                     pushed += usize::from(self.ask(peer, op).await.is_ok());
                 }
             }
+            pushed += self.hand_off_groups(&members).await;
             if pushed > 0 {
                 info!(pushed, "pq4 records handed off after a membership change");
             }

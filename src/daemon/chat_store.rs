@@ -13,6 +13,7 @@ use constella_behaviours::pq4::{
     Account, Bytes, CLAIM_TTL, ErrorKind, LOGIN_FAILURE_WINDOW_MS, MAX_FETCH, MAX_OPKS, Opk,
     Queued, ReplicaOp, Response, invite_key,
 };
+use constella_behaviours::pq4_groups::{HeldGroup, group_key};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,8 @@ const ACKED: TableDefinition<'_, &str, u64> = TableDefinition::new("acked");
 const FAILURES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("failures");
 /// Registrations that lost a partition race, per name (value: CBOR list of accounts).
 const LOST: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("lost");
+/// Group records by `group/<hex id>` (value: a `HeldGroup`).
+const GROUPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("groups");
 
 /// Queued messages per mailbox on one holder: a full mailbox refuses more (the sender is told).
 pub const MAX_QUEUED: usize = 10_000;
@@ -408,6 +411,9 @@ impl ChatStore {
                 };
                 Response::Lost(losers.into_iter().map(|a| a.verifier).collect())
             }
+            op @ (ReplicaOp::PutGroup { .. }
+            | ReplicaOp::GetGroup { .. }
+            | ReplicaOp::PutHeldGroup { .. }) => apply_group(&txn, op)?,
         };
         txn.commit()?;
         Ok(response)
@@ -464,6 +470,78 @@ impl ChatStore {
             messages.push((to, decode(v.value(), "mailbox")?));
         }
         Ok((accounts, messages))
+    }
+}
+
+/// A holder's side of a group record operation: the version held after it. A put is checked
+/// by the group rules against what is held (`HeldGroup::offer`); a refused one changes
+/// nothing. A holder that has no version accepts only a creation (epoch 0).
+fn apply_group(txn: &redb::WriteTransaction, op: ReplicaOp) -> Result<Response, StoreError> {
+    let mut t = txn.open_table(GROUPS)?;
+    let (key, record) = match op {
+        ReplicaOp::PutGroup { record } => (record.key(), Some(record)),
+        ReplicaOp::GetGroup { gid } => (group_key(&gid.0), None),
+        ReplicaOp::PutHeldGroup { held: offered } => {
+            let key = offered.current.key();
+            let held: Option<HeldGroup> = match t.get(key.as_str())? {
+                Some(v) => Some(decode(v.value(), "groups")?),
+                None => None,
+            };
+            let updated = match held {
+                None => offered,
+                Some(mut held) => {
+                    // A version the rules refuse (or an older one) leaves ours as it is.
+                    let _ = held.offer(offered.current);
+                    held
+                }
+            };
+            t.insert(key.as_str(), encode(&updated).as_slice())?;
+            return Ok(Response::Group(Some(Box::new(updated.current))));
+        }
+        _ => {
+            return Ok(Response::error(
+                ErrorKind::Internal,
+                "not a group operation",
+            ));
+        }
+    };
+    let held: Option<HeldGroup> = match t.get(key.as_str())? {
+        Some(v) => Some(decode(v.value(), "groups")?),
+        None => None,
+    };
+    let Some(record) = record else {
+        return Ok(Response::Group(held.map(|h| Box::new(h.current))));
+    };
+    let updated = match held {
+        Some(mut held) => match held.offer(record) {
+            Ok(_) => held,
+            Err(e) => return Ok(Response::error(ErrorKind::GroupRefused, e.to_string())),
+        },
+        None if record.epoch == 0 => match HeldGroup::create(record) {
+            Ok(held) => held,
+            Err(e) => return Ok(Response::error(ErrorKind::GroupRefused, e.to_string())),
+        },
+        None => return Ok(Response::Group(None)),
+    };
+    t.insert(key.as_str(), encode(&updated).as_slice())?;
+    Ok(Response::Group(Some(Box::new(updated.current))))
+}
+
+impl ChatStore {
+    /// Every group this node holds, for the hand-off to the current holders.
+    pub fn held_groups(&self) -> Result<Vec<HeldGroup>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(GROUPS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut groups = Vec::new();
+        for entry in table.iter()? {
+            let (_, v) = entry?;
+            groups.push(decode(v.value(), "groups")?);
+        }
+        Ok(groups)
     }
 }
 

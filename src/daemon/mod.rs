@@ -292,6 +292,9 @@ pub fn start(
     let card = constella_behaviours::network_keys::Pq4Card::new(&key, &pq4)?;
     let swarm = build_swarm(key, |key| Ok(Behaviour::new(key, &tag, REQUEST_TIMEOUT)?))?;
     let (chat, chat_service) = chat::open(state_dir.path(), *swarm.local_peer_id())?;
+    if let Some(audit) = signals.audit.clone() {
+        chat_service.set_audit(audit);
+    }
     let (chat_listener, _) = chat::bind(state_dir.path())?;
     tokio::spawn(chat_service.clone().serve_socket(chat_listener));
     tokio::spawn(chat_service.hand_off_loop());
