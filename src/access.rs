@@ -24,6 +24,8 @@ pub enum Action {
     Language,
     /// The last entries of the audit log (the owner's alone).
     Audit,
+    /// Removing a node from the network, which rotates the network secret (the owner's alone).
+    Remove,
 }
 
 impl Action {
@@ -36,6 +38,7 @@ impl Action {
             Action::Invite => "invite",
             Action::Language => "language",
             Action::Audit => "audit",
+            Action::Remove => "remove",
         }
     }
 }
@@ -51,9 +54,9 @@ pub enum Rank {
 
 impl Rank {
     /// Whether this rank may do `action`: a viewer sees (list, cards, usage); an operator also
-    /// reboots and invites; the owner alone changes the language and reads the audit log. Changing the owner, the token
-    /// or the roles and removing nodes are not offered by the bot at all: they are CLI commands
-    /// on a member (root on a server of the network).
+    /// reboots and invites; the owner alone changes the language, reads the audit log and
+    /// removes nodes. Changing the owner, the token or the roles is not offered by the bot at
+    /// all: those are CLI commands on a member (root on a server of the network).
     pub fn allows(self, action: Action) -> bool {
         match (self, action) {
             (Rank::Owner, _) => true,
@@ -279,6 +282,9 @@ mod tests {
         assert!(operator.allows(Action::Reboot) && operator.allows(Action::Invite));
         assert!(!operator.allows(Action::Language));
         assert!(Rank::Owner.allows(Action::Language) && Rank::Owner.allows(Action::Reboot));
+        // Removing a node (and rotating the secret) is the owner's alone.
+        assert!(Rank::Owner.allows(Action::Remove));
+        assert!(!operator.allows(Action::Remove) && !viewer.allows(Action::Remove));
     }
 
     #[test]

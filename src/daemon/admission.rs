@@ -261,6 +261,9 @@ mod tests {
             version: 1,
             left: false,
             card,
+            admission: 0,
+            removed_at: None,
+            key_updates: Vec::new(),
         }
     }
 

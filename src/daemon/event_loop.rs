@@ -49,6 +49,14 @@ pub(super) struct Keys {
     pub pq4: KeyStore,
     /// This node's PQ4 card (public), put in its record.
     pub card: Pq4Card,
+    /// This node's libp2p key, which signs its cards.
+    pub node_key: libp2p::identity::Keypair,
+    /// The chain of custody of `pq4` (key updates since the first identity; see
+    /// [`super::node_keys`]).
+    pub key_updates: Vec<constella_behaviours::gossip::KeyUpdateBytes>,
+    /// The PQ4 keys replaced by `rotate-keys` since the start: a rotation sealed to the old
+    /// card while the new one spread still opens.
+    pub previous_pq4: Option<KeyStore>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -68,6 +76,8 @@ pub(super) struct EventLoop {
     /// core's [`Snapshot`]s are laid over it for every write.
     state: NetworkState,
     keys: Keys,
+    /// Where `rotate-keys` writes the new PQ4 keys.
+    keys_dir: crate::state::StateDir,
     /// Encrypt and authenticate gossip: the current epoch's key first (used to publish), then
     /// the previous epoch's (still opened, for members that have not rotated yet).
     gossip_keys: Vec<GossipKey>,
@@ -105,6 +115,7 @@ impl EventLoop {
         (store, written): (Store, mpsc::UnboundedReceiver<Written>),
         state: NetworkState,
         keys: Keys,
+        keys_dir: crate::state::StateDir,
         (rpc, chat): (Rpc, ChatLink),
         signals: Signals,
     ) -> Result<Self> {
@@ -160,6 +171,7 @@ impl EventLoop {
             written,
             state,
             keys,
+            keys_dir,
             gossip_keys,
             rotated_from: None,
             public_addr: public.to_multiaddr(),
@@ -181,12 +193,13 @@ impl EventLoop {
     /// Runs until `shutdown` has been handled, `leave` finishes, or every client is gone.
     pub(super) async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
         tokio::pin!(shutdown);
-        let card = self.keys.card.clone();
-        self.feed(Input::OwnCard(&card));
+        self.feed_own_card();
         if let Some(rotation) = self.state.last_rotation.clone() {
             self.feed(Input::Rotated {
                 rotation: &rotation,
                 publish: false,
+                unix_now: unix_now(),
+                replaced_ours: false,
             });
         }
         self.feed(Input::Timer);
@@ -225,6 +238,15 @@ impl EventLoop {
         }
         self.store.finish();
         Ok(())
+    }
+
+    /// Puts this node's card (and its chain of custody) in its record.
+    fn feed_own_card(&mut self) {
+        let (card, chain) = (self.keys.card.clone(), self.keys.key_updates.clone());
+        self.feed(Input::OwnCard {
+            card: &card,
+            key_updates: &chain,
+        });
     }
 
     /// Hands one input to the core and carries out what it answers.
@@ -433,11 +455,14 @@ impl EventLoop {
             from: local,
             epoch,
             sealed,
+            made_at: unix_now(),
         };
         // Published under the current key, which every remaining member still holds.
         self.feed(Input::Rotated {
             rotation: &rotation,
             publish: true,
+            unix_now: unix_now(),
+            replaced_ours: false,
         });
         self.state.last_rotation = Some(rotation);
         self.adopt(secret, epoch, local);
@@ -469,8 +494,15 @@ impl EventLoop {
             debug!(from = %rotation.from, "a rotation from a member without a PQ4 card");
             return;
         };
+        // Sealed to our card as the maker knew it: the previous one right after `rotate-keys`.
         let opened =
             network_keys::open_from(&mut self.keys.pq4, &local, Purpose::Rotation, &copy.blob)
+                .or_else(|error| match &mut self.keys.previous_pq4 {
+                    Some(previous) => {
+                        network_keys::open_from(previous, &local, Purpose::Rotation, &copy.blob)
+                    }
+                    None => Err(error),
+                })
                 .map_err(|e| e.to_string())
                 .and_then(|(sender, plain)| {
                     if card.identity().ok().as_ref() != Some(&sender) {
@@ -482,11 +514,24 @@ impl EventLoop {
                 });
         match opened {
             Ok((epoch, secret)) => {
+                // Seed 004 §13: the maker of the rotation that lost is told; the core rotates
+                // again if the winner still reaches a node that is no longer a member.
+                let replaced_ours =
+                    self.rotated_from == Some(local) && epoch == self.state.secret_epoch;
+                if replaced_ours {
+                    tracing::warn!(
+                        epoch,
+                        winner = %self.core.name_of(&rotation.from),
+                        "our rotation of this epoch lost the tiebreak to another member's; adopted theirs (rotating again if it still reaches a departed node)"
+                    );
+                }
                 self.state.last_rotation = Some(rotation.clone());
                 self.adopt(secret, epoch, rotation.from);
                 self.feed(Input::Rotated {
                     rotation,
                     publish: false,
+                    unix_now: unix_now(),
+                    replaced_ours,
                 });
                 info!(epoch, from = %self.core.name_of(&rotation.from), "adopted a rotated network secret");
             }
@@ -543,10 +588,22 @@ impl EventLoop {
                     Some(peer) => {
                         let name = self.core.name_of(&peer);
                         info!(node = %name, node_id = %peer, "removing a member; the network secret will be rotated");
-                        self.feed(Input::Remove(peer));
+                        self.feed(Input::Remove {
+                            peer,
+                            unix_now: unix_now(),
+                        });
                         Ok(name)
                     }
                 };
+                let _ = reply.send(result);
+            }
+            Command::RotateKeys(reply) => {
+                let local = self.core.local().id;
+                let result = super::node_keys::rotate(&self.keys_dir, &mut self.keys, &local);
+                if let Ok(rotated) = &result {
+                    info!(fingerprint = %rotated.fingerprint, chain = rotated.chain, "replaced this node's PQ4 identity (key update signed by the old one)");
+                    self.feed_own_card();
+                }
                 let _ = reply.send(result);
             }
             Command::MergeSettings(settings, reply) => {
@@ -658,6 +715,12 @@ impl EventLoop {
                 .unwrap_or(Err(Refusal::Malformed))
             }
             Err(error) => {
+                if let (GossipError::OtherEpoch(epoch), Some(author)) = (&error, message.source)
+                    && *epoch > self.state.secret_epoch
+                {
+                    // We missed a rotation: ask its author for it now.
+                    self.feed(Input::NewerEpoch(author));
+                }
                 let refusal = match error {
                     GossipError::BadMac | GossipError::OtherEpoch(_) => Refusal::BadMac,
                     GossipError::IncompatibleVersion(_) => Refusal::IncompatibleVersion,

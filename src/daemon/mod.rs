@@ -9,6 +9,7 @@ mod chat_store;
 pub mod error;
 mod event_loop;
 mod log_limit;
+pub mod node_keys;
 pub mod report;
 mod rpc;
 pub mod signals;
@@ -59,6 +60,8 @@ pub enum Command {
     /// Remove a member (name or node id): tombstone it and rotate the network secret. Answers
     /// the removed node's name.
     Remove(String, oneshot::Sender<Result<String, ClientError>>),
+    /// Replace this node's PQ4 identity (`rotate-keys`, seed 004 §11).
+    RotateKeys(oneshot::Sender<Result<node_keys::KeysRotated, ClientError>>),
     /// Merge bot state into the network settings; persisted and published before the reply.
     MergeSettings(NetworkSettings, oneshot::Sender<NetworkSettings>),
     /// The member list as the node named (name or node id) by the string sees it.
@@ -248,6 +251,11 @@ impl Client {
         self.ask(|reply| Command::Remove(target, reply)).await?
     }
 
+    /// Replaces this node's PQ4 identity with a new one signed by the old (`rotate-keys`).
+    pub async fn rotate_keys(&self) -> Result<node_keys::KeysRotated, ClientError> {
+        self.ask(Command::RotateKeys).await?
+    }
+
     /// Leaves the network (tombstone, secret deleted) and says whether a member acknowledged
     /// it; the daemon stops shortly after.
     pub async fn leave(&self) -> Result<LeaveOutcome, ClientError> {
@@ -304,6 +312,9 @@ pub fn start(
 ) -> Result<(Client, impl Future<Output = Result<()>>)> {
     let tag = state.tag(&secret);
     let card = constella_behaviours::network_keys::Pq4Card::new(&key, &pq4)?;
+    let key_updates = state_dir.pq4_custody(pq4.identity_public())?;
+    let node_key = key.clone();
+    let keys_dir = state_dir.clone();
     let swarm = build_swarm(key, |key| Ok(Behaviour::new(key, &tag, REQUEST_TIMEOUT)?))?;
     let (chat, chat_service) = chat::open(state_dir.path(), *swarm.local_peer_id())?;
     let (chat_listener, _) = chat::bind(state_dir.path())?;
@@ -328,7 +339,15 @@ pub fn start(
         commands_rx,
         (store, written_rx),
         state,
-        event_loop::Keys { secret, pq4, card },
+        event_loop::Keys {
+            secret,
+            pq4,
+            card,
+            node_key,
+            key_updates,
+            previous_pq4: None,
+        },
+        keys_dir,
         (rpc, chat),
         signals,
     )?;
