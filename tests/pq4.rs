@@ -466,3 +466,169 @@ fn two_concurrent_removals_end_on_one_secret_neither_removed_node_has() {
         );
     });
 }
+
+fn fingerprint_of(node: &Node, name: &str) -> Option<String> {
+    node.peers()?
+        .into_iter()
+        .find(|p| p.name == name)?
+        .fingerprint
+}
+
+/// `rotate-keys` on bravo (seed 004 §11): a new PQ4 identity whose key update is signed by the
+/// old one. Every member accepts it through that chain (the fingerprint changes everywhere, and
+/// `verify bravo` shows the new one), it survives a restart, and it is the card the next
+/// rotation of the network secret is sealed to.
+#[test]
+fn a_key_update_is_seen_by_every_member() {
+    let mut cluster = Cluster::start(&["alpha", "bravo", "charlie"], &[10, 20, 30], None);
+    let names = ["alpha", "bravo", "charlie"];
+    let old = cluster.or_logs(|| {
+        wait_for(AGREE, "bravo's fingerprint on every member", || {
+            let prints: Vec<String> = names
+                .iter()
+                .map(|n| fingerprint_of(cluster.node(n), "bravo"))
+                .collect::<Option<_>>()?;
+            prints
+                .windows(2)
+                .all(|w| w[0] == w[1])
+                .then(|| prints[0].clone())
+        })
+    });
+    let started = Instant::now();
+    let said = cluster.node("bravo").ok(&["rotate-keys", "--json"]);
+    let rotated: serde_json::Value = serde_json::from_str(&said).unwrap();
+    let new = rotated["fingerprint"].as_str().unwrap().to_owned();
+    assert_eq!(rotated["previous_fingerprint"].as_str(), Some(old.as_str()));
+    assert_ne!(new, old);
+    assert_eq!(rotated["chain"], 1);
+    cluster.or_logs(|| {
+        wait_for(AGREE, "bravo's new fingerprint on every member", || {
+            names
+                .iter()
+                .all(|n| fingerprint_of(cluster.node(n), "bravo").as_deref() == Some(&new))
+                .then_some(())
+        });
+    });
+    println!(
+        "key update: rotate-keys to the new fingerprint on every member in {} ms",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(
+        own_fingerprint(cluster.node("bravo")).as_deref(),
+        Some(new.as_str())
+    );
+    assert!(
+        cluster
+            .node("alpha")
+            .ok(&["verify", "bravo"])
+            .contains(&new)
+    );
+    assert!(
+        !cluster
+            .node("charlie")
+            .ok(&["verify", "bravo"])
+            .contains(&old)
+    );
+    let custody = std::fs::metadata(cluster.node("bravo").dir.join("pq4-custody.cbor")).unwrap();
+    assert_eq!(custody.permissions().mode() & 0o777, 0o600);
+    // After a restart bravo keeps the new identity and the members keep accepting it.
+    let bravo = cluster.node_mut("bravo");
+    bravo.stop();
+    bravo.start();
+    cluster.or_logs(|| {
+        wait_for(AGREE, "bravo back with the new fingerprint", || {
+            (own_fingerprint(cluster.node("bravo"))? == new
+                && cluster.node("alpha").leader_and_alive()?.1 == 3)
+                .then_some(())
+        });
+        assert_eq!(
+            fingerprint_of(cluster.node("charlie"), "bravo"),
+            Some(new.clone())
+        );
+    });
+    // The next rotation is sealed to the new card: bravo opens it.
+    cluster.node("alpha").ok(&["remove", "charlie", "--yes"]);
+    cluster.or_logs(|| {
+        wait_for(AGREE, "bravo on epoch 1 after its key update", || {
+            (epoch(cluster.node("bravo"))? == 1 && epoch(cluster.node("alpha"))? == 1).then_some(())
+        });
+        assert_eq!(
+            stored_secret(cluster.node("alpha")),
+            stored_secret(cluster.node("bravo"))
+        );
+    });
+}
+
+/// A removed node cannot come back with an invite issued before its removal (even one never
+/// used; the link it joined with is used up anyway); an invite issued after the removal admits it again
+/// — the same node id, as a new admission that supersedes its tombstone on every member.
+#[test]
+fn a_removed_node_comes_back_only_with_a_new_invite() {
+    let mut cluster = Cluster::start(&["alpha", "bravo", "charlie"], &[10, 20, 30], None);
+    cluster.or_logs(|| {
+        wait_for(AGREE, "three alive members", || {
+            (cluster.node("alpha").leader_and_alive()?.1 == 3).then_some(())
+        })
+    });
+    let old_link = cluster.node("alpha").invite("10m");
+    // Invite times are whole seconds: the removal comes a second later than the old invite.
+    std::thread::sleep(Duration::from_millis(1100));
+    let charlie_id = cluster.node("charlie").node_id();
+    cluster.node_mut("charlie").stop();
+    cluster.node("alpha").ok(&["remove", "charlie", "--yes"]);
+    cluster.or_logs(|| {
+        wait_for(AGREE, "alpha and bravo on epoch 1 without charlie", || {
+            let ok = ["alpha", "bravo"].iter().all(|n| {
+                let node = cluster.node(n);
+                epoch(node) == Some(1) && names(node).is_some_and(|n| n == ["alpha", "bravo"])
+            });
+            ok.then_some(())
+        })
+    });
+    // Charlie's server, same node key, fresh state (its old state holds a secret now dead).
+    let charlie = cluster.node("charlie");
+    let old_dir = charlie.dir.with_extension("removed");
+    std::fs::rename(&charlie.dir, &old_dir).unwrap();
+    std::fs::create_dir_all(&charlie.dir).unwrap();
+    std::fs::copy(old_dir.join("node.key"), charlie.dir.join("node.key")).unwrap();
+    std::fs::set_permissions(
+        charlie.dir.join("node.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let refused = charlie.cli_owned(&charlie.join_args(&old_link, 30));
+    let said = common::output_text(&refused);
+    assert!(
+        !refused.status.success(),
+        "readmitted by an old link: {said}"
+    );
+    assert!(said.contains("removed"), "{said}");
+    assert!(
+        !charlie.dir.join("network_state.json").exists(),
+        "a refused join wrote a state file"
+    );
+    // A new invite admits it, with the same node id, on the current epoch. (Invite and
+    // removal times are whole seconds, and an invite of the removal's second counts as before
+    // it: the safe side.)
+    std::thread::sleep(Duration::from_millis(1100));
+    let new_link = cluster.node("alpha").invite("10m");
+    charlie.ok_owned(&charlie.join_args(&new_link, 30));
+    assert_eq!(charlie.node_id(), charlie_id);
+    cluster.node_mut("charlie").start();
+    cluster.or_logs(|| {
+        wait_for(
+            AGREE,
+            "charlie back and alive everywhere, on epoch 1",
+            || {
+                let back = ["alpha", "bravo", "charlie"]
+                    .iter()
+                    .all(|n| cluster.node(n).leader_and_alive().map(|(_, alive)| alive) == Some(3));
+                (back && epoch(cluster.node("charlie"))? == 1).then_some(())
+            },
+        );
+        assert_eq!(
+            stored_secret(cluster.node("charlie")),
+            stored_secret(cluster.node("alpha"))
+        );
+    });
+}

@@ -284,6 +284,9 @@ mod tests {
             secret: secret.clone(),
             pq4: seed_pq4,
             card: seed_card.clone(),
+            node_key: seed_key.clone(),
+            key_updates: Vec::new(),
+            previous_pq4: None,
         };
         let joiner_key = Keypair::generate_ed25519();
         let joiner = joiner_key.public().to_peer_id();
@@ -341,6 +344,9 @@ mod tests {
             secret: NetworkSecret::from_bytes([1; 32]),
             pq4,
             card: card.clone(),
+            node_key: seed_key.clone(),
+            key_updates: Vec::new(),
+            previous_pq4: None,
         };
         let joiner = PeerId::random();
         let admission = Admission {
