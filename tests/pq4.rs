@@ -88,12 +88,29 @@ fn every_member_shows_the_same_fingerprints_and_a_node_without_pq4_keys_gets_the
         }
     });
 
-    // A node from before PQ4 (no pq4.key) gets keys when it starts, and its new card spreads.
+    // A node from before PQ4 (no pq4.key, no card in anyone's list) gets keys when it starts,
+    // and its first card spreads. (A node that merely lost its PQ4 keys while the network knows
+    // its card cannot swap in new ones: that needs a chain of custody or a new invite.)
     let old = own_fingerprint(cluster.node("charlie")).unwrap();
-    let charlie = cluster.node_mut("charlie");
-    charlie.stop();
-    std::fs::remove_file(charlie.dir.join("pq4.key")).unwrap();
-    charlie.start();
+    let charlie_id = cluster.node("charlie").node_id();
+    for name in ["alpha", "bravo", "charlie"] {
+        cluster.node_mut(name).stop();
+    }
+    std::fs::remove_file(cluster.node("charlie").dir.join("pq4.key")).unwrap();
+    for name in ["alpha", "bravo", "charlie"] {
+        let path = cluster.node(name).dir.join("network_state.json");
+        let mut state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for peer in state["peers"].as_array_mut().unwrap() {
+            if peer["node_id"] == charlie_id.as_str() {
+                peer.as_object_mut().unwrap().remove("card");
+            }
+        }
+        std::fs::write(&path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    }
+    for name in ["alpha", "bravo", "charlie"] {
+        cluster.node_mut(name).start();
+    }
     cluster.or_logs(|| {
         let charlie = cluster.node("charlie");
         let new = wait_for(AGREE, "charlie's new fingerprint", || {
