@@ -3315,7 +3315,7 @@ mod tests {
         // Elsewhere, the fresh admission supersedes the tombstone whatever its version, while
         // the removed node's own bumped record of the old admission never does.
         let mut other = Membership::new(f.b, vec![record(f.b, "b", 20)], SECOND);
-        other.merge(&[tombstone.clone()]);
+        other.merge(std::slice::from_ref(&tombstone));
         let mut stale = tombstone.clone();
         stale.left = false;
         stale.removed_at = None;
@@ -3325,7 +3325,7 @@ mod tests {
             !other.is_member(&c),
             "a bumped record of the removed admission came back"
         );
-        other.merge(&[admission.record.clone()]);
+        other.merge(std::slice::from_ref(&admission.record));
         assert!(other.is_member(&c));
         other.merge(&[tombstone]);
         assert!(
@@ -3396,8 +3396,10 @@ mod tests {
 
     #[test]
     fn the_leader_rotates_when_the_secret_is_older_than_the_interval() {
-        let mut config = Config::default();
-        config.rotation_interval = Duration::from_secs(60);
+        let config = Config {
+            rotation_interval: Duration::from_secs(60),
+            ..Config::default()
+        };
         let mut f = Fixture::new(10, &[1, 2]);
         f.node.config.rotation_interval = config.rotation_interval;
         f.join_b_and_c(0.0);

@@ -145,7 +145,11 @@ impl EventLoop {
             .context("cannot subscribe to the gossip topic")?;
         let now = Instant::now();
         let (local, restored) = state.restore(local_id, &public.to_multiaddr().to_string());
-        let core = Node::new(Config::default(), local, restored, now, rand::random());
+        let mut config = Config::default();
+        if let Some(interval) = super::node_keys::rotation_interval_from_env()? {
+            config.rotation_interval = interval;
+        }
+        let core = Node::new(config, local, restored, now, rand::random());
         for (id, record) in core.membership().remote_members() {
             if let Ok(addr) = record.addr.parse::<HostPort>() {
                 swarm

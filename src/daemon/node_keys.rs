@@ -16,6 +16,23 @@ use super::error::ClientError;
 use super::event_loop::Keys;
 use crate::state::StateDir;
 
+/// The environment variable that sets the periodic rotation of the network secret (seconds;
+/// 7 days if unset), for tests and operators who want it more often.
+pub(super) const ROTATION_SECS_ENV: &str = "CONSTELLA_ROTATION_SECS";
+
+/// The periodic rotation interval from [`ROTATION_SECS_ENV`], or `None` if unset.
+pub(super) fn rotation_interval_from_env() -> anyhow::Result<Option<std::time::Duration>> {
+    let Ok(text) = std::env::var(ROTATION_SECS_ENV) else {
+        return Ok(None);
+    };
+    match text.trim().parse::<u64>() {
+        Ok(secs) if secs >= 1 => Ok(Some(std::time::Duration::from_secs(secs))),
+        _ => anyhow::bail!(
+            "{ROTATION_SECS_ENV} must be a whole number of seconds, at least 1 (got {text:?})"
+        ),
+    }
+}
+
 /// What `rotate-keys` answers.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeysRotated {
