@@ -708,8 +708,8 @@ fn removals_during_a_partition_heal_to_one_secret_without_the_removed_nodes() {
     let node = |name: &str| net.nodes.iter().find(|n| n.name == name).unwrap();
     let all: Vec<&Node> = net.nodes.iter().collect();
     net.or_logs(|| {
-        let names = net.names(&[0, 1, 2, 3, 4]);
-        agree(&all, &names, &[], Duration::from_secs(30));
+        let everyone = net.names(&[0, 1, 2, 3, 4]);
+        agree(&all, &everyone, &[], Duration::from_secs(30));
         lab.partition(&[0, 1], &[2, 3, 4]);
         wait_for(
             Duration::from_secs(20),
