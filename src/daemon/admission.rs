@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::log_limit::LogLimit;
 
-use super::event_loop::Keys;
+use super::Keys;
 use crate::state::NetworkState;
 use constella_behaviours::join::JoinSecrets;
 use constella_behaviours::network_keys::{self, Pq4Card, Purpose};
@@ -287,6 +287,7 @@ mod tests {
             node_key: seed_key.clone(),
             key_updates: Vec::new(),
             previous_pq4: None,
+            dir: crate::state::StateDir::new(std::env::temp_dir()),
         };
         let joiner_key = Keypair::generate_ed25519();
         let joiner = joiner_key.public().to_peer_id();
@@ -347,6 +348,7 @@ mod tests {
             node_key: seed_key.clone(),
             key_updates: Vec::new(),
             previous_pq4: None,
+            dir: crate::state::StateDir::new(std::env::temp_dir()),
         };
         let joiner = PeerId::random();
         let admission = Admission {

@@ -12,9 +12,8 @@ use constella_behaviours::network_keys::{self, Pq4Card};
 use constella_keys::KeyUpdate;
 use libp2p::PeerId;
 
+use super::Keys;
 use super::error::ClientError;
-use super::event_loop::Keys;
-use crate::state::StateDir;
 
 /// The environment variable that sets the periodic rotation of the network secret (seconds;
 /// 7 days if unset), for tests and operators who want it more often.
@@ -46,11 +45,7 @@ pub struct KeysRotated {
 
 /// Makes the new keys, writes them (custody first) and switches `keys` to them. On any error
 /// nothing changed: the files are written atomically and `keys` is touched only after both.
-pub(super) fn rotate(
-    dir: &StateDir,
-    keys: &mut Keys,
-    local: &PeerId,
-) -> Result<KeysRotated, ClientError> {
+pub(super) fn rotate(keys: &mut Keys, local: &PeerId) -> Result<KeysRotated, ClientError> {
     let (store, update) =
         KeyUpdate::create_with_one_time_prekeys(keys.pq4.identity(), 0, &mut rand::rng())
             .map_err(|e| ClientError::Storage(format!("cannot make the new PQ4 keys: {e}")))?;
@@ -58,7 +53,8 @@ pub(super) fn rotate(
         .map_err(|e| ClientError::Storage(format!("cannot sign the new PQ4 card: {e}")))?;
     let mut chain = keys.key_updates.clone();
     chain.push(KeyUpdateBytes(update.to_bytes()));
-    dir.replace_pq4(&store, &chain)
+    keys.dir
+        .replace_pq4(&store, &chain)
         .map_err(|e| ClientError::Storage(format!("{e:#}")))?;
     let previous_fingerprint = network_keys::fingerprint(local, keys.pq4.identity_public());
     let fingerprint = network_keys::fingerprint(local, store.identity_public());
@@ -75,6 +71,7 @@ pub(super) fn rotate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::StateDir;
     use constella_behaviours::NetworkSecret;
     use constella_behaviours::gossip::MemberRecord;
     use libp2p::identity::Keypair;
@@ -109,10 +106,11 @@ mod tests {
             node_key: node_key.clone(),
             key_updates: Vec::new(),
             previous_pq4: None,
+            dir: state_dir.clone(),
         };
-        let one = rotate(&state_dir, &mut keys, &id).unwrap();
+        let one = rotate(&mut keys, &id).unwrap();
         let second = keys.card.clone();
-        let two = rotate(&state_dir, &mut keys, &id).unwrap();
+        let two = rotate(&mut keys, &id).unwrap();
         assert_eq!(two.chain, 2);
         assert_eq!(one.fingerprint, two.previous_fingerprint);
         assert_ne!(one.previous_fingerprint, two.fingerprint);
