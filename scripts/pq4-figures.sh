@@ -47,7 +47,7 @@ if "$BIN" remove --help >/dev/null 2>&1 && [ "$JOINS" -ge 2 ]; then
   # From the seed's "rotated the network secret" to the last member's "adopted a rotated network
   # secret" (each daemon's own log timestamp; one clock, one machine).
   for _ in $(seq 1 600); do
-    ADOPTED=$(grep -l "adopted a rotated network secret" "${LOGS[@]:1}" 2>/dev/null | wc -l)
+    ADOPTED=$(grep -lE "adopted a rotated network secret|rotated the network secret" "${LOGS[@]:1}" 2>/dev/null | wc -l)
     [ "$ADOPTED" -ge $(( ${#LOGS[@]} - 1 )) ] && break
     sleep 0.1
   done
@@ -62,7 +62,13 @@ def first(path, text):
             return ts(line)
     return None
 start = first(sys.argv[1], "rotated the network secret")
-ends = [first(p, "adopted a rotated network secret") for p in sys.argv[2:]]
+# A member uses the new epoch once it adopted it (or made a rival that won: then it logs
+# "rotated" and never "adopted").
+def used(path):
+    times = [t for t in (first(path, "adopted a rotated network secret"),
+                         first(path, "rotated the network secret")) if t]
+    return min(times) if times else None
+ends = [used(p) for p in sys.argv[2:]]
 if start is None or None in ends:
     print("rotation: not every member adopted epoch 1 (%d of %d)" % (sum(e is not None for e in ends), len(ends)))
 else:

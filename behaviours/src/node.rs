@@ -129,6 +129,10 @@ pub struct Config {
     /// every 7 days), counted from the rotation that made it, or from the leader's start for a
     /// network never rotated.
     pub rotation_interval: Duration,
+    /// The leader, learning that a member departed, waits this long before it rotates for it:
+    /// a removal's own rotation (made by the remover, published right after the tombstone)
+    /// usually arrives meanwhile, and then none is needed.
+    pub departure_rotation_grace: Duration,
 }
 
 impl Default for Config {
@@ -174,6 +178,7 @@ impl Config {
             refused_within: Duration::from_secs(1),
             quorum_memory: Duration::from_secs(120),
             rotation_interval: Duration::from_secs(7 * 24 * 3600),
+            departure_rotation_grace: Duration::from_secs(2),
         }
     }
 }
@@ -666,6 +671,9 @@ pub struct Node {
     /// When the secret in use was made, for the periodic rotation (the start of this node
     /// until a rotation tells).
     secret_since: Instant,
+    /// A member departed while this node leads: at this instant, rotate if the secret in use
+    /// still reaches a departed node.
+    departure_check_at: Option<Instant>,
     rng: StdRng,
     out: Vec<Output>,
 }
@@ -743,6 +751,7 @@ impl Node {
             rejections: Rejections::default(),
             last_rotation: None,
             secret_since: now,
+            departure_check_at: None,
             rng: StdRng::seed_from_u64(seed),
             out: Vec::new(),
         };
@@ -1059,6 +1068,7 @@ impl Node {
         if self.membership.leader() == self.local.id {
             consider(self.secret_since.checked_add(self.config.rotation_interval));
         }
+        consider(self.departure_check_at);
         if self.partitioned.is_some() {
             consider(Some(now + Duration::from_secs(1)));
         }
@@ -1480,8 +1490,19 @@ impl Node {
             .is_none_or(|r| r.from == *id || r.sealed.iter().any(|copy| copy.to == *id))
     }
 
-    /// The periodic rotation (seed 004 §8), by the leader.
+    /// The periodic rotation (seed 004 §8), and the one for a departure, by the leader.
     fn rotate_if_due(&mut self, now: Instant) {
+        if self.departure_check_at.is_some_and(|at| now >= at) {
+            self.departure_check_at = None;
+            if self.membership.leader() == self.local.id
+                && self.exit.is_none()
+                && !self.left
+                && self.secret_reaches_a_departed_node()
+            {
+                self.want_rotation();
+                return;
+            }
+        }
         if now >= self.secret_since + self.config.rotation_interval
             && self.membership.leader() == self.local.id
             && self.settled
@@ -1555,7 +1576,8 @@ impl Node {
                         && self.membership.leader() == self.local.id
                         && self.departed_holds_secret(id)
                     {
-                        self.want_rotation();
+                        self.departure_check_at
+                            .get_or_insert(now + self.config.departure_rotation_grace);
                     }
                 }
                 Change::Alive(id) => {
@@ -3220,7 +3242,42 @@ mod tests {
                 body: &body,
             },
         );
+        assert!(!out.contains(&Output::Rotate), "{out:?}");
+        // Not at once: the remover's own rotation may come meanwhile. None came: it rotates.
+        let out = f.handle(2.5, Input::Timer);
+        assert!(!out.contains(&Output::Rotate), "{out:?}");
+        let out = f.handle(4.01, Input::Timer);
         assert!(out.contains(&Output::Rotate), "{out:?}");
+        // A departure after which the remover's rotation (leaving the node out) arrives needs
+        // no rotation of the leader's.
+        let mut g = Fixture::new(10, &[1, 2]);
+        g.join_b_and_c(0.0);
+        let (ga, gb, gc) = (g.a, g.b, g.c);
+        let mut gone = g.node.membership().record(&gc).unwrap().clone();
+        gone.left = true;
+        gone.version += 1;
+        gone.removed_at = Some(950);
+        let body = GossipBody::Roster(RosterUpdate {
+            from: gb,
+            records: vec![gone],
+        });
+        g.handle(
+            1.0,
+            Input::Gossip {
+                signer: Some(gb),
+                body: &body,
+            },
+        );
+        g.handle(
+            1.2,
+            Input::Rotated {
+                rotation: &rotation_sealed_to(gb, 1, &[ga], 950),
+                publish: false,
+                unix_now: 950,
+                replaced_ours: false,
+            },
+        );
+        assert!(!g.handle(3.5, Input::Timer).contains(&Output::Rotate));
     }
 
     #[test]
