@@ -26,6 +26,8 @@ pub enum Action {
     Audit,
     /// A one-time PQ4 chat account invite (`/chat_invite`).
     ChatInvite,
+    /// Removing a node from the network, which rotates the network secret (the owner's alone).
+    Remove,
 }
 
 impl Action {
@@ -39,6 +41,7 @@ impl Action {
             Action::Language => "language",
             Action::Audit => "audit",
             Action::ChatInvite => "chat_invite",
+            Action::Remove => "remove",
         }
     }
 }
@@ -55,9 +58,10 @@ pub enum Rank {
 impl Rank {
     /// Whether this rank may do `action`: a viewer sees (list, cards, usage); an operator also
     /// reboots and invites (join links and chat account invites alike: both let someone new
-    /// use the servers, and a chat account is the lesser); the owner alone changes the language and reads the audit log. Changing the owner, the token
-    /// or the roles and removing nodes are not offered by the bot at all: they are CLI commands
-    /// on a member (root on a server of the network).
+    /// use the servers, and a chat account is the lesser); the owner alone changes the language,
+    /// reads the audit log and removes nodes. Changing the owner, the token or the roles is not
+    /// offered by the bot at all: those are CLI commands on a member (root on a server of the
+    /// network).
     pub fn allows(self, action: Action) -> bool {
         match (self, action) {
             (Rank::Owner, _) => true,
@@ -288,6 +292,9 @@ mod tests {
         assert!(!viewer.allows(Action::ChatInvite));
         assert!(!operator.allows(Action::Language));
         assert!(Rank::Owner.allows(Action::Language) && Rank::Owner.allows(Action::Reboot));
+        // Removing a node (and rotating the secret) is the owner's alone.
+        assert!(Rank::Owner.allows(Action::Remove));
+        assert!(!operator.allows(Action::Remove) && !viewer.allows(Action::Remove));
     }
 
     #[test]

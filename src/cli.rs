@@ -54,6 +54,9 @@ pub enum Command {
     Remove(RemoveArgs),
     /// Show a node's PQ4 fingerprint, to compare with what that node shows itself.
     Verify(VerifyArgs),
+    /// Replace this node's PQ4 identity with a new one, signed by the old (chain of custody);
+    /// every member accepts it only through that chain. Its fingerprint changes.
+    RotateKeys(OutputArgs),
     /// Print a one-time join link for a new node.
     Invite(InviteArgs),
     /// Leave the network: every node removes this one, and it forgets the network secret.

@@ -58,6 +58,8 @@ pub enum Request {
     Remove {
         target: String,
     },
+    /// Replace this node's PQ4 identity with a new one signed by the old (seed 004 §11).
+    RotateKeys,
     /// The member list as another node sees it, by name or node id.
     PeersOf {
         target: String,
@@ -154,6 +156,8 @@ pub enum Response {
     Left(LeaveOutcome),
     /// The member (its name) is removed; the secret is being rotated.
     Removed(String),
+    /// This node's PQ4 identity was replaced.
+    KeysRotated(crate::daemon::node_keys::KeysRotated),
     PeersOf(Vec<MemberView>),
     Stats(Box<NodeStats>),
     History(constella_behaviours::rpc::History),
@@ -418,6 +422,7 @@ async fn handle(client: &Client, request: Request) -> Response {
         },
         Request::Leave => client.leave().await.map(Response::Left),
         Request::Remove { target } => client.remove(&target).await.map(Response::Removed),
+        Request::RotateKeys => client.rotate_keys().await.map(Response::KeysRotated),
         Request::PeersOf { target } => client.peers_of(&target).await.map(Response::PeersOf),
         Request::Stats { target } => client
             .stats(&target)
@@ -489,6 +494,27 @@ async fn node_request(request: Request, control: &Control, uid: Option<u32>) -> 
                 _ => "accepted".to_owned(),
             };
             audit.record(asked.detail("outcome", outcome));
+            response
+        }
+        Request::Remove { target } => {
+            let response = handle(client, Request::Remove { target }).await;
+            if let Response::Removed(name) = &response {
+                audit.record(
+                    AuditEvent::new(AuditKind::NodeRemoved, caller(None, uid), VIA_SOCKET)
+                        .detail("node", name.clone()),
+                );
+            }
+            response
+        }
+        Request::RotateKeys => {
+            let response = handle(client, Request::RotateKeys).await;
+            if let Response::KeysRotated(rotated) = &response {
+                audit.record(
+                    AuditEvent::new(AuditKind::KeyRotated, caller(None, uid), VIA_SOCKET)
+                        .detail("fingerprint", rotated.fingerprint.clone())
+                        .detail("previous_fingerprint", rotated.previous_fingerprint.clone()),
+                );
+            }
             response
         }
         Request::Invite { ttl_secs } => {

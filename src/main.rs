@@ -175,11 +175,19 @@ async fn dispatch(cli: Cli) -> Result<()> {
             .await?
             {
                 Response::Removed(name) => print_text(&format!(
-                    "Removed {name}. The network secret is rotated to a new epoch, sealed to each remaining member; {name} gets no copy.\n"
+                    "Removed {name}. The network secret is rotated to a new epoch, sealed to each remaining member; {name} gets no copy.\n{name} knew the Telegram bot token, which only @BotFather can change: revoke it there and run `constella bot-token set` with the new one.\n{name} can come back only with an invite issued from now on.\n"
                 )),
                 other => unexpected(other),
             }
         }
+        Command::RotateKeys(args) => match ask(&state_dir, &Request::RotateKeys).await? {
+            Response::KeysRotated(rotated) if args.json => print_json(&rotated),
+            Response::KeysRotated(rotated) => print_text(&format!(
+                "Replaced this node's PQ4 identity; the update is signed by the old one and spreads to every member.\n  old fingerprint: {}\n  new fingerprint: {}\n",
+                rotated.previous_fingerprint, rotated.fingerprint
+            )),
+            other => unexpected(other),
+        },
         Command::Verify(args) => match ask(&state_dir, &Request::Peers).await? {
             Response::Peers(peers) => {
                 let Some(member) = peers
@@ -430,6 +438,9 @@ fn init_locked(
         version: 1,
         left: false,
         card: Some(card),
+        admission: 0,
+        removed_at: None,
+        key_updates: Vec::new(),
     };
     let mut state = NetworkState {
         network_id: hex::encode(network_id),

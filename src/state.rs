@@ -15,11 +15,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use constella_behaviours::NetworkSecret;
+use constella_behaviours::gossip::KeyUpdateBytes;
 use constella_behaviours::gossip::MemberRecord;
 use constella_behaviours::membership::Status;
 use constella_behaviours::node;
 use constella_behaviours::settings::NetworkSettings;
-use constella_keys::KeyStore;
+use constella_keys::{IdentityPublicKey, KeyStore};
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,9 @@ pub const STATE_FILE: &str = "network_state.json";
 pub const KEY_FILE: &str = "node.key";
 /// File name of the node's PQ4 keys.
 pub const PQ4_KEY_FILE: &str = "pq4.key";
+/// The chain of custody of the node's PQ4 identity (`constella rotate-keys`, seed 004 §11):
+/// CBOR list of key updates, each signed by the identity before it.
+pub const PQ4_CUSTODY_FILE: &str = "pq4-custody.cbor";
 /// File name of the control socket.
 pub const SOCKET_FILE: &str = "control.sock";
 /// File name of a bot token set with `constella bot-token set` (0600). It takes precedence
@@ -74,6 +78,16 @@ pub struct PeerEntry {
     /// Its PQ4 card (public prekey bundle signed by its node key), hex; absent before PQ4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub card: Option<constella_behaviours::network_keys::Pq4Card>,
+    /// See `MemberRecord::admission`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub admission: u32,
+    /// The chain of custody of its PQ4 identity (`MemberRecord::key_updates`), hex.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_updates: Vec<constella_behaviours::gossip::KeyUpdateBytes>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A node that left: kept so that anti-entropy cannot bring it back.
@@ -83,6 +97,12 @@ pub struct DepartedEntry {
     #[serde(with = "constella_behaviours::ids::base58")]
     pub node_id: PeerId,
     pub version: u64,
+    /// See `MemberRecord::admission`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub admission: u32,
+    /// Removed by an operator at this Unix second (not a leave): see `MemberRecord::removed_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<u64>,
 }
 
 /// This node's own settings.
@@ -204,6 +224,9 @@ impl NetworkState {
             version: p.version,
             left: false,
             card: p.card.clone(),
+            admission: p.admission,
+            removed_at: None,
+            key_updates: p.key_updates.clone(),
         });
         let departed = self.departed.iter().map(|d| MemberRecord {
             node_id: d.node_id,
@@ -213,6 +236,9 @@ impl NetworkState {
             version: d.version,
             left: true,
             card: None,
+            admission: d.admission,
+            removed_at: d.removed_at,
+            key_updates: Vec::new(),
         });
         current.chain(departed).collect()
     }
@@ -268,6 +294,8 @@ impl NetworkState {
                 priority: r.priority,
                 version: r.version,
                 card: r.card.clone(),
+                admission: r.admission,
+                key_updates: r.key_updates.clone(),
             })
             .collect();
         self.peers.sort_by(|a, b| a.name.cmp(&b.name));
@@ -278,6 +306,8 @@ impl NetworkState {
                 name: r.name.clone(),
                 node_id: r.node_id,
                 version: r.version,
+                admission: r.admission,
+                removed_at: r.removed_at,
             })
             .collect();
     }
@@ -452,6 +482,39 @@ impl StateDir {
         write_atomic(&path, &store.to_unsealed_bytes())
     }
 
+    /// Replaces the PQ4 keys after a key update (`constella rotate-keys`). The chain of custody
+    /// is written first: a crash between the two writes leaves an update for keys that never
+    /// took effect, which [`StateDir::pq4_custody`] leaves out.
+    pub fn replace_pq4(&self, store: &KeyStore, custody: &[KeyUpdateBytes]) -> Result<()> {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&custody, &mut bytes).context("cannot encode the key updates")?;
+        write_atomic(&self.dir.join(PQ4_CUSTODY_FILE), &bytes)?;
+        write_atomic(&self.pq4_key_path(), &store.to_unsealed_bytes())
+    }
+
+    /// The chain of custody that ends at `identity` (the keys in `pq4.key`): empty for a node
+    /// that never updated its keys.
+    pub fn pq4_custody(&self, identity: &IdentityPublicKey) -> Result<Vec<KeyUpdateBytes>> {
+        let path = self.dir.join(PQ4_CUSTODY_FILE);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let chain: Vec<KeyUpdateBytes> = ciborium::from_reader(&bytes[..])
+            .with_context(|| format!("{} is not a list of key updates", path.display()))?;
+        let ends_here = |u: &KeyUpdateBytes| {
+            constella_keys::KeyUpdate::from_bytes(&u.0).is_ok_and(|u| {
+                u.new_identity().signing == identity.signing_key_bytes()
+                    && &u.new_identity().dh == identity.dh_key_bytes()
+            })
+        };
+        Ok(match chain.iter().rposition(ends_here) {
+            Some(last) => chain[..=last].to_vec(),
+            None => Vec::new(),
+        })
+    }
+
     /// The PQ4 keys in this directory, or new ones written there (a node created before PQ4
     /// gets its keys at its next start).
     pub fn load_or_create_pq4(&self) -> Result<KeyStore> {
@@ -492,9 +555,15 @@ impl StateDir {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let is_temp = ["network_state.tmp.", "node.tmp.", "bot.tmp.", "pq4.tmp."]
-                .iter()
-                .any(|prefix| name.starts_with(prefix));
+            let is_temp = [
+                "network_state.tmp.",
+                "node.tmp.",
+                "bot.tmp.",
+                "pq4.tmp.",
+                "pq4-custody.tmp.",
+            ]
+            .iter()
+            .any(|prefix| name.starts_with(prefix));
             if is_temp && entry.file_type().is_ok_and(|t| t.is_file()) {
                 match fs::remove_file(entry.path()) {
                     Ok(()) => tracing::warn!(

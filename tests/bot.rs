@@ -1177,3 +1177,138 @@ fn chat_invite_gives_operators_a_one_time_account_code_and_viewers_nothing() {
     );
     assert!(!alpha.ok(&["audit", "--json"]).contains(&code));
 }
+
+/// Removing a node from the bot (issue 12): the owner alone, and only through a confirmation
+/// step. An operator or a viewer sees no remove button, and their forged presses (the question
+/// and a made-up confirmation) are refused by role and audited; the owner's "Отмена" changes
+/// nothing; the owner's "Да, удалить" removes the node everywhere and rotates the secret, tells
+/// the owner to replace the bot token the removed server knew, and cannot be pressed twice.
+#[test]
+fn the_owner_removes_a_node_from_the_bot_after_a_confirmation_and_no_one_else_can() {
+    const REMOVE: &str = "🗑 Удалить из сети";
+    let fake = FakeTelegram::start(TOKEN);
+    let cluster = hosted_cluster(
+        &fake,
+        &["alpha", "bravo", "charlie"],
+        &[1, 100, 100],
+        "alpha",
+    );
+    let alpha = cluster.node("alpha");
+    alpha.ok(&["access", "grant", "@viewer_v", "viewer"]);
+    alpha.ok(&["access", "grant", "@operator_o", "operator"]);
+    let charlie_short = {
+        let id = cluster.node("charlie").node_id();
+        id[id.len() - 8..].to_owned()
+    };
+    let last_answer = |since: usize| {
+        wait_for(ANSWER, "an answer to the press", || {
+            (fake.callback_answers().len() > since).then_some(())
+        });
+        fake.callback_answers().last().unwrap().1["text"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let epoch = |node: &Node| node.status().and_then(|s| s["secret_epoch"].as_u64());
+    let names = |node: &Node| -> Vec<String> {
+        node.peers()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.name)
+            .collect()
+    };
+
+    for user in [
+        TgUser::new(6201, "viewer_v"),
+        TgUser::new(6202, "Operator_O"),
+    ] {
+        fake.send_text(&user, "/start");
+        let list = fake.wait_message(ANSWER, "the list", user.id, is_list);
+        fake.press(&user, list.message_id, &list.button("charlie").unwrap());
+        let card = cluster.or_logs(|| {
+            fake.wait_message(ANSWER, "charlie's card", user.id, |m| {
+                m.message_id == list.message_id && m.text.contains("Адрес")
+            })
+        });
+        assert!(card.button(REMOVE).is_none(), "{card:?}");
+        for data in [
+            format!("d:{charlie_short}"),
+            format!("D:{charlie_short}:99999999999:0011223344556677"),
+        ] {
+            let answers = fake.callback_answers().len();
+            fake.press(&user, list.message_id, &data);
+            assert!(last_answer(answers).contains("Недостаточно прав"), "{data}");
+        }
+    }
+    assert_eq!(epoch(alpha), Some(0));
+    assert_eq!(names(alpha), ["alpha", "bravo", "charlie"]);
+
+    // The owner: no button on the bot's own node, one on charlie's card.
+    fake.send_text(&owner(), "/start");
+    let list = fake.wait_message(ANSWER, "the owner's list", OWNER_ID, is_list);
+    let id = list.message_id;
+    fake.press(&owner(), id, &list.button("alpha").unwrap());
+    let own = edited(&cluster, &fake, id, "alpha's card", &|m| {
+        m.text.contains("alpha") && m.text.contains("Адрес")
+    });
+    assert!(own.button(REMOVE).is_none(), "{own:?}");
+    fake.press(&owner(), id, "l");
+    let list = edited(&cluster, &fake, id, "the list again", &|m| is_list(m));
+    fake.press(&owner(), id, &list.button("charlie").unwrap());
+    let card = edited(&cluster, &fake, id, "charlie's card", &|m| {
+        m.text.contains("charlie") && m.text.contains("Адрес")
+    });
+    // Asked, then cancelled: nothing changes.
+    fake.press(&owner(), id, &card.button(REMOVE).unwrap());
+    let confirm = edited(&cluster, &fake, id, "the confirmation", &|m| {
+        m.text.starts_with("Удалить charlie из сети навсегда?")
+    });
+    fake.press(&owner(), id, &confirm.button("Отмена").unwrap());
+    let card = edited(&cluster, &fake, id, "the card after cancel", &|m| {
+        m.text.contains("Адрес")
+    });
+    assert_eq!(names(alpha), ["alpha", "bravo", "charlie"]);
+    // Asked and confirmed: removed everywhere, the secret rotated.
+    fake.press(&owner(), id, &card.button(REMOVE).unwrap());
+    let confirm = edited(&cluster, &fake, id, "the confirmation again", &|m| {
+        m.text.starts_with("Удалить charlie из сети навсегда?")
+    });
+    let yes = confirm.button("Да, удалить").unwrap();
+    fake.press(&owner(), id, &yes);
+    let done = edited(&cluster, &fake, id, "the removal result", &|m| {
+        m.text.contains("charlie удалён из сети")
+    });
+    assert!(done.text.contains("@BotFather"), "{}", done.text);
+    cluster.or_logs(|| {
+        wait_for(AGREE, "alpha and bravo on epoch 1 without charlie", || {
+            let ok = ["alpha", "bravo"].iter().all(|n| {
+                let node = cluster.node(n);
+                epoch(node) == Some(1) && names(node) == ["alpha", "bravo"]
+            });
+            ok.then_some(())
+        })
+    });
+    // The same confirmation again does nothing.
+    let answer = fake.press_for_answer(&owner(), id, &yes, ANSWER);
+    assert!(
+        answer["text"].as_str().unwrap_or("").contains("устарела"),
+        "{answer}"
+    );
+    assert_eq!(epoch(alpha), Some(1));
+    // Audited: the owner's removal, and the four refused presses.
+    let removed = audited(alpha, "node_removed");
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert_eq!(removed[0]["details"]["node"], "charlie");
+    assert!(
+        removed[0]["who"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("telegram:5001"),
+        "{removed:?}"
+    );
+    let refused = audited(alpha, "action_refused")
+        .into_iter()
+        .filter(|e| e["details"]["action"] == "remove")
+        .count();
+    assert_eq!(refused, 4);
+}

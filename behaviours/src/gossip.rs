@@ -100,6 +100,39 @@ pub struct MemberRecord {
     /// written before PQ4 and for tombstones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub card: Option<Pq4Card>,
+    /// How many times this node was admitted before this record's admission (0 for the first).
+    /// A fresh admission through a new invite counts one more, which supersedes a tombstone of
+    /// any version; within one admission a tombstone is final (see `membership::supersedes`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub admission: u32,
+    /// Set on the tombstone of an operator's removal (Unix seconds of the removal), as opposed
+    /// to a leave: only an invite issued after it may admit the node again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<u64>,
+    /// The chain of custody of the card's PQ4 identity since this admission (seed 004 §11): each
+    /// key update signed by the identity before it. A member accepts a card with another
+    /// identity only through a chain from one it trusted
+    /// ([`crate::network_keys::custody_holds`]). At most [`MAX_KEY_UPDATES`] kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_updates: Vec<KeyUpdateBytes>,
+}
+
+/// How many key updates a record keeps (the most recent): a member further behind than that
+/// cannot follow the chain and keeps the identity it trusted until the node is invited again.
+pub const MAX_KEY_UPDATES: usize = 8;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// One encoded [`constella_keys::KeyUpdate`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyUpdateBytes(#[serde(with = "crate::ids::bytes")] pub Vec<u8>);
+
+impl std::fmt::Debug for KeyUpdateBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyUpdate({} bytes)", self.0.len())
+    }
 }
 
 /// A member list, published on every join and leave and every 30 s (anti-entropy).
@@ -124,6 +157,9 @@ pub struct Rotation {
     pub epoch: u64,
     /// One sealed copy per member ([`crate::network_keys::Purpose::Rotation`]).
     pub sealed: Vec<SealedFor>,
+    /// When it was made (Unix seconds, the maker's clock): the periodic rotation counts from it.
+    #[serde(default)]
+    pub made_at: u64,
 }
 
 impl Rotation {
@@ -362,6 +398,9 @@ mod tests {
             version: 2,
             left: false,
             card: Some(card),
+            admission: 0,
+            removed_at: None,
+            key_updates: Vec::new(),
         };
         let roster = GossipBody::Roster(RosterUpdate {
             from: id,

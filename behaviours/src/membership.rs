@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
-use crate::gossip::{Goodbye, Heartbeat, MemberRecord};
+use crate::gossip::{Goodbye, Heartbeat, KeyUpdateBytes, MAX_KEY_UPDATES, MemberRecord};
 use crate::network_keys::Pq4Card;
 
 /// Heartbeats are published this often (networks of up to 100 members; see `Config::for_size`).
@@ -247,6 +247,9 @@ pub struct Membership {
     /// No alive member can go silent before this instant: [`Membership::tick`] does nothing
     /// earlier (a heartbeat only moves a member's deadline later).
     next_expiry: Option<Instant>,
+    /// Records refused because they changed a card's PQ4 identity without a valid chain of
+    /// custody (see [`crate::network_keys::custody_holds`]).
+    custody_refusals: u64,
 }
 
 impl Membership {
@@ -261,6 +264,7 @@ impl Membership {
             leader: local,
             leader_name: None,
             next_expiry: None,
+            custody_refusals: 0,
         };
         for record in records {
             let id = record.node_id;
@@ -684,6 +688,15 @@ impl Membership {
             if id == self.local || !card_is_valid(incoming) {
                 continue;
             }
+            if let Some(entry) = self.entries.get(&id)
+                && supersedes(incoming, &entry.record)
+                && !crate::network_keys::custody_holds(&entry.record, incoming)
+            {
+                // Another PQ4 identity without a chain of custody from one we trusted: a
+                // forged or out-of-order key update. Keep the identity we trust.
+                self.custody_refusals += 1;
+                continue;
+            }
             match self.entries.get_mut(&id) {
                 None => {
                     if !incoming.left {
@@ -721,10 +734,12 @@ impl Membership {
         priority: u32,
         card: Option<Pq4Card>,
     ) -> MemberRecord {
-        let version = self
-            .entries
-            .get(&id)
-            .map_or(1, |entry| entry.record.version + 1);
+        // Over a tombstone (a node that left or was removed, invited again) this is a new
+        // admission: it supersedes the tombstone whatever its version, and the card it brings
+        // starts a new chain of custody.
+        let (version, admission) = self.entries.get(&id).map_or((1, 0), |entry| {
+            (entry.record.version + 1, entry.record.admission + 1)
+        });
         let record = MemberRecord {
             node_id: id,
             name,
@@ -733,6 +748,9 @@ impl Membership {
             version,
             left: false,
             card,
+            admission,
+            removed_at: None,
+            key_updates: Vec::new(),
         };
         self.entries
             .insert(id, Entry::new(record.clone(), Liveness::unknown()));
@@ -755,6 +773,11 @@ impl Membership {
         self.elect();
     }
 
+    /// How many records were refused for a PQ4 identity change without a chain of custody.
+    pub fn custody_refusals(&self) -> u64 {
+        self.custody_refusals
+    }
+
     /// The record of `id`, tombstones included.
     pub fn any_record(&self, id: &PeerId) -> Option<&MemberRecord> {
         self.entries.get(id).map(|entry| &*entry.record)
@@ -775,7 +798,7 @@ impl Membership {
     /// Tombstones another member (an operator's `remove`): a new version with `left`, so it
     /// wins every merge and spreads like a leave. Returns the tombstone, or `None` for this node
     /// or a node that is not a current member.
-    pub fn remove(&mut self, id: &PeerId) -> Option<MemberRecord> {
+    pub fn remove(&mut self, id: &PeerId, unix_now: u64) -> Option<MemberRecord> {
         if *id == self.local {
             return None;
         }
@@ -785,6 +808,7 @@ impl Membership {
         }
         entry.set_left(true);
         entry.record.version += 1;
+        entry.record.removed_at = Some(unix_now);
         entry.liveness = Liveness::unknown();
         let record = (*entry.record).clone();
         self.elect();
@@ -794,13 +818,21 @@ impl Membership {
     /// Puts `card` in this node's own record, with a new version so that it spreads, unless the
     /// record already carries it (a node that started before PQ4, or after a key change).
     /// Returns the new record.
-    pub fn set_own_card(&mut self, card: Pq4Card) -> Option<MemberRecord> {
+    /// `key_updates` is the chain of custody from the card this record carried (empty for the
+    /// first card); the most recent [`MAX_KEY_UPDATES`] are kept.
+    pub fn set_own_card(
+        &mut self,
+        card: Pq4Card,
+        key_updates: &[KeyUpdateBytes],
+    ) -> Option<MemberRecord> {
         let entry = self.entries.get_mut(&self.local)?;
         if entry.left || entry.record.card.as_ref() == Some(&card) {
             return None;
         }
         let mut record = (*entry.record).clone();
         record.card = Some(card);
+        record.key_updates =
+            key_updates[key_updates.len().saturating_sub(MAX_KEY_UPDATES)..].to_vec();
         record.version += 1;
         entry.set_record(record.clone());
         Some(record)
@@ -838,12 +870,25 @@ fn is_late_delivery(seq: u64, newest: u64) -> bool {
     same_run && seq < newest && newest - seq <= LATE_DELIVERY_WINDOW
 }
 
-/// The merge order: the higher version wins; at equal versions a tombstone wins, then the
-/// larger (name, addr, priority), so every node converges on the same record whatever the order
-/// in which updates arrive.
-fn supersedes(incoming: &MemberRecord, current: &MemberRecord) -> bool {
-    fn rank(r: &MemberRecord) -> (u64, bool, &str, &str, u32) {
-        (r.version, r.left, &r.name, &r.addr, r.priority)
+/// The merge order, so every node converges on the same record whatever the order in which
+/// updates arrive:
+/// 1. the later admission wins (a node invited again after it left or was removed);
+/// 2. within one admission a tombstone wins whatever the versions: a departure is final, so a
+///    removed node that goes on bumping its own record (a restart, a key update) never comes
+///    back through a member that had not heard of the removal yet;
+/// 3. then the higher version, then the larger (name, addr, priority), then the larger card
+///    (two key updates of one version, made by two holders of the node's key: one wins
+///    everywhere, seed 004 §13.2).
+pub(crate) fn supersedes(incoming: &MemberRecord, current: &MemberRecord) -> bool {
+    if incoming.admission != current.admission {
+        return incoming.admission > current.admission;
+    }
+    if incoming.left != current.left {
+        return incoming.left;
+    }
+    fn rank(r: &MemberRecord) -> (u64, bool, &str, &str, u32, &[u8]) {
+        let card = r.card.as_ref().map_or(&[][..], |c| &c.bundle[..]);
+        (r.version, r.left, &r.name, &r.addr, r.priority, card)
     }
     rank(incoming) > rank(current)
 }
@@ -862,6 +907,9 @@ mod tests {
             version: 1,
             left: false,
             card: None,
+            admission: 0,
+            removed_at: None,
+            key_updates: Vec::new(),
         }
     }
 

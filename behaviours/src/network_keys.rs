@@ -14,12 +14,16 @@
 
 use std::fmt;
 
-use constella_keys::{Fingerprint, IdentityPublicKey, KeyStore, PreKeyBundle, VerifiedBundle};
+use constella_keys::identity::IdentityWire;
+use constella_keys::{
+    Fingerprint, IdentityPublicKey, KeyStore, KeyUpdate, PreKeyBundle, VerifiedBundle,
+};
 use libp2p::PeerId;
 use libp2p::identity::{Keypair, PublicKey};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::gossip::MemberRecord;
 use crate::secret::NetworkSecret;
 
 /// Domain of the libp2p signature over a card's bundle.
@@ -108,6 +112,76 @@ impl Pq4Card {
         }
         self.identity().ok().map(|id| fingerprint(node, &id))
     }
+}
+
+/// `ed448 ‖ x448` of an identity as announced (not verified).
+fn wire_bytes(identity: &IdentityWire) -> Vec<u8> {
+    [&identity.signing[..], &identity.dh[..]].concat()
+}
+
+/// The identity in a card's bundle as announced (not verified), `None` if it does not decode.
+fn announced_identity(card: &Pq4Card) -> Option<Vec<u8>> {
+    PreKeyBundle::from_bytes(&card.bundle)
+        .ok()
+        .map(|bundle| wire_bytes(&bundle.identity))
+}
+
+/// Whether `incoming` may replace `current` (the record of the same node this member holds) as
+/// far as the PQ4 identity goes: seed 004 §11, a new identity is accepted only with a chain of
+/// key updates, each signed by the identity before it, from the identity this member trusts.
+///
+/// - A later admission (the node was invited again) starts a new chain: the admitting member
+///   took its card in the Join.
+/// - The same identity (or no card on either side) needs nothing.
+/// - Otherwise the incoming chain must start at the identity of `current`'s card, or — for a
+///   rival update of the same version (two holders of the key updating at once, §13.2) — at the
+///   identity that `current`'s last update replaced. A key replaced earlier than that can forge
+///   nothing.
+///
+/// Costs a few Ed448 verifications, and only when the identity changes.
+pub fn custody_holds(current: &MemberRecord, incoming: &MemberRecord) -> bool {
+    if incoming.admission != current.admission {
+        return true;
+    }
+    let (Some(ours), Some(theirs)) = (&current.card, &incoming.card) else {
+        return true;
+    };
+    if ours.bundle == theirs.bundle {
+        return true;
+    }
+    let (Some(trusted), Some(announced)) = (announced_identity(ours), announced_identity(theirs))
+    else {
+        return false;
+    };
+    if trusted == announced {
+        return true;
+    }
+    let mut anchors = vec![trusted];
+    if incoming.version == current.version
+        && let Some(last) = current.key_updates.last()
+        && let Ok(last) = KeyUpdate::from_bytes(&last.0)
+    {
+        anchors.push(wire_bytes(last.old_identity()));
+    }
+    let Ok(chain) = incoming
+        .key_updates
+        .iter()
+        .map(|u| KeyUpdate::from_bytes(&u.0))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return false;
+    };
+    let Some(start) = chain
+        .iter()
+        .position(|u| anchors.contains(&wire_bytes(u.old_identity())))
+    else {
+        return false;
+    };
+    let Ok(anchor) = chain[start].old_identity().verify() else {
+        return false;
+    };
+    constella_keys::key_update::verify_chain(&anchor, &chain[start..])
+        .is_ok_and(|end| end.to_bytes()[..] == announced[..])
 }
 
 /// The fingerprint of `node` with the PQ4 identity `identity`, as 12 groups of 5 digits.

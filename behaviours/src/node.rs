@@ -68,7 +68,9 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::gossip::{Goodbye, GossipBody, Heartbeat, MemberRecord, RosterUpdate, Rotation};
+use crate::gossip::{
+    Goodbye, GossipBody, Heartbeat, KeyUpdateBytes, MemberRecord, RosterUpdate, Rotation,
+};
 use crate::join::JoinRefusal;
 use crate::membership::{Change, HeartbeatRejection, Membership, OfflineReason, Status};
 use crate::network_keys::Pq4Card;
@@ -123,6 +125,14 @@ pub struct Config {
     /// Members heard within this long count in the majority this node needs to host the
     /// leader services (see [`Node::partition`]).
     pub quorum_memory: Duration,
+    /// The leader rotates the network secret once the current one is this old (seed 004 §8:
+    /// every 7 days), counted from the rotation that made it, or from the leader's start for a
+    /// network never rotated.
+    pub rotation_interval: Duration,
+    /// The leader, learning that a member departed, waits this long before it rotates for it:
+    /// a removal's own rotation (made by the remover, published right after the tombstone)
+    /// usually arrives meanwhile, and then none is needed.
+    pub departure_rotation_grace: Duration,
 }
 
 impl Default for Config {
@@ -167,6 +177,8 @@ impl Config {
             scale_with_size: true,
             refused_within: Duration::from_secs(1),
             quorum_memory: Duration::from_secs(120),
+            rotation_interval: Duration::from_secs(7 * 24 * 3600),
+            departure_rotation_grace: Duration::from_secs(2),
         }
     }
 }
@@ -431,12 +443,24 @@ pub enum Input<'a> {
     StrangerRefused(PeerId),
     /// The addresses to announce changed (a new listen address).
     Addresses(&'a [String]),
-    /// This node's PQ4 card (at start): put in its own record with a new version if the
-    /// record does not carry it yet, then published and persisted.
-    OwnCard(&'a Pq4Card),
-    /// The operator removes a member: it is tombstoned (published, persisted) and the network
-    /// secret rotated ([`Output::Rotate`]). Not this node (that is [`Input::Leave`]).
-    Remove(PeerId),
+    /// This node's PQ4 card (at start, and after `rotate-keys`): put in its own record with a
+    /// new version if the record does not carry it yet, then published and persisted.
+    OwnCard {
+        /// The card.
+        card: &'a Pq4Card,
+        /// The chain of custody from the card the record carried (seed 004 §11): key updates,
+        /// each signed by the identity before it. Empty for a node's first card.
+        key_updates: &'a [KeyUpdateBytes],
+    },
+    /// The operator removes a member: it is tombstoned as removed (published, persisted) and
+    /// the network secret rotated ([`Output::Rotate`]). Not this node (that is
+    /// [`Input::Leave`]).
+    Remove {
+        /// The member.
+        peer: PeerId,
+        /// Unix seconds now: only invites issued later may admit it again.
+        unix_now: u64,
+    },
     /// The daemon adopted this rotation (made here, or opened from the network): kept for sync
     /// answers, and published if `publish` (this node made it).
     Rotated {
@@ -444,7 +468,15 @@ pub enum Input<'a> {
         rotation: &'a Rotation,
         /// This node made it: publish it.
         publish: bool,
+        /// Unix seconds now (the age of the secret, for the periodic rotation).
+        unix_now: u64,
+        /// A rotation this node made for the same epoch lost the tiebreak to this one: this
+        /// node rotates again if the winner still reaches a node that is no longer a member.
+        replaced_ours: bool,
     },
+    /// A member's gossip is sealed under a newer epoch than ours: we missed a rotation. Its
+    /// roster and last rotation are pulled at once instead of at the next random exchange.
+    NewerEpoch(PeerId),
 }
 
 /// What the core asks the daemon to do, in order.
@@ -521,8 +553,10 @@ pub enum Output {
     },
     /// The answer to [`Input::Leave`]: recorded (and how it was heard), or why not.
     LeaveDone(Result<LeaveOutcome, String>),
-    /// Make a new network secret, seal it to every remaining member and adopt it (a member was
-    /// removed here, or left or was removed while this node leads). The daemon answers with
+    /// Make a new network secret, seal it to every remaining member and adopt it: a member was
+    /// removed here; or this node leads and the secret in use reaches a node that left or was
+    /// removed, or is older than [`Config::rotation_interval`]; or a rotation this node made
+    /// lost the tiebreak to one that still reaches a departed node. The daemon answers with
     /// [`Input::Rotated`].
     Rotate,
     /// A rotation arrived (gossip or sync) from a member: the daemon opens the copy sealed to
@@ -634,6 +668,12 @@ pub struct Node {
     rejections: Rejections,
     /// The last secret rotation adopted (public: sealed copies), for sync answers.
     last_rotation: Option<Rotation>,
+    /// When the secret in use was made, for the periodic rotation (the start of this node
+    /// until a rotation tells).
+    secret_since: Instant,
+    /// A member departed while this node leads: at this instant, rotate if the secret in use
+    /// still reaches a departed node.
+    departure_check_at: Option<Instant>,
     rng: StdRng,
     out: Vec<Output>,
 }
@@ -710,6 +750,8 @@ impl Node {
             leader_changes: 0,
             rejections: Rejections::default(),
             last_rotation: None,
+            secret_since: now,
+            departure_check_at: None,
             rng: StdRng::seed_from_u64(seed),
             out: Vec::new(),
         };
@@ -914,16 +956,24 @@ impl Node {
                 self.expire_stranger(peer, now + self.config.stranger_grace)
             }
             Input::Addresses(addrs) => self.local.addrs = addrs.to_vec(),
-            Input::Remove(peer) => self.remove(peer, now),
-            Input::Rotated { rotation, publish } => {
-                self.last_rotation = Some(rotation.clone());
-                if publish {
-                    self.out
-                        .push(Output::Publish(GossipBody::Rotation(rotation.clone())));
+            Input::Remove { peer, unix_now } => self.remove(peer, unix_now, now),
+            Input::Rotated {
+                rotation,
+                publish,
+                unix_now,
+                replaced_ours,
+            } => self.on_rotated(rotation, publish, unix_now, replaced_ours, now),
+            Input::NewerEpoch(peer) => {
+                if self.membership.is_member(&peer) {
+                    self.pull_roster(peer, now);
                 }
             }
-            Input::OwnCard(card) => {
-                if self.membership.set_own_card(card.clone()).is_some() {
+            Input::OwnCard { card, key_updates } => {
+                if self
+                    .membership
+                    .set_own_card(card.clone(), key_updates)
+                    .is_some()
+                {
                     self.publish_roster();
                     self.persist(None);
                 }
@@ -957,6 +1007,7 @@ impl Node {
             self.update_leadership(now);
         }
         self.drop_strangers(now);
+        self.rotate_if_due(now);
         self.end_unacknowledged_leave(now);
         self.undo_unconfirmed(now);
         if self.goodbye_at.is_some_and(|at| now >= at) {
@@ -1014,6 +1065,10 @@ impl Node {
         if !self.settled {
             consider(Some(self.started + self.config.settle));
         }
+        if self.membership.leader() == self.local.id {
+            consider(self.secret_since.checked_add(self.config.rotation_interval));
+        }
+        consider(self.departure_check_at);
         if self.partitioned.is_some() {
             consider(Some(now + Duration::from_secs(1)));
         }
@@ -1366,14 +1421,99 @@ impl Node {
     }
 
     /// An operator's removal: tombstone, spread like a leave, and rotate the secret.
-    fn remove(&mut self, peer: PeerId, now: Instant) {
-        if self.membership.remove(&peer).is_none() {
+    fn remove(&mut self, peer: PeerId, unix_now: u64, now: Instant) {
+        if self.membership.remove(&peer, unix_now).is_none() {
             return;
         }
         self.apply_changes(vec![Change::Left(peer)], now);
         self.publish_roster();
         self.out.push(Output::Disconnect(peer));
         self.want_rotation();
+    }
+
+    /// A rotation was adopted (made here, or opened from the network).
+    fn on_rotated(
+        &mut self,
+        rotation: &Rotation,
+        publish: bool,
+        unix_now: u64,
+        replaced_ours: bool,
+        now: Instant,
+    ) {
+        self.last_rotation = Some(rotation.clone());
+        let age = Duration::from_secs(unix_now.saturating_sub(rotation.made_at));
+        self.secret_since = now.checked_sub(age).unwrap_or(now).min(now);
+        if publish {
+            self.out
+                .push(Output::Publish(GossipBody::Rotation(rotation.clone())));
+            return;
+        }
+        // The maker of a lost rotation (the winner may not know of the removal that made ours)
+        // and the leader (it may have learnt of a departure the winner had not) rotate again
+        // while the secret in use still reaches a node that is no longer a member.
+        let leads = self.membership.leader() == self.local.id;
+        if (replaced_ours || leads)
+            && self.exit.is_none()
+            && !self.left
+            && self.secret_reaches_a_departed_node()
+        {
+            self.want_rotation();
+        }
+    }
+
+    /// Whether a node that left or was removed holds the secret in use: one the last rotation
+    /// was sealed to, or (never rotated) any departed node.
+    pub fn secret_reaches_a_departed_node(&self) -> bool {
+        let departed = |id: &PeerId| {
+            *id != self.local.id
+                && self
+                    .membership
+                    .any_record(id)
+                    .is_none_or(|record| record.left)
+        };
+        match &self.last_rotation {
+            Some(rotation) => {
+                departed(&rotation.from) || rotation.sealed.iter().any(|copy| departed(&copy.to))
+            }
+            None => self
+                .membership
+                .records()
+                .iter()
+                .any(|record| record.left && record.node_id != self.local.id),
+        }
+    }
+
+    /// Whether `id` (departed) was given the secret in use: always without a rotation yet.
+    fn departed_holds_secret(&self, id: &PeerId) -> bool {
+        self.last_rotation
+            .as_ref()
+            .is_none_or(|r| r.from == *id || r.sealed.iter().any(|copy| copy.to == *id))
+    }
+
+    /// The periodic rotation (seed 004 §8), and the one for a departure, by the leader.
+    fn rotate_if_due(&mut self, now: Instant) {
+        if self.departure_check_at.is_some_and(|at| now >= at) {
+            self.departure_check_at = None;
+            if self.membership.leader() == self.local.id
+                && self.exit.is_none()
+                && !self.left
+                && self.secret_reaches_a_departed_node()
+            {
+                self.want_rotation();
+                return;
+            }
+        }
+        if now >= self.secret_since + self.config.rotation_interval
+            && self.membership.leader() == self.local.id
+            && self.settled
+            && self.exit.is_none()
+            && !self.left
+            && self.membership.len() > 1
+        {
+            // Counted again from now: the answer (`Input::Rotated`) sets it exactly.
+            self.secret_since = now;
+            self.want_rotation();
+        }
     }
 
     fn want_rotation(&mut self) {
@@ -1434,8 +1574,10 @@ impl Node {
                         && self.exit.is_none()
                         && !self.left
                         && self.membership.leader() == self.local.id
+                        && self.departed_holds_secret(id)
                     {
-                        self.want_rotation();
+                        self.departure_check_at
+                            .get_or_insert(now + self.config.departure_rotation_grace);
                     }
                 }
                 Change::Alive(id) => {
@@ -1574,6 +1716,20 @@ impl Node {
         }
         if unix_now >= invite.expires_at {
             return Err(JoinRefusal::ExpiredToken);
+        }
+        // A removed node comes back only through an invite issued after its removal: no link
+        // it may have held (or made) while it was a member readmits it.
+        if let Some(removed_at) = self
+            .membership
+            .any_record(&peer)
+            .filter(|record| record.left)
+            .and_then(|record| record.removed_at)
+            && invite.created_at <= removed_at
+        {
+            return Err(JoinRefusal::Invalid(
+                "this node was removed from the network; it needs an invite issued after its removal"
+                    .to_owned(),
+            ));
         }
         if self
             .membership
@@ -1973,6 +2129,9 @@ mod tests {
             version: 1,
             left: false,
             card: None,
+            admission: 0,
+            removed_at: None,
+            key_updates: Vec::new(),
         }
     }
 
@@ -3028,7 +3187,13 @@ mod tests {
         // `a` leads (priority 10); it removes `c`.
         let mut f = Fixture::new(10, &[1, 2]);
         let c = f.c;
-        let out = f.handle(1.0, Input::Remove(c));
+        let out = f.handle(
+            1.0,
+            Input::Remove {
+                peer: c,
+                unix_now: 950,
+            },
+        );
         assert!(!f.node.membership().is_member(&c));
         assert!(out.contains(&Output::Rotate), "{out:?}");
         assert!(out.contains(&Output::Disconnect(c)));
@@ -3042,12 +3207,24 @@ mod tests {
             if r.records.iter().any(|rec| rec.node_id == c && rec.left)))
         );
         // Removing it again, or this node, does nothing.
-        let again = f.handle(1.5, Input::Remove(c));
+        let again = f.handle(
+            1.5,
+            Input::Remove {
+                peer: c,
+                unix_now: 951,
+            },
+        );
         assert!(!again.contains(&Output::Rotate));
         let local = f.a;
         assert!(
-            !f.handle(1.6, Input::Remove(local))
-                .contains(&Output::Rotate)
+            !f.handle(
+                1.6,
+                Input::Remove {
+                    peer: local,
+                    unix_now: 952
+                }
+            )
+            .contains(&Output::Rotate)
         );
         // `b` leaves (its tombstone arrives by gossip): the leader rotates.
         let b = f.b;
@@ -3065,7 +3242,42 @@ mod tests {
                 body: &body,
             },
         );
+        assert!(!out.contains(&Output::Rotate), "{out:?}");
+        // Not at once: the remover's own rotation may come meanwhile. None came: it rotates.
+        let out = f.handle(2.5, Input::Timer);
+        assert!(!out.contains(&Output::Rotate), "{out:?}");
+        let out = f.handle(4.01, Input::Timer);
         assert!(out.contains(&Output::Rotate), "{out:?}");
+        // A departure after which the remover's rotation (leaving the node out) arrives needs
+        // no rotation of the leader's.
+        let mut g = Fixture::new(10, &[1, 2]);
+        g.join_b_and_c(0.0);
+        let (ga, gb, gc) = (g.a, g.b, g.c);
+        let mut gone = g.node.membership().record(&gc).unwrap().clone();
+        gone.left = true;
+        gone.version += 1;
+        gone.removed_at = Some(950);
+        let body = GossipBody::Roster(RosterUpdate {
+            from: gb,
+            records: vec![gone],
+        });
+        g.handle(
+            1.0,
+            Input::Gossip {
+                signer: Some(gb),
+                body: &body,
+            },
+        );
+        g.handle(
+            1.2,
+            Input::Rotated {
+                rotation: &rotation_sealed_to(gb, 1, &[ga], 950),
+                publish: false,
+                unix_now: 950,
+                replaced_ours: false,
+            },
+        );
+        assert!(!g.handle(3.5, Input::Timer).contains(&Output::Rotate));
     }
 
     #[test]
@@ -3080,6 +3292,7 @@ mod tests {
             from,
             epoch,
             sealed: vec![],
+            made_at: 0,
         };
         assert!(rotation(large, 2).wins_over(1, Some(&small)));
         assert!(rotation(small, 2).wins_over(2, Some(&large)));
@@ -3087,5 +3300,219 @@ mod tests {
         assert!(!rotation(small, 1).wins_over(2, Some(&large)));
         // After a restart nothing is known of the current epoch's maker: it stays.
         assert!(!rotation(small, 2).wins_over(2, None));
+    }
+
+    fn rotation_sealed_to(from: PeerId, epoch: u64, to: &[PeerId], made_at: u64) -> Rotation {
+        Rotation {
+            from,
+            epoch,
+            sealed: to
+                .iter()
+                .map(|id| crate::gossip::SealedFor {
+                    to: *id,
+                    blob: vec![1],
+                })
+                .collect(),
+            made_at,
+        }
+    }
+
+    #[test]
+    fn a_removed_node_comes_back_only_through_an_invite_issued_after_its_removal() {
+        // Invite "old" was issued at 900; `c` is removed at 950.
+        let mut f = with_invite("old");
+        let c = f.c;
+        f.handle(
+            1.0,
+            Input::Remove {
+                peer: c,
+                unix_now: 950,
+            },
+        );
+        let tombstone = f.node.membership().any_record(&c).unwrap().clone();
+        assert!(tombstone.left && tombstone.removed_at == Some(950));
+        // The old link, valid and unused, does not readmit it.
+        let out = join(&mut f, 2.0, c, "old", "c");
+        assert!(
+            matches!(answer(&out), Some(Err(JoinRefusal::Invalid(why))) if why.contains("removed")),
+            "{out:?}"
+        );
+        // A node that merely left is welcome back with that same old link (a leave is not a
+        // removal).
+        let mut g = with_invite("old");
+        let b = g.b;
+        let mut left = g.node.membership().record(&b).unwrap().clone();
+        left.left = true;
+        left.version += 1;
+        g.handle(
+            1.0,
+            Input::SyncAnswer {
+                from: g.c,
+                message: &SyncMessage {
+                    records: vec![left],
+                    settings: NetworkSettings::default(),
+                    rotation: None,
+                },
+            },
+        );
+        assert!(!g.node.membership().is_member(&b));
+        join(&mut g, 2.0, b, "old", "b");
+        let out = g.handle(2.1, Input::Persisted(Ack::Admission(b)));
+        assert!(matches!(answer(&out), Some(Ok(_))), "{out:?}");
+        // A new invite, issued after the removal, admits `c` as a new admission.
+        issue(&mut f, 3.0, 2, "new", 960, 600);
+        f.handle(3.0, Input::Persisted(Ack::Invite(2)));
+        join(&mut f, 3.1, c, "new", "c");
+        let out = f.handle(3.2, Input::Persisted(Ack::Admission(c)));
+        let Some(Ok(admission)) = answer(&out) else {
+            panic!("not admitted: {out:?}");
+        };
+        assert_eq!(admission.record.admission, tombstone.admission + 1);
+        assert!(f.node.membership().is_member(&c));
+        // Elsewhere, the fresh admission supersedes the tombstone whatever its version, while
+        // the removed node's own bumped record of the old admission never does.
+        let mut other = Membership::new(f.b, vec![record(f.b, "b", 20)], SECOND);
+        other.merge(std::slice::from_ref(&tombstone));
+        let mut stale = tombstone.clone();
+        stale.left = false;
+        stale.removed_at = None;
+        stale.version += 10;
+        other.merge(&[stale]);
+        assert!(
+            !other.is_member(&c),
+            "a bumped record of the removed admission came back"
+        );
+        other.merge(std::slice::from_ref(&admission.record));
+        assert!(other.is_member(&c));
+        other.merge(&[tombstone]);
+        assert!(
+            other.is_member(&c),
+            "the old tombstone beat the new admission"
+        );
+    }
+
+    #[test]
+    fn the_maker_of_a_lost_rotation_retries_while_the_winner_reaches_a_removed_node() {
+        // `b` leads; `a` removed `c` and made a rotation that lost to one that `b` made before
+        // it heard of the removal (sealed to `c` too).
+        let mut f = Fixture::new(30, &[1, 2]);
+        let (a, b, c) = (f.a, f.b, f.c);
+        f.join_b_and_c(0.0);
+        f.handle(
+            1.0,
+            Input::Remove {
+                peer: c,
+                unix_now: 950,
+            },
+        );
+        let winner = rotation_sealed_to(b, 1, &[a, c], 950);
+        let out = f.handle(
+            1.1,
+            Input::Rotated {
+                rotation: &winner,
+                publish: false,
+                unix_now: 950,
+                replaced_ours: true,
+            },
+        );
+        assert!(out.contains(&Output::Rotate), "{out:?}");
+        // A winner that leaves `c` out needs nothing more.
+        let clean = rotation_sealed_to(b, 1, &[a], 950);
+        let out = f.handle(
+            1.2,
+            Input::Rotated {
+                rotation: &clean,
+                publish: false,
+                unix_now: 950,
+                replaced_ours: true,
+            },
+        );
+        assert!(!out.contains(&Output::Rotate), "{out:?}");
+        // A member that did not rotate itself and does not lead leaves it to the others.
+        let mut g = Fixture::new(30, &[1, 2]);
+        g.join_b_and_c(0.0);
+        let (gb, gc) = (g.b, g.c);
+        g.handle(
+            1.0,
+            Input::Remove {
+                peer: gc,
+                unix_now: 950,
+            },
+        );
+        let out = g.handle(
+            1.1,
+            Input::Rotated {
+                rotation: &rotation_sealed_to(gb, 1, &[g.a, gc], 950),
+                publish: false,
+                unix_now: 950,
+                replaced_ours: false,
+            },
+        );
+        assert!(!out.contains(&Output::Rotate), "{out:?}");
+    }
+
+    #[test]
+    fn the_leader_rotates_when_the_secret_is_older_than_the_interval() {
+        let config = Config {
+            rotation_interval: Duration::from_secs(60),
+            ..Config::default()
+        };
+        let mut f = Fixture::new(10, &[1, 2]);
+        f.node.config.rotation_interval = config.rotation_interval;
+        f.join_b_and_c(0.0);
+        // The last rotation was made 30 s ago (unix 1000 vs 970).
+        let (a, b, c) = (f.a, f.b, f.c);
+        f.handle(
+            5.0,
+            Input::Rotated {
+                rotation: &rotation_sealed_to(a, 1, &[b, c], 970),
+                publish: false,
+                unix_now: 1000,
+                replaced_ours: false,
+            },
+        );
+        let out = f.handle(30.0, Input::Timer);
+        assert!(!out.contains(&Output::Rotate), "{out:?}");
+        // Due 60 s after it was made: at 35 s on this clock. The wake asks for it.
+        let out = f.handle(34.0, Input::Timer);
+        assert!(!out.contains(&Output::Rotate));
+        assert!(
+            matches!(out.last(), Some(Output::WakeAt(at)) if *at <= f.at(35.01)),
+            "{out:?}"
+        );
+        let out = f.handle(35.01, Input::Timer);
+        assert_eq!(
+            out.iter().filter(|o| **o == Output::Rotate).count(),
+            1,
+            "{out:?}"
+        );
+        // Not again before the answer (nor while waiting for it).
+        assert!(!f.handle(36.0, Input::Timer).contains(&Output::Rotate));
+        // A member that does not lead never rotates on time.
+        let mut g = Fixture::new(30, &[1, 2]);
+        g.node.config.rotation_interval = config.rotation_interval;
+        g.join_b_and_c(0.0);
+        let gb = g.b;
+        for t in 1..=100 {
+            let mut out = g.heartbeat_from(f64::from(t), gb);
+            out.extend(g.handle(f64::from(t) + 0.5, Input::Timer));
+            assert!(!out.contains(&Output::Rotate), "{out:?}");
+        }
+    }
+
+    #[test]
+    fn gossip_under_a_newer_epoch_pulls_the_senders_roster_and_rotation() {
+        let mut f = Fixture::new(10, &[1, 2]);
+        f.join_b_and_c(0.0);
+        let b = f.b;
+        let out = f.handle(1.0, Input::NewerEpoch(b));
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Sync { to, .. } if *to == b)),
+            "{out:?}"
+        );
+        // A stranger's gossip pulls nothing.
+        let out = f.handle(1.0, Input::NewerEpoch(PeerId::random()));
+        assert!(!out.iter().any(|o| matches!(o, Output::Sync { .. })));
     }
 }

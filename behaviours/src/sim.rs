@@ -729,6 +729,9 @@ fn record(id: PeerId, name: &str, index: usize) -> MemberRecord {
         version: 1,
         left: false,
         card: None,
+        admission: 0,
+        removed_at: None,
+        key_updates: Vec::new(),
     }
 }
 

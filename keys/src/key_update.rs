@@ -124,6 +124,16 @@ impl KeyUpdate {
         })
     }
 
+    /// The identity this update replaces (as announced; [`KeyUpdate::verify`] checks it).
+    pub fn old_identity(&self) -> &IdentityWire {
+        &self.old
+    }
+
+    /// The identity this update introduces (as announced; [`KeyUpdate::verify`] checks it).
+    pub fn new_identity(&self) -> &IdentityWire {
+        &self.new
+    }
+
     /// Encodes the update.
     pub fn to_bytes(&self) -> Vec<u8> {
         wire::encode_with_capacity(self, 4096 + self.opks.len() * 70)

@@ -2,7 +2,7 @@
 //!
 //! Anything a client sends back is untrusted: it is parsed strictly, node references are
 //! resolved against the current member list, and the one action that changes anything (a
-//! confirmed reboot) carries an expiry and an HMAC under the network secret, bound to the
+//! confirmed reboot or removal) carries an expiry and an HMAC under the network secret, bound to the
 //! owner, the chat and the message. A confirmation is therefore checkable by whichever node
 //! leads when it is pressed, and cannot be forged or replayed into another message.
 
@@ -16,6 +16,8 @@ pub const SHORT_ID_LEN: usize = 8;
 pub const CONFIRM_TTL_SECS: u64 = 120;
 /// Domain separation of the confirmation MAC.
 const CONFIRM_MAC_DOMAIN: &[u8] = b"constella/bot-confirm/v1\0";
+/// Domain of a removal's confirmation: a reboot's confirmation can never pass for one.
+const REMOVE_MAC_DOMAIN: &[u8] = b"constella/bot-confirm-remove/v1\0";
 /// Bytes of the MAC kept in the callback data (hex-encoded).
 const CONFIRM_MAC_BYTES: usize = 8;
 
@@ -34,6 +36,10 @@ pub enum Action {
     Reboot(Confirmation),
     /// The reboot was not confirmed: back to the card.
     Cancel(String),
+    /// Ask to confirm removing a node from the network (the owner's alone).
+    AskRemove(String),
+    /// A confirmed removal; valid only with a good removal MAC before `expires_at`.
+    Remove(Confirmation),
     /// Offer the chart ranges of a node.
     Charts(String),
     /// Send a chart of a node over a range (see [`ChartRange`]).
@@ -127,6 +133,8 @@ impl Action {
             Action::AskReboot(node) => format!("r:{node}"),
             Action::Reboot(c) => format!("R:{}:{}:{}", c.node, c.expires_at, c.mac),
             Action::Cancel(node) => format!("x:{node}"),
+            Action::AskRemove(node) => format!("d:{node}"),
+            Action::Remove(c) => format!("D:{}:{}:{}", c.node, c.expires_at, c.mac),
             Action::Charts(node) => format!("g:{node}"),
             Action::Chart(node, range) => format!("G:{node}:{}", range.code()),
         }
@@ -147,12 +155,13 @@ impl Action {
             "u" => node(rest).map(Action::Usage),
             "r" => node(rest).map(Action::AskReboot),
             "x" => node(rest).map(Action::Cancel),
+            "d" => node(rest).map(Action::AskRemove),
             "g" => node(rest).map(Action::Charts),
             "G" => {
                 let (id, range) = rest.split_once(':')?;
                 Some(Action::Chart(node(id)?, ChartRange::from_code(range)?))
             }
-            "R" => {
+            "R" | "D" => {
                 let mut parts = rest.split(':');
                 let (Some(id), Some(exp), Some(mac), None) =
                     (parts.next(), parts.next(), parts.next(), parts.next())
@@ -166,11 +175,16 @@ impl Action {
                 let mac_ok = mac.len() == CONFIRM_MAC_BYTES * 2
                     && mac.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
                 mac_ok.then_some(())?;
-                Some(Action::Reboot(Confirmation {
+                let confirmation = Confirmation {
                     node: node(id)?,
                     expires_at,
                     mac: mac.to_owned(),
-                }))
+                };
+                Some(if kind == "R" {
+                    Action::Reboot(confirmation)
+                } else {
+                    Action::Remove(confirmation)
+                })
             }
             _ => None,
         }
@@ -187,11 +201,33 @@ fn confirm_body(node: &str, expires_at: u64, binding: Binding) -> String {
 impl Confirmation {
     /// A confirmation for rebooting `node`, shown in the message of `binding`.
     pub fn sign(secret: &NetworkSecret, node: &str, now: u64, binding: Binding) -> Self {
+        Self::sign_in(CONFIRM_MAC_DOMAIN, secret, node, now, binding)
+    }
+
+    /// A confirmation for removing `node`, shown in the message of `binding`.
+    pub fn sign_removal(secret: &NetworkSecret, node: &str, now: u64, binding: Binding) -> Self {
+        Self::sign_in(REMOVE_MAC_DOMAIN, secret, node, now, binding)
+    }
+
+    /// Checks a removal's confirmation (MAC and expiry).
+    pub fn verify_removal(
+        &self,
+        secret: &NetworkSecret,
+        now: u64,
+        binding: Binding,
+    ) -> Result<(), ConfirmError> {
+        self.verify_in(REMOVE_MAC_DOMAIN, secret, now, binding)
+    }
+
+    fn sign_in(
+        domain: &[u8],
+        secret: &NetworkSecret,
+        node: &str,
+        now: u64,
+        binding: Binding,
+    ) -> Self {
         let expires_at = now + CONFIRM_TTL_SECS;
-        let tag = secret.mac(
-            CONFIRM_MAC_DOMAIN,
-            confirm_body(node, expires_at, binding).as_bytes(),
-        );
+        let tag = secret.mac(domain, confirm_body(node, expires_at, binding).as_bytes());
         Self {
             node: node.to_owned(),
             expires_at,
@@ -206,8 +242,18 @@ impl Confirmation {
         now: u64,
         binding: Binding,
     ) -> Result<(), ConfirmError> {
+        self.verify_in(CONFIRM_MAC_DOMAIN, secret, now, binding)
+    }
+
+    fn verify_in(
+        &self,
+        domain: &[u8],
+        secret: &NetworkSecret,
+        now: u64,
+        binding: Binding,
+    ) -> Result<(), ConfirmError> {
         let tag = secret.mac(
-            CONFIRM_MAC_DOMAIN,
+            domain,
             confirm_body(&self.node, self.expires_at, binding).as_bytes(),
         );
         let expected = hex::encode(&tag[..CONFIRM_MAC_BYTES]);
@@ -254,6 +300,13 @@ pub(crate) mod tests {
             Action::Usage(short.clone()),
             Action::AskReboot(short.clone()),
             Action::Cancel(short.clone()),
+            Action::AskRemove(short.clone()),
+            Action::Remove(Confirmation::sign_removal(
+                &secret,
+                &short,
+                u64::from(u32::MAX),
+                binding(),
+            )),
             Action::Reboot(confirmation),
             Action::Charts(short.clone()),
             Action::Chart(short.clone(), ChartRange::Week),
@@ -313,6 +366,17 @@ pub(crate) mod tests {
         other_node.node = "ZZZZEfGh".into();
         assert_eq!(
             other_node.verify(&secret, now, binding()),
+            Err(ConfirmError::Forged)
+        );
+        // A reboot's confirmation is no removal's, and the other way round.
+        assert_eq!(
+            c.verify_removal(&secret, now, binding()),
+            Err(ConfirmError::Forged)
+        );
+        let removal = Confirmation::sign_removal(&secret, "AbCdEfGh", now, binding());
+        assert_eq!(removal.verify_removal(&secret, now, binding()), Ok(()));
+        assert_eq!(
+            removal.verify(&secret, now, binding()),
             Err(ConfirmError::Forged)
         );
         let mut later = c;

@@ -463,10 +463,11 @@ impl Handlers {
             Action::Card(n)
             | Action::Usage(n)
             | Action::AskReboot(n)
+            | Action::AskRemove(n)
             | Action::Cancel(n)
             | Action::Charts(n)
             | Action::Chart(n, _) => n,
-            Action::Reboot(c) => &c.node,
+            Action::Reboot(c) | Action::Remove(c) => &c.node,
             Action::List => return,
         };
         let Some(peer) = resolve(&peers, short).cloned() else {
@@ -480,12 +481,33 @@ impl Handlers {
             Action::Card(_) => {
                 self.answer(&query, None).await;
                 let screen = self.node_card(lang, &peer, can_reboot).await;
+                let screen = self.with_remove(lang, who, &peer, screen);
                 self.edit(chat, message_id, screen).await;
             }
             Action::Cancel(_) => {
                 self.answer(&query, Some(ui::toast_cancelled(lang))).await;
                 let screen = self.node_card(lang, &peer, can_reboot).await;
+                let screen = self.with_remove(lang, who, &peer, screen);
                 self.edit(chat, message_id, screen).await;
+            }
+            Action::AskRemove(_) | Action::Remove(_) if self.is_this_node(&peer) => {
+                self.answer(&query, Some(&ui::toast_remove_self(lang, &peer.name)))
+                    .await;
+            }
+            Action::AskRemove(short) => {
+                let confirmation =
+                    Confirmation::sign_removal(&self.config.secret, &short, unix_now(), binding);
+                self.answer(&query, None).await;
+                self.edit(
+                    chat,
+                    message_id,
+                    ui::confirm_remove(lang, &peer, confirmation),
+                )
+                .await;
+            }
+            Action::Remove(confirmation) => {
+                self.on_confirmed_remove(&query, who, lang, &peer, confirmation, binding)
+                    .await;
             }
             Action::Charts(_) => {
                 self.answer(&query, None).await;
@@ -532,8 +554,31 @@ impl Handlers {
         confirmation: &Confirmation,
         binding: Binding,
     ) -> Result<(), ConfirmError> {
+        self.accept_confirmation_of(
+            access::Action::Reboot,
+            (query, who, lang),
+            confirmation,
+            binding,
+        )
+        .await
+    }
+
+    /// [`Self::accept_confirmation`] for `action` (a reboot or container action, or a
+    /// removal, whose confirmations carry MACs of different domains).
+    async fn accept_confirmation_of(
+        &mut self,
+        action: access::Action,
+        (query, who, lang): (&CallbackQuery, &Who, Lang),
+        confirmation: &Confirmation,
+        binding: Binding,
+    ) -> Result<(), ConfirmError> {
         let now = unix_now();
-        match confirmation.verify(&self.config.secret, now, binding) {
+        let verified = if action == access::Action::Remove {
+            confirmation.verify_removal(&self.config.secret, now, binding)
+        } else {
+            confirmation.verify(&self.config.secret, now, binding)
+        };
+        match verified {
             Ok(()) => {}
             Err(ConfirmError::Expired) => {
                 self.answer(query, Some(ui::toast_expired(lang))).await;
@@ -548,10 +593,10 @@ impl Handlers {
         // Checked again where it runs, from the settings as they are now: a grant revoked
         // since this update was fetched stops the reboot here.
         match self.rank_now(&query.from) {
-            Some(rank) if rank.allows(access::Action::Reboot) => {}
+            Some(rank) if rank.allows(action) => {}
             rank => {
                 let role = rank.map_or("none", Rank::as_str);
-                self.refused_action(&who.text, role, access::Action::Reboot);
+                self.refused_action(&who.text, role, action);
                 self.answer(query, Some(ui::not_allowed(lang))).await;
                 return Err(ConfirmError::Forged);
             }
@@ -624,6 +669,66 @@ impl Handlers {
             screen,
         )
         .await;
+    }
+
+    /// The owner's node card gains a remove button (not on this node's own card: a node
+    /// leaves with `constella leave` on it).
+    fn with_remove(&self, lang: Lang, who: &Who, peer: &MemberView, screen: Screen) -> Screen {
+        if who.rank.allows(access::Action::Remove) && !self.is_this_node(peer) {
+            ui::with_remove_button(lang, screen, &short_peer_id(&peer.node_id))
+        } else {
+            screen
+        }
+    }
+
+    fn is_this_node(&self, peer: &MemberView) -> bool {
+        peer.node_id.to_base58() == self.config.node_id
+    }
+
+    /// A confirmed removal: checked (MAC, expiry, the owner's rank now, claimed once), audited,
+    /// then the node removes the member and rotates the network secret.
+    async fn on_confirmed_remove(
+        &mut self,
+        query: &CallbackQuery,
+        who: &Who,
+        lang: Lang,
+        peer: &MemberView,
+        confirmation: Confirmation,
+        binding: Binding,
+    ) {
+        let (chat, message) = (ChatId(binding.chat_id), MessageId(binding.message_id));
+        match self
+            .accept_confirmation_of(
+                access::Action::Remove,
+                (query, who, lang),
+                &confirmation,
+                binding,
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(ConfirmError::Expired) => {
+                let screen = self.node_card(lang, peer, true).await;
+                let screen = self.with_remove(lang, who, peer, screen);
+                self.edit(chat, message, screen).await;
+                return;
+            }
+            Err(ConfirmError::Forged) => return,
+        }
+        info!(node = %peer.name, who = %who.text, "removal requested from Telegram");
+        let result = bounded(self.client.remove(&peer.node_id.to_base58())).await;
+        let text = match result {
+            Ok(name) => {
+                self.config.audit.record(
+                    AuditEvent::new(AuditKind::NodeRemoved, who.text.clone(), "telegram")
+                        .detail("node", name.clone()),
+                );
+                ui::removed(lang, &name)
+            }
+            Err(error) => ui::action_failed(lang, &peer.name, &error),
+        };
+        self.edit(chat, message, ui::with_back(lang, text, None))
+            .await;
     }
 
     // ---- the node ----
@@ -801,6 +906,7 @@ fn button_action(action: &Action) -> access::Action {
         Action::List | Action::Card(_) | Action::Cancel(_) => access::Action::List,
         Action::Usage(_) | Action::Charts(_) | Action::Chart(..) => access::Action::Usage,
         Action::AskReboot(_) | Action::Reboot(_) => access::Action::Reboot,
+        Action::AskRemove(_) | Action::Remove(_) => access::Action::Remove,
     }
 }
 

@@ -192,6 +192,66 @@ pub fn confirm_reboot(lang: Lang, peer: &MemberView, confirmation: Confirmation)
     }
 }
 
+/// The owner's node card with a remove button above the way back.
+pub fn with_remove_button(lang: Lang, mut screen: Screen, short: &str) -> Screen {
+    if let Some(keyboard) = screen.keyboard.as_mut() {
+        let row = vec![button(
+            lang.pick("🗑 Удалить из сети", "🗑 Remove from the network"),
+            &Action::AskRemove(short.to_owned()),
+        )];
+        let at = keyboard.inline_keyboard.len().saturating_sub(1);
+        keyboard.inline_keyboard.insert(at, row);
+    }
+    screen
+}
+
+/// The confirmation step of a removal: what it does, and that it cannot be undone.
+pub fn confirm_remove(lang: Lang, peer: &MemberView, confirmation: Confirmation) -> Screen {
+    let short = confirmation.node.clone();
+    let text = match lang {
+        Lang::Ru => format!(
+            "Удалить {} из сети навсегда?\nВсе узлы забудут его, а секрет сети сменится (новая эпоха), и он её не получит. Вернуть его можно только новым приглашением. Кнопка действует 2 минуты.",
+            peer.name
+        ),
+        Lang::En => format!(
+            "Remove {} from the network for good?\nEvery node drops it and the network secret is rotated to a new epoch it never gets. It can come back only with a new invite. This button works for 2 minutes.",
+            peer.name
+        ),
+    };
+    let rows = vec![vec![
+        button(
+            lang.pick("Да, удалить", "Yes, remove"),
+            &Action::Remove(confirmation),
+        ),
+        button(lang.pick("Отмена", "Cancel"), &Action::Cancel(short)),
+    ]];
+    Screen {
+        text,
+        keyboard: Some(InlineKeyboardMarkup::new(rows)),
+    }
+}
+
+/// A removal went through. The removed server knew the bot token, which only @BotFather can
+/// change: the owner is told how.
+pub fn removed(lang: Lang, name: &str) -> String {
+    match lang {
+        Lang::Ru => format!(
+            "✅ {name} удалён из сети; секрет сети сменён, новый он не получит.\nОн знал токен бота: отзовите токен в @BotFather (/revoke) и задайте новый на любом узле: constella bot-token set."
+        ),
+        Lang::En => format!(
+            "✅ {name} is removed from the network; the network secret is rotated and it gets no copy.\nIt knew the bot token: revoke it with @BotFather (/revoke) and set the new one on any node: constella bot-token set."
+        ),
+    }
+}
+
+/// A node cannot remove itself from the bot.
+pub fn toast_remove_self(lang: Lang, name: &str) -> String {
+    match lang {
+        Lang::Ru => format!("{name} — это узел бота: он уходит командой constella leave на нём"),
+        Lang::En => format!("{name} runs this bot: it leaves with constella leave on it"),
+    }
+}
+
 /// A result screen with a way back to the node and to the list.
 pub fn with_back(lang: Lang, text: String, node: Option<&str>) -> Screen {
     let mut row = Vec::new();

@@ -261,6 +261,9 @@ mod tests {
             version: 1,
             left: false,
             card,
+            admission: 0,
+            removed_at: None,
+            key_updates: Vec::new(),
         }
     }
 
@@ -281,6 +284,10 @@ mod tests {
             secret: secret.clone(),
             pq4: seed_pq4,
             card: seed_card.clone(),
+            node_key: seed_key.clone(),
+            key_updates: Vec::new(),
+            previous_pq4: None,
+            dir: crate::state::StateDir::new(std::env::temp_dir()),
         };
         let joiner_key = Keypair::generate_ed25519();
         let joiner = joiner_key.public().to_peer_id();
@@ -338,6 +345,10 @@ mod tests {
             secret: NetworkSecret::from_bytes([1; 32]),
             pq4,
             card: card.clone(),
+            node_key: seed_key.clone(),
+            key_updates: Vec::new(),
+            previous_pq4: None,
+            dir: crate::state::StateDir::new(std::env::temp_dir()),
         };
         let joiner = PeerId::random();
         let admission = Admission {

@@ -47,10 +47,22 @@ impl EventLoop {
                     Some(peer) => {
                         let name = self.core.name_of(&peer);
                         info!(node = %name, node_id = %peer, "removing a member; the network secret will be rotated");
-                        self.feed(Input::Remove(peer));
+                        self.feed(Input::Remove {
+                            peer,
+                            unix_now: unix_now(),
+                        });
                         Ok(name)
                     }
                 };
+                let _ = reply.send(result);
+            }
+            Command::RotateKeys(reply) => {
+                let local = self.core.local().id;
+                let result = super::node_keys::rotate(&mut self.keys, &local);
+                if let Ok(rotated) = &result {
+                    info!(fingerprint = %rotated.fingerprint, chain = rotated.chain, "replaced this node's PQ4 identity (key update signed by the old one)");
+                    self.feed_own_card();
+                }
                 let _ = reply.send(result);
             }
             Command::MergeSettings(settings, reply) => {

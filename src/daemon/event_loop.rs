@@ -81,7 +81,11 @@ impl EventLoop {
         let now = Instant::now();
         let public = started.public_addr.to_string();
         let (local, restored) = state.restore(local_id, &public);
-        let core = Node::new(Config::default(), local, restored, now, rand::random());
+        let mut config = Config::default();
+        if let Some(interval) = super::node_keys::rotation_interval_from_env()? {
+            config.rotation_interval = interval;
+        }
+        let core = Node::new(config, local, restored, now, rand::random());
         let kad = KadFilter::new(&mut swarm, &core, started.kad_protocol);
         let gossip_key = GossipKey::derive(&keys.secret, state.secret_epoch);
         info!(
@@ -116,12 +120,13 @@ impl EventLoop {
     /// Runs until `shutdown` has been handled, `leave` finishes, or every client is gone.
     pub(super) async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
         tokio::pin!(shutdown);
-        let card = self.keys.card.clone();
-        self.feed(Input::OwnCard(&card));
+        self.feed_own_card();
         if let Some(rotation) = self.state.last_rotation.clone() {
             self.feed(Input::Rotated {
                 rotation: &rotation,
                 publish: false,
+                unix_now: crate::state::unix_now(),
+                replaced_ours: false,
             });
         }
         self.feed(Input::Timer);
@@ -160,6 +165,15 @@ impl EventLoop {
         }
         self.store.finish();
         Ok(())
+    }
+
+    /// Puts this node's card (and its chain of custody) in its record.
+    pub(super) fn feed_own_card(&mut self) {
+        let (card, chain) = (self.keys.card.clone(), self.keys.key_updates.clone());
+        self.feed(Input::OwnCard {
+            card: &card,
+            key_updates: &chain,
+        });
     }
 
     /// Hands one input to the core and carries out what it answers.
@@ -273,6 +287,13 @@ impl EventLoop {
                 .unwrap_or(Err(Refusal::Malformed))
             }
             Err(refusal) => {
+                if let Some(author) = message.source
+                    && refusal == Refusal::BadMac
+                    && self.gossip.is_newer_epoch(&message.data)
+                {
+                    // We missed a rotation: ask its author for it now.
+                    self.feed(Input::NewerEpoch(author));
+                }
                 self.feed(Input::GossipRefused(refusal));
                 Err(refusal)
             }

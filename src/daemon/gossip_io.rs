@@ -64,6 +64,13 @@ impl GossipIo {
         })
     }
 
+    /// Whether `data` is sealed under an epoch newer than ours: we missed a rotation (checked
+    /// only for messages that did not open).
+    pub(super) fn is_newer_epoch(&self, data: &[u8]) -> bool {
+        matches!(gossip::open_any(&self.keys, data),
+            Err(GossipError::OtherEpoch(epoch)) if epoch > self.keys[0].epoch())
+    }
+
     /// Who made the current epoch's secret, if adopted from a rotation since the start.
     pub(super) fn rotated_from(&self) -> Option<&PeerId> {
         self.rotated_from.as_ref()

@@ -13,6 +13,7 @@ mod gossip_io;
 mod kad_filter;
 mod log_limit;
 mod log_outputs;
+pub mod node_keys;
 mod replies;
 pub mod report;
 mod requests;
@@ -59,6 +60,8 @@ pub enum Command {
     /// Remove a member (name or node id): tombstone it and rotate the network secret. Answers
     /// the removed node's name.
     Remove(String, oneshot::Sender<Result<String, ClientError>>),
+    /// Replace this node's PQ4 identity (`rotate-keys`, seed 004 §11).
+    RotateKeys(oneshot::Sender<Result<node_keys::KeysRotated, ClientError>>),
     /// Merge bot state into the network settings; persisted and published before the reply.
     MergeSettings(NetworkSettings, oneshot::Sender<NetworkSettings>),
     /// The member list as the node named (name or node id) by the string sees it.
@@ -248,6 +251,11 @@ impl Client {
         self.ask(|reply| Command::Remove(target, reply)).await?
     }
 
+    /// Replaces this node's PQ4 identity with a new one signed by the old (`rotate-keys`).
+    pub async fn rotate_keys(&self) -> Result<node_keys::KeysRotated, ClientError> {
+        self.ask(Command::RotateKeys).await?
+    }
+
     /// Leaves the network (tombstone, secret deleted) and says whether a member acknowledged
     /// it; the daemon stops shortly after.
     pub async fn leave(&self) -> Result<LeaveOutcome, ClientError> {
@@ -269,6 +277,16 @@ pub(super) struct Keys {
     pub pq4: constella_keys::KeyStore,
     /// This node's PQ4 card (public), put in its record.
     pub card: constella_behaviours::network_keys::Pq4Card,
+    /// This node's libp2p key, which signs its cards.
+    pub node_key: libp2p::identity::Keypair,
+    /// The chain of custody of `pq4` (key updates since the first identity; see
+    /// [`node_keys`]).
+    pub key_updates: Vec<constella_behaviours::gossip::KeyUpdateBytes>,
+    /// The PQ4 keys replaced by `rotate-keys` since the start: a rotation sealed to the old
+    /// card while the new one spread still opens.
+    pub previous_pq4: Option<constella_keys::KeyStore>,
+    /// Where `rotate-keys` writes the new PQ4 keys.
+    pub dir: StateDir,
 }
 
 impl std::fmt::Debug for Keys {
@@ -290,6 +308,9 @@ pub fn start(
 ) -> Result<(Client, impl Future<Output = Result<()>>)> {
     let tag = state.tag(&secret);
     let card = constella_behaviours::network_keys::Pq4Card::new(&key, &pq4)?;
+    let key_updates = state_dir.pq4_custody(pq4.identity_public())?;
+    let node_key = key.clone();
+    let keys_dir = state_dir.clone();
     let swarm = build_swarm(key, |key| Ok(Behaviour::new(key, &tag, REQUEST_TIMEOUT)?))?;
     let (chat, chat_service) = chat::open(state_dir.path(), *swarm.local_peer_id())?;
     if let Some(audit) = signals.audit.clone() {
@@ -317,7 +338,15 @@ pub fn start(
         commands_rx,
         (store, written_rx),
         state,
-        Keys { secret, pq4, card },
+        Keys {
+            secret,
+            pq4,
+            card,
+            node_key,
+            key_updates,
+            previous_pq4: None,
+            dir: keys_dir,
+        },
         (rpc, chat),
         signals,
     )?;

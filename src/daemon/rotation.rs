@@ -1,4 +1,5 @@
-//! Rotating the network secret (after a member is removed): the new secret sealed to each
+//! Rotating the network secret (a member removed or departed, a lost tiebreak, the periodic
+//! rotation): the new secret sealed to each
 //! remaining member's PQ4 card and published under the current key, and a received rotation
 //! opened and adopted when it wins over the epoch in use. The core rules when to rotate and
 //! keeps the last rotation for late members; the secrets themselves never enter it.
@@ -13,6 +14,7 @@ use libp2p::PeerId;
 use tracing::{debug, info, warn};
 
 use super::event_loop::EventLoop;
+use crate::state::unix_now;
 
 impl EventLoop {
     /// Makes a new secret for the next epoch, seals it to every remaining member's PQ4 card,
@@ -51,11 +53,14 @@ impl EventLoop {
             from: local,
             epoch,
             sealed,
+            made_at: unix_now(),
         };
         // Published under the current key, which every remaining member still holds.
         self.feed(Input::Rotated {
             rotation: &rotation,
             publish: true,
+            unix_now: unix_now(),
+            replaced_ours: false,
         });
         self.state.last_rotation = Some(rotation);
         self.adopt(secret, epoch, local);
@@ -87,8 +92,15 @@ impl EventLoop {
             debug!(from = %rotation.from, "a rotation from a member without a PQ4 card");
             return;
         };
+        // Sealed to our card as the maker knew it: the previous one right after `rotate-keys`.
         let opened =
             network_keys::open_from(&mut self.keys.pq4, &local, Purpose::Rotation, &copy.blob)
+                .or_else(|error| match &mut self.keys.previous_pq4 {
+                    Some(previous) => {
+                        network_keys::open_from(previous, &local, Purpose::Rotation, &copy.blob)
+                    }
+                    None => Err(error),
+                })
                 .map_err(|e| e.to_string())
                 .and_then(|(sender, plain)| {
                     if card.identity().ok().as_ref() != Some(&sender) {
@@ -100,11 +112,24 @@ impl EventLoop {
                 });
         match opened {
             Ok((epoch, secret)) => {
+                // Seed 004 §13: the maker of the rotation that lost is told; the core rotates
+                // again if the winner still reaches a node that is no longer a member.
+                let replaced_ours =
+                    self.gossip.rotated_from() == Some(&local) && epoch == self.state.secret_epoch;
+                if replaced_ours {
+                    warn!(
+                        epoch,
+                        winner = %self.core.name_of(&rotation.from),
+                        "our rotation of this epoch lost the tiebreak to another member's; adopted theirs (rotating again if it still reaches a departed node)"
+                    );
+                }
                 self.state.last_rotation = Some(rotation.clone());
                 self.adopt(secret, epoch, rotation.from);
                 self.feed(Input::Rotated {
                     rotation,
                     publish: false,
+                    unix_now: unix_now(),
+                    replaced_ours,
                 });
                 info!(epoch, from = %self.core.name_of(&rotation.from), "adopted a rotated network secret");
             }
