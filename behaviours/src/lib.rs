@@ -52,6 +52,13 @@ pub const AGENT_VERSION: &str = concat!("constella/", env!("CARGO_PKG_VERSION"))
 /// 5 s of the operator's command; the rest of the 5 s is left for the CLI and control socket.
 pub const RPC_TIMEOUT: Duration = Duration::from_millis(4500);
 
+/// A dial (TCP, noise and yamux) that has not completed by then fails, and so does an
+/// incoming connection's handshake (the daemon's transport timeout; the simulator's
+/// `NetConfig::dial_timeout` defaults to it). Without a bound a dial into a partition waits on
+/// TCP's SYN retransmissions (1, 3, 7, 15 s…), so the first dial after a heal could come tens
+/// of seconds late; bounded, the core's short redial backoff reconnects within seconds.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How often each connection is pinged. A connection that stops answering within
 /// [`PING_TIMEOUT`] is closed and redialled (`node::Input::PingFailed`): TCP alone would keep
 /// a dead connection for many seconds of retransmissions. A failed ping never marks a member

@@ -171,16 +171,22 @@ impl Liveness {
 }
 
 /// One member. A heartbeat touches only the inline part (its liveness and whether it left);
-/// the record and the leader-order key, read on merges and elections, sit behind pointers. At a
-/// thousand members the table is far larger than the caches and every heartbeat lands on a
+/// everything read only on merges, elections and views sits behind one pointer ([`Cold`]). At
+/// a thousand members the table is far larger than the caches and every heartbeat lands on a
 /// cold entry: the smaller the part it reads, the fewer cache lines it waits for.
 #[derive(Debug, Clone)]
 struct Entry {
     liveness: Liveness,
-    /// `record.left`, kept inline for the heartbeat's membership check; changed only through
-    /// [`Entry::set_record`] and [`Entry::set_left`].
+    /// `cold.record.left`, kept inline for the heartbeat's membership check; changed only
+    /// through [`Entry::set_record`] and [`Entry::set_left`].
     left: bool,
-    record: Box<MemberRecord>,
+    cold: Box<Cold>,
+}
+
+/// The part of a member a heartbeat never reads.
+#[derive(Debug, Clone)]
+struct Cold {
+    record: MemberRecord,
     /// `node_id.to_bytes()`, kept for the leader order (computed once, not at every election).
     key_bytes: Box<[u8]>,
     /// The fingerprint of the record's card, computed when the card arrives (it costs an Ed448
@@ -195,23 +201,34 @@ impl Entry {
         Self {
             liveness,
             left: record.left,
-            record: Box::new(record),
-            key_bytes,
-            fingerprint,
+            cold: Box::new(Cold {
+                record,
+                key_bytes,
+                fingerprint,
+            }),
         }
     }
 
+    fn record(&self) -> &MemberRecord {
+        &self.cold.record
+    }
+
     fn set_record(&mut self, record: MemberRecord) {
-        if record.card != self.record.card {
-            self.fingerprint = fingerprint_of(&record);
+        if record.card != self.cold.record.card {
+            self.cold.fingerprint = fingerprint_of(&record);
         }
         self.left = record.left;
-        *self.record = record;
+        self.cold.record = record;
     }
 
     fn set_left(&mut self, left: bool) {
         self.left = left;
-        self.record.left = left;
+        self.cold.record.left = left;
+    }
+
+    /// The leader order's key: (priority, node id bytes).
+    fn leader_key(&self) -> (u32, &[u8]) {
+        (self.cold.record.priority, &self.cold.key_bytes)
     }
 }
 
@@ -292,21 +309,19 @@ impl Membership {
             if entry.left || !candidate {
                 continue;
             }
-            let better = best.is_none_or(|(_, b)| {
-                (entry.record.priority, &entry.key_bytes) < (b.record.priority, &b.key_bytes)
-            });
+            let better = best.is_none_or(|(_, b)| entry.leader_key() < b.leader_key());
             if better {
                 best = Some((id, entry));
             }
         }
         let leader = best.map_or(self.local, |(id, _)| *id);
-        match best.map(|(_, entry)| &entry.record.name) {
+        match best.map(|(_, entry)| &entry.record().name) {
             Some(name) => match &mut self.leader_name {
                 Some(cached) => cached.clone_from(name),
                 None => self.leader_name = Some(name.clone()),
             },
             None => {
-                self.leader_name = self.entries.get(&leader).map(|e| e.record.name.clone());
+                self.leader_name = self.entries.get(&leader).map(|e| e.record().name.clone());
             }
         }
         let changed = leader != self.leader;
@@ -328,7 +343,7 @@ impl Membership {
     pub fn find_by_name(&self, name: &str) -> Option<PeerId> {
         self.entries
             .iter()
-            .find(|(_, entry)| !entry.left && entry.record.name == name)
+            .find(|(_, entry)| !entry.left && entry.record().name == name)
             .map(|(id, _)| *id)
     }
 
@@ -337,7 +352,7 @@ impl Membership {
         self.entries
             .get(peer)
             .filter(|entry| !entry.left)
-            .map(|entry| &*entry.record)
+            .map(|entry| entry.record())
     }
 
     /// Current members other than this node.
@@ -345,7 +360,7 @@ impl Membership {
         self.entries
             .iter()
             .filter(move |(id, entry)| **id != self.local && !entry.left)
-            .map(|(id, entry)| (id, &*entry.record))
+            .map(|(id, entry)| (id, entry.record()))
     }
 
     /// Addresses a member announced in its last heartbeat.
@@ -368,7 +383,7 @@ impl Membership {
     pub fn records(&self) -> Vec<MemberRecord> {
         self.entries
             .values()
-            .map(|entry| (*entry.record).clone())
+            .map(|entry| entry.record().clone())
             .collect()
     }
 
@@ -383,7 +398,7 @@ impl Membership {
                 } else {
                     entry.liveness.status
                 };
-                ((*entry.record).clone(), status)
+                (entry.record().clone(), status)
             })
             .collect()
     }
@@ -423,13 +438,13 @@ impl Membership {
             .filter(|(_, entry)| !entry.left)
             .map(|(id, entry)| MemberView {
                 node_id: *id,
-                name: entry.record.name.clone(),
-                addr: entry.record.addr.clone(),
-                priority: entry.record.priority,
+                name: entry.record().name.clone(),
+                addr: entry.record().addr.clone(),
+                priority: entry.record().priority,
                 status: entry.liveness.status,
                 leader: *id == leader,
                 uptime_secs: entry.liveness.uptime_secs,
-                fingerprint: entry.fingerprint.clone(),
+                fingerprint: entry.cold.fingerprint.clone(),
             })
             .collect();
         view.sort_by(|a, b| a.name.cmp(&b.name));
@@ -542,9 +557,7 @@ impl Membership {
             }
             quorum.of += 1;
             quorum.sees += usize::from(seen);
-            let earlier = first.is_none_or(|(f, _)| {
-                (entry.record.priority, &entry.key_bytes) < (f.record.priority, &f.key_bytes)
-            });
+            let earlier = first.is_none_or(|(f, _)| entry.leader_key() < f.leader_key());
             if earlier {
                 first = Some((entry, seen));
             }
@@ -689,8 +702,8 @@ impl Membership {
                 continue;
             }
             if let Some(entry) = self.entries.get(&id)
-                && supersedes(incoming, &entry.record)
-                && !crate::network_keys::custody_holds(&entry.record, incoming)
+                && supersedes(incoming, entry.record())
+                && !crate::network_keys::custody_holds(entry.record(), incoming)
             {
                 // Another PQ4 identity without a chain of custody from one we trusted: a
                 // forged or out-of-order key update. Keep the identity we trust.
@@ -705,7 +718,7 @@ impl Membership {
                     self.entries
                         .insert(id, Entry::new(incoming.clone(), Liveness::unknown()));
                 }
-                Some(entry) if supersedes(incoming, &entry.record) => {
+                Some(entry) if supersedes(incoming, entry.record()) => {
                     let was_left = entry.left;
                     entry.set_record(incoming.clone());
                     if incoming.left && !was_left {
@@ -738,7 +751,7 @@ impl Membership {
         // admission: it supersedes the tombstone whatever its version, and the card it brings
         // starts a new chain of custody.
         let (version, admission) = self.entries.get(&id).map_or((1, 0), |entry| {
-            (entry.record.version + 1, entry.record.admission + 1)
+            (entry.cold.record.version + 1, entry.cold.record.admission + 1)
         });
         let record = MemberRecord {
             node_id: id,
@@ -780,7 +793,7 @@ impl Membership {
 
     /// The record of `id`, tombstones included.
     pub fn any_record(&self, id: &PeerId) -> Option<&MemberRecord> {
-        self.entries.get(id).map(|entry| &*entry.record)
+        self.entries.get(id).map(|entry| entry.record())
     }
 
     /// Undoes [`Membership::leave`] when the departure could not be recorded.
@@ -789,7 +802,7 @@ impl Membership {
             && entry.left
         {
             entry.set_left(false);
-            entry.record.version -= 1;
+            entry.cold.record.version -= 1;
             entry.liveness.status = Status::Alive;
         }
         self.elect();
@@ -807,10 +820,10 @@ impl Membership {
             return None;
         }
         entry.set_left(true);
-        entry.record.version += 1;
-        entry.record.removed_at = Some(unix_now);
+        entry.cold.record.version += 1;
+        entry.cold.record.removed_at = Some(unix_now);
         entry.liveness = Liveness::unknown();
-        let record = (*entry.record).clone();
+        let record = entry.record().clone();
         self.elect();
         Some(record)
     }
@@ -826,10 +839,10 @@ impl Membership {
         key_updates: &[KeyUpdateBytes],
     ) -> Option<MemberRecord> {
         let entry = self.entries.get_mut(&self.local)?;
-        if entry.left || entry.record.card.as_ref() == Some(&card) {
+        if entry.left || entry.record().card.as_ref() == Some(&card) {
             return None;
         }
-        let mut record = (*entry.record).clone();
+        let mut record = entry.record().clone();
         record.card = Some(card);
         record.key_updates =
             key_updates[key_updates.len().saturating_sub(MAX_KEY_UPDATES)..].to_vec();
@@ -842,8 +855,8 @@ impl Membership {
     pub fn leave(&mut self) -> Option<MemberRecord> {
         let entry = self.entries.get_mut(&self.local)?;
         entry.set_left(true);
-        entry.record.version += 1;
-        let record = (*entry.record).clone();
+        entry.cold.record.version += 1;
+        let record = entry.record().clone();
         self.elect();
         Some(record)
     }

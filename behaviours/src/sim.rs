@@ -16,7 +16,7 @@
 //!   if the host refuses (the process is down but the host answers: a loud crash) or after
 //!   `dial_timeout` if nothing answers (a silent crash, a partition, a blocked direction).
 //!   A connection whose link stops passing (a partition) is closed on both sides after
-//!   `conn_timeout` (libp2p's ping timeout) unless the link heals first.
+//!   `conn_timeout` (the daemon's ping interval plus ping timeout) unless the link heals first.
 //! - **Gossip** (`Output::Publish`) approximates gossipsub's mesh as one delivery to every node
 //!   in the publisher's *connection component* (nodes joined by open connections whose links
 //!   pass both ways), over the direct link's latency and jitter. Real gossipsub relays over a
@@ -152,9 +152,12 @@ pub struct NetConfig {
     pub jitter: Duration,
     /// Probability that one message to one receiver is lost.
     pub loss: f64,
-    /// How long a dial that nothing answers takes to fail.
+    /// How long a dial that nothing answers takes to fail (default: the daemon's transport
+    /// bound, [`crate::CONNECT_TIMEOUT`], 3 s).
     pub dial_timeout: Duration,
-    /// How long a connection whose link stopped passing stays open (libp2p's ping timeout).
+    /// How long a connection whose link stopped passing stays open (default: the daemon's
+    /// worst case, a ping sent just before the link broke plus [`crate::PING_INTERVAL`] to the
+    /// next one and [`crate::PING_TIMEOUT`] for it to fail: 5 s).
     pub conn_timeout: Duration,
     /// Each node's clock is offset by a fixed amount drawn from `[0, clock_skew]`.
     pub clock_skew: Duration,
@@ -169,8 +172,8 @@ impl Default for NetConfig {
             latency_spread: Duration::from_millis(20),
             jitter: Duration::from_millis(5),
             loss: 0.0,
-            dial_timeout: Duration::from_secs(5),
-            conn_timeout: Duration::from_secs(20),
+            dial_timeout: crate::CONNECT_TIMEOUT,
+            conn_timeout: crate::PING_INTERVAL + crate::PING_TIMEOUT,
             clock_skew: Duration::from_millis(500),
             step: Duration::from_millis(100),
         }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use constella_behaviours::{Behaviour, gossip_topic, kad_protocol};
+use constella_behaviours::{Behaviour, CONNECT_TIMEOUT, gossip_topic, kad_protocol};
 use libp2p::gossipsub::IdentTopic;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, StreamProtocol, Swarm, SwarmBuilder, noise, tcp, yamux};
@@ -16,12 +16,6 @@ use crate::validate::HostPort;
 
 /// Connections are kept open: the full mesh is how members see each other die at once.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
-/// A dial (TCP, noise and yamux) that has not completed by then fails, and so does an
-/// incoming connection's handshake. Without a bound a dial into a partition waits on TCP's
-/// SYN retransmissions (1, 3, 7, 15 s…), so the first dial after a heal could come tens of
-/// seconds late; bounded, the core's short redial backoff reconnects within seconds.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
 /// Builds a Swarm over TCP + noise + yamux for the given behaviour.
 pub fn build_swarm<B: libp2p::swarm::NetworkBehaviour>(
     key: libp2p::identity::Keypair,

@@ -57,11 +57,12 @@ struct Args {
     /// Each node's clock is offset by up to this many ms.
     #[arg(long, default_value_t = 500)]
     skew_ms: u64,
-    /// A dial nobody answers fails after this many ms.
-    #[arg(long, default_value_t = 5000)]
+    /// A dial nobody answers fails after this many ms (the daemon's connect bound).
+    #[arg(long, default_value_t = constella_behaviours::CONNECT_TIMEOUT.as_millis() as u64)]
     dial_timeout_ms: u64,
-    /// A connection whose link stopped passing closes after this many ms (ping timeout).
-    #[arg(long, default_value_t = 20000)]
+    /// A connection whose link stopped passing closes after this many ms (the daemon's ping
+    /// interval plus ping timeout).
+    #[arg(long, default_value_t = (constella_behaviours::PING_INTERVAL + constella_behaviours::PING_TIMEOUT).as_millis() as u64)]
     conn_timeout_ms: u64,
     /// Invariants are checked every this many simulated ms.
     #[arg(long, default_value_t = 100)]
