@@ -24,6 +24,9 @@ pub enum Action {
     Language,
     /// The last entries of the audit log (the owner's alone).
     Audit,
+    /// Removing a node from the network (the owner's alone; the web panel offers it, the
+    /// bot does not).
+    Remove,
 }
 
 impl Action {
@@ -36,6 +39,7 @@ impl Action {
             Action::Invite => "invite",
             Action::Language => "language",
             Action::Audit => "audit",
+            Action::Remove => "remove",
         }
     }
 }

@@ -135,6 +135,14 @@ pub enum AuditKind {
     BotTokenChanged,
     /// The audit log was read or verified.
     AuditViewed,
+    /// A web panel login link was issued (`constella web-login`, `/web`).
+    WebLinkIssued,
+    /// A web panel login link was used: a session began.
+    WebLogin,
+    /// A web panel login link was refused (unknown, used, expired, rate-limited).
+    WebLoginRefused,
+    /// A web panel session was revoked (`constella web-sessions revoke`).
+    WebSessionRevoked,
 }
 
 impl AuditKind {
@@ -157,6 +165,10 @@ impl AuditKind {
             AuditKind::ActionRefused => "action_refused",
             AuditKind::BotTokenChanged => "bot_token_changed",
             AuditKind::AuditViewed => "audit_viewed",
+            AuditKind::WebLinkIssued => "web_link_issued",
+            AuditKind::WebLogin => "web_login",
+            AuditKind::WebLoginRefused => "web_login_refused",
+            AuditKind::WebSessionRevoked => "web_session_revoked",
         }
     }
 }

@@ -492,9 +492,15 @@ impl StateDir {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let is_temp = ["network_state.tmp.", "node.tmp.", "bot.tmp.", "pq4.tmp."]
-                .iter()
-                .any(|prefix| name.starts_with(prefix));
+            let is_temp = [
+                "network_state.tmp.",
+                "node.tmp.",
+                "bot.tmp.",
+                "pq4.tmp.",
+                "web.tmp.",
+            ]
+            .iter()
+            .any(|prefix| name.starts_with(prefix));
             if is_temp && entry.file_type().is_ok_and(|t| t.is_file()) {
                 match fs::remove_file(entry.path()) {
                     Ok(()) => tracing::warn!(
@@ -616,7 +622,7 @@ impl StateLock {
 }
 
 /// Writes `bytes` to `path` through a 0600 temporary file, fsync and rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().context("state path has no directory")?;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {

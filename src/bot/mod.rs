@@ -46,6 +46,8 @@ pub struct BotConfig {
     pub containers: crate::docker::Containers,
     /// Where reboots, invites, pins and refused actions are recorded.
     pub audit: AuditLog,
+    /// This node's web panel, for `/web` (`None`: not started with `--web-addr`).
+    pub web: Option<crate::web::Panel>,
 }
 
 /// The running bot tasks; dropping the handle stops them.

@@ -203,6 +203,7 @@ impl Poller {
         let commands = [
             BotCommand::new("start", "Узлы сети / Nodes"),
             BotCommand::new("invite", "Ссылка для нового узла / Join link"),
+            BotCommand::new("web", "Вход в веб-панель / Web panel login"),
             BotCommand::new("lang", "Язык / Language (ru, en)"),
             BotCommand::new("help", "Помощь / Help"),
         ];
