@@ -490,3 +490,70 @@ fn web_login_needs_the_panel_and_https_prints_the_certificate_fingerprint() {
     assert!(!out.status.success());
     assert!(common::output_text(&out).contains("--web-addr"));
 }
+
+/// CPU seconds (user + system) and resident KiB of process `pid`.
+fn cpu_and_rss(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let hz = 100.0; // USER_HZ on Linux
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    (ticks / hz, rss)
+}
+
+/// Figure: idle CPU and RSS of a node with the panel on, first with no browser, then with one
+/// browser on the live node list (its SSE stream open). `CONSTELLA_WEB_IDLE_SECS` sets each
+/// window (default 60 s).
+#[test]
+#[ignore = "a figure, not a check: cargo test --test web -- --ignored --nocapture"]
+fn figures_idle_cpu_and_rss_with_the_panel_and_one_browser() {
+    if !browser_available() {
+        return;
+    }
+    let window = Duration::from_secs(
+        std::env::var("CONSTELLA_WEB_IDLE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    );
+    let root = tempfile::tempdir().unwrap();
+    let mut node = Node::new(root.path(), "alpha");
+    let port = free_port();
+    node.run_args = vec!["--web-addr".into(), format!("127.0.0.1:{port}")];
+    node.init(100);
+    node.start();
+    std::thread::sleep(Duration::from_secs(10)); // start-up work (sampler, first heartbeats)
+    let measure = |what: &str| {
+        let (cpu0, _) = cpu_and_rss(node.pid());
+        let started = std::time::Instant::now();
+        std::thread::sleep(window);
+        let (cpu1, rss) = cpu_and_rss(node.pid());
+        let percent = (cpu1 - cpu0) / started.elapsed().as_secs_f64() * 100.0;
+        println!(
+            "FIGURE web idle {what}: {percent:.2} % CPU, RSS {:.1} MiB over {} s",
+            rss as f64 / 1024.0,
+            window.as_secs()
+        );
+    };
+    measure("panel on, no browser");
+    let driver = Driver::start();
+    let browser = Browser::open(&driver);
+    let (link, _) = web_login(&node);
+    browser.goto(&link);
+    browser.click("#login");
+    wait_for(Duration::from_secs(10), "the live list", || {
+        browser
+            .js("return document.getElementById('nodes') && document.getElementById('nodes').getAttribute('data-updated');")
+            .as_str()
+            .map(str::to_owned)
+    });
+    measure("panel on, one browser on the live list");
+}

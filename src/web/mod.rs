@@ -288,7 +288,9 @@ fn router(inner: Arc<Inner>) -> Router {
         .with_state(inner)
 }
 
-/// Every answer: no caching, no framing, scripts and styles from this origin only.
+/// Every answer: no caching, no framing, scripts and styles from this origin only. The
+/// referrer goes to this origin alone (`same-origin`): with `no-referrer` Chromium sends
+/// `Origin: null` on the panel's own form posts, which the origin check would refuse.
 async fn security_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(
@@ -304,7 +306,7 @@ async fn security_headers(mut response: Response) -> Response {
     );
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
