@@ -344,6 +344,25 @@ fn the_panel_in_a_browser_logs_in_follows_a_failover_reboots_and_fits_a_phone() 
     assert!(marker_lines(&root, "alpha").is_empty());
     assert!(marker_lines(&root, "bravo").is_empty());
 
+    // An invite through its form: the join line and a QR code.
+    browser.goto(&format!("{base}/invite"));
+    browser.click("#create");
+    let invite = browser.text("#invite-link").expect("the new join link");
+    assert!(
+        invite.starts_with("constella join --server-name NAME --join 'join://"),
+        "{invite}"
+    );
+    assert_eq!(
+        browser.js("return document.querySelectorAll('.qr svg').length;"),
+        json!(1)
+    );
+    assert!(
+        cluster
+            .node("bravo")
+            .ok(&["audit"])
+            .contains("invite_issued")
+    );
+
     // A phone: 390 px wide, no horizontal scroll on the list, a node page, a confirmation.
     browser.resize(390, 844);
     for path in ["/", "/node/charlie", "/node/alpha/reboot", "/invite"] {
