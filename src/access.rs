@@ -26,7 +26,8 @@ pub enum Action {
     Audit,
     /// A one-time PQ4 chat account invite (`/chat_invite`).
     ChatInvite,
-    /// Removing a node from the network, which rotates the network secret (the owner's alone).
+    /// Removing a node from the network, which rotates the network secret (the owner's alone;
+    /// the bot and the web panel offer it).
     Remove,
 }
 

@@ -145,6 +145,14 @@ pub enum AuditKind {
     ChatGroupKeyRotated,
     /// A PQ4 group change was refused (not an admin, not a member, bad signature, stale).
     ChatGroupRefused,
+    /// A web panel login link was issued (`constella web-login`, `/web`).
+    WebLinkIssued,
+    /// A web panel login link was used: a session began.
+    WebLogin,
+    /// A web panel login link was refused (unknown, used, expired, rate-limited).
+    WebLoginRefused,
+    /// A web panel session was revoked (`constella web-sessions revoke`).
+    WebSessionRevoked,
 }
 
 impl AuditKind {
@@ -172,6 +180,10 @@ impl AuditKind {
             AuditKind::ChatGroupMembersChanged => "chat_group_members_changed",
             AuditKind::ChatGroupKeyRotated => "chat_group_key_rotated",
             AuditKind::ChatGroupRefused => "chat_group_refused",
+            AuditKind::WebLinkIssued => "web_link_issued",
+            AuditKind::WebLogin => "web_login",
+            AuditKind::WebLoginRefused => "web_login_refused",
+            AuditKind::WebSessionRevoked => "web_session_revoked",
         }
     }
 }

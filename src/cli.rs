@@ -80,6 +80,29 @@ pub enum Command {
     BotToken(BotTokenArgs),
     /// PQ4 end-to-end encrypted chat: accounts, 1:1 messages (docs/messaging.md).
     Chat(crate::chat::ChatArgs),
+    /// Print a one-time login link (valid 5 minutes) for this node's web panel.
+    WebLogin(OutputArgs),
+    /// List this node's web panel sessions, or revoke one.
+    WebSessions(WebSessionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WebSessionsArgs {
+    #[command(subcommand)]
+    pub command: Option<WebSessionsCommand>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebSessionsCommand {
+    /// End a session at once (its id from `constella web-sessions`).
+    Revoke {
+        /// The session id (8 hex digits).
+        #[arg(value_name = "ID")]
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +169,13 @@ pub struct RunArgs {
     /// 127.0.0.1:9474).
     #[arg(long, env = "CONSTELLA_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve the web panel on HOST:PORT (off unless set): plain HTTP on a loopback address
+    /// (e.g. 127.0.0.1:4780), HTTPS with a self-signed certificate on any other.
+    #[arg(long, env = "CONSTELLA_WEB_ADDR", value_name = "HOST:PORT")]
+    pub web_addr: Option<std::net::SocketAddr>,
+    /// Serve the web panel over HTTPS on a loopback address too.
+    #[arg(long, env = "CONSTELLA_WEB_TLS", requires = "web_addr")]
+    pub web_tls: bool,
     /// Do not sample this host's figures (no history, no host figures on /metrics).
     #[arg(long, env = "CONSTELLA_NO_SAMPLING")]
     pub no_sampling: bool,

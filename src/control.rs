@@ -85,6 +85,17 @@ pub enum Request {
         target: String,
         request: DockerRequest,
     },
+    /// A one-time login link for this node's web panel.
+    WebLogin {
+        requested_by: String,
+    },
+    /// This node's web panel sessions.
+    WebSessions,
+    /// End a web panel session.
+    WebRevoke {
+        id: String,
+        requested_by: String,
+    },
 }
 
 /// A request that administers the network (the owner and the roles in the network settings).
@@ -165,6 +176,9 @@ pub enum Response {
     Docker(DockerAnswer),
     Access(AccessReport),
     OwnerChanged(OwnerChange),
+    WebLogin(crate::web::WebLogin),
+    WebSessions(Vec<crate::web::SessionInfo>),
+    WebRevoked(crate::web::SessionInfo),
     /// The token was stored and the bot restarted; the bot's numeric id (not a secret).
     BotTokenSet {
         bot_id: String,
@@ -243,6 +257,8 @@ pub struct Control {
     state_dir: StateDir,
     /// The node's Docker containers.
     containers: Containers,
+    /// The web panel, when `run --web-addr` started one.
+    web: Option<crate::web::Panel>,
 }
 
 impl Control {
@@ -259,7 +275,15 @@ impl Control {
             bot_tokens: Arc::new(bot_tokens),
             state_dir,
             containers,
+            web: None,
         }
+    }
+
+    /// With the node's web panel: `web-login` and `web-sessions` are answered by it.
+    #[must_use]
+    pub fn with_web(mut self, web: Option<crate::web::Panel>) -> Self {
+        self.web = web;
+        self
     }
 }
 
@@ -401,6 +425,11 @@ async fn answer(stream: UnixStream, control: Control) -> Result<()> {
                 )
                 .await
                 .map_or_else(|error| Response::Error(error.to_string()), Response::Docker),
+            Ok(
+                request @ (Request::WebLogin { .. }
+                | Request::WebSessions
+                | Request::WebRevoke { .. }),
+            ) => web_request(request, &control, uid),
             Ok(request) => node_request(request, &control, uid).await,
             Err(error) => Response::Error(format!("malformed control request: {error}")),
         }
@@ -447,6 +476,10 @@ async fn handle(client: &Client, request: Request) -> Response {
         Request::Docker { .. } => {
             return Response::Error("container requests go to the Docker handle".to_owned());
         }
+        // Answered by the web panel's handle (`web_request`).
+        Request::WebLogin { .. } | Request::WebSessions | Request::WebRevoke { .. } => {
+            return Response::Error("web panel requests go to the panel".to_owned());
+        }
     };
     result.unwrap_or_else(|error| Response::Error(error.to_string()))
 }
@@ -462,6 +495,28 @@ fn caller(requested_by: Option<&str>, uid: Option<u32>) -> String {
 }
 
 const VIA_SOCKET: &str = "control socket";
+
+/// `web-login`, `web-sessions`: answered by this node's web panel, if it runs one.
+fn web_request(request: Request, control: &Control, uid: Option<u32>) -> Response {
+    let Some(panel) = &control.web else {
+        return Response::Error(
+            "the web panel is off on this node: start it with `constella run --web-addr 127.0.0.1:4780` (or CONSTELLA_WEB_ADDR)".to_owned(),
+        );
+    };
+    match request {
+        Request::WebLogin { requested_by } => Response::WebLogin(panel.login_link(
+            crate::web::Principal::Cli {
+                who: caller(Some(&requested_by), uid),
+            },
+            VIA_SOCKET,
+        )),
+        Request::WebSessions => Response::WebSessions(panel.sessions()),
+        Request::WebRevoke { id, requested_by } => panel
+            .revoke(&id, &caller(Some(&requested_by), uid), VIA_SOCKET)
+            .map_or_else(Response::Error, Response::WebRevoked),
+        _ => Response::Error("not a web panel request".to_owned()),
+    }
+}
 
 /// A node request, answered by the event loop; reboots and invites are audited, and `status`
 /// names the owner as the network settings do now.

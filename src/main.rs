@@ -21,6 +21,7 @@ mod rolling;
 mod state;
 mod stats;
 mod validate;
+mod web;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -111,6 +112,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
                     metrics_addr: args.metrics_addr,
                     sampling: !args.no_sampling,
                 },
+                args.web_addr.map(|addr| web::WebOptions {
+                    addr,
+                    force_tls: args.web_tls,
+                }),
             )
             .await
         }
@@ -295,6 +300,50 @@ async fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::Audit(args) => audit_command(&state_dir, &args),
+        Command::WebLogin(args) => {
+            let request = Request::WebLogin {
+                requested_by: local_user(),
+            };
+            match ask(&state_dir, &request).await? {
+                Response::WebLogin(login) if args.json => print_json(&login),
+                Response::WebLogin(login) => {
+                    println!("{}", login.link);
+                    if let Some(fingerprint) = &login.fingerprint {
+                        println!("certificate SHA-256: {fingerprint}");
+                    }
+                    eprintln!(
+                        "One-time login link for the web panel, valid for 5 minutes.{}",
+                        if login.fingerprint.is_some() {
+                            " The certificate is self-signed: compare its SHA-256 fingerprint in the browser with the one above."
+                        } else {
+                            ""
+                        }
+                    );
+                    Ok(())
+                }
+                other => unexpected(other),
+            }
+        }
+        Command::WebSessions(args) => {
+            let request = match args.command {
+                Some(cli::WebSessionsCommand::Revoke { id }) => Request::WebRevoke {
+                    id,
+                    requested_by: local_user(),
+                },
+                None => Request::WebSessions,
+            };
+            match ask(&state_dir, &request).await? {
+                Response::WebSessions(sessions) if args.json => print_json(&sessions),
+                Response::WebSessions(sessions) => {
+                    print_text(&output::web_sessions_table(&sessions))
+                }
+                Response::WebRevoked(session) => print_text(&format!(
+                    "Revoked web session {} of {}.\n",
+                    session.id, session.who
+                )),
+                other => unexpected(other),
+            }
+        }
         Command::Chat(args) => chat::run(args, state_dir.path()).await,
         Command::BotToken(args) => match args.command {
             BotTokenCommand::Set {

@@ -33,6 +33,7 @@ pub async fn run(
     reboot_command: Option<String>,
     telegram_api_url: Option<ApiUrl>,
     monitoring: MonitorOptions,
+    web: Option<crate::web::WebOptions>,
 ) -> Result<()> {
     // Before anything is read or written: a second `run` is refused here, unchanged.
     let _lock = state_dir.lock()?;
@@ -104,6 +105,7 @@ pub async fn run(
     let owner_username = state.owner_username.clone();
     let node_name = state.node.name.clone();
     let node_id = state.node.node_id.to_base58();
+    let public_addr = state.node.public_addr.clone();
     let bot_secret = secret.clone();
     let (client, node) = daemon::start(
         state_dir.clone(),
@@ -135,6 +137,32 @@ pub async fn run(
         audit.clone(),
         node_id.clone(),
     ));
+    // The web panel (`--web-addr`): served by every node that has it on, from its own view.
+    let web = match web {
+        Some(options) => {
+            let public_host = public_addr
+                .rsplit_once(':')
+                .map_or(public_addr.as_str(), |(host, _)| host)
+                .to_owned();
+            let (panel, task) = crate::web::start(
+                options,
+                state_dir.path(),
+                crate::web::PanelContext {
+                    client: client.clone(),
+                    audit: audit.clone(),
+                    settings: watchers.settings.clone(),
+                    leadership: watchers.leadership.clone(),
+                    owner_username: owner_username.clone(),
+                    node_name: node_name.clone(),
+                    public_host,
+                },
+            )
+            .await?;
+            Some((panel, task))
+        }
+        None => None,
+    };
+    let panel = web.as_ref().map(|(panel, _)| panel.clone());
     let control_task = tokio::spawn(control::serve(
         listener,
         control::Control::new(
@@ -143,7 +171,8 @@ pub async fn run(
             bot_tokens,
             state_dir.clone(),
             containers.clone(),
-        ),
+        )
+        .with_web(panel.clone()),
     ));
     let metrics_task = metrics_listener.map(|listener| {
         crate::monitor::metrics::serve(listener, monitor.clone(), client.clone(), metrics.clone())
@@ -158,6 +187,7 @@ pub async fn run(
             containers,
             audit,
             chat_state_dir: state_dir.path().to_owned(),
+            web: panel,
         },
         tokens,
         client,
@@ -171,6 +201,9 @@ pub async fn run(
     watcher.abort();
     token_follower.abort();
     if let Some(task) = metrics_task {
+        task.abort();
+    }
+    if let Some((_, task)) = web {
         task.abort();
     }
     let _ = std::fs::remove_file(state_dir.socket_path());

@@ -331,6 +331,30 @@ pub fn utc_timestamp(millis: i64) -> String {
     )
 }
 
+/// `constella web-sessions`: one line per live session, oldest first.
+pub fn web_sessions_table(sessions: &[crate::web::SessionInfo]) -> String {
+    if sessions.is_empty() {
+        return "No web panel sessions.\n".to_owned();
+    }
+    let mut out = format!(
+        "{:<8}  {:<21}  {:<21}  {:<15}  {}\n",
+        "ID", "SINCE", "LAST REQUEST", "ADDRESS", "WHO"
+    );
+    for s in sessions {
+        let _ = writeln!(
+            out,
+            "{:<8}  {:<21}  {:<21}  {:<15}  {} (ends after {} idle)",
+            s.id,
+            utc_timestamp(i64::try_from(s.created_at).unwrap_or(0) * 1000),
+            utc_timestamp(i64::try_from(s.last_seen_at).unwrap_or(0) * 1000),
+            s.addr,
+            s.who,
+            human_duration(s.idle_expires_in_secs)
+        );
+    }
+    out
+}
+
 /// `constella audit`: one line per entry, oldest first.
 pub fn audit_lines(events: &[AuditEvent]) -> String {
     let mut out = String::new();

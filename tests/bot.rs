@@ -1312,3 +1312,82 @@ fn the_owner_removes_a_node_from_the_bot_after_a_confirmation_and_no_one_else_ca
         .count();
     assert_eq!(refused, 4);
 }
+
+/// One HTTP/1.1 exchange with the web panel at `addr` (plain HTTP on loopback): the whole
+/// answer, head and body.
+fn http(addr: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("the web panel answers");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn web_gives_the_owner_a_login_link_to_the_leaders_panel() {
+    let fake = FakeTelegram::start(TOKEN);
+    let port = common::free_port();
+    let web = format!("127.0.0.1:{port}");
+    let cluster = Cluster::start_with(&["alpha"], &[1], None, |node: &mut Node| {
+        node.init_args = vec!["--bot-token".into(), TOKEN.into()];
+        node.run_args = vec!["--telegram-api-url".into(), fake.url_for(&node.name)];
+        node.env = vec![("CONSTELLA_WEB_ADDR".into(), web.clone())];
+    });
+    let alpha = cluster.node("alpha");
+    wait_polling(&fake, "alpha");
+    fake.send_text(&owner(), "/start");
+    fake.wait_message(ANSWER, "the node list", OWNER_ID, is_list);
+    fake.send_text(&owner(), "/web");
+    let message = cluster.or_logs(|| {
+        fake.wait_message(ANSWER, "the login link", OWNER_ID, |m| {
+            m.text.contains("/login?t=")
+        })
+    });
+    let link = message
+        .text
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("a link")
+        .to_owned();
+    assert!(
+        link.starts_with(&format!("http://{web}/login?t=")),
+        "{link}"
+    );
+    let token = link.rsplit_once("t=").unwrap().1;
+    let login = http(
+        &web,
+        &format!(
+            "POST /login HTTP/1.1\r\nHost: {web}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\nt={token}",
+            token.len() + 2
+        ),
+    );
+    assert!(login.starts_with("HTTP/1.1 303"), "{login}");
+    let cookie = login
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .expect("a session cookie");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap();
+    let page = http(
+        &web,
+        &format!("GET / HTTP/1.1\r\nHost: {web}\r\nCookie: {pair}\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("• alpha — Хост"), "{page}");
+    // The session is the owner's Telegram account, listed on the node.
+    let sessions = alpha.ok(&["web-sessions"]);
+    assert!(
+        sessions.contains(&format!("telegram:{OWNER_ID} (@Owner_Test)")),
+        "{sessions}"
+    );
+    let issued = audited(alpha, "web_link_issued");
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!(issued[0]["from"], "telegram");
+}

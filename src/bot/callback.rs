@@ -66,7 +66,7 @@ impl ChartRange {
         }
     }
 
-    fn code(self) -> &'static str {
+    pub fn code(self) -> &'static str {
         match self {
             ChartRange::Hour => "h",
             ChartRange::Day => "d",
@@ -74,7 +74,7 @@ impl ChartRange {
         }
     }
 
-    fn from_code(code: &str) -> Option<Self> {
+    pub fn from_code(code: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|r| r.code() == code)
     }
 }

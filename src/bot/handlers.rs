@@ -341,6 +341,7 @@ impl Handlers {
         match command.as_str() {
             "start" | "menu" | "nodes" | "list" | "invite" | "lang" | "language" | "audit"
             | "chat_invite"
+            | "web"
                 if !self.permits(who, command_action(&command)) =>
             {
                 self.send(chat, Screen::text(ui::not_allowed(lang).to_owned()))
@@ -355,6 +356,17 @@ impl Handlers {
             }
             "audit" => {
                 let text = self.audit_text(lang, who).await;
+                self.send(chat, Screen::text(text)).await;
+            }
+            "web" => {
+                // The leader's own panel: the one this bot's node serves.
+                let text = match &self.config.web {
+                    Some(panel) => {
+                        let login = panel.login_link(who.principal.clone(), "telegram");
+                        ui::web_login(lang, &login.link, login.fingerprint.as_deref())
+                    }
+                    None => ui::web_off(lang, &self.config.node_name),
+                };
                 self.send(chat, Screen::text(text)).await;
             }
             "invite" => {
@@ -870,6 +882,8 @@ pub(super) struct Who {
     /// `telegram:<id> (@name)`.
     text: String,
     rank: Rank,
+    /// The account, for a web panel login (`/web`).
+    principal: crate::web::Principal,
 }
 
 impl Who {
@@ -877,6 +891,10 @@ impl Who {
         Self {
             text: telegram_who(user),
             rank,
+            principal: crate::web::Principal::Telegram {
+                user_id: user.id.0,
+                username: user.username.clone(),
+            },
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct BotConfig {
     pub audit: AuditLog,
     /// The state directory whose chat socket (`pq4.sock`) gives `/chat_invite` its codes.
     pub chat_state_dir: std::path::PathBuf,
+    /// This node's web panel, for `/web` (`None`: not started with `--web-addr`).
+    pub web: Option<crate::web::Panel>,
 }
 
 /// The running bot tasks; dropping the handle stops them.

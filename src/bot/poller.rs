@@ -204,6 +204,7 @@ impl Poller {
             BotCommand::new("start", "Узлы сети / Nodes"),
             BotCommand::new("invite", "Ссылка для нового узла / Join link"),
             BotCommand::new("chat_invite", "Приглашение в PQ4-чат / Chat account invite"),
+            BotCommand::new("web", "Вход в веб-панель / Web panel login"),
             BotCommand::new("lang", "Язык / Language (ru, en)"),
             BotCommand::new("help", "Помощь / Help"),
         ];

@@ -30,7 +30,7 @@ impl Lang {
         if code == "en" { Lang::En } else { Lang::Ru }
     }
 
-    fn pick(self, ru: &'static str, en: &'static str) -> &'static str {
+    pub(crate) fn pick(self, ru: &'static str, en: &'static str) -> &'static str {
         match self {
             Lang::Ru => ru,
             Lang::En => en,
@@ -487,8 +487,8 @@ pub fn toast_expired(lang: Lang) -> &'static str {
 /// `/help` and the answer to anything the bot does not understand.
 pub fn help(lang: Lang) -> String {
     lang.pick(
-        "Constella — управление сетью серверов.\n\n/start — список узлов\n/invite [ttl] — ссылка для подключения нового узла (по умолчанию 15m, максимум 24h)\n/chat_invite — одноразовый код для регистрации в PQ4-чате\n/audit — последние записи журнала аудита (только владелец)\n/lang en — English",
-        "Constella — control of your server network.\n\n/start — node list\n/invite [ttl] — a join link for a new node (default 15m, at most 24h)\n/chat_invite — a one-time code to register a PQ4 chat account\n/audit — the latest audit-log entries (owner only)\n/lang ru — по-русски",
+        "Constella — управление сетью серверов.\n\n/start — список узлов\n/invite [ttl] — ссылка для подключения нового узла (по умолчанию 15m, максимум 24h)\n/chat_invite — одноразовый код для регистрации в PQ4-чате\n/audit — последние записи журнала аудита (только владелец)\n/web — ссылка для входа в веб-панель\n/lang en — English",
+        "Constella — control of your server network.\n\n/start — node list\n/invite [ttl] — a join link for a new node (default 15m, at most 24h)\n/chat_invite — a one-time code to register a PQ4 chat account\n/audit — the latest audit-log entries (owner only)\n/web — a login link for the web panel\n/lang ru — по-русски",
     )
     .to_owned()
 }
@@ -524,6 +524,40 @@ pub fn chat_invite(lang: Lang, code: &str) -> String {
         ),
         Lang::En => format!(
             "One-time PQ4 chat account invite, valid for 7 days:\n\n{code}\n\nTo register:\nconstella chat register --username NAME --email EMAIL --invite {code}"
+        ),
+    }
+}
+
+/// `/web`: a one-time login link to the leader's web panel (and its certificate's fingerprint
+/// over HTTPS).
+pub fn web_login(lang: Lang, link: &str, fingerprint: Option<&str>) -> String {
+    let mut text = match lang {
+        Lang::Ru => format!("Вход в веб-панель, ссылка одноразовая, действует 5 минут:\n\n{link}"),
+        Lang::En => format!("Web panel login, a one-time link valid for 5 minutes:\n\n{link}"),
+    };
+    if let Some(fingerprint) = fingerprint {
+        let _ = match lang {
+            Lang::Ru => write!(
+                text,
+                "\n\nСертификат самоподписанный; сверьте его отпечаток SHA-256 в браузере:\n{fingerprint}"
+            ),
+            Lang::En => write!(
+                text,
+                "\n\nThe certificate is self-signed; compare its SHA-256 fingerprint in the browser:\n{fingerprint}"
+            ),
+        };
+    }
+    text
+}
+
+/// `/web` when the leader serves no panel.
+pub fn web_off(lang: Lang, node: &str) -> String {
+    match lang {
+        Lang::Ru => format!(
+            "Веб-панель на узле {node} (Хост) выключена: запустите его с `constella run --web-addr 127.0.0.1:4780`."
+        ),
+        Lang::En => format!(
+            "The web panel is off on {node} (the host): run it with `constella run --web-addr 127.0.0.1:4780`."
         ),
     }
 }

@@ -1,0 +1,578 @@
+//! The web panel (`run --web-addr`) in a real browser: headless Chromium driven over WebDriver
+//! (chromedriver + fantoccini) against three real nodes. Log in with a one-time link, see the
+//! nodes with the right Хост, watch the list follow a kill -9 of the leader without a reload,
+//! reboot a node through the confirmation (the reboot command runs on exactly that node), a
+//! replayed link and a forged POST refused, and no horizontal scroll on a 390 px wide window.
+//! Screenshots go to `target/tmp/web-screenshots/`.
+//!
+//! Without `chromium` and `chromedriver` the browser test is skipped with a printed reason,
+//! and fails under `CI=true` (`.ci/run` installs them).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{Cluster, Node, agreed_leader, free_port, is_root, require_tool, wait_for};
+use fantoccini::Locator;
+use serde_json::json;
+
+const AGREE: Duration = Duration::from_secs(20);
+
+fn marker(root: &Path, name: &str) -> PathBuf {
+    root.join(format!("{name}.rebooted"))
+}
+
+fn marker_lines(root: &Path, name: &str) -> Vec<String> {
+    std::fs::read_to_string(marker(root, name))
+        .map(|t| t.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Three nodes, each serving the panel on its own loopback port, each reboot replaced by a
+/// marker command; alpha (priority 10) leads, then bravo (20).
+fn panel_cluster() -> (Cluster, Vec<u16>) {
+    let root = tempfile::tempdir().unwrap();
+    let names = ["alpha", "bravo", "charlie"];
+    let priorities = [10, 20, 30];
+    let mut nodes: Vec<Node> = names.iter().map(|n| Node::new(root.path(), n)).collect();
+    let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    for (node, port) in nodes.iter_mut().zip(&ports) {
+        node.run_args = vec!["--web-addr".into(), format!("127.0.0.1:{port}")];
+    }
+    let start = |node: &mut Node| {
+        let command = format!(
+            "echo \"$CONSTELLA_REBOOT_REQUESTED_BY\" >> '{}'",
+            marker(root.path(), &node.name).display()
+        );
+        node.start_with(&[], &[("CONSTELLA_REBOOT_COMMAND", &command)]);
+    };
+    nodes[0].init(priorities[0]);
+    start(&mut nodes[0]);
+    for i in 1..nodes.len() {
+        let link = nodes[0].invite("5m");
+        nodes[i].join(&link, priorities[i]);
+        start(&mut nodes[i]);
+    }
+    (Cluster { root, nodes }, ports)
+}
+
+/// `constella web-login` on `node`: the link (first line) and the fingerprint line, if any.
+fn web_login(node: &Node) -> (String, Option<String>) {
+    let out = node.ok(&["web-login"]);
+    let mut lines = out.lines();
+    let link = lines.next().expect("a link line").trim().to_owned();
+    let fingerprint = lines.next().map(|l| l.trim().to_owned());
+    (link, fingerprint)
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// chromedriver on a free port, killed on drop.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn chromedriver");
+        wait_for(Duration::from_secs(10), "chromedriver to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Self { child, port }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A headless Chromium session, driven synchronously (the node helpers are blocking).
+struct Browser {
+    rt: tokio::runtime::Runtime,
+    client: Option<fantoccini::Client>,
+    shots: PathBuf,
+}
+
+impl Browser {
+    fn open(driver: &Driver) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let mut args = vec![
+            "--headless=new",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-default-apps",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1200,900",
+        ];
+        if is_root() {
+            args.push("--no-sandbox");
+        }
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({ "args": args, "binary": "/usr/bin/chromium" }),
+        );
+        let client = rt
+            .block_on(
+                fantoccini::ClientBuilder::rustls()
+                    .unwrap()
+                    .capabilities(caps)
+                    .connect(&format!("http://127.0.0.1:{}", driver.port)),
+            )
+            .expect("a Chromium session through chromedriver");
+        let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-screenshots");
+        std::fs::create_dir_all(&shots).unwrap();
+        Self {
+            rt,
+            client: Some(client),
+            shots,
+        }
+    }
+
+    fn c(&self) -> &fantoccini::Client {
+        self.client.as_ref().unwrap()
+    }
+
+    fn goto(&self, url: &str) {
+        self.rt.block_on(self.c().goto(url)).unwrap();
+    }
+
+    fn url(&self) -> String {
+        self.rt
+            .block_on(self.c().current_url())
+            .unwrap()
+            .to_string()
+    }
+
+    fn click(&self, css: &str) {
+        let element = self
+            .rt
+            .block_on(self.c().find(Locator::Css(css)))
+            .unwrap_or_else(|e| panic!("no {css} on {}: {e}", self.url()));
+        self.rt.block_on(element.click()).unwrap();
+    }
+
+    /// The text of the first element matching `css`, if there is one.
+    fn text(&self, css: &str) -> Option<String> {
+        let element = self.rt.block_on(self.c().find(Locator::Css(css))).ok()?;
+        self.rt.block_on(element.text()).ok()
+    }
+
+    fn js(&self, script: &str) -> serde_json::Value {
+        self.rt
+            .block_on(self.c().execute(script, vec![]))
+            .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+    }
+
+    fn resize(&self, width: u32, height: u32) {
+        self.rt
+            .block_on(self.c().set_window_size(width, height))
+            .unwrap();
+    }
+
+    fn screenshot(&self, name: &str) -> PathBuf {
+        let png = self.rt.block_on(self.c().screenshot()).unwrap();
+        let path = self.shots.join(name);
+        std::fs::write(&path, png).unwrap();
+        path
+    }
+
+    /// The node names and labels the list shows now.
+    fn labels(&self) -> Vec<String> {
+        let value = self.js(
+            "return Array.from(document.querySelectorAll('#nodes li.node')).map(li => li.textContent.trim());",
+        );
+        serde_json::from_value(value).unwrap()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            let _ = self.rt.block_on(client.close());
+        }
+    }
+}
+
+fn browser_available() -> bool {
+    require_tool("chromium", "apt-get install -y chromium chromium-driver")
+        && require_tool(
+            "chromedriver",
+            "apt-get install -y chromium chromium-driver",
+        )
+}
+
+#[test]
+fn the_panel_in_a_browser_logs_in_follows_a_failover_reboots_and_fits_a_phone() {
+    if !browser_available() {
+        return;
+    }
+    let (mut cluster, ports) = panel_cluster();
+    let root = cluster.root.path().to_owned();
+    let leader = cluster.or_logs(|| {
+        agreed_leader(
+            &[
+                cluster.node("alpha"),
+                cluster.node("bravo"),
+                cluster.node("charlie"),
+            ],
+            &["alpha", "bravo", "charlie"],
+            AGREE,
+        )
+    });
+    assert_eq!(leader, "alpha");
+    let driver = Driver::start();
+    let browser = Browser::open(&driver);
+    // bravo, a follower, serves the panel: it must not depend on the leader.
+    let base = format!("http://127.0.0.1:{}", ports[1]);
+
+    // Not logged in: no list.
+    browser.goto(&format!("{base}/"));
+    assert!(
+        browser.text("#denied").is_some(),
+        "a page without a session"
+    );
+    assert!(browser.text("#nodes").is_none());
+
+    // Log in with a one-time link.
+    let (link, fingerprint) = web_login(cluster.node("bravo"));
+    assert!(
+        link.starts_with(&format!("{base}/login?t=")),
+        "the link on its own line: {link}"
+    );
+    assert_eq!(
+        fingerprint, None,
+        "plain HTTP on loopback has no certificate"
+    );
+    browser.goto(&link);
+    browser.click("#login");
+    wait_for(Duration::from_secs(10), "the node list after login", || {
+        (browser.labels().len() == 3).then_some(())
+    });
+    assert_eq!(
+        browser.labels(),
+        vec!["• alpha — Хост", "• bravo", "• charlie"]
+    );
+    browser.screenshot("nodes.png");
+    let weight = browser.js(
+        "return Promise.all(['/', '/static/panel.css', '/static/panel.js'].map(u => fetch(u).then(r => r.blob()).then(b => b.size)));",
+    );
+    println!("FIGURE web page weight of the node list (3 nodes): HTML, CSS, JS bytes = {weight}");
+
+    // The same link again is refused, and audited.
+    browser.goto(&link);
+    let denied = browser
+        .text("#denied")
+        .expect("a refusal page for a replayed link");
+    assert!(denied.contains("уже использована"), "{denied}");
+    let audit = cluster.node("bravo").ok(&["audit"]);
+    assert!(
+        audit.contains("web_login_refused") && audit.contains("reason=link already used"),
+        "{audit}"
+    );
+    assert!(audit.contains("web_login "), "{audit}");
+
+    // A forged POST (the session cookie goes with it, the CSRF token does not) is refused and
+    // changes nothing; so is one with a wrong token.
+    browser.goto(&format!("{base}/"));
+    let forged = browser.js(
+        "return fetch('/node/charlie/reboot', {method: 'POST', headers: {'Content-Type': 'application/x-www-form-urlencoded'}, body: ''}).then(r => r.status);",
+    );
+    assert_eq!(forged, json!(403));
+    let wrong = browser.js(
+        "return fetch('/node/charlie/reboot', {method: 'POST', headers: {'Content-Type': 'application/x-www-form-urlencoded'}, body: 'csrf=00112233'}).then(r => r.status);",
+    );
+    assert_eq!(wrong, json!(403));
+    assert!(
+        marker_lines(&root, "charlie").is_empty(),
+        "a refused request changes nothing"
+    );
+    let audit = cluster.node("bravo").ok(&["audit"]);
+    assert!(
+        audit.contains("action_refused") && audit.contains("reason=missing or wrong CSRF token"),
+        "{audit}"
+    );
+
+    // Reboot charlie through the confirmation step.
+    browser.goto(&format!("{base}/node/charlie"));
+    let card = browser.text("main").unwrap();
+    assert!(card.contains("charlie"), "{card}");
+    let node_fingerprint = browser.text("#fingerprint").unwrap();
+    assert_eq!(
+        node_fingerprint.split_whitespace().count(),
+        12,
+        "the 60-digit PQ4 fingerprint: {node_fingerprint}"
+    );
+    browser.screenshot("node.png");
+    browser.click("#reboot");
+    assert!(browser.url().ends_with("/node/charlie/reboot"));
+    assert!(
+        marker_lines(&root, "charlie").is_empty(),
+        "the confirmation page itself does nothing"
+    );
+    browser.screenshot("confirm.png");
+    browser.click("#confirm");
+    let answer = browser.text("#message").unwrap();
+    assert!(answer.contains("charlie"), "{answer}");
+    let lines = wait_for(Duration::from_secs(10), "charlie's reboot command", || {
+        let lines = marker_lines(&root, "charlie");
+        (!lines.is_empty()).then_some(lines)
+    });
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("web panel"), "{lines:?}");
+    assert!(marker_lines(&root, "alpha").is_empty());
+    assert!(marker_lines(&root, "bravo").is_empty());
+
+    // An invite through its form: the join line and a QR code.
+    browser.goto(&format!("{base}/invite"));
+    browser.click("#create");
+    let invite = browser.text("#invite-link").expect("the new join link");
+    assert!(
+        invite.starts_with("constella join --server-name NAME --join 'join://"),
+        "{invite}"
+    );
+    assert_eq!(
+        browser.js("return document.querySelectorAll('.qr svg').length;"),
+        json!(1)
+    );
+    assert!(
+        cluster
+            .node("bravo")
+            .ok(&["audit"])
+            .contains("invite_issued")
+    );
+
+    // A phone: 390 px wide, no horizontal scroll on the list, a node page, a confirmation.
+    browser.resize(390, 844);
+    for path in ["/", "/node/charlie", "/node/alpha/reboot", "/invite"] {
+        browser.goto(&format!("{base}{path}"));
+        let widths = browser.js(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth, window.innerWidth];",
+        );
+        let [scroll, client, inner] = [0, 1, 2].map(|i| widths[i].as_u64().unwrap());
+        assert!(inner <= 400, "the window is phone-sized: {widths}");
+        assert!(
+            scroll <= client,
+            "{path} scrolls sideways at {inner} px: {widths}"
+        );
+    }
+    browser.goto(&format!("{base}/"));
+    browser.screenshot("phone-nodes.png");
+    browser.resize(1200, 900);
+
+    // kill -9 the leader: the open page follows without a reload.
+    browser.goto(&format!("{base}/"));
+    wait_for(Duration::from_secs(10), "the live stream to open", || {
+        browser
+            .js("return document.getElementById('nodes').getAttribute('data-updated');")
+            .as_str()
+            .map(str::to_owned)
+    });
+    browser.js("window.notReloaded = true; return null;");
+    let killed_at = unix_millis();
+    cluster.node_mut("alpha").kill();
+    let bravo = cluster.node("bravo");
+    let node_knew_at = cluster.or_logs(|| {
+        wait_for(
+            Duration::from_secs(20),
+            "bravo to see the new leader",
+            || {
+                let (leader, alive) = bravo.leader_and_alive()?;
+                (leader == "bravo" && alive == 2).then(unix_millis)
+            },
+        )
+    });
+    let page_showed_at = wait_for(
+        Duration::from_secs(10),
+        "the page to show bravo as Хост",
+        || {
+            let labels = browser.labels();
+            (labels == ["• alpha (offline)", "• bravo — Хост", "• charlie"]).then(|| {
+                browser
+                    .js("return Number(document.getElementById('nodes').getAttribute('data-updated'));")
+                    .as_u64()
+                    .unwrap()
+            })
+        },
+    );
+    assert_eq!(
+        browser.js("return window.notReloaded === true;"),
+        json!(true),
+        "updated in place, not reloaded"
+    );
+    browser.screenshot("failover.png");
+    println!(
+        "FIGURE web failover: kill -9 of the leader -> bravo's view changed {} ms; -> page showed it {} ms ({} ms after the node knew)",
+        node_knew_at - killed_at,
+        page_showed_at.saturating_sub(killed_at),
+        page_showed_at as i64 - node_knew_at as i64
+    );
+    assert!(
+        page_showed_at <= node_knew_at + 2000,
+        "the page lagged the node by {} ms",
+        page_showed_at - node_knew_at
+    );
+
+    // The session is listed, and revoking it logs the browser out.
+    let sessions: serde_json::Value =
+        serde_json::from_str(&bravo.ok(&["web-sessions", "--json"])).unwrap();
+    let sessions = sessions.as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let id = sessions[0]["id"].as_str().unwrap().to_owned();
+    bravo.ok(&["web-sessions", "revoke", &id]);
+    browser.goto(&format!("{base}/"));
+    assert!(
+        browser.text("#denied").is_some(),
+        "a revoked session is logged out"
+    );
+    println!("screenshots in {}", browser.shots.display());
+}
+
+#[test]
+fn web_login_needs_the_panel_and_https_prints_the_certificate_fingerprint() {
+    let root = tempfile::tempdir().unwrap();
+    let mut plain = Node::new(root.path(), "alpha");
+    plain.init(100);
+    plain.start();
+    let out = plain.cli(&["web-login"]);
+    assert!(!out.status.success());
+    let text = common::output_text(&out);
+    assert!(
+        text.contains("the web panel is off on this node") && text.contains("--web-addr"),
+        "{text}"
+    );
+    plain.stop();
+
+    // --web-tls: HTTPS on loopback too, with a certificate made at the first start.
+    let port = free_port();
+    plain.run_args = vec![
+        "--web-addr".into(),
+        format!("127.0.0.1:{port}"),
+        "--web-tls".into(),
+    ];
+    plain.start();
+    let (link, fingerprint) = web_login(&plain);
+    assert!(
+        link.starts_with(&format!("https://127.0.0.1:{port}/login?t=")),
+        "{link}"
+    );
+    let fingerprint = fingerprint.expect("a fingerprint line");
+    let pem = std::fs::read_to_string(plain.dir.join("web.crt")).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    use base64::Engine as _;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    use sha2::Digest as _;
+    let expected: Vec<String> = sha2::Sha256::digest(&der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    assert_eq!(
+        fingerprint,
+        format!("certificate SHA-256: {}", expected.join(":"))
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(plain.dir.join("web.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The same certificate after a restart.
+    plain.stop();
+    plain.start();
+    let (_, again) = web_login(&plain);
+    assert_eq!(again.unwrap(), fingerprint);
+    // A bad --web-addr is refused by name, and a taken port stops `run`.
+    let out = plain.cli(&["run", "--web-addr", "nowhere"]);
+    assert!(!out.status.success());
+    assert!(common::output_text(&out).contains("--web-addr"));
+}
+
+/// CPU seconds (user + system) and resident KiB of process `pid`.
+fn cpu_and_rss(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let hz = 100.0; // USER_HZ on Linux
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    (ticks / hz, rss)
+}
+
+/// Figure: idle CPU and RSS of a node with the panel on, first with no browser, then with one
+/// browser on the live node list (its SSE stream open). `CONSTELLA_WEB_IDLE_SECS` sets each
+/// window (default 60 s).
+#[test]
+#[ignore = "a figure, not a check: cargo test --test web -- --ignored --nocapture"]
+fn figures_idle_cpu_and_rss_with_the_panel_and_one_browser() {
+    if !browser_available() {
+        return;
+    }
+    let window = Duration::from_secs(
+        std::env::var("CONSTELLA_WEB_IDLE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    );
+    let root = tempfile::tempdir().unwrap();
+    let mut node = Node::new(root.path(), "alpha");
+    let port = free_port();
+    node.run_args = vec!["--web-addr".into(), format!("127.0.0.1:{port}")];
+    node.init(100);
+    node.start();
+    std::thread::sleep(Duration::from_secs(10)); // start-up work (sampler, first heartbeats)
+    let measure = |what: &str| {
+        let (cpu0, _) = cpu_and_rss(node.pid());
+        let started = std::time::Instant::now();
+        std::thread::sleep(window);
+        let (cpu1, rss) = cpu_and_rss(node.pid());
+        let percent = (cpu1 - cpu0) / started.elapsed().as_secs_f64() * 100.0;
+        println!(
+            "FIGURE web idle {what}: {percent:.2} % CPU, RSS {:.1} MiB over {} s",
+            rss as f64 / 1024.0,
+            window.as_secs()
+        );
+    };
+    measure("panel on, no browser");
+    let driver = Driver::start();
+    let browser = Browser::open(&driver);
+    let (link, _) = web_login(&node);
+    browser.goto(&link);
+    browser.click("#login");
+    wait_for(Duration::from_secs(10), "the live list", || {
+        browser
+            .js("return document.getElementById('nodes') && document.getElementById('nodes').getAttribute('data-updated');")
+            .as_str()
+            .map(str::to_owned)
+    });
+    measure("panel on, one browser on the live list");
+}
