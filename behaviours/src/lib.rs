@@ -2,6 +2,7 @@
 //! its simulator, and [`Behaviour`], the one `NetworkBehaviour` a node's Swarm runs.
 //!
 //! - [`node`]: the protocol core: `Node::handle(now, Input) -> Outputs`, no I/O.
+//! - [`beat`]: heartbeats straight to each member over its open connection.
 //! - [`dht`]: Kademlia, quiet while it knows no peer.
 //! - [`gossip`]: heartbeats and member lists, authenticated with the network secret.
 //! - [`membership`]: who is a member and who is alive, driven by gossip and the clock.
@@ -21,6 +22,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod beat;
 pub mod dht;
 pub mod gossip;
 pub mod ids;
@@ -109,7 +111,9 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     /// Measures round trips and notices dead connections.
     pub ping: ping::Behaviour,
-    /// Carries heartbeats and member lists.
+    /// Carries heartbeats straight to each connected member.
+    pub beat: beat::Behaviour,
+    /// Carries member lists, settings, goodbyes and rotations.
     pub gossipsub: gossipsub::Behaviour,
     /// Finds members whose addresses changed (Kademlia; derefs to `kad::Behaviour`).
     pub kad: dht::Dht,
@@ -194,6 +198,7 @@ impl Behaviour {
                     .with_interval(PING_INTERVAL)
                     .with_timeout(PING_TIMEOUT),
             ),
+            beat: beat::Behaviour::new(),
             gossipsub,
             kad,
             join: join::behaviour(request_timeout),

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use constella_behaviours::beat;
 use constella_behaviours::gossip::{self, GossipBody, GossipError};
 use constella_behaviours::gossip::{Rotation, SealedFor};
 use constella_behaviours::join::JoinStep;
@@ -257,6 +258,9 @@ impl EventLoop {
                 if matches!(body, GossipBody::Goodbye(_)) {
                     info!("said goodbye to the peers; stopping");
                 }
+            }
+            Output::Heartbeat { to, heartbeat } => {
+                super::beats::send(&mut self.swarm, &self.gossip_keys[0], &to, heartbeat);
             }
             Output::Sync { to, message } => {
                 let addrs = dial_addresses(&self.core.addresses_of(&to));
@@ -827,6 +831,18 @@ impl EventLoop {
                 self.follow(followup);
             }
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            BehaviourEvent::Beat(beat::Event::Received { peer, frame }) => {
+                match super::beats::open(&self.gossip_keys, &frame) {
+                    Ok(heartbeat) => self.feed(Input::Heartbeat {
+                        from: peer,
+                        heartbeat: &heartbeat,
+                    }),
+                    Err(refusal) => self.feed(Input::GossipRefused(refusal)),
+                }
+            }
+            BehaviourEvent::Beat(beat::Event::Unsupported { peer }) => {
+                debug!(%peer, "peer does not speak the beat protocol");
+            }
             // Only a timeout says the connection is dead: a joiner's short-lived CLI process
             // does not speak ping at all ("unsupported"), and must keep its connection.
             BehaviourEvent::Ping(libp2p::ping::Event {
