@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod delay_switch;
 pub mod docker;
 pub mod fake_telegram;
 pub mod netns;

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use std::time::{Duration, Instant};
 
+use super::delay_switch::{DelaySwitch, Impairment};
 use super::{Node, keys_by_peer_id, wait_for};
 
 static LABS: AtomicU32 = AtomicU32::new(0);
@@ -211,6 +212,20 @@ impl Lab {
         self.nft(&format!(
             "add rule bridge faults drops ether type ip numgen random mod 100 < {percent} drop"
         ));
+    }
+
+    /// Replaces the bridge by a userspace switch that drops `impairment.loss_percent` of the
+    /// frames and delays the rest by `delay ± jitter` ([`super::delay_switch`]); the nft faults
+    /// above no longer apply. Lasts until the returned switch is dropped (then nothing passes).
+    pub fn impair(&self, impairment: Impairment) -> DelaySwitch {
+        let sw = self.switch();
+        let mut ports: Vec<String> = (0..self.size).map(|i| format!("p{i}")).collect();
+        ports.push("psvc".to_owned());
+        for port in &ports {
+            must(&["ip", "-n", &sw, "link", "set", port, "nomaster"]);
+            must(&["ip", "-n", &sw, "link", "set", port, "promisc", "on"]);
+        }
+        DelaySwitch::start(&sw, &ports, impairment)
     }
 
     /// Removes every fault.
