@@ -184,6 +184,10 @@ impl Rng {
     }
 }
 
+/// A frame waiting for its release: (when, a sequence number for a stable order, the port to
+/// write it to, the frame).
+type Pending = (Instant, u64, usize, Arc<[u8]>);
+
 fn run(
     sockets: &[OwnedFd],
     impairment: Impairment,
@@ -193,7 +197,7 @@ fn run(
 ) {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()));
     // (release time, sequence for a stable order, port to write to, frame)
-    let mut queue: BinaryHeap<Reverse<(Instant, u64, usize, Arc<[u8]>)>> = BinaryHeap::new();
+    let mut queue: BinaryHeap<Reverse<Pending>> = BinaryHeap::new();
     let mut sequence = 0u64;
     let mut buffer = vec![0u8; 65_536];
     let mut polls: Vec<libc::pollfd> = sockets
@@ -256,7 +260,7 @@ fn run(
                     break;
                 }
                 // Frames this switch wrote out come back as outgoing: never forward them.
-                if addr.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+                if addr.sll_pkttype == libc::PACKET_OUTGOING {
                     continue;
                 }
                 if rng.below(100) < u64::from(impairment.loss_percent) {
