@@ -63,12 +63,15 @@ mod tests {
         let id = PeerId::random();
         let frame = gossip::seal(&key, &GossipBody::Heartbeat(heartbeat(id)));
         assert!(frame.len() <= constella_behaviours::beat::MAX_FRAME_BYTES);
-        assert_eq!(open(&[key.clone()], &frame), Ok(heartbeat(id)));
+        assert_eq!(open(std::slice::from_ref(&key), &frame), Ok(heartbeat(id)));
         assert_eq!(open(&[other], &frame), Err(Refusal::BadMac));
         let mut altered = frame.clone();
         let last = altered.len() - 1;
         altered[last] ^= 1;
-        assert_eq!(open(&[key.clone()], &altered), Err(Refusal::BadMac));
+        assert_eq!(
+            open(std::slice::from_ref(&key), &altered),
+            Err(Refusal::BadMac)
+        );
         let goodbye = gossip::seal(
             &key,
             &GossipBody::Goodbye(Goodbye {
