@@ -33,7 +33,7 @@ fn converge(nodes: &[&Node], alive: usize, deadline: Duration) -> (String, Durat
         }
         assert!(
             started.elapsed() < deadline,
-            "no convergence on {alive} alive within {deadline:?}"
+            "no convergence on {alive} alive within {deadline:?}; views (leader, alive): {views:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -83,8 +83,10 @@ pub enum Change {
 }
 
 /// Whom a node sees among the members that count for the majority: itself, the members alive
-/// in its view, and members gone silent (not refused, not said goodbye) and heard within the
-/// memory the caller gives.
+/// in its view, and members gone silent (not refused, not said goodbye), however long ago: a
+/// member out of reach for hours is as likely to be on the other side of a partition as one
+/// out of reach for seconds, so it never stops counting. Only direct evidence that its process
+/// is down (a refused redial, a goodbye) or its removal takes it out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quorum {
     /// This node and the members alive in its view.
@@ -533,8 +535,8 @@ impl Membership {
         Some(Change::Alive(*peer))
     }
 
-    /// How many of the members heard within `memory` this node sees (see [`Quorum`]).
-    pub fn quorum(&self, now: Instant, memory: Duration) -> Quorum {
+    /// How many of the last-known members this node sees (see [`Quorum`]).
+    pub fn quorum(&self) -> Quorum {
         let mut quorum = Quorum {
             sees: 0,
             of: 0,
@@ -547,11 +549,7 @@ impl Membership {
                 continue;
             }
             let seen = *id == self.local || live.status == Status::Alive;
-            let counts = seen
-                || (live.silent
-                    && live
-                        .last_heard
-                        .is_some_and(|heard| now.saturating_duration_since(heard) < memory));
+            let counts = seen || live.silent;
             if !counts {
                 continue;
             }
@@ -603,6 +601,15 @@ impl Membership {
             self.note_deadline(now);
             self.elect();
         }
+    }
+
+    /// Whether `peer` is alive on evidence that arrived after `at` (a heartbeat or a direct
+    /// message), not only assumed alive from the state file at `at`.
+    pub fn heard_after(&self, peer: &PeerId, at: Instant) -> bool {
+        self.entries.get(peer).is_some_and(|entry| {
+            entry.liveness.status == Status::Alive
+                && entry.liveness.last_heard.is_some_and(|heard| heard > at)
+        })
     }
 
     /// A member heard at `heard` can go silent at `heard + offline_after`: make sure

@@ -13,7 +13,9 @@
 //! Rules, each unit-tested below:
 //! - **Heartbeats** every [`Config::heartbeat_interval`] (1 s up to 100 members, growing with
 //!   the square root of the size beyond, see [`Config::for_size`]); `seq = incarnation << 32 |
-//!   counter`.
+//!   counter`. Each goes straight to every connected member ([`Output::Heartbeat`], the beat
+//!   protocol of [`crate::beat`]), not through gossipsub; its author is the connection's peer
+//!   ([`Input::Heartbeat`]). Heartbeats published on gossipsub (older nodes) are still taken.
 //! - **Liveness**: a member is alive from its first valid heartbeat and offline after
 //!   [`Config::offline_after`] of silence (2.5 intervals); faster evidence: its last connection
 //!   closed and the redial was refused (failed within [`Config::refused_within`]; a redial that
@@ -25,16 +27,17 @@
 //!   [`Config::first_redial`] doubling to [`Config::max_redial`]; a closed connection to a member
 //!   is redialled at once (the member is then a *suspect*: a failed dial marks it offline).
 //! - **Partitions**: a leader hosts the leader services only while it sees a majority of the
-//!   members heard within [`Config::quorum_memory`] ([`Node::partition`]); the minority side of
-//!   a partition names a leader but does not poll the bot.
+//!   last-known members (alive, or silent however long ago: [`Node::partition`]); the
+//!   minority side of a partition names a leader but does not poll the bot, for as long as
+//!   the partition lasts.
 //! - **Settle**: a node that just started hosts the leader services only once every member
 //!   answered or [`Config::settle`] has passed, so a restarted node never polls the bot next to
 //!   the real leader.
 //! - **Standing down**: on a graceful stop the node says goodbye, stops electing itself and
 //!   hands over without announcing it; it exits after [`Config::drain`].
-//! - **Eager heartbeats**: a member that subscribes (a restart, a reconnect) gets a heartbeat and
-//!   the settings at once, at most one per [`Config::eager_gap`]; one asked for sooner goes out
-//!   when the gap ends.
+//! - **Eager heartbeats**: a member that subscribes (a restart, a reconnect) gets a heartbeat of
+//!   its own at once, and the settings are published, at most once per [`Config::eager_gap`];
+//!   a publish asked for sooner goes out when the gap ends.
 //! - **Owner notices** (joined, left, offline, back) are emitted only by the node that led before
 //!   or after the change, so exactly one bot tells the owner.
 //! - **Roster and settings**: merged by their commutative rules; published on every change and
@@ -95,7 +98,7 @@ pub struct Config {
     /// On a graceful stop, the leader services (the bot) are told to stop this long before the
     /// goodbye goes out, so the bot has dropped its poll before the next leader starts one.
     pub handover_gap: Duration,
-    /// Extra heartbeats for subscribing peers are at least this far apart.
+    /// Settings published for subscribing peers are at least this far apart.
     pub eager_gap: Duration,
     /// How long a connection from a non-member may stay open (long enough for a Join).
     pub stranger_idle: Duration,
@@ -122,9 +125,6 @@ pub struct Config {
     /// process is gone): the member is offline at once. A slower failure is a timeout, which
     /// says nothing a partition would not also say: the heartbeat silence decides.
     pub refused_within: Duration,
-    /// Members heard within this long count in the majority this node needs to host the
-    /// leader services (see [`Node::partition`]).
-    pub quorum_memory: Duration,
     /// The leader rotates the network secret once the current one is this old (seed 004 §8:
     /// every 7 days), counted from the rotation that made it, or from the leader's start for a
     /// network never rotated.
@@ -176,7 +176,6 @@ impl Config {
             pull_gap: Duration::from_secs(2),
             scale_with_size: true,
             refused_within: Duration::from_secs(1),
-            quorum_memory: Duration::from_secs(120),
             rotation_interval: Duration::from_secs(7 * 24 * 3600),
             departure_rotation_grace: Duration::from_secs(2),
         }
@@ -379,6 +378,16 @@ pub enum Input<'a> {
     },
     /// A gossip message refused before its body could be read (MAC, size, version).
     GossipRefused(Refusal),
+    /// A heartbeat that arrived over the beat protocol ([`crate::beat`]) on a connection to
+    /// `from`, its AEAD envelope already opened. `from` is the connection's remote (noise
+    /// authenticated it), so it takes the place of gossipsub's signature: a heartbeat whose
+    /// `node_id` is not `from` is refused. The answer is [`Output::GossipVerdict`] like gossip.
+    Heartbeat {
+        /// The connection's remote.
+        from: PeerId,
+        /// The heartbeat.
+        heartbeat: &'a Heartbeat,
+    },
     /// A member sent its roster and settings directly; the answer is [`Output::SyncReply`].
     SyncRequest {
         /// The sender.
@@ -484,6 +493,14 @@ pub enum Input<'a> {
 pub enum Output {
     /// Publish on the gossip topic (the daemon seals it with the network MAC).
     Publish(GossipBody),
+    /// Send this heartbeat straight to each of `to` (connected members) over the beat protocol
+    /// ([`crate::beat`]), sealed once under the gossip key. Heartbeats no longer ride gossipsub.
+    Heartbeat {
+        /// The connected members to send it to.
+        to: Vec<PeerId>,
+        /// The heartbeat.
+        heartbeat: Heartbeat,
+    },
     /// Send our roster and settings to `to` directly and feed its answer back as
     /// [`Input::SyncAnswer`].
     Sync {
@@ -900,6 +917,13 @@ impl Node {
                 self.out.insert(0, Output::GossipVerdict(verdict));
             }
             Input::GossipRefused(refusal) => self.rejections.count(refusal),
+            Input::Heartbeat { from, heartbeat } => {
+                let verdict = self.on_heartbeat(from, heartbeat, now);
+                if let Err(refusal) = verdict {
+                    self.rejections.count(refusal);
+                }
+                self.out.insert(0, Output::GossipVerdict(verdict));
+            }
             Input::SyncRequest { from, message } => {
                 self.heard_directly(from, now);
                 if self.answer_departed(from) {
@@ -1029,7 +1053,7 @@ impl Node {
             self.next_heartbeat = now + self.config.heartbeat_interval;
         }
         if self.eager_at.is_some_and(|at| now >= at) {
-            self.send_eager_heartbeat(now);
+            self.send_eager_settings(now);
         }
         if now >= self.next_sync {
             self.next_sync = now + self.config.sync_interval;
@@ -1119,8 +1143,10 @@ impl Node {
         if !self.membership.is_member(&peer) || self.exit.is_some() {
             return;
         }
-        // A (re)started member: tell it at once that we are alive, and what we know.
-        self.send_eager_heartbeat(now);
+        // A (re)started member: tell it at once that we are alive (one heartbeat to it
+        // alone), and what we know.
+        self.send_heartbeat(vec![peer], now);
+        self.send_eager_settings(now);
         let message = self.sync_message();
         self.out.push(Output::Sync { to: peer, message });
     }
@@ -1234,26 +1260,13 @@ impl Node {
         if signer != Some(author) {
             return Err(Refusal::WrongSigner);
         }
-        self.confirm_by_evidence(author, now);
         if let GossipBody::Heartbeat(heartbeat) = body
             && author != self.local.id
         {
-            // The most frequent message: the member check is the heartbeat's own gate (one
-            // lookup instead of two).
-            let connected = &self.connected;
-            let connected = || connected.contains_key(&author);
-            return match self.membership.on_heartbeat(heartbeat, connected, now) {
-                Ok(change) => {
-                    self.apply_changes(change.into_iter().collect(), now);
-                    Ok(())
-                }
-                Err(HeartbeatRejection::NonMember) => {
-                    self.pull_roster(author, now);
-                    Err(Refusal::NonMember)
-                }
-                Err(rejection) => Err(refusal_of(rejection)),
-            };
+            // From a member that still publishes heartbeats on gossipsub (an older constella).
+            return self.on_heartbeat(author, heartbeat, now);
         }
+        self.confirm_by_evidence(author, now);
         if !self.membership.is_member(&author) {
             // It holds the network secret (the MAC verified) but is not in our list: most
             // likely a join we missed. Ask it for its roster.
@@ -1285,6 +1298,37 @@ impl Node {
         Ok(())
     }
 
+    /// A heartbeat authored by `author` (the connection's remote for the beat protocol, the
+    /// signer for gossip). The most frequent message: the member check is the heartbeat's own
+    /// gate (one lookup instead of two).
+    fn on_heartbeat(
+        &mut self,
+        author: PeerId,
+        heartbeat: &Heartbeat,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        if heartbeat.node_id != author {
+            return Err(Refusal::WrongSigner);
+        }
+        if author == self.local.id {
+            return Ok(());
+        }
+        self.confirm_by_evidence(author, now);
+        let connected = &self.connected;
+        let connected = || connected.contains_key(&author);
+        match self.membership.on_heartbeat(heartbeat, connected, now) {
+            Ok(change) => {
+                self.apply_changes(change.into_iter().collect(), now);
+                Ok(())
+            }
+            Err(HeartbeatRejection::NonMember) => {
+                self.pull_roster(author, now);
+                Err(Refusal::NonMember)
+            }
+            Err(rejection) => Err(refusal_of(rejection)),
+        }
+    }
+
     /// A member's own message arrived over a direct connection: its process runs and the
     /// path works, as good as a heartbeat (it revives a member silent through a partition
     /// the moment the reconnect's roster exchange arrives, instead of at its next heartbeat).
@@ -1296,20 +1340,23 @@ impl Node {
         self.apply_changes(change.into_iter().collect(), now);
     }
 
-    /// `Some((sees, of))` when this node cannot see a majority of the members heard within
-    /// [`Config::quorum_memory`]: `sees` counts this node and the members alive in its view,
-    /// `of` also counts members gone silent (a timeout, not a refused redial or a goodbye,
-    /// which say the process is down rather than out of reach). With exactly half, the half
-    /// holding the first of them in the leader order counts as the majority. A partitioned node
-    /// does not host the leader services, so only one side of a partition polls the bot.
     /// The partition rule as last derived (after the latest input): what the node acts on.
-    /// [`Node::partition`] asks it afresh for a given instant.
+    /// [`Node::partition`] asks it afresh.
     pub fn partitioned(&self) -> Option<(usize, usize)> {
         self.partitioned
     }
 
-    pub fn partition(&self, now: Instant) -> Option<(usize, usize)> {
-        let quorum = self.membership.quorum(now, self.config.quorum_memory);
+    /// `Some((sees, of))` when this node cannot see a majority of the last-known members:
+    /// `sees` counts this node and the members alive in its view, `of` also counts members
+    /// gone silent, however long ago (a timeout, not a refused redial or a goodbye, which say
+    /// the process is down rather than out of reach). With exactly half, the half holding the
+    /// first of them in the leader order counts as the majority. A partitioned node does not
+    /// host the leader services, so only one side of a partition polls the bot, for as long
+    /// as the partition lasts. The price: when a majority of the members vanish silently for
+    /// good, the rest never host until the operator removes the dead ones
+    /// (`constella remove`) or they return.
+    pub fn partition(&self, _now: Instant) -> Option<(usize, usize)> {
+        let quorum = self.membership.quorum();
         let partitioned =
             quorum.sees * 2 < quorum.of || (quorum.sees * 2 == quorum.of && !quorum.sees_first);
         partitioned.then_some((quorum.sees, quorum.of))
@@ -1334,8 +1381,23 @@ impl Node {
         self.out.push(Output::Sync { to: from, message });
     }
 
+    /// The next heartbeat, straight to every connected member (the core keeps a connection to
+    /// every member it can reach, so this is everyone reachable).
     fn publish_heartbeat(&mut self, now: Instant) {
+        let to: Vec<PeerId> = self
+            .connected
+            .keys()
+            .filter(|id| self.membership.is_member(id))
+            .copied()
+            .collect();
+        self.send_heartbeat(to, now);
+    }
+
+    fn send_heartbeat(&mut self, to: Vec<PeerId>, now: Instant) {
         self.heartbeat_counter = self.heartbeat_counter.wrapping_add(1);
+        if to.is_empty() {
+            return;
+        }
         let heartbeat = Heartbeat {
             node_id: self.local.id,
             name: self.local.name.clone(),
@@ -1345,17 +1407,16 @@ impl Node {
             protocol_version: crate::gossip::PROTOCOL_VERSION,
             uptime_secs: now.duration_since(self.started).as_secs(),
         };
-        self.out
-            .push(Output::Publish(GossipBody::Heartbeat(heartbeat)));
+        self.out.push(Output::Heartbeat { to, heartbeat });
     }
 
     fn seq(&self) -> u64 {
         (u64::from(self.local.incarnation) << 32) | u64::from(self.heartbeat_counter)
     }
 
-    /// An extra heartbeat for peers that just subscribed, spaced out so that many restarts at
-    /// once are not answered by a storm; one asked for too soon is sent when the gap ends.
-    fn send_eager_heartbeat(&mut self, now: Instant) {
+    /// The settings for peers that just subscribed (published, so spaced out: many restarts
+    /// at once are not answered by a storm; one asked for too soon is sent when the gap ends).
+    fn send_eager_settings(&mut self, now: Instant) {
         match self.last_eager {
             Some(last) if now < last + self.config.eager_gap => {
                 self.eager_at = Some(last + self.config.eager_gap);
@@ -1363,7 +1424,6 @@ impl Node {
             _ => {
                 self.last_eager = Some(now);
                 self.eager_at = None;
-                self.publish_heartbeat(now);
                 // A restarted member may have missed settings changes while it was down.
                 self.publish_settings();
             }
@@ -1631,12 +1691,14 @@ impl Node {
 
     /// Re-derives whether this node hosts the leader services, and tells on a change.
     fn update_leadership(&mut self, now: Instant) {
+        // Answered means heard since the start: members the state file says were alive are
+        // only assumed so, and a restart inside a partition's minority must not host on that.
         self.settled = self.settled
             || now >= self.started + self.config.settle
             || self
                 .membership
                 .remote_members()
-                .all(|(id, _)| self.membership.status(id) == Some(Status::Alive));
+                .all(|(id, _)| self.membership.heard_after(id, self.started));
         let leader = self.membership.leader();
         // Only a node that would lead needs to know whether it sees a majority.
         self.partitioned = if leader == self.local.id {
@@ -2195,7 +2257,7 @@ mod tests {
         fn heartbeat_from(&mut self, secs: f64, from: PeerId) -> Vec<Output> {
             let counter = self.counters.entry(from).or_default();
             *counter += 1;
-            let body = GossipBody::Heartbeat(Heartbeat {
+            let heartbeat = Heartbeat {
                 node_id: from,
                 name: "x".into(),
                 priority: 0,
@@ -2203,12 +2265,12 @@ mod tests {
                 seq: (1 << 32) | u64::from(*counter),
                 protocol_version: PROTOCOL_VERSION,
                 uptime_secs: 1,
-            });
+            };
             self.handle(
                 secs,
-                Input::Gossip {
-                    signer: Some(from),
-                    body: &body,
+                Input::Heartbeat {
+                    from,
+                    heartbeat: &heartbeat,
                 },
             )
         }
@@ -2227,6 +2289,17 @@ mod tests {
             .iter()
             .filter_map(|o| match o {
                 Output::Publish(body) => Some(body),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The heartbeats sent straight to members, with their recipients.
+    fn beats(outputs: &[Output]) -> Vec<(&[PeerId], &Heartbeat)> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Heartbeat { to, heartbeat } => Some((to.as_slice(), heartbeat)),
                 _ => None,
             })
             .collect()
@@ -2262,16 +2335,77 @@ mod tests {
     #[test]
     fn heartbeats_go_out_every_interval_and_the_wake_says_when() {
         let mut f = Fixture::new(10, &[]);
+        let (b, c) = (f.b, f.c);
+        f.handle(0.0, Input::Connected(b));
+        let stranger = PeerId::random();
+        f.handle(0.0, Input::Connected(stranger));
         let out = f.handle(0.0, Input::Timer);
-        assert!(matches!(publishes(&out)[..], [GossipBody::Heartbeat(_)]));
+        assert!(
+            publishes(&out).is_empty(),
+            "heartbeats do not ride gossipsub"
+        );
+        let [(to, _)] = beats(&out)[..] else {
+            panic!("no heartbeat at 0 s: {out:?}");
+        };
+        assert_eq!(
+            to,
+            [b],
+            "straight to the connected members, not to strangers"
+        );
         assert!(wake(&out) <= f.at(1.0), "wakes for the next heartbeat");
         let out = f.handle(0.5, Input::Timer);
-        assert!(publishes(&out).is_empty(), "not before the interval");
+        assert!(beats(&out).is_empty(), "not before the interval");
+        f.handle(0.6, Input::Connected(c));
         let out = f.handle(1.0, Input::Timer);
-        let [GossipBody::Heartbeat(hb)] = publishes(&out)[..] else {
+        let [(to, hb)] = beats(&out)[..] else {
             panic!("no heartbeat at 1 s: {out:?}");
         };
+        let mut to = to.to_vec();
+        to.sort();
+        let mut both = vec![b, c];
+        both.sort();
+        assert_eq!(to, both);
         assert_eq!(hb.seq, (1 << 32) | 2, "incarnation in the high half");
+    }
+
+    #[test]
+    fn a_direct_heartbeat_counts_only_for_the_connections_own_peer() {
+        let mut f = Fixture::new(10, &[]);
+        let (b, c) = (f.b, f.c);
+        f.handle(0.0, Input::Connected(b));
+        let heartbeat = Heartbeat {
+            node_id: c,
+            name: "c".into(),
+            priority: 30,
+            addrs: vec![],
+            seq: (1 << 32) | 1,
+            protocol_version: PROTOCOL_VERSION,
+            uptime_secs: 1,
+        };
+        // b relays (or forges) c's heartbeat over b's own connection: refused, c stays silent.
+        let out = f.handle(
+            0.1,
+            Input::Heartbeat {
+                from: b,
+                heartbeat: &heartbeat,
+            },
+        );
+        assert_eq!(
+            out.first(),
+            Some(&Output::GossipVerdict(Err(Refusal::WrongSigner)))
+        );
+        assert!(!f.node.view().iter().any(|p| p.node_id == c && p.is_alive()));
+        // From c's own connection it counts.
+        f.handle(0.2, Input::Connected(c));
+        let out = f.handle(
+            0.2,
+            Input::Heartbeat {
+                from: c,
+                heartbeat: &heartbeat,
+            },
+        );
+        assert_eq!(out.first(), Some(&Output::GossipVerdict(Ok(()))));
+        assert!(f.node.view().iter().any(|p| p.node_id == c && p.is_alive()));
     }
 
     #[test]
@@ -2384,15 +2518,33 @@ mod tests {
         // One comes back: 2 of 3 is a majority.
         f.heartbeat_from(7.5, f.b);
         assert!(f.node.leadership().is_local);
-        // Members silent for longer than the memory stop counting.
+        // However long they stay silent, they count: the minority never hosts (an hour, and
+        // the 2 min after which an earlier rule forgot them).
         let mut f = alive_until_4();
         f.handle(7.0, Input::Timer);
         assert!(!f.node.leadership().is_local);
-        f.handle(124.1, Input::Timer);
-        assert!(
-            f.node.leadership().is_local,
-            "b and c were last heard 2 min ago"
-        );
+        for t in [124.1, 3600.0] {
+            let out = f.handle(t, Input::Timer);
+            assert!(
+                !out.iter()
+                    .any(|o| matches!(o, Output::Leadership(l) if l.is_local)),
+                "{out:?}"
+            );
+            assert!(!f.node.leadership().is_local, "hosting after {t} s");
+            assert_eq!(f.node.partition(f.at(t)), Some((1, 3)));
+        }
+        // A restart inside the minority does not forget them either: the members it recorded
+        // alive count from the state file on, and go silent rather than vanish.
+        let mut restarted = Fixture::new(10, &[1, 2]);
+        restarted.handle(0.0, Input::Timer);
+        for t in [2.0, 5.0, 60.0, 600.0] {
+            restarted.handle(t, Input::Timer);
+            assert!(
+                !restarted.node.leadership().is_local,
+                "hosting {t} s after the restart"
+            );
+        }
+        assert_eq!(restarted.node.partition(restarted.at(600.0)), Some((1, 3)));
         // A refused redial says the process is down: it does not count.
         let mut f = alive_until_4();
         for peer in [f.b, f.c] {
@@ -2488,26 +2640,30 @@ mod tests {
         let mut f = Fixture::new(10, &[]);
         f.handle(0.0, Input::Timer);
         let out = f.handle(0.2, Input::Subscribed(f.b));
-        let bodies = publishes(&out);
-        assert!(matches!(
-            bodies[..],
-            [GossipBody::Heartbeat(_), GossipBody::Settings(_)]
-        ));
+        assert!(matches!(publishes(&out)[..], [GossipBody::Settings(_)]));
+        assert!(
+            matches!(beats(&out)[..], [(to, _)] if to == [f.b]),
+            "a heartbeat to the subscriber alone"
+        );
         assert!(
             out.iter()
                 .any(|o| matches!(o, Output::Sync { to, .. } if *to == f.b))
         );
         let out = f.handle(0.25, Input::Subscribed(f.c));
-        assert!(publishes(&out).is_empty(), "too soon: deferred");
+        assert!(
+            publishes(&out).is_empty(),
+            "too soon: the settings are deferred"
+        );
+        assert!(
+            matches!(beats(&out)[..], [(to, _)] if to == [f.c]),
+            "a heartbeat costs one frame: never deferred"
+        );
         assert_eq!(wake(&out), f.at(0.3));
         let out = f.handle(0.3, Input::Timer);
-        assert!(matches!(
-            publishes(&out)[..],
-            [GossipBody::Heartbeat(_), GossipBody::Settings(_)]
-        ));
+        assert!(matches!(publishes(&out)[..], [GossipBody::Settings(_)]));
         // A stranger subscribing gets nothing.
         let out = f.handle(1.0, Input::Subscribed(PeerId::random()));
-        assert!(publishes(&out).is_empty());
+        assert!(publishes(&out).is_empty() && beats(&out).is_empty());
     }
 
     #[test]

@@ -24,6 +24,10 @@
 //!   several paths of one or two hops. The model counts a copy lost only if all of
 //!   `GOSSIP_PATHS` (3) independent two-hop paths lose it (each hop with probability `loss`),
 //!   which is still pessimistic (no IWANT repair) and optimistic about latency (one hop).
+//! - **Heartbeats** (`Output::Heartbeat`, the beat protocol) go to each listed peer over its
+//!   open connection, if that direction passes. The connection is TCP: a lost segment is
+//!   resent after 200 ms, 400 ms, … (up to 5 losses in a row, then the frame is given up), and
+//!   frames of one connection arrive in order, so a retransmitted one holds back the next.
 //! - **Direct messages** (`Sync`/`SyncReply`) need an open connection whose direction passes.
 //! - **Crashes**: silent (the peers notice nothing until `conn_timeout`, as with a host that
 //!   vanished) or loud (the peers get `Disconnected` after one latency and dials are refused,
@@ -60,7 +64,7 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use libp2p::multihash::Multihash;
 
-use crate::gossip::{GossipBody, MemberRecord};
+use crate::gossip::{GossipBody, Heartbeat, MemberRecord};
 use crate::membership::{Change, OfflineReason, Status};
 use crate::node::{Ack, Config, Input, LocalNode, Node, Output, Restored, Snapshot, SyncMessage};
 use crate::settings::NetworkSettings;
@@ -71,6 +75,10 @@ type Ms = u64;
 /// Unix time the simulated clock starts at (invite expiry needs one).
 /// Independent mesh paths a gossip copy can take to one receiver (see the module docs).
 const GOSSIP_PATHS: usize = 3;
+/// The first retransmission timeout of a lost heartbeat segment (Linux's minimum RTO).
+const BEAT_RTO_MS: Ms = 200;
+/// Losses in a row after which a heartbeat frame is given up (TCP would be 6+ s late by then).
+const BEAT_RETRIES: u32 = 5;
 const UNIX_START: u64 = 1_700_000_000;
 /// The leader priority every simulated node gets (the leader is then the smallest id).
 const PRIORITY: u32 = 100;
@@ -157,7 +165,7 @@ pub struct NetConfig {
     pub dial_timeout: Duration,
     /// How long a connection whose link stopped passing stays open (default: the daemon's
     /// worst case, a ping sent just before the link broke plus [`crate::PING_INTERVAL`] to the
-    /// next one and [`crate::PING_TIMEOUT`] for it to fail: 5 s).
+    /// next one and [`crate::PING_TIMEOUT`] for it to fail: 20 s).
     pub conn_timeout: Duration,
     /// Each node's clock is offset by a fixed amount drawn from `[0, clock_skew]`.
     pub clock_skew: Duration,
@@ -473,6 +481,13 @@ enum Event {
         from: u32,
         body: Rc<GossipBody>,
     },
+    /// A heartbeat over the beat protocol reaches `to` on its connection from `from`.
+    Beat {
+        to: u32,
+        epoch: u32,
+        from: u32,
+        heartbeat: Rc<Heartbeat>,
+    },
     /// A dial from `a` to `b` lands (success decided again on arrival).
     Connect {
         a: u32,
@@ -667,6 +682,9 @@ pub struct Sim {
     next_generation: u32,
     /// Fixed extra latency per link, in ms (`lo * capacity + hi`).
     link_extra: Vec<u16>,
+    /// When the last heartbeat sent from `a` to `b` arrives (`a * capacity + b`): a connection
+    /// is one TCP stream, so a later frame never overtakes an earlier, retransmitted one.
+    beat_tail: Vec<Ms>,
     /// Partition side of each node (all 0 when whole).
     side: Vec<u8>,
     /// Blocked directions (from, to).
@@ -878,6 +896,7 @@ impl Sim {
             conns: vec![0; capacity * capacity],
             next_generation: 1,
             link_extra,
+            beat_tail: vec![0; capacity * capacity],
             side: vec![0; capacity],
             blocked: BTreeSet::new(),
             loss,
@@ -1231,6 +1250,7 @@ impl Sim {
         let now = self.queue.now;
         match output {
             Output::Publish(body) => self.publish(i, body),
+            Output::Heartbeat { to, heartbeat } => self.send_beats(i, &to, heartbeat),
             Output::Sync { to, message } => self.send_sync(i, to, message, false),
             Output::SyncReply { to, message } => self.send_sync(i, to, message, true),
             Output::Dial { peer, .. } => self.dial(i, peer),
@@ -1344,6 +1364,48 @@ impl Sim {
             );
         }
         self.comp_members[c as usize] = members;
+    }
+
+    /// Heartbeats straight to each of `to` over its open connection ([`crate::beat`]). A
+    /// connection is TCP: a lost segment is not lost but resent after the retransmission
+    /// timeout (200 ms, doubling), and frames arrive in order, so a late one holds back the
+    /// next. After [`BEAT_RETRIES`] losses in a row the frame is given up (the connection
+    /// would be failing anyway).
+    fn send_beats(&mut self, from: u32, to: &[PeerId], heartbeat: Heartbeat) {
+        let now = self.queue.now;
+        let heartbeat = Rc::new(heartbeat);
+        for peer in to {
+            let Some(&to) = self.index.get(peer) else {
+                continue;
+            };
+            if !self.connected(from, to) || !self.passes(from, to) {
+                continue;
+            }
+            let mut resent = 0;
+            let mut rto = BEAT_RTO_MS;
+            while resent < BEAT_RETRIES && self.lost() {
+                resent += 1;
+                rto *= 2;
+            }
+            if resent == BEAT_RETRIES {
+                continue;
+            }
+            // The retransmission waits sum to BEAT_RTO_MS · (2^resent − 1).
+            let retransmission = rto - BEAT_RTO_MS;
+            let lane = from as usize * self.capacity + to as usize;
+            let at = (now + retransmission + self.delay(from, to)).max(self.beat_tail[lane]);
+            self.beat_tail[lane] = at;
+            let epoch = self.nodes[to as usize].epoch;
+            self.queue.push(
+                at,
+                Event::Beat {
+                    to,
+                    epoch,
+                    from,
+                    heartbeat: Rc::clone(&heartbeat),
+                },
+            );
+        }
     }
 
     fn send_sync(&mut self, from: u32, to: PeerId, message: SyncMessage, answer: bool) {
@@ -1504,6 +1566,25 @@ impl Sim {
                         Input::Gossip {
                             signer,
                             body: &body,
+                        },
+                    );
+                }
+            }
+            Event::Beat {
+                to,
+                epoch,
+                from,
+                heartbeat,
+            } => {
+                // A frame of a connection that has since closed is gone with it.
+                if self.alive_epoch(to, epoch) && self.connected(from, to) {
+                    self.deliveries += 1;
+                    let from = self.nodes[from as usize].id;
+                    self.call(
+                        to,
+                        Input::Heartbeat {
+                            from,
+                            heartbeat: &heartbeat,
                         },
                     );
                 }

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::time::Instant;
 
 use anyhow::Result;
+use constella_behaviours::beat;
 use constella_behaviours::gossip::GossipBody;
 use constella_behaviours::membership::Change;
 use constella_behaviours::network_keys::GossipKey;
@@ -207,6 +208,9 @@ impl EventLoop {
                     info!("said goodbye to the peers; stopping");
                 }
             }
+            Output::Heartbeat { to, heartbeat } => {
+                super::beats::send(&mut self.swarm, self.gossip.sealing_key(), &to, heartbeat);
+            }
             Output::Sync { to, message } => {
                 let addrs = dial_addresses(&self.core.addresses_of(&to));
                 let sync = &mut self.swarm.behaviour_mut().sync;
@@ -382,6 +386,18 @@ impl EventLoop {
                 self.follow(followup);
             }
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            BehaviourEvent::Beat(beat::Event::Received { peer, frame }) => {
+                match super::beats::open(self.gossip.keys(), &frame) {
+                    Ok(heartbeat) => self.feed(Input::Heartbeat {
+                        from: peer,
+                        heartbeat: &heartbeat,
+                    }),
+                    Err(refusal) => self.feed(Input::GossipRefused(refusal)),
+                }
+            }
+            BehaviourEvent::Beat(beat::Event::Unsupported { peer }) => {
+                debug!(%peer, "peer does not speak the beat protocol");
+            }
             // Only a timeout says the connection is dead: a joiner's short-lived CLI process
             // does not speak ping at all ("unsupported"), and must keep its connection.
             BehaviourEvent::Ping(libp2p::ping::Event {

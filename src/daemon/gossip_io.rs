@@ -30,6 +30,16 @@ impl GossipIo {
         }
     }
 
+    /// The keys that open messages: the current epoch's first, then the previous one's.
+    pub(super) fn keys(&self) -> &[GossipKey] {
+        &self.keys
+    }
+
+    /// The key that seals what this node sends (the current epoch's).
+    pub(super) fn sealing_key(&self) -> &GossipKey {
+        &self.keys[0]
+    }
+
     /// Seals `body` and publishes it on the topic.
     pub(super) fn publish(&self, swarm: &mut Swarm<Behaviour>, body: &GossipBody) {
         // A rotation goes out under every key this node holds: a member that adopted a rival

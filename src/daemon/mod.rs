@@ -4,6 +4,7 @@
 //! daemon never uses theirs ([`crate::node`] wires them together).
 
 mod admission;
+mod beats;
 pub mod chat;
 mod chat_store;
 mod commands;

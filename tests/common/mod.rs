@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod chat;
+pub mod delay_switch;
 pub mod docker;
 pub mod fake_telegram;
 pub mod netns;

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use std::time::{Duration, Instant};
 
+use super::delay_switch::{DelaySwitch, Impairment};
 use super::{Node, keys_by_peer_id, wait_for};
 
 static LABS: AtomicU32 = AtomicU32::new(0);
@@ -105,6 +106,20 @@ impl Lab {
             must(&["ip", "-n", &sw, "link", "set", &port, "master", "br0"]);
             must(&["ip", "-n", &sw, "link", "set", &port, "up"]);
         }
+        // One more namespace on the bridge for services the nodes reach (the fake Telegram
+        // Bot API), outside every node's partition set.
+        let services = lab.services();
+        must(&["ip", "netns", "add", &services]);
+        must(&[
+            "ip", "-n", &services, "link", "add", "eth0", "type", "veth", "peer", "name", "psvc",
+            "netns", &sw,
+        ]);
+        let addr = format!("{}/24", SERVICES_IP);
+        must(&["ip", "-n", &services, "addr", "add", &addr, "dev", "eth0"]);
+        must(&["ip", "-n", &services, "link", "set", "eth0", "up"]);
+        must(&["ip", "-n", &services, "link", "set", "lo", "up"]);
+        must(&["ip", "-n", &sw, "link", "set", "psvc", "master", "br0"]);
+        must(&["ip", "-n", &sw, "link", "set", "psvc", "up"]);
         lab.nft("add table bridge faults");
         lab.nft(
             "add chain bridge faults drops { type filter hook forward priority 0; policy accept; }",
@@ -114,6 +129,33 @@ impl Lab {
 
     fn switch(&self) -> String {
         format!("{}-sw", self.id)
+    }
+
+    /// The namespace of the services the nodes reach, at [`SERVICES_IP`].
+    pub fn services(&self) -> String {
+        format!("{}-svc", self.id)
+    }
+
+    /// Runs `f` on a thread that lives in the services namespace, so that every socket `f`
+    /// opens (e.g. the fake Bot API's listener, [`super::fake_telegram::FakeTelegram::url_for_at`]
+    /// with [`SERVICES_IP`]) is there; a socket stays in the namespace it was made in.
+    #[allow(unsafe_code)]
+    pub fn in_services<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        use std::os::fd::AsRawFd;
+        let path = format!("/var/run/netns/{}", self.services());
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                    // SAFETY: setns on a valid namespace fd changes only this thread's
+                    // network namespace.
+                    let done = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(done, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                    f()
+                })
+                .join()
+                .expect("the services thread")
+        })
     }
 
     /// The namespace of node `i`.
@@ -172,6 +214,20 @@ impl Lab {
         ));
     }
 
+    /// Replaces the bridge by a userspace switch that drops `impairment.loss_percent` of the
+    /// frames and delays the rest by `delay ± jitter` ([`super::delay_switch`]); the nft faults
+    /// above no longer apply. Lasts until the returned switch is dropped (then nothing passes).
+    pub fn impair(&self, impairment: Impairment) -> DelaySwitch {
+        let sw = self.switch();
+        let mut ports: Vec<String> = (0..self.size).map(|i| format!("p{i}")).collect();
+        ports.push("psvc".to_owned());
+        for port in &ports {
+            must(&["ip", "-n", &sw, "link", "set", port, "nomaster"]);
+            must(&["ip", "-n", &sw, "link", "set", port, "promisc", "on"]);
+        }
+        DelaySwitch::start(&sw, &ports, impairment)
+    }
+
     /// Removes every fault.
     pub fn heal(&self) {
         self.nft("flush chain bridge faults drops");
@@ -183,6 +239,7 @@ impl Drop for Lab {
         for i in 0..self.size {
             let _ = run(&["ip", "netns", "del", &self.ns(i)]);
         }
+        let _ = run(&["ip", "netns", "del", &self.services()]);
         // The bridge, its ports and the nft table go with the switch namespace.
         let _ = run(&["ip", "netns", "del", &self.switch()]);
     }
@@ -210,6 +267,9 @@ fn remove_stale() {
     }
 }
 
+/// The address of the services namespace ([`Lab::services`]).
+pub const SERVICES_IP: &str = "10.99.0.254";
+
 /// Names in leader order (their keys are sorted by PeerId, priorities equal).
 pub const NAMES: [&str; 5] = ["alpha", "bravo", "charlie", "delta", "echo"];
 
@@ -221,6 +281,11 @@ pub struct Net {
 
 impl Net {
     pub fn start(lab: &Lab, n: usize) -> Net {
+        Self::start_with(lab, n, |_| {})
+    }
+
+    /// Like [`Net::start`], with `configure` applied to every node before it is set up.
+    pub fn start_with(lab: &Lab, n: usize, configure: impl Fn(&mut Node)) -> Net {
         let root = tempfile::tempdir().unwrap();
         let mut nodes: Vec<Node> = NAMES[..n]
             .iter()
@@ -229,6 +294,7 @@ impl Net {
         for (i, (node, key)) in nodes.iter_mut().zip(keys_by_peer_id(n)).enumerate() {
             lab.attach(node, i);
             node.port = 7000;
+            configure(node);
             node.install_key(&key);
         }
         nodes[0].init(100);
