@@ -24,6 +24,8 @@ pub enum Action {
     Language,
     /// The last entries of the audit log (the owner's alone).
     Audit,
+    /// Setting an alert threshold, a network setting (the owner's alone).
+    Alerts,
 }
 
 impl Action {
@@ -36,6 +38,7 @@ impl Action {
             Action::Invite => "invite",
             Action::Language => "language",
             Action::Audit => "audit",
+            Action::Alerts => "alerts",
         }
     }
 }
@@ -51,7 +54,7 @@ pub enum Rank {
 
 impl Rank {
     /// Whether this rank may do `action`: a viewer sees (list, cards, usage); an operator also
-    /// reboots and invites; the owner alone changes the language and reads the audit log. Changing the owner, the token
+    /// reboots and invites; the owner alone changes the language and the alert thresholds and reads the audit log. Changing the owner, the token
     /// or the roles and removing nodes are not offered by the bot at all: they are CLI commands
     /// on a member (root on a server of the network).
     pub fn allows(self, action: Action) -> bool {
@@ -138,6 +141,18 @@ pub fn docker_action(request: &DockerRequest) -> Action {
         | DockerRequest::List
         | DockerRequest::Inspect { .. }
         | DockerRequest::Logs { .. } => Action::Usage,
+    }
+}
+
+/// The action a services request asks for: seeing the units is usage; changing the list or
+/// restarting one is as much as a reboot.
+pub fn services_action(request: &constella_behaviours::rpc::ServicesRequest) -> Action {
+    use constella_behaviours::rpc::ServicesRequest;
+    match request {
+        ServicesRequest::List => Action::Usage,
+        ServicesRequest::Add { .. }
+        | ServicesRequest::Remove { .. }
+        | ServicesRequest::Restart { .. } => Action::Reboot,
     }
 }
 

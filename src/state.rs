@@ -616,7 +616,7 @@ impl StateLock {
 }
 
 /// Writes `bytes` to `path` through a 0600 temporary file, fsync and rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().context("state path has no directory")?;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {

@@ -279,3 +279,169 @@ mod chart {
         assert_eq!((reader.info().width, reader.info().height), (1000, 1100));
     }
 }
+
+mod alerts {
+    use super::*;
+    use common::agreed_leader_without;
+    use common::fake_telegram::{FakeTelegram, TgUser};
+
+    const TOKEN: &str = "123456789:AAHfakeTokenForConstellaTests_0123456789";
+    const OWNER_ID: u64 = 5001;
+    const ANSWER: Duration = Duration::from_secs(20);
+
+    /// Lines of every message the owner got that start with `prefix` (`🔴 alpha: ОЗУ`).
+    fn lines(fake: &FakeTelegram, prefix: &str) -> usize {
+        fake.messages_to(OWNER_ID)
+            .iter()
+            .flat_map(|m| m.text.lines().map(str::to_owned).collect::<Vec<_>>())
+            .filter(|line| line.starts_with(prefix))
+            .count()
+    }
+
+    fn alerts_json(node: &Node) -> Option<serde_json::Value> {
+        let out = node.cli(&["alerts", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())?
+    }
+
+    /// Every RAM episode `node` knows of is told (alert, and recovery once recovered).
+    fn ram_episodes_told(node: &Node, recovered: bool) -> Option<usize> {
+        let report = alerts_json(node)?;
+        let episodes: Vec<&serde_json::Value> = report["episodes"]
+            .as_array()?
+            .iter()
+            .filter(|e| e["rule"] == "ram")
+            .collect();
+        episodes
+            .iter()
+            .all(|e| {
+                e["alert_sent"] == true
+                    && (!recovered || (e["recovered_at"].is_u64() && e["recovery_sent"] == true))
+            })
+            .then_some(episodes.len())
+    }
+
+    #[test]
+    fn a_forced_alert_and_its_recovery_reach_the_owner_once_across_a_failover() {
+        let fake = FakeTelegram::start(TOKEN);
+        let names = ["alpha", "bravo", "charlie"];
+        let mut cluster = Cluster::start_with(&names, &[1, 100, 100], None, |node| {
+            fast(node);
+            node.init_args = vec!["--bot-token".into(), TOKEN.into()];
+            node.run_args = vec!["--telegram-api-url".into(), fake.url_for(&node.name)];
+            node.env
+                .push(("CONSTELLA_TEST_ALERT_GAP_MS".into(), "200".into()));
+        });
+        let owner = TgUser::new(OWNER_ID, "Owner_Test");
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "alpha to poll", || {
+                fake.polls().iter().any(|p| p.node == "alpha").then_some(())
+            });
+        });
+        fake.send_text(&owner, "/start");
+        fake.wait_message(ANSWER, "the node list", OWNER_ID, |m| {
+            m.text.starts_with("Узлы сети")
+        });
+
+        // Defaults, and bad input refused with one line and nothing changed.
+        let report = alerts_json(cluster.node("bravo")).unwrap();
+        assert_eq!(report["thresholds"]["cpu"]["percent"], 80, "{report}");
+        assert_eq!(report["thresholds"]["ram"]["percent"], 90);
+        assert_eq!(report["thresholds"]["disk"]["percent"], 85);
+        assert_eq!(report["thresholds"]["cpu"]["hold_secs"], 300);
+        for bad in [["cpu", "101"], ["gpu", "50"], ["ram", "0"]] {
+            let out = cluster
+                .node("alpha")
+                .cli(&["alerts", "set", bad[0], bad[1]]);
+            assert!(!out.status.success(), "{bad:?} accepted");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("invalid") || stderr.contains("unknown"),
+                "{stderr}"
+            );
+        }
+        assert_eq!(alerts_json(cluster.node("alpha")).unwrap(), report);
+
+        // The threshold forced low: every node's RAM is above 1 %.
+        cluster.node("bravo").ok(&["alerts", "set", "ram", "1"]);
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "the three RAM alerts", || {
+                names
+                    .iter()
+                    .all(|n| lines(&fake, &format!("🔴 {n}: ОЗУ")) >= 1)
+                    .then_some(())
+            });
+            // The marks reached the other nodes before the leader dies.
+            for name in ["bravo", "charlie"] {
+                wait_for(ANSWER, "the alerts marked sent everywhere", || {
+                    (ram_episodes_told(cluster.node(name), false)? == 3).then_some(())
+                });
+            }
+        });
+        let alerts_from: Vec<String> = fake
+            .messages_to(OWNER_ID)
+            .iter()
+            .filter(|m| m.text.contains("🔴"))
+            .map(|m| m.sent_by.clone())
+            .collect();
+        assert!(alerts_from.iter().all(|n| n == "alpha"), "{alerts_from:?}");
+
+        // The leader dies in the middle of the episodes; another leads.
+        cluster.node_mut("alpha").kill();
+        let survivors: Vec<&Node> = cluster.nodes.iter().filter(|n| n.name != "alpha").collect();
+        let new_leader = cluster.or_logs(|| {
+            agreed_leader_without(
+                &survivors,
+                &["bravo", "charlie"],
+                &["alpha"],
+                Duration::from_secs(40),
+            )
+        });
+        cluster
+            .node(&new_leader)
+            .ok(&["alerts", "set", "ram", "100"]);
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "the two recoveries", || {
+                ["bravo", "charlie"]
+                    .iter()
+                    .all(|n| lines(&fake, &format!("🟢 {n}: ОЗУ")) >= 1)
+                    .then_some(())
+            });
+        });
+        // The dead leader's own episode recovers when it comes back (and leads again).
+        cluster.node_mut("alpha").start();
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "alpha's recovery", || {
+                (lines(&fake, "🟢 alpha: ОЗУ") >= 1).then_some(())
+            });
+            for node in &cluster.nodes {
+                wait_for(ANSWER, "every episode told everywhere", || {
+                    (ram_episodes_told(node, true)? == 3).then_some(())
+                });
+            }
+        });
+        for name in names {
+            assert_eq!(
+                lines(&fake, &format!("🔴 {name}: ОЗУ")),
+                1,
+                "{name}'s alerts"
+            );
+            assert_eq!(
+                lines(&fake, &format!("🟢 {name}: ОЗУ")),
+                1,
+                "{name}'s recoveries"
+            );
+        }
+        let recoveries_from: Vec<String> = fake
+            .messages_to(OWNER_ID)
+            .iter()
+            .filter(|m| m.text.contains("🟢 bravo") || m.text.contains("🟢 charlie"))
+            .map(|m| m.sent_by.clone())
+            .collect();
+        assert!(
+            recoveries_from.iter().all(|n| *n == new_leader),
+            "{recoveries_from:?}"
+        );
+    }
+}

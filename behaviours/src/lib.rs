@@ -21,6 +21,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod alerts;
 pub mod dht;
 pub mod gossip;
 pub mod ids;

@@ -3,11 +3,13 @@
 //! them ([`answer_history`]), and may serve its figures to Prometheus ([`metrics`]).
 //! docs/monitoring.md describes what is kept and for how long.
 
+pub mod alerts;
 pub mod chart;
 pub mod history;
 pub mod metrics;
 pub mod sample;
 pub mod text;
+pub mod traffic;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,18 +56,18 @@ pub struct Monitor {
 
 impl Monitor {
     /// Starts sampling into `STATE_DIR/history`, or nothing if `enabled` is false.
-    pub fn start(state_dir: &Path, enabled: bool) -> anyhow::Result<Self> {
+    /// Traffic totals start again on `traffic_reset_day` of each month.
+    pub fn start(state_dir: &Path, enabled: bool, traffic_reset_day: u8) -> anyhow::Result<Self> {
         let monitor = Self::default();
         if !enabled {
             tracing::info!("metric sampling is off (--no-sampling)");
             return Ok(monitor);
         }
-        let interval = std::env::var(TEST_INTERVAL_ENV)
-            .ok()
-            .and_then(|ms| ms.parse().ok())
-            .map_or(SAMPLE_INTERVAL, Duration::from_millis);
+        let interval = sample_interval();
         let writer = history::HistoryWriter::open(history_dir(state_dir))?;
-        sample::spawn(writer, interval, Arc::clone(&monitor.latest)).map_err(anyhow::Error::msg)?;
+        let traffic = traffic::Counter::open(&history_dir(state_dir), traffic_reset_day);
+        sample::spawn(writer, traffic, interval, Arc::clone(&monitor.latest))
+            .map_err(anyhow::Error::msg)?;
         Ok(monitor)
     }
 
@@ -73,6 +75,14 @@ impl Monitor {
     pub fn snapshot(&self) -> Option<Snapshot> {
         self.latest.read().ok().and_then(|s| s.clone())
     }
+}
+
+/// How often the sampler runs: [`SAMPLE_INTERVAL`], or the test knob's interval.
+pub fn sample_interval() -> Duration {
+    std::env::var(TEST_INTERVAL_ENV)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(SAMPLE_INTERVAL, Duration::from_millis)
 }
 
 /// A `--history` range such as `1h`, `24h`, `7d` (at most 30 days), in seconds.
