@@ -445,3 +445,175 @@ mod alerts {
         );
     }
 }
+
+mod services {
+    use super::*;
+
+    /// Whether systemd is this machine's init (a container or CI runner usually has none).
+    fn systemd_runs() -> bool {
+        std::path::Path::new("/run/systemd/system").is_dir()
+    }
+
+    /// A stand-in `systemctl`: answers `--version`, `show` (every unit loaded and running,
+    /// with how often it was restarted) and `restart` (counted in `$STANDIN_DIR`; a unit named
+    /// `missing.service` fails as systemd would).
+    const STANDIN: &str = r#"#!/bin/sh
+case "$1" in
+  --version) echo "systemd 257 (stand-in)";;
+  show) shift; shift; first=1
+    for unit in "$@"; do
+      [ $first = 1 ] || echo; first=0
+      n=$(cat "$STANDIN_DIR/$unit" 2>/dev/null || echo 0)
+      printf 'Id=%s\nLoadState=loaded\nActiveState=active\nSubState=running\nDescription=restarted %s times\n' "$unit" "$n"
+    done;;
+  restart)
+    if [ "$2" = missing.service ]; then
+      echo "Failed to restart missing.service: Unit missing.service not found." >&2; exit 5
+    fi
+    n=$(cat "$STANDIN_DIR/$2" 2>/dev/null || echo 0)
+    echo $((n + 1)) > "$STANDIN_DIR/$2";;
+  *) echo "stand-in: unexpected $*" >&2; exit 1;;
+esac
+"#;
+
+    fn services_json(from: &Node, node: &str) -> serde_json::Value {
+        let out = from.cli(&["services", node, "--json"]);
+        assert!(out.status.success(), "{}", common::output_text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn main_pid(unit: &str) -> String {
+        let out = std::process::Command::new("systemctl")
+            .args(["show", "-p", "MainPID", "--value", unit])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    #[test]
+    fn a_unit_is_added_shown_and_restarted_on_another_node() {
+        let real = systemd_runs();
+        let standin_dir = tempfile::tempdir().unwrap();
+        let unit_base = format!("constella-test-{}", std::process::id());
+        if real {
+            let out = std::process::Command::new("systemd-run")
+                .args(["--unit", &unit_base, "sleep", "600"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", common::output_text(&out));
+        } else {
+            eprintln!(
+                "services: systemd is not this machine's init (no /run/systemd/system), so a \
+                 transient systemd-run unit cannot exist here; a stand-in systemctl \
+                 (CONSTELLA_SYSTEMCTL) proves the path. tests/systemd_hosts.rs restarts a real \
+                 unit under systemd."
+            );
+            let script = standin_dir.path().join("systemctl");
+            std::fs::write(&script, STANDIN).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let script = standin_dir.path().join("systemctl");
+        let dir = standin_dir.path().to_owned();
+        let cluster = Cluster::start_with(&["alpha", "bravo"], &[10, 20], None, |node| {
+            if !real {
+                node.env
+                    .push(("CONSTELLA_SYSTEMCTL".into(), script.display().to_string()));
+                node.env
+                    .push(("STANDIN_DIR".into(), dir.display().to_string()));
+            }
+        });
+        let alpha = cluster.node("alpha");
+        let unit = format!("{unit_base}.service");
+        cluster.or_logs(|| {
+            wait_for(
+                Duration::from_secs(20),
+                "bravo to be alive on alpha",
+                || {
+                    let (_, alive) = alpha.leader_and_alive()?;
+                    (alive == 2).then_some(())
+                },
+            );
+        });
+        let empty = services_json(alpha, "bravo");
+        assert_eq!(empty["node"], "bravo");
+        assert_eq!(empty["units"].as_array().unwrap().len(), 0);
+
+        alpha.ok(&["services", "add", "bravo", &unit_base]);
+        let listed = services_json(alpha, "bravo");
+        assert_eq!(listed["systemd"], true, "{listed}");
+        let entry = &listed["units"][0];
+        assert_eq!(entry["unit"], unit.as_str(), "`.service` is added");
+        assert_eq!(entry["active_state"], "active", "{listed}");
+        assert_eq!(entry["sub_state"], "running", "{listed}");
+        // Kept by bravo itself.
+        let kept: Vec<String> = serde_json::from_slice(
+            &std::fs::read(cluster.node("bravo").dir.join("services.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(kept, vec![unit.clone()]);
+
+        // Refusals: one line, nothing changed.
+        for (args, says) in [
+            (
+                vec!["services", "add", "bravo", "x;reboot"],
+                "invalid unit name",
+            ),
+            (
+                vec!["services", "add", "bravo", &unit_base],
+                "watched already",
+            ),
+            (
+                vec!["services", "restart", "bravo", "other"],
+                "is not watched",
+            ),
+            (vec!["services", "nosuchnode"], "nosuchnode"),
+        ] {
+            let out = alpha.cli(&args);
+            assert!(!out.status.success(), "{args:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains(says), "{args:?}: {stderr}");
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        }
+        assert_eq!(
+            services_json(alpha, "bravo")["units"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+
+        let before = real.then(|| main_pid(&unit));
+        let out = alpha.ok(&["services", "restart", "bravo", &unit_base]);
+        assert!(out.contains("Restarted on bravo"), "{out}");
+        if real {
+            let after = main_pid(&unit);
+            assert_ne!(Some(after), before, "a new main process");
+            let _ = std::process::Command::new("systemctl")
+                .args(["stop", &unit])
+                .output();
+        } else {
+            let count = std::fs::read_to_string(dir.join(&unit)).unwrap();
+            assert_eq!(count.trim(), "1", "one restart ran on bravo");
+            let listed = services_json(alpha, "bravo");
+            assert_eq!(listed["units"][0]["description"], "restarted 1 times");
+            // A failing restart reports systemctl's own line.
+            alpha.ok(&["services", "add", "bravo", "missing"]);
+            let out = alpha.cli(&["services", "restart", "bravo", "missing"]);
+            assert!(!out.status.success());
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("Unit missing.service not found"),
+                "{stderr}"
+            );
+        }
+        alpha.ok(&["services", "remove", "bravo", &unit_base]);
+        let left: Vec<String> = services_json(alpha, "bravo")["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["unit"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(!left.contains(&unit), "{left:?}");
+    }
+}
