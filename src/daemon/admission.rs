@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::log_limit::LogLimit;
 
-use super::event_loop::Keys;
+use super::Keys;
 use crate::state::NetworkState;
 use constella_behaviours::join::JoinSecrets;
 use constella_behaviours::network_keys::{self, Pq4Card, Purpose};

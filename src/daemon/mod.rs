@@ -6,18 +6,26 @@
 mod admission;
 pub mod chat;
 mod chat_store;
+mod commands;
 pub mod error;
 mod event_loop;
+mod gossip_io;
+mod kad_filter;
 mod log_limit;
+mod log_outputs;
+mod replies;
 pub mod report;
+mod requests;
+mod rotation;
 mod rpc;
 pub mod signals;
 mod store;
+mod swarm_setup;
 
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use constella_behaviours::membership::MemberView;
 use constella_behaviours::node::LeaveOutcome;
 use constella_behaviours::rpc::{
@@ -26,27 +34,19 @@ use constella_behaviours::rpc::{
 use constella_behaviours::rpc::{ServicesAnswer, ServicesRequest};
 use constella_behaviours::settings::NetworkSettings;
 use constella_behaviours::{Behaviour, NetworkSecret};
-use libp2p::{PeerId, Swarm, SwarmBuilder, noise, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::ClientError;
 use report::{InviteReport, StatusReport};
+pub use swarm_setup::build_swarm;
 
-use crate::link::JoinLink;
 use crate::reboot::RebootAction;
 use crate::state::{NetworkState, StateDir};
 use crate::stats::{NodeStats, RebootAccepted};
-use crate::validate::{HostPort, Ttl};
+use crate::validate::Ttl;
 
 /// How many commands may wait for the event loop.
 const COMMAND_QUEUE: usize = 32;
-/// Connections are kept open: the full mesh is how members see each other die at once.
-const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
-/// A dial (TCP, noise and yamux) that has not completed by then fails, and so does an
-/// incoming connection's handshake. Without a bound a dial into a partition waits on TCP's
-/// SYN retransmissions (1, 3, 7, 15 s…), so the first dial after a heal could come tens of
-/// seconds late; bounded, the core's short redial backoff reconnects within seconds.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Timeout of one request-response exchange.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -287,33 +287,19 @@ const _: () = {
     shareable::<Client>();
 };
 
-/// A new join link of this node: the token goes to the joiner, its hash to the core.
-struct InviteLink {
-    token: String,
-    text: String,
+/// The secrets of this node and its network, held by the event loop and never by the core.
+pub(super) struct Keys {
+    /// The network secret of the current epoch.
+    pub secret: NetworkSecret,
+    /// This node's PQ4 keys.
+    pub pq4: constella_keys::KeyStore,
+    /// This node's PQ4 card (public), put in its record.
+    pub card: constella_behaviours::network_keys::Pq4Card,
 }
 
-impl InviteLink {
-    fn new(state: &NetworkState, local: PeerId, ttl: Ttl) -> Result<Self, ClientError> {
-        let mut raw = [0u8; 16];
-        rand::fill(&mut raw);
-        let token = hex::encode(raw);
-        let seed: HostPort = state
-            .node
-            .public_addr
-            .parse()
-            .map_err(ClientError::Invalid)?;
-        let link = JoinLink {
-            seed,
-            network_id: state.network_id.clone(),
-            token: token.clone(),
-            ttl: Some(ttl.to_string()),
-            peer: local,
-        };
-        Ok(Self {
-            token,
-            text: link.to_string(),
-        })
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(<redacted>)")
     }
 }
 
@@ -356,7 +342,7 @@ pub fn start(
         commands_rx,
         (store, written_rx),
         state,
-        event_loop::Keys { secret, pq4, card },
+        Keys { secret, pq4, card },
         (rpc, chat),
         signals,
     )?;
@@ -364,45 +350,4 @@ pub fn start(
         commands: commands_tx,
     };
     Ok((client, event_loop.run(shutdown)))
-}
-
-/// Builds a Swarm over TCP + noise + yamux for the given behaviour.
-pub fn build_swarm<B: libp2p::swarm::NetworkBehaviour>(
-    key: libp2p::identity::Keypair,
-    behaviour: impl FnOnce(&libp2p::identity::Keypair) -> Result<B>,
-) -> Result<Swarm<B>> {
-    let mut failure = None;
-    let swarm = SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_other_transport(|key| {
-            use libp2p::Transport as _;
-            let noise = noise::Config::new(key)?;
-            let transport: Result<_, Box<dyn std::error::Error + Send + Sync>> = Ok(
-                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                    .upgrade(libp2p::core::upgrade::Version::V1Lazy)
-                    .authenticate(noise)
-                    .multiplex(yamux::Config::default())
-                    .timeout(CONNECT_TIMEOUT),
-            );
-            transport
-        })
-        .map_err(|error| anyhow::anyhow!("cannot set up the TCP transport: {error}"))?
-        .with_dns()
-        .context("cannot set up DNS resolution")?
-        .with_behaviour(|key| match behaviour(key) {
-            Ok(b) => Ok(b),
-            Err(error) => {
-                let message = format!("{error:#}");
-                failure = Some(error);
-                Err(message.into())
-            }
-        });
-    let swarm = match (swarm, failure) {
-        (Ok(swarm), _) => swarm,
-        (Err(_), Some(error)) => return Err(error),
-        (Err(error), None) => bail!("cannot build the network behaviour: {error}"),
-    };
-    Ok(swarm
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
-        .build())
 }

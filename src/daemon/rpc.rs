@@ -29,9 +29,9 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::error::ClientError;
-use super::event_loop::dial_addresses;
 use super::log_limit::LogLimit;
 use super::signals::NetworkEvent;
+use super::swarm_setup::dial_addresses;
 use crate::access::{self, Action};
 use crate::audit::{AuditEvent, AuditKind, AuditLog};
 use crate::docker::Engine;

@@ -1,0 +1,56 @@
+//! The log lines for the core's outputs that only need telling: leader changes, membership
+//! changes, undone admissions and the end of a leave. Tests and operators read these lines,
+//! so their wording is part of the interface.
+
+use constella_behaviours::membership::Change;
+use constella_behaviours::node::{LeaveOutcome, Node};
+use libp2p::PeerId;
+use tracing::{info, warn};
+
+/// The leader this node names moved.
+pub(super) fn leader_changed(core: &Node, previous: &PeerId, leader: &PeerId) {
+    info!(
+        previous = %core.name_of(previous),
+        leader = %core.name_of(leader),
+        node_id = %leader,
+        this_node = *leader == core.local().id,
+        "leader changed"
+    );
+}
+
+/// A member joined, left, came alive or went offline.
+pub(super) fn membership(core: &Node, change: &Change) {
+    match change {
+        Change::Joined(id) => info!(node = %core.name_of(id), node_id = %id, "member joined"),
+        Change::Left(id) => info!(node_id = %id, "member left the network"),
+        Change::Alive(id) => info!(node = %core.name_of(id), node_id = %id, "member alive"),
+        Change::Offline(id, reason) => {
+            info!(node = %core.name_of(id), node_id = %id, ?reason, "member offline");
+        }
+    }
+}
+
+/// A joiner never confirmed, so the core undid its admission.
+pub(super) fn admission_undone(peer: &PeerId, name: &str) {
+    warn!(
+        node = %name,
+        node_id = %peer,
+        "admission undone: the joiner never confirmed; its invite can be used again"
+    );
+}
+
+/// This node left the network (or could not).
+pub(super) fn leave_done(network_id: &str, result: &Result<LeaveOutcome, String>) {
+    match result {
+        Ok(LeaveOutcome::Confirmed(member)) => {
+            info!(network = %network_id, %member, "left the network (acknowledged); the network secret was deleted");
+        }
+        Ok(LeaveOutcome::Unconfirmed) => {
+            warn!(network = %network_id, "left the network, but no member acknowledged it; the network secret was deleted");
+        }
+        Ok(LeaveOutcome::Alone) => {
+            info!(network = %network_id, "left the network (no other member); the network secret was deleted");
+        }
+        Err(_) => {}
+    }
+}

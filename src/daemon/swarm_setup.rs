@@ -1,0 +1,138 @@
+//! Building and starting the Swarm: the transport (TCP + noise + yamux, with the connect
+//! bound), listening on the configured address, announcing the public one, subscribing to the
+//! network's gossip topic; and turning the core's address texts into multiaddrs to dial.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use constella_behaviours::{Behaviour, gossip_topic, kad_protocol};
+use libp2p::gossipsub::IdentTopic;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, StreamProtocol, Swarm, SwarmBuilder, noise, tcp, yamux};
+
+use super::Keys;
+use crate::state::NetworkState;
+use crate::validate::HostPort;
+
+/// Connections are kept open: the full mesh is how members see each other die at once.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
+/// A dial (TCP, noise and yamux) that has not completed by then fails, and so does an
+/// incoming connection's handshake. Without a bound a dial into a partition waits on TCP's
+/// SYN retransmissions (1, 3, 7, 15 s…), so the first dial after a heal could come tens of
+/// seconds late; bounded, the core's short redial backoff reconnects within seconds.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Builds a Swarm over TCP + noise + yamux for the given behaviour.
+pub fn build_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    key: libp2p::identity::Keypair,
+    behaviour: impl FnOnce(&libp2p::identity::Keypair) -> Result<B>,
+) -> Result<Swarm<B>> {
+    let mut failure = None;
+    let swarm = SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_other_transport(|key| {
+            use libp2p::Transport as _;
+            let noise = noise::Config::new(key)?;
+            let transport: Result<_, Box<dyn std::error::Error + Send + Sync>> = Ok(
+                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .timeout(CONNECT_TIMEOUT),
+            );
+            transport
+        })
+        .map_err(|error| anyhow::anyhow!("cannot set up the TCP transport: {error}"))?
+        .with_dns()
+        .context("cannot set up DNS resolution")?
+        .with_behaviour(|key| match behaviour(key) {
+            Ok(b) => Ok(b),
+            Err(error) => {
+                let message = format!("{error:#}");
+                failure = Some(error);
+                Err(message.into())
+            }
+        });
+    let swarm = match (swarm, failure) {
+        (Ok(swarm), _) => swarm,
+        (Err(_), Some(error)) => return Err(error),
+        (Err(error), None) => bail!("cannot build the network behaviour: {error}"),
+    };
+    Ok(swarm
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build())
+}
+
+/// What starting the node's Swarm settled: where it is reached and what it speaks.
+pub(super) struct Started {
+    /// The address other nodes dial, announced first in heartbeats.
+    pub public_addr: Multiaddr,
+    /// The network's gossip topic (subscribed).
+    pub topic: IdentTopic,
+    /// The network's Kademlia protocol name.
+    pub kad_protocol: StreamProtocol,
+}
+
+/// Listens on the state file's address, announces the public one and subscribes to the
+/// network's gossip topic.
+pub(super) fn start(
+    swarm: &mut Swarm<Behaviour>,
+    state: &NetworkState,
+    keys: &Keys,
+) -> Result<Started> {
+    let listen: HostPort = state
+        .node
+        .listen
+        .parse()
+        .map_err(anyhow::Error::msg)
+        .context("listen address in the state file")?;
+    let public: HostPort = state
+        .node
+        .public_addr
+        .parse()
+        .map_err(anyhow::Error::msg)
+        .context("public address in the state file")?;
+    swarm
+        .listen_on(listen.to_multiaddr())
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    swarm.add_external_address(public.to_multiaddr());
+    let tag = state.tag(&keys.secret);
+    let topic = gossip_topic(&tag);
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .context("cannot subscribe to the gossip topic")?;
+    Ok(Started {
+        public_addr: public.to_multiaddr(),
+        topic,
+        kad_protocol: kad_protocol(&tag)?,
+    })
+}
+
+/// The multiaddrs to dial for the core's address texts (`host:port` or multiaddr), leaving
+/// out unusable ones (unparseable, or unspecified like 0.0.0.0).
+pub(super) fn dial_addresses(addrs: &[String]) -> Vec<Multiaddr> {
+    let mut out: Vec<Multiaddr> = Vec::new();
+    for text in addrs {
+        let addr = match text.parse::<HostPort>() {
+            Ok(host_port) => Some(host_port.to_multiaddr()),
+            Err(_) => text.parse::<Multiaddr>().ok(),
+        };
+        if let Some(addr) = addr.filter(|a| !is_unspecified(a))
+            && !out.contains(&addr)
+        {
+            out.push(addr);
+        }
+    }
+    out
+}
+
+/// An address nobody can dial (0.0.0.0 or ::).
+pub(super) fn is_unspecified(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
