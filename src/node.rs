@@ -90,13 +90,16 @@ pub async fn run(
         None => None,
     };
     let listener = control::bind(&state_dir.socket_path()).await?;
-    let monitor = crate::monitor::Monitor::start(
+    let mut monitor = crate::monitor::Monitor::start(
         state_dir.path(),
         monitoring.sampling,
         monitoring.traffic_reset_day,
     )?;
     let metrics = Arc::new(signals::BotMetrics::default());
-    let (signals, watchers) = signals::Signals::new(state.settings.clone(), metrics.clone());
+    let (mut signals, watchers) = signals::Signals::new(state.settings.clone(), metrics.clone());
+    if metrics_listener.is_some() {
+        signals = signals.with_libp2p_metrics(monitor.with_libp2p_metrics());
+    }
     let audit =
         AuditLog::open(state_dir.path(), &state.node.name).context("cannot open the audit log")?;
     // A token from `constella bot-token set` wins over the one in the state file.

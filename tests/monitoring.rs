@@ -149,6 +149,21 @@ fn value(body: &str, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
         })
 }
 
+/// The sum of every sample of `name` (all label sets) in a parsed scrape.
+fn sum(body: &str, name: &str) -> f64 {
+    use prometheus_parse::{Scrape, Value};
+    let scrape = Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("parses");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
 #[test]
 fn metrics_endpoint_parses_and_follows_the_network() {
     let port = free_port();
@@ -180,6 +195,17 @@ fn metrics_endpoint_parses_and_follows_the_network() {
             "{body}"
         );
         assert!(value(&body, "constella_disk_used_percent", Some(("mount", "/"))).is_some());
+        // libp2p's own metrics, in the same exposition (one `# EOF`, at the end).
+        assert!(
+            sum(&body, "libp2p_swarm_connections_established_total") >= 1.0,
+            "{body}"
+        );
+        assert!(
+            sum(&body, "libp2p_gossipsub_messages_total") >= 1.0,
+            "{body}"
+        );
+        assert_eq!(body.matches("# EOF").count(), 1);
+        assert!(body.ends_with("# EOF\n"));
         let first = value(&body, "constella_metrics_scrapes_total", None).unwrap();
         let next = scrape(port).unwrap();
         assert_eq!(

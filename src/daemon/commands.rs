@@ -102,7 +102,8 @@ impl EventLoop {
                 reply,
             } => {
                 let (swarm, core) = (&mut self.swarm, &self.core);
-                self.rpc.services(swarm, core, &target, (request, by), reply);
+                self.rpc
+                    .services(swarm, core, &target, (request, by), reply);
             }
             Command::BotToken { target, reply } => {
                 self.rpc

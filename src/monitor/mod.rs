@@ -52,6 +52,8 @@ pub fn history_dir(state_dir: &Path) -> PathBuf {
 pub struct Monitor {
     /// The latest round of figures; `None` until the first round, or with sampling off.
     pub latest: Latest,
+    /// libp2p's own metrics, recorded by the event loop (only with `--metrics-addr`).
+    pub libp2p: Option<Arc<std::sync::Mutex<prometheus_client::registry::Registry>>>,
 }
 
 impl Monitor {
@@ -69,6 +71,15 @@ impl Monitor {
         sample::spawn(writer, traffic, interval, Arc::clone(&monitor.latest))
             .map_err(anyhow::Error::msg)?;
         Ok(monitor)
+    }
+
+    /// Registers libp2p's own metrics for `/metrics`; the returned recorder goes to the event
+    /// loop, which records every swarm event (and the gossipsub, identify, kad and ping ones).
+    pub fn with_libp2p_metrics(&mut self) -> Arc<libp2p::metrics::Metrics> {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let recorder = Arc::new(libp2p::metrics::Metrics::new(&mut registry));
+        self.libp2p = Some(Arc::new(std::sync::Mutex::new(registry)));
+        recorder
     }
 
     /// A copy of the latest round.
