@@ -303,6 +303,25 @@ mod chart {
         let decoder = png::Decoder::new(std::io::Cursor::new(&photo.bytes));
         let reader = decoder.read_info().expect("a PNG");
         assert_eq!((reader.info().width, reader.info().height), (1000, 1100));
+
+        // The overview of every node, in one photo.
+        fake.send_text(&owner, "/overview 24h");
+        let overview = cluster.or_logs(|| {
+            wait_for(ANSWER, "the overview photo", || {
+                fake.photos()
+                    .into_iter()
+                    .find(|p| p.file_name == "overview.png")
+            })
+        });
+        assert_eq!(overview.node, "alpha");
+        assert!(
+            overview.caption.contains("Обзор сети"),
+            "{}",
+            overview.caption
+        );
+        let decoder = png::Decoder::new(std::io::Cursor::new(&overview.bytes));
+        let reader = decoder.read_info().expect("a PNG");
+        assert_eq!((reader.info().width, reader.info().height), (1000, 1100));
     }
 }
 

@@ -367,6 +367,14 @@ impl Handlers {
                 };
                 self.send(chat, Screen::text(text)).await;
             }
+            "overview" => {
+                if self.permits(who, access::Action::Usage) {
+                    self.on_overview(chat, lang, arg).await;
+                } else {
+                    self.send(chat, Screen::text(ui::not_allowed(lang).to_owned()))
+                        .await;
+                }
+            }
             "services" | "restart" => {
                 let text = self.services_command(lang, who, &command, arg).await;
                 self.send(chat, Screen::text(text)).await;

@@ -30,6 +30,11 @@ impl Lang {
         if code == "en" { Lang::En } else { Lang::Ru }
     }
 
+    /// [`Lang::pick`] as an owned string.
+    pub fn pick_owned(self, ru: &'static str, en: &'static str) -> String {
+        self.pick(ru, en).to_owned()
+    }
+
     fn pick(self, ru: &'static str, en: &'static str) -> &'static str {
         match self {
             Lang::Ru => ru,
@@ -444,8 +449,8 @@ pub fn toast_expired(lang: Lang) -> &'static str {
 /// `/help` and the answer to anything the bot does not understand.
 pub fn help(lang: Lang) -> String {
     lang.pick(
-        "Constella — управление сетью серверов.\n\n/start — список узлов\n/invite [ttl] — ссылка для подключения нового узла (по умолчанию 15m, максимум 24h)\n/audit — последние записи журнала аудита (только владелец)\n/alerts — пороги оповещений; /alerts cpu 90 — изменить (только владелец)\n/services УЗЕЛ — службы systemd узла\n/lang en — English",
-        "Constella — control of your server network.\n\n/start — node list\n/invite [ttl] — a join link for a new node (default 15m, at most 24h)\n/audit — the latest audit-log entries (owner only)\n/alerts — alert thresholds; /alerts cpu 90 — change one (owner only)\n/services NODE — a node's systemd units\n/lang ru — по-русски",
+        "Constella — управление сетью серверов.\n\n/start — список узлов\n/invite [ttl] — ссылка для подключения нового узла (по умолчанию 15m, максимум 24h)\n/audit — последние записи журнала аудита (только владелец)\n/alerts — пороги оповещений; /alerts cpu 90 — изменить (только владелец)\n/overview [1h|24h|7d] — график всех узлов\n/services УЗЕЛ — службы systemd узла\n/lang en — English",
+        "Constella — control of your server network.\n\n/start — node list\n/invite [ttl] — a join link for a new node (default 15m, at most 24h)\n/audit — the latest audit-log entries (owner only)\n/alerts — alert thresholds; /alerts cpu 90 — change one (owner only)\n/overview [1h|24h|7d] — a chart of every node\n/services NODE — a node's systemd units\n/lang ru — по-русски",
     )
     .to_owned()
 }
