@@ -29,6 +29,8 @@ pub enum Action {
     /// Removing a node from the network, which rotates the network secret (the owner's alone;
     /// the bot and the web panel offer it).
     Remove,
+    /// Setting an alert threshold, a network setting (the owner's alone).
+    Alerts,
 }
 
 impl Action {
@@ -43,6 +45,7 @@ impl Action {
             Action::Audit => "audit",
             Action::ChatInvite => "chat_invite",
             Action::Remove => "remove",
+            Action::Alerts => "alerts",
         }
     }
 }
@@ -59,10 +62,10 @@ pub enum Rank {
 impl Rank {
     /// Whether this rank may do `action`: a viewer sees (list, cards, usage); an operator also
     /// reboots and invites (join links and chat account invites alike: both let someone new
-    /// use the servers, and a chat account is the lesser); the owner alone changes the language,
-    /// reads the audit log and removes nodes. Changing the owner, the token or the roles is not
-    /// offered by the bot at all: those are CLI commands on a member (root on a server of the
-    /// network).
+    /// use the servers, and a chat account is the lesser); the owner alone changes the language
+    /// and the alert thresholds, reads the audit log and removes nodes. Changing the owner, the
+    /// token or the roles is not offered by the bot at all: those are CLI commands on a member
+    /// (root on a server of the network).
     pub fn allows(self, action: Action) -> bool {
         match (self, action) {
             (Rank::Owner, _) => true,
@@ -150,6 +153,18 @@ pub fn docker_action(request: &DockerRequest) -> Action {
         | DockerRequest::List
         | DockerRequest::Inspect { .. }
         | DockerRequest::Logs { .. } => Action::Usage,
+    }
+}
+
+/// The action a services request asks for: seeing the units is usage; changing the list or
+/// restarting one is as much as a reboot.
+pub fn services_action(request: &constella_behaviours::rpc::ServicesRequest) -> Action {
+    use constella_behaviours::rpc::ServicesRequest;
+    match request {
+        ServicesRequest::List => Action::Usage,
+        ServicesRequest::Add { .. }
+        | ServicesRequest::Remove { .. }
+        | ServicesRequest::Restart { .. } => Action::Reboot,
     }
 }
 

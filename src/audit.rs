@@ -133,6 +133,8 @@ pub enum AuditKind {
     ActionRefused,
     /// The bot token was replaced.
     BotTokenChanged,
+    /// An alert threshold was set (`constella alerts set`, the bot's `/alerts`).
+    AlertThresholdChanged,
     /// The audit log was read or verified.
     AuditViewed,
     /// A one-time PQ4 chat account invite was issued (`/chat_invite`).
@@ -174,6 +176,7 @@ impl AuditKind {
             AuditKind::RolePinned => "role_pinned",
             AuditKind::ActionRefused => "action_refused",
             AuditKind::BotTokenChanged => "bot_token_changed",
+            AuditKind::AlertThresholdChanged => "alert_threshold_changed",
             AuditKind::AuditViewed => "audit_viewed",
             AuditKind::ChatInviteIssued => "chat_invite_issued",
             AuditKind::ChatGroupCreated => "chat_group_created",

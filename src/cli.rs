@@ -78,6 +78,11 @@ pub enum Command {
     Audit(AuditArgs),
     /// Replace the Telegram bot token on this node.
     BotToken(BotTokenArgs),
+    /// Threshold alerts (CPU, RAM, disk): the thresholds and the recent alert episodes, or
+    /// set a threshold for the whole network.
+    Alerts(AlertsArgs),
+    /// A node's watched systemd units: their status, add or remove one, restart one.
+    Services(ServicesArgs),
     /// PQ4 end-to-end encrypted chat: accounts, 1:1 messages (docs/messaging.md).
     Chat(crate::chat::ChatArgs),
     /// Print a one-time login link (valid 5 minutes) for this node's web panel.
@@ -179,6 +184,11 @@ pub struct RunArgs {
     /// Do not sample this host's figures (no history, no host figures on /metrics).
     #[arg(long, env = "CONSTELLA_NO_SAMPLING")]
     pub no_sampling: bool,
+    /// The day of the month (1–31, UTC) the monthly traffic totals start again, as your
+    /// provider bills them; in shorter months, the month's last day.
+    #[arg(long, env = "CONSTELLA_TRAFFIC_RESET_DAY", value_name = "DAY", default_value_t = 1,
+        value_parser = crate::monitor::traffic::parse_reset_day)]
+    pub traffic_reset_day: u8,
     /// Write logs to files in DIR (one per UTC day and per 10 MiB, the newest 14 kept) instead
     /// of stderr.
     #[arg(long, env = "CONSTELLA_LOG_DIR", value_name = "DIR")]
@@ -418,6 +428,76 @@ pub enum BotTokenCommand {
         /// Refused: a token on the command line is visible to every local user in /proc.
         #[arg(hide = true, value_name = "TOKEN")]
         token_on_command_line: Option<SecretArg>,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Defaults: cpu 80 % (held for 5 minutes), ram 90 %, disk 85 % (the fullest \
+    mount). An episode recovers 5 points below its threshold. The leader's bot tells the owner \
+    once when an episode opens and once when it recovers."
+)]
+pub struct AlertsArgs {
+    #[command(subcommand)]
+    pub command: Option<AlertsCommand>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// Set a rule's threshold on every node: `alerts set cpu 90`, `alerts set disk off`.
+    Set {
+        /// cpu, ram or disk.
+        #[arg(value_name = "RULE")]
+        rule: constella_behaviours::alerts::Rule,
+        /// A percentage from 1 to 100, or off.
+        #[arg(value_name = "PERCENT", value_parser = constella_behaviours::alerts::parse_percent)]
+        percent: u8,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Each node keeps its own list (STATE_DIR/services.json) and answers with its own \
+    systemctl; any member can ask it over the network. Listing needs a viewer's right, changing \
+    the list or restarting an operator's (the CLI of a member may do both)."
+)]
+pub struct ServicesArgs {
+    #[command(subcommand)]
+    pub command: Option<ServicesCommand>,
+    /// The node (server name or node id) whose units to show.
+    #[arg(value_name = "NODE")]
+    pub node: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServicesCommand {
+    /// Watch a systemd unit on NODE (its status shows in `services NODE` and the bot).
+    Add {
+        #[arg(value_name = "NODE")]
+        node: String,
+        #[arg(value_name = "UNIT")]
+        unit: String,
+    },
+    /// Stop watching a unit on NODE.
+    Remove {
+        #[arg(value_name = "NODE")]
+        node: String,
+        #[arg(value_name = "UNIT")]
+        unit: String,
+    },
+    /// Restart a watched unit on NODE (`systemctl restart UNIT` there).
+    Restart {
+        #[arg(value_name = "NODE")]
+        node: String,
+        #[arg(value_name = "UNIT")]
+        unit: String,
     },
 }
 

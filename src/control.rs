@@ -1,5 +1,5 @@
 //! The control socket: how `constella status`, `peers`, `invite`, `leave`, `stats`, `reboot`,
-//! `owner set`, `access` and `docker` talk to the running daemon. A Unix socket (`control.sock`, 0600) in
+//! `owner set`, `access`, `alerts`, `services` and `docker` talk to the running daemon. A Unix socket (`control.sock`, 0600) in
 //! the state directory; one JSON request line, one JSON response line.
 //!
 //! Node requests ([`Request`]) go to the event loop through the [`Client`]; network
@@ -12,6 +12,7 @@
 //! the event loop: a container list takes the engine about a second, and nothing in it
 //! concerns the network.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -37,6 +38,7 @@ use crate::audit::{AuditEvent, AuditKind, AuditLog};
 use crate::daemon::ClientError;
 use crate::state::{StateDir, StoredSecret};
 use crate::validate::BotToken;
+use constella_behaviours::alerts::{AlertState, Episode, Rule as AlertRule};
 use constella_behaviours::settings::{
     BotTokenStamp, NetworkSettings, Role, token_digest, username_key,
 };
@@ -96,6 +98,11 @@ pub enum Request {
         id: String,
         requested_by: String,
     },
+    /// A request about a node's watched systemd units, by name or node id.
+    Services {
+        target: String,
+        request: constella_behaviours::rpc::ServicesRequest,
+    },
 }
 
 /// A request that administers the network (the owner and the roles in the network settings).
@@ -120,6 +127,14 @@ pub enum AdminRequest {
     },
     /// Who may use the bot, and how.
     AccessList,
+    /// The alert thresholds and the recent episodes.
+    AlertsList,
+    /// Set an alert rule's threshold for the whole network (`percent` 0: off).
+    AlertsSet {
+        rule: AlertRule,
+        percent: u8,
+        requested_by: String,
+    },
     /// Replace this node's bot token (validated, stored 0600; the bot restarts with it).
     BotTokenSet {
         /// The token; `Debug` shows `<redacted>`.
@@ -149,6 +164,48 @@ pub struct AccessEntry {
     pub pinned: bool,
 }
 
+/// `constella alerts --json`: every rule's threshold and the episodes the network remembers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertReport {
+    /// By rule name (`cpu`, `ram`, `disk`).
+    pub thresholds: BTreeMap<AlertRule, ThresholdView>,
+    /// Oldest first; `recovered_at` absent while open.
+    pub episodes: Vec<Episode>,
+}
+
+/// One rule as `alerts --json` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThresholdView {
+    /// Percent; 0 when off.
+    pub percent: u8,
+    pub enabled: bool,
+    /// Nobody set it: the default applies.
+    pub default: bool,
+    /// How long the figure must stay above before an episode opens.
+    pub hold_secs: u64,
+}
+
+impl AlertReport {
+    pub fn new(alerts: &AlertState) -> Self {
+        Self {
+            thresholds: AlertRule::ALL
+                .iter()
+                .map(|rule| {
+                    let percent = alerts.percent(*rule);
+                    let view = ThresholdView {
+                        percent,
+                        enabled: percent > 0,
+                        default: !alerts.thresholds.contains_key(rule),
+                        hold_secs: rule.default_hold_secs(),
+                    };
+                    (*rule, view)
+                })
+                .collect(),
+            episodes: alerts.episodes.values().cloned().collect(),
+        }
+    }
+}
+
 /// The answer to `owner set`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnerChange {
@@ -174,7 +231,9 @@ pub enum Response {
     History(constella_behaviours::rpc::History),
     RebootAccepted(RebootAccepted),
     Docker(DockerAnswer),
+    Services(constella_behaviours::rpc::ServicesAnswer),
     Access(AccessReport),
+    Alerts(AlertReport),
     OwnerChanged(OwnerChange),
     WebLogin(crate::web::WebLogin),
     WebSessions(Vec<crate::web::SessionInfo>),
@@ -430,6 +489,16 @@ async fn answer(stream: UnixStream, control: Control) -> Result<()> {
                 | Request::WebSessions
                 | Request::WebRevoke { .. }),
             ) => web_request(request, &control, uid),
+            Ok(Request::Services { target, request }) => {
+                let by = Requester::Cli {
+                    user: caller(None, uid),
+                };
+                control
+                    .client
+                    .services(&target, request, by)
+                    .await
+                    .map_or_else(Response::Error, Response::Services)
+            }
             Ok(request) => node_request(request, &control, uid).await,
             Err(error) => Response::Error(format!("malformed control request: {error}")),
         }
@@ -472,6 +541,15 @@ async fn handle(client: &Client, request: Request) -> Response {
             .reboot(&target, &requested_by)
             .await
             .map(Response::RebootAccepted),
+        Request::Services { target, request } => {
+            let by = Requester::Cli {
+                user: "control socket".to_owned(),
+            };
+            return client
+                .services(&target, request, by)
+                .await
+                .map_or_else(Response::Error, Response::Services);
+        }
         // Answered by the control socket's `Containers` handle before this, never by the node.
         Request::Docker { .. } => {
             return Response::Error("container requests go to the Docker handle".to_owned());
@@ -638,6 +716,42 @@ async fn administer(
     let is_owner = |name: &str| username_key(name) == username_key(&owner);
     let (next, event) = match request {
         AdminRequest::AccessList => return Ok(Response::Access(access_report(&settings, &owner))),
+        AdminRequest::AlertsList => {
+            return Ok(Response::Alerts(AlertReport::new(&settings.alerts)));
+        }
+        AdminRequest::AlertsSet {
+            rule,
+            percent,
+            requested_by,
+        } => {
+            let previous = settings.alerts.percent(rule);
+            let change = NetworkSettings {
+                alerts: Box::new(settings.alerts.with_threshold(rule, percent)),
+                ..NetworkSettings::default()
+            };
+            let event = AuditEvent::new(
+                AuditKind::AlertThresholdChanged,
+                caller(Some(&requested_by), uid),
+                VIA_SOCKET,
+            )
+            .detail("rule", rule.as_str())
+            .detail("percent", percent)
+            .detail("previous", previous);
+            let merged = client
+                .merge_settings(change)
+                .await
+                .map_err(|error| error.to_string())?;
+            audit.append(event).await.map_err(|error| {
+                format!("the threshold was set but could not be audited: {error}")
+            })?;
+            tracing::info!(
+                rule = rule.as_str(),
+                percent,
+                previous,
+                "an alert threshold was set"
+            );
+            return Ok(Response::Alerts(AlertReport::new(&merged.alerts)));
+        }
         AdminRequest::BotTokenSet {
             token,
             requested_by,

@@ -18,6 +18,7 @@ mod output;
 mod private_dir;
 mod reboot;
 mod rolling;
+mod services;
 mod state;
 mod stats;
 mod validate;
@@ -33,7 +34,8 @@ use constella_behaviours::gossip::MemberRecord;
 use constella_behaviours::node::LeaveOutcome;
 
 use crate::cli::{
-    AccessCommand, BotTokenCommand, Cli, Command, OwnerCommand, StatsArgs, listen_or_default,
+    AccessCommand, AlertsCommand, BotTokenCommand, Cli, Command, OwnerCommand, ServicesCommand,
+    StatsArgs, listen_or_default,
 };
 use crate::control::{AdminRequest, Request, Response};
 use crate::state::{LocalNode, NetworkState, STATE_FORMAT, StateDir, StoredSecret};
@@ -111,6 +113,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 node::MonitorOptions {
                     metrics_addr: args.metrics_addr,
                     sampling: !args.no_sampling,
+                    traffic_reset_day: args.traffic_reset_day,
                 },
                 args.web_addr.map(|addr| web::WebOptions {
                     addr,
@@ -296,6 +299,51 @@ async fn dispatch(cli: Cli) -> Result<()> {
             match ask(&state_dir, &request).await? {
                 Response::Access(report) if args.json => print_json(&report),
                 Response::Access(report) => print_text(&output::access_table(&report)),
+                other => unexpected(other),
+            }
+        }
+        Command::Alerts(args) => {
+            let request = match args.command {
+                None => AdminRequest::AlertsList,
+                Some(AlertsCommand::Set { rule, percent }) => AdminRequest::AlertsSet {
+                    rule,
+                    percent,
+                    requested_by: local_user(),
+                },
+            };
+            match ask(&state_dir, &request).await? {
+                Response::Alerts(report) if args.json => print_json(&report),
+                Response::Alerts(report) => print_text(&output::alerts_table(&report)),
+                other => unexpected(other),
+            }
+        }
+        Command::Services(args) => {
+            use constella_behaviours::rpc::ServicesRequest;
+            let (target, request) = match args.command {
+                None => match args.node {
+                    Some(node) => (node, ServicesRequest::List),
+                    None => bail!("name a node: constella services NODE [--json]"),
+                },
+                Some(ServicesCommand::Add { node, unit }) => (node, ServicesRequest::Add { unit }),
+                Some(ServicesCommand::Remove { node, unit }) => {
+                    (node, ServicesRequest::Remove { unit })
+                }
+                Some(ServicesCommand::Restart { node, unit }) => {
+                    (node, ServicesRequest::Restart { unit })
+                }
+            };
+            if let Some(unit) = request.unit() {
+                constella_behaviours::rpc::unit_name(unit).map_err(anyhow::Error::msg)?;
+            }
+            let restart = matches!(request, ServicesRequest::Restart { .. });
+            match ask(&state_dir, &Request::Services { target, request }).await? {
+                Response::Services(answer) if args.json => print_json(&answer),
+                Response::Services(answer) => {
+                    if restart {
+                        println!("Restarted on {}.", answer.node);
+                    }
+                    print_text(&output::services_table(&answer))
+                }
                 other => unexpected(other),
             }
         }

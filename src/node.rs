@@ -22,6 +22,8 @@ pub struct MonitorOptions {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Sample this host every 10 s into the history (on unless `--no-sampling`).
     pub sampling: bool,
+    /// The day of the month the traffic totals start again (`--traffic-reset-day`).
+    pub traffic_reset_day: u8,
 }
 
 /// Runs the node until SIGINT/SIGTERM or `leave`. `reboot_command`, if set, replaces the
@@ -89,9 +91,16 @@ pub async fn run(
         None => None,
     };
     let listener = control::bind(&state_dir.socket_path()).await?;
-    let monitor = crate::monitor::Monitor::start(state_dir.path(), monitoring.sampling)?;
+    let mut monitor = crate::monitor::Monitor::start(
+        state_dir.path(),
+        monitoring.sampling,
+        monitoring.traffic_reset_day,
+    )?;
     let metrics = Arc::new(signals::BotMetrics::default());
-    let (signals, watchers) = signals::Signals::new(state.settings.clone(), metrics.clone());
+    let (mut signals, watchers) = signals::Signals::new(state.settings.clone(), metrics.clone());
+    if metrics_listener.is_some() {
+        signals = signals.with_libp2p_metrics(monitor.with_libp2p_metrics());
+    }
     let audit =
         AuditLog::open(state_dir.path(), &state.node.name).context("cannot open the audit log")?;
     // A token from `constella bot-token set` wins over the one in the state file.
@@ -174,6 +183,15 @@ pub async fn run(
         )
         .with_web(panel.clone()),
     ));
+    // Threshold alerts of this node's own figures, as network state (src/monitor/alerts.rs).
+    let alert_task = tokio::spawn(crate::monitor::alerts::watch(
+        client.clone(),
+        monitor.clone(),
+        watchers.settings.clone(),
+        node_id.clone(),
+        node_name.clone(),
+        crate::monitor::sample_interval(),
+    ));
     let metrics_task = metrics_listener.map(|listener| {
         crate::monitor::metrics::serve(listener, monitor.clone(), client.clone(), metrics.clone())
     });
@@ -200,6 +218,7 @@ pub async fn run(
     control_task.abort();
     watcher.abort();
     token_follower.abort();
+    alert_task.abort();
     if let Some(task) = metrics_task {
         task.abort();
     }

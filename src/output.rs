@@ -202,6 +202,24 @@ pub fn stats_block(s: &NodeStats) -> String {
         "daemon    {} resident",
         human_bytes(s.daemon_rss_bytes)
     );
+    if let Some(traffic) = &s.traffic {
+        let since = utc_timestamp(i64::try_from(traffic.since).unwrap_or(0) * 1000);
+        for (i, iface) in traffic.interfaces.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{:9} {}  in {}  out {}{}",
+                if i == 0 { "traffic" } else { "" },
+                iface.name,
+                human_bytes(iface.rx_bytes),
+                human_bytes(iface.tx_bytes),
+                if i == 0 {
+                    format!("  (since {since}, resets on day {})", traffic.reset_day)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
     for (title, list) in [("top cpu", &s.top_cpu), ("top ram", &s.top_memory)] {
         for (i, p) in list.iter().enumerate() {
             let _ = writeln!(
@@ -314,6 +332,110 @@ pub fn access_table(report: &AccessReport) -> String {
             user.username,
             user.role.as_str(),
             pinned(user.pinned)
+        );
+    }
+    out
+}
+
+/// `constella services NODE`: each watched unit's state.
+pub fn services_table(answer: &constella_behaviours::rpc::ServicesAnswer) -> String {
+    let mut out = String::new();
+    if !answer.systemd {
+        let _ = writeln!(
+            out,
+            "{} has no reachable systemd (systemctl failed): statuses are unknown.",
+            answer.node
+        );
+    }
+    if answer.units.is_empty() {
+        let _ = writeln!(
+            out,
+            "{} watches no units (constella services add {} UNIT).",
+            answer.node, answer.node
+        );
+        return out;
+    }
+    let width = answer
+        .units
+        .iter()
+        .map(|u| u.unit.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(
+        out,
+        "{:width$}  ACTIVE      SUB         LOAD       DESCRIPTION",
+        "UNIT"
+    );
+    for unit in &answer.units {
+        let dash = |s: &str| {
+            if s.is_empty() {
+                "-".to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
+        let _ = writeln!(
+            out,
+            "{:width$}  {:10}  {:10}  {:9}  {}",
+            unit.unit,
+            dash(&unit.active_state),
+            dash(&unit.sub_state),
+            dash(&unit.load_state),
+            unit.description
+        );
+    }
+    out
+}
+
+/// `constella alerts`: each rule's threshold, then the episodes the network remembers.
+pub fn alerts_table(report: &crate::control::AlertReport) -> String {
+    let mut out = String::from("RULE  THRESHOLD  HOLD   SET BY\n");
+    for (rule, view) in &report.thresholds {
+        let threshold = if view.enabled {
+            format!("{} %", view.percent)
+        } else {
+            "off".to_owned()
+        };
+        let _ = writeln!(
+            out,
+            "{:4}  {:9}  {:5}  {}",
+            rule.as_str(),
+            threshold,
+            format!("{} s", view.hold_secs),
+            if view.default { "default" } else { "owner" }
+        );
+    }
+    if report.episodes.is_empty() {
+        out.push_str("\nNo alert episodes.\n");
+        return out;
+    }
+    out.push_str("\nEPISODES (oldest first)\n");
+    for e in &report.episodes {
+        let state = match e.recovered_at {
+            None => "open".to_owned(),
+            Some(at) => format!("recovered {}", utc_timestamp(at as i64 * 1000)),
+        };
+        let told = match (e.alert_sent, e.recovered_at.is_some(), e.recovery_sent) {
+            (false, _, _) => "not told yet",
+            (true, true, false) => "recovery not told yet",
+            _ => "told",
+        };
+        let _ = writeln!(
+            out,
+            "{}  {}  {} {}% > {}%{}  {}  {}",
+            utc_timestamp(e.opened_at as i64 * 1000),
+            e.node_name,
+            e.rule.as_str(),
+            e.value,
+            e.threshold,
+            if e.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", e.detail)
+            },
+            state,
+            told
         );
     }
     out
@@ -518,6 +640,7 @@ mod tests {
                 rss_bytes: 3 << 20,
             }],
             top_memory: vec![],
+            traffic: None,
         };
         let block = stats_block(&stats);
         assert!(block.contains("top cpu        42 nginx"), "{block}");

@@ -13,7 +13,12 @@ use sysinfo::{Disks, MINIMUM_CPU_UPDATE_INTERVAL, ProcessRefreshKind, ProcessesT
 pub const CPU_WINDOW: Duration = MINIMUM_CPU_UPDATE_INTERVAL;
 
 /// Measures this host and daemon. Blocks for [`CPU_WINDOW`]; call it off the event loop.
-pub fn collect(name: &str, node_id: &str, daemon_started: Instant) -> Result<NodeStats, String> {
+pub fn collect(
+    name: &str,
+    node_id: &str,
+    daemon_started: Instant,
+    history_dir: Option<&std::path::Path>,
+) -> Result<NodeStats, String> {
     let fail = |what: &str, error: sysinfo::Error| format!("cannot read {what}: {error}");
     let mut sys = System::new().map_err(|e| fail("system figures", e))?;
     // Every process's CPU time before and after the window gives the top lists.
@@ -44,6 +49,7 @@ pub fn collect(name: &str, node_id: &str, daemon_started: Instant) -> Result<Nod
         daemon_rss_bytes,
         top_cpu,
         top_memory,
+        traffic: history_dir.and_then(crate::monitor::traffic::read),
     })
 }
 
@@ -98,7 +104,7 @@ mod tests {
 
     #[test]
     fn figures_are_plausible() {
-        let stats = collect("n", "id", Instant::now()).unwrap();
+        let stats = collect("n", "id", Instant::now(), None).unwrap();
         assert!((0.0..=100.0).contains(&stats.cpu_percent));
         assert!(stats.ram_total_bytes > 0 && stats.ram_used_bytes <= stats.ram_total_bytes);
         assert!(stats.daemon_rss_bytes > 0);

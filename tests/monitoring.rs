@@ -149,6 +149,21 @@ fn value(body: &str, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
         })
 }
 
+/// The sum of every sample of `name` (all label sets) in a parsed scrape.
+fn sum(body: &str, name: &str) -> f64 {
+    use prometheus_parse::{Scrape, Value};
+    let scrape = Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("parses");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
 #[test]
 fn metrics_endpoint_parses_and_follows_the_network() {
     let port = free_port();
@@ -180,6 +195,17 @@ fn metrics_endpoint_parses_and_follows_the_network() {
             "{body}"
         );
         assert!(value(&body, "constella_disk_used_percent", Some(("mount", "/"))).is_some());
+        // libp2p's own metrics, in the same exposition (one `# EOF`, at the end).
+        assert!(
+            sum(&body, "libp2p_swarm_connections_established_total") >= 1.0,
+            "{body}"
+        );
+        assert!(
+            sum(&body, "libp2p_gossipsub_messages_total") >= 1.0,
+            "{body}"
+        );
+        assert_eq!(body.matches("# EOF").count(), 1);
+        assert!(body.ends_with("# EOF\n"));
         let first = value(&body, "constella_metrics_scrapes_total", None).unwrap();
         let next = scrape(port).unwrap();
         assert_eq!(
@@ -277,5 +303,362 @@ mod chart {
         let decoder = png::Decoder::new(std::io::Cursor::new(&photo.bytes));
         let reader = decoder.read_info().expect("a PNG");
         assert_eq!((reader.info().width, reader.info().height), (1000, 1100));
+
+        // The overview of every node, in one photo.
+        fake.send_text(&owner, "/overview 24h");
+        let overview = cluster.or_logs(|| {
+            wait_for(ANSWER, "the overview photo", || {
+                fake.photos()
+                    .into_iter()
+                    .find(|p| p.file_name == "overview.png")
+            })
+        });
+        assert_eq!(overview.node, "alpha");
+        assert!(
+            overview.caption.contains("Обзор сети"),
+            "{}",
+            overview.caption
+        );
+        let decoder = png::Decoder::new(std::io::Cursor::new(&overview.bytes));
+        let reader = decoder.read_info().expect("a PNG");
+        assert_eq!((reader.info().width, reader.info().height), (1000, 1100));
+    }
+}
+
+mod alerts {
+    use super::*;
+    use common::agreed_leader_without;
+    use common::fake_telegram::{FakeTelegram, TgUser};
+
+    const TOKEN: &str = "123456789:AAHfakeTokenForConstellaTests_0123456789";
+    const OWNER_ID: u64 = 5001;
+    const ANSWER: Duration = Duration::from_secs(20);
+
+    /// Lines of every message the owner got that start with `prefix` (`🔴 alpha: ОЗУ`).
+    fn lines(fake: &FakeTelegram, prefix: &str) -> usize {
+        fake.messages_to(OWNER_ID)
+            .iter()
+            .flat_map(|m| m.text.lines().map(str::to_owned).collect::<Vec<_>>())
+            .filter(|line| line.starts_with(prefix))
+            .count()
+    }
+
+    fn alerts_json(node: &Node) -> Option<serde_json::Value> {
+        let out = node.cli(&["alerts", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())?
+    }
+
+    /// Every RAM episode `node` knows of is told (alert, and recovery once recovered).
+    fn ram_episodes_told(node: &Node, recovered: bool) -> Option<usize> {
+        let report = alerts_json(node)?;
+        let episodes: Vec<&serde_json::Value> = report["episodes"]
+            .as_array()?
+            .iter()
+            .filter(|e| e["rule"] == "ram")
+            .collect();
+        episodes
+            .iter()
+            .all(|e| {
+                e["alert_sent"] == true
+                    && (!recovered || (e["recovered_at"].is_u64() && e["recovery_sent"] == true))
+            })
+            .then_some(episodes.len())
+    }
+
+    #[test]
+    fn a_forced_alert_and_its_recovery_reach_the_owner_once_across_a_failover() {
+        let fake = FakeTelegram::start(TOKEN);
+        let names = ["alpha", "bravo", "charlie"];
+        let mut cluster = Cluster::start_with(&names, &[1, 100, 100], None, |node| {
+            fast(node);
+            node.init_args = vec!["--bot-token".into(), TOKEN.into()];
+            node.run_args = vec!["--telegram-api-url".into(), fake.url_for(&node.name)];
+            node.env
+                .push(("CONSTELLA_TEST_ALERT_GAP_MS".into(), "200".into()));
+        });
+        let owner = TgUser::new(OWNER_ID, "Owner_Test");
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "alpha to poll", || {
+                fake.polls().iter().any(|p| p.node == "alpha").then_some(())
+            });
+        });
+        fake.send_text(&owner, "/start");
+        fake.wait_message(ANSWER, "the node list", OWNER_ID, |m| {
+            m.text.starts_with("Узлы сети")
+        });
+
+        // Defaults, and bad input refused with one line and nothing changed.
+        let report = alerts_json(cluster.node("bravo")).unwrap();
+        assert_eq!(report["thresholds"]["cpu"]["percent"], 80, "{report}");
+        assert_eq!(report["thresholds"]["ram"]["percent"], 90);
+        assert_eq!(report["thresholds"]["disk"]["percent"], 85);
+        assert_eq!(report["thresholds"]["cpu"]["hold_secs"], 300);
+        for bad in [["cpu", "101"], ["gpu", "50"], ["ram", "0"]] {
+            let out = cluster
+                .node("alpha")
+                .cli(&["alerts", "set", bad[0], bad[1]]);
+            assert!(!out.status.success(), "{bad:?} accepted");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("invalid") || stderr.contains("unknown"),
+                "{stderr}"
+            );
+        }
+        assert_eq!(alerts_json(cluster.node("alpha")).unwrap(), report);
+
+        // The threshold forced low: every node's RAM is above 1 %.
+        cluster.node("bravo").ok(&["alerts", "set", "ram", "1"]);
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "the three RAM alerts", || {
+                names
+                    .iter()
+                    .all(|n| lines(&fake, &format!("🔴 {n}: ОЗУ")) >= 1)
+                    .then_some(())
+            });
+            // The marks reached the other nodes before the leader dies.
+            for name in ["bravo", "charlie"] {
+                wait_for(ANSWER, "the alerts marked sent everywhere", || {
+                    (ram_episodes_told(cluster.node(name), false)? == 3).then_some(())
+                });
+            }
+        });
+        let alerts_from: Vec<String> = fake
+            .messages_to(OWNER_ID)
+            .iter()
+            .filter(|m| m.text.contains("🔴"))
+            .map(|m| m.sent_by.clone())
+            .collect();
+        assert!(alerts_from.iter().all(|n| n == "alpha"), "{alerts_from:?}");
+
+        // The leader dies in the middle of the episodes; another leads.
+        cluster.node_mut("alpha").kill();
+        let survivors: Vec<&Node> = cluster.nodes.iter().filter(|n| n.name != "alpha").collect();
+        let new_leader = cluster.or_logs(|| {
+            agreed_leader_without(
+                &survivors,
+                &["bravo", "charlie"],
+                &["alpha"],
+                Duration::from_secs(40),
+            )
+        });
+        cluster
+            .node(&new_leader)
+            .ok(&["alerts", "set", "ram", "100"]);
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "the two recoveries", || {
+                ["bravo", "charlie"]
+                    .iter()
+                    .all(|n| lines(&fake, &format!("🟢 {n}: ОЗУ")) >= 1)
+                    .then_some(())
+            });
+        });
+        // The dead leader's own episode recovers when it comes back (and leads again).
+        cluster.node_mut("alpha").start();
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "alpha's recovery", || {
+                (lines(&fake, "🟢 alpha: ОЗУ") >= 1).then_some(())
+            });
+            for node in &cluster.nodes {
+                wait_for(ANSWER, "every episode told everywhere", || {
+                    (ram_episodes_told(node, true)? == 3).then_some(())
+                });
+            }
+        });
+        for name in names {
+            assert_eq!(
+                lines(&fake, &format!("🔴 {name}: ОЗУ")),
+                1,
+                "{name}'s alerts"
+            );
+            assert_eq!(
+                lines(&fake, &format!("🟢 {name}: ОЗУ")),
+                1,
+                "{name}'s recoveries"
+            );
+        }
+        let recoveries_from: Vec<String> = fake
+            .messages_to(OWNER_ID)
+            .iter()
+            .filter(|m| m.text.contains("🟢 bravo") || m.text.contains("🟢 charlie"))
+            .map(|m| m.sent_by.clone())
+            .collect();
+        assert!(
+            recoveries_from.iter().all(|n| *n == new_leader),
+            "{recoveries_from:?}"
+        );
+    }
+}
+
+mod services {
+    use super::*;
+
+    /// Whether systemd is this machine's init (a container or CI runner usually has none).
+    fn systemd_runs() -> bool {
+        std::path::Path::new("/run/systemd/system").is_dir()
+    }
+
+    /// A stand-in `systemctl`: answers `--version`, `show` (every unit loaded and running,
+    /// with how often it was restarted) and `restart` (counted in `$STANDIN_DIR`; a unit named
+    /// `missing.service` fails as systemd would).
+    const STANDIN: &str = r#"#!/bin/sh
+case "$1" in
+  --version) echo "systemd 257 (stand-in)";;
+  show) shift; shift; first=1
+    for unit in "$@"; do
+      [ $first = 1 ] || echo; first=0
+      n=$(cat "$STANDIN_DIR/$unit" 2>/dev/null || echo 0)
+      printf 'Id=%s\nLoadState=loaded\nActiveState=active\nSubState=running\nDescription=restarted %s times\n' "$unit" "$n"
+    done;;
+  restart)
+    if [ "$2" = missing.service ]; then
+      echo "Failed to restart missing.service: Unit missing.service not found." >&2; exit 5
+    fi
+    n=$(cat "$STANDIN_DIR/$2" 2>/dev/null || echo 0)
+    echo $((n + 1)) > "$STANDIN_DIR/$2";;
+  *) echo "stand-in: unexpected $*" >&2; exit 1;;
+esac
+"#;
+
+    fn services_json(from: &Node, node: &str) -> serde_json::Value {
+        let out = from.cli(&["services", node, "--json"]);
+        assert!(out.status.success(), "{}", common::output_text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn main_pid(unit: &str) -> String {
+        let out = std::process::Command::new("systemctl")
+            .args(["show", "-p", "MainPID", "--value", unit])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    #[test]
+    fn a_unit_is_added_shown_and_restarted_on_another_node() {
+        let real = systemd_runs();
+        let standin_dir = tempfile::tempdir().unwrap();
+        let unit_base = format!("constella-test-{}", std::process::id());
+        if real {
+            let out = std::process::Command::new("systemd-run")
+                .args(["--unit", &unit_base, "sleep", "600"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", common::output_text(&out));
+        } else {
+            eprintln!(
+                "services: systemd is not this machine's init (no /run/systemd/system), so a \
+                 transient systemd-run unit cannot exist here; a stand-in systemctl \
+                 (CONSTELLA_SYSTEMCTL) proves the path. tests/systemd_hosts.rs restarts a real \
+                 unit under systemd."
+            );
+            let script = standin_dir.path().join("systemctl");
+            std::fs::write(&script, STANDIN).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let script = standin_dir.path().join("systemctl");
+        let dir = standin_dir.path().to_owned();
+        let cluster = Cluster::start_with(&["alpha", "bravo"], &[10, 20], None, |node| {
+            if !real {
+                node.env
+                    .push(("CONSTELLA_SYSTEMCTL".into(), script.display().to_string()));
+                node.env
+                    .push(("STANDIN_DIR".into(), dir.display().to_string()));
+            }
+        });
+        let alpha = cluster.node("alpha");
+        let unit = format!("{unit_base}.service");
+        cluster.or_logs(|| {
+            wait_for(
+                Duration::from_secs(20),
+                "bravo to be alive on alpha",
+                || {
+                    let (_, alive) = alpha.leader_and_alive()?;
+                    (alive == 2).then_some(())
+                },
+            );
+        });
+        let empty = services_json(alpha, "bravo");
+        assert_eq!(empty["node"], "bravo");
+        assert_eq!(empty["units"].as_array().unwrap().len(), 0);
+
+        alpha.ok(&["services", "add", "bravo", &unit_base]);
+        let listed = services_json(alpha, "bravo");
+        assert_eq!(listed["systemd"], true, "{listed}");
+        let entry = &listed["units"][0];
+        assert_eq!(entry["unit"], unit.as_str(), "`.service` is added");
+        assert_eq!(entry["active_state"], "active", "{listed}");
+        assert_eq!(entry["sub_state"], "running", "{listed}");
+        // Kept by bravo itself.
+        let kept: Vec<String> = serde_json::from_slice(
+            &std::fs::read(cluster.node("bravo").dir.join("services.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(kept, vec![unit.clone()]);
+
+        // Refusals: one line, nothing changed.
+        for (args, says) in [
+            (
+                vec!["services", "add", "bravo", "x;reboot"],
+                "invalid unit name",
+            ),
+            (
+                vec!["services", "add", "bravo", &unit_base],
+                "watched already",
+            ),
+            (
+                vec!["services", "restart", "bravo", "other"],
+                "is not watched",
+            ),
+            (vec!["services", "nosuchnode"], "nosuchnode"),
+        ] {
+            let out = alpha.cli(&args);
+            assert!(!out.status.success(), "{args:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains(says), "{args:?}: {stderr}");
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        }
+        assert_eq!(
+            services_json(alpha, "bravo")["units"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+
+        let before = real.then(|| main_pid(&unit));
+        let out = alpha.ok(&["services", "restart", "bravo", &unit_base]);
+        assert!(out.contains("Restarted on bravo"), "{out}");
+        if real {
+            let after = main_pid(&unit);
+            assert_ne!(Some(after), before, "a new main process");
+            let _ = std::process::Command::new("systemctl")
+                .args(["stop", &unit])
+                .output();
+        } else {
+            let count = std::fs::read_to_string(dir.join(&unit)).unwrap();
+            assert_eq!(count.trim(), "1", "one restart ran on bravo");
+            let listed = services_json(alpha, "bravo");
+            assert_eq!(listed["units"][0]["description"], "restarted 1 times");
+            // A failing restart reports systemctl's own line.
+            alpha.ok(&["services", "add", "bravo", "missing"]);
+            let out = alpha.cli(&["services", "restart", "bravo", "missing"]);
+            assert!(!out.status.success());
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("Unit missing.service not found"),
+                "{stderr}"
+            );
+        }
+        alpha.ok(&["services", "remove", "bravo", &unit_base]);
+        let left: Vec<String> = services_json(alpha, "bravo")["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["unit"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(!left.contains(&unit), "{left:?}");
     }
 }

@@ -22,6 +22,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod alerts;
 pub mod beat;
 pub mod dht;
 pub mod gossip;

@@ -758,7 +758,10 @@ impl Membership {
         // admission: it supersedes the tombstone whatever its version, and the card it brings
         // starts a new chain of custody.
         let (version, admission) = self.entries.get(&id).map_or((1, 0), |entry| {
-            (entry.cold.record.version + 1, entry.cold.record.admission + 1)
+            (
+                entry.cold.record.version + 1,
+                entry.cold.record.admission + 1,
+            )
         });
         let record = MemberRecord {
             node_id: id,

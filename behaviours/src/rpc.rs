@@ -66,6 +66,12 @@ pub enum RpcRequest {
         metrics: Vec<String>,
         range_secs: u64,
     },
+    /// The answering node's watched systemd units: status, add, remove, restart.
+    Services {
+        request: ServicesRequest,
+        /// Who asked: the target checks the role itself.
+        by: Requester,
+    },
 }
 
 /// A bot token sealed to one member's PQ4 card (X448 + ML-KEM-1024,
@@ -250,6 +256,28 @@ pub struct NodeStats {
     /// The processes with the most resident memory, most first (at most [`TOP_PROCESSES`]).
     #[serde(default)]
     pub top_memory: Vec<ProcessUsage>,
+    /// Traffic per interface since this month's reset day (absent with sampling off, or from a
+    /// node that predates the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<MonthlyTraffic>,
+}
+
+/// Bytes per interface since the last reset day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonthlyTraffic {
+    /// Unix seconds: 00:00 UTC of the last reset day.
+    pub since: u64,
+    /// The day of the month the totals start again (1–31; a shorter month's last day).
+    pub reset_day: u8,
+    pub interfaces: Vec<InterfaceTraffic>,
+}
+
+/// One interface's monthly totals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceTraffic {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
 }
 
 /// How many processes each top list of [`NodeStats`] holds.
@@ -298,6 +326,8 @@ pub enum RpcAnswer {
     BotToken(Option<SealedToken>),
     /// Answer to [`RpcRequest::GetHistory`].
     History(History),
+    /// Answer to [`RpcRequest::Services`]: the units after the request, or why it failed.
+    Services(Result<ServicesAnswer, String>),
 }
 
 /// Why the answering node did not do what was asked. Each is one line for the operator.
@@ -463,6 +493,93 @@ pub fn behaviour(timeout: Duration) -> Behaviour {
     )
 }
 
+// ---- systemd units ------------------------------------------------------------------------
+//
+// `constella services` and the bot: a node keeps its own list of watched units (a file in its
+// state directory) and answers for them with its own systemctl.
+
+/// Longest unit name a node accepts (systemd's own limit is 256).
+pub const MAX_UNIT_CHARS: usize = 256;
+/// Most units one node watches.
+pub const MAX_WATCHED_UNITS: usize = 32;
+
+/// A request about a node's watched systemd units.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum ServicesRequest {
+    /// The status of every watched unit.
+    List,
+    /// Watch a unit (it need not exist yet).
+    Add { unit: String },
+    /// Stop watching a unit.
+    Remove { unit: String },
+    /// `systemctl restart` a watched unit.
+    Restart { unit: String },
+}
+
+impl ServicesRequest {
+    /// The unit the request names, if any.
+    pub fn unit(&self) -> Option<&str> {
+        match self {
+            ServicesRequest::List => None,
+            ServicesRequest::Add { unit }
+            | ServicesRequest::Remove { unit }
+            | ServicesRequest::Restart { unit } => Some(unit),
+        }
+    }
+}
+
+/// A unit name as systemd takes it: `name.service` (`.service` is added when no type is
+/// given), letters, digits and `:_.@-\\`, not starting with `-`. The error is one line.
+pub fn unit_name(text: &str) -> Result<String, String> {
+    const TYPES: &[&str] = &[
+        ".service", ".socket", ".timer", ".mount", ".path", ".target", ".scope", ".slice",
+    ];
+    let valid = !text.is_empty()
+        && text.chars().count() <= MAX_UNIT_CHARS
+        && !text.starts_with('-')
+        && !text.starts_with('.')
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":_.@-\\".contains(c));
+    if !valid {
+        return Err(format!(
+            "invalid unit name {text:?}: letters, digits and :_.@- only, e.g. nginx or nginx.service"
+        ));
+    }
+    if TYPES.iter().any(|t| text.ends_with(t)) {
+        Ok(text.to_owned())
+    } else {
+        Ok(format!("{text}.service"))
+    }
+}
+
+/// One watched unit as `systemctl show` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitStatus {
+    pub unit: String,
+    /// `loaded`, `not-found`, …; empty when systemd could not be asked.
+    pub load_state: String,
+    /// `active`, `inactive`, `failed`, `activating`, …
+    pub active_state: String,
+    /// `running`, `exited`, `dead`, …
+    pub sub_state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+/// A node's answer about its units.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicesAnswer {
+    /// The answering node's name.
+    pub node: String,
+    /// Whether the node runs under systemd (has a reachable systemctl); without it every
+    /// status is empty and a restart fails.
+    pub systemd: bool,
+    /// Every watched unit after the request, by name.
+    pub units: Vec<UnitStatus>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,5 +657,18 @@ mod tests {
         let mut bytes = Vec::new();
         ciborium::into_writer(&answer, &mut bytes).unwrap();
         assert!((bytes.len() as u64) < MAX_RESPONSE_BYTES, "{}", bytes.len());
+    }
+
+    #[test]
+    fn unit_names_are_checked_and_typed() {
+        assert_eq!(unit_name("nginx").unwrap(), "nginx.service");
+        assert_eq!(
+            unit_name("getty@tty1.service").unwrap(),
+            "getty@tty1.service"
+        );
+        assert_eq!(unit_name("backup.timer").unwrap(), "backup.timer");
+        for bad in ["", "-x", "a b", "x;reboot", "../etc", &"a".repeat(300)] {
+            assert!(unit_name(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -29,10 +29,14 @@
 //! - `bot_token`: which bot token the network uses ([`BotTokenStamp`]: a version, a digest,
 //!   the node that has it), never the token itself; the higher version wins (ties: the larger
 //!   digest, then node). A node whose token does not match the stamp fetches it from a member.
+//! - `alerts`: alert thresholds (last-writer-wins per rule) and alert episodes (a union of
+//!   monotone facts), see [`crate::alerts`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+
+use crate::alerts::AlertState;
 
 /// A role the owner grants to another Telegram account. The owner has every right; an
 /// operator can do what a viewer can and more.
@@ -201,6 +205,14 @@ pub struct NetworkSettings {
     /// The bot token set last with `constella bot-token set` (none: the one from `init`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bot_token: Option<BotTokenStamp>,
+    /// Alert thresholds and episodes (see [`crate::alerts`]); boxed so that settings gossip
+    /// stays the size of a heartbeat on the stack.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub alerts: Box<AlertState>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 impl NetworkSettings {
@@ -229,6 +241,7 @@ impl NetworkSettings {
         if other.bot_token > self.bot_token {
             self.bot_token.clone_from(&other.bot_token);
         }
+        self.alerts.merge(&other.alerts);
         *self != before
     }
 
@@ -452,6 +465,7 @@ mod tests {
                         from: "a".into(),
                         bot_id: "1".into(),
                     }),
+                    alerts: Box::default(),
                 };
                 // What a node holds is always trimmed (merge trims).
                 settings.trim_confirmations();

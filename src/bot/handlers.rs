@@ -340,8 +340,7 @@ impl Handlers {
         };
         match command.as_str() {
             "start" | "menu" | "nodes" | "list" | "invite" | "lang" | "language" | "audit"
-            | "chat_invite"
-            | "web"
+            | "chat_invite" | "web"
                 if !self.permits(who, command_action(&command)) =>
             {
                 self.send(chat, Screen::text(ui::not_allowed(lang).to_owned()))
@@ -391,6 +390,22 @@ impl Handlers {
                 };
                 self.send(chat, Screen::text(text)).await;
             }
+            "overview" => {
+                if self.permits(who, access::Action::Usage) {
+                    self.on_overview(chat, lang, arg).await;
+                } else {
+                    self.send(chat, Screen::text(ui::not_allowed(lang).to_owned()))
+                        .await;
+                }
+            }
+            "services" | "restart" => {
+                let text = self.services_command(lang, who, &command, arg).await;
+                self.send(chat, Screen::text(text)).await;
+            }
+            "alerts" => {
+                let text = self.alerts_command(lang, who, arg).await;
+                self.send(chat, Screen::text(text)).await;
+            }
             "lang" | "language" => {
                 let text = match arg {
                     "ru" | "en" => {
@@ -410,6 +425,95 @@ impl Handlers {
                 self.send(chat, Screen::text(text)).await;
             }
             _ => self.send(chat, Screen::text(ui::help(lang))).await,
+        }
+    }
+
+    /// `/services NODE`: the node's watched units; `/restart NODE UNIT` asks to confirm with
+    /// `/restart NODE UNIT yes` (an operator), which restarts it on that node. The target checks
+    /// the role again itself.
+    async fn services_command(
+        &mut self,
+        lang: Lang,
+        who: &Who,
+        command: &str,
+        arg: &str,
+    ) -> String {
+        use constella_behaviours::rpc::{ServicesRequest, unit_name};
+        let words: Vec<&str> = arg.split_whitespace().collect();
+        let request = match (command, words.as_slice()) {
+            ("services", [node]) => (*node, ServicesRequest::List),
+            ("restart", [node, unit]) => {
+                if !self.permits(who, access::Action::Reboot) {
+                    return ui::not_allowed(lang).to_owned();
+                }
+                return match unit_name(unit) {
+                    Ok(unit) => ui::restart_confirm(lang, node, &unit),
+                    Err(error) => error,
+                };
+            }
+            ("restart", [node, unit, "yes" | "да"]) => (
+                *node,
+                ServicesRequest::Restart {
+                    unit: (*unit).to_owned(),
+                },
+            ),
+            _ => return ui::services_usage(lang),
+        };
+        let (node, request) = request;
+        let needed = access::services_action(&request);
+        if !self.permits(who, needed) {
+            return ui::not_allowed(lang).to_owned();
+        }
+        let restart = matches!(request, ServicesRequest::Restart { .. });
+        let by = self.requester();
+        match tokio::time::timeout(ACTION_TIMEOUT, self.client.services(node, request, by)).await {
+            Ok(Ok(answer)) => ui::services(lang, &answer, restart),
+            Ok(Err(error)) => error,
+            Err(_) => ui::node_error(lang, &ClientError::Unreachable(node.to_owned())),
+        }
+    }
+
+    /// `/alerts`: the thresholds and the open episodes; `/alerts cpu 90` (the owner) sets one
+    /// for the whole network, audited.
+    async fn alerts_command(&mut self, lang: Lang, who: &Who, arg: &str) -> String {
+        use constella_behaviours::alerts::{Rule, parse_percent};
+        let mut words = arg.split_whitespace();
+        let (Some(rule), Some(percent), None) = (words.next(), words.next(), words.next()) else {
+            if !arg.trim().is_empty() {
+                return ui::alerts_usage(lang);
+            }
+            return ui::alerts(lang, &self.settings.borrow().alerts);
+        };
+        if !self.permits(who, access::Action::Alerts) {
+            return ui::not_allowed(lang).to_owned();
+        }
+        let (rule, percent) = match (rule.parse::<Rule>(), parse_percent(percent)) {
+            (Ok(rule), Ok(percent)) => (rule, percent),
+            (Err(error), _) | (_, Err(error)) => {
+                return format!("{error}\n{}", ui::alerts_usage(lang));
+            }
+        };
+        let current = self.settings.borrow().alerts.clone();
+        let previous = current.percent(rule);
+        let change = NetworkSettings {
+            alerts: Box::new(current.with_threshold(rule, percent)),
+            ..NetworkSettings::default()
+        };
+        match self.client.merge_settings(change).await {
+            Ok(merged) => {
+                self.config.audit.record(
+                    AuditEvent::new(
+                        AuditKind::AlertThresholdChanged,
+                        who.text.clone(),
+                        "telegram",
+                    )
+                    .detail("rule", rule.as_str())
+                    .detail("percent", percent)
+                    .detail("previous", previous),
+                );
+                ui::alerts(lang, &merged.alerts)
+            }
+            Err(error) => ui::node_error(lang, &error),
         }
     }
 
@@ -914,6 +1018,8 @@ fn command_action(command: &str) -> access::Action {
         "lang" | "language" => access::Action::Language,
         "audit" => access::Action::Audit,
         "chat_invite" => access::Action::ChatInvite,
+        "services" => access::Action::Usage,
+        // Showing them is a list; setting one is checked again where it is set.
         _ => access::Action::List,
     }
 }

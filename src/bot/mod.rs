@@ -8,7 +8,10 @@
 //! - [`callback`]: validated callback data; [`ui`]: texts and keyboards (ru/en).
 //! - [`notify`]: membership events for the owner, batched and rate-limited, sent by the
 //!   leader only.
+//! - [`alerts`]: threshold alerts and recoveries from the network settings, each marked sent
+//!   in the network before the leader sends it.
 
+mod alerts;
 pub mod callback;
 mod handlers;
 mod notify;
@@ -154,10 +157,16 @@ fn spawn(
         settings.clone(),
         config.node_name.clone(),
     ));
+    let alerter = tokio::spawn(alerts::run(
+        bot.clone(),
+        client.clone(),
+        leadership.clone(),
+        settings.clone(),
+    ));
     let poller = poller::Poller::new(bot, config.clone(), client, settings, metrics.clone());
     let supervisor = tokio::spawn(supervise(config, poller, leadership, notices_tx, metrics));
     BotHandle {
-        tasks: vec![supervisor, notifier],
+        tasks: vec![supervisor, notifier, alerter],
     }
 }
 

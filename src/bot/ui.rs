@@ -30,6 +30,11 @@ impl Lang {
         if code == "en" { Lang::En } else { Lang::Ru }
     }
 
+    /// [`Lang::pick`] as an owned string.
+    pub fn pick_owned(self, ru: &'static str, en: &'static str) -> String {
+        self.pick(ru, en).to_owned()
+    }
+
     pub(crate) fn pick(self, ru: &'static str, en: &'static str) -> &'static str {
         match self {
             Lang::Ru => ru,
@@ -383,6 +388,23 @@ pub fn usage(lang: Lang, s: &NodeStats) -> String {
         Lang::Ru => write!(text, "\nСервер работает: {host}\nДемон работает: {daemon}"),
         Lang::En => write!(text, "\nUptime: {host} (daemon {daemon})"),
     };
+    if let Some(traffic) = &s.traffic {
+        let title = lang.pick("Трафик за месяц", "Traffic this month");
+        let reset = match lang {
+            Lang::Ru => format!("сброс {}-го числа", traffic.reset_day),
+            Lang::En => format!("resets on day {}", traffic.reset_day),
+        };
+        let _ = write!(text, "\n{title} ({reset}):");
+        for iface in &traffic.interfaces {
+            let _ = write!(
+                text,
+                "\n  {} ↓ {} ↑ {}",
+                iface.name,
+                units.bytes(iface.rx_bytes),
+                units.bytes(iface.tx_bytes)
+            );
+        }
+    }
     // The top three of each list fit a phone line each.
     let cpu: Vec<String> = s
         .top_cpu
@@ -487,8 +509,8 @@ pub fn toast_expired(lang: Lang) -> &'static str {
 /// `/help` and the answer to anything the bot does not understand.
 pub fn help(lang: Lang) -> String {
     lang.pick(
-        "Constella — управление сетью серверов.\n\n/start — список узлов\n/invite [ttl] — ссылка для подключения нового узла (по умолчанию 15m, максимум 24h)\n/chat_invite — одноразовый код для регистрации в PQ4-чате\n/audit — последние записи журнала аудита (только владелец)\n/web — ссылка для входа в веб-панель\n/lang en — English",
-        "Constella — control of your server network.\n\n/start — node list\n/invite [ttl] — a join link for a new node (default 15m, at most 24h)\n/chat_invite — a one-time code to register a PQ4 chat account\n/audit — the latest audit-log entries (owner only)\n/web — a login link for the web panel\n/lang ru — по-русски",
+        "Constella — управление сетью серверов.\n\n/start — список узлов\n/invite [ttl] — ссылка для подключения нового узла (по умолчанию 15m, максимум 24h)\n/chat_invite — одноразовый код для регистрации в PQ4-чате\n/audit — последние записи журнала аудита (только владелец)\n/alerts — пороги оповещений; /alerts cpu 90 — изменить (только владелец)\n/overview [1h|24h|7d] — график всех узлов\n/services УЗЕЛ — службы systemd узла\n/web — ссылка для входа в веб-панель\n/lang en — English",
+        "Constella — control of your server network.\n\n/start — node list\n/invite [ttl] — a join link for a new node (default 15m, at most 24h)\n/chat_invite — a one-time code to register a PQ4 chat account\n/audit — the latest audit-log entries (owner only)\n/alerts — alert thresholds; /alerts cpu 90 — change one (owner only)\n/overview [1h|24h|7d] — a chart of every node\n/services NODE — a node's systemd units\n/web — a login link for the web panel\n/lang ru — по-русски",
     )
     .to_owned()
 }
@@ -570,11 +592,112 @@ pub fn chat_invite_usage(lang: Lang) -> String {
     .to_owned()
 }
 
+pub fn services_usage(lang: Lang) -> String {
+    lang.pick(
+        "Использование: /services УЗЕЛ — службы узла; /restart УЗЕЛ СЛУЖБА — перезапустить (с подтверждением).",
+        "Usage: /services NODE — the node's units; /restart NODE UNIT — restart one (confirmed).",
+    )
+    .to_owned()
+}
+
 pub fn chat_invite_failed(lang: Lang, error: &anyhow::Error) -> String {
     match lang {
         Lang::Ru => format!("Не удалось выдать код: {error:#}"),
         Lang::En => format!("Cannot issue an invite: {error:#}"),
     }
+}
+
+pub fn restart_confirm(lang: Lang, node: &str, unit: &str) -> String {
+    match lang {
+        Lang::Ru => format!(
+            "Перезапустить {unit} на {node}? Чтобы подтвердить, отправьте:\n/restart {node} {unit} да"
+        ),
+        Lang::En => {
+            format!("Restart {unit} on {node}? To confirm, send:\n/restart {node} {unit} yes")
+        }
+    }
+}
+
+/// `/services NODE`: each watched unit with its state.
+pub fn services(
+    lang: Lang,
+    answer: &constella_behaviours::rpc::ServicesAnswer,
+    restarted: bool,
+) -> String {
+    let mut out = match (lang, restarted) {
+        (Lang::Ru, true) => format!("Перезапущено на {}.\n", answer.node),
+        (Lang::En, true) => format!("Restarted on {}.\n", answer.node),
+        (Lang::Ru, false) => format!("Службы {}:\n", answer.node),
+        (Lang::En, false) => format!("Units of {}:\n", answer.node),
+    };
+    if !answer.systemd {
+        out.push_str(lang.pick(
+            "systemd на узле недоступен.\n",
+            "systemd is not reachable on the node.\n",
+        ));
+    }
+    if answer.units.is_empty() {
+        out.push_str(lang.pick("Нет отслеживаемых служб.", "No watched units."));
+    }
+    for unit in &answer.units {
+        let mark = match unit.active_state.as_str() {
+            "active" => "🟢",
+            "failed" => "🔴",
+            "" => "⚪",
+            _ => "🟡",
+        };
+        out.push_str(&format!(
+            "{mark} {} — {} ({})\n",
+            unit.unit, unit.active_state, unit.sub_state
+        ));
+    }
+    out
+}
+
+pub fn alerts_usage(lang: Lang) -> String {
+    lang.pick(
+        "Использование: /alerts — пороги; /alerts cpu|ram|disk 1..100|off — изменить порог для всей сети.",
+        "Usage: /alerts — the thresholds; /alerts cpu|ram|disk 1..100|off — set one for the whole network.",
+    )
+    .to_owned()
+}
+
+/// `/alerts`: each rule's threshold and the episodes still open.
+pub fn alerts(lang: Lang, state: &constella_behaviours::alerts::AlertState) -> String {
+    use constella_behaviours::alerts::Rule;
+    let mut out = lang
+        .pick("Пороги оповещений:\n", "Alert thresholds:\n")
+        .to_owned();
+    for rule in Rule::ALL {
+        let percent = state.percent(rule);
+        let value = if percent == 0 {
+            lang.pick("выкл.", "off").to_owned()
+        } else {
+            format!("{percent} %")
+        };
+        let hold = match (rule.default_hold_secs(), lang) {
+            (0, _) => String::new(),
+            (secs, Lang::Ru) => format!(" (дольше {} мин)", secs / 60),
+            (secs, Lang::En) => format!(" (for {} min)", secs / 60),
+        };
+        out.push_str(&format!("{}: {value}{hold}\n", rule.as_str()));
+    }
+    let open: Vec<_> = state.episodes.values().filter(|e| e.is_open()).collect();
+    if open.is_empty() {
+        out.push_str(lang.pick("Открытых оповещений нет.", "No open alerts."));
+    } else {
+        out.push_str(lang.pick("Открыты:\n", "Open:\n"));
+        for e in open {
+            out.push_str(&format!(
+                "🔴 {}: {} {} % > {} %\n",
+                e.node_name,
+                e.rule.as_str(),
+                e.value,
+                e.threshold
+            ));
+        }
+    }
+    out
 }
 
 pub fn lang_usage() -> String {
@@ -803,6 +926,7 @@ mod tests {
             daemon_rss_bytes: 15 << 20,
             top_cpu: vec![],
             top_memory: vec![],
+            traffic: None,
         };
         let mut busy = stats.clone();
         busy.top_cpu = vec![crate::stats::ProcessUsage {

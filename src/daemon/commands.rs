@@ -107,6 +107,16 @@ impl EventLoop {
                     .docker(&mut self.swarm, &self.core, &target, request, reply);
             }
             Command::ContainerAlert(alert) => self.rpc.alert(&mut self.swarm, &self.core, alert),
+            Command::Services {
+                target,
+                request,
+                by,
+                reply,
+            } => {
+                let (swarm, core) = (&mut self.swarm, &self.core);
+                self.rpc
+                    .services(swarm, core, &target, (request, by), reply);
+            }
             Command::BotToken { target, reply } => {
                 self.rpc
                     .bot_token(&mut self.swarm, &self.core, &target, reply);

@@ -33,6 +33,7 @@ use constella_behaviours::node::LeaveOutcome;
 use constella_behaviours::rpc::{
     ContainerAlert, DockerAnswer, DockerError, DockerRequest, History, Requester, SecretToken,
 };
+use constella_behaviours::rpc::{ServicesAnswer, ServicesRequest};
 use constella_behaviours::settings::NetworkSettings;
 use constella_behaviours::{Behaviour, NetworkSecret};
 use tokio::sync::{mpsc, oneshot};
@@ -97,6 +98,13 @@ pub enum Command {
     },
     /// A container alert of this node, for the leader's bot.
     ContainerAlert(ContainerAlert),
+    /// A request about a node's watched systemd units, made for `by`.
+    Services {
+        target: String,
+        request: ServicesRequest,
+        by: Requester,
+        reply: oneshot::Sender<Result<ServicesAnswer, String>>,
+    },
     /// The bot token of another member (`GetBotToken`).
     BotToken {
         target: String,
@@ -228,6 +236,24 @@ impl Client {
         .map_err(|error| DockerError::Unreachable(error.to_string()))?
     }
 
+    /// A request about `target`'s watched systemd units (a server name or node id), made for
+    /// `by`: the target checks `by`'s role itself. The error is one line.
+    pub async fn services(
+        &self,
+        target: &str,
+        request: ServicesRequest,
+        by: Requester,
+    ) -> Result<ServicesAnswer, String> {
+        self.ask(|reply| Command::Services {
+            target: target.to_owned(),
+            request,
+            by,
+            reply,
+        })
+        .await
+        .map_err(|error| error.to_string())?
+    }
+
     /// The bot token `target` (another member) holds, fetched over the members-only RPC.
     pub async fn bot_token_of(&self, target: &str) -> Result<Option<SecretToken>, ClientError> {
         self.ask(|reply| Command::BotToken {
@@ -323,6 +349,7 @@ pub fn start(
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (written_tx, written_rx) = mpsc::unbounded_channel();
     let history = crate::monitor::HistoryReader::new(crate::monitor::history_dir(state_dir.path()));
+    let services = crate::services::Services::new(state_dir.path(), &state.node.name);
     let store = store::Store::spawn(state_dir, written_tx).context("cannot start the store")?;
     let rpc = rpc::Rpc::new(
         reboot,
@@ -333,7 +360,8 @@ pub fn start(
         signals.bot_token.clone(),
         signals.audit.clone(),
     )
-    .with_history(history);
+    .with_history(history)
+    .with_services(services);
     let event_loop = event_loop::EventLoop::new(
         swarm,
         commands_rx,

@@ -37,8 +37,10 @@ use crate::audit::{AuditEvent, AuditKind, AuditLog};
 use crate::docker::Engine;
 use crate::monitor::{self, HistoryReader};
 use crate::reboot::RebootAction;
+use crate::services::Services;
 use crate::state::StoredSecret;
 use crate::stats::{self, NodeStats, RebootAccepted};
+use constella_behaviours::rpc::{ServicesAnswer, ServicesRequest};
 
 /// Most calls this node waits on at once; more are refused rather than queued without bound.
 const MAX_PENDING: usize = 64;
@@ -75,6 +77,8 @@ pub(super) enum Reply {
     },
     /// A `GetHistory` for [`Client::history`](super::Client::history).
     History(oneshot::Sender<Result<History, ClientError>>),
+    /// A `Services` for [`Client::services`](super::Client::services).
+    Services(oneshot::Sender<Result<ServicesAnswer, String>>),
 }
 
 impl Reply {
@@ -88,6 +92,7 @@ impl Reply {
             Reply::Noted => debug!(%error, "a container alert did not reach the leader"),
             Reply::BotToken { reply, .. } => drop(reply.send(Err(error))),
             Reply::History(tx) => drop(tx.send(Err(error))),
+            Reply::Services(tx) => drop(tx.send(Err(error.to_string()))),
         }
     }
 
@@ -100,6 +105,7 @@ impl Reply {
             (Reply::Docker(tx), RpcAnswer::Docker(result)) => drop(tx.send(result)),
             (Reply::Noted, RpcAnswer::Noted) => {}
             (Reply::History(tx), RpcAnswer::History(history)) => drop(tx.send(Ok(history))),
+            (Reply::Services(tx), RpcAnswer::Services(result)) => drop(tx.send(result)),
             (reply, _) => reply.fail(ClientError::BadAnswer {
                 node: name.to_owned(),
                 problem: "gave an answer of the wrong kind".to_owned(),
@@ -201,6 +207,8 @@ pub(super) struct Rpc {
     audit: Option<AuditLog>,
     /// This node's metric history, for `GetHistory` (none in a node built without it).
     history: Option<HistoryReader>,
+    /// This node's watched systemd units.
+    services: Option<Services>,
 }
 
 impl Rpc {
@@ -230,6 +238,57 @@ impl Rpc {
             bot_token,
             audit,
             history: None,
+            services: None,
+        }
+    }
+
+    /// Answers `Services` for this node's watched systemd units.
+    pub(super) fn with_services(mut self, services: Services) -> Self {
+        self.services = Some(services);
+        self
+    }
+
+    /// The services answer of this node, off the event loop.
+    fn services_job(
+        &self,
+        request: ServicesRequest,
+    ) -> impl std::future::Future<Output = Result<ServicesAnswer, String>> + Send + 'static {
+        let services = self.services.clone();
+        async move {
+            match services {
+                Some(services) => services.answer(request).await,
+                None => Err("this node does not watch systemd units".to_owned()),
+            }
+        }
+    }
+
+    /// A request about `target`'s watched systemd units, made for `by`.
+    pub(super) fn services(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        core: &Node,
+        target: &str,
+        (request, by): (ServicesRequest, Requester),
+        reply: oneshot::Sender<Result<ServicesAnswer, String>>,
+    ) {
+        match resolve(core, target) {
+            Err(error) => drop(reply.send(Err(error.to_string()))),
+            Ok(Target::Local) => {
+                if let Err(refusal) =
+                    self.permitted(core, &by, access::services_action(&request), "this node")
+                {
+                    drop(reply.send(Err(refusal.to_string())));
+                    return;
+                }
+                let job = self.services_job(request);
+                tokio::spawn(async move {
+                    let _ = reply.send(job.await);
+                });
+            }
+            Ok(Target::Remote { id, name }) => {
+                let request = RpcRequest::Services { request, by };
+                self.call(swarm, core, id, name, request, Reply::Services(reply));
+            }
         }
     }
 
@@ -672,6 +731,22 @@ impl Rpc {
                     }
                 });
             }
+            RpcRequest::Services { request, by } => {
+                let via = format!("node {caller} ({peer})");
+                let action = access::services_action(&request);
+                if let Err(refusal) = self.permitted(core, &by, action, &via) {
+                    warn!(%caller, requester = by.describe(), %refusal, "services request refused");
+                    respond(swarm, peer, channel, Err(refusal));
+                    return Followup::None;
+                }
+                debug!(%caller, requester = by.describe(), ?request, "services request");
+                let job = self.services_job(request);
+                self.answer_later(
+                    peer,
+                    channel,
+                    async move { Ok(RpcAnswer::Services(job.await)) },
+                );
+            }
             RpcRequest::GetBotToken => {
                 // Members only (checked above); the answer is never logged.
                 let answer = match self.local_token() {
@@ -762,6 +837,7 @@ impl Rpc {
             node_id: core.local().id.to_base58(),
             started: self.started,
             permits: Arc::clone(&self.measuring),
+            history_dir: self.history.as_ref().map(|h| h.dir().to_owned()),
         }
     }
 
@@ -991,6 +1067,8 @@ struct MeasureJob {
     node_id: String,
     started: Instant,
     permits: Arc<Semaphore>,
+    /// Where the monthly traffic totals are (the history's directory).
+    history_dir: Option<std::path::PathBuf>,
 }
 
 impl MeasureJob {
@@ -1000,13 +1078,16 @@ impl MeasureJob {
             node_id,
             started,
             permits,
+            history_dir,
         } = self;
         let _permit = permits
             .acquire_owned()
             .await
             .map_err(|_| "the node is shutting down".to_owned())?;
-        tokio::task::spawn_blocking(move || stats::collect(&name, &node_id, started))
-            .await
-            .map_err(|error| format!("the measurement failed: {error}"))?
+        tokio::task::spawn_blocking(move || {
+            stats::collect(&name, &node_id, started, history_dir.as_deref())
+        })
+        .await
+        .map_err(|error| format!("the measurement failed: {error}"))?
     }
 }

@@ -73,6 +73,37 @@ pub struct Signals {
     pub bot_token: watch::Receiver<Option<StoredSecret>>,
     /// The audit log, for what the node does for other members (see [`Signals::with_audit`]).
     pub audit: Option<AuditLog>,
+    /// libp2p's own metrics (connections, gossipsub, identify, kad, ping), for `/metrics`.
+    pub libp2p_metrics: Option<Libp2pMetrics>,
+}
+
+/// The recorder of libp2p's metrics (shared with `/metrics` through its registry).
+#[derive(Clone)]
+pub struct Libp2pMetrics(pub Arc<libp2p::metrics::Metrics>);
+
+impl std::fmt::Debug for Libp2pMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Libp2pMetrics")
+    }
+}
+
+/// Records a swarm event, and the behaviour events libp2p has metrics for, in `metrics`.
+pub fn record_libp2p(
+    metrics: &libp2p::metrics::Metrics,
+    event: &libp2p::swarm::SwarmEvent<constella_behaviours::BehaviourEvent>,
+) {
+    use constella_behaviours::BehaviourEvent;
+    use libp2p::metrics::Recorder;
+    metrics.record(event);
+    if let libp2p::swarm::SwarmEvent::Behaviour(behaviour) = event {
+        match behaviour {
+            BehaviourEvent::Gossipsub(e) => metrics.record(e),
+            BehaviourEvent::Identify(e) => metrics.record(e),
+            BehaviourEvent::Kad(e) => metrics.record(e),
+            BehaviourEvent::Ping(e) => metrics.record(e),
+            _ => {}
+        }
+    }
 }
 
 /// The receiving ends, for the bot.
@@ -115,6 +146,13 @@ impl Signals {
         self
     }
 
+    /// These signals with libp2p's metrics recorded into `metrics` (`run --metrics-addr`).
+    #[must_use]
+    pub fn with_libp2p_metrics(mut self, metrics: Arc<libp2p::metrics::Metrics>) -> Self {
+        self.libp2p_metrics = Some(Libp2pMetrics(metrics));
+        self
+    }
+
     /// New channels: the event loop's senders and the bot's receivers.
     pub fn new(settings: NetworkSettings, bot: Arc<BotMetrics>) -> (Self, Watchers) {
         let (leadership_tx, leadership_rx) = watch::channel(Leadership::default());
@@ -128,6 +166,7 @@ impl Signals {
                 bot,
                 bot_token: watch::channel(None).1,
                 audit: None,
+                libp2p_metrics: None,
             },
             Watchers {
                 leadership: leadership_rx,

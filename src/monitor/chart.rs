@@ -216,6 +216,83 @@ pub fn render(
     encode_png(&rgb)
 }
 
+/// Colours of the overview's nodes, in turn.
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+/// Most nodes one overview draws (one line each per panel).
+pub const MAX_OVERVIEW_NODES: usize = PALETTE.len();
+
+/// One node of the overview: its history, its RAM in percent, its colour.
+type OverviewNode<'a> = (&'a History, &'a Vec<(u64, f64)>, RGBColor);
+
+/// RAM used as a percent of installed, at the times both were sampled.
+fn ram_percent(history: &History) -> Vec<(u64, f64)> {
+    let totals: std::collections::BTreeMap<u64, f64> =
+        points(history, "ram_total_bytes").iter().copied().collect();
+    points(history, "ram_used_bytes")
+        .iter()
+        .filter_map(|&(t, used)| {
+            let total = *totals.get(&t)?;
+            (total > 0.0).then_some((t, used * 100.0 / total))
+        })
+        .collect()
+}
+
+/// The overview PNG: CPU, RAM and disk `/` of every node in `histories` (at most
+/// [`MAX_OVERVIEW_NODES`], one colour each) over `[now - range_secs, now]`, in percent.
+pub fn render_overview(
+    histories: &[History],
+    heading: &str,
+    titles: Titles,
+    range_secs: u64,
+    now: u64,
+) -> Result<Vec<u8>, String> {
+    register_font()?;
+    let span = (now.saturating_sub(range_secs), now.max(1));
+    let rams: Vec<Vec<(u64, f64)>> = histories.iter().map(ram_percent).collect();
+    let nodes: Vec<OverviewNode<'_>> = histories
+        .iter()
+        .zip(&rams)
+        .zip(PALETTE)
+        .map(|((h, r), c)| (h, r, c))
+        .collect();
+    let mut rgb = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (WIDTH, HEIGHT)).into_drawing_area();
+        let fail = |e: &dyn std::fmt::Display| format!("cannot draw the chart: {e}");
+        root.fill(&WHITE).map_err(|e| fail(&e))?;
+        let root = root
+            .titled(heading, (FONT_NAME, 28))
+            .map_err(|e| fail(&e))?;
+        let panels = root.split_evenly((3, 1));
+        let cpu: Vec<Line<'_>> = nodes
+            .iter()
+            .map(|(h, _, c)| (h.name.as_str(), points(h, "cpu_percent"), *c))
+            .collect();
+        panel(&panels[0], titles.cpu, "%", &cpu, 1.0, Some(100.0), span)?;
+        let ram: Vec<Line<'_>> = nodes
+            .iter()
+            .map(|(h, r, c)| (h.name.as_str(), r.as_slice(), *c))
+            .collect();
+        panel(&panels[1], titles.ram, "%", &ram, 1.0, Some(100.0), span)?;
+        let disk: Vec<Line<'_>> = nodes
+            .iter()
+            .map(|(h, _, c)| (h.name.as_str(), points(h, "disk_used_percent:/"), *c))
+            .collect();
+        panel(&panels[2], titles.disk, "%", &disk, 1.0, Some(100.0), span)?;
+        root.present().map_err(|e| fail(&e))?;
+    }
+    encode_png(&rgb)
+}
+
 fn encode_png(rgb: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let mut encoder = png::Encoder::new(&mut out, WIDTH, HEIGHT);

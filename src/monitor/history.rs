@@ -73,6 +73,9 @@ pub enum HistoryError {
     },
     #[error("{path} is not a history file of this format; move it away")]
     Foreign { path: PathBuf },
+    /// The monthly traffic totals could not be written.
+    #[error("{0}")]
+    Traffic(String),
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> HistoryError + '_ {
@@ -233,6 +236,11 @@ pub struct HistoryReader {
 impl HistoryReader {
     pub fn new(dir: PathBuf) -> Self {
         Self { dir }
+    }
+
+    /// The history's directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// The tier a range is read from: the fine one while it covers the range.

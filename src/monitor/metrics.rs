@@ -110,12 +110,15 @@ async fn answer(
         ("GET", "/metrics") => {
             let count = scrapes.fetch_add(1, Ordering::Relaxed) + 1;
             let status = client.status().await.ok();
-            let body = render(
+            let mut body = render(
                 monitor.snapshot().as_ref(),
                 status.as_ref(),
                 bot.snapshot(),
                 count,
             );
+            if let Some(registry) = &monitor.libp2p {
+                append_registry(&mut body, registry);
+            }
             ("200 OK", CONTENT_TYPE, body)
         }
         ("GET", _) => (
@@ -135,6 +138,23 @@ async fn answer(
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// Appends the families of `registry` (libp2p's) to a rendered exposition: one `# EOF`, at
+/// the end, as the format requires.
+fn append_registry(body: &mut String, registry: &std::sync::Mutex<Registry>) {
+    let mut extra = String::new();
+    let encoded = match registry.lock() {
+        Ok(registry) => encode(&mut extra, &registry),
+        Err(_) => return,
+    };
+    if encoded.is_err() {
+        return;
+    }
+    if let Some(stripped) = body.strip_suffix("# EOF\n") {
+        body.truncate(stripped.len());
+        body.push_str(&extra);
+    }
 }
 
 /// The label a per-interface or per-mount series carries.

@@ -3,11 +3,13 @@
 //! them ([`answer_history`]), and may serve its figures to Prometheus ([`metrics`]).
 //! docs/monitoring.md describes what is kept and for how long.
 
+pub mod alerts;
 pub mod chart;
 pub mod history;
 pub mod metrics;
 pub mod sample;
 pub mod text;
+pub mod traffic;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,29 +52,48 @@ pub fn history_dir(state_dir: &Path) -> PathBuf {
 pub struct Monitor {
     /// The latest round of figures; `None` until the first round, or with sampling off.
     pub latest: Latest,
+    /// libp2p's own metrics, recorded by the event loop (only with `--metrics-addr`).
+    pub libp2p: Option<Arc<std::sync::Mutex<prometheus_client::registry::Registry>>>,
 }
 
 impl Monitor {
     /// Starts sampling into `STATE_DIR/history`, or nothing if `enabled` is false.
-    pub fn start(state_dir: &Path, enabled: bool) -> anyhow::Result<Self> {
+    /// Traffic totals start again on `traffic_reset_day` of each month.
+    pub fn start(state_dir: &Path, enabled: bool, traffic_reset_day: u8) -> anyhow::Result<Self> {
         let monitor = Self::default();
         if !enabled {
             tracing::info!("metric sampling is off (--no-sampling)");
             return Ok(monitor);
         }
-        let interval = std::env::var(TEST_INTERVAL_ENV)
-            .ok()
-            .and_then(|ms| ms.parse().ok())
-            .map_or(SAMPLE_INTERVAL, Duration::from_millis);
+        let interval = sample_interval();
         let writer = history::HistoryWriter::open(history_dir(state_dir))?;
-        sample::spawn(writer, interval, Arc::clone(&monitor.latest)).map_err(anyhow::Error::msg)?;
+        let traffic = traffic::Counter::open(&history_dir(state_dir), traffic_reset_day);
+        sample::spawn(writer, traffic, interval, Arc::clone(&monitor.latest))
+            .map_err(anyhow::Error::msg)?;
         Ok(monitor)
+    }
+
+    /// Registers libp2p's own metrics for `/metrics`; the returned recorder goes to the event
+    /// loop, which records every swarm event (and the gossipsub, identify, kad and ping ones).
+    pub fn with_libp2p_metrics(&mut self) -> Arc<libp2p::metrics::Metrics> {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let recorder = Arc::new(libp2p::metrics::Metrics::new(&mut registry));
+        self.libp2p = Some(Arc::new(std::sync::Mutex::new(registry)));
+        recorder
     }
 
     /// A copy of the latest round.
     pub fn snapshot(&self) -> Option<Snapshot> {
         self.latest.read().ok().and_then(|s| s.clone())
     }
+}
+
+/// How often the sampler runs: [`SAMPLE_INTERVAL`], or the test knob's interval.
+pub fn sample_interval() -> Duration {
+    std::env::var(TEST_INTERVAL_ENV)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(SAMPLE_INTERVAL, Duration::from_millis)
 }
 
 /// A `--history` range such as `1h`, `24h`, `7d` (at most 30 days), in seconds.

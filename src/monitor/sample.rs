@@ -25,6 +25,8 @@ const VIRTUAL_PREFIXES: &[&str] = &["lo", "veth", "docker", "br-", "virbr", "cni
 pub struct Snapshot {
     pub time: u64,
     pub values: BTreeMap<String, f64>,
+    /// Bytes received and sent per real interface since the round before.
+    pub traffic: Vec<(String, u64, u64)>,
 }
 
 /// The latest snapshot, shared with `/metrics` and the alert rules.
@@ -106,10 +108,12 @@ impl Probe {
             .fold((0u64, 0u64), |(r, t), i| (r + i.1, t + i.2));
         put("net_rx_bytes_per_sec".into(), rx as f64 / elapsed);
         put("net_tx_bytes_per_sec".into(), tx as f64 / elapsed);
+        let mut traffic = Vec::new();
         for (name, rx, tx) in interfaces.into_iter().take(MAX_INTERFACES) {
             let name = name.to_string_lossy();
             put(format!("net_rx_bytes_per_sec:{name}"), rx as f64 / elapsed);
             put(format!("net_tx_bytes_per_sec:{name}"), tx as f64 / elapsed);
+            traffic.push((name.into_owned(), rx, tx));
         }
         for disk in crate::stats::disk_usage(&self.disks)
             .into_iter()
@@ -122,7 +126,11 @@ impl Probe {
                 disk.used_bytes as f64,
             );
         }
-        Snapshot { time, values }
+        Snapshot {
+            time,
+            values,
+            traffic,
+        }
     }
 }
 
@@ -134,7 +142,12 @@ fn unix_now() -> Duration {
 
 /// Starts the sampler thread: a round every `interval`, aligned to multiples of it on the wall
 /// clock so each 10-second slot gets one sample.
-pub fn spawn(mut writer: HistoryWriter, interval: Duration, latest: Latest) -> Result<(), String> {
+pub fn spawn(
+    mut writer: HistoryWriter,
+    mut traffic: super::traffic::Counter,
+    interval: Duration,
+    latest: Latest,
+) -> Result<(), String> {
     let mut probe = Probe::new()?;
     let interval_ms = interval.as_millis().max(1);
     std::thread::Builder::new()
@@ -150,6 +163,11 @@ pub fn spawn(mut writer: HistoryWriter, interval: Duration, latest: Latest) -> R
                 for (metric, value) in &snapshot.values {
                     result = result.and(writer.record(metric, snapshot.time, *value));
                 }
+                result = result.and(
+                    traffic
+                        .add(snapshot.time, &snapshot.traffic)
+                        .map_err(super::history::HistoryError::Traffic),
+                );
                 // One warning per failing episode (a full disk would otherwise log every 10 s).
                 match result {
                     Err(error) if !failing => {
