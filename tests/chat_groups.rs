@@ -555,7 +555,7 @@ fn a_group_record_moves_to_new_holders_when_its_holders_die() {
                     cluster
                         .node(n)
                         .log_text()
-                        .matches("group records handed off")
+                        .matches("pq4 records handed off")
                         .count()
                 })
                 .sum()
@@ -573,8 +573,7 @@ fn a_group_record_moves_to_new_holders_when_its_holders_die() {
             common::wait_for(Duration::from_secs(60), "a group hand-off", || {
                 (handoffs(&cluster) > mark).then_some(())
             });
-            // The account and mailbox hand-off runs on the same 5 s beat.
-            std::thread::sleep(Duration::from_secs(1));
+            // One pass hands off accounts, mailboxes and groups, and logs once it is done.
         }
     }
     // Only the outsider is left: it still has the group (a change needs the held version).
