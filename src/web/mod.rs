@@ -731,22 +731,32 @@ fn charts(
     ]
 }
 
+/// The confirmation step of `what` on the node `name`, for a role that may do it.
+async fn confirm_page(
+    inner: &Inner,
+    authed: &Authed,
+    name: &str,
+    what: pages::Confirm,
+) -> Response {
+    let action = match what {
+        pages::Confirm::Reboot => Action::Reboot,
+        pages::Confirm::Remove => Action::Remove,
+    };
+    if !authed.rank.allows(action) {
+        return not_allowed(inner, authed, action);
+    }
+    match find_member(inner, authed, name).await {
+        Ok(peer) => html(pages::confirm(&frame(inner, authed), &peer.name, what)),
+        Err(response) => response,
+    }
+}
+
 async fn reboot_confirm(
     State(inner): State<Arc<Inner>>,
     UrlPath(name): UrlPath<String>,
     authed: Authed,
 ) -> Response {
-    if !authed.rank.allows(Action::Reboot) {
-        return not_allowed(&inner, &authed, Action::Reboot);
-    }
-    match find_member(&inner, &authed, &name).await {
-        Ok(peer) => html(pages::confirm(
-            &frame(&inner, &authed),
-            &peer.name,
-            pages::Confirm::Reboot,
-        )),
-        Err(response) => response,
-    }
+    confirm_page(&inner, &authed, &name, pages::Confirm::Reboot).await
 }
 
 async fn reboot(
@@ -822,17 +832,7 @@ async fn remove_confirm(
     UrlPath(name): UrlPath<String>,
     authed: Authed,
 ) -> Response {
-    if !authed.rank.allows(Action::Remove) {
-        return not_allowed(&inner, &authed, Action::Remove);
-    }
-    match find_member(&inner, &authed, &name).await {
-        Ok(peer) => html(pages::confirm(
-            &frame(&inner, &authed),
-            &peer.name,
-            pages::Confirm::Remove,
-        )),
-        Err(response) => response,
-    }
+    confirm_page(&inner, &authed, &name, pages::Confirm::Remove).await
 }
 
 async fn remove(
