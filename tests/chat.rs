@@ -8,13 +8,13 @@ use std::process::Output;
 use std::time::Duration;
 
 use ciborium::Value as Cbor;
+use common::chat::{PASSWORD, chat_env, chat_ok, register};
 use common::{Cluster, Node, agreed_leader, keys_by_peer_id, output_text, wait_for};
 use serde_json::Value;
 
 // Generous: the tests of this file run in parallel, each with its own 3-4 nodes and Argon2id
 // (64 MiB) per command, on a small shared machine.
 const AGREE: Duration = Duration::from_secs(60);
-const PASSWORD: &str = "correct horse battery";
 
 fn three_nodes() -> Cluster {
     let cluster = Cluster::start(
@@ -30,18 +30,6 @@ fn three_nodes() -> Cluster {
 /// `constella chat ARGS --home HOME --password-stdin` on `node` with the password on stdin.
 fn chat(node: &Node, home: &Path, password: &str, args: &[&str]) -> Output {
     chat_env(node, home, password, args, &[])
-}
-
-fn chat_env(
-    node: &Node,
-    home: &Path,
-    password: &str,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> Output {
-    let mut all = vec!["chat", "--home", home.to_str().unwrap(), "--password-stdin"];
-    all.extend_from_slice(args);
-    node.cli_with(&all, env, Some(&format!("{password}\n")))
 }
 
 /// One request straight to a node's `pq4.sock` (CBOR frame), its answer as a CBOR value.
@@ -97,37 +85,8 @@ fn variant(answer: &Cbor) -> String {
     }
 }
 
-fn chat_ok(node: &Node, home: &Path, args: &[&str]) -> String {
-    let out = chat(node, home, PASSWORD, args);
-    assert!(
-        out.status.success(),
-        "{} chat {args:?} failed: {}",
-        node.name,
-        output_text(&out)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn invite(node: &Node) -> String {
     node.ok(&["chat", "invite"]).trim().to_owned()
-}
-
-fn register(node: &Node, home: &Path, name: &str) {
-    let code = invite(node);
-    let email = format!("{name}@example.org");
-    chat_ok(
-        node,
-        home,
-        &[
-            "register",
-            "--username",
-            name,
-            "--email",
-            &email,
-            "--invite",
-            &code,
-        ],
-    );
 }
 
 /// Messages read now, as (from, text, flagged).
