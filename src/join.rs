@@ -30,6 +30,12 @@ use crate::validate::{HostPort, ServerName};
 /// How long the whole join may take.
 pub const JOIN_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Connections to the seed tried before a lost one fails the join.
+const JOIN_ATTEMPTS: u32 = 4;
+
+/// The pause before dialling the seed again.
+const RETRY_PAUSE: Duration = Duration::from_millis(300);
+
 /// How long the joiner waits for the seed to take its confirmation (well inside the seed's
 /// 15 s bound).
 const CONFIRM_DEADLINE: Duration = Duration::from_secs(5);
@@ -84,7 +90,9 @@ async fn join_locked(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkStat
         .to_multiaddr()
         .with(Protocol::P2p(plan.link.peer));
     let mut swarm = build_swarm(key.clone(), |_| Ok(join::behaviour(JOIN_DEADLINE)))?;
-    swarm.dial(seed_addr).context("cannot dial the seed")?;
+    swarm
+        .dial(seed_addr.clone())
+        .context("cannot dial the seed")?;
     let request = JoinRequest {
         network_id: plan.link.network_id.clone(),
         token: plan.link.token.clone(),
@@ -99,26 +107,34 @@ async fn join_locked(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkStat
         step: JoinStep::Confirm,
         ..request.clone()
     };
-    let mut request = Some(request);
+    let mut pending = Some(request.clone());
+    let mut attempts = 1;
     let seed = plan.link.seed.to_string();
     let outcome = tokio::time::timeout(JOIN_DEADLINE, async {
         loop {
+            // A connection lost before the seed answered (a seed under a flood of strangers
+            // cuts its oldest idle ones, which a slow joiner can be) is dialled again, a few
+            // times: if the seed never read the token it is still unused; if it did, the
+            // retry is told that a join of this node is in progress.
+            let mut lost = None;
             match swarm.select_next_some().await {
                 // Noise proved this is the pinned PeerId: only now may the token leave.
                 SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == plan.link.peer => {
-                    if let Some(request) = request.take() {
+                    if let Some(request) = pending.take() {
                         swarm.behaviour_mut().send_request(&peer_id, request);
                     }
                 }
-                SwarmEvent::OutgoingConnectionError { error, .. } => {
-                    return Err(match error {
-                        DialError::WrongPeerId { obtained, .. } => anyhow::anyhow!(
-                            "the node at {seed} is {obtained}, not the seed {} named in the link; the token was not sent",
-                            plan.link.peer
-                        ),
-                        other => anyhow::anyhow!("cannot reach the seed at {seed}: {}", dial_error_summary(&other)),
-                    });
-                }
+                SwarmEvent::OutgoingConnectionError { error, .. } => match error {
+                    DialError::WrongPeerId { obtained, .. } => return Err(anyhow::anyhow!(
+                        "the node at {seed} is {obtained}, not the seed {} named in the link; the token was not sent",
+                        plan.link.peer
+                    )),
+                    other => lost = Some(anyhow::anyhow!("cannot reach the seed at {seed}: {}", dial_error_summary(&other))),
+                },
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error: error @ (OutboundFailure::ConnectionClosed | OutboundFailure::Io(_)),
+                    ..
+                }) => lost = Some(anyhow::anyhow!("the join request to {seed} failed: {error}")),
                 SwarmEvent::Behaviour(request_response::Event::Message {
                     message: request_response::Message::Response { response, .. },
                     ..
@@ -133,6 +149,15 @@ async fn join_locked(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkStat
                     });
                 }
                 _ => {}
+            }
+            if let Some(error) = lost {
+                if attempts >= JOIN_ATTEMPTS {
+                    return Err(error);
+                }
+                attempts += 1;
+                tokio::time::sleep(RETRY_PAUSE).await;
+                pending = Some(request.clone());
+                swarm.dial(seed_addr.clone()).context("cannot dial the seed")?;
             }
         }
     })
@@ -185,11 +210,6 @@ async fn join_locked(state_dir: &StateDir, plan: JoinPlan) -> Result<NetworkStat
         state_dir.save_pq4(&pq4)?;
     }
     state_dir.save(&state)?;
-    let seed_addr = plan
-        .link
-        .seed
-        .to_multiaddr()
-        .with(Protocol::P2p(plan.link.peer));
     match confirm(&mut swarm, plan.link.peer, seed_addr, confirmation).await {
         Confirmed::Yes => {}
         Confirmed::Undone(refusal) => {

@@ -26,6 +26,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Reply = oneshot::Sender<Result<Response, String>>;
 
+/// Dials one request may have before its failure is reported.
+const DIALS: u32 = 3;
+
 /// A connection to the messaging service.
 #[derive(Debug)]
 pub struct Link {
@@ -176,14 +179,15 @@ fn dial(addr: Multiaddr) -> Result<mpsc::Sender<(Request, Reply)>> {
     swarm.add_peer_address(peer, addr);
     let (tx, mut rx) = mpsc::channel::<(Request, Reply)>(8);
     tokio::spawn(async move {
-        let mut pending: std::collections::HashMap<OutboundRequestId, Reply> =
+        // Each request with its reply and how many dials it has had.
+        let mut pending: std::collections::HashMap<OutboundRequestId, (Request, Reply, u32)> =
             std::collections::HashMap::new();
         loop {
             tokio::select! {
                 next = rx.recv() => match next {
                     Some((request, reply)) => {
-                        let id = swarm.behaviour_mut().send_request(&peer, request);
-                        pending.insert(id, reply);
+                        let id = swarm.behaviour_mut().send_request(&peer, request.clone());
+                        pending.insert(id, (request, reply, 1));
                     }
                     None => break,
                 },
@@ -192,14 +196,26 @@ fn dial(addr: Multiaddr) -> Result<mpsc::Sender<(Request, Reply)>> {
                         message: request_response::Message::Response { request_id, response },
                         ..
                     }) => {
-                        if let Some(reply) = pending.remove(&request_id) {
+                        if let Some((_, reply, _)) = pending.remove(&request_id) {
                             let _ = reply.send(Ok(response));
+                        }
+                    }
+                    // A dial that failed never reached the member (a busy member can take
+                    // longer than the connect timeout to finish the handshake): try again.
+                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                        request_id,
+                        error: request_response::OutboundFailure::DialFailure,
+                        ..
+                    }) if pending.get(&request_id).is_some_and(|(_, _, dials)| *dials < DIALS) => {
+                        if let Some((request, reply, dials)) = pending.remove(&request_id) {
+                            let id = swarm.behaviour_mut().send_request(&peer, request.clone());
+                            pending.insert(id, (request, reply, dials + 1));
                         }
                     }
                     SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
                         request_id, error, ..
                     }) => {
-                        if let Some(reply) = pending.remove(&request_id) {
+                        if let Some((_, reply, _)) = pending.remove(&request_id) {
                             let _ = reply.send(Err(error.to_string()));
                         }
                     }
@@ -207,7 +223,7 @@ fn dial(addr: Multiaddr) -> Result<mpsc::Sender<(Request, Reply)>> {
                         if peer_id == peer =>
                     {
                         // Answers still owed on the closed connection will not come.
-                        for (_, reply) in pending.drain() {
+                        for (_, (_, reply, _)) in pending.drain() {
                             let _ = reply.send(Err("the member closed the connection".into()));
                         }
                         break;
