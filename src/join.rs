@@ -31,10 +31,10 @@ use crate::validate::{HostPort, ServerName};
 pub const JOIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Connections to the seed tried before a lost one fails the join.
-const JOIN_ATTEMPTS: u32 = 4;
+const JOIN_ATTEMPTS: u32 = 10;
 
 /// The pause before dialling the seed again.
-const RETRY_PAUSE: Duration = Duration::from_millis(300);
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// How long the joiner waits for the seed to take its confirmation (well inside the seed's
 /// 15 s bound).
