@@ -398,3 +398,29 @@ pub(super) async fn alert_set(
     };
     outcome(&inner, &authed, status, title, &text, "/alerts")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_action_is_named_by_the_rest_of_its_path() {
+        assert!(matches!(
+            NodeAction::parse("reboot"),
+            Some(Ok(NodeAction::Reboot))
+        ));
+        assert!(matches!(
+            NodeAction::parse("remove"),
+            Some(Ok(NodeAction::Remove))
+        ));
+        match NodeAction::parse("restart/nginx") {
+            Some(Ok(NodeAction::Restart(unit))) => assert_eq!(unit, "nginx.service"),
+            other => panic!("{other:?}"),
+        }
+        let bad = NodeAction::parse("restart/x;reboot").unwrap().unwrap_err();
+        assert!(bad.contains("invalid unit name"), "{bad}");
+        for none in ["", "other", "reboot/now", "remove/x", "restart"] {
+            assert!(NodeAction::parse(none).is_none(), "{none}");
+        }
+    }
+}

@@ -567,4 +567,45 @@ mod tests {
         let english = node_list_fragment(Lang::En, &peers).into_string();
         assert!(english.contains("alive 2 of 3"), "{english}");
     }
+
+    #[test]
+    fn the_alerts_page_offers_the_form_to_the_owner_alone() {
+        use constella_behaviours::settings::Role;
+        let state = AlertState::default().with_threshold(Rule::Ram, 95);
+        let frame = |rank| Frame {
+            lang: Lang::En,
+            node: "alpha",
+            csrf: Some("c0ffee"),
+            rank: Some(rank),
+        };
+        let owner = alerts(&frame(Rank::Owner), &state).into_string();
+        assert_eq!(
+            owner.matches("action=\"/alerts/set\"").count(),
+            3,
+            "{owner}"
+        );
+        assert!(owner.contains("95 %") && owner.contains("80 %"), "{owner}");
+        for role in [Role::Viewer, Role::Operator] {
+            let page = alerts(&frame(Rank::Granted(role)), &state).into_string();
+            assert!(!page.contains("/alerts/set"), "{page}");
+            assert!(page.contains("95 %"), "{page}");
+        }
+        let confirm = confirm(
+            &frame(Rank::Owner),
+            Confirm::Alert {
+                rule: Rule::Disk,
+                percent: 0,
+                previous: 85,
+            },
+        )
+        .into_string();
+        assert!(
+            confirm.contains("disk threshold of every node in the network: off (now 85 %)"),
+            "{confirm}"
+        );
+        assert!(
+            confirm.contains("name=\"percent\" value=\"0\""),
+            "{confirm}"
+        );
+    }
 }
