@@ -669,6 +669,8 @@ fn roles_in_the_browser_a_viewer_only_looks_an_operator_restarts_and_the_owner_r
     browser.goto(&format!("{base}/node/charlie"));
     assert_eq!(browser.count("#remove"), 0);
     assert_eq!(browser.count("#reboot"), 1);
+    browser.js("document.getElementById('services').scrollIntoView(); return null;");
+    browser.screenshot("node-services.png");
     browser.click("a.restart");
     assert!(browser.url().ends_with(&restart_path), "{}", browser.url());
     browser.screenshot("confirm-restart.png");
@@ -733,6 +735,7 @@ fn roles_in_the_browser_a_viewer_only_looks_an_operator_restarts_and_the_owner_r
     browser.js(
         "document.querySelector(\"tr[data-rule='ram'] input.percent\").value = '95'; return null;",
     );
+    browser.screenshot("owner-alerts.png");
     browser.click("tr[data-rule='ram'] button.set");
     assert!(
         browser.url().contains("/alerts/set?rule=ram&percent=95"),

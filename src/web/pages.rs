@@ -382,7 +382,7 @@ pub fn alerts(frame: &Frame<'_>, state: &AlertState) -> Markup {
             } @else {
                 ul #open-alerts {
                     @for e in open {
-                        li { "🔴 " (e.node_name) ": " (e.rule.as_str()) " " (e.value) " % > " (e.threshold) " %" }
+                        li { span.dot { "●" } " " (e.node_name) ": " (e.rule.as_str()) " " (e.value) " % > " (e.threshold) " %" }
                     }
                 }
             }
