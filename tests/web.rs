@@ -166,12 +166,37 @@ impl Browser {
             .to_string()
     }
 
+    /// The first element matching `css`, waiting up to 10 s for it (a click's navigation may
+    /// still be loading the page that has it).
+    fn wait_element(&self, css: &str) -> fantoccini::elements::Element {
+        self.rt
+            .block_on(
+                self.c()
+                    .wait()
+                    .at_most(Duration::from_secs(10))
+                    .for_element(Locator::Css(css)),
+            )
+            .unwrap_or_else(|e| panic!("no {css} on {}: {e}", self.url()))
+    }
+
     fn click(&self, css: &str) {
-        let element = self
-            .rt
-            .block_on(self.c().find(Locator::Css(css)))
-            .unwrap_or_else(|e| panic!("no {css} on {}: {e}", self.url()));
+        let element = self.wait_element(css);
         self.rt.block_on(element.click()).unwrap();
+    }
+
+    /// The text of `css`, waiting for the element to appear (after a click).
+    fn wait_text(&self, css: &str) -> String {
+        let element = self.wait_element(css);
+        self.rt.block_on(element.text()).unwrap()
+    }
+
+    /// Waits until the page's URL contains `part` (after a click).
+    fn wait_url(&self, part: &str) {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("the URL to contain {part}"),
+            || self.url().contains(part).then_some(()),
+        );
     }
 
     /// The text of the first element matching `css`, if there is one.
@@ -234,7 +259,7 @@ impl Browser {
 
     fn log_out(&self) {
         self.click("form[action='/logout'] button");
-        assert!(self.text("#denied").is_some(), "logged out");
+        self.wait_text("#denied");
     }
 
     /// How many elements match `css`.
@@ -374,14 +399,14 @@ fn the_panel_in_a_browser_logs_in_follows_a_failover_reboots_and_fits_a_phone() 
     );
     browser.screenshot("node.png");
     browser.click("#reboot");
-    assert!(browser.url().ends_with("/node/charlie/reboot"));
+    browser.wait_url("/node/charlie/reboot");
     assert!(
         marker_lines(&root, "charlie").is_empty(),
         "the confirmation page itself does nothing"
     );
     browser.screenshot("confirm.png");
     browser.click("#confirm");
-    let answer = browser.text("#message").unwrap();
+    let answer = browser.wait_text("#message");
     assert!(answer.contains("charlie"), "{answer}");
     let lines = wait_for(Duration::from_secs(10), "charlie's reboot command", || {
         let lines = marker_lines(&root, "charlie");
@@ -395,7 +420,7 @@ fn the_panel_in_a_browser_logs_in_follows_a_failover_reboots_and_fits_a_phone() 
     // An invite through its form: the join line and a QR code.
     browser.goto(&format!("{base}/invite"));
     browser.click("#create");
-    let invite = browser.text("#invite-link").expect("the new join link");
+    let invite = browser.wait_text("#invite-link");
     assert!(
         invite.starts_with("constella join --server-name NAME --join 'join://"),
         "{invite}"
@@ -672,7 +697,7 @@ fn roles_in_the_browser_a_viewer_only_looks_an_operator_restarts_and_the_owner_r
     browser.js("document.getElementById('services').scrollIntoView(); return null;");
     browser.screenshot("node-services.png");
     browser.click("a.restart");
-    assert!(browser.url().ends_with(&restart_path), "{}", browser.url());
+    browser.wait_url(&restart_path);
     browser.screenshot("confirm-restart.png");
     assert_eq!(
         restarts(cluster.node("charlie")),
@@ -680,7 +705,7 @@ fn roles_in_the_browser_a_viewer_only_looks_an_operator_restarts_and_the_owner_r
         "the page itself does nothing"
     );
     browser.click("#confirm");
-    let answer = browser.text("#message").unwrap();
+    let answer = browser.wait_text("#message");
     assert!(
         answer.contains("charlie") && answer.contains(UNIT),
         "{answer}"
@@ -737,18 +762,14 @@ fn roles_in_the_browser_a_viewer_only_looks_an_operator_restarts_and_the_owner_r
     );
     browser.screenshot("owner-alerts.png");
     browser.click("tr[data-rule='ram'] button.set");
-    assert!(
-        browser.url().contains("/alerts/set?rule=ram&percent=95"),
-        "{}",
-        browser.url()
-    );
+    browser.wait_url("/alerts/set?rule=ram&percent=95");
     assert_eq!(
         ram_threshold(alpha),
         90,
         "the confirmation page itself does nothing"
     );
     browser.click("#confirm");
-    assert!(browser.text("#message").unwrap().contains("ram: 95 %"));
+    assert!(browser.wait_text("#message").contains("ram: 95 %"));
     let bravo = cluster.node("bravo");
     wait_for(
         Duration::from_secs(10),
@@ -764,14 +785,14 @@ fn roles_in_the_browser_a_viewer_only_looks_an_operator_restarts_and_the_owner_r
     );
     // A bad threshold is refused by name and changes nothing.
     browser.goto(&format!("{base}/alerts/set?rule=ram&percent=101"));
-    assert!(browser.text("#message").unwrap().contains("101"));
+    assert!(browser.wait_text("#message").contains("101"));
     assert_eq!(ram_threshold(alpha), 95);
 
     browser.goto(&format!("{base}/"));
     browser.js("window.notReloaded = true; return null;");
     browser.goto(&format!("{base}/node/charlie"));
     browser.click("#remove");
-    assert!(browser.url().ends_with("/node/charlie/remove"));
+    browser.wait_url("/node/charlie/remove");
     browser.screenshot("confirm-remove.png");
     assert_eq!(
         alpha.peers().unwrap().len(),
@@ -779,7 +800,7 @@ fn roles_in_the_browser_a_viewer_only_looks_an_operator_restarts_and_the_owner_r
         "the confirmation page itself does nothing"
     );
     browser.click("#confirm");
-    let answer = browser.text("#message").unwrap();
+    let answer = browser.wait_text("#message");
     assert!(answer.contains("charlie"), "{answer}");
     for node in [alpha, bravo] {
         cluster.or_logs(|| {
