@@ -155,6 +155,8 @@ pub enum AuditKind {
     WebLoginRefused,
     /// A web panel session was revoked (`constella web-sessions revoke`).
     WebSessionRevoked,
+    /// A watched systemd unit's restart was asked for through the web panel (and its outcome).
+    ServiceRestartRequested,
 }
 
 impl AuditKind {
@@ -187,6 +189,7 @@ impl AuditKind {
             AuditKind::WebLogin => "web_login",
             AuditKind::WebLoginRefused => "web_login_refused",
             AuditKind::WebSessionRevoked => "web_session_revoked",
+            AuditKind::ServiceRestartRequested => "service_restart_requested",
         }
     }
 }

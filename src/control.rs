@@ -724,32 +724,18 @@ async fn administer(
             percent,
             requested_by,
         } => {
-            let previous = settings.alerts.percent(rule);
-            let change = NetworkSettings {
-                alerts: Box::new(settings.alerts.with_threshold(rule, percent)),
-                ..NetworkSettings::default()
-            };
-            let event = AuditEvent::new(
-                AuditKind::AlertThresholdChanged,
+            let (merged, event) = crate::monitor::alerts::set_threshold(
+                client,
+                &settings.alerts,
+                (rule, percent),
                 caller(Some(&requested_by), uid),
                 VIA_SOCKET,
             )
-            .detail("rule", rule.as_str())
-            .detail("percent", percent)
-            .detail("previous", previous);
-            let merged = client
-                .merge_settings(change)
-                .await
-                .map_err(|error| error.to_string())?;
+            .await
+            .map_err(|error| error.to_string())?;
             audit.append(event).await.map_err(|error| {
                 format!("the threshold was set but could not be audited: {error}")
             })?;
-            tracing::info!(
-                rule = rule.as_str(),
-                percent,
-                previous,
-                "an alert threshold was set"
-            );
             return Ok(Response::Alerts(AlertReport::new(&merged.alerts)));
         }
         AdminRequest::BotTokenSet {

@@ -160,7 +160,7 @@ pub async fn run(
                     client: client.clone(),
                     audit: audit.clone(),
                     settings: watchers.settings.clone(),
-                    leadership: watchers.leadership.clone(),
+                    members: watchers.members.clone(),
                     owner_username: owner_username.clone(),
                     node_name: node_name.clone(),
                     public_host,

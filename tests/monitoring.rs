@@ -499,28 +499,6 @@ mod services {
         std::path::Path::new("/run/systemd/system").is_dir()
     }
 
-    /// A stand-in `systemctl`: answers `--version`, `show` (every unit loaded and running,
-    /// with how often it was restarted) and `restart` (counted in `$STANDIN_DIR`; a unit named
-    /// `missing.service` fails as systemd would).
-    const STANDIN: &str = r#"#!/bin/sh
-case "$1" in
-  --version) echo "systemd 257 (stand-in)";;
-  show) shift; shift; first=1
-    for unit in "$@"; do
-      [ $first = 1 ] || echo; first=0
-      n=$(cat "$STANDIN_DIR/$unit" 2>/dev/null || echo 0)
-      printf 'Id=%s\nLoadState=loaded\nActiveState=active\nSubState=running\nDescription=restarted %s times\n' "$unit" "$n"
-    done;;
-  restart)
-    if [ "$2" = missing.service ]; then
-      echo "Failed to restart missing.service: Unit missing.service not found." >&2; exit 5
-    fi
-    n=$(cat "$STANDIN_DIR/$2" 2>/dev/null || echo 0)
-    echo $((n + 1)) > "$STANDIN_DIR/$2";;
-  *) echo "stand-in: unexpected $*" >&2; exit 1;;
-esac
-"#;
-
     fn services_json(from: &Node, node: &str) -> serde_json::Value {
         let out = from.cli(&["services", node, "--json"]);
         assert!(out.status.success(), "{}", common::output_text(&out));
@@ -553,10 +531,7 @@ esac
                  (CONSTELLA_SYSTEMCTL) proves the path. tests/systemd_hosts.rs restarts a real \
                  unit under systemd."
             );
-            let script = standin_dir.path().join("systemctl");
-            std::fs::write(&script, STANDIN).unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+            common::systemctl_standin(standin_dir.path());
         }
         let script = standin_dir.path().join("systemctl");
         let dir = standin_dir.path().to_owned();

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::fake_telegram::{FakeTelegram, TgUser};
 use common::{Cluster, Node, agreed_leader, free_port, is_root, require_tool, wait_for};
 use fantoccini::Locator;
 use serde_json::json;
@@ -165,12 +166,37 @@ impl Browser {
             .to_string()
     }
 
+    /// The first element matching `css`, waiting up to 10 s for it (a click's navigation may
+    /// still be loading the page that has it).
+    fn wait_element(&self, css: &str) -> fantoccini::elements::Element {
+        self.rt
+            .block_on(
+                self.c()
+                    .wait()
+                    .at_most(Duration::from_secs(10))
+                    .for_element(Locator::Css(css)),
+            )
+            .unwrap_or_else(|e| panic!("no {css} on {}: {e}", self.url()))
+    }
+
     fn click(&self, css: &str) {
-        let element = self
-            .rt
-            .block_on(self.c().find(Locator::Css(css)))
-            .unwrap_or_else(|e| panic!("no {css} on {}: {e}", self.url()));
+        let element = self.wait_element(css);
         self.rt.block_on(element.click()).unwrap();
+    }
+
+    /// The text of `css`, waiting for the element to appear (after a click).
+    fn wait_text(&self, css: &str) -> String {
+        let element = self.wait_element(css);
+        self.rt.block_on(element.text()).unwrap()
+    }
+
+    /// Waits until the page's URL contains `part` (after a click).
+    fn wait_url(&self, part: &str) {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("the URL to contain {part}"),
+            || self.url().contains(part).then_some(()),
+        );
     }
 
     /// The text of the first element matching `css`, if there is one.
@@ -196,6 +222,53 @@ impl Browser {
         let path = self.shots.join(name);
         std::fs::write(&path, png).unwrap();
         path
+    }
+
+    /// The HTTP status of a request the open page makes itself (with its session cookie and
+    /// its own Origin): a form POST with `body`, or a GET when `body` is `None`.
+    fn status(&self, path: &str, body: Option<&str>) -> u64 {
+        let init = match body {
+            Some(body) => format!(
+                "{{method: 'POST', headers: {{'Content-Type': 'application/x-www-form-urlencoded'}}, body: {body:?}}}"
+            ),
+            None => "{}".to_owned(),
+        };
+        self.js(&format!(
+            "return fetch({path:?}, {init}).then(r => r.status);"
+        ))
+        .as_u64()
+        .unwrap()
+    }
+
+    /// The session's CSRF token, from the page's own forms.
+    fn csrf(&self) -> String {
+        self.js("return document.querySelector('input[name=csrf]').value;")
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Uses a one-time link and waits for the node list.
+    fn log_in(&self, link: &str) {
+        self.goto(link);
+        self.click("#login");
+        wait_for(Duration::from_secs(10), "the node list after login", || {
+            (!self.labels().is_empty()).then_some(())
+        });
+    }
+
+    fn log_out(&self) {
+        self.click("form[action='/logout'] button");
+        self.wait_text("#denied");
+    }
+
+    /// How many elements match `css`.
+    fn count(&self, css: &str) -> u64 {
+        self.js(&format!(
+            "return document.querySelectorAll({css:?}).length;"
+        ))
+        .as_u64()
+        .unwrap()
     }
 
     /// The node names and labels the list shows now.
@@ -326,14 +399,14 @@ fn the_panel_in_a_browser_logs_in_follows_a_failover_reboots_and_fits_a_phone() 
     );
     browser.screenshot("node.png");
     browser.click("#reboot");
-    assert!(browser.url().ends_with("/node/charlie/reboot"));
+    browser.wait_url("/node/charlie/reboot");
     assert!(
         marker_lines(&root, "charlie").is_empty(),
         "the confirmation page itself does nothing"
     );
     browser.screenshot("confirm.png");
     browser.click("#confirm");
-    let answer = browser.text("#message").unwrap();
+    let answer = browser.wait_text("#message");
     assert!(answer.contains("charlie"), "{answer}");
     let lines = wait_for(Duration::from_secs(10), "charlie's reboot command", || {
         let lines = marker_lines(&root, "charlie");
@@ -347,7 +420,7 @@ fn the_panel_in_a_browser_logs_in_follows_a_failover_reboots_and_fits_a_phone() 
     // An invite through its form: the join line and a QR code.
     browser.goto(&format!("{base}/invite"));
     browser.click("#create");
-    let invite = browser.text("#invite-link").expect("the new join link");
+    let invite = browser.wait_text("#invite-link");
     assert!(
         invite.starts_with("constella join --server-name NAME --join 'join://"),
         "{invite}"
@@ -365,7 +438,13 @@ fn the_panel_in_a_browser_logs_in_follows_a_failover_reboots_and_fits_a_phone() 
 
     // A phone: 390 px wide, no horizontal scroll on the list, a node page, a confirmation.
     browser.resize(390, 844);
-    for path in ["/", "/node/charlie", "/node/alpha/reboot", "/invite"] {
+    for path in [
+        "/",
+        "/node/charlie",
+        "/node/alpha/reboot",
+        "/invite",
+        "/alerts",
+    ] {
         browser.goto(&format!("{base}{path}"));
         let widths = browser.js(
             "return [document.documentElement.scrollWidth, document.documentElement.clientWidth, window.innerWidth];",
@@ -449,6 +528,303 @@ fn the_panel_in_a_browser_logs_in_follows_a_failover_reboots_and_fits_a_phone() 
     println!("screenshots in {}", browser.shots.display());
 }
 
+const TOKEN: &str = "123456789:AAHfakeTokenForConstellaTests_0123456789";
+/// The unit every node watches (restarted by the stand-in `systemctl`).
+const UNIT: &str = "web-demo.service";
+
+/// How many times the stand-in `systemctl` of `node` restarted [`UNIT`].
+fn restarts(node: &Node) -> u32 {
+    std::fs::read_to_string(node.dir.with_extension("units").join(UNIT))
+        .map_or(0, |t| t.trim().parse().unwrap())
+}
+
+/// `/web` in the bot for `user`: the one-time link it answers with.
+fn bot_web_link(fake: &FakeTelegram, cluster: &Cluster, user: &TgUser) -> String {
+    let since = fake.messages_to(user.id).len();
+    fake.send_text(user, "/web");
+    let message = cluster.or_logs(|| {
+        wait_for(Duration::from_secs(10), "the /web link", || {
+            fake.messages_to(user.id)
+                .into_iter()
+                .skip(since)
+                .find(|m| m.text.contains("/login?t="))
+        })
+    });
+    message
+        .text
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("a link")
+        .to_owned()
+}
+
+/// Roles in the browser, on the leader's panel that `/web` links to. A viewer sees the list,
+/// node pages, services and alert thresholds, and is refused (403, audited, nothing changed)
+/// every action page and every action POST even with its own valid CSRF token. An operator
+/// restarts a unit and reboots a node through their confirmation pages (each runs on exactly
+/// that node, once) but cannot remove, set alerts or read the audit log. The owner
+/// (`web-login`) sets an alert threshold for the whole network and removes a node, both
+/// through confirmation pages.
+///
+/// `systemctl` is a stand-in here (CONSTELLA_SYSTEMCTL): systemd is not this machine's init,
+/// and the stand-in counts restarts per node; tests/monitoring.rs restarts a real unit where
+/// systemd runs.
+#[test]
+fn roles_in_the_browser_a_viewer_only_looks_an_operator_restarts_and_the_owner_removes() {
+    if !browser_available() {
+        return;
+    }
+    let fake = FakeTelegram::start(TOKEN);
+    let tools = tempfile::tempdir().unwrap();
+    let systemctl = common::systemctl_standin(tools.path());
+    let cluster = Cluster::start_with(
+        &["alpha", "bravo", "charlie"],
+        &[10, 20, 30],
+        None,
+        |node: &mut Node| {
+            let units = node.dir.with_extension("units");
+            std::fs::create_dir_all(&units).unwrap();
+            node.init_args = vec!["--bot-token".into(), TOKEN.into()];
+            node.run_args = vec![
+                "--telegram-api-url".into(),
+                fake.url_for(&node.name),
+                "--web-addr".into(),
+                format!("127.0.0.1:{}", free_port()),
+            ];
+            let reboot = format!(
+                "echo \"$CONSTELLA_REBOOT_REQUESTED_BY\" >> '{}'",
+                node.dir.with_extension("rebooted").display()
+            );
+            node.env = vec![
+                ("CONSTELLA_REBOOT_COMMAND".into(), reboot),
+                (
+                    "CONSTELLA_SYSTEMCTL".into(),
+                    systemctl.display().to_string(),
+                ),
+                ("STANDIN_DIR".into(), units.display().to_string()),
+            ];
+        },
+    );
+    let names = ["alpha", "bravo", "charlie"];
+    let nodes: Vec<&Node> = names.iter().map(|n| cluster.node(n)).collect();
+    assert_eq!(
+        cluster.or_logs(|| agreed_leader(&nodes, &names, AGREE)),
+        "alpha"
+    );
+    wait_for(Duration::from_secs(15), "alpha's bot to poll", || {
+        fake.polls().iter().any(|p| p.node == "alpha").then_some(())
+    });
+    let alpha = cluster.node("alpha");
+    for name in names {
+        alpha.ok(&["services", "add", name, UNIT]);
+    }
+    alpha.ok(&["access", "grant", "@viewer_v", "viewer"]);
+    alpha.ok(&["access", "grant", "@operator_o", "operator"]);
+    let viewer = TgUser::new(6101, "viewer_v");
+    let operator = TgUser::new(6102, "Operator_O");
+    let reboots = |name: &str| {
+        std::fs::read_to_string(cluster.node(name).dir.with_extension("rebooted"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let ram_threshold = |node: &Node| -> u64 {
+        let report: serde_json::Value =
+            serde_json::from_str(&node.ok(&["alerts", "--json"])).unwrap();
+        report["thresholds"]["ram"]["percent"].as_u64().unwrap()
+    };
+    let refused = |who: &str| {
+        alpha
+            .ok(&["audit"])
+            .lines()
+            .filter(|l| l.contains("action_refused") && l.contains(who))
+            .count()
+    };
+    let driver = Driver::start();
+    let browser = Browser::open(&driver);
+
+    // The viewer: looks, and is refused every action, even with its own CSRF token.
+    let link = bot_web_link(&fake, &cluster, &viewer);
+    let base = link.split("/login").next().unwrap().to_owned();
+    browser.log_in(&link);
+    assert_eq!(browser.labels(), ["• alpha — Хост", "• bravo", "• charlie"]);
+    browser.goto(&format!("{base}/node/charlie"));
+    wait_for(Duration::from_secs(1), "the services list", || {
+        browser.text("#services").filter(|t| t.contains(UNIT))
+    });
+    assert_eq!(browser.count("#reboot, #remove, a.restart"), 0);
+    browser.goto(&format!("{base}/alerts"));
+    assert_eq!(browser.count("#thresholds tr"), 3);
+    assert_eq!(browser.count("form[action='/alerts/set']"), 0);
+    browser.screenshot("viewer-alerts.png");
+    let csrf = browser.csrf();
+    let restart_path = format!("/node/charlie/restart/{UNIT}");
+    let pages = [
+        "/node/charlie/reboot",
+        "/node/charlie/remove",
+        restart_path.as_str(),
+        "/alerts/set?rule=ram&percent=50",
+        "/audit",
+        "/invite",
+    ];
+    for path in pages {
+        assert_eq!(browser.status(path, None), 403, "viewer GET {path}");
+    }
+    let body = format!("csrf={csrf}");
+    let alert_body = format!("csrf={csrf}&rule=ram&percent=50");
+    let posts = [
+        ("/node/charlie/reboot", body.as_str()),
+        ("/node/charlie/remove", body.as_str()),
+        (restart_path.as_str(), body.as_str()),
+        ("/alerts/set", alert_body.as_str()),
+        ("/invite", body.as_str()),
+    ];
+    for (path, body) in posts {
+        assert_eq!(browser.status(path, Some(body)), 403, "viewer POST {path}");
+    }
+    wait_for(
+        Duration::from_secs(5),
+        "the viewer's refusals audited",
+        || (refused("telegram:6101") >= pages.len() + posts.len()).then_some(()),
+    );
+    browser.log_out();
+
+    // The operator: restarts a unit and reboots a node through the confirmation pages.
+    let link = bot_web_link(&fake, &cluster, &operator);
+    browser.log_in(&link);
+    browser.goto(&format!("{base}/node/charlie"));
+    assert_eq!(browser.count("#remove"), 0);
+    assert_eq!(browser.count("#reboot"), 1);
+    browser.js("document.getElementById('services').scrollIntoView(); return null;");
+    browser.screenshot("node-services.png");
+    browser.click("a.restart");
+    browser.wait_url(&restart_path);
+    browser.screenshot("confirm-restart.png");
+    assert_eq!(
+        restarts(cluster.node("charlie")),
+        0,
+        "the page itself does nothing"
+    );
+    browser.click("#confirm");
+    let answer = browser.wait_text("#message");
+    assert!(
+        answer.contains("charlie") && answer.contains(UNIT),
+        "{answer}"
+    );
+    assert_eq!(restarts(cluster.node("charlie")), 1);
+    assert_eq!(
+        restarts(cluster.node("alpha")) + restarts(cluster.node("bravo")),
+        0
+    );
+    wait_for(Duration::from_secs(5), "the restart audited", || {
+        let audit = alpha.ok(&["audit"]);
+        audit
+            .lines()
+            .any(|l| {
+                l.contains("service_restart_requested")
+                    && l.contains("telegram:6102")
+                    && l.contains("outcome=accepted")
+            })
+            .then_some(())
+    });
+    browser.goto(&format!("{base}/node/bravo"));
+    browser.click("#reboot");
+    browser.click("#confirm");
+    wait_for(Duration::from_secs(10), "bravo's reboot command", || {
+        (reboots("bravo") == 1).then_some(())
+    });
+    assert_eq!(reboots("alpha") + reboots("charlie"), 0);
+    let csrf = browser.csrf();
+    for path in [
+        "/node/charlie/remove",
+        "/alerts/set?rule=ram&percent=50",
+        "/audit",
+    ] {
+        assert_eq!(browser.status(path, None), 403, "operator GET {path}");
+    }
+    let body = format!("csrf={csrf}");
+    let alert_body = format!("csrf={csrf}&rule=ram&percent=50");
+    assert_eq!(browser.status("/node/charlie/remove", Some(&body)), 403);
+    assert_eq!(browser.status("/alerts/set", Some(&alert_body)), 403);
+    browser.log_out();
+    assert_eq!(ram_threshold(alpha), 90, "nobody changed the threshold");
+    assert_eq!(
+        cluster.node("charlie").peers().unwrap().len(),
+        3,
+        "nobody removed charlie"
+    );
+
+    // The owner: an alert threshold for the whole network, then the removal of charlie.
+    let (link, _) = web_login(alpha);
+    browser.log_in(&link);
+    browser.goto(&format!("{base}/alerts"));
+    browser.js(
+        "document.querySelector(\"tr[data-rule='ram'] input.percent\").value = '95'; return null;",
+    );
+    browser.screenshot("owner-alerts.png");
+    browser.click("tr[data-rule='ram'] button.set");
+    browser.wait_url("/alerts/set?rule=ram&percent=95");
+    assert_eq!(
+        ram_threshold(alpha),
+        90,
+        "the confirmation page itself does nothing"
+    );
+    browser.click("#confirm");
+    assert!(browser.wait_text("#message").contains("ram: 95 %"));
+    let bravo = cluster.node("bravo");
+    wait_for(
+        Duration::from_secs(10),
+        "bravo to have the new threshold",
+        || (ram_threshold(bravo) == 95).then_some(()),
+    );
+    let audit = alpha.ok(&["audit"]);
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("alert_threshold_changed") && l.contains("via web")),
+        "{audit}"
+    );
+    // A bad threshold is refused by name and changes nothing.
+    browser.goto(&format!("{base}/alerts/set?rule=ram&percent=101"));
+    assert!(browser.wait_text("#message").contains("101"));
+    assert_eq!(ram_threshold(alpha), 95);
+
+    browser.goto(&format!("{base}/"));
+    browser.js("window.notReloaded = true; return null;");
+    browser.goto(&format!("{base}/node/charlie"));
+    browser.click("#remove");
+    browser.wait_url("/node/charlie/remove");
+    browser.screenshot("confirm-remove.png");
+    assert_eq!(
+        alpha.peers().unwrap().len(),
+        3,
+        "the confirmation page itself does nothing"
+    );
+    browser.click("#confirm");
+    let answer = browser.wait_text("#message");
+    assert!(answer.contains("charlie"), "{answer}");
+    for node in [alpha, bravo] {
+        cluster.or_logs(|| {
+            wait_for(
+                Duration::from_secs(10),
+                "charlie gone from the member list",
+                || {
+                    let peers = node.peers()?;
+                    (peers.len() == 2 && peers.iter().all(|p| p.name != "charlie")).then_some(())
+                },
+            )
+        });
+    }
+    browser.goto(&format!("{base}/"));
+    assert_eq!(browser.labels(), ["• alpha — Хост", "• bravo"]);
+    wait_for(Duration::from_secs(5), "the removal audited", || {
+        let audit = alpha.ok(&["audit"]);
+        audit
+            .lines()
+            .any(|l| l.contains("node_removed") && l.contains("via web"))
+            .then_some(())
+    });
+}
+
 #[test]
 fn web_login_needs_the_panel_and_https_prints_the_certificate_fingerprint() {
     let root = tempfile::tempdir().unwrap();
@@ -485,14 +861,74 @@ fn web_login_needs_the_panel_and_https_prints_the_certificate_fingerprint() {
         .decode(body)
         .unwrap();
     use sha2::Digest as _;
-    let expected: Vec<String> = sha2::Sha256::digest(&der)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect();
     assert_eq!(
         fingerprint,
-        format!("certificate SHA-256: {}", expected.join(":"))
+        format!(
+            "certificate SHA-256: {}",
+            hex_colons(&sha2::Sha256::digest(&der))
+        )
     );
+    // A real TLS handshake: a rustls client that trusts web.crt alone (webpki checks the
+    // signature, the dates and that the certificate names 127.0.0.1 and localhost) gets the
+    // certificate whose SHA-256 web-login printed, and the panel over it.
+    let token = link.rsplit_once("t=").unwrap().1.to_owned();
+    let trusted = || {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.clone()))
+            .unwrap();
+        roots
+    };
+    for name in ["127.0.0.1", "localhost"] {
+        let request = format!(
+            "GET /login?t={token} HTTP/1.1\r\nHost: {name}:{port}\r\nConnection: close\r\n\r\n"
+        );
+        let (served, page) = tls_request(port, trusted(), name, &request).unwrap();
+        assert_eq!(
+            format!(
+                "certificate SHA-256: {}",
+                hex_colons(&sha2::Sha256::digest(&served))
+            ),
+            fingerprint,
+            "the served certificate is the printed one"
+        );
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(page.contains("id=\"login\""), "{page}");
+    }
+    let body = format!("t={token}");
+    let login = format!(
+        "POST /login HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (_, answer) = tls_request(port, trusted(), "127.0.0.1", &login).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    let cookie = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .expect("a session cookie");
+    assert!(cookie.starts_with("__Host-constella_session="), "{cookie}");
+    for flag in ["Path=/", "HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(cookie.split("; ").any(|f| f == flag), "{flag} in {cookie}");
+    }
+    // A client that trusts nothing, or not this name, refuses the handshake: the checks above
+    // are the verifier's, not an accept-anything client's.
+    let error = tls_request(port, rustls::RootCertStore::empty(), "127.0.0.1", "").unwrap_err();
+    assert!(error.contains("UnknownIssuer"), "{error}");
+    let error = tls_request(port, trusted(), "example.org", "").unwrap_err();
+    assert!(error.contains("NotValidForName"), "{error}");
+    // Plain HTTP on the TLS port gets no page.
+    let mut plain_http = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    plain_http
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    use std::io::{Read as _, Write as _};
+    plain_http
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain_http.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(plain.dir.join("web.key"))
         .unwrap()
@@ -508,6 +944,68 @@ fn web_login_needs_the_panel_and_https_prints_the_certificate_fingerprint() {
     let out = plain.cli(&["run", "--web-addr", "nowhere"]);
     assert!(!out.status.success());
     assert!(common::output_text(&out).contains("--web-addr"));
+}
+
+/// `AB:CD:…`, as browsers show a fingerprint.
+fn hex_colons(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// One TLS connection to the panel on `port`, verified by webpki against `roots` for
+/// `server_name`: the certificate the server presented and its answer to `request` (nothing
+/// is sent when `request` is empty). The error is the handshake's or the connection's.
+fn tls_request(
+    port: u16,
+    roots: rustls::RootCertStore,
+    server_name: &str,
+    request: &str,
+) -> Result<(Vec<u8>, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+            .await
+            .map_err(|_| "handshake timed out".to_owned())?
+            .map_err(|e| format!("{e:?}"))?;
+        let served = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec())
+            .ok_or("no certificate")?;
+        let mut answer = Vec::new();
+        if !request.is_empty() {
+            tls.write_all(request.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            let read = tls.read_to_end(&mut answer);
+            match tokio::time::timeout(Duration::from_secs(10), read).await {
+                Err(_) => return Err("no answer".to_owned()),
+                Ok(Ok(_)) => {}
+                // The server may close without a close_notify after `Connection: close`.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+                Ok(Err(e)) => return Err(e.to_string()),
+            }
+        }
+        Ok((served, String::from_utf8_lossy(&answer).into_owned()))
+    })
 }
 
 /// CPU seconds (user + system) and resident KiB of process `pid`.

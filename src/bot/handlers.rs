@@ -494,23 +494,17 @@ impl Handlers {
             }
         };
         let current = self.settings.borrow().alerts.clone();
-        let previous = current.percent(rule);
-        let change = NetworkSettings {
-            alerts: Box::new(current.with_threshold(rule, percent)),
-            ..NetworkSettings::default()
-        };
-        match self.client.merge_settings(change).await {
-            Ok(merged) => {
-                self.config.audit.record(
-                    AuditEvent::new(
-                        AuditKind::AlertThresholdChanged,
-                        who.text.clone(),
-                        "telegram",
-                    )
-                    .detail("rule", rule.as_str())
-                    .detail("percent", percent)
-                    .detail("previous", previous),
-                );
+        let set = crate::monitor::alerts::set_threshold(
+            &self.client,
+            &current,
+            (rule, percent),
+            who.text.clone(),
+            "telegram",
+        )
+        .await;
+        match set {
+            Ok((merged, event)) => {
+                self.config.audit.record(event);
                 ui::alerts(lang, &merged.alerts)
             }
             Err(error) => ui::node_error(lang, &error),

@@ -149,6 +149,7 @@ fn spawn(
         settings,
         notices,
         notices_tx,
+        members: _,
     } = watchers;
     let notifier = tokio::spawn(notify::run(
         bot.clone(),

@@ -131,6 +131,7 @@ impl EventLoop {
             });
         }
         self.feed(Input::Timer);
+        self.publish_members();
         let mut signalled = false;
         while !self.exit {
             let rpc_deadline = self.rpc.next_deadline();
@@ -234,9 +235,11 @@ impl EventLoop {
             Output::Persist(snapshot, ack) => self.persist(snapshot, ack),
             Output::LeaderChanged { previous, leader } => {
                 log_outputs::leader_changed(&self.core, &previous, &leader);
+                self.publish_members();
             }
             Output::Membership(change) => {
                 log_outputs::membership(&self.core, &change);
+                self.publish_members();
                 self.chat.membership_changed();
                 if let Change::Joined(id) = change {
                     self.kad.member_joined(&mut self.swarm, &self.core, &id);
@@ -244,6 +247,7 @@ impl EventLoop {
             }
             Output::Leadership(leadership) => {
                 self.signals.leadership.send_replace(leadership);
+                self.publish_members();
             }
             Output::Notice(event) => {
                 // No receiver (bot off) is fine: the notice is simply not needed.
@@ -259,7 +263,10 @@ impl EventLoop {
             }
             Output::Rotate => self.rotate(),
             Output::RotationReceived(rotation) => self.on_rotation(&rotation),
-            Output::AdmissionUndone { peer, name } => log_outputs::admission_undone(&peer, &name),
+            Output::AdmissionUndone { peer, name } => {
+                log_outputs::admission_undone(&peer, &name);
+                self.publish_members();
+            }
             Output::InviteRecorded { request, result } => {
                 self.replies.invite_recorded(request, result);
             }
@@ -270,6 +277,24 @@ impl EventLoop {
             Output::Exit => self.exit = true,
             Output::WakeAt(at) => self.wake = at,
         }
+    }
+
+    /// Puts the member list in its watch (the web panel's live list) when what a list shows
+    /// changed: a name, a status or the leader. Called on the outputs that can change it, not
+    /// per heartbeat; several in one batch cost one comparison each.
+    fn publish_members(&mut self) {
+        let view = self.core.view();
+        self.signals.members.send_if_modified(|shown| {
+            let same = shown.len() == view.len()
+                && shown
+                    .iter()
+                    .zip(&view)
+                    .all(|(a, b)| a.name == b.name && a.status == b.status && a.leader == b.leader);
+            if !same {
+                *shown = view;
+            }
+            !same
+        });
     }
 
     /// Lays the core's snapshot over the rest of the state and queues the write.

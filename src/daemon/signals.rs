@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use constella_behaviours::membership::MemberView;
 use constella_behaviours::settings::NetworkSettings;
 use tokio::sync::{broadcast, watch};
 
@@ -65,6 +66,9 @@ pub struct Signals {
     pub leadership: watch::Sender<Leadership>,
     /// Current network settings (sent on every change).
     pub settings: watch::Sender<NetworkSettings>,
+    /// The member list as this node sees it, sent when a member joins, leaves, goes offline or
+    /// comes back, or the leader changes (the web panel's live list).
+    pub members: watch::Sender<Vec<MemberView>>,
     /// Membership events, emitted only while this node leads, so the owner hears each once.
     pub notices: broadcast::Sender<NetworkEvent>,
     /// The bot's counters, shown by `status`.
@@ -111,6 +115,7 @@ pub fn record_libp2p(
 pub struct Watchers {
     pub leadership: watch::Receiver<Leadership>,
     pub settings: watch::Receiver<NetworkSettings>,
+    pub members: watch::Receiver<Vec<MemberView>>,
     pub notices: broadcast::Receiver<NetworkEvent>,
     /// For the bot's own notices (a takeover is announced by the new leader's bot).
     pub notices_tx: broadcast::Sender<NetworkEvent>,
@@ -123,6 +128,7 @@ impl Watchers {
         Self {
             leadership: self.leadership.clone(),
             settings: self.settings.clone(),
+            members: self.members.clone(),
             notices: self.notices_tx.subscribe(),
             notices_tx: self.notices_tx.clone(),
         }
@@ -157,11 +163,13 @@ impl Signals {
     pub fn new(settings: NetworkSettings, bot: Arc<BotMetrics>) -> (Self, Watchers) {
         let (leadership_tx, leadership_rx) = watch::channel(Leadership::default());
         let (settings_tx, settings_rx) = watch::channel(settings);
+        let (members_tx, members_rx) = watch::channel(Vec::new());
         let (notices_tx, notices_rx) = broadcast::channel(NOTICE_QUEUE);
         (
             Self {
                 leadership: leadership_tx,
                 settings: settings_tx,
+                members: members_tx,
                 notices: notices_tx.clone(),
                 bot,
                 bot_token: watch::channel(None).1,
@@ -171,6 +179,7 @@ impl Signals {
             Watchers {
                 leadership: leadership_rx,
                 settings: settings_rx,
+                members: members_rx,
                 notices: notices_rx,
                 notices_tx,
             },

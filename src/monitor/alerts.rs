@@ -6,15 +6,47 @@
 
 use std::time::Duration;
 
-use constella_behaviours::alerts::{Evaluator, Figure, Rule};
+use constella_behaviours::alerts::{AlertState, Evaluator, Figure, Rule};
 use constella_behaviours::settings::NetworkSettings;
 use tokio::sync::watch;
 
 use super::{Monitor, Snapshot};
-use crate::daemon::Client;
+use crate::audit::{AuditEvent, AuditKind};
+use crate::daemon::{Client, ClientError};
 
 /// Test knob: hold every rule this many seconds instead of its default (CPU: 5 minutes).
 const TEST_HOLD_ENV: &str = "CONSTELLA_TEST_ALERT_HOLD_SECS";
+
+/// Sets `rule` to `percent` (0: off) for every node, on top of `current`: merged into the
+/// network settings (persisted and published before it returns), for `constella alerts set`,
+/// the bot's `/alerts` and the web panel alike. Returns the merged settings and the audit event
+/// of the change (`who`, `via`), which the caller records as durably as it needs.
+pub async fn set_threshold(
+    client: &Client,
+    current: &AlertState,
+    (rule, percent): (Rule, u8),
+    who: String,
+    via: &str,
+) -> Result<(NetworkSettings, AuditEvent), ClientError> {
+    let previous = current.percent(rule);
+    let change = NetworkSettings {
+        alerts: Box::new(current.with_threshold(rule, percent)),
+        ..NetworkSettings::default()
+    };
+    let merged = client.merge_settings(change).await?;
+    tracing::info!(
+        rule = rule.as_str(),
+        percent,
+        previous,
+        by = %who,
+        "an alert threshold was set"
+    );
+    let event = AuditEvent::new(AuditKind::AlertThresholdChanged, who, via)
+        .detail("rule", rule.as_str())
+        .detail("percent", percent)
+        .detail("previous", previous);
+    Ok((merged, event))
+}
 
 /// The figures the rules watch, from one round of samples: CPU percent, RAM used as a percent
 /// of the total, and the fullest mount.

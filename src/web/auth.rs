@@ -50,6 +50,21 @@ pub enum Principal {
 }
 
 impl Principal {
+    /// Who asks, for a node that checks the role itself (a restart on another member): the
+    /// CLI's owner rights, or the Telegram account, whose role the target looks up.
+    pub fn requester(&self) -> constella_behaviours::rpc::Requester {
+        use constella_behaviours::rpc::Requester;
+        match self {
+            Principal::Cli { who } => Requester::Cli {
+                user: format!("web panel, {}", who.strip_prefix("cli:").unwrap_or(who)),
+            },
+            Principal::Telegram { user_id, username } => Requester::Telegram {
+                user_id: *user_id,
+                username: username.clone(),
+            },
+        }
+    }
+
     /// How it appears in the audit log: `cli:root (uid 0)` or `telegram:42 (@name)`.
     pub fn describe(&self) -> String {
         match self {

@@ -8,10 +8,11 @@
 //! - [`pages`]: server-rendered HTML (maud), Russian or English; [`svg`]: history charts.
 //!
 //! The panel talks to the node through the daemon's [`Client`], as the bot and the control
-//! socket do. A small task keeps the member list in a `watch` while a browser listens on
-//! `/events` (Server-Sent Events): polled every 250 ms and at once on a leadership change, sent
-//! only when a name, a status or the leader changed.
+//! socket do. The live node list (`/events`, Server-Sent Events) follows the event loop's
+//! member watch, which moves only when a name, a status or the leader changed: nothing is
+//! polled.
 
+mod actions;
 pub mod auth;
 mod pages;
 mod svg;
@@ -30,6 +31,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use constella_behaviours::membership::MemberView;
+use constella_behaviours::rpc::ServicesRequest;
 use constella_behaviours::settings::NetworkSettings;
 use maud::Markup;
 use serde::{Deserialize, Serialize};
@@ -40,7 +42,6 @@ use crate::audit::{AuditEvent, AuditKind, AuditLog};
 use crate::bot::callback::ChartRange;
 use crate::bot::ui::{self, Lang};
 use crate::daemon::Client;
-use crate::daemon::signals::Leadership;
 use crate::validate::Ttl;
 
 use auth::{Auth, SessionView};
@@ -48,8 +49,6 @@ pub use auth::{Principal, SessionInfo};
 use pages::Frame;
 use tls::ClientAddr;
 
-/// How often the live member list is read while a browser listens.
-const LIVE_POLL: Duration = Duration::from_millis(250);
 /// Longest wait for a node's usage or history on its page.
 const NODE_CALL_TIMEOUT: Duration = Duration::from_secs(6);
 /// Audit-log entries on `/audit`.
@@ -83,7 +82,8 @@ pub struct PanelContext {
     pub client: Client,
     pub audit: AuditLog,
     pub settings: watch::Receiver<NetworkSettings>,
-    pub leadership: watch::Receiver<Leadership>,
+    /// The member list, sent by the event loop when a name, a status or the leader changed.
+    pub members: watch::Receiver<Vec<MemberView>>,
     /// The owner named at `init` (the settings may name a later one).
     pub owner_username: String,
     pub node_name: String,
@@ -107,8 +107,6 @@ struct Inner {
     base_url: String,
     tls: bool,
     fingerprint: Option<String>,
-    /// The member list while browsers listen (see [`live_members`]).
-    members: watch::Sender<Vec<MemberView>>,
 }
 
 fn unix_now() -> u64 {
@@ -244,16 +242,13 @@ pub async fn start(
     let scheme = if tls { "https" } else { "http" };
     let base_url = format!("{scheme}://{host}:{}", local.port());
     tracing::info!(url = %base_url, tls, "web panel listening; `constella web-login` prints a login link");
-    let (members, _) = watch::channel(Vec::new());
     let inner = Arc::new(Inner {
         auth: Mutex::new(Auth::default()),
         ctx,
         base_url,
         tls,
         fingerprint: certificate.map(|c| c.fingerprint),
-        members,
     });
-    let live = tokio::spawn(live_members(inner.clone()));
     let app = router(inner.clone());
     let server = tokio::spawn(async move {
         let served = axum::serve(
@@ -261,7 +256,6 @@ pub async fn start(
             app.into_make_service_with_connect_info::<ClientAddr>(),
         )
         .await;
-        live.abort();
         if let Err(error) = served {
             tracing::warn!(%error, "the web panel stopped");
         }
@@ -274,8 +268,15 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/", get(nodes_page))
         .route("/events", get(events))
         .route("/node/{name}", get(node_page))
-        .route("/node/{name}/reboot", get(reboot_confirm).post(reboot))
-        .route("/node/{name}/remove", get(remove_confirm).post(remove))
+        .route(
+            "/node/{name}/{*action}",
+            get(actions::node_confirm).post(actions::node_act),
+        )
+        .route("/alerts", get(actions::alerts_page))
+        .route(
+            "/alerts/set",
+            get(actions::alert_confirm).post(actions::alert_set),
+        )
         .route("/invite", get(invite_form).post(invite))
         .route("/audit", get(audit_page))
         .route("/login", get(login_page).post(login))
@@ -312,32 +313,6 @@ async fn security_headers(mut response: Response) -> Response {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
-}
-
-/// Reads the member list while anyone listens on `/events`: every [`LIVE_POLL`] and at once
-/// when the leadership watch moves; the watch changes only when what the list shows changed.
-async fn live_members(inner: Arc<Inner>) {
-    let mut leadership = inner.ctx.leadership.clone();
-    loop {
-        if inner.members.receiver_count() > 0
-            && let Ok(peers) = inner.ctx.client.peers().await
-        {
-            inner.members.send_if_modified(|shown| {
-                let same = shown.len() == peers.len()
-                    && shown.iter().zip(&peers).all(|(a, b)| {
-                        a.name == b.name && a.status == b.status && a.leader == b.leader
-                    });
-                if !same {
-                    *shown = peers;
-                }
-                !same
-            });
-        }
-        tokio::select! {
-            () = tokio::time::sleep(LIVE_POLL) => {}
-            changed = leadership.changed() => if changed.is_err() { return },
-        }
-    }
 }
 
 // ---- requests ----
@@ -478,8 +453,8 @@ fn refuse_post(
 }
 
 /// The role does not allow `action`: audited, 403.
-fn not_allowed(inner: &Inner, authed: &Authed, action: Action) -> Response {
-    inner.refused(&authed.who(), action.as_str(), authed.rank.as_str());
+fn not_allowed(inner: &Inner, authed: &Authed, action: &str) -> Response {
+    inner.refused(&authed.who(), action, authed.rank.as_str());
     html_status(
         StatusCode::FORBIDDEN,
         pages::message(
@@ -521,17 +496,8 @@ async fn events(
     let cookie = cookie_value(&headers, inner.cookie_name())
         .unwrap_or_default()
         .to_owned();
-    let mut members = inner.members.subscribe();
-    // The list as the node sees it now, in case the live task has not read it yet.
-    if let Ok(peers) = inner.ctx.client.peers().await {
-        inner.members.send_if_modified(|shown| {
-            let changed = shown.is_empty();
-            if changed {
-                *shown = peers;
-            }
-            changed
-        });
-    }
+    // The list as it is now first, then at every change.
+    let mut members = inner.ctx.members.clone();
     members.mark_changed();
     let lang = authed.lang;
     let stream = futures::stream::unfold(
@@ -591,7 +557,7 @@ async fn node_page(
     authed: Authed,
 ) -> Response {
     if !authed.rank.allows(Action::Usage) {
-        return not_allowed(&inner, &authed, Action::Usage);
+        return not_allowed(&inner, &authed, Action::Usage.as_str());
     }
     let peer = match find_member(&inner, &authed, &name).await {
         Ok(peer) => peer,
@@ -615,11 +581,16 @@ async fn node_page(
         ]
         .map(str::to_owned)
         .to_vec();
-        let (stats, history) = tokio::join!(
+        let by = authed.session.principal.requester();
+        let (stats, history, services) = tokio::join!(
             tokio::time::timeout(NODE_CALL_TIMEOUT, client.stats(&name)),
             tokio::time::timeout(
                 NODE_CALL_TIMEOUT,
                 client.history(&name, metrics, range.secs())
+            ),
+            tokio::time::timeout(
+                NODE_CALL_TIMEOUT,
+                client.services(&name, ServicesRequest::List, by)
             ),
         );
         let timed_out = || lang.pick("узел не ответил вовремя", "the node did not answer in time");
@@ -635,13 +606,15 @@ async fn node_page(
                 Err(_) => Err(timed_out().to_owned()),
             },
             range,
+            services: services.unwrap_or_else(|_| Err(timed_out().to_owned())),
         }
     } else {
         let offline = ui::toast_offline(lang, &peer.name);
         pages::NodeDetails {
             usage: Err(offline.clone()),
-            charts: Err(offline),
+            charts: Err(offline.clone()),
             range,
+            services: Err(offline),
         }
     };
     html(pages::node(&frame(&inner, &authed), &peer, &details))
@@ -731,157 +704,9 @@ fn charts(
     ]
 }
 
-/// The confirmation step of `what` on the node `name`, for a role that may do it.
-async fn confirm_page(
-    inner: &Inner,
-    authed: &Authed,
-    name: &str,
-    what: pages::Confirm,
-) -> Response {
-    let action = match what {
-        pages::Confirm::Reboot => Action::Reboot,
-        pages::Confirm::Remove => Action::Remove,
-    };
-    if !authed.rank.allows(action) {
-        return not_allowed(inner, authed, action);
-    }
-    match find_member(inner, authed, name).await {
-        Ok(peer) => html(pages::confirm(&frame(inner, authed), &peer.name, what)),
-        Err(response) => response,
-    }
-}
-
-async fn reboot_confirm(
-    State(inner): State<Arc<Inner>>,
-    UrlPath(name): UrlPath<String>,
-    authed: Authed,
-) -> Response {
-    confirm_page(&inner, &authed, &name, pages::Confirm::Reboot).await
-}
-
-async fn reboot(
-    State(inner): State<Arc<Inner>>,
-    UrlPath(name): UrlPath<String>,
-    headers: HeaderMap,
-    authed: Authed,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    if let Some(response) = refuse_post(&inner, &authed, &headers, &form.csrf, "reboot") {
-        return response;
-    }
-    if !authed.rank.allows(Action::Reboot) {
-        return not_allowed(&inner, &authed, Action::Reboot);
-    }
-    let peer = match find_member(&inner, &authed, &name).await {
-        Ok(peer) => peer,
-        Err(response) => return response,
-    };
-    let lang = authed.lang;
-    let who = authed.who();
-    let asked = AuditEvent::new(AuditKind::RebootRequested, who.clone(), VIA_WEB)
-        .detail("target", peer.name.clone())
-        .detail("node_id", peer.node_id.to_base58())
-        .detail("role", authed.rank.as_str());
-    // On disk before the request leaves: the machine that reboots may be this one.
-    if let Err(error) = inner.ctx.audit.append(asked.clone()).await {
-        return html_status(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            pages::message(
-                &frame(&inner, &authed),
-                lang.pick("Не перезагружено", "Not rebooted"),
-                &format!("audit log: {error}"),
-                "/",
-            ),
-        );
-    }
-    let result = inner
-        .ctx
-        .client
-        .reboot(&peer.node_id.to_base58(), &format!("web panel: {who}"))
-        .await;
-    let (status, title, text) = match &result {
-        Ok(accepted) => (
-            StatusCode::OK,
-            lang.pick("Перезагрузка", "Reboot"),
-            ui::reboot_accepted(lang, &accepted.name),
-        ),
-        Err(error) => (
-            StatusCode::BAD_GATEWAY,
-            lang.pick("Не перезагружено", "Not rebooted"),
-            ui::action_failed(lang, &peer.name, error),
-        ),
-    };
-    let outcome = match &result {
-        Ok(_) => "accepted".to_owned(),
-        Err(error) => format!("failed: {error}"),
-    };
-    inner.ctx.audit.record(asked.detail("outcome", outcome));
-    html_status(
-        status,
-        pages::message(
-            &frame(&inner, &authed),
-            title,
-            &text,
-            &format!("/node/{}", peer.name),
-        ),
-    )
-}
-
-async fn remove_confirm(
-    State(inner): State<Arc<Inner>>,
-    UrlPath(name): UrlPath<String>,
-    authed: Authed,
-) -> Response {
-    confirm_page(&inner, &authed, &name, pages::Confirm::Remove).await
-}
-
-async fn remove(
-    State(inner): State<Arc<Inner>>,
-    UrlPath(name): UrlPath<String>,
-    headers: HeaderMap,
-    authed: Authed,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    if let Some(response) = refuse_post(&inner, &authed, &headers, &form.csrf, "remove") {
-        return response;
-    }
-    if !authed.rank.allows(Action::Remove) {
-        return not_allowed(&inner, &authed, Action::Remove);
-    }
-    let lang = authed.lang;
-    let (status, text) = match inner.ctx.client.remove(&name).await {
-        Ok(removed) => {
-            inner.ctx.audit.record(
-                AuditEvent::new(AuditKind::NodeRemoved, authed.who(), VIA_WEB)
-                    .detail("target", removed.clone()),
-            );
-            (
-                StatusCode::OK,
-                match lang {
-                    Lang::Ru => format!("{removed} удалён из сети; секрет сети сменён."),
-                    Lang::En => format!("{removed} is removed; the network secret is rotated."),
-                },
-            )
-        }
-        Err(error) => (
-            StatusCode::BAD_GATEWAY,
-            ui::action_failed(lang, &name, &error),
-        ),
-    };
-    html_status(
-        status,
-        pages::message(
-            &frame(&inner, &authed),
-            lang.pick("Удаление узла", "Removing a node"),
-            &text,
-            "/",
-        ),
-    )
-}
-
 async fn invite_form(State(inner): State<Arc<Inner>>, authed: Authed) -> Response {
     if !authed.rank.allows(Action::Invite) {
-        return not_allowed(&inner, &authed, Action::Invite);
+        return not_allowed(&inner, &authed, Action::Invite.as_str());
     }
     html(pages::invite(&frame(&inner, &authed), None))
 }
@@ -904,7 +729,7 @@ async fn invite(
         return response;
     }
     if !authed.rank.allows(Action::Invite) {
-        return not_allowed(&inner, &authed, Action::Invite);
+        return not_allowed(&inner, &authed, Action::Invite.as_str());
     }
     let lang = authed.lang;
     let ttl = match form.ttl.parse::<Ttl>() {
@@ -959,7 +784,7 @@ fn qr_svg(text: &str) -> Option<String> {
 
 async fn audit_page(State(inner): State<Arc<Inner>>, authed: Authed) -> Response {
     if !authed.rank.allows(Action::Audit) {
-        return not_allowed(&inner, &authed, Action::Audit);
+        return not_allowed(&inner, &authed, Action::Audit.as_str());
     }
     let lines = inner
         .ctx

@@ -5,7 +5,10 @@
 use constella_behaviours::membership::MemberView;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use crate::access::Rank;
+use constella_behaviours::alerts::{AlertState, Rule};
+use constella_behaviours::rpc::ServicesAnswer;
+
+use crate::access::{Action, Rank};
 use crate::bot::callback::ChartRange;
 use crate::bot::ui::{self, Lang};
 
@@ -49,10 +52,11 @@ pub fn page(frame: &Frame<'_>, title: &str, body: Markup) -> Markup {
                     @if let Some(csrf) = frame.csrf {
                         nav {
                             a href="/" { (t(lang, "Узлы", "Nodes")) }
-                            @if frame.rank.is_some_and(|r| r.allows(crate::access::Action::Invite)) {
+                            @if frame.rank.is_some_and(|r| r.allows(Action::Invite)) {
                                 a href="/invite" { (t(lang, "Приглашение", "Invite")) }
                             }
-                            @if frame.rank.is_some_and(|r| r.allows(crate::access::Action::Audit)) {
+                            a href="/alerts" { (t(lang, "Оповещения", "Alerts")) }
+                            @if frame.rank.is_some_and(|r| r.allows(Action::Audit)) {
                                 a href="/audit" { (t(lang, "Журнал", "Audit log")) }
                             }
                             form.inline method="post" action="/lang" {
@@ -120,6 +124,8 @@ pub struct NodeDetails {
     /// The charts (SVG), or why there are none.
     pub charts: Result<Vec<(String, String)>, String>,
     pub range: ChartRange,
+    /// The watched systemd units, or why there are none.
+    pub services: Result<ServicesAnswer, String>,
 }
 
 /// `/node/NAME`.
@@ -169,13 +175,14 @@ pub fn node(frame: &Frame<'_>, peer: &MemberView, details: &NodeDetails) -> Mark
                 }
                 Err(error) => p.error { (error) },
             }
-            @if can(crate::access::Action::Reboot) || can(crate::access::Action::Remove) {
+            (services(lang, &peer.name, &details.services, can(Action::Reboot)))
+            @if can(Action::Reboot) || can(Action::Remove) {
                 h2 { (t(lang, "Действия", "Actions")) }
                 p.actions {
-                    @if can(crate::access::Action::Reboot) {
+                    @if can(Action::Reboot) {
                         a.button #reboot href={ "/node/" (peer.name) "/reboot" } { (t(lang, "Перезагрузить сервер", "Reboot the server")) }
                     }
-                    @if can(crate::access::Action::Remove) {
+                    @if can(Action::Remove) {
                         a.button.danger #remove href={ "/node/" (peer.name) "/remove" } { (t(lang, "Удалить из сети", "Remove from the network")) }
                     }
                 }
@@ -184,41 +191,132 @@ pub fn node(frame: &Frame<'_>, peer: &MemberView, details: &NodeDetails) -> Mark
     )
 }
 
-/// Which action a confirmation page is for.
+/// What a confirmation page asks to confirm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Confirm {
-    Reboot,
-    Remove,
+pub enum Confirm<'a> {
+    Reboot {
+        node: &'a str,
+    },
+    Remove {
+        node: &'a str,
+    },
+    /// Restart a watched systemd unit of a node.
+    Restart {
+        node: &'a str,
+        unit: &'a str,
+    },
+    /// Set an alert rule's threshold for the whole network (`percent` 0: off).
+    Alert {
+        rule: Rule,
+        percent: u8,
+        previous: u8,
+    },
 }
 
-/// The confirmation step of a reboot or a removal: a form that posts with the CSRF token.
-pub fn confirm(frame: &Frame<'_>, name: &str, what: Confirm) -> Markup {
+impl Confirm<'_> {
+    /// The action's name in the audit log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Confirm::Reboot { .. } => "reboot",
+            Confirm::Remove { .. } => "remove",
+            Confirm::Restart { .. } => "restart",
+            Confirm::Alert { .. } => "alerts",
+        }
+    }
+
+    /// What the role must allow.
+    pub fn action(self) -> Action {
+        match self {
+            Confirm::Reboot { .. } | Confirm::Restart { .. } => Action::Reboot,
+            Confirm::Remove { .. } => Action::Remove,
+            Confirm::Alert { .. } => Action::Alerts,
+        }
+    }
+
+    /// Where the confirmation posts (the same path as the page, which [`Confirm::Alert`]
+    /// carries in its query).
+    fn post_to(self) -> String {
+        match self {
+            Confirm::Reboot { node } => format!("/node/{node}/reboot"),
+            Confirm::Remove { node } => format!("/node/{node}/remove"),
+            Confirm::Restart { node, unit } => format!("/node/{node}/restart/{unit}"),
+            Confirm::Alert { .. } => "/alerts/set".to_owned(),
+        }
+    }
+
+    /// Where "Cancel" goes.
+    fn back(self) -> String {
+        match self {
+            Confirm::Reboot { node } | Confirm::Remove { node } | Confirm::Restart { node, .. } => {
+                format!("/node/{node}")
+            }
+            Confirm::Alert { .. } => "/alerts".to_owned(),
+        }
+    }
+}
+
+fn percent_text(lang: Lang, percent: u8) -> String {
+    if percent == 0 {
+        t(lang, "выкл.", "off").to_owned()
+    } else {
+        format!("{percent} %")
+    }
+}
+
+/// The confirmation step of an action: a form that posts with the CSRF token.
+pub fn confirm(frame: &Frame<'_>, what: Confirm<'_>) -> Markup {
     let lang = frame.lang;
     let csrf = frame.csrf.unwrap_or_default();
-    let (question, yes, path) = match what {
-        Confirm::Reboot => (
+    let (question, yes) = match what {
+        Confirm::Reboot { node } => (
             match lang {
                 Lang::Ru => {
-                    format!("Перезагрузить сервер {name}? Он будет недоступен, пока не загрузится.")
+                    format!("Перезагрузить сервер {node}? Он будет недоступен, пока не загрузится.")
                 }
                 Lang::En => {
-                    format!("Reboot the server {name}? It is offline until it boots again.")
+                    format!("Reboot the server {node}? It is offline until it boots again.")
                 }
             },
             t(lang, "Да, перезагрузить", "Yes, reboot"),
-            "reboot",
         ),
-        Confirm::Remove => (
+        Confirm::Remove { node } => (
             match lang {
                 Lang::Ru => format!(
-                    "Удалить {name} из сети навсегда? Секрет сети сменится; вернуться он сможет только по новому приглашению."
+                    "Удалить {node} из сети навсегда? Секрет сети сменится; вернуться он сможет только по новому приглашению."
                 ),
                 Lang::En => format!(
-                    "Remove {name} from the network for good? The network secret is rotated; it can come back only with a new invite."
+                    "Remove {node} from the network for good? The network secret is rotated; it can come back only with a new invite."
                 ),
             },
             t(lang, "Да, удалить", "Yes, remove"),
-            "remove",
+        ),
+        Confirm::Restart { node, unit } => (
+            match lang {
+                Lang::Ru => format!("Перезапустить службу {unit} на {node}?"),
+                Lang::En => format!("Restart the unit {unit} on {node}?"),
+            },
+            t(lang, "Да, перезапустить", "Yes, restart"),
+        ),
+        Confirm::Alert {
+            rule,
+            percent,
+            previous,
+        } => (
+            match lang {
+                Lang::Ru => format!(
+                    "Порог {} для всех узлов сети: {} (сейчас {})?",
+                    rule.as_str(),
+                    percent_text(lang, percent),
+                    percent_text(lang, previous)
+                ),
+                Lang::En => format!(
+                    "The {} threshold of every node in the network: {} (now {})?",
+                    rule.as_str(),
+                    percent_text(lang, percent),
+                    percent_text(lang, previous)
+                ),
+            },
+            t(lang, "Да, изменить", "Yes, change it"),
         ),
     };
     page(
@@ -226,14 +324,106 @@ pub fn confirm(frame: &Frame<'_>, name: &str, what: Confirm) -> Markup {
         yes,
         html! {
             h1 { (question) }
-            form.confirm method="post" action={ "/node/" (name) "/" (path) } {
+            form.confirm method="post" action=(what.post_to()) {
                 input type="hidden" name="csrf" value=(csrf);
+                @if let Confirm::Alert { rule, percent, .. } = what {
+                    input type="hidden" name="rule" value=(rule.as_str());
+                    input type="hidden" name="percent" value=(percent);
+                }
                 button.danger #confirm type="submit" { (yes) }
                 " "
-                a.button #cancel href={ "/node/" (name) } { (t(lang, "Отмена", "Cancel")) }
+                a.button #cancel href=(what.back()) { (t(lang, "Отмена", "Cancel")) }
             }
         },
     )
+}
+
+/// `/alerts`: every rule's threshold and the open episodes; the owner gets a form per rule
+/// that leads to the confirmation step.
+pub fn alerts(frame: &Frame<'_>, state: &AlertState) -> Markup {
+    let lang = frame.lang;
+    let can_set = frame.rank.is_some_and(|r| r.allows(Action::Alerts));
+    let open: Vec<_> = state.episodes.values().filter(|e| e.is_open()).collect();
+    page(
+        frame,
+        t(lang, "Оповещения", "Alerts"),
+        html! {
+            h1 { (t(lang, "Пороги оповещений", "Alert thresholds")) }
+            p.muted { (t(lang, "Для всех узлов сети. Бот Хоста сообщает владельцу один раз, когда порог превышен, и один раз, когда всё снова в норме.", "For every node of the network. The Host's bot tells the owner once when a threshold is crossed and once at recovery.")) }
+            table.rules #thresholds {
+                @for rule in Rule::ALL {
+                    tr data-rule=(rule.as_str()) {
+                        th { (rule.as_str()) }
+                        td.value { (percent_text(lang, state.percent(rule))) }
+                        td {
+                            @match (rule.default_hold_secs(), lang) {
+                                (0, _) => {},
+                                (secs, Lang::Ru) => { "дольше " (secs / 60) " мин" },
+                                (secs, Lang::En) => { "for " (secs / 60) " min" },
+                            }
+                        }
+                        @if can_set {
+                            td {
+                                form.inline method="get" action="/alerts/set" {
+                                    input type="hidden" name="rule" value=(rule.as_str());
+                                    input.percent type="text" name="percent" inputmode="numeric" size="4"
+                                        value=(state.percent(rule)) aria-label=(t(lang, "порог, % или off", "threshold, % or off"));
+                                    " "
+                                    button.set type="submit" { (t(lang, "Изменить", "Change")) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { (t(lang, "Открытые оповещения", "Open alerts")) }
+            @if open.is_empty() {
+                p #no-alerts { (t(lang, "Открытых оповещений нет.", "No open alerts.")) }
+            } @else {
+                ul #open-alerts {
+                    @for e in open {
+                        li { span.dot { "●" } " " (e.node_name) ": " (e.rule.as_str()) " " (e.value) " % > " (e.threshold) " %" }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The node page's services section: each watched unit with its state, and a way to restart
+/// it for a role that may.
+fn services(
+    lang: Lang,
+    node: &str,
+    units: &Result<ServicesAnswer, String>,
+    can_restart: bool,
+) -> Markup {
+    html! {
+        h2 { (t(lang, "Службы", "Services")) }
+        @match units {
+            Err(error) => p.error #services-error { (error) },
+            Ok(answer) => {
+                @if !answer.systemd {
+                    p.muted { (t(lang, "systemd на узле недоступен.", "systemd is not reachable on the node.")) }
+                }
+                @if answer.units.is_empty() {
+                    p.muted #no-services { (t(lang, "Нет отслеживаемых служб (constella services add УЗЕЛ СЛУЖБА).", "No watched units (constella services add NODE UNIT).")) }
+                } @else {
+                    ul.services #services {
+                        @for unit in &answer.units {
+                            li.unit data-unit=(unit.unit) data-state=(unit.active_state) {
+                                span.mono { (unit.unit) } " — " (unit.active_state) " (" (unit.sub_state) ")"
+                                @if !unit.description.is_empty() { span.muted { " · " (unit.description) } }
+                                @if can_restart {
+                                    " " a.button.small.restart href={ "/node/" (node) "/restart/" (unit.unit) } { (t(lang, "Перезапустить", "Restart")) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A result or an error, with a way back.
@@ -376,5 +566,46 @@ mod tests {
         assert!(html.contains("в сети 2 из 3"), "{html}");
         let english = node_list_fragment(Lang::En, &peers).into_string();
         assert!(english.contains("alive 2 of 3"), "{english}");
+    }
+
+    #[test]
+    fn the_alerts_page_offers_the_form_to_the_owner_alone() {
+        use constella_behaviours::settings::Role;
+        let state = AlertState::default().with_threshold(Rule::Ram, 95);
+        let frame = |rank| Frame {
+            lang: Lang::En,
+            node: "alpha",
+            csrf: Some("c0ffee"),
+            rank: Some(rank),
+        };
+        let owner = alerts(&frame(Rank::Owner), &state).into_string();
+        assert_eq!(
+            owner.matches("action=\"/alerts/set\"").count(),
+            3,
+            "{owner}"
+        );
+        assert!(owner.contains("95 %") && owner.contains("80 %"), "{owner}");
+        for role in [Role::Viewer, Role::Operator] {
+            let page = alerts(&frame(Rank::Granted(role)), &state).into_string();
+            assert!(!page.contains("/alerts/set"), "{page}");
+            assert!(page.contains("95 %"), "{page}");
+        }
+        let confirm = confirm(
+            &frame(Rank::Owner),
+            Confirm::Alert {
+                rule: Rule::Disk,
+                percent: 0,
+                previous: 85,
+            },
+        )
+        .into_string();
+        assert!(
+            confirm.contains("disk threshold of every node in the network: off (now 85 %)"),
+            "{confirm}"
+        );
+        assert!(
+            confirm.contains("name=\"percent\" value=\"0\""),
+            "{confirm}"
+        );
     }
 }
