@@ -733,6 +733,7 @@ mod tests {
             listen_addrs: vec![],
             connected_peers: 0,
             rejected_gossip: Default::default(),
+            failure_detector: Default::default(),
             bot: Default::default(),
             secret_epoch: 0,
             fingerprint: None,

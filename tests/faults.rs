@@ -175,8 +175,11 @@ fn back_to_back_joins_are_listed_everywhere() {
     eprintln!("figure: back-to-back joins -> slowest newcomer listed alive everywhere {slowest:?}");
 }
 
+/// Issue 11: 20 % loss on every packet for `CONSTELLA_LOSSY_SECS` (30 here): no member is
+/// marked offline and the leader never changes. A heartbeat stuck in one connection's TCP
+/// retransmissions is covered by the other member's vouch (the failure detector's indirect
+/// probe); before that, one false mark in some runs.
 #[test]
-#[ignore = "flaky with direct heartbeats: one false offline mark in some runs at 20 % loss (issue 11: needs indirect probes); run with --ignored"]
 fn a_lossy_network_marks_nobody_offline() {
     let Some(lab) = Lab::new(3) else { return };
     let net = Net::start(&lab, 3);
@@ -205,7 +208,11 @@ fn a_lossy_network_marks_nobody_offline() {
             let marks = offline_marks(node) - before[i];
             let changes =
                 node.status().unwrap()["leader_changes"].as_u64().unwrap() - changes_before[i];
-            eprintln!("figure: 20 % loss for {secs} s: {} offline marks {marks}, leader changes {changes}", node.name);
+            eprintln!(
+                "figure: 20 % loss for {secs} s: {} offline marks {marks}, leader changes {changes}, failure detector {}",
+                node.name,
+                node.status().unwrap()["failure_detector"]
+            );
             assert_eq!(marks, 0, "{} marked a member offline", node.name);
             assert_eq!(changes, 0, "{} changed leader", node.name);
         }
@@ -376,14 +383,18 @@ fn a_long_partition_never_lets_the_minority_poll_and_nothing_is_handled_twice() 
 /// kernel here has no netem) for `CONSTELLA_SOAK_SECS` (30 here; `benches/faults.rs` runs the
 /// full 10 minutes): no member is marked offline and the leader never changes.
 ///
-/// Ignored for now: with heartbeats straight over each connection it FAILS here (1–4 false
-/// offline marks per node and up to 2 leader changes in 30 s, debug build, load average ~17 on
-/// 2 cores), while the simulator's TCP model of the same network shows none in 10 minutes.
-/// One path per heartbeat leaves no slack for a retransmission timeout near 0.5 s at a 200 ms
-/// round trip; the fix is indirect evidence (SWIM-style: ask other members before marking a
-/// connected member offline). Run it: `cargo test --test faults a_lossy_jittery -- --ignored`.
+/// With only the direct path this failed in every run (1–4 false offline marks per node and up
+/// to 4 leader changes in 30 s): one path per heartbeat leaves no slack for a retransmission
+/// timeout near 0.5 s at a 200 ms round trip. The failure detector's indirect probes (a member
+/// not heard directly for 1.25 s is asked about; another's vouch keeps it alive) cover a
+/// stalled connection (the logs show vouches doing so in every run), but at load average ~13
+/// on 2 cores it still failed 3 of 5 runs: in each, one node was silent to BOTH others for
+/// 2.5 s at once (no one could vouch), with a 2 s gap in its own log, so a starved process or
+/// switch, which the bound cannot tell from a lost host. Still ignored for that.
+/// `CONSTELLA_FAULTS_LOGS=dir CONSTELLA_TEST_LOG=info,constella::daemon::beats=debug` keeps the
+/// node logs (asks and vouches) for a look.
 #[test]
-#[ignore = "fails with direct heartbeats at 5 % loss + 100 ± 50 ms: needs indirect probes (issue 11)"]
+#[ignore = "fails 3 of 5 runs at load ~13: a whole node silent to both others for 2.5 s (starved process or switch), see the doc comment; run with --ignored"]
 fn a_lossy_jittery_network_marks_nobody_offline() {
     let Some(lab) = Lab::new(3) else { return };
     let secs: u64 = std::env::var("CONSTELLA_SOAK_SECS")
@@ -448,6 +459,14 @@ fn soak(lab: &Lab, n: usize, secs: u64) -> (Vec<usize>, Vec<u64>, Duration, (u64
         .zip(&changes_before)
         .map(|(n, b)| leader_changes(n) - b)
         .collect();
+    if let Ok(dir) = std::env::var("CONSTELLA_FAULTS_LOGS") {
+        // Whole node logs for a closer look (run with CONSTELLA_TEST_LOG=debug or narrower).
+        for node in &net.nodes {
+            let path = std::path::Path::new(&dir).join(format!("{}.log", node.name));
+            std::fs::write(&path, node.log_text()).expect("write a node log");
+            eprintln!("{}: log in {}", node.name, path.display());
+        }
+    }
     if marks.iter().any(|m| *m > 0) {
         for node in &net.nodes {
             for line in node
@@ -458,6 +477,13 @@ fn soak(lab: &Lab, n: usize, secs: u64) -> (Vec<usize>, Vec<u64>, Duration, (u64
                 eprintln!("{}: {line}", node.name);
             }
         }
+    }
+    for node in &net.nodes {
+        eprintln!(
+            "{}: failure detector {}",
+            node.name,
+            node.status().unwrap()["failure_detector"]
+        );
     }
     drop(switch);
     (marks, changes, rtt, counts)

@@ -50,6 +50,40 @@ pub struct Heartbeat {
     pub protocol_version: u32,
     /// Seconds since the sender's daemon started.
     pub uptime_secs: u64,
+    /// Members the sender has not heard from directly for a while (a missed heartbeat): the
+    /// receiver is asked to answer with a [`Vouch`] for those it heard recently (the indirect
+    /// probe of the failure detector, see [`crate::node`]). Empty on most heartbeats and then
+    /// not encoded; older nodes ignore it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub doubts: Vec<Doubt>,
+    /// The answer to another member's doubts (sent to it alone, at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vouch: Option<Vouch>,
+}
+
+/// A member a heartbeat's sender doubts (see [`Heartbeat::doubts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Doubt(#[serde(with = "crate::ids::base58")] pub PeerId);
+
+/// "Of the members you doubt, I heard these directly, this long ago": the answer to the
+/// heartbeat whose sequence number is `asked`. The asker counts each as heard at the moment it
+/// sent that heartbeat minus the age, never later than the voucher really heard it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vouch {
+    /// The `seq` of the asking heartbeat.
+    pub asked: u64,
+    /// The members heard directly, each with how long before this answer.
+    pub heard: Vec<Heard>,
+}
+
+/// One member a [`Vouch`] speaks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heard {
+    /// The member.
+    #[serde(with = "crate::ids::base58")]
+    pub node_id: PeerId,
+    /// Milliseconds since the voucher last heard it directly.
+    pub age_ms: u32,
 }
 
 impl Heartbeat {
@@ -368,6 +402,8 @@ mod tests {
             seq: (3 << 32) | 7,
             protocol_version: PROTOCOL_VERSION,
             uptime_secs: 42,
+            doubts: Vec::new(),
+            vouch: None,
         })
     }
 

@@ -147,7 +147,12 @@ impl MemberView {
 #[derive(Debug, Clone)]
 struct Liveness {
     status: Status,
+    /// The latest evidence of life: a heartbeat or direct message, or another member's
+    /// [`Membership::on_vouch`]. Silence is measured from here.
     last_heard: Option<Instant>,
+    /// The latest evidence this node got itself (a heartbeat or direct message over its own
+    /// connection): what it vouches with, and what makes it doubt a member.
+    last_direct: Option<Instant>,
     last_seq: u64,
     /// Set when marked offline on direct evidence: the incarnation that was seen to go down.
     evidence_incarnation: Option<u32>,
@@ -163,6 +168,7 @@ impl Liveness {
         Self {
             status: Status::Offline,
             last_heard: None,
+            last_direct: None,
             last_seq: 0,
             evidence_incarnation: None,
             silent: false,
@@ -503,6 +509,7 @@ impl Membership {
         }
         live.evidence_incarnation = None;
         live.last_heard = Some(now);
+        live.last_direct = Some(now);
         if live.status == Status::Offline {
             live.status = Status::Alive;
             self.note_deadline(now);
@@ -525,6 +532,7 @@ impl Membership {
             return None;
         }
         live.last_heard = Some(now);
+        live.last_direct = Some(now);
         let revived = live.status == Status::Offline;
         live.status = Status::Alive;
         self.note_deadline(now);
@@ -594,6 +602,7 @@ impl Membership {
             if let Some(entry) = self.entries.get_mut(peer).filter(|e| !e.left) {
                 entry.liveness.status = Status::Alive;
                 entry.liveness.last_heard = Some(now);
+                entry.liveness.last_direct = Some(now);
                 any = true;
             }
         }
@@ -610,6 +619,70 @@ impl Membership {
             entry.liveness.status == Status::Alive
                 && entry.liveness.last_heard.is_some_and(|heard| heard > at)
         })
+    }
+
+    /// Another member vouches that `peer` was alive at `heard` (in this node's clock, never
+    /// later than the voucher really heard it: see [`crate::gossip::Vouch`]). It counts as
+    /// evidence of life only for a member alive here and only if newer than what this node has:
+    /// a vouch never revives a member marked offline (that takes its own heartbeat over a
+    /// connection), it only keeps one alive whose own connection to this node stalled. Whether
+    /// it counted.
+    pub fn on_vouch(&mut self, peer: &PeerId, heard: Instant) -> bool {
+        if *peer == self.local {
+            return false;
+        }
+        let Some(entry) = self.entries.get_mut(peer).filter(|e| !e.left) else {
+            return false;
+        };
+        let live = &mut entry.liveness;
+        if live.status != Status::Alive || live.last_heard.is_some_and(|at| at >= heard) {
+            return false;
+        }
+        // Only later than before: the expiry noted for the old value still comes first.
+        live.last_heard = Some(heard);
+        true
+    }
+
+    /// How long ago this node itself last heard `peer` (a heartbeat or a direct message over
+    /// its own connection), if `peer` is alive here and that was less than `within` ago: what
+    /// it may vouch for. Evidence it got from others does not count, so vouches never chain.
+    pub fn direct_age(&self, peer: &PeerId, now: Instant, within: Duration) -> Option<Duration> {
+        let entry = self.entries.get(peer).filter(|e| !e.left)?;
+        if *peer == self.local || entry.liveness.status != Status::Alive {
+            return None;
+        }
+        let age = now.saturating_duration_since(entry.liveness.last_direct?);
+        (age < within).then_some(age)
+    }
+
+    /// The alive members this node has not heard directly for `after` or longer, each with
+    /// that silence; and the earliest instant at which another alive member, heard directly
+    /// since, would join them (`None`: none can). One scan of the list.
+    pub fn doubted(
+        &self,
+        now: Instant,
+        after: Duration,
+    ) -> (Vec<(PeerId, Duration)>, Option<Instant>) {
+        let mut doubted = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (id, entry) in self.entries.iter() {
+            let live = &entry.liveness;
+            if *id == self.local || entry.left || live.status != Status::Alive {
+                continue;
+            }
+            let Some(direct) = live.last_direct else {
+                doubted.push((*id, after));
+                continue;
+            };
+            let silence = now.saturating_duration_since(direct);
+            if silence >= after {
+                doubted.push((*id, silence));
+            } else {
+                let due = direct + after;
+                next = Some(next.map_or(due, |at| at.min(due)));
+            }
+        }
+        (doubted, next)
     }
 
     /// A member heard at `heard` can go silent at `heard + offline_after`: make sure
@@ -945,6 +1018,8 @@ mod tests {
             seq: (u64::from(incarnation) << 32) | u64::from(counter),
             protocol_version: PROTOCOL_VERSION,
             uptime_secs: 1,
+            doubts: Vec::new(),
+            vouch: None,
         }
     }
 

@@ -23,6 +23,20 @@
 //!   while connected has its connection closed ([`Output::Disconnect`]) and is redialled; so is
 //!   one whose connection stopped answering pings ([`Input::PingFailed`]). A roster exchange
 //!   the member itself sent over a direct connection is proof of life like a heartbeat.
+//! - **Indirect probes** (SWIM's ping-req, as in Lifeguard): silence is measured from the
+//!   latest evidence, which another member may supply. A member not heard directly for
+//!   [`Config::suspect_after`] (1.25 intervals) is *doubted*: at once, and then every
+//!   [`Config::ask_interval`] (half an interval) while the doubt lasts, a heartbeat to
+//!   [`Config::indirect_checks`] (3) random connected members carries the doubts ([`crate::gossip::Heartbeat::doubts`]). Each answers
+//!   at once, to the asker alone, with a [`crate::gossip::Vouch`]: the doubted members it heard
+//!   itself within the offline bound, and how long ago. The asker counts each as heard at the
+//!   moment its ask left minus that age, never later than the voucher really heard it, so a
+//!   silent host still goes offline [`Config::offline_after`] after the last anyone heard it.
+//!   Only direct evidence is vouched with (vouches never chain), and a vouch keeps a member
+//!   alive but never revives one marked offline. A connection its peer stays silent on for
+//!   [`Config::stalled_after`] (twice the offline bound) is closed and redialled even while
+//!   others vouch. One lossy or stalled TCP connection therefore no longer marks its peer
+//!   offline; only silence on every path does.
 //! - **Redial**: every member we are not connected to is dialled, with a backoff from
 //!   [`Config::first_redial`] doubling to [`Config::max_redial`]; a closed connection to a member
 //!   is redialled at once (the member is then a *suspect*: a failed dial marks it offline).
@@ -72,7 +86,8 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::gossip::{
-    Goodbye, GossipBody, Heartbeat, KeyUpdateBytes, MemberRecord, RosterUpdate, Rotation,
+    Doubt, Goodbye, GossipBody, Heard, Heartbeat, KeyUpdateBytes, MemberRecord, RosterUpdate,
+    Rotation, Vouch,
 };
 use crate::join::JoinRefusal;
 use crate::membership::{Change, HeartbeatRejection, Membership, OfflineReason, Status};
@@ -121,6 +136,10 @@ pub struct Config {
     /// Whether the heartbeat interval and the offline bound follow the network's size as it
     /// changes ([`Config::for_size`]); off for a fixed configuration.
     pub scale_with_size: bool,
+    /// How many connected members a node asks about a member it doubts (not heard directly for
+    /// [`Config::suspect_after`]): the indirect probe of the failure detector. Lifeguard's
+    /// default (memberlist's `IndirectChecks`).
+    pub indirect_checks: usize,
     /// A redial of a suspect that fails sooner than this was refused by a live host (the
     /// process is gone): the member is offline at once. A slower failure is a timeout, which
     /// says nothing a partition would not also say: the heartbeat silence decides.
@@ -142,6 +161,27 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Direct silence after which a member is doubted and [`Config::indirect_checks`] other
+    /// members are asked whether they heard it: one and a quarter heartbeat intervals (a
+    /// heartbeat late by a quarter interval, or missed).
+    pub fn suspect_after(&self) -> Duration {
+        self.heartbeat_interval * 5 / 4
+    }
+
+    /// While a member is doubted, the helpers are asked again this often: half a heartbeat
+    /// interval, so two or three asks are under way before the offline bound and one lost or
+    /// late answer is covered by the next.
+    pub fn ask_interval(&self) -> Duration {
+        self.heartbeat_interval / 2
+    }
+
+    /// Direct silence after which a connection is closed and redialled even while other
+    /// members vouch for its peer (a connection stalled for good, or one way only): twice
+    /// [`Config::offline_after`].
+    pub fn stalled_after(&self) -> Duration {
+        self.offline_after * 2
+    }
+
     /// Networks up to this size heartbeat every second.
     pub const BASE_SIZE: usize = 100;
 
@@ -176,11 +216,16 @@ impl Config {
             pull_gap: Duration::from_secs(2),
             scale_with_size: true,
             refused_within: Duration::from_secs(1),
+            indirect_checks: 3,
             rotation_interval: Duration::from_secs(7 * 24 * 3600),
             departure_rotation_grace: Duration::from_secs(2),
         }
     }
 }
+
+/// Most members one heartbeat asks about (a base58 id is about 55 bytes on the wire; a vouch
+/// answering them all stays below the beat protocol's 8 KiB frame).
+pub const MAX_DOUBTS: usize = 48;
 
 /// This node as the core knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,6 +343,20 @@ pub enum Refusal {
     Malformed,
     /// A protocol version more than one away from ours.
     IncompatibleVersion,
+}
+
+/// What the failure detector did (see the module documentation, "Indirect probes").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetectorStats {
+    /// Heartbeats sent carrying doubts (asks).
+    pub asks: u64,
+    /// Vouches this node sent in answer to another member's doubts.
+    pub vouches_sent: u64,
+    /// Vouches that kept a member alive here (newer evidence than this node had).
+    pub vouches_counted: u64,
+    /// Connections closed because their peer was silent on them past
+    /// [`Config::stalled_after`] while others vouched for it.
+    pub stalled_closed: u64,
 }
 
 /// Counts of refused gossip messages, by reason.
@@ -651,8 +710,23 @@ pub struct Node {
     connected: PeerTable<()>,
     /// Members whose connection closed, with when their redial began.
     suspects: BTreeMap<PeerId, Instant>,
+    /// Members whose connection this node is closing itself (stalled, or a ping failed) while
+    /// they are alive: the close says nothing about their process, so the redial that follows
+    /// is not a suspect's (a fast failure then is no refusal of a dead process).
+    closing: BTreeSet<PeerId>,
     /// This node cannot see a majority of the members heard recently: `(sees, of)`.
     partitioned: Option<(usize, usize)>,
+    /// Alive members not heard directly for [`Config::suspect_after`]: asked about.
+    doubted: BTreeSet<PeerId>,
+    /// When the next alive member could become doubted (a scan of the members is due).
+    next_doubt: Option<Instant>,
+    /// While some member is doubted: when the helpers are asked again.
+    next_ask: Option<Instant>,
+    /// Heartbeats of ours that carried doubts: `(seq, sent)`, newest last, kept for
+    /// [`Config::stalled_after`] to date the vouches that answer them.
+    asks: std::collections::VecDeque<(u64, Instant)>,
+    /// Failure-detector counters, for status and the tests.
+    detector: DetectorStats,
     redials: BTreeMap<PeerId, Redial>,
     /// The same redials ordered by due time, so the next one is found without a scan of the
     /// member list (which cost O(members) per input at a thousand nodes).
@@ -728,6 +802,7 @@ impl Node {
             .collect();
         membership.assume_all_alive(&assumed, now);
         let suspects: BTreeMap<PeerId, Instant> = assumed.into_iter().map(|p| (p, now)).collect();
+        let config_suspect_after = config.suspect_after();
         let leadership = Leadership {
             is_local: false,
             leader_name: String::new(),
@@ -748,7 +823,13 @@ impl Node {
             eager_at: None,
             connected: PeerTable::new(),
             suspects,
+            closing: BTreeSet::new(),
             partitioned: None,
+            doubted: BTreeSet::new(),
+            next_doubt: Some(now + config_suspect_after),
+            next_ask: None,
+            asks: std::collections::VecDeque::new(),
+            detector: DetectorStats::default(),
             redials: BTreeMap::new(),
             redial_queue: BTreeSet::new(),
             sweep: true,
@@ -817,6 +898,11 @@ impl Node {
     /// How many times the leader changed since this node started.
     pub fn leader_changes(&self) -> u64 {
         self.leader_changes
+    }
+
+    /// What the failure detector did: asks, vouches, stalled connections closed.
+    pub fn detector(&self) -> &DetectorStats {
+        &self.detector
     }
 
     /// Refused gossip, by reason.
@@ -905,6 +991,7 @@ impl Node {
             Input::DialFailed(peer) => self.on_dial_failed(peer, now),
             Input::PingFailed(peer) => {
                 if self.connected.contains_key(&peer) && self.membership.is_member(&peer) {
+                    self.closing.insert(peer);
                     self.out.push(Output::Disconnect(peer));
                 }
             }
@@ -1046,7 +1133,21 @@ impl Node {
         if self.exit.is_some() {
             return;
         }
-        if now >= self.next_heartbeat {
+        let heartbeat_due = now >= self.next_heartbeat;
+        let reask_due = !self.doubted.is_empty() && self.next_ask.is_none_or(|at| now >= at);
+        if heartbeat_due || reask_due {
+            // Look again at every ask while some member is doubted: who still is, and whose
+            // connection has stalled for good.
+            self.next_doubt = Some(now);
+        }
+        let fresh = self.check_doubts(now);
+        if (fresh || reask_due) && !heartbeat_due {
+            // A member newly doubted, or the next ask about it, between two heartbeats of our
+            // own: ask now (a heartbeat that is due asks itself).
+            let helpers = self.helpers();
+            self.ask(helpers, now);
+        }
+        if heartbeat_due {
             self.publish_heartbeat(now);
             // Never let a slow caller make heartbeats bunch up: the next one is a full
             // interval after this one.
@@ -1074,6 +1175,10 @@ impl Node {
             }
         };
         consider(self.membership.next_expiry());
+        consider(self.next_doubt);
+        if !self.doubted.is_empty() {
+            consider(self.next_ask);
+        }
         consider(self.eager_at);
         consider(self.strangers.values().min().copied());
         consider(self.exit.and_then(|(_, at)| at));
@@ -1104,6 +1209,7 @@ impl Node {
     fn on_connected(&mut self, peer: PeerId, now: Instant) {
         self.connected.insert(peer, ());
         self.suspects.remove(&peer);
+        self.closing.remove(&peer);
         self.clear_redial(&peer);
         self.membership.on_connected(&peer);
         self.push_tombstone(peer);
@@ -1118,9 +1224,13 @@ impl Node {
         // A stranger that hung up no longer takes a place.
         self.strangers.remove(&peer);
         self.sweep = true;
+        let closed_here = self.closing.remove(&peer);
         if self.membership.is_member(&peer) && self.exit.is_none() {
-            // Its process may have died: a redial tells at once (refused) or in time.
-            self.suspects.insert(peer, now);
+            // Its process may have died: a redial tells at once (refused) or in time. Not when
+            // this node closed the connection itself: the redial is only a redial then.
+            if !closed_here {
+                self.suspects.insert(peer, now);
+            }
             let addrs = self.addresses_of(&peer);
             self.out.push(Output::Dial { peer, addrs });
         }
@@ -1319,6 +1429,13 @@ impl Node {
         match self.membership.on_heartbeat(heartbeat, connected, now) {
             Ok(change) => {
                 self.apply_changes(change.into_iter().collect(), now);
+                self.heard_itself(author, now);
+                if let Some(vouch) = &heartbeat.vouch {
+                    self.take_vouch(vouch);
+                }
+                if !heartbeat.doubts.is_empty() {
+                    self.answer_doubts(author, heartbeat, now);
+                }
                 Ok(())
             }
             Err(HeartbeatRejection::NonMember) => {
@@ -1338,6 +1455,154 @@ impl Node {
         }
         let change = self.membership.on_direct(&from, now);
         self.apply_changes(change.into_iter().collect(), now);
+        self.heard_itself(from, now);
+    }
+
+    // ---- the failure detector's indirect probes ----
+
+    /// `peer` may just have been heard over this node's own connection: if the membership
+    /// took it as such (not a late copy), it is no longer doubted, and it can be doubted again
+    /// only [`Config::suspect_after`] from now.
+    fn heard_itself(&mut self, peer: PeerId, now: Instant) {
+        let just_now = Duration::from_nanos(1);
+        if self.membership.direct_age(&peer, now, just_now).is_none() {
+            return;
+        }
+        self.doubted.remove(&peer);
+        let due = now + self.config.suspect_after();
+        self.next_doubt = Some(self.next_doubt.map_or(due, |at| at.min(due)));
+    }
+
+    /// Once a scan is due: the alive members not heard directly for
+    /// [`Config::suspect_after`] are doubted; whether one is newly doubted (to be asked about
+    /// at once, [`Node::ask`]). A member silent on a connection for [`Config::stalled_after`]
+    /// has the connection closed and redialled, even while others vouch for it.
+    fn check_doubts(&mut self, now: Instant) -> bool {
+        if self.next_doubt.is_none_or(|at| now < at) {
+            return false;
+        }
+        let (doubted, next) = self.membership.doubted(now, self.config.suspect_after());
+        self.next_doubt = next;
+        let stalled_after = self.config.stalled_after();
+        let mut fresh = false;
+        let mut current = BTreeSet::new();
+        for (id, silence) in doubted {
+            if silence >= stalled_after
+                && self.connected.contains_key(&id)
+                && self.closing.insert(id)
+            {
+                self.detector.stalled_closed += 1;
+                self.out.push(Output::Disconnect(id));
+            }
+            fresh |= !self.doubted.contains(&id);
+            current.insert(id);
+        }
+        self.doubted = current;
+        fresh
+    }
+
+    /// Up to [`Config::indirect_checks`] connected members, none of them doubted, picked at
+    /// random (each ask may go to others, so one stalled helper does not silence them all).
+    fn helpers(&mut self) -> Vec<PeerId> {
+        let mut candidates: Vec<PeerId> = self
+            .connected
+            .keys()
+            .filter(|id| !self.doubted.contains(*id) && self.membership.is_member(id))
+            .copied()
+            .collect();
+        let k = self.config.indirect_checks;
+        if candidates.len() > k {
+            for i in 0..k {
+                let j = self.rng.random_range(i..candidates.len());
+                candidates.swap(i, j);
+            }
+            candidates.truncate(k);
+        }
+        candidates
+    }
+
+    /// A heartbeat to `helpers` carrying every doubted member: each answers at once with a
+    /// vouch for those it heard directly within [`Config::offline_after`].
+    fn ask(&mut self, helpers: Vec<PeerId>, now: Instant) {
+        if helpers.is_empty() || self.doubted.is_empty() {
+            return;
+        }
+        // At most MAX_DOUBTS per ask (a frame stays far below the beat protocol's 8 KiB),
+        // from a random place in the list, so every doubted member is asked about in turn.
+        let skip = if self.doubted.len() > MAX_DOUBTS {
+            self.rng.random_range(0..self.doubted.len())
+        } else {
+            0
+        };
+        let doubts = self
+            .doubted
+            .iter()
+            .cycle()
+            .skip(skip)
+            .take(self.doubted.len().min(MAX_DOUBTS))
+            .map(|id| Doubt(*id))
+            .collect();
+        self.send_beat(helpers, doubts, None, now);
+        let seq = self.seq();
+        let keep = self.config.stalled_after();
+        while self
+            .asks
+            .front()
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) > keep)
+        {
+            self.asks.pop_front();
+        }
+        self.asks.push_back((seq, now));
+        self.next_ask = Some(now + self.config.ask_interval());
+        self.detector.asks += 1;
+    }
+
+    /// `asker` doubts some members: vouch at once, to it alone, for those this node heard
+    /// itself (not through others, so vouches never chain) within [`Config::offline_after`].
+    fn answer_doubts(&mut self, asker: PeerId, heartbeat: &Heartbeat, now: Instant) {
+        let within = self.config.offline_after;
+        let heard: Vec<Heard> = heartbeat
+            .doubts
+            .iter()
+            .take(MAX_DOUBTS)
+            .filter(|Doubt(id)| *id != asker)
+            .filter_map(|Doubt(id)| {
+                let age = self.membership.direct_age(id, now, within)?;
+                Some(Heard {
+                    node_id: *id,
+                    age_ms: u32::try_from(age.as_millis()).unwrap_or(u32::MAX),
+                })
+            })
+            .collect();
+        if heard.is_empty() || self.exit.is_some() {
+            return;
+        }
+        self.detector.vouches_sent += 1;
+        let vouch = Vouch {
+            asked: heartbeat.seq,
+            heard,
+        };
+        self.send_beat(vec![asker], Vec::new(), Some(vouch), now);
+    }
+
+    /// A vouch answering one of our asks: each member it names counts as heard at the moment
+    /// we sent the ask minus its age, which is never later than the voucher really heard it
+    /// (the voucher answered after our ask left). An answer to an ask we no longer know is
+    /// ignored.
+    fn take_vouch(&mut self, vouch: &Vouch) {
+        let Some(&(_, asked_at)) = self.asks.iter().rev().find(|(seq, _)| *seq == vouch.asked)
+        else {
+            return;
+        };
+        for heard in &vouch.heard {
+            let age = Duration::from_millis(u64::from(heard.age_ms));
+            let Some(at) = asked_at.checked_sub(age) else {
+                continue;
+            };
+            if self.membership.on_vouch(&heard.node_id, at) {
+                self.detector.vouches_counted += 1;
+            }
+        }
     }
 
     /// The partition rule as last derived (after the latest input): what the node acts on.
@@ -1382,18 +1647,36 @@ impl Node {
     }
 
     /// The next heartbeat, straight to every connected member (the core keeps a connection to
-    /// every member it can reach, so this is everyone reachable).
+    /// every member it can reach, so this is everyone reachable). While some member is
+    /// doubted, the copies to [`Config::indirect_checks`] helpers carry the doubts (the ask is
+    /// repeated every interval until the doubt ends one way or the other).
     fn publish_heartbeat(&mut self, now: Instant) {
+        let helpers = if self.doubted.is_empty() {
+            Vec::new()
+        } else {
+            self.helpers()
+        };
         let to: Vec<PeerId> = self
             .connected
             .keys()
-            .filter(|id| self.membership.is_member(id))
+            .filter(|id| self.membership.is_member(id) && !helpers.contains(id))
             .copied()
             .collect();
         self.send_heartbeat(to, now);
+        self.ask(helpers, now);
     }
 
     fn send_heartbeat(&mut self, to: Vec<PeerId>, now: Instant) {
+        self.send_beat(to, Vec::new(), None, now);
+    }
+
+    fn send_beat(
+        &mut self,
+        to: Vec<PeerId>,
+        doubts: Vec<Doubt>,
+        vouch: Option<Vouch>,
+        now: Instant,
+    ) {
         self.heartbeat_counter = self.heartbeat_counter.wrapping_add(1);
         if to.is_empty() {
             return;
@@ -1406,6 +1689,8 @@ impl Node {
             seq: self.seq(),
             protocol_version: crate::gossip::PROTOCOL_VERSION,
             uptime_secs: now.duration_since(self.started).as_secs(),
+            doubts,
+            vouch,
         };
         self.out.push(Output::Heartbeat { to, heartbeat });
     }
@@ -1621,6 +1906,7 @@ impl Node {
                 }
                 Change::Left(id) => {
                     roster_changed = true;
+                    self.doubted.remove(id);
                     self.suspects.remove(id);
                     self.clear_redial(id);
                     self.reported_offline.remove(id);
@@ -1646,6 +1932,7 @@ impl Node {
                     }
                 }
                 Change::Offline(id, reason) => {
+                    self.doubted.remove(id);
                     if *reason == OfflineReason::HeartbeatTimeout && self.connected.contains_key(id)
                     {
                         // Silent while connected: the connection is dead (a partition, a
@@ -2255,6 +2542,17 @@ mod tests {
         }
 
         fn heartbeat_from(&mut self, secs: f64, from: PeerId) -> Vec<Output> {
+            self.beat_from(secs, from, Vec::new(), None)
+        }
+
+        /// A heartbeat from `from` carrying doubts or a vouch.
+        fn beat_from(
+            &mut self,
+            secs: f64,
+            from: PeerId,
+            doubts: Vec<Doubt>,
+            vouch: Option<Vouch>,
+        ) -> Vec<Output> {
             let counter = self.counters.entry(from).or_default();
             *counter += 1;
             let heartbeat = Heartbeat {
@@ -2265,6 +2563,8 @@ mod tests {
                 seq: (1 << 32) | u64::from(*counter),
                 protocol_version: PROTOCOL_VERSION,
                 uptime_secs: 1,
+                doubts,
+                vouch,
             };
             self.handle(
                 secs,
@@ -2381,6 +2681,8 @@ mod tests {
             seq: (1 << 32) | 1,
             protocol_version: PROTOCOL_VERSION,
             uptime_secs: 1,
+            doubts: Vec::new(),
+            vouch: None,
         };
         // b relays (or forges) c's heartbeat over b's own connection: refused, c stays silent.
         let out = f.handle(
@@ -2433,6 +2735,170 @@ mod tests {
             2,
             "a → b at the first heartbeat, then b → c"
         );
+    }
+
+    /// The asks (heartbeats carrying doubts) among `outputs`: `(to, seq, doubted)`.
+    fn asks(outputs: &[Output]) -> Vec<(Vec<PeerId>, u64, Vec<PeerId>)> {
+        beats(outputs)
+            .into_iter()
+            .filter(|(_, hb)| !hb.doubts.is_empty())
+            .map(|(to, hb)| (to.to_vec(), hb.seq, hb.doubts.iter().map(|d| d.0).collect()))
+            .collect()
+    }
+
+    /// A vouch answering the ask `asked`: `who` heard `age_ms` ago.
+    fn vouch_for(asked: u64, who: PeerId, age_ms: u32) -> Vouch {
+        Vouch {
+            asked,
+            heard: vec![Heard {
+                node_id: who,
+                age_ms,
+            }],
+        }
+    }
+
+    fn offline(out: &[Output], who: PeerId) -> bool {
+        out.iter()
+            .any(|o| matches!(o, Output::Membership(Change::Offline(id, _)) if *id == who))
+    }
+
+    #[test]
+    fn a_member_silent_on_its_own_connection_is_asked_about_and_a_vouch_keeps_it_alive() {
+        let mut f = Fixture::new(40, &[]);
+        f.join_b_and_c(0.0);
+        let (b, c) = (f.b, f.c);
+        // c keeps talking; b's connection to a stalls. 1.25 s after b's last heartbeat a asks
+        // c about b at once (between two heartbeats of its own).
+        f.heartbeat_from(1.0, c);
+        let out = f.handle(1.2, Input::Timer);
+        assert!(asks(&out).is_empty(), "not doubted yet: {out:?}");
+        let out = f.handle(1.25, Input::Timer);
+        let asked = asks(&out);
+        assert_eq!(asked.len(), 1, "{out:?}");
+        let (to, seq, doubted) = asked[0].clone();
+        assert_eq!((to, doubted), (vec![c], vec![b]));
+        // c heard b 300 ms before it answered: b counts as heard at 0.95 here.
+        let vouch = vouch_for(seq, b, 300);
+        f.beat_from(1.3, c, Vec::new(), Some(vouch));
+        assert_eq!(f.node.detector().vouches_counted, 1);
+        // Asked again half an interval later, while the doubt lasts.
+        let out = f.handle(1.75, Input::Timer);
+        assert_eq!(asks(&out).len(), 1, "{out:?}");
+        // 2.5 s after b's last direct heartbeat: still alive, on c's word.
+        f.heartbeat_from(2.0, c);
+        let out = f.handle(2.6, Input::Timer);
+        assert!(!offline(&out, b), "{out:?}");
+        assert_eq!(f.node.leader(), b);
+        // With no newer vouch it goes offline 2.5 s after the vouched moment.
+        f.heartbeat_from(3.0, c);
+        let out = f.handle(3.44, Input::Timer);
+        assert!(!offline(&out, b), "{out:?}");
+        let out = f.handle(3.46, Input::Timer);
+        assert!(offline(&out, b), "{out:?}");
+        assert_eq!(f.node.leader(), c);
+    }
+
+    #[test]
+    fn asks_repeat_with_every_heartbeat_and_a_stalled_connection_is_closed_while_vouched() {
+        let mut f = Fixture::new(40, &[]);
+        f.join_b_and_c(0.0);
+        let (b, c) = (f.b, f.c);
+        let mut asked = 0;
+        let mut closed_at = None;
+        for step in 1..=70 {
+            let t = f64::from(step) * 0.1;
+            if step % 10 == 0 {
+                f.heartbeat_from(t, c);
+            }
+            let out = f.handle(t, Input::Timer);
+            for (to, seq, doubted) in asks(&out) {
+                assert_eq!((to, doubted), (vec![c], vec![b]));
+                asked += 1;
+                // c answers every ask: it heard b 100 ms ago.
+                let vouch = vouch_for(seq, b, 100);
+                f.beat_from(t + 0.05, c, Vec::new(), Some(vouch));
+            }
+            assert!(!offline(&out, b), "at {t}: {out:?}");
+            if out.contains(&Output::Disconnect(b)) && closed_at.is_none() {
+                closed_at = Some(t);
+            }
+        }
+        assert!(
+            asked >= 9,
+            "one ask at the doubt, then two per interval: {asked}"
+        );
+        // Silent on its own connection for twice the offline bound: closed and redialled,
+        // though c vouches for it all along.
+        let closed_at = closed_at.expect("the stalled connection closed");
+        assert!((5.0..5.15).contains(&closed_at), "closed at {closed_at}");
+        assert_eq!(f.node.detector().stalled_closed, 1, "closed once");
+        assert_eq!(f.node.leader(), b);
+        // This node closed it: the redial is no suspect's, and a fast failure (the other side
+        // still holds the stalled connection, say) is no sign of a dead process.
+        let out = f.handle(7.1, Input::Disconnected(b));
+        assert_eq!(dials(&out), vec![b]);
+        let out = f.handle(7.15, Input::DialFailed(b));
+        assert!(!offline(&out, b), "{out:?}");
+    }
+
+    #[test]
+    fn a_vouch_counts_only_as_of_our_ask_and_never_revives() {
+        let mut f = Fixture::new(40, &[]);
+        f.join_b_and_c(0.0);
+        let (b, c) = (f.b, f.c);
+        f.heartbeat_from(1.0, c);
+        let out = f.handle(1.5, Input::Timer);
+        let (_, seq, _) = asks(&out)[0].clone();
+        // An answer to an ask we never made is ignored; so is a vouch older than what we have.
+        let stray = vouch_for(seq + 1000, b, 0);
+        f.beat_from(1.6, c, Vec::new(), Some(stray));
+        let stale = vouch_for(seq, b, 1600);
+        f.beat_from(1.7, c, Vec::new(), Some(stale));
+        assert_eq!(f.node.detector().vouches_counted, 0);
+        f.heartbeat_from(2.0, c);
+        let out = f.handle(2.5, Input::Timer);
+        assert!(offline(&out, b), "{out:?}");
+        // Once offline, only b itself revives b: a vouch does not.
+        let later = vouch_for(seq, b, 0);
+        let out = f.beat_from(2.6, c, Vec::new(), Some(later));
+        assert!(!out.contains(&Output::Membership(Change::Alive(b))));
+        assert_eq!(f.node.membership().status(&b), Some(Status::Offline));
+    }
+
+    #[test]
+    fn doubts_are_answered_at_once_for_members_heard_directly_and_only_those() {
+        let mut f = Fixture::new(40, &[]);
+        f.join_b_and_c(0.0);
+        let (a, b, c) = (f.a, f.b, f.c);
+        f.heartbeat_from(1.0, c);
+        // b doubts c (heard here 0.5 s ago), a (itself), and b (the asker): only c is vouched
+        // for, to b alone, answering b's heartbeat by its sequence number.
+        let out = f.beat_from(1.5, b, vec![Doubt(c), Doubt(a), Doubt(b)], None);
+        let sent = beats(&out);
+        assert_eq!(sent.len(), 1, "{out:?}");
+        let (to, hb) = sent[0];
+        assert_eq!(to, &[b][..]);
+        let vouch = hb.vouch.clone().expect("a vouch");
+        assert_eq!(vouch.asked, (1 << 32) | 2);
+        assert_eq!(
+            vouch.heard,
+            vec![Heard {
+                node_id: c,
+                age_ms: 500
+            }]
+        );
+        assert_eq!(f.node.detector().vouches_sent, 1);
+        // c heard here only through a vouch (its own connection silent for 2 s): not vouched
+        // for, so vouches never chain.
+        let out = f.handle(2.5, Input::Timer);
+        let (_, seq, _) = asks(&out)
+            .into_iter()
+            .find(|(_, _, d)| d.contains(&c))
+            .expect("c doubted");
+        let vouch = vouch_for(seq, c, 0);
+        f.beat_from(2.55, b, Vec::new(), Some(vouch));
+        let out = f.beat_from(3.6, b, vec![Doubt(c)], None);
+        assert!(beats(&out).is_empty(), "{out:?}");
     }
 
     #[test]

@@ -319,20 +319,40 @@ fn partitions_heal_within_six_seconds_whatever_their_length() {
     }
 }
 
-/// Issue 11: 20 % loss for three simulated minutes. Heartbeats travel over the direct
-/// connection, modelled as TCP (a lost segment is resent after 200 ms, 400 ms, …, and holds
-/// back the frames behind it); four losses in a row make a heartbeat 3 s late, which the
-/// 2.5 s bound calls offline. Real TCP recovers faster (tail-loss probes, fast retransmit with
-/// other traffic on the connection), so this prints the marks under the model instead of
-/// asserting none. On real sockets, `tests/faults.rs` (`a_lossy_network_marks_nobody_offline`)
-/// asserts zero at 20 %.
+/// Issue 11: 20 % loss for three simulated minutes, in 5 and in 3 nodes. Heartbeats travel over
+/// the direct connection, modelled as TCP (a lost segment is resent after 200 ms, 400 ms, …, and
+/// holds back the frames behind it); four losses in a row make a heartbeat 3 s late, which
+/// the 2.5 s bound alone called offline (2 false marks in 180 s before indirect probes). Now a
+/// member not heard directly for 1.5 s is asked about, and another member's vouch keeps it
+/// alive: no false mark, even in 3 nodes where a single other member can vouch. On real
+/// sockets, `tests/faults.rs` (`a_lossy_network_marks_nobody_offline`) asserts the same.
 #[test]
-fn twenty_percent_loss_figure() {
-    let mut scenario = Scenario::new("lossy-20", 5, secs(180), 12);
-    scenario.net.loss = 0.2;
+fn twenty_percent_loss_marks_nobody_offline() {
+    for (nodes, seed) in [(5, 12), (3, 13)] {
+        let mut scenario = Scenario::new("lossy-20", nodes, secs(180), seed);
+        scenario.net.loss = 0.2;
+        scenario.assert_no_false_offline = true;
+        let report = run(scenario);
+        eprintln!(
+            "figure: simulated 20 % loss per segment (heartbeats retransmitted as by TCP), {nodes} nodes, 180 s: {} false offline marks",
+            report.false_offline
+        );
+        assert_eq!(report.false_offline, 0);
+        assert_eq!(phase(&report, "start").leaders, vec!["n0000".to_owned()]);
+    }
+}
+
+/// The same lossy, jittery network as above (5 % loss, 100 ± 50 ms) in 3 nodes, the shape of
+/// `tests/faults.rs` (`a_lossy_jittery_network_marks_nobody_offline`): only one member can vouch
+/// for a member whose own connection stalled.
+#[test]
+fn a_lossy_jittery_network_of_three_has_no_false_offline_marks() {
+    let mut scenario = Scenario::new("lossy-3", 3, secs(600), 21);
+    scenario.net.loss = 0.05;
+    scenario.net.latency = Duration::from_millis(100);
+    scenario.net.jitter = Duration::from_millis(50);
+    scenario.assert_no_false_offline = true;
     let report = run(scenario);
-    eprintln!(
-        "figure: simulated 20 % loss per segment (heartbeats retransmitted as by TCP), 5 nodes, 180 s: {} false offline marks",
-        report.false_offline
-    );
+    assert_eq!(report.false_offline, 0);
+    assert_eq!(phase(&report, "start").leaders, vec!["n0000".to_owned()]);
 }

@@ -18,6 +18,17 @@ pub(super) fn send(
     to: &[PeerId],
     heartbeat: Heartbeat,
 ) {
+    if !heartbeat.doubts.is_empty() || heartbeat.vouch.is_some() {
+        // The failure detector at work (docs/design.md, Failure detector): debug only, it
+        // happens on every lossy link.
+        tracing::debug!(
+            to = ?to,
+            seq = heartbeat.seq,
+            doubts = ?heartbeat.doubts.iter().map(|d| d.0).collect::<Vec<_>>(),
+            vouch = ?heartbeat.vouch,
+            "beat: asking or vouching"
+        );
+    }
     let frame: Arc<[u8]> = gossip::seal(key, &GossipBody::Heartbeat(heartbeat)).into();
     let beat = &mut swarm.behaviour_mut().beat;
     for peer in to {
@@ -29,7 +40,18 @@ pub(super) fn send(
 /// rotation); anything but a heartbeat is refused as malformed.
 pub(super) fn open(keys: &[GossipKey], frame: &[u8]) -> Result<Heartbeat, Refusal> {
     match gossip::open_any(keys, frame) {
-        Ok(GossipBody::Heartbeat(heartbeat)) => Ok(heartbeat),
+        Ok(GossipBody::Heartbeat(heartbeat)) => {
+            if !heartbeat.doubts.is_empty() || heartbeat.vouch.is_some() {
+                tracing::debug!(
+                    from = %heartbeat.node_id,
+                    seq = heartbeat.seq,
+                    doubts = ?heartbeat.doubts.iter().map(|d| d.0).collect::<Vec<_>>(),
+                    vouch = ?heartbeat.vouch,
+                    "beat: asked or vouched"
+                );
+            }
+            Ok(heartbeat)
+        }
         Ok(_) => Err(Refusal::Malformed),
         Err(GossipError::BadMac | GossipError::OtherEpoch(_)) => Err(Refusal::BadMac),
         Err(GossipError::IncompatibleVersion(_)) => Err(Refusal::IncompatibleVersion),
@@ -53,6 +75,8 @@ mod tests {
             seq: 1 << 32 | 1,
             protocol_version: PROTOCOL_VERSION,
             uptime_secs: 3,
+            doubts: Vec::new(),
+            vouch: None,
         }
     }
 

@@ -7,7 +7,7 @@ use constella_behaviours::gossip;
 use constella_behaviours::node::Node;
 use serde::{Deserialize, Serialize};
 
-pub use constella_behaviours::node::Rejections;
+pub use constella_behaviours::node::{DetectorStats, Rejections};
 
 use super::signals::MetricsSnapshot;
 use crate::state::NetworkState;
@@ -48,6 +48,10 @@ pub struct StatusReport {
     pub listen_addrs: Vec<String>,
     pub connected_peers: usize,
     pub rejected_gossip: Rejections,
+    /// What the failure detector did since the start: asks about doubted members, vouches
+    /// sent and counted, stalled connections closed (docs/design.md, Failure detector).
+    #[serde(default)]
+    pub failure_detector: DetectorStats,
     /// The Telegram bot on this node.
     #[serde(default)]
     pub bot: BotReport,
@@ -134,6 +138,7 @@ pub(super) fn status(
         listen_addrs: swarm.0,
         connected_peers: swarm.1,
         rejected_gossip: core.rejections().clone(),
+        failure_detector: core.detector().clone(),
         bot: BotReport {
             enabled: state.bot_token.is_some(),
             polling: bot.polling,
