@@ -322,6 +322,29 @@ mod chart {
         let decoder = png::Decoder::new(std::io::Cursor::new(&overview.bytes));
         let reader = decoder.read_info().expect("a PNG");
         assert_eq!((reader.info().width, reader.info().height), (1000, 1100));
+
+        // The same overview from the node list's button.
+        fake.send_text(&owner, "/start");
+        let list = fake.wait_message(ANSWER, "a second node list", OWNER_ID, |m| {
+            m.text.starts_with("Узлы сети") && m.message_id != list.message_id
+        });
+        fake.press(
+            &owner,
+            list.message_id,
+            &list.button("📊 Обзор сети").unwrap(),
+        );
+        let overviews = cluster.or_logs(|| {
+            wait_for(ANSWER, "the overview photo from the button", || {
+                let overviews: Vec<_> = fake
+                    .photos()
+                    .into_iter()
+                    .filter(|p| p.file_name == "overview.png")
+                    .collect();
+                (overviews.len() == 2).then_some(overviews)
+            })
+        });
+        assert_eq!(overviews[1].node, "alpha");
+        assert!(overviews[1].caption.contains("Обзор сети"));
     }
 }
 
@@ -365,6 +388,97 @@ mod alerts {
                     && (!recovered || (e["recovered_at"].is_u64() && e["recovery_sent"] == true))
             })
             .then_some(episodes.len())
+    }
+
+    /// The RAM episodes in the node's state file on disk: (alert_sent, recovery_sent) each.
+    fn ram_episodes_on_disk(node: &Node) -> Vec<(bool, bool)> {
+        let Some(state) = node.state_json() else {
+            return Vec::new();
+        };
+        state["settings"]["alerts"]["episodes"]
+            .as_object()
+            .map(|episodes| {
+                episodes
+                    .values()
+                    .filter(|e| e["rule"] == "ram")
+                    .map(|e| (e["alert_sent"] == true, e["recovery_sent"] == true))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The "sent" mark is on disk (fsynced, renamed into place) before the message leaves:
+    /// every state write is held back 1 s (a test knob), the node is killed the moment the
+    /// fake Bot API has the alert, and after the restart the owner gets no second alert. With
+    /// the mark only in memory and gossip (a one-node network has no one to gossip to), the
+    /// restarted node would find the episode unsent and send it again.
+    #[test]
+    fn an_alert_marked_sent_is_on_disk_before_it_is_sent_so_a_crash_never_repeats_it() {
+        const DELAY: (&str, &str) = ("CONSTELLA_TEST_STORE_DELAY_MS", "1000");
+        let fake = FakeTelegram::start(TOKEN);
+        let mut cluster = Cluster::start_with(&["alpha"], &[1], None, |node| {
+            fast(node);
+            node.init_args = vec!["--bot-token".into(), TOKEN.into()];
+            node.run_args = vec!["--telegram-api-url".into(), fake.url_for(&node.name)];
+            node.env
+                .push(("CONSTELLA_TEST_ALERT_GAP_MS".into(), "200".into()));
+            node.env.push((DELAY.0.into(), DELAY.1.into()));
+        });
+        let owner = TgUser::new(OWNER_ID, "Owner_Test");
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "alpha to poll", || {
+                fake.polls().iter().any(|p| p.node == "alpha").then_some(())
+            });
+        });
+        fake.send_text(&owner, "/start");
+        fake.wait_message(ANSWER, "the node list", OWNER_ID, |m| {
+            m.text.starts_with("Узлы сети")
+        });
+        // The owner is on disk before the episode opens.
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "the owner on disk", || {
+                cluster.node("alpha").state_json()?["settings"]["owner_user_id"]
+                    .as_u64()
+                    .filter(|id| *id == OWNER_ID)
+            })
+        });
+        cluster.node("alpha").ok(&["alerts", "set", "ram", "1"]);
+        // Polled tightly: the node must be killed within the 1 s a write is held back.
+        let deadline = std::time::Instant::now() + ANSWER;
+        while lines(&fake, "🔴 alpha: ОЗУ") == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no alert:\n{}",
+                cluster.dump_logs()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let on_disk = ram_episodes_on_disk(cluster.node("alpha"));
+        cluster.node_mut("alpha").kill();
+        assert_eq!(
+            on_disk,
+            vec![(true, false)],
+            "the alert left before its mark was on disk"
+        );
+        // Restarted without the knob; it leads and polls again, and the episode recovers.
+        let node = cluster.node_mut("alpha");
+        node.env.retain(|(k, _)| k != DELAY.0);
+        node.start();
+        let polls_before = fake.polls().len();
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "alpha to poll again", || {
+                (fake.polls().len() > polls_before + 1).then_some(())
+            });
+        });
+        cluster.node("alpha").ok(&["alerts", "set", "ram", "100"]);
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "the recovery", || {
+                (lines(&fake, "🟢 alpha: ОЗУ") >= 1).then_some(())
+            });
+        });
+        // A repeated alert would have gone out before or with the recovery.
+        assert_eq!(lines(&fake, "🔴 alpha: ОЗУ"), 1, "the alert was sent twice");
+        assert_eq!(lines(&fake, "🟢 alpha: ОЗУ"), 1);
     }
 
     #[test]
@@ -499,28 +613,6 @@ mod services {
         std::path::Path::new("/run/systemd/system").is_dir()
     }
 
-    /// A stand-in `systemctl`: answers `--version`, `show` (every unit loaded and running,
-    /// with how often it was restarted) and `restart` (counted in `$STANDIN_DIR`; a unit named
-    /// `missing.service` fails as systemd would).
-    const STANDIN: &str = r#"#!/bin/sh
-case "$1" in
-  --version) echo "systemd 257 (stand-in)";;
-  show) shift; shift; first=1
-    for unit in "$@"; do
-      [ $first = 1 ] || echo; first=0
-      n=$(cat "$STANDIN_DIR/$unit" 2>/dev/null || echo 0)
-      printf 'Id=%s\nLoadState=loaded\nActiveState=active\nSubState=running\nDescription=restarted %s times\n' "$unit" "$n"
-    done;;
-  restart)
-    if [ "$2" = missing.service ]; then
-      echo "Failed to restart missing.service: Unit missing.service not found." >&2; exit 5
-    fi
-    n=$(cat "$STANDIN_DIR/$2" 2>/dev/null || echo 0)
-    echo $((n + 1)) > "$STANDIN_DIR/$2";;
-  *) echo "stand-in: unexpected $*" >&2; exit 1;;
-esac
-"#;
-
     fn services_json(from: &Node, node: &str) -> serde_json::Value {
         let out = from.cli(&["services", node, "--json"]);
         assert!(out.status.success(), "{}", common::output_text(&out));
@@ -553,10 +645,7 @@ esac
                  (CONSTELLA_SYSTEMCTL) proves the path. tests/systemd_hosts.rs restarts a real \
                  unit under systemd."
             );
-            let script = standin_dir.path().join("systemctl");
-            std::fs::write(&script, STANDIN).unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+            common::systemctl_standin(standin_dir.path());
         }
         let script = standin_dir.path().join("systemctl");
         let dir = standin_dir.path().to_owned();

@@ -44,6 +44,8 @@ pub enum Action {
     Charts(String),
     /// Send a chart of a node over a range (see [`ChartRange`]).
     Chart(String, ChartRange),
+    /// Send the overview chart of every alive node (24 h).
+    Overview,
 }
 
 /// The ranges a chart button offers.
@@ -128,6 +130,7 @@ impl Action {
     pub fn encode(&self) -> String {
         match self {
             Action::List => "l".to_owned(),
+            Action::Overview => "o".to_owned(),
             Action::Card(node) => format!("c:{node}"),
             Action::Usage(node) => format!("u:{node}"),
             Action::AskReboot(node) => format!("r:{node}"),
@@ -147,6 +150,9 @@ impl Action {
         }
         if data == "l" {
             return Some(Action::List);
+        }
+        if data == "o" {
+            return Some(Action::Overview);
         }
         let (kind, rest) = data.split_once(':')?;
         let node = |text: &str| is_short_id(text).then(|| text.to_owned());
@@ -296,6 +302,7 @@ pub(crate) mod tests {
         let confirmation = Confirmation::sign(&secret, &short, u64::from(u32::MAX), binding());
         for action in [
             Action::List,
+            Action::Overview,
             Action::Card(short.clone()),
             Action::Usage(short.clone()),
             Action::AskReboot(short.clone()),

@@ -107,6 +107,10 @@ pub fn node_list(lang: Lang, peers: &[MemberView]) -> Screen {
         })
         .collect();
     rows.push(vec![button(
+        lang.pick("📊 Обзор сети (24 ч)", "📊 Network overview (24 h)"),
+        &Action::Overview,
+    )]);
+    rows.push(vec![button(
         lang.pick("🔄 Обновить", "🔄 Refresh"),
         &Action::List,
     )]);
@@ -594,8 +598,8 @@ pub fn chat_invite_usage(lang: Lang) -> String {
 
 pub fn services_usage(lang: Lang) -> String {
     lang.pick(
-        "Использование: /services УЗЕЛ — службы узла; /restart УЗЕЛ СЛУЖБА — перезапустить (с подтверждением).",
-        "Usage: /services NODE — the node's units; /restart NODE UNIT — restart one (confirmed).",
+        "Использование: /services УЗЕЛ — службы узла; /restart УЗЕЛ СЛУЖБА — перезапустить (подтверждение кнопкой).",
+        "Usage: /services NODE — the node's units; /restart NODE UNIT — restart one (confirmed with a button).",
     )
     .to_owned()
 }
@@ -604,17 +608,6 @@ pub fn chat_invite_failed(lang: Lang, error: &anyhow::Error) -> String {
     match lang {
         Lang::Ru => format!("Не удалось выдать код: {error:#}"),
         Lang::En => format!("Cannot issue an invite: {error:#}"),
-    }
-}
-
-pub fn restart_confirm(lang: Lang, node: &str, unit: &str) -> String {
-    match lang {
-        Lang::Ru => format!(
-            "Перезапустить {unit} на {node}? Чтобы подтвердить, отправьте:\n/restart {node} {unit} да"
-        ),
-        Lang::En => {
-            format!("Restart {unit} on {node}? To confirm, send:\n/restart {node} {unit} yes")
-        }
     }
 }
 

@@ -501,6 +501,8 @@ impl Handlers {
         if !peer.is_alive() {
             return screen;
         }
+        let screen =
+            super::services::with_services_button(lang, screen, &short_peer_id(&peer.node_id));
         let node_id = peer.node_id.to_base58();
         let probe = self
             .config
@@ -662,7 +664,7 @@ impl Handlers {
             Err(ConfirmError::Forged) => return,
         }
         info!(
-            node = %peer.name,
+            member = %peer.name,
             container = cid,
             action = action.as_str(),
             requested_by = %format!("telegram:{}", binding.owner_id),
