@@ -390,6 +390,37 @@ mod alerts {
             .then_some(episodes.len())
     }
 
+    /// A bot cluster of `names` (alpha leads) sampling fast, alerts 200 ms apart, with `env`;
+    /// once alpha's bot polls, the owner has sent /start and got the node list.
+    fn alert_cluster(
+        fake: &FakeTelegram,
+        names: &[&str],
+        priorities: &[u32],
+        env: &[(&str, &str)],
+    ) -> Cluster {
+        let cluster = Cluster::start_with(names, priorities, None, |node| {
+            fast(node);
+            node.init_args = vec!["--bot-token".into(), TOKEN.into()];
+            node.run_args = vec!["--telegram-api-url".into(), fake.url_for(&node.name)];
+            node.env
+                .push(("CONSTELLA_TEST_ALERT_GAP_MS".into(), "200".into()));
+            for (k, v) in env {
+                node.env.push(((*k).into(), (*v).into()));
+            }
+        });
+        let owner = TgUser::new(OWNER_ID, "Owner_Test");
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "alpha to poll", || {
+                fake.polls().iter().any(|p| p.node == "alpha").then_some(())
+            });
+        });
+        fake.send_text(&owner, "/start");
+        fake.wait_message(ANSWER, "the node list", OWNER_ID, |m| {
+            m.text.starts_with("Узлы сети")
+        });
+        cluster
+    }
+
     /// The RAM episodes in the node's state file on disk: (alert_sent, recovery_sent) each.
     fn ram_episodes_on_disk(node: &Node) -> Vec<(bool, bool)> {
         let Some(state) = node.state_json() else {
@@ -416,24 +447,7 @@ mod alerts {
     fn an_alert_marked_sent_is_on_disk_before_it_is_sent_so_a_crash_never_repeats_it() {
         const DELAY: (&str, &str) = ("CONSTELLA_TEST_STORE_DELAY_MS", "1000");
         let fake = FakeTelegram::start(TOKEN);
-        let mut cluster = Cluster::start_with(&["alpha"], &[1], None, |node| {
-            fast(node);
-            node.init_args = vec!["--bot-token".into(), TOKEN.into()];
-            node.run_args = vec!["--telegram-api-url".into(), fake.url_for(&node.name)];
-            node.env
-                .push(("CONSTELLA_TEST_ALERT_GAP_MS".into(), "200".into()));
-            node.env.push((DELAY.0.into(), DELAY.1.into()));
-        });
-        let owner = TgUser::new(OWNER_ID, "Owner_Test");
-        cluster.or_logs(|| {
-            wait_for(ANSWER, "alpha to poll", || {
-                fake.polls().iter().any(|p| p.node == "alpha").then_some(())
-            });
-        });
-        fake.send_text(&owner, "/start");
-        fake.wait_message(ANSWER, "the node list", OWNER_ID, |m| {
-            m.text.starts_with("Узлы сети")
-        });
+        let mut cluster = alert_cluster(&fake, &["alpha"], &[1], &[DELAY]);
         // The owner is on disk before the episode opens.
         cluster.or_logs(|| {
             wait_for(ANSWER, "the owner on disk", || {
@@ -485,23 +499,7 @@ mod alerts {
     fn a_forced_alert_and_its_recovery_reach_the_owner_once_across_a_failover() {
         let fake = FakeTelegram::start(TOKEN);
         let names = ["alpha", "bravo", "charlie"];
-        let mut cluster = Cluster::start_with(&names, &[1, 100, 100], None, |node| {
-            fast(node);
-            node.init_args = vec!["--bot-token".into(), TOKEN.into()];
-            node.run_args = vec!["--telegram-api-url".into(), fake.url_for(&node.name)];
-            node.env
-                .push(("CONSTELLA_TEST_ALERT_GAP_MS".into(), "200".into()));
-        });
-        let owner = TgUser::new(OWNER_ID, "Owner_Test");
-        cluster.or_logs(|| {
-            wait_for(ANSWER, "alpha to poll", || {
-                fake.polls().iter().any(|p| p.node == "alpha").then_some(())
-            });
-        });
-        fake.send_text(&owner, "/start");
-        fake.wait_message(ANSWER, "the node list", OWNER_ID, |m| {
-            m.text.starts_with("Узлы сети")
-        });
+        let mut cluster = alert_cluster(&fake, &names, &[1, 100, 100], &[]);
 
         // Defaults, and bad input refused with one line and nothing changed.
         let report = alerts_json(cluster.node("bravo")).unwrap();

@@ -78,6 +78,45 @@ impl Host {
         self.exec_env(env, &all)
     }
 
+    /// `install.sh init` as the README has it, naming this host; `extra` args after.
+    fn install_init(&self, env: &[&str], extra: &[&str]) -> Output {
+        let public = format!("{}:{PORT}", self.name);
+        let binary = format!("{REPO_IN_HOST}/constella");
+        let mut args = vec![
+            "init",
+            "--server-name",
+            &self.name,
+            "--public-addr",
+            &public,
+            "--owner",
+            "@owner_test",
+            "--binary",
+            &binary,
+        ];
+        args.extend_from_slice(extra);
+        self.install_sh(env, &args)
+    }
+
+    /// `install.sh join` with `link`, naming this host.
+    fn install_join(&self, link: &str) -> Output {
+        let public = format!("{}:{PORT}", self.name);
+        let binary = format!("{REPO_IN_HOST}/constella");
+        self.install_sh(
+            &[],
+            &[
+                "join",
+                "--server-name",
+                &self.name,
+                "--join",
+                link,
+                "--public-addr",
+                &public,
+                "--binary",
+                &binary,
+            ],
+        )
+    }
+
     fn peers(&self) -> Option<Vec<Peer>> {
         let out = self.exec(&["constella", "peers", "--json"]);
         out.status
@@ -367,8 +406,6 @@ fn three_systemd_hosts_install_fail_over_reboot_roll_and_uninstall() {
         hosts.host("bravo"),
         hosts.host("charlie"),
     );
-    let binary = format!("{REPO_IN_HOST}/constella");
-    let public = |h: &Host| format!("{}:{PORT}", h.name);
 
     // The bot talks to a fake Bot API on the host machine, set the way an operator points it
     // at a self-hosted one: a drop-in (`systemctl edit constella`), here written before the
@@ -389,43 +426,13 @@ fn three_systemd_hosts_install_fail_over_reboot_roll_and_uninstall() {
 
     // ---- install, as the README says ----
     let token_env = format!("CONSTELLA_BOT_TOKEN={TOKEN}");
-    let out = alpha.install_sh(
-        &[&token_env],
-        &[
-            "init",
-            "--server-name",
-            "alpha",
-            "--public-addr",
-            &public(alpha),
-            "--owner",
-            "@owner_test",
-            "--priority",
-            "10",
-            "--binary",
-            &binary,
-        ],
-    );
+    let out = alpha.install_init(&[&token_env], &["--priority", "10"]);
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("started constella.service"), "{stdout}");
     assert!(stdout.contains("invite --ttl 15m"), "{stdout}");
 
-    let join = |host: &Host, link: &str| {
-        host.install_sh(
-            &[],
-            &[
-                "join",
-                "--server-name",
-                &host.name,
-                "--join",
-                link,
-                "--public-addr",
-                &public(host),
-                "--binary",
-                &binary,
-            ],
-        )
-    };
+    let join = |host: &Host, link: &str| host.install_join(link);
     let mut joined = vec!["alpha"];
     let mut last_link = String::new();
     for host in [bravo, charlie] {
@@ -703,9 +710,10 @@ fn three_systemd_hosts_install_fail_over_reboot_roll_and_uninstall() {
     });
 }
 
-/// A unit that fails unless `/run/demo-ok` exists (exit 3), without systemd's own restarts.
+/// A unit whose start fails unless `/run/demo-ok` exists (a oneshot: `systemctl start` and
+/// `restart` wait for it and report its failure), without systemd's own restarts.
 const DEMO_UNIT: &str = "[Unit]\nDescription=Constella test unit\n\n[Service]\n\
-ExecStart=/bin/sh -c 'test -e /run/demo-ok || exit 3; exec sleep infinity'\n";
+Type=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sh -c 'test -e /run/demo-ok'\n";
 
 /// The unit's `active_state` as `constella services bravo --json` on `from` reports it.
 fn unit_state(from: &Host, node: &str, unit: &str) -> Option<String> {
@@ -730,38 +738,10 @@ fn a_node_watches_a_real_unit_sees_it_fail_and_restarts_it_over_rpc() {
     }
     let hosts = Hosts::boot(&["alpha", "bravo"]);
     let (alpha, bravo) = (hosts.host("alpha"), hosts.host("bravo"));
-    let binary = format!("{REPO_IN_HOST}/constella");
-    let public = |h: &Host| format!("{}:{PORT}", h.name);
-    let out = alpha.install_sh(
-        &[],
-        &[
-            "init",
-            "--server-name",
-            "alpha",
-            "--public-addr",
-            &public(alpha),
-            "--owner",
-            "@owner_test",
-            "--binary",
-            &binary,
-        ],
-    );
+    let out = alpha.install_init(&[], &[]);
     assert!(out.status.success(), "{}", text(&out));
     let link = alpha.ok(&["constella", "invite", "--ttl", "15m"]);
-    let out = bravo.install_sh(
-        &[],
-        &[
-            "join",
-            "--server-name",
-            "bravo",
-            "--join",
-            link.trim(),
-            "--public-addr",
-            &public(bravo),
-            "--binary",
-            &binary,
-        ],
-    );
+    let out = bravo.install_join(link.trim());
     assert!(out.status.success(), "{}", text(&out));
     hosts.agreed_leader(&hosts.all(), &["alpha", "bravo"], Duration::from_secs(30));
 
@@ -822,9 +802,9 @@ fn a_node_watches_a_real_unit_sees_it_fail_and_restarts_it_over_rpc() {
     // bravo's journal has the restart as a structured entry.
     let entry = bravo.journal_where(&["NODE=bravo", "EVENT=service_restart", "UNIT=demo.service"]);
     assert!(entry.contains("restarting a systemd unit"), "{entry}");
-    // And the unit failing again is seen again.
+    // And the unit failing again (restarted on bravo itself) is seen again.
     bravo.ok(&["rm", "/run/demo-ok"]);
-    bravo.ok(&["systemctl", "kill", "--signal=KILL", "demo"]);
+    let _ = bravo.exec(&["systemctl", "restart", "demo"]);
     wait_for(
         Duration::from_secs(10),
         "alpha to see demo fail again",

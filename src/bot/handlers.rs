@@ -629,6 +629,27 @@ impl Handlers {
         }
     }
 
+    /// The member a screen's button names by `short` id, if it is current and alive; otherwise
+    /// the press is answered with why (stale, offline) and `None` returned.
+    async fn alive_peer(
+        &self,
+        query: &CallbackQuery,
+        lang: Lang,
+        peers: &[MemberView],
+        short: &str,
+    ) -> Option<MemberView> {
+        let Some(peer) = resolve(peers, short).cloned() else {
+            self.answer(query, Some(ui::toast_stale(lang))).await;
+            return None;
+        };
+        if !peer.is_alive() {
+            self.answer(query, Some(&ui::toast_offline(lang, &peer.name)))
+                .await;
+            return None;
+        }
+        Some(peer)
+    }
+
     /// Accepts a pressed confirmation once: a good MAC, not expired, not used before. Otherwise
     /// the press is answered with why (stale or expired) and the error returned; on success it
     /// is answered without a toast.

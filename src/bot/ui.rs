@@ -261,6 +261,15 @@ pub fn toast_remove_self(lang: Lang, name: &str) -> String {
     }
 }
 
+/// `screen` (a node's card) with a row of `button` above its last row ("« Назад").
+pub fn with_row_above_back(mut screen: Screen, button: InlineKeyboardButton) -> Screen {
+    if let Some(keyboard) = screen.keyboard.as_mut() {
+        let at = keyboard.inline_keyboard.len().saturating_sub(1);
+        keyboard.inline_keyboard.insert(at, vec![button]);
+    }
+    screen
+}
+
 /// A result screen with a way back to the node and to the list.
 pub fn with_back(lang: Lang, text: String, node: Option<&str>) -> Screen {
     let mut row = Vec::new();

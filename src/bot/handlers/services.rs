@@ -27,9 +27,10 @@ use teloxide::types::{
 };
 use tracing::info;
 
-use super::{Handlers, Who, resolve};
+use super::{Handlers, Who};
 use crate::bot::callback::{
-    Binding, ConfirmError, Confirmation, MAX_CALLBACK_BYTES, SHORT_ID_LEN, short_peer_id,
+    Binding, ConfirmError, Confirmation, MAX_CALLBACK_BYTES, is_lower_hex, is_mac_hex, is_short_id,
+    parse_expiry, short_peer_id,
 };
 use crate::bot::ui::{self, Lang, Screen};
 use crate::state::unix_now;
@@ -69,11 +70,11 @@ pub(super) fn unit_ref(unit: &str) -> String {
 }
 
 fn is_node(text: &str) -> bool {
-    text.len() == SHORT_ID_LEN && text.bytes().all(|b| b.is_ascii_alphanumeric())
+    is_short_id(text)
 }
 
 fn is_hex(text: &str, len: usize) -> bool {
-    text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    is_lower_hex(text, len)
 }
 
 /// What the MAC of a restart confirmation covers besides expiry, owner, chat and message.
@@ -112,10 +113,8 @@ impl Press {
                 unit: (*unit).to_owned(),
             }),
             ["sA", node, unit, expires, mac] if is_node(node) && is_hex(unit, UNIT_REF_LEN) => {
-                let expires_at = expires.parse::<u64>().ok().filter(|_| {
-                    expires.len() <= 20 && expires.bytes().all(|b| b.is_ascii_digit())
-                })?;
-                is_hex(mac, 16).then_some(())?;
+                let expires_at = parse_expiry(expires)?;
+                is_mac_hex(mac).then_some(())?;
                 Some(Press::Confirmed {
                     node: (*node).to_owned(),
                     unit: (*unit).to_owned(),
@@ -142,19 +141,12 @@ fn button(text: impl Into<String>, data: String) -> InlineKeyboardButton {
 }
 
 /// `screen` (a node's card) with the services button above its last row ("« Назад").
-pub(super) fn with_services_button(lang: Lang, mut screen: Screen, node: &str) -> Screen {
-    if let Some(keyboard) = screen.keyboard.as_mut() {
-        let row = vec![button(
-            lang.pick("⚙️ Службы", "⚙️ Services"),
-            Press::List {
-                node: node.to_owned(),
-            }
-            .encode(),
-        )];
-        let at = keyboard.inline_keyboard.len().saturating_sub(1);
-        keyboard.inline_keyboard.insert(at, row);
+pub(super) fn with_services_button(lang: Lang, screen: Screen, node: &str) -> Screen {
+    let data = Press::List {
+        node: node.to_owned(),
     }
-    screen
+    .encode();
+    ui::with_row_above_back(screen, button(lang.pick("⚙️ Службы", "⚙️ Services"), data))
 }
 
 /// The node's units with their state; a restart button for each when the presser may.
@@ -396,15 +388,9 @@ impl Handlers {
         binding: Binding,
     ) {
         let (chat, message_id) = (ChatId(binding.chat_id), MessageId(binding.message_id));
-        let Some(peer) = resolve(peers, press.node()).cloned() else {
-            self.answer(query, Some(ui::toast_stale(lang))).await;
+        let Some(peer) = self.alive_peer(query, lang, peers, press.node()).await else {
             return;
         };
-        if !peer.is_alive() {
-            self.answer(query, Some(&ui::toast_offline(lang, &peer.name)))
-                .await;
-            return;
-        }
         match press {
             Press::List { .. } => {
                 self.answer(query, None).await;
