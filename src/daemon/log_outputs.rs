@@ -12,11 +12,11 @@ use tracing::{info, warn};
 /// The leader this node names moved.
 pub(super) fn leader_changed(core: &Node, previous: &PeerId, leader: &PeerId) {
     info!(
-        event = "leader_changed",
         previous = %core.name_of(previous),
         leader = %core.name_of(leader),
         leader_id = %leader,
         this_node = *leader == core.local().id,
+        event = "leader_changed",
         "leader changed"
     );
 }
@@ -25,26 +25,26 @@ pub(super) fn leader_changed(core: &Node, previous: &PeerId, leader: &PeerId) {
 pub(super) fn membership(core: &Node, change: &Change) {
     match change {
         Change::Joined(id) => info!(
-            event = "member_joined",
             member = %core.name_of(id),
             member_id = %id,
+            event = "member_joined",
             "member joined"
         ),
         Change::Left(id) => {
             info!(event = "member_left", member_id = %id, "member left the network")
         }
         Change::Alive(id) => info!(
-            event = "member_alive",
             member = %core.name_of(id),
             member_id = %id,
+            event = "member_alive",
             "member alive"
         ),
         Change::Offline(id, reason) => {
             info!(
-                event = "member_offline",
                 member = %core.name_of(id),
                 member_id = %id,
                 ?reason,
+                event = "member_offline",
                 "member offline"
             );
         }
@@ -54,9 +54,9 @@ pub(super) fn membership(core: &Node, change: &Change) {
 /// A joiner never confirmed, so the core undid its admission.
 pub(super) fn admission_undone(peer: &PeerId, name: &str) {
     warn!(
-        event = "admission_undone",
         member = %name,
         member_id = %peer,
+        event = "admission_undone",
         "admission undone: the joiner never confirmed; its invite can be used again"
     );
 }
