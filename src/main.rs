@@ -42,12 +42,26 @@ use crate::state::{LocalNode, NetworkState, STATE_FORMAT, StateDir, StoredSecret
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let log_dir = match &cli.command {
-        Command::Run(args) => args.log_dir.as_deref(),
-        _ => None,
+    let (log_dir, node) = match &cli.command {
+        Command::Run(args) => {
+            // This node's name, for `NODE=` on every journal entry (run fails later, with its
+            // own message, if the state cannot be read).
+            let node = (args.log_dir.is_none() && logging::under_systemd())
+                .then(|| {
+                    StateDir::new(
+                        cli.state_dir
+                            .clone()
+                            .unwrap_or_else(state::default_state_dir),
+                    )
+                })
+                .and_then(|dir| dir.load().ok())
+                .map(|state| state.node.name.clone());
+            (args.log_dir.as_deref(), node)
+        }
+        _ => (None, None),
     };
     // Held until the end of main: dropping it flushes the log file.
-    let _log_guard = match logging::init(&logging::Destination::choose(log_dir)) {
+    let _log_guard = match logging::init(&logging::Destination::choose(log_dir, node)) {
         Ok(guard) => guard,
         Err(error) => {
             eprintln!("error: {error:#}");

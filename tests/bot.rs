@@ -1391,3 +1391,130 @@ fn web_gives_the_owner_a_login_link_to_the_leaders_panel() {
     assert_eq!(issued.len(), 1, "{issued:?}");
     assert_eq!(issued[0]["from"], "telegram");
 }
+
+/// Restarting a systemd unit from Telegram goes through a signed one-time button, like a
+/// reboot: from the node card (`⚙️ Службы` → `🔄 UNIT` → `Да, перезапустить`) and from
+/// `/restart NODE UNIT`, which answers with that confirmation. The restart runs on the named
+/// node (a stand-in systemctl counts it: this test is about the bot; tests/systemd_hosts.rs
+/// restarts a real unit); a second press, a forged MAC, another unit's MAC and the old text
+/// confirmation all do nothing.
+#[test]
+fn a_unit_restart_from_telegram_needs_its_signed_button_and_runs_once() {
+    let fake = FakeTelegram::start(TOKEN);
+    let standin = tempfile::tempdir().unwrap();
+    let script = common::systemctl_standin(standin.path());
+    let cluster = Cluster::start_with(&["alpha", "bravo"], &[1, 100], None, |node: &mut Node| {
+        node.init_args = vec!["--bot-token".into(), TOKEN.into()];
+        node.run_args = vec!["--telegram-api-url".into(), fake.url_for(&node.name)];
+        node.env = vec![
+            ("CONSTELLA_SYSTEMCTL".into(), script.display().to_string()),
+            ("STANDIN_DIR".into(), standin.path().display().to_string()),
+        ];
+    });
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    assert_eq!(agreed_leader(&nodes, &["alpha", "bravo"], AGREE), "alpha");
+    wait_polling(&fake, "alpha");
+    let alpha = cluster.node("alpha");
+    alpha.ok(&["services", "add", "bravo", "web"]);
+    alpha.ok(&["services", "add", "bravo", "db"]);
+    let restarts = |unit: &str| {
+        std::fs::read_to_string(standin.path().join(unit))
+            .map(|n| n.trim().parse::<u32>().unwrap())
+            .unwrap_or(0)
+    };
+
+    // From the card.
+    fake.send_text(&owner(), "/start");
+    let list = fake.wait_message(ANSWER, "the node list", OWNER_ID, is_list);
+    let id = list.message_id;
+    fake.press(&owner(), id, &list.button("bravo").unwrap());
+    let card = edited(&cluster, &fake, id, "bravo's card", &|m| {
+        m.text.contains("Адрес") && m.button("Службы").is_some()
+    });
+    fake.press(&owner(), id, &card.button("⚙️ Службы").unwrap());
+    let units = edited(&cluster, &fake, id, "bravo's units", &|m| {
+        m.text.starts_with("Службы bravo")
+    });
+    assert!(
+        units.text.contains("🟢 web.service — active"),
+        "{}",
+        units.text
+    );
+    assert!(units.button("🔄 db.service").is_some(), "{units:?}");
+    fake.press(&owner(), id, &units.button("🔄 web.service").unwrap());
+    let confirm = edited(&cluster, &fake, id, "the confirmation", &|m| {
+        m.text
+            .starts_with("Перезапустить службу web.service на bravo?")
+    });
+    assert_eq!(restarts("web.service"), 0, "asked, not yet confirmed");
+    let yes = confirm.button("Да, перезапустить").unwrap();
+    fake.press(&owner(), id, &yes);
+    edited(&cluster, &fake, id, "the restart's result", &|m| {
+        m.text.starts_with("✅ web.service: перезапущена")
+    });
+    assert_eq!(restarts("web.service"), 1);
+    assert_eq!(restarts("db.service"), 0);
+
+    // The same press again, a forged MAC, and the MAC moved to another unit: refused.
+    let forged = format!("{}{}", &yes[..yes.len() - 4], "0000");
+    let db_ref = units
+        .button("🔄 db.service")
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let web_ref = yes.split(':').nth(2).unwrap().to_owned();
+    let moved = yes.replace(&web_ref, &db_ref);
+    for data in [&yes, &forged, &moved] {
+        let answer = fake.press_for_answer(&owner(), id, data, ANSWER);
+        assert!(
+            answer["text"].as_str().unwrap_or("").contains("устарела"),
+            "{data}: {answer}"
+        );
+    }
+    assert_eq!(restarts("web.service"), 1);
+    assert_eq!(restarts("db.service"), 0);
+
+    // `/restart NODE UNIT` answers with the signed confirmation; the old text one is gone.
+    fake.send_text(&owner(), "/restart bravo db да");
+    fake.wait_message(ANSWER, "the usage", OWNER_ID, |m| {
+        m.text.starts_with("Использование: /services")
+    });
+    fake.send_text(&owner(), "/restart bravo nosuch");
+    fake.wait_message(ANSWER, "not watched", OWNER_ID, |m| {
+        m.text.contains("nosuch.service не отслеживается на bravo")
+    });
+    fake.send_text(&owner(), "/restart bravo db");
+    let confirm = cluster.or_logs(|| {
+        fake.wait_message(ANSWER, "the command's confirmation", OWNER_ID, |m| {
+            m.text
+                .starts_with("Перезапустить службу db.service на bravo?")
+                && m.button("Да, перезапустить").is_some()
+        })
+    });
+    assert_eq!(restarts("db.service"), 0);
+    fake.press(
+        &owner(),
+        confirm.message_id,
+        &confirm.button("Да, перезапустить").unwrap(),
+    );
+    edited(
+        &cluster,
+        &fake,
+        confirm.message_id,
+        "the command's result",
+        &|m| m.text.starts_with("✅ db.service: перезапущена"),
+    );
+    assert_eq!(restarts("db.service"), 1);
+    assert_eq!(restarts("web.service"), 1);
+    // Signed for its own message: pressed under another, it does not verify.
+    let answer = fake.press_for_answer(
+        &owner(),
+        id,
+        &confirm.button("Да, перезапустить").unwrap(),
+        ANSWER,
+    );
+    assert!(answer["text"].as_str().unwrap_or("").contains("устарела"));
+    assert_eq!(restarts("db.service"), 1);
+}

@@ -204,7 +204,7 @@ fn sigterm_on_the_leader_says_goodbye_and_the_others_re_elect_at_once() {
         let log = node.log_text();
         assert!(
             log.lines()
-                .any(|l| l.contains("member offline node=alpha") && l.contains("reason=Goodbye")),
+                .any(|l| l.contains("member offline member=alpha") && l.contains("reason=Goodbye")),
             "{} did not take alpha's goodbye:\n{}",
             node.name,
             cluster.dump_logs()

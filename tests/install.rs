@@ -303,7 +303,7 @@ fn install_init_and_join_form_a_network_and_uninstall_keeps_the_state() {
     wait_for(Duration::from_secs(10), "alpha's log to show bravo", || {
         alpha
             .logs()
-            .contains("member alive node=bravo")
+            .contains("member alive member=bravo")
             .then_some(())
     });
 
@@ -339,7 +339,7 @@ fn install_init_and_join_form_a_network_and_uninstall_keeps_the_state() {
         alpha
             .logs()
             .lines()
-            .any(|l| l.contains("member offline node=bravo") && l.contains("reason=Goodbye")),
+            .any(|l| l.contains("member offline member=bravo") && l.contains("reason=Goodbye")),
         "{}",
         fleet.logs()
     );

@@ -322,6 +322,29 @@ mod chart {
         let decoder = png::Decoder::new(std::io::Cursor::new(&overview.bytes));
         let reader = decoder.read_info().expect("a PNG");
         assert_eq!((reader.info().width, reader.info().height), (1000, 1100));
+
+        // The same overview from the node list's button.
+        fake.send_text(&owner, "/start");
+        let list = fake.wait_message(ANSWER, "a second node list", OWNER_ID, |m| {
+            m.text.starts_with("Узлы сети") && m.message_id != list.message_id
+        });
+        fake.press(
+            &owner,
+            list.message_id,
+            &list.button("📊 Обзор сети").unwrap(),
+        );
+        let overviews = cluster.or_logs(|| {
+            wait_for(ANSWER, "the overview photo from the button", || {
+                let overviews: Vec<_> = fake
+                    .photos()
+                    .into_iter()
+                    .filter(|p| p.file_name == "overview.png")
+                    .collect();
+                (overviews.len() == 2).then_some(overviews)
+            })
+        });
+        assert_eq!(overviews[1].node, "alpha");
+        assert!(overviews[1].caption.contains("Обзор сети"));
     }
 }
 
@@ -367,16 +390,23 @@ mod alerts {
             .then_some(episodes.len())
     }
 
-    #[test]
-    fn a_forced_alert_and_its_recovery_reach_the_owner_once_across_a_failover() {
-        let fake = FakeTelegram::start(TOKEN);
-        let names = ["alpha", "bravo", "charlie"];
-        let mut cluster = Cluster::start_with(&names, &[1, 100, 100], None, |node| {
+    /// A bot cluster of `names` (alpha leads) sampling fast, alerts 200 ms apart, with `env`;
+    /// once alpha's bot polls, the owner has sent /start and got the node list.
+    fn alert_cluster(
+        fake: &FakeTelegram,
+        names: &[&str],
+        priorities: &[u32],
+        env: &[(&str, &str)],
+    ) -> Cluster {
+        let cluster = Cluster::start_with(names, priorities, None, |node| {
             fast(node);
             node.init_args = vec!["--bot-token".into(), TOKEN.into()];
             node.run_args = vec!["--telegram-api-url".into(), fake.url_for(&node.name)];
             node.env
                 .push(("CONSTELLA_TEST_ALERT_GAP_MS".into(), "200".into()));
+            for (k, v) in env {
+                node.env.push(((*k).into(), (*v).into()));
+            }
         });
         let owner = TgUser::new(OWNER_ID, "Owner_Test");
         cluster.or_logs(|| {
@@ -388,6 +418,88 @@ mod alerts {
         fake.wait_message(ANSWER, "the node list", OWNER_ID, |m| {
             m.text.starts_with("Узлы сети")
         });
+        cluster
+    }
+
+    /// The RAM episodes in the node's state file on disk: (alert_sent, recovery_sent) each.
+    fn ram_episodes_on_disk(node: &Node) -> Vec<(bool, bool)> {
+        let Some(state) = node.state_json() else {
+            return Vec::new();
+        };
+        state["settings"]["alerts"]["episodes"]
+            .as_object()
+            .map(|episodes| {
+                episodes
+                    .values()
+                    .filter(|e| e["rule"] == "ram")
+                    .map(|e| (e["alert_sent"] == true, e["recovery_sent"] == true))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The "sent" mark is on disk (fsynced, renamed into place) before the message leaves:
+    /// every state write is held back 1 s (a test knob), the node is killed the moment the
+    /// fake Bot API has the alert, and after the restart the owner gets no second alert. With
+    /// the mark only in memory and gossip (a one-node network has no one to gossip to), the
+    /// restarted node would find the episode unsent and send it again.
+    #[test]
+    fn an_alert_marked_sent_is_on_disk_before_it_is_sent_so_a_crash_never_repeats_it() {
+        const DELAY: (&str, &str) = ("CONSTELLA_TEST_STORE_DELAY_MS", "1000");
+        let fake = FakeTelegram::start(TOKEN);
+        let mut cluster = alert_cluster(&fake, &["alpha"], &[1], &[DELAY]);
+        // The owner is on disk before the episode opens.
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "the owner on disk", || {
+                cluster.node("alpha").state_json()?["settings"]["owner_user_id"]
+                    .as_u64()
+                    .filter(|id| *id == OWNER_ID)
+            })
+        });
+        cluster.node("alpha").ok(&["alerts", "set", "ram", "1"]);
+        // Polled tightly: the node must be killed within the 1 s a write is held back.
+        let deadline = std::time::Instant::now() + ANSWER;
+        while lines(&fake, "🔴 alpha: ОЗУ") == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no alert:\n{}",
+                cluster.dump_logs()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let on_disk = ram_episodes_on_disk(cluster.node("alpha"));
+        cluster.node_mut("alpha").kill();
+        assert_eq!(
+            on_disk,
+            vec![(true, false)],
+            "the alert left before its mark was on disk"
+        );
+        // Restarted without the knob; it leads and polls again, and the episode recovers.
+        let node = cluster.node_mut("alpha");
+        node.env.retain(|(k, _)| k != DELAY.0);
+        node.start();
+        let polls_before = fake.polls().len();
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "alpha to poll again", || {
+                (fake.polls().len() > polls_before + 1).then_some(())
+            });
+        });
+        cluster.node("alpha").ok(&["alerts", "set", "ram", "100"]);
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "the recovery", || {
+                (lines(&fake, "🟢 alpha: ОЗУ") >= 1).then_some(())
+            });
+        });
+        // A repeated alert would have gone out before or with the recovery.
+        assert_eq!(lines(&fake, "🔴 alpha: ОЗУ"), 1, "the alert was sent twice");
+        assert_eq!(lines(&fake, "🟢 alpha: ОЗУ"), 1);
+    }
+
+    #[test]
+    fn a_forced_alert_and_its_recovery_reach_the_owner_once_across_a_failover() {
+        let fake = FakeTelegram::start(TOKEN);
+        let names = ["alpha", "bravo", "charlie"];
+        let mut cluster = alert_cluster(&fake, &names, &[1, 100, 100], &[]);
 
         // Defaults, and bad input refused with one line and nothing changed.
         let report = alerts_json(cluster.node("bravo")).unwrap();

@@ -8,7 +8,8 @@
 //! (the leader's bot, talking to a fake Bot API on the host machine) each reboot exactly the
 //! container they name (Docker's restart policy brings it back, the unit starts at boot),
 //! `constella rolling-restart` restarts the three over ssh with its default commands, and
-//! `install.sh uninstall` leaves no unit behind.
+//! `install.sh uninstall` leaves no unit behind. A second test has a node watch a real unit on
+//! another host, see it fail, and restart it over RPC.
 //!
 //! The binary is the debug build cargo made for this test (`CARGO_BIN_EXE_constella`), with its
 //! debug info stripped on the way in: a release build would add minutes of CI for nothing the
@@ -77,6 +78,45 @@ impl Host {
         self.exec_env(env, &all)
     }
 
+    /// `install.sh init` as the README has it, naming this host; `extra` args after.
+    fn install_init(&self, env: &[&str], extra: &[&str]) -> Output {
+        let public = format!("{}:{PORT}", self.name);
+        let binary = format!("{REPO_IN_HOST}/constella");
+        let mut args = vec![
+            "init",
+            "--server-name",
+            &self.name,
+            "--public-addr",
+            &public,
+            "--owner",
+            "@owner_test",
+            "--binary",
+            &binary,
+        ];
+        args.extend_from_slice(extra);
+        self.install_sh(env, &args)
+    }
+
+    /// `install.sh join` with `link`, naming this host.
+    fn install_join(&self, link: &str) -> Output {
+        let public = format!("{}:{PORT}", self.name);
+        let binary = format!("{REPO_IN_HOST}/constella");
+        self.install_sh(
+            &[],
+            &[
+                "join",
+                "--server-name",
+                &self.name,
+                "--join",
+                link,
+                "--public-addr",
+                &public,
+                "--binary",
+                &binary,
+            ],
+        )
+    }
+
     fn peers(&self) -> Option<Vec<Peer>> {
         let out = self.exec(&["constella", "peers", "--json"]);
         out.status
@@ -127,7 +167,15 @@ impl Host {
     }
 
     fn journal(&self) -> String {
-        let out = self.exec(&["journalctl", "-u", "constella", "--no-pager", "-o", "cat"]);
+        self.journal_where(&[])
+    }
+
+    /// The messages of the unit's journal entries whose fields match all of `matches`
+    /// (`FIELD=value`, as `journalctl` takes them).
+    fn journal_where(&self, matches: &[&str]) -> String {
+        let mut args = vec!["journalctl", "-u", "constella", "--no-pager", "-o", "cat"];
+        args.extend_from_slice(matches);
+        let out = self.exec(&args);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -358,8 +406,6 @@ fn three_systemd_hosts_install_fail_over_reboot_roll_and_uninstall() {
         hosts.host("bravo"),
         hosts.host("charlie"),
     );
-    let binary = format!("{REPO_IN_HOST}/constella");
-    let public = |h: &Host| format!("{}:{PORT}", h.name);
 
     // The bot talks to a fake Bot API on the host machine, set the way an operator points it
     // at a self-hosted one: a drop-in (`systemctl edit constella`), here written before the
@@ -380,43 +426,13 @@ fn three_systemd_hosts_install_fail_over_reboot_roll_and_uninstall() {
 
     // ---- install, as the README says ----
     let token_env = format!("CONSTELLA_BOT_TOKEN={TOKEN}");
-    let out = alpha.install_sh(
-        &[&token_env],
-        &[
-            "init",
-            "--server-name",
-            "alpha",
-            "--public-addr",
-            &public(alpha),
-            "--owner",
-            "@owner_test",
-            "--priority",
-            "10",
-            "--binary",
-            &binary,
-        ],
-    );
+    let out = alpha.install_init(&[&token_env], &["--priority", "10"]);
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("started constella.service"), "{stdout}");
     assert!(stdout.contains("invite --ttl 15m"), "{stdout}");
 
-    let join = |host: &Host, link: &str| {
-        host.install_sh(
-            &[],
-            &[
-                "join",
-                "--server-name",
-                &host.name,
-                "--join",
-                link,
-                "--public-addr",
-                &public(host),
-                "--binary",
-                &binary,
-            ],
-        )
-    };
+    let join = |host: &Host, link: &str| host.install_join(link);
     let mut joined = vec!["alpha"];
     let mut last_link = String::new();
     for host in [bravo, charlie] {
@@ -453,14 +469,23 @@ fn three_systemd_hosts_install_fail_over_reboot_roll_and_uninstall() {
             host.name
         );
     }
+    // Native journal entries with structured fields: NODE= the node that logs, EVENT=, MEMBER=.
     wait_for(
         Duration::from_secs(10),
         "alpha's journal to show bravo and charlie alive",
         || {
-            let journal = alpha.journal();
-            (journal.contains("member alive node=bravo")
-                && journal.contains("member alive node=charlie"))
-            .then_some(())
+            ["bravo", "charlie"]
+                .iter()
+                .all(|member| {
+                    alpha
+                        .journal_where(&[
+                            "NODE=alpha",
+                            "EVENT=member_alive",
+                            &format!("MEMBER={member}"),
+                        ])
+                        .contains("member alive")
+                })
+                .then_some(())
         },
     );
     let leader = hosts.agreed_leader(
@@ -683,4 +708,106 @@ fn three_systemd_hosts_install_fail_over_reboot_roll_and_uninstall() {
             .any(|p| p.name == "charlie" && p.status == "offline")
             .then_some(())
     });
+}
+
+/// A unit whose start fails unless `/run/demo-ok` exists (a oneshot: `systemctl start` and
+/// `restart` wait for it and report its failure), without systemd's own restarts.
+const DEMO_UNIT: &str = "[Unit]\nDescription=Constella test unit\n\n[Service]\n\
+Type=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sh -c 'test -e /run/demo-ok'\n";
+
+/// The unit's `active_state` as `constella services bravo --json` on `from` reports it.
+fn unit_state(from: &Host, node: &str, unit: &str) -> Option<String> {
+    let out = from.exec(&["constella", "services", node, "--json"]);
+    if !out.status.success() {
+        return None;
+    }
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    assert_eq!(answer["systemd"], true, "{answer}");
+    answer["units"]
+        .as_array()?
+        .iter()
+        .find(|u| u["unit"] == unit)
+        .and_then(|u| u["active_state"].as_str())
+        .map(str::to_owned)
+}
+
+#[test]
+fn a_node_watches_a_real_unit_sees_it_fail_and_restarts_it_over_rpc() {
+    if !engine_answers("a_node_watches_a_real_unit_sees_it_fail_and_restarts_it_over_rpc") {
+        return;
+    }
+    let hosts = Hosts::boot(&["alpha", "bravo"]);
+    let (alpha, bravo) = (hosts.host("alpha"), hosts.host("bravo"));
+    let out = alpha.install_init(&[], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let link = alpha.ok(&["constella", "invite", "--ttl", "15m"]);
+    let out = bravo.install_join(link.trim());
+    assert!(out.status.success(), "{}", text(&out));
+    hosts.agreed_leader(&hosts.all(), &["alpha", "bravo"], Duration::from_secs(30));
+
+    // A real unit on bravo, failed by systemd.
+    bravo.ok(&[
+        "sh",
+        "-c",
+        &format!(
+            "printf \"{DEMO_UNIT}\" >/etc/systemd/system/demo.service && systemctl daemon-reload"
+        ),
+    ]);
+    let _ = bravo.exec(&["systemctl", "start", "demo"]);
+    wait_for(
+        Duration::from_secs(10),
+        "systemd to mark demo failed",
+        || {
+            let out = bravo.exec(&["systemctl", "is-failed", "demo"]);
+            (String::from_utf8_lossy(&out.stdout).trim() == "failed").then_some(())
+        },
+    );
+
+    // alpha asks bravo's node (over RPC) to watch it, and sees it failed.
+    alpha.ok(&["constella", "services", "add", "bravo", "demo"]);
+    assert_eq!(
+        unit_state(alpha, "bravo", "demo.service").as_deref(),
+        Some("failed")
+    );
+    let shown = alpha.ok(&["constella", "services", "bravo"]);
+    assert!(shown.contains("demo.service"), "{shown}");
+
+    // A restart that fails is reported with systemd's own reason, one line.
+    let out = alpha.exec(&["constella", "services", "restart", "bravo", "demo"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("systemctl restart demo.service failed on bravo"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    // Fixed, then restarted over RPC from alpha, by bravo's own node under its confinement.
+    bravo.ok(&["touch", "/run/demo-ok"]);
+    let started = Instant::now();
+    let out = alpha.ok(&["constella", "services", "restart", "bravo", "demo"]);
+    println!(
+        "BENCH services restart of a real unit on another node over RPC: {} ms",
+        started.elapsed().as_millis()
+    );
+    assert!(out.contains("Restarted on bravo"), "{out}");
+    assert_eq!(
+        bravo.ok(&["systemctl", "is-active", "demo"]).trim(),
+        "active"
+    );
+    assert_eq!(
+        unit_state(alpha, "bravo", "demo.service").as_deref(),
+        Some("active")
+    );
+    // bravo's journal has the restart as a structured entry.
+    let entry = bravo.journal_where(&["NODE=bravo", "EVENT=service_restart", "UNIT=demo.service"]);
+    assert!(entry.contains("restarting a systemd unit"), "{entry}");
+    // And the unit failing again (restarted on bravo itself) is seen again.
+    bravo.ok(&["rm", "/run/demo-ok"]);
+    let _ = bravo.exec(&["systemctl", "restart", "demo"]);
+    wait_for(
+        Duration::from_secs(10),
+        "alpha to see demo fail again",
+        || (unit_state(alpha, "bravo", "demo.service")? == "failed").then_some(()),
+    );
 }

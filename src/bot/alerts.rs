@@ -1,9 +1,11 @@
 //! Tells the owner about threshold alerts: the leader's bot watches the alert episodes in the
 //! network settings and, for every episode whose alert or recovery is still unsent, first marks
-//! it sent in the network settings (persisted and gossiped before `merge_settings` returns),
-//! then sends one message for the batch. A leader that dies after the mark and before the send
-//! loses that one message; no leader ever sends one twice, because the next leader sees the
-//! mark. Batched and rate-limited like the membership notices (src/bot/notify.rs).
+//! it sent in the network settings, waits until that mark is durably written to its own state
+//! file (temp file, fsync, rename, fsync of the directory: `merge_settings_durably`) and
+//! gossiped, then sends one message for the batch. A leader that dies after the mark and before
+//! the send loses that one message; no leader ever sends one twice, because the next leader
+//! (this node after a restart included) sees the mark. Batched and rate-limited like the
+//! membership notices (src/bot/notify.rs).
 
 use std::time::Duration;
 
@@ -86,12 +88,13 @@ pub(super) async fn run(
         if batch.is_empty() {
             continue;
         }
-        // Marked before sent: the next leader must not send these again.
+        // Marked, and the mark on disk, before sent: the next leader (or this node after a
+        // crash and restart) must not send these again.
         let mark = NetworkSettings {
             alerts: Box::new(AlertState::marked_sent(&batch)),
             ..NetworkSettings::default()
         };
-        if let Err(error) = client.merge_settings(mark).await {
+        if let Err(error) = client.merge_settings_durably(mark).await {
             warn!(%error, "cannot mark alerts as sent; they stay pending");
             last_sent = Some(Instant::now());
             continue;

@@ -44,6 +44,8 @@ pub enum Action {
     Charts(String),
     /// Send a chart of a node over a range (see [`ChartRange`]).
     Chart(String, ChartRange),
+    /// Send the overview chart of every alive node (24 h).
+    Overview,
 }
 
 /// The ranges a chart button offers.
@@ -119,8 +121,26 @@ pub fn short_peer_id(node_id: &libp2p::PeerId) -> String {
     short_id(&node_id.to_base58()).to_owned()
 }
 
-fn is_short_id(text: &str) -> bool {
+/// Whether `text` can be a node's [`short_id`] in callback data.
+pub fn is_short_id(text: &str) -> bool {
     text.len() == SHORT_ID_LEN && text.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// The expiry of a confirmation in callback data: decimal digits only, at most 20.
+pub fn parse_expiry(text: &str) -> Option<u64> {
+    (text.len() <= 20 && text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| text.parse().ok())
+        .flatten()
+}
+
+/// Whether `text` is a confirmation's truncated MAC in callback data (lower-case hex).
+pub fn is_mac_hex(text: &str) -> bool {
+    is_lower_hex(text, CONFIRM_MAC_BYTES * 2)
+}
+
+/// Whether `text` is `len` lower-case hex digits.
+pub fn is_lower_hex(text: &str, len: usize) -> bool {
+    text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 impl Action {
@@ -128,6 +148,7 @@ impl Action {
     pub fn encode(&self) -> String {
         match self {
             Action::List => "l".to_owned(),
+            Action::Overview => "o".to_owned(),
             Action::Card(node) => format!("c:{node}"),
             Action::Usage(node) => format!("u:{node}"),
             Action::AskReboot(node) => format!("r:{node}"),
@@ -147,6 +168,9 @@ impl Action {
         }
         if data == "l" {
             return Some(Action::List);
+        }
+        if data == "o" {
+            return Some(Action::Overview);
         }
         let (kind, rest) = data.split_once(':')?;
         let node = |text: &str| is_short_id(text).then(|| text.to_owned());
@@ -168,13 +192,8 @@ impl Action {
                 else {
                     return None;
                 };
-                let expires_at = exp
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|_| exp.len() <= 20 && exp.bytes().all(|b| b.is_ascii_digit()))?;
-                let mac_ok = mac.len() == CONFIRM_MAC_BYTES * 2
-                    && mac.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-                mac_ok.then_some(())?;
+                let expires_at = parse_expiry(exp)?;
+                is_mac_hex(mac).then_some(())?;
                 let confirmation = Confirmation {
                     node: node(id)?,
                     expires_at,
@@ -296,6 +315,7 @@ pub(crate) mod tests {
         let confirmation = Confirmation::sign(&secret, &short, u64::from(u32::MAX), binding());
         for action in [
             Action::List,
+            Action::Overview,
             Action::Card(short.clone()),
             Action::Usage(short.clone()),
             Action::AskReboot(short.clone()),

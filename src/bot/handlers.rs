@@ -12,11 +12,12 @@
 //! [`STRANGER_WINDOW`] with a summary of the rest. Only private chats are served, so nothing is
 //! ever shown to a group.
 //!
-//! A confirmation (reboot, container action) is claimed in the network settings before it is
+//! A confirmation (reboot, container action, unit restart) is claimed in the network settings before it is
 //! acted on, so a second press is refused by whichever node leads by then.
 
 mod charts;
 mod containers;
+mod services;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -399,8 +400,8 @@ impl Handlers {
                 }
             }
             "services" | "restart" => {
-                let text = self.services_command(lang, who, &command, arg).await;
-                self.send(chat, Screen::text(text)).await;
+                self.on_services_command(chat, lang, who, &command, arg)
+                    .await;
             }
             "alerts" => {
                 let text = self.alerts_command(lang, who, arg).await;
@@ -425,51 +426,6 @@ impl Handlers {
                 self.send(chat, Screen::text(text)).await;
             }
             _ => self.send(chat, Screen::text(ui::help(lang))).await,
-        }
-    }
-
-    /// `/services NODE`: the node's watched units; `/restart NODE UNIT` asks to confirm with
-    /// `/restart NODE UNIT yes` (an operator), which restarts it on that node. The target checks
-    /// the role again itself.
-    async fn services_command(
-        &mut self,
-        lang: Lang,
-        who: &Who,
-        command: &str,
-        arg: &str,
-    ) -> String {
-        use constella_behaviours::rpc::{ServicesRequest, unit_name};
-        let words: Vec<&str> = arg.split_whitespace().collect();
-        let request = match (command, words.as_slice()) {
-            ("services", [node]) => (*node, ServicesRequest::List),
-            ("restart", [node, unit]) => {
-                if !self.permits(who, access::Action::Reboot) {
-                    return ui::not_allowed(lang).to_owned();
-                }
-                return match unit_name(unit) {
-                    Ok(unit) => ui::restart_confirm(lang, node, &unit),
-                    Err(error) => error,
-                };
-            }
-            ("restart", [node, unit, "yes" | "да"]) => (
-                *node,
-                ServicesRequest::Restart {
-                    unit: (*unit).to_owned(),
-                },
-            ),
-            _ => return ui::services_usage(lang),
-        };
-        let (node, request) = request;
-        let needed = access::services_action(&request);
-        if !self.permits(who, needed) {
-            return ui::not_allowed(lang).to_owned();
-        }
-        let restart = matches!(request, ServicesRequest::Restart { .. });
-        let by = self.requester();
-        match tokio::time::timeout(ACTION_TIMEOUT, self.client.services(node, request, by)).await {
-            Ok(Ok(answer)) => ui::services(lang, &answer, restart),
-            Ok(Err(error)) => error,
-            Err(_) => ui::node_error(lang, &ClientError::Unreachable(node.to_owned())),
         }
     }
 
@@ -522,21 +478,27 @@ impl Handlers {
         let chat = message.chat().id;
         let message_id = message.id();
         let data = query.data.as_deref();
-        // A node button, or one of the container screens' (handlers/containers.rs).
+        // A node button, or one of the container screens' (handlers/containers.rs), or one of
+        // the services screens' (handlers/services.rs).
         let (action, container_press) = match data.and_then(Action::parse) {
             Some(action) => (Some(action), None),
             None => (None, data.and_then(containers::Press::parse)),
         };
-        if action.is_none() && container_press.is_none() {
+        let services_press = match (&action, &container_press) {
+            (None, None) => data.and_then(services::Press::parse),
+            _ => None,
+        };
+        if action.is_none() && container_press.is_none() && services_press.is_none() {
             debug!("a button with unknown callback data");
             self.answer(&query, Some(ui::toast_stale(lang))).await;
             return;
         };
         // The presser's role now, not when the button was shown.
-        let needed = match (&action, &container_press) {
-            (Some(action), _) => button_action(action),
-            (None, Some(press)) => containers::press_action(press),
-            (None, None) => access::Action::List,
+        let needed = match (&action, &container_press, &services_press) {
+            (Some(action), _, _) => button_action(action),
+            (None, Some(press), _) => containers::press_action(press),
+            (None, None, Some(press)) => services::press_action(press),
+            (None, None, None) => access::Action::List,
         };
         if !self.permits(who, needed) {
             self.answer(&query, Some(ui::not_allowed(lang))).await;
@@ -560,6 +522,9 @@ impl Handlers {
             if let Some(press) = container_press {
                 self.on_container_press(&query, who, lang, press, &peers, binding)
                     .await;
+            } else if let Some(press) = services_press {
+                self.on_services_press(&query, who, lang, press, &peers, binding)
+                    .await;
             }
             return;
         };
@@ -567,6 +532,11 @@ impl Handlers {
             self.answer(&query, None).await;
             self.edit(chat, message_id, ui::node_list(lang, &peers))
                 .await;
+            return;
+        }
+        if let Action::Overview = action {
+            self.answer(&query, None).await;
+            self.on_overview(chat, lang, "24h").await;
             return;
         }
         let short = match &action {
@@ -578,7 +548,7 @@ impl Handlers {
             | Action::Charts(n)
             | Action::Chart(n, _) => n,
             Action::Reboot(c) | Action::Remove(c) => &c.node,
-            Action::List => return,
+            Action::List | Action::Overview => return,
         };
         let Some(peer) = resolve(&peers, short).cloned() else {
             self.answer(&query, Some(ui::toast_stale(lang))).await;
@@ -587,7 +557,7 @@ impl Handlers {
         let offline = !peer.is_alive();
         let can_reboot = who.rank.allows(access::Action::Reboot);
         match action {
-            Action::List => {}
+            Action::List | Action::Overview => {}
             Action::Card(_) => {
                 self.answer(&query, None).await;
                 let screen = self.node_card(lang, &peer, can_reboot).await;
@@ -651,6 +621,27 @@ impl Handlers {
                     .await;
             }
         }
+    }
+
+    /// The member a screen's button names by `short` id, if it is current and alive; otherwise
+    /// the press is answered with why (stale, offline) and `None` returned.
+    async fn alive_peer(
+        &self,
+        query: &CallbackQuery,
+        lang: Lang,
+        peers: &[MemberView],
+        short: &str,
+    ) -> Option<MemberView> {
+        let Some(peer) = resolve(peers, short).cloned() else {
+            self.answer(query, Some(ui::toast_stale(lang))).await;
+            return None;
+        };
+        if !peer.is_alive() {
+            self.answer(query, Some(&ui::toast_offline(lang, &peer.name)))
+                .await;
+            return None;
+        }
+        Some(peer)
     }
 
     /// Accepts a pressed confirmation once: a good MAC, not expired, not used before. Otherwise
@@ -764,7 +755,7 @@ impl Handlers {
             Err(ConfirmError::Forged) => return,
         }
         let requested_by = format!("telegram:{}", binding.owner_id);
-        info!(node = %peer.name, %requested_by, "reboot requested from Telegram");
+        info!(event = "reboot_requested", member = %peer.name, %requested_by, "reboot requested from Telegram");
         let result = self
             .reboot(peer, &requested_by, who, &confirmation.mac)
             .await;
@@ -825,7 +816,7 @@ impl Handlers {
             }
             Err(ConfirmError::Forged) => return,
         }
-        info!(node = %peer.name, who = %who.text, "removal requested from Telegram");
+        info!(event = "removal_requested", member = %peer.name, who = %who.text, "removal requested from Telegram");
         let result = bounded(self.client.remove(&peer.node_id.to_base58())).await;
         let text = match result {
             Ok(name) => {
@@ -904,7 +895,7 @@ impl Handlers {
         )
         .await
         .map(|accepted| {
-            info!(node = %accepted.name, action = %accepted.action, "the node accepted the reboot");
+            info!(member = %accepted.name, action = %accepted.action, "the node accepted the reboot");
         });
         let outcome = match &result {
             Ok(()) => "accepted".to_owned(),
@@ -942,12 +933,21 @@ impl Handlers {
     // ---- Telegram ----
 
     async fn send(&self, chat: ChatId, screen: Screen) {
+        self.send_returning(chat, screen).await;
+    }
+
+    /// [`Self::send`], answering the sent message's id (`None` if it was not sent).
+    async fn send_returning(&self, chat: ChatId, screen: Screen) -> Option<MessageId> {
         let mut request = self.bot.send_message(chat, screen.text);
         if let Some(keyboard) = screen.keyboard {
             request = request.reply_markup(keyboard);
         }
-        if let Err(error) = request.await {
-            warn!(%error, "cannot send a Telegram message");
+        match request.await {
+            Ok(message) => Some(message.id),
+            Err(error) => {
+                warn!(%error, "cannot send a Telegram message");
+                None
+            }
         }
     }
 
@@ -980,6 +980,8 @@ pub(super) struct Who {
     /// `telegram:<id> (@name)`.
     text: String,
     rank: Rank,
+    /// The Telegram user id (a confirmation sent in answer to a command is bound to it).
+    user_id: u64,
     /// The account, for a web panel login (`/web`).
     principal: crate::web::Principal,
 }
@@ -989,6 +991,7 @@ impl Who {
         Self {
             text: telegram_who(user),
             rank,
+            user_id: user.id.0,
             principal: crate::web::Principal::Telegram {
                 user_id: user.id.0,
                 username: user.username.clone(),
@@ -1022,7 +1025,9 @@ fn command_action(command: &str) -> access::Action {
 fn button_action(action: &Action) -> access::Action {
     match action {
         Action::List | Action::Card(_) | Action::Cancel(_) => access::Action::List,
-        Action::Usage(_) | Action::Charts(_) | Action::Chart(..) => access::Action::Usage,
+        Action::Usage(_) | Action::Charts(_) | Action::Chart(..) | Action::Overview => {
+            access::Action::Usage
+        }
         Action::AskReboot(_) | Action::Reboot(_) => access::Action::Reboot,
         Action::AskRemove(_) | Action::Remove(_) => access::Action::Remove,
     }

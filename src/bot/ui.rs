@@ -107,6 +107,10 @@ pub fn node_list(lang: Lang, peers: &[MemberView]) -> Screen {
         })
         .collect();
     rows.push(vec![button(
+        lang.pick("📊 Обзор сети (24 ч)", "📊 Network overview (24 h)"),
+        &Action::Overview,
+    )]);
+    rows.push(vec![button(
         lang.pick("🔄 Обновить", "🔄 Refresh"),
         &Action::List,
     )]);
@@ -255,6 +259,15 @@ pub fn toast_remove_self(lang: Lang, name: &str) -> String {
         Lang::Ru => format!("{name} — это узел бота: он уходит командой constella leave на нём"),
         Lang::En => format!("{name} runs this bot: it leaves with constella leave on it"),
     }
+}
+
+/// `screen` (a node's card) with a row of `button` above its last row ("« Назад").
+pub fn with_row_above_back(mut screen: Screen, button: InlineKeyboardButton) -> Screen {
+    if let Some(keyboard) = screen.keyboard.as_mut() {
+        let at = keyboard.inline_keyboard.len().saturating_sub(1);
+        keyboard.inline_keyboard.insert(at, vec![button]);
+    }
+    screen
 }
 
 /// A result screen with a way back to the node and to the list.
@@ -594,8 +607,8 @@ pub fn chat_invite_usage(lang: Lang) -> String {
 
 pub fn services_usage(lang: Lang) -> String {
     lang.pick(
-        "Использование: /services УЗЕЛ — службы узла; /restart УЗЕЛ СЛУЖБА — перезапустить (с подтверждением).",
-        "Usage: /services NODE — the node's units; /restart NODE UNIT — restart one (confirmed).",
+        "Использование: /services УЗЕЛ — службы узла; /restart УЗЕЛ СЛУЖБА — перезапустить (подтверждение кнопкой).",
+        "Usage: /services NODE — the node's units; /restart NODE UNIT — restart one (confirmed with a button).",
     )
     .to_owned()
 }
@@ -604,17 +617,6 @@ pub fn chat_invite_failed(lang: Lang, error: &anyhow::Error) -> String {
     match lang {
         Lang::Ru => format!("Не удалось выдать код: {error:#}"),
         Lang::En => format!("Cannot issue an invite: {error:#}"),
-    }
-}
-
-pub fn restart_confirm(lang: Lang, node: &str, unit: &str) -> String {
-    match lang {
-        Lang::Ru => format!(
-            "Перезапустить {unit} на {node}? Чтобы подтвердить, отправьте:\n/restart {node} {unit} да"
-        ),
-        Lang::En => {
-            format!("Restart {unit} on {node}? To confirm, send:\n/restart {node} {unit} yes")
-        }
     }
 }
 
@@ -892,6 +894,7 @@ mod tests {
                 "• delta-01 — Хост",
                 "• echo-02",
                 "• fox-03 (offline)",
+                "📊 Обзор сети (24 ч)",
                 "🔄 Обновить"
             ]
         );

@@ -211,7 +211,7 @@ impl Admissions {
     ) {
         match &response {
             Ok(accepted) => {
-                info!(node = %accepted.record.name, node_id = %peer, "admitted a new node");
+                info!(event = "member_admitted", member = %accepted.record.name, member_id = %peer, "admitted a new node");
             }
             Err(refusal) => {
                 if let Some(held_back) = self.refusals.admit(peer, Instant::now()) {

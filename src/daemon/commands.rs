@@ -46,7 +46,7 @@ impl EventLoop {
                     )),
                     Some(peer) => {
                         let name = self.core.name_of(&peer);
-                        info!(node = %name, node_id = %peer, "removing a member; the network secret will be rotated");
+                        info!(event = "member_removed", member = %name, member_id = %peer, "removing a member; the network secret will be rotated");
                         self.feed(Input::Remove {
                             peer,
                             unix_now: unix_now(),
@@ -68,6 +68,21 @@ impl EventLoop {
             Command::MergeSettings(settings, reply) => {
                 self.feed(Input::MergeSettings(&settings));
                 let _ = reply.send(self.core.settings().clone());
+            }
+            Command::MergeSettingsDurably(settings, reply) => {
+                self.feed(Input::MergeSettings(&settings));
+                let merged = self.core.settings().clone();
+                let (durable, written) = oneshot::channel();
+                self.persist_durably(durable);
+                // Answered off the loop once the store thread has written it.
+                tokio::spawn(async move {
+                    let result = match written.await {
+                        Ok(Ok(())) => Ok(merged),
+                        Ok(Err(error)) => Err(ClientError::Storage(error)),
+                        Err(_) => Err(ClientError::ShuttingDown),
+                    };
+                    let _ = reply.send(result);
+                });
             }
             Command::PeersOf(target, reply) => {
                 self.rpc.peers(&mut self.swarm, &self.core, &target, reply);

@@ -302,6 +302,12 @@ impl EventLoop {
         self.store.save(self.state.with_snapshot(snapshot), ack);
     }
 
+    /// Writes the core's state now; `durable` is told once it is on disk.
+    pub(super) fn persist_durably(&mut self, durable: super::store::Durable) {
+        let state = self.state.with_snapshot(self.core.snapshot());
+        self.store.save_durably(state, durable);
+    }
+
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
         let verdict = match self.gossip.open(&message.data) {
             Ok(body) => {

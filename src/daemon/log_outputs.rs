@@ -1,6 +1,8 @@
 //! The log lines for the core's outputs that only need telling: leader changes, membership
 //! changes, undone admissions and the end of a leave. Tests and operators read these lines,
-//! so their wording is part of the interface.
+//! so their wording is part of the interface. Each carries an `event` field (`EVENT=` in the
+//! journal, see src/logging.rs), and the member it is about as `member` (`MEMBER=`): `node`
+//! (`NODE=`) is the node that logs, on every journal entry.
 
 use constella_behaviours::membership::Change;
 use constella_behaviours::node::{LeaveOutcome, Node};
@@ -12,8 +14,9 @@ pub(super) fn leader_changed(core: &Node, previous: &PeerId, leader: &PeerId) {
     info!(
         previous = %core.name_of(previous),
         leader = %core.name_of(leader),
-        node_id = %leader,
+        leader_id = %leader,
         this_node = *leader == core.local().id,
+        event = "leader_changed",
         "leader changed"
     );
 }
@@ -21,11 +24,29 @@ pub(super) fn leader_changed(core: &Node, previous: &PeerId, leader: &PeerId) {
 /// A member joined, left, came alive or went offline.
 pub(super) fn membership(core: &Node, change: &Change) {
     match change {
-        Change::Joined(id) => info!(node = %core.name_of(id), node_id = %id, "member joined"),
-        Change::Left(id) => info!(node_id = %id, "member left the network"),
-        Change::Alive(id) => info!(node = %core.name_of(id), node_id = %id, "member alive"),
+        Change::Joined(id) => info!(
+            member = %core.name_of(id),
+            member_id = %id,
+            event = "member_joined",
+            "member joined"
+        ),
+        Change::Left(id) => {
+            info!(event = "member_left", member_id = %id, "member left the network")
+        }
+        Change::Alive(id) => info!(
+            member = %core.name_of(id),
+            member_id = %id,
+            event = "member_alive",
+            "member alive"
+        ),
         Change::Offline(id, reason) => {
-            info!(node = %core.name_of(id), node_id = %id, ?reason, "member offline");
+            info!(
+                member = %core.name_of(id),
+                member_id = %id,
+                ?reason,
+                event = "member_offline",
+                "member offline"
+            );
         }
     }
 }
@@ -33,8 +54,9 @@ pub(super) fn membership(core: &Node, change: &Change) {
 /// A joiner never confirmed, so the core undid its admission.
 pub(super) fn admission_undone(peer: &PeerId, name: &str) {
     warn!(
-        node = %name,
-        node_id = %peer,
+        member = %name,
+        member_id = %peer,
+        event = "admission_undone",
         "admission undone: the joiner never confirmed; its invite can be used again"
     );
 }

@@ -66,6 +66,12 @@ pub enum Command {
     RotateKeys(oneshot::Sender<Result<node_keys::KeysRotated, ClientError>>),
     /// Merge bot state into the network settings; persisted and published before the reply.
     MergeSettings(NetworkSettings, oneshot::Sender<NetworkSettings>),
+    /// [`Command::MergeSettings`], answered only once the merged state is on disk (fsynced,
+    /// renamed into place): what must survive a crash before the caller acts on it.
+    MergeSettingsDurably(
+        NetworkSettings,
+        oneshot::Sender<Result<NetworkSettings, ClientError>>,
+    ),
     /// The member list as the node named (name or node id) by the string sees it.
     PeersOf(
         String,
@@ -140,6 +146,16 @@ impl Client {
     ) -> Result<NetworkSettings, ClientError> {
         self.ask(|reply| Command::MergeSettings(settings, reply))
             .await
+    }
+
+    /// [`Client::merge_settings`], returning only once the merged settings are durably written
+    /// (temp file, fsync, rename, fsync of the directory): a crash right after cannot lose them.
+    pub async fn merge_settings_durably(
+        &self,
+        settings: NetworkSettings,
+    ) -> Result<NetworkSettings, ClientError> {
+        self.ask(|reply| Command::MergeSettingsDurably(settings, reply))
+            .await?
     }
 
     /// The member list as this node sees it, sorted by name, the leader marked.

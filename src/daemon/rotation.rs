@@ -37,7 +37,7 @@ impl EventLoop {
             match blob {
                 Some(Ok(blob)) => sealed.push(SealedFor { to: *id, blob }),
                 Some(Err(error)) => {
-                    warn!(node = %record.name, %error, "cannot seal the new secret to this member")
+                    warn!(member = %record.name, %error, "cannot seal the new secret to this member")
                 }
                 None => without_card.push(record.name.clone()),
             }

@@ -546,7 +546,7 @@ impl Rpc {
             .collect();
         for request_id in expired {
             if let Some(pending) = self.pending.remove(&request_id) {
-                debug!(node = %pending.name, "RPC call timed out");
+                debug!(member = %pending.name, "RPC call timed out");
                 let error = pending.unreachable();
                 pending.reply.fail(error);
             }
@@ -600,7 +600,7 @@ impl Rpc {
                 request_id, error, ..
             } => {
                 if let Some(pending) = self.pending.remove(&request_id) {
-                    debug!(node = %pending.name, %error, "RPC call failed");
+                    debug!(member = %pending.name, %error, "RPC call failed");
                     let error = match error {
                         OutboundFailure::UnsupportedProtocols => ClientError::BadAnswer {
                             node: pending.name.clone(),
@@ -770,7 +770,7 @@ impl Rpc {
                 }
                 // The node is the caller, whatever the alert says.
                 alert.node = caller;
-                info!(node = %alert.node, container = %alert.container, kind = ?alert.kind, "container alert");
+                info!(event = "container_alert", member = %alert.node, container = %alert.container, kind = ?alert.kind, "container alert");
                 let _ = self.notices.send(NetworkEvent::Container(alert));
                 respond(swarm, peer, channel, Ok(RpcAnswer::Noted));
             }

@@ -86,6 +86,36 @@ pub fn wait_for<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> Op
     }
 }
 
+/// A stand-in `systemctl`, written to `dir/systemctl` (returned): answers `--version`, `show`
+/// (every unit loaded and running, with how often it was restarted) and `restart` (counted in
+/// `$STANDIN_DIR/UNIT`; a unit named `missing.service` fails as systemd would). A node uses it
+/// with env `CONSTELLA_SYSTEMCTL` (the path) and `STANDIN_DIR`.
+pub fn systemctl_standin(dir: &Path) -> PathBuf {
+    const STANDIN: &str = r#"#!/bin/sh
+case "$1" in
+  --version) echo "systemd 257 (stand-in)";;
+  show) shift; shift; first=1
+    for unit in "$@"; do
+      [ $first = 1 ] || echo; first=0
+      n=$(cat "$STANDIN_DIR/$unit" 2>/dev/null || echo 0)
+      printf 'Id=%s\nLoadState=loaded\nActiveState=active\nSubState=running\nDescription=restarted %s times\n' "$unit" "$n"
+    done;;
+  restart)
+    if [ "$2" = missing.service ]; then
+      echo "Failed to restart missing.service: Unit missing.service not found." >&2; exit 5
+    fi
+    n=$(cat "$STANDIN_DIR/$2" 2>/dev/null || echo 0)
+    echo $((n + 1)) > "$STANDIN_DIR/$2";;
+  *) echo "stand-in: unexpected $*" >&2; exit 1;;
+esac
+"#;
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("systemctl");
+    fs::write(&script, STANDIN).unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
 /// Whether `tool` can be run here. Missing, the test is skipped with a printed reason, and
 /// fails instead when env `CI` is `true`.
 pub fn require_tool(tool: &str, install_hint: &str) -> bool {

@@ -144,7 +144,7 @@ impl Handlers {
             }
         };
         info!(
-            node = %peer.name,
+            member = %peer.name,
             range_secs = range.secs(),
             bytes = png.len(),
             render_ms = started.elapsed().as_millis() as u64,

@@ -25,9 +25,10 @@ use teloxide::types::{
 };
 use tracing::info;
 
-use super::{Handlers, Who, resolve};
+use super::{Handlers, Who};
 use crate::bot::callback::{
-    Action, Binding, ConfirmError, Confirmation, MAX_CALLBACK_BYTES, SHORT_ID_LEN, short_peer_id,
+    Action, Binding, ConfirmError, Confirmation, MAX_CALLBACK_BYTES, is_lower_hex, is_mac_hex,
+    is_short_id, parse_expiry, short_peer_id,
 };
 use crate::bot::ui::{self, Lang, Screen};
 use crate::docker::{ContainerAction, ContainerInfo, DockerAnswer, DockerError, DockerRequest};
@@ -98,11 +99,11 @@ fn parse_action(code: &str) -> Option<ContainerAction> {
 }
 
 fn is_node(text: &str) -> bool {
-    text.len() == SHORT_ID_LEN && text.bytes().all(|b| b.is_ascii_alphanumeric())
+    is_short_id(text)
 }
 
 fn is_cid(text: &str) -> bool {
-    text.len() == CID_LEN && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    is_lower_hex(text, CID_LEN)
 }
 
 /// What the MAC of a container confirmation covers besides expiry, owner, chat and message.
@@ -162,12 +163,8 @@ impl Press {
             }),
             ("dA", [node, cid, code, expires, mac]) if is_node(node) && is_cid(cid) => {
                 let action = parse_action(code)?;
-                let expires_at = expires.parse::<u64>().ok().filter(|_| {
-                    expires.len() <= 20 && expires.bytes().all(|b| b.is_ascii_digit())
-                })?;
-                let mac_ok =
-                    mac.len() == 16 && mac.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-                mac_ok.then_some(())?;
+                let expires_at = parse_expiry(expires)?;
+                is_mac_hex(mac).then_some(())?;
                 Some(Press::Confirmed {
                     cid: (*cid).to_owned(),
                     action,
@@ -204,19 +201,15 @@ fn pick(lang: Lang, ru: &'static str, en: &'static str) -> &'static str {
 }
 
 /// `screen` (a node's card) with the containers button above its last row ("« Назад").
-fn with_containers_button(lang: Lang, mut screen: Screen, node: &str) -> Screen {
-    if let Some(keyboard) = screen.keyboard.as_mut() {
-        let row = vec![button(
-            pick(lang, "🐳 Контейнеры", "🐳 Containers"),
-            Press::List {
-                node: node.to_owned(),
-            }
-            .encode(),
-        )];
-        let at = keyboard.inline_keyboard.len().saturating_sub(1);
-        keyboard.inline_keyboard.insert(at, row);
+fn with_containers_button(lang: Lang, screen: Screen, node: &str) -> Screen {
+    let data = Press::List {
+        node: node.to_owned(),
     }
-    screen
+    .encode();
+    ui::with_row_above_back(
+        screen,
+        button(pick(lang, "🐳 Контейнеры", "🐳 Containers"), data),
+    )
 }
 
 fn state_icon(state: &str) -> &'static str {
@@ -501,6 +494,8 @@ impl Handlers {
         if !peer.is_alive() {
             return screen;
         }
+        let screen =
+            super::services::with_services_button(lang, screen, &short_peer_id(&peer.node_id));
         let node_id = peer.node_id.to_base58();
         let probe = self
             .config
@@ -570,15 +565,9 @@ impl Handlers {
         binding: Binding,
     ) {
         let (chat, message_id) = (ChatId(binding.chat_id), MessageId(binding.message_id));
-        let Some(peer) = resolve(peers, press.node()).cloned() else {
-            self.answer(query, Some(ui::toast_stale(lang))).await;
+        let Some(peer) = self.alive_peer(query, lang, peers, press.node()).await else {
             return;
         };
-        if !peer.is_alive() {
-            self.answer(query, Some(&ui::toast_offline(lang, &peer.name)))
-                .await;
-            return;
-        }
         match press {
             Press::List { .. } => {
                 self.answer(query, None).await;
@@ -662,7 +651,7 @@ impl Handlers {
             Err(ConfirmError::Forged) => return,
         }
         info!(
-            node = %peer.name,
+            member = %peer.name,
             container = cid,
             action = action.as_str(),
             requested_by = %format!("telegram:{}", binding.owner_id),
