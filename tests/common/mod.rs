@@ -136,38 +136,6 @@ pub fn require_tool(tool: &str, install_hint: &str) -> bool {
 }
 
 /// Whether the tests run as root (some cases need it, e.g. giving a directory away).
-/// A stand-in `systemctl` (for `CONSTELLA_SYSTEMCTL`, where systemd is not this machine's
-/// init): answers `--version`, `show` (every unit loaded and running, with how often it was
-/// restarted) and `restart` (counted in one file per unit in `$STANDIN_DIR`; a unit named
-/// `missing.service` fails as systemd would).
-const SYSTEMCTL_STANDIN: &str = r#"#!/bin/sh
-case "$1" in
-  --version) echo "systemd 257 (stand-in)";;
-  show) shift; shift; first=1
-    for unit in "$@"; do
-      [ $first = 1 ] || echo; first=0
-      n=$(cat "$STANDIN_DIR/$unit" 2>/dev/null || echo 0)
-      printf 'Id=%s\nLoadState=loaded\nActiveState=active\nSubState=running\nDescription=restarted %s times\n' "$unit" "$n"
-    done;;
-  restart)
-    if [ "$2" = missing.service ]; then
-      echo "Failed to restart missing.service: Unit missing.service not found." >&2; exit 5
-    fi
-    n=$(cat "$STANDIN_DIR/$2" 2>/dev/null || echo 0)
-    echo $((n + 1)) > "$STANDIN_DIR/$2";;
-  *) echo "stand-in: unexpected $*" >&2; exit 1;;
-esac
-"#;
-
-/// Writes the stand-in `systemctl` into `dir` (executable) and returns its path.
-pub fn systemctl_standin(dir: &Path) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let script = dir.join("systemctl");
-    fs::write(&script, SYSTEMCTL_STANDIN).unwrap();
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
-    script
-}
-
 pub fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()
