@@ -147,6 +147,26 @@ pub enum AuditKind {
     ChatGroupKeyRotated,
     /// A PQ4 group change was refused (not an admin, not a member, bad signature, stale).
     ChatGroupRefused,
+    /// A PQ4 chat account was registered through this node.
+    ChatRegistered,
+    /// A PQ4 chat login succeeded through this node.
+    ChatLogin,
+    /// A PQ4 chat login failed (wrong password) through this node.
+    ChatLoginFailed,
+    /// A new device was enrolled with a PQ4 chat account (a new-device login).
+    ChatDeviceAdded,
+    /// A device of a PQ4 chat account was revoked.
+    ChatDeviceRevoked,
+    /// A device revocation was refused (§14.2: bad signature, unknown device, last device…).
+    ChatDeviceRevokeRefused,
+    /// A revoked device was refused access to its account's mailbox.
+    ChatRevokedDeviceRefused,
+    /// A PQ4 chat account's keys were updated (§11).
+    ChatKeysUpdated,
+    /// A PQ4 chat account was recovered with its recovery code (§15).
+    ChatRecovered,
+    /// A wrong recovery code was given (§15.2).
+    ChatRecoveryRefused,
     /// A web panel login link was issued (`constella web-login`, `/web`).
     WebLinkIssued,
     /// A web panel login link was used: a session began.
@@ -185,6 +205,16 @@ impl AuditKind {
             AuditKind::ChatGroupMembersChanged => "chat_group_members_changed",
             AuditKind::ChatGroupKeyRotated => "chat_group_key_rotated",
             AuditKind::ChatGroupRefused => "chat_group_refused",
+            AuditKind::ChatRegistered => "chat_registered",
+            AuditKind::ChatLogin => "chat_login",
+            AuditKind::ChatLoginFailed => "chat_login_failed",
+            AuditKind::ChatDeviceAdded => "chat_device_added",
+            AuditKind::ChatDeviceRevoked => "chat_device_revoked",
+            AuditKind::ChatDeviceRevokeRefused => "chat_device_revoke_refused",
+            AuditKind::ChatRevokedDeviceRefused => "chat_revoked_device_refused",
+            AuditKind::ChatKeysUpdated => "chat_keys_updated",
+            AuditKind::ChatRecovered => "chat_recovered",
+            AuditKind::ChatRecoveryRefused => "chat_recovery_refused",
             AuditKind::WebLinkIssued => "web_link_issued",
             AuditKind::WebLogin => "web_login",
             AuditKind::WebLoginRefused => "web_login_refused",

@@ -33,6 +33,7 @@ pub mod membership;
 pub mod network_keys;
 pub mod node;
 pub mod pq4;
+pub mod pq4_devices;
 pub mod pq4_groups;
 pub mod rpc;
 mod secret;

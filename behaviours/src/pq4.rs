@@ -22,6 +22,7 @@ use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::pq4_devices::{DeviceCard, DeviceEntry, Revocation};
 pub use crate::pq4_groups::GroupRecord;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -145,6 +146,31 @@ pub struct Account {
     pub sealed_keys: Bytes,
     /// When the registration started (ms since the epoch).
     pub created_ms: u64,
+    /// The account's key updates (seed §11), oldest first: each `KeyUpdate` wire bytes, signed
+    /// by the identity before it, so a contact that pinned any earlier identity can follow the
+    /// chain to the current one.
+    #[serde(default)]
+    pub key_updates: Vec<Bytes>,
+    /// [`recovery_hash`] of the recovery code shown once at registration (seed §15; empty:
+    /// none).
+    #[serde(default)]
+    pub recovery: Bytes,
+    /// The recoveries of the account, oldest first: each replaced the identity without a
+    /// signature of the old one (every device was lost), vouched for by the recovery code.
+    #[serde(default)]
+    pub recoveries: Vec<Recovered>,
+}
+
+/// One account recovery, as the holders keep it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recovered {
+    pub at_ms: u64,
+    /// The identity the account was registered with.
+    pub root: Bytes,
+    /// The identity replaced.
+    pub old: Bytes,
+    /// The identity that replaced it.
+    pub new: Bytes,
 }
 
 /// A one-time prekey's public half as uploaded (`id`, X448 public key).
@@ -253,6 +279,46 @@ pub enum Op {
     GetGroup {
         gid: Bytes,
     },
+    /// Enrol this device (its id is `auth.device`, which must equal `card.id`) with the
+    /// account's holders, after a register or a login. Authenticated like a fetch with
+    /// `body` = [`device_body`] of the card. A revoked device is refused (`DeviceRevoked`).
+    AddDevice {
+        auth: MailboxAuth,
+        card: DeviceCard,
+    },
+    /// The account's devices ([`Response::Devices`]); `body` = `b"devices"`.
+    Devices {
+        auth: MailboxAuth,
+    },
+    /// Revoke a device (seed §14): signed by another active device of the account.
+    RevokeDevice {
+        revocation: Revocation,
+    },
+    /// Replace the account's keys (seed §11): `update` is a `KeyUpdate` signed by the current
+    /// identity and the new one; `bundle`, `opks` and `sealed_keys` are the new key store's.
+    /// Authenticated like a fetch, `body` = `SHA-256(update)`. Of two updates of the same
+    /// identity (two devices at once) exactly one wins: the first to commit the claim
+    /// [`key_update_key`] on a majority of the holders; the other is answered `Conflict`.
+    UpdateKeys {
+        auth: MailboxAuth,
+        update: Bytes,
+        bundle: Bytes,
+        opks: Vec<Opk>,
+        sealed_keys: Bytes,
+    },
+    /// The account's key updates, oldest first ([`Response::KeyUpdates`]).
+    KeyUpdates {
+        username: String,
+    },
+    /// Recover an account after every device was lost (seed §15): the recovery code, and the
+    /// new account (new keys, password verifier and recovery code hash; the email and the
+    /// registration time are kept from the held account).
+    Recover {
+        username: String,
+        code: String,
+        account: Account,
+        opks: Vec<Opk>,
+    },
 }
 
 /// One holder's part of an operation.
@@ -360,6 +426,29 @@ pub enum ReplicaOp {
     PutHeldGroup {
         held: crate::pq4_groups::HeldGroup,
     },
+    /// Merge device cards into an account's devices (enrolment, hand-off): a card already
+    /// held is kept, a revocation is kept for ever.
+    PutDevices {
+        username: String,
+        devices: Vec<DeviceEntry>,
+    },
+    /// The account's devices ([`Response::Devices`]).
+    GetDevices {
+        username: String,
+    },
+    /// Apply a revocation after checking it against the devices held here
+    /// (`pq4_devices::check_revocation`).
+    RevokeDevice {
+        revocation: Revocation,
+    },
+    /// Count one wrong recovery code of `username` ([`Response::RecoveryFailures`]).
+    RecoveryFailed {
+        username: String,
+    },
+    /// The wrong recovery codes of `username` within [`RECOVERY_FAILURE_WINDOW_MS`].
+    RecoveryFailures {
+        username: String,
+    },
 }
 
 /// How long a pending uniqueness claim holds.
@@ -391,6 +480,18 @@ pub enum ErrorKind {
     /// signature).
     GroupRefused,
     GroupNotFound,
+    /// A device revocation whose signature is not another active device's (§14.2).
+    InvalidSignature,
+    /// No such device on the account (§14.2).
+    DeviceNotFound,
+    /// The account's last active device cannot be revoked (§14.2).
+    LastActiveDevice,
+    /// Another revocation of this account is being applied (§14.2).
+    RevocationInProgress,
+    /// The device is revoked already (§14.2).
+    AlreadyRevoked,
+    /// The asking device was revoked: it may no longer read or enrol.
+    DeviceRevoked,
 }
 
 /// One answer.
@@ -445,6 +546,19 @@ pub enum Response {
     Lost(Vec<Bytes>),
     /// The group record version held (after a put: the winner, which may not be the one put).
     Group(Option<Box<GroupRecord>>),
+    /// An account's devices.
+    Devices(Vec<DeviceEntry>),
+    /// An account's key updates, oldest first, its current identity and its recoveries.
+    KeyUpdates {
+        updates: Vec<Bytes>,
+        identity: Bytes,
+        #[serde(default)]
+        recoveries: Vec<Recovered>,
+    },
+    /// When the wrong recovery codes within the window were given (ms since the epoch).
+    RecoveryFailures {
+        times: Vec<u64>,
+    },
 }
 
 impl Response {
@@ -461,8 +575,29 @@ impl Account {
     /// Whether `other` is this same registration (possibly with prekeys uploaded since).
     pub fn same_registration(&self, other: &Account) -> bool {
         self.username == other.username
-            && self.identity == other.identity
+            && self.first_identity() == other.first_identity()
             && self.created_ms == other.created_ms
+    }
+
+    /// How far the account moved from its registration: (recoveries, key updates). Of two
+    /// copies of one registration the one with more history is newer.
+    pub fn history(&self) -> (usize, usize) {
+        (self.recoveries.len(), self.key_updates.len())
+    }
+
+    /// The identity the account was registered with (before any key update).
+    pub fn first_identity(&self) -> Bytes {
+        if let Some(first) = self.recoveries.first() {
+            return first.root.clone();
+        }
+        self.key_updates
+            .first()
+            .and_then(|u| constella_keys::KeyUpdate::from_bytes(&u.0).ok())
+            .map(|u| {
+                let old = u.old_identity();
+                Bytes([&old.signing[..], &old.dh[..]].concat())
+            })
+            .unwrap_or_else(|| self.identity.clone())
     }
 
     /// Whether this registration beats `other` of the same name, which was made on the other
@@ -521,6 +656,54 @@ pub fn majority(holders: usize) -> usize {
 /// The record key of an account and its mailbox.
 pub fn user_key(username: &str) -> String {
     format!("user/{username}")
+}
+
+/// The body of an [`Op::AddDevice`] proof: the card's id, key and name.
+pub fn device_body(card: &DeviceCard) -> Vec<u8> {
+    [&card.id.0[..], &card.key.0, card.name.as_bytes()].concat()
+}
+
+/// The body of an [`Op::Devices`] proof.
+pub const DEVICES_BODY: &[u8] = b"devices";
+
+/// The uniqueness claim a coordinator holds while it applies a revocation of `username`'s
+/// devices (one revocation of an account at a time: `RevocationInProgress`).
+pub fn revocation_key(username: &str) -> String {
+    format!("revoke/{username}")
+}
+
+/// The uniqueness claim that lets exactly one key update follow `identity` (made permanent
+/// once it wins).
+pub fn key_update_key(username: &str, identity: &[u8]) -> String {
+    format!("keys/{username}/{}", hex::encode(Sha256::digest(identity)))
+}
+
+/// Wrong recovery codes are remembered this long.
+pub const RECOVERY_FAILURE_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
+/// Wrong recovery codes allowed before the lock-out starts.
+pub const FREE_RECOVERY_FAILURES: usize = 3;
+
+/// `SHA-256("PQ4 recovery" ‖ username ‖ code)`: what the holders keep of a recovery code (the
+/// code has 160 random bits, so a plain hash does not help a guesser).
+pub fn recovery_hash(username: &str, code: &str) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(b"PQ4 recovery");
+    h.update((username.len() as u32).to_be_bytes());
+    h.update(username.as_bytes());
+    h.update(code.as_bytes());
+    h.finalize().to_vec()
+}
+
+/// Until when recovery is locked out after the wrong codes given at `times`: the first
+/// [`FREE_RECOVERY_FAILURES`] are free, then each locks it out twice as long as the one
+/// before, starting at `base_ms` after the last (at most the window).
+pub fn recovery_locked_until(times: &[u64], base_ms: u64) -> Option<u64> {
+    let extra = times.len().checked_sub(FREE_RECOVERY_FAILURES)?;
+    let last = times.iter().copied().max()?;
+    let delay = base_ms
+        .saturating_mul(1u64 << extra.min(20))
+        .min(RECOVERY_FAILURE_WINDOW_MS);
+    Some(last.saturating_add(delay))
 }
 
 /// The record key of an invite (by the hash of its code).
@@ -632,12 +815,28 @@ mod tests {
             verifier: Bytes::default(),
             sealed_keys: Bytes::default(),
             created_ms,
+            key_updates: Vec::new(),
+            recovery: Bytes::default(),
+            recoveries: Vec::new(),
         };
         let (early, late) = (account(1, 9), account(2, 1));
         assert!(early.wins_over(&late) && !late.wins_over(&early));
         let (a, b) = (account(5, 1), account(5, 2));
         assert!(a.wins_over(&b) && !b.wins_over(&a));
         assert!(!a.wins_over(&a) && a.same_registration(&a) && !a.same_registration(&b));
+    }
+
+    #[test]
+    fn wrong_recovery_codes_lock_out_for_longer_and_longer() {
+        assert_eq!(recovery_locked_until(&[1, 2], 100), None);
+        assert_eq!(recovery_locked_until(&[1, 2, 3], 100), Some(103));
+        assert_eq!(recovery_locked_until(&[1, 2, 3, 50], 100), Some(250));
+        assert_eq!(recovery_locked_until(&[1, 2, 3, 50, 60], 100), Some(460));
+        assert_eq!(
+            recovery_locked_until(&[0; 40], u64::MAX),
+            Some(RECOVERY_FAILURE_WINDOW_MS)
+        );
+        assert_ne!(recovery_hash("bob", "a"), recovery_hash("bo", "ba"));
     }
 
     #[test]

@@ -484,6 +484,44 @@ impl GroupSession {
         self.rotate(now_ms, rng)
     }
 
+    /// A member's identity changed through a key update the caller verified (the new key
+    /// signed by the old one): the member list names `new` instead of `old` from now on (our
+    /// own entry too, when `old` is ours), so shares and messages from `new` are accepted.
+    /// The key is unchanged; whoever changed rotates it ([`GroupSession::replace_own`]).
+    pub fn replace_member(
+        &mut self,
+        old: &IdentityPublicKey,
+        new: &IdentityPublicKey,
+    ) -> Result<(), GroupError> {
+        if !self.members.contains(old) {
+            return Err(GroupError::Membership);
+        }
+        let members: Vec<IdentityPublicKey> = self
+            .members
+            .iter()
+            .map(|m| if m == old { new.clone() } else { m.clone() })
+            .collect();
+        check_unique_signers(&members)?;
+        self.members = members;
+        if &self.own == old {
+            self.own = new.clone();
+        }
+        Ok(())
+    }
+
+    /// Our identity changed (a key update): our entry becomes `new` and the key rotates.
+    /// Send the returned share to every other member.
+    pub fn replace_own(
+        &mut self,
+        new: &IdentityPublicKey,
+        now_ms: u64,
+        rng: &mut impl CryptoRng,
+    ) -> Result<GroupKeyShare, GroupError> {
+        let old = self.own.clone();
+        self.replace_member(&old, new)?;
+        self.rotate(now_ms, rng)
+    }
+
     /// Encrypts and signs a group message.
     pub fn encrypt(
         &mut self,
@@ -771,5 +809,49 @@ mod tests {
         assert_eq!(gc.decrypt(&msg).unwrap_err(), GroupError::UnknownEpoch(1));
         gc.force_epoch(1);
         assert_eq!(gc.decrypt(&msg).unwrap_err(), GroupError::Decryption);
+    }
+
+    /// A member whose keys changed (a key update) rotates with its new identity; the others,
+    /// once they replaced its identity, accept the share and its messages, and refuse
+    /// messages signed with the old identity.
+    #[test]
+    fn a_member_with_updated_keys_rotates_and_the_others_follow() {
+        let mut r = ChaCha20Rng::seed_from_u64(42);
+        let a = KeyStore::generate_with_one_time_prekeys(0, &mut r).unwrap();
+        let b = KeyStore::generate_with_one_time_prekeys(0, &mut r).unwrap();
+        let b2 = KeyStore::generate_with_one_time_prekeys(0, &mut r).unwrap();
+        let mut ga = GroupSession::create(
+            a.identity_public(),
+            &[b.identity_public().clone()],
+            0,
+            &mut r,
+        )
+        .unwrap();
+        let mut gb =
+            GroupSession::join(&ga.share(), b.identity_public(), a.identity_public()).unwrap();
+        let share = gb.replace_own(b2.identity_public(), 1, &mut r).unwrap();
+        assert_eq!(gb.epoch(), 1);
+        // Before a learns of the new identity, the share is not from a member.
+        assert_eq!(
+            ga.apply(&share, b2.identity_public()).unwrap_err(),
+            GroupError::NotAMember
+        );
+        ga.replace_member(b.identity_public(), b2.identity_public())
+            .unwrap();
+        assert_eq!(
+            ga.apply(&share, b2.identity_public()).unwrap(),
+            ShareOutcome::Installed
+        );
+        let msg = gb.encrypt(b2.identity(), 2, b"new keys").unwrap();
+        assert_eq!(&ga.decrypt(&msg).unwrap().1[..], b"new keys");
+        assert_eq!(
+            gb.encrypt(b.identity(), 3, b"old keys").unwrap_err(),
+            GroupError::NotAMember
+        );
+        assert_eq!(
+            ga.replace_member(b.identity_public(), b2.identity_public())
+                .unwrap_err(),
+            GroupError::Membership
+        );
     }
 }

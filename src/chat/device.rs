@@ -53,6 +53,17 @@ pub struct Stored {
     /// Contacts whose fingerprint the user confirmed (`chat verify`): the identity confirmed.
     #[serde(default)]
     pub verified: BTreeMap<String, Bytes>,
+    /// This device's own key (a key store whose identity signs revocations of the account's
+    /// other devices), sealed under the password; made at the first enrolment.
+    #[serde(default)]
+    pub device_key: Option<SealedBlob>,
+    /// This device's name among the account's devices.
+    #[serde(default)]
+    pub device_name: String,
+    /// The account's devices as this device last saw them (hex id → revoked), so that a new
+    /// or revoked device is reported once (`super::devices`).
+    #[serde(default)]
+    pub known_devices: BTreeMap<String, bool>,
 }
 
 /// An unlocked device: the stored state, the key store and the password key.
@@ -61,6 +72,9 @@ pub struct Device {
     pub stored: Stored,
     pub keys: KeyStore,
     pub password: PasswordKey,
+    /// Contacts whose account recovery this command accepted: a group admin re-invites them
+    /// once the batch of messages is handled (`super::group::reinvite`).
+    pub recovered: Vec<String>,
 }
 
 impl std::fmt::Debug for Device {
@@ -97,6 +111,9 @@ impl Device {
         let mut device_id = Bytes(id.to_vec());
         let mut groups = BTreeMap::new();
         let mut verified = BTreeMap::new();
+        let mut device_key = None;
+        let mut device_name = String::new();
+        let mut known_devices = BTreeMap::new();
         if keep_peers
             && let Ok(old) = read(home)
             && old.username == username
@@ -108,6 +125,10 @@ impl Device {
             }
             groups = old.groups;
             verified = old.verified;
+            // The same device logging in again keeps its key (a revoked device stays revoked).
+            device_key = old.device_key;
+            device_name = old.device_name;
+            known_devices = old.known_devices;
         }
         let sealed = keys
             .seal(&password, &mut rand::rng())
@@ -122,9 +143,13 @@ impl Device {
                 device_id,
                 groups,
                 verified,
+                device_key,
+                device_name,
+                known_devices,
             },
             keys,
             password,
+            recovered: Vec::new(),
         };
         device.save()?;
         Ok(device)
@@ -144,6 +169,7 @@ impl Device {
             stored,
             keys,
             password: key,
+            recovered: Vec::new(),
         })
     }
 

@@ -96,13 +96,28 @@ impl Directory {
         let verified = bundle(link, name, false).await?;
         let identity = verified.identity().clone();
         let bytes = Bytes(identity.to_bytes().to_vec());
-        let peer = device.stored.peers.entry(name.to_owned()).or_default();
-        match &peer.identity {
-            Some(pinned) if *pinned != bytes => {
+        let pinned = device
+            .stored
+            .peers
+            .get(name)
+            .and_then(|p| p.identity.clone());
+        match pinned {
+            // A key update (§11) whose chain leads from the pinned identity is followed.
+            Some(pinned)
+                if pinned != bytes
+                    && !super::keys::follow(link, device, name, &bytes.0).await? =>
+            {
                 bail!("@{name}'s identity key changed since the last contact; refusing")
             }
             Some(_) => {}
-            None => peer.identity = Some(bytes),
+            None => {
+                device
+                    .stored
+                    .peers
+                    .entry(name.to_owned())
+                    .or_default()
+                    .identity = Some(bytes)
+            }
         }
         self.0.insert(name.to_owned(), identity.clone());
         Ok(identity)
@@ -118,15 +133,7 @@ fn forging() -> bool {
 /// Test knob `CONSTELLA_TEST_CHAT_GROUP_BARRIER=DIR`: say `DIR/<user>.ready` and wait (at most
 /// 60 s) for `DIR/go` before storing a change, so a test can make two changes truly concurrent.
 async fn test_pause_before_put(me: &str) {
-    let Some(dir) = std::env::var_os("CONSTELLA_TEST_CHAT_GROUP_BARRIER") else {
-        return;
-    };
-    let dir = std::path::PathBuf::from(dir);
-    let _ = std::fs::write(dir.join(format!("{me}.ready")), b"");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !dir.join("go").exists() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    super::test_barrier("CONSTELLA_TEST_CHAT_GROUP_BARRIER", me).await;
 }
 
 /// Runs a group command on an unlocked device.
@@ -560,7 +567,13 @@ async fn change(
             removed = Some(x.clone());
         }
         Change::Rotate => {
-            session.rotate(now_ms(), &mut rng)?;
+            // After a key update (§11) our entry still names the old identity: replace it.
+            let own = device.keys.identity_public().clone();
+            if session.members().contains(&own) {
+                session.rotate(now_ms(), &mut rng)?;
+            } else {
+                session.replace_own(&own, now_ms(), &mut rng)?;
+            }
         }
     }
     let record = sign(
@@ -925,4 +938,81 @@ async fn accept_share(
     state.held = held;
     state.gone = false;
     store_session(device, &gid, &group)
+}
+
+/// Rotates the key of every group this device is still in (after a device revocation, so the
+/// revoked device's copy of the keys opens nothing sent later); the groups that failed, with
+/// why.
+pub(super) async fn rotate_all(link: &mut Link, device: &mut Device) -> Vec<(String, String)> {
+    let mut dir = Directory::default();
+    let live: Vec<String> = device
+        .stored
+        .groups
+        .iter()
+        .filter(|(_, s)| !s.gone)
+        .map(|(gid, _)| gid.clone())
+        .collect();
+    let mut failed = Vec::new();
+    for gid in live {
+        let name = device.stored.groups[&gid].held.current.name.clone();
+        match change(link, device, &mut dir, &gid, Change::Rotate).await {
+            Ok(record) => eprintln!("rotated the key of {name} (key epoch {})", record.epoch),
+            Err(e) => failed.push((name, format!("{e:#}"))),
+        }
+    }
+    failed
+}
+
+/// A member's identity changed through a key update this device verified (`super::keys`):
+/// every group session here names `new` instead of `old` from now on, so that member's next
+/// key share and messages are accepted.
+pub(super) fn replace_identity(device: &mut Device, old: &[u8], new: &IdentityPublicKey) {
+    let gids: Vec<String> = device
+        .stored
+        .groups
+        .iter()
+        .filter(|(_, s)| s.session.is_some())
+        .map(|(gid, _)| gid.clone())
+        .collect();
+    for gid in gids {
+        let Ok(mut group) = session(device, &device.stored.groups[&gid]) else {
+            continue;
+        };
+        let Some(old) = group
+            .members()
+            .iter()
+            .find(|m| m.to_bytes().as_slice() == old)
+            .cloned()
+        else {
+            continue;
+        };
+        if group.replace_member(&old, new).is_ok() {
+            let _ = store_session(device, &gid, &group);
+        }
+    }
+}
+
+/// `peer` recovered their account (§15): in every group we administer that lists them, a new
+/// key goes to every member, `peer`'s new identity included, so their new device is in the
+/// group again ("re-invited"). Failures are reported, not fatal.
+pub(super) async fn reinvite(link: &mut Link, device: &mut Device, peer: &str) {
+    let me = device.stored.username.clone();
+    let mut dir = Directory::default();
+    let gids: Vec<String> = device
+        .stored
+        .groups
+        .iter()
+        .filter(|(_, s)| !s.gone && s.held.current.is_admin(&me) && s.held.current.is_member(peer))
+        .map(|(gid, _)| gid.clone())
+        .collect();
+    for gid in gids {
+        let name = device.stored.groups[&gid].held.current.name.clone();
+        match change(link, device, &mut dir, &gid, Change::Rotate).await {
+            Ok(record) => eprintln!(
+                "re-invited @{peer} to {name} after their recovery (key epoch {})",
+                record.epoch
+            ),
+            Err(e) => eprintln!("could not re-invite @{peer} to {name}: {e:#}"),
+        }
+    }
 }

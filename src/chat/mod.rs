@@ -7,8 +7,11 @@
 //! - [`verify`]: fingerprints and verified contacts (`chat fingerprint`, `chat verify`).
 
 mod device;
+mod devices;
 mod group;
+mod keys;
 mod link;
+mod recover;
 mod verify;
 
 use std::io::{BufRead, IsTerminal};
@@ -63,11 +66,17 @@ pub enum ChatCommand {
         email: String,
         #[arg(long, value_name = "CODE")]
         invite: String,
+        /// This device's name among the account's devices (default: the host name).
+        #[arg(long, value_name = "NAME")]
+        device_name: Option<String>,
     },
     /// Log in on this device with the password (challenge-response; the password never leaves).
     Login {
         #[arg(long, value_name = "NAME")]
         username: String,
+        /// This device's name among the account's devices (default: the host name).
+        #[arg(long, value_name = "NAME")]
+        device_name: Option<String>,
     },
     /// Send one message.
     Send {
@@ -106,6 +115,31 @@ pub enum ChatCommand {
         /// The contact, `@name`.
         peer: String,
     },
+    /// Recover an account after losing every device: new keys and a new password on this
+    /// device, every old device revoked (the code was shown at registration).
+    Recover {
+        #[arg(long, value_name = "NAME")]
+        username: String,
+        #[arg(long, value_name = "CODE")]
+        code: String,
+        /// This device's name among the account's devices (default: the host name).
+        #[arg(long, value_name = "NAME")]
+        device_name: Option<String>,
+    },
+    /// Replace this account's keys (identity, prekeys) with new ones signed by the current
+    /// identity; contacts are told, sessions continue, groups get a new key.
+    UpdateKeys,
+    /// List the account's devices.
+    Devices {
+        /// A JSON list of {"id","name","added","revoked","revoked_by","revoked_at","this"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke another device of the account (signed by this one); rotates your groups' keys.
+    Revoke {
+        /// The device: its id (hex, or at least 4 leading digits) or its name.
+        device: String,
+    },
 }
 
 /// How long one mailbox wait of `read --follow` and `open` asks to be held open (the member
@@ -141,7 +175,11 @@ pub async fn run(args: ChatArgs, state_dir: &Path) -> Result<()> {
             username,
             email,
             invite,
+            device_name,
         } => {
+            if let Some(name) = &device_name {
+                devices::check_name(name)?;
+            }
             if !pq4::valid_username(&username) {
                 bail!("invalid username {username:?}: 1-32 of a-z, 0-9, _ starting with a letter");
             }
@@ -153,16 +191,29 @@ pub async fn run(args: ChatArgs, state_dir: &Path) -> Result<()> {
                 bail!("the password is too short (at least 8 characters)");
             }
             let mut link = Link::connect(state_dir, args.via.as_deref()).await?;
-            let device = register(&mut link, &home, &username, &email, &invite, &password).await?;
-            enroll(&mut link, &device).await?;
+            let code = recover::new_code();
+            let mut device = register(
+                &mut link, &home, &username, &email, &invite, &password, &code,
+            )
+            .await?;
+            devices::enroll(&mut link, &mut device, device_name.as_deref()).await?;
             println!("registered @{username}");
+            println!(
+                "recovery code (shown once; keep it offline: with it you recover @{username} if every device is lost): {code}"
+            );
             Ok(())
         }
-        ChatCommand::Login { username } => {
+        ChatCommand::Login {
+            username,
+            device_name,
+        } => {
+            if let Some(name) = &device_name {
+                devices::check_name(name)?;
+            }
             let password = input.password("Password: ")?;
             let mut link = Link::connect(state_dir, args.via.as_deref()).await?;
-            let device = login(&mut link, &home, &username, &password).await?;
-            enroll(&mut link, &device).await?;
+            let mut device = login(&mut link, &home, &username, &password).await?;
+            devices::enroll(&mut link, &mut device, device_name.as_deref()).await?;
             println!("logged in as @{username}");
             Ok(())
         }
@@ -170,14 +221,15 @@ pub async fn run(args: ChatArgs, state_dir: &Path) -> Result<()> {
             let to = peer_name(&to)?;
             let password = input.password("Password: ")?;
             let mut device = Device::unlock(&home, &password)?;
-            let mut link = connect(state_dir, args.via.as_deref(), &device).await?;
+            let mut link = connect(state_dir, args.via.as_deref(), &mut device).await?;
             send(&mut link, &mut device, &to, &text).await?;
             Ok(())
         }
         ChatCommand::Read { follow, json } => {
             let password = input.password("Password: ")?;
             let mut device = Device::unlock(&home, &password)?;
-            let mut link = connect(state_dir, args.via.as_deref(), &device).await?;
+            let mut link = connect(state_dir, args.via.as_deref(), &mut device).await?;
+            devices::report_changes(&mut link, &mut device).await?;
             let mut all = Vec::new();
             loop {
                 if follow {
@@ -218,29 +270,71 @@ pub async fn run(args: ChatArgs, state_dir: &Path) -> Result<()> {
             let to = peer_name(&to)?;
             let password = input.password("Password: ")?;
             let mut device = Device::unlock(&home, &password)?;
-            let mut link = connect(state_dir, args.via.as_deref(), &device).await?;
-            let waiter = connect(state_dir, args.via.as_deref(), &device).await?;
+            let mut link = connect(state_dir, args.via.as_deref(), &mut device).await?;
+            let waiter = connect(state_dir, args.via.as_deref(), &mut device).await?;
             open(&mut link, waiter, &mut device, &to).await
         }
         ChatCommand::Group { command } => {
             let password = input.password("Password: ")?;
             let mut device = Device::unlock(&home, &password)?;
-            let mut link = connect(state_dir, args.via.as_deref(), &device).await?;
+            let mut link = connect(state_dir, args.via.as_deref(), &mut device).await?;
             group::run(&mut link, &mut device, command).await
         }
         ChatCommand::Fingerprint { peer, json } => {
             let peer = peer_name(&peer)?;
             let password = input.password("Password: ")?;
             let mut device = Device::unlock(&home, &password)?;
-            let mut link = connect(state_dir, args.via.as_deref(), &device).await?;
+            let mut link = connect(state_dir, args.via.as_deref(), &mut device).await?;
             verify::fingerprint(&mut link, &mut device, &peer, json).await
         }
         ChatCommand::Verify { peer } => {
             let peer = peer_name(&peer)?;
             let password = input.password("Password: ")?;
             let mut device = Device::unlock(&home, &password)?;
-            let mut link = connect(state_dir, args.via.as_deref(), &device).await?;
+            let mut link = connect(state_dir, args.via.as_deref(), &mut device).await?;
             verify::verify(&mut link, &mut device, &peer).await
+        }
+        ChatCommand::Recover {
+            username,
+            code,
+            device_name,
+        } => {
+            if let Some(name) = &device_name {
+                devices::check_name(name)?;
+            }
+            if !pq4::valid_username(&username) {
+                bail!("invalid username {username:?}: 1-32 of a-z, 0-9, _ starting with a letter");
+            }
+            recover::normalize(&code)?;
+            let password = input.password("New password for the account: ")?;
+            if password.chars().count() < 8 {
+                bail!("the password is too short (at least 8 characters)");
+            }
+            let mut link = Link::connect(state_dir, args.via.as_deref()).await?;
+            let (mut device, next) =
+                recover::recover(&mut link, &home, &username, &code, &password).await?;
+            devices::enroll(&mut link, &mut device, device_name.as_deref()).await?;
+            println!("recovered @{username} on this device; every other device is revoked");
+            println!("new recovery code (shown once; the old one no longer works): {next}");
+            Ok(())
+        }
+        ChatCommand::UpdateKeys => {
+            let password = input.password("Password: ")?;
+            let mut device = Device::unlock(&home, &password)?;
+            let mut link = connect(state_dir, args.via.as_deref(), &mut device).await?;
+            keys::update(&mut link, &mut device).await
+        }
+        ChatCommand::Devices { json } => {
+            let password = input.password("Password: ")?;
+            let mut device = Device::unlock(&home, &password)?;
+            let mut link = connect(state_dir, args.via.as_deref(), &mut device).await?;
+            devices::show(&mut link, &mut device, json).await
+        }
+        ChatCommand::Revoke { device: target } => {
+            let password = input.password("Password: ")?;
+            let mut device = Device::unlock(&home, &password)?;
+            let mut link = connect(state_dir, args.via.as_deref(), &mut device).await?;
+            devices::revoke(&mut link, &mut device, &target).await
         }
     }
 }
@@ -257,7 +351,7 @@ pub async fn new_invite(state_dir: &Path, ttl_secs: u64) -> Result<String> {
 
 /// A link for an unlocked device, logged in if it goes `--via` a member, after checking that
 /// the account is still this device's.
-async fn connect(state_dir: &Path, via: Option<&str>, device: &Device) -> Result<Link> {
+async fn connect(state_dir: &Path, via: Option<&str>, device: &mut Device) -> Result<Link> {
     let mut link = Link::connect(state_dir, via).await?;
     let verifier = device.password.login_proof();
     link.authenticate(&device.stored.username, verifier.as_bytes())
@@ -267,9 +361,10 @@ async fn connect(state_dir: &Path, via: Option<&str>, device: &Device) -> Result
 }
 
 /// Fails with a clear error when the network serves another identity under this device's
-/// name: the name was registered on both sides of a partition and the other one won.
-async fn still_ours(link: &mut Link, device: &Device) -> Result<()> {
-    let username = &device.stored.username;
+/// name: the name was registered on both sides of a partition and the other one won. When the
+/// account's keys were updated on another device, this device follows them (`keys::adopt`).
+async fn still_ours(link: &mut Link, device: &mut Device) -> Result<()> {
+    let username = device.stored.username.clone();
     let op = Op::Identity {
         username: username.clone(),
     };
@@ -288,30 +383,16 @@ async fn still_ours(link: &mut Link, device: &Device) -> Result<()> {
     let verified = bundle
         .verify()
         .context("the network serves a bundle with a bad signature for this account")?;
-    if verified.identity().to_bytes() != device.keys.identity_public().to_bytes() {
+    let served = verified.identity().to_bytes();
+    if served != device.keys.identity_public().to_bytes()
+        && !keys::adopt(link, device, &served).await?
+    {
         bail!(
             "RegistrationLost: @{username} was also registered on the other side of a network \
              partition, and that registration won when the partition healed; this device's \
              account is gone, register again under another name"
         );
     }
-    Ok(())
-}
-
-/// Enrolls a new device in its mailbox (a wait that answers at once), so that messages wait
-/// for it too from now on.
-async fn enroll(link: &mut Link, device: &Device) -> Result<()> {
-    let verifier = device.password.login_proof();
-    link.authenticate(&device.stored.username, verifier.as_bytes())
-        .await?;
-    let auth = device.mailbox_key().auth(&[]);
-    check(
-        link.call(Op::Wait {
-            auth,
-            timeout_ms: 0,
-        })
-        .await?,
-    )?;
     Ok(())
 }
 
@@ -323,9 +404,25 @@ fn is_final(error: &anyhow::Error) -> bool {
         "UserNotFound",
         "AuthenticationFailed",
         "RateLimited",
+        "DeviceRevoked",
+        "DeviceNotFound",
     ]
     .iter()
     .any(|kind| text.contains(kind))
+}
+
+/// Test knob: when the environment variable `var` names a directory, say `DIR/<tag>.ready`
+/// and wait (at most 60 s) for `DIR/go`, so a test can make two clients' steps concurrent.
+async fn test_barrier(var: &str, tag: &str) {
+    let Some(dir) = std::env::var_os(var) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let _ = std::fs::write(dir.join(format!("{tag}.ready")), b"");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !dir.join("go").exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// `@name` or `name` → `name`.
@@ -392,26 +489,14 @@ async fn register(
     email: &str,
     invite: &str,
     password: &str,
+    recovery_code: &str,
 ) -> Result<Device> {
     let mut rng = rand::rng();
     let key = PasswordKey::generate(password, KdfParams::PRODUCTION, &mut rng)
         .context("cannot derive the password key")?;
-    // Test knob: fewer one-time prekeys, so a test can run them out.
-    let opk_count = std::env::var("CONSTELLA_TEST_CHAT_OPKS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(constella_keys::store::ONE_TIME_PREKEY_COUNT as usize);
-    let keys = KeyStore::generate_with_one_time_prekeys(opk_count, &mut rng)
+    let keys = KeyStore::generate_with_one_time_prekeys(opk_count(), &mut rng)
         .context("cannot generate keys")?;
-    let opks: Vec<Opk> = keys
-        .one_time_prekey_ids()
-        .into_iter()
-        .filter_map(|id| keys.bundle(Some(id)).one_time_prekey)
-        .map(|k| Opk {
-            id: k.id,
-            key: Bytes(k.key.to_vec()),
-        })
-        .collect();
+    let opks = public_opks(&keys);
     let sealed = keys.seal(&key, &mut rng).context("cannot seal the keys")?;
     let account = Account {
         username: username.to_owned(),
@@ -427,6 +512,12 @@ async fn register(
         verifier: Bytes(key.login_proof().as_bytes().to_vec()),
         sealed_keys: Bytes(sealed.to_bytes()),
         created_ms: now_ms(),
+        key_updates: Vec::new(),
+        recovery: Bytes(pq4::recovery_hash(
+            username,
+            &recover::normalize(recovery_code)?,
+        )),
+        recoveries: Vec::new(),
     };
     let op = Op::Register {
         invite: invite.trim().to_owned(),
@@ -472,6 +563,27 @@ async fn login(link: &mut Link, home: &Path, username: &str, password: &str) -> 
     let blob = SealedBlob::from_bytes(&account.sealed_keys.0).context("the sealed keys")?;
     let keys = KeyStore::open(&blob, &key).context("cannot open the account's keys")?;
     Device::create(home, username, keys, key, true)
+}
+
+/// One-time prekeys a new key store gets (test knob `CONSTELLA_TEST_CHAT_OPKS`: fewer, so a
+/// test can run them out).
+fn opk_count() -> usize {
+    std::env::var("CONSTELLA_TEST_CHAT_OPKS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(constella_keys::store::ONE_TIME_PREKEY_COUNT as usize)
+}
+
+/// The public halves of a key store's one-time prekeys, as uploaded.
+fn public_opks(keys: &KeyStore) -> Vec<Opk> {
+    keys.one_time_prekey_ids()
+        .into_iter()
+        .filter_map(|id| keys.bundle(Some(id)).one_time_prekey)
+        .map(|k| Opk {
+            id: k.id,
+            key: Bytes(k.key.to_vec()),
+        })
+        .collect()
 }
 
 /// Fetches `username`'s bundle (taking a one-time prekey if `take`), verified.
@@ -562,14 +674,16 @@ async fn seal_content(
         None => {
             let verified = bundle(link, to, true).await?;
             let identity = Bytes(verified.identity().to_bytes().to_vec());
-            let peer = device.stored.peers.entry(to.to_owned()).or_default();
-            if peer
-                .identity
-                .as_ref()
-                .is_some_and(|pinned| *pinned != identity)
-            {
+            let changed = device
+                .stored
+                .peers
+                .get(to)
+                .and_then(|p| p.identity.as_ref())
+                .is_some_and(|pinned| *pinned != identity);
+            if changed && !keys::follow(link, device, to, &identity.0).await? {
                 bail!("@{to}'s identity key changed since the last contact; refusing to send");
             }
+            let peer = device.stored.peers.entry(to.to_owned()).or_default();
             peer.identity = Some(identity);
             let (initial, secret) =
                 x3dh::initiate(device.keys.identity(), &verified, &mut rng).context("handshake")?;
@@ -802,6 +916,10 @@ async fn open_all(
     let body: Vec<u8> = ids.iter().flat_map(|i| i.0.iter().copied()).collect();
     let auth = device.mailbox_key().auth(&body);
     check(link.call(Op::Ack { auth, ids }).await?)?;
+    // §15.1 step 9: a recovered contact is re-invited to the groups we administer.
+    for peer in std::mem::take(&mut device.recovered) {
+        group::reinvite(link, device, &peer).await;
+    }
     Ok(())
 }
 
@@ -838,9 +956,17 @@ async fn open_one(
             Bytes(verified.identity().to_bytes().to_vec())
         }
     };
-    if envelope.sender().as_slice() != identity.0.as_slice() {
+    let identity = if envelope.sender().as_slice() == identity.0.as_slice() {
+        identity
+    } else if keys::follow(link, device, from, envelope.sender().as_slice())
+        .await
+        .unwrap_or(false)
+    {
+        // The sender updated their keys (§11) and the chain leads from the pinned identity.
+        Bytes(envelope.sender().to_vec())
+    } else {
         return Err(flag("not signed by the identity of the claimed sender"));
-    }
+    };
     let mut rng = rand::rng();
     let mut session = device
         .session(from)
@@ -885,7 +1011,12 @@ async fn open_one(
                     group::on_share(link, device, from, &share).await;
                     Ok(None)
                 }
-                _ => Ok(None),
+                Content::KeyUpdate(update) => {
+                    if let Err(why) = keys::on_update(device, from, &update) {
+                        eprintln!("refused a key update from @{from}: {why}");
+                    }
+                    Ok(None)
+                }
             }
         }
         Err(EnvelopeError::Ratchet(RatchetError::DuplicateOrExpired)) => {

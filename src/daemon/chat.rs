@@ -29,9 +29,16 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::chat_store::ChatStore;
+use crate::audit::AuditKind;
 
+#[path = "chat_devices.rs"]
+mod devices;
 #[path = "chat_groups.rs"]
 mod groups;
+#[path = "chat_keys.rs"]
+mod keys;
+#[path = "chat_recover.rs"]
+mod recover;
 
 /// File name of the chat socket in the state directory.
 pub const SOCKET: &str = "pq4.sock";
@@ -115,6 +122,9 @@ struct Inner {
     /// The node's audit log, once the node set it (`Service::set_audit`).
     audit: std::sync::OnceLock<crate::audit::AuditLog>,
 }
+
+/// The answer to a wrong login proof.
+const WRONG_PASSWORD: &str = "wrong password";
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -283,7 +293,14 @@ impl Service {
                 invite,
                 account,
                 opks,
-            } => self.register(invite, account, opks).await,
+            } => {
+                let username = account.username.clone();
+                let response = self.register(invite, account, opks).await;
+                if matches!(response, Response::Registered) {
+                    self.audit_account(AuditKind::ChatRegistered, &username, origin, &[]);
+                }
+                response
+            }
             Op::LoginStart { username } => self.login_start(&username).await,
             Op::LoginFinish {
                 username,
@@ -291,6 +308,18 @@ impl Service {
                 mac,
             } => {
                 let response = self.login_finish(&username, &nonce.0, &mac.0).await;
+                match &response {
+                    Response::LoggedIn { .. } => {
+                        self.audit_account(AuditKind::ChatLogin, &username, origin, &[]);
+                    }
+                    Response::Error {
+                        kind: ErrorKind::AuthenticationFailed,
+                        message,
+                    } if message == WRONG_PASSWORD => {
+                        self.audit_account(AuditKind::ChatLoginFailed, &username, origin, &[]);
+                    }
+                    _ => {}
+                }
                 if let (Origin::Client(peer), Response::LoggedIn { .. }) = (origin, &response)
                     && let Ok(mut clients) = self.inner.clients.lock()
                 {
@@ -308,7 +337,7 @@ impl Service {
                 Err(response) => response,
             },
             Op::Send { from, to, envelope } => self.send(from, &to, envelope).await,
-            Op::Fetch { auth } => match self.authenticate(&auth, &[]).await {
+            Op::Fetch { auth } => match self.authenticate(&auth, &[], origin).await {
                 Ok(_) => match self.fetch(&auth.username, &auth.device).await {
                     Ok(messages) => Response::Messages(messages),
                     Err(response) => response,
@@ -320,7 +349,7 @@ impl Service {
                     Origin::Local => pq4::MAX_WAIT_LOCAL_MS,
                     _ => pq4::MAX_WAIT_REMOTE_MS,
                 };
-                self.wait(auth, Duration::from_millis(timeout_ms.min(cap)))
+                self.wait(auth, Duration::from_millis(timeout_ms.min(cap)), origin)
                     .await
             }
             Op::UploadOpks {
@@ -329,7 +358,7 @@ impl Service {
                 sealed_keys,
             } => {
                 let body: Vec<u8> = opks.iter().flat_map(|o| o.id.to_be_bytes()).collect();
-                if let Err(response) = self.authenticate(&auth, &body).await {
+                if let Err(response) = self.authenticate(&auth, &body, origin).await {
                     return response;
                 }
                 if opks.len() > MAX_OPKS || opks.iter().any(|o| o.key.0.len() != 56) {
@@ -352,7 +381,7 @@ impl Service {
             }
             Op::Ack { auth, ids } => {
                 let body: Vec<u8> = ids.iter().flat_map(|i| i.0.iter().copied()).collect();
-                match self.authenticate(&auth, &body).await {
+                match self.authenticate(&auth, &body, origin).await {
                     Ok(_) => {
                         let op = ReplicaOp::DeleteMessages {
                             to: auth.username.clone(),
@@ -368,6 +397,34 @@ impl Service {
             }
             Op::PutGroup { record } => self.put_group(record, origin).await,
             Op::GetGroup { gid } => self.get_group(gid).await,
+            Op::AddDevice { auth, card } => self.add_device(auth, card, origin).await,
+            Op::Devices { auth } => {
+                match self.authenticate(&auth, pq4::DEVICES_BODY, origin).await {
+                    Ok(_) => match self.devices(&auth.username).await {
+                        Ok(devices) => Response::Devices(devices),
+                        Err(response) => response,
+                    },
+                    Err(response) => response,
+                }
+            }
+            Op::RevokeDevice { revocation } => self.revoke_device(revocation, origin).await,
+            Op::UpdateKeys {
+                auth,
+                update,
+                bundle,
+                opks,
+                sealed_keys,
+            } => {
+                self.update_keys(auth, update, bundle, opks, sealed_keys, origin)
+                    .await
+            }
+            Op::KeyUpdates { username } => self.key_updates(&username).await,
+            Op::Recover {
+                username,
+                code,
+                account,
+                opks,
+            } => self.recover(username, code, account, opks, origin).await,
         }
     }
 
@@ -388,14 +445,24 @@ impl Service {
             Op::Replica(_) | Op::NewInvite { .. } => {
                 return Err(err(ErrorKind::NotAMember, "for members only"));
             }
-            Op::Register { .. } | Op::LoginStart { .. } | Op::LoginFinish { .. } => true,
-            Op::GetBundle { .. } | Op::Identity { .. } | Op::GetGroup { .. } => account.is_some(),
+            Op::Register { .. }
+            | Op::LoginStart { .. }
+            | Op::LoginFinish { .. }
+            | Op::Recover { .. } => true,
+            Op::GetBundle { .. }
+            | Op::Identity { .. }
+            | Op::GetGroup { .. }
+            | Op::KeyUpdates { .. } => account.is_some(),
             Op::PutGroup { record } => own(&record.by),
             Op::Send { from, .. } => own(from),
+            Op::RevokeDevice { revocation } => own(&revocation.username),
             Op::Fetch { auth }
             | Op::Ack { auth, .. }
             | Op::Wait { auth, .. }
-            | Op::UploadOpks { auth, .. } => own(&auth.username),
+            | Op::UploadOpks { auth, .. }
+            | Op::AddDevice { auth, .. }
+            | Op::UpdateKeys { auth, .. }
+            | Op::Devices { auth } => own(&auth.username),
         };
         if allowed {
             Ok(())
@@ -495,8 +562,8 @@ impl Service {
 
     /// Answers [`Op::Wait`]: the device's messages now, or — when there are none — the moment
     /// a holder stores one (it was asked to watch the mailbox first), or none after `timeout`.
-    async fn wait(&self, auth: pq4::MailboxAuth, timeout: Duration) -> Response {
-        let opks_left = match self.authenticate(&auth, &[]).await {
+    async fn wait(&self, auth: pq4::MailboxAuth, timeout: Duration, origin: Origin) -> Response {
+        let opks_left = match self.authenticate(&auth, &[], origin).await {
             Ok((_, opks)) => opks.len() as u32,
             Err(response) => return response,
         };
@@ -840,7 +907,7 @@ impl Service {
             }
             self.failed(username, &holders).await;
             warn!(%username, "failed login");
-            return err(ErrorKind::AuthenticationFailed, "wrong password");
+            return err(ErrorKind::AuthenticationFailed, WRONG_PASSWORD);
         }
         Response::LoggedIn {
             account: Box::new(account),
@@ -939,9 +1006,44 @@ impl Service {
         Ok(messages)
     }
 
-    /// Checks a mailbox proof against the account's verifier; the account's one-time
-    /// prekeys come back with it.
+    /// Checks a mailbox proof against the account's verifier and that the asking device is
+    /// enrolled and not revoked; the account's one-time prekeys come back with it.
     async fn authenticate(
+        &self,
+        auth: &pq4::MailboxAuth,
+        body: &[u8],
+        origin: Origin,
+    ) -> Result<(Account, Vec<Opk>), Response> {
+        let (proof, device) = tokio::join!(
+            self.authenticate_proof(auth, body),
+            self.device_allowed(auth)
+        );
+        let found = proof?;
+        if let Err(response) = device {
+            if matches!(
+                response,
+                Response::Error {
+                    kind: ErrorKind::DeviceRevoked,
+                    ..
+                }
+            ) {
+                self.audit_account(
+                    AuditKind::ChatRevokedDeviceRefused,
+                    &auth.username,
+                    origin,
+                    &[(
+                        "device",
+                        constella_behaviours::pq4_devices::device_hex(&auth.device),
+                    )],
+                );
+            }
+            return Err(response);
+        }
+        Ok(found)
+    }
+
+    /// Checks a mailbox proof against the account's verifier only.
+    async fn authenticate_proof(
         &self,
         auth: &pq4::MailboxAuth,
         body: &[u8],
@@ -1016,6 +1118,7 @@ impl Service {
                 }
             }
             pushed += self.hand_off_groups(&members).await;
+            pushed += self.hand_off_devices(&members).await;
             if pushed > 0 {
                 info!(pushed, "pq4 records handed off after a membership change");
             }

@@ -31,11 +31,7 @@ impl Service {
         let Some(audit) = self.inner.audit.get() else {
             return;
         };
-        let from = match origin {
-            Origin::Local => "chat socket".to_owned(),
-            Origin::Member(_) => "member".to_owned(),
-            Origin::Client(peer) => format!("chat client {peer}"),
-        };
+        let from = super::devices::origin_text(origin);
         let mut event = AuditEvent::new(kind, format!("pq4:@{}", record.by), from)
             .detail("group", hex::encode(&record.gid.0))
             .detail("epoch", record.epoch)

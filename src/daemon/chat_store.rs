@@ -9,10 +9,12 @@
 
 use std::path::Path;
 
+use constella_behaviours::pq4::DeviceEntry;
 use constella_behaviours::pq4::{
     Account, Bytes, CLAIM_TTL, ErrorKind, LOGIN_FAILURE_WINDOW_MS, MAX_FETCH, MAX_OPKS, Opk,
-    Queued, ReplicaOp, Response, invite_key,
+    Queued, RECOVERY_FAILURE_WINDOW_MS, ReplicaOp, Response, invite_key,
 };
+use constella_behaviours::pq4_devices::{self, MAX_DEVICES, RevocationError};
 use constella_behaviours::pq4_groups::{HeldGroup, group_key};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -34,6 +36,9 @@ const FAILURES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("failure
 const LOST: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("lost");
 /// Group records by `group/<hex id>` (value: a `HeldGroup`).
 const GROUPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("groups");
+/// An account's device cards and revocations, by username (value: CBOR list of
+/// `DeviceEntry`).
+const DEVICE_CARDS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("device_cards");
 
 /// Queued messages per mailbox on one holder: a full mailbox refuses more (the sender is told).
 pub const MAX_QUEUED: usize = 10_000;
@@ -206,6 +211,25 @@ impl ChatStore {
                         None => None,
                     };
                 match existing {
+                    // The same registration after a key update (§11): the copy with more
+                    // updates is newer, with its own prekeys (the old store's are void). Key
+                    // updates never fork: each needs a permanent claim on a majority.
+                    Some((held, _))
+                        if held.same_registration(&account)
+                            && account.history() > held.history() =>
+                    {
+                        t.insert(
+                            account.username.as_str(),
+                            encode(&(&account, &opks)).as_slice(),
+                        )?;
+                        Response::Ok
+                    }
+                    Some((held, _))
+                        if held.same_registration(&account)
+                            && account.history() < held.history() =>
+                    {
+                        Response::Ok
+                    }
                     // The same registration again (a hand-off): keep only the prekeys both
                     // still have, so a key taken on either side stays taken, plus those
                     // uploaded since that the older copy never knew (ids only grow).
@@ -403,6 +427,12 @@ impl ChatStore {
                     None => Response::error(ErrorKind::UserNotFound, "no such account here"),
                 }
             }
+            ReplicaOp::RecoveryFailed { username } => {
+                recovery_failures(&txn, &username, now_ms, true)?
+            }
+            ReplicaOp::RecoveryFailures { username } => {
+                recovery_failures(&txn, &username, now_ms, false)?
+            }
             ReplicaOp::Lost { username } => {
                 let t = txn.open_table(LOST)?;
                 let losers: Vec<Account> = match t.get(username.as_str())? {
@@ -414,6 +444,9 @@ impl ChatStore {
             op @ (ReplicaOp::PutGroup { .. }
             | ReplicaOp::GetGroup { .. }
             | ReplicaOp::PutHeldGroup { .. }) => apply_group(&txn, op)?,
+            op @ (ReplicaOp::PutDevices { .. }
+            | ReplicaOp::GetDevices { .. }
+            | ReplicaOp::RevokeDevice { .. }) => apply_devices(&txn, op)?,
         };
         txn.commit()?;
         Ok(response)
@@ -527,7 +560,92 @@ fn apply_group(txn: &redb::WriteTransaction, op: ReplicaOp) -> Result<Response, 
     Ok(Response::Group(Some(Box::new(updated.current))))
 }
 
+/// A holder's side of a device operation (`pq4_devices`): cards are merged (a revocation is
+/// kept for ever); a revocation is checked against the devices held here, and the revoked
+/// device leaves the mailbox's enrolled devices (messages no longer wait for it).
+fn apply_devices(txn: &redb::WriteTransaction, op: ReplicaOp) -> Result<Response, StoreError> {
+    let mut t = txn.open_table(DEVICE_CARDS)?;
+    let username = match &op {
+        ReplicaOp::PutDevices { username, .. } | ReplicaOp::GetDevices { username } => {
+            username.clone()
+        }
+        ReplicaOp::RevokeDevice { revocation } => revocation.username.clone(),
+        _ => {
+            return Ok(Response::error(
+                ErrorKind::Internal,
+                "not a device operation",
+            ));
+        }
+    };
+    let held: Vec<DeviceEntry> = match t.get(username.as_str())? {
+        Some(v) => decode(v.value(), "device_cards")?,
+        None => Vec::new(),
+    };
+    match op {
+        ReplicaOp::PutDevices { devices, .. } => {
+            let mut merged = pq4_devices::merge([held, devices]);
+            if merged.len() > MAX_DEVICES {
+                // The oldest revoked ones go first; active devices are never dropped.
+                let extra = merged.len() - MAX_DEVICES;
+                let mut dropped = 0;
+                merged.retain(|d| {
+                    let drop = dropped < extra && d.revoked.is_some();
+                    dropped += usize::from(drop);
+                    !drop
+                });
+            }
+            t.insert(username.as_str(), encode(&merged).as_slice())?;
+            Ok(Response::Devices(merged))
+        }
+        ReplicaOp::GetDevices { .. } => Ok(Response::Devices(held)),
+        ReplicaOp::RevokeDevice { revocation } => {
+            if let Err(e) = pq4_devices::check_revocation(&held, &revocation) {
+                return Ok(Response::error(revocation_kind(&e), e.to_string()));
+            }
+            let device = revocation.device.clone();
+            let mut updated = held;
+            if let Some(entry) = updated.iter_mut().find(|d| d.card.id == device) {
+                entry.revoked = Some(revocation);
+            }
+            t.insert(username.as_str(), encode(&updated).as_slice())?;
+            txn.open_table(DEVICES)?
+                .remove(mailbox_key(&username, &device.0).as_str())?;
+            Ok(Response::Devices(updated))
+        }
+        _ => Ok(Response::error(
+            ErrorKind::Internal,
+            "not a device operation",
+        )),
+    }
+}
+
+/// The error kind of a refused revocation.
+pub fn revocation_kind(e: &RevocationError) -> ErrorKind {
+    match e {
+        RevocationError::InvalidSignature(_) => ErrorKind::InvalidSignature,
+        RevocationError::DeviceNotFound(_) => ErrorKind::DeviceNotFound,
+        RevocationError::AlreadyRevoked(_) => ErrorKind::AlreadyRevoked,
+        RevocationError::LastActiveDevice(_) => ErrorKind::LastActiveDevice,
+    }
+}
+
 impl ChatStore {
+    /// Every account's device cards this node holds, for the hand-off.
+    pub fn held_devices(&self) -> Result<Vec<(String, Vec<DeviceEntry>)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(DEVICE_CARDS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut all = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            all.push((k.value().to_owned(), decode(v.value(), "device_cards")?));
+        }
+        Ok(all)
+    }
+
     /// Every group this node holds, for the hand-off to the current holders.
     pub fn held_groups(&self) -> Result<Vec<HeldGroup>, StoreError> {
         let txn = self.db.begin_read()?;
@@ -595,6 +713,28 @@ fn enroll(
         devices.push(Bytes(id));
     }
     Ok(devices)
+}
+
+/// The wrong recovery codes of `username` within the window, after counting one more if
+/// `count`.
+fn recovery_failures(
+    txn: &redb::WriteTransaction,
+    username: &str,
+    now_ms: u64,
+    count: bool,
+) -> Result<Response, StoreError> {
+    let mut t = txn.open_table(FAILURES)?;
+    let key = format!("recover/{username}");
+    let mut times: Vec<u64> = match t.get(key.as_str())? {
+        Some(v) => decode(v.value(), "failures")?,
+        None => Vec::new(),
+    };
+    times.retain(|at| now_ms.saturating_sub(*at) < RECOVERY_FAILURE_WINDOW_MS);
+    if count {
+        times.push(now_ms);
+    }
+    t.insert(key.as_str(), encode(&times).as_slice())?;
+    Ok(Response::RecoveryFailures { times })
 }
 
 /// Which device acknowledged which message.
@@ -711,6 +851,9 @@ mod tests {
             verifier: Bytes(vec![id; 32]),
             sealed_keys: Bytes::default(),
             created_ms,
+            key_updates: Vec::new(),
+            recovery: Bytes::default(),
+            recoveries: Vec::new(),
         }
     }
 

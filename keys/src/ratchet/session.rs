@@ -216,6 +216,24 @@ impl Session {
         &self.remote
     }
 
+    /// One side's identity changed through a key update the caller verified
+    /// ([`crate::KeyUpdate::verify`]: the new key signed by the old one): the session
+    /// continues under the new identities. Both ends must make the same change, since every
+    /// message's associated data names both identities; a message sealed under the old pair
+    /// no longer opens after it.
+    pub fn rebind(
+        &mut self,
+        local: Option<&IdentityPublicKey>,
+        remote: Option<&IdentityPublicKey>,
+    ) {
+        if let Some(local) = local {
+            self.local = local.clone();
+        }
+        if let Some(remote) = remote {
+            self.remote = remote.clone();
+        }
+    }
+
     /// Number of skipped message keys held.
     pub fn skipped_keys(&self) -> usize {
         self.skipped.len()
@@ -591,5 +609,33 @@ mod tests {
             let reply = b.encrypt(bob.identity(), round, b"reply").unwrap();
             a.decrypt(&reply, &mut r).unwrap();
         }
+    }
+
+    /// After a key update both ends rebind the session to the new identity and it carries
+    /// on both ways; a message signed with the old identity no longer opens.
+    #[test]
+    fn a_session_continues_after_both_ends_rebind_to_an_updated_identity() {
+        let mut r = ChaCha20Rng::seed_from_u64(71);
+        let alice = KeyStore::generate_with_one_time_prekeys(1, &mut r).unwrap();
+        let mut bob = KeyStore::generate_with_one_time_prekeys(1, &mut r).unwrap();
+        let bob2 = KeyStore::generate_with_one_time_prekeys(0, &mut r).unwrap();
+        let bundle = bob.bundle(None).verify().unwrap();
+        let (initial, sa) = x3dh::initiate(alice.identity(), &bundle, &mut r).unwrap();
+        let sb = x3dh::respond(&mut bob, &initial).unwrap();
+        let mut a = Session::new(sa, &mut r).unwrap();
+        let mut b = Session::new(sb, &mut r).unwrap();
+        let m = a.encrypt(alice.identity(), 1, b"before").unwrap();
+        b.decrypt(&m, &mut r).unwrap();
+        b.rebind(Some(bob2.identity_public()), None);
+        assert!(b.encrypt(bob.identity(), 2, b"old key").is_err());
+        let reply = b.encrypt(bob2.identity(), 2, b"new key").unwrap();
+        assert_eq!(
+            a.decrypt(&reply, &mut r).unwrap_err(),
+            RatchetError::BadSignature
+        );
+        a.rebind(None, Some(bob2.identity_public()));
+        assert_eq!(&a.decrypt(&reply, &mut r).unwrap()[..], b"new key");
+        let m = a.encrypt(alice.identity(), 3, b"after").unwrap();
+        assert_eq!(&b.decrypt(&m, &mut r).unwrap()[..], b"after");
     }
 }
