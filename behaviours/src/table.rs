@@ -3,14 +3,14 @@
 //!
 //! Every heartbeat looks its sender up in the member table, so the lookup is laid out for the
 //! cache: at a thousand members a node's table is far larger than the caches, and each lookup
-//! lands somewhere cold. The entries (id and value side by side) sit in an open-addressing
-//! array with linear probing, so a lookup goes straight from the hash to the entry: the id it
-//! compares and the value it returns are adjacent, one cold region instead of three (an index
-//! bucket, then the id, then the value, as in the layout this replaced). The ascending order
-//! is a separate list of slot numbers, read only by iteration.
+//! lands somewhere cold. The ids, the values and the index are three separate arrays:
+//! - the index is open addressing over 8-byte buckets (a 32-bit tag of the hash and the
+//!   position), 16 KiB at a thousand members, instead of a hash map whose buckets held a copy
+//!   of each 80-byte `PeerId`;
+//! - a lookup reads one bucket, the one id it must compare, and the one value it returns.
 //!
-//! Inserting a new id costs O(n) (its place in the order); removing one (a removal or a
-//! retain: rare) rebuilds the table.
+//! Inserting a new id or removing one (a join, a removal: rare) costs O(n): the positions
+//! after it move and the index is rebuilt.
 
 use libp2p::PeerId;
 
@@ -37,24 +37,34 @@ fn hash_id(id: &PeerId) -> u64 {
         word[..rest.len()].copy_from_slice(rest);
         add(u64::from_le_bytes(word));
     }
-    // The low bits pick the slot: fold the high bits in.
+    // The low bits pick the bucket, the high bits are the tag: mix them together.
     hash ^ (hash >> 29)
+}
+
+/// An index bucket: 0 when empty, else the tag (high half of the id's hash) and position + 1.
+type Bucket = u64;
+
+fn bucket(hash: u64, position: usize) -> Bucket {
+    (hash & !0xffff_ffff) | (position as u64 + 1)
 }
 
 /// A map keyed by [`PeerId`], iterated in ascending id order.
 #[derive(Debug, Clone)]
 pub struct PeerTable<V> {
-    /// Open addressing with linear probing; empty or a power of two, at least twice the length.
-    slots: Vec<Option<(PeerId, V)>>,
-    /// The occupied slots in ascending id order.
-    order: Vec<u32>,
+    /// The ids in ascending order.
+    ids: Vec<PeerId>,
+    /// `values[i]` belongs to `ids[i]`.
+    values: Vec<V>,
+    /// Open addressing with linear probing; a power of two, at least twice the length.
+    index: Vec<Bucket>,
 }
 
 impl<V> Default for PeerTable<V> {
     fn default() -> Self {
         Self {
-            slots: Vec::new(),
-            order: Vec::new(),
+            ids: Vec::new(),
+            values: Vec::new(),
+            index: Vec::new(),
         }
     }
 }
@@ -67,39 +77,33 @@ impl<V> PeerTable<V> {
 
     /// How many ids it holds.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.ids.len()
     }
 
     /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.ids.is_empty()
     }
 
-    /// The slot holding `id`, or the empty slot where it would go (`Err`); `None` when the
-    /// table has no slots yet.
-    fn probe(&self, id: &PeerId) -> Option<Result<usize, usize>> {
-        if self.slots.is_empty() {
+    /// The position of `id` in the sorted arrays.
+    fn position(&self, id: &PeerId) -> Option<usize> {
+        if self.index.is_empty() {
             return None;
         }
-        let mask = self.slots.len() - 1;
-        let mut at = hash_id(id) as usize & mask;
+        let hash = hash_id(id);
+        let mask = self.index.len() - 1;
+        let mut at = hash as usize & mask;
         loop {
-            match &self.slots[at] {
-                None => return Some(Err(at)),
-                Some((other, _)) if other == id => return Some(Ok(at)),
-                Some(_) => at = (at + 1) & mask,
+            let found = self.index[at];
+            if found == 0 {
+                return None;
             }
+            let position = (found & 0xffff_ffff) as usize - 1;
+            if found >> 32 == hash >> 32 && self.ids[position] == *id {
+                return Some(position);
+            }
+            at = (at + 1) & mask;
         }
-    }
-
-    /// The slot of `id`.
-    fn position(&self, id: &PeerId) -> Option<usize> {
-        self.probe(id)?.ok()
-    }
-
-    /// The entry in slot `at` (one the order lists, so occupied).
-    fn entry(&self, at: u32) -> Option<(&PeerId, &V)> {
-        self.slots[at as usize].as_ref().map(|(id, v)| (id, v))
     }
 
     /// Whether `id` is in it.
@@ -109,120 +113,109 @@ impl<V> PeerTable<V> {
 
     /// The value of `id`.
     pub fn get(&self, id: &PeerId) -> Option<&V> {
-        let at = self.position(id)?;
-        self.slots[at].as_ref().map(|(_, v)| v)
+        self.position(id).map(|i| &self.values[i])
     }
 
     /// The value of `id`, to change.
     pub fn get_mut(&mut self, id: &PeerId) -> Option<&mut V> {
-        let at = self.position(id)?;
-        self.slots[at].as_mut().map(|(_, v)| v)
+        self.position(id).map(|i| &mut self.values[i])
     }
 
     /// Sets the value of `id`; returns the one it replaced.
     pub fn insert(&mut self, id: PeerId, value: V) -> Option<V> {
-        if let Some(Ok(at)) = self.probe(&id)
-            && let Some((_, old)) = self.slots[at].as_mut()
-        {
-            return Some(std::mem::replace(old, value));
+        if let Some(i) = self.position(&id) {
+            return Some(std::mem::replace(&mut self.values[i], value));
         }
-        if self.slots.len() < (self.order.len() + 1) * 2 {
-            self.grow((self.order.len() + 1) * 4);
+        let at = self.ids.partition_point(|other| *other < id);
+        self.ids.insert(at, id);
+        self.values.insert(at, value);
+        if self.index.len() < self.ids.len() * 2 {
+            self.reindex();
+            return None;
         }
-        let Some(Err(at)) = self.probe(&id) else {
-            unreachable!("a table with room has an empty slot for a new id");
-        };
-        let place = self
-            .order
-            .partition_point(|&o| self.entry(o).is_some_and(|(other, _)| *other < id));
-        self.slots[at] = Some((id, value));
-        self.order.insert(place, at as u32);
+        if at + 1 < self.ids.len() {
+            // The ids after it moved one place up (ids arriving in order, as from a state
+            // file, skip this).
+            for found in self.index.iter_mut().filter(|b| **b != 0) {
+                if (*found & 0xffff_ffff) as usize > at {
+                    *found += 1;
+                }
+            }
+        }
+        self.place(at);
         None
     }
 
     /// Takes `id` out; returns its value.
     pub fn remove(&mut self, id: &PeerId) -> Option<V> {
-        let at = self.position(id)?;
-        let (_, value) = self.slots[at].take()?;
-        self.order.retain(|&o| o as usize != at);
-        // The ids probed past this slot must be found again: rebuild.
-        self.rebuild(self.slots.len());
+        let i = self.position(id)?;
+        self.ids.remove(i);
+        let value = self.values.remove(i);
+        self.reindex();
         Some(value)
     }
 
     /// Removes every entry.
     pub fn clear(&mut self) {
-        self.slots.clear();
-        self.order.clear();
+        self.ids.clear();
+        self.values.clear();
+        self.index.clear();
     }
 
     /// Keeps only the entries `keep` says yes to.
     pub fn retain(&mut self, mut keep: impl FnMut(&PeerId, &mut V) -> bool) {
-        for &at in &self.order {
-            let slot = &mut self.slots[at as usize];
-            if let Some((id, value)) = slot.as_mut()
-                && !keep(id, value)
-            {
-                *slot = None;
+        let mut kept = 0;
+        for i in 0..self.ids.len() {
+            if keep(&self.ids[i], &mut self.values[i]) {
+                self.ids.swap(kept, i);
+                self.values.swap(kept, i);
+                kept += 1;
             }
         }
-        let slots = &self.slots;
-        self.order.retain(|&at| slots[at as usize].is_some());
-        self.rebuild(self.slots.len());
+        self.ids.truncate(kept);
+        self.values.truncate(kept);
+        self.reindex();
     }
 
     /// The entries in ascending id order.
     pub fn iter(&self) -> impl Iterator<Item = (&PeerId, &V)> {
-        self.order.iter().filter_map(|&at| self.entry(at))
+        self.ids.iter().zip(self.values.iter())
     }
 
     /// The entries in ascending id order, to change.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&PeerId, &mut V)> {
-        let mut by_slot: Vec<Option<(&PeerId, &mut V)>> = self
-            .slots
-            .iter_mut()
-            .map(|slot| slot.as_mut().map(|(id, v)| (&*id, v)))
-            .collect();
-        let ordered: Vec<(&PeerId, &mut V)> = self
-            .order
-            .iter()
-            .filter_map(|&at| by_slot[at as usize].take())
-            .collect();
-        ordered.into_iter()
+        self.ids.iter().zip(self.values.iter_mut())
     }
 
     /// The ids in ascending order.
     pub fn keys(&self) -> impl Iterator<Item = &PeerId> {
-        self.iter().map(|(id, _)| id)
+        self.ids.iter()
     }
 
     /// The values in ascending id order.
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.iter().map(|(_, v)| v)
+        self.values.iter()
     }
 
-    /// Grows to `size` slots (rounded up to a power of two, at least 8).
-    fn grow(&mut self, size: usize) {
-        self.rebuild(size);
-    }
-
-    /// Places every entry again in a table of at least `size` slots, keeping the order.
-    fn rebuild(&mut self, size: usize) {
-        let size = size.next_power_of_two().max(8);
-        let mut old = std::mem::take(&mut self.slots);
-        self.slots.resize_with(size, || None);
-        let mask = size - 1;
-        for at in &mut self.order {
-            let Some((id, value)) = old[*at as usize].take() else {
-                continue;
-            };
-            let mut to = hash_id(&id) as usize & mask;
-            while self.slots[to].is_some() {
-                to = (to + 1) & mask;
-            }
-            self.slots[to] = Some((id, value));
-            *at = to as u32;
+    /// Rebuilds the index for the current positions, with room to grow to twice the length.
+    fn reindex(&mut self) {
+        let size = (self.ids.len() * 4).next_power_of_two().max(8);
+        self.index.clear();
+        self.index.resize(size, 0);
+        for position in 0..self.ids.len() {
+            self.place(position);
         }
+    }
+
+    /// Puts the id at `position` into the index (which has room for it).
+    fn place(&mut self, position: usize) {
+        let hash = hash_id(&self.ids[position]);
+        let mask = self.index.len() - 1;
+        let mut at = hash as usize & mask;
+        while self.index[at] != 0 {
+            at = (at + 1) & mask;
+        }
+        self.index[at] = bucket(hash, position);
     }
 }
 
