@@ -55,7 +55,7 @@
 //! A violation stops the run with the invariant, the node, the simulated time and the seed.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::rc::Rc;
@@ -68,6 +68,7 @@ use crate::gossip::{GossipBody, Heartbeat, MemberRecord};
 use crate::membership::{Change, OfflineReason, Status};
 use crate::node::{Ack, Config, Input, LocalNode, Node, Output, Restored, Snapshot, SyncMessage};
 use crate::settings::NetworkSettings;
+use crate::table::PeerTable;
 
 /// Simulated time in milliseconds since the start of the run.
 type Ms = u64;
@@ -674,7 +675,8 @@ pub struct Sim {
     rng: Rng,
     queue: Queue,
     nodes: Vec<SimNode>,
-    index: HashMap<PeerId, u32>,
+    /// Node number by id (looked up for every heartbeat sent: a cheap hash, not SipHash).
+    index: PeerTable<u32>,
     /// Upper bound on the number of nodes (start plus joins): the side of the matrices.
     capacity: usize,
     /// Connection generation per pair (`lo * capacity + hi`); 0: no connection.
@@ -831,7 +833,7 @@ impl Sim {
         let mut ids: Vec<PeerId> = (0..capacity).map(|i| node_id(scenario.seed, i)).collect();
         ids[..scenario.nodes].sort_by_key(|id| id.to_bytes());
         let mut nodes = Vec::with_capacity(capacity);
-        let mut index = HashMap::with_capacity(capacity);
+        let mut index = PeerTable::new();
         for (i, id) in ids.iter().enumerate() {
             let name = if i < scenario.nodes {
                 format!("n{i:04}")
@@ -1228,13 +1230,23 @@ impl Sim {
         let now = self.queue.now;
         let instant = self.instant(i, now);
         let mut out = std::mem::take(&mut self.out);
+        // The outputs of nearly every input are a verdict (nothing to do) and the wake-up
+        // (always last): taken here instead of copied out (an `Output` is large), the rest
+        // carried out in order, then the wake-up.
+        let mut wake = None;
         {
             let Some(core) = self.nodes[i as usize].core.as_mut() else {
                 self.out = out;
                 return;
             };
             self.handle_calls += 1;
-            out.extend(core.handle(instant, input));
+            for output in core.handle(instant, input) {
+                match output {
+                    Output::GossipVerdict(_) => {}
+                    Output::WakeAt(at) => wake = Some(at),
+                    other => out.push(other),
+                }
+            }
         }
         for output in out.drain(..) {
             self.carry_out(i, output);
@@ -1244,6 +1256,11 @@ impl Sim {
         }
         out.clear();
         self.out = out;
+        if let Some(at) = wake
+            && self.violation.is_none()
+        {
+            self.carry_out(i, Output::WakeAt(at));
+        }
     }
 
     fn carry_out(&mut self, i: u32, output: Output) {

@@ -5,11 +5,14 @@
 
 use std::sync::Arc;
 
-use constella_behaviours::Behaviour;
 use constella_behaviours::gossip::{self, GossipBody, GossipError, Heartbeat};
 use constella_behaviours::network_keys::GossipKey;
-use constella_behaviours::node::Refusal;
+use constella_behaviours::node::{Input, Refusal};
+use constella_behaviours::{Behaviour, beat};
 use libp2p::{PeerId, Swarm};
+use tracing::debug;
+
+use super::event_loop::EventLoop;
 
 /// Seals `heartbeat` under `key` and queues it for each of `to`.
 pub(super) fn send(
@@ -56,6 +59,24 @@ pub(super) fn open(keys: &[GossipKey], frame: &[u8]) -> Result<Heartbeat, Refusa
         Err(GossipError::BadMac | GossipError::OtherEpoch(_)) => Err(Refusal::BadMac),
         Err(GossipError::IncompatibleVersion(_)) => Err(Refusal::IncompatibleVersion),
         Err(GossipError::TooLarge(_) | GossipError::Malformed) => Err(Refusal::Malformed),
+    }
+}
+
+impl EventLoop {
+    /// A beat-protocol event: a received frame is opened and its heartbeat handed to the core.
+    pub(super) fn on_beat_event(&mut self, event: beat::Event) {
+        match event {
+            beat::Event::Received { peer, frame } => match open(self.gossip.keys(), &frame) {
+                Ok(heartbeat) => self.feed(Input::Heartbeat {
+                    from: peer,
+                    heartbeat: &heartbeat,
+                }),
+                Err(refusal) => self.feed(Input::GossipRefused(refusal)),
+            },
+            beat::Event::Unsupported { peer } => {
+                debug!(%peer, "peer does not speak the beat protocol");
+            }
+        }
     }
 }
 

@@ -3,7 +3,9 @@
 //! store writes and signals for the bot. Every rule lives in the core
 //! (`constella_behaviours::node`). Around the loop: [`commands`](super::commands) (client
 //! commands), [`replies`](super::replies) (clients waiting for the core),
-//! [`gossip_io`](super::gossip_io) (seal, open, publish), [`rotation`](super::rotation)
+//! [`gossip_io`](super::gossip_io) (seal, open, publish), [`beats`](super::beats) (the beat
+//! protocol), [`node_keys`](super::node_keys) (the core's config, this node's PQ4 card),
+//! [`rotation`](super::rotation)
 //! (the network secret), [`kad_filter`](super::kad_filter) (members-only DHT),
 //! [`swarm_setup`](super::swarm_setup), [`log_outputs`](super::log_outputs), and the RPC
 //! ([`rpc`](super::rpc)) and chat ([`chat`](super::chat)) services.
@@ -12,18 +14,17 @@ use std::future::Future;
 use std::time::Instant;
 
 use anyhow::Result;
-use constella_behaviours::beat;
 use constella_behaviours::gossip::GossipBody;
 use constella_behaviours::membership::Change;
 use constella_behaviours::network_keys::GossipKey;
-use constella_behaviours::node::{Ack, Config, Input, Node, Output, Refusal, Snapshot};
+use constella_behaviours::node::{Ack, Input, Node, Output, Snapshot};
 use constella_behaviours::{Behaviour, BehaviourEvent};
 use futures::StreamExt;
-use libp2p::gossipsub::{self, MessageAcceptance};
+use libp2p::gossipsub;
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{DialError, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
+use libp2p::{Multiaddr, Swarm, identify, kad};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
@@ -82,10 +83,7 @@ impl EventLoop {
         let now = Instant::now();
         let public = started.public_addr.to_string();
         let (local, restored) = state.restore(local_id, &public);
-        let mut config = Config::default();
-        if let Some(interval) = super::node_keys::rotation_interval_from_env()? {
-            config.rotation_interval = interval;
-        }
+        let config = super::node_keys::core_config()?;
         let core = Node::new(config, local, restored, now, rand::random());
         let kad = KadFilter::new(&mut swarm, &core, started.kad_protocol);
         let gossip_key = GossipKey::derive(&keys.secret, state.secret_epoch);
@@ -149,7 +147,7 @@ impl EventLoop {
                 Some(finished) = self.rpc.next_finished() => {
                     self.rpc.on_finished(&mut self.swarm, finished);
                 }
-                () = sleep_until_opt(rpc_deadline) => self.rpc.expire(Instant::now()),
+                () = super::rpc::sleep_until_opt(rpc_deadline) => self.rpc.expire(Instant::now()),
                 Some(action) = self.chat.next_action() => {
                     self.chat.on_action(&mut self.swarm, &self.core, action);
                 }
@@ -167,15 +165,6 @@ impl EventLoop {
         }
         self.store.finish();
         Ok(())
-    }
-
-    /// Puts this node's card (and its chain of custody) in its record.
-    pub(super) fn feed_own_card(&mut self) {
-        let (card, chain) = (self.keys.card.clone(), self.keys.key_updates.clone());
-        self.feed(Input::OwnCard {
-            card: &card,
-            key_updates: &chain,
-        });
     }
 
     /// Hands one input to the core and carries out what it answers.
@@ -308,46 +297,8 @@ impl EventLoop {
         self.store.save_durably(state, durable);
     }
 
-    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
-        let verdict = match self.gossip.open(&message.data) {
-            Ok(body) => {
-                let input = Input::Gossip {
-                    signer: message.source,
-                    body: &body,
-                };
-                self.feed_and_take(input, |o| match o {
-                    Output::GossipVerdict(verdict) => Some(*verdict),
-                    _ => None,
-                })
-                .unwrap_or(Err(Refusal::Malformed))
-            }
-            Err(refusal) => {
-                if let Some(author) = message.source
-                    && refusal == Refusal::BadMac
-                    && self.gossip.is_newer_epoch(&message.data)
-                {
-                    // We missed a rotation: ask its author for it now.
-                    self.feed(Input::NewerEpoch(author));
-                }
-                self.feed(Input::GossipRefused(refusal));
-                Err(refusal)
-            }
-        };
-        let acceptance = match verdict {
-            Ok(()) => MessageAcceptance::Accept,
-            Err(reason) => {
-                debug!(from = %source, author = ?message.source, ?reason, "gossip message refused");
-                MessageAcceptance::Reject
-            }
-        };
-        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
-        gossipsub.report_message_validation_result(&id, &source, acceptance);
-    }
-
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
-        if let Some(metrics) = &self.signals.libp2p_metrics {
-            super::signals::record_libp2p(&metrics.0, &event);
-        }
+        self.signals.record_libp2p(&event);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");
@@ -420,18 +371,7 @@ impl EventLoop {
                 self.follow(followup);
             }
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
-            BehaviourEvent::Beat(beat::Event::Received { peer, frame }) => {
-                match super::beats::open(self.gossip.keys(), &frame) {
-                    Ok(heartbeat) => self.feed(Input::Heartbeat {
-                        from: peer,
-                        heartbeat: &heartbeat,
-                    }),
-                    Err(refusal) => self.feed(Input::GossipRefused(refusal)),
-                }
-            }
-            BehaviourEvent::Beat(beat::Event::Unsupported { peer }) => {
-                debug!(%peer, "peer does not speak the beat protocol");
-            }
+            BehaviourEvent::Beat(event) => self.on_beat_event(event),
             // Only a timeout says the connection is dead: a joiner's short-lived CLI process
             // does not speak ping at all ("unsupported"), and must keep its connection.
             BehaviourEvent::Ping(libp2p::ping::Event {
@@ -455,12 +395,5 @@ impl EventLoop {
                 .put_record(&mut self.swarm, &self.core, source, record),
             _ => {}
         }
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }

@@ -5,10 +5,12 @@
 use constella_behaviours::Behaviour;
 use constella_behaviours::gossip::{self, GossipBody, GossipError};
 use constella_behaviours::network_keys::GossipKey;
-use constella_behaviours::node::Refusal;
-use libp2p::gossipsub::{self, IdentTopic};
+use constella_behaviours::node::{Input, Output, Refusal};
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::{PeerId, Swarm};
 use tracing::debug;
+
+use super::event_loop::EventLoop;
 
 /// The network's gossip topic and the keys that seal and open it.
 pub(super) struct GossipIo {
@@ -91,5 +93,50 @@ impl GossipIo {
         let previous = self.keys[0].clone();
         self.keys = vec![key, previous];
         self.rotated_from = Some(from);
+    }
+}
+
+impl EventLoop {
+    /// A gossip message from `source`: opened (MAC checked) and handed to the core, whose
+    /// verdict goes back to gossipsub (forward it or not).
+    pub(super) fn on_gossip(
+        &mut self,
+        source: PeerId,
+        id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) {
+        let verdict = match self.gossip.open(&message.data) {
+            Ok(body) => {
+                let input = Input::Gossip {
+                    signer: message.source,
+                    body: &body,
+                };
+                self.feed_and_take(input, |o| match o {
+                    Output::GossipVerdict(verdict) => Some(*verdict),
+                    _ => None,
+                })
+                .unwrap_or(Err(Refusal::Malformed))
+            }
+            Err(refusal) => {
+                if let Some(author) = message.source
+                    && refusal == Refusal::BadMac
+                    && self.gossip.is_newer_epoch(&message.data)
+                {
+                    // We missed a rotation: ask its author for it now.
+                    self.feed(Input::NewerEpoch(author));
+                }
+                self.feed(Input::GossipRefused(refusal));
+                Err(refusal)
+            }
+        };
+        let acceptance = match verdict {
+            Ok(()) => MessageAcceptance::Accept,
+            Err(reason) => {
+                debug!(from = %source, author = ?message.source, ?reason, "gossip message refused");
+                MessageAcceptance::Reject
+            }
+        };
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        gossipsub.report_message_validation_result(&id, &source, acceptance);
     }
 }

@@ -9,11 +9,13 @@
 
 use constella_behaviours::gossip::KeyUpdateBytes;
 use constella_behaviours::network_keys::{self, Pq4Card};
+use constella_behaviours::node::Input;
 use constella_keys::KeyUpdate;
 use libp2p::PeerId;
 
 use super::Keys;
 use super::error::ClientError;
+use super::event_loop::EventLoop;
 
 /// The environment variable that sets the periodic rotation of the network secret (seconds;
 /// 7 days if unset), for tests and operators who want it more often.
@@ -29,6 +31,27 @@ pub(super) fn rotation_interval_from_env() -> anyhow::Result<Option<std::time::D
         _ => anyhow::bail!(
             "{ROTATION_SECS_ENV} must be a whole number of seconds, at least 1 (got {text:?})"
         ),
+    }
+}
+
+/// The core's configuration: the defaults, with the periodic rotation from
+/// [`ROTATION_SECS_ENV`] if set.
+pub(super) fn core_config() -> anyhow::Result<constella_behaviours::node::Config> {
+    let mut config = constella_behaviours::node::Config::default();
+    if let Some(interval) = rotation_interval_from_env()? {
+        config.rotation_interval = interval;
+    }
+    Ok(config)
+}
+
+impl EventLoop {
+    /// Puts this node's card (and its chain of custody) in its record.
+    pub(super) fn feed_own_card(&mut self) {
+        let (card, chain) = (self.keys.card.clone(), self.keys.key_updates.clone());
+        self.feed(Input::OwnCard {
+            card: &card,
+            key_updates: &chain,
+        });
     }
 }
 

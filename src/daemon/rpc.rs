@@ -298,7 +298,7 @@ impl Rpc {
         self
     }
 
-    /// The earliest deadline of a waiting call.
+    /// The earliest deadline of a waiting call (for [`sleep_until_opt`]).
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.pending.values().map(|p| p.deadline).min()
     }
@@ -1089,5 +1089,13 @@ impl MeasureJob {
         })
         .await
         .map_err(|error| format!("the measurement failed: {error}"))?
+    }
+}
+
+/// Sleeps until `at`, or forever when there is none (the loop's wait for an RPC deadline).
+pub(super) async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }

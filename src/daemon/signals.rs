@@ -91,8 +91,21 @@ impl std::fmt::Debug for Libp2pMetrics {
     }
 }
 
+impl Signals {
+    /// Records a swarm event, and the behaviour events libp2p has metrics for, in libp2p's
+    /// metrics (when `/metrics` is on).
+    pub fn record_libp2p(
+        &self,
+        event: &libp2p::swarm::SwarmEvent<constella_behaviours::BehaviourEvent>,
+    ) {
+        if let Some(metrics) = &self.libp2p_metrics {
+            record_libp2p(&metrics.0, event);
+        }
+    }
+}
+
 /// Records a swarm event, and the behaviour events libp2p has metrics for, in `metrics`.
-pub fn record_libp2p(
+fn record_libp2p(
     metrics: &libp2p::metrics::Metrics,
     event: &libp2p::swarm::SwarmEvent<constella_behaviours::BehaviourEvent>,
 ) {
