@@ -433,7 +433,7 @@ pub enum BotTokenCommand {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Defaults: cpu 80 % (held for 5 minutes), ram 90 %, disk 85 % (the fullest \
+    after_help = "Defaults: cpu 90 % (held for 5 minutes), ram 90 %, disk 90 % (the fullest \
     mount). An episode recovers 5 points below its threshold. The leader's bot tells the owner \
     once when an episode opens and once when it recovers."
 )]

@@ -503,9 +503,9 @@ mod alerts {
 
         // Defaults, and bad input refused with one line and nothing changed.
         let report = alerts_json(cluster.node("bravo")).unwrap();
-        assert_eq!(report["thresholds"]["cpu"]["percent"], 80, "{report}");
+        assert_eq!(report["thresholds"]["cpu"]["percent"], 90, "{report}");
         assert_eq!(report["thresholds"]["ram"]["percent"], 90);
-        assert_eq!(report["thresholds"]["disk"]["percent"], 85);
+        assert_eq!(report["thresholds"]["disk"]["percent"], 90);
         assert_eq!(report["thresholds"]["cpu"]["hold_secs"], 300);
         for bad in [["cpu", "101"], ["gpu", "50"], ["ram", "0"]] {
             let out = cluster

@@ -584,7 +584,7 @@ mod tests {
             3,
             "{owner}"
         );
-        assert!(owner.contains("95 %") && owner.contains("80 %"), "{owner}");
+        assert!(owner.contains("95 %") && owner.contains("90 %"), "{owner}");
         for role in [Role::Viewer, Role::Operator] {
             let page = alerts(&frame(Rank::Granted(role)), &state).into_string();
             assert!(!page.contains("/alerts/set"), "{page}");
@@ -595,12 +595,12 @@ mod tests {
             Confirm::Alert {
                 rule: Rule::Disk,
                 percent: 0,
-                previous: 85,
+                previous: 90,
             },
         )
         .into_string();
         assert!(
-            confirm.contains("disk threshold of every node in the network: off (now 85 %)"),
+            confirm.contains("disk threshold of every node in the network: off (now 90 %)"),
             "{confirm}"
         );
         assert!(
