@@ -758,7 +758,11 @@ mod tests {
         let mut newer = x.clone();
         newer.merge(&x.with_quota(5));
         newer.merge(&x);
-        assert_eq!(newer.quota_bytes(), 5, "an older version does not come back");
+        assert_eq!(
+            newer.quota_bytes(),
+            5,
+            "an older version does not come back"
+        );
     }
 
     #[test]
@@ -770,7 +774,17 @@ mod tests {
         assert_eq!(parse_size("1.5TiB"), Ok(3 << 39));
         assert_eq!(parse_size("1.5 tb"), Ok(1_500_000_000_000));
         assert_eq!(parse_size("1KiB"), Ok(1024));
-        for bad in ["", "0", "0GB", "GB", "5 XB", "-1", "1.2.3GB", "99999999999TB", "abc"] {
+        for bad in [
+            "",
+            "0",
+            "0GB",
+            "GB",
+            "5 XB",
+            "-1",
+            "1.2.3GB",
+            "99999999999TB",
+            "abc",
+        ] {
             let error = parse_size(bad).unwrap_err();
             assert!(error.starts_with("invalid traffic quota"), "{error}");
         }

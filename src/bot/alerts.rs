@@ -116,7 +116,14 @@ pub fn message(lang: Lang, episodes: &[Episode]) -> String {
     let mut lines = Vec::new();
     for e in episodes {
         let what = rule_name(lang, e);
-        if !e.alert_sent {
+        if !e.alert_sent && e.rule == constella_behaviours::alerts::Rule::Traffic {
+            let units = lang.units();
+            let (used, quota) = (units.bytes(e.used_bytes), units.bytes(e.quota_bytes));
+            lines.push(match lang {
+                Lang::Ru => format!("🔴 {}: {what} {used} (квота {quota})", e.node_name),
+                Lang::En => format!("🔴 {}: {what} {used} (quota {quota})", e.node_name),
+            });
+        } else if !e.alert_sent {
             lines.push(match lang {
                 Lang::Ru => format!(
                     "🔴 {}: {what} {} % (порог {} %)",
@@ -147,6 +154,8 @@ fn rule_name(lang: Lang, episode: &Episode) -> String {
         (Lang::En, Rule::Cpu) => "CPU",
         (Lang::En, Rule::Ram) => "RAM",
         (Lang::En, Rule::Disk) => "disk",
+        (Lang::Ru, Rule::Traffic) => "трафик за месяц",
+        (Lang::En, Rule::Traffic) => "traffic this month",
     };
     if episode.detail.is_empty() {
         name.to_owned()

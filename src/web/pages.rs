@@ -376,6 +376,13 @@ pub fn alerts(frame: &Frame<'_>, state: &AlertState) -> Markup {
                     }
                 }
             }
+            p #traffic-quota {
+                (t(lang, "Месячная квота трафика (rx+tx, на узел): ", "Monthly traffic quota (rx+tx, per node): "))
+                @match state.quota_bytes() {
+                    0 => { (t(lang, "выкл.", "off")) },
+                    bytes => { (crate::output::human_bytes(bytes)) },
+                }
+            }
             h2 { (t(lang, "Открытые оповещения", "Open alerts")) }
             @if open.is_empty() {
                 p #no-alerts { (t(lang, "Открытых оповещений нет.", "No open alerts.")) }
