@@ -389,7 +389,11 @@ pub fn alerts(frame: &Frame<'_>, state: &AlertState) -> Markup {
             } @else {
                 ul #open-alerts {
                     @for e in open {
-                        li { span.dot { "●" } " " (e.node_name) ": " (e.rule.as_str()) " " (e.value) " % > " (e.threshold) " %" }
+                        @if e.rule == Rule::Traffic {
+                            li { span.dot { "●" } " " (e.node_name) ": traffic " (crate::output::human_bytes(e.used_bytes)) " > " (crate::output::human_bytes(e.quota_bytes)) }
+                        } @else {
+                            li { span.dot { "●" } " " (e.node_name) ": " (e.rule.as_str()) " " (e.value) " % > " (e.threshold) " %" }
+                        }
                     }
                 }
             }
@@ -592,6 +596,14 @@ mod tests {
             "{owner}"
         );
         assert!(owner.contains("95 %") && owner.contains("90 %"), "{owner}");
+        assert!(
+            owner.contains("Monthly traffic quota (rx+tx, per node): off"),
+            "{owner}"
+        );
+        let mut quota = state.clone();
+        quota.merge(&state.with_quota(1 << 30));
+        let page = alerts(&frame(Rank::Owner), &quota).into_string();
+        assert!(page.contains("per node): 1.0 GiB"), "{page}");
         for role in [Role::Viewer, Role::Operator] {
             let page = alerts(&frame(Rank::Granted(role)), &state).into_string();
             assert!(!page.contains("/alerts/set"), "{page}");
