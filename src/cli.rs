@@ -433,8 +433,10 @@ pub enum BotTokenCommand {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Defaults: cpu 80 % (held for 5 minutes), ram 90 %, disk 85 % (the fullest \
-    mount). An episode recovers 5 points below its threshold. The leader's bot tells the owner \
+    after_help = "Defaults: cpu 90 % (held for 5 minutes), ram 90 %, disk 90 % (the fullest \
+    mount), traffic off (a monthly quota in bytes, rx+tx of every interface since the node's \
+    --traffic-reset-day). An episode recovers 5 points below its threshold (traffic: at the \
+    month's reset, or when the quota is raised). The leader's bot tells the owner \
     once when an episode opens and once when it recovers."
 )]
 pub struct AlertsArgs {
@@ -447,14 +449,15 @@ pub struct AlertsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AlertsCommand {
-    /// Set a rule's threshold on every node: `alerts set cpu 90`, `alerts set disk off`.
+    /// Set a rule's threshold on every node: `alerts set cpu 90`, `alerts set disk off`,
+    /// `alerts set traffic 500GiB` (the monthly traffic quota).
     Set {
-        /// cpu, ram or disk.
+        /// cpu, ram, disk or traffic.
         #[arg(value_name = "RULE")]
         rule: constella_behaviours::alerts::Rule,
-        /// A percentage from 1 to 100, or off.
-        #[arg(value_name = "PERCENT", value_parser = constella_behaviours::alerts::parse_percent)]
-        percent: u8,
+        /// A percentage from 1 to 100, or off; for traffic a size (500GB, 1.5TiB, bytes) or off.
+        #[arg(value_name = "PERCENT|SIZE")]
+        value: String,
     },
 }
 

@@ -135,6 +135,8 @@ pub enum AdminRequest {
         percent: u8,
         requested_by: String,
     },
+    /// Set the monthly traffic quota (bytes; 0: off) for every node.
+    AlertsQuotaSet { bytes: u64, requested_by: String },
     /// Replace this node's bot token (validated, stored 0600; the bot restarts with it).
     BotTokenSet {
         /// The token; `Debug` shows `<redacted>`.
@@ -171,6 +173,19 @@ pub struct AlertReport {
     pub thresholds: BTreeMap<AlertRule, ThresholdView>,
     /// Oldest first; `recovered_at` absent while open.
     pub episodes: Vec<Episode>,
+    /// The monthly traffic quota.
+    #[serde(default)]
+    pub traffic: QuotaView,
+}
+
+/// The monthly traffic quota as `alerts --json` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaView {
+    /// Bytes received and sent per node and month; 0 when off.
+    pub quota_bytes: u64,
+    pub enabled: bool,
+    /// Nobody set it: off by default.
+    pub default: bool,
 }
 
 /// One rule as `alerts --json` shows it.
@@ -202,6 +217,11 @@ impl AlertReport {
                 })
                 .collect(),
             episodes: alerts.episodes.values().cloned().collect(),
+            traffic: QuotaView {
+                quota_bytes: alerts.quota_bytes(),
+                enabled: alerts.quota_bytes() > 0,
+                default: alerts.traffic_quota.is_none(),
+            },
         }
     }
 }
@@ -736,6 +756,25 @@ async fn administer(
             audit.append(event).await.map_err(|error| {
                 format!("the threshold was set but could not be audited: {error}")
             })?;
+            return Ok(Response::Alerts(AlertReport::new(&merged.alerts)));
+        }
+        AdminRequest::AlertsQuotaSet {
+            bytes,
+            requested_by,
+        } => {
+            let (merged, event) = crate::monitor::alerts::set_quota(
+                client,
+                &settings.alerts,
+                bytes,
+                caller(Some(&requested_by), uid),
+                VIA_SOCKET,
+            )
+            .await
+            .map_err(|error| error.to_string())?;
+            audit
+                .append(event)
+                .await
+                .map_err(|error| format!("the quota was set but could not be audited: {error}"))?;
             return Ok(Response::Alerts(AlertReport::new(&merged.alerts)));
         }
         AdminRequest::BotTokenSet {

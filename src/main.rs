@@ -319,11 +319,21 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Alerts(args) => {
             let request = match args.command {
                 None => AdminRequest::AlertsList,
-                Some(AlertsCommand::Set { rule, percent }) => AdminRequest::AlertsSet {
-                    rule,
-                    percent,
-                    requested_by: local_user(),
-                },
+                Some(AlertsCommand::Set { rule, value }) => {
+                    use constella_behaviours::alerts::{Rule, parse_percent, parse_size};
+                    if rule == Rule::Traffic {
+                        AdminRequest::AlertsQuotaSet {
+                            bytes: parse_size(&value).map_err(anyhow::Error::msg)?,
+                            requested_by: local_user(),
+                        }
+                    } else {
+                        AdminRequest::AlertsSet {
+                            rule,
+                            percent: parse_percent(&value).map_err(anyhow::Error::msg)?,
+                            requested_by: local_user(),
+                        }
+                    }
+                }
             };
             match ask(&state_dir, &request).await? {
                 Response::Alerts(report) if args.json => print_json(&report),

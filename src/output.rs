@@ -406,6 +406,20 @@ pub fn alerts_table(report: &crate::control::AlertReport) -> String {
             if view.default { "default" } else { "owner" }
         );
     }
+    let quota = if report.traffic.enabled {
+        format!("{}/month", human_bytes(report.traffic.quota_bytes))
+    } else {
+        "off".to_owned()
+    };
+    let _ = writeln!(
+        out,
+        "traffic  {quota}  {}",
+        if report.traffic.default {
+            "default"
+        } else {
+            "owner"
+        }
+    );
     if report.episodes.is_empty() {
         out.push_str("\nNo alert episodes.\n");
         return out;
@@ -421,14 +435,22 @@ pub fn alerts_table(report: &crate::control::AlertReport) -> String {
             (true, true, false) => "recovery not told yet",
             _ => "told",
         };
+        let figure = if e.rule == constella_behaviours::alerts::Rule::Traffic {
+            format!(
+                "{} > {}",
+                human_bytes(e.used_bytes),
+                human_bytes(e.quota_bytes)
+            )
+        } else {
+            format!("{}% > {}%", e.value, e.threshold)
+        };
         let _ = writeln!(
             out,
-            "{}  {}  {} {}% > {}%{}  {}  {}",
+            "{}  {}  {} {}{}  {}  {}",
             utc_timestamp(e.opened_at as i64 * 1000),
             e.node_name,
             e.rule.as_str(),
-            e.value,
-            e.threshold,
+            figure,
             if e.detail.is_empty() {
                 String::new()
             } else {

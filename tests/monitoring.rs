@@ -503,9 +503,9 @@ mod alerts {
 
         // Defaults, and bad input refused with one line and nothing changed.
         let report = alerts_json(cluster.node("bravo")).unwrap();
-        assert_eq!(report["thresholds"]["cpu"]["percent"], 80, "{report}");
+        assert_eq!(report["thresholds"]["cpu"]["percent"], 90, "{report}");
         assert_eq!(report["thresholds"]["ram"]["percent"], 90);
-        assert_eq!(report["thresholds"]["disk"]["percent"], 85);
+        assert_eq!(report["thresholds"]["disk"]["percent"], 90);
         assert_eq!(report["thresholds"]["cpu"]["hold_secs"], 300);
         for bad in [["cpu", "101"], ["gpu", "50"], ["ram", "0"]] {
             let out = cluster
@@ -600,6 +600,78 @@ mod alerts {
             recoveries_from.iter().all(|n| *n == new_leader),
             "{recoveries_from:?}"
         );
+    }
+
+    /// The monthly traffic quota forced tiny (1 KiB; the test knob counts loopback, which is
+    /// all a test node talks over): one alert through the fake Bot API while the month's
+    /// total keeps growing, and one recovery when the quota is turned off.
+    #[test]
+    fn a_node_over_a_tiny_traffic_quota_alerts_once_and_recovers_when_it_is_off() {
+        const ALERT: &str = "🔴 alpha: трафик за месяц";
+        let fake = FakeTelegram::start(TOKEN);
+        let cluster = alert_cluster(
+            &fake,
+            &["alpha"],
+            &[1],
+            &[("CONSTELLA_TEST_COUNT_LOOPBACK", "1")],
+        );
+        let alpha = cluster.node("alpha");
+        let report = alerts_json(alpha).unwrap();
+        assert_eq!(
+            report["traffic"]["enabled"], false,
+            "off by default: {report}"
+        );
+        for bad in ["5XB", "0", "lots"] {
+            let out = alpha.cli(&["alerts", "set", "traffic", bad]);
+            assert!(!out.status.success(), "{bad:?} accepted");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("invalid traffic quota"), "{stderr}");
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        }
+        assert_eq!(
+            alerts_json(alpha).unwrap(),
+            report,
+            "a refused quota changed nothing"
+        );
+        alpha.ok(&["alerts", "set", "traffic", "1KiB"]);
+        let report = alerts_json(alpha).unwrap();
+        assert_eq!(report["traffic"]["quota_bytes"], 1024, "{report}");
+        assert_eq!(report["traffic"]["default"], false);
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "the traffic alert", || {
+                (lines(&fake, ALERT) >= 1).then_some(())
+            });
+        });
+        // The month's total keeps growing over the quota for two more long polls (10 s each,
+        // many sample rounds): still one.
+        let polls = fake.polls().len();
+        cluster.or_logs(|| {
+            wait_for(Duration::from_secs(40), "two more polls", || {
+                (fake.polls().len() >= polls + 2).then_some(())
+            });
+        });
+        let report = alerts_json(alpha).unwrap();
+        let episodes: Vec<&serde_json::Value> = report["episodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["rule"] == "traffic")
+            .collect();
+        assert_eq!(episodes.len(), 1, "{report}");
+        assert!(
+            episodes[0]["used_bytes"].as_u64().unwrap() > 1024,
+            "{report}"
+        );
+        assert_eq!(episodes[0]["quota_bytes"], 1024);
+        assert_eq!(lines(&fake, ALERT), 1, "the traffic alert was sent twice");
+        alpha.ok(&["alerts", "set", "traffic", "off"]);
+        cluster.or_logs(|| {
+            wait_for(ANSWER, "the recovery", || {
+                (lines(&fake, "🟢 alpha: трафик за месяц") >= 1).then_some(())
+            });
+        });
+        assert_eq!(lines(&fake, ALERT), 1);
+        assert_eq!(lines(&fake, "🟢 alpha: трафик за месяц"), 1);
     }
 }
 

@@ -4,7 +4,8 @@
 //! in the middle of it.
 //!
 //! - Thresholds are last-writer-wins per rule: a setter makes the rule's next version; at
-//!   equal versions (two concurrent setters) the larger percentage wins.
+//!   equal versions (two concurrent setters) the larger percentage wins. The monthly traffic
+//!   quota ([`Rule::Traffic`], bytes, off by default) is last-writer-wins the same way.
 //! - An episode is keyed by (node, rule, opening time) and carries monotone facts only: opened
 //!   (it exists), alert sent, recovered (at a time), recovery sent. Merging is a union with
 //!   the facts or-ed, so it is a semilattice like the rest of the settings.
@@ -38,9 +39,13 @@ pub enum Rule {
     Ram,
     /// The fullest mounted filesystem, percent used.
     Disk,
+    /// Bytes received and sent this month (every real interface, since the node's reset
+    /// day) over the network's quota ([`AlertState::traffic_quota`]).
+    Traffic,
 }
 
 impl Rule {
+    /// The rules with a percentage threshold ([`Rule::Traffic`] has a quota in bytes).
     pub const ALL: [Rule; 3] = [Rule::Cpu, Rule::Ram, Rule::Disk];
 
     /// The rule's name in the CLI, the bot and JSON.
@@ -49,15 +54,15 @@ impl Rule {
             Rule::Cpu => "cpu",
             Rule::Ram => "ram",
             Rule::Disk => "disk",
+            Rule::Traffic => "traffic",
         }
     }
 
-    /// The threshold when the owner has set none (tgbotvpscp's defaults).
+    /// The threshold when the owner has set none: 90 % each (issue 15's defaults).
     pub fn default_percent(self) -> u8 {
         match self {
-            Rule::Cpu => 80,
-            Rule::Ram => 90,
-            Rule::Disk => 85,
+            Rule::Cpu | Rule::Ram | Rule::Disk => 90,
+            Rule::Traffic => 0,
         }
     }
 
@@ -66,7 +71,7 @@ impl Rule {
     pub fn default_hold_secs(self) -> u64 {
         match self {
             Rule::Cpu => 300,
-            Rule::Ram | Rule::Disk => 0,
+            Rule::Ram | Rule::Disk | Rule::Traffic => 0,
         }
     }
 }
@@ -78,8 +83,9 @@ impl std::str::FromStr for Rule {
             "cpu" => Ok(Rule::Cpu),
             "ram" => Ok(Rule::Ram),
             "disk" => Ok(Rule::Disk),
+            "traffic" => Ok(Rule::Traffic),
             other => Err(format!(
-                "unknown alert rule {other:?}: use cpu, ram or disk"
+                "unknown alert rule {other:?}: use cpu, ram, disk or traffic"
             )),
         }
     }
@@ -97,6 +103,63 @@ pub fn parse_percent(text: &str) -> Result<u8, String> {
             "invalid threshold {text:?}: use a percentage from 1 to 100, or off"
         )),
     }
+}
+
+/// Parses a monthly traffic quota as the CLI and the bot take it: bytes (`1000000`), a size
+/// with a decimal (`500GB`, `1.5TB`: powers of 1000) or binary unit (`500GiB`, `1.5TiB`: powers
+/// of 1024), or `off`. `Ok(0)` means off.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "invalid traffic quota {text:?}: use a size such as 500GB, 1.5TiB or a number of bytes, or off"
+        )
+    };
+    let trimmed = text.trim();
+    if trimmed.eq_ignore_ascii_case("off") {
+        return Ok(0);
+    }
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1_000,
+        "mb" | "m" => 1_000_000,
+        "gb" | "g" => 1_000_000_000,
+        "tb" | "t" => 1_000_000_000_000,
+        "pb" | "p" => 1_000_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        "pib" => 1 << 50,
+        _ => return Err(bad()),
+    };
+    let bytes = if let Ok(whole) = number.parse::<u64>() {
+        whole.checked_mul(multiplier).ok_or_else(bad)?
+    } else {
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        #[allow(clippy::cast_precision_loss)] // sizes far below 2^53 bytes per unit
+        let bytes = (value * multiplier as f64).round();
+        if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+            return Err(bad());
+        }
+        bytes as u64
+    };
+    if bytes == 0 {
+        return Err(bad());
+    }
+    Ok(bytes)
+}
+
+/// The monthly traffic quota as last set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Quota {
+    /// One more at every change.
+    pub version: u64,
+    /// Bytes (received and sent) a node may use in a month; 0: off.
+    pub bytes: u64,
 }
 
 /// One rule's threshold as last set.
@@ -123,8 +186,15 @@ pub struct Episode {
     /// What the figure is about (the mount of a disk), or empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
-    /// The threshold it crossed.
+    /// The threshold it crossed (100 for [`Rule::Traffic`]: its `value` is the percentage of
+    /// the quota used).
     pub threshold: u8,
+    /// [`Rule::Traffic`]: the month's bytes then.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub used_bytes: u64,
+    /// [`Rule::Traffic`]: the quota it crossed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub quota_bytes: u64,
     /// A leader's bot marked the alert sent (before sending it).
     #[serde(default)]
     pub alert_sent: bool,
@@ -134,6 +204,10 @@ pub struct Episode {
     /// A leader's bot marked the recovery sent (before sending it).
     #[serde(default)]
     pub recovery_sent: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Episode {
@@ -165,12 +239,22 @@ impl Episode {
             &other.detail,
             &other.node_name,
             other.threshold,
-        ) > (self.value, &self.detail, &self.node_name, self.threshold)
-        {
+            other.used_bytes,
+            other.quota_bytes,
+        ) > (
+            self.value,
+            &self.detail,
+            &self.node_name,
+            self.threshold,
+            self.used_bytes,
+            self.quota_bytes,
+        ) {
             self.value = other.value;
             self.detail.clone_from(&other.detail);
             self.node_name.clone_from(&other.node_name);
             self.threshold = other.threshold;
+            self.used_bytes = other.used_bytes;
+            self.quota_bytes = other.quota_bytes;
         }
         self.alert_sent |= other.alert_sent;
         self.recovered_at = match (self.recovered_at, other.recovered_at) {
@@ -187,6 +271,9 @@ pub struct AlertState {
     /// Thresholds set by the owner, by rule name; a rule not here uses its default.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub thresholds: BTreeMap<Rule, Threshold>,
+    /// The monthly traffic quota set by the owner; none: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_quota: Option<Quota>,
     /// Episodes by [`Episode::key`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub episodes: BTreeMap<String, Episode>,
@@ -201,6 +288,7 @@ impl AlertState {
                 *ours = *theirs;
             }
         }
+        self.traffic_quota = self.traffic_quota.max(other.traffic_quota);
         for (key, theirs) in &other.episodes {
             match self.episodes.get_mut(key) {
                 Some(ours) => ours.merge(theirs),
@@ -237,7 +325,21 @@ impl AlertState {
         let version = self.thresholds.get(&rule).map_or(0, |t| t.version) + 1;
         AlertState {
             thresholds: BTreeMap::from([(rule, Threshold { version, percent })]),
-            episodes: BTreeMap::new(),
+            ..AlertState::default()
+        }
+    }
+
+    /// The monthly traffic quota now (bytes; 0: off, the default).
+    pub fn quota_bytes(&self) -> u64 {
+        self.traffic_quota.map_or(0, |q| q.bytes)
+    }
+
+    /// A change that sets the monthly traffic quota to `bytes` (0: off) as its next version.
+    pub fn with_quota(&self, bytes: u64) -> AlertState {
+        let version = self.traffic_quota.map_or(0, |q| q.version) + 1;
+        AlertState {
+            traffic_quota: Some(Quota { version, bytes }),
+            ..AlertState::default()
         }
     }
 
@@ -259,6 +361,7 @@ impl AlertState {
     pub fn marked_sent<'a>(episodes: impl IntoIterator<Item = &'a Episode>) -> AlertState {
         AlertState {
             thresholds: BTreeMap::new(),
+            traffic_quota: None,
             episodes: episodes
                 .into_iter()
                 .map(|e| {
@@ -276,7 +379,7 @@ impl AlertState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Figure {
     pub rule: Rule,
-    /// Percent.
+    /// Percent; for [`Rule::Traffic`], the month's bytes.
     pub value: f64,
     /// What it is about (a disk's mount), or empty.
     pub detail: String,
@@ -284,7 +387,9 @@ pub struct Figure {
 
 /// A node's side of the alert rules: opens its own episodes when a figure has stayed above
 /// its threshold for the rule's hold time, and recovers them when it falls
-/// [`RECOVERY_MARGIN`] below. Holds only when each figure first went above (a restart starts
+/// [`RECOVERY_MARGIN`] below. The traffic rule opens as soon as the month's bytes exceed the
+/// quota and recovers when they no longer do: at the month's reset (the total starts again
+/// from zero), or when the quota is raised or turned off. Holds only when each figure first went above (a restart starts
 /// the hold again; an open episode is in the settings and survives it).
 #[derive(Debug, Clone)]
 pub struct Evaluator {
@@ -327,6 +432,10 @@ impl Evaluator {
     ) -> Option<AlertState> {
         let mut change = AlertState::default();
         for figure in figures {
+            if figure.rule == Rule::Traffic {
+                self.traffic(now, figure, state, &mut change);
+                continue;
+            }
             let threshold = state.percent(figure.rule);
             let open = state.open_episode(&self.node, figure.rule);
             let above = threshold > 0 && figure.value > f64::from(threshold);
@@ -342,6 +451,8 @@ impl Evaluator {
                         value: figure.value.round().clamp(0.0, 100.0) as u8,
                         detail: figure.detail.clone(),
                         threshold,
+                        used_bytes: 0,
+                        quota_bytes: 0,
                         alert_sent: false,
                         recovered_at: None,
                         recovery_sent: false,
@@ -361,6 +472,42 @@ impl Evaluator {
             }
         }
         (!change.episodes.is_empty()).then_some(change)
+    }
+
+    /// The traffic rule for this round's month total `figure`, into `change`.
+    fn traffic(&self, now: u64, figure: &Figure, state: &AlertState, change: &mut AlertState) {
+        let quota = state.quota_bytes();
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // a byte count
+        let used = figure.value.max(0.0) as u64;
+        let open = state.open_episode(&self.node, Rule::Traffic);
+        let above = quota > 0 && used > quota;
+        match (open, above) {
+            (None, true) => {
+                #[allow(clippy::cast_precision_loss)] // display only
+                let percent = used as f64 * 100.0 / quota as f64;
+                let episode = Episode {
+                    node: self.node.clone(),
+                    node_name: self.node_name.clone(),
+                    rule: Rule::Traffic,
+                    opened_at: now,
+                    value: percent.round().clamp(0.0, 255.0) as u8,
+                    detail: figure.detail.clone(),
+                    threshold: 100,
+                    used_bytes: used,
+                    quota_bytes: quota,
+                    alert_sent: false,
+                    recovered_at: None,
+                    recovery_sent: false,
+                };
+                change.episodes.insert(episode.key(), episode);
+            }
+            (Some(episode), false) => {
+                let mut done = episode.clone();
+                done.recovered_at = Some(now);
+                change.episodes.insert(done.key(), done);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -467,9 +614,9 @@ mod tests {
     #[test]
     fn thresholds_are_last_writer_wins() {
         let base = AlertState::default();
-        assert_eq!(base.percent(Rule::Cpu), 80);
+        assert_eq!(base.percent(Rule::Cpu), 90);
         assert_eq!(base.percent(Rule::Ram), 90);
-        assert_eq!(base.percent(Rule::Disk), 85);
+        assert_eq!(base.percent(Rule::Disk), 90);
         let mut a = base.clone();
         a.merge(&base.with_threshold(Rule::Cpu, 95));
         let mut newer = a.clone();
@@ -496,7 +643,7 @@ mod tests {
     fn episode() -> impl Strategy<Value = Episode> {
         (
             prop_oneof![Just("a"), Just("b")],
-            prop_oneof![Just(Rule::Cpu), Just(Rule::Disk)],
+            prop_oneof![Just(Rule::Cpu), Just(Rule::Disk), Just(Rule::Traffic)],
             prop_oneof![Just(0u64), Just(5), Just(EPISODE_RETENTION_SECS + 10)],
             any::<bool>(),
             proptest::option::of(1u64..3),
@@ -511,6 +658,8 @@ mod tests {
                     value: 90,
                     detail: String::new(),
                     threshold: 80,
+                    used_bytes: 0,
+                    quota_bytes: 0,
                     alert_sent,
                     recovered_at,
                     recovery_sent,
@@ -526,10 +675,14 @@ mod tests {
                 0..2,
             ),
             proptest::collection::vec(episode(), 0..6),
+            proptest::option::of(
+                (0u64..3, 0u64..3).prop_map(|(version, bytes)| Quota { version, bytes }),
+            ),
         )
-            .prop_map(|(thresholds, episodes)| {
+            .prop_map(|(thresholds, episodes, traffic_quota)| {
                 let mut state = AlertState {
                     thresholds,
+                    traffic_quota,
                     episodes: BTreeMap::new(),
                 };
                 for e in episodes {
@@ -552,6 +705,88 @@ mod tests {
             prop_assert_eq!(merged(&a, &b), merged(&b, &a));
             prop_assert_eq!(merged(&merged(&a, &b), &c), merged(&a, &merged(&b, &c)));
             prop_assert_eq!(merged(&a, &a), a.clone());
+        }
+    }
+
+    #[test]
+    fn the_traffic_quota_opens_once_and_recovers_at_the_reset_or_when_raised() {
+        const GIB: u64 = 1 << 30;
+        let mut state = AlertState::default();
+        let mut node = Evaluator::new("n1", "alpha");
+        let month = |bytes: u64| [figure(Rule::Traffic, bytes as f64)];
+        // Off by default: any total is fine.
+        assert_eq!(state.quota_bytes(), 0);
+        assert!(node.evaluate(0, &month(u64::MAX / 2), &state).is_none());
+        state.merge(&state.with_quota(500 * GIB));
+        assert!(node.evaluate(10, &month(500 * GIB), &state).is_none());
+        // Crossed: opens at once, with the bytes and the share of the quota.
+        let change = node.evaluate(20, &month(600 * GIB), &state);
+        apply(&mut state, change);
+        let episode = state.open_episode("n1", Rule::Traffic).unwrap().clone();
+        assert_eq!(
+            (
+                episode.value,
+                episode.threshold,
+                episode.used_bytes,
+                episode.quota_bytes
+            ),
+            (120, 100, 600 * GIB, 500 * GIB)
+        );
+        // Still over as the month goes on: nothing new.
+        assert!(node.evaluate(30, &month(700 * GIB), &state).is_none());
+        // The month's reset: the total starts again and the episode recovers.
+        let change = node.evaluate(40, &month(1), &state);
+        apply(&mut state, change);
+        assert_eq!(state.episodes[&episode.key()].recovered_at, Some(40));
+        // Over again, then the quota raised above the total: recovered.
+        let change = node.evaluate(50, &month(501 * GIB), &state);
+        apply(&mut state, change);
+        assert!(state.open_episode("n1", Rule::Traffic).is_some());
+        state.merge(&state.with_quota(1024 * GIB));
+        let change = node.evaluate(60, &month(502 * GIB), &state);
+        apply(&mut state, change);
+        assert!(state.open_episode("n1", Rule::Traffic).is_none());
+        // Turned off: no episode however much.
+        state.merge(&state.with_quota(0));
+        assert!(node.evaluate(70, &month(5000 * GIB), &state).is_none());
+        assert_eq!(state.episodes.len(), 2);
+        // Last writer wins; at one version the larger quota.
+        let mut x = state.clone();
+        x.merge(&state.with_quota(10));
+        x.merge(&state.with_quota(20));
+        assert_eq!(x.quota_bytes(), 20);
+        let mut newer = x.clone();
+        newer.merge(&x.with_quota(5));
+        newer.merge(&x);
+        assert_eq!(
+            newer.quota_bytes(),
+            5,
+            "an older version does not come back"
+        );
+    }
+
+    #[test]
+    fn sizes_parse_in_decimal_and_binary_units() {
+        assert_eq!(parse_size("off"), Ok(0));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("500GB"), Ok(500_000_000_000));
+        assert_eq!(parse_size("500GiB"), Ok(500 << 30));
+        assert_eq!(parse_size("1.5TiB"), Ok(3 << 39));
+        assert_eq!(parse_size("1.5 tb"), Ok(1_500_000_000_000));
+        assert_eq!(parse_size("1KiB"), Ok(1024));
+        for bad in [
+            "",
+            "0",
+            "0GB",
+            "GB",
+            "5 XB",
+            "-1",
+            "1.2.3GB",
+            "99999999999TB",
+            "abc",
+        ] {
+            let error = parse_size(bad).unwrap_err();
+            assert!(error.starts_with("invalid traffic quota"), "{error}");
         }
     }
 

@@ -116,7 +116,14 @@ pub fn message(lang: Lang, episodes: &[Episode]) -> String {
     let mut lines = Vec::new();
     for e in episodes {
         let what = rule_name(lang, e);
-        if !e.alert_sent {
+        if !e.alert_sent && e.rule == constella_behaviours::alerts::Rule::Traffic {
+            let units = lang.units();
+            let (used, quota) = (units.bytes(e.used_bytes), units.bytes(e.quota_bytes));
+            lines.push(match lang {
+                Lang::Ru => format!("🔴 {}: {what} {used} (квота {quota})", e.node_name),
+                Lang::En => format!("🔴 {}: {what} {used} (quota {quota})", e.node_name),
+            });
+        } else if !e.alert_sent {
             lines.push(match lang {
                 Lang::Ru => format!(
                     "🔴 {}: {what} {} % (порог {} %)",
@@ -147,10 +154,44 @@ fn rule_name(lang: Lang, episode: &Episode) -> String {
         (Lang::En, Rule::Cpu) => "CPU",
         (Lang::En, Rule::Ram) => "RAM",
         (Lang::En, Rule::Disk) => "disk",
+        (Lang::Ru, Rule::Traffic) => "трафик за месяц",
+        (Lang::En, Rule::Traffic) => "traffic this month",
     };
     if episode.detail.is_empty() {
         name.to_owned()
     } else {
         format!("{name} {}", episode.detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use constella_behaviours::alerts::{AlertState, Evaluator, Figure, Rule};
+
+    #[test]
+    fn a_traffic_alert_names_the_bytes_and_the_quota() {
+        let mut state = AlertState::default();
+        state.merge(&state.with_quota(500 << 30));
+        let figure = Figure {
+            rule: Rule::Traffic,
+            value: (600u64 << 30) as f64,
+            detail: String::new(),
+        };
+        let change = Evaluator::new("n1", "delta-01")
+            .evaluate(5, &[figure], &state)
+            .unwrap();
+        let episodes: Vec<Episode> = change.episodes.into_values().collect();
+        assert_eq!(
+            message(Lang::En, &episodes),
+            "🔴 delta-01: traffic this month 600.0 GiB (quota 500.0 GiB)"
+        );
+        assert_eq!(
+            message(Lang::Ru, &episodes),
+            "🔴 delta-01: трафик за месяц 600,0 ГиБ (квота 500,0 ГиБ)"
+        );
+        let report = crate::control::AlertReport::new(&state);
+        let table = crate::output::alerts_table(&report);
+        assert!(table.contains("traffic  500.0 GiB/month  owner"), "{table}");
     }
 }

@@ -432,7 +432,7 @@ impl Handlers {
     /// `/alerts`: the thresholds and the open episodes; `/alerts cpu 90` (the owner) sets one
     /// for the whole network, audited.
     async fn alerts_command(&mut self, lang: Lang, who: &Who, arg: &str) -> String {
-        use constella_behaviours::alerts::{Rule, parse_percent};
+        use constella_behaviours::alerts::{Rule, parse_percent, parse_size};
         let mut words = arg.split_whitespace();
         let (Some(rule), Some(percent), None) = (words.next(), words.next(), words.next()) else {
             if !arg.trim().is_empty() {
@@ -443,21 +443,36 @@ impl Handlers {
         if !self.permits(who, access::Action::Alerts) {
             return ui::not_allowed(lang).to_owned();
         }
-        let (rule, percent) = match (rule.parse::<Rule>(), parse_percent(percent)) {
-            (Ok(rule), Ok(percent)) => (rule, percent),
-            (Err(error), _) | (_, Err(error)) => {
-                return format!("{error}\n{}", ui::alerts_usage(lang));
-            }
-        };
         let current = self.settings.borrow().alerts.clone();
-        let set = crate::monitor::alerts::set_threshold(
-            &self.client,
-            &current,
-            (rule, percent),
-            who.text.clone(),
-            "telegram",
-        )
-        .await;
+        let set = match rule.parse::<Rule>() {
+            Ok(Rule::Traffic) => match parse_size(percent) {
+                Ok(bytes) => {
+                    crate::monitor::alerts::set_quota(
+                        &self.client,
+                        &current,
+                        bytes,
+                        who.text.clone(),
+                        "telegram",
+                    )
+                    .await
+                }
+                Err(error) => return format!("{error}\n{}", ui::alerts_usage(lang)),
+            },
+            Ok(rule) => match parse_percent(percent) {
+                Ok(percent) => {
+                    crate::monitor::alerts::set_threshold(
+                        &self.client,
+                        &current,
+                        (rule, percent),
+                        who.text.clone(),
+                        "telegram",
+                    )
+                    .await
+                }
+                Err(error) => return format!("{error}\n{}", ui::alerts_usage(lang)),
+            },
+            Err(error) => return format!("{error}\n{}", ui::alerts_usage(lang)),
+        };
         match set {
             Ok((merged, event)) => {
                 self.config.audit.record(event);

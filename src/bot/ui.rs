@@ -43,7 +43,7 @@ impl Lang {
     }
 
     /// How figures are written: Russian units and a decimal comma, or English.
-    fn units(self) -> &'static Units {
+    pub(crate) fn units(self) -> &'static Units {
         match self {
             Lang::Ru => &RUSSIAN,
             Lang::En => &ENGLISH,
@@ -658,8 +658,8 @@ pub fn services(
 
 pub fn alerts_usage(lang: Lang) -> String {
     lang.pick(
-        "Использование: /alerts — пороги; /alerts cpu|ram|disk 1..100|off — изменить порог для всей сети.",
-        "Usage: /alerts — the thresholds; /alerts cpu|ram|disk 1..100|off — set one for the whole network.",
+        "Использование: /alerts — пороги; /alerts cpu|ram|disk 1..100|off — изменить порог для всей сети; /alerts traffic 500GiB|off — месячная квота трафика.",
+        "Usage: /alerts — the thresholds; /alerts cpu|ram|disk 1..100|off — set one for the whole network; /alerts traffic 500GiB|off — the monthly traffic quota.",
     )
     .to_owned()
 }
@@ -684,12 +684,30 @@ pub fn alerts(lang: Lang, state: &constella_behaviours::alerts::AlertState) -> S
         };
         out.push_str(&format!("{}: {value}{hold}\n", rule.as_str()));
     }
+    let quota = match state.quota_bytes() {
+        0 => lang.pick("выкл.", "off").to_owned(),
+        bytes => format!(
+            "{}{}",
+            lang.units().bytes(bytes),
+            lang.pick(" в месяц", "/month")
+        ),
+    };
+    out.push_str(&format!("traffic: {quota}\n"));
     let open: Vec<_> = state.episodes.values().filter(|e| e.is_open()).collect();
     if open.is_empty() {
         out.push_str(lang.pick("Открытых оповещений нет.", "No open alerts."));
     } else {
         out.push_str(lang.pick("Открыты:\n", "Open:\n"));
         for e in open {
+            if e.rule == Rule::Traffic {
+                out.push_str(&format!(
+                    "🔴 {}: traffic {} > {}\n",
+                    e.node_name,
+                    lang.units().bytes(e.used_bytes),
+                    lang.units().bytes(e.quota_bytes)
+                ));
+                continue;
+            }
             out.push_str(&format!(
                 "🔴 {}: {} {} % > {} %\n",
                 e.node_name,

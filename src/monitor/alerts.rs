@@ -48,8 +48,30 @@ pub async fn set_threshold(
     Ok((merged, event))
 }
 
+/// Sets the monthly traffic quota to `bytes` (0: off) for every node, like [`set_threshold`].
+pub async fn set_quota(
+    client: &Client,
+    current: &AlertState,
+    bytes: u64,
+    who: String,
+    via: &str,
+) -> Result<(NetworkSettings, AuditEvent), ClientError> {
+    let previous = current.quota_bytes();
+    let change = NetworkSettings {
+        alerts: Box::new(current.with_quota(bytes)),
+        ..NetworkSettings::default()
+    };
+    let merged = client.merge_settings(change).await?;
+    tracing::info!(bytes, previous, by = %who, "the monthly traffic quota was set");
+    let event = AuditEvent::new(AuditKind::AlertThresholdChanged, who, via)
+        .detail("rule", Rule::Traffic.as_str())
+        .detail("bytes", bytes)
+        .detail("previous", previous);
+    Ok((merged, event))
+}
+
 /// The figures the rules watch, from one round of samples: CPU percent, RAM used as a percent
-/// of the total, and the fullest mount.
+/// of the total, the fullest mount, and the month's traffic (bytes).
 pub fn figures(snapshot: &Snapshot) -> Vec<Figure> {
     let values = &snapshot.values;
     let mut figures = Vec::with_capacity(3);
@@ -78,6 +100,14 @@ pub fn figures(snapshot: &Snapshot) -> Vec<Figure> {
             rule: Rule::Disk,
             value,
             detail: mount.to_owned(),
+        });
+    }
+    if let Some(bytes) = snapshot.month_traffic_bytes {
+        #[allow(clippy::cast_precision_loss)] // exact below 2^53 bytes
+        figures.push(Figure {
+            rule: Rule::Traffic,
+            value: bytes as f64,
+            detail: String::new(),
         });
     }
     figures
@@ -164,9 +194,11 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
             traffic: Vec::new(),
+            month_traffic_bytes: Some(7),
         };
         let figures = figures(&snapshot);
-        assert_eq!(figures.len(), 3);
+        assert_eq!(figures.len(), 4);
+        assert_eq!((figures[3].rule, figures[3].value), (Rule::Traffic, 7.0));
         assert_eq!(figures[1].value, 75.0);
         assert_eq!(
             (figures[2].value, figures[2].detail.as_str()),

@@ -27,12 +27,21 @@ pub struct Snapshot {
     pub values: BTreeMap<String, f64>,
     /// Bytes received and sent per real interface since the round before.
     pub traffic: Vec<(String, u64, u64)>,
+    /// Bytes received and sent on every real interface this month (since the reset day),
+    /// counted in with this round; `None` before the sampler has counted.
+    pub month_traffic_bytes: Option<u64>,
 }
+
+/// Test knob: count the loopback interface as a real one (test nodes talk over it only).
+const TEST_COUNT_LOOPBACK_ENV: &str = "CONSTELLA_TEST_COUNT_LOOPBACK";
 
 /// The latest snapshot, shared with `/metrics` and the alert rules.
 pub type Latest = Arc<RwLock<Option<Snapshot>>>;
 
 fn is_virtual(name: &str) -> bool {
+    if name == "lo" && std::env::var_os(TEST_COUNT_LOOPBACK_ENV).is_some() {
+        return false;
+    }
     VIRTUAL_PREFIXES
         .iter()
         .any(|prefix| name == *prefix || (prefix.len() > 2 && name.starts_with(prefix)))
@@ -130,6 +139,7 @@ impl Probe {
             time,
             values,
             traffic,
+            month_traffic_bytes: None,
         }
     }
 }
@@ -158,7 +168,7 @@ pub fn spawn(
                 let now = unix_now().as_millis();
                 let next = (now / interval_ms + 1) * interval_ms;
                 std::thread::sleep(Duration::from_millis((next - now) as u64));
-                let snapshot = probe.sample(unix_now().as_secs());
+                let mut snapshot = probe.sample(unix_now().as_secs());
                 let mut result = Ok(());
                 for (metric, value) in &snapshot.values {
                     result = result.and(writer.record(metric, snapshot.time, *value));
@@ -168,6 +178,7 @@ pub fn spawn(
                         .add(snapshot.time, &snapshot.traffic)
                         .map_err(super::history::HistoryError::Traffic),
                 );
+                snapshot.month_traffic_bytes = Some(traffic.month_bytes());
                 // One warning per failing episode (a full disk would otherwise log every 10 s).
                 match result {
                     Err(error) if !failing => {

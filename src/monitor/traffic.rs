@@ -131,6 +131,13 @@ impl Counter {
         }
     }
 
+    /// Bytes received and sent on every interface this period.
+    pub fn month_bytes(&self) -> u64 {
+        self.totals.interfaces.values().fold(0u64, |sum, (rx, tx)| {
+            sum.saturating_add(*rx).saturating_add(*tx)
+        })
+    }
+
     /// Counts one round; writes the file at most once a minute. The error is for the log.
     pub fn add(&mut self, now: u64, bytes: &[(String, u64, u64)]) -> Result<(), String> {
         let before = self.totals.since;
@@ -212,6 +219,7 @@ mod tests {
         counter.add(at("2026-11-29T00:00:00Z"), &round).unwrap();
         counter.add(at("2026-11-29T00:00:10Z"), &round).unwrap();
         counter.add(at("2026-11-29T00:01:10Z"), &round).unwrap();
+        assert_eq!(counter.month_bytes(), 330);
         let report = read(dir.path()).unwrap();
         assert_eq!(report.since, at("2026-11-01T00:00:00Z"));
         assert_eq!(

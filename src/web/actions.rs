@@ -327,10 +327,15 @@ fn alert_change(
     authed: &Authed,
     form: &AlertForm,
 ) -> Result<Confirm<'static>, Response> {
-    let parsed = form
-        .rule
-        .parse::<Rule>()
-        .and_then(|rule| Ok((rule, parse_percent(form.percent.trim())?)));
+    let parsed = form.rule.parse::<Rule>().and_then(|rule| {
+        if rule == Rule::Traffic {
+            return Err(
+                "the traffic quota is set with `constella alerts set traffic` or the bot's /alerts"
+                    .to_owned(),
+            );
+        }
+        Ok((rule, parse_percent(form.percent.trim())?))
+    });
     match parsed {
         Ok((rule, percent)) => Ok(Confirm::Alert {
             rule,

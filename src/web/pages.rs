@@ -376,13 +376,24 @@ pub fn alerts(frame: &Frame<'_>, state: &AlertState) -> Markup {
                     }
                 }
             }
+            p #traffic-quota {
+                (t(lang, "Месячная квота трафика (rx+tx, на узел): ", "Monthly traffic quota (rx+tx, per node): "))
+                @match state.quota_bytes() {
+                    0 => { (t(lang, "выкл.", "off")) },
+                    bytes => { (crate::output::human_bytes(bytes)) },
+                }
+            }
             h2 { (t(lang, "Открытые оповещения", "Open alerts")) }
             @if open.is_empty() {
                 p #no-alerts { (t(lang, "Открытых оповещений нет.", "No open alerts.")) }
             } @else {
                 ul #open-alerts {
                     @for e in open {
-                        li { span.dot { "●" } " " (e.node_name) ": " (e.rule.as_str()) " " (e.value) " % > " (e.threshold) " %" }
+                        @if e.rule == Rule::Traffic {
+                            li { span.dot { "●" } " " (e.node_name) ": traffic " (crate::output::human_bytes(e.used_bytes)) " > " (crate::output::human_bytes(e.quota_bytes)) }
+                        } @else {
+                            li { span.dot { "●" } " " (e.node_name) ": " (e.rule.as_str()) " " (e.value) " % > " (e.threshold) " %" }
+                        }
                     }
                 }
             }
@@ -584,7 +595,15 @@ mod tests {
             3,
             "{owner}"
         );
-        assert!(owner.contains("95 %") && owner.contains("80 %"), "{owner}");
+        assert!(owner.contains("95 %") && owner.contains("90 %"), "{owner}");
+        assert!(
+            owner.contains("Monthly traffic quota (rx+tx, per node): off"),
+            "{owner}"
+        );
+        let mut quota = state.clone();
+        quota.merge(&state.with_quota(1 << 30));
+        let page = alerts(&frame(Rank::Owner), &quota).into_string();
+        assert!(page.contains("per node): 1.0 GiB"), "{page}");
         for role in [Role::Viewer, Role::Operator] {
             let page = alerts(&frame(Rank::Granted(role)), &state).into_string();
             assert!(!page.contains("/alerts/set"), "{page}");
@@ -595,12 +614,12 @@ mod tests {
             Confirm::Alert {
                 rule: Rule::Disk,
                 percent: 0,
-                previous: 85,
+                previous: 90,
             },
         )
         .into_string();
         assert!(
-            confirm.contains("disk threshold of every node in the network: off (now 85 %)"),
+            confirm.contains("disk threshold of every node in the network: off (now 90 %)"),
             "{confirm}"
         );
         assert!(
