@@ -15,6 +15,7 @@ use anyhow::Result;
 use constella_behaviours::beat;
 use constella_behaviours::gossip::GossipBody;
 use constella_behaviours::membership::Change;
+use constella_behaviours::nat::RelayMembers;
 use constella_behaviours::network_keys::GossipKey;
 use constella_behaviours::node::{Ack, Config, Input, Node, Output, Refusal, Snapshot};
 use constella_behaviours::{Behaviour, BehaviourEvent};
@@ -31,6 +32,7 @@ use super::admission::Admissions;
 use super::chat::ChatLink;
 use super::gossip_io::GossipIo;
 use super::kad_filter::KadFilter;
+use super::nat::Nat;
 use super::replies::Replies;
 use super::rpc::Rpc;
 use super::signals::Signals;
@@ -65,6 +67,8 @@ pub(super) struct EventLoop {
     pub(super) replies: Replies,
     /// The PQ4 messaging service's requests and answers (see [`super::chat`]).
     chat: ChatLink,
+    /// AutoNAT, relays and hole punching (see [`super::nat`]).
+    pub(super) nat: Nat,
 }
 
 impl EventLoop {
@@ -76,6 +80,7 @@ impl EventLoop {
         keys: Keys,
         (rpc, chat): (Rpc, ChatLink),
         signals: Signals,
+        relay_members: RelayMembers,
     ) -> Result<Self> {
         let started = swarm_setup::start(&mut swarm, &state, &keys)?;
         let local_id = *swarm.local_peer_id();
@@ -88,6 +93,7 @@ impl EventLoop {
         }
         let core = Node::new(config, local, restored, now, rand::random());
         let kad = KadFilter::new(&mut swarm, &core, started.kad_protocol);
+        let nat = Nat::new(relay_members, &core);
         let gossip_key = GossipKey::derive(&keys.secret, state.secret_epoch);
         info!(
             name = %state.node.name,
@@ -115,6 +121,7 @@ impl EventLoop {
             admissions: Admissions::default(),
             replies: Replies::default(),
             chat,
+            nat,
         })
     }
 
@@ -152,6 +159,7 @@ impl EventLoop {
                 Some(action) = self.chat.next_action() => {
                     self.chat.on_action(&mut self.swarm, &self.core, action);
                 }
+                () = self.nat.tick() => self.nat_tick(),
                 () = &mut shutdown, if !signalled => {
                     signalled = true;
                     self.feed(Input::Stop);
@@ -238,6 +246,7 @@ impl EventLoop {
             Output::Membership(change) => {
                 log_outputs::membership(&self.core, &change);
                 self.chat.membership_changed();
+                self.nat.members_changed(&self.core);
                 if let Change::Joined(id) = change {
                     self.kad.member_joined(&mut self.swarm, &self.core, &id);
                 }
@@ -270,6 +279,14 @@ impl EventLoop {
             Output::Exit => self.exit = true,
             Output::WakeAt(at) => self.wake = at,
         }
+    }
+
+    /// Hands the core the addresses to announce: the public one, then every listen address.
+    pub(super) fn announce_addresses(&mut self) {
+        let mut addrs: Vec<String> = vec![self.public_addr.to_string()];
+        addrs.extend(self.swarm.listeners().map(ToString::to_string));
+        addrs.dedup();
+        self.feed(Input::Addresses(&addrs));
     }
 
     /// Lays the core's snapshot over the rest of the state and queues the write.
@@ -317,13 +334,11 @@ impl EventLoop {
         if let Some(metrics) = &self.signals.libp2p_metrics {
             super::signals::record_libp2p(&metrics.0, &event);
         }
+        self.nat_observe(&event);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");
-                let mut addrs: Vec<String> = vec![self.public_addr.to_string()];
-                addrs.extend(self.swarm.listeners().map(ToString::to_string));
-                addrs.dedup();
-                self.feed(Input::Addresses(&addrs));
+                self.announce_addresses();
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
@@ -412,6 +427,10 @@ impl EventLoop {
                 self.feed(Input::PingFailed(peer));
             }
             BehaviourEvent::Pq4(event) => self.chat.on_event(&self.core, event),
+            BehaviourEvent::Autonat(event) => self.on_autonat(event),
+            BehaviourEvent::Relay(event) => self.on_relay(event),
+            BehaviourEvent::RelayClient(event) => self.on_relay_client(event),
+            BehaviourEvent::Dcutr(event) => self.on_dcutr(event),
             BehaviourEvent::Kad(kad::Event::InboundRequest {
                 request:
                     kad::InboundRequest::PutRecord {
