@@ -72,13 +72,39 @@ impl NatBed {
             &h,
         ]);
         let (gw, ip) = (format!("192.168.{router}.1"), Self::host_ip(router));
-        run(&["ip", "-n", &r, "addr", "add", &format!("{gw}/24"), "dev", "lan0"]);
+        run(&[
+            "ip",
+            "-n",
+            &r,
+            "addr",
+            "add",
+            &format!("{gw}/24"),
+            "dev",
+            "lan0",
+        ]);
         run(&["ip", "-n", &r, "link", "set", "lan0", "up"]);
-        run(&["ip", "-n", &h, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        run(&[
+            "ip",
+            "-n",
+            &h,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "eth0",
+        ]);
         run(&["ip", "-n", &h, "link", "set", "eth0", "up"]);
         run(&["ip", "-n", &h, "link", "set", "lo", "up"]);
         run(&["ip", "-n", &h, "route", "add", "default", "via", &gw]);
-        run(&["ip", "netns", "exec", &r, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &r,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
         let nft = |rule: &str| run(&["ip", "netns", "exec", &r, "nft", rule]);
         nft("add table ip nat");
         nft("add chain ip nat post { type nat hook postrouting priority 100; }");
@@ -87,13 +113,13 @@ impl NatBed {
             Mapping::Symmetric => "add rule ip nat post oifname \"eth0\" masquerade random",
         });
         nft("add table ip fw");
-        nft("add chain ip fw fwd { type filter hook forward priority 0; policy drop; }");
-        nft("add rule ip fw fwd ct state established,related accept");
-        nft("add rule ip fw fwd iifname \"lan0\" accept");
+        nft("add chain ip fw lanfwd { type filter hook forward priority 0; policy drop; }");
+        nft("add rule ip fw lanfwd ct state established,related accept");
+        nft("add rule ip fw lanfwd iifname \"lan0\" accept");
         // Like a home router: an unsolicited connection to the outside address is dropped
         // silently, not refused.
-        nft("add chain ip fw in { type filter hook input priority 0; policy accept; }");
-        nft("add rule ip fw in iifname \"eth0\" ct state new drop");
+        nft("add chain ip fw wanin { type filter hook input priority 0; policy accept; }");
+        nft("add rule ip fw wanin iifname \"eth0\" ct state new drop");
     }
 
     fn host_ip(router: usize) -> String {
@@ -215,7 +241,11 @@ impl Net {
 }
 
 /// `status --json` of `node` once `check` holds for it.
-fn status_when(node: &Node, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+fn status_when(
+    node: &Node,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     wait_for(Duration::from_secs(30), what, || {
         node.status().filter(|status| check(status))
     })
@@ -224,7 +254,11 @@ fn status_when(node: &Node, what: &str, check: impl Fn(&serde_json::Value) -> bo
 fn relays_of(status: &serde_json::Value) -> Vec<String> {
     status["relays"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -266,7 +300,10 @@ fn nodes_behind_nat_are_reached_through_relays_and_survive_losing_one() {
             "figure: 2 public + 2 NAT-ed nodes all alive everywhere {:?} after the first start",
             started.elapsed()
         );
-        assert_eq!(leader, "alpha", "the NAT-ed node with the smallest key leads");
+        assert_eq!(
+            leader, "alpha",
+            "the NAT-ed node with the smallest key leads"
+        );
 
         for i in [ALPHA, BRAVO] {
             let status = status_when(&n.nodes[i], "two relays", |s| relays_of(s).len() == 2);
@@ -305,19 +342,27 @@ fn nodes_behind_nat_are_reached_through_relays_and_survive_losing_one() {
             );
         }
         let answer = n.nodes[DELTA].ok(&["reboot", "bravo", "--yes"]);
-        assert!(answer.starts_with("Node bravo accepted the reboot"), "{answer}");
+        assert!(
+            answer.starts_with("Node bravo accepted the reboot"),
+            "{answer}"
+        );
         wait_for(Duration::from_secs(10), "bravo's reboot command", || {
             let marker = n.nodes[BRAVO].dir.with_extension("rebooted");
             std::fs::read_to_string(marker)
                 .ok()
-                .filter(|t| t.contains("delta"))
+                .filter(|t| t.contains("constella reboot"))
         });
 
         // The NAT-ed leader hosts the bot: it polls Telegram outbound and answers the owner.
         wait_for(Duration::from_secs(20), "alpha to poll", || {
-            n.fake.polls().iter().any(|p| p.node == "alpha").then_some(())
+            n.fake
+                .polls()
+                .iter()
+                .any(|p| p.node == "alpha")
+                .then_some(())
         });
-        n.fake.send_text(&TgUser::new(OWNER_ID, "Owner_Test"), "/start");
+        n.fake
+            .send_text(&TgUser::new(OWNER_ID, "Owner_Test"), "/start");
         n.fake.wait_message(
             Duration::from_secs(15),
             "the node list from alpha",
@@ -352,9 +397,11 @@ fn nodes_behind_nat_are_reached_through_relays_and_survive_losing_one() {
             killed.elapsed()
         );
         for (from, target) in [(DELTA, "alpha"), (ALPHA, "bravo"), (BRAVO, "alpha")] {
-            wait_for(Duration::from_secs(15), "stats after the relay loss", || {
-                stats_of(&n.nodes[from], target)
-            });
+            wait_for(
+                Duration::from_secs(15),
+                "stats after the relay loss",
+                || stats_of(&n.nodes[from], target),
+            );
         }
         // Nobody but charlie was marked offline on the way.
         for i in [ALPHA, BRAVO, DELTA] {

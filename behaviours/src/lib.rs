@@ -46,8 +46,8 @@ use std::time::Duration;
 
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify, identity::Keypair, ping,
-    relay,
+    StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify, identity::Keypair,
+    ping, relay,
 };
 
 pub use secret::{NetworkSecret, SecretError};

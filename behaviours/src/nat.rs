@@ -64,9 +64,9 @@ impl RelayMembers {
 pub fn relay_config(members: &RelayMembers) -> relay::Config {
     let gate = |members: &RelayMembers| {
         let members = members.clone();
-        Box::new(move |peer: PeerId, _: &libp2p::Multiaddr, _: std::time::Instant| {
-            members.allows(&peer)
-        }) as Box<dyn relay::RateLimiter>
+        Box::new(
+            move |peer: PeerId, _: &libp2p::Multiaddr, _: std::time::Instant| members.allows(&peer),
+        ) as Box<dyn relay::RateLimiter>
     };
     let per_minute = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
     relay::Config {
@@ -125,6 +125,9 @@ mod tests {
         assert!(gate.try_next(member, &addr, now));
         assert!(!gate.try_next(stranger, &addr, now));
         members.set([]);
-        assert!(!gate.try_next(member, &addr, now), "a removed member is refused");
+        assert!(
+            !gate.try_next(member, &addr, now),
+            "a removed member is refused"
+        );
     }
 }

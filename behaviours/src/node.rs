@@ -3695,11 +3695,14 @@ mod tests {
         let out = f.handle(1.0, Input::Relays(&relays));
         let own = f.node.membership().record(&f.a).cloned().unwrap();
         assert_eq!((own.relays.clone(), own.version), (relays.clone(), 2));
-        let published = publishes(&out).iter().any(|body| {
-            matches!(body, GossipBody::Roster(r) if r.records.contains(&own))
-        });
+        let published = publishes(&out)
+            .iter()
+            .any(|body| matches!(body, GossipBody::Roster(r) if r.records.contains(&own)));
         assert!(published, "{out:?}");
-        assert!(out.iter().any(|o| matches!(o, Output::Persist(..))), "{out:?}");
+        assert!(
+            out.iter().any(|o| matches!(o, Output::Persist(..))),
+            "{out:?}"
+        );
         assert!(f.node.view().iter().any(|m| m.node_id == f.a && m.relayed));
         // The same addresses again change nothing.
         let out = f.handle(1.5, Input::Relays(&relays));

@@ -342,7 +342,13 @@ pub fn start(
     let relay_members = constella_behaviours::nat::RelayMembers::default();
     let swarm = swarm_setup::build_node_swarm(key, |key, relay_client| {
         let members = &relay_members;
-        Ok(Behaviour::new(key, &tag, REQUEST_TIMEOUT, relay_client, members)?)
+        Ok(Behaviour::new(
+            key,
+            &tag,
+            REQUEST_TIMEOUT,
+            relay_client,
+            members,
+        )?)
     })?;
     let (chat, chat_service) = chat::open(state_dir.path(), *swarm.local_peer_id())?;
     if let Some(audit) = signals.audit.clone() {

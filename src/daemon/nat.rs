@@ -13,10 +13,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use constella_behaviours::BehaviourEvent;
 use constella_behaviours::gossip::MAX_RELAYS;
 use constella_behaviours::nat::RelayMembers;
 use constella_behaviours::node::{Input, Node};
-use constella_behaviours::BehaviourEvent;
 use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;

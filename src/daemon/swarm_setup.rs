@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use constella_behaviours::{Behaviour, CONNECT_TIMEOUT, gossip_topic, kad_protocol};
+use libp2p::core::transport::OptionalTransport;
 use libp2p::gossipsub::IdentTopic;
 use libp2p::multiaddr::Protocol;
-use libp2p::core::transport::OptionalTransport;
 use libp2p::{Multiaddr, StreamProtocol, Swarm, SwarmBuilder, noise, relay, tcp, yamux};
 
 use super::Keys;
