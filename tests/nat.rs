@@ -414,3 +414,27 @@ fn nodes_behind_nat_are_reached_through_relays_and_survive_losing_one() {
         }
     });
 }
+
+/// Behind symmetric NATs (a new outside port per connection) the NAT-ed nodes still find
+/// themselves private, reserve relays, and everything reaches them through the relays.
+#[test]
+fn behind_symmetric_nats_nodes_are_reached_through_relays() {
+    let Some(bed) = NatBed::new(Mapping::Symmetric) else {
+        return;
+    };
+    let net = Net::start(&bed);
+    let n = &net;
+    n.or_logs(|| {
+        let (leader, _) = agree(&n.all(), &NAMES, &[], Duration::from_secs(60));
+        assert_eq!(leader, "alpha");
+        for i in [ALPHA, BRAVO] {
+            let status = status_when(&n.nodes[i], "two relays", |s| relays_of(s).len() == 2);
+            assert_eq!(status["reachability"], "private", "{status}");
+        }
+        for (from, target) in [(DELTA, "bravo"), (ALPHA, "bravo"), (BRAVO, "alpha")] {
+            let stats = stats_of(&n.nodes[from], target)
+                .unwrap_or_else(|| panic!("stats {target} from {}", NAMES[from]));
+            assert_eq!(stats["name"], target);
+        }
+    });
+}
