@@ -79,8 +79,7 @@ impl EventLoop {
         state: NetworkState,
         keys: Keys,
         (rpc, chat): (Rpc, ChatLink),
-        signals: Signals,
-        relay_members: RelayMembers,
+        (signals, relay_members): (Signals, RelayMembers),
     ) -> Result<Self> {
         let started = swarm_setup::start(&mut swarm, &state, &keys)?;
         let local_id = *swarm.local_peer_id();

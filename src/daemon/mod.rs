@@ -388,8 +388,7 @@ pub fn start(
             dir: keys_dir,
         },
         (rpc, chat),
-        signals,
-        relay_members,
+        (signals, relay_members),
     )?;
     let client = Client {
         commands: commands_tx,
