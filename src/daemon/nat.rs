@@ -19,7 +19,8 @@ use constella_behaviours::nat::RelayMembers;
 use constella_behaviours::node::{Input, Node};
 use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, autonat, dcutr, identify, relay};
 use tracing::{debug, info};
 
@@ -57,7 +58,11 @@ impl Reachability {
 /// One reservation asked of a relay.
 #[derive(Debug)]
 struct Reservation {
-    listener: ListenerId,
+    /// The listener through the relay; `None` while this node is still dialling the relay
+    /// directly (a reservation needs a direct connection, see [`Nat::direct`]).
+    listener: Option<ListenerId>,
+    /// The direct dial to the relay made for this reservation, until it is established.
+    dialing: Option<ConnectionId>,
     asked: Instant,
     /// The relayed addresses the relay confirmed (empty until it accepts).
     addrs: Vec<Multiaddr>,
@@ -70,6 +75,11 @@ pub(super) struct Nat {
     /// Connected members that offer the relay protocol (from identify).
     offering: HashSet<PeerId>,
     reservations: BTreeMap<PeerId, Reservation>,
+    /// The direct (not relayed) connections to each peer. A member may reach this node
+    /// through another relay before this node has dialled it; libp2p's relay client would
+    /// then dial it only while it is "disconnected", which fails, so this node dials the
+    /// relay directly itself and asks for the reservation once such a connection exists.
+    direct: HashMap<PeerId, HashSet<ConnectionId>>,
     /// Relays not to ask again before the instant.
     refused: HashMap<PeerId, Instant>,
     /// AutoNAT dial-backs this node is making for a member: its addresses being dialled.
@@ -88,6 +98,7 @@ impl Nat {
             reachability: Reachability::Unknown,
             offering: HashSet::new(),
             reservations: BTreeMap::new(),
+            direct: HashMap::new(),
             refused: HashMap::new(),
             dial_backs: HashMap::new(),
             published: core
@@ -158,18 +169,61 @@ impl EventLoop {
                     .nat
                     .dial_backs
                     .get(peer_id)
-                    .is_some_and(|addrs| addrs.contains(endpoint.get_remote_address())) =>
+                    .is_some_and(|addrs| addrs.contains(endpoint.get_remote_address()))
+                && !self
+                    .nat
+                    .reservations
+                    .get(peer_id)
+                    .is_some_and(|r| r.dialing == Some(*connection_id)) =>
             {
                 // AutoNAT has seen it (behaviours see the connection first): close it.
                 debug!(peer = %peer_id, "closing an AutoNAT dial-back");
                 self.nat.dial_backs.remove(peer_id);
                 self.swarm.close_connection(*connection_id);
             }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } if !endpoint.is_relayed() => {
+                self.nat
+                    .direct
+                    .entry(*peer_id)
+                    .or_default()
+                    .insert(*connection_id);
+                self.nat_listen_through(*peer_id);
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id: Some(peer_id),
+                error,
+            } => {
+                let ours = self
+                    .nat
+                    .reservations
+                    .get(peer_id)
+                    .is_some_and(|r| r.dialing == Some(*connection_id));
+                if ours {
+                    debug!(relay = %self.core.name_of(peer_id), %error, "cannot dial the relay directly");
+                    self.drop_reservation(*peer_id, true);
+                }
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
+                if let Some(direct) = self.nat.direct.get_mut(peer_id) {
+                    direct.remove(connection_id);
+                    if direct.is_empty() {
+                        self.nat.direct.remove(peer_id);
+                    }
+                }
+                if *num_established > 0 {
+                    return;
+                }
                 self.nat.offering.remove(peer_id);
                 if self.nat.reservations.contains_key(peer_id) {
                     info!(relay = %self.core.name_of(peer_id), "lost the connection to a relay");
@@ -185,7 +239,7 @@ impl EventLoop {
                     .nat
                     .reservations
                     .iter_mut()
-                    .find(|(_, r)| r.listener == *listener_id);
+                    .find(|(_, r)| r.listener == Some(*listener_id));
                 if let Some((relay, reservation)) = found {
                     if reservation.addrs.is_empty() {
                         info!(relay = %self.core.name_of(relay), %address, "relay reservation accepted");
@@ -205,7 +259,7 @@ impl EventLoop {
                     .nat
                     .reservations
                     .iter()
-                    .find(|(_, r)| r.listener == *listener_id)
+                    .find(|(_, r)| r.listener == Some(*listener_id))
                     .map(|(relay, _)| *relay);
                 if let Some(relay) = found {
                     info!(relay = %self.core.name_of(&relay), ?reason, "relay reservation ended");
@@ -359,33 +413,72 @@ impl EventLoop {
         self.nat_publish();
     }
 
-    /// Listens through `relay` (asks it for a reservation).
+    /// Asks `relay` for a reservation: at once when a direct connection to it exists,
+    /// otherwise after dialling it directly (see [`Nat::direct`]).
     fn reserve(&mut self, relay: PeerId) {
-        let Some(record) = self.core.membership().record(&relay) else {
-            return;
+        let mut reservation = Reservation {
+            listener: None,
+            dialing: None,
+            asked: Instant::now(),
+            addrs: Vec::new(),
         };
-        let Some(addr) = dial_addresses(std::slice::from_ref(&record.addr))
+        if !self.nat.direct.contains_key(&relay) {
+            let Some(addr) = self.relay_addr(&relay) else {
+                return;
+            };
+            let opts = DialOpts::peer_id(relay)
+                .addresses(vec![addr])
+                .condition(PeerCondition::Always)
+                .build();
+            let dialing = opts.connection_id();
+            if let Err(error) = self.swarm.dial(opts) {
+                debug!(relay = %self.core.name_of(&relay), %error, "cannot dial the relay directly");
+                self.nat.refused.insert(relay, Instant::now() + RETRY_AFTER);
+                return;
+            }
+            debug!(relay = %self.core.name_of(&relay), "dialling a relay directly to reserve on it");
+            reservation.dialing = Some(dialing);
+        }
+        self.nat.reservations.insert(relay, reservation);
+        self.nat_listen_through(relay);
+    }
+
+    /// The direct address of `relay` from its member record.
+    fn relay_addr(&self, relay: &PeerId) -> Option<Multiaddr> {
+        let record = self.core.membership().record(relay)?;
+        dial_addresses(std::slice::from_ref(&record.addr))
             .into_iter()
             .next()
-        else {
+    }
+
+    /// Listens through `relay` (the reservation request proper) once a reservation is
+    /// wanted there, none is asked yet, and a direct connection to it exists.
+    fn nat_listen_through(&mut self, relay: PeerId) {
+        let waiting = self
+            .nat
+            .reservations
+            .get(&relay)
+            .is_some_and(|r| r.listener.is_none());
+        if !waiting || !self.nat.direct.contains_key(&relay) {
+            return;
+        }
+        let Some(addr) = self.relay_addr(&relay) else {
+            self.drop_reservation(relay, true);
             return;
         };
         let circuit = addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
         match self.swarm.listen_on(circuit.clone()) {
             Ok(listener) => {
-                info!(relay = %record.name, %circuit, "asking a relay for a reservation");
-                self.nat.reservations.insert(
-                    relay,
-                    Reservation {
-                        listener,
-                        asked: Instant::now(),
-                        addrs: Vec::new(),
-                    },
-                );
+                info!(relay = %self.core.name_of(&relay), %circuit, "asking a relay for a reservation");
+                if let Some(reservation) = self.nat.reservations.get_mut(&relay) {
+                    reservation.listener = Some(listener);
+                    reservation.dialing = None;
+                    reservation.asked = Instant::now();
+                }
             }
             Err(error) => {
                 debug!(%circuit, %error, "cannot listen through the relay");
-                self.nat.refused.insert(relay, Instant::now() + RETRY_AFTER);
+                self.drop_reservation(relay, true);
             }
         }
     }
@@ -393,8 +486,13 @@ impl EventLoop {
     /// Forgets the reservation on `relay` (closing its listener); `failed` keeps the relay
     /// from being asked again for a while.
     fn drop_reservation(&mut self, relay: PeerId, failed: bool) {
-        if let Some(reservation) = self.nat.reservations.remove(&relay) {
-            self.swarm.remove_listener(reservation.listener);
+        if let Some(listener) = self
+            .nat
+            .reservations
+            .remove(&relay)
+            .and_then(|r| r.listener)
+        {
+            self.swarm.remove_listener(listener);
         }
         if failed {
             self.nat.refused.insert(relay, Instant::now() + RETRY_AFTER);
