@@ -170,11 +170,11 @@ impl EventLoop {
                     .dial_backs
                     .get(peer_id)
                     .is_some_and(|addrs| addrs.contains(endpoint.get_remote_address()))
-                && !self
+                && self
                     .nat
                     .reservations
                     .get(peer_id)
-                    .is_some_and(|r| r.dialing == Some(*connection_id)) =>
+                    .is_none_or(|r| r.dialing != Some(*connection_id)) =>
             {
                 // AutoNAT has seen it (behaviours see the connection first): close it.
                 debug!(peer = %peer_id, "closing an AutoNAT dial-back");
