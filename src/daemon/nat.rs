@@ -80,6 +80,9 @@ pub(super) struct Nat {
     /// then dial it only while it is "disconnected", which fails, so this node dials the
     /// relay directly itself and asks for the reservation once such a connection exists.
     direct: HashMap<PeerId, HashSet<ConnectionId>>,
+    /// Members reached only through a relay that this node last dialled directly, and when:
+    /// a member that may offer the relay is identified over a direct connection.
+    direct_dials: HashMap<PeerId, Instant>,
     /// Relays not to ask again before the instant.
     refused: HashMap<PeerId, Instant>,
     /// AutoNAT dial-backs this node is making for a member: its addresses being dialled.
@@ -99,6 +102,7 @@ impl Nat {
             offering: HashSet::new(),
             reservations: BTreeMap::new(),
             direct: HashMap::new(),
+            direct_dials: HashMap::new(),
             refused: HashMap::new(),
             dial_backs: HashMap::new(),
             published: core
@@ -303,7 +307,56 @@ impl EventLoop {
             debug!(relay = %self.core.name_of(&relay), "relay reservation timed out");
             self.drop_reservation(relay, true);
         }
+        self.nat_dial_relayed_members(now);
         self.nat_refresh();
+    }
+
+    /// A private node lacking relays dials directly the members it reaches only through a
+    /// relay (one that reached it through another relay before its own direct dial
+    /// succeeded): the core dials only disconnected members, and a relay is found (identify)
+    /// and reserved on over a direct connection. Members known to be behind NAT (their
+    /// record has relayed addresses) are skipped; each is dialled at most every
+    /// [`RETRY_AFTER`].
+    fn nat_dial_relayed_members(&mut self, now: Instant) {
+        self.nat
+            .direct_dials
+            .retain(|_, at| now.duration_since(*at) < RETRY_AFTER);
+        if self.nat.reachability != Reachability::Private
+            || self.nat.reservations.len() >= MAX_RELAYS
+        {
+            return;
+        }
+        let relayed: Vec<PeerId> = self
+            .core
+            .membership()
+            .remote_members()
+            .filter(|(id, record)| {
+                record.relays.is_empty()
+                    && self.swarm.is_connected(id)
+                    && !self.nat.direct.contains_key(id)
+                    && !self.nat.reservations.contains_key(id)
+                    && !self.nat.direct_dials.contains_key(id)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in relayed {
+            let Some(addr) = self.relay_addr(&peer) else {
+                continue;
+            };
+            self.nat.direct_dials.insert(peer, now);
+            let opts = DialOpts::peer_id(peer)
+                .addresses(vec![addr])
+                .condition(PeerCondition::Always)
+                .build();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    debug!(peer = %self.core.name_of(&peer), "dialling directly a member reached only through a relay")
+                }
+                Err(error) => {
+                    debug!(peer = %self.core.name_of(&peer), %error, "direct dial not started")
+                }
+            }
+        }
     }
 
     pub(super) fn on_autonat(&mut self, event: autonat::Event) {
