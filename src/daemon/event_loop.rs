@@ -229,6 +229,11 @@ impl EventLoop {
                 let opts = DialOpts::peer_id(peer)
                     .addresses(dial_addresses(&addrs))
                     .condition(PeerCondition::DisconnectedAndNotDialing)
+                    // Not from the listening port: a public member dialling a NAT-ed one's
+                    // recorded address while it dials back from that port (the NAT keeping
+                    // the port) would meet in a TCP simultaneous open, where both sides
+                    // start the Noise handshake as initiator and it fails (docs/nat.md).
+                    .allocate_new_port()
                     .build();
                 if let Err(error) = self.swarm.dial(opts) {
                     debug!(%peer, %error, "dial not started");
