@@ -562,6 +562,7 @@ fn init_locked(
         admission: 0,
         removed_at: None,
         key_updates: Vec::new(),
+        relays: Vec::new(),
     };
     let mut state = NetworkState {
         network_id: hex::encode(network_id),

@@ -48,6 +48,9 @@ pub fn peers_table(peers: &[MemberView]) -> String {
             if p.status != Status::Alive {
                 let _ = write!(label, " (offline)");
             }
+            if p.relayed {
+                let _ = write!(label, " (relayed)");
+            }
             label
         })
         .collect();
@@ -558,6 +561,12 @@ pub fn status_block(s: &StatusReport) -> String {
             p.sees, p.of
         );
     }
+    let reach = match (s.reachability.as_str(), s.relays.is_empty()) {
+        ("private", true) => "behind NAT, no relay yet".to_owned(),
+        ("private", false) => format!("behind NAT, relayed via {}", s.relays.join(", ")),
+        (other, _) => other.to_owned(),
+    };
+    let _ = writeln!(out, "reach     {reach}");
     let _ = writeln!(out, "uptime    {}", human_duration(s.uptime_secs));
     let _ = writeln!(out, "listening {}", s.listen_addrs.join(", "));
     let _ = writeln!(
@@ -621,6 +630,7 @@ mod tests {
             priority: 100,
             uptime_secs: None,
             fingerprint: None,
+            relayed: false,
         };
         let table = peers_table(&[
             peer("delta-01", "alive", true),
@@ -759,6 +769,8 @@ mod tests {
             bot: Default::default(),
             secret_epoch: 0,
             fingerprint: None,
+            reachability: "public".into(),
+            relays: vec![],
         };
         let leader = status_block(&report(true));
         assert!(

@@ -84,6 +84,9 @@ pub struct PeerEntry {
     /// The chain of custody of its PQ4 identity (`MemberRecord::key_updates`), hex.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_updates: Vec<constella_behaviours::gossip::KeyUpdateBytes>,
+    /// Its relayed addresses, if it is behind NAT (`MemberRecord::relays`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -227,6 +230,7 @@ impl NetworkState {
             admission: p.admission,
             removed_at: None,
             key_updates: p.key_updates.clone(),
+            relays: p.relays.clone(),
         });
         let departed = self.departed.iter().map(|d| MemberRecord {
             node_id: d.node_id,
@@ -239,6 +243,7 @@ impl NetworkState {
             admission: d.admission,
             removed_at: d.removed_at,
             key_updates: Vec::new(),
+            relays: Vec::new(),
         });
         current.chain(departed).collect()
     }
@@ -296,6 +301,7 @@ impl NetworkState {
                 card: r.card.clone(),
                 admission: r.admission,
                 key_updates: r.key_updates.clone(),
+                relays: r.relays.clone(),
             })
             .collect();
         self.peers.sort_by(|a, b| a.name.cmp(&b.name));

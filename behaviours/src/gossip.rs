@@ -149,7 +149,15 @@ pub struct MemberRecord {
     /// ([`crate::network_keys::custody_holds`]). At most [`MAX_KEY_UPDATES`] kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_updates: Vec<KeyUpdateBytes>,
+    /// A node behind NAT is dialled through these relayed addresses (`…/p2p/<relay>/p2p-circuit`
+    /// multiaddrs, one per public member holding a reservation for it; docs/nat.md). Empty for
+    /// a node reached at its public address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<String>,
 }
+
+/// How many relayed addresses a record keeps: a node reserves on at most two relays.
+pub const MAX_RELAYS: usize = 2;
 
 /// How many key updates a record keeps (the most recent): a member further behind than that
 /// cannot follow the chain and keeps the identity it trusted until the node is invited again.
@@ -437,6 +445,7 @@ mod tests {
             admission: 0,
             removed_at: None,
             key_updates: Vec::new(),
+            relays: Vec::new(),
         };
         let roster = GossipBody::Roster(RosterUpdate {
             from: id,

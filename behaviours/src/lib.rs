@@ -30,6 +30,7 @@ pub mod ids;
 pub mod join;
 pub mod leader;
 pub mod membership;
+pub mod nat;
 pub mod network_keys;
 pub mod node;
 pub mod pq4;
@@ -45,7 +46,10 @@ pub mod table;
 use std::time::Duration;
 
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, identity::Keypair, ping};
+use libp2p::{
+    StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify, identity::Keypair,
+    ping, relay,
+};
 
 pub use secret::{NetworkSecret, SecretError};
 
@@ -140,6 +144,15 @@ pub struct Behaviour {
     pub sync: sync::Behaviour,
     /// The PQ4 messaging service (accounts, bundles, mailboxes; docs/messaging.md).
     pub pq4: pq4::Behaviour,
+    /// Am I reachable? Members dial each other back ([`nat`], docs/nat.md).
+    pub autonat: autonat::Behaviour,
+    /// A public member relays for members behind NAT (members only, within limits).
+    pub relay: relay::Behaviour,
+    /// Behind NAT: reserve a slot on a relay and accept circuits through it; dial relayed
+    /// addresses.
+    pub relay_client: relay::client::Behaviour,
+    /// Upgrades a relayed connection to a direct one by hole punching.
+    pub dcutr: dcutr::Behaviour,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -190,7 +203,15 @@ impl Behaviour {
     /// Builds the behaviour of a member of the network whose tag is `tag`
     /// ([`network_keys::network_tag`]).
     /// `request_timeout` bounds Join exchanges; RPC exchanges are bounded by [`RPC_TIMEOUT`].
-    pub fn new(key: &Keypair, tag: &str, request_timeout: Duration) -> Result<Self, BuildError> {
+    /// `relay_client` is the half of the relay client the transport does not hold (see
+    /// `relay::client::new`); the relay serves `relay_members` only.
+    pub fn new(
+        key: &Keypair,
+        tag: &str,
+        request_timeout: Duration,
+        relay_client: relay::client::Behaviour,
+        relay_members: &nat::RelayMembers,
+    ) -> Result<Self, BuildError> {
         let local = key.public().to_peer_id();
         let identify = identify::Behaviour::new(
             identify::Config::new(
@@ -205,6 +226,9 @@ impl Behaviour {
         )
         .map_err(|error| BuildError::Gossipsub(error.to_owned()))?;
         let kad = dht::Dht::new(local, kad_protocol(tag)?);
+        // Not a relay until AutoNAT has found this node reachable (the daemon enables it then).
+        let mut relay = relay::Behaviour::new(local, nat::relay_config(relay_members));
+        relay.set_status(Some(relay::Status::Disable));
         Ok(Self {
             limits: connection_limits::Behaviour::new(connection_limits()),
             identify,
@@ -220,6 +244,10 @@ impl Behaviour {
             rpc: rpc::behaviour(RPC_TIMEOUT),
             sync: sync::behaviour(RPC_TIMEOUT),
             pq4: pq4::behaviour(RPC_TIMEOUT),
+            autonat: autonat::Behaviour::new(local, nat::autonat_config()),
+            relay,
+            relay_client,
+            dcutr: dcutr::Behaviour::new(local),
         })
     }
 }

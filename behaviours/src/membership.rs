@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
-use crate::gossip::{Goodbye, Heartbeat, KeyUpdateBytes, MAX_KEY_UPDATES, MemberRecord};
+use crate::gossip::{
+    Goodbye, Heartbeat, KeyUpdateBytes, MAX_KEY_UPDATES, MAX_RELAYS, MemberRecord,
+};
 use crate::network_keys::Pq4Card;
 
 /// Heartbeats are published this often (networks of up to 100 members; see `Config::for_size`).
@@ -134,6 +136,10 @@ pub struct MemberView {
     /// Its 60-digit PQ4 fingerprint (12 groups of 5), if its record carries a valid card.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// It is behind NAT and reached through relays (its record carries relayed addresses;
+    /// docs/nat.md). False in answers from nodes without NAT support.
+    #[serde(default)]
+    pub relayed: bool,
 }
 
 impl MemberView {
@@ -453,6 +459,7 @@ impl Membership {
                 leader: *id == leader,
                 uptime_secs: entry.liveness.uptime_secs,
                 fingerprint: entry.cold.fingerprint.clone(),
+                relayed: !entry.record().relays.is_empty(),
             })
             .collect();
         view.sort_by(|a, b| a.name.cmp(&b.name));
@@ -847,6 +854,7 @@ impl Membership {
             admission,
             removed_at: None,
             key_updates: Vec::new(),
+            relays: Vec::new(),
         };
         self.entries
             .insert(id, Entry::new(record.clone(), Liveness::unknown()));
@@ -934,6 +942,23 @@ impl Membership {
         Some(record)
     }
 
+    /// Puts this node's relayed addresses in its own record (at most [`MAX_RELAYS`], sorted);
+    /// returns the new record, or `None` when nothing changed.
+    pub fn set_own_relays(&mut self, relays: &[String]) -> Option<MemberRecord> {
+        let mut relays: Vec<String> = relays.iter().take(MAX_RELAYS).cloned().collect();
+        relays.sort();
+        relays.dedup();
+        let entry = self.entries.get_mut(&self.local)?;
+        if entry.left || entry.record().relays == relays {
+            return None;
+        }
+        let mut record = entry.record().clone();
+        record.relays = relays;
+        record.version += 1;
+        entry.set_record(record.clone());
+        Some(record)
+    }
+
     /// Turns this node's own record into a tombstone, for `leave`.
     pub fn leave(&mut self) -> Option<MemberRecord> {
         let entry = self.entries.get_mut(&self.local)?;
@@ -1006,6 +1031,7 @@ mod tests {
             admission: 0,
             removed_at: None,
             key_updates: Vec::new(),
+            relays: Vec::new(),
         }
     }
 

@@ -511,6 +511,10 @@ pub enum Input<'a> {
     StrangerRefused(PeerId),
     /// The addresses to announce changed (a new listen address).
     Addresses(&'a [String]),
+    /// This node's relayed addresses changed (behind NAT: a relay reservation was accepted or
+    /// lost; empty when reachable directly): put in its own record with a new version if they
+    /// differ, then published and persisted, so every member can dial it through a relay.
+    Relays(&'a [String]),
     /// This node's PQ4 card (at start, and after `rotate-keys`): put in its own record with a
     /// new version if the record does not carry it yet, then published and persisted.
     OwnCard {
@@ -952,17 +956,16 @@ impl Node {
         })
     }
 
-    /// Addresses to dial `peer` at: its recorded public address, then those it announced.
+    /// Addresses to dial `peer` at: its recorded public address, then those it announced,
+    /// then its relayed addresses if it is behind NAT (except through this node itself).
     pub fn addresses_of(&self, peer: &PeerId) -> Vec<String> {
-        let mut addrs: Vec<String> = self
-            .membership
-            .record(peer)
-            .map(|r| r.addr.clone())
-            .into_iter()
-            .collect();
-        for announced in self.membership.announced_addrs(peer) {
-            if !addrs.contains(announced) {
-                addrs.push(announced.clone());
+        let record = self.membership.record(peer);
+        let mut addrs: Vec<String> = record.map(|r| r.addr.clone()).into_iter().collect();
+        let own_relay = format!("/p2p/{}/p2p-circuit", self.local.id);
+        let relays = record.into_iter().flat_map(|r| r.relays.iter());
+        for addr in self.membership.announced_addrs(peer).iter().chain(relays) {
+            if !addr.contains(&own_relay) && !addrs.contains(addr) {
+                addrs.push(addr.clone());
             }
         }
         addrs
@@ -1067,6 +1070,12 @@ impl Node {
                 self.expire_stranger(peer, now + self.config.stranger_grace)
             }
             Input::Addresses(addrs) => self.local.addrs = addrs.to_vec(),
+            Input::Relays(relays) => {
+                if self.membership.set_own_relays(relays).is_some() {
+                    self.publish_roster();
+                    self.persist(None);
+                }
+            }
             Input::Remove { peer, unix_now } => self.remove(peer, unix_now, now),
             Input::Rotated {
                 rotation,
@@ -2481,6 +2490,7 @@ mod tests {
             admission: 0,
             removed_at: None,
             key_updates: Vec::new(),
+            relays: Vec::new(),
         }
     }
 
@@ -4136,5 +4146,57 @@ mod tests {
         // A stranger's gossip pulls nothing.
         let out = f.handle(1.0, Input::NewerEpoch(PeerId::random()));
         assert!(!out.iter().any(|o| matches!(o, Output::Sync { .. })));
+    }
+
+    #[test]
+    fn relayed_addresses_travel_in_the_record_and_are_dialled() {
+        let mut f = Fixture::new(10, &[]);
+        f.join_b_and_c(0.0);
+        let via = |relay: PeerId, node: PeerId| {
+            format!("/ip4/10.0.0.9/tcp/4747/p2p/{relay}/p2p-circuit/p2p/{node}")
+        };
+        // This node is behind NAT: its relayed addresses go in its record, with a new version,
+        // published and persisted.
+        let relays = vec![via(f.b, f.a)];
+        let out = f.handle(1.0, Input::Relays(&relays));
+        let own = f.node.membership().record(&f.a).cloned().unwrap();
+        assert_eq!((own.relays.clone(), own.version), (relays.clone(), 2));
+        let published = publishes(&out)
+            .iter()
+            .any(|body| matches!(body, GossipBody::Roster(r) if r.records.contains(&own)));
+        assert!(published, "{out:?}");
+        assert!(
+            out.iter().any(|o| matches!(o, Output::Persist(..))),
+            "{out:?}"
+        );
+        assert!(f.node.view().iter().any(|m| m.node_id == f.a && m.relayed));
+        // The same addresses again change nothing.
+        let out = f.handle(1.5, Input::Relays(&relays));
+        assert!(publishes(&out).is_empty(), "{out:?}");
+
+        // A member's relayed addresses are dialled, except those through this node.
+        let mut c = record(f.c, "c", 30);
+        c.version = 2;
+        c.relays = vec![via(f.b, f.c), via(f.a, f.c)];
+        let roster = GossipBody::Roster(RosterUpdate {
+            from: f.c,
+            records: vec![c],
+        });
+        f.handle(
+            2.0,
+            Input::Gossip {
+                signer: Some(f.c),
+                body: &roster,
+            },
+        );
+        let addrs = f.node.addresses_of(&f.c);
+        assert!(addrs.contains(&via(f.b, f.c)), "{addrs:?}");
+        assert!(!addrs.contains(&via(f.a, f.c)), "{addrs:?}");
+        assert!(f.node.view().iter().any(|m| m.node_id == f.c && m.relayed));
+
+        // Reachable again: the record drops them.
+        f.handle(3.0, Input::Relays(&[]));
+        let own = f.node.membership().record(&f.a).cloned().unwrap();
+        assert!(own.relays.is_empty() && own.version == 3, "{own:?}");
     }
 }

@@ -755,6 +755,7 @@ fn record(id: PeerId, name: &str, index: usize) -> MemberRecord {
         admission: 0,
         removed_at: None,
         key_updates: Vec::new(),
+        relays: Vec::new(),
     }
 }
 

@@ -1128,6 +1128,7 @@ mod tests {
             priority: 100,
             uptime_secs: None,
             fingerprint: None,
+            relayed: false,
         };
         let (a, b) = (libp2p::PeerId::random(), libp2p::PeerId::random());
         let peers = [peer("a", a), peer("b", b)];

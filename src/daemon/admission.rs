@@ -264,6 +264,7 @@ mod tests {
             admission: 0,
             removed_at: None,
             key_updates: Vec::new(),
+            relays: Vec::new(),
         }
     }
 

@@ -22,13 +22,15 @@ impl EventLoop {
             Command::Status(reply) => {
                 let listeners = self.swarm.listeners().map(ToString::to_string).collect();
                 let connected = self.swarm.connected_peers().count();
-                let report = report::status(
+                let mut report = report::status(
                     &self.core,
                     &self.state,
                     self.started,
                     (listeners, connected),
                     &self.signals.bot.snapshot(),
                 );
+                report.reachability = self.nat.reachability().to_owned();
+                report.relays = self.nat.relay_names(&self.core);
                 drop(reply.send(report));
             }
             Command::Peers(reply) => drop(reply.send(self.core.view())),

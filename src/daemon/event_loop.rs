@@ -16,6 +16,7 @@ use std::time::Instant;
 use anyhow::Result;
 use constella_behaviours::gossip::GossipBody;
 use constella_behaviours::membership::Change;
+use constella_behaviours::nat::RelayMembers;
 use constella_behaviours::network_keys::GossipKey;
 use constella_behaviours::node::{Ack, Input, Node, Output, Snapshot};
 use constella_behaviours::{Behaviour, BehaviourEvent};
@@ -32,6 +33,7 @@ use super::admission::Admissions;
 use super::chat::ChatLink;
 use super::gossip_io::GossipIo;
 use super::kad_filter::KadFilter;
+use super::nat::Nat;
 use super::replies::Replies;
 use super::rpc::Rpc;
 use super::signals::Signals;
@@ -66,6 +68,8 @@ pub(super) struct EventLoop {
     pub(super) replies: Replies,
     /// The PQ4 messaging service's requests and answers (see [`super::chat`]).
     chat: ChatLink,
+    /// AutoNAT, relays and hole punching (see [`super::nat`]).
+    pub(super) nat: Nat,
 }
 
 impl EventLoop {
@@ -76,7 +80,7 @@ impl EventLoop {
         state: NetworkState,
         keys: Keys,
         (rpc, chat): (Rpc, ChatLink),
-        signals: Signals,
+        (signals, relay_members): (Signals, RelayMembers),
     ) -> Result<Self> {
         let started = swarm_setup::start(&mut swarm, &state, &keys)?;
         let local_id = *swarm.local_peer_id();
@@ -86,6 +90,7 @@ impl EventLoop {
         let config = super::node_keys::core_config()?;
         let core = Node::new(config, local, restored, now, rand::random());
         let kad = KadFilter::new(&mut swarm, &core, started.kad_protocol);
+        let nat = Nat::new(relay_members, &core);
         let gossip_key = GossipKey::derive(&keys.secret, state.secret_epoch);
         info!(
             name = %state.node.name,
@@ -113,6 +118,7 @@ impl EventLoop {
             admissions: Admissions::default(),
             replies: Replies::default(),
             chat,
+            nat,
         })
     }
 
@@ -151,6 +157,7 @@ impl EventLoop {
                 Some(action) = self.chat.next_action() => {
                     self.chat.on_action(&mut self.swarm, &self.core, action);
                 }
+                () = self.nat.tick() => self.nat_tick(),
                 () = &mut shutdown, if !signalled => {
                     signalled = true;
                     self.feed(Input::Stop);
@@ -212,6 +219,11 @@ impl EventLoop {
                 let opts = DialOpts::peer_id(peer)
                     .addresses(dial_addresses(&addrs))
                     .condition(PeerCondition::DisconnectedAndNotDialing)
+                    // Not from the listening port: a public member dialling a NAT-ed one's
+                    // recorded address while it dials back from that port (the NAT keeping
+                    // the port) would meet in a TCP simultaneous open, where both sides
+                    // start the Noise handshake as initiator and it fails (docs/nat.md).
+                    .allocate_new_port()
                     .build();
                 if let Err(error) = self.swarm.dial(opts) {
                     debug!(%peer, %error, "dial not started");
@@ -230,6 +242,7 @@ impl EventLoop {
                 log_outputs::membership(&self.core, &change);
                 self.publish_members();
                 self.chat.membership_changed();
+                self.nat.members_changed(&self.core);
                 if let Change::Joined(id) = change {
                     self.kad.member_joined(&mut self.swarm, &self.core, &id);
                 }
@@ -286,6 +299,14 @@ impl EventLoop {
         });
     }
 
+    /// Hands the core the addresses to announce: the public one, then every listen address.
+    pub(super) fn announce_addresses(&mut self) {
+        let mut addrs: Vec<String> = vec![self.public_addr.to_string()];
+        addrs.extend(self.swarm.listeners().map(ToString::to_string));
+        addrs.dedup();
+        self.feed(Input::Addresses(&addrs));
+    }
+
     /// Lays the core's snapshot over the rest of the state and queues the write.
     pub(super) fn persist(&mut self, snapshot: Snapshot, ack: Option<Ack>) {
         self.store.save(self.state.with_snapshot(snapshot), ack);
@@ -299,13 +320,11 @@ impl EventLoop {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         self.signals.record_libp2p(&event);
+        self.nat_observe(&event);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");
-                let mut addrs: Vec<String> = vec![self.public_addr.to_string()];
-                addrs.extend(self.swarm.listeners().map(ToString::to_string));
-                addrs.dedup();
-                self.feed(Input::Addresses(&addrs));
+                self.announce_addresses();
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
@@ -383,6 +402,10 @@ impl EventLoop {
                 self.feed(Input::PingFailed(peer));
             }
             BehaviourEvent::Pq4(event) => self.chat.on_event(&self.core, event),
+            BehaviourEvent::Autonat(event) => self.on_autonat(event),
+            BehaviourEvent::Relay(event) => self.on_relay(event),
+            BehaviourEvent::RelayClient(event) => self.on_relay_client(event),
+            BehaviourEvent::Dcutr(event) => self.on_dcutr(event),
             BehaviourEvent::Kad(kad::Event::InboundRequest {
                 request:
                     kad::InboundRequest::PutRecord {

@@ -14,6 +14,7 @@ mod gossip_io;
 mod kad_filter;
 mod log_limit;
 mod log_outputs;
+mod nat;
 pub mod node_keys;
 mod replies;
 pub mod report;
@@ -354,7 +355,17 @@ pub fn start(
     let key_updates = state_dir.pq4_custody(pq4.identity_public())?;
     let node_key = key.clone();
     let keys_dir = state_dir.clone();
-    let swarm = build_swarm(key, |key| Ok(Behaviour::new(key, &tag, REQUEST_TIMEOUT)?))?;
+    let relay_members = constella_behaviours::nat::RelayMembers::default();
+    let swarm = swarm_setup::build_node_swarm(key, |key, relay_client| {
+        let members = &relay_members;
+        Ok(Behaviour::new(
+            key,
+            &tag,
+            REQUEST_TIMEOUT,
+            relay_client,
+            members,
+        )?)
+    })?;
     let (chat, chat_service) = chat::open(state_dir.path(), *swarm.local_peer_id())?;
     if let Some(audit) = signals.audit.clone() {
         chat_service.set_audit(audit);
@@ -393,7 +404,7 @@ pub fn start(
             dir: keys_dir,
         },
         (rpc, chat),
-        signals,
+        (signals, relay_members),
     )?;
     let client = Client {
         commands: commands_tx,

@@ -111,6 +111,7 @@ mod tests {
             admission: 0,
             removed_at: None,
             key_updates: chain.to_vec(),
+            relays: Vec::new(),
         }
     }
 

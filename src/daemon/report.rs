@@ -61,6 +61,17 @@ pub struct StatusReport {
     /// This node's 60-digit PQ4 fingerprint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// `"public"` (reached at its address; also before AutoNAT has answered) or `"private"`
+    /// (behind NAT: reached through relays; docs/nat.md).
+    #[serde(default = "public")]
+    pub reachability: String,
+    /// Behind NAT: the names of the members relaying for it (accepted reservations).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<String>,
+}
+
+fn public() -> String {
+    "public".to_owned()
 }
 
 /// How much of the network a partitioned node sees.
@@ -154,5 +165,7 @@ pub(super) fn status(
             .iter()
             .find(|m| m.node_id == core.local().id)
             .and_then(|m| m.fingerprint.clone()),
+        reachability: public(),
+        relays: Vec::new(),
     }
 }

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use constella_behaviours::{Behaviour, CONNECT_TIMEOUT, gossip_topic, kad_protocol};
+use libp2p::core::transport::OptionalTransport;
 use libp2p::gossipsub::IdentTopic;
 use libp2p::multiaddr::Protocol;
-use libp2p::{Multiaddr, StreamProtocol, Swarm, SwarmBuilder, noise, tcp, yamux};
+use libp2p::{Multiaddr, StreamProtocol, Swarm, SwarmBuilder, noise, relay, tcp, yamux};
 
 use super::Keys;
 use crate::state::NetworkState;
@@ -21,14 +22,37 @@ pub fn build_swarm<B: libp2p::swarm::NetworkBehaviour>(
     key: libp2p::identity::Keypair,
     behaviour: impl FnOnce(&libp2p::identity::Keypair) -> Result<B>,
 ) -> Result<Swarm<B>> {
+    build(key, None, behaviour)
+}
+
+/// Builds a node's Swarm: [`build_swarm`]'s transport plus circuit relay (dialling and
+/// listening through relays, docs/nat.md); `behaviour` gets the relay client's behaviour half.
+pub fn build_node_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    key: libp2p::identity::Keypair,
+    behaviour: impl FnOnce(&libp2p::identity::Keypair, relay::client::Behaviour) -> Result<B>,
+) -> Result<Swarm<B>> {
+    let (transport, client) = relay::client::new(key.public().to_peer_id());
+    build(key, Some(transport), |key| behaviour(key, client))
+}
+
+fn build<B: libp2p::swarm::NetworkBehaviour>(
+    key: libp2p::identity::Keypair,
+    relay: Option<relay::client::Transport>,
+    behaviour: impl FnOnce(&libp2p::identity::Keypair) -> Result<B>,
+) -> Result<Swarm<B>> {
     let mut failure = None;
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(|key| {
             use libp2p::Transport as _;
             let noise = noise::Config::new(key)?;
+            let relay = match relay {
+                Some(relay) => OptionalTransport::some(relay),
+                None => OptionalTransport::none(),
+            };
             let transport: Result<_, Box<dyn std::error::Error + Send + Sync>> = Ok(
                 tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .or_transport(relay)
                     .upgrade(libp2p::core::upgrade::Version::V1Lazy)
                     .authenticate(noise)
                     .multiplex(yamux::Config::default())

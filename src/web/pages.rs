@@ -560,6 +560,7 @@ mod tests {
             priority: 100,
             uptime_secs: None,
             fingerprint: None,
+            relayed: false,
         }
     }
 

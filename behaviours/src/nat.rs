@@ -1,0 +1,133 @@
+//! Nodes behind NAT, with libp2p's own protocols (docs/nat.md):
+//!
+//! - AutoNAT (v1) on every node: members dial each other back to tell whether a node is
+//!   reachable at the addresses it listens on ([`autonat_config`]).
+//! - Circuit Relay v2: a public member serves as a relay for members only, with limits on
+//!   reservations, circuits and bytes ([`relay_config`], gated by [`RelayMembers`]); a node
+//!   behind NAT reserves a slot on up to [`crate::gossip::MAX_RELAYS`] of them and puts the
+//!   relayed addresses in its member record.
+//! - DCUtR: a relayed connection is upgraded to a direct one by hole punching when both NATs
+//!   allow it.
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use libp2p::{PeerId, autonat, relay};
+
+/// Reservations one relay holds in all (one per member behind NAT).
+pub const MAX_RESERVATIONS: usize = 128;
+/// Circuits one relay carries at once: each pair of members that reach each other through it
+/// holds one or two (one per direction that dialled).
+pub const MAX_CIRCUITS: usize = 256;
+/// Circuits one source member opens through one relay at once.
+pub const MAX_CIRCUITS_PER_PEER: usize = 32;
+/// A circuit is closed after this long; the members redial at once (through the relay again,
+/// or directly after a hole punch). Members' connections are long-lived, unlike libp2p's
+/// default of 2 minutes for strangers.
+pub const MAX_CIRCUIT_DURATION: Duration = Duration::from_secs(60 * 60);
+/// Bytes one circuit may carry (both ways together) before the relay closes it. An idle
+/// member's heartbeats, pings and roster exchanges are well under 1 MiB an hour.
+pub const MAX_CIRCUIT_BYTES: u64 = 64 << 20;
+/// How long a reservation lasts before the client renews it.
+pub const RESERVATION_DURATION: Duration = Duration::from_secs(60 * 60);
+
+/// The members a relay serves: reservations and circuits from anyone else are refused. Shared
+/// between the relay (which reads it on every request) and the daemon (which writes it when
+/// the member list changes).
+#[derive(Debug, Clone, Default)]
+pub struct RelayMembers(Arc<RwLock<HashSet<PeerId>>>);
+
+impl RelayMembers {
+    /// Replaces the members served.
+    pub fn set(&self, members: impl IntoIterator<Item = PeerId>) {
+        let members: HashSet<PeerId> = members.into_iter().collect();
+        match self.0.write() {
+            Ok(mut guard) => *guard = members,
+            Err(poisoned) => *poisoned.into_inner() = members,
+        }
+    }
+
+    /// Whether `peer` is a member (and so may use this relay).
+    pub fn allows(&self, peer: &PeerId) -> bool {
+        match self.0.read() {
+            Ok(guard) => guard.contains(peer),
+            Err(poisoned) => poisoned.into_inner().contains(peer),
+        }
+    }
+}
+
+/// The relay server's limits ([`MAX_RESERVATIONS`] …), serving `members` only. libp2p's own
+/// rate limits (reservations and circuits per peer and per IP) stay behind the members gate, so
+/// a stranger's refused attempts cost a member nothing.
+pub fn relay_config(members: &RelayMembers) -> relay::Config {
+    let gate = |members: &RelayMembers| {
+        let members = members.clone();
+        Box::new(
+            move |peer: PeerId, _: &libp2p::Multiaddr, _: std::time::Instant| members.allows(&peer),
+        ) as Box<dyn relay::RateLimiter>
+    };
+    let per_minute = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+    relay::Config {
+        max_reservations: MAX_RESERVATIONS,
+        max_reservations_per_peer: 4,
+        reservation_duration: RESERVATION_DURATION,
+        reservation_rate_limiters: vec![gate(members)],
+        max_circuits: MAX_CIRCUITS,
+        max_circuits_per_peer: MAX_CIRCUITS_PER_PEER,
+        max_circuit_duration: MAX_CIRCUIT_DURATION,
+        max_circuit_bytes: MAX_CIRCUIT_BYTES,
+        circuit_src_rate_limiters: vec![gate(members)],
+    }
+    // A burst of 30, then one a second: a member that lost its relay and redials every peer
+    // gets through; a member in a loop does not fill the relay.
+    .reservation_rate_per_peer(per_minute(30), Duration::from_secs(1))
+    .circuit_src_per_peer(per_minute(120), Duration::from_secs(1))
+}
+
+/// AutoNAT (v1) tuned for a small network of members: the first probe two seconds after the
+/// start, a retry every five seconds until one answer settles it, then a refresh every five
+/// minutes. Private addresses count (a LAN or a test bed is a network too); a node asks any
+/// connected peer it reached directly.
+pub fn autonat_config() -> autonat::Config {
+    autonat::Config {
+        timeout: Duration::from_secs(10),
+        boot_delay: Duration::from_secs(2),
+        retry_interval: Duration::from_secs(5),
+        refresh_interval: Duration::from_secs(5 * 60),
+        throttle_server_period: Duration::from_secs(3),
+        use_connected: true,
+        confidence_max: 1,
+        max_peer_addresses: 8,
+        throttle_clients_global_max: 16,
+        throttle_clients_peer_max: 2,
+        throttle_clients_period: Duration::from_secs(1),
+        only_global_ips: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_members_pass_the_relay_gate() {
+        let members = RelayMembers::default();
+        let (member, stranger) = (PeerId::random(), PeerId::random());
+        members.set([member]);
+        assert!(members.allows(&member));
+        assert!(!members.allows(&stranger));
+        let mut config = relay_config(&members);
+        let addr: libp2p::Multiaddr = "/ip4/192.0.2.1/tcp/1".parse().unwrap();
+        let now = std::time::Instant::now();
+        let gate = &mut config.reservation_rate_limiters[0];
+        assert!(gate.try_next(member, &addr, now));
+        assert!(!gate.try_next(stranger, &addr, now));
+        members.set([]);
+        assert!(
+            !gate.try_next(member, &addr, now),
+            "a removed member is refused"
+        );
+    }
+}
