@@ -57,7 +57,7 @@ pub(super) struct EventLoop {
     pub(super) gossip: GossipIo,
     kad: KadFilter,
     /// The address other nodes dial, announced first in heartbeats.
-    public_addr: Multiaddr,
+    pub(super) public_addr: Multiaddr,
     pub(super) signals: Signals,
     pub(super) rpc: Rpc,
     pub(super) started: Instant,
@@ -279,32 +279,6 @@ impl EventLoop {
             Output::Exit => self.exit = true,
             Output::WakeAt(at) => self.wake = at,
         }
-    }
-
-    /// Puts the member list in its watch (the web panel's live list) when what a list shows
-    /// changed: a name, a status or the leader. Called on the outputs that can change it, not
-    /// per heartbeat; several in one batch cost one comparison each.
-    fn publish_members(&mut self) {
-        let view = self.core.view();
-        self.signals.members.send_if_modified(|shown| {
-            let same = shown.len() == view.len()
-                && shown
-                    .iter()
-                    .zip(&view)
-                    .all(|(a, b)| a.name == b.name && a.status == b.status && a.leader == b.leader);
-            if !same {
-                *shown = view;
-            }
-            !same
-        });
-    }
-
-    /// Hands the core the addresses to announce: the public one, then every listen address.
-    pub(super) fn announce_addresses(&mut self) {
-        let mut addrs: Vec<String> = vec![self.public_addr.to_string()];
-        addrs.extend(self.swarm.listeners().map(ToString::to_string));
-        addrs.dedup();
-        self.feed(Input::Addresses(&addrs));
     }
 
     /// Lays the core's snapshot over the rest of the state and queues the write.

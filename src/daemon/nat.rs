@@ -160,6 +160,14 @@ impl Nat {
 }
 
 impl EventLoop {
+    /// Hands the core the addresses to announce: the public one, then every listen address.
+    pub(super) fn announce_addresses(&mut self) {
+        let mut addrs: Vec<String> = vec![self.public_addr.to_string()];
+        addrs.extend(self.swarm.listeners().map(ToString::to_string));
+        addrs.dedup();
+        self.feed(Input::Addresses(&addrs));
+    }
+
     /// Looks at every Swarm event before the loop handles it.
     pub(super) fn nat_observe(&mut self, event: &SwarmEvent<BehaviourEvent>) {
         match event {

@@ -199,3 +199,23 @@ impl Signals {
         )
     }
 }
+
+impl super::event_loop::EventLoop {
+    /// Puts the member list in its watch (the web panel's live list) when what a list shows
+    /// changed: a name, a status or the leader. Called on the outputs that can change it, not
+    /// per heartbeat; several in one batch cost one comparison each.
+    pub(super) fn publish_members(&mut self) {
+        let view = self.core.view();
+        self.signals.members.send_if_modified(|shown| {
+            let same = shown.len() == view.len()
+                && shown
+                    .iter()
+                    .zip(&view)
+                    .all(|(a, b)| a.name == b.name && a.status == b.status && a.leader == b.leader);
+            if !same {
+                *shown = view;
+            }
+            !same
+        });
+    }
+}
