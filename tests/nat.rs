@@ -274,7 +274,7 @@ fn stats_of(from: &Node, target: &str) -> Option<serde_json::Value> {
 fn offline_marks(node: &Node) -> usize {
     node.log_text()
         .lines()
-        .filter(|l| l.contains("member offline") && !l.contains("node=charlie"))
+        .filter(|l| l.contains("member offline") && !l.contains("member=charlie"))
         .count()
 }
 
