@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::chat::three_nodes;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
@@ -15,17 +17,6 @@ use serde_json::Value;
 // Generous: the tests of this file run in parallel, each with its own 3-4 nodes and Argon2id
 // (64 MiB) per command, on a small shared machine.
 const AGREE: Duration = Duration::from_secs(60);
-
-fn three_nodes() -> Cluster {
-    let cluster = Cluster::start(
-        &["alpha", "bravo", "charlie"],
-        &[100, 100, 100],
-        Some(keys_by_peer_id(3)),
-    );
-    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
-    agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE);
-    cluster
-}
 
 /// `constella chat ARGS --home HOME --password-stdin` on `node` with the password on stdin.
 fn chat(node: &Node, home: &Path, password: &str, args: &[&str]) -> Output {

@@ -3,7 +3,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::chat::{device_home, three_nodes};
+
+use std::path::Path;
 use std::time::Duration;
 
 use common::chat::{PASSWORD, chat_env, chat_ok, read_json, read_until, register};
@@ -11,21 +13,6 @@ use common::{Cluster, Node, agreed_leader, keys_by_peer_id, output_text};
 use serde_json::Value;
 
 const AGREE: Duration = Duration::from_secs(60);
-
-fn three_nodes() -> Cluster {
-    let cluster = Cluster::start(
-        &["alpha", "bravo", "charlie"],
-        &[100, 100, 100],
-        Some(keys_by_peer_id(3)),
-    );
-    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
-    agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE);
-    cluster
-}
-
-fn home(cluster: &Cluster, name: &str) -> PathBuf {
-    cluster.root.path().join(format!("{name}-device"))
-}
 
 /// `chat devices --json`.
 fn devices(node: &Node, home: &Path) -> Vec<Value> {
@@ -60,9 +47,9 @@ fn two_devices_get_messages_a_revoked_one_gets_nothing_more_and_the_last_one_sta
         cluster.node("charlie"),
     );
     let (alice, bob, laptop) = (
-        home(&cluster, "alice"),
-        home(&cluster, "bob"),
-        home(&cluster, "bob-laptop"),
+        device_home(&cluster, "alice"),
+        device_home(&cluster, "bob"),
+        device_home(&cluster, "bob-laptop"),
     );
     register(n1, &alice, "alice");
     register(n2, &bob, "bob");
@@ -156,7 +143,7 @@ fn two_devices_get_messages_a_revoked_one_gets_nothing_more_and_the_last_one_sta
     assert!(said.contains("DeviceNotFound"), "{said}");
 
     // A third device logging in is reported to the phone at its next read.
-    let tablet = home(&cluster, "bob-tablet");
+    let tablet = device_home(&cluster, "bob-tablet");
     chat_ok(
         n1,
         &tablet,
@@ -220,10 +207,10 @@ fn a_key_update_reaches_contacts_sessions_continue_and_two_devices_updating_at_o
         cluster.node("charlie"),
     );
     let (alice, bob, laptop, erin) = (
-        home(&cluster, "alice"),
-        home(&cluster, "bob"),
-        home(&cluster, "bob-laptop"),
-        home(&cluster, "erin"),
+        device_home(&cluster, "alice"),
+        device_home(&cluster, "bob"),
+        device_home(&cluster, "bob-laptop"),
+        device_home(&cluster, "erin"),
     );
     register(n1, &alice, "alice");
     register(n2, &bob, "bob");
@@ -389,9 +376,9 @@ fn a_user_who_lost_every_device_recovers_with_the_code_and_wrong_codes_are_locke
         cluster.node("charlie"),
     );
     let (alice, bob, bob_new) = (
-        home(&cluster, "alice"),
-        home(&cluster, "bob"),
-        home(&cluster, "bob-new"),
+        device_home(&cluster, "alice"),
+        device_home(&cluster, "bob"),
+        device_home(&cluster, "bob-new"),
     );
     register(n1, &alice, "alice");
     // bob keeps the recovery code his registration showed once.

@@ -3,7 +3,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::chat::{device_home, three_nodes};
+
+use std::path::Path;
 use std::time::Duration;
 
 use common::chat::{PASSWORD, chat_env, chat_ok, raw_send, read_json, read_until, register};
@@ -11,21 +13,6 @@ use common::{Cluster, Node, agreed_leader, keys_by_peer_id, output_text};
 use serde_json::Value;
 
 const AGREE: Duration = Duration::from_secs(60);
-
-fn three_nodes() -> Cluster {
-    let cluster = Cluster::start(
-        &["alpha", "bravo", "charlie"],
-        &[100, 100, 100],
-        Some(keys_by_peer_id(3)),
-    );
-    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
-    agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE);
-    cluster
-}
-
-fn home(cluster: &Cluster, name: &str) -> PathBuf {
-    cluster.root.path().join(format!("{name}-device"))
-}
 
 /// `group members NAME --json` on a device.
 fn members(node: &Node, home: &Path, group: &str) -> Value {
@@ -69,7 +56,7 @@ fn a_group_across_three_nodes_adds_removes_refuses_a_forged_removal_and_loses_a_
         cluster.node("charlie"),
     );
     let [alice, bob, carol, dave, erin] =
-        ["alice", "bob", "carol", "dave", "erin"].map(|n| home(&cluster, n));
+        ["alice", "bob", "carol", "dave", "erin"].map(|n| device_home(&cluster, n));
     register(n1, &alice, "alice");
     register(n2, &bob, "bob");
     register(n3, &carol, "carol");
@@ -272,7 +259,7 @@ fn the_key_rotates_after_100_messages_and_two_concurrent_rotations_end_on_one_ke
         cluster.node("bravo"),
         cluster.node("charlie"),
     );
-    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|n| home(&cluster, n));
+    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|n| device_home(&cluster, n));
     register(n1, &alice, "alice");
     register(n2, &bob, "bob");
     register(n3, &carol, "carol");
@@ -393,7 +380,7 @@ fn the_key_rotates_after_100_messages_and_two_concurrent_rotations_end_on_one_ke
 fn fingerprints_match_a_changed_verified_key_stops_sending_and_groups_work_via_a_member() {
     let cluster = three_nodes();
     let (n1, n2) = (cluster.node("alpha"), cluster.node("bravo"));
-    let [alice, bob] = ["alice", "bob"].map(|n| home(&cluster, n));
+    let [alice, bob] = ["alice", "bob"].map(|n| device_home(&cluster, n));
     register(n1, &alice, "alice");
     register(n2, &bob, "bob");
     let a = chat_ok(n1, &alice, &["fingerprint", "@bob"]);
@@ -442,7 +429,7 @@ fn fingerprints_match_a_changed_verified_key_stops_sending_and_groups_work_via_a
     // joins, rotates (her record is stored through charlie) and writes; bob reads it.
     let n3 = cluster.node("charlie");
     let via = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", n3.port, n3.node_id());
-    let lena = home(&cluster, "lena");
+    let lena = device_home(&cluster, "lena");
     let code = n3.ok(&["chat", "invite"]).trim().to_owned();
     chat_ok(
         n1,
@@ -530,7 +517,7 @@ fn a_group_record_moves_to_new_holders_when_its_holders_die() {
         .iter()
         .map(|n| n.node_id().parse().unwrap())
         .collect();
-    let [alice, bob] = ["alice", "bob"].map(|n| home(&cluster, n));
+    let [alice, bob] = ["alice", "bob"].map(|n| device_home(&cluster, n));
     register(cluster.node("alpha"), &alice, "alice");
     register(cluster.node("alpha"), &bob, "bob");
     chat_ok(

@@ -2,14 +2,14 @@
 //! password on stdin, register an account with a fresh invite, read the mailbox as JSON, and
 //! queue raw bytes in a mailbox straight through a node's `pq4.sock`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
 use ciborium::Value as Cbor;
 use serde_json::Value;
 
-use super::{Node, output_text, wait_for};
+use super::{Cluster, Node, agreed_leader, keys_by_peer_id, output_text, wait_for};
 
 pub const PASSWORD: &str = "correct horse battery";
 
@@ -119,4 +119,25 @@ pub fn raw_send(node: &Node, from: &str, to: &str, envelope: &[u8]) -> String {
         Cbor::Map(m) => m[0].0.as_text().unwrap().to_owned(),
         other => panic!("unexpected answer {other:?}"),
     }
+}
+
+/// Three nodes (alpha, bravo, charlie, equal priority) that agree on one leader.
+pub fn three_nodes() -> Cluster {
+    let cluster = Cluster::start(
+        &["alpha", "bravo", "charlie"],
+        &[100, 100, 100],
+        Some(keys_by_peer_id(3)),
+    );
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    agreed_leader(
+        &nodes,
+        &["alpha", "bravo", "charlie"],
+        Duration::from_secs(60),
+    );
+    cluster
+}
+
+/// The state directory of `name`'s chat device in the cluster's directory.
+pub fn device_home(cluster: &Cluster, name: &str) -> PathBuf {
+    cluster.root.path().join(format!("{name}-device"))
 }
