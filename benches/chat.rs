@@ -3,7 +3,8 @@
 //! - message latency alice (through node 1) → bob (through node 2), both online: alice in
 //!   `chat open @bob`, bob in `chat read --follow --json` (a mailbox wait held open by node 2
 //!   and answered when a holder stores the message), from the line written to alice's stdin
-//!   to the line printed by bob's client; p50/p99;
+//!   to the line printed by bob's client; p50/p99; the same for bob's second device, a client
+//!   with no node following `--via` node 3 over libp2p;
 //! - throughput of one sender (lines written at once to `chat open`, until bob saw all);
 //! - bytes on disk per queued message (growth of every holder's `pq4.redb` while bob is away).
 //!
@@ -138,49 +139,47 @@ fn main() {
         ms(login[4])
     );
 
-    // Latency: both online.
+    // Latency: both online. Bob follows on two devices: one through node 2's socket, and a
+    // laptop with no node through charlie over libp2p (`--via`; its wait is held at most 3 s
+    // and the member cuts a non-member's connection about every 12 s, then it logs in again).
     let (alice, bob) = (root.join("alice-device"), root.join("bob-device"));
+    let n3 = cluster.node("charlie");
+    let via = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", n3.port, n3.node_id());
+    let laptop = root.join("bob-laptop");
+    chat(n3, &laptop, &["--via", &via, "login", "--username", "bob"]);
     let mut reader = spawn_chat(n2, &bob, &["read", "--follow", "--json"]);
-    let (seen_tx, seen_rx) = mpsc::channel::<(String, Instant)>();
-    let stdout = reader.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            let text = value["text"].as_str().unwrap_or_default().to_owned();
-            if seen_tx.send((text, Instant::now())).is_err() {
-                break;
-            }
-        }
-    });
+    let local = printed(&mut reader);
+    let mut remote_reader = spawn_chat(n3, &laptop, &["--via", &via, "read", "--follow", "--json"]);
+    let remote = printed(&mut remote_reader);
     let mut sender = spawn_chat(n1, &alice, &["open", "@bob"]);
     let input = sender.stdin.as_mut().unwrap();
-    let wait = |text: &str| loop {
-        let (got, at) = seen_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("message within 30 s");
-        if got == text {
-            return at;
-        }
-    };
     writeln!(input, "warm-up").unwrap();
-    wait("warm-up");
-    let mut latency: Vec<Duration> = (0..messages)
-        .map(|i| {
-            let text = format!("latency {i}");
-            let sent = Instant::now();
-            writeln!(input, "{text}").unwrap();
-            wait(&text) - sent
-        })
-        .collect();
+    seen(&local, "warm-up");
+    seen(&remote, "warm-up");
+    let mut latency = Vec::new();
+    let mut latency_via = Vec::new();
+    for i in 0..messages {
+        let text = format!("latency {i}");
+        let sent = Instant::now();
+        writeln!(input, "{text}").unwrap();
+        latency.push(seen(&local, &text) - sent);
+        latency_via.push(seen(&remote, &text) - sent);
+    }
     latency.sort();
+    latency_via.sort();
     println!(
         "latency alice(node 1) -> bob(node 2), both online, pushed to bob's held-open wait: p50 {:.0} ms, p99 {:.0} ms ({messages} messages)",
         ms(percentile(&latency, 0.5)),
         ms(percentile(&latency, 0.99))
     );
+    println!(
+        "latency alice(node 1) -> bob's second device --via node 3 (libp2p client), same messages: p50 {:.0} ms, p99 {:.0} ms",
+        ms(percentile(&latency_via, 0.5)),
+        ms(percentile(&latency_via, 0.99))
+    );
+    let _ = remote_reader.kill();
+    let _ = remote_reader.wait();
+    let wait = |text: &str| seen(&local, text);
 
     // Throughput of one sender.
     let burst = messages * 2;
@@ -221,6 +220,37 @@ fn main() {
         per.join(", "),
         took.as_secs_f64()
     );
+}
+
+/// The texts a `read --follow --json` child prints, each with when it was printed.
+fn printed(child: &mut Child) -> mpsc::Receiver<(String, Instant)> {
+    let (seen_tx, seen_rx) = mpsc::channel::<(String, Instant)>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let text = value["text"].as_str().unwrap_or_default().to_owned();
+            if seen_tx.send((text, Instant::now())).is_err() {
+                break;
+            }
+        }
+    });
+    seen_rx
+}
+
+/// When `text` was printed (earlier lines are skipped).
+fn seen(lines: &mpsc::Receiver<(String, Instant)>, text: &str) -> Instant {
+    loop {
+        let (got, at) = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("message within 30 s");
+        if got == text {
+            return at;
+        }
+    }
 }
 
 /// The size of a chat envelope with a 26-byte text and no handshake (113 B identity, header,

@@ -10,7 +10,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use ciborium::Value as Cbor;
-use common::chat::{PASSWORD, chat_env, chat_ok, register};
+use common::chat::{Follower, PASSWORD, chat_env, chat_ok, register};
 use common::{Cluster, Node, agreed_leader, keys_by_peer_id, output_text, wait_for};
 use serde_json::Value;
 
@@ -574,46 +574,13 @@ fn a_client_outside_the_network_chats_via_a_member() {
     assert_eq!(got[0]["from"], "bob");
     // `read --follow` over --via outlives the member's cut of non-member connections
     // (about 12 s): the client dials again, logs in again and goes on.
-    let mut follow = std::process::Command::new(common::BIN)
-        .arg("--state-dir")
-        .arg(&n1.dir)
-        .args([
-            "chat",
-            "--home",
-            laptop.to_str().unwrap(),
-            "--password-stdin",
-        ])
-        .args(["--via", &via, "read", "--follow", "--json"])
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        writeln!(follow.stdin.as_mut().unwrap(), "{PASSWORD}").unwrap();
-    }
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
-    let stdout = follow.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = lines_tx.send(line);
-        }
-    });
+    let follow = Follower::start(n1, &laptop, &["--via", &via]);
     // The cut is a rule about time: let it pass.
     std::thread::sleep(Duration::from_secs(14));
     chat_ok(n2, &bob, &["send", "@lena", "after the cut"]);
-    let line = lines_rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the message after the cut");
+    let line = follow.next(Duration::from_secs(60), "the message after the cut");
     assert!(line.contains("after the cut"), "{line}");
-    let _ = follow.kill();
-    let _ = follow.wait();
+    drop(follow);
 
     // A non-member may not make invites, and a wrong password gets it nothing.
     let out = chat(n1, &laptop, PASSWORD, &["--via", &via, "invite"]);
@@ -720,56 +687,103 @@ fn a_message_is_pushed_to_a_following_device_as_it_arrives() {
     let nodes: Vec<&Node> = cluster.nodes.iter().collect();
     agreed_leader(&nodes, &names, AGREE);
     let (alice, bob) = homes(cluster.root.path());
-    let (n1, n2) = (cluster.node("alpha"), cluster.node("bravo"));
+    let (n1, n2, n3) = (
+        cluster.node("alpha"),
+        cluster.node("bravo"),
+        cluster.node("charlie"),
+    );
     register(n1, &alice, "alice");
     register(n2, &bob, "bob");
-    let mut follow = std::process::Command::new(common::BIN)
-        .arg("--state-dir")
-        .arg(&n2.dir)
-        .args(["chat", "--home", bob.to_str().unwrap(), "--password-stdin"])
-        .args(["read", "--follow", "--json"])
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        writeln!(follow.stdin.as_mut().unwrap(), "{PASSWORD}").unwrap();
-    }
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
-    let stdout = follow.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
+    // Bob's second device is a laptop outside the network, through charlie over libp2p.
+    let via = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", n3.port, n3.node_id());
+    let laptop = cluster.root.path().join("bob-laptop");
+    chat_ok(n3, &laptop, &["--via", &via, "login", "--username", "bob"]);
+    let local = Follower::start(n2, &bob, &[]);
+    let remote = Follower::start(n3, &laptop, &["--via", &via]);
+    let logged = |node: &Node, what: &str, from: &str| {
+        node.log_text()
             .lines()
-            .map_while(Result::ok)
-        {
-            let _ = lines_tx.send(line);
-        }
-    });
-    // Let the wait be held open at the member (the follower's first wait found nothing).
+            .any(|l| l.contains(what) && l.contains(&format!("from={from}")))
+    };
+    // Both waits are held open at their members (each follower's first wait found nothing).
     wait_for(
         Duration::from_secs(30),
-        "bob's mailbox to be watched",
-        || n2.log_text().contains("mailbox watched").then_some(()),
+        "bob's mailbox to be watched for both devices",
+        || {
+            (logged(n2, "mailbox watched", "chat socket")
+                && logged(n3, "mailbox watched", "chat client"))
+            .then_some(())
+        },
     );
-    for text in ["pushed one", "pushed two"] {
+    // Every message reaches both devices: one device's acknowledgement does not take it from
+    // the other.
+    for text in ["pushed one", "pushed two", "pushed three"] {
         chat_ok(n1, &alice, &["send", "@bob", text]);
-        let line = lines_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the pushed message");
-        assert!(line.contains(text), "{line}");
+        for (device, follower) in [("local", &local), ("via", &remote)] {
+            let line = follower.next(Duration::from_secs(60), text);
+            assert!(line.contains(text), "{device}: {line}");
+        }
     }
-    let _ = follow.kill();
-    let _ = follow.wait();
-    // The member answered the held wait because a holder told it, not by asking again.
+    // Each member answered a held wait because a holder told it, not by asking again: the
+    // local client's (chat socket) and the --via client's.
     assert!(
-        n2.log_text().contains("mailbox wait answered by a push"),
+        logged(n2, "mailbox wait answered by a push", "chat socket"),
         "{}",
         n2.log_text()
     );
+    assert!(
+        logged(n3, "mailbox wait answered by a push", "chat client"),
+        "{}",
+        n3.log_text()
+    );
+}
+
+#[test]
+fn a_message_leaves_the_mailbox_only_when_every_device_acknowledged_it() {
+    let cluster = three_nodes();
+    let root = cluster.root.path().to_owned();
+    let (n1, n2, n3) = (
+        cluster.node("alpha"),
+        cluster.node("bravo"),
+        cluster.node("charlie"),
+    );
+    let (erin, bob) = (root.join("erin-device"), root.join("bob-device"));
+    register(n1, &erin, "erin");
+    register(n2, &bob, "bob");
+    // Bob's second device logs in and then stays away.
+    let bob2 = root.join("bob-second-device");
+    chat_ok(n3, &bob2, &["login", "--username", "bob"]);
+    chat_ok(n1, &erin, &["send", "@bob", "one"]);
+    chat_ok(n1, &erin, &["send", "@bob", "two"]);
+    let texts = |items: &[(String, String, bool)]| -> Vec<String> {
+        items.iter().map(|m| m.1.clone()).collect()
+    };
+    // The first device reads and acknowledges both; it is not shown them again.
+    assert_eq!(texts(&read_until(n2, &bob, 2)), ["one", "two"]);
+    assert!(read(n2, &bob).is_empty());
+    // They are still queued for the second device: a third device enrolled now still finds
+    // them in the mailbox (its sessions began later, so they may not open there).
+    let bob3 = root.join("bob-third-device");
+    chat_ok(n1, &bob3, &["login", "--username", "bob"]);
+    let third = read_until(n1, &bob3, 2);
+    assert_eq!(third.len(), 2, "{third:?}");
+    assert!(third.iter().all(|m| m.0 == "erin"), "{third:?}");
+    // The second device gets everything, readable.
+    assert_eq!(
+        read_until(n3, &bob2, 2),
+        vec![
+            ("erin".to_owned(), "one".to_owned(), false),
+            ("erin".to_owned(), "two".to_owned(), false)
+        ]
+    );
+    // Every device acknowledged them: they are gone from the mailbox, so a fourth device
+    // enrolled now finds nothing, while a newer message still reaches it.
+    let bob4 = root.join("bob-fourth-device");
+    chat_ok(n2, &bob4, &["login", "--username", "bob"]);
+    assert!(read(n2, &bob4).is_empty());
+    chat_ok(n1, &erin, &["send", "@bob", "three"]);
+    let fourth = read_until(n2, &bob4, 1);
+    assert_eq!(fourth.len(), 1, "{fourth:?}");
 }
 
 #[test]
@@ -841,6 +855,7 @@ fn one_name_registered_on_both_sides_of_a_partition_one_wins_and_the_loser_is_to
             assert!(!out.status.success());
             assert!(
                 output_text(&out).contains("RegistrationLost")
+                    && output_text(&out).contains("UserAlreadyExists")
                     && output_text(&out).contains("partition"),
                 "{}",
                 output_text(&out)

@@ -653,6 +653,17 @@ pub fn majority(holders: usize) -> usize {
     holders / 2 + 1
 }
 
+/// What the loser of a partition race is told (by a member, or by its own client when the
+/// network serves another identity under its name). It names `UserAlreadyExists` (seed §1.2):
+/// that is what the losing registration would have been answered without the partition.
+pub fn registration_lost_message(username: &str) -> String {
+    format!(
+        "@{username} was also registered on the other side of a network partition, and that \
+         registration won when the partition healed (UserAlreadyExists for this one); this \
+         device's account is gone, register again under another name"
+    )
+}
+
 /// The record key of an account and its mailbox.
 pub fn user_key(username: &str) -> String {
     format!("user/{username}")

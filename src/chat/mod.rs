@@ -388,9 +388,8 @@ async fn still_ours(link: &mut Link, device: &mut Device) -> Result<()> {
         && !keys::adopt(link, device, &served).await?
     {
         bail!(
-            "RegistrationLost: @{username} was also registered on the other side of a network \
-             partition, and that registration won when the partition healed; this device's \
-             account is gone, register again under another name"
+            "RegistrationLost: {}",
+            pq4::registration_lost_message(&username)
         );
     }
     Ok(())

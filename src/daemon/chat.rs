@@ -581,7 +581,7 @@ impl Service {
                 .await
                 .unwrap_or_default();
             let watching = Self::count(&answers, |r| matches!(r, Response::Ok));
-            debug!(%username, watching, "mailbox watched");
+            debug!(%username, watching, from = %devices::origin_text(origin), "mailbox watched");
         }
         let mut messages = match self.fetch(&username, &auth.device).await {
             Ok(messages) => messages,
@@ -597,7 +597,12 @@ impl Service {
                 Ok(messages) => messages,
                 Err(response) => return response,
             };
-            debug!(%username, count = messages.len(), "mailbox wait answered by a push");
+            debug!(
+                %username,
+                count = messages.len(),
+                from = %devices::origin_text(origin),
+                "mailbox wait answered by a push"
+            );
         }
         Response::Mailbox {
             messages,
@@ -1208,11 +1213,7 @@ pub async fn write_frame(
 fn registration_lost(username: &str) -> Response {
     err(
         ErrorKind::RegistrationLost,
-        format!(
-            "@{username} was also registered on the other side of a network partition, and that \
-             registration won when the partition healed; this account is gone, register again \
-             under another name"
-        ),
+        pq4::registration_lost_message(username),
     )
 }
 

@@ -359,7 +359,8 @@ impl ChatStore {
                 Response::Messages(out)
             }
             ReplicaOp::DeleteMessages { to, ids, device } => {
-                let devices = enroll(&txn, &to, &device, now_ms)?;
+                enroll(&txn, &to, &device, now_ms)?;
+                let devices = waited_for(&txn, &to)?;
                 let mut t = txn.open_table(MAILBOX)?;
                 let mut d = txn.open_table(DELETED)?;
                 let mut acked = txn.open_table(ACKED)?;
@@ -369,12 +370,8 @@ impl ChatStore {
                         continue;
                     }
                     acked.insert(ack_key(&to, &id.0, &device).as_str(), now_ms)?;
-                    // Deleted only once every device of the mailbox has it.
-                    let mut all = true;
-                    for other in &devices {
-                        all &= acked.get(ack_key(&to, &id.0, other).as_str())?.is_some();
-                    }
-                    if all {
+                    // Deleted only once every active device of the account has it.
+                    if acked_by_all(&acked, &to, &id.0, &devices)? {
                         t.remove(key.as_str())?;
                         d.insert(key.as_str(), now_ms)?;
                         for other in &devices {
@@ -446,7 +443,7 @@ impl ChatStore {
             | ReplicaOp::PutHeldGroup { .. }) => apply_group(&txn, op)?,
             op @ (ReplicaOp::PutDevices { .. }
             | ReplicaOp::GetDevices { .. }
-            | ReplicaOp::RevokeDevice { .. }) => apply_devices(&txn, op)?,
+            | ReplicaOp::RevokeDevice { .. }) => apply_devices(&txn, op, now_ms)?,
         };
         txn.commit()?;
         Ok(response)
@@ -562,8 +559,26 @@ fn apply_group(txn: &redb::WriteTransaction, op: ReplicaOp) -> Result<Response, 
 
 /// A holder's side of a device operation (`pq4_devices`): cards are merged (a revocation is
 /// kept for ever); a revocation is checked against the devices held here, and the revoked
-/// device leaves the mailbox's enrolled devices (messages no longer wait for it).
-fn apply_devices(txn: &redb::WriteTransaction, op: ReplicaOp) -> Result<Response, StoreError> {
+/// device leaves the mailbox's enrolled devices (messages no longer wait for it, and those
+/// every remaining device acknowledged are deleted now).
+fn apply_devices(
+    txn: &redb::WriteTransaction,
+    op: ReplicaOp,
+    now_ms: u64,
+) -> Result<Response, StoreError> {
+    let changes = match &op {
+        ReplicaOp::PutDevices { username, .. } => Some(username.clone()),
+        ReplicaOp::RevokeDevice { revocation } => Some(revocation.username.clone()),
+        _ => None,
+    };
+    let response = apply_cards(txn, op)?;
+    if let (Some(username), Response::Devices(_)) = (changes, &response) {
+        forget_revoked(txn, &username, now_ms)?;
+    }
+    Ok(response)
+}
+
+fn apply_cards(txn: &redb::WriteTransaction, op: ReplicaOp) -> Result<Response, StoreError> {
     let mut t = txn.open_table(DEVICE_CARDS)?;
     let username = match &op {
         ReplicaOp::PutDevices { username, .. } | ReplicaOp::GetDevices { username } => {
@@ -608,8 +623,6 @@ fn apply_devices(txn: &redb::WriteTransaction, op: ReplicaOp) -> Result<Response
                 entry.revoked = Some(revocation);
             }
             t.insert(username.as_str(), encode(&updated).as_slice())?;
-            txn.open_table(DEVICES)?
-                .remove(mailbox_key(&username, &device.0).as_str())?;
             Ok(Response::Devices(updated))
         }
         _ => Ok(Response::error(
@@ -692,27 +705,114 @@ fn claim(
     Ok(Response::Granted)
 }
 
-/// Enrolls `device` in `to`'s mailbox; returns every enrolled device.
+/// Enrolls `device` in `to`'s mailbox (it fetched or acknowledged through this holder).
 fn enroll(
     txn: &redb::WriteTransaction,
     to: &str,
     device: &Bytes,
     now_ms: u64,
-) -> Result<Vec<Bytes>, StoreError> {
+) -> Result<(), StoreError> {
     let mut t = txn.open_table(DEVICES)?;
     let key = mailbox_key(to, &device.0);
     if t.get(key.as_str())?.is_none() {
         t.insert(key.as_str(), now_ms)?;
     }
+    Ok(())
+}
+
+/// The devices a message for `to` waits for before it is deleted: every device enrolled in
+/// the mailbox here and every active device card of the account, less the revoked ones.
+/// The cards count because they are handed off with the account while enrolments are not:
+/// a holder that took the mailbox over still waits for a device that never asked it.
+fn waited_for(txn: &redb::WriteTransaction, to: &str) -> Result<Vec<Bytes>, StoreError> {
+    let mut devices = std::collections::BTreeSet::new();
+    let t = txn.open_table(DEVICES)?;
     let (lo, hi) = bounds(to);
-    let mut devices = Vec::new();
     for entry in t.range(lo.as_str()..hi.as_str())? {
         let (k, _) = entry?;
         let hex_id = k.value().split('\0').nth(1).unwrap_or_default().to_owned();
         let id = hex::decode(hex_id).map_err(|_| StoreError::Corrupt("devices"))?;
-        devices.push(Bytes(id));
+        devices.insert(Bytes(id));
     }
-    Ok(devices)
+    let cards: Vec<DeviceEntry> = match txn.open_table(DEVICE_CARDS)?.get(to)? {
+        Some(v) => decode(v.value(), "device_cards")?,
+        None => Vec::new(),
+    };
+    for entry in cards {
+        if entry.revoked.is_some() {
+            devices.remove(&entry.card.id);
+        } else {
+            devices.insert(entry.card.id);
+        }
+    }
+    Ok(devices.into_iter().collect())
+}
+
+/// Whether every one of `devices` acknowledged message `id` of `to` (never for no device).
+fn acked_by_all(
+    acked: &redb::Table<'_, &str, u64>,
+    to: &str,
+    id: &[u8],
+    devices: &[Bytes],
+) -> Result<bool, StoreError> {
+    if devices.is_empty() {
+        return Ok(false);
+    }
+    for device in devices {
+        if acked.get(ack_key(to, id, device).as_str())?.is_none() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// After a change of `username`'s device cards: revoked devices leave the mailbox, and the
+/// messages every remaining device acknowledged are deleted (tombstoned) now, as they no
+/// longer wait for the revoked one.
+fn forget_revoked(
+    txn: &redb::WriteTransaction,
+    username: &str,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let cards: Vec<DeviceEntry> = match txn.open_table(DEVICE_CARDS)?.get(username)? {
+        Some(v) => decode(v.value(), "device_cards")?,
+        None => Vec::new(),
+    };
+    let revoked: Vec<&Bytes> = cards
+        .iter()
+        .filter(|e| e.revoked.is_some())
+        .map(|e| &e.card.id)
+        .collect();
+    if revoked.is_empty() {
+        return Ok(());
+    }
+    {
+        let mut enrolled = txn.open_table(DEVICES)?;
+        for id in &revoked {
+            enrolled.remove(mailbox_key(username, &id.0).as_str())?;
+        }
+    }
+    let devices = waited_for(txn, username)?;
+    let mut t = txn.open_table(MAILBOX)?;
+    let mut d = txn.open_table(DELETED)?;
+    let mut acked = txn.open_table(ACKED)?;
+    let (lo, hi) = bounds(username);
+    let mut done = Vec::new();
+    for entry in t.range(lo.as_str()..hi.as_str())? {
+        let (k, v) = entry?;
+        let message = decode::<Queued>(v.value(), "mailbox")?;
+        if acked_by_all(&acked, username, &message.id.0, &devices)? {
+            done.push((k.value().to_owned(), message.id));
+        }
+    }
+    for (key, id) in done {
+        t.remove(key.as_str())?;
+        d.insert(key.as_str(), now_ms)?;
+        for device in devices.iter().chain(revoked.iter().copied()) {
+            acked.remove(ack_key(username, &id.0, device).as_str())?;
+        }
+    }
+    Ok(())
 }
 
 /// The wrong recovery codes of `username` within the window, after counting one more if
@@ -834,6 +934,64 @@ mod tests {
         assert_eq!(fetch(&store, 3), 1);
         ack(&store, 3, 8);
         assert_eq!(fetch(&store, 3), 0);
+    }
+
+    fn card(device: u8, revoked: bool) -> DeviceEntry {
+        use constella_behaviours::pq4::{DeviceCard, Revocation};
+        DeviceEntry {
+            card: DeviceCard {
+                id: Bytes(vec![device]),
+                key: Bytes::default(),
+                name: format!("d{device}"),
+                added_ms: u64::from(device),
+            },
+            revoked: revoked.then(|| Revocation {
+                username: "bob".into(),
+                device: Bytes(vec![device]),
+                by: Bytes(vec![1]),
+                at_ms: 1_800,
+                sig: Bytes::default(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_message_waits_for_every_active_device_card_but_not_for_a_revoked_one() {
+        let (_dir, store) = store();
+        // Device 1 asks this holder; device 2 is known here only by its card (it enrolled
+        // through the other holders, or the cards came with a hand-off).
+        assert_eq!(fetch(&store, 1), 0);
+        let cards = |entries| ReplicaOp::PutDevices {
+            username: "bob".into(),
+            devices: entries,
+        };
+        store
+            .apply(cards(vec![card(1, false), card(2, false)]), 1_000)
+            .unwrap();
+        let put = |m| ReplicaOp::PutMessage {
+            to: "bob".into(),
+            message: m,
+        };
+        store.apply(put(queued(7)), 1_500).unwrap();
+        store.apply(put(queued(8)), 1_500).unwrap();
+        ack(&store, 1, 7);
+        ack(&store, 1, 8);
+        // Still queued for device 2, which never asked this holder.
+        assert_eq!((fetch(&store, 1), fetch(&store, 2)), (0, 2));
+        ack(&store, 2, 7);
+        assert_eq!(fetch(&store, 2), 1);
+        // Device 2 is revoked before it acknowledged 8: 8 no longer waits for it and goes
+        // now, tombstoned (a late copy is not queued again).
+        store.apply(cards(vec![card(2, true)]), 1_900).unwrap();
+        assert_eq!(fetch(&store, 1), 0);
+        store.apply(put(queued(8)), 2_000).unwrap();
+        assert_eq!(fetch(&store, 3), 0);
+        // A new message waits for device 1 and for device 3 (enrolled by its fetch), not 2.
+        store.apply(put(queued(9)), 2_000).unwrap();
+        ack(&store, 1, 9);
+        assert_eq!(fetch(&store, 3), 1);
+        ack(&store, 3, 9);
+        assert_eq!((fetch(&store, 1), fetch(&store, 3)), (0, 0));
     }
 
     fn account(created_ms: u64, id: u8) -> Account {

@@ -141,3 +141,56 @@ pub fn three_nodes() -> Cluster {
 pub fn device_home(cluster: &Cluster, name: &str) -> PathBuf {
     cluster.root.path().join(format!("{name}-device"))
 }
+
+/// A running `constella chat … read --follow --json` (with `args` before `read`, such as
+/// `--via ADDR`): each line it prints, as it prints it. Killed when dropped.
+pub struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Follower {
+    pub fn start(node: &Node, home: &Path, args: &[&str]) -> Self {
+        use std::io::{BufRead, Write};
+        let mut child = std::process::Command::new(super::BIN)
+            .arg("--state-dir")
+            .arg(&node.dir)
+            .args(["chat", "--home", home.to_str().unwrap(), "--password-stdin"])
+            .args(args)
+            .args(["read", "--follow", "--json"])
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.as_mut().unwrap(), "{PASSWORD}").unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next line printed within `within`; fails the test naming `what` otherwise.
+    pub fn next(&self, within: Duration, what: &str) -> String {
+        self.lines
+            .recv_timeout(within)
+            .unwrap_or_else(|e| panic!("{what}: nothing printed ({e})"))
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
