@@ -380,50 +380,71 @@ fn a_long_partition_never_lets_the_minority_poll_and_nothing_is_handled_twice() 
 }
 
 /// Issue 11: 5 % loss with 100 ± 50 ms of delay on every frame (a userspace switch, since the
-/// kernel here has no netem) for `CONSTELLA_SOAK_SECS` (30 here; `benches/faults.rs` runs the
-/// full 10 minutes): no member is marked offline and the leader never changes.
+/// kernel here has no netem) for `CONSTELLA_SOAK_SECS` (30 here; the 10-minute soak is
+/// `a_ten_minute_lossy_jittery_soak_marks_nobody_offline`): no member is marked offline and
+/// the leader never changes.
 ///
 /// With only the direct path this failed in every run (1–4 false offline marks per node and up
 /// to 4 leader changes in 30 s): one path per heartbeat leaves no slack for a retransmission
-/// timeout near 0.5 s at a 200 ms round trip. The failure detector's indirect probes (a member
-/// not heard directly for 1.25 s is asked about; another's vouch keeps it alive) cover a
-/// stalled connection (the logs show vouches doing so in every run), but at load average ~13
-/// on 2 cores it still failed 3 of 5 runs: in each, one node was silent to BOTH others for
-/// 2.5 s at once (no one could vouch), with a 2 s gap in its own log, so a starved process or
-/// switch, which the bound cannot tell from a lost host. Still ignored for that.
+/// timeout near 0.5 s at a 200 ms round trip. The indirect probes (a member not heard directly
+/// for 1.25 s is asked about; another's vouch keeps it alive) cover a stalled connection, but
+/// at load average ~13 on 2 cores it still failed 3 of 5 runs: a node that had not run for
+/// about 2 s (starved) read its timer before the heartbeats waiting in its sockets and marked
+/// members offline. Local health awareness (behaviours/src/health.rs: a late node excuses the
+/// time it was not running and stretches its bound) covers that case. With it, 3 of 4 runs
+/// passed at load average 16–30; the failing one (load ~30, the switch's own TCP connect
+/// 1.3 s instead of ~0.45 s) had marks [1, 0, 2] with NO late wake on any node: one node
+/// heard by neither other and hearing neither for ~2.5 s, not a starved daemon. Still
+/// ignored for that (not 5 of 5).
 /// `CONSTELLA_FAULTS_LOGS=dir CONSTELLA_TEST_LOG=info,constella::daemon::beats=debug` keeps the
-/// node logs (asks and vouches) for a look.
+/// node logs (asks, vouches, late wakes) for a look.
 #[test]
-#[ignore = "fails 3 of 5 runs at load ~13: a whole node silent to both others for 2.5 s (starved process or switch), see the doc comment; run with --ignored"]
+#[ignore = "3 of 4 runs pass under load; the failure is one node cut off both ways for 2.5 s with no late wake (see the doc comment); run with --ignored"]
 fn a_lossy_jittery_network_marks_nobody_offline() {
-    let Some(lab) = Lab::new(3) else { return };
     let secs: u64 = std::env::var("CONSTELLA_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
-    let (marks, changes, rtt, counts) = soak(&lab, 3, secs);
-    {
-        eprintln!(
-            "figure: 5 % loss, 100 ± 50 ms for {secs} s: TCP connect {rtt:?}; frames forwarded/dropped {counts:?}; offline marks {marks:?}, leader changes {changes:?}"
-        );
-        assert!(
-            rtt >= Duration::from_millis(100),
-            "the delay applies: connect took {rtt:?}"
-        );
-        assert!(marks.iter().all(|m| *m == 0), "offline marks {marks:?}");
-        assert!(
-            changes.iter().all(|c| *c == 0),
-            "leader changes {changes:?}"
-        );
-    }
+    lossy_jittery(secs);
+}
+
+/// Issue 11's soak: the same network for 10 minutes (about 11 minutes in all). Run:
+/// `cargo test --test faults a_ten_minute -- --ignored --nocapture` (as root). Its one run so
+/// far (load average ~30) FAILED: offline marks [1, 1, 2], one episode where one node heard
+/// neither other and neither heard it for ~2.5 s, with no late wake on any node, while
+/// stalled connections were being replaced (docs/design.md, measured figures).
+#[test]
+#[ignore = "10 minutes; run with --ignored (the 30 s version runs by default)"]
+fn a_ten_minute_lossy_jittery_soak_marks_nobody_offline() {
+    lossy_jittery(600);
+}
+
+fn lossy_jittery(secs: u64) {
+    let Some(lab) = Lab::new(3) else { return };
+    let (marks, changes, rtt, counts, late) = soak(&lab, 3, secs);
+    eprintln!(
+        "figure: 5 % loss, 100 ± 50 ms for {secs} s: TCP connect {rtt:?}; frames forwarded/dropped {counts:?}; offline marks {marks:?}, leader changes {changes:?}; late wakes (count, longest ms) {late:?}"
+    );
+    assert!(
+        rtt >= Duration::from_millis(100),
+        "the delay applies: connect took {rtt:?}"
+    );
+    assert!(marks.iter().all(|m| *m == 0), "offline marks {marks:?}");
+    assert!(
+        changes.iter().all(|c| *c == 0),
+        "leader changes {changes:?}"
+    );
 }
 
 /// Starts `n` nodes behind 5 % loss and 100 ± 50 ms (from the start: a network whose delay
 /// jumps from nothing to 200 ms round trips mid-connection is not the fault under test), waits
 /// until they agree, then runs them for `secs`; returns each node's offline marks and leader
-/// changes meanwhile, one TCP connect's time through the switch, and the switch's
-/// (forwarded, dropped) frame counts.
-fn soak(lab: &Lab, n: usize, secs: u64) -> (Vec<usize>, Vec<u64>, Duration, (u64, u64)) {
+/// changes meanwhile, one TCP connect's time through the switch, the switch's (forwarded,
+/// dropped) frame counts, and each node's late wakes (count, longest in ms: its process did
+/// not run for a while, see behaviours/src/health.rs).
+type Soak = (Vec<usize>, Vec<u64>, Duration, (u64, u64), Vec<(u64, u64)>);
+
+fn soak(lab: &Lab, n: usize, secs: u64) -> Soak {
     let switch = lab.impair(Impairment {
         loss_percent: 5,
         delay: Duration::from_millis(100),
@@ -485,6 +506,15 @@ fn soak(lab: &Lab, n: usize, secs: u64) -> (Vec<usize>, Vec<u64>, Duration, (u64
             node.status().unwrap()["failure_detector"]
         );
     }
+    let late = net
+        .nodes
+        .iter()
+        .map(|node| {
+            let detector = &node.status().unwrap()["failure_detector"];
+            let field = |k: &str| detector[k].as_u64().unwrap_or(0);
+            (field("late_wakes"), field("longest_late_ms"))
+        })
+        .collect();
     drop(switch);
-    (marks, changes, rtt, counts)
+    (marks, changes, rtt, counts, late)
 }

@@ -26,6 +26,7 @@ pub mod alerts;
 pub mod beat;
 pub mod dht;
 pub mod gossip;
+pub mod health;
 pub mod ids;
 pub mod join;
 pub mod leader;

@@ -711,6 +711,27 @@ impl Membership {
             .map(|heard| heard + offline_after);
     }
 
+    /// This node was not running for `blind` up to `now` (see [`crate::health`]): the silence
+    /// of every alive member is measured without that time, as if this node's clock had
+    /// stopped, so nobody is doubted or marked offline for what this node could not hear.
+    /// Evidence is never moved past `now`.
+    pub fn excuse(&mut self, blind: Duration, now: Instant) {
+        let shift = |at: &mut Option<Instant>| {
+            if let Some(at) = at.as_mut() {
+                *at = (*at + blind).min(now);
+            }
+        };
+        for (id, entry) in self.entries.iter_mut() {
+            let live = &mut entry.liveness;
+            if *id == self.local || entry.left || live.status != Status::Alive {
+                continue;
+            }
+            shift(&mut live.last_heard);
+            shift(&mut live.last_direct);
+        }
+        self.set_offline_after(self.offline_after);
+    }
+
     /// This node is stopping: from now on it does not elect itself.
     pub fn stand_down(&mut self) {
         self.standing_down = true;

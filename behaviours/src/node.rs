@@ -89,6 +89,7 @@ use crate::gossip::{
     Doubt, Goodbye, GossipBody, Heard, Heartbeat, KeyUpdateBytes, MemberRecord, RosterUpdate,
     Rotation, Vouch,
 };
+use crate::health::LocalHealth;
 use crate::join::JoinRefusal;
 use crate::membership::{Change, HeartbeatRejection, Membership, OfflineReason, Status};
 use crate::network_keys::Pq4Card;
@@ -140,6 +141,11 @@ pub struct Config {
     /// [`Config::suspect_after`]): the indirect probe of the failure detector. Lifeguard's
     /// default (memberlist's `IndirectChecks`).
     pub indirect_checks: usize,
+    /// The highest local health score ([`crate::health`], Lifeguard's local health
+    /// awareness): each point lengthens this node's offline bound by half an interval while
+    /// it runs late or its asks go unanswered. 0 turns the awareness off (the plain bound
+    /// always, and no excuse for time this node was not running).
+    pub max_health: u32,
     /// A redial of a suspect that fails sooner than this was refused by a live host (the
     /// process is gone): the member is offline at once. A slower failure is a timeout, which
     /// says nothing a partition would not also say: the heartbeat silence decides.
@@ -182,12 +188,34 @@ impl Config {
         self.offline_after * 2
     }
 
+    /// A call that comes this long or longer after the instant the core asked for
+    /// ([`Output::WakeAt`]) says this node was not running meanwhile ([`crate::health`]): a
+    /// quarter interval.
+    pub fn late_after(&self) -> Duration {
+        self.heartbeat_interval / 4
+    }
+
+    /// Silence deadlines (a doubt, an offline bound) are checked on a grid of this step from
+    /// the node's start, heartbeats sent on it: an eighth of an interval. A deadline is seen
+    /// at most this late (a silent host is offline by 2.625 s instead of 2.5 s), and a node
+    /// wakes a few times per interval, not twice per member (at 100 members that was 200
+    /// wakes a second, each a scan of the list).
+    pub fn wake_grain(&self) -> Duration {
+        self.heartbeat_interval / 8
+    }
+
+    /// The local health score falls by one after this long without a sign of trouble: two
+    /// heartbeat intervals (from the highest score, healthy again after 8 s).
+    pub fn health_calm(&self) -> Duration {
+        self.heartbeat_interval * 2
+    }
+
     /// Networks up to this size heartbeat every second.
     pub const BASE_SIZE: usize = 100;
 
     /// The configuration for a network of `members` nodes. Up to [`Config::BASE_SIZE`] members
     /// the heartbeat interval is 1 s and a member is offline after 2.5 s of silence (a silent
-    /// host is offline everywhere 1.5–2.5 s after it vanished). Beyond, the interval grows
+    /// host is offline everywhere 1.5–2.625 s after it vanished, the deadline checked on the wake grid). Beyond, the interval grows
     /// with `sqrt(members / 100)` (1,000 members: 3.2 s), so the messages a node receives per
     /// second grow with the square root of the size rather than linearly; a refused redial or
     /// a goodbye still marks a member offline at once.
@@ -217,6 +245,7 @@ impl Config {
             scale_with_size: true,
             refused_within: Duration::from_secs(1),
             indirect_checks: 3,
+            max_health: 4,
             rotation_interval: Duration::from_secs(7 * 24 * 3600),
             departure_rotation_grace: Duration::from_secs(2),
         }
@@ -357,6 +386,24 @@ pub struct DetectorStats {
     /// Connections closed because their peer was silent on them past
     /// [`Config::stalled_after`] while others vouched for it.
     pub stalled_closed: u64,
+    /// Answers to another member's doubts saying this node heard none of them either (a
+    /// "nack": the asker learns its ask arrived).
+    #[serde(default)]
+    pub nacks_sent: u64,
+    /// Asks that no helper answered at all before the next ask (a sign of this node's own
+    /// trouble, [`crate::health`]).
+    #[serde(default)]
+    pub unanswered_asks: u64,
+    /// Times this node was called [`Config::late_after`] or more after the instant it asked
+    /// for: it was not running (starved, stopped, its loop blocked).
+    #[serde(default)]
+    pub late_wakes: u64,
+    /// The latest of those, in milliseconds.
+    #[serde(default)]
+    pub longest_late_ms: u64,
+    /// The local health score now (0: healthy, the plain offline bound; see [`crate::health`]).
+    #[serde(default)]
+    pub health: u32,
 }
 
 /// Counts of refused gossip messages, by reason.
@@ -642,10 +689,28 @@ pub enum Output {
     /// A rotation arrived (gossip or sync) from a member: the daemon opens the copy sealed to
     /// this node, if any, and adopts it if it wins ([`Rotation::wins_over`]).
     RotationReceived(Rotation),
+    /// This node was called `late` after the instant it asked for: it was not running
+    /// meanwhile (logged by the daemon). Its silence bound now excuses that time and stretches
+    /// with `health` ([`crate::health`]).
+    RanLate {
+        /// How late.
+        late: Duration,
+        /// The local health score after it.
+        health: u32,
+    },
     /// The drain after a leave or stop is over: stop the node.
     Exit,
     /// Call [`Node::handle`] with [`Input::Timer`] at this instant (always the last output).
     WakeAt(Instant),
+}
+
+/// A heartbeat of ours that carried doubts.
+#[derive(Debug, Clone, Copy)]
+struct Ask {
+    seq: u64,
+    sent: Instant,
+    /// Some helper answered it (a vouch or a nack).
+    answered: bool,
 }
 
 /// When to dial a disconnected member next.
@@ -726,9 +791,11 @@ pub struct Node {
     next_doubt: Option<Instant>,
     /// While some member is doubted: when the helpers are asked again.
     next_ask: Option<Instant>,
-    /// Heartbeats of ours that carried doubts: `(seq, sent)`, newest last, kept for
+    /// Heartbeats of ours that carried doubts, newest last, kept for
     /// [`Config::stalled_after`] to date the vouches that answer them.
-    asks: std::collections::VecDeque<(u64, Instant)>,
+    asks: std::collections::VecDeque<Ask>,
+    /// Local health awareness ([`crate::health`]).
+    health: LocalHealth,
     /// Failure-detector counters, for status and the tests.
     detector: DetectorStats,
     redials: BTreeMap<PeerId, Redial>,
@@ -807,6 +874,7 @@ impl Node {
         membership.assume_all_alive(&assumed, now);
         let suspects: BTreeMap<PeerId, Instant> = assumed.into_iter().map(|p| (p, now)).collect();
         let config_suspect_after = config.suspect_after();
+        let config_max_health = config.max_health;
         let leadership = Leadership {
             is_local: false,
             leader_name: String::new(),
@@ -833,6 +901,7 @@ impl Node {
             next_doubt: Some(now + config_suspect_after),
             next_ask: None,
             asks: std::collections::VecDeque::new(),
+            health: LocalHealth::new(config_max_health, now),
             detector: DetectorStats::default(),
             redials: BTreeMap::new(),
             redial_queue: BTreeSet::new(),
@@ -857,6 +926,9 @@ impl Node {
             rng: StdRng::seed_from_u64(seed),
             out: Vec::new(),
         };
+        // The first call comes as soon as the daemon runs; any within an interval is on time.
+        node.health
+            .expect_call_by(now + node.config.heartbeat_interval);
         node.leadership.leader_name = node.name_of(&node.membership.leader());
         node.reported_leader = node.membership.leader();
         node
@@ -987,6 +1059,7 @@ impl Node {
     /// [`Output::WakeAt`].
     pub fn handle(&mut self, now: Instant, input: Input<'_>) -> std::vec::Drain<'_, Output> {
         self.out.clear();
+        self.check_lateness(now);
         match input {
             Input::Timer => self.on_timer(now),
             Input::Connected(peer) => self.on_connected(peer, now),
@@ -1107,6 +1180,7 @@ impl Node {
             self.out.push(rotate);
         }
         let wake = self.next_wake(now);
+        self.health.expect_call_by(wake);
         self.out.push(Output::WakeAt(wake));
         self.out.drain(..)
     }
@@ -1120,6 +1194,9 @@ impl Node {
             self.exit = Some((self.exit_kind(), None));
             self.out.push(Output::Exit);
             return;
+        }
+        if self.health.decay(now, self.config.health_calm()) {
+            self.apply_health();
         }
         let changes = self.membership.tick(now);
         self.apply_changes(changes, now);
@@ -1158,9 +1235,16 @@ impl Node {
         }
         if heartbeat_due {
             self.publish_heartbeat(now);
-            // Never let a slow caller make heartbeats bunch up: the next one is a full
-            // interval after this one.
-            self.next_heartbeat = now + self.config.heartbeat_interval;
+            // On the wake grid (see `on_grid`): one interval after this one was due. Never let a
+            // slow caller make heartbeats bunch up: one sent more than half an interval late
+            // is followed a full interval later.
+            let interval = self.config.heartbeat_interval;
+            let next = self.on_grid(self.next_heartbeat + interval);
+            self.next_heartbeat = if next >= now + interval / 2 {
+                next
+            } else {
+                self.on_grid(now + interval)
+            };
         }
         if self.eager_at.is_some_and(|at| now >= at) {
             self.send_eager_settings(now);
@@ -1170,6 +1254,17 @@ impl Node {
             self.sync_with_random_member();
         }
         self.dial_members(now);
+    }
+
+    /// `at`, rounded up to the wake grid: every [`Config::wake_grain`] from this node's start.
+    /// Deadlines that fall between are checked at the next grid point, so a node wakes at
+    /// most once per grain for them, however many members it has.
+    fn on_grid(&self, at: Instant) -> Instant {
+        let grain = self.config.wake_grain().as_nanos().max(1);
+        let since = at.saturating_duration_since(self.started).as_nanos();
+        let ticks = since.div_ceil(grain);
+        let offset = u64::try_from(ticks * grain).unwrap_or(u64::MAX);
+        self.started + Duration::from_nanos(offset)
     }
 
     fn exit_kind(&self) -> Exit {
@@ -1183,8 +1278,10 @@ impl Node {
                 wake = wake.min(at);
             }
         };
-        consider(self.membership.next_expiry());
-        consider(self.next_doubt);
+        // Silence deadlines fall wherever members' heartbeats fell, one per member per
+        // interval: checked on the grid, a few wakes per interval instead of two per member.
+        consider(self.membership.next_expiry().map(|at| self.on_grid(at)));
+        consider(self.next_doubt.map(|at| self.on_grid(at)));
         if !self.doubted.is_empty() {
             consider(self.next_ask);
         }
@@ -1467,6 +1564,46 @@ impl Node {
         self.heard_itself(from, now);
     }
 
+    // ---- local health awareness (crate::health) ----
+
+    /// A call that comes [`Config::late_after`] or more after the instant this node asked
+    /// for: it was not running meanwhile (starved, stopped, its loop blocked), and what
+    /// members sent in that time may still wait unread. Their silence in that stretch is not
+    /// theirs: it is measured without it (as if this node's clock had stopped), before the
+    /// timer can judge anyone. The local health score rises (one point, and one more per
+    /// whole interval late), which stretches the offline bound until it decays, and a
+    /// heartbeat goes out at once, so members that began to doubt this node hear it runs.
+    fn check_lateness(&mut self, now: Instant) {
+        let Some(late) = self.health.lateness(now, self.config.late_after()) else {
+            return;
+        };
+        self.detector.late_wakes += 1;
+        let late_ms = u64::try_from(late.as_millis()).unwrap_or(u64::MAX);
+        self.detector.longest_late_ms = self.detector.longest_late_ms.max(late_ms);
+        self.membership.excuse(late, now);
+        // Every doubt is looked at again with the excused silences.
+        self.next_doubt = Some(now);
+        let whole = late.as_nanos() / self.config.heartbeat_interval.as_nanos().max(1);
+        let points = 1 + u32::try_from(whole).unwrap_or(u32::MAX);
+        self.health.raise(points, now);
+        self.apply_health();
+        if self.exit.is_none() {
+            self.next_heartbeat = now;
+        }
+        self.out.push(Output::RanLate {
+            late,
+            health: self.health.score(),
+        });
+    }
+
+    /// The offline bound in force: the configured one, stretched by the local health score.
+    fn apply_health(&mut self) {
+        self.detector.health = self.health.score();
+        let stretch = self.health.stretch(self.config.heartbeat_interval);
+        self.membership
+            .set_offline_after(self.config.offline_after + stretch);
+    }
+
     // ---- the failure detector's indirect probes ----
 
     /// `peer` may just have been heard over this node's own connection: if the membership
@@ -1516,7 +1653,11 @@ impl Node {
         let mut candidates: Vec<PeerId> = self
             .connected
             .keys()
-            .filter(|id| !self.doubted.contains(*id) && self.membership.is_member(id))
+            .filter(|id| {
+                // Alive ones only: a member marked offline whose connection is still closing
+                // would never answer, and an unanswered ask counts against this node's health.
+                !self.doubted.contains(*id) && self.membership.status(id) == Some(Status::Alive)
+            })
             .copied()
             .collect();
         let k = self.config.indirect_checks;
@@ -1557,17 +1698,34 @@ impl Node {
         while self
             .asks
             .front()
-            .is_some_and(|(_, at)| now.saturating_duration_since(*at) > keep)
+            .is_some_and(|ask| now.saturating_duration_since(ask.sent) > keep)
         {
             self.asks.pop_front();
         }
-        self.asks.push_back((seq, now));
+        // The previous ask, if it had the time an answer takes (asks are half an interval
+        // apart; one made just before a heartbeat's is not judged), got no answer from any
+        // helper, not even a nack: the trouble is likelier this node's own.
+        if let Some(previous) = self.asks.back()
+            && !previous.answered
+            && now.saturating_duration_since(previous.sent) >= self.config.ask_interval()
+        {
+            self.detector.unanswered_asks += 1;
+            self.health.raise(1, now);
+            self.apply_health();
+        }
+        self.asks.push_back(Ask {
+            seq,
+            sent: now,
+            answered: false,
+        });
         self.next_ask = Some(now + self.config.ask_interval());
         self.detector.asks += 1;
     }
 
     /// `asker` doubts some members: vouch at once, to it alone, for those this node heard
     /// itself (not through others, so vouches never chain) within [`Config::offline_after`].
+    /// Having heard none of them, it still answers, with an empty vouch (a nack): the asker
+    /// learns its ask arrived, so its own links are not the trouble ([`crate::health`]).
     fn answer_doubts(&mut self, asker: PeerId, heartbeat: &Heartbeat, now: Instant) {
         let within = self.config.offline_after;
         let heard: Vec<Heard> = heartbeat
@@ -1583,10 +1741,14 @@ impl Node {
                 })
             })
             .collect();
-        if heard.is_empty() || self.exit.is_some() {
+        if self.exit.is_some() {
             return;
         }
-        self.detector.vouches_sent += 1;
+        if heard.is_empty() {
+            self.detector.nacks_sent += 1;
+        } else {
+            self.detector.vouches_sent += 1;
+        }
         let vouch = Vouch {
             asked: heartbeat.seq,
             heard,
@@ -1599,10 +1761,16 @@ impl Node {
     /// (the voucher answered after our ask left). An answer to an ask we no longer know is
     /// ignored.
     fn take_vouch(&mut self, vouch: &Vouch) {
-        let Some(&(_, asked_at)) = self.asks.iter().rev().find(|(seq, _)| *seq == vouch.asked)
+        let Some(ask) = self
+            .asks
+            .iter_mut()
+            .rev()
+            .find(|ask| ask.seq == vouch.asked)
         else {
             return;
         };
+        ask.answered = true;
+        let asked_at = ask.sent;
         for heard in &vouch.heard {
             let age = Duration::from_millis(u64::from(heard.age_ms));
             let Some(at) = asked_at.checked_sub(age) else {
@@ -1981,7 +2149,7 @@ impl Node {
         if sized.heartbeat_interval != self.config.heartbeat_interval {
             self.config.heartbeat_interval = sized.heartbeat_interval;
             self.config.offline_after = sized.offline_after;
-            self.membership.set_offline_after(sized.offline_after);
+            self.apply_health();
         }
     }
 
@@ -2505,13 +2673,32 @@ mod tests {
     }
 
     impl Fixture {
-        /// `a_priority` decides whether `a` (10 = leads) or `b` (priority 20) leads.
+        /// `a_priority` decides whether `a` (10 = leads) or `b` (priority 20) leads. These
+        /// tests call the core at whatever instants their rule needs, not at the wakes it
+        /// asks for, so local health awareness (which reads a late call as a starved node) is
+        /// off; [`Fixture::aware`] has it on, for tests that call at every wake.
         fn new(a_priority: u32, alive: &[usize]) -> Self {
+            Self::with_config(
+                a_priority,
+                alive,
+                Config {
+                    max_health: 0,
+                    ..Config::default()
+                },
+            )
+        }
+
+        /// `a` leads, b and c are not yet heard, local health awareness is on.
+        fn aware() -> Self {
+            Self::with_config(10, &[], Config::default())
+        }
+
+        fn with_config(a_priority: u32, alive: &[usize], config: Config) -> Self {
             let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
             let t0 = Instant::now();
             let ids = [a, b, c];
             let node = Node::new(
-                Config::default(),
+                config,
                 LocalNode {
                     id: a,
                     name: "a".into(),
@@ -2907,8 +3094,14 @@ mod tests {
             .expect("c doubted");
         let vouch = vouch_for(seq, c, 0);
         f.beat_from(2.55, b, Vec::new(), Some(vouch));
+        // Asked again, it answers with an empty vouch (a nack): b learns its ask arrived.
         let out = f.beat_from(3.6, b, vec![Doubt(c)], None);
-        assert!(beats(&out).is_empty(), "{out:?}");
+        let sent = beats(&out);
+        assert_eq!(sent.len(), 1, "{out:?}");
+        assert_eq!(sent[0].0, &[b][..]);
+        let nack = sent[0].1.vouch.clone().expect("a nack");
+        assert!(nack.heard.is_empty(), "{nack:?}");
+        assert_eq!(f.node.detector().nacks_sent, 1);
     }
 
     #[test]
@@ -3029,6 +3222,189 @@ mod tests {
         }
         assert!(f.node.leadership().is_local);
         assert_eq!(f.node.partition(f.at(4.3)), None);
+    }
+
+    /// Calls the timer every 50 ms from `from` to `to` seconds (so never late), giving
+    /// `each` the instant and what the call put out; `b` and `c` heartbeat every whole second
+    /// while `beating` says so.
+    fn steady(
+        f: &mut Fixture,
+        (from, to): (f64, f64),
+        beating: impl Fn(PeerId, f64) -> bool,
+        mut each: impl FnMut(&mut Fixture, f64, &[Output]),
+    ) {
+        let (b, c) = (f.b, f.c);
+        let (first, last) = ((from * 20.0).round() as u64, (to * 20.0).round() as u64);
+        for step in first..=last {
+            let t = step as f64 / 20.0;
+            if step % 20 == 0 {
+                for member in [b, c] {
+                    if beating(member, t) {
+                        f.heartbeat_from(t, member);
+                    }
+                }
+            }
+            let out = f.handle(t, Input::Timer);
+            each(f, t, &out);
+        }
+    }
+
+    /// Answers every ask among `out` from `helper` at `t` with a nack (it heard none).
+    fn nack_asks(f: &mut Fixture, t: f64, helper: PeerId, out: &[Output]) {
+        for (to, seq, _) in asks(out) {
+            if to.contains(&helper) {
+                let nack = Vouch {
+                    asked: seq,
+                    heard: Vec::new(),
+                };
+                f.beat_from(t + 0.01, helper, Vec::new(), Some(nack));
+            }
+        }
+    }
+
+    fn ran_late(out: &[Output]) -> Option<(Duration, u32)> {
+        out.iter().find_map(|o| match o {
+            Output::RanLate { late, health } => Some((*late, *health)),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_node_that_ran_late_excuses_the_time_it_was_not_running_and_heartbeats_at_once() {
+        // The same 2.7 s stall of this node's process, with and without the awareness: its
+        // first call afterwards is the timer, before the heartbeats that waited meanwhile.
+        for aware in [true, false] {
+            let mut f = Fixture::aware();
+            if !aware {
+                f = Fixture::with_config(
+                    10,
+                    &[],
+                    Config {
+                        max_health: 0,
+                        ..Config::default()
+                    },
+                );
+            }
+            f.join_b_and_c(0.0);
+            let (b, c) = (f.b, f.c);
+            steady(
+                &mut f,
+                (0.05, 1.0),
+                |_, _| true,
+                |_, _, out| {
+                    assert!(ran_late(out).is_none(), "called every 50 ms: {out:?}");
+                },
+            );
+            let out = f.handle(3.7, Input::Timer);
+            if !aware {
+                assert!(offline(&out, b) && offline(&out, c), "{out:?}");
+                continue;
+            }
+            assert!(!offline(&out, b) && !offline(&out, c), "{out:?}");
+            // Late from the wake it asked for (its heartbeat at 2 s), not from its last call.
+            let (late, health) = ran_late(&out).expect("a late call is told");
+            assert_eq!(late, Duration::from_millis(1700));
+            assert_eq!(health, 2, "one point, and one per whole interval late");
+            // The refutation: a heartbeat to every member at once.
+            let sent: Vec<PeerId> = beats(&out)
+                .iter()
+                .flat_map(|(to, _)| to.iter().copied())
+                .collect();
+            assert!(sent.contains(&b) && sent.contains(&c), "{out:?}");
+            // The backlog is read: both alive, nobody was ever marked.
+            f.heartbeat_from(3.71, b);
+            f.heartbeat_from(3.71, c);
+            steady(
+                &mut f,
+                (3.75, 8.0),
+                |_, _| true,
+                |_, _, out| {
+                    assert!(!offline(out, b) && !offline(out, c), "{out:?}");
+                },
+            );
+            let detector = f.node.detector();
+            assert_eq!(detector.late_wakes, 1);
+            assert_eq!(detector.longest_late_ms, 1700, "{detector:?}");
+        }
+    }
+
+    #[test]
+    fn a_struggling_node_waits_longer_and_a_healthy_one_keeps_the_plain_bound() {
+        let mut f = Fixture::aware();
+        f.join_b_and_c(0.0);
+        let (b, c) = (f.b, f.c);
+        steady(&mut f, (0.05, 1.0), |_, _| true, |_, _, _| {});
+        let out = f.handle(3.2, Input::Timer);
+        assert_eq!(ran_late(&out).map(|(_, h)| h), Some(2));
+        f.heartbeat_from(3.21, b);
+        f.heartbeat_from(3.21, c);
+        // b goes silent for good (its last heartbeat read at 3.21); c answers every ask about
+        // it with a nack. With score 2 the bound is 3.5 s and shrinks by half a second every
+        // 2 s: b is offline after 3 s of silence.
+        let mut b_offline = None;
+        steady(
+            &mut f,
+            (3.25, 12.0),
+            |m, _| m == c,
+            |f, t, out| {
+                nack_asks(f, t, c, out);
+                if offline(out, b) && b_offline.is_none() {
+                    b_offline = Some(t);
+                }
+            },
+        );
+        let marked = b_offline.expect("b offline in the end");
+        let silence = marked - 3.21;
+        assert!(
+            (3.0..=3.05).contains(&silence),
+            "offline after {silence:.2} s of silence, not the plain 2.5 s"
+        );
+        assert_eq!(f.node.detector().unanswered_asks, 0, "every ask was nacked");
+        // Calm again (score 0 after 8 s without a sign): the plain bound, 2.5 s.
+        assert_eq!(f.node.detector().health, 0);
+        let mut c_offline = None;
+        steady(
+            &mut f,
+            (12.05, 20.0),
+            |m, t| m == c && t <= 14.0,
+            |_, t, out| {
+                if offline(out, c) && c_offline.is_none() {
+                    c_offline = Some(t);
+                }
+            },
+        );
+        let silence = c_offline.expect("c offline") - 14.0;
+        assert!(
+            (2.5..=2.55).contains(&silence),
+            "a healthy node marks a silent member after {silence:.2} s"
+        );
+    }
+
+    #[test]
+    fn asks_nobody_answers_raise_the_score_and_a_nack_is_an_answer() {
+        let mut f = Fixture::aware();
+        f.join_b_and_c(0.0);
+        let c = f.c;
+        // b is silent here (c is not): a asks c about b at 1.25 s and again at 1.75 s. c
+        // answers neither, so the second ask finds the first unanswered.
+        steady(&mut f, (0.05, 1.95), |m, _| m == c, |_, _, _| {});
+        let detector = f.node.detector().clone();
+        assert_eq!(detector.asks, 2, "{detector:?}");
+        assert_eq!(detector.unanswered_asks, 1, "{detector:?}");
+        assert_eq!(detector.health, 1, "{detector:?}");
+        // From now on c nacks every ask (it did not hear b either): no more are unanswered.
+        steady(
+            &mut f,
+            (2.0, 6.0),
+            |m, _| m == c,
+            |f, t, out| nack_asks(f, t, c, out),
+        );
+        let detector = f.node.detector().clone();
+        assert!(detector.asks >= 4, "{detector:?}");
+        assert_eq!(
+            detector.unanswered_asks, 1,
+            "nacked asks are answered: {detector:?}"
+        );
     }
 
     #[test]

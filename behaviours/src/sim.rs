@@ -228,6 +228,17 @@ pub enum Fault {
     },
     /// The loss probability changes.
     SetLoss(f64),
+    /// Node `node`'s process is not scheduled for `length` (starved, SIGSTOPped, its loop
+    /// blocked): it handles nothing and sends nothing; what reaches it waits, and when it runs
+    /// again its timer comes first, then the backlog in arrival order (the worst order: the
+    /// timer judges silences before the heartbeats that wait are read). Its kernel keeps its
+    /// connections open.
+    Pause {
+        /// Which node.
+        node: usize,
+        /// How long.
+        length: Duration,
+    },
     /// `count` new nodes join, `gap` apart, each through a random member.
     Join {
         /// How many.
@@ -257,6 +268,9 @@ impl fmt::Display for Fault {
             Fault::BlockOneWay { from, to } => write!(f, "block(n{from:04}->n{to:04})"),
             Fault::SetLoss(loss) => write!(f, "loss({:.1}%)", loss * 100.0),
             Fault::Join { count, .. } => write!(f, "join({count})"),
+            Fault::Pause { node, length } => {
+                write!(f, "pause(n{node:04}, {} ms)", length.as_millis())
+            }
         }
     }
 }
@@ -316,6 +330,9 @@ pub struct Scenario {
     pub start: StartMode,
     /// Count any false offline mark as a violation.
     pub assert_no_false_offline: bool,
+    /// Local health awareness on (the daemon's default; [`crate::health`]). Off, to show
+    /// what it prevents.
+    pub local_health: bool,
 }
 
 impl Scenario {
@@ -330,12 +347,17 @@ impl Scenario {
             faults: Vec::new(),
             start: StartMode::for_size(nodes),
             assert_no_false_offline: false,
+            local_health: true,
         }
     }
 
     /// The core configuration every node of this scenario runs.
     pub fn config(&self) -> Config {
-        Config::for_size(self.nodes)
+        let mut config = Config::for_size(self.nodes);
+        if !self.local_health {
+            config.max_health = 0;
+        }
+        config
     }
 
     /// How long after a fault the network must have converged: detection, the slowest redial,
@@ -657,6 +679,8 @@ struct SimNode {
     stopping: bool,
     /// Simulated milliseconds it was up, summed over its processes.
     up_ms: u64,
+    /// Paused ([`Fault::Pause`]) until then: events for it wait.
+    paused_until: Ms,
 }
 
 #[derive(Debug, Clone)]
@@ -810,7 +834,8 @@ impl Sim {
                     target: Target::Node(i),
                     ..
                 }
-                | Fault::Stop(Target::Node(i)) => check(*i)?,
+                | Fault::Stop(Target::Node(i))
+                | Fault::Pause { node: i, .. } => check(*i)?,
                 Fault::BlockOneWay { from, to } => {
                     check(*from)?;
                     check(*to)?;
@@ -857,6 +882,7 @@ impl Sim {
                 snapshot: None,
                 initial: Rc::default(),
                 up_since: 0,
+                paused_until: 0,
                 down_since: 0,
                 wake: None,
                 alive_seen: 0,
@@ -1330,7 +1356,7 @@ impl Sim {
             Output::InviteRecorded { request, result } => {
                 self.on_invite_recorded(i, request, result)
             }
-            Output::LeaveDone(_) => {}
+            Output::LeaveDone(_) | Output::RanLate { .. } => {}
             Output::Exit => {
                 self.nodes[i as usize].stopping = true;
                 self.take_down(i, true);
@@ -1555,8 +1581,41 @@ impl Sim {
         n.epoch == epoch && n.core.is_some()
     }
 
+    /// The node an event is an input of (`None`: the network's or the checker's own).
+    fn input_of(event: &Event) -> Option<u32> {
+        match event {
+            Event::Timer(i) | Event::JoinStart(i) => Some(*i),
+            Event::Gossip { to, .. }
+            | Event::Beat { to, .. }
+            | Event::Subscribed { to, .. }
+            | Event::Disconnected { to, .. }
+            | Event::DialFailed { to, .. }
+            | Event::Sync { to, .. }
+            | Event::Persisted { to, .. } => Some(*to),
+            Event::JoinRequest { seed, .. } => Some(*seed),
+            Event::JoinAdmitted { joiner, .. } | Event::JoinConnect { joiner, .. } => Some(*joiner),
+            Event::Connect { a, .. } => Some(*a),
+            Event::Check | Event::Fault(_) | Event::ConnTimeout { .. } => None,
+        }
+    }
+
     fn dispatch(&mut self, event: Event) {
         let now = self.queue.now;
+        if let Some(i) = Self::input_of(&event) {
+            let until = self.nodes[i as usize].paused_until;
+            if until > now {
+                // A paused process handles it when it runs again, in arrival order.
+                if let Event::Timer(i) = event {
+                    if self.nodes[i as usize].wake == Some(now) {
+                        self.nodes[i as usize].wake = Some(until);
+                        self.queue.push(until, Event::Timer(i));
+                    }
+                } else {
+                    self.queue.push(until, event);
+                }
+                return;
+            }
+        }
         match event {
             Event::Timer(i) => {
                 if self.nodes[i as usize].wake == Some(now) {
@@ -1756,7 +1815,7 @@ impl Sim {
         let bound = to_ms(self.detection_bound());
         let node = &self.nodes[t as usize];
         let reachable_for_long = node.core.is_some()
-            && now.saturating_sub(node.up_since) > bound
+            && now.saturating_sub(node.up_since.max(node.paused_until)) > bound
             && now.saturating_sub(self.fault_at) > bound
             && self.passes_both(i, t);
         if !reachable_for_long {
@@ -1865,6 +1924,17 @@ impl Sim {
                 self.links_changed();
             }
             Fault::SetLoss(loss) => self.loss = loss,
+            Fault::Pause { node, length } => {
+                let end = now + to_ms(length);
+                self.nodes[node].paused_until = end;
+                // Its timer, if one is due meanwhile, comes first when it runs again.
+                if let Some(wake) = self.nodes[node].wake
+                    && wake < end
+                {
+                    self.nodes[node].wake = Some(end);
+                    self.queue.push(end, Event::Timer(node as u32));
+                }
+            }
             Fault::Join { count, gap } => {
                 let first = self
                     .nodes
@@ -2396,6 +2466,9 @@ impl Scenario {
         if self.assert_no_false_offline {
             args.push_str(" --assert-no-false-offline");
         }
+        if !self.local_health {
+            args.push_str(" --no-local-health");
+        }
         if self.faults.is_empty() {
             args.push_str(" --no-faults");
         }
@@ -2446,6 +2519,9 @@ impl Scenario {
                 Fault::SetLoss(loss) => format!(" --loss-at {at_s}:{loss}"),
                 Fault::Join { count, gap } => {
                     format!(" --join {at_s}:{count}:{}", gap.as_millis())
+                }
+                Fault::Pause { node, length } => {
+                    format!(" --pause {at_s}:{node}:{}", length.as_millis())
                 }
             };
             args.push_str(&flag);

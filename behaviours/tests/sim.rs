@@ -356,3 +356,47 @@ fn a_lossy_jittery_network_of_three_has_no_false_offline_marks() {
     assert_eq!(report.false_offline, 0);
     assert_eq!(phase(&report, "start").leaders, vec!["n0000".to_owned()]);
 }
+
+/// Local health awareness (`behaviours/src/health.rs`): in a lossy, jittery network (5 % loss,
+/// 100 ± 50 ms) one node after another is paused — starved or stopped — for 1.5 to 2.4 s,
+/// every 10 s. Running again, a paused node reads its timer before the heartbeats that waited
+/// for it; without the awareness it then marked members offline for silence it never had the
+/// chance to hear. With it, no paused node marks anyone (the others may mark the paused node
+/// itself: its silence is real, and the checker excuses it).
+#[test]
+fn paused_nodes_mark_nobody_offline_when_they_run_again() {
+    let scenario = |nodes: usize, aware: bool| {
+        let mut scenario = Scenario::new("paused", nodes, secs(300), 31);
+        scenario.net.loss = 0.05;
+        scenario.net.latency = Duration::from_millis(100);
+        scenario.net.jitter = Duration::from_millis(50);
+        scenario.assert_no_false_offline = true;
+        scenario.local_health = aware;
+        scenario.faults = (1..29u64)
+            .map(|k| {
+                let fault = Fault::Pause {
+                    node: k as usize % nodes,
+                    length: Duration::from_millis(1500 + (k * 337) % 900),
+                };
+                (secs(10 * k), fault)
+            })
+            .collect();
+        scenario
+    };
+    for nodes in [3, 5] {
+        let report = run(scenario(nodes, true));
+        eprintln!(
+            "figure: simulated pauses of 1.5–2.4 s every 10 s, {nodes} nodes, 5 % loss, 100 ± 50 ms, 300 s: {} false offline marks",
+            report.false_offline
+        );
+        assert_eq!(report.false_offline, 0);
+        match sim::run(scenario(nodes, false)) {
+            Err(SimError::Violation(violation)) => {
+                assert_eq!(violation.invariant, Invariant::FalseOffline, "{violation}");
+            }
+            other => panic!(
+                "without local health awareness a paused node should mark members offline: {other:?}"
+            ),
+        }
+    }
+}

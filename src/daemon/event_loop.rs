@@ -276,6 +276,7 @@ impl EventLoop {
                 log_outputs::leave_done(&self.state.network_id, &result);
                 self.replies.leave_done(result);
             }
+            Output::RanLate { late, health } => log_outputs::ran_late(late, health),
             Output::Exit => self.exit = true,
             Output::WakeAt(at) => self.wake = at,
         }

@@ -21,6 +21,18 @@ pub(super) fn leader_changed(core: &Node, previous: &PeerId, leader: &PeerId) {
     );
 }
 
+/// The core was called well after the instant it asked for: this process was not running
+/// (starved or stopped) or its event loop was blocked. Worth a warning: the node excuses the
+/// time and waits longer before it blames members (docs/design.md, "Local health").
+pub(super) fn ran_late(late: std::time::Duration, health: u32) {
+    warn!(
+        late_ms = late.as_millis() as u64,
+        health,
+        event = "ran_late",
+        "event loop ran late; local health score {health}"
+    );
+}
+
 /// A member joined, left, came alive or went offline.
 pub(super) fn membership(core: &Node, change: &Change) {
     match change {

@@ -20,6 +20,13 @@ use serde::Deserialize;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_constella");
 
+/// The `constella` binary the nodes run: env `CONSTELLA_BIN` if set (a bench built in the dev
+/// profile can run a release daemon: `CONSTELLA_BIN=target/release/constella cargo bench
+/// --profile dev --bench scale`), else the one cargo built with this test.
+pub fn bin() -> String {
+    std::env::var("CONSTELLA_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
+
 /// A libp2p swarm of our own in the test (TCP + noise + yamux, 60 s idle timeout): an
 /// outsider or a probe that is not a Constella node.
 pub fn test_swarm<B: libp2p::swarm::NetworkBehaviour>(
@@ -199,7 +206,7 @@ impl Node {
 
     /// Runs a CLI command against this node's state directory.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        Command::new(bin())
             .arg("--state-dir")
             .arg(&self.dir)
             .args(args)
@@ -212,7 +219,7 @@ impl Node {
     /// Runs a CLI command with extra environment and, if given, `input` on stdin.
     pub fn cli_with(&self, args: &[&str], env: &[(&str, &str)], input: Option<&str>) -> Output {
         use std::io::Write;
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .arg("--state-dir")
             .arg(&self.dir)
             .args(args)
@@ -320,7 +327,7 @@ impl Node {
         // In a namespace: the joiner must reach the seed from there.
         let out = Command::new(&self.prefix[0])
             .args(&self.prefix[1..])
-            .arg(BIN)
+            .arg(bin())
             .arg("--state-dir")
             .arg(&self.dir)
             .args(self.join_args(link, priority))
@@ -359,10 +366,10 @@ impl Node {
         let mut command = match prefix.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
-                command.args(args).arg(BIN);
+                command.args(args).arg(bin());
                 command
             }
-            None => Command::new(BIN),
+            None => Command::new(bin()),
         };
         let child = command
             .arg("--state-dir")

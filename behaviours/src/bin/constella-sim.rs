@@ -79,12 +79,19 @@ struct Args {
     /// Fail on any false offline mark (a member up and reachable marked offline).
     #[arg(long)]
     assert_no_false_offline: bool,
+    /// Turn local health awareness off (a late node then judges silences it could not hear).
+    #[arg(long)]
+    no_local_health: bool,
     /// AT[:loud]: crash the leader at AT s (silent: its host vanishes; loud: connections reset).
     #[arg(long, value_name = "AT[:loud]")]
     crash: Vec<String>,
     /// AT:NODE[:loud]: crash node NODE at AT s.
     #[arg(long, value_name = "AT:NODE[:loud]")]
     crash_node: Vec<String>,
+    /// AT:NODE:MS: node NODE's process is not scheduled for MS ms from AT s (starved or
+    /// stopped; its timer comes first when it runs again, then what waited).
+    #[arg(long, value_name = "AT:NODE:MS")]
+    pause: Vec<String>,
     /// AT: stop the leader gracefully (goodbye, stand down) at AT s.
     #[arg(long, value_name = "AT")]
     stop: Vec<String>,
@@ -169,6 +176,18 @@ fn faults(args: &Args) -> Result<Vec<(Duration, Fault)>, String> {
             },
         ));
     }
+    for text in &args.pause {
+        let p = parts(text, "pause", 3, 3)?;
+        let node = number(p[1], "pause", "node number")?;
+        let ms: u64 = number(p[2], "pause", "length in ms")?;
+        faults.push((
+            secs(p[0], "pause")?,
+            Fault::Pause {
+                node,
+                length: Duration::from_millis(ms),
+            },
+        ));
+    }
     for text in &args.stop {
         faults.push((secs(text, "stop")?, Fault::Stop(Target::Leader)));
     }
@@ -243,6 +262,7 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
         };
     }
     scenario.assert_no_false_offline = args.assert_no_false_offline;
+    scenario.local_health = !args.no_local_health;
     if name == "default" {
         scenario.add_default_faults();
     } else {
