@@ -99,6 +99,15 @@ pub struct Quorum {
     pub sees_first: bool,
 }
 
+/// What [`Membership::take_heartbeat`] made of a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenHeartbeat {
+    /// The member came alive.
+    pub change: Option<Change>,
+    /// It counted as heard directly now (not a late copy, not from an incarnation seen to die).
+    pub direct: bool,
+}
+
 /// Why a heartbeat or a goodbye was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HeartbeatRejection {
@@ -281,6 +290,18 @@ pub struct Membership {
     /// Records refused because they changed a card's PQ4 identity without a valid chain of
     /// custody (see [`crate::network_keys::custody_holds`]).
     custody_refusals: u64,
+    /// [`Membership::quorum`] as of the last change that can move it (`None`: to be counted
+    /// again). The leader asks for it after every input, and counting is a scan of the whole
+    /// list; only a change of status, silence, departure or leader order changes it, never a
+    /// heartbeat of a member already alive. Cleared by [`Membership::elect`] (which every such
+    /// change calls) and where a member's silence changes without an election.
+    quorum: std::cell::Cell<Option<Quorum>>,
+    /// Bumped whenever the leader or its name may have changed (every election that moved
+    /// either), so a caller tells "same as last time" by one number instead of comparing
+    /// names after every input.
+    elections: u64,
+    /// `leader == local`, kept with it (asked after every input).
+    leader_is_local: bool,
 }
 
 impl Membership {
@@ -296,6 +317,9 @@ impl Membership {
             leader_name: None,
             next_expiry: None,
             custody_refusals: 0,
+            quorum: std::cell::Cell::new(None),
+            elections: 0,
+            leader_is_local: true,
         };
         for record in records {
             let id = record.node_id;
@@ -313,6 +337,7 @@ impl Membership {
     /// candidate unless it stands down; if it stands down and nobody else is alive, it is still
     /// the answer. Returns whether the leader changed.
     fn elect(&mut self) -> bool {
+        self.quorum.set(None);
         let mut best: Option<(&PeerId, &Entry)> = None;
         for (id, entry) in self.entries.iter() {
             let candidate = if *id == self.local {
@@ -329,17 +354,17 @@ impl Membership {
             }
         }
         let leader = best.map_or(self.local, |(id, _)| *id);
-        match best.map(|(_, entry)| &entry.record().name) {
-            Some(name) => match &mut self.leader_name {
-                Some(cached) => cached.clone_from(name),
-                None => self.leader_name = Some(name.clone()),
-            },
-            None => {
-                self.leader_name = self.entries.get(&leader).map(|e| e.record().name.clone());
-            }
-        }
+        let name = match best {
+            Some((_, entry)) => Some(&entry.record().name),
+            None => self.entries.get(&leader).map(|e| &e.record().name),
+        };
         let changed = leader != self.leader;
+        if changed || name != self.leader_name.as_ref() {
+            self.leader_name = name.cloned();
+            self.elections += 1;
+        }
         self.leader = leader;
+        self.leader_is_local = leader == self.local;
         changed
     }
 
@@ -371,10 +396,12 @@ impl Membership {
 
     /// Current members other than this node.
     pub fn remote_members(&self) -> impl Iterator<Item = (&PeerId, &MemberRecord)> {
+        let local = self.entries.place_of(&self.local);
         self.entries
             .iter()
-            .filter(move |(id, entry)| **id != self.local && !entry.left)
-            .map(|(id, entry)| (id, entry.record()))
+            .enumerate()
+            .filter(move |(place, (_, entry))| Some(*place) != local && !entry.left)
+            .map(|(_, (id, entry))| (id, entry.record()))
     }
 
     /// Addresses a member announced in its last heartbeat.
@@ -428,6 +455,24 @@ impl Membership {
         self.leader_name.as_deref()
     }
 
+    /// Where this node sits in its own list (ascending node ids, tombstones included): the
+    /// same place as in the list of every member whose roster agrees, so a good hint for
+    /// them of where to find this node's entry ([`Membership::take_heartbeat`]).
+    pub fn own_place(&self) -> Option<usize> {
+        self.entries.place_of(&self.local)
+    }
+
+    /// Whether this node is the leader.
+    pub fn leader_is_local(&self) -> bool {
+        self.leader_is_local
+    }
+
+    /// Changes whenever [`Membership::leader`] or [`Membership::leader_name`] may have
+    /// changed; equal numbers mean both are as they were.
+    pub fn elections(&self) -> u64 {
+        self.elections
+    }
+
     /// When [`Membership::tick`] may next find a silent member (`None`: no alive remote member).
     pub fn next_expiry(&self) -> Option<Instant> {
         self.next_expiry
@@ -474,13 +519,14 @@ impl Membership {
         &mut self,
         id: PeerId,
         seq: u64,
+        place: Option<usize>,
     ) -> Result<Option<(PeerId, &mut Liveness)>, HeartbeatRejection> {
         if id == self.local {
             return Ok(None);
         }
         let entry = self
             .entries
-            .get_mut(&id)
+            .get_mut_near(&id, place)
             .filter(|entry| !entry.left)
             .ok_or(HeartbeatRejection::NonMember)?;
         let live = &mut entry.liveness;
@@ -503,8 +549,27 @@ impl Membership {
         connected: impl FnOnce() -> bool,
         now: Instant,
     ) -> Result<Option<Change>, HeartbeatRejection> {
-        let Some((id, live)) = self.accept_seq(hb.node_id, hb.seq)? else {
-            return Ok(None);
+        self.take_heartbeat(hb, None, connected, now)
+            .map(|taken| taken.change)
+    }
+
+    /// [`Membership::on_heartbeat`], also telling whether it counted as heard directly now
+    /// (what [`Membership::direct_age`] would say), so the caller needs no second lookup of
+    /// the sender: this runs for every heartbeat of every member. `place` is a hint of where
+    /// the sender sits in the list (see [`Membership::own_place`]).
+    pub fn take_heartbeat(
+        &mut self,
+        hb: &Heartbeat,
+        place: Option<usize>,
+        connected: impl FnOnce() -> bool,
+        now: Instant,
+    ) -> Result<TakenHeartbeat, HeartbeatRejection> {
+        let ignored = TakenHeartbeat {
+            change: None,
+            direct: false,
+        };
+        let Some((id, live)) = self.accept_seq(hb.node_id, hb.seq, place)? else {
+            return Ok(ignored);
         };
         live.uptime_secs = Some(hb.uptime_secs);
         if live.addrs != hb.addrs {
@@ -512,7 +577,7 @@ impl Membership {
         }
         if live.evidence_incarnation == Some(hb.incarnation()) && !connected() {
             // Relayed late from an incarnation we saw die: not proof of life.
-            return Ok(None);
+            return Ok(ignored);
         }
         live.evidence_incarnation = None;
         live.last_heard = Some(now);
@@ -521,9 +586,37 @@ impl Membership {
             live.status = Status::Alive;
             self.note_deadline(now);
             self.elect();
-            return Ok(Some(Change::Alive(id)));
+            return Ok(TakenHeartbeat {
+                change: Some(Change::Alive(id)),
+                direct: true,
+            });
         }
-        Ok(None)
+        Ok(TakenHeartbeat {
+            change: None,
+            direct: true,
+        })
+    }
+
+    /// The ids among `connected` (ascending, as a [`PeerTable`] iterates) that are current
+    /// members, in that order. One ordered walk of both lists: a lookup per id would land on a
+    /// cold entry each at a thousand members, and this runs for every heartbeat sent.
+    pub fn members_among<'a>(
+        &'a self,
+        connected: impl Iterator<Item = &'a PeerId>,
+    ) -> impl Iterator<Item = &'a PeerId> {
+        let mut entries = self.entries.iter().peekable();
+        connected.filter(move |id| {
+            while let Some((entry_id, entry)) = entries.peek() {
+                match (*entry_id).cmp(id) {
+                    std::cmp::Ordering::Less => {
+                        entries.next();
+                    }
+                    std::cmp::Ordering::Equal => return !entry.left,
+                    std::cmp::Ordering::Greater => return false,
+                }
+            }
+            false
+        })
     }
 
     /// A message of `peer` itself arrived over a direct connection (a roster exchange): proof
@@ -552,6 +645,17 @@ impl Membership {
 
     /// How many of the last-known members this node sees (see [`Quorum`]).
     pub fn quorum(&self) -> Quorum {
+        if let Some(quorum) = self.quorum.get() {
+            debug_assert_eq!(quorum, self.count_quorum(), "stale quorum cache");
+            return quorum;
+        }
+        let quorum = self.count_quorum();
+        self.quorum.set(Some(quorum));
+        quorum
+    }
+
+    /// [`Membership::quorum`] counted afresh: one scan of the list.
+    fn count_quorum(&self) -> Quorum {
         let mut quorum = Quorum {
             sees: 0,
             of: 0,
@@ -582,12 +686,13 @@ impl Membership {
     /// Takes an authenticated goodbye whose gossipsub signer is `goodbye.node_id`: the member is
     /// offline now, until a heartbeat with a higher sequence number (its next incarnation).
     pub fn on_goodbye(&mut self, goodbye: &Goodbye) -> Result<Option<Change>, HeartbeatRejection> {
-        let Some((id, live)) = self.accept_seq(goodbye.node_id, goodbye.seq)? else {
+        let Some((id, live)) = self.accept_seq(goodbye.node_id, goodbye.seq, None)? else {
             return Ok(None);
         };
         live.evidence_incarnation = Some(goodbye.incarnation());
         live.silent = false;
         if live.status == Status::Offline {
+            self.quorum.set(None);
             return Ok(None);
         }
         live.status = Status::Offline;
@@ -617,6 +722,18 @@ impl Membership {
             self.note_deadline(now);
             self.elect();
         }
+    }
+
+    /// Whether every other current member is alive on evidence that arrived after `at`
+    /// ([`Membership::heard_after`] of each, in one walk of the list).
+    pub fn all_heard_after(&self, at: Instant) -> bool {
+        let local = self.entries.place_of(&self.local);
+        self.entries.iter().enumerate().all(|(place, (_, entry))| {
+            Some(place) == local
+                || entry.left
+                || (entry.liveness.status == Status::Alive
+                    && entry.liveness.last_heard.is_some_and(|heard| heard > at))
+        })
     }
 
     /// Whether `peer` is alive on evidence that arrived after `at` (a heartbeat or a direct
@@ -672,9 +789,10 @@ impl Membership {
     ) -> (Vec<(PeerId, Duration)>, Option<Instant>) {
         let mut doubted = Vec::new();
         let mut next: Option<Instant> = None;
-        for (id, entry) in self.entries.iter() {
+        let local = self.entries.place_of(&self.local);
+        for (place, (id, entry)) in self.entries.iter().enumerate() {
             let live = &entry.liveness;
-            if *id == self.local || entry.left || live.status != Status::Alive {
+            if Some(place) == local || entry.left || live.status != Status::Alive {
                 continue;
             }
             let Some(direct) = live.last_direct else {
@@ -759,6 +877,7 @@ impl Membership {
         // Refused: the process is down, not out of reach.
         entry.liveness.silent = false;
         if entry.liveness.status == Status::Offline {
+            self.quorum.set(None);
             return None;
         }
         entry.liveness.status = Status::Offline;
@@ -775,9 +894,10 @@ impl Membership {
             return changes;
         }
         let mut next_expiry: Option<Instant> = None;
-        for (id, entry) in self.entries.iter_mut() {
+        let local = self.entries.place_of(&self.local);
+        for (place, (id, entry)) in self.entries.iter_mut().enumerate() {
             let live = &mut entry.liveness;
-            if *id == self.local || entry.left || live.status == Status::Offline {
+            if Some(place) == local || entry.left || live.status == Status::Offline {
                 continue;
             }
             let silent = live
@@ -1078,6 +1198,28 @@ mod tests {
             OFFLINE_AFTER,
         );
         (m, a, b, c)
+    }
+
+    #[test]
+    fn members_among_connected_peers_are_found_by_one_ordered_walk() {
+        let (mut m, a, b, c) = three();
+        let stranger = PeerId::random();
+        let mut connected = PeerTable::new();
+        for id in [a, b, c, stranger] {
+            connected.insert(id, ());
+        }
+        let expected: Vec<PeerId> = connected
+            .keys()
+            .filter(|id| m.is_member(id))
+            .copied()
+            .collect();
+        let walked: Vec<PeerId> = m.members_among(connected.keys()).copied().collect();
+        assert_eq!(walked, expected);
+        assert_eq!(walked.len(), 3);
+        // A member that left is no longer listed.
+        m.remove(&c, 0);
+        let walked: Vec<PeerId> = m.members_among(connected.keys()).copied().collect();
+        assert!(!walked.contains(&c) && walked.contains(&b), "{walked:?}");
     }
 
     #[test]

@@ -493,6 +493,12 @@ pub enum Input<'a> {
         from: PeerId,
         /// The heartbeat.
         heartbeat: &'a Heartbeat,
+        /// Where the sender probably sits in this node's member table, if the caller knows:
+        /// the sender's [`Node::own_place`], the same in every node whose roster agrees. Only
+        /// a hint, checked (a wrong one costs the ordinary lookup); the daemon passes `None`.
+        /// The simulator passes it: at a thousand members it saves a cache miss on every
+        /// heartbeat.
+        place: Option<usize>,
     },
     /// A member sent its roster and settings directly; the answer is [`Output::SyncReply`].
     SyncRequest {
@@ -601,15 +607,17 @@ pub enum Input<'a> {
 /// What the core asks the daemon to do, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// Publish on the gossip topic (the daemon seals it with the network MAC).
-    Publish(GossipBody),
+    /// Publish on the gossip topic (the daemon seals it with the network MAC). The large
+    /// variants are boxed: every input returns at least one output, and the simulator moves a
+    /// hundred million of them a run, so the enum stays small.
+    Publish(Box<GossipBody>),
     /// Send this heartbeat straight to each of `to` (connected members) over the beat protocol
     /// ([`crate::beat`]), sealed once under the gossip key. Heartbeats no longer ride gossipsub.
     Heartbeat {
         /// The connected members to send it to.
         to: Vec<PeerId>,
         /// The heartbeat.
-        heartbeat: Heartbeat,
+        heartbeat: Box<Heartbeat>,
     },
     /// Send our roster and settings to `to` directly and feed its answer back as
     /// [`Input::SyncAnswer`].
@@ -617,14 +625,14 @@ pub enum Output {
         /// The member to exchange with.
         to: PeerId,
         /// What to send.
-        message: SyncMessage,
+        message: Box<SyncMessage>,
     },
     /// The answer to an [`Input::SyncRequest`].
     SyncReply {
         /// The member that asked.
         to: PeerId,
         /// What to answer.
-        message: SyncMessage,
+        message: Box<SyncMessage>,
     },
     /// Dial `peer` at these addresses (`host:port` or multiaddr text), unless connected.
     Dial {
@@ -638,7 +646,7 @@ pub enum Output {
     /// Write this to the state file. With an ack, feed [`Input::Persisted`] or
     /// [`Input::PersistFailed`] back once the write is durable or failed; without, the write
     /// may be coalesced with later ones.
-    Persist(Snapshot, Option<Ack>),
+    Persist(Box<Snapshot>, Option<Ack>),
     /// The verdict on the [`Input::Gossip`] just handled (always the first output of that
     /// input): forward it or not.
     GossipVerdict(Result<(), Refusal>),
@@ -656,13 +664,13 @@ pub enum Output {
     /// Tell the owner (only the node whose bot speaks gets these).
     Notice(NetworkEvent),
     /// The network settings changed.
-    Settings(NetworkSettings),
+    Settings(Box<NetworkSettings>),
     /// The answer to a Join request.
     JoinAnswer {
         /// The joiner.
         peer: PeerId,
         /// Admitted, or why not.
-        answer: Result<Admission, JoinRefusal>,
+        answer: Result<Box<Admission>, JoinRefusal>,
     },
     /// An admission was undone: the joiner never confirmed (logged by the daemon).
     AdmissionUndone {
@@ -823,6 +831,8 @@ pub struct Node {
     /// A graceful stop sends its goodbye at this instant (after the handover gap).
     goodbye_at: Option<Instant>,
     leadership: Leadership,
+    /// [`Membership::elections`] when `leadership.leader_name` was last compared.
+    leadership_elections: u64,
     /// The leader last reported with [`Output::LeaderChanged`]; kept only to tell a change,
     /// the leader itself is [`Membership::leader`].
     reported_leader: PeerId,
@@ -917,6 +927,7 @@ impl Node {
             exit: None,
             goodbye_at: None,
             leadership,
+            leadership_elections: u64::MAX,
             reported_leader: local_id,
             leader_changes: 0,
             rejections: Rejections::default(),
@@ -964,6 +975,12 @@ impl Node {
             });
         }
         view
+    }
+
+    /// Where this node sits in its own member table: a hint for the members whose roster
+    /// agrees of where its entry is (see [`Input::Heartbeat`]).
+    pub fn own_place(&self) -> Option<usize> {
+        self.membership.own_place()
     }
 
     /// The leader, as this node sees it (derived from the member table).
@@ -1058,6 +1075,21 @@ impl Node {
     /// Handles one input at `now` and returns what it causes; the last output is always
     /// [`Output::WakeAt`].
     pub fn handle(&mut self, now: Instant, input: Input<'_>) -> std::vec::Drain<'_, Output> {
+        self.run(now, input);
+        self.out.drain(..)
+    }
+
+    /// [`Node::handle`], with the outputs put into `out` (cleared first) instead of the node's
+    /// own buffer. A caller that drives many nodes (the simulator) lends each the same buffer:
+    /// it stays in the cache, where a thousand separate ones are each cold when written.
+    pub fn handle_into(&mut self, now: Instant, input: Input<'_>, out: &mut Vec<Output>) {
+        std::mem::swap(&mut self.out, out);
+        self.run(now, input);
+        std::mem::swap(&mut self.out, out);
+    }
+
+    /// The body of [`Node::handle`]: leaves the outputs in `self.out`.
+    fn run(&mut self, now: Instant, input: Input<'_>) {
         self.out.clear();
         self.check_lateness(now);
         match input {
@@ -1080,8 +1112,12 @@ impl Node {
                 self.out.insert(0, Output::GossipVerdict(verdict));
             }
             Input::GossipRefused(refusal) => self.rejections.count(refusal),
-            Input::Heartbeat { from, heartbeat } => {
-                let verdict = self.on_heartbeat(from, heartbeat, now);
+            Input::Heartbeat {
+                from,
+                heartbeat,
+                place,
+            } => {
+                let verdict = self.on_heartbeat(from, heartbeat, place, now);
                 if let Err(refusal) = verdict {
                     self.rejections.count(refusal);
                 }
@@ -1182,7 +1218,6 @@ impl Node {
         let wake = self.next_wake(now);
         self.health.expect_call_by(wake);
         self.out.push(Output::WakeAt(wake));
-        self.out.drain(..)
     }
 
     // ---- timers ----
@@ -1214,7 +1249,8 @@ impl Node {
                 node_id: self.local.id,
                 seq: self.seq(),
             };
-            self.out.push(Output::Publish(GossipBody::Goodbye(goodbye)));
+            self.out
+                .push(Output::Publish(Box::new(GossipBody::Goodbye(goodbye))));
         }
         if self.exit.is_some() {
             return;
@@ -1300,7 +1336,7 @@ impl Node {
         if !self.settled {
             consider(Some(self.started + self.config.settle));
         }
-        if self.membership.leader() == self.local.id {
+        if self.membership.leader_is_local() {
             consider(self.secret_since.checked_add(self.config.rotation_interval));
         }
         consider(self.departure_check_at);
@@ -1480,7 +1516,7 @@ impl Node {
             && author != self.local.id
         {
             // From a member that still publishes heartbeats on gossipsub (an older constella).
-            return self.on_heartbeat(author, heartbeat, now);
+            return self.on_heartbeat(author, heartbeat, None, now);
         }
         self.confirm_by_evidence(author, now);
         if !self.membership.is_member(&author) {
@@ -1521,6 +1557,7 @@ impl Node {
         &mut self,
         author: PeerId,
         heartbeat: &Heartbeat,
+        place: Option<usize>,
         now: Instant,
     ) -> Result<(), Refusal> {
         if heartbeat.node_id != author {
@@ -1532,10 +1569,17 @@ impl Node {
         self.confirm_by_evidence(author, now);
         let connected = &self.connected;
         let connected = || connected.contains_key(&author);
-        match self.membership.on_heartbeat(heartbeat, connected, now) {
-            Ok(change) => {
-                self.apply_changes(change.into_iter().collect(), now);
-                self.heard_itself(author, now);
+        match self
+            .membership
+            .take_heartbeat(heartbeat, place, connected, now)
+        {
+            Ok(taken) => {
+                if let Some(change) = taken.change {
+                    self.apply_changes(vec![change], now);
+                }
+                if taken.direct {
+                    self.heard_itself_now(author, now);
+                }
                 if let Some(vouch) = &heartbeat.vouch {
                     self.take_vouch(vouch);
                 }
@@ -1614,6 +1658,11 @@ impl Node {
         if self.membership.direct_age(&peer, now, just_now).is_none() {
             return;
         }
+        self.heard_itself_now(peer, now);
+    }
+
+    /// [`Node::heard_itself`] once the membership took `peer`'s message as heard directly now.
+    fn heard_itself_now(&mut self, peer: PeerId, now: Instant) {
         self.doubted.remove(&peer);
         let due = now + self.config.suspect_after();
         self.next_doubt = Some(self.next_doubt.map_or(due, |at| at.min(due)));
@@ -1834,9 +1883,9 @@ impl Node {
             self.helpers()
         };
         let to: Vec<PeerId> = self
-            .connected
-            .keys()
-            .filter(|id| self.membership.is_member(id) && !helpers.contains(id))
+            .membership
+            .members_among(self.connected.keys())
+            .filter(|id| !helpers.contains(id))
             .copied()
             .collect();
         self.send_heartbeat(to, now);
@@ -1869,7 +1918,10 @@ impl Node {
             doubts,
             vouch,
         };
-        self.out.push(Output::Heartbeat { to, heartbeat });
+        self.out.push(Output::Heartbeat {
+            to,
+            heartbeat: Box::new(heartbeat),
+        });
     }
 
     fn seq(&self) -> u64 {
@@ -1893,27 +1945,29 @@ impl Node {
     }
 
     fn publish_settings(&mut self) {
-        self.out
-            .push(Output::Publish(GossipBody::Settings(SettingsUpdate {
+        self.out.push(Output::Publish(Box::new(GossipBody::Settings(
+            SettingsUpdate {
                 from: self.local.id,
                 settings: self.settings.clone(),
-            })));
+            },
+        ))));
     }
 
     fn publish_roster(&mut self) {
-        self.out
-            .push(Output::Publish(GossipBody::Roster(RosterUpdate {
+        self.out.push(Output::Publish(Box::new(GossipBody::Roster(
+            RosterUpdate {
                 from: self.local.id,
                 records: self.published_records(),
-            })));
+            },
+        ))));
     }
 
-    fn sync_message(&self) -> SyncMessage {
-        SyncMessage {
+    fn sync_message(&self) -> Box<SyncMessage> {
+        Box::new(SyncMessage {
             records: self.published_records(),
             settings: self.settings.clone(),
             rotation: self.last_rotation.clone(),
-        }
+        })
     }
 
     fn sync_with_random_member(&mut self) {
@@ -1966,8 +2020,9 @@ impl Node {
         let age = Duration::from_secs(unix_now.saturating_sub(rotation.made_at));
         self.secret_since = now.checked_sub(age).unwrap_or(now).min(now);
         if publish {
-            self.out
-                .push(Output::Publish(GossipBody::Rotation(rotation.clone())));
+            self.out.push(Output::Publish(Box::new(GossipBody::Rotation(
+                rotation.clone(),
+            ))));
             return;
         }
         // The maker of a lost rotation (the winner may not know of the removal that made ours)
@@ -2053,7 +2108,8 @@ impl Node {
         if !self.settings.merge(incoming) {
             return;
         }
-        self.out.push(Output::Settings(self.settings.clone()));
+        self.out
+            .push(Output::Settings(Box::new(self.settings.clone())));
         self.persist(None);
         if publish {
             self.publish_settings();
@@ -2061,7 +2117,8 @@ impl Node {
     }
 
     fn persist(&mut self, ack: Option<Ack>) {
-        self.out.push(Output::Persist(self.snapshot(), ack));
+        self.out
+            .push(Output::Persist(Box::new(self.snapshot()), ack));
     }
 
     // ---- membership changes ----
@@ -2159,38 +2216,34 @@ impl Node {
         // only assumed so, and a restart inside a partition's minority must not host on that.
         self.settled = self.settled
             || now >= self.started + self.config.settle
-            || self
-                .membership
-                .remote_members()
-                .all(|(id, _)| self.membership.heard_after(id, self.started));
-        let leader = self.membership.leader();
+            || self.membership.all_heard_after(self.started);
+        // This runs after every input: the leader and its name are compared only after an
+        // election may have moved them, and a name is built only on a change.
+        let elections = self.membership.elections();
+        let elected = elections != self.leadership_elections;
+        self.leadership_elections = elections;
+        let leading = self.membership.leader_is_local();
         // Only a node that would lead needs to know whether it sees a majority.
-        self.partitioned = if leader == self.local.id {
-            self.partition(now)
-        } else {
-            None
-        };
-        let is_local = leader == self.local.id
-            && self.settled
-            && self.exit.is_none()
-            && self.partitioned.is_none();
+        self.partitioned = if leading { self.partition(now) } else { None };
+        let is_local = leading && self.settled && self.exit.is_none() && self.partitioned.is_none();
         let leaving = self.exit.is_some() || self.membership.is_standing_down();
-        // Compared in place: this runs after every input, and a name is built only on a change.
-        let same_name = match self.membership.leader_name() {
-            Some(name) => name == self.leadership.leader_name,
-            None => leader.to_base58() == self.leadership.leader_name,
-        };
+        let same_name = !elected
+            || match self.membership.leader_name() {
+                Some(name) => name == self.leadership.leader_name,
+                None => self.membership.leader().to_base58() == self.leadership.leader_name,
+            };
         if !same_name || is_local != self.leadership.is_local || leaving != self.leadership.leaving
         {
             let next = Leadership {
                 is_local,
-                leader_name: self.name_of(&leader),
+                leader_name: self.name_of(&self.membership.leader()),
                 leaving,
             };
             self.leadership = next.clone();
             self.out.push(Output::Leadership(next));
         }
-        if leader != self.reported_leader {
+        if elected && self.membership.leader() != self.reported_leader {
+            let leader = self.membership.leader();
             let previous = std::mem::replace(&mut self.reported_leader, leader);
             self.leader_changes += 1;
             self.out.push(Output::LeaderChanged { previous, leader });
@@ -2338,7 +2391,7 @@ impl Node {
                 };
                 self.out.push(Output::JoinAnswer {
                     peer,
-                    answer: Ok(pending.admission.clone()),
+                    answer: Ok(Box::new(pending.admission.clone())),
                 });
                 if pending.confirms {
                     self.await_confirmation(peer, pending, now);
@@ -2418,15 +2471,15 @@ impl Node {
 
     fn on_join_confirm(&mut self, peer: PeerId, now: Instant) {
         let answer = match self.confirm(peer, now) {
-            Some(admission) => Ok(admission),
+            Some(admission) => Ok(Box::new(admission)),
             // Confirmed already (a repeated confirmation, or its gossip came first).
             None if self.membership.is_member(&peer) => {
                 match self.membership.record(&peer).cloned() {
-                    Some(record) => Ok(Admission {
+                    Some(record) => Ok(Box::new(Admission {
                         record,
                         members: self.published_records(),
                         settings: self.settings.clone(),
-                    }),
+                    })),
                     None => Err(JoinRefusal::AdmissionUndone),
                 }
             }
@@ -2516,11 +2569,12 @@ impl Node {
     /// dial the others, and wait for an acknowledgement (or none, alone).
     fn spread_tombstone(&mut self, now: Instant) {
         let tombstone = self.membership.any_record(&self.local.id).cloned();
-        self.out
-            .push(Output::Publish(GossipBody::Roster(RosterUpdate {
+        self.out.push(Output::Publish(Box::new(GossipBody::Roster(
+            RosterUpdate {
                 from: self.local.id,
                 records: tombstone.into_iter().collect(),
-            })));
+            },
+        ))));
         let members: Vec<PeerId> = self
             .membership
             .remote_members()
@@ -2593,11 +2647,11 @@ impl Node {
         };
         self.out.push(Output::SyncReply {
             to: from,
-            message: SyncMessage {
+            message: Box::new(SyncMessage {
                 records: vec![tombstone],
                 settings: NetworkSettings::default(),
                 rotation: None,
-            },
+            }),
         });
         true
     }
@@ -2768,6 +2822,7 @@ mod tests {
                 Input::Heartbeat {
                     from,
                     heartbeat: &heartbeat,
+                    place: None,
                 },
             )
         }
@@ -2785,7 +2840,7 @@ mod tests {
         outputs
             .iter()
             .filter_map(|o| match o {
-                Output::Publish(body) => Some(body),
+                Output::Publish(body) => Some(&**body),
                 _ => None,
             })
             .collect()
@@ -2796,7 +2851,7 @@ mod tests {
         outputs
             .iter()
             .filter_map(|o| match o {
-                Output::Heartbeat { to, heartbeat } => Some((to.as_slice(), heartbeat)),
+                Output::Heartbeat { to, heartbeat } => Some((to.as_slice(), &**heartbeat)),
                 _ => None,
             })
             .collect()
@@ -2887,6 +2942,7 @@ mod tests {
             Input::Heartbeat {
                 from: b,
                 heartbeat: &heartbeat,
+                place: None,
             },
         );
         assert_eq!(
@@ -2901,6 +2957,7 @@ mod tests {
             Input::Heartbeat {
                 from: c,
                 heartbeat: &heartbeat,
+                place: None,
             },
         );
         assert_eq!(out.first(), Some(&Output::GossipVerdict(Ok(()))));
@@ -3708,9 +3765,10 @@ mod tests {
     /// Whether any output would tell another node about `peer`.
     fn reveals(outputs: &[Output], peer: PeerId) -> bool {
         outputs.iter().any(|o| match o {
-            Output::Publish(GossipBody::Roster(roster)) => {
-                roster.records.iter().any(|r| r.node_id == peer)
-            }
+            Output::Publish(body) => match &**body {
+                GossipBody::Roster(roster) => roster.records.iter().any(|r| r.node_id == peer),
+                _ => false,
+            },
             Output::Sync { message, .. } | Output::SyncReply { message, .. } => {
                 message.records.iter().any(|r| r.node_id == peer)
             }
@@ -3832,7 +3890,7 @@ mod tests {
         );
     }
 
-    fn answer(outputs: &[Output]) -> Option<&Result<Admission, JoinRefusal>> {
+    fn answer(outputs: &[Output]) -> Option<&Result<Box<Admission>, JoinRefusal>> {
         outputs.iter().find_map(|o| match o {
             Output::JoinAnswer { answer, .. } => Some(answer),
             _ => None,
@@ -3942,7 +4000,7 @@ mod tests {
         outputs
             .iter()
             .filter_map(|o| match o {
-                Output::Sync { to, message } => Some((*to, message.clone())),
+                Output::Sync { to, message } => Some((*to, (**message).clone())),
                 _ => None,
             })
             .collect()
@@ -4067,7 +4125,7 @@ mod tests {
             },
         );
         let reply = out.iter().find_map(|o| match o {
-            Output::SyncReply { to, message } if *to == f.b => Some(message.clone()),
+            Output::SyncReply { to, message } if *to == f.b => Some((**message).clone()),
             _ => None,
         });
         assert_eq!(reply.map(|m| m.records), Some(vec![tombstone]));

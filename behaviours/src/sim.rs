@@ -509,6 +509,9 @@ enum Event {
         to: u32,
         epoch: u32,
         from: u32,
+        /// The sender's place in its own member table (`u32::MAX`: none), passed to the
+        /// receiver as a hint ([`Input::Heartbeat`]).
+        place: u32,
         heartbeat: Rc<Heartbeat>,
     },
     /// A dial from `a` to `b` lands (success decided again on arrival).
@@ -583,6 +586,11 @@ struct Queue {
     far: BinaryHeap<Reverse<(Ms, u64, FarEvent)>>,
     seq: u64,
     len: usize,
+    /// Emptied bucket vectors, reused for the next buckets that fill: allocating each
+    /// millisecond's vector afresh and freeing it made the allocator hand whole huge pages back
+    /// and the kernel zero new ones. Kept few, so no bucket holds a busy millisecond's capacity
+    /// for good (that was gigabytes at 1,000 nodes).
+    spare: Vec<Vec<Event>>,
 }
 
 /// A heap entry; ordered by (time, sequence) only.
@@ -614,6 +622,7 @@ impl Queue {
             far: BinaryHeap::new(),
             seq: 0,
             len: 0,
+            spare: Vec::new(),
         }
     }
 
@@ -621,7 +630,13 @@ impl Queue {
         let at = at.max(self.now);
         self.len += 1;
         if at < self.now + RING_MS as u64 {
-            self.ring[(at as usize) & (RING_MS - 1)].push(event);
+            let bucket = &mut self.ring[(at as usize) & (RING_MS - 1)];
+            if bucket.capacity() == 0
+                && let Some(spare) = self.spare.pop()
+            {
+                *bucket = spare;
+            }
+            bucket.push(event);
         } else {
             self.seq += 1;
             self.far.push(Reverse((at, self.seq, FarEvent(event))));
@@ -644,6 +659,15 @@ impl Queue {
         self.len -= events.len();
         events
     }
+
+    /// Gives back a bucket vector that [`Queue::take`] returned, emptied.
+    fn give_back(&mut self, mut events: Vec<Event>) {
+        const SPARE: usize = 64;
+        if self.spare.len() < SPARE && events.capacity() > 0 {
+            events.clear();
+            self.spare.push(events);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -661,7 +685,7 @@ struct SimNode {
     /// The node's clock offset.
     skew: Duration,
     /// The last snapshot the node persisted (its state file).
-    snapshot: Option<Snapshot>,
+    snapshot: Option<Box<Snapshot>>,
     /// The records it started with before any snapshot.
     initial: Rc<Vec<MemberRecord>>,
     /// When the process last started or went down.
@@ -681,6 +705,16 @@ struct SimNode {
     up_ms: u64,
     /// Paused ([`Fault::Pause`]) until then: events for it wait.
     paused_until: Ms,
+}
+
+/// One direction of a link (see `Sim::lanes`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Lane {
+    /// When the last heartbeat sent on it arrives, in ms: a connection is one TCP stream, so
+    /// a later frame never overtakes an earlier, retransmitted one.
+    tail: u32,
+    /// The fixed extra latency of the link, in ms.
+    extra: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -706,11 +740,12 @@ pub struct Sim {
     /// Connection generation per pair (`lo * capacity + hi`); 0: no connection.
     conns: Vec<u32>,
     next_generation: u32,
-    /// Fixed extra latency per link, in ms (`lo * capacity + hi`).
-    link_extra: Vec<u16>,
-    /// When the last heartbeat sent from `a` to `b` arrives (`a * capacity + b`): a connection
-    /// is one TCP stream, so a later frame never overtakes an earlier, retransmitted one.
-    beat_tail: Vec<Ms>,
+    /// Connection open per pair, one bit per `conns` slot: asked for every heartbeat, and the
+    /// bits of a thousand nodes stay in the cache where the generations do not.
+    open: Vec<u64>,
+    /// Per direction (`from * capacity + to`): the link's fixed extra latency and when the last
+    /// heartbeat sent on it arrives; side by side, since every heartbeat sent reads both.
+    lanes: Vec<Lane>,
     /// Partition side of each node (all 0 when whole).
     side: Vec<u8>,
     /// Blocked directions (from, to).
@@ -902,14 +937,16 @@ impl Sim {
             node.initial = Rc::clone(&records);
         }
         let spread = to_ms(scenario.net.latency_spread);
-        let mut link_extra = vec![0u16; capacity * capacity];
+        let mut lanes = vec![Lane::default(); capacity * capacity];
         for lo in 0..capacity {
             for hi in lo + 1..capacity {
-                link_extra[lo * capacity + hi] = if spread == 0 {
+                let extra = if spread == 0 {
                     0
                 } else {
                     rng.below(spread + 1).min(u64::from(u16::MAX)) as u16
                 };
+                lanes[lo * capacity + hi].extra = extra;
+                lanes[hi * capacity + lo].extra = extra;
             }
         }
         let config = scenario.config();
@@ -924,8 +961,8 @@ impl Sim {
             capacity,
             conns: vec![0; capacity * capacity],
             next_generation: 1,
-            link_extra,
-            beat_tail: vec![0; capacity * capacity],
+            open: vec![0; (capacity * capacity).div_ceil(64)],
+            lanes,
             side: vec![0; capacity],
             blocked: BTreeSet::new(),
             loss,
@@ -1003,10 +1040,12 @@ impl Sim {
             }
             // Events queued for this same millisecond while it runs are run before moving on.
             loop {
-                // A bucket's vector is dropped once run: kept, every bucket of the ring would
-                // hold the capacity of its busiest millisecond (gigabytes at 1,000 nodes).
+                // A bucket's vector goes back to a small pool once run: kept in the ring,
+                // every bucket would hold the capacity of its busiest millisecond (gigabytes at
+                // 1,000 nodes).
                 let mut events = self.queue.take(at);
                 if events.is_empty() {
+                    self.queue.give_back(events);
                     break;
                 }
                 for event in events.drain(..) {
@@ -1016,6 +1055,7 @@ impl Sim {
                         break;
                     }
                 }
+                self.queue.give_back(events);
                 if self.violation.is_some() {
                     break;
                 }
@@ -1056,7 +1096,8 @@ impl Sim {
 
     /// One-way delay of one message from `a` to `b`.
     fn delay(&mut self, a: u32, b: u32) -> Ms {
-        let base = to_ms(self.scenario.net.latency) + u64::from(self.link_extra[self.slot(a, b)]);
+        let extra = self.lanes[a as usize * self.capacity + b as usize].extra;
+        let base = to_ms(self.scenario.net.latency) + u64::from(extra);
         let jitter = to_ms(self.scenario.net.jitter);
         if jitter == 0 {
             return base.max(1);
@@ -1092,8 +1133,20 @@ impl Sim {
         (0..GOSSIP_PATHS).all(|_| self.rng.unit() < path_loss)
     }
 
+    /// Sets the connection generation of a pair's slot (0: closed) and its open bit.
+    fn set_conn(&mut self, slot: usize, generation: u32) {
+        self.conns[slot] = generation;
+        let bit = 1u64 << (slot % 64);
+        if generation == 0 {
+            self.open[slot / 64] &= !bit;
+        } else {
+            self.open[slot / 64] |= bit;
+        }
+    }
+
     fn connected(&self, a: u32, b: u32) -> bool {
-        self.conns[self.slot(a, b)] != 0
+        let slot = self.slot(a, b);
+        self.open[slot / 64] & (1 << (slot % 64)) != 0
     }
 
     /// Connection components of the up members over open connections that pass both ways.
@@ -1223,7 +1276,7 @@ impl Sim {
                 continue;
             }
             let slot = self.slot(i, peer);
-            self.conns[slot] = 0;
+            self.set_conn(slot, 0);
             let epoch = self.nodes[peer as usize].epoch;
             if loud && self.passes(i, peer) {
                 witnesses.insert(peer);
@@ -1256,47 +1309,35 @@ impl Sim {
     fn call(&mut self, i: u32, input: Input<'_>) {
         let now = self.queue.now;
         let instant = self.instant(i, now);
+        // One buffer lent to every core (a nested call, from carrying out an output, gets a
+        // fresh one). Nearly every input's outputs are a verdict (nothing to do) and the
+        // wake-up, which is always last.
         let mut out = std::mem::take(&mut self.out);
-        // The outputs of nearly every input are a verdict (nothing to do) and the wake-up
-        // (always last): taken here instead of copied out (an `Output` is large), the rest
-        // carried out in order, then the wake-up.
-        let mut wake = None;
         {
             let Some(core) = self.nodes[i as usize].core.as_mut() else {
                 self.out = out;
                 return;
             };
             self.handle_calls += 1;
-            for output in core.handle(instant, input) {
-                match output {
-                    Output::GossipVerdict(_) => {}
-                    Output::WakeAt(at) => wake = Some(at),
-                    other => out.push(other),
-                }
-            }
+            core.handle_into(instant, input, &mut out);
         }
         for output in out.drain(..) {
-            self.carry_out(i, output);
-            if self.violation.is_some() {
-                break;
+            match output {
+                Output::GossipVerdict(_) => {}
+                output if self.violation.is_none() => self.carry_out(i, output),
+                _ => {}
             }
         }
-        out.clear();
         self.out = out;
-        if let Some(at) = wake
-            && self.violation.is_none()
-        {
-            self.carry_out(i, Output::WakeAt(at));
-        }
     }
 
     fn carry_out(&mut self, i: u32, output: Output) {
         let now = self.queue.now;
         match output {
-            Output::Publish(body) => self.publish(i, body),
-            Output::Heartbeat { to, heartbeat } => self.send_beats(i, &to, heartbeat),
-            Output::Sync { to, message } => self.send_sync(i, to, message, false),
-            Output::SyncReply { to, message } => self.send_sync(i, to, message, true),
+            Output::Publish(body) => self.publish(i, *body),
+            Output::Heartbeat { to, heartbeat } => self.send_beats(i, &to, *heartbeat),
+            Output::Sync { to, message } => self.send_sync(i, to, *message, false),
+            Output::SyncReply { to, message } => self.send_sync(i, to, *message, true),
             Output::Dial { peer, .. } => self.dial(i, peer),
             Output::Disconnect(peer) => self.disconnect(i, peer),
             Output::Persist(snapshot, ack) => {
@@ -1418,6 +1459,12 @@ impl Sim {
     fn send_beats(&mut self, from: u32, to: &[PeerId], heartbeat: Heartbeat) {
         let now = self.queue.now;
         let heartbeat = Rc::new(heartbeat);
+        let place = self.nodes[from as usize]
+            .core
+            .as_deref()
+            .and_then(Node::own_place)
+            .and_then(|place| u32::try_from(place).ok())
+            .unwrap_or(u32::MAX);
         for peer in to {
             let Some(&to) = self.index.get(peer) else {
                 continue;
@@ -1437,8 +1484,10 @@ impl Sim {
             // The retransmission waits sum to BEAT_RTO_MS · (2^resent − 1).
             let retransmission = rto - BEAT_RTO_MS;
             let lane = from as usize * self.capacity + to as usize;
-            let at = (now + retransmission + self.delay(from, to)).max(self.beat_tail[lane]);
-            self.beat_tail[lane] = at;
+            let tail = Ms::from(self.lanes[lane].tail);
+            let at = (now + retransmission + self.delay(from, to)).max(tail);
+            // Simulated milliseconds fit in 32 bits for 49 days.
+            self.lanes[lane].tail = at as u32;
             let epoch = self.nodes[to as usize].epoch;
             self.queue.push(
                 at,
@@ -1446,6 +1495,7 @@ impl Sim {
                     to,
                     epoch,
                     from,
+                    place,
                     heartbeat: Rc::clone(&heartbeat),
                 },
             );
@@ -1523,7 +1573,7 @@ impl Sim {
             return;
         }
         let slot = self.slot(from, to);
-        self.conns[slot] = 0;
+        self.set_conn(slot, 0);
         self.comps_stale = true;
         self.split_at = self.queue.now;
         let now = self.queue.now;
@@ -1550,7 +1600,7 @@ impl Sim {
 
     fn open_connection(&mut self, a: u32, b: u32) {
         let slot = self.slot(a, b);
-        self.conns[slot] = self.next_generation;
+        self.set_conn(slot, self.next_generation);
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
         if self.comps_stale || !self.is_up(a) || !self.is_up(b) || !self.passes_both(a, b) {
             return;
@@ -1651,6 +1701,7 @@ impl Sim {
                 to,
                 epoch,
                 from,
+                place,
                 heartbeat,
             } => {
                 // A frame of a connection that has since closed is gone with it.
@@ -1662,6 +1713,7 @@ impl Sim {
                         Input::Heartbeat {
                             from,
                             heartbeat: &heartbeat,
+                            place: (place != u32::MAX).then_some(place as usize),
                         },
                     );
                 }
@@ -1712,7 +1764,7 @@ impl Sim {
                 if self.conns[slot] != generation || self.passes_both(a, b) {
                     return;
                 }
-                self.conns[slot] = 0;
+                self.set_conn(slot, 0);
                 self.comps_stale = true;
                 for (to, peer) in [(a, b), (b, a)] {
                     let epoch = self.nodes[to as usize].epoch;

@@ -70,6 +70,7 @@ impl EventLoop {
                 Ok(heartbeat) => self.feed(Input::Heartbeat {
                     from: peer,
                     heartbeat: &heartbeat,
+                    place: None,
                 }),
                 Err(refusal) => self.feed(Input::GossipRefused(refusal)),
             },

@@ -201,17 +201,17 @@ impl EventLoop {
         match output {
             Output::Publish(body) => {
                 self.gossip.publish(&mut self.swarm, &body);
-                if matches!(body, GossipBody::Goodbye(_)) {
+                if matches!(*body, GossipBody::Goodbye(_)) {
                     info!("said goodbye to the peers; stopping");
                 }
             }
             Output::Heartbeat { to, heartbeat } => {
-                super::beats::send(&mut self.swarm, self.gossip.sealing_key(), &to, heartbeat);
+                super::beats::send(&mut self.swarm, self.gossip.sealing_key(), &to, *heartbeat);
             }
             Output::Sync { to, message } => {
                 let addrs = dial_addresses(&self.core.addresses_of(&to));
                 let sync = &mut self.swarm.behaviour_mut().sync;
-                sync.send_request_with_addresses(&to, message, addrs);
+                sync.send_request_with_addresses(&to, *message, addrs);
             }
             // Answered where the request is in scope (`on_sync_event`, `on_gossip`).
             Output::SyncReply { .. } | Output::GossipVerdict(_) => {}
@@ -233,7 +233,7 @@ impl EventLoop {
                 debug!(%peer, "closing connections");
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
-            Output::Persist(snapshot, ack) => self.persist(snapshot, ack),
+            Output::Persist(snapshot, ack) => self.persist(*snapshot, ack),
             Output::LeaderChanged { previous, leader } => {
                 log_outputs::leader_changed(&self.core, &previous, &leader);
                 self.publish_members();
@@ -257,11 +257,16 @@ impl EventLoop {
             }
             Output::Settings(settings) => {
                 debug!(?settings, "network settings changed");
-                self.signals.settings.send_replace(settings);
+                self.signals.settings.send_replace(*settings);
             }
             Output::JoinAnswer { peer, answer } => {
-                self.admissions
-                    .answer(&mut self.swarm, &self.state, &self.keys, peer, answer);
+                self.admissions.answer(
+                    &mut self.swarm,
+                    &self.state,
+                    &self.keys,
+                    peer,
+                    answer.map(|a| *a),
+                );
             }
             Output::Rotate => self.rotate(),
             Output::RotationReceived(rotation) => self.on_rotation(&rotation),

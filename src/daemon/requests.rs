@@ -32,7 +32,7 @@ impl EventLoop {
                     message: &request,
                 };
                 let reply = self.feed_and_take(input, |o| match o {
-                    Output::SyncReply { message, .. } => Some(message.clone()),
+                    Output::SyncReply { message, .. } => Some((**message).clone()),
                     _ => None,
                 });
                 if reply.is_none() {
