@@ -7,6 +7,7 @@ pub mod chat;
 pub mod delay_switch;
 pub mod docker;
 pub mod fake_telegram;
+pub mod nat_bed;
 pub mod netns;
 
 use std::fs;
