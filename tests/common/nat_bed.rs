@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::fake_telegram::FakeTelegram;
 use super::netns::{Lab, SERVICES_IP};
-use super::{BIN, Node, keys_by_peer_id, output_text, wait_for};
+use super::{Node, keys_by_peer_id, output_text, wait_for};
 
 pub const TOKEN: &str = "123456789:AAHfakeTokenForConstellaTests_0123456789";
 
@@ -151,23 +151,21 @@ impl Drop for NatBed {
 
 /// `join` from behind NAT: no `--public-addr` (the seed records what it observes).
 pub fn join_behind_nat(node: &Node, link: &str) {
-    let out = Command::new(&node.prefix[0])
-        .args(&node.prefix[1..])
-        .arg(BIN)
-        .arg("--state-dir")
-        .arg(&node.dir)
-        .args(["join", "--server-name", &node.name, "--join", link])
-        .args(["--listen", &node.addr(), "--priority", "100"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run constella join");
-    assert!(
-        out.status.success(),
-        "{} join: {}",
-        node.name,
-        output_text(&out)
-    );
+    let args: Vec<String> = [
+        "join",
+        "--server-name",
+        &node.name,
+        "--join",
+        link,
+        "--listen",
+        &node.addr(),
+        "--priority",
+        "100",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    node.join_with(&args);
 }
 
 /// Node names in key order; index 2 and 3 (charlie, delta) are the public ones.
@@ -211,17 +209,10 @@ impl NatNet {
             }
             node.port = 7000;
             node.install_key(&key);
-            node.init_args = vec!["--bot-token".into(), TOKEN.into()];
             let url = bed
                 .lab
                 .in_services(|| fake.url_for_at(&node.name, SERVICES_IP));
-            node.run_args = vec!["--telegram-api-url".into(), url];
-            let marker = node.dir.with_extension("rebooted");
-            let command = format!(
-                "echo \"$CONSTELLA_REBOOT_REQUESTED_BY\" >> '{}'",
-                marker.display()
-            );
-            node.env = vec![("CONSTELLA_REBOOT_COMMAND".into(), command)];
+            node.use_fake_bot_and_reboot_marker(TOKEN, url);
             configure(node);
         }
         nodes[CHARLIE].init(100);
@@ -256,15 +247,7 @@ impl NatNet {
 
     /// Runs `f`, printing every log if it panics.
     pub fn or_logs<T>(&self, f: impl FnOnce() -> T) -> T {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            Ok(value) => value,
-            Err(panic) => {
-                for node in &self.nodes {
-                    eprintln!("==== {}\n{}", node.name, node.log_text());
-                }
-                std::panic::resume_unwind(panic)
-            }
-        }
+        super::or_logs(&self.nodes, f)
     }
 }
 

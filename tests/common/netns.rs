@@ -298,15 +298,7 @@ impl Net {
 
     /// Runs `f`, printing every log if it panics.
     pub fn or_logs<T>(&self, f: impl FnOnce() -> T) -> T {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            Ok(value) => value,
-            Err(panic) => {
-                for node in &self.nodes {
-                    eprintln!("==== {}\n{}", node.name, node.log_text());
-                }
-                std::panic::resume_unwind(panic)
-            }
-        }
+        super::or_logs(&self.nodes, f)
     }
 }
 
