@@ -631,6 +631,7 @@ mod tests {
             uptime_secs: None,
             fingerprint: None,
             relayed: false,
+            connection: None,
         };
         let table = peers_table(&[
             peer("delta-01", "alive", true),
@@ -771,6 +772,7 @@ mod tests {
             fingerprint: None,
             reachability: "public".into(),
             relays: vec![],
+            nat: Default::default(),
         };
         let leader = status_block(&report(true));
         assert!(

@@ -248,15 +248,8 @@ fn a_long_partition_never_lets_the_minority_poll_and_nothing_is_handled_twice() 
     let Some(lab) = Lab::new(5) else { return };
     let fake = FakeTelegram::start(TOKEN);
     let net = Net::start_with(&lab, 5, |node| {
-        node.init_args = vec!["--bot-token".into(), TOKEN.into()];
         let url = lab.in_services(|| fake.url_for_at(&node.name, SERVICES_IP));
-        node.run_args = vec!["--telegram-api-url".into(), url];
-        let marker = node.dir.with_extension("rebooted");
-        let command = format!(
-            "echo \"$CONSTELLA_REBOOT_REQUESTED_BY\" >> '{}'",
-            marker.display()
-        );
-        node.env = vec![("CONSTELLA_REBOOT_COMMAND".into(), command)];
+        node.use_fake_bot_and_reboot_marker(TOKEN, url);
     });
     let hold = Duration::from_secs(
         std::env::var("CONSTELLA_SPLIT_SECS")

@@ -1,274 +1,25 @@
-//! Nodes behind NAT (docs/nat.md), in network namespaces with real NAT: two public nodes on
-//! the lab's bridge, and two nodes each behind its own router namespace that masquerades
-//! (nftables) and lets nothing unsolicited in (dropped silently, as a home router does). The NAT-ed nodes join without
-//! `--public-addr`, find themselves private with AutoNAT, reserve a slot on both public
-//! members (Circuit Relay v2), and everyone reaches them through the relays. Needs root (see
-//! `common::netns`): skipped with a printed reason otherwise, and failing under `CI=true`.
+//! Nodes behind NAT (docs/nat.md), in network namespaces with real NAT
+//! (`common::nat_bed`): two public nodes on the lab's bridge, and nodes each behind its own
+//! router namespace that masquerades (nftables) and lets nothing unsolicited in. The NAT-ed
+//! nodes join without `--public-addr`, find themselves private with AutoNAT, reserve a slot on
+//! both public members (Circuit Relay v2), everyone reaches them through the relays, and two
+//! NAT-ed nodes behind endpoint-independent NATs punch a hole (DCUtR) and go direct. Needs root
+//! (see `common::netns`): skipped with a printed reason otherwise, and failing under `CI=true`.
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fake_telegram::{BotMessage, FakeTelegram, TgUser};
-use common::netns::{Lab, SERVICES_IP, agree};
-use common::{BIN, Node, keys_by_peer_id, output_text, wait_for};
+use common::fake_telegram::{BotMessage, TgUser};
+use common::nat_bed::{
+    ALPHA, BRAVO, CHARLIE, DELTA, Mapping, NAMES, NatBed, NatNet, link, relays_of, stats_of,
+    status_when,
+};
+use common::netns::{agree, in_netns};
+use common::{Node, wait_for};
 
-const TOKEN: &str = "123456789:AAHfakeTokenForConstellaTests_0123456789";
 const OWNER_ID: u64 = 5001;
-
-/// How the router maps a host's connections (its port choice; filtering is the same: nothing
-/// unsolicited comes in).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mapping {
-    /// Linux masquerade: the source port is kept where it is free, so one inside address
-    /// keeps one outside address whatever the destination (endpoint-independent mapping).
-    Independent,
-    /// `masquerade random`: a new outside port per connection (a symmetric NAT).
-    Symmetric,
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
-    assert!(
-        out.status.success(),
-        "{} failed: {}",
-        args.join(" "),
-        output_text(&out)
-    );
-}
-
-/// The lab's namespaces 0 and 1 hold the public nodes; namespaces 2 and 3 are routers, each
-/// with a host namespace behind it (`<lab>-h2`, `<lab>-h3`, LANs 192.168.2.0/24 and
-/// 192.168.3.0/24). The public namespaces have no route to either LAN.
-struct NatBed {
-    lab: Lab,
-    hosts: Vec<String>,
-}
-
-impl NatBed {
-    fn new(mapping: Mapping) -> Option<NatBed> {
-        let lab = Lab::new(4)?;
-        let mut bed = NatBed {
-            hosts: Vec::new(),
-            lab,
-        };
-        for router in [2, 3] {
-            bed.add_nat(router, mapping);
-        }
-        Some(bed)
-    }
-
-    fn add_nat(&mut self, router: usize, mapping: Mapping) {
-        let (r, h) = (self.lab.ns(router), format!("{}-h{router}", self.lab.id));
-        run(&["ip", "netns", "add", &h]);
-        self.hosts.push(h.clone());
-        run(&[
-            "ip", "-n", &r, "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns",
-            &h,
-        ]);
-        let (gw, ip) = (format!("192.168.{router}.1"), Self::host_ip(router));
-        run(&[
-            "ip",
-            "-n",
-            &r,
-            "addr",
-            "add",
-            &format!("{gw}/24"),
-            "dev",
-            "lan0",
-        ]);
-        run(&["ip", "-n", &r, "link", "set", "lan0", "up"]);
-        run(&[
-            "ip",
-            "-n",
-            &h,
-            "addr",
-            "add",
-            &format!("{ip}/24"),
-            "dev",
-            "eth0",
-        ]);
-        run(&["ip", "-n", &h, "link", "set", "eth0", "up"]);
-        run(&["ip", "-n", &h, "link", "set", "lo", "up"]);
-        run(&["ip", "-n", &h, "route", "add", "default", "via", &gw]);
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &r,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
-        let nft = |rule: &str| run(&["ip", "netns", "exec", &r, "nft", rule]);
-        nft("add table ip nat");
-        nft("add chain ip nat post { type nat hook postrouting priority 100; }");
-        nft(match mapping {
-            Mapping::Independent => "add rule ip nat post oifname \"eth0\" masquerade",
-            Mapping::Symmetric => "add rule ip nat post oifname \"eth0\" masquerade random",
-        });
-        nft("add table ip fw");
-        nft("add chain ip fw lanfwd { type filter hook forward priority 0; policy drop; }");
-        nft("add rule ip fw lanfwd ct state established,related accept");
-        nft("add rule ip fw lanfwd iifname \"lan0\" accept");
-        // Like a home router: an unsolicited connection to the outside address is dropped
-        // silently, not refused.
-        nft("add chain ip fw wanin { type filter hook input priority 0; policy accept; }");
-        nft("add rule ip fw wanin iifname \"eth0\" ct state new drop");
-    }
-
-    fn host_ip(router: usize) -> String {
-        format!("192.168.{router}.2")
-    }
-
-    /// Puts `node` in the host namespace behind `router`.
-    fn attach_behind(&self, node: &mut Node, router: usize) {
-        node.host = Self::host_ip(router);
-        node.prefix = vec![
-            "ip".into(),
-            "netns".into(),
-            "exec".into(),
-            format!("{}-h{router}", self.lab.id),
-        ];
-    }
-}
-
-impl Drop for NatBed {
-    fn drop(&mut self) {
-        for h in &self.hosts {
-            let _ = Command::new("ip").args(["netns", "del", h]).status();
-        }
-    }
-}
-
-/// `join` from behind NAT: no `--public-addr` (the seed records what it observes).
-fn join_behind_nat(node: &Node, link: &str) {
-    let out = Command::new(&node.prefix[0])
-        .args(&node.prefix[1..])
-        .arg(BIN)
-        .arg("--state-dir")
-        .arg(&node.dir)
-        .args(["join", "--server-name", &node.name, "--join", link])
-        .args(["--listen", &node.addr(), "--priority", "100"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run constella join");
-    assert!(
-        out.status.success(),
-        "{} join: {}",
-        node.name,
-        output_text(&out)
-    );
-}
-
-/// alpha and bravo (the smallest keys: alpha leads) behind NAT, charlie and delta public.
-struct Net {
-    _root: tempfile::TempDir,
-    nodes: Vec<Node>,
-    fake: FakeTelegram,
-}
-
-const NAMES: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
-const ALPHA: usize = 0;
-const BRAVO: usize = 1;
-const CHARLIE: usize = 2;
-const DELTA: usize = 3;
-
-impl Net {
-    fn start(bed: &NatBed) -> Net {
-        let root = tempfile::tempdir().unwrap();
-        let fake = FakeTelegram::start(TOKEN);
-        let mut nodes: Vec<Node> = NAMES.iter().map(|n| Node::new(root.path(), n)).collect();
-        for (i, (node, key)) in nodes.iter_mut().zip(keys_by_peer_id(4)).enumerate() {
-            match i {
-                ALPHA => bed.attach_behind(node, 2),
-                BRAVO => bed.attach_behind(node, 3),
-                _ => bed.lab.attach(node, i - CHARLIE),
-            }
-            node.port = 7000;
-            node.install_key(&key);
-            node.init_args = vec!["--bot-token".into(), TOKEN.into()];
-            let url = bed
-                .lab
-                .in_services(|| fake.url_for_at(&node.name, SERVICES_IP));
-            node.run_args = vec!["--telegram-api-url".into(), url];
-            let marker = node.dir.with_extension("rebooted");
-            let command = format!(
-                "echo \"$CONSTELLA_REBOOT_REQUESTED_BY\" >> '{}'",
-                marker.display()
-            );
-            node.env = vec![("CONSTELLA_REBOOT_COMMAND".into(), command)];
-        }
-        nodes[CHARLIE].init(100);
-        nodes[CHARLIE].start();
-        let link = nodes[CHARLIE].invite("5m");
-        nodes[DELTA].join(&link, 100);
-        nodes[DELTA].start();
-        for i in [ALPHA, BRAVO] {
-            let link = nodes[CHARLIE].invite("5m");
-            join_behind_nat(&nodes[i], &link);
-            nodes[i].start();
-        }
-        Net {
-            _root: root,
-            nodes,
-            fake,
-        }
-    }
-
-    fn all(&self) -> Vec<&Node> {
-        self.nodes.iter().collect()
-    }
-
-    /// Runs `f`, printing every log if it panics.
-    fn or_logs<T>(&self, f: impl FnOnce() -> T) -> T {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            Ok(value) => value,
-            Err(panic) => {
-                for node in &self.nodes {
-                    eprintln!("==== {}\n{}", node.name, node.log_text());
-                }
-                std::panic::resume_unwind(panic)
-            }
-        }
-    }
-}
-
-/// `status --json` of `node` once `check` holds for it.
-fn status_when(
-    node: &Node,
-    what: &str,
-    check: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    wait_for(Duration::from_secs(30), what, || {
-        node.status().filter(|status| check(status))
-    })
-}
-
-fn relays_of(status: &serde_json::Value) -> Vec<String> {
-    status["relays"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn stats_of(from: &Node, target: &str) -> Option<serde_json::Value> {
-    let out = from.cli(&["stats", target, "--json"]);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
+const FOUR: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
 
 /// How many times `node` marked a member other than charlie offline.
 fn offline_marks(node: &Node) -> usize {
@@ -282,20 +33,144 @@ fn is_list(m: &BotMessage) -> bool {
     m.text.starts_with("Узлы сети")
 }
 
+/// The loopback port of the web panels in the test.
+const PANEL_PORT: u16 = 4780;
+
+/// A logged-in session on the web panel of a node, spoken to over plain HTTP/1.1 from a
+/// thread in that node's network namespace (the panel listens on its loopback).
+struct Panel {
+    namespace: String,
+    cookie: String,
+}
+
+impl Panel {
+    /// Redeems a `web-login` link of `node` (the owner's).
+    fn login(node: &Node) -> Panel {
+        let link = node.ok(&["web-login"]);
+        let token = link
+            .lines()
+            .next()
+            .and_then(|l| l.split("t=").nth(1))
+            .map(|t| t.trim().to_owned())
+            .unwrap_or_else(|| panic!("a login link: {link}"));
+        let namespace = NatNet::namespace(node).to_owned();
+        let (code, head, _) = http(
+            &namespace,
+            "POST",
+            "/login",
+            None,
+            Some(&format!("t={token}")),
+        );
+        assert!(code == 303 || code == 302, "login: {code} {head}");
+        let cookie = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("set-cookie")
+                    .then(|| value.trim().split(';').next().unwrap_or("").to_owned())
+            })
+            .unwrap_or_else(|| panic!("a session cookie: {head}"));
+        Panel { namespace, cookie }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let (code, _, body) = http(&self.namespace, "GET", path, Some(&self.cookie), None);
+        (code, body)
+    }
+
+    fn post(&self, path: &str, form: &str) -> (u16, String) {
+        let (code, _, body) = http(
+            &self.namespace,
+            "POST",
+            path,
+            Some(&self.cookie),
+            Some(form),
+        );
+        (code, body)
+    }
+}
+
+/// One HTTP/1.1 exchange with `127.0.0.1:PANEL_PORT` in `namespace`: (status, head, body).
+fn http(
+    namespace: &str,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    in_netns(namespace, || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", PANEL_PORT))
+            .unwrap_or_else(|e| panic!("the panel in {namespace}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{PANEL_PORT}\r\nConnection: close\r\n"
+        );
+        if let Some(cookie) = cookie {
+            request.push_str(&format!("Cookie: {cookie}\r\n"));
+        }
+        let body = form.unwrap_or("");
+        if form.is_some() {
+            request.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+        }
+        request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).unwrap();
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, head.to_owned(), body.to_owned())
+    })
+}
+
+/// `text` percent-encoded for a form body.
+fn form_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The value of the hidden form field `name` in `page`.
+fn hidden_field(page: &str, name: &str) -> Option<String> {
+    let at = page.find(&format!("name=\"{name}\""))?;
+    let rest = &page[at..];
+    let value = rest.split("value=\"").nth(1)?;
+    Some(value.split('"').next()?.to_owned())
+}
+
 /// Issue 18: both NAT-ed nodes join without `--public-addr`, everyone sees everyone alive
-/// through the relays, stats and reboot reach the NAT-ed nodes (from a public node and from
-/// the other NAT-ed node), the NAT-ed alpha leads and its bot polls; then one relay is killed
-/// and the NAT-ed nodes stay reachable through the other.
+/// through the relays, the two NAT-ed nodes (endpoint-independent NATs) punch a hole and end
+/// on a direct connection, stats and reboot reach the NAT-ed nodes (from a public node and
+/// from the other NAT-ed node), the NAT-ed alpha leads and its bot polls; then one relay is
+/// killed and the NAT-ed nodes stay reachable through the other.
 #[test]
 fn nodes_behind_nat_are_reached_through_relays_and_survive_losing_one() {
-    let Some(bed) = NatBed::new(Mapping::Independent) else {
+    let Some(bed) = NatBed::new(&[Mapping::Independent; 2]) else {
         return;
     };
     let started = Instant::now();
-    let mut net = Net::start(&bed);
+    // alpha (behind NAT) and charlie (public) serve the web panel on loopback.
+    let mut net = NatNet::start_with(&bed, |node| {
+        if node.name == "alpha" || node.name == "charlie" {
+            node.run_args
+                .extend(["--web-addr".into(), format!("127.0.0.1:{PANEL_PORT}")]);
+        }
+    });
     let n = &net;
     n.or_logs(|| {
-        let (leader, _) = agree(&n.all(), &NAMES, &[], Duration::from_secs(60));
+        let (leader, _) = agree(&n.all(), &FOUR, &[], Duration::from_secs(60));
         eprintln!(
             "figure: 2 public + 2 NAT-ed nodes all alive everywhere {:?} after the first start",
             started.elapsed()
@@ -329,6 +204,30 @@ fn nodes_behind_nat_are_reached_through_relays_and_survive_losing_one() {
         assert!(table.contains("alpha — Хост (relayed)"), "{table}");
         assert!(table.contains("bravo (relayed)"), "{table}");
 
+        // The two NAT-ed nodes met through a relay; DCUtR punches a hole and they end on a
+        // direct connection (the relayed one is closed), both ways.
+        let direct = wait_for(Duration::from_secs(60), "alpha and bravo direct", || {
+            (link(&n.nodes[ALPHA], "bravo").as_deref() == Some("direct")
+                && link(&n.nodes[BRAVO], "alpha").as_deref() == Some("direct"))
+            .then(|| started.elapsed())
+        });
+        eprintln!("figure: alpha and bravo connected directly {direct:?} after the first start");
+        let punched = |i: usize| {
+            n.nodes[i]
+                .log_text()
+                .contains("hole punched: direct connection")
+        };
+        assert!(
+            punched(ALPHA) || punched(BRAVO),
+            "the direct connection came from a hole punch"
+        );
+        // Nothing of theirs goes through a relay any more: the relayed connections close.
+        for i in [ALPHA, BRAVO] {
+            status_when(&n.nodes[i], "no relayed connection left", |s| {
+                s["nat"]["relayed_connections"] == 0
+            });
+        }
+
         // Stats and reboot reach the NAT-ed nodes, from a public node and from behind NAT.
         for (from, target) in [(CHARLIE, "alpha"), (ALPHA, "bravo"), (BRAVO, "alpha")] {
             let rpc = Instant::now();
@@ -351,6 +250,33 @@ fn nodes_behind_nat_are_reached_through_relays_and_survive_losing_one() {
             std::fs::read_to_string(marker)
                 .ok()
                 .filter(|t| t.contains("constella reboot"))
+        });
+
+        // The web panel works for NAT-ed nodes: alpha's own panel (behind NAT) shows bravo's
+        // usage (fetched through the NAT) and charlie's; charlie's panel reboots alpha.
+        let alpha = Panel::login(&n.nodes[ALPHA]);
+        for member in ["bravo", "charlie"] {
+            let (code, page) = alpha.get(&format!("/node/{member}"));
+            assert_eq!(code, 200, "{page}");
+            assert!(page.contains(&format!("{member} — потребление")), "{page}");
+        }
+        let charlie = Panel::login(&n.nodes[CHARLIE]);
+        let (code, page) = charlie.get("/node/alpha");
+        assert_eq!(code, 200, "{page}");
+        assert!(page.contains("alpha — потребление"), "{page}");
+        let (code, page) = charlie.get("/node/alpha/reboot");
+        assert_eq!(code, 200, "{page}");
+        let csrf = hidden_field(&page, "csrf").expect("a CSRF field");
+        let (code, page) = charlie.post(
+            "/node/alpha/reboot",
+            &format!("csrf={}", form_encode(&csrf)),
+        );
+        assert!(code < 400, "{code} {page}");
+        wait_for(Duration::from_secs(10), "alpha's reboot command", || {
+            let marker = n.nodes[ALPHA].dir.with_extension("rebooted");
+            std::fs::read_to_string(marker)
+                .ok()
+                .filter(|t| t.contains("web"))
         });
 
         // The NAT-ed leader hosts the bot: it polls Telegram outbound and answers the owner.
@@ -416,16 +342,18 @@ fn nodes_behind_nat_are_reached_through_relays_and_survive_losing_one() {
 }
 
 /// Behind symmetric NATs (a new outside port per connection) the NAT-ed nodes still find
-/// themselves private, reserve relays, and everything reaches them through the relays.
+/// themselves private, reserve relays, and everything reaches them through the relays; the
+/// hole punch between them fails and they stay relayed. Then the NAT-ed leader dies: the
+/// other NAT-ed node (reached only through relays) takes over and its bot answers the owner.
 #[test]
-fn behind_symmetric_nats_nodes_are_reached_through_relays() {
-    let Some(bed) = NatBed::new(Mapping::Symmetric) else {
+fn behind_symmetric_nats_nodes_stay_relayed_and_a_nated_node_takes_over_from_a_dead_leader() {
+    let Some(bed) = NatBed::new(&[Mapping::Symmetric; 2]) else {
         return;
     };
-    let net = Net::start(&bed);
+    let mut net = NatNet::start(&bed);
     let n = &net;
     n.or_logs(|| {
-        let (leader, _) = agree(&n.all(), &NAMES, &[], Duration::from_secs(60));
+        let (leader, _) = agree(&n.all(), &FOUR, &[], Duration::from_secs(60));
         assert_eq!(leader, "alpha");
         for i in [ALPHA, BRAVO] {
             let status = status_when(&n.nodes[i], "two relays", |s| relays_of(s).len() == 2);
@@ -436,5 +364,122 @@ fn behind_symmetric_nats_nodes_are_reached_through_relays() {
                 .unwrap_or_else(|| panic!("stats {target} from {}", NAMES[from]));
             assert_eq!(stats["name"], target);
         }
+        // DCUtR tries and fails (each side's dial leaves from a port the other NAT never
+        // saw): the pair stays relayed, and still works.
+        let failures = |i: usize| {
+            n.nodes[i]
+                .status()
+                .and_then(|s| s["nat"]["hole_punch_failures"].as_u64())
+                .unwrap_or(0)
+        };
+        wait_for(Duration::from_secs(90), "a failed hole punch", || {
+            (failures(ALPHA) + failures(BRAVO) > 0).then_some(())
+        });
+        for (i, other) in [(ALPHA, "bravo"), (BRAVO, "alpha")] {
+            let status = n.nodes[i].status().expect("status");
+            assert_eq!(status["nat"]["hole_punches"], 0, "{status}");
+            assert_eq!(link(&n.nodes[i], other).as_deref(), Some("relayed"));
+        }
+        let stats = stats_of(&n.nodes[ALPHA], "bravo").expect("stats bravo from alpha");
+        assert_eq!(stats["name"], "bravo");
     });
+
+    // The NAT-ed leader dies: bravo, behind the other NAT, leads and its bot answers.
+    net.nodes[ALPHA].kill();
+    let killed = Instant::now();
+    let n = &net;
+    n.or_logs(|| {
+        let rest = [&n.nodes[BRAVO], &n.nodes[CHARLIE], &n.nodes[DELTA]];
+        let (leader, took) = agree(
+            &rest,
+            &["bravo", "charlie", "delta"],
+            &["alpha"],
+            Duration::from_secs(30),
+        );
+        assert_eq!(leader, "bravo", "the NAT-ed node with the next key leads");
+        eprintln!("figure: NAT-ed leader alpha killed -> all agree on NAT-ed bravo in {took:?}");
+        wait_for(Duration::from_secs(30), "bravo to poll", || {
+            n.fake
+                .polls()
+                .iter()
+                .any(|p| p.node == "bravo")
+                .then_some(())
+        });
+        let asked = Instant::now();
+        n.fake
+            .send_text(&TgUser::new(OWNER_ID, "Owner_Test"), "/start");
+        n.fake.wait_message(
+            Duration::from_secs(20),
+            "the node list from bravo",
+            OWNER_ID,
+            |m| is_list(m) && m.sent_by == "bravo",
+        );
+        eprintln!(
+            "figure: bravo's bot answered {:?} after /start, {:?} after alpha was killed",
+            asked.elapsed(),
+            killed.elapsed()
+        );
+    });
+}
+
+/// AutoNAT answers members only: a stranger that connects to a member and asks to be dialled
+/// back finds the protocol not even offered (before, the member dialled it back and answered
+/// "public"). Needs no root: one node on loopback.
+#[test]
+fn a_stranger_gets_no_autonat_dial_back_from_a_member() {
+    use futures::StreamExt;
+    use libp2p::autonat;
+    use libp2p::swarm::SwarmEvent;
+
+    let cluster = common::Cluster::start(&["alpha"], &[10], None);
+    let alpha = &cluster.nodes[0];
+    let target: libp2p::Multiaddr =
+        format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", alpha.port, alpha.node_id())
+            .parse()
+            .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let outcome = runtime.block_on(async {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let local = key.public().to_peer_id();
+        let mut swarm = common::test_swarm(key, |_| {
+            autonat::Behaviour::new(
+                local,
+                autonat::Config {
+                    boot_delay: Duration::from_millis(500),
+                    retry_interval: Duration::from_secs(1),
+                    use_connected: true,
+                    only_global_ips: false,
+                    ..Default::default()
+                },
+            )
+        });
+        // Something to be dialled back at (a probe needs an address to ask about).
+        swarm
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        swarm.dial(target).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+                .await
+                .expect("an AutoNAT outcome within 20 s");
+            match event {
+                SwarmEvent::Behaviour(autonat::Event::OutboundProbe(
+                    autonat::OutboundProbeEvent::Error {
+                        peer: Some(_),
+                        error,
+                        ..
+                    },
+                )) => break format!("{error:?}"),
+                SwarmEvent::Behaviour(autonat::Event::OutboundProbe(
+                    autonat::OutboundProbeEvent::Response { address, .. },
+                )) => break format!("dialled back at {address}"),
+                _ => {}
+            }
+        }
+    });
+    assert!(
+        outcome.contains("UnsupportedProtocols"),
+        "the stranger got: {outcome}"
+    );
 }

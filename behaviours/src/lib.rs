@@ -145,8 +145,8 @@ pub struct Behaviour {
     pub sync: sync::Behaviour,
     /// The PQ4 messaging service (accounts, bundles, mailboxes; docs/messaging.md).
     pub pq4: pq4::Behaviour,
-    /// Am I reachable? Members dial each other back ([`nat`], docs/nat.md).
-    pub autonat: autonat::Behaviour,
+    /// Am I reachable? Members dial each other back, for members only ([`nat`], docs/nat.md).
+    pub autonat: nat::MembersOnly<autonat::Behaviour>,
     /// A public member relays for members behind NAT (members only, within limits).
     pub relay: relay::Behaviour,
     /// Behind NAT: reserve a slot on a relay and accept circuits through it; dial relayed
@@ -154,6 +154,8 @@ pub struct Behaviour {
     pub relay_client: relay::client::Behaviour,
     /// Upgrades a relayed connection to a direct one by hole punching.
     pub dcutr: dcutr::Behaviour,
+    /// Hands DCUtR this node's outside address as a hole-punch candidate ([`nat::Candidates`]).
+    pub candidates: nat::Candidates,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -245,10 +247,14 @@ impl Behaviour {
             rpc: rpc::behaviour(RPC_TIMEOUT),
             sync: sync::behaviour(RPC_TIMEOUT),
             pq4: pq4::behaviour(RPC_TIMEOUT),
-            autonat: autonat::Behaviour::new(local, nat::autonat_config()),
+            autonat: nat::MembersOnly::new(
+                autonat::Behaviour::new(local, nat::autonat_config()),
+                relay_members,
+            ),
             relay,
             relay_client,
             dcutr: dcutr::Behaviour::new(local),
+            candidates: nat::Candidates::default(),
         })
     }
 }

@@ -149,6 +149,21 @@ pub struct MemberView {
     /// docs/nat.md). False in answers from nodes without NAT support.
     #[serde(default)]
     pub relayed: bool,
+    /// How the answering node is connected to it right now: directly (including after a hole
+    /// punch) or only through a relay; absent when not connected, for the node itself, and in
+    /// answers from other nodes' views. Filled in by the daemon, not the core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<Link>,
+}
+
+/// How a node is connected to a member ([`MemberView::connection`], docs/nat.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Link {
+    /// At least one connection that is not through a relay.
+    Direct,
+    /// Only connections through a relay (`/p2p-circuit`).
+    Relayed,
 }
 
 impl MemberView {
@@ -505,6 +520,7 @@ impl Membership {
                 uptime_secs: entry.liveness.uptime_secs,
                 fingerprint: entry.cold.fingerprint.clone(),
                 relayed: !entry.record().relays.is_empty(),
+                connection: None,
             })
             .collect();
         view.sort_by(|a, b| a.name.cmp(&b.name));

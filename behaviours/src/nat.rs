@@ -7,14 +7,26 @@
 //!   behind NAT reserves a slot on up to [`crate::gossip::MAX_RELAYS`] of them and puts the
 //!   relayed addresses in its member record.
 //! - DCUtR: a relayed connection is upgraded to a direct one by hole punching when both NATs
-//!   allow it.
+//!   allow it. DCUtR sends the other end the addresses the swarm reported as external address
+//!   *candidates*; [`Candidates`] lets the daemon report the node's outside address as one (the
+//!   swarm drops a candidate equal to a confirmed external address, which a NAT-ed node's
+//!   recorded address was, so without it DCUtR had nothing to send).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::convert::Infallible;
 use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use libp2p::{PeerId, autonat, relay};
+use either::Either;
+use libp2p::core::Endpoint;
+use libp2p::core::transport::PortUse;
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm, dummy,
+};
+use libp2p::{Multiaddr, PeerId, autonat, relay};
 
 /// Reservations one relay holds in all (one per member behind NAT).
 pub const MAX_RESERVATIONS: usize = 128;
@@ -104,6 +116,209 @@ pub fn autonat_config() -> autonat::Config {
         throttle_clients_peer_max: 2,
         throttle_clients_period: Duration::from_secs(1),
         only_global_ips: false,
+    }
+}
+
+/// Wraps a behaviour (AutoNAT) so that it exists only on connections with members: a
+/// connection with anyone else (a stranger, or a joiner before it is a member) gets a handler
+/// that speaks nothing, and the wrapped behaviour never hears of it. So a stranger can neither
+/// make a member dial anywhere nor use up the dial-back budget members need; a member's own
+/// probes go to members only.
+pub struct MembersOnly<B> {
+    inner: B,
+    members: RelayMembers,
+    /// Connections the inner behaviour was never told of.
+    strangers: HashSet<ConnectionId>,
+}
+
+impl<B> std::fmt::Debug for MembersOnly<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MembersOnly")
+            .field("strangers", &self.strangers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> MembersOnly<B> {
+    /// `inner`, on connections with `members` only (the set the relay serves).
+    pub fn new(inner: B, members: &RelayMembers) -> Self {
+        Self {
+            inner,
+            members: members.clone(),
+            strangers: HashSet::new(),
+        }
+    }
+
+    /// The wrapped behaviour.
+    pub fn inner(&mut self) -> &mut B {
+        &mut self.inner
+    }
+
+    fn stranger(&mut self, connection: ConnectionId) -> THandler<Self>
+    where
+        B: NetworkBehaviour,
+    {
+        self.strangers.insert(connection);
+        Either::Right(dummy::ConnectionHandler)
+    }
+}
+
+impl<B: NetworkBehaviour> NetworkBehaviour for MembersOnly<B> {
+    type ConnectionHandler = Either<THandler<B>, dummy::ConnectionHandler>;
+    type ToSwarm = B::ToSwarm;
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.inner
+            .handle_pending_outbound_connection(connection, peer, addresses, role)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        peer: PeerId,
+        local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        if !self.members.allows(&peer) {
+            return Ok(self.stranger(connection));
+        }
+        self.inner
+            .handle_established_inbound_connection(connection, peer, local, remote)
+            .map(Either::Left)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        if !self.members.allows(&peer) {
+            return Ok(self.stranger(connection));
+        }
+        self.inner
+            .handle_established_outbound_connection(connection, peer, addr, role, port_use)
+            .map(Either::Left)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
+        let connection = match &event {
+            FromSwarm::ConnectionEstablished(e) => Some(e.connection_id),
+            FromSwarm::AddressChange(e) => Some(e.connection_id),
+            FromSwarm::ConnectionClosed(e) => {
+                if self.strangers.remove(&e.connection_id) {
+                    return;
+                }
+                None
+            }
+            _ => None,
+        };
+        if connection.is_some_and(|c| self.strangers.contains(&c)) {
+            return;
+        }
+        self.inner.on_swarm_event(event);
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {
+            Either::Left(event) => self
+                .inner
+                .on_connection_handler_event(peer, connection, event),
+            Either::Right(never) => match never {},
+        }
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        self.inner.poll(cx).map(|event| event.map_in(Either::Left))
+    }
+}
+
+/// Reports addresses to the swarm as external address candidates
+/// (`ToSwarm::NewExternalAddrCandidate`), which DCUtR keeps and sends the other end of a relayed
+/// connection to dial. Identify reports the addresses peers observed the same way, but only on
+/// a new identify exchange, and the swarm drops a candidate that is already a confirmed external
+/// address; the daemon hands over what it knows as soon as AutoNAT finds the node private.
+#[derive(Debug, Default)]
+pub struct Candidates {
+    queued: VecDeque<Multiaddr>,
+    waker: Option<Waker>,
+}
+
+impl Candidates {
+    /// Reports `addr` as an external address candidate at the swarm's next poll.
+    pub fn add(&mut self, addr: Multiaddr) {
+        if !self.queued.contains(&addr) {
+            self.queued.push_back(addr);
+        }
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+impl NetworkBehaviour for Candidates {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = Infallible;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn on_swarm_event(&mut self, _: FromSwarm<'_>) {}
+
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {}
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        match self.queued.pop_front() {
+            Some(addr) => Poll::Ready(ToSwarm::NewExternalAddrCandidate(addr)),
+            None => {
+                self.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
     }
 }
 

@@ -1129,6 +1129,7 @@ mod tests {
             uptime_secs: None,
             fingerprint: None,
             relayed: false,
+            connection: None,
         };
         let (a, b) = (libp2p::PeerId::random(), libp2p::PeerId::random());
         let peers = [peer("a", a), peer("b", b)];

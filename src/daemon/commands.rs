@@ -31,9 +31,14 @@ impl EventLoop {
                 );
                 report.reachability = self.nat.reachability().to_owned();
                 report.relays = self.nat.relay_names(&self.core);
+                report.nat = self.nat.counters();
                 drop(reply.send(report));
             }
-            Command::Peers(reply) => drop(reply.send(self.core.view())),
+            Command::Peers(reply) => {
+                let mut view = self.core.view();
+                self.nat.annotate_links(&mut view);
+                drop(reply.send(view));
+            }
             Command::Invite(ttl, reply) => self.create_invite(ttl, reply),
             Command::Leave(reply) => {
                 if self.replies.leave(reply) {

@@ -38,7 +38,7 @@ use super::replies::Replies;
 use super::rpc::Rpc;
 use super::signals::Signals;
 use super::store::{Store, Written};
-use super::swarm_setup::{self, dial_addresses};
+use super::swarm_setup::{self, RelayedBytes, dial_addresses};
 use super::{Command, Keys, log_outputs};
 use crate::state::NetworkState;
 
@@ -80,7 +80,7 @@ impl EventLoop {
         state: NetworkState,
         keys: Keys,
         (rpc, chat): (Rpc, ChatLink),
-        (signals, relay_members): (Signals, RelayMembers),
+        (signals, (relay_members, relayed_bytes)): (Signals, (RelayMembers, RelayedBytes)),
     ) -> Result<Self> {
         let started = swarm_setup::start(&mut swarm, &state, &keys)?;
         let local_id = *swarm.local_peer_id();
@@ -90,7 +90,7 @@ impl EventLoop {
         let config = super::node_keys::core_config()?;
         let core = Node::new(config, local, restored, now, rand::random());
         let kad = KadFilter::new(&mut swarm, &core, started.kad_protocol);
-        let nat = Nat::new(relay_members, &core);
+        let nat = Nat::new(relay_members, relayed_bytes, &core);
         let gossip_key = GossipKey::derive(&keys.secret, state.secret_epoch);
         info!(
             name = %state.node.name,

@@ -356,7 +356,8 @@ pub fn start(
     let node_key = key.clone();
     let keys_dir = state_dir.clone();
     let relay_members = constella_behaviours::nat::RelayMembers::default();
-    let swarm = swarm_setup::build_node_swarm(key, |key, relay_client| {
+    let relayed_bytes = swarm_setup::RelayedBytes::default();
+    let swarm = swarm_setup::build_node_swarm(key, &relayed_bytes, |key, relay_client| {
         let members = &relay_members;
         Ok(Behaviour::new(
             key,
@@ -404,7 +405,7 @@ pub fn start(
             dir: keys_dir,
         },
         (rpc, chat),
-        (signals, relay_members),
+        (signals, (relay_members, relayed_bytes)),
     )?;
     let client = Client {
         commands: commands_tx,

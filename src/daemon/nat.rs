@@ -9,12 +9,17 @@
 //!   refused or expired) at the next tick, and hands the accepted relayed addresses to the core.
 //! - An AutoNAT dial-back this node made for another member is closed as soon as it is
 //!   established: it proved the point, and members keep one connection each.
+//! - A private node stops claiming its recorded address (the NAT's outside address) as a
+//!   confirmed external address and reports it, and the outside addresses members observe,
+//!   as hole-punch candidates for DCUtR instead. Once a member is connected directly (a hole
+//!   punched), its relayed connections are closed, so the relay carries nothing for the pair.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use constella_behaviours::BehaviourEvent;
 use constella_behaviours::gossip::MAX_RELAYS;
+use constella_behaviours::membership::{Link, MemberView};
 use constella_behaviours::nat::RelayMembers;
 use constella_behaviours::node::{Input, Node};
 use libp2p::core::transport::ListenerId;
@@ -25,7 +30,8 @@ use libp2p::{Multiaddr, PeerId, autonat, dcutr, identify, relay};
 use tracing::{debug, info};
 
 use super::event_loop::EventLoop;
-use super::swarm_setup::dial_addresses;
+use super::report::NatCounters;
+use super::swarm_setup::{RelayedBytes, dial_addresses, is_unspecified};
 
 /// How often a private node checks its reservations.
 pub(super) const TICK: Duration = Duration::from_secs(1);
@@ -33,6 +39,9 @@ pub(super) const TICK: Duration = Duration::from_secs(1);
 const RESERVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A relay that refused or lost a reservation is not asked again before this.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// A member's relayed connections are closed once a direct connection to it has lasted this
+/// long (requests already under way on the relayed one get the time to finish).
+const RELAYED_GRACE: Duration = Duration::from_secs(3);
 
 /// Whether this node is reachable at the addresses it listens on, as AutoNAT last found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +88,9 @@ pub(super) struct Nat {
     /// through another relay before this node has dialled it; libp2p's relay client would
     /// then dial it only while it is "disconnected", which fails, so this node dials the
     /// relay directly itself and asks for the reservation once such a connection exists.
-    direct: HashMap<PeerId, HashSet<ConnectionId>>,
+    direct: HashMap<PeerId, HashMap<ConnectionId, Instant>>,
+    /// The relayed (`/p2p-circuit`) connections to each peer.
+    relayed: HashMap<PeerId, HashSet<ConnectionId>>,
     /// Members reached only through a relay that this node last dialled directly, and when:
     /// a member that may offer the relay is identified over a direct connection.
     direct_dials: HashMap<PeerId, Instant>,
@@ -89,11 +100,15 @@ pub(super) struct Nat {
     dial_backs: HashMap<PeerId, Vec<Multiaddr>>,
     /// The relayed addresses last handed to the core.
     published: Vec<String>,
+    /// Hole punches that succeeded and failed since the start.
+    punches: (u64, u64),
+    /// Bytes on this node's relayed connections (counted by the transport).
+    relayed_bytes: RelayedBytes,
     tick: tokio::time::Interval,
 }
 
 impl Nat {
-    pub(super) fn new(members: RelayMembers, core: &Node) -> Self {
+    pub(super) fn new(members: RelayMembers, relayed_bytes: RelayedBytes, core: &Node) -> Self {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let nat = Self {
@@ -102,9 +117,12 @@ impl Nat {
             offering: HashSet::new(),
             reservations: BTreeMap::new(),
             direct: HashMap::new(),
+            relayed: HashMap::new(),
             direct_dials: HashMap::new(),
             refused: HashMap::new(),
             dial_backs: HashMap::new(),
+            punches: (0, 0),
+            relayed_bytes,
             published: core
                 .membership()
                 .record(&core.local().id)
@@ -131,6 +149,31 @@ impl Nat {
     /// `"public"` or `"private"`.
     pub(super) fn reachability(&self) -> &'static str {
         self.reachability.as_str()
+    }
+
+    /// The `nat` counters of `status --json`.
+    pub(super) fn counters(&self) -> NatCounters {
+        let (relayed_bytes_sent, relayed_bytes_received) = self.relayed_bytes.get();
+        NatCounters {
+            relayed_connections: self.relayed.values().map(HashSet::len).sum(),
+            relayed_bytes_sent,
+            relayed_bytes_received,
+            hole_punches: self.punches.0,
+            hole_punch_failures: self.punches.1,
+        }
+    }
+
+    /// Fills in how this node is connected to each member of `view` (`peers --json`).
+    pub(super) fn annotate_links(&self, view: &mut [MemberView]) {
+        for member in view {
+            member.connection = if self.direct.contains_key(&member.node_id) {
+                Some(Link::Direct)
+            } else if self.relayed.contains_key(&member.node_id) {
+                Some(Link::Relayed)
+            } else {
+                None
+            };
+        }
     }
 
     /// The names of the relays holding an accepted reservation for this node, sorted.
@@ -203,8 +246,19 @@ impl EventLoop {
                     .direct
                     .entry(*peer_id)
                     .or_default()
-                    .insert(*connection_id);
+                    .insert(*connection_id, Instant::now());
                 self.nat_listen_through(*peer_id);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                ..
+            } => {
+                self.nat
+                    .relayed
+                    .entry(*peer_id)
+                    .or_default()
+                    .insert(*connection_id);
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
@@ -231,6 +285,12 @@ impl EventLoop {
                     direct.remove(connection_id);
                     if direct.is_empty() {
                         self.nat.direct.remove(peer_id);
+                    }
+                }
+                if let Some(relayed) = self.nat.relayed.get_mut(peer_id) {
+                    relayed.remove(connection_id);
+                    if relayed.is_empty() {
+                        self.nat.relayed.remove(peer_id);
                     }
                 }
                 if *num_established > 0 {
@@ -281,9 +341,20 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
+                connection_id,
                 info,
-                ..
             })) => {
+                let over_direct = self
+                    .nat
+                    .direct
+                    .get(peer_id)
+                    .is_some_and(|c| c.contains_key(connection_id));
+                if over_direct
+                    && self.nat.reachability == Reachability::Private
+                    && self.core.membership().is_member(peer_id)
+                {
+                    self.hole_punch_candidate(&info.observed_addr);
+                }
                 let offers = info.protocols.contains(&relay::HOP_PROTOCOL_NAME)
                     && self.core.membership().is_member(peer_id);
                 let changed = if offers {
@@ -316,7 +387,64 @@ impl EventLoop {
             self.drop_reservation(relay, true);
         }
         self.nat_dial_relayed_members(now);
+        self.close_relayed_where_direct(now);
         self.nat_refresh();
+    }
+
+    /// Closes the relayed connections to members this node also reaches directly (after a
+    /// hole punch, or a member that reached it through a relay before its direct dial
+    /// succeeded) once the direct one has lasted [`RELAYED_GRACE`]: requests then go direct,
+    /// and the relay carries nothing for the pair.
+    fn close_relayed_where_direct(&mut self, now: Instant) {
+        let mut closing = Vec::new();
+        for (peer, relayed) in &self.nat.relayed {
+            let settled = self.nat.direct.get(peer).is_some_and(|direct| {
+                direct
+                    .values()
+                    .any(|since| now.duration_since(*since) >= RELAYED_GRACE)
+            });
+            if settled {
+                closing.extend(relayed.iter().map(|c| (*peer, *c)));
+            }
+        }
+        for (peer, connection) in closing {
+            debug!(member = %self.core.name_of(&peer), "closing a relayed connection: connected directly");
+            self.swarm.close_connection(connection);
+        }
+    }
+
+    /// Reports `observed` (an outside address of this node a member saw), with the port this
+    /// node listens on, as a hole-punch candidate: DCUtR dials from the listening port, which
+    /// an endpoint-independent NAT maps to the same outside port for every destination.
+    fn hole_punch_candidate(&mut self, observed: &Multiaddr) {
+        let Some(port) = self.listen_port() else {
+            return;
+        };
+        let mut candidate = Multiaddr::empty();
+        for protocol in observed.iter() {
+            match protocol {
+                Protocol::Ip4(_) | Protocol::Ip6(_) => candidate.push(protocol),
+                Protocol::Tcp(_) => candidate.push(Protocol::Tcp(port)),
+                _ => break,
+            }
+        }
+        if candidate.iter().count() == 2 && !is_unspecified(&candidate) {
+            debug!(%candidate, "hole-punch candidate");
+            self.swarm.behaviour_mut().candidates.add(candidate);
+        }
+    }
+
+    /// The TCP port this node listens on (not through a relay).
+    fn listen_port(&self) -> Option<u16> {
+        self.swarm
+            .listeners()
+            .filter(|a| !a.iter().any(|p| p == Protocol::P2pCircuit))
+            .find_map(|a| {
+                a.iter().find_map(|p| match p {
+                    Protocol::Tcp(port) => Some(port),
+                    _ => None,
+                })
+            })
     }
 
     /// A private node lacking relays dials directly the members it reaches only through a
@@ -376,7 +504,18 @@ impl EventLoop {
                     autonat::NatStatus::Unknown => Reachability::Unknown,
                 };
                 info!(?old, ?new, "reachability: {}", reachability.as_str());
-                self.nat.reachability = reachability;
+                let was = std::mem::replace(&mut self.nat.reachability, reachability);
+                if reachability == Reachability::Private && was != Reachability::Private {
+                    // The recorded address is the NAT's outside address: not dialable, and as
+                    // a confirmed external address it kept identify's observations of it from
+                    // ever reaching DCUtR (the swarm drops such candidates). Hand it to DCUtR
+                    // as a candidate instead.
+                    let public = self.public_addr.clone();
+                    self.swarm.remove_external_address(&public);
+                    self.hole_punch_candidate(&public);
+                } else if reachability == Reachability::Public {
+                    self.swarm.add_external_address(self.public_addr.clone());
+                }
                 let status = if reachability == Reachability::Public {
                     relay::Status::Enable
                 } else {
@@ -425,10 +564,16 @@ impl EventLoop {
     }
 
     pub(super) fn on_dcutr(&mut self, event: dcutr::Event) {
-        let peer = self.core.name_of(&event.remote_peer_id);
+        let member = self.core.name_of(&event.remote_peer_id);
         match event.result {
-            Ok(_) => info!(%peer, "hole punched: direct connection"),
-            Err(error) => info!(%peer, %error, "hole punch failed; staying relayed"),
+            Ok(_) => {
+                self.nat.punches.0 += 1;
+                info!(%member, "hole punched: direct connection");
+            }
+            Err(error) => {
+                self.nat.punches.1 += 1;
+                info!(%member, %error, "hole punch failed; staying relayed");
+            }
         }
     }
 

@@ -68,6 +68,24 @@ pub struct StatusReport {
     /// Behind NAT: the names of the members relaying for it (accepted reservations).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relays: Vec<String>,
+    /// Connections through relays and hole punches since the start (docs/nat.md).
+    #[serde(default)]
+    pub nat: NatCounters,
+}
+
+/// `status --json` `nat`: what goes through relays, and how hole punching went.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatCounters {
+    /// Open connections to members through a relay (`/p2p-circuit`), either way.
+    pub relayed_connections: usize,
+    /// Bytes this node sent through relays since the start (below noise: what relays forward).
+    pub relayed_bytes_sent: u64,
+    /// Bytes this node received through relays since the start.
+    pub relayed_bytes_received: u64,
+    /// Hole punches (DCUtR) that ended on a direct connection.
+    pub hole_punches: u64,
+    /// Hole punches that failed (the connection stayed relayed).
+    pub hole_punch_failures: u64,
 }
 
 fn public() -> String {
@@ -167,5 +185,6 @@ pub(super) fn status(
             .and_then(|m| m.fingerprint.clone()),
         reachability: public(),
         relays: Vec::new(),
+        nat: NatCounters::default(),
     }
 }

@@ -1,8 +1,16 @@
 //! Building and starting the Swarm: the transport (TCP + noise + yamux, with the connect
 //! bound), listening on the configured address, announcing the public one, subscribing to the
 //! network's gossip topic; and turning the core's address texts into multiaddrs to dial.
+//! Bytes on connections through relays are counted ([`RelayedBytes`], docs/nat.md).
 
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
+
+use futures::{AsyncRead, AsyncWrite};
 
 use anyhow::{Context, Result, bail};
 use constella_behaviours::{Behaviour, CONNECT_TIMEOUT, gossip_topic, kad_protocol};
@@ -25,19 +33,86 @@ pub fn build_swarm<B: libp2p::swarm::NetworkBehaviour>(
     build(key, None, behaviour)
 }
 
+/// Bytes this node sent and received on connections through relays (below noise and yamux:
+/// what the relays forward for it), since the start. Shared by the transport and the daemon.
+#[derive(Debug, Clone, Default)]
+pub struct RelayedBytes(Arc<[AtomicU64; 2]>);
+
+impl RelayedBytes {
+    /// (sent, received).
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.0[0].load(Ordering::Relaxed),
+            self.0[1].load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A relayed connection whose bytes go to a [`RelayedBytes`].
+struct Counted<C> {
+    inner: C,
+    bytes: RelayedBytes,
+}
+
+impl<C: AsyncRead + Unpin> AsyncRead for Counted<C> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.bytes.0[1].fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<C: AsyncWrite + Unpin> AsyncWrite for Counted<C> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.bytes.0[0].fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
 /// Builds a node's Swarm: [`build_swarm`]'s transport plus circuit relay (dialling and
-/// listening through relays, docs/nat.md); `behaviour` gets the relay client's behaviour half.
+/// listening through relays, docs/nat.md), counting relayed bytes into `relayed`;
+/// `behaviour` gets the relay client's behaviour half.
 pub fn build_node_swarm<B: libp2p::swarm::NetworkBehaviour>(
     key: libp2p::identity::Keypair,
+    relayed: &RelayedBytes,
     behaviour: impl FnOnce(&libp2p::identity::Keypair, relay::client::Behaviour) -> Result<B>,
 ) -> Result<Swarm<B>> {
     let (transport, client) = relay::client::new(key.public().to_peer_id());
-    build(key, Some(transport), |key| behaviour(key, client))
+    build(key, Some((transport, relayed.clone())), |key| {
+        behaviour(key, client)
+    })
 }
 
 fn build<B: libp2p::swarm::NetworkBehaviour>(
     key: libp2p::identity::Keypair,
-    relay: Option<relay::client::Transport>,
+    relay: Option<(relay::client::Transport, RelayedBytes)>,
     behaviour: impl FnOnce(&libp2p::identity::Keypair) -> Result<B>,
 ) -> Result<Swarm<B>> {
     let mut failure = None;
@@ -47,7 +122,12 @@ fn build<B: libp2p::swarm::NetworkBehaviour>(
             use libp2p::Transport as _;
             let noise = noise::Config::new(key)?;
             let relay = match relay {
-                Some(relay) => OptionalTransport::some(relay),
+                Some((relay, bytes)) => {
+                    OptionalTransport::some(relay.map(move |inner, _| Counted {
+                        inner,
+                        bytes: bytes.clone(),
+                    }))
+                }
                 None => OptionalTransport::none(),
             };
             let transport: Result<_, Box<dyn std::error::Error + Send + Sync>> = Ok(

@@ -561,6 +561,7 @@ mod tests {
             uptime_secs: None,
             fingerprint: None,
             relayed: false,
+            connection: None,
         }
     }
 

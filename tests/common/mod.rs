@@ -7,6 +7,7 @@ pub mod chat;
 pub mod delay_switch;
 pub mod docker;
 pub mod fake_telegram;
+pub mod nat_bed;
 pub mod netns;
 
 use std::fs;
@@ -320,8 +321,13 @@ impl Node {
     }
 
     pub fn join(&self, link: &str, priority: u32) {
+        self.join_with(&self.join_args(link, priority));
+    }
+
+    /// Runs `join` with `args` (see [`Node::join_args`]), in the node's namespace if it has one.
+    pub fn join_with(&self, args: &[String]) {
         if self.prefix.is_empty() {
-            self.ok_owned(&self.join_args(link, priority));
+            self.ok_owned(args);
             return;
         }
         // In a namespace: the joiner must reach the seed from there.
@@ -330,7 +336,7 @@ impl Node {
             .arg(bin())
             .arg("--state-dir")
             .arg(&self.dir)
-            .args(self.join_args(link, priority))
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .output()
@@ -341,6 +347,19 @@ impl Node {
             self.name,
             output_text(&out)
         );
+    }
+
+    /// Runs its bot against `api_url` (a fake Bot API) with `token`, and replaces a reboot by a
+    /// command that appends who asked to `<dir>.rebooted`.
+    pub fn use_fake_bot_and_reboot_marker(&mut self, token: &str, api_url: String) {
+        self.init_args = vec!["--bot-token".into(), token.into()];
+        self.run_args = vec!["--telegram-api-url".into(), api_url];
+        let marker = self.dir.with_extension("rebooted");
+        let command = format!(
+            "echo \"$CONSTELLA_REBOOT_REQUESTED_BY\" >> '{}'",
+            marker.display()
+        );
+        self.env = vec![("CONSTELLA_REBOOT_COMMAND".into(), command)];
     }
 
     pub fn invite(&self, ttl: &str) -> String {
@@ -608,19 +627,29 @@ impl Cluster {
     /// Runs `f`; if it panics, prints every node's log first (a failed wait says what it
     /// waited for, the logs say why).
     pub fn or_logs<T>(&self, f: impl FnOnce() -> T) -> T {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            Ok(value) => value,
-            Err(panic) => {
-                eprintln!("{}", self.dump_logs());
-                std::panic::resume_unwind(panic)
-            }
-        }
+        or_logs(&self.nodes, f)
     }
 
     pub fn dump_logs(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("==== {}\n{}", n.name, n.log_text()))
-            .collect()
+        dump_logs(&self.nodes)
     }
+}
+
+/// Runs `f`; if it panics, prints the log of every node of `nodes` first.
+pub fn or_logs<T>(nodes: &[Node], f: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(value) => value,
+        Err(panic) => {
+            eprintln!("{}", dump_logs(nodes));
+            std::panic::resume_unwind(panic)
+        }
+    }
+}
+
+/// Every node's log, each under a `==== name` line.
+pub fn dump_logs(nodes: &[Node]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("==== {}\n{}", n.name, n.log_text()))
+        .collect()
 }

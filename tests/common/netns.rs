@@ -139,23 +139,8 @@ impl Lab {
     /// Runs `f` on a thread that lives in the services namespace, so that every socket `f`
     /// opens (e.g. the fake Bot API's listener, [`super::fake_telegram::FakeTelegram::url_for_at`]
     /// with [`SERVICES_IP`]) is there; a socket stays in the namespace it was made in.
-    #[allow(unsafe_code)]
     pub fn in_services<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        use std::os::fd::AsRawFd;
-        let path = format!("/var/run/netns/{}", self.services());
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-                    // SAFETY: setns on a valid namespace fd changes only this thread's
-                    // network namespace.
-                    let done = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(done, 0, "setns {path}: {}", std::io::Error::last_os_error());
-                    f()
-                })
-                .join()
-                .expect("the services thread")
-        })
+        in_netns(&self.services(), f)
     }
 
     /// The namespace of node `i`.
@@ -313,15 +298,7 @@ impl Net {
 
     /// Runs `f`, printing every log if it panics.
     pub fn or_logs<T>(&self, f: impl FnOnce() -> T) -> T {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            Ok(value) => value,
-            Err(panic) => {
-                for node in &self.nodes {
-                    eprintln!("==== {}\n{}", node.name, node.log_text());
-                }
-                std::panic::resume_unwind(panic)
-            }
-        }
+        super::or_logs(&self.nodes, f)
     }
 }
 
@@ -363,4 +340,25 @@ pub fn agree(
         },
     );
     (leader, start.elapsed())
+}
+
+/// Runs `f` on a thread that lives in network namespace `ns` (named by `ip netns`), so every
+/// socket `f` opens is there (e.g. a client of a daemon's loopback-only web panel).
+#[allow(unsafe_code)]
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    use std::os::fd::AsRawFd;
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                // SAFETY: setns on a valid namespace fd changes only this thread's
+                // network namespace.
+                let done = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(done, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("the thread in the namespace")
+    })
 }
