@@ -167,6 +167,12 @@ pub enum AuditKind {
     ChatRecovered,
     /// A wrong recovery code was given (§15.2).
     ChatRecoveryRefused,
+    /// A device stored its message history for another device of the account (§17).
+    ChatHistoryExported,
+    /// A device imported a history transfer (§17).
+    ChatHistoryImported,
+    /// A history import was refused: expired, cancelled, a wrong key, another device's.
+    ChatHistoryRefused,
     /// A web panel login link was issued (`constella web-login`, `/web`).
     WebLinkIssued,
     /// A web panel login link was used: a session began.
@@ -215,6 +221,9 @@ impl AuditKind {
             AuditKind::ChatKeysUpdated => "chat_keys_updated",
             AuditKind::ChatRecovered => "chat_recovered",
             AuditKind::ChatRecoveryRefused => "chat_recovery_refused",
+            AuditKind::ChatHistoryExported => "chat_history_exported",
+            AuditKind::ChatHistoryImported => "chat_history_imported",
+            AuditKind::ChatHistoryRefused => "chat_history_refused",
             AuditKind::WebLinkIssued => "web_link_issued",
             AuditKind::WebLogin => "web_login",
             AuditKind::WebLoginRefused => "web_login_refused",

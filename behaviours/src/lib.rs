@@ -37,6 +37,7 @@ pub mod node;
 pub mod pq4;
 pub mod pq4_devices;
 pub mod pq4_groups;
+pub mod pq4_history;
 pub mod rpc;
 mod secret;
 pub mod settings;

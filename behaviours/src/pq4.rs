@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 pub use crate::pq4_devices::{DeviceCard, DeviceEntry, Revocation};
 pub use crate::pq4_groups::GroupRecord;
+pub use crate::pq4_history::{HistoryAnswer, HistoryOp, HistoryReplica};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -319,6 +320,8 @@ pub enum Op {
         account: Account,
         opks: Vec<Opk>,
     },
+    /// History transfer to a new device (seed §17, `pq4_history`).
+    History(HistoryOp),
 }
 
 /// One holder's part of an operation.
@@ -449,6 +452,8 @@ pub enum ReplicaOp {
     RecoveryFailures {
         username: String,
     },
+    /// A holder's part of a history transfer (`pq4_history`).
+    History(HistoryReplica),
 }
 
 /// How long a pending uniqueness claim holds.
@@ -492,6 +497,12 @@ pub enum ErrorKind {
     AlreadyRevoked,
     /// The asking device was revoked: it may no longer read or enrol.
     DeviceRevoked,
+    /// No such history transfer (never made, imported already, expired or cancelled).
+    TransferNotFound,
+    /// The history transfer expired (§17.2: the key is valid for one hour); deleted.
+    TransferExpired,
+    /// A second wrong history key cancelled the transfer (§17.2); deleted.
+    TransferCancelled,
 }
 
 /// One answer.
@@ -559,6 +570,8 @@ pub enum Response {
     RecoveryFailures {
         times: Vec<u64>,
     },
+    /// The answer to a history transfer operation.
+    History(HistoryAnswer),
 }
 
 impl Response {

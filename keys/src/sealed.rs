@@ -224,6 +224,8 @@ pub enum BlobKind {
     Session = 2,
     /// A [`crate::GroupSession`].
     Group = 3,
+    /// A device's message history (the chat client's, CBOR it defines).
+    History = 4,
 }
 
 /// A sealed blob: `version ‖ CBOR{kind, salt, m, t, p, check, bsalt, ct}`.

@@ -93,7 +93,7 @@ pub async fn enroll(link: &mut Link, device: &mut Device, name: Option<&str>) ->
 }
 
 /// The account's devices as the network holds them.
-async fn list(link: &mut Link, device: &Device) -> Result<Vec<DeviceEntry>> {
+pub(super) async fn list(link: &mut Link, device: &Device) -> Result<Vec<DeviceEntry>> {
     let auth = device.mailbox_key().auth(pq4::DEVICES_BODY);
     match check(link.call(Op::Devices { auth }).await?)? {
         Response::Devices(list) => Ok(list),

@@ -9,6 +9,7 @@
 mod device;
 mod devices;
 mod group;
+mod history;
 mod keys;
 mod link;
 mod recover;
@@ -139,6 +140,11 @@ pub enum ChatCommand {
     Revoke {
         /// The device: its id (hex, or at least 4 leading digits) or its name.
         device: String,
+    },
+    /// The message history on this device: show it, move it to a new device.
+    History {
+        #[command(subcommand)]
+        command: history::HistoryCommand,
     },
 }
 
@@ -335,6 +341,9 @@ pub async fn run(args: ChatArgs, state_dir: &Path) -> Result<()> {
             let mut device = Device::unlock(&home, &password)?;
             let mut link = connect(state_dir, args.via.as_deref(), &mut device).await?;
             devices::revoke(&mut link, &mut device, &target).await
+        }
+        ChatCommand::History { command } => {
+            history::run(command, &home, state_dir, args.via.as_deref(), &mut input).await
         }
     }
 }
@@ -637,7 +646,10 @@ async fn send(link: &mut Link, device: &mut Device, to: &str, text: &str) -> Res
         envelope: Bytes(envelope),
     };
     match check(link.call(op).await?)? {
-        Response::Sent { .. } => Ok(()),
+        Response::Sent { id, .. } => {
+            history::record_sent(device, id, to, text);
+            Ok(())
+        }
         other => bail!("unexpected answer: {other:?}"),
     }
 }
@@ -886,21 +898,27 @@ async fn open_all(
                     .map(|m| m.map(|text| (text, None))),
             };
         match opened {
-            Ok(Some((text, group))) => shown.push(Shown {
-                from: message.from.clone(),
-                text,
-                at: message.at_ms,
-                flagged: false,
-                group,
-            }),
+            Ok(Some((text, group))) => shown.push((
+                message.id.clone(),
+                Shown {
+                    from: message.from.clone(),
+                    text,
+                    at: message.at_ms,
+                    flagged: false,
+                    group,
+                },
+            )),
             Ok(None) => {}
-            Err(Flag(reason)) => shown.push(Shown {
-                from: message.from.clone(),
-                text: format!("<{reason}>"),
-                at: message.at_ms,
-                flagged: true,
-                group: None,
-            }),
+            Err(Flag(reason)) => shown.push((
+                message.id.clone(),
+                Shown {
+                    from: message.from.clone(),
+                    text: format!("<{reason}>"),
+                    at: message.at_ms,
+                    flagged: true,
+                    group: None,
+                },
+            )),
         }
     }
     report_lost(device);
@@ -909,7 +927,8 @@ async fn open_all(
     } else {
         device.save()?;
     }
-    for message in &shown {
+    history::record_read(device, &shown);
+    for (_, message) in &shown {
         show(message)?;
     }
     let body: Vec<u8> = ids.iter().flat_map(|i| i.0.iter().copied()).collect();

@@ -35,6 +35,8 @@ use crate::audit::AuditKind;
 mod devices;
 #[path = "chat_groups.rs"]
 mod groups;
+#[path = "chat_history.rs"]
+mod history;
 #[path = "chat_keys.rs"]
 mod keys;
 #[path = "chat_recover.rs"]
@@ -425,6 +427,7 @@ impl Service {
                 account,
                 opks,
             } => self.recover(username, code, account, opks, origin).await,
+            Op::History(op) => self.history(op, origin).await,
         }
     }
 
@@ -463,6 +466,7 @@ impl Service {
             | Op::AddDevice { auth, .. }
             | Op::UpdateKeys { auth, .. }
             | Op::Devices { auth } => own(&auth.username),
+            Op::History(op) => own(&op.auth().username),
         };
         if allowed {
             Ok(())

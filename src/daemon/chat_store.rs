@@ -20,6 +20,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+#[path = "chat_history_store.rs"]
+mod history;
+
 const INVITES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("invites");
 const CLAIMS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("claims");
 const ACCOUNTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("accounts");
@@ -118,6 +121,7 @@ impl ChatStore {
         for table in [DELETED, DEVICES, ACKED] {
             txn.open_table(table)?;
         }
+        history::create_tables(&txn)?;
         txn.commit()?;
         Ok(Self {
             db,
@@ -444,6 +448,7 @@ impl ChatStore {
             op @ (ReplicaOp::PutDevices { .. }
             | ReplicaOp::GetDevices { .. }
             | ReplicaOp::RevokeDevice { .. }) => apply_devices(&txn, op, now_ms)?,
+            ReplicaOp::History(op) => history::apply(&txn, op, now_ms)?,
         };
         txn.commit()?;
         Ok(response)
