@@ -5,7 +5,10 @@
 //!   the send command alone (encrypt once, queue for every member);
 //! - rotation for N members: `chat group rotate` (record stored, key sealed and queued for each
 //!   member), and from its start until every member printed a message sent right after it
-//!   (so the new key was installed everywhere).
+//!   (so the new key was installed everywhere);
+//! - bytes: what one `group send` and one `group rotate` queue in the members' mailboxes (the
+//!   client's debug lines `group traffic queued in a mailbox bytes=N`; each entry is stored on
+//!   the 3 holders of its mailbox).
 //!
 //! `cargo bench --profile dev --bench chat_groups` (reuses the debug build).
 //! `CONSTELLA_BENCH_GROUP_SIZES` (default `3,10`; `3,10,50` if the machine can take 50
@@ -22,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::chat::{PASSWORD, chat_ok, register};
+use common::chat::{PASSWORD, chat_env, chat_ok, register};
 use common::{BIN, Cluster, Node, agreed_leader, keys_by_peer_id};
 use support::{env_or, percentile};
 
@@ -57,6 +60,34 @@ fn follow(node: &Node, home: &Path, who: usize, lines: mpsc::Sender<(usize, Stri
         }
     });
     child
+}
+
+/// A chat command that must succeed, with the group client's debug lines on; the bytes it
+/// queued in mailboxes and in how many entries.
+fn queued(node: &Node, home: &Path, args: &[&str]) -> (usize, usize) {
+    let out = chat_env(
+        node,
+        home,
+        PASSWORD,
+        args,
+        &[("RUST_LOG", "warn,constella::chat::group=debug")],
+    );
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        common::output_text(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let sizes: Vec<usize> = stderr
+        .lines()
+        .filter(|l| l.contains("group traffic queued in a mailbox"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("bytes="))
+                .and_then(|n| n.trim_end_matches(',').parse().ok())
+        })
+        .collect();
+    (sizes.iter().sum(), sizes.len())
 }
 
 /// Waits until each of `n` members printed `text`.
@@ -121,10 +152,11 @@ fn main() {
         all_saw(&rx, size, "warm-up");
         let mut delivered = Vec::new();
         let mut command = Vec::new();
+        let mut send_bytes = (0, 0);
         for r in 0..rounds {
             let text = format!("round {r}");
             let start = Instant::now();
-            chat_ok(nodes[0], &alice, &["group", "send", &group, &text]);
+            send_bytes = queued(nodes[0], &alice, &["group", "send", &group, &text]);
             command.push(start.elapsed());
             all_saw(&rx, size, &text);
             delivered.push(start.elapsed());
@@ -137,12 +169,20 @@ fn main() {
             ms(percentile(&delivered, 0.9)),
             ms(percentile(&command, 0.5)),
         );
+        println!(
+            "bytes of one group send to {size:>2} members: {} B in {} mailbox entries ({} B each; x3 holders = {} B stored)",
+            send_bytes.0,
+            send_bytes.1,
+            send_bytes.0 / send_bytes.1.max(1),
+            send_bytes.0 * 3,
+        );
         let mut rotate = Vec::new();
         let mut reached = Vec::new();
+        let mut rotate_bytes = (0, 0);
         for r in 0..rounds.min(5) {
             let text = format!("after rotation {r}");
             let start = Instant::now();
-            chat_ok(nodes[0], &alice, &["group", "rotate", &group]);
+            rotate_bytes = queued(nodes[0], &alice, &["group", "rotate", &group]);
             rotate.push(start.elapsed());
             chat_ok(nodes[0], &alice, &["group", "send", &group, &text]);
             all_saw(&rx, size, &text);
@@ -155,6 +195,13 @@ fn main() {
             ms(percentile(&rotate, 0.5)),
             ms(percentile(&reached, 0.5)),
             ms(*reached.last().unwrap()),
+        );
+        println!(
+            "bytes of one rotation for {size:>2} members: {} B of key shares in {} mailbox entries ({} B each; x3 holders = {} B stored)",
+            rotate_bytes.0,
+            rotate_bytes.1,
+            rotate_bytes.0 / rotate_bytes.1.max(1),
+            rotate_bytes.0 * 3,
         );
         for mut child in followers.drain(..) {
             let _ = child.kill();

@@ -490,3 +490,197 @@ fn a_user_who_lost_every_device_recovers_with_the_code_and_wrong_codes_are_locke
     let text = serde_json::to_string(&events).unwrap();
     assert!(!text.contains(&recovery) && !text.contains(wrong));
 }
+
+#[test]
+fn a_device_updates_its_keys_itself_once_they_are_older_than_the_period_and_contacts_see_it() {
+    let cluster = three_nodes();
+    let (n1, n2) = (cluster.node("alpha"), cluster.node("bravo"));
+    let (alice, bob) = (device_home(&cluster, "alice"), device_home(&cluster, "bob"));
+    register(n1, &alice, "alice");
+    register(n2, &bob, "bob");
+    chat_ok(n1, &alice, &["send", "@bob", "hello bob"]);
+    let (got, _) = read_until(n2, &bob, 1);
+    assert_eq!(texts(&got), vec!["hello bob"]);
+    let before = fingerprints(n1, &alice, "@bob")["users"]["bob"].clone();
+
+    let with_period = |secs: &str| {
+        let out = chat_env(
+            n2,
+            &bob,
+            PASSWORD,
+            &["read", "--json"],
+            &[("CONSTELLA_PQ4_KEY_UPDATE_SECS", secs)],
+        );
+        assert!(out.status.success(), "{}", output_text(&out));
+        // stdout stays the command's own output.
+        let items: Vec<Value> = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", output_text(&out)));
+        assert!(items.is_empty(), "{items:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Keys younger than the period (an hour) are left alone.
+    let said = with_period("3600");
+    assert!(!said.contains("updating them"), "{said}");
+    assert_eq!(fingerprints(n1, &alice, "@bob")["users"]["bob"], before);
+
+    // With a 1 s period, bob's next command finds his keys (made at registration) too old and
+    // updates them itself.
+    let said = common::wait_for(Duration::from_secs(30), "an automatic key update", || {
+        let said = with_period("1");
+        said.contains("updating them").then_some(said)
+    });
+    assert!(said.contains("the keys of @bob were made"), "{said}");
+    assert!(
+        said.contains("updated the keys of @bob; told 1 contact(s)"),
+        "{said}"
+    );
+    // Now they are fresh: an hour's period leaves them alone again.
+    let said = with_period("3600");
+    assert!(!said.contains("updating them"), "{said}");
+
+    // alice is told in her session and sees the new fingerprint, the same bob sees.
+    let (_, said) = read_json(n1, &alice);
+    assert!(said.contains("@bob updated their identity key"), "{said}");
+    let now = fingerprints(n1, &alice, "@bob")["users"]["bob"].clone();
+    assert_ne!(now, before);
+    assert_eq!(now, fingerprints(n2, &bob, "@alice")["users"]["bob"]);
+    chat_ok(n2, &bob, &["send", "@alice", "new keys"]);
+    let (got, _) = read_until(n1, &alice, 1);
+    assert_eq!(texts(&got), vec!["new keys"]);
+    assert_eq!(got[0]["flagged"], false);
+    let events: Vec<Value> =
+        serde_json::from_str(&n2.ok(&["audit", "--since", "1h", "--json"])).unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event_type"] == "chat_keys_updated" && e["who"] == "pq4:@bob"),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_second_revocation_during_one_is_told_in_progress_and_a_group_that_cannot_rotate_is_a_partial_failure()
+ {
+    // alpha holds a revocation's claim for 3 s before applying it, so a second revocation
+    // really arrives while the first is in progress.
+    let cluster = Cluster::start_with(
+        &["alpha", "bravo", "charlie"],
+        &[100, 100, 100],
+        Some(keys_by_peer_id(3)),
+        |node| {
+            if node.name == "alpha" {
+                node.env
+                    .push(("CONSTELLA_TEST_PQ4_REVOKE_HOLD_MS".into(), "3000".into()));
+            }
+        },
+    );
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE);
+    let (n1, n2, n3) = (
+        cluster.node("alpha"),
+        cluster.node("bravo"),
+        cluster.node("charlie"),
+    );
+    let (alice, phone, laptop, tablet) = (
+        device_home(&cluster, "alice"),
+        device_home(&cluster, "bob"),
+        device_home(&cluster, "bob-laptop"),
+        device_home(&cluster, "bob-tablet"),
+    );
+    register(n2, &alice, "alice");
+    register(n1, &phone, "bob");
+    for (node, home, name) in [(n2, &laptop, "laptop"), (n3, &tablet, "tablet")] {
+        chat_ok(
+            node,
+            home,
+            &["login", "--username", "bob", "--device-name", name],
+        );
+    }
+
+    // §14.2 item 4: the phone revokes the tablet through alpha; while alpha holds the claim,
+    // the laptop's revocation of the tablet through bravo is refused.
+    let (first, second) = std::thread::scope(|s| {
+        let first = s.spawn(|| chat_env(n1, &phone, PASSWORD, &["revoke", "tablet"], &[]));
+        common::wait_for(Duration::from_secs(60), "alpha to hold the claim", || {
+            n1.log_text()
+                .contains("revocation claim held; applying it")
+                .then_some(())
+        });
+        let second = chat_env(n2, &laptop, PASSWORD, &["revoke", "tablet"], &[]);
+        (first.join().unwrap(), second)
+    });
+    assert!(first.status.success(), "{}", output_text(&first));
+    assert!(
+        output_text(&first).contains("revoked device \"tablet\""),
+        "{}",
+        output_text(&first)
+    );
+    assert!(!second.status.success(), "{}", output_text(&second));
+    assert!(
+        output_text(&second).contains("RevocationInProgress"),
+        "{}",
+        output_text(&second)
+    );
+    // Once the first is done, the same request is answered for what it is.
+    let said = chat_fails(n2, &laptop, &["revoke", "tablet"]);
+    assert!(said.contains("AlreadyRevoked"), "{said}");
+    let said = chat_fails(n3, &tablet, &["read"]);
+    assert!(said.contains("DeviceRevoked"), "{said}");
+    let events: Vec<Value> =
+        serde_json::from_str(&n2.ok(&["audit", "--since", "1h", "--json"])).unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event_type"] == "chat_device_revoke_refused"
+                && e["details"]["reason"] == "RevocationInProgress"),
+        "{events:?}"
+    );
+
+    // §14.2 item 5: bob is in two groups; alice rotated "team" and the phone has not read
+    // since, so it cannot make team's next key. Revoking the laptop rotates "ops", reports
+    // team as a partial failure, and the revocation stands.
+    chat_ok(n2, &alice, &["group", "create", "team", "@bob"]);
+    chat_ok(n2, &alice, &["group", "create", "ops", "@bob"]);
+    for (node, home) in [(n1, &phone), (n2, &laptop)] {
+        let (_, said) = read_json(node, home);
+        assert!(said.contains("you are in group ops now"), "{said}");
+    }
+    chat_ok(n2, &alice, &["group", "rotate", "team"]);
+    let out = chat_env(n1, &phone, PASSWORD, &["revoke", "laptop"], &[]);
+    let said = output_text(&out);
+    assert!(out.status.success(), "a partial success: {said}");
+    assert!(said.contains("revoked device \"laptop\""), "{said}");
+    assert!(
+        said.contains("rotated the key of ops (key epoch 1)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("PartialGroupKeyUpdateFailure: the key of group team was not rotated"),
+        "{said}"
+    );
+    assert!(said.contains("behind the group"), "{said}");
+    assert!(
+        said.contains(
+            "PartialGroupKeyUpdateFailure: the device is revoked, but 1 group(s) kept their key"
+        ),
+        "{said}"
+    );
+    assert!(!said.contains("group ops was not rotated"), "{said}");
+    let said = chat_fails(n2, &laptop, &["read"]);
+    assert!(said.contains("DeviceRevoked"), "{said}");
+    // As told: read, then rotate team by hand; alice's next message opens on the phone.
+    read_json(n1, &phone);
+    let out = chat_ok(n1, &phone, &["group", "rotate", "team"]);
+    assert!(
+        out.contains("rotated the key of team (key epoch 2)"),
+        "{out}"
+    );
+    read_json(n2, &alice);
+    chat_ok(
+        n2,
+        &alice,
+        &["group", "send", "team", "after the revocation"],
+    );
+    let (got, _) = read_until(n1, &phone, 1);
+    assert_eq!(texts(&got), vec!["after the revocation"]);
+}

@@ -575,3 +575,116 @@ fn a_group_record_moves_to_new_holders_when_its_holders_die() {
         "{said}"
     );
 }
+
+/// Three nodes whose group holders give members `secs` to acknowledge a key (§8.2).
+fn three_nodes_with_ack_bound(secs: &str) -> Cluster {
+    let cluster = Cluster::start_with(
+        &["alpha", "bravo", "charlie"],
+        &[100, 100, 100],
+        Some(keys_by_peer_id(3)),
+        |node| {
+            node.env
+                .push(("CONSTELLA_PQ4_GROUP_ACK_SECS".into(), secs.into()));
+        },
+    );
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    agreed_leader(&nodes, &["alpha", "bravo", "charlie"], AGREE);
+    cluster
+}
+
+#[test]
+fn a_member_that_does_not_acknowledge_a_key_in_time_is_shown_inactive_to_the_admins() {
+    let cluster = three_nodes_with_ack_bound("3");
+    let (n1, n2, n3) = (
+        cluster.node("alpha"),
+        cluster.node("bravo"),
+        cluster.node("charlie"),
+    );
+    let [alice, bob, carol, dave] =
+        ["alice", "bob", "carol", "dave"].map(|n| device_home(&cluster, n));
+    register(n1, &alice, "alice");
+    register(n2, &bob, "bob");
+    register(n3, &carol, "carol");
+    register(n1, &dave, "dave");
+    chat_ok(
+        n1,
+        &alice,
+        &["group", "create", "team", "@bob", "@carol", "@dave"],
+    );
+    // bob and dave install the key (and acknowledge it); carol's device stays away.
+    for (node, home) in [(n2, &bob), (n1, &dave)] {
+        let (_, said) = read_json(node, home);
+        assert!(said.contains("you are in group team now"), "{said}");
+    }
+    let team = members(n1, &alice, "team");
+    assert!(
+        names(&team, "acknowledged").contains(&"bob".to_owned()),
+        "{team}"
+    );
+    assert!(
+        !names(&team, "acknowledged").contains(&"carol".to_owned()),
+        "{team}"
+    );
+
+    // Past the bound the holders mark carol inactive and tell the admin.
+    let said = common::wait_for(
+        Duration::from_secs(60),
+        "the admin to be told of an inactive member",
+        || {
+            let (_, said) = read_json(n1, &alice);
+            said.contains("did not acknowledge").then_some(said)
+        },
+    );
+    let line = said
+        .lines()
+        .find(|l| l.contains("did not acknowledge"))
+        .unwrap();
+    assert!(
+        line.contains("group team: @carol did not acknowledge the key of epoch 0 in time"),
+        "{said}"
+    );
+    assert!(!line.contains("@bob") && !line.contains("@dave"), "{said}");
+    let team = members(n1, &alice, "team");
+    assert_eq!(names(&team, "inactive"), vec!["carol"], "{team}");
+    assert_eq!(
+        names(&team, "acknowledged"),
+        vec!["alice", "bob", "dave"],
+        "{team}"
+    );
+    let text = chat_ok(n1, &alice, &["group", "members", "team"]);
+    assert!(
+        text.contains("@carol (inactive: did not acknowledge a key in time)"),
+        "{text}"
+    );
+    // The notice goes to admins only; a member's view shows the same status from the holders.
+    let (_, said) = read_json(n1, &dave);
+    assert!(!said.contains("did not acknowledge"), "{said}");
+    assert_eq!(
+        names(&members(n3, &dave, "team"), "inactive"),
+        vec!["carol"]
+    );
+    let logged = [n1, n2, n3]
+        .iter()
+        .any(|n| n.log_text().contains("marked inactive"));
+    assert!(logged, "a holder logs the marking");
+
+    // carol comes back: her client installs the key and acknowledges it; she is active again.
+    let (_, said) = read_json(n3, &carol);
+    assert!(said.contains("you are in group team now"), "{said}");
+    let team = members(n1, &alice, "team");
+    assert!(names(&team, "inactive").is_empty(), "{team}");
+    assert_eq!(names(&team, "acknowledged").len(), 4, "{team}");
+
+    // A new key: until its members acknowledge it only its author holds it; a member that
+    // acknowledged the old one is not inactive for that.
+    chat_ok(n2, &bob, &["group", "rotate", "team"]);
+    let team = members(n2, &bob, "team");
+    assert_eq!(team["epoch"], 1);
+    assert!(names(&team, "acknowledged").contains(&"bob".to_owned()));
+    for (node, home) in [(n1, &alice), (n3, &carol), (n1, &dave)] {
+        read_json(node, home);
+    }
+    let team = members(n1, &alice, "team");
+    assert_eq!(names(&team, "acknowledged").len(), 4, "{team}");
+    assert!(names(&team, "inactive").is_empty(), "{team}");
+}

@@ -160,6 +160,10 @@ pub struct Account {
     /// signature of the old one (every device was lost), vouched for by the recovery code.
     #[serde(default)]
     pub recoveries: Vec<Recovered>,
+    /// When the current keys were installed by a key update or a recovery (ms since the
+    /// epoch, the coordinator's clock; 0: at registration, `created_ms`).
+    #[serde(default)]
+    pub keys_ms: u64,
 }
 
 /// One account recovery, as the holders keep it.
@@ -278,6 +282,17 @@ pub enum Op {
     },
     /// The current version of a group record (by group id).
     GetGroup {
+        gid: Bytes,
+    },
+    /// A member's client installed the group key of `ack.epoch` (§8.1 step 6): the
+    /// coordinator checks the signature against the member's registered identity, each holder
+    /// that the member is in the group. Answer: [`Response::GroupStatus`].
+    AckGroupKey {
+        ack: crate::pq4_groups::GroupAck,
+    },
+    /// Who acknowledged the group's current key and who is marked inactive (§8.2), merged
+    /// over the holders ([`Response::GroupStatus`]).
+    GroupStatus {
         gid: Bytes,
     },
     /// Enrol this device (its id is `auth.device`, which must equal `card.id`) with the
@@ -429,6 +444,15 @@ pub enum ReplicaOp {
     PutHeldGroup {
         held: crate::pq4_groups::HeldGroup,
     },
+    /// Record a member's acknowledgement of a group key (signature checked by the
+    /// coordinator).
+    AckGroupKey {
+        ack: crate::pq4_groups::GroupAck,
+    },
+    /// This holder's [`crate::pq4_groups::GroupStatus`] of a group.
+    GroupStatus {
+        gid: Bytes,
+    },
     /// Merge device cards into an account's devices (enrolment, hand-off): a card already
     /// held is kept, a revocation is kept for ever.
     PutDevices {
@@ -557,6 +581,8 @@ pub enum Response {
     Lost(Vec<Bytes>),
     /// The group record version held (after a put: the winner, which may not be the one put).
     Group(Option<Box<GroupRecord>>),
+    /// Acknowledgements of a group's current key and the members marked inactive.
+    GroupStatus(crate::pq4_groups::GroupStatus),
     /// An account's devices.
     Devices(Vec<DeviceEntry>),
     /// An account's key updates, oldest first, its current identity and its recoveries.
@@ -565,6 +591,9 @@ pub enum Response {
         identity: Bytes,
         #[serde(default)]
         recoveries: Vec<Recovered>,
+        /// When the current keys were made ([`Account::keys_since_ms`]).
+        #[serde(default)]
+        since_ms: u64,
     },
     /// When the wrong recovery codes within the window were given (ms since the epoch).
     RecoveryFailures {
@@ -585,6 +614,13 @@ impl Response {
 }
 
 impl Account {
+    /// When the account's current keys were made: the last key update or recovery, else the
+    /// registration (§11.1: a device updates them when they are 90 days old).
+    pub fn keys_since_ms(&self) -> u64 {
+        let recovered = self.recoveries.last().map_or(0, |r| r.at_ms);
+        self.keys_ms.max(recovered).max(self.created_ms)
+    }
+
     /// Whether `other` is this same registration (possibly with prekeys uploaded since).
     pub fn same_registration(&self, other: &Account) -> bool {
         self.username == other.username
@@ -842,6 +878,7 @@ mod tests {
             key_updates: Vec::new(),
             recovery: Bytes::default(),
             recoveries: Vec::new(),
+            keys_ms: 0,
         };
         let (early, late) = (account(1, 9), account(2, 1));
         assert!(early.wins_over(&late) && !late.wins_over(&early));

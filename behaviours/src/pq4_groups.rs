@@ -15,6 +15,14 @@
 //!   author's Ed448 key, smaller first — the same tie-break `GroupSession::apply` uses for two
 //!   key shares of one epoch — so every holder and every member ends on the same version,
 //!   whatever order they saw them in, and the loser learns it lost.
+//!
+//! Acknowledgements (§8.1 step 6, §8.2): a member whose client installed a key says so with a
+//! signed [`GroupAck`]; the holders keep, per member, the highest key epoch acknowledged. A
+//! member that has not acknowledged the current key when its record is older than the bound
+//! is marked inactive ([`HeldGroup::mark_inactive`]) and the admins are told
+//! ([`GroupFrame::Inactive`]); a later acknowledgement makes it active again.
+
+use std::collections::BTreeMap;
 
 use constella_keys::IdentityPublicKey;
 use serde::{Deserialize, Serialize};
@@ -233,11 +241,117 @@ impl GroupRecord {
 }
 
 /// What a holder (or a member's client) keeps of a group: the current version and the one it
-/// followed, so a competing version of the same epoch is checked against the same base.
+/// followed, so a competing version of the same epoch is checked against the same base; on a
+/// holder also the members' acknowledgements of the key (§8.2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldGroup {
     pub current: GroupRecord,
     pub previous: Option<GroupRecord>,
+    /// Member → the highest key epoch it acknowledged.
+    #[serde(default)]
+    pub acks: BTreeMap<String, u32>,
+    /// Member → the key epoch it did not acknowledge within the bound (inactive until it
+    /// acknowledges that epoch or a later one).
+    #[serde(default)]
+    pub inactive: BTreeMap<String, u32>,
+    /// The last key epoch whose acknowledgements were checked against the bound.
+    #[serde(default)]
+    pub checked: Option<u32>,
+    /// The first key epoch whose acknowledgements are collected (`None`: a group held from
+    /// before acknowledgements existed, tracked from its next version, so its members are not
+    /// all marked inactive at once).
+    #[serde(default)]
+    pub tracked_from: Option<u32>,
+}
+
+/// The acknowledgement state of a group's current key, as the holders answer it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// The current key epoch.
+    pub epoch: u32,
+    /// Members that hold the current key (the record's author and those that acknowledged it).
+    pub acknowledged: Vec<String>,
+    /// Members marked inactive (§8.2): they did not acknowledge a key within the bound and
+    /// have not since.
+    pub inactive: Vec<String>,
+}
+
+impl GroupStatus {
+    /// The union of several holders' answers: the highest epoch's acknowledgements; a member
+    /// acknowledged on any holder is not inactive.
+    pub fn merge(answers: impl IntoIterator<Item = GroupStatus>) -> Option<GroupStatus> {
+        let mut answers: Vec<GroupStatus> = answers.into_iter().collect();
+        let epoch = answers.iter().map(|a| a.epoch).max()?;
+        answers.retain(|a| a.epoch == epoch);
+        let mut acknowledged: Vec<String> = answers
+            .iter()
+            .flat_map(|a| a.acknowledged.iter().cloned())
+            .collect();
+        acknowledged.sort();
+        acknowledged.dedup();
+        let mut inactive: Vec<String> = answers
+            .iter()
+            .flat_map(|a| a.inactive.iter().cloned())
+            .filter(|m| !acknowledged.contains(m))
+            .collect();
+        inactive.sort();
+        inactive.dedup();
+        Some(GroupStatus {
+            epoch,
+            acknowledged,
+            inactive,
+        })
+    }
+}
+
+/// A member's acknowledgement that its client installed the key of `epoch` (§8.1 step 6),
+/// signed with its identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupAck {
+    pub gid: Bytes,
+    pub epoch: u32,
+    pub by: String,
+    pub at_ms: u64,
+    pub sig: Bytes,
+}
+
+#[derive(Serialize)]
+struct SignedAck<'a> {
+    domain: &'static str,
+    gid: &'a Bytes,
+    epoch: u32,
+    by: &'a str,
+    at_ms: u64,
+}
+
+impl GroupAck {
+    /// The bytes the member signs.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        cbor(&SignedAck {
+            domain: "PQ4 group ack",
+            gid: &self.gid,
+            epoch: self.epoch,
+            by: &self.by,
+            at_ms: self.at_ms,
+        })
+    }
+
+    /// The record key of the group acknowledged.
+    pub fn key(&self) -> String {
+        group_key(&self.gid.0)
+    }
+
+    /// Checks the signature against the member's identity.
+    pub fn verify(&self, member: &IdentityPublicKey) -> Result<(), GroupRuleError> {
+        let bad = || GroupRuleError::BadSignature(self.by.clone());
+        if self.gid.0.len() != GROUP_ID_LEN || !crate::pq4::valid_username(&self.by) {
+            return Err(GroupRuleError::Shape("group acknowledgement"));
+        }
+        let sig: [u8; SIGNATURE_LEN] = self.sig.0.as_slice().try_into().map_err(|_| bad())?;
+        member
+            .verify_group_control(&self.signed_bytes(), &sig)
+            .map_err(|_| bad())
+    }
 }
 
 /// What [`HeldGroup::offer`] did.
@@ -255,10 +369,121 @@ impl HeldGroup {
     /// A group from its first version.
     pub fn create(record: GroupRecord) -> Result<Self, GroupRuleError> {
         record.check_creation()?;
-        Ok(Self {
+        Ok(Self::starting_at(record))
+    }
+
+    /// What a newcomer keeps of a group it joins at `record` (no earlier version known).
+    pub fn starting_at(record: GroupRecord) -> Self {
+        Self {
+            tracked_from: Some(record.epoch),
             current: record,
             previous: None,
-        })
+            acks: BTreeMap::new(),
+            inactive: BTreeMap::new(),
+            checked: None,
+        }
+    }
+
+    /// Whether `member` holds the current key: it made this version or acknowledged its key.
+    pub fn acknowledged(&self, member: &str) -> bool {
+        member == self.current.by
+            || self
+                .acks
+                .get(member)
+                .is_some_and(|e| *e >= self.current.epoch)
+    }
+
+    /// Whether `member` is marked inactive: a member that did not acknowledge a key within
+    /// the bound and has not acknowledged that key or a later one since.
+    pub fn is_inactive(&self, member: &str) -> bool {
+        self.current.is_member(member)
+            && self.inactive.get(member).is_some_and(|missed| {
+                !self.acknowledged(member) && self.acks.get(member).is_none_or(|a| a < missed)
+            })
+    }
+
+    /// Records `ack` (its signature checked by the caller): the member must be in the current
+    /// version, and the epoch not beyond it.
+    pub fn record_ack(&mut self, ack: &GroupAck) -> Result<(), GroupRuleError> {
+        if ack.gid != self.current.gid {
+            return Err(GroupRuleError::WrongGroup);
+        }
+        if !self.current.is_member(&ack.by) {
+            return Err(GroupRuleError::NotAMember(ack.by.clone()));
+        }
+        if ack.epoch > self.current.epoch {
+            return Err(GroupRuleError::Shape(
+                "an acknowledgement of a key epoch this holder does not have yet",
+            ));
+        }
+        let entry = self.acks.entry(ack.by.clone()).or_insert(ack.epoch);
+        *entry = (*entry).max(ack.epoch);
+        Ok(())
+    }
+
+    /// The acknowledgement state of the current key.
+    pub fn status(&self) -> GroupStatus {
+        GroupStatus {
+            epoch: self.current.epoch,
+            acknowledged: self
+                .current
+                .members
+                .iter()
+                .filter(|m| self.acknowledged(m))
+                .cloned()
+                .collect(),
+            inactive: self
+                .current
+                .members
+                .iter()
+                .filter(|m| self.is_inactive(m))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// §8.2: once the current version is `bound_ms` old (by its author's clock) and was not
+    /// checked yet, every member that has not acknowledged its key is marked inactive.
+    /// Returns those members (empty when nothing is due or everyone acknowledged).
+    pub fn mark_inactive(&mut self, now_ms: u64, bound_ms: u64) -> Vec<String> {
+        let epoch = self.current.epoch;
+        if self.tracked_from.is_none_or(|t| t > epoch)
+            || self.checked.is_some_and(|c| c >= epoch)
+            || now_ms < self.current.at_ms.saturating_add(bound_ms)
+        {
+            return Vec::new();
+        }
+        self.checked = Some(epoch);
+        let missing: Vec<String> = self
+            .current
+            .members
+            .iter()
+            .filter(|m| !self.acknowledged(m))
+            .cloned()
+            .collect();
+        for m in &missing {
+            let entry = self.inactive.entry(m.clone()).or_insert(epoch);
+            *entry = (*entry).max(epoch);
+        }
+        missing
+    }
+
+    /// Takes in another holder's acknowledgements and marks (hand-off): the higher epoch of
+    /// each wins, so merging is order-independent.
+    pub fn merge_acks(&mut self, other: &HeldGroup) {
+        for (m, e) in &other.acks {
+            let entry = self.acks.entry(m.clone()).or_insert(*e);
+            *entry = (*entry).max(*e);
+        }
+        for (m, e) in &other.inactive {
+            let entry = self.inactive.entry(m.clone()).or_insert(*e);
+            *entry = (*entry).max(*e);
+        }
+        self.checked = self.checked.max(other.checked);
+        self.tracked_from = match (self.tracked_from, other.tracked_from) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 
     /// Offers a new version (its signature already checked by the caller). Refused versions
@@ -272,6 +497,7 @@ impl HeldGroup {
         }
         if record.epoch > self.current.epoch {
             record.may_follow(&self.current)?;
+            self.tracked_from.get_or_insert(record.epoch);
             self.previous = Some(std::mem::replace(&mut self.current, record));
             return Ok(Offer::Installed);
         }
@@ -286,6 +512,7 @@ impl HeldGroup {
             None => record.check_creation()?,
         }
         if record.beats(&self.current) {
+            self.tracked_from.get_or_insert(record.epoch);
             self.current = record;
             Ok(Offer::Installed)
         } else {
@@ -341,6 +568,15 @@ pub enum GroupFrame {
     /// A new version of the group record, so members (and a removed member) learn of it.
     Record(GroupRecord),
     Leave(LeaveRequest),
+    /// From the group's holders to each admin (§8.2): these members did not acknowledge the
+    /// key of `epoch` within the bound and are marked inactive. Deterministic bytes, so the
+    /// same notice from several holders is one mailbox entry. An admin's client checks it
+    /// against the holders' [`GroupStatus`] before telling the user.
+    Inactive {
+        gid: Bytes,
+        epoch: u32,
+        members: Vec<String>,
+    },
 }
 
 impl GroupFrame {
@@ -451,6 +687,68 @@ mod tests {
         // The loser, offered again, is told it lost.
         let loser = if winner_is_a { from_b } else { from_a };
         assert_eq!(one.offer(loser), Ok(Offer::Lost));
+    }
+
+    fn ack(by: (&str, &IdentityKeyPair), epoch: u32) -> GroupAck {
+        let mut a = GroupAck {
+            gid: Bytes(vec![7; 32]),
+            epoch,
+            by: by.0.into(),
+            at_ms: 5,
+            sig: Bytes::default(),
+        };
+        a.sig = Bytes(by.1.sign_group_control(&a.signed_bytes()).unwrap().to_vec());
+        a
+    }
+
+    #[test]
+    fn members_that_do_not_acknowledge_within_the_bound_are_inactive_until_they_do() {
+        let alice = person();
+        let bob = person();
+        let carol = person();
+        let base = record(("alice", &alice), 0, &["alice", "bob", "carol"], &["alice"]);
+        let mut held = HeldGroup::create(base).unwrap();
+        let from_bob = ack(("bob", &bob), 0);
+        assert!(from_bob.verify(bob.public()).is_ok());
+        assert!(from_bob.verify(carol.public()).is_err());
+        held.record_ack(&from_bob).unwrap();
+        // The author holds the key; bob acknowledged; carol did not.
+        assert_eq!(held.status().acknowledged, vec!["alice", "bob"]);
+        // Not due before the bound (the record is at 1 ms).
+        assert!(held.mark_inactive(500, 1_000).is_empty());
+        assert!(held.status().inactive.is_empty());
+        assert_eq!(held.mark_inactive(1_001, 1_000), vec!["carol"]);
+        assert_eq!(held.status().inactive, vec!["carol"]);
+        // Checked once per epoch.
+        assert!(held.mark_inactive(5_000, 1_000).is_empty());
+        // A non-member's or a future epoch's acknowledgement is refused.
+        assert!(held.record_ack(&ack(("dave", &person()), 0)).is_err());
+        assert!(held.record_ack(&ack(("carol", &carol), 1)).is_err());
+        // Another holder's view merges in any order; carol acknowledging makes her active.
+        let mut other = held.clone();
+        other.record_ack(&ack(("carol", &carol), 0)).unwrap();
+        let mut merged = held.clone();
+        merged.merge_acks(&other);
+        other.merge_acks(&held);
+        assert_eq!(merged, other);
+        assert!(merged.status().inactive.is_empty());
+        assert_eq!(merged.status().acknowledged.len(), 3);
+        // Holders' answers merge the same way.
+        let status = GroupStatus::merge([held.status(), merged.status()]).unwrap();
+        assert!(status.inactive.is_empty(), "{status:?}");
+        // A new key: nobody but its author holds it until they acknowledge.
+        let rotation = record(("bob", &bob), 1, &["alice", "bob", "carol"], &["alice"]);
+        merged.offer(rotation).unwrap();
+        assert_eq!(merged.status().acknowledged, vec!["bob"]);
+        assert!(merged.status().inactive.is_empty());
+        // A group held from before acknowledgements existed is not checked until its next
+        // version.
+        let mut legacy = HeldGroup::starting_at(merged.current.clone());
+        legacy.tracked_from = None;
+        assert!(legacy.mark_inactive(u64::MAX, 1).is_empty());
+        let next = record(("alice", &alice), 2, &["alice", "bob", "carol"], &["alice"]);
+        legacy.offer(next).unwrap();
+        assert_eq!(legacy.mark_inactive(u64::MAX, 1), vec!["bob", "carol"]);
     }
 
     #[test]

@@ -64,6 +64,11 @@ pub struct Stored {
     /// or revoked device is reported once (`super::devices`).
     #[serde(default)]
     pub known_devices: BTreeMap<String, bool>,
+    /// When the account's current keys were made, as the network last said (0: not asked
+    /// yet); a device asks again only once this is older than the key update period
+    /// (`super::keys::update_if_due`).
+    #[serde(default)]
+    pub keys_since_ms: u64,
 }
 
 /// An unlocked device: the stored state, the key store and the password key.
@@ -146,6 +151,7 @@ impl Device {
                 device_key,
                 device_name,
                 known_devices,
+                keys_since_ms: 0,
             },
             keys,
             password,

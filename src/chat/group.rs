@@ -13,6 +13,9 @@
 //!   mailbox as a [`GroupFrame`]; removed members get none, and could not open them.
 //! - The key rotates before the 101st message of a sender under one key or after 7 days
 //!   (`GroupSession::needs_rotation`), and on every add and remove.
+//! - A member's client acknowledges each key it installs to the group's holders (§8.1 step
+//!   6); the holders mark members that do not within the bound inactive and tell the admins
+//!   (§8.2), whose clients check the notice against the holders' status before showing it.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -20,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use constella_behaviours::pq4::{Bytes, GroupRecord, Op, Queued, Response};
 use constella_behaviours::pq4_groups::{
-    GroupFrame, HeldGroup, LeaveRequest, Offer, valid_group_name,
+    GroupAck, GroupFrame, GroupStatus, HeldGroup, LeaveRequest, Offer, valid_group_name,
 };
 use constella_keys::{Content, GroupKeyShare, GroupMessage, GroupSession, IdentityPublicKey};
 use serde::{Deserialize, Serialize};
@@ -201,6 +204,15 @@ pub async fn run(link: &mut Link, device: &mut Device, command: GroupCommand) ->
             refresh(link, device, &mut dir, &gid).await;
             let state = &device.stored.groups[&gid];
             let record = &state.held.current;
+            // Who holds the current key and who is inactive (§8.2), as the holders say.
+            let status = match ack_status(link, &record.gid.0).await {
+                Ok(status) if status.epoch == record.epoch => Some(status),
+                Ok(_) => None,
+                Err(e) => {
+                    eprintln!("the acknowledgements of {name} are not known now: {e:#}");
+                    None
+                }
+            };
             if json {
                 let value = serde_json::json!({
                     "group": record.name,
@@ -210,13 +222,27 @@ pub async fn run(link: &mut Link, device: &mut Device, command: GroupCommand) ->
                     "admins": record.admins,
                     "by": record.by,
                     "member": !state.gone,
+                    "acknowledged": status.as_ref().map(|s| &s.acknowledged),
+                    "inactive": status.as_ref().map(|s| &s.inactive),
                 });
                 println!("{value}");
             } else {
                 println!("group {} (key epoch {})", record.name, record.epoch);
                 for m in &record.members {
                     let admin = if record.is_admin(m) { " (admin)" } else { "" };
-                    println!("  @{m}{admin}");
+                    let inactive = if status.as_ref().is_some_and(|s| s.inactive.contains(m)) {
+                        " (inactive: did not acknowledge a key in time)"
+                    } else {
+                        ""
+                    };
+                    println!("  @{m}{admin}{inactive}");
+                }
+                if let Some(s) = &status {
+                    println!(
+                        "the current key is acknowledged by {} of {} member(s)",
+                        s.acknowledged.len(),
+                        record.members.len()
+                    );
                 }
                 if state.gone {
                     println!("(you are no longer a member)");
@@ -287,6 +313,74 @@ async fn fetch_record(link: &mut Link, gid: &[u8]) -> Result<GroupRecord> {
         Response::Group(Some(held)) => Ok(*held),
         other => bail!("unexpected answer: {other:?}"),
     }
+}
+
+/// The holders' acknowledgement state of a group's current key.
+async fn ack_status(link: &mut Link, gid: &[u8]) -> Result<GroupStatus> {
+    let op = Op::GroupStatus {
+        gid: Bytes(gid.to_vec()),
+    };
+    match check(link.call(op).await?)? {
+        Response::GroupStatus(status) => Ok(status),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// §8.1 step 6: tells the group's holders that this device installed the key of `epoch`.
+async fn acknowledge(link: &mut Link, device: &Device, gid: &[u8], epoch: u32) -> Result<()> {
+    let mut ack = GroupAck {
+        gid: Bytes(gid.to_vec()),
+        epoch,
+        by: device.stored.username.clone(),
+        at_ms: now_ms(),
+        sig: Bytes::default(),
+    };
+    let sig = device
+        .keys
+        .identity()
+        .sign_group_control(&ack.signed_bytes())
+        .context("cannot sign the acknowledgement")?;
+    ack.sig = Bytes(sig.to_vec());
+    match check(link.call(Op::AckGroupKey { ack }).await?)? {
+        Response::GroupStatus(_) => Ok(()),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// The holders say `members` did not acknowledge the key of `epoch` in time (§8.2): an admin's
+/// client tells the user about those the holders still list as inactive.
+async fn on_inactive(
+    link: &mut Link,
+    device: &mut Device,
+    gid: &Bytes,
+    epoch: u32,
+    members: &[String],
+) -> Result<()> {
+    let me = device.stored.username.clone();
+    let Some(state) = device.stored.groups.get(&gid_hex(&gid.0)) else {
+        return Ok(());
+    };
+    if state.gone || !state.held.current.is_admin(&me) {
+        return Ok(());
+    }
+    let name = state.held.current.name.clone();
+    // The notice is not signed: believe only what the group's holders say now.
+    let now = ack_status(link, &gid.0).await?;
+    let confirmed: Vec<&String> = members
+        .iter()
+        .filter(|m| now.inactive.contains(m))
+        .collect();
+    if confirmed.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = confirmed.iter().map(|m| format!("@{m}")).collect();
+    eprintln!(
+        "group {name}: {} did not acknowledge the key of epoch {epoch} in time and {} marked \
+         inactive (see `constella chat group members {name}`)",
+        names.join(", "),
+        if names.len() == 1 { "is" } else { "are" }
+    );
+    Ok(())
 }
 
 /// Checks a record's signature against its author's identity.
@@ -363,6 +457,8 @@ fn store_session(device: &mut Device, gid: &str, session: &GroupSession) -> Resu
 }
 
 async fn queue(link: &mut Link, device: &Device, to: &str, bytes: Vec<u8>) -> Result<()> {
+    // The group figures (benches/chat_groups.rs) add these up.
+    tracing::debug!(member = %to, bytes = bytes.len(), "group traffic queued in a mailbox");
     let op = Op::Send {
         from: device.stored.username.clone(),
         to: to.to_owned(),
@@ -782,6 +878,16 @@ pub(super) async fn on_frame(
             }
             Ok(None)
         }
+        GroupFrame::Inactive {
+            gid,
+            epoch,
+            members,
+        } => {
+            if let Err(e) = on_inactive(link, device, &gid, epoch, &members).await {
+                eprintln!("a notice of inactive group members not checked: {e:#}");
+            }
+            Ok(None)
+        }
         GroupFrame::Leave(request) => {
             if let Err(e) = on_leave(link, device, &mut dir, message, request).await {
                 eprintln!(
@@ -867,10 +973,7 @@ async fn accept_share(
             // A newcomer has no earlier version to check against: it takes the holders' one
             // (which they checked against theirs).
             None if fetched.epoch == 0 => HeldGroup::create(fetched)?,
-            None => HeldGroup {
-                current: fetched,
-                previous: None,
-            },
+            None => HeldGroup::starting_at(fetched),
         });
     }
     let Some(held) = held else {
@@ -937,7 +1040,13 @@ async fn accept_share(
         });
     state.held = held;
     state.gone = false;
-    store_session(device, &gid, &group)
+    let epoch = group.epoch();
+    store_session(device, &gid, &group)?;
+    // §8.1 step 6; a member that does not is shown inactive to the admins (§8.2).
+    if let Err(e) = acknowledge(link, device, share.group_id(), epoch).await {
+        eprintln!("could not acknowledge the key of group {name} (key epoch {epoch}): {e:#}");
+    }
+    Ok(())
 }
 
 /// Rotates the key of every group this device is still in (after a device revocation, so the

@@ -11,6 +11,10 @@
 //! only if every link is signed by the one before; then it says so (loudly for a verified
 //! contact). Another device of the same account follows the chain too ([`adopt`]) and opens
 //! the new key store the network holds.
+//!
+//! §11.1's period: at every command a device checks whether the account's keys are older than
+//! 90 days (`CONSTELLA_PQ4_KEY_UPDATE_SECS` shortens it) and then updates them itself
+//! ([`update_if_due`]), exactly as `chat update-keys` does.
 
 use anyhow::{Context, Result, bail};
 use constella_behaviours::pq4::{Bytes, Op, Recovered, Response};
@@ -21,8 +25,80 @@ use super::device::Device;
 use super::link::Link;
 use super::{check, group};
 
+/// §11.1: the keys are updated every 90 days.
+const KEY_UPDATE_PERIOD_SECS: u64 = 90 * 24 * 3600;
+
+/// The key update period in ms (`CONSTELLA_PQ4_KEY_UPDATE_SECS`, default 90 days).
+fn period_ms() -> u64 {
+    std::env::var("CONSTELLA_PQ4_KEY_UPDATE_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(KEY_UPDATE_PERIOD_SECS)
+        .saturating_mul(1000)
+}
+
+/// `3 days` or `42 s`.
+fn age(ms: u64) -> String {
+    match ms / 1000 {
+        s if s >= 86_400 => format!("{} days", s / 86_400),
+        s => format!("{s} s"),
+    }
+}
+
+/// When the network says `username`'s current keys were made.
+async fn keys_since(link: &mut Link, username: &str) -> Result<u64> {
+    let op = Op::KeyUpdates {
+        username: username.to_owned(),
+    };
+    match check(link.call(op).await?)? {
+        Response::KeyUpdates { since_ms, .. } => Ok(since_ms),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// §11.1 "every 90 days": when the account's keys are older than the period, this device
+/// updates them itself (what `chat update-keys` does, said on stderr). The network is asked
+/// only when the age this device last learned is past the period (keys only get newer). A
+/// failure other than a final one (a revoked device…) is reported and the command goes on.
+pub async fn update_if_due(link: &mut Link, device: &mut Device) -> Result<()> {
+    let period = period_ms();
+    let now = super::now_ms();
+    let known = device.stored.keys_since_ms;
+    if known != 0 && now.saturating_sub(known) < period {
+        return Ok(());
+    }
+    let username = device.stored.username.clone();
+    let since = keys_since(link, &username).await?;
+    device.stored.keys_since_ms = since;
+    if now.saturating_sub(since) < period {
+        return device.save();
+    }
+    eprintln!(
+        "the keys of @{username} were made {} ago, more than the key update period ({}): \
+         updating them",
+        age(now.saturating_sub(since)),
+        age(period)
+    );
+    match update_as(link, device, true).await {
+        Ok(()) => Ok(()),
+        Err(e) if super::is_final(&e) => Err(e),
+        Err(e) => {
+            eprintln!(
+                "the automatic key update failed: {e:#}; it is tried again at the next command"
+            );
+            Ok(())
+        }
+    }
+}
+
 /// `chat update-keys`.
 pub async fn update(link: &mut Link, device: &mut Device) -> Result<()> {
+    update_as(link, device, false).await
+}
+
+/// A key update; `auto`: started by [`update_if_due`], so its report goes to stderr (stdout
+/// belongs to the command the user ran).
+async fn update_as(link: &mut Link, device: &mut Device, auto: bool) -> Result<()> {
     let mut rng = rand::rng();
     let (store, update) = KeyUpdate::create_with_one_time_prekeys(
         device.keys.identity(),
@@ -78,14 +154,20 @@ pub async fn update(link: &mut Link, device: &mut Device) -> Result<()> {
         }
     }
     device.keys = store;
+    device.stored.keys_since_ms = super::now_ms();
     let new = device.keys.identity_public().clone();
     rebind_all(device, &new)?;
     device.save_keys()?;
     let me = device.stored.username.clone();
-    println!(
+    let report = format!(
         "updated the keys of @{me}; told {told} contact(s); your new fingerprint: {}",
         Fingerprint::new(&me, device.keys.identity_public()).digits()
     );
+    if auto {
+        eprintln!("{report}");
+    } else {
+        println!("{report}");
+    }
     // Group members must see the new identity in the group key too.
     for (name, why) in group::rotate_all(link, device).await {
         eprintln!("the key of group {name} was not rotated: {why}; run `chat group rotate {name}`");

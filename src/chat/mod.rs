@@ -366,6 +366,7 @@ async fn connect(state_dir: &Path, via: Option<&str>, device: &mut Device) -> Re
     link.authenticate(&device.stored.username, verifier.as_bytes())
         .await?;
     still_ours(&mut link, device).await?;
+    keys::update_if_due(&mut link, device).await?;
     Ok(link)
 }
 
@@ -526,6 +527,7 @@ async fn register(
             &recover::normalize(recovery_code)?,
         )),
         recoveries: Vec::new(),
+        keys_ms: 0,
     };
     let op = Op::Register {
         invite: invite.trim().to_owned(),

@@ -76,6 +76,7 @@ pub async fn recover(
         key_updates: Vec::new(),
         recovery: Bytes(pq4::recovery_hash(username, &normalize(&next)?)),
         recoveries: Vec::new(),
+        keys_ms: 0,
     };
     let op = Op::Recover {
         username: username.to_owned(),

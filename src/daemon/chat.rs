@@ -399,6 +399,8 @@ impl Service {
             }
             Op::PutGroup { record } => self.put_group(record, origin).await,
             Op::GetGroup { gid } => self.get_group(gid).await,
+            Op::AckGroupKey { ack } => self.ack_group_key(ack).await,
+            Op::GroupStatus { gid } => self.group_status(gid).await,
             Op::AddDevice { auth, card } => self.add_device(auth, card, origin).await,
             Op::Devices { auth } => {
                 match self.authenticate(&auth, pq4::DEVICES_BODY, origin).await {
@@ -455,8 +457,10 @@ impl Service {
             Op::GetBundle { .. }
             | Op::Identity { .. }
             | Op::GetGroup { .. }
+            | Op::GroupStatus { .. }
             | Op::KeyUpdates { .. } => account.is_some(),
             Op::PutGroup { record } => own(&record.by),
+            Op::AckGroupKey { ack } => own(&ack.by),
             Op::Send { from, .. } => own(from),
             Op::RevokeDevice { revocation } => own(&revocation.username),
             Op::Fetch { auth }

@@ -6,6 +6,10 @@
 //! holders meanwhile, so two revocations of one account never interleave
 //! (`RevocationInProgress`). Every mailbox operation of a revoked device is refused.
 //!
+//! Test knob: `CONSTELLA_TEST_PQ4_REVOKE_HOLD_MS` keeps the claim that long before applying a
+//! revocation, so a test can start a second revocation of the account while the first one is
+//! really in progress.
+//!
 //! It also writes the account audit entries (§18): registrations, logins, failed logins,
 //! device enrolments and revocations, never with keys, passwords or contents.
 
@@ -198,6 +202,13 @@ impl Service {
                 ErrorKind::RevocationInProgress,
                 format!("another revocation of @{username}'s devices is being applied; try again"),
             );
+        }
+        info!(%username, device = %device_hex(&revocation.device), "revocation claim held; applying it");
+        if let Some(hold) = std::env::var("CONSTELLA_TEST_PQ4_REVOKE_HOLD_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(hold)).await;
         }
         let op = ReplicaOp::RevokeDevice {
             revocation: revocation.clone(),

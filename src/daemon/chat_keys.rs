@@ -62,6 +62,7 @@ impl Service {
         new.bundle = bundle;
         new.sealed_keys = sealed_keys;
         new.key_updates.push(update);
+        new.keys_ms = super::now_ms();
         if new.key_updates.len() > MAX_KEY_UPDATES {
             return err(
                 ErrorKind::Invalid,
@@ -108,6 +109,7 @@ impl Service {
             &[("updates", new.key_updates.len().to_string())],
         );
         Response::KeyUpdates {
+            since_ms: new.keys_since_ms(),
             updates: new.key_updates,
             identity: new.identity,
             recoveries: new.recoveries,
@@ -136,6 +138,7 @@ impl Service {
     pub(super) async fn key_updates(&self, username: &str) -> Response {
         match self.account(username).await {
             Ok((account, _, _)) => Response::KeyUpdates {
+                since_ms: account.keys_since_ms(),
                 updates: account.key_updates,
                 identity: account.identity,
                 recoveries: account.recoveries,

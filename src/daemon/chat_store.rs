@@ -15,7 +15,7 @@ use constella_behaviours::pq4::{
     Queued, RECOVERY_FAILURE_WINDOW_MS, ReplicaOp, Response, invite_key,
 };
 use constella_behaviours::pq4_devices::{self, MAX_DEVICES, RevocationError};
-use constella_behaviours::pq4_groups::{HeldGroup, group_key};
+use constella_behaviours::pq4_groups::{GroupRecord, HeldGroup, group_key};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -444,7 +444,9 @@ impl ChatStore {
             }
             op @ (ReplicaOp::PutGroup { .. }
             | ReplicaOp::GetGroup { .. }
-            | ReplicaOp::PutHeldGroup { .. }) => apply_group(&txn, op)?,
+            | ReplicaOp::PutHeldGroup { .. }
+            | ReplicaOp::AckGroupKey { .. }
+            | ReplicaOp::GroupStatus { .. }) => apply_group(&txn, op)?,
             op @ (ReplicaOp::PutDevices { .. }
             | ReplicaOp::GetDevices { .. }
             | ReplicaOp::RevokeDevice { .. }) => apply_devices(&txn, op, now_ms)?,
@@ -516,6 +518,33 @@ fn apply_group(txn: &redb::WriteTransaction, op: ReplicaOp) -> Result<Response, 
     let (key, record) = match op {
         ReplicaOp::PutGroup { record } => (record.key(), Some(record)),
         ReplicaOp::GetGroup { gid } => (group_key(&gid.0), None),
+        ReplicaOp::AckGroupKey { ack } => {
+            let key = ack.key();
+            let Some(mut held) = t
+                .get(key.as_str())?
+                .map(|v| decode::<HeldGroup>(v.value(), "groups"))
+                .transpose()?
+            else {
+                return Ok(Response::error(
+                    ErrorKind::GroupNotFound,
+                    "no such group here",
+                ));
+            };
+            if let Err(e) = held.record_ack(&ack) {
+                return Ok(Response::error(ErrorKind::GroupRefused, e.to_string()));
+            }
+            t.insert(key.as_str(), encode(&held).as_slice())?;
+            return Ok(Response::GroupStatus(held.status()));
+        }
+        ReplicaOp::GroupStatus { gid } => {
+            let key = group_key(&gid.0);
+            return Ok(match t.get(key.as_str())? {
+                Some(v) => {
+                    Response::GroupStatus(decode::<HeldGroup>(v.value(), "groups")?.status())
+                }
+                None => Response::error(ErrorKind::GroupNotFound, "no such group here"),
+            });
+        }
         ReplicaOp::PutHeldGroup { held: offered } => {
             let key = offered.current.key();
             let held: Option<HeldGroup> = match t.get(key.as_str())? {
@@ -526,6 +555,7 @@ fn apply_group(txn: &redb::WriteTransaction, op: ReplicaOp) -> Result<Response, 
                 None => offered,
                 Some(mut held) => {
                     // A version the rules refuse (or an older one) leaves ours as it is.
+                    held.merge_acks(&offered);
                     let _ = held.offer(offered.current);
                     held
                 }
@@ -662,6 +692,52 @@ impl ChatStore {
             all.push((k.value().to_owned(), decode(v.value(), "device_cards")?));
         }
         Ok(all)
+    }
+
+    /// §8.2: marks inactive, in every group held here whose current key is `bound_ms` old
+    /// and was not checked yet, the members that did not acknowledge it; the groups where
+    /// someone was marked, with those members. Writes only when something is due.
+    pub fn mark_inactive(
+        &self,
+        now_ms: u64,
+        bound_ms: u64,
+    ) -> Result<Vec<(GroupRecord, Vec<String>)>, StoreError> {
+        let due: Vec<String> = self
+            .held_groups()?
+            .into_iter()
+            .filter_map(|mut held| {
+                let before = held.checked;
+                held.mark_inactive(now_ms, bound_ms);
+                (held.checked != before).then(|| held.current.key())
+            })
+            .collect();
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_write()?;
+        let mut marked = Vec::new();
+        {
+            let mut t = txn.open_table(GROUPS)?;
+            for key in due {
+                let Some(mut held) = t
+                    .get(key.as_str())?
+                    .map(|v| decode::<HeldGroup>(v.value(), "groups"))
+                    .transpose()?
+                else {
+                    continue;
+                };
+                let before = held.checked;
+                let missing = held.mark_inactive(now_ms, bound_ms);
+                if held.checked != before {
+                    t.insert(key.as_str(), encode(&held).as_slice())?;
+                }
+                if !missing.is_empty() {
+                    marked.push((held.current.clone(), missing));
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(marked)
     }
 
     /// Every group this node holds, for the hand-off to the current holders.
@@ -1017,6 +1093,7 @@ mod tests {
             key_updates: Vec::new(),
             recovery: Bytes::default(),
             recoveries: Vec::new(),
+            keys_ms: 0,
         }
     }
 

@@ -373,6 +373,7 @@ pub fn start(
     }
     let (chat_listener, _) = chat::bind(state_dir.path())?;
     tokio::spawn(chat_service.clone().serve_socket(chat_listener));
+    tokio::spawn(chat_service.clone().inactivity_loop());
     tokio::spawn(chat_service.hand_off_loop());
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (written_tx, written_rx) = mpsc::unbounded_channel();
