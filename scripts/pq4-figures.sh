@@ -47,7 +47,7 @@ if "$BIN" remove --help >/dev/null 2>&1 && [ "$JOINS" -ge 2 ]; then
   # From the seed's "rotated the network secret" to the last member's "adopted a rotated network
   # secret" (each daemon's own log timestamp; one clock, one machine).
   for _ in $(seq 1 600); do
-    ADOPTED=$(grep -lE "adopted a rotated network secret|rotated the network secret" "${LOGS[@]:1}" 2>/dev/null | wc -l)
+    ADOPTED=$( (grep -lE "adopted a rotated network secret|rotated the network secret" "${LOGS[@]:1}" 2>/dev/null || true) | wc -l)
     [ "$ADOPTED" -ge $(( ${#LOGS[@]} - 1 )) ] && break
     sleep 0.1
   done
