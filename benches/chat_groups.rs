@@ -187,6 +187,12 @@ fn main() {
             chat_ok(nodes[0], &alice, &["group", "send", &group, &text]);
             all_saw(&rx, size, &text);
             reached.push(start.elapsed());
+            // Each round as it ends, so a round that times out later keeps the earlier ones.
+            println!(
+                "  rotation round {r} for {size:>2} members: rotate command {:.0} ms, every member read under the new key after {:.0} ms",
+                ms(*rotate.last().unwrap()),
+                ms(*reached.last().unwrap()),
+            );
         }
         rotate.sort();
         reached.sort();

@@ -10,6 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::chat::{chat_ok, read_until, register};
 use common::fake_telegram::{BotMessage, TgUser};
 use common::nat_bed::{
     ALPHA, BRAVO, CHARLIE, DELTA, Mapping, NAMES, NatBed, NatNet, link, relays_of, stats_of,
@@ -345,6 +346,7 @@ fn nodes_behind_nat_are_reached_through_relays_and_survive_losing_one() {
 /// themselves private, reserve relays, and everything reaches them through the relays; the
 /// hole punch between them fails and they stay relayed. Then the NAT-ed leader dies: the
 /// other NAT-ed node (reached only through relays) takes over and its bot answers the owner.
+/// Before that, two accounts on the two NAT-ed nodes chat through the relays.
 #[test]
 fn behind_symmetric_nats_nodes_stay_relayed_and_a_nated_node_takes_over_from_a_dead_leader() {
     let Some(bed) = NatBed::new(&[Mapping::Symmetric; 2]) else {
@@ -382,6 +384,27 @@ fn behind_symmetric_nats_nodes_stay_relayed_and_a_nated_node_takes_over_from_a_d
         }
         let stats = stats_of(&n.nodes[ALPHA], "bravo").expect("stats bravo from alpha");
         assert_eq!(stats["name"], "bravo");
+
+        // PQ4 messaging between two nodes that reach each other only through relays: alice
+        // through alpha, bob through bravo, a message each way (the account and mailbox
+        // records live on holders across both NATs and the public nodes).
+        let alice = n.nodes[ALPHA].dir.with_extension("alice-device");
+        let bob = n.nodes[BRAVO].dir.with_extension("bob-device");
+        register(&n.nodes[ALPHA], &alice, "alice");
+        register(&n.nodes[BRAVO], &bob, "bob");
+        chat_ok(
+            &n.nodes[ALPHA],
+            &alice,
+            &["send", "@bob", "through two NATs"],
+        );
+        let (items, _) = read_until(&n.nodes[BRAVO], &bob, 1);
+        assert_eq!(items[0]["from"], "alice", "{items:?}");
+        assert_eq!(items[0]["text"], "through two NATs", "{items:?}");
+        assert_eq!(items[0]["flagged"], false, "{items:?}");
+        chat_ok(&n.nodes[BRAVO], &bob, &["send", "@alice", "and back"]);
+        let (items, _) = read_until(&n.nodes[ALPHA], &alice, 1);
+        assert_eq!(items[0]["text"], "and back", "{items:?}");
+        assert_eq!(link(&n.nodes[ALPHA], "bravo").as_deref(), Some("relayed"));
     });
 
     // The NAT-ed leader dies: bravo, behind the other NAT, leads and its bot answers.
