@@ -25,8 +25,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::chat::{PASSWORD, chat_env, chat_ok, register};
-use common::{BIN, Cluster, Node, agreed_leader, keys_by_peer_id};
+use common::chat::{PASSWORD, chat_env, chat_ok, register, three_nodes};
+use common::{BIN, Node};
 use support::{env_or, percentile};
 
 fn ms(d: Duration) -> f64 {
@@ -112,17 +112,8 @@ fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let rounds = env_or("CONSTELLA_BENCH_ROUNDS", 10) as usize;
-    let cluster = Cluster::start(
-        &["alpha", "bravo", "charlie"],
-        &[100, 100, 100],
-        Some(keys_by_peer_id(3)),
-    );
+    let cluster = three_nodes();
     let nodes: Vec<&Node> = cluster.nodes.iter().collect();
-    agreed_leader(
-        &nodes,
-        &["alpha", "bravo", "charlie"],
-        Duration::from_secs(60),
-    );
     let root = cluster.root.path();
     let alice = root.join("alice");
     register(nodes[0], &alice, "alice");

@@ -18,10 +18,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Cluster, Node, agreed_leader, keys_by_peer_id};
+use common::chat::{PASSWORD, register, three_nodes};
+use common::{BIN, Node};
 use support::env_or;
-
-const PASSWORD: &str = "correct horse battery";
 
 /// A chat command that must succeed: its stdout and how long the process took.
 fn chat(node: &Node, home: &Path, args: &[&str]) -> (String, Duration) {
@@ -44,17 +43,7 @@ fn ms(d: Duration) -> f64 {
 
 fn main() {
     let count = env_or("CONSTELLA_BENCH_HISTORY", 1000) as usize;
-    let cluster = Cluster::start(
-        &["alpha", "bravo", "charlie"],
-        &[100, 100, 100],
-        Some(keys_by_peer_id(3)),
-    );
-    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
-    agreed_leader(
-        &nodes,
-        &["alpha", "bravo", "charlie"],
-        Duration::from_secs(60),
-    );
+    let cluster = three_nodes();
     let root = cluster.root.path();
     let (n1, n2, n3) = (
         cluster.node("alpha"),
@@ -66,23 +55,8 @@ fn main() {
         root.join("bob-device"),
         root.join("bob-tablet"),
     );
-    for (node, home, name) in [(n1, &alice, "alice"), (n2, &bob, "bob")] {
-        let code = node.ok(&["chat", "invite"]).trim().to_owned();
-        let email = format!("{name}@example.org");
-        chat(
-            node,
-            home,
-            &[
-                "register",
-                "--username",
-                name,
-                "--email",
-                &email,
-                "--invite",
-                &code,
-            ],
-        );
-    }
+    register(n1, &alice, "alice");
+    register(n2, &bob, "bob");
 
     // Alice sends `count` messages of ~40 bytes; bob reads them (his history).
     let start = Instant::now();

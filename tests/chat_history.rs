@@ -119,28 +119,7 @@ fn history_moves_to_a_new_device_resumes_after_interruptions_and_outlives_a_hold
     assert_eq!(chunks_held(&tablet), 2);
 
     // The client is killed mid-transfer (SIGKILL) after it stored more chunks.
-    let mut child = Command::new(BIN)
-        .arg("--state-dir")
-        .arg(&n3.dir)
-        .args([
-            "chat",
-            "--home",
-            tablet.to_str().unwrap(),
-            "--password-stdin",
-        ])
-        .args(["history", "import", &code])
-        .env("RUST_LOG", "warn")
-        .env("CONSTELLA_TEST_HISTORY_CHUNK_DELAY_MS", "400")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
-    }
+    let mut child = spawn_import(n3, &tablet, &code, 400);
     wait_for(Duration::from_secs(60), "more chunks to arrive", || {
         (chunks_held(&tablet) >= 4).then_some(())
     });
@@ -186,28 +165,7 @@ fn history_moves_to_a_new_device_resumes_after_interruptions_and_outlives_a_hold
     // A holder dies during a transfer: the chunks come from the other two (k = 3).
     chat_ok(n1, &alice, &["send", "@bob", "one more"]);
     let code = export(n1, &alice, &[("CONSTELLA_TEST_HISTORY_CHUNK_BYTES", "64")]);
-    let mut child = Command::new(BIN)
-        .arg("--state-dir")
-        .arg(&n3.dir)
-        .args([
-            "chat",
-            "--home",
-            tablet.to_str().unwrap(),
-            "--password-stdin",
-        ])
-        .args(["history", "import", &code])
-        .env("RUST_LOG", "warn")
-        .env("CONSTELLA_TEST_HISTORY_CHUNK_DELAY_MS", "200")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
-    }
+    let child = spawn_import(n3, &tablet, &code, 200);
     wait_for(Duration::from_secs(60), "the first chunks", || {
         (chunks_held(&tablet) >= 2).then_some(())
     });
@@ -349,4 +307,28 @@ fn a_tampered_forged_or_expired_history_code_is_refused_and_changes_nothing() {
     }
     let text = serde_json::to_string(&events).unwrap();
     assert!(!text.contains(&code.replace('-', "")) && !text.contains(&code));
+}
+
+/// `chat history import CODE` on `node`'s device `home`, running in the background with a
+/// delay of `delay_ms` before each chunk (so a test can interrupt it mid-transfer).
+fn spawn_import(node: &Node, home: &Path, code: &str, delay_ms: u64) -> std::process::Child {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .arg("--state-dir")
+        .arg(&node.dir)
+        .args(["chat", "--home", home.to_str().unwrap(), "--password-stdin"])
+        .args(["history", "import", code])
+        .env("RUST_LOG", "warn")
+        .env(
+            "CONSTELLA_TEST_HISTORY_CHUNK_DELAY_MS",
+            delay_ms.to_string(),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
+    child
 }
