@@ -500,35 +500,17 @@ async fn register(
     password: &str,
     recovery_code: &str,
 ) -> Result<Device> {
-    let mut rng = rand::rng();
-    let key = PasswordKey::generate(password, KdfParams::PRODUCTION, &mut rng)
-        .context("cannot derive the password key")?;
-    let keys = KeyStore::generate_with_one_time_prekeys(opk_count(), &mut rng)
-        .context("cannot generate keys")?;
-    let opks = public_opks(&keys);
-    let sealed = keys.seal(&key, &mut rng).context("cannot seal the keys")?;
-    let account = Account {
-        username: username.to_owned(),
-        email: email.to_owned(),
-        identity: Bytes(keys.identity_public().to_bytes().to_vec()),
-        bundle: Bytes(keys.bundle(None).to_bytes()),
-        kdf: Kdf {
-            salt: Bytes(key.salt().to_vec()),
-            m_kib: key.params().m_kib(),
-            t: key.params().t(),
-            p: key.params().p(),
-        },
-        verifier: Bytes(key.login_proof().as_bytes().to_vec()),
-        sealed_keys: Bytes(sealed.to_bytes()),
-        created_ms: now_ms(),
-        key_updates: Vec::new(),
-        recovery: Bytes(pq4::recovery_hash(
-            username,
-            &recover::normalize(recovery_code)?,
-        )),
-        recoveries: Vec::new(),
-        keys_ms: 0,
-    };
+    let NewAccount {
+        account,
+        opks,
+        keys,
+        key,
+    } = new_account(
+        username,
+        email,
+        password,
+        &recover::normalize(recovery_code)?,
+    )?;
     let op = Op::Register {
         invite: invite.trim().to_owned(),
         account,
@@ -577,6 +559,57 @@ async fn login(link: &mut Link, home: &Path, username: &str, password: &str) -> 
 
 /// One-time prekeys a new key store gets (test knob `CONSTELLA_TEST_CHAT_OPKS`: fewer, so a
 /// test can run them out).
+/// A fresh account record for `username`, what `register` and `recover` send: new keys with
+/// one-time prekeys, sealed under a key derived from `password`, and the hash of the
+/// (normalised) `recovery_code`. `email` is empty for a recovery: the coordinator keeps the
+/// account's own.
+struct NewAccount {
+    account: Account,
+    opks: Vec<Opk>,
+    keys: KeyStore,
+    key: PasswordKey,
+}
+
+fn new_account(
+    username: &str,
+    email: &str,
+    password: &str,
+    recovery_code: &str,
+) -> Result<NewAccount> {
+    let mut rng = rand::rng();
+    let key = PasswordKey::generate(password, KdfParams::PRODUCTION, &mut rng)
+        .context("cannot derive the password key")?;
+    let keys = KeyStore::generate_with_one_time_prekeys(opk_count(), &mut rng)
+        .context("cannot generate keys")?;
+    let opks = public_opks(&keys);
+    let sealed = keys.seal(&key, &mut rng).context("cannot seal the keys")?;
+    let account = Account {
+        username: username.to_owned(),
+        email: email.to_owned(),
+        identity: Bytes(keys.identity_public().to_bytes().to_vec()),
+        bundle: Bytes(keys.bundle(None).to_bytes()),
+        kdf: Kdf {
+            salt: Bytes(key.salt().to_vec()),
+            m_kib: key.params().m_kib(),
+            t: key.params().t(),
+            p: key.params().p(),
+        },
+        verifier: Bytes(key.login_proof().as_bytes().to_vec()),
+        sealed_keys: Bytes(sealed.to_bytes()),
+        created_ms: now_ms(),
+        key_updates: Vec::new(),
+        recovery: Bytes(pq4::recovery_hash(username, recovery_code)),
+        recoveries: Vec::new(),
+        keys_ms: 0,
+    };
+    Ok(NewAccount {
+        account,
+        opks,
+        keys,
+        key,
+    })
+}
+
 fn opk_count() -> usize {
     std::env::var("CONSTELLA_TEST_CHAT_OPKS")
         .ok()

@@ -6,13 +6,12 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
-use constella_behaviours::pq4::{self, Account, Bytes, Kdf, Op, Response};
-use constella_keys::{KdfParams, KeyStore, PasswordKey};
+use anyhow::{Result, bail};
+use constella_behaviours::pq4::{Op, Response};
 
 use super::device::Device;
 use super::link::Link;
-use super::{check, now_ms};
+use super::{NewAccount, check, new_account};
 
 /// A new recovery code: 20 random bytes as five groups of eight hex digits.
 pub fn new_code() -> String {
@@ -50,34 +49,13 @@ pub async fn recover(
     let code = normalize(code)?;
     // The account's email and registration time stay: the coordinator takes them from the
     // account it holds.
-    let mut rng = rand::rng();
-    let key = PasswordKey::generate(password, KdfParams::PRODUCTION, &mut rng)
-        .context("cannot derive the password key")?;
-    let keys = KeyStore::generate_with_one_time_prekeys(super::opk_count(), &mut rng)
-        .context("cannot generate keys")?;
-    let opks = super::public_opks(&keys);
-    let sealed = keys.seal(&key, &mut rng).context("cannot seal the keys")?;
     let next = new_code();
-    let account = Account {
-        username: username.to_owned(),
-        // Filled in by the coordinator from the account it holds.
-        email: String::new(),
-        identity: Bytes(keys.identity_public().to_bytes().to_vec()),
-        bundle: Bytes(keys.bundle(None).to_bytes()),
-        kdf: Kdf {
-            salt: Bytes(key.salt().to_vec()),
-            m_kib: key.params().m_kib(),
-            t: key.params().t(),
-            p: key.params().p(),
-        },
-        verifier: Bytes(key.login_proof().as_bytes().to_vec()),
-        sealed_keys: Bytes(sealed.to_bytes()),
-        created_ms: now_ms(),
-        key_updates: Vec::new(),
-        recovery: Bytes(pq4::recovery_hash(username, &normalize(&next)?)),
-        recoveries: Vec::new(),
-        keys_ms: 0,
-    };
+    let NewAccount {
+        account,
+        opks,
+        keys,
+        key,
+    } = new_account(username, "", password, &normalize(&next)?)?;
     let op = Op::Recover {
         username: username.to_owned(),
         code,
