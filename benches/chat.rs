@@ -25,7 +25,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{BIN, Cluster, Node, agreed_leader, keys_by_peer_id};
+use common::chat::three_nodes;
+use common::{BIN, Node};
 use constella_keys::{KdfParams, PasswordKey};
 use support::{env_or, percentile};
 
@@ -78,17 +79,7 @@ fn register(node: &Node, home: &Path, name: &str) -> Duration {
 fn main() {
     let messages = env_or("CONSTELLA_BENCH_MESSAGES", 50) as usize;
     let queued = env_or("CONSTELLA_BENCH_QUEUED", 300) as usize;
-    let cluster = Cluster::start(
-        &["alpha", "bravo", "charlie"],
-        &[100, 100, 100],
-        Some(keys_by_peer_id(3)),
-    );
-    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
-    agreed_leader(
-        &nodes,
-        &["alpha", "bravo", "charlie"],
-        Duration::from_secs(20),
-    );
+    let cluster = three_nodes();
     let root = cluster.root.path();
     let (n1, n2) = (cluster.node("alpha"), cluster.node("bravo"));
 
