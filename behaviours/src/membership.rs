@@ -216,9 +216,36 @@ impl Liveness {
 struct Entry {
     liveness: Liveness,
     /// `cold.record.left`, kept inline for the heartbeat's membership check; changed only
-    /// through [`Entry::set_record`] and [`Entry::set_left`].
+    /// through [`Entry::set_record`] and [`Entry::edit`].
     left: bool,
+    /// [`record_digest`] of `cold.record`, kept up to date by the same two: a roster
+    /// digest ([`Membership::records_digest`]) reads these in one pass over the table.
+    digest: RecordDigest,
     cold: Box<Cold>,
+}
+
+/// A record's digest: the first 16 bytes of the SHA-256 of its CBOR encoding.
+type RecordDigest = [u8; 16];
+
+/// The digest of a member list as [`Membership::records_digest`] gives it: equal digests mean
+/// equal lists, so a roster sync can leave the records out ([`crate::node::SyncMessage`]).
+pub type RosterDigest = [u8; 32];
+
+/// Hashes the record's encoding, so a field added later is covered without anyone
+/// remembering to. A record that cannot be encoded (it always can) gets a digest no other
+/// record has: its sync then sends the records in full.
+fn record_digest(record: &MemberRecord) -> RecordDigest {
+    use sha2::{Digest, Sha256};
+    let mut encoded = Vec::with_capacity(256);
+    let mut hasher = Sha256::new();
+    match ciborium::into_writer(record, &mut encoded) {
+        Ok(()) => hasher.update(&encoded),
+        Err(_) => hasher.update(record.node_id.to_bytes()),
+    }
+    let full = hasher.finalize();
+    let mut digest = [0u8; 16];
+    digest.copy_from_slice(&full[..16]);
+    digest
 }
 
 /// The part of a member a heartbeat never reads.
@@ -239,6 +266,7 @@ impl Entry {
         Self {
             liveness,
             left: record.left,
+            digest: record_digest(&record),
             cold: Box::new(Cold {
                 record,
                 key_bytes,
@@ -256,12 +284,15 @@ impl Entry {
             self.cold.fingerprint = fingerprint_of(&record);
         }
         self.left = record.left;
+        self.digest = record_digest(&record);
         self.cold.record = record;
     }
 
-    fn set_left(&mut self, left: bool) {
-        self.left = left;
-        self.cold.record.left = left;
+    /// Changes the record in place; `left` and the digest follow (the card stays).
+    fn edit(&mut self, change: impl FnOnce(&mut MemberRecord)) {
+        change(&mut self.cold.record);
+        self.left = self.cold.record.left;
+        self.digest = record_digest(&self.cold.record);
     }
 
     /// The leader order's key: (priority, node id bytes).
@@ -436,6 +467,19 @@ impl Membership {
     }
 
     /// Every record, tombstones included: what the anti-entropy message and the state file carry.
+    /// The digest of the records [`Membership::records`] lists, leaving out those `skip`
+    /// names: one pass over the table, reading each entry's stored record digest.
+    pub fn records_digest(&self, skip: impl Fn(&PeerId) -> bool) -> RosterDigest {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for (id, entry) in self.entries.iter() {
+            if !skip(id) {
+                hasher.update(entry.digest);
+            }
+        }
+        hasher.finalize().into()
+    }
+
     pub fn records(&self) -> Vec<MemberRecord> {
         self.entries
             .values()
@@ -1049,8 +1093,10 @@ impl Membership {
         if let Some(entry) = self.entries.get_mut(&self.local)
             && entry.left
         {
-            entry.set_left(false);
-            entry.cold.record.version -= 1;
+            entry.edit(|record| {
+                record.left = false;
+                record.version -= 1;
+            });
             entry.liveness.status = Status::Alive;
         }
         self.elect();
@@ -1067,9 +1113,11 @@ impl Membership {
         if entry.left {
             return None;
         }
-        entry.set_left(true);
-        entry.cold.record.version += 1;
-        entry.cold.record.removed_at = Some(unix_now);
+        entry.edit(|record| {
+            record.left = true;
+            record.version += 1;
+            record.removed_at = Some(unix_now);
+        });
         entry.liveness = Liveness::unknown();
         let record = entry.record().clone();
         self.elect();
@@ -1119,8 +1167,10 @@ impl Membership {
     /// Turns this node's own record into a tombstone, for `leave`.
     pub fn leave(&mut self) -> Option<MemberRecord> {
         let entry = self.entries.get_mut(&self.local)?;
-        entry.set_left(true);
-        entry.cold.record.version += 1;
+        entry.edit(|record| {
+            record.left = true;
+            record.version += 1;
+        });
         let record = entry.record().clone();
         self.elect();
         Some(record)

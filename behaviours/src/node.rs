@@ -91,7 +91,9 @@ use crate::gossip::{
 };
 use crate::health::LocalHealth;
 use crate::join::JoinRefusal;
-use crate::membership::{Change, HeartbeatRejection, Membership, OfflineReason, Status};
+use crate::membership::{
+    Change, HeartbeatRejection, Membership, OfflineReason, RosterDigest, Status,
+};
 use crate::network_keys::Pq4Card;
 use crate::settings::{NetworkSettings, SettingsUpdate};
 use crate::table::PeerTable;
@@ -438,15 +440,41 @@ impl Rejections {
 }
 
 /// The roster and settings one node sends another in a pairwise exchange.
+///
+/// Most exchanges find both lists equal, so an exchange starts with a *summary*: the digest of
+/// the records without the records. The answer is a summary too when the digests agree, else
+/// the full list with `pull` set, and the asker then sends its own full list, so each side
+/// ends with both. Records, settings and rotation merge the same way whichever message
+/// carries them; settings and the rotation always travel (they are small, and the bot's
+/// update counter in the settings moves often).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncMessage {
-    /// Every record the sender knows, tombstones included.
+    /// Every record the sender knows, tombstones included; empty in a summary.
     pub records: Vec<MemberRecord>,
     /// The sender's settings.
     pub settings: NetworkSettings,
     /// The last secret rotation the sender adopted, for a member that missed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<Rotation>,
+    /// The digest of the sender's full list ([`Membership::records_digest`]). With `records`
+    /// empty, the message is a summary. Absent from older nodes, which always send the list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<RosterDigest>,
+    /// Set on a full answer to a summary whose digest differed: the asker should send its full
+    /// list too (the answerer may lack some of its records).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pull: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
+}
+
+impl SyncMessage {
+    /// Whether the records were left out ([`SyncMessage::digest`]).
+    pub fn is_summary(&self) -> bool {
+        self.records.is_empty() && self.digest.is_some()
+    }
 }
 
 /// What the core grants an admitted joiner; the daemon adds the secrets to make the answer.
@@ -1129,7 +1157,7 @@ impl Node {
                     // Acknowledged with its tombstone alone (see `answer_departed`).
                 } else if self.membership.is_member(&from) {
                     self.merge_sync(message, now);
-                    let reply = self.sync_message();
+                    let reply = self.sync_reply(message);
                     self.out.push(Output::SyncReply {
                         to: from,
                         message: reply,
@@ -1141,6 +1169,12 @@ impl Node {
                 self.note_leave_acknowledgement(from, message, now);
                 if self.membership.is_member(&from) {
                     self.merge_sync(message, now);
+                    // It lacks some of our records: our full list, once (a full request is
+                    // never answered with `pull`, so this ends).
+                    if message.pull && message.digest != Some(self.roster_digest()) {
+                        let message = self.sync_message();
+                        self.out.push(Output::Sync { to: from, message });
+                    }
                 }
             }
             Input::JoinRequest {
@@ -1399,7 +1433,7 @@ impl Node {
         // alone), and what we know.
         self.send_heartbeat(vec![peer], now);
         self.send_eager_settings(now);
-        let message = self.sync_message();
+        let message = self.summary_message();
         self.out.push(Output::Sync { to: peer, message });
     }
 
@@ -1868,7 +1902,7 @@ impl Node {
             self.pulls.clear();
         }
         self.pulls.insert(from, now);
-        let message = self.sync_message();
+        let message = self.summary_message();
         self.out.push(Output::Sync { to: from, message });
     }
 
@@ -1962,12 +1996,45 @@ impl Node {
         ))));
     }
 
+    /// The full list, with its digest.
     fn sync_message(&self) -> Box<SyncMessage> {
+        self.sync_message_with(self.roster_digest(), true)
+    }
+
+    /// The digest of the list alone (see [`SyncMessage`]): what starts an exchange.
+    fn summary_message(&self) -> Box<SyncMessage> {
+        self.sync_message_with(self.roster_digest(), false)
+    }
+
+    /// A sync message whose list has `digest`: with the records when `full`.
+    fn sync_message_with(&self, digest: RosterDigest, full: bool) -> Box<SyncMessage> {
         Box::new(SyncMessage {
-            records: self.published_records(),
+            records: if full {
+                self.published_records()
+            } else {
+                Vec::new()
+            },
             settings: self.settings.clone(),
             rotation: self.last_rotation.clone(),
+            digest: Some(digest),
+            pull: false,
         })
+    }
+
+    /// The digest of [`Node::published_records`], without building the list.
+    fn roster_digest(&self) -> RosterDigest {
+        self.membership
+            .records_digest(|id| self.unconfirmed.contains_key(id))
+    }
+
+    /// The answer to `request` once merged: a summary when both lists are now the same, else
+    /// the full list, asking for the asker's full list in turn when it sent only a summary.
+    fn sync_reply(&self, request: &SyncMessage) -> Box<SyncMessage> {
+        let own = self.roster_digest();
+        let same = request.digest == Some(own);
+        let mut reply = self.sync_message_with(own, !same);
+        reply.pull = !same && request.is_summary();
+        reply
     }
 
     fn sync_with_random_member(&mut self) {
@@ -1981,7 +2048,7 @@ impl Node {
             return;
         }
         let to = candidates[self.rng.random_range(0..candidates.len())];
-        let message = self.sync_message();
+        let message = self.summary_message();
         self.out.push(Output::Sync { to, message });
     }
 
@@ -2651,6 +2718,8 @@ impl Node {
                 records: vec![tombstone],
                 settings: NetworkSettings::default(),
                 rotation: None,
+                digest: None,
+                pull: false,
             }),
         });
         true
@@ -3201,6 +3270,8 @@ mod tests {
             records: vec![],
             settings: NetworkSettings::default(),
             rotation: None,
+            digest: None,
+            pull: false,
         };
         let out = f.handle(
             4.0,
@@ -4040,6 +4111,8 @@ mod tests {
             records: vec![record(f.a, "a", 10)],
             settings: NetworkSettings::default(),
             rotation: None,
+            digest: None,
+            pull: false,
         };
         let out = f.handle(
             3.1,
@@ -4116,6 +4189,8 @@ mod tests {
             records: vec![tombstone.clone(), record(f.a, "a", 10)],
             settings: NetworkSettings::default(),
             rotation: None,
+            digest: None,
+            pull: false,
         };
         let out = f.handle(
             1.1,
@@ -4152,6 +4227,8 @@ mod tests {
             records: vec![record(d, "d", 50)],
             settings: NetworkSettings::default(),
             rotation: None,
+            digest: None,
+            pull: false,
         };
         let out = f.handle(
             0.0,
@@ -4170,6 +4247,106 @@ mod tests {
             },
         );
         assert!(!out.iter().any(|o| matches!(o, Output::SyncReply { .. })));
+    }
+
+    /// The summary exchange ([`SyncMessage`]): equal lists travel as two digests; a differing
+    /// one gets the full list with `pull`, and the asker then sends its own once.
+    #[test]
+    fn a_sync_sends_the_records_only_when_the_lists_differ() {
+        let mut f = Fixture::new(10, &[]);
+        let out = f.handle(0.0, Input::Subscribed(f.b));
+        let summary = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Sync { to, message } if *to == f.b => Some((**message).clone()),
+                _ => None,
+            })
+            .expect("a sync on subscription");
+        assert!(summary.is_summary(), "{summary:?}");
+        // The same list on the other side: a summary answers, nothing else follows.
+        let reply_to = |f: &mut Fixture, message: &SyncMessage| {
+            let out = f.handle(0.1, Input::SyncRequest { from: f.b, message });
+            out.iter()
+                .find_map(|o| match o {
+                    Output::SyncReply { message, .. } => Some((**message).clone()),
+                    _ => None,
+                })
+                .expect("members are answered")
+        };
+        let same = reply_to(&mut f, &summary);
+        assert!(same.is_summary() && !same.pull, "{same:?}");
+        assert_eq!(same.digest, summary.digest);
+        // Another list: the full one (a, b, c), asking for the asker's.
+        let other = SyncMessage {
+            digest: Some([7; 32]),
+            ..summary.clone()
+        };
+        let full = reply_to(&mut f, &other);
+        assert_eq!(full.records.len(), 3);
+        assert!(full.pull);
+        assert_eq!(full.digest, summary.digest, "the digest of the list sent");
+        // A full request is never answered with `pull`.
+        let pushed = SyncMessage {
+            records: full.records.clone(),
+            digest: Some([7; 32]),
+            ..summary.clone()
+        };
+        assert!(!reply_to(&mut f, &pushed).pull);
+        // The asker's side: a full answer with `pull` and a list it lacks a record of (d)
+        // makes it send its own full list once; without `pull`, nothing.
+        let d = PeerId::random();
+        let answer = SyncMessage {
+            records: vec![record(d, "d", 50)],
+            digest: Some([9; 32]),
+            pull: true,
+            ..summary.clone()
+        };
+        let out = f.handle(
+            0.2,
+            Input::SyncAnswer {
+                from: f.b,
+                message: &answer,
+            },
+        );
+        assert!(f.node.membership().is_member(&d));
+        let push = out.iter().find_map(|o| match o {
+            Output::Sync { to, message } if *to == f.b => Some(message),
+            _ => None,
+        });
+        assert_eq!(push.map(|m| m.records.len()), Some(4), "{out:?}");
+        let out = f.handle(
+            0.3,
+            Input::SyncAnswer {
+                from: f.b,
+                message: &SyncMessage {
+                    pull: false,
+                    ..answer
+                },
+            },
+        );
+        assert!(!out.iter().any(|o| matches!(o, Output::Sync { .. })));
+    }
+
+    #[test]
+    fn the_roster_digest_follows_every_change_of_a_record() {
+        let mut f = Fixture::new(10, &[]);
+        let before = f.node.roster_digest();
+        let d = PeerId::random();
+        f.node.membership.merge(&[record(d, "d", 50)]);
+        let joined = f.node.roster_digest();
+        assert_ne!(before, joined);
+        f.node.membership.remove(&d, 1);
+        let removed = f.node.roster_digest();
+        assert_ne!(joined, removed);
+        let left = f.node.membership.leave().expect("own record");
+        assert_ne!(removed, f.node.roster_digest());
+        f.node.membership.unleave();
+        assert_eq!(
+            removed,
+            f.node.roster_digest(),
+            "undone: the same list again"
+        );
+        assert!(left.left);
     }
 
     #[test]
@@ -4212,6 +4389,8 @@ mod tests {
             records,
             settings: NetworkSettings::default(),
             rotation: None,
+            digest: None,
+            pull: false,
         };
         f.handle(
             0.0,
@@ -4418,6 +4597,8 @@ mod tests {
                     records: vec![left],
                     settings: NetworkSettings::default(),
                     rotation: None,
+                    digest: None,
+                    pull: false,
                 },
             },
         );

@@ -740,9 +740,13 @@ pub struct Sim {
     /// Connection generation per pair (`lo * capacity + hi`); 0: no connection.
     conns: Vec<u32>,
     next_generation: u32,
-    /// Connection open per pair, one bit per `conns` slot: asked for every heartbeat, and the
-    /// bits of a thousand nodes stay in the cache where the generations do not.
+    /// Connection open per pair, both ways: row `a` (`row_words` words) has bit `b` set when
+    /// `a` and `b` are connected. Asked for every heartbeat, and the bits of a thousand nodes
+    /// stay in the cache where the generations do not; the components are a breadth-first
+    /// walk over whole words of these rows.
     open: Vec<u64>,
+    /// Words per row of `open`.
+    row_words: usize,
     /// Per direction (`from * capacity + to`): the link's fixed extra latency and when the last
     /// heartbeat sent on it arrives; side by side, since every heartbeat sent reads both.
     lanes: Vec<Lane>,
@@ -961,7 +965,8 @@ impl Sim {
             capacity,
             conns: vec![0; capacity * capacity],
             next_generation: 1,
-            open: vec![0; (capacity * capacity).div_ceil(64)],
+            open: vec![0; capacity * capacity.div_ceil(64)],
+            row_words: capacity.div_ceil(64),
             lanes,
             side: vec![0; capacity],
             blocked: BTreeSet::new(),
@@ -1134,70 +1139,86 @@ impl Sim {
     }
 
     /// Sets the connection generation of a pair's slot (0: closed) and its open bit.
-    fn set_conn(&mut self, slot: usize, generation: u32) {
+    fn set_conn(&mut self, a: u32, b: u32, generation: u32) {
+        let slot = self.slot(a, b);
         self.conns[slot] = generation;
-        let bit = 1u64 << (slot % 64);
-        if generation == 0 {
-            self.open[slot / 64] &= !bit;
-        } else {
-            self.open[slot / 64] |= bit;
+        for (row, column) in [(a as usize, b as usize), (b as usize, a as usize)] {
+            let word = &mut self.open[row * self.row_words + column / 64];
+            let bit = 1u64 << (column % 64);
+            if generation == 0 {
+                *word &= !bit;
+            } else {
+                *word |= bit;
+            }
         }
     }
 
     fn connected(&self, a: u32, b: u32) -> bool {
-        let slot = self.slot(a, b);
-        self.open[slot / 64] & (1 << (slot % 64)) != 0
+        let (a, b) = (a as usize, b as usize);
+        self.open[a * self.row_words + b / 64] & (1 << (b % 64)) != 0
     }
 
     /// Connection components of the up members over open connections that pass both ways.
+    ///
+    /// A breadth-first walk over whole words of the connection rows: a component grows by
+    /// `row(a) & unvisited & same side`, so a thousand fully connected nodes cost about 16
+    /// thousand word operations, not a check per pair (half a million). It runs after every
+    /// change that can split a component (a connection closed, a crash, a partition), before
+    /// the next gossip is delivered.
     fn ensure_components(&mut self) {
         if !self.comps_stale {
             return;
         }
         self.comps_stale = false;
         let n = self.nodes.len();
-        let mut parent: Vec<u32> = (0..n as u32).collect();
-        fn find(parent: &mut [u32], mut x: u32) -> u32 {
-            while parent[x as usize] != x {
-                let up = parent[parent[x as usize] as usize];
-                parent[x as usize] = up;
-                x = up;
-            }
-            x
-        }
+        let words = self.row_words;
+        // Nodes not yet in a component: the up ones.
+        let mut unvisited = vec![0u64; words];
         for a in 0..n {
-            if !self.is_up(a as u32) {
-                continue;
+            if self.is_up(a as u32) {
+                unvisited[a / 64] |= 1 << (a % 64);
             }
-            let row = &self.conns[a * self.capacity..a * self.capacity + n];
-            for (b, generation) in row.iter().enumerate().skip(a + 1) {
-                if *generation == 0
-                    || !self.is_up(b as u32)
-                    || !self.passes_both(a as u32, b as u32)
-                {
-                    continue;
-                }
-                let (ra, rb) = (find(&mut parent, a as u32), find(&mut parent, b as u32));
-                if ra != rb {
-                    parent[ra.max(rb) as usize] = ra.min(rb);
-                }
-            }
+        }
+        // One mask per partition side, so a walk never crosses a partition.
+        let mut sides: BTreeMap<u8, Vec<u64>> = BTreeMap::new();
+        for a in 0..n {
+            sides
+                .entry(self.side[a])
+                .or_insert_with(|| vec![0u64; words])[a / 64] |= 1 << (a % 64);
         }
         self.comp.iter_mut().for_each(|c| *c = u32::MAX);
         self.comp_members.clear();
-        let mut numbering: BTreeMap<u32, u32> = BTreeMap::new();
-        for a in 0..n as u32 {
-            if !self.is_up(a) {
+        let mut stack = Vec::new();
+        for start in 0..n {
+            if unvisited[start / 64] & (1 << (start % 64)) == 0 {
                 continue;
             }
-            let root = find(&mut parent, a);
-            let next = numbering.len() as u32;
-            let c = *numbering.entry(root).or_insert(next);
-            if c as usize == self.comp_members.len() {
-                self.comp_members.push(Vec::new());
+            let c = self.comp_members.len() as u32;
+            let mut members = Vec::new();
+            unvisited[start / 64] &= !(1 << (start % 64));
+            stack.push(start);
+            while let Some(a) = stack.pop() {
+                self.comp[a] = c;
+                members.push(a as u32);
+                let row = &self.open[a * words..(a + 1) * words];
+                let side = &sides[&self.side[a]];
+                for w in 0..words {
+                    let mut next = row[w] & unvisited[w] & side[w];
+                    while next != 0 {
+                        let b = w * 64 + next.trailing_zeros() as usize;
+                        next &= next - 1;
+                        // A blocked direction cuts the connection for the component too.
+                        if !self.blocked.is_empty() && !self.passes_both(a as u32, b as u32) {
+                            continue;
+                        }
+                        unvisited[w] &= !(1 << (b % 64));
+                        stack.push(b);
+                    }
+                }
             }
-            self.comp[a as usize] = c;
-            self.comp_members[c as usize].push(a);
+            // Members in ascending order, as the union-find numbering gave them.
+            members.sort_unstable();
+            self.comp_members.push(members);
         }
     }
 
@@ -1275,8 +1296,7 @@ impl Sim {
             if peer == i || !self.connected(i, peer) {
                 continue;
             }
-            let slot = self.slot(i, peer);
-            self.set_conn(slot, 0);
+            self.set_conn(i, peer, 0);
             let epoch = self.nodes[peer as usize].epoch;
             if loud && self.passes(i, peer) {
                 witnesses.insert(peer);
@@ -1572,8 +1592,7 @@ impl Sim {
         if !self.connected(from, to) {
             return;
         }
-        let slot = self.slot(from, to);
-        self.set_conn(slot, 0);
+        self.set_conn(from, to, 0);
         self.comps_stale = true;
         self.split_at = self.queue.now;
         let now = self.queue.now;
@@ -1599,8 +1618,7 @@ impl Sim {
     }
 
     fn open_connection(&mut self, a: u32, b: u32) {
-        let slot = self.slot(a, b);
-        self.set_conn(slot, self.next_generation);
+        self.set_conn(a, b, self.next_generation);
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
         if self.comps_stale || !self.is_up(a) || !self.is_up(b) || !self.passes_both(a, b) {
             return;
@@ -1764,7 +1782,7 @@ impl Sim {
                 if self.conns[slot] != generation || self.passes_both(a, b) {
                     return;
                 }
-                self.set_conn(slot, 0);
+                self.set_conn(a, b, 0);
                 self.comps_stale = true;
                 for (to, peer) in [(a, b), (b, a)] {
                     let epoch = self.nodes[to as usize].epoch;
