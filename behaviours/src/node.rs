@@ -1157,11 +1157,16 @@ impl Node {
                     // Acknowledged with its tombstone alone (see `answer_departed`).
                 } else if self.membership.is_member(&from) {
                     self.merge_sync(message, now);
-                    let reply = self.sync_reply(message);
-                    self.out.push(Output::SyncReply {
-                        to: from,
-                        message: reply,
-                    });
+                    // A leaver's push carries its tombstone: once merged, the tombstone alone
+                    // answers (its acknowledgement), as when the tombstone came first. The
+                    // lists now agree, so the reply would otherwise be a bare summary.
+                    if !self.answer_departed(from) {
+                        let reply = self.sync_reply(message);
+                        self.out.push(Output::SyncReply {
+                            to: from,
+                            message: reply,
+                        });
+                    }
                 }
             }
             Input::SyncAnswer { from, message } => {
@@ -4325,6 +4330,37 @@ mod tests {
             },
         );
         assert!(!out.iter().any(|o| matches!(o, Output::Sync { .. })));
+    }
+
+    #[test]
+    fn a_leavers_push_is_acknowledged_with_its_tombstone_even_when_the_lists_then_agree() {
+        let mut f = Fixture::new(10, &[]);
+        f.join_b_and_c(0.0);
+        let mut tombstone = record(f.b, "b", 20);
+        tombstone.version = 2;
+        tombstone.left = true;
+        let mut records = f.node.membership().records();
+        records.retain(|r| r.node_id != f.b);
+        records.push(tombstone.clone());
+        let push = SyncMessage {
+            records,
+            settings: NetworkSettings::default(),
+            rotation: None,
+            digest: Some([3; 32]),
+            pull: false,
+        };
+        let out = f.handle(
+            1.0,
+            Input::SyncRequest {
+                from: f.b,
+                message: &push,
+            },
+        );
+        let reply = out.iter().find_map(|o| match o {
+            Output::SyncReply { to, message } if *to == f.b => Some((**message).clone()),
+            _ => None,
+        });
+        assert_eq!(reply.map(|m| m.records), Some(vec![tombstone]), "{out:?}");
     }
 
     #[test]
