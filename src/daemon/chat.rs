@@ -803,14 +803,29 @@ impl Service {
         };
         let answers = self.ask_all(&holders, op).await;
         let mut answered = 0;
+        // Right after a partition heals, holders may still hold the two registrations of one
+        // name until the hand-off reaches them: serve the one every holder will keep
+        // (`Account::wins_over`), never the loser, or the winner's device would be told its
+        // account is gone. Otherwise the closest holder's copy.
+        let mut served: Option<(Account, Vec<Opk>)> = None;
         for answer in answers {
             if let Ok(Response::Account(found)) = answer {
                 answered += 1;
-                if let Some(found) = found {
-                    let (account, opks) = *found;
-                    return Ok((account, opks, holders));
-                }
+                let Some(found) = found else { continue };
+                let (account, opks) = *found;
+                served = match served {
+                    Some((held, _))
+                        if !held.same_registration(&account) && account.wins_over(&held) =>
+                    {
+                        Some((account, opks))
+                    }
+                    None => Some((account, opks)),
+                    kept => kept,
+                };
             }
+        }
+        if let Some((account, opks)) = served {
+            return Ok((account, opks, holders));
         }
         Err(if answered == 0 {
             err(ErrorKind::Unavailable, "no holder of the account answered")

@@ -8,6 +8,8 @@
 //! reordered, as with netem's jitter). Flooding every frame to every port is a hub, which is
 //! enough for a few nodes: a node's kernel ignores frames for other MAC addresses.
 //! Dropping the switch stops the thread; the ports stay detached (the lab is deleted next).
+//! The thread runs at a real-time priority (`SCHED_FIFO`), so load on the machine delays the
+//! nodes, not the network between them.
 
 #![allow(unsafe_code)]
 
@@ -50,6 +52,7 @@ impl DelaySwitch {
             let (stop, forwarded, dropped) = (stop.clone(), forwarded.clone(), dropped.clone());
             std::thread::spawn(move || {
                 enter_netns(&ns);
+                run_before_the_nodes();
                 let sockets: Vec<OwnedFd> = ports.iter().map(|p| packet_socket(p)).collect();
                 ready_tx.send(()).expect("the starter waits");
                 run(&sockets, impairment, &stop, &forwarded, &dropped);
@@ -81,6 +84,24 @@ impl Drop for DelaySwitch {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// The switch is the network, not one of its hosts: under load (CI runs the fault tests side by
+/// side, and a build may run beside them) a starved switch holds every frame of every node at
+/// once, which looks like a partition of everyone, not the loss and delay under test. A
+/// real-time priority (the tests run as root) lets it run whenever a frame is due; it sleeps
+/// in `poll` otherwise, so it takes little from the nodes. Without the privilege it runs as
+/// it is and says so.
+fn run_before_the_nodes() {
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid parameter.
+    let done = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if done != 0 {
+        eprintln!(
+            "delay switch: no real-time priority ({}); frames may wait when the machine is busy",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
