@@ -1272,17 +1272,8 @@ mod tests {
     #[test]
     fn every_field_of_a_record_moves_its_digest() {
         let base = MemberRecord {
-            node_id: PeerId::random(),
-            name: "a".into(),
             addr: "10.0.0.1:4001".into(),
-            priority: 10,
-            version: 1,
-            left: false,
-            card: None,
-            admission: 0,
-            removed_at: None,
-            key_updates: Vec::new(),
-            relays: Vec::new(),
+            ..record(PeerId::random(), "a", 10)
         };
         let changes: Vec<fn(&mut MemberRecord)> = vec![
             |r| r.node_id = PeerId::random(),

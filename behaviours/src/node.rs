@@ -2901,6 +2901,20 @@ mod tests {
             )
         }
 
+        /// Hands `message` to the node as a sync request from `from`; its reply, if any.
+        fn sync_reply(
+            &mut self,
+            secs: f64,
+            from: PeerId,
+            message: &SyncMessage,
+        ) -> Option<SyncMessage> {
+            let out = self.handle(secs, Input::SyncRequest { from, message });
+            out.iter().find_map(|o| match o {
+                Output::SyncReply { to, message } if *to == from => Some((**message).clone()),
+                _ => None,
+            })
+        }
+
         fn join_b_and_c(&mut self, secs: f64) {
             let (b, c) = (self.b, self.c);
             self.handle(secs, Input::Connected(b));
@@ -4197,17 +4211,7 @@ mod tests {
             digest: None,
             pull: false,
         };
-        let out = f.handle(
-            1.1,
-            Input::SyncRequest {
-                from: f.b,
-                message: &push,
-            },
-        );
-        let reply = out.iter().find_map(|o| match o {
-            Output::SyncReply { to, message } if *to == f.b => Some((**message).clone()),
-            _ => None,
-        });
+        let reply = f.sync_reply(1.1, f.b, &push);
         assert_eq!(reply.map(|m| m.records), Some(vec![tombstone]));
         // Then closed after the grace.
         let out = f.handle(1.6, Input::Timer);
@@ -4270,12 +4274,8 @@ mod tests {
         assert!(summary.is_summary(), "{summary:?}");
         // The same list on the other side: a summary answers, nothing else follows.
         let reply_to = |f: &mut Fixture, message: &SyncMessage| {
-            let out = f.handle(0.1, Input::SyncRequest { from: f.b, message });
-            out.iter()
-                .find_map(|o| match o {
-                    Output::SyncReply { message, .. } => Some((**message).clone()),
-                    _ => None,
-                })
+            let from = f.b;
+            f.sync_reply(0.1, from, message)
                 .expect("members are answered")
         };
         let same = reply_to(&mut f, &summary);
@@ -4349,18 +4349,8 @@ mod tests {
             digest: Some([3; 32]),
             pull: false,
         };
-        let out = f.handle(
-            1.0,
-            Input::SyncRequest {
-                from: f.b,
-                message: &push,
-            },
-        );
-        let reply = out.iter().find_map(|o| match o {
-            Output::SyncReply { to, message } if *to == f.b => Some((**message).clone()),
-            _ => None,
-        });
-        assert_eq!(reply.map(|m| m.records), Some(vec![tombstone]), "{out:?}");
+        let reply = f.sync_reply(1.0, f.b, &push);
+        assert_eq!(reply.map(|m| m.records), Some(vec![tombstone]));
     }
 
     #[test]
