@@ -1176,9 +1176,12 @@ impl Node {
                     self.merge_sync(message, now);
                     // It lacks some of our records: our full list, once (a full request is
                     // never answered with `pull`, so this ends).
-                    if message.pull && message.digest != Some(self.roster_digest()) {
-                        let message = self.sync_message();
-                        self.out.push(Output::Sync { to: from, message });
+                    if message.pull {
+                        let own = self.roster_digest();
+                        if message.digest != Some(own) {
+                            let message = self.sync_message_with(own, true);
+                            self.out.push(Output::Sync { to: from, message });
+                        }
                     }
                 }
             }

@@ -57,7 +57,6 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -2433,14 +2432,16 @@ impl Sim {
         Ok(())
     }
 
-    /// Every up member holds the same roster (digest of its current records).
+    /// Every up member holds the same roster (the digest of all its records).
     fn rosters_agree(&self) -> Result<(), (String, String)> {
-        let mut first: Option<(u64, &str)> = None;
+        let mut first: Option<(crate::membership::RosterDigest, &str)> = None;
         for node in &self.nodes {
             let Some(core) = node.core.as_deref() else {
                 continue;
             };
-            let digest = roster_digest(core);
+            // The digest the roster sync compares (every record, tombstones included): the
+            // check holds the cores to what they themselves take for "the same list".
+            let digest = core.membership().records_digest(|_| false);
             match first {
                 None => first = Some((digest, &node.name)),
                 Some((d, name)) if d != digest => {
@@ -2462,26 +2463,6 @@ fn count_alive(core: &Node) -> usize {
         .remote_members()
         .filter(|(id, _)| membership.status(id) == Some(Status::Alive))
         .count()
-}
-
-/// An order-independent digest of a node's current records.
-fn roster_digest(core: &Node) -> u64 {
-    let membership = core.membership();
-    let local = core.local().id;
-    let own = membership.record(&local).map(|r| (&local, r));
-    membership
-        .remote_members()
-        .chain(own)
-        .map(|(id, r)| {
-            let mut h = DefaultHasher::new();
-            id.hash(&mut h);
-            r.version.hash(&mut h);
-            r.name.hash(&mut h);
-            r.addr.hash(&mut h);
-            r.priority.hash(&mut h);
-            h.finish()
-        })
-        .fold(0u64, |acc, h| acc.wrapping_add(h))
 }
 
 /// Runs a scenario and turns a violation into an error.
