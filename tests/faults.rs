@@ -385,11 +385,11 @@ fn a_long_partition_never_lets_the_minority_poll_and_nothing_is_handled_twice() 
 /// about 2 s (starved) read its timer before the heartbeats waiting in its sockets and marked
 /// members offline. Local health awareness (behaviours/src/health.rs: a late node excuses the
 /// time it was not running and stretches its bound) covers that case. With it, 3 of 4 runs
-/// passed at load average 16–30; the failing one (load ~30, the switch's own TCP connect
-/// 1.3 s instead of ~0.45 s) had marks [1, 0, 2] with NO late wake on any node: one node
-/// heard by neither other and hearing neither for ~2.5 s, not a starved daemon: the userspace
-/// switch itself, one thread every frame goes through, was starved (its own TCP connect took
-/// 1.3 s instead of ~0.45 s). It now runs at a real-time priority (tests/common/delay_switch.rs),
+/// passed at load average 16–30; the failing one (load ~30) had marks [1, 0, 2] with NO late
+/// wake on any node: one node heard by neither other and hearing neither for ~2.5 s. Not a
+/// starved daemon but the starved userspace switch, the one thread every frame goes through
+/// (its own TCP connect took 1.3 s instead of ~0.45 s). It now runs at a real-time priority
+/// (tests/common/delay_switch.rs),
 /// and the test passed 7 of 7 runs, 2 of them beside the whole fault suite and 3 beside two
 /// CPU-bound simulator runs.
 /// `CONSTELLA_FAULTS_LOGS=dir CONSTELLA_TEST_LOG=info,constella::daemon::beats=debug` keeps the
