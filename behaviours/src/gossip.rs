@@ -59,6 +59,11 @@ pub struct Heartbeat {
     /// The answer to another member's doubts (sent to it alone, at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vouch: Option<Vouch>,
+    /// "Answer me at once": the receiver sends one heartbeat back to the sender alone. A node
+    /// that suspects it is cut off from most of the network probes every member with it (see
+    /// [`crate::node`], the partition probe). Absent (false) on most heartbeats.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub probe: bool,
 }
 
 /// A member a heartbeat's sender doubts (see [`Heartbeat::doubts`]).
@@ -112,6 +117,30 @@ impl Goodbye {
     pub fn incarnation(&self) -> u32 {
         (self.seq >> 32) as u32
     }
+}
+
+/// "These members went silent": published by a member that watches them (one of their ring
+/// observers, see [`crate::membership`]) when their silence passed the offline bound and no
+/// other observer vouched for them. Members that do not watch them learn it only this way.
+/// Each comes with the last sequence number the observer had from it: a receiver that has a
+/// newer incarnation, or heard the member itself just now, keeps it alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Silent {
+    /// The observer that publishes it.
+    #[serde(with = "crate::ids::base58")]
+    pub from: PeerId,
+    /// The silent members.
+    pub members: Vec<SilentMember>,
+}
+
+/// One member of a [`Silent`] verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SilentMember {
+    /// The member.
+    #[serde(with = "crate::ids::base58")]
+    pub node_id: PeerId,
+    /// The last `seq` the observer had from it (0: none).
+    pub seq: u64,
 }
 
 /// One entry of the member list as it travels between nodes.
@@ -239,6 +268,8 @@ pub enum GossipBody {
     Goodbye(Goodbye),
     /// See [`Rotation`] (protocol version 3).
     Rotation(Rotation),
+    /// See [`Silent`] (protocol version 4).
+    Silent(Silent),
 }
 
 impl GossipBody {
@@ -250,6 +281,7 @@ impl GossipBody {
             GossipBody::Settings(settings) => settings.from,
             GossipBody::Goodbye(goodbye) => goodbye.node_id,
             GossipBody::Rotation(rotation) => rotation.from,
+            GossipBody::Silent(silent) => silent.from,
         }
     }
 }
@@ -412,6 +444,7 @@ mod tests {
             uptime_secs: 42,
             doubts: Vec::new(),
             vouch: None,
+            probe: false,
         })
     }
 

@@ -10,6 +10,12 @@
 //! - A member is alive while authenticated heartbeats arrive with increasing sequence numbers,
 //!   and offline once none has arrived for `offline_after` (2.5 one-second heartbeat intervals).
 //!   A member's own message over a direct connection (a roster exchange) counts as a heartbeat.
+//! - Only *watched* members are timed out ([`Membership::watched`]): with a ring of observers
+//!   ([`Membership::set_observers`]), a node watches its nearest alive predecessors on the ring
+//!   of ids, the leader, and members it only assumed alive until it hears them; the others
+//!   stay alive until an observer's verdict ([`Membership::on_silent`]) or direct evidence
+//!   says otherwise. Without a ring, or in a network of at most `observers + 1` members,
+//!   every member is watched.
 //! - Faster evidence (its connection closed and a redial was refused) marks it offline at once. A
 //!   heartbeat of that same incarnation relayed late by another node does not revive it; a
 //!   direct connection or a restarted incarnation does.
@@ -34,7 +40,7 @@ use crate::gossip::{
 };
 use crate::network_keys::Pq4Card;
 
-/// Heartbeats are published this often (networks of up to 100 members; see `Config::for_size`).
+/// Heartbeats are published this often (networks of up to 1,000 members; see `Config::for_size`).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// A member is offline after this long without a heartbeat (2.5 heartbeat intervals).
 pub const OFFLINE_AFTER: Duration = Duration::from_millis(2500);
@@ -189,6 +195,9 @@ struct Liveness {
     /// Offline by silence (a timeout), not by a refused redial or a goodbye: it may be out of
     /// reach rather than down, so it still counts in the majority (see [`Quorum`]).
     silent: bool,
+    /// Heard over its own connection since this node started (not only assumed alive from the
+    /// state file): an assumed member stays watched until then (see [`Membership::watched`]).
+    confirmed: bool,
     uptime_secs: Option<u64>,
     addrs: Vec<String>,
 }
@@ -202,6 +211,7 @@ impl Liveness {
             last_seq: 0,
             evidence_incarnation: None,
             silent: false,
+            confirmed: false,
             uptime_secs: None,
             addrs: Vec::new(),
         }
@@ -392,6 +402,20 @@ pub struct Membership {
     elections: u64,
     /// `leader == local`, kept with it (asked after every input).
     leader_is_local: bool,
+    /// How many ring observers watch each member ([`Membership::set_observers`]; 0: every
+    /// member watches every other, as before rings).
+    observers: usize,
+    /// The members this node times out by silence (see [`Membership::watched`]), ascending.
+    watched: Vec<PeerId>,
+    /// This node's ring successors: the members it heartbeats to besides the leader.
+    successors: Vec<PeerId>,
+    /// Whether the network is small enough (or `observers` 0) that everyone watches everyone.
+    watches_everyone: bool,
+    /// Set by every election (a status, the roster or the leader may have moved): the watch
+    /// is derived again by [`Membership::refresh_watch`].
+    watch_dirty: bool,
+    /// See [`Membership::set_observers`].
+    watch_grace: Duration,
 }
 
 impl Membership {
@@ -410,6 +434,12 @@ impl Membership {
             quorum: std::cell::Cell::new(None),
             elections: 0,
             leader_is_local: true,
+            observers: 0,
+            watched: Vec::new(),
+            successors: Vec::new(),
+            watches_everyone: true,
+            watch_dirty: true,
+            watch_grace: offline_after,
         };
         for record in records {
             let id = record.node_id;
@@ -428,6 +458,7 @@ impl Membership {
     /// the answer. Returns whether the leader changed.
     fn elect(&mut self) -> bool {
         self.quorum.set(None);
+        self.watch_dirty = true;
         let mut best: Option<(&PeerId, &Entry)> = None;
         for (id, entry) in self.entries.iter() {
             let candidate = if *id == self.local {
@@ -686,8 +717,13 @@ impl Membership {
         live.evidence_incarnation = None;
         live.last_heard = Some(now);
         live.last_direct = Some(now);
-        if live.status == Status::Offline {
-            live.status = Status::Alive;
+        let newly_confirmed = !std::mem::replace(&mut live.confirmed, true);
+        let revived = live.status == Status::Offline;
+        live.status = Status::Alive;
+        if newly_confirmed {
+            self.watch_dirty = true;
+        }
+        if revived {
             self.note_deadline(now);
             self.elect();
             return Ok(TakenHeartbeat {
@@ -737,6 +773,10 @@ impl Membership {
         }
         live.last_heard = Some(now);
         live.last_direct = Some(now);
+        if !live.confirmed {
+            live.confirmed = true;
+            self.watch_dirty = true;
+        }
         let revived = live.status == Status::Offline;
         live.status = Status::Alive;
         self.note_deadline(now);
@@ -819,6 +859,7 @@ impl Membership {
                 entry.liveness.status = Status::Alive;
                 entry.liveness.last_heard = Some(now);
                 entry.liveness.last_direct = Some(now);
+                entry.liveness.confirmed = false;
                 any = true;
             }
         }
@@ -883,9 +924,9 @@ impl Membership {
         (age < within).then_some(age)
     }
 
-    /// The alive members this node has not heard directly for `after` or longer, each with
-    /// that silence; and the earliest instant at which another alive member, heard directly
-    /// since, would join them (`None`: none can). One scan of the list.
+    /// The alive watched members ([`Membership::watched`]) this node has not heard directly
+    /// for `after` or longer, each with that silence; and the earliest instant at which another
+    /// watched member, heard directly since, would join them (`None`: none can).
     pub fn doubted(
         &self,
         now: Instant,
@@ -893,10 +934,12 @@ impl Membership {
     ) -> (Vec<(PeerId, Duration)>, Option<Instant>) {
         let mut doubted = Vec::new();
         let mut next: Option<Instant> = None;
-        let local = self.entries.place_of(&self.local);
-        for (place, (id, entry)) in self.entries.iter().enumerate() {
+        for id in &self.watched {
+            let Some(entry) = self.entries.get(id) else {
+                continue;
+            };
             let live = &entry.liveness;
-            if Some(place) == local || entry.left || live.status != Status::Alive {
+            if entry.left || live.status != Status::Alive {
                 continue;
             }
             let Some(direct) = live.last_direct else {
@@ -926,9 +969,9 @@ impl Membership {
         self.offline_after = offline_after;
         // Members may now expire sooner than the deadline noted: look at the next tick.
         self.next_expiry = self
-            .entries
-            .values()
-            .filter_map(|e| e.liveness.last_heard)
+            .watched
+            .iter()
+            .filter_map(|id| self.entries.get(id)?.liveness.last_heard)
             .min()
             .map(|heard| heard + offline_after);
     }
@@ -952,6 +995,219 @@ impl Membership {
             shift(&mut live.last_direct);
         }
         self.set_offline_after(self.offline_after);
+    }
+
+    // ---- the ring of observers ----
+
+    /// Each member is watched (timed out by silence) by its `observers` nearest alive
+    /// successors on the ring of member ids, and heartbeats only to them and the leader; the
+    /// leader heartbeats to everyone and everyone watches it. 0, or a network of at most
+    /// `observers + 1` members, is the full mesh: everyone watches everyone.
+    /// A member newly watched because the ring moved (not because it came alive) has its
+    /// silence counted from at most `grace` before the offline bound (see
+    /// [`Membership::refresh_watch`]).
+    pub fn set_observers(&mut self, observers: usize, grace: Duration) {
+        self.observers = observers;
+        self.watch_grace = grace;
+        self.watch_dirty = true;
+    }
+
+    /// Whether everyone watches everyone (the network is small enough, or no ring is set):
+    /// heartbeats then go to every member, and no verdict is needed.
+    pub fn watches_everyone(&self) -> bool {
+        self.watches_everyone
+    }
+
+    /// The members this node times out by silence, ascending: its ring predecessors (the
+    /// members it observes), the leader, and members only assumed alive from the state file
+    /// until it hears them itself. As of the last [`Membership::refresh_watch`].
+    pub fn watched(&self) -> &[PeerId] {
+        &self.watched
+    }
+
+    /// This node's ring successors (the members that observe it), nearest first: where its
+    /// heartbeats go besides the leader. As of the last [`Membership::refresh_watch`].
+    pub fn successors(&self) -> &[PeerId] {
+        &self.successors
+    }
+
+    /// The observers of `peer` in this node's view: its nearest alive successors on the ring
+    /// (this node may be among them). Those heard it directly, so they are the ones to ask
+    /// about it.
+    pub fn observers_of(&self, peer: &PeerId) -> Vec<PeerId> {
+        let Some(place) = self.entries.place_of(peer) else {
+            return Vec::new();
+        };
+        let k = if self.observers == 0 {
+            usize::MAX
+        } else {
+            self.observers
+        };
+        let local = self.local;
+        self.entries
+            .iter()
+            .skip(place + 1)
+            .chain(self.entries.iter().take(place))
+            .filter(|(id, entry)| {
+                !entry.left && (**id == local || entry.liveness.status == Status::Alive)
+            })
+            .map(|(id, _)| *id)
+            .take(k)
+            .collect()
+    }
+
+    /// Derives the watch again if a status, the roster or the leader moved since the last
+    /// call (one pass over the list then; nothing otherwise; [`Membership::tick`] calls it
+    /// too). On a ring, a member newly watched was not sending to this node: its silence
+    /// counts from at most the grace ([`Membership::set_observers`]) before the offline bound
+    /// from `now`, and it is doubted at once (the caller asks its observers about it), so a
+    /// member that died unwatched is still found within the grace while a live one is vouched
+    /// for. Whether any member is newly watched.
+    pub fn refresh_watch(&mut self, now: Instant) -> bool {
+        if !std::mem::take(&mut self.watch_dirty) {
+            return false;
+        }
+        let mut ring = Vec::new();
+        let mut unconfirmed = Vec::new();
+        let mut me = 0;
+        for (id, entry) in self.entries.iter() {
+            if entry.left {
+                continue;
+            }
+            if *id == self.local {
+                me = ring.len();
+                ring.push(*id);
+            } else if entry.liveness.status == Status::Alive {
+                ring.push(*id);
+                if !entry.liveness.confirmed {
+                    unconfirmed.push(*id);
+                }
+            }
+        }
+        let r = ring.len();
+        let k = self.observers;
+        let mut watched;
+        if k == 0 || r <= k + 1 {
+            self.watches_everyone = true;
+            watched = ring.clone();
+            watched.remove(me.min(r.saturating_sub(1)));
+            self.successors.clone_from(&watched);
+        } else {
+            self.watches_everyone = false;
+            self.successors = (1..=k).map(|d| ring[(me + d) % r]).collect();
+            watched = (1..=k).map(|d| ring[(me + r - d) % r]).collect();
+            if !self.leader_is_local {
+                watched.push(self.leader);
+            }
+            watched.extend(unconfirmed);
+        }
+        watched.retain(|id| *id != self.local);
+        watched.sort_unstable();
+        watched.dedup();
+        let floor = if self.watches_everyone {
+            // Everyone watched: a member enters the watch by coming alive, heard just now.
+            None
+        } else {
+            (now + self.watch_grace).checked_sub(self.offline_after)
+        };
+        let mut grew = false;
+        for id in &watched {
+            if self.watched.binary_search(id).is_ok() {
+                continue;
+            }
+            grew = true;
+            if let (Some(entry), Some(floor)) = (self.entries.get_mut(id), floor) {
+                let heard = &mut entry.liveness.last_heard;
+                *heard = Some(heard.map_or(floor, |at| at.max(floor)));
+            }
+        }
+        self.watched = watched;
+        self.set_offline_after(self.offline_after);
+        grew
+    }
+
+    /// Whether `peer` is alive only because the state file said so: not heard since this node
+    /// started.
+    pub fn is_assumed(&self, peer: &PeerId) -> bool {
+        *peer != self.local
+            && self.entries.get(peer).is_some_and(|e| {
+                !e.left && e.liveness.status == Status::Alive && !e.liveness.confirmed
+            })
+    }
+
+    /// The alive members (this node aside) it has not heard itself within `within`, ascending.
+    pub fn not_heard_within(&self, now: Instant, within: Duration) -> Vec<PeerId> {
+        self.entries
+            .iter()
+            .filter(|(id, entry)| {
+                **id != self.local
+                    && !entry.left
+                    && entry.liveness.status == Status::Alive
+                    && entry
+                        .liveness
+                        .last_direct
+                        .is_none_or(|at| now.saturating_duration_since(at) >= within)
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The last sequence number this node took from `peer` (0: none): what a verdict about
+    /// it carries.
+    pub fn last_seq(&self, peer: &PeerId) -> u64 {
+        self.entries.get(peer).map_or(0, |e| e.liveness.last_seq)
+    }
+
+    /// An observer says `peer` went silent after `seq` (a [`crate::gossip::Silent`] verdict).
+    /// Taken unless this node heard a newer incarnation of it, or heard it itself within
+    /// `fresh_within`: then it keeps what it knows (the observer's link may be the trouble).
+    /// A verdict about this node itself is not taken here (the caller answers it).
+    pub fn on_silent(
+        &mut self,
+        peer: &PeerId,
+        seq: u64,
+        now: Instant,
+        fresh_within: Duration,
+    ) -> Option<Change> {
+        if *peer == self.local {
+            return None;
+        }
+        let entry = self.entries.get_mut(peer).filter(|e| !e.left)?;
+        let live = &mut entry.liveness;
+        if live.status != Status::Alive
+            || (live.last_seq >> 32) > (seq >> 32)
+            || live
+                .last_direct
+                .is_some_and(|at| now.saturating_duration_since(at) < fresh_within)
+        {
+            return None;
+        }
+        live.status = Status::Offline;
+        live.silent = true;
+        self.elect();
+        Some(Change::Offline(*peer, OfflineReason::HeartbeatTimeout))
+    }
+
+    /// Marks offline, as silent, each of `peers` still alive here and not heard (itself or
+    /// through a vouch) since `since`: the members that did not answer a partition probe.
+    pub fn mark_unanswered(&mut self, peers: &[PeerId], since: Instant) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for peer in peers.iter().filter(|peer| **peer != self.local) {
+            let Some(entry) = self.entries.get_mut(peer).filter(|e| !e.left) else {
+                continue;
+            };
+            let live = &mut entry.liveness;
+            if live.status != Status::Alive || live.last_heard.is_some_and(|at| at >= since) {
+                continue;
+            }
+            live.status = Status::Offline;
+            live.silent = true;
+            changes.push(Change::Offline(*peer, OfflineReason::HeartbeatTimeout));
+        }
+        if !changes.is_empty() {
+            self.elect();
+        }
+        changes
     }
 
     /// This node is stopping: from now on it does not elect itself.
@@ -990,18 +1246,22 @@ impl Membership {
         Some(Change::Offline(*peer, OfflineReason::Unreachable))
     }
 
-    /// Marks offline every member whose last heartbeat is older than `offline_after`. Scans the
-    /// list only once [`Membership::next_expiry`] has come, so calling it often costs nothing.
+    /// Marks offline every watched member ([`Membership::watched`]) whose last evidence of life
+    /// is older than `offline_after`. Looks only once [`Membership::next_expiry`] has come, so
+    /// calling it often costs nothing.
     pub fn tick(&mut self, now: Instant) -> Vec<Change> {
         let mut changes = Vec::new();
+        self.refresh_watch(now);
         if self.next_expiry.is_none_or(|at| now < at) {
             return changes;
         }
         let mut next_expiry: Option<Instant> = None;
-        let local = self.entries.place_of(&self.local);
-        for (place, (id, entry)) in self.entries.iter_mut().enumerate() {
+        for id in &self.watched {
+            let Some(entry) = self.entries.get_mut(id) else {
+                continue;
+            };
             let live = &mut entry.liveness;
-            if Some(place) == local || entry.left || live.status == Status::Offline {
+            if entry.left || live.status == Status::Offline {
                 continue;
             }
             let silent = live
@@ -1335,6 +1595,7 @@ mod tests {
             uptime_secs: 1,
             doubts: Vec::new(),
             vouch: None,
+            probe: false,
         }
     }
 
@@ -1390,6 +1651,169 @@ mod tests {
             Some(Status::Alive),
             "the local node is always alive"
         );
+    }
+
+    /// `n` members with ids in ring order (ascending), all alive as of `t0`, watched by 4
+    /// observers each; this node is the one at `local`.
+    fn ring(n: usize, local: usize, t0: Instant) -> (Membership, Vec<PeerId>) {
+        let mut ids: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
+        ids.sort();
+        let records = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| record(*id, &format!("n{i}"), 10))
+            .collect();
+        let mut m = Membership::new(ids[local], records, OFFLINE_AFTER);
+        m.set_observers(4, Duration::from_secs(1));
+        for (i, id) in ids.iter().enumerate() {
+            if i != local {
+                m.on_heartbeat(&heartbeat(*id, 1, 1), || true, t0).unwrap();
+            }
+        }
+        m.refresh_watch(t0);
+        (m, ids)
+    }
+
+    #[test]
+    fn a_ring_node_watches_its_predecessors_and_the_leader_and_heartbeats_to_its_successors() {
+        let t0 = Instant::now();
+        let (m, ids) = ring(10, 6, t0);
+        assert!(!m.watches_everyone());
+        assert_eq!(
+            m.leader(),
+            ids[0],
+            "the smallest id leads (equal priorities)"
+        );
+        let mut watched = vec![ids[0], ids[2], ids[3], ids[4], ids[5]];
+        watched.sort();
+        assert_eq!(m.watched(), watched.as_slice());
+        assert_eq!(m.successors(), &[ids[7], ids[8], ids[9], ids[0]]);
+        assert_eq!(
+            m.observers_of(&ids[8]),
+            vec![ids[9], ids[0], ids[1], ids[2]]
+        );
+        // Wrapping around the ring.
+        let (m, ids) = ring(10, 1, t0);
+        let mut watched = vec![ids[0], ids[9], ids[8], ids[7]];
+        watched.sort();
+        assert_eq!(m.watched(), watched.as_slice());
+        // Five members: everyone watches everyone, and heartbeats to everyone.
+        let (m, ids) = ring(5, 2, t0);
+        assert!(m.watches_everyone());
+        assert_eq!(m.watched().len(), 4);
+        assert_eq!(m.successors().len(), 4);
+        assert!(!m.watched().contains(&ids[2]));
+    }
+
+    #[test]
+    fn only_watched_members_time_out_and_the_ring_closes_over_a_lost_one() {
+        let t0 = Instant::now();
+        let (mut m, ids) = ring(20, 10, t0);
+        // Everyone falls silent: only the watched ones are timed out (6 to 9, and 0, the leader).
+        let changes = m.tick(t0 + OFFLINE_AFTER);
+        assert_eq!(changes.len(), 5);
+        assert_eq!(m.status(&ids[12]), Some(Status::Alive), "not watched here");
+        assert_eq!(m.status(&ids[5]), Some(Status::Alive), "not watched here");
+        // The ring moved: the next alive predecessors (2 to 5) and the new leader (1) are
+        // watched now, each with one interval of grace from now (not the long silence it
+        // really had here), and doubted at once so that their observers are asked.
+        let t1 = t0 + OFFLINE_AFTER;
+        assert!(m.refresh_watch(t1));
+        assert_eq!(m.leader(), ids[1]);
+        let mut watched = vec![ids[1], ids[2], ids[3], ids[4], ids[5]];
+        watched.sort();
+        assert_eq!(m.watched(), watched.as_slice());
+        let (doubted, _) = m.doubted(t1, Duration::from_millis(1250));
+        assert_eq!(doubted.len(), 5);
+        assert!(m.tick(t1 + Duration::from_millis(900)).is_empty());
+        assert_eq!(m.tick(t1 + Duration::from_secs(1)).len(), 5);
+        assert_eq!(m.status(&ids[12]), Some(Status::Alive));
+    }
+
+    #[test]
+    fn a_verdict_marks_offline_unless_this_node_heard_the_member_lately_or_a_newer_incarnation() {
+        let t0 = Instant::now();
+        let (mut m, ids) = ring(10, 6, t0);
+        let seq = |inc: u64, n: u64| (inc << 32) | n;
+        let t1 = t0 + Duration::from_secs(1);
+        // Heard 1 s ago: fresher than the verdict, kept.
+        assert_eq!(
+            m.on_silent(&ids[8], seq(1, 1), t1, Duration::from_millis(1250)),
+            None
+        );
+        let t2 = t0 + Duration::from_secs(2);
+        // Heard incarnation 2 of it: the verdict is about an older one.
+        m.on_heartbeat(&heartbeat(ids[9], 2, 1), || true, t0)
+            .unwrap();
+        assert_eq!(
+            m.on_silent(&ids[9], seq(1, 9), t2, Duration::from_millis(1250)),
+            None
+        );
+        // Not heard for 2 s: taken, as silence (it still counts in the majority).
+        assert_eq!(
+            m.on_silent(&ids[8], seq(1, 1), t2, Duration::from_millis(1250)),
+            Some(Change::Offline(ids[8], OfflineReason::HeartbeatTimeout))
+        );
+        assert_eq!(m.status(&ids[8]), Some(Status::Offline));
+        assert_eq!(m.quorum().of, 10, "silent members still count");
+        // About this node itself, or a member already offline: nothing.
+        assert_eq!(m.on_silent(&ids[6], 0, t2, Duration::ZERO), None);
+        assert_eq!(m.on_silent(&ids[8], seq(1, 1), t2, Duration::ZERO), None);
+        // Its next heartbeat revives it.
+        assert_eq!(
+            m.on_heartbeat(&heartbeat(ids[8], 1, 5), || true, t2),
+            Ok(Some(Change::Alive(ids[8])))
+        );
+    }
+
+    #[test]
+    fn probed_members_that_gave_no_sign_since_the_probe_go_offline() {
+        let t0 = Instant::now();
+        let (mut m, ids) = ring(10, 6, t0);
+        let t1 = t0 + Duration::from_secs(2);
+        let unheard = m.not_heard_within(t1, Duration::from_millis(1250));
+        assert_eq!(unheard.len(), 9);
+        m.on_heartbeat(
+            &heartbeat(ids[8], 1, 2),
+            || true,
+            t1 + Duration::from_millis(100),
+        )
+        .unwrap();
+        assert!(m.on_vouch(&ids[9], t1 + Duration::from_millis(50)));
+        let changes = m.mark_unanswered(&unheard, t1);
+        assert_eq!(changes.len(), 7);
+        assert_eq!(m.status(&ids[8]), Some(Status::Alive), "it answered");
+        assert_eq!(m.status(&ids[9]), Some(Status::Alive), "vouched for");
+        assert_eq!(m.status(&ids[0]), Some(Status::Offline));
+    }
+
+    #[test]
+    fn a_member_assumed_alive_is_watched_until_heard() {
+        let t0 = Instant::now();
+        let mut ids: Vec<PeerId> = (0..10).map(|_| PeerId::random()).collect();
+        ids.sort();
+        let records = ids.iter().map(|id| record(*id, "x", 10)).collect();
+        let mut m = Membership::new(ids[6], records, OFFLINE_AFTER);
+        m.set_observers(4, Duration::from_secs(1));
+        let others: Vec<PeerId> = ids.iter().copied().filter(|id| *id != ids[6]).collect();
+        m.assume_all_alive(&others, t0);
+        m.refresh_watch(t0);
+        assert_eq!(m.watched().len(), 9, "all assumed, all watched");
+        assert!(m.is_assumed(&ids[8]));
+        m.on_heartbeat(&heartbeat(ids[8], 1, 1), || true, t0)
+            .unwrap();
+        assert!(!m.is_assumed(&ids[8]));
+        m.refresh_watch(t0);
+        assert!(
+            !m.watched().contains(&ids[8]),
+            "heard: a successor, not watched"
+        );
+        assert_eq!(
+            m.tick(t0 + OFFLINE_AFTER).len(),
+            8,
+            "the unheard go offline"
+        );
+        assert_eq!(m.status(&ids[8]), Some(Status::Alive));
     }
 
     #[test]

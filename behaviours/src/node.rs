@@ -11,13 +11,31 @@
 //! code.
 //!
 //! Rules, each unit-tested below:
-//! - **Heartbeats** every [`Config::heartbeat_interval`] (1 s up to 100 members, growing with
+//! - **Heartbeats** every [`Config::heartbeat_interval`] (1 s up to 1,000 members, growing with
 //!   the square root of the size beyond, see [`Config::for_size`]); `seq = incarnation << 32 |
-//!   counter`. Each goes straight to every connected member ([`Output::Heartbeat`], the beat
-//!   protocol of [`crate::beat`]), not through gossipsub; its author is the connection's peer
-//!   ([`Input::Heartbeat`]). Heartbeats published on gossipsub (older nodes) are still taken.
+//!   counter`. Each goes straight to the members that watch this node ([`Output::Heartbeat`],
+//!   the beat protocol of [`crate::beat`]), not through gossipsub; its author is the
+//!   connection's peer ([`Input::Heartbeat`]). Heartbeats published on gossipsub (older nodes)
+//!   are still taken.
+//! - **The ring of observers**: members sorted by id form a ring; each alive member is watched
+//!   by its [`Config::observers`] (4) nearest alive successors and heartbeats only to them and
+//!   to the leader; the leader heartbeats to every member and every member watches it. A
+//!   network of at most five members is a full mesh: everyone heartbeats to and watches
+//!   everyone. Only watched members are doubted and timed out by silence; an observer that
+//!   times one out publishes a [`crate::gossip::Silent`] verdict, and the others mark it
+//!   offline unless they heard it themselves within [`Config::suspect_after`] or know a newer
+//!   incarnation (a verdict naming the node itself is answered with a heartbeat to every
+//!   connected member). A member newly watched because the ring moved counts as heard at most
+//!   one interval before the bound and is doubted at once, so its observers are asked about
+//!   it. A member only assumed alive from the state file is watched, and asked for a heartbeat
+//!   when its connection comes up, until heard. **Partition probe**: a node that times out
+//!   two or more watched members within one bound may be cut off from much of the network,
+//!   whose members have no observer on its side; it asks every member it has not heard
+//!   lately for an immediate heartbeat ([`crate::gossip::Heartbeat::probe`]) and marks
+//!   offline (with a verdict) those that neither answer nor are vouched for within
+//!   [`Config::ask_interval`].
 //! - **Liveness**: a member is alive from its first valid heartbeat and offline after
-//!   [`Config::offline_after`] of silence (2.5 intervals); faster evidence: its last connection
+//!   [`Config::offline_after`] of silence (2.5 intervals) on a watch; faster evidence: its last connection
 //!   closed and the redial was refused (failed within [`Config::refused_within`]; a redial that
 //!   times out marks nothing), or it said goodbye (see [`crate::membership`]). A member silent
 //!   while connected has its connection closed ([`Output::Disconnect`]) and is redialled; so is
@@ -27,7 +45,9 @@
 //!   latest evidence, which another member may supply. A member not heard directly for
 //!   [`Config::suspect_after`] (1.25 intervals) is *doubted*: at once, and then every
 //!   [`Config::ask_interval`] (half an interval) while the doubt lasts, a heartbeat to
-//!   [`Config::indirect_checks`] (3) random connected members carries the doubts ([`crate::gossip::Heartbeat::doubts`]). Each answers
+//!   [`Config::indirect_checks`] (3) connected members, picked at random among the doubted
+//!   members' observers (on a ring only they heard them), carries the doubts
+//!   ([`crate::gossip::Heartbeat::doubts`]). Each answers
 //!   at once, to the asker alone, with a [`crate::gossip::Vouch`]: the doubted members it heard
 //!   itself within the offline bound, and how long ago. The asker counts each as heard at the
 //!   moment its ask left minus that age, never later than the voucher really heard it, so a
@@ -87,7 +107,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gossip::{
     Doubt, Goodbye, GossipBody, Heard, Heartbeat, KeyUpdateBytes, MemberRecord, RosterUpdate,
-    Rotation, Vouch,
+    Rotation, Silent, SilentMember, Vouch,
 };
 use crate::health::LocalHealth;
 use crate::join::JoinRefusal;
@@ -139,6 +159,12 @@ pub struct Config {
     /// Whether the heartbeat interval and the offline bound follow the network's size as it
     /// changes ([`Config::for_size`]); off for a fixed configuration.
     pub scale_with_size: bool,
+    /// How many ring observers watch each member: a member heartbeats to this many nearest
+    /// alive successors on the ring of ids (and to the leader) and is timed out by them alone;
+    /// they publish a [`crate::gossip::Silent`] verdict for the rest. A network of at most
+    /// `observers + 1` members is a full mesh (everyone heartbeats to and watches everyone);
+    /// 0 keeps the full mesh at any size. See [`Membership::set_observers`].
+    pub observers: usize,
     /// How many connected members a node asks about a member it doubts (not heard directly for
     /// [`Config::suspect_after`]): the indirect probe of the failure detector. Lifeguard's
     /// default (memberlist's `IndirectChecks`).
@@ -213,13 +239,16 @@ impl Config {
     }
 
     /// Networks up to this size heartbeat every second.
-    pub const BASE_SIZE: usize = 100;
+    pub const BASE_SIZE: usize = 1000;
 
     /// The configuration for a network of `members` nodes. Up to [`Config::BASE_SIZE`] members
     /// the heartbeat interval is 1 s and a member is offline after 2.5 s of silence (a silent
-    /// host is offline everywhere 1.5–2.625 s after it vanished, the deadline checked on the wake grid). Beyond, the interval grows
-    /// with `sqrt(members / 100)` (1,000 members: 3.2 s), so the messages a node receives per
-    /// second grow with the square root of the size rather than linearly; a refused redial or
+    /// host is offline everywhere 1.5–2.625 s after it vanished, the deadline checked on the
+    /// wake grid, plus one gossip hop for the members that learn it from its observers'
+    /// verdict). A member heartbeats to [`Config::observers`] ring successors and the leader,
+    /// so what it sends and receives does not grow with the size; the leader's heartbeat to
+    /// every member does, and beyond [`Config::BASE_SIZE`] the interval grows with
+    /// `sqrt(members / 1000)` (4,000 members: 2 s) to keep it in bounds. A refused redial or
     /// a goodbye still marks a member offline at once.
     pub fn for_size(members: usize) -> Self {
         let base = Duration::from_secs(1);
@@ -246,6 +275,7 @@ impl Config {
             pull_gap: Duration::from_secs(2),
             scale_with_size: true,
             refused_within: Duration::from_secs(1),
+            observers: 4,
             indirect_checks: 3,
             max_health: 4,
             rotation_interval: Duration::from_secs(7 * 24 * 3600),
@@ -406,6 +436,10 @@ pub struct DetectorStats {
     /// The local health score now (0: healthy, the plain offline bound; see [`crate::health`]).
     #[serde(default)]
     pub health: u32,
+    /// Partition probes sent: this node lost two or more of the members it watches within
+    /// one offline bound and asked every member for a sign of life.
+    #[serde(default)]
+    pub probes: u64,
 }
 
 /// Counts of refused gossip messages, by reason.
@@ -823,6 +857,13 @@ pub struct Node {
     partitioned: Option<(usize, usize)>,
     /// Alive members not heard directly for [`Config::suspect_after`]: asked about.
     doubted: BTreeSet<PeerId>,
+    /// When this node's own timeouts of watched members happened, within the last offline
+    /// bound: two or more start a partition probe ([`Node::probe_everyone`]).
+    lost_watched: std::collections::VecDeque<Instant>,
+    /// The partition probe under way: when it went out and to whom.
+    probe: Option<(Instant, Vec<PeerId>)>,
+    /// When the last partition probe went out (one per offline bound at most).
+    last_probe: Option<Instant>,
     /// When the next alive member could become doubted (a scan of the members is due).
     next_doubt: Option<Instant>,
     /// While some member is doubted: when the helpers are asked again.
@@ -904,6 +945,7 @@ impl Node {
             config.offline_after = sized.offline_after;
         }
         let mut membership = Membership::new(local.id, records, config.offline_after);
+        membership.set_observers(config.observers, config.heartbeat_interval);
         let assumed: Vec<PeerId> = alive
             .iter()
             .filter(|id| **id != local.id && membership.is_member(id))
@@ -936,6 +978,9 @@ impl Node {
             closing: BTreeSet::new(),
             partitioned: None,
             doubted: BTreeSet::new(),
+            lost_watched: std::collections::VecDeque::new(),
+            probe: None,
+            last_probe: None,
             next_doubt: Some(now + config_suspect_after),
             next_ask: None,
             asks: std::collections::VecDeque::new(),
@@ -1275,8 +1320,14 @@ impl Node {
         if self.health.decay(now, self.config.health_calm()) {
             self.apply_health();
         }
+        if self.membership.refresh_watch(now) {
+            // Newly watched members are doubted at once: their observers are asked about them.
+            self.next_doubt = Some(now);
+        }
         let changes = self.membership.tick(now);
+        self.after_own_timeouts(&changes, now);
         self.apply_changes(changes, now);
+        self.end_probe(now);
         if self.partitioned.is_some() {
             self.update_leadership(now);
         }
@@ -1382,6 +1433,11 @@ impl Node {
             consider(self.secret_since.checked_add(self.config.rotation_interval));
         }
         consider(self.departure_check_at);
+        consider(
+            self.probe
+                .as_ref()
+                .map(|(sent, _)| *sent + self.config.ask_interval()),
+        );
         if self.partitioned.is_some() {
             consider(Some(now + Duration::from_secs(1)));
         }
@@ -1396,6 +1452,11 @@ impl Node {
         self.closing.remove(&peer);
         self.clear_redial(&peer);
         self.membership.on_connected(&peer);
+        if self.membership.is_assumed(&peer) && self.exit.is_none() {
+            // Alive only as the state file said: ask it for a heartbeat at once. On a ring it
+            // may never heartbeat to this node, and until heard it is watched (and doubted).
+            self.send_beat_probing(vec![peer], Vec::new(), None, true, now);
+        }
         self.push_tombstone(peer);
         if !self.membership.is_member(&peer) {
             // A joiner needs the connection for its Join; any other stranger gets nothing.
@@ -1588,6 +1649,7 @@ impl Node {
             GossipBody::Rotation(rotation) => {
                 self.out.push(Output::RotationReceived(rotation.clone()));
             }
+            GossipBody::Silent(silent) => self.take_silent(silent, now),
         }
         Ok(())
     }
@@ -1627,6 +1689,9 @@ impl Node {
                 }
                 if !heartbeat.doubts.is_empty() {
                     self.answer_doubts(author, heartbeat, now);
+                }
+                if heartbeat.probe && self.exit.is_none() {
+                    self.send_heartbeat(vec![author], now);
                 }
                 Ok(())
             }
@@ -1741,16 +1806,33 @@ impl Node {
     /// Up to [`Config::indirect_checks`] connected members, none of them doubted, picked at
     /// random (each ask may go to others, so one stalled helper does not silence them all).
     fn helpers(&mut self) -> Vec<PeerId> {
-        let mut candidates: Vec<PeerId> = self
-            .connected
-            .keys()
-            .filter(|id| {
-                // Alive ones only: a member marked offline whose connection is still closing
-                // would never answer, and an unanswered ask counts against this node's health.
-                !self.doubted.contains(*id) && self.membership.status(id) == Some(Status::Alive)
-            })
-            .copied()
-            .collect();
+        // Alive ones only: a member marked offline whose connection is still closing would
+        // never answer, and an unanswered ask counts against this node's health.
+        let usable = |id: &PeerId| {
+            *id != self.local.id
+                && self.connected.contains_key(id)
+                && !self.doubted.contains(id)
+                && self.membership.status(id) == Some(Status::Alive)
+        };
+        let mut candidates: Vec<PeerId> = Vec::new();
+        if !self.membership.watches_everyone() {
+            // On a ring only a doubted member's observers heard it directly: ask them.
+            for doubted in self.doubted.iter().take(MAX_DOUBTS) {
+                for observer in self.membership.observers_of(doubted) {
+                    if usable(&observer) && !candidates.contains(&observer) {
+                        candidates.push(observer);
+                    }
+                }
+            }
+        }
+        if candidates.is_empty() {
+            candidates = self
+                .connected
+                .keys()
+                .filter(|id| usable(id))
+                .copied()
+                .collect();
+        }
         let k = self.config.indirect_checks;
         if candidates.len() > k {
             for i in 0..k {
@@ -1873,6 +1955,127 @@ impl Node {
         }
     }
 
+    // ---- the ring: verdicts and the partition probe ----
+
+    /// Members this node itself just timed out. On a ring, the members that do not watch them
+    /// learn it only from this node: it publishes a [`Silent`] verdict. Two or more of its
+    /// watched members lost within one offline bound look like this node being cut off from
+    /// much of the network, where most members have no observer on its side: it probes them
+    /// all ([`Node::probe_everyone`]).
+    fn after_own_timeouts(&mut self, changes: &[Change], now: Instant) {
+        let lost = self.publish_silent(changes);
+        if lost == 0 {
+            return;
+        }
+        let bound = self.config.offline_after;
+        self.lost_watched.extend((0..lost).map(|_| now));
+        while self
+            .lost_watched
+            .front()
+            .is_some_and(|at| now.saturating_duration_since(*at) > bound)
+        {
+            self.lost_watched.pop_front();
+        }
+        let probed_lately = self
+            .last_probe
+            .is_some_and(|at| now.saturating_duration_since(at) < bound);
+        if self.lost_watched.len() >= 2 && self.probe.is_none() && !probed_lately {
+            self.probe_everyone(now);
+        }
+    }
+
+    /// On a ring, a [`Silent`] verdict for the members this node itself found silent (in
+    /// `changes`), so that those that do not watch them learn it; how many there were.
+    fn publish_silent(&mut self, changes: &[Change]) -> usize {
+        if self.membership.watches_everyone() || self.exit.is_some() {
+            return 0;
+        }
+        let members: Vec<SilentMember> = changes
+            .iter()
+            .filter_map(|change| match change {
+                Change::Offline(id, OfflineReason::HeartbeatTimeout) => Some(SilentMember {
+                    node_id: *id,
+                    seq: self.membership.last_seq(id),
+                }),
+                _ => None,
+            })
+            .collect();
+        for chunk in members.chunks(MAX_DOUBTS) {
+            let verdict = Silent {
+                from: self.local.id,
+                members: chunk.to_vec(),
+            };
+            self.out
+                .push(Output::Publish(Box::new(GossipBody::Silent(verdict))));
+        }
+        members.len()
+    }
+
+    /// The partition probe: every alive member this node has not heard itself within
+    /// [`Config::suspect_after`] gets a heartbeat asking for an answer at once; those that
+    /// neither answer nor are vouched for within [`Config::ask_interval`] are offline
+    /// ([`Node::end_probe`]). A cut-off node so learns in one step which members it can no
+    /// longer reach, instead of one ring of observers at a time.
+    fn probe_everyone(&mut self, now: Instant) {
+        let members = self
+            .membership
+            .not_heard_within(now, self.config.suspect_after());
+        let to: Vec<PeerId> = members
+            .iter()
+            .filter(|id| self.connected.contains_key(id))
+            .copied()
+            .collect();
+        self.detector.probes += 1;
+        self.last_probe = Some(now);
+        self.send_beat_probing(to, Vec::new(), None, true, now);
+        self.probe = Some((now, members));
+    }
+
+    /// Once the probe's answers had their time: the members that gave no sign are offline.
+    fn end_probe(&mut self, now: Instant) {
+        let due = self
+            .probe
+            .as_ref()
+            .is_some_and(|(sent, _)| now >= *sent + self.config.ask_interval());
+        if !due {
+            return;
+        }
+        let Some((sent, members)) = self.probe.take() else {
+            return;
+        };
+        let changes = self.membership.mark_unanswered(&members, sent);
+        self.publish_silent(&changes);
+        self.apply_changes(changes, now);
+    }
+
+    /// A [`Silent`] verdict from an observer: each member it names is offline here unless this
+    /// node has fresher news of it ([`Membership::on_silent`]). A verdict naming this node is
+    /// answered with a heartbeat to every connected member: they hear it is alive.
+    fn take_silent(&mut self, silent: &Silent, now: Instant) {
+        let fresh = self.config.suspect_after();
+        let mut changes = Vec::new();
+        let mut refute = false;
+        for member in silent.members.iter().take(MAX_DOUBTS) {
+            if member.node_id == self.local.id {
+                refute = true;
+                continue;
+            }
+            changes.extend(
+                self.membership
+                    .on_silent(&member.node_id, member.seq, now, fresh),
+            );
+        }
+        self.apply_changes(changes, now);
+        if refute && self.exit.is_none() {
+            let to: Vec<PeerId> = self
+                .membership
+                .members_among(self.connected.keys())
+                .copied()
+                .collect();
+            self.send_heartbeat(to, now);
+        }
+    }
+
     /// The partition rule as last derived (after the latest input): what the node acts on.
     /// [`Node::partition`] asks it afresh.
     pub fn partitioned(&self) -> Option<(usize, usize)> {
@@ -1914,8 +2117,10 @@ impl Node {
         self.out.push(Output::Sync { to: from, message });
     }
 
-    /// The next heartbeat, straight to every connected member (the core keeps a connection to
-    /// every member it can reach, so this is everyone reachable). While some member is
+    /// The next heartbeat, straight to the members that watch this node over their open
+    /// connections: its ring successors and the leader ([`Membership::successors`]); from the
+    /// leader, and in a network small enough for the full mesh, to every connected member
+    /// (the core keeps a connection to every member it can reach). While some member is
     /// doubted, the copies to [`Config::indirect_checks`] helpers carry the doubts (the ask is
     /// repeated every interval until the doubt ends one way or the other).
     fn publish_heartbeat(&mut self, now: Instant) {
@@ -1924,12 +2129,22 @@ impl Node {
         } else {
             self.helpers()
         };
-        let to: Vec<PeerId> = self
-            .membership
-            .members_among(self.connected.keys())
-            .filter(|id| !helpers.contains(id))
-            .copied()
-            .collect();
+        let to: Vec<PeerId> =
+            if self.membership.watches_everyone() || self.membership.leader_is_local() {
+                self.membership
+                    .members_among(self.connected.keys())
+                    .filter(|id| !helpers.contains(id))
+                    .copied()
+                    .collect()
+            } else {
+                let leader = self.membership.leader();
+                let mut to: Vec<PeerId> = self.membership.successors().to_vec();
+                if !to.contains(&leader) {
+                    to.push(leader);
+                }
+                to.retain(|id| self.connected.contains_key(id) && !helpers.contains(id));
+                to
+            };
         self.send_heartbeat(to, now);
         self.ask(helpers, now);
     }
@@ -1943,6 +2158,17 @@ impl Node {
         to: Vec<PeerId>,
         doubts: Vec<Doubt>,
         vouch: Option<Vouch>,
+        now: Instant,
+    ) {
+        self.send_beat_probing(to, doubts, vouch, false, now);
+    }
+
+    fn send_beat_probing(
+        &mut self,
+        to: Vec<PeerId>,
+        doubts: Vec<Doubt>,
+        vouch: Option<Vouch>,
+        probe: bool,
         now: Instant,
     ) {
         self.heartbeat_counter = self.heartbeat_counter.wrapping_add(1);
@@ -1959,6 +2185,7 @@ impl Node {
             uptime_secs: now.duration_since(self.started).as_secs(),
             doubts,
             vouch,
+            probe,
         };
         self.out.push(Output::Heartbeat {
             to,
@@ -2893,6 +3120,7 @@ mod tests {
                 uptime_secs: 1,
                 doubts,
                 vouch,
+                probe: false,
             };
             self.handle(
                 secs,
@@ -3026,6 +3254,7 @@ mod tests {
             uptime_secs: 1,
             doubts: Vec::new(),
             vouch: None,
+            probe: false,
         };
         // b relays (or forges) c's heartbeat over b's own connection: refused, c stays silent.
         let out = f.handle(
@@ -4392,16 +4621,16 @@ mod tests {
     }
 
     #[test]
-    fn the_interval_grows_with_the_square_root_past_a_hundred_members() {
+    fn the_interval_grows_with_the_square_root_past_a_thousand_members() {
         assert_eq!(
             Config::for_size(3).heartbeat_interval,
             Duration::from_secs(1)
         );
         assert_eq!(
-            Config::for_size(100).offline_after,
+            Config::for_size(1000).offline_after,
             Duration::from_millis(2500)
         );
-        let big = Config::for_size(1000);
+        let big = Config::for_size(10_000);
         assert!((big.heartbeat_interval.as_secs_f64() - 3.16).abs() < 0.01);
         assert_eq!(big.offline_after, big.heartbeat_interval * 5 / 2);
         assert!(SECOND < big.heartbeat_interval);
@@ -4411,7 +4640,7 @@ mod tests {
     fn the_interval_follows_the_size_as_members_join() {
         let mut f = Fixture::new(10, &[]);
         assert_eq!(f.node.config().heartbeat_interval, Duration::from_secs(1));
-        let records: Vec<MemberRecord> = (0..397)
+        let records: Vec<MemberRecord> = (0..3997)
             .map(|i| record(PeerId::random(), &format!("n{i}"), 100))
             .collect();
         let message = SyncMessage {
@@ -4428,7 +4657,7 @@ mod tests {
                 message: &message,
             },
         );
-        // 400 members: 1 s × √4.
+        // 4,000 members: 1 s × √4.
         assert_eq!(f.node.config().heartbeat_interval, Duration::from_secs(2));
         assert_eq!(f.node.config().offline_after, Duration::from_secs(5));
     }

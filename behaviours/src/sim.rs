@@ -290,9 +290,9 @@ pub enum StartMode {
 }
 
 impl StartMode {
-    /// `Cold` up to [`Config::BASE_SIZE`] nodes, `Steady` beyond (see [`StartMode::Cold`]).
+    /// `Cold` up to 100 nodes, `Steady` beyond (see [`StartMode::Cold`]).
     pub fn for_size(nodes: usize) -> Self {
-        if nodes <= Config::BASE_SIZE {
+        if nodes <= 100 {
             StartMode::Cold
         } else {
             StartMode::Steady

@@ -196,7 +196,7 @@ impl<V> PeerTable<V> {
     }
 
     /// The entries in ascending id order.
-    pub fn iter(&self) -> impl Iterator<Item = (&PeerId, &V)> {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&PeerId, &V)> + ExactSizeIterator {
         self.ids.iter().zip(self.values.iter())
     }
 

@@ -99,6 +99,7 @@ mod tests {
             uptime_secs: 3,
             doubts: Vec::new(),
             vouch: None,
+            probe: false,
         }
     }
 
