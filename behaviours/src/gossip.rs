@@ -26,7 +26,11 @@ use crate::settings::SettingsUpdate;
 /// - 3: bodies encrypted (AEAD) instead of only MACed, on a topic named by the network tag;
 ///   records carry PQ4 cards. Versions 2 and 3 do not meet (different topics): see
 ///   docs/protocol.md.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// - 4: the ring of observers: [`Silent`] verdicts, and [`Heartbeat::probe`]. A version-3 node
+///   refuses a verdict as malformed and ignores the probe flag; it expects heartbeats from
+///   every member, so a network of more than five members is upgraded as a whole
+///   (docs/design.md, "The ring of observers").
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Upper bound on an encoded envelope; anything larger is refused before decoding.
 pub const MAX_GOSSIP_BYTES: usize = 256 * 1024;

@@ -3336,6 +3336,233 @@ mod tests {
             .any(|o| matches!(o, Output::Membership(Change::Offline(id, _)) if *id == who))
     }
 
+    /// A node of a 12-member network, `ids[6]`, on a ring of 4 observers; the members sorted
+    /// by id, equal priorities (`ids[0]` leads), all connected and heard at 0 s.
+    struct Ring {
+        f: Fixture,
+        ids: Vec<PeerId>,
+    }
+
+    impl Ring {
+        fn new() -> Self {
+            let mut ids: Vec<PeerId> = (0..12).map(|_| PeerId::random()).collect();
+            ids.sort();
+            let t0 = Instant::now();
+            let node = Node::new(
+                Config {
+                    max_health: 0,
+                    ..Config::default()
+                },
+                LocalNode {
+                    id: ids[6],
+                    name: "n6".into(),
+                    priority: 100,
+                    incarnation: 1,
+                    addrs: vec![],
+                },
+                Restored {
+                    records: ids
+                        .iter()
+                        .enumerate()
+                        .map(|(i, id)| record(*id, &format!("n{i}"), 100))
+                        .collect(),
+                    alive: vec![],
+                    settings: NetworkSettings::default(),
+                    invites: vec![],
+                },
+                t0,
+                7,
+            );
+            let mut f = Fixture {
+                node,
+                a: ids[6],
+                b: ids[7],
+                c: ids[8],
+                t0,
+                counters: BTreeMap::new(),
+            };
+            for (i, id) in ids.iter().enumerate() {
+                if i != 6 {
+                    f.handle(0.0, Input::Connected(*id));
+                    f.heartbeat_from(0.0, *id);
+                }
+            }
+            Self { f, ids }
+        }
+
+        /// Heartbeats at `secs` from the members that send to this node (its predecessors 2 to
+        /// 5 and the leader, 0), but `silent`.
+        fn all_but(&mut self, secs: f64, silent: &[usize]) {
+            for i in [0, 2, 3, 4, 5].into_iter().filter(|i| !silent.contains(i)) {
+                self.f.heartbeat_from(secs, self.ids[i]);
+            }
+        }
+
+        /// Timers every 125 ms (the wake grid) from `from` to `to` seconds, the members that
+        /// send to this node but `silent` heartbeating each second; every output.
+        fn run(&mut self, from: f64, to: f64, silent: &[usize]) -> Vec<Output> {
+            let mut out = Vec::new();
+            let mut t = from;
+            while t <= to + 1e-9 {
+                if (t.fract()).abs() < 1e-9 {
+                    self.all_but(t, silent);
+                }
+                out.extend(self.f.handle(t, Input::Timer));
+                t += 0.125;
+            }
+            out
+        }
+    }
+
+    fn verdicts(outputs: &[Output]) -> Vec<PeerId> {
+        publishes(outputs)
+            .into_iter()
+            .filter_map(|body| match body {
+                GossipBody::Silent(silent) => Some(silent.members.iter().map(|m| m.node_id)),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn on_a_ring_heartbeats_go_to_the_successors_and_the_leader_only() {
+        let mut r = Ring::new();
+        let out = r.f.handle(1.0, Input::Timer);
+        let sent = beats(&out);
+        assert_eq!(sent.len(), 1);
+        let mut to = sent[0].0.to_vec();
+        to.sort();
+        let ids = &r.ids;
+        let mut expected = vec![ids[0], ids[7], ids[8], ids[9], ids[10]];
+        expected.sort();
+        assert_eq!(to, expected, "four successors and the leader");
+        // A member that is not watched here stays alive through any silence.
+        let out = r.run(1.0, 6.0, &[11, 1]);
+        assert!(!offline(&out, r.ids[11]) && !offline(&out, r.ids[1]));
+    }
+
+    #[test]
+    fn an_observer_that_times_out_a_predecessor_publishes_a_verdict_after_asking_its_observers() {
+        let mut r = Ring::new();
+        let out = r.run(1.0, 1.5, &[5]);
+        let ask = asks(&out);
+        assert!(!ask.is_empty(), "doubted after 1.25 s: asked about");
+        let (helpers, _, doubted) = &ask[0];
+        assert_eq!(doubted, &vec![r.ids[5]]);
+        for helper in helpers {
+            assert!(
+                [r.ids[7], r.ids[8], r.ids[9]].contains(helper),
+                "only 5's other observers heard it"
+            );
+        }
+        let out = r.run(1.625, 3.0, &[5]);
+        assert!(offline(&out, r.ids[5]));
+        assert_eq!(verdicts(&out), vec![r.ids[5]]);
+        assert!(
+            !beats(&out).iter().any(|(_, hb)| hb.probe),
+            "one lost member is no partition"
+        );
+    }
+
+    #[test]
+    fn a_verdict_marks_offline_a_member_this_node_did_not_hear_lately_and_one_about_itself_is_refuted()
+     {
+        let mut r = Ring::new();
+        let verdict = |about: PeerId| {
+            GossipBody::Silent(Silent {
+                from: r.ids[7],
+                members: vec![SilentMember {
+                    node_id: about,
+                    seq: (1 << 32) | 1,
+                }],
+            })
+        };
+        let about_11 = verdict(r.ids[11]);
+        let out = r.f.handle(
+            2.0,
+            Input::Gossip {
+                signer: Some(r.ids[7]),
+                body: &about_11,
+            },
+        );
+        assert!(offline(&out, r.ids[11]));
+        assert!(
+            out.contains(&Output::Disconnect(r.ids[11])),
+            "silent while connected: closed and redialled, as after a timeout"
+        );
+        let about_me = verdict(r.ids[6]);
+        let out = r.f.handle(
+            2.1,
+            Input::Gossip {
+                signer: Some(r.ids[7]),
+                body: &about_me,
+            },
+        );
+        let sent = beats(&out);
+        assert_eq!(sent.len(), 1);
+        assert!(
+            sent[0].0.len() >= 10,
+            "a heartbeat to every connected member"
+        );
+    }
+
+    #[test]
+    fn losing_two_watched_members_probes_everyone_and_the_silent_ones_go_offline() {
+        let mut r = Ring::new();
+        // 4 and 5 (watched) and 10 (not watched) go silent together.
+        let out = r.run(1.0, 2.5, &[4, 5, 10]);
+        let probe = beats(&out)
+            .into_iter()
+            .find(|(_, hb)| hb.probe)
+            .map(|(to, _)| to.to_vec())
+            .expect("a probe");
+        assert!(probe.contains(&r.ids[10]) && probe.contains(&r.ids[11]));
+        assert!(!probe.contains(&r.ids[4]), "already offline");
+        assert!(!probe.contains(&r.ids[2]), "heard lately");
+        // Everyone else answers the probe at once.
+        let at = 2.625;
+        for i in [0, 1, 2, 3, 7, 8, 9, 11] {
+            r.f.heartbeat_from(at, r.ids[i]);
+        }
+        let out = r.run(2.75, 3.25, &[4, 5, 10]);
+        assert!(offline(&out, r.ids[10]), "no answer: offline");
+        assert!(verdicts(&out).contains(&r.ids[10]));
+        for i in [0, 1, 2, 3, 7, 8, 9, 11] {
+            assert_eq!(r.f.node.membership().status(&r.ids[i]), Some(Status::Alive));
+        }
+        assert_eq!(r.f.node.detector().probes, 1);
+    }
+
+    #[test]
+    fn a_probe_is_answered_at_once_with_a_heartbeat_to_the_prober_alone() {
+        let mut r = Ring::new();
+        let heartbeat = Heartbeat {
+            node_id: r.ids[2],
+            name: "n2".into(),
+            priority: 100,
+            addrs: vec![],
+            seq: (1 << 32) | 100,
+            protocol_version: PROTOCOL_VERSION,
+            uptime_secs: 1,
+            doubts: Vec::new(),
+            vouch: None,
+            probe: true,
+        };
+        let out = r.f.handle(
+            0.5,
+            Input::Heartbeat {
+                from: r.ids[2],
+                heartbeat: &heartbeat,
+                place: None,
+            },
+        );
+        let sent = beats(&out);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, &[r.ids[2]]);
+        assert!(!sent[0].1.probe);
+    }
+
     #[test]
     fn a_member_silent_on_its_own_connection_is_asked_about_and_a_vouch_keeps_it_alive() {
         let mut f = Fixture::new(40, &[]);
