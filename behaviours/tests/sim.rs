@@ -402,3 +402,121 @@ fn paused_nodes_mark_nobody_offline_when_they_run_again() {
         }
     }
 }
+
+// ---- the ring of observers (networks of more than five members) ----
+
+/// Five members in a row on the ring vanish at once, so the first of them loses every one of
+/// its four observers: nobody watches it until the next member's observer times out the other
+/// four and the ring closes over them (one more interval of grace). Every node still agrees
+/// on the survivors within the offline bound plus that interval.
+#[test]
+fn a_run_of_silent_members_longer_than_the_observers_is_still_found_in_50_nodes() {
+    let config = Config::for_size(50);
+    let mut scenario = Scenario::new("ring-run", 50, secs(60), 41);
+    scenario.faults = (17..22)
+        .map(|node| {
+            let crash = Fault::Crash {
+                target: Target::Node(node),
+                loud: false,
+            };
+            (secs(20), crash)
+        })
+        .collect();
+    let report = run(scenario);
+    let last = report.phases.last().expect("phases");
+    let took = last.converged_after.expect("the survivors never agreed");
+    eprintln!(
+        "figure: simulated 5 adjacent silent members in 50 nodes, all offline everywhere after {took:?}"
+    );
+    assert!(
+        took <= config.offline_after + config.heartbeat_interval + secs(1),
+        "took {took:?}"
+    );
+    assert_eq!(last.up, 45);
+    assert_eq!(report.false_offline, 0);
+}
+
+/// The ring under loss: 50 nodes, 5 % loss with 100 ± 50 ms for ten simulated minutes, and
+/// 20 % loss for three: a member's four observers and the indirect probes among them keep
+/// every live member alive; no verdict is ever published about one.
+#[test]
+fn a_lossy_network_of_50_on_a_ring_has_no_false_offline_marks() {
+    let mut jittery = Scenario::new("ring-lossy", 50, secs(600), 43);
+    jittery.net.loss = 0.05;
+    jittery.net.latency = Duration::from_millis(100);
+    jittery.net.jitter = Duration::from_millis(50);
+    jittery.faults = Vec::new();
+    jittery.assert_no_false_offline = true;
+    assert_eq!(run(jittery).false_offline, 0);
+    let mut heavy = Scenario::new("ring-lossy-20", 50, secs(180), 44);
+    heavy.net.loss = 0.2;
+    heavy.faults = Vec::new();
+    heavy.assert_no_false_offline = true;
+    assert_eq!(run(heavy).false_offline, 0);
+}
+
+/// The partition trap of the ring: ten nodes cut off from 190 have observers on their side
+/// for almost none of the others. Each loses its watched members within one bound and probes
+/// everyone: the minority agrees on itself within the settle bound (a leader among its own,
+/// hosting nobody: no majority) instead of one ring step per bound, and the heal is as fast as
+/// in five nodes.
+#[test]
+fn a_minority_cut_off_from_a_large_ring_sees_it_within_the_bound_and_heals() {
+    let mut scenario = Scenario::new("ring-partition", 200, secs(160), 45);
+    scenario.faults = vec![
+        (secs(30), Fault::Partition { minority: 10 }),
+        (secs(90), Fault::Heal),
+    ];
+    let settle = scenario.settle_bound();
+    let report = run(scenario);
+    let split = phase(&report, "partition");
+    assert_eq!(split.components, 2);
+    let took = split.converged_after.expect("the sides never agreed");
+    eprintln!("figure: simulated 10|190 partition, both sides agreed after {took:?}");
+    assert!(took <= settle, "split took {took:?}");
+    let healed = phase(&report, "heal");
+    let took = healed
+        .converged_after
+        .expect("no convergence after the heal");
+    eprintln!("figure: simulated heal of a 10|190 partition: {took:?}");
+    assert!(took <= secs(6), "heal took {took:?}");
+    assert_eq!(healed.leaders, vec!["n0000".to_owned()]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Random fault schedules on a ring of 20 nodes (crashes of any node, partitions, loss):
+    /// every invariant holds at every step, and the end converges.
+    #[test]
+    fn random_fault_schedules_on_a_ring_keep_the_invariants(
+        seed in any::<u64>(),
+        schedule in proptest::collection::vec((5u64..150, ring_fault()), 1..8),
+    ) {
+        let mut scenario = Scenario::new("random-ring", 20, secs(260), seed);
+        let mut faults: Vec<(Duration, Fault)> =
+            schedule.into_iter().map(|(at, f)| (secs(at), f)).collect();
+        faults.sort_by_key(|(at, _)| *at);
+        faults.push((secs(160), Fault::Heal));
+        faults.push((secs(160), Fault::RestartAll));
+        faults.push((secs(160), Fault::SetLoss(0.0)));
+        scenario.faults = faults;
+        let replay = scenario.replay_command();
+        let report = sim::run(scenario);
+        prop_assert!(report.is_ok(), "{}\nreplay: {}", report.err().map(|e| e.to_string()).unwrap_or_default(), replay);
+        let last = report.ok().and_then(|r| r.phases.last().cloned());
+        prop_assert!(last.as_ref().is_some_and(|p| p.converged_after.is_some() && p.components == 1),
+            "not converged at the end: {:?}\nreplay: {}", last, replay);
+    }
+}
+
+fn ring_fault() -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        (0usize..20, any::<bool>()).prop_map(|(node, loud)| Fault::Crash {
+            target: Target::Node(node),
+            loud
+        }),
+        fault(),
+        (1usize..10).prop_map(|minority| Fault::Partition { minority }),
+    ]
+}
