@@ -1069,13 +1069,13 @@ impl Membership {
         }
         let mut ring = Vec::new();
         let mut unconfirmed = Vec::new();
-        let mut me = 0;
+        let mut me = None;
         for (id, entry) in self.entries.iter() {
             if entry.left {
                 continue;
             }
             if *id == self.local {
-                me = ring.len();
+                me = Some(ring.len());
                 ring.push(*id);
             } else if entry.liveness.status == Status::Alive {
                 ring.push(*id);
@@ -1086,13 +1086,8 @@ impl Membership {
         }
         let r = ring.len();
         let k = self.observers;
-        let mut watched;
-        if k == 0 || r <= k + 1 {
-            self.watches_everyone = true;
-            watched = ring.clone();
-            watched.remove(me.min(r.saturating_sub(1)));
-            self.successors.clone_from(&watched);
-        } else {
+        let mut watched: Vec<PeerId>;
+        if let (Some(me), false) = (me, k == 0 || r <= k + 1) {
             self.watches_everyone = false;
             self.successors = (1..=k).map(|d| ring[(me + d) % r]).collect();
             watched = (1..=k).map(|d| ring[(me + r - d) % r]).collect();
@@ -1100,6 +1095,12 @@ impl Membership {
                 watched.push(self.leader);
             }
             watched.extend(unconfirmed);
+        } else {
+            // A small network (or no ring, or this node departed): everyone watches everyone.
+            self.watches_everyone = true;
+            ring.retain(|id| *id != self.local);
+            self.successors.clone_from(&ring);
+            watched = ring;
         }
         watched.retain(|id| *id != self.local);
         watched.sort_unstable();
