@@ -238,6 +238,41 @@ fn fault() -> impl Strategy<Value = Fault> {
     ]
 }
 
+/// Runs `schedule` (fault, at that second) on `nodes` nodes, then heals, restarts and ends the
+/// loss at 160 s: every invariant must hold at every step, and the last phase must converge.
+fn random_schedule_keeps_the_invariants(
+    name: &str,
+    nodes: usize,
+    seed: u64,
+    schedule: Vec<(u64, Fault)>,
+) -> Result<(), TestCaseError> {
+    let mut scenario = Scenario::new(name, nodes, secs(260), seed);
+    let mut faults: Vec<(Duration, Fault)> =
+        schedule.into_iter().map(|(at, f)| (secs(at), f)).collect();
+    faults.sort_by_key(|(at, _)| *at);
+    faults.push((secs(160), Fault::Heal));
+    faults.push((secs(160), Fault::RestartAll));
+    faults.push((secs(160), Fault::SetLoss(0.0)));
+    scenario.faults = faults;
+    let replay = scenario.replay_command();
+    let report = sim::run(scenario);
+    prop_assert!(
+        report.is_ok(),
+        "{}\nreplay: {}",
+        report.err().map(|e| e.to_string()).unwrap_or_default(),
+        replay
+    );
+    let last = report.ok().and_then(|r| r.phases.last().cloned());
+    prop_assert!(
+        last.as_ref()
+            .is_some_and(|p| p.converged_after.is_some() && p.components == 1),
+        "not converged at the end: {:?}\nreplay: {}",
+        last,
+        replay
+    );
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 4, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -248,21 +283,7 @@ proptest! {
         seed in any::<u64>(),
         schedule in proptest::collection::vec((5u64..150, fault()), 1..6),
     ) {
-        let mut scenario = Scenario::new("random", 6, secs(260), seed);
-        let mut faults: Vec<(Duration, Fault)> =
-            schedule.into_iter().map(|(at, f)| (secs(at), f)).collect();
-        faults.sort_by_key(|(at, _)| *at);
-        // End healed, restarted and lossless, so the last phase must converge.
-        faults.push((secs(160), Fault::Heal));
-        faults.push((secs(160), Fault::RestartAll));
-        faults.push((secs(160), Fault::SetLoss(0.0)));
-        scenario.faults = faults;
-        let replay = scenario.replay_command();
-        let report = sim::run(scenario);
-        prop_assert!(report.is_ok(), "{}\nreplay: {}", report.err().map(|e| e.to_string()).unwrap_or_default(), replay);
-        let last = report.ok().and_then(|r| r.phases.last().cloned());
-        prop_assert!(last.as_ref().is_some_and(|p| p.converged_after.is_some() && p.components == 1),
-            "not converged at the end: {:?}\nreplay: {}", last, replay);
+        random_schedule_keeps_the_invariants("random", 6, seed, schedule)?;
     }
 }
 
@@ -493,20 +514,7 @@ proptest! {
         seed in any::<u64>(),
         schedule in proptest::collection::vec((5u64..150, ring_fault()), 1..8),
     ) {
-        let mut scenario = Scenario::new("random-ring", 20, secs(260), seed);
-        let mut faults: Vec<(Duration, Fault)> =
-            schedule.into_iter().map(|(at, f)| (secs(at), f)).collect();
-        faults.sort_by_key(|(at, _)| *at);
-        faults.push((secs(160), Fault::Heal));
-        faults.push((secs(160), Fault::RestartAll));
-        faults.push((secs(160), Fault::SetLoss(0.0)));
-        scenario.faults = faults;
-        let replay = scenario.replay_command();
-        let report = sim::run(scenario);
-        prop_assert!(report.is_ok(), "{}\nreplay: {}", report.err().map(|e| e.to_string()).unwrap_or_default(), replay);
-        let last = report.ok().and_then(|r| r.phases.last().cloned());
-        prop_assert!(last.as_ref().is_some_and(|p| p.converged_after.is_some() && p.components == 1),
-            "not converged at the end: {:?}\nreplay: {}", last, replay);
+        random_schedule_keeps_the_invariants("random-ring", 20, seed, schedule)?;
     }
 }
 
