@@ -28,8 +28,8 @@ use crate::settings::SettingsUpdate;
 ///   docs/protocol.md.
 /// - 4: the ring of observers: [`Silent`] verdicts, and [`Heartbeat::probe`]. A version-3 node
 ///   refuses a verdict as malformed and ignores the probe flag; it expects heartbeats from
-///   every member, so a network of more than five members is upgraded as a whole
-///   (docs/design.md, "The ring of observers").
+///   every member, and gets them: a version-4 node sends every heartbeat to a member whose
+///   last heartbeat said version 3 (docs/design.md, "The ring of observers").
 pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Upper bound on an encoded envelope; anything larger is refused before decoding.

@@ -40,6 +40,9 @@ use crate::gossip::{
 };
 use crate::network_keys::Pq4Card;
 
+/// The protocol version that brought the ring of observers ([`Membership::set_observers`]).
+const RING_VERSION: u32 = 4;
+
 /// Heartbeats are published this often (networks of up to 1,000 members; see `Config::for_size`).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// A member is offline after this long without a heartbeat (2.5 heartbeat intervals).
@@ -416,6 +419,9 @@ pub struct Membership {
     watch_dirty: bool,
     /// See [`Membership::set_observers`].
     watch_grace: Duration,
+    /// Members whose last heartbeat came from a node before the ring (protocol version < 4),
+    /// ascending: they time out every member they do not hear, so heartbeats go to them too.
+    legacy: Vec<PeerId>,
 }
 
 impl Membership {
@@ -440,6 +446,7 @@ impl Membership {
             watches_everyone: true,
             watch_dirty: true,
             watch_grace: offline_after,
+            legacy: Vec::new(),
         };
         for record in records {
             let id = record.node_id;
@@ -710,6 +717,21 @@ impl Membership {
         if live.addrs != hb.addrs {
             live.addrs.clone_from(&hb.addrs);
         }
+        let legacy = hb.protocol_version < RING_VERSION;
+        match (self.legacy.binary_search(&id), legacy) {
+            (Err(at), true) => self.legacy.insert(at, id),
+            (Ok(at), false) => {
+                self.legacy.remove(at);
+            }
+            _ => {}
+        }
+        let Some(live) = self
+            .entries
+            .get_mut_near(&id, place)
+            .map(|e| &mut e.liveness)
+        else {
+            return Ok(ignored);
+        };
         if live.evidence_incarnation == Some(hb.incarnation()) && !connected() {
             // Relayed late from an incarnation we saw die: not proof of life.
             return Ok(ignored);
@@ -1023,6 +1045,12 @@ impl Membership {
     /// until it hears them itself. As of the last [`Membership::refresh_watch`].
     pub fn watched(&self) -> &[PeerId] {
         &self.watched
+    }
+
+    /// The members whose last heartbeat came from a node before the ring (protocol version
+    /// below 4), ascending: they expect a heartbeat from every member.
+    pub fn legacy(&self) -> &[PeerId] {
+        &self.legacy
     }
 
     /// This node's ring successors (the members that observe it), nearest first: where its

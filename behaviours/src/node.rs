@@ -2139,8 +2139,11 @@ impl Node {
             } else {
                 let leader = self.membership.leader();
                 let mut to: Vec<PeerId> = self.membership.successors().to_vec();
-                if !to.contains(&leader) {
-                    to.push(leader);
+                // Members before the ring time out everyone they do not hear.
+                for id in std::iter::once(&leader).chain(self.membership.legacy()) {
+                    if !to.contains(id) {
+                        to.push(*id);
+                    }
                 }
                 to.retain(|id| self.connected.contains_key(id) && !helpers.contains(id));
                 to
@@ -3440,6 +3443,38 @@ mod tests {
         // A member that is not watched here stays alive through any silence.
         let out = r.run(1.0, 6.0, &[11, 1]);
         assert!(!offline(&out, r.ids[11]) && !offline(&out, r.ids[1]));
+    }
+
+    #[test]
+    fn a_member_before_the_ring_still_gets_every_heartbeat() {
+        let mut r = Ring::new();
+        let old = Heartbeat {
+            node_id: r.ids[11],
+            name: "n11".into(),
+            priority: 100,
+            addrs: vec![],
+            seq: (1 << 32) | 100,
+            protocol_version: 3,
+            uptime_secs: 1,
+            doubts: Vec::new(),
+            vouch: None,
+            probe: false,
+        };
+        r.f.handle(
+            0.5,
+            Input::Heartbeat {
+                from: r.ids[11],
+                heartbeat: &old,
+                place: None,
+            },
+        );
+        let out = r.f.handle(1.0, Input::Timer);
+        let sent = beats(&out);
+        assert!(
+            sent[0].0.contains(&r.ids[11]),
+            "version 3 times out the unheard"
+        );
+        assert!(!sent[0].0.contains(&r.ids[1]), "version 4 watches its ring");
     }
 
     #[test]
