@@ -3393,6 +3393,33 @@ mod tests {
             Self { f, ids }
         }
 
+        /// A heartbeat from `ids[from]` at `secs` with the given protocol version and probe
+        /// flag (sequence numbers from 100 up, past those of `run`); the outputs.
+        fn beat(&mut self, secs: f64, from: usize, version: u32, probe: bool) -> Vec<Output> {
+            let counter = self.f.counters.entry(self.ids[from]).or_default();
+            *counter += 1;
+            let heartbeat = Heartbeat {
+                node_id: self.ids[from],
+                name: format!("n{from}"),
+                priority: 100,
+                addrs: vec![],
+                seq: (1 << 32) | (100 + u64::from(*counter)),
+                protocol_version: version,
+                uptime_secs: 1,
+                doubts: Vec::new(),
+                vouch: None,
+                probe,
+            };
+            self.f.handle(
+                secs,
+                Input::Heartbeat {
+                    from: self.ids[from],
+                    heartbeat: &heartbeat,
+                    place: None,
+                },
+            )
+        }
+
         /// Heartbeats at `secs` from the members that send to this node (its predecessors 2 to
         /// 5 and the leader, 0), but `silent`.
         fn all_but(&mut self, secs: f64, silent: &[usize]) {
@@ -3448,26 +3475,7 @@ mod tests {
     #[test]
     fn a_member_before_the_ring_still_gets_every_heartbeat() {
         let mut r = Ring::new();
-        let old = Heartbeat {
-            node_id: r.ids[11],
-            name: "n11".into(),
-            priority: 100,
-            addrs: vec![],
-            seq: (1 << 32) | 100,
-            protocol_version: 3,
-            uptime_secs: 1,
-            doubts: Vec::new(),
-            vouch: None,
-            probe: false,
-        };
-        r.f.handle(
-            0.5,
-            Input::Heartbeat {
-                from: r.ids[11],
-                heartbeat: &old,
-                place: None,
-            },
-        );
+        r.beat(0.5, 11, 3, false);
         let out = r.f.handle(1.0, Input::Timer);
         let sent = beats(&out);
         assert!(
@@ -3572,26 +3580,7 @@ mod tests {
     #[test]
     fn a_probe_is_answered_at_once_with_a_heartbeat_to_the_prober_alone() {
         let mut r = Ring::new();
-        let heartbeat = Heartbeat {
-            node_id: r.ids[2],
-            name: "n2".into(),
-            priority: 100,
-            addrs: vec![],
-            seq: (1 << 32) | 100,
-            protocol_version: PROTOCOL_VERSION,
-            uptime_secs: 1,
-            doubts: Vec::new(),
-            vouch: None,
-            probe: true,
-        };
-        let out = r.f.handle(
-            0.5,
-            Input::Heartbeat {
-                from: r.ids[2],
-                heartbeat: &heartbeat,
-                place: None,
-            },
-        );
+        let out = r.beat(0.5, 2, PROTOCOL_VERSION, true);
         let sent = beats(&out);
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].0, &[r.ids[2]]);
