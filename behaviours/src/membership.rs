@@ -1155,6 +1155,17 @@ impl Membership {
         grew
     }
 
+    /// Whether `peer` is a member this node has not heard alive since it started: assumed
+    /// alive from the state file ([`Membership::is_assumed`]), or offline, or learned from a
+    /// member list and never heard. On a ring such a member may never heartbeat to this node,
+    /// so a connection to it asks it for one (a probe).
+    pub fn is_unheard(&self, peer: &PeerId) -> bool {
+        *peer != self.local
+            && self.entries.get(peer).is_some_and(|e| {
+                !e.left && (e.liveness.status != Status::Alive || !e.liveness.confirmed)
+            })
+    }
+
     /// Whether `peer` is alive only because the state file said so: not heard since this node
     /// started.
     pub fn is_assumed(&self, peer: &PeerId) -> bool {

@@ -18,8 +18,8 @@
 //!   connection's peer ([`Input::Heartbeat`]). Heartbeats published on gossipsub (older nodes)
 //!   are still taken.
 //! - **The ring of observers**: members sorted by id form a ring; each alive member is watched
-//!   by its [`Config::observers`] (4) nearest alive successors and heartbeats only to them and
-//!   to the leader; the leader heartbeats to every member and every member watches it. A
+//!   by its [`Config::observers`] (4) nearest alive successors and heartbeats only to them;
+//!   the leader heartbeats to every member and every member watches it. A
 //!   network of at most five members is a full mesh: everyone heartbeats to and watches
 //!   everyone. Only watched members are doubted and timed out by silence; an observer that
 //!   times one out publishes a [`crate::gossip::Silent`] verdict, and the others mark it
@@ -160,7 +160,7 @@ pub struct Config {
     /// changes ([`Config::for_size`]); off for a fixed configuration.
     pub scale_with_size: bool,
     /// How many ring observers watch each member: a member heartbeats to this many nearest
-    /// alive successors on the ring of ids (and to the leader) and is timed out by them alone;
+    /// alive successors on the ring of ids and is timed out by them alone;
     /// they publish a [`crate::gossip::Silent`] verdict for the rest. A network of at most
     /// `observers + 1` members is a full mesh (everyone heartbeats to and watches everyone);
     /// 0 keeps the full mesh at any size. See [`Membership::set_observers`].
@@ -245,8 +245,8 @@ impl Config {
     /// the heartbeat interval is 1 s and a member is offline after 2.5 s of silence (a silent
     /// host is offline everywhere 1.5–2.625 s after it vanished, the deadline checked on the
     /// wake grid, plus one gossip hop for the members that learn it from its observers'
-    /// verdict). A member heartbeats to [`Config::observers`] ring successors and the leader,
-    /// so what it sends and receives does not grow with the size; the leader's heartbeat to
+    /// verdict). A member heartbeats to [`Config::observers`] ring successors, so what it
+    /// sends and receives does not grow with the size; the leader's heartbeat to
     /// every member does, and beyond [`Config::BASE_SIZE`] the interval grows with
     /// `sqrt(members / 1000)` (4,000 members: 2 s) to keep it in bounds. A refused redial or
     /// a goodbye still marks a member offline at once.
@@ -1452,9 +1452,10 @@ impl Node {
         self.closing.remove(&peer);
         self.clear_redial(&peer);
         self.membership.on_connected(&peer);
-        if self.membership.is_assumed(&peer) && self.exit.is_none() {
-            // Alive only as the state file said: ask it for a heartbeat at once. On a ring it
-            // may never heartbeat to this node, and until heard it is watched (and doubted).
+        if self.membership.is_unheard(&peer) && self.exit.is_none() {
+            // Alive only as the state file said, or not heard alive at all: ask it for a
+            // heartbeat at once. On a ring it may never heartbeat to this node (an assumed
+            // one is watched, and doubted, until heard).
             self.send_beat_probing(vec![peer], Vec::new(), None, true, now);
         }
         self.push_tombstone(peer);
@@ -2118,7 +2119,7 @@ impl Node {
     }
 
     /// The next heartbeat, straight to the members that watch this node over their open
-    /// connections: its ring successors and the leader ([`Membership::successors`]); from the
+    /// connections: its ring successors ([`Membership::successors`]); from the
     /// leader, and in a network small enough for the full mesh, to every connected member
     /// (the core keeps a connection to every member it can reach). While some member is
     /// doubted, the copies to [`Config::indirect_checks`] helpers carry the doubts (the ask is
@@ -2137,10 +2138,12 @@ impl Node {
                     .copied()
                     .collect()
             } else {
-                let leader = self.membership.leader();
+                // Not to the leader (unless it is a successor): it times out only its own
+                // predecessors, so the copy would be read and dropped, and the leader would
+                // read one from every member every interval.
                 let mut to: Vec<PeerId> = self.membership.successors().to_vec();
                 // Members before the ring time out everyone they do not hear.
-                for id in std::iter::once(&leader).chain(self.membership.legacy()) {
+                for id in self.membership.legacy() {
                     if !to.contains(id) {
                         to.push(*id);
                     }
@@ -2442,6 +2445,12 @@ impl Node {
                     self.sweep = true;
                     self.clear_redial(id);
                     events.push(NetworkEvent::Joined(self.name_of(id)));
+                    if self.connected.contains_key(id) && self.exit.is_none() {
+                        // Connected before this node knew it as a member (its first heartbeat
+                        // was refused as a stranger's): on a ring it may never send another
+                        // here, so ask for one.
+                        self.send_beat_probing(vec![*id], Vec::new(), None, true, now);
+                    }
                 }
                 Change::Left(id) => {
                     roster_changed = true;
@@ -3239,7 +3248,10 @@ mod tests {
         let mut both = vec![b, c];
         both.sort();
         assert_eq!(to, both);
-        assert_eq!(hb.seq, (1 << 32) | 2, "incarnation in the high half");
+        // The counter also moved for the probes that asked b and c (not yet heard) for a
+        // heartbeat when they connected.
+        assert_eq!(hb.seq >> 32, 1, "incarnation in the high half");
+        assert!(hb.seq & 0xffff_ffff >= 2, "{}", hb.seq);
     }
 
     #[test]
@@ -3456,7 +3468,7 @@ mod tests {
     }
 
     #[test]
-    fn on_a_ring_heartbeats_go_to_the_successors_and_the_leader_only() {
+    fn on_a_ring_heartbeats_go_to_the_four_successors_only() {
         let mut r = Ring::new();
         let out = r.f.handle(1.0, Input::Timer);
         let sent = beats(&out);
@@ -3464,9 +3476,9 @@ mod tests {
         let mut to = sent[0].0.to_vec();
         to.sort();
         let ids = &r.ids;
-        let mut expected = vec![ids[0], ids[7], ids[8], ids[9], ids[10]];
+        let mut expected = vec![ids[7], ids[8], ids[9], ids[10]];
         expected.sort();
-        assert_eq!(to, expected, "four successors and the leader");
+        assert_eq!(to, expected, "four successors, not the leader");
         // A member that is not watched here stays alive through any silence.
         let out = r.run(1.0, 6.0, &[11, 1]);
         assert!(!offline(&out, r.ids[11]) && !offline(&out, r.ids[1]));
@@ -3575,6 +3587,61 @@ mod tests {
             assert_eq!(r.f.node.membership().status(&r.ids[i]), Some(Status::Alive));
         }
         assert_eq!(r.f.node.detector().probes, 1);
+    }
+
+    /// A probe heartbeat to `peer` alone among `outputs`.
+    fn probed(outputs: &[Output], peer: PeerId) -> bool {
+        beats(outputs)
+            .iter()
+            .any(|(to, heartbeat)| *to == [peer] && heartbeat.probe)
+    }
+
+    #[test]
+    fn a_member_learned_while_connected_or_connected_unheard_is_asked_for_a_heartbeat() {
+        let mut r = Ring::new();
+        // Member ids[0] hands over a member list that names `id`.
+        let learn = |r: &mut Ring, secs: f64, id: PeerId| {
+            let message = SyncMessage {
+                records: vec![record(id, "newcomer", 100)],
+                settings: NetworkSettings::default(),
+                rotation: None,
+                digest: None,
+                pull: false,
+            };
+            let from = r.ids[0];
+            r.f.handle(
+                secs,
+                Input::SyncAnswer {
+                    from,
+                    message: &message,
+                },
+            )
+        };
+        // A newcomer connects before this node knows it: its heartbeat is a stranger's.
+        let early = PeerId::random();
+        r.f.handle(1.0, Input::Connected(early));
+        r.f.heartbeat_from(1.0, early);
+        assert!(!r.f.node.membership.is_member(&early));
+        // The member list that names it arrives: it is asked for a heartbeat, since on a ring
+        // it may never send another one here.
+        let out = learn(&mut r, 1.5, early);
+        assert!(probed(&out, early), "{out:?}");
+        // Its answer brings it alive.
+        let out = r.f.heartbeat_from(1.6, early);
+        assert!(
+            out.contains(&Output::Membership(Change::Alive(early))),
+            "{out:?}"
+        );
+        // A member learned first and connected later is asked when the connection comes up.
+        let late = PeerId::random();
+        let out = learn(&mut r, 2.0, late);
+        assert!(!probed(&out, late), "not connected yet: {out:?}");
+        let out = r.f.handle(2.1, Input::Connected(late));
+        assert!(probed(&out, late), "{out:?}");
+        // A member heard alive is not asked again when it reconnects.
+        r.f.handle(2.5, Input::Disconnected(r.ids[7]));
+        let out = r.f.handle(2.6, Input::Connected(r.ids[7]));
+        assert!(!probed(&out, r.ids[7]), "{out:?}");
     }
 
     #[test]
