@@ -49,7 +49,25 @@ fn main() {
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let priorities = vec![100; n];
     let started = Instant::now();
-    let mut cluster = Cluster::start(&name_refs, &priorities, None);
+    // Every tenth start (and the last), so a run that stalls still shows how the cost of a
+    // join grew with the network.
+    let mut cluster = Cluster::start_reporting(
+        &name_refs,
+        &priorities,
+        None,
+        |_| {},
+        |i, took| {
+            if (i + 1) % 10 == 0 || i + 1 == n {
+                let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+                println!(
+                    "node {} joined and answered status in {:.2} s (load average {})",
+                    i + 1,
+                    took.as_secs_f64(),
+                    load.split_whitespace().next().unwrap_or("?")
+                );
+            }
+        },
+    );
     let all_started = started.elapsed();
     let nodes: Vec<&Node> = cluster.nodes.iter().collect();
     let (leader, converged) = converge(&nodes, n, Duration::from_secs(120));

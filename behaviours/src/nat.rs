@@ -12,7 +12,7 @@
 //!   swarm drops a candidate equal to a confirmed external address, which a NAT-ed node's
 //!   recorded address was, so without it DCUtR had nothing to send).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
@@ -22,9 +22,10 @@ use std::time::Duration;
 use either::Either;
 use libp2p::core::Endpoint;
 use libp2p::core::transport::PortUse;
+use libp2p::swarm::behaviour::ConnectionEstablished;
 use libp2p::swarm::{
-    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
-    THandlerOutEvent, ToSwarm, dummy,
+    ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
 };
 use libp2p::{Multiaddr, PeerId, autonat, relay};
 
@@ -129,6 +130,11 @@ pub struct MembersOnly<B> {
     members: RelayMembers,
     /// Connections the inner behaviour was never told of.
     strangers: HashSet<ConnectionId>,
+    /// How many connections to each peer the inner behaviour was told of and not yet told
+    /// closed: the counts in the events it gets must be of those alone (request-response
+    /// asserts that its own list empties exactly when `remaining_established` is 0, and a
+    /// peer can hold a stranger's connection beside a member's, e.g. just after a removal).
+    told: HashMap<PeerId, usize>,
 }
 
 impl<B> std::fmt::Debug for MembersOnly<B> {
@@ -146,6 +152,7 @@ impl<B> MembersOnly<B> {
             inner,
             members: members.clone(),
             strangers: HashSet::new(),
+            told: HashMap::new(),
         }
     }
 
@@ -210,21 +217,44 @@ impl<B: NetworkBehaviour> NetworkBehaviour for MembersOnly<B> {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
-        let connection = match &event {
-            FromSwarm::ConnectionEstablished(e) => Some(e.connection_id),
-            FromSwarm::AddressChange(e) => Some(e.connection_id),
+        match event {
+            FromSwarm::ConnectionEstablished(e) => {
+                if self.strangers.contains(&e.connection_id) {
+                    return;
+                }
+                let told = self.told.entry(e.peer_id).or_default();
+                let other_established = *told;
+                *told += 1;
+                self.inner.on_swarm_event(FromSwarm::ConnectionEstablished(
+                    ConnectionEstablished {
+                        other_established,
+                        ..e
+                    },
+                ));
+            }
             FromSwarm::ConnectionClosed(e) => {
                 if self.strangers.remove(&e.connection_id) {
                     return;
                 }
-                None
+                let remaining_established = match self.told.get_mut(&e.peer_id) {
+                    Some(told) if *told > 1 => {
+                        *told -= 1;
+                        *told
+                    }
+                    _ => {
+                        self.told.remove(&e.peer_id);
+                        0
+                    }
+                };
+                self.inner
+                    .on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
+                        remaining_established,
+                        ..e
+                    }));
             }
-            _ => None,
-        };
-        if connection.is_some_and(|c| self.strangers.contains(&c)) {
-            return;
+            FromSwarm::AddressChange(e) if self.strangers.contains(&e.connection_id) => {}
+            event => self.inner.on_swarm_event(event),
         }
-        self.inner.on_swarm_event(event);
     }
 
     fn on_connection_handler_event(
@@ -325,6 +355,134 @@ impl NetworkBehaviour for Candidates {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use libp2p::core::ConnectedPoint;
+
+    /// Keeps its own list of connections per peer, as request-response does, and checks the
+    /// counts it is told against it.
+    #[derive(Default)]
+    struct Counting {
+        open: HashMap<PeerId, HashSet<ConnectionId>>,
+        checked: usize,
+    }
+
+    impl NetworkBehaviour for Counting {
+        type ConnectionHandler = dummy::ConnectionHandler;
+        type ToSwarm = Infallible;
+
+        fn handle_established_inbound_connection(
+            &mut self,
+            _: ConnectionId,
+            _: PeerId,
+            _: &Multiaddr,
+            _: &Multiaddr,
+        ) -> Result<THandler<Self>, ConnectionDenied> {
+            Ok(dummy::ConnectionHandler)
+        }
+
+        fn handle_established_outbound_connection(
+            &mut self,
+            _: ConnectionId,
+            _: PeerId,
+            _: &Multiaddr,
+            _: Endpoint,
+            _: PortUse,
+        ) -> Result<THandler<Self>, ConnectionDenied> {
+            Ok(dummy::ConnectionHandler)
+        }
+
+        fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
+            match event {
+                FromSwarm::ConnectionEstablished(e) => {
+                    let open = self.open.entry(e.peer_id).or_default();
+                    assert_eq!(e.other_established, open.len());
+                    open.insert(e.connection_id);
+                    self.checked += 1;
+                }
+                FromSwarm::ConnectionClosed(e) => {
+                    let open = self.open.get_mut(&e.peer_id).expect("told of it");
+                    assert!(open.remove(&e.connection_id), "told of it");
+                    assert_eq!(e.remaining_established, open.len());
+                    self.checked += 1;
+                }
+                _ => {}
+            }
+        }
+
+        fn on_connection_handler_event(
+            &mut self,
+            _: PeerId,
+            _: ConnectionId,
+            never: THandlerOutEvent<Self>,
+        ) {
+            match never {}
+        }
+
+        fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Infallible, Infallible>> {
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn the_wrapped_behaviour_counts_only_the_connections_it_was_told_of() {
+        let members = RelayMembers::default();
+        let peer = PeerId::random();
+        let mut gate = MembersOnly::new(Counting::default(), &members);
+        let addr: Multiaddr = "/ip4/192.0.2.1/tcp/1".parse().unwrap();
+        let endpoint = ConnectedPoint::Listener {
+            local_addr: addr.clone(),
+            send_back_addr: addr.clone(),
+        };
+        let (as_member, as_stranger, second) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+            ConnectionId::new_unchecked(3),
+        );
+        // Swarm-side counts of the peer's connections, as the swarm would report them.
+        let mut swarm_count = 0;
+        let establish = |gate: &mut MembersOnly<Counting>, id: ConnectionId, n: &mut usize| {
+            assert!(
+                gate.handle_established_inbound_connection(id, peer, &addr, &addr)
+                    .is_ok()
+            );
+            gate.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+                peer_id: peer,
+                connection_id: id,
+                endpoint: &endpoint,
+                failed_addresses: &[],
+                other_established: *n,
+            }));
+            *n += 1;
+        };
+        let close = |gate: &mut MembersOnly<Counting>, id: ConnectionId, n: &mut usize| {
+            *n -= 1;
+            gate.on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
+                peer_id: peer,
+                connection_id: id,
+                endpoint: &endpoint,
+                cause: None,
+                remaining_established: *n,
+            }));
+        };
+        // A member's connection, then (after its removal) a stranger's beside it, then the
+        // member's connection closes while the stranger's stays: the CI crash of a debug build
+        // (request-response's assertion) before the counts were rewritten.
+        members.set([peer]);
+        establish(&mut gate, as_member, &mut swarm_count);
+        members.set([]);
+        establish(&mut gate, as_stranger, &mut swarm_count);
+        close(&mut gate, as_member, &mut swarm_count);
+        // A member again: a new connection beside the stranger's, then both close.
+        members.set([peer]);
+        establish(&mut gate, second, &mut swarm_count);
+        close(&mut gate, as_stranger, &mut swarm_count);
+        close(&mut gate, second, &mut swarm_count);
+        assert_eq!(
+            gate.inner().checked,
+            4,
+            "told of the member connections only"
+        );
+        assert!(gate.told.is_empty());
+    }
 
     #[test]
     fn only_members_pass_the_relay_gate() {

@@ -598,6 +598,18 @@ impl Cluster {
         keys: Option<Vec<libp2p::identity::Keypair>>,
         configure: impl Fn(&mut Node),
     ) -> Self {
+        Self::start_reporting(names, priorities, keys, configure, |_, _| {})
+    }
+
+    /// Like [`Cluster::start_with`], calling `started(i, took)` once node `i` answers
+    /// `status` (`took`: from the start of its join, or of the first node's init).
+    pub fn start_reporting(
+        names: &[&str],
+        priorities: &[u32],
+        keys: Option<Vec<libp2p::identity::Keypair>>,
+        configure: impl Fn(&mut Node),
+        mut started: impl FnMut(usize, Duration),
+    ) -> Self {
         let root = tempfile::tempdir().unwrap();
         let mut nodes: Vec<Node> = names.iter().map(|n| Node::new(root.path(), n)).collect();
         nodes.iter_mut().for_each(&configure);
@@ -606,12 +618,16 @@ impl Cluster {
                 node.install_key(&key);
             }
         }
+        let at = Instant::now();
         nodes[0].init(priorities[0]);
         nodes[0].start();
+        started(0, at.elapsed());
         for i in 1..nodes.len() {
+            let at = Instant::now();
             let link = nodes[0].invite("5m");
             nodes[i].join(&link, priorities[i]);
             nodes[i].start();
+            started(i, at.elapsed());
         }
         Self { root, nodes }
     }
