@@ -1156,22 +1156,12 @@ impl Membership {
     }
 
     /// Whether `peer` is a member this node has not heard alive since it started: assumed
-    /// alive from the state file ([`Membership::is_assumed`]), or offline, or learned from a
-    /// member list and never heard. On a ring such a member may never heartbeat to this node,
+    /// alive from the state file, or offline, or learned from a member list and never heard. On a ring such a member may never heartbeat to this node,
     /// so a connection to it asks it for one (a probe).
     pub fn is_unheard(&self, peer: &PeerId) -> bool {
         *peer != self.local
             && self.entries.get(peer).is_some_and(|e| {
                 !e.left && (e.liveness.status != Status::Alive || !e.liveness.confirmed)
-            })
-    }
-
-    /// Whether `peer` is alive only because the state file said so: not heard since this node
-    /// started.
-    pub fn is_assumed(&self, peer: &PeerId) -> bool {
-        *peer != self.local
-            && self.entries.get(peer).is_some_and(|e| {
-                !e.left && e.liveness.status == Status::Alive && !e.liveness.confirmed
             })
     }
 
@@ -1839,10 +1829,10 @@ mod tests {
         m.assume_all_alive(&others, t0);
         m.refresh_watch(t0);
         assert_eq!(m.watched().len(), 9, "all assumed, all watched");
-        assert!(m.is_assumed(&ids[8]));
+        assert!(m.is_unheard(&ids[8]));
         m.on_heartbeat(&heartbeat(ids[8], 1, 1), || true, t0)
             .unwrap();
-        assert!(!m.is_assumed(&ids[8]));
+        assert!(!m.is_unheard(&ids[8]));
         m.refresh_watch(t0);
         assert!(
             !m.watched().contains(&ids[8]),

@@ -505,6 +505,17 @@ fn is_false(value: &bool) -> bool {
 }
 
 impl SyncMessage {
+    /// `records` alone: default settings, no rotation, no digest, no pull.
+    pub(crate) fn member_list(records: Vec<MemberRecord>) -> Self {
+        Self {
+            records,
+            settings: NetworkSettings::default(),
+            rotation: None,
+            digest: None,
+            pull: false,
+        }
+    }
+
     /// Whether the records were left out ([`SyncMessage::digest`]).
     pub fn is_summary(&self) -> bool {
         self.records.is_empty() && self.digest.is_some()
@@ -2961,13 +2972,7 @@ impl Node {
         };
         self.out.push(Output::SyncReply {
             to: from,
-            message: Box::new(SyncMessage {
-                records: vec![tombstone],
-                settings: NetworkSettings::default(),
-                rotation: None,
-                digest: None,
-                pull: false,
-            }),
+            message: Box::new(SyncMessage::member_list(vec![tombstone])),
         });
         true
     }
@@ -3601,13 +3606,7 @@ mod tests {
         let mut r = Ring::new();
         // Member ids[0] hands over a member list that names `id`.
         let learn = |r: &mut Ring, secs: f64, id: PeerId| {
-            let message = SyncMessage {
-                records: vec![record(id, "newcomer", 100)],
-                settings: NetworkSettings::default(),
-                rotation: None,
-                digest: None,
-                pull: false,
-            };
+            let message = SyncMessage::member_list(vec![record(id, "newcomer", 100)]);
             let from = r.ids[0];
             r.f.handle(
                 secs,
@@ -3835,13 +3834,7 @@ mod tests {
         // The reconnect's roster exchange is proof of life at once.
         f.handle(3.0, Input::Disconnected(f.b));
         f.handle(4.0, Input::Connected(f.b));
-        let message = SyncMessage {
-            records: vec![],
-            settings: NetworkSettings::default(),
-            rotation: None,
-            digest: None,
-            pull: false,
-        };
+        let message = SyncMessage::member_list(vec![]);
         let out = f.handle(
             4.0,
             Input::SyncAnswer {
@@ -4676,13 +4669,7 @@ mod tests {
         let out = f.handle(3.0, Input::Timer);
         assert!(publishes(&out).is_empty(), "{out:?}");
         // An answer without our tombstone (an older exchange) acknowledges nothing.
-        let stale = SyncMessage {
-            records: vec![record(f.a, "a", 10)],
-            settings: NetworkSettings::default(),
-            rotation: None,
-            digest: None,
-            pull: false,
-        };
+        let stale = SyncMessage::member_list(vec![record(f.a, "a", 10)]);
         let out = f.handle(
             3.1,
             Input::SyncAnswer {
@@ -4754,13 +4741,7 @@ mod tests {
         assert!(!f.node.membership().is_member(&f.b));
         assert!(!out.contains(&Output::Disconnect(f.b)), "{out:?}");
         // Its push is answered with its tombstone alone: the acknowledgement.
-        let push = SyncMessage {
-            records: vec![tombstone.clone(), record(f.a, "a", 10)],
-            settings: NetworkSettings::default(),
-            rotation: None,
-            digest: None,
-            pull: false,
-        };
+        let push = SyncMessage::member_list(vec![tombstone.clone(), record(f.a, "a", 10)]);
         let reply = f.sync_reply(1.1, f.b, &push);
         assert_eq!(reply.map(|m| m.records), Some(vec![tombstone]));
         // Then closed after the grace.
@@ -4782,13 +4763,7 @@ mod tests {
     fn sync_merges_both_ways_and_answers_members_only() {
         let mut f = Fixture::new(10, &[]);
         let d = PeerId::random();
-        let message = SyncMessage {
-            records: vec![record(d, "d", 50)],
-            settings: NetworkSettings::default(),
-            rotation: None,
-            digest: None,
-            pull: false,
-        };
+        let message = SyncMessage::member_list(vec![record(d, "d", 50)]);
         let out = f.handle(
             0.0,
             Input::SyncRequest {
@@ -5169,13 +5144,7 @@ mod tests {
             1.0,
             Input::SyncAnswer {
                 from: g.c,
-                message: &SyncMessage {
-                    records: vec![left],
-                    settings: NetworkSettings::default(),
-                    rotation: None,
-                    digest: None,
-                    pull: false,
-                },
+                message: &SyncMessage::member_list(vec![left]),
             },
         );
         assert!(!g.node.membership().is_member(&b));
