@@ -5,7 +5,7 @@
 //! (one `init`, the rest `join` through invites). Figures, for both:
 //! - convergence: from the last process start until every one sees all N alive (and, for
 //!   Constella, names one leader);
-//! - idle CPU and RSS per process over `IDLE_SECS` (20), both networks running at once;
+//! - idle CPU and RSS per process over `IDLE_SECS` (20), both networks running at once, after `SETTLE_SECS` (12);
 //! - a silent member: one non-leader process is SIGSTOPped; the time until every other one
 //!   marks it failed (Serf) or offline (Constella). Then it is SIGCONTed.
 //!
@@ -212,6 +212,11 @@ fn main() {
         constella_converged.as_secs_f64()
     );
 
+    // Steady state first: on a ring each node closes the connections it no longer wants (the
+    // joins' first contacts) after the mesh grace, 10 s (docs/design.md, Partial mesh).
+    let settle_secs = env_or("SETTLE_SECS", 12);
+    println!("settling {settle_secs} s (SETTLE_SECS) before the idle measurement");
+    std::thread::sleep(Duration::from_secs(settle_secs));
     // ---- idle, both at once ----
     let serf_pids: Vec<u32> = agents.iter().map(|a| a.child.id()).collect();
     let constella_pids: Vec<u32> = cluster.nodes.iter().map(Node::pid).collect();

@@ -422,6 +422,11 @@ pub struct Membership {
     /// Members whose last heartbeat came from a node before the ring (protocol version < 4),
     /// ascending: they time out every member they do not hear, so heartbeats go to them too.
     legacy: Vec<PeerId>,
+    /// Bumped whenever the watch, the successors, the leader or the ring's shape moved
+    /// ([`Membership::watch_version`]).
+    watch_version: u64,
+    /// The leader as of the last [`Membership::refresh_watch`].
+    watched_leader: Option<PeerId>,
 }
 
 impl Membership {
@@ -447,6 +452,8 @@ impl Membership {
             watch_dirty: true,
             watch_grace: offline_after,
             legacy: Vec::new(),
+            watch_version: 0,
+            watched_leader: None,
         };
         for record in records {
             let id = record.node_id;
@@ -1114,6 +1121,8 @@ impl Membership {
         }
         let r = ring.len();
         let k = self.observers;
+        let successors_before = std::mem::take(&mut self.successors);
+        let everyone_before = self.watches_everyone;
         let mut watched: Vec<PeerId>;
         if let (Some(me), false) = (me, k == 0 || r <= k + 1) {
             self.watches_everyone = false;
@@ -1150,9 +1159,27 @@ impl Membership {
                 *heard = Some(heard.map_or(floor, |at| at.max(floor)));
             }
         }
+        let leader_moved = self.watched_leader != Some(self.leader);
+        if grew
+            || leader_moved
+            || watched != self.watched
+            || successors_before != self.successors
+            || everyone_before != self.watches_everyone
+        {
+            self.watch_version += 1;
+        }
+        self.watched_leader = Some(self.leader);
         self.watched = watched;
         self.set_offline_after(self.offline_after);
         grew
+    }
+
+    /// A number that changes whenever [`Membership::watched`], [`Membership::successors`],
+    /// [`Membership::watches_everyone`] or the leader changed in a
+    /// [`Membership::refresh_watch`]: the members a node keeps connections to follow these
+    /// (see [`crate::node`], the partial mesh).
+    pub fn watch_version(&self) -> u64 {
+        self.watch_version
     }
 
     /// Whether `peer` is a member this node has not heard alive since it started: assumed

@@ -57,9 +57,16 @@
 //!   [`Config::stalled_after`] (twice the offline bound) is closed and redialled even while
 //!   others vouch. One lossy or stalled TCP connection therefore no longer marks its peer
 //!   offline; only silence on every path does.
-//! - **Redial**: every member we are not connected to is dialled, with a backoff from
-//!   [`Config::first_redial`] doubling to [`Config::max_redial`]; a closed connection to a member
-//!   is redialled at once (the member is then a *suspect*: a failed dial marks it offline).
+//! - **Redial**: every wanted member ([`Node::wants`]) we are not connected to is dialled, with
+//!   a backoff from [`Config::first_redial`] doubling to [`Config::max_redial`]; a closed
+//!   connection to a wanted member is redialled at once (the member is then a *suspect*: a
+//!   failed dial marks it offline).
+//! - **Partial mesh**: on a ring a node wants connections only to its ring neighbours both
+//!   ways, the leader (the leader: to everyone), members not alive here, members before the
+//!   ring and those a partition probe asks; a connection to any other member (a first contact,
+//!   an RPC) is closed once unwanted for [`Config::mesh_grace`], and its loss suspects nothing.
+//!   The partition probe dials the members it is not connected to and gives them the full
+//!   offline bound to answer.
 //! - **Partitions**: a leader hosts the leader services only while it sees a majority of the
 //!   last-known members (alive, or silent however long ago: [`Node::partition`]); the
 //!   minority side of a partition names a leader but does not poll the bot, for as long as
@@ -186,6 +193,11 @@ pub struct Config {
     /// a removal's own rotation (made by the remover, published right after the tombstone)
     /// usually arrives meanwhile, and then none is needed.
     pub departure_rotation_grace: Duration,
+    /// On a ring, how long a connection to a member this node does not want (see
+    /// [`Node::wants`]) stays open before it is closed: long enough for what opened it (a
+    /// join's first contact, a partition probe, a tombstone push, an RPC) to finish, and for
+    /// both ends' views of the ring to agree again after a change.
+    pub mesh_grace: Duration,
 }
 
 impl Default for Config {
@@ -280,6 +292,7 @@ impl Config {
             max_health: 4,
             rotation_interval: Duration::from_secs(7 * 24 * 3600),
             departure_rotation_grace: Duration::from_secs(2),
+            mesh_grace: Duration::from_secs(10),
         }
     }
 }
@@ -440,6 +453,10 @@ pub struct DetectorStats {
     /// one offline bound and asked every member for a sign of life.
     #[serde(default)]
     pub probes: u64,
+    /// Connections closed because this node no longer wanted them (the partial mesh: neither a
+    /// ring neighbour nor the leader, for [`Config::mesh_grace`]).
+    #[serde(default)]
+    pub unwanted_closed: u64,
 }
 
 /// Counts of refused gossip messages, by reason.
@@ -794,6 +811,17 @@ struct Ask {
     answered: bool,
 }
 
+/// A partition probe under way ([`Node::probe_everyone`]).
+#[derive(Debug, Clone)]
+struct Probe {
+    sent: Instant,
+    /// Members asked over an open connection: answered within [`Config::ask_interval`].
+    asked: Vec<PeerId>,
+    /// Members not connected when the probe left (a partial mesh): dialled, asked once
+    /// connected, and given [`Config::offline_after`] for the dial and the answer.
+    dialled: Vec<PeerId>,
+}
+
 /// When to dial a disconnected member next.
 #[derive(Debug, Clone, Copy)]
 struct Redial {
@@ -872,7 +900,7 @@ pub struct Node {
     /// bound: two or more start a partition probe ([`Node::probe_everyone`]).
     lost_watched: std::collections::VecDeque<Instant>,
     /// The partition probe under way: when it went out and to whom.
-    probe: Option<(Instant, Vec<PeerId>)>,
+    probe: Option<Probe>,
     /// When the last partition probe went out (one per offline bound at most).
     last_probe: Option<Instant>,
     /// When the next alive member could become doubted (a scan of the members is due).
@@ -894,6 +922,15 @@ pub struct Node {
     /// connection, a roster change): the next timer looks at every member. Otherwise it only
     /// looks at the redials that are due.
     sweep: bool,
+    /// [`Membership::watch_version`] when the wanted connections were last derived: a
+    /// different one sweeps (dials the members newly wanted).
+    mesh_version: u64,
+    /// Connected members this node does not want, and since when (closed after
+    /// [`Config::mesh_grace`]).
+    unwanted: BTreeMap<PeerId, Instant>,
+    /// Members wanted for a while besides the ring (those a partition probe asks), and until
+    /// when.
+    on_demand: BTreeMap<PeerId, Instant>,
     strangers: BTreeMap<PeerId, Instant>,
     /// Unknown senders we pulled the roster from, and when.
     pulls: BTreeMap<PeerId, Instant>,
@@ -1000,6 +1037,9 @@ impl Node {
             redials: BTreeMap::new(),
             redial_queue: BTreeSet::new(),
             sweep: true,
+            mesh_version: u64::MAX,
+            unwanted: BTreeMap::new(),
+            on_demand: BTreeMap::new(),
             strangers: BTreeMap::new(),
             pulls: BTreeMap::new(),
             pending_admissions: BTreeMap::new(),
@@ -1374,6 +1414,7 @@ impl Node {
             self.ask(helpers, now);
         }
         if heartbeat_due {
+            self.trim_mesh(now);
             self.publish_heartbeat(now);
             // On the wake grid (see `on_grid`): one interval after this one was due. Never let a
             // slow caller make heartbeats bunch up: one sent more than half an interval late
@@ -1434,7 +1475,9 @@ impl Node {
         let next_redial = self
             .redial_queue
             .iter()
-            .find(|(_, id)| self.membership.is_member(id) && !self.connected.contains_key(id))
+            .find(|(_, id)| {
+                self.membership.is_member(id) && !self.connected.contains_key(id) && self.wants(id)
+            })
             .map(|(at, _)| *at);
         consider(next_redial);
         if !self.settled {
@@ -1444,11 +1487,8 @@ impl Node {
             consider(self.secret_since.checked_add(self.config.rotation_interval));
         }
         consider(self.departure_check_at);
-        consider(
-            self.probe
-                .as_ref()
-                .map(|(sent, _)| *sent + self.config.ask_interval()),
-        );
+        consider(self.probe.as_ref().map(|probe| self.probe_deadline(probe)));
+        consider(self.on_demand.values().min().copied());
         if self.partitioned.is_some() {
             consider(Some(now + Duration::from_secs(1)));
         }
@@ -1463,7 +1503,11 @@ impl Node {
         self.closing.remove(&peer);
         self.clear_redial(&peer);
         self.membership.on_connected(&peer);
-        if self.membership.is_unheard(&peer) && self.exit.is_none() {
+        let probed = self
+            .probe
+            .as_ref()
+            .is_some_and(|probe| probe.dialled.binary_search(&peer).is_ok());
+        if (probed || self.membership.is_unheard(&peer)) && self.exit.is_none() {
             // Alive only as the state file said, or not heard alive at all: ask it for a
             // heartbeat at once. On a ring it may never heartbeat to this node (an assumed
             // one is watched, and doubted, until heard).
@@ -1482,7 +1526,8 @@ impl Node {
         self.strangers.remove(&peer);
         self.sweep = true;
         let closed_here = self.closing.remove(&peer);
-        if self.membership.is_member(&peer) && self.exit.is_none() {
+        self.unwanted.remove(&peer);
+        if self.membership.is_member(&peer) && self.exit.is_none() && self.wants(&peer) {
             // Its process may have died: a redial tells at once (refused) or in time. Not when
             // this node closed the connection itself: the redial is only a redial then.
             if !closed_here {
@@ -1518,24 +1563,39 @@ impl Node {
         self.out.push(Output::Sync { to: peer, message });
     }
 
-    /// Dials every member we are not connected to whose redial time has come.
+    /// Dials every wanted member ([`Node::wants`]) we are not connected to whose redial time
+    /// has come.
     fn dial_members(&mut self, now: Instant) {
+        if self.membership.watch_version() != self.mesh_version {
+            // The ring, the leader or the watch moved: other members may be wanted now.
+            self.mesh_version = self.membership.watch_version();
+            self.sweep = true;
+        }
         let due: Vec<PeerId> = if std::mem::take(&mut self.sweep) {
             self.membership
                 .remote_members()
                 .map(|(id, _)| *id)
                 .filter(|id| !self.connected.contains_key(id))
                 .filter(|id| self.redials.get(id).is_none_or(|r| r.at <= now))
+                .filter(|id| self.wants(id))
                 .collect()
         } else {
-            // Without a sweep, every member that is not connected has a redial entry: only
-            // the due ones need a dial.
-            self.redial_queue
+            // Without a sweep, every wanted member that is not connected has a redial entry:
+            // only the due ones need a dial.
+            let due: Vec<PeerId> = self
+                .redial_queue
                 .iter()
                 .take_while(|(at, _)| *at <= now)
                 .map(|(_, id)| *id)
+                .collect();
+            let (due, unwanted): (Vec<PeerId>, Vec<PeerId>) = due
+                .into_iter()
                 .filter(|id| self.membership.is_member(id) && !self.connected.contains_key(id))
-                .collect()
+                .partition(|id| self.wants(id));
+            for id in &unwanted {
+                self.clear_redial(id);
+            }
+            due
         };
         for peer in due {
             let backoff = self
@@ -1567,6 +1627,62 @@ impl Node {
         if let Some(old) = self.redials.remove(peer) {
             self.redial_queue.remove(&(old.at, *peer));
         }
+    }
+
+    /// Whether this node keeps a connection to the member `peer` open, and redials it: the
+    /// partial mesh. In a network small enough for everyone to watch everyone, every member.
+    /// On a ring: its successors and the members it watches (its predecessors, the leader,
+    /// members not heard since it started); every member if it leads (the leader heartbeats
+    /// to everyone); a member not alive here (redialled until it is back, so a healed
+    /// partition is seen at once); a member before the ring (it expects heartbeats from
+    /// everyone); and one a partition probe is asking. Any other connection (a joiner's first
+    /// contact, an RPC, a Kademlia query) is closed after [`Config::mesh_grace`], so a
+    /// node's connections do not grow with the network's size.
+    pub fn wants(&self, peer: &PeerId) -> bool {
+        let m = &self.membership;
+        m.watches_everyone()
+            || m.leader_is_local()
+            || *peer == m.leader()
+            || m.status(peer) != Some(Status::Alive)
+            || m.successors().contains(peer)
+            || m.watched().binary_search(peer).is_ok()
+            || m.legacy().binary_search(peer).is_ok()
+            || self.on_demand.contains_key(peer)
+    }
+
+    /// Closes connections to members this node has not wanted for [`Config::mesh_grace`]
+    /// ([`Node::wants`]), and forgets on-demand wants whose time is up. Once per heartbeat
+    /// interval: a look at each connection.
+    fn trim_mesh(&mut self, now: Instant) {
+        if !self.on_demand.is_empty() {
+            self.on_demand.retain(|_, until| *until > now);
+        }
+        if self.membership.watches_everyone() || self.exit.is_some() {
+            self.unwanted.clear();
+            return;
+        }
+        let grace = self.config.mesh_grace;
+        let connected: Vec<PeerId> = self
+            .membership
+            .members_among(self.connected.keys())
+            .copied()
+            .collect();
+        let mut unwanted = BTreeMap::new();
+        for peer in connected {
+            if self.wants(&peer) {
+                continue;
+            }
+            let since = self.unwanted.get(&peer).copied().unwrap_or(now);
+            if now.saturating_duration_since(since) >= grace {
+                if self.closing.insert(peer) {
+                    self.detector.unwanted_closed += 1;
+                    self.out.push(Output::Disconnect(peer));
+                }
+            } else {
+                unwanted.insert(peer, since);
+            }
+        }
+        self.unwanted = unwanted;
     }
 
     fn expire_stranger(&mut self, peer: PeerId, at: Instant) {
@@ -2028,33 +2144,66 @@ impl Node {
     /// neither answer nor are vouched for within [`Config::ask_interval`] are offline
     /// ([`Node::end_probe`]). A cut-off node so learns in one step which members it can no
     /// longer reach, instead of one ring of observers at a time.
+    ///
+    /// In a partial mesh most of those members are not connected: they are dialled (wanted
+    /// until the probe ends), asked when the connection comes up ([`Node::on_connected`]), and
+    /// given [`Config::offline_after`] instead, a dial being a round trip or more.
     fn probe_everyone(&mut self, now: Instant) {
         let members = self
             .membership
             .not_heard_within(now, self.config.suspect_after());
-        let to: Vec<PeerId> = members
-            .iter()
-            .filter(|id| self.connected.contains_key(id))
-            .copied()
-            .collect();
+        let (asked, dialled): (Vec<PeerId>, Vec<PeerId>) = members
+            .into_iter()
+            .partition(|id| self.connected.contains_key(id));
         self.detector.probes += 1;
         self.last_probe = Some(now);
-        self.send_beat_probing(to, Vec::new(), None, true, now);
-        self.probe = Some((now, members));
+        self.send_beat_probing(asked.clone(), Vec::new(), None, true, now);
+        let until = now + self.config.offline_after;
+        for peer in &dialled {
+            self.on_demand.insert(*peer, until);
+            self.clear_redial(peer);
+        }
+        if !dialled.is_empty() {
+            self.sweep = true;
+        }
+        self.probe = Some(Probe {
+            sent: now,
+            asked,
+            dialled,
+        });
     }
 
-    /// Once the probe's answers had their time: the members that gave no sign are offline.
-    fn end_probe(&mut self, now: Instant) {
-        let due = self
-            .probe
-            .as_ref()
-            .is_some_and(|(sent, _)| now >= *sent + self.config.ask_interval());
-        if !due {
-            return;
+    /// When the probe's next group of answers had its time: the asked members after
+    /// [`Config::ask_interval`], then the dialled ones after [`Config::offline_after`].
+    fn probe_deadline(&self, probe: &Probe) -> Instant {
+        if probe.asked.is_empty() {
+            probe.sent + self.config.offline_after
+        } else {
+            probe.sent + self.config.ask_interval()
         }
-        let Some((sent, members)) = self.probe.take() else {
+    }
+
+    /// Once a group of the probe's answers had its time: the members of it that gave no sign
+    /// are offline.
+    fn end_probe(&mut self, now: Instant) {
+        let Some(probe) = self.probe.as_mut() else {
             return;
         };
+        let sent = probe.sent;
+        let members = if !probe.asked.is_empty() {
+            if now < sent + self.config.ask_interval() {
+                return;
+            }
+            std::mem::take(&mut probe.asked)
+        } else {
+            if now < sent + self.config.offline_after {
+                return;
+            }
+            std::mem::take(&mut probe.dialled)
+        };
+        if probe.asked.is_empty() && probe.dialled.is_empty() {
+            self.probe = None;
+        }
         let changes = self.membership.mark_unanswered(&members, sent);
         self.publish_silent(&changes);
         self.apply_changes(changes, now);
@@ -2492,6 +2641,8 @@ impl Node {
                 }
                 Change::Offline(id, reason) => {
                     self.doubted.remove(id);
+                    // Wanted now (redialled until it is back), though perhaps not connected.
+                    self.sweep = true;
                     if *reason == OfflineReason::HeartbeatTimeout && self.connected.contains_key(id)
                     {
                         // Silent while connected: the connection is dead (a partition, a
@@ -3591,6 +3742,116 @@ mod tests {
         for i in [0, 1, 2, 3, 7, 8, 9, 11] {
             assert_eq!(r.f.node.membership().status(&r.ids[i]), Some(Status::Alive));
         }
+        assert_eq!(r.f.node.detector().probes, 1);
+    }
+
+    fn disconnects(outputs: &[Output]) -> Vec<PeerId> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Disconnect(peer) => Some(*peer),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn on_a_ring_a_node_keeps_connections_to_its_neighbours_and_the_leader_only() {
+        let mut r = Ring::new();
+        // ids[6] watches 2..=5 and the leader 0, and heartbeats to 7..=10: 1 and 11 are
+        // neither, and their connections (open since the start) close after the grace.
+        let out = r.run(1.0, 9.875, &[]);
+        assert!(
+            disconnects(&out).is_empty(),
+            "not within the grace: {out:?}"
+        );
+        let out = r.run(10.0, 11.0, &[]);
+        let mut closed = disconnects(&out);
+        closed.sort();
+        assert_eq!(closed, vec![r.ids[1], r.ids[11]]);
+        assert_eq!(r.f.node.detector().unwanted_closed, 2);
+        for i in [0, 2, 5, 7, 10] {
+            assert!(r.f.node.wants(&r.ids[i]), "n{i}");
+        }
+        // Closed here and unwanted: no redial, and the member stays alive.
+        let out = r.f.handle(11.1, Input::Disconnected(r.ids[1]));
+        assert!(dials(&out).is_empty(), "{out:?}");
+        let out = r.run(11.125, 14.0, &[]);
+        assert!(!dials(&out).contains(&r.ids[1]), "{out:?}");
+        assert!(!offline(&out, r.ids[1]));
+        // An unwanted member that hangs up on its own is not suspected or redialled either.
+        let out = r.f.handle(14.1, Input::Disconnected(r.ids[11]));
+        assert!(dials(&out).is_empty(), "{out:?}");
+        r.f.handle(14.2, Input::DialFailed(r.ids[11]));
+        assert_eq!(
+            r.f.node.membership().status(&r.ids[11]),
+            Some(Status::Alive)
+        );
+        // A wanted one (a successor) is redialled at once.
+        let out = r.f.handle(14.3, Input::Disconnected(r.ids[7]));
+        assert_eq!(dials(&out), vec![r.ids[7]]);
+        // The ring moves: 10 goes offline (a verdict from its observers), so 11 becomes a
+        // successor, wanted and dialled; 10, offline, is wanted too (redialled until back).
+        let verdict = Silent {
+            from: r.ids[11],
+            members: vec![SilentMember {
+                node_id: r.ids[10],
+                seq: (1 << 32) | 1,
+            }],
+        };
+        let out = r.f.handle(
+            14.4,
+            Input::Gossip {
+                signer: Some(r.ids[11]),
+                body: &GossipBody::Silent(verdict),
+            },
+        );
+        assert!(offline(&out, r.ids[10]), "{out:?}");
+        let out = r.run(14.5, 15.0, &[]);
+        assert!(dials(&out).contains(&r.ids[11]), "{out:?}");
+        assert!(r.f.node.wants(&r.ids[10]));
+        assert!(!r.f.node.wants(&r.ids[1]));
+    }
+
+    #[test]
+    fn a_partition_probe_dials_the_members_it_is_not_connected_to_and_gives_them_longer() {
+        let mut r = Ring::new();
+        r.run(1.0, 11.0, &[]);
+        for i in [1, 11] {
+            r.f.handle(11.05, Input::Disconnected(r.ids[i]));
+        }
+        // 4 and 5 (watched) go silent: the probe asks 7..=10 over their connections and dials
+        // 1 and 11.
+        let out = r.run(11.125, 13.5, &[4, 5]);
+        let probe = beats(&out)
+            .into_iter()
+            .find(|(_, hb)| hb.probe)
+            .map(|(to, _)| to.to_vec())
+            .expect("a probe");
+        assert!(
+            probe.contains(&r.ids[7]) && !probe.contains(&r.ids[1]),
+            "{probe:?}"
+        );
+        let dialled = dials(&out);
+        assert!(
+            dialled.contains(&r.ids[1]) && dialled.contains(&r.ids[11]),
+            "{out:?}"
+        );
+        let t = 13.5;
+        for i in [0, 2, 3, 7, 8, 9, 10] {
+            r.f.heartbeat_from(t, r.ids[i]);
+        }
+        // 1 connects and is asked at once; it answers. 11 never connects.
+        let out = r.f.handle(t, Input::Connected(r.ids[1]));
+        assert!(probed(&out, r.ids[1]), "{out:?}");
+        r.f.heartbeat_from(t + 0.05, r.ids[1]);
+        let out = r.run(13.625, 16.0, &[4, 5]);
+        assert!(
+            offline(&out, r.ids[11]),
+            "no answer within the bound: offline"
+        );
+        assert!(verdicts(&out).contains(&r.ids[11]));
+        assert_eq!(r.f.node.membership().status(&r.ids[1]), Some(Status::Alive));
         assert_eq!(r.f.node.detector().probes, 1);
     }
 

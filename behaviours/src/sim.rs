@@ -432,6 +432,10 @@ pub struct PhaseReport {
     pub up: usize,
     /// False offline marks during the phase.
     pub false_offline: u64,
+    /// Open connections per up node at the end of the phase: the mean and the most (the
+    /// leader keeps one to every member; on a ring the others keep a few, see
+    /// [`Node::wants`]).
+    pub connections: (f64, usize),
 }
 
 /// What a run showed.
@@ -2205,6 +2209,7 @@ impl Sim {
             components: 0,
             up: 0,
             false_offline: 0,
+            connections: (0.0, 0),
         });
         self.phase_start = at;
         self.converged_since = None;
@@ -2232,7 +2237,19 @@ impl Sim {
             _ => None,
         };
         let up = self.nodes.iter().filter(|n| n.core.is_some()).count();
+        let per_node: Vec<usize> = (0..self.nodes.len())
+            .filter(|a| self.nodes[*a].core.is_some())
+            .map(|a| {
+                let row = &self.open[a * self.row_words..(a + 1) * self.row_words];
+                row.iter().map(|word| word.count_ones() as usize).sum()
+            })
+            .collect();
+        let connections = (
+            per_node.iter().sum::<usize>() as f64 / per_node.len().max(1) as f64,
+            per_node.iter().copied().max().unwrap_or(0),
+        );
         if let Some(phase) = self.phases.last_mut() {
+            phase.connections = connections;
             phase.converged_after = converged_after;
             phase.components = self.comp_members.iter().filter(|m| !m.is_empty()).count();
             phase.leaders = leaders;
@@ -2482,12 +2499,15 @@ impl fmt::Display for PhaseReport {
         );
         write!(
             f,
-            "at={:.1}s converged_after={converged} up={} components={} leaders={} false_offline={}",
+            "at={:.1}s converged_after={converged} up={} components={} leaders={} false_offline={} \
+             connections={:.1}/{}",
             self.at.as_secs_f64(),
             self.up,
             self.components,
             self.leaders.join(","),
-            self.false_offline
+            self.false_offline,
+            self.connections.0,
+            self.connections.1
         )
     }
 }

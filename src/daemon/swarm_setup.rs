@@ -190,9 +190,15 @@ pub(super) fn start(
         .parse()
         .map_err(anyhow::Error::msg)
         .context("public address in the state file")?;
-    swarm
-        .listen_on(listen.to_multiaddr())
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    swarm.listen_on(listen.to_multiaddr()).map_err(|error| {
+        // libp2p's transport errors repeat their source in their own text: name the root
+        // cause once ("Address already in use (os error 98)"), not four times.
+        let mut root: &dyn std::error::Error = &error;
+        while let Some(source) = root.source() {
+            root = source;
+        }
+        anyhow::anyhow!("cannot listen on {listen}: {root}")
+    })?;
     swarm.add_external_address(public.to_multiaddr());
     let tag = state.tag(&keys.secret);
     let topic = gossip_topic(&tag);
