@@ -302,3 +302,95 @@ fn two_and_three_node_networks_log_no_warnings() {
         }
     }
 }
+
+/// More than five members: the ring of observers and the partial mesh on real processes
+/// (docs/design.md, Partial mesh). Every node sees all twelve alive; the joins' first contacts
+/// are closed after the mesh grace, so a member that does not lead keeps its ring neighbours
+/// and the leader (at most 9 members) while the leader keeps everyone; a killed member, and then
+/// the killed leader, are offline everywhere and the rest agree on the next leader.
+#[test]
+fn a_twelve_node_ring_keeps_a_partial_mesh_and_finds_killed_members() {
+    let names: Vec<String> = (0..12).map(|i| format!("ring-{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut cluster = Cluster::start(&refs, &[100; 12], Some(keys_by_peer_id(12)));
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    let leader = cluster.or_logs(|| agreed_leader(&nodes, &refs, Duration::from_secs(60)));
+    assert_eq!(leader, "ring-00", "the smallest PeerId leads");
+
+    // The mesh grace is 10 s, checked once a second.
+    let connections = |node: &Node| {
+        let status = node.status()?;
+        Some((
+            status["connected_peers"].as_u64()?,
+            status["failure_detector"]["unwanted_closed"].as_u64()?,
+        ))
+    };
+    let trimmed = cluster.or_logs(|| {
+        wait_for(
+            Duration::from_secs(40),
+            "members other than the leader down to their ring neighbours and the leader",
+            || {
+                let seen: Vec<(u64, u64)> = nodes
+                    .iter()
+                    .map(|n| connections(n))
+                    .collect::<Option<_>>()?;
+                let members_ok = seen[1..].iter().all(|(connected, _)| *connected <= 9);
+                let closed: u64 = seen.iter().map(|(_, closed)| closed).sum();
+                (members_ok && closed > 0).then_some(seen)
+            },
+        )
+    });
+    assert_eq!(trimmed[0].0, 11, "the leader keeps everyone: {trimmed:?}");
+    // Steady: nothing is redialled and closed again (no flapping between the two ends' views).
+    let before: Vec<u64> = trimmed.iter().map(|(_, closed)| *closed).collect();
+    // An observation window, not a wait for an event: three heartbeats' worth of checks.
+    std::thread::sleep(Duration::from_secs(3));
+    let settled: Vec<(u64, u64)> = nodes
+        .iter()
+        .map(|n| connections(n))
+        .collect::<Option<_>>()
+        .expect("status of every node");
+    let after: Vec<u64> = settled.iter().map(|(_, closed)| *closed).collect();
+    assert_eq!(before, after, "connections closed again: {settled:?}");
+    drop(nodes);
+
+    // A member dies: found by its observers, told to the rest by their verdict.
+    cluster.node_mut("ring-05").kill();
+    let rest: Vec<&str> = refs.iter().copied().filter(|n| *n != "ring-05").collect();
+    let survivors: Vec<&Node> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.name != "ring-05")
+        .collect();
+    let leader = cluster.or_logs(|| {
+        agreed_leader_without(&survivors, &rest, &["ring-05"], Duration::from_secs(10))
+    });
+    assert_eq!(leader, "ring-00");
+    drop(survivors);
+
+    // The leader dies: the next one takes over and keeps everyone.
+    cluster.node_mut("ring-00").kill();
+    let rest: Vec<&str> = rest.into_iter().filter(|n| *n != "ring-00").collect();
+    let survivors: Vec<&Node> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.name != "ring-05" && n.name != "ring-00")
+        .collect();
+    let leader = cluster.or_logs(|| {
+        agreed_leader_without(
+            &survivors,
+            &rest,
+            &["ring-00", "ring-05"],
+            Duration::from_secs(10),
+        )
+    });
+    assert_eq!(leader, "ring-01");
+    let next = survivors[0];
+    cluster.or_logs(|| {
+        wait_for(
+            Duration::from_secs(10),
+            "the new leader connected to all 9 others",
+            || (connections(next)?.0 == 9).then_some(()),
+        )
+    });
+}

@@ -76,9 +76,11 @@
 //!   the real leader.
 //! - **Standing down**: on a graceful stop the node says goodbye, stops electing itself and
 //!   hands over without announcing it; it exits after [`Config::drain`].
-//! - **Eager heartbeats**: a member that subscribes (a restart, a reconnect) gets a heartbeat of
-//!   its own at once, and the settings are published, at most once per [`Config::eager_gap`];
-//!   a publish asked for sooner goes out when the gap ends.
+//! - **Eager heartbeats**: a member that subscribes (a restart, a reconnect, a first contact)
+//!   gets a heartbeat of its own at once and a roster summary ([`Output::Sync`]), which carries
+//!   the settings. Nothing is published for it: every member a newcomer connects to publishing
+//!   its settings to the whole network made a join cost O(members²) gossip messages, each
+//!   with a signature to check.
 //! - **Owner notices** (joined, left, offline, back) are emitted only by the node that led before
 //!   or after the change, so exactly one bot tells the owner.
 //! - **Roster and settings**: merged by their commutative rules; published on every change and
@@ -143,8 +145,6 @@ pub struct Config {
     /// On a graceful stop, the leader services (the bot) are told to stop this long before the
     /// goodbye goes out, so the bot has dropped its poll before the next leader starts one.
     pub handover_gap: Duration,
-    /// Settings published for subscribing peers are at least this far apart.
-    pub eager_gap: Duration,
     /// How long a connection from a non-member may stay open (long enough for a Join).
     pub stranger_idle: Duration,
     /// How long a refused stranger's connection stays open so the refusal reaches it.
@@ -276,7 +276,6 @@ impl Config {
             max_redial: Duration::from_millis(1500),
             drain: Duration::from_secs(1),
             handover_gap: Duration::from_millis(100),
-            eager_gap: Duration::from_millis(100),
             stranger_idle: Duration::from_secs(12),
             stranger_grace: Duration::from_millis(500),
             max_strangers: 256,
@@ -883,8 +882,6 @@ pub struct Node {
     heartbeat_counter: u32,
     next_heartbeat: Instant,
     next_sync: Instant,
-    last_eager: Option<Instant>,
-    eager_at: Option<Instant>,
     connected: PeerTable<()>,
     /// Members whose connection closed, with when their redial began.
     suspects: BTreeMap<PeerId, Instant>,
@@ -1019,8 +1016,6 @@ impl Node {
             left: false,
             started: now,
             heartbeat_counter: 0,
-            last_eager: None,
-            eager_at: None,
             connected: PeerTable::new(),
             suspects,
             closing: BTreeSet::new(),
@@ -1427,9 +1422,6 @@ impl Node {
                 self.on_grid(now + interval)
             };
         }
-        if self.eager_at.is_some_and(|at| now >= at) {
-            self.send_eager_settings(now);
-        }
         if now >= self.next_sync {
             self.next_sync = now + self.config.sync_interval;
             self.sync_with_random_member();
@@ -1466,7 +1458,6 @@ impl Node {
         if !self.doubted.is_empty() {
             consider(self.next_ask);
         }
-        consider(self.eager_at);
         consider(self.strangers.values().min().copied());
         consider(self.exit.and_then(|(_, at)| at));
         consider(self.goodbye_at);
@@ -1556,9 +1547,8 @@ impl Node {
             return;
         }
         // A (re)started member: tell it at once that we are alive (one heartbeat to it
-        // alone), and what we know.
+        // alone), and what we know (the summary carries the settings).
         self.send_heartbeat(vec![peer], now);
-        self.send_eager_settings(now);
         let message = self.summary_message();
         self.out.push(Output::Sync { to: peer, message });
     }
@@ -2365,20 +2355,6 @@ impl Node {
 
     /// The settings for peers that just subscribed (published, so spaced out: many restarts
     /// at once are not answered by a storm; one asked for too soon is sent when the gap ends).
-    fn send_eager_settings(&mut self, now: Instant) {
-        match self.last_eager {
-            Some(last) if now < last + self.config.eager_gap => {
-                self.eager_at = Some(last + self.config.eager_gap);
-            }
-            _ => {
-                self.last_eager = Some(now);
-                self.eager_at = None;
-                // A restarted member may have missed settings changes while it was down.
-                self.publish_settings();
-            }
-        }
-    }
-
     fn publish_settings(&mut self) {
         self.out.push(Output::Publish(Box::new(GossipBody::Settings(
             SettingsUpdate {
@@ -4439,31 +4415,33 @@ mod tests {
     }
 
     #[test]
-    fn subscribers_get_eager_heartbeats_spaced_out() {
+    fn subscribers_get_a_heartbeat_and_a_summary_with_the_settings_and_nothing_is_published() {
         let mut f = Fixture::new(10, &[]);
         f.handle(0.0, Input::Timer);
-        let out = f.handle(0.2, Input::Subscribed(f.b));
-        assert!(matches!(publishes(&out)[..], [GossipBody::Settings(_)]));
-        assert!(
-            matches!(beats(&out)[..], [(to, _)] if to == [f.b]),
-            "a heartbeat to the subscriber alone"
-        );
-        assert!(
-            out.iter()
-                .any(|o| matches!(o, Output::Sync { to, .. } if *to == f.b))
-        );
-        let out = f.handle(0.25, Input::Subscribed(f.c));
-        assert!(
-            publishes(&out).is_empty(),
-            "too soon: the settings are deferred"
-        );
-        assert!(
-            matches!(beats(&out)[..], [(to, _)] if to == [f.c]),
-            "a heartbeat costs one frame: never deferred"
-        );
-        assert_eq!(wake(&out), f.at(0.3));
-        let out = f.handle(0.3, Input::Timer);
-        assert!(matches!(publishes(&out)[..], [GossipBody::Settings(_)]));
+        let pinned = NetworkSettings {
+            owner_user_id: Some(42),
+            ..NetworkSettings::default()
+        };
+        f.handle(0.1, Input::MergeSettings(&pinned));
+        for (t, peer) in [(0.2, f.b), (0.25, f.c)] {
+            let out = f.handle(t, Input::Subscribed(peer));
+            assert!(publishes(&out).is_empty(), "{out:?}");
+            assert!(
+                matches!(beats(&out)[..], [(to, _)] if to == [peer]),
+                "a heartbeat to the subscriber alone"
+            );
+            let summary = out.iter().find_map(|o| match o {
+                Output::Sync { to, message } if *to == peer => Some(message),
+                _ => None,
+            });
+            let summary = summary.expect("a summary to the subscriber");
+            assert!(summary.is_summary());
+            assert_eq!(
+                summary.settings.owner_user_id,
+                Some(42),
+                "the settings travel in it"
+            );
+        }
         // A stranger subscribing gets nothing.
         let out = f.handle(1.0, Input::Subscribed(PeerId::random()));
         assert!(publishes(&out).is_empty() && beats(&out).is_empty());
