@@ -1365,6 +1365,10 @@ impl Node {
         }
         if self.health.decay(now, self.config.health_calm()) {
             self.apply_health();
+            if self.health.score() == 0 {
+                // Healthy again: the members offline here are wanted (redialled) again.
+                self.sweep = true;
+            }
         }
         if self.membership.refresh_watch(now) {
             // Newly watched members are doubted at once: their observers are asked about them.
@@ -1537,8 +1541,9 @@ impl Node {
             return;
         };
         if now.saturating_duration_since(since) < self.config.refused_within {
-            let change = self.membership.on_unreachable(&peer);
-            self.apply_changes(change.into_iter().collect(), now);
+            let changes: Vec<Change> = self.membership.on_unreachable(&peer).into_iter().collect();
+            self.publish_silent(&changes, true);
+            self.apply_changes(changes, now);
         }
     }
 
@@ -1623,9 +1628,12 @@ impl Node {
     /// partial mesh. In a network small enough for everyone to watch everyone, every member.
     /// On a ring: its successors and the members it watches (its predecessors, the leader,
     /// members not heard since it started); every member if it leads (the leader heartbeats
-    /// to everyone); a member not alive here (redialled until it is back, so a healed
-    /// partition is seen at once); a member before the ring (it expects heartbeats from
-    /// everyone); and one a partition probe is asking. Any other connection (a joiner's first
+    /// to everyone); a member not alive here, while this node is healthy (redialled until it
+    /// is back, so a healed partition is seen at once; a node that runs late or whose asks go
+    /// unanswered, [`crate::health`], leaves that to the healthy ones, since its own lateness
+    /// is the likelier cause, and every dial adds load: 100 nodes on 2 cores fed a storm of
+    /// false offline marks and redials this way); a member before the ring (it expects
+    /// heartbeats from everyone); and one a partition probe is asking. Any other connection (a joiner's first
     /// contact, an RPC, a Kademlia query) is closed after [`Config::mesh_grace`], so a
     /// node's connections do not grow with the network's size.
     pub fn wants(&self, peer: &PeerId) -> bool {
@@ -1633,7 +1641,7 @@ impl Node {
         m.watches_everyone()
             || m.leader_is_local()
             || *peer == m.leader()
-            || m.status(peer) != Some(Status::Alive)
+            || (m.status(peer) != Some(Status::Alive) && self.health.score() == 0)
             || m.successors().contains(peer)
             || m.watched().binary_search(peer).is_ok()
             || m.legacy().binary_search(peer).is_ok()
@@ -2081,7 +2089,7 @@ impl Node {
     /// much of the network, where most members have no observer on its side: it probes them
     /// all ([`Node::probe_everyone`]).
     fn after_own_timeouts(&mut self, changes: &[Change], now: Instant) {
-        let lost = self.publish_silent(changes);
+        let lost = self.publish_silent(changes, false);
         if lost == 0 {
             return;
         }
@@ -2103,8 +2111,12 @@ impl Node {
     }
 
     /// On a ring, a [`Silent`] verdict for the members this node itself found silent (in
-    /// `changes`), so that those that do not watch them learn it; how many there were.
-    fn publish_silent(&mut self, changes: &[Change]) -> usize {
+    /// `changes`), so that those that do not watch them learn it; how many there were. With
+    /// `refused`, also those whose redial was refused: in a partial mesh most members are not
+    /// connected to a crashed one and hear no refusal of their own. (They mark it offline as
+    /// silent, which counts it among the last-known members for the partition rule: the
+    /// cautious side.)
+    fn publish_silent(&mut self, changes: &[Change], refused: bool) -> usize {
         if self.membership.watches_everyone() || self.exit.is_some() {
             return 0;
         }
@@ -2112,6 +2124,10 @@ impl Node {
             .iter()
             .filter_map(|change| match change {
                 Change::Offline(id, OfflineReason::HeartbeatTimeout) => Some(SilentMember {
+                    node_id: *id,
+                    seq: self.membership.last_seq(id),
+                }),
+                Change::Offline(id, OfflineReason::Unreachable) if refused => Some(SilentMember {
                     node_id: *id,
                     seq: self.membership.last_seq(id),
                 }),
@@ -2195,7 +2211,7 @@ impl Node {
             self.probe = None;
         }
         let changes = self.membership.mark_unanswered(&members, sent);
-        self.publish_silent(&changes);
+        self.publish_silent(&changes, false);
         self.apply_changes(changes, now);
     }
 
@@ -3492,14 +3508,18 @@ mod tests {
 
     impl Ring {
         fn new() -> Self {
+            Self::with(Config {
+                max_health: 0,
+                ..Config::default()
+            })
+        }
+
+        fn with(config: Config) -> Self {
             let mut ids: Vec<PeerId> = (0..12).map(|_| PeerId::random()).collect();
             ids.sort();
             let t0 = Instant::now();
             let node = Node::new(
-                Config {
-                    max_health: 0,
-                    ..Config::default()
-                },
+                config,
                 LocalNode {
                     id: ids[6],
                     name: "n6".into(),
@@ -3787,6 +3807,44 @@ mod tests {
         assert!(dials(&out).contains(&r.ids[11]), "{out:?}");
         assert!(r.f.node.wants(&r.ids[10]));
         assert!(!r.f.node.wants(&r.ids[1]));
+    }
+
+    #[test]
+    fn a_node_that_runs_late_leaves_redialling_members_offline_here_to_healthy_ones() {
+        let mut r = Ring::with(Config::default());
+        // The fixture's first timer comes late; calm again (health 0) by 5 s.
+        r.run(1.0, 5.0, &[]);
+        assert_eq!(r.f.node.detector().health, 0);
+        // 1 (not a neighbour) goes offline on its observers' verdict: wanted, redialled.
+        let verdict = GossipBody::Silent(Silent {
+            from: r.ids[2],
+            members: vec![SilentMember {
+                node_id: r.ids[1],
+                seq: (1 << 32) | 1,
+            }],
+        });
+        let out = r.f.handle(
+            5.05,
+            Input::Gossip {
+                signer: Some(r.ids[2]),
+                body: &verdict,
+            },
+        );
+        assert!(offline(&out, r.ids[1]), "{out:?}");
+        assert!(r.f.node.wants(&r.ids[1]));
+        let out = r.f.handle(5.1, Input::Disconnected(r.ids[1]));
+        assert_eq!(dials(&out), vec![r.ids[1]]);
+        // This node was not running for 1.5 s: unhealthy, it stops redialling 1.
+        let out = r.f.handle(6.75, Input::Timer);
+        assert!(ran_late(&out).is_some(), "{out:?}");
+        assert!(!r.f.node.wants(&r.ids[1]));
+        let out = r.run(6.875, 8.5, &[]);
+        assert!(!dials(&out).contains(&r.ids[1]), "{out:?}");
+        assert!(r.f.node.wants(&r.ids[7]), "neighbours stay wanted");
+        // Healthy again (the score decays every 2 s): 1 is redialled.
+        let out = r.run(8.625, 14.0, &[]);
+        assert_eq!(r.f.node.detector().health, 0);
+        assert!(dials(&out).contains(&r.ids[1]), "{out:?}");
     }
 
     #[test]

@@ -457,6 +457,32 @@ fn a_run_of_silent_members_longer_than_the_observers_is_still_found_in_50_nodes(
     assert_eq!(report.false_offline, 0);
 }
 
+/// A killed member (its host refuses connections) in a partial mesh: only its ring neighbours
+/// and the leader are connected to it and hear the refusal; the rest learn it from their
+/// verdict. All 29 survivors agree within a round trip and a gossip hop, not the silence
+/// bound (a random fault schedule found the missing verdict: nodes not connected to it kept
+/// it alive for good).
+#[test]
+fn a_loud_crash_in_a_partial_mesh_is_seen_by_members_not_connected_to_it() {
+    let mut scenario = Scenario::new("ring-loud", 30, secs(40), 45);
+    let crash = Fault::Crash {
+        target: Target::Node(17),
+        loud: true,
+    };
+    scenario.faults = vec![(secs(20), crash)];
+    let report = run(scenario);
+    let last = report.phases.last().expect("phases");
+    let took = last.converged_after.expect("the survivors never agreed");
+    eprintln!("figure: simulated loud crash of a member of 30, offline everywhere after {took:?}");
+    assert!(took < secs(1), "took {took:?}");
+    assert_eq!(last.up, 29);
+    assert!(
+        last.connections.0 < 12.0,
+        "a partial mesh: {:?}",
+        last.connections
+    );
+}
+
 /// The ring under loss: 50 nodes, 5 % loss with 100 ± 50 ms for ten simulated minutes, and
 /// 20 % loss for three: a member's four observers and the indirect probes among them keep
 /// every live member alive; no verdict is ever published about one.
