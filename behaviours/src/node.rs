@@ -296,6 +296,11 @@ impl Config {
     }
 }
 
+/// A node whose local health score is above 0 redials the members offline in its view on a
+/// backoff capped this many times higher than [`Config::max_redial`] (12 s instead of 1.5 s):
+/// revived, but without a handshake every second and a half with each of them.
+pub const UNHEALTHY_REDIAL_STRETCH: u32 = 8;
+
 /// Most members one heartbeat asks about (a base58 id is about 55 bytes on the wire; a vouch
 /// answering them all stays below the beat protocol's 8 KiB frame).
 pub const MAX_DOUBTS: usize = 48;
@@ -1593,12 +1598,19 @@ impl Node {
             due
         };
         for peer in due {
+            // A node that is not healthy redials members offline in its view on a longer
+            // backoff (see `wants`).
+            let cap = if self.health.score() > 0
+                && self.membership.status(&peer) != Some(Status::Alive)
+            {
+                self.config.max_redial * UNHEALTHY_REDIAL_STRETCH
+            } else {
+                self.config.max_redial
+            };
             let backoff = self
                 .redials
                 .get(&peer)
-                .map_or(self.config.first_redial, |r| {
-                    (r.backoff * 2).min(self.config.max_redial)
-                });
+                .map_or(self.config.first_redial, |r| (r.backoff * 2).min(cap));
             self.set_redial(
                 peer,
                 Redial {
@@ -1628,12 +1640,13 @@ impl Node {
     /// partial mesh. In a network small enough for everyone to watch everyone, every member.
     /// On a ring: its successors and the members it watches (its predecessors, the leader,
     /// members not heard since it started); every member if it leads (the leader heartbeats
-    /// to everyone); a member not alive here, while this node is healthy (redialled until it
-    /// is back, so a healed partition is seen at once; a node that runs late or whose asks go
-    /// unanswered, [`crate::health`], leaves that to the healthy ones, since its own lateness
-    /// is the likelier cause, and every dial adds load: 100 nodes on 2 cores fed a storm of
-    /// false offline marks and redials this way); a member before the ring (it expects
-    /// heartbeats from everyone); and one a partition probe is asking. Any other connection (a joiner's first
+    /// to everyone); a member not alive here (redialled until it is back, so a healed
+    /// partition is seen at once; a node that runs late or whose asks go unanswered,
+    /// [`crate::health`], redials those on a backoff [`UNHEALTHY_REDIAL_STRETCH`] times
+    /// longer, since its own lateness is the likelier cause of the marks and every dial adds
+    /// load: 100 nodes on 2 cores fed a storm of false offline marks and redials this way); a
+    /// member before the ring (it expects heartbeats from everyone); and one a partition probe
+    /// is asking. Any other connection (a joiner's first
     /// contact, an RPC, a Kademlia query) is closed after [`Config::mesh_grace`], so a
     /// node's connections do not grow with the network's size.
     pub fn wants(&self, peer: &PeerId) -> bool {
@@ -1641,7 +1654,7 @@ impl Node {
         m.watches_everyone()
             || m.leader_is_local()
             || *peer == m.leader()
-            || (m.status(peer) != Some(Status::Alive) && self.health.score() == 0)
+            || m.status(peer) != Some(Status::Alive)
             || m.successors().contains(peer)
             || m.watched().binary_search(peer).is_ok()
             || m.legacy().binary_search(peer).is_ok()
@@ -3810,7 +3823,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_that_runs_late_leaves_redialling_members_offline_here_to_healthy_ones() {
+    fn a_node_that_runs_late_redials_members_offline_here_on_a_longer_backoff() {
         let mut r = Ring::with(Config::default());
         // The fixture's first timer comes late; calm again (health 0) by 5 s.
         r.run(1.0, 5.0, &[]);
@@ -3834,17 +3847,41 @@ mod tests {
         assert!(r.f.node.wants(&r.ids[1]));
         let out = r.f.handle(5.1, Input::Disconnected(r.ids[1]));
         assert_eq!(dials(&out), vec![r.ids[1]]);
-        // This node was not running for 1.5 s: unhealthy, it stops redialling 1.
-        let out = r.f.handle(6.75, Input::Timer);
-        assert!(ran_late(&out).is_some(), "{out:?}");
-        assert!(!r.f.node.wants(&r.ids[1]));
-        let out = r.run(6.875, 8.5, &[]);
-        assert!(!dials(&out).contains(&r.ids[1]), "{out:?}");
+        // Each redial fails: healthy, they come at most 1.5 s apart.
+        let mut dialled_at = Vec::new();
+        let mut t: f64 = 5.125;
+        while t <= 12.0 {
+            if t.fract().abs() < 1e-9 {
+                r.all_but(t, &[]);
+            }
+            let out = r.f.handle(t, Input::Timer);
+            if dials(&out).contains(&r.ids[1]) {
+                dialled_at.push(t);
+                r.f.handle(t + 0.01, Input::DialFailed(r.ids[1]));
+            }
+            t += 0.125;
+        }
+        let gaps: Vec<f64> = dialled_at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|g| *g <= 1.5 + 1e-9), "{gaps:?}");
+        // Unhealthy (its timers run 2 s apart, each late): the gaps grow past 1.5 s.
+        let mut dialled_at = Vec::new();
+        let mut t = 14.0;
+        while t <= 60.0 {
+            r.all_but(t, &[]);
+            let out = r.f.handle(t, Input::Timer);
+            assert!(r.f.node.detector().health > 0);
+            if dials(&out).contains(&r.ids[1]) {
+                dialled_at.push(t);
+                r.f.handle(t + 0.01, Input::DialFailed(r.ids[1]));
+            }
+            t += 2.0;
+        }
+        let gaps: Vec<f64> = dialled_at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            gaps.iter().rev().take(2).all(|g| *g >= 8.0),
+            "the backoff grows to 12 s: {gaps:?}"
+        );
         assert!(r.f.node.wants(&r.ids[7]), "neighbours stay wanted");
-        // Healthy again (the score decays every 2 s): 1 is redialled.
-        let out = r.run(8.625, 14.0, &[]);
-        assert_eq!(r.f.node.detector().health, 0);
-        assert!(dials(&out).contains(&r.ids[1]), "{out:?}");
     }
 
     #[test]
