@@ -1546,8 +1546,11 @@ impl Node {
             return;
         };
         if now.saturating_duration_since(since) < self.config.refused_within {
+            // Its observers tell the others (as for a timeout); every node connected to it
+            // doing so would be one signed message per connection (99 for a leader of 100).
+            let observer = self.membership.observers_of(&peer).contains(&self.local.id);
             let changes: Vec<Change> = self.membership.on_unreachable(&peer).into_iter().collect();
-            self.publish_silent(&changes, true);
+            self.publish_silent(&changes, observer);
             self.apply_changes(changes, now);
         }
     }
@@ -2125,8 +2128,8 @@ impl Node {
 
     /// On a ring, a [`Silent`] verdict for the members this node itself found silent (in
     /// `changes`), so that those that do not watch them learn it; how many there were. With
-    /// `refused`, also those whose redial was refused: in a partial mesh most members are not
-    /// connected to a crashed one and hear no refusal of their own. (They mark it offline as
+    /// `refused` (this node observes them), also those whose redial was refused: in a partial
+    /// mesh most members are not connected to a crashed one and hear no refusal of their own. (They mark it offline as
     /// silent, which counts it among the last-known members for the partition rule: the
     /// cautious side.)
     fn publish_silent(&mut self, changes: &[Change], refused: bool) -> usize {
@@ -3882,6 +3885,22 @@ mod tests {
             "the backoff grows to 12 s: {gaps:?}"
         );
         assert!(r.f.node.wants(&r.ids[7]), "neighbours stay wanted");
+    }
+
+    #[test]
+    fn a_refused_redial_is_told_to_the_others_by_the_observers_alone() {
+        let mut r = Ring::new();
+        r.run(1.0, 2.0, &[]);
+        // 5 (watched here: this node is one of its observers) and 9 (a successor: it watches
+        // this node, not the other way round) are killed: their connections close and the
+        // redials are refused at once.
+        for (i, told) in [(5, true), (9, false)] {
+            let out = r.f.handle(2.1, Input::Disconnected(r.ids[i]));
+            assert_eq!(dials(&out), vec![r.ids[i]]);
+            let out = r.f.handle(2.15, Input::DialFailed(r.ids[i]));
+            assert!(offline(&out, r.ids[i]), "{out:?}");
+            assert_eq!(verdicts(&out).contains(&r.ids[i]), told, "n{i}: {out:?}");
+        }
     }
 
     #[test]
