@@ -174,14 +174,22 @@ fn metrics_endpoint_parses_and_follows_the_network() {
         }
     });
     cluster.or_logs(|| {
+        wait_for(Duration::from_secs(20), "both members alive", || {
+            let body = scrape(port)?;
+            (value(&body, "constella_members", Some(("status", "alive"))) == Some(2.0))
+                .then_some(())
+        });
+        // A settings change on bravo reaches alpha as a gossip message (an idle network sends
+        // none: heartbeats have their own protocol).
+        cluster.node("bravo").ok(&["alerts", "set", "cpu", "95"]);
         let body = wait_for(
             Duration::from_secs(20),
-            "a scrape with both members alive and a sample",
+            "a scrape with a sample and bravo's settings received",
             || {
                 let body = scrape(port)?;
-                (value(&body, "constella_members", Some(("status", "alive"))) == Some(2.0)
-                    && value(&body, "constella_cpu_percent", None).is_some())
-                .then_some(body)
+                (value(&body, "constella_cpu_percent", None).is_some()
+                    && sum(&body, "libp2p_gossipsub_messages_total") >= 1.0)
+                    .then_some(body)
             },
         );
         assert_eq!(
