@@ -3600,6 +3600,24 @@ mod tests {
             )
         }
 
+        /// A [`Silent`] verdict from `ids[from]` naming `ids[about]`, received at `secs`.
+        fn verdict(&mut self, secs: f64, from: usize, about: usize) -> Vec<Output> {
+            let body = GossipBody::Silent(Silent {
+                from: self.ids[from],
+                members: vec![SilentMember {
+                    node_id: self.ids[about],
+                    seq: (1 << 32) | 1,
+                }],
+            });
+            self.f.handle(
+                secs,
+                Input::Gossip {
+                    signer: Some(self.ids[from]),
+                    body: &body,
+                },
+            )
+        }
+
         /// Heartbeats at `secs` from the members that send to this node (its predecessors 2 to
         /// 5 and the leader, 0), but `silent`.
         fn all_but(&mut self, secs: f64, silent: &[usize]) {
@@ -3804,20 +3822,7 @@ mod tests {
         assert_eq!(dials(&out), vec![r.ids[7]]);
         // The ring moves: 10 goes offline (a verdict from its observers), so 11 becomes a
         // successor, wanted and dialled; 10, offline, is wanted too (redialled until back).
-        let verdict = Silent {
-            from: r.ids[11],
-            members: vec![SilentMember {
-                node_id: r.ids[10],
-                seq: (1 << 32) | 1,
-            }],
-        };
-        let out = r.f.handle(
-            14.4,
-            Input::Gossip {
-                signer: Some(r.ids[11]),
-                body: &GossipBody::Silent(verdict),
-            },
-        );
+        let out = r.verdict(14.4, 11, 10);
         assert!(offline(&out, r.ids[10]), "{out:?}");
         let out = r.run(14.5, 15.0, &[]);
         assert!(dials(&out).contains(&r.ids[11]), "{out:?}");
@@ -3832,20 +3837,7 @@ mod tests {
         r.run(1.0, 5.0, &[]);
         assert_eq!(r.f.node.detector().health, 0);
         // 1 (not a neighbour) goes offline on its observers' verdict: wanted, redialled.
-        let verdict = GossipBody::Silent(Silent {
-            from: r.ids[2],
-            members: vec![SilentMember {
-                node_id: r.ids[1],
-                seq: (1 << 32) | 1,
-            }],
-        });
-        let out = r.f.handle(
-            5.05,
-            Input::Gossip {
-                signer: Some(r.ids[2]),
-                body: &verdict,
-            },
-        );
+        let out = r.verdict(5.05, 2, 1);
         assert!(offline(&out, r.ids[1]), "{out:?}");
         assert!(r.f.node.wants(&r.ids[1]));
         let out = r.f.handle(5.1, Input::Disconnected(r.ids[1]));
